@@ -1,0 +1,65 @@
+"""snapsink: stream simulation snapshots, GPU or CPU, into storage without stalling.
+
+>>> import snapsink
+>>> async with snapsink.Sink(snapsink.NpyDirectory("run")) as sink:  # doctest: +SKIP
+...     await sink.write({"positions": x, "energy": e}, step=i, time=t)
+"""
+
+from __future__ import annotations
+
+from ._channel import SinkStatistics as SinkStatistics
+from ._errors import ClosedSinkError as ClosedSinkError
+from ._errors import ConfigError as ConfigError
+from ._errors import DeviceError as DeviceError
+from ._errors import DTypeError as DTypeError
+from ._errors import FormatError as FormatError
+from ._errors import SchemaError as SchemaError
+from ._errors import SnapsinkError as SnapsinkError
+from ._errors import StoreExistsError as StoreExistsError
+from ._errors import StoreNotFoundError as StoreNotFoundError
+from ._errors import WouldBlock as WouldBlock
+from ._errors import WriterError as WriterError
+from ._errors import WrongThreadError as WrongThreadError
+from ._schema import Batch as Batch
+from ._schema import Field as Field
+from ._schema import Frame as Frame
+from ._schema import Schema as Schema
+from ._sink import Sink as Sink
+from ._spill import Spill as Spill
+from ._store import Resume as Resume
+from ._store import Store as Store
+from ._sync import SyncSink as SyncSink
+from ._trajectory import FieldView as FieldView
+from ._trajectory import Trajectory as Trajectory
+from .writers.memory import HostMemory as HostMemory
+
+__version__ = "0.1.0"
+
+__all__ = [
+    "Batch",
+    "ClosedSinkError",
+    "ConfigError",
+    "DTypeError",
+    "DeviceError",
+    "Field",
+    "FieldView",
+    "FormatError",
+    "Frame",
+    "HostMemory",
+    "Resume",
+    "Schema",
+    "SchemaError",
+    "Sink",
+    "SinkStatistics",
+    "SnapsinkError",
+    "Spill",
+    "Store",
+    "StoreExistsError",
+    "StoreNotFoundError",
+    "SyncSink",
+    "Trajectory",
+    "WouldBlock",
+    "WriterError",
+    "WrongThreadError",
+    "__version__",
+]

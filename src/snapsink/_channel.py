@@ -1,0 +1,534 @@
+"""The bounded channel between producers and a sink's consumer, and its policies.
+
+The channel is the part of a sink that both the async API and the sync facade
+share. All of its state sits behind one ``threading.Lock``; its methods never
+wait. When a producer must wait for room, or the consumer for frames, it hands
+the channel a *waker* and waits on it in its own way (an ``anyio.Event`` on the
+event loop, a ``threading.Event`` in a sync caller's thread); the channel wakes
+it when the state it waits for may have changed.
+
+Bounds: at most ``capacity`` frames are held (queued or being written), each in
+one reusable staging slot, and, when ``max_bytes`` is given, at most that many
+bytes (a single frame larger than ``max_bytes`` is still let through alone).
+What happens to a frame that finds no room is the *policy*:
+
+- ``"block"``: the producer waits (``write_nowait`` raises ``WouldBlock``);
+- ``"drop_newest"``: the new frame is dropped;
+- ``"drop_oldest"``: the oldest queued frame not yet being written is dropped
+  and the new one takes its slot (when every held frame is being written, the
+  new frame is dropped instead);
+- :class:`~snapsink.Spill`: the frame goes to a spill directory and is replayed
+  in order; past ``Spill.max_bytes`` the producer blocks.
+
+Every drop is counted and its step recorded; the consumer hands the steps to
+the store, which lists them in its metadata.
+"""
+
+from __future__ import annotations
+
+import threading
+from collections import deque
+from collections.abc import Sequence
+from dataclasses import dataclass
+from typing import Any, Final
+
+import numpy as np
+
+from ._errors import ClosedSinkError, ConfigError, WriterError
+from ._schema import Field, Schema, StepClock, is_device_array
+from ._spill import Spill, SpillDir, SpillRecord
+from ._staging.host import Completion, Slot, SlotPool, borrow_host
+
+__all__ = ["POLICIES", "Channel", "Entry", "SinkStatistics", "check_policy"]
+
+POLICIES: Final = ("block", "drop_newest", "drop_oldest")
+
+# offer() outcomes
+QUEUED: Final = 0
+DROPPED: Final = 1
+WAIT: Final = 2
+SPILL: Final = 3
+
+
+def check_policy(policy: object) -> str | Spill:
+    """``policy`` if it names a known policy, else ConfigError."""
+    if isinstance(policy, Spill) or (isinstance(policy, str) and policy in POLICIES):
+        return policy
+    raise ConfigError(
+        f"policy: expected 'block', 'drop_newest', 'drop_oldest' or snapsink.Spill(dir), "
+        f"got {policy!r}"
+    )
+
+
+def check_capacity(capacity: object, what: str = "capacity") -> int:
+    if isinstance(capacity, bool) or not isinstance(capacity, int | np.integer) or capacity < 1:
+        raise ConfigError(f"{what}: expected an int >= 1, got {capacity!r}")
+    return int(capacity)
+
+
+@dataclass(frozen=True, slots=True)
+class SinkStatistics:
+    """A snapshot of a sink's counters.
+
+    Attributes
+    ----------
+    written
+        Frames the store has appended.
+    dropped
+        Frames a drop policy discarded (their steps are in the store's metadata).
+    spilled
+        Frames that went through the spill directory (all replayed or pending).
+    queued
+        Frames accepted and not yet appended (in memory, spilled, or being written).
+    peak_queued
+        The largest ``queued`` seen.
+    bytes_written
+        Bytes of field data the store has appended.
+    capacity
+        The channel's bound in frames.
+    policy
+        The backpressure policy's name (``"spill"`` for a Spill policy).
+    """
+
+    written: int
+    dropped: int
+    spilled: int
+    queued: int
+    peak_queued: int
+    bytes_written: int
+    capacity: int
+    policy: str
+
+
+class Entry:
+    """One accepted frame on its way to the store."""
+
+    __slots__ = ("completion", "fields", "nbytes", "ready", "seq", "slot", "spill", "step", "time", "void")
+
+    def __init__(self, seq: int, step: int, time: float | None, nbytes: int):
+        self.seq = seq
+        self.step = step
+        self.time = time
+        self.nbytes = nbytes
+        self.fields: dict[str, np.ndarray[Any, Any]] = {}
+        self.slot: Slot | None = None
+        self.completion: Completion | None = None
+        self.spill: SpillRecord | None = None
+        self.ready = True
+        self.void = False  # a spill that failed: its producer got the error
+
+
+class Waker:
+    """Something a waiting party can be woken through; see module docstring."""
+
+    __slots__ = ()
+
+    def wake(self) -> None:  # pragma: no cover - interface
+        raise NotImplementedError
+
+
+class ThreadWaker(Waker):
+    """Wakes a thread blocked in ``threading.Event.wait``."""
+
+    __slots__ = ("event",)
+
+    def __init__(self) -> None:
+        self.event = threading.Event()
+
+    def wake(self) -> None:
+        self.event.set()
+
+
+class Channel:
+    """Bounded, thread-safe frame queue with a backpressure policy.
+
+    Producers call :meth:`offer` (and, for block, :meth:`park_producer` then wait);
+    the consumer calls :meth:`take`, :meth:`release`, :meth:`park_consumer`.
+    """
+
+    def __init__(
+        self,
+        capacity: int,
+        policy: str | Spill,
+        *,
+        max_bytes: int | None = None,
+        schema: Schema | None = None,
+        clock: StepClock | None = None,
+    ):
+        self.capacity = capacity
+        self.policy = policy
+        self.policy_name = self.policy_label(policy)
+        self.max_bytes = max_bytes
+        self.schema = schema
+        self.clock = clock or StepClock()
+        self.lock = threading.Lock()
+        self.pool = SlotPool(capacity)
+        self.spill_dir: SpillDir | None = None
+        self.device: Any = None  # DeviceStager, created at the first device array
+        self.batch_limit = max(1, capacity // 2)
+
+        self.queue: deque[Entry] = deque()
+        self.seq = 0  # seq of the last accepted entry
+        self.held = 0  # frames holding a slot (queued in memory or being written)
+        self.held_bytes = 0
+        self.pending = 0  # accepted, not yet appended (held + spilled)
+        self.spilled_bytes = 0
+        self.pending_dropped: list[int] = []
+
+        self.written = 0
+        self.dropped = 0
+        self.spilled = 0
+        self.peak = 0
+        self.bytes_written = 0
+
+        self.closed = False
+        self.failure: BaseException | None = None
+        self.room_waiters: list[Waker] = []
+        self.consumer_waker: Waker | None = None
+        self.flush_requested = 0  # generation of the latest flush request
+        self.flush_target = 0  # seq it must cover
+        self.flush_done = 0
+
+    @staticmethod
+    def policy_label(policy: str | Spill) -> str:
+        return "spill" if isinstance(policy, Spill) else policy
+
+    # -- producer side ----------------------------------------------------------
+    def raise_if_unusable(self) -> None:
+        """Raise WriterError after a store failure, ClosedSinkError after close."""
+        if self.failure is not None:
+            raise WriterError(
+                f"the store failed: {type(self.failure).__name__}: {self.failure}"
+            ) from self.failure
+        if self.closed:
+            raise ClosedSinkError("the sink is closed; it takes no more frames")
+
+    def ensure_schema(self, fields: Any) -> Schema:
+        """The channel's schema, inferring it from ``fields`` the first time."""
+        schema = self.schema
+        if schema is None:
+            inferred = Schema.infer(fields)
+            with self.lock:
+                if self.schema is None:
+                    self.schema = inferred
+                schema = self.schema
+        return schema
+
+    def offer(
+        self,
+        items: Sequence[tuple[str, Field, Any]],
+        step: object,
+        time: object,
+        *,
+        copy: bool = True,
+        stream: Any = None,
+        nowait: bool = False,
+    ) -> tuple[int, Entry | None, bool]:
+        """Try to accept one validated frame.
+
+        Returns ``(outcome, entry, woke_consumer)``: ``QUEUED`` (captured),
+        ``DROPPED``, ``WAIT`` (no room under block/spill-full: park and retry), or
+        ``SPILL`` (the caller must write ``items`` with :meth:`spill_write` and
+        then call :meth:`spill_done`).
+        """
+        with self.lock:
+            self.raise_if_unusable()
+            s, t = self.clock.check(step, time)
+            nbytes = frame_nbytes(items)
+            slot = self._acquire(nbytes)
+            if slot is None:
+                policy = self.policy
+                if policy == "drop_newest":
+                    return self._drop(s, t), None, False
+                if policy == "drop_oldest":
+                    slot = self._evict_for(nbytes)
+                    if slot is None:
+                        return self._drop(s, t), None, False
+                elif policy == "block" or nowait:
+                    return WAIT, None, False
+                else:
+                    assert isinstance(policy, Spill)
+                    if policy.max_bytes is not None and self.spilled_bytes and (
+                        self.spilled_bytes + nbytes > policy.max_bytes
+                    ):
+                        return WAIT, None, False
+                    if self.spill_dir is None:
+                        self.spill_dir = SpillDir(policy)
+                    self.seq += 1
+                    entry = Entry(self.seq, s, t, nbytes)
+                    entry.ready = False
+                    self.queue.append(entry)
+                    self.spilled_bytes += nbytes
+                    self.spilled += 1
+                    self._accepted(s, t)
+                    return SPILL, entry, False
+            try:
+                fields, completion = self._capture(slot, items, copy, stream)
+            except BaseException:
+                self._unacquire(slot, nbytes)
+                raise
+            self.seq += 1
+            entry = Entry(self.seq, s, t, nbytes)
+            entry.slot = slot
+            entry.fields = fields
+            entry.completion = completion
+            self.queue.append(entry)
+            self._accepted(s, t)
+            return QUEUED, entry, self._wake_consumer()
+
+    def _accepted(self, step: int, time: float | None) -> None:
+        self.clock.advance(step, time)
+        self.pending += 1
+        if self.pending > self.peak:
+            self.peak = self.pending
+
+    def _acquire(self, nbytes: int) -> Slot | None:
+        if not self._room_for(nbytes):
+            return None
+        self.held += 1
+        self.held_bytes += nbytes
+        return self.pool.free.pop()
+
+    def _unacquire(self, slot: Slot, nbytes: int) -> None:
+        self.held -= 1
+        self.held_bytes -= nbytes
+        self.pool.release(slot)
+
+    def _drop(self, step: int, time: float | None) -> int:
+        self.clock.advance(step, time)
+        self.dropped += 1
+        self.pending_dropped.append(step)
+        return DROPPED
+
+    def _evict_for(self, nbytes: int) -> Slot | None:
+        """drop_oldest: drop queued frames (oldest first) until ``nbytes`` fits."""
+        while self.queue:
+            old = self.queue.popleft()
+            assert old.slot is not None
+            self.dropped += 1
+            self.pending -= 1
+            self.pending_dropped.append(old.step)
+            self._unacquire(old.slot, old.nbytes)
+            slot = self._acquire(nbytes)
+            if slot is not None:
+                return slot
+        return None
+
+    def _capture(
+        self, slot: Slot, items: Sequence[tuple[str, Field, Any]], copy: bool, stream: Any
+    ) -> tuple[dict[str, np.ndarray[Any, Any]], Completion | None]:
+        fields: dict[str, np.ndarray[Any, Any]] = {}
+        device_items: list[tuple[str, Field, Any]] | None = None
+        for name, field, value in items:
+            if type(value) is not np.ndarray and is_device_array(value):
+                if device_items is None:
+                    device_items = []
+                device_items.append((name, field, value))
+                fields[name] = None  # type: ignore[assignment]  # keeps schema order
+            elif copy:
+                fields[name] = slot.capture_host(name, field, value)
+            else:
+                fields[name] = borrow_host(field, value)
+        if device_items is None:
+            return fields, None
+        if self.device is None:
+            from ._staging.device import DeviceStager
+
+            self.device = DeviceStager(self.capacity)
+        dev_fields, completion = self.device.capture(slot, device_items, stream)
+        fields.update(dev_fields)
+        return fields, completion
+
+    def _room_for(self, nbytes: int) -> bool:
+        if not self.pool.free:
+            return False
+        return self.max_bytes is None or not self.held or self.held_bytes + nbytes <= self.max_bytes
+
+    def park_producer(self, waker: Waker, nbytes: int) -> bool:
+        """Register ``waker`` to be woken when room may have freed.
+
+        Returns False (and registers nothing) when the channel changed since the
+        failed offer in a way that makes retrying worthwhile at once.
+        """
+        with self.lock:
+            if self.failure is not None or self.closed or self._room_for(nbytes):
+                return False
+            policy = self.policy
+            if isinstance(policy, Spill) and (
+                policy.max_bytes is None
+                or not self.spilled_bytes
+                or self.spilled_bytes + nbytes <= policy.max_bytes
+            ):
+                return False
+            self.room_waiters.append(waker)
+            return True
+
+    def unpark_producer(self, waker: Waker) -> None:
+        """Withdraw a waker (its waiter was cancelled); pass a wake-up on."""
+        with self.lock:
+            try:
+                self.room_waiters.remove(waker)
+            except ValueError:
+                # It was already woken: another producer may be owed the room.
+                self._wake_producers()
+
+    def spill_write(self, entry: Entry, items: Sequence[tuple[str, Field, Any]], stream: Any) -> None:
+        """Write a SPILL entry's frame to disk (blocking; outside the lock)."""
+        assert self.spill_dir is not None
+        to_host = None
+        if any(is_device_array(v) for _, _, v in items):
+            from ._staging.device import to_host_blocking
+
+            def to_host(value: Any) -> Any:
+                return to_host_blocking(value, stream) if is_device_array(value) else value
+
+        try:
+            entry.spill = self.spill_dir.write(items, to_host)
+        except BaseException:
+            with self.lock:
+                entry.void = True
+                entry.ready = True
+                self.spilled_bytes -= entry.nbytes
+                self.pending -= 1
+                self._wake_consumer()
+            raise
+        with self.lock:
+            entry.ready = True
+            self._wake_consumer()
+
+    def _wake_consumer(self) -> bool:
+        waker = self.consumer_waker
+        if waker is None:
+            return False
+        self.consumer_waker = None
+        waker.wake()
+        return True
+
+    def _wake_producers(self) -> None:
+        waiters, self.room_waiters = self.room_waiters, []
+        for w in waiters:
+            w.wake()
+
+    # -- consumer side ------------------------------------------------------------
+    def take(self) -> tuple[list[Entry], list[int], int]:
+        """Pop the ready frames at the head of the queue (at most ``batch_limit``)
+        and the steps dropped since the last call; also the seq of the last entry
+        popped (void entries included), which the batch covers once appended."""
+        with self.lock:
+            upto = 0
+            entries: list[Entry] = []
+            queue = self.queue
+            limit = self.batch_limit
+            budget = None if self.max_bytes is None else max(1, self.max_bytes // 2)
+            while queue and queue[0].ready and len(entries) < limit:
+                entry = queue.popleft()
+                upto = entry.seq
+                if entry.void:
+                    continue
+                entries.append(entry)
+                if budget is not None:
+                    budget -= entry.nbytes
+                    if budget <= 0:
+                        break
+            dropped = self.pending_dropped
+            if dropped:
+                self.pending_dropped = []
+            return entries, dropped, upto
+
+    def release(self, entries: Sequence[Entry]) -> None:
+        """The store appended ``entries``: free their slots and count them."""
+        with self.lock:
+            for e in entries:
+                if e.slot is not None:
+                    self._unacquire(e.slot, e.nbytes)
+                    e.slot = None
+                else:
+                    self.spilled_bytes -= e.nbytes
+                self.bytes_written += e.nbytes
+                e.fields = {}
+            self.written += len(entries)
+            self.pending -= len(entries)
+            if self.room_waiters:
+                self._wake_producers()
+
+    def park_consumer(self, waker: Waker, appended_seq: int, done_gen: int) -> bool:
+        """Register the consumer's waker unless there is work to do now."""
+        with self.lock:
+            if (
+                (self.queue and self.queue[0].ready)
+                or self.pending_dropped
+                or self.closed
+                or self.failure is not None
+                or (self.flush_requested > done_gen and appended_seq >= self.flush_target)
+            ):
+                return False
+            self.consumer_waker = waker
+            return True
+
+    def finished(self) -> bool:
+        """Closed, and nothing left to hand to the store."""
+        with self.lock:
+            return self.closed and not self.queue and not self.pending_dropped
+
+    def request_flush(self) -> int:
+        """Ask the consumer to commit everything accepted so far; returns the
+        generation to wait for."""
+        with self.lock:
+            self.raise_if_unusable()
+            self.flush_requested += 1
+            self.flush_target = self.seq
+            self._wake_consumer()
+            return self.flush_requested
+
+    def flush_request(self) -> tuple[int, int]:
+        with self.lock:
+            return self.flush_requested, self.flush_target
+
+    def close(self) -> None:
+        """No more frames: wake the consumer to drain, and every parked producer."""
+        with self.lock:
+            self.closed = True
+            self._wake_consumer()
+            self._wake_producers()
+
+    def fail(self, exc: BaseException) -> list[Entry]:
+        """The store failed: remember why, discard queued frames, wake everyone.
+
+        Returns the discarded entries (their spill files are the caller's to remove).
+        """
+        with self.lock:
+            if self.failure is None:
+                self.failure = exc
+            discarded = list(self.queue)
+            self.queue.clear()
+            for e in discarded:
+                if e.slot is not None:
+                    self._unacquire(e.slot, e.nbytes)
+            self.pending = 0
+            self._wake_consumer()
+            self._wake_producers()
+            return discarded
+
+    def statistics(self) -> SinkStatistics:
+        with self.lock:
+            return SinkStatistics(
+                written=self.written,
+                dropped=self.dropped,
+                spilled=self.spilled,
+                queued=self.pending,
+                peak_queued=self.peak,
+                bytes_written=self.bytes_written,
+                capacity=self.capacity,
+                policy=self.policy_name,
+            )
+
+
+def frame_nbytes(items: Sequence[tuple[str, Field, Any]]) -> int:
+    total = 0
+    for _, field, value in items:
+        if field.ragged:
+            total += field.frame_nbytes(len(value))
+        else:
+            total += field.frame_nbytes()
+    return total
+

@@ -1,0 +1,89 @@
+"""Exceptions raised by snapsink.
+
+Every exception derives from :class:`SnapsinkError`; bad input also derives from
+the idiomatic standard-library class so ``except ValueError`` keeps working::
+
+    SnapsinkError
+    ├── SchemaError (ValueError)          bad frame: names, shapes, steps, times
+    │   └── DTypeError (TypeError)        a dtype that cannot be stored safely
+    ├── ConfigError (ValueError)          bad argument: capacity, policy, mode, names
+    ├── WouldBlock (anyio.WouldBlock)     ``write_nowait`` found no room
+    ├── ClosedSinkError (anyio.ClosedResourceError)   write after close
+    ├── WriterError                       the store failed; ``__cause__`` holds why
+    ├── StoreExistsError (FileExistsError)            ``mode="x"`` on an existing store
+    ├── StoreNotFoundError (FileNotFoundError)        reading or appending a missing store
+    ├── FormatError (ValueError)          a store on disk that is corrupt or foreign
+    ├── DeviceError (RuntimeError)        CuPy/CUDA missing or misused
+    └── WrongThreadError (RuntimeError)   the sync facade called from its own loop thread
+"""
+
+from __future__ import annotations
+
+import anyio
+
+__all__ = [
+    "ClosedSinkError",
+    "ConfigError",
+    "DTypeError",
+    "DeviceError",
+    "FormatError",
+    "SchemaError",
+    "SnapsinkError",
+    "StoreExistsError",
+    "StoreNotFoundError",
+    "WouldBlock",
+    "WriterError",
+    "WrongThreadError",
+]
+
+
+class SnapsinkError(Exception):
+    """Base class of every exception snapsink raises."""
+
+
+class SchemaError(SnapsinkError, ValueError):
+    """A frame does not match the schema (names, shapes, step order, time)."""
+
+
+class DTypeError(SchemaError, TypeError):
+    """A field's dtype cannot be stored without loss in the declared dtype."""
+
+
+class ConfigError(SnapsinkError, ValueError):
+    """An argument is invalid: capacity, policy, mode, a field or group name."""
+
+
+class WouldBlock(SnapsinkError, anyio.WouldBlock):
+    """``write_nowait`` would have to wait for room in the channel."""
+
+
+class ClosedSinkError(SnapsinkError, anyio.ClosedResourceError):
+    """The sink was closed (by its owner) and takes no more frames."""
+
+
+class WriterError(SnapsinkError):
+    """The store failed while writing; the original exception is ``__cause__``.
+
+    Raised at the producer's next ``write``, at ``flush`` and at close, until the
+    sink is closed.
+    """
+
+
+class StoreExistsError(SnapsinkError, FileExistsError):
+    """A store already exists where ``mode="x"`` asked to create one."""
+
+
+class StoreNotFoundError(SnapsinkError, FileNotFoundError):
+    """No store exists at the path given for reading or appending."""
+
+
+class FormatError(SnapsinkError, ValueError):
+    """A store on disk is corrupt, foreign, or written by an unknown version."""
+
+
+class DeviceError(SnapsinkError, RuntimeError):
+    """CuPy or a CUDA device is needed and missing, or was misused."""
+
+
+class WrongThreadError(SnapsinkError, RuntimeError):
+    """The sync facade was called from its own event-loop thread (would deadlock)."""

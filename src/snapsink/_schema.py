@@ -1,0 +1,473 @@
+"""Fields, schemas, frames and the validation every write goes through.
+
+Everything here is free of I/O: the async core, the sync facade and the stores
+call the same code.
+
+Dtype rule
+----------
+A value is accepted for a field when numpy says the cast to the field's dtype is
+*safe* (``np.can_cast(value.dtype, field.dtype, "safe")``): ``int32`` into an
+``int64`` field, ``float32`` into ``float64``, a big-endian ``>f8`` into ``<f8``.
+A lossy cast (``float64`` into ``float32``, a float into an int, complex into
+real) is a :class:`~snapsink.DTypeError`: snapsink never rounds a value silently.
+Python scalars are *weak* as in NumPy 2 (NEP 50): a Python ``float`` fits any
+floating field, a Python ``int`` any integer or floating field it fits in.
+Object, string, structured and datetime dtypes are refused.
+"""
+
+from __future__ import annotations
+
+import math
+import re
+from collections.abc import Iterator, Mapping
+from dataclasses import dataclass, field
+from typing import Any
+
+import numpy as np
+
+from ._errors import ConfigError, DTypeError, SchemaError
+
+__all__ = [
+    "Batch",
+    "Field",
+    "Frame",
+    "Schema",
+    "StepClock",
+    "check_name",
+    "is_device_array",
+]
+
+#: dtype kinds a field may have: bool, signed, unsigned, float, complex.
+_ALLOWED_KINDS = frozenset("biufc")
+#: names a field may not take: they are files or arrays of the stores themselves.
+RESERVED_NAMES = frozenset({"steps", "times", "metadata", "static"})
+_NAME = re.compile(r"[A-Za-z_][A-Za-z0-9_]{0,127}")
+_INT64 = np.iinfo(np.int64)
+
+
+def check_name(name: object, what: str = "field") -> str:
+    """Return ``name`` if it is a safe field or group name, else raise ConfigError.
+
+    A name is an identifier (letters, digits, underscore; not starting with a
+    digit; at most 128 characters): it becomes a file or array name, so ``/``,
+    ``..``, absolute paths and control characters can never reach the disk.
+    """
+    if not isinstance(name, str):
+        raise ConfigError(f"{what} name: expected a str, got {type(name).__name__} {name!r}")
+    if not _NAME.fullmatch(name):
+        raise ConfigError(
+            f"{what} name {name!r}: expected an identifier (letters, digits and '_', "
+            "not starting with a digit, at most 128 characters)"
+        )
+    if what == "field" and name in RESERVED_NAMES:
+        raise ConfigError(
+            f"field name {name!r} is reserved (reserved: {', '.join(sorted(RESERVED_NAMES))})"
+        )
+    return name
+
+
+def _as_dtype(dtype: object, what: str) -> np.dtype[Any]:
+    try:
+        dt = np.dtype(dtype)  # type: ignore[call-overload]
+    except TypeError as exc:
+        raise ConfigError(f"{what}: {dtype!r} is not a numpy dtype") from exc
+    if dt.kind not in _ALLOWED_KINDS or dt.fields is not None or dt.subdtype is not None:
+        raise ConfigError(
+            f"{what}: dtype {dt} is not storable; expected bool, integer, float or complex"
+        )
+    # Stored data is always native (little-endian on every supported machine).
+    return dt.newbyteorder("=") if dt.byteorder not in "=|" else dt
+
+
+@dataclass(frozen=True, slots=True, init=False)
+class Field:
+    """One named quantity of a frame: its dtype and its per-frame shape.
+
+    Parameters
+    ----------
+    dtype
+        Anything ``numpy.dtype`` accepts: bool, integer, float or complex.
+    shape
+        The shape of one frame's value; ``()`` for a scalar. A first dimension of
+        ``None`` makes the field *ragged*: its row count may change from frame to
+        frame (e.g. ``(None, 3)`` for the positions of a varying number of atoms).
+
+    Raises
+    ------
+    ConfigError
+        For a dtype that cannot be stored or a malformed shape.
+    """
+
+    dtype: np.dtype[Any]
+    shape: tuple[int | None, ...]
+
+    def __init__(self, dtype: object, shape: tuple[int | None, ...] | list[int | None] = ()):
+        dt = _as_dtype(dtype, "Field dtype")
+        try:
+            shp = tuple(shape)
+        except TypeError as exc:
+            raise ConfigError(f"Field shape: expected a tuple, got {shape!r}") from exc
+        for i, n in enumerate(shp):
+            if n is None:
+                if i != 0:
+                    raise ConfigError(
+                        f"Field shape {shp}: only the first dimension may be None (ragged)"
+                    )
+            elif isinstance(n, bool) or not isinstance(n, int | np.integer) or n < 0:
+                raise ConfigError(f"Field shape {shp}: expected non-negative ints or a leading None")
+        object.__setattr__(self, "dtype", dt)
+        object.__setattr__(self, "shape", tuple(None if n is None else int(n) for n in shp))
+
+    @property
+    def ragged(self) -> bool:
+        """True when the first dimension is ``None`` (row count varies per frame)."""
+        return bool(self.shape) and self.shape[0] is None
+
+    @property
+    def row_shape(self) -> tuple[int, ...]:
+        """Shape of one row of a ragged field (the shape without its first dimension)."""
+        return tuple(n for n in self.shape[1:] if n is not None)
+
+    def frame_nbytes(self, rows: int | None = None) -> int:
+        """Bytes of one frame's value (``rows`` rows for a ragged field)."""
+        if self.ragged:
+            return int(rows or 0) * math.prod(self.row_shape) * self.dtype.itemsize
+        return math.prod(n for n in self.shape if n is not None) * self.dtype.itemsize
+
+    def to_json(self) -> dict[str, Any]:
+        """A JSON-ready description: ``{"dtype": "<f4", "shape": [null, 3]}``."""
+        return {"dtype": self.dtype.str, "shape": list(self.shape)}
+
+    @classmethod
+    def from_json(cls, obj: object) -> Field:
+        """Inverse of :meth:`to_json`; raises ConfigError for anything malformed."""
+        if not isinstance(obj, dict) or set(obj) != {"dtype", "shape"}:
+            raise ConfigError(f"field description: expected {{'dtype', 'shape'}}, got {obj!r}")
+        if not isinstance(obj["dtype"], str) or not isinstance(obj["shape"], list):
+            raise ConfigError(f"field description: malformed {obj!r}")
+        return cls(obj["dtype"], tuple(obj["shape"]))
+
+    def __repr__(self) -> str:
+        return f"Field({str(self.dtype)!r}, {self.shape!r})"
+
+
+def _coerce_field(name: str, spec: object) -> Field:
+    if isinstance(spec, Field):
+        return spec
+    if isinstance(spec, tuple) and len(spec) == 2 and isinstance(spec[1], tuple | list):
+        return Field(spec[0], spec[1])
+    try:
+        return Field(spec)
+    except ConfigError as exc:
+        raise ConfigError(f"schema field {name!r}: {exc}") from None
+
+
+class Schema(Mapping[str, Field]):
+    """The fields every frame of a sink carries, in order.
+
+    Parameters
+    ----------
+    fields
+        ``{name: Field}``; a value may also be a dtype (a scalar field) or a
+        ``(dtype, shape)`` pair.
+
+    Raises
+    ------
+    ConfigError
+        For an unsafe name, a reserved name, or an invalid field.
+    """
+
+    __slots__ = ("_fields",)
+
+    def __init__(self, fields: Mapping[str, object]):
+        if not isinstance(fields, Mapping):
+            raise ConfigError(f"Schema: expected a mapping of name to Field, got {type(fields).__name__}")
+        self._fields: dict[str, Field] = {
+            check_name(name): _coerce_field(name, spec) for name, spec in fields.items()
+        }
+        if not self._fields:
+            raise ConfigError("Schema: expected at least one field")
+
+    def __getitem__(self, name: str) -> Field:
+        return self._fields[name]
+
+    def __iter__(self) -> Iterator[str]:
+        return iter(self._fields)
+
+    def __len__(self) -> int:
+        return len(self._fields)
+
+    def __eq__(self, other: object) -> bool:
+        if not isinstance(other, Schema):
+            return NotImplemented
+        return list(self._fields.items()) == list(other._fields.items())
+
+    def __hash__(self) -> int:
+        return hash(tuple(self._fields.items()))
+
+    def __repr__(self) -> str:
+        return f"Schema({self._fields!r})"
+
+    @property
+    def ragged(self) -> tuple[str, ...]:
+        """Names of the ragged fields."""
+        return tuple(n for n, f in self._fields.items() if f.ragged)
+
+    def to_json(self) -> dict[str, Any]:
+        """``{name: {"dtype": ..., "shape": [...]}}``, in field order."""
+        return {n: f.to_json() for n, f in self._fields.items()}
+
+    @classmethod
+    def from_json(cls, obj: object) -> Schema:
+        """Inverse of :meth:`to_json`."""
+        if not isinstance(obj, dict):
+            raise ConfigError(f"schema description: expected an object, got {type(obj).__name__}")
+        return cls({str(n): Field.from_json(f) for n, f in obj.items()})
+
+    @classmethod
+    def infer(cls, fields: Mapping[str, object]) -> Schema:
+        """The schema of a first frame: each value's dtype and shape (never ragged).
+
+        Python ``float``, ``int``, ``bool`` and ``complex`` become float64, int64,
+        bool and complex128 scalars.
+        """
+        if not isinstance(fields, Mapping):
+            raise DTypeError(f"frame: expected a mapping of field name to array, got {type(fields).__name__}")
+        out: dict[str, Field] = {}
+        for name, value in fields.items():
+            check_name(name)
+            dtype, shape = _dtype_shape(name, value)
+            try:
+                out[name] = Field(dtype, shape)
+            except ConfigError as exc:
+                raise DTypeError(f"field {name!r}: {exc}") from None
+        return cls(out)
+
+    def validate(self, fields: object, step: int) -> list[tuple[str, Field, Any]]:
+        """Check one frame against the schema, without copying anything.
+
+        Returns ``[(name, field, value), ...]`` in schema order; ``value`` is the
+        caller's object, converted to a numpy array only when it was an
+        array-like that is neither a numpy array nor a device array.
+
+        Raises
+        ------
+        SchemaError
+            A missing or unknown field, or a wrong shape.
+        DTypeError
+            Not a mapping, or a value whose dtype cannot be stored safely.
+        """
+        if not isinstance(fields, Mapping):
+            raise DTypeError(
+                f"frame at step {step}: expected a mapping of field name to array, "
+                f"got {type(fields).__name__}"
+            )
+        if len(fields) != len(self._fields) or any(n not in self._fields for n in fields):
+            missing = [n for n in self._fields if n not in fields]
+            extra = [repr(n) for n in fields if n not in self._fields]
+            parts = []
+            if missing:
+                parts.append(f"missing {', '.join(map(repr, missing))}")
+            if extra:
+                parts.append(f"unknown {', '.join(extra)}")
+            raise SchemaError(
+                f"frame at step {step}: {'; '.join(parts)} "
+                f"(expected fields {', '.join(map(repr, self._fields))})"
+            )
+        out: list[tuple[str, Field, Any]] = []
+        for name, spec in self._fields.items():
+            value = fields[name]
+            if not isinstance(value, np.ndarray | float | int | complex | np.generic) and not (
+                is_device_array(value)
+            ):
+                value = _as_host_array(name, value, step)
+            dtype, shape = _dtype_shape(name, value, step)
+            if dtype != spec.dtype and not _safe_cast(value, dtype, spec.dtype):
+                raise DTypeError(
+                    f"field {name!r}: expected dtype {spec.dtype}, got {dtype} at step {step}; "
+                    f"the cast would lose information, convert with .astype({str(spec.dtype)!r}) "
+                    "or declare the field's dtype in the schema"
+                )
+            if spec.ragged:
+                if len(shape) != len(spec.shape) or shape[1:] != spec.shape[1:]:
+                    raise SchemaError(
+                        f"field {name!r}: expected shape {_shape_str(spec.shape)}, "
+                        f"got {shape} at step {step}"
+                    )
+            elif shape != spec.shape:
+                raise SchemaError(
+                    f"field {name!r}: expected shape {spec.shape}, got {shape} at step {step}"
+                )
+            out.append((name, spec, value))
+        return out
+
+
+def _shape_str(shape: tuple[int | None, ...]) -> str:
+    return "(" + ", ".join("rows" if n is None else str(n) for n in shape) + (",)" if len(shape) == 1 else ")")
+
+
+def _as_host_array(name: str, value: object, step: int | None = None) -> np.ndarray[Any, Any]:
+    at = "" if step is None else f" at step {step}"
+    try:
+        arr = np.asarray(value)
+    except Exception as exc:  # noqa: BLE001 - any conversion failure is the caller's bad input
+        raise DTypeError(
+            f"field {name!r}: expected an array or a number, got {type(value).__name__}{at}"
+        ) from exc
+    if arr.dtype.kind not in _ALLOWED_KINDS or arr.dtype.fields is not None:
+        raise DTypeError(
+            f"field {name!r}: expected a bool, integer, float or complex array, "
+            f"got dtype {arr.dtype} ({type(value).__name__}){at}"
+        )
+    return arr
+
+
+def _dtype_shape(name: str, value: object, step: int | None = None) -> tuple[np.dtype[Any], tuple[int, ...]]:
+    """dtype and shape of a host array, Python scalar, or device array."""
+    if isinstance(value, bool):
+        return np.dtype(bool), ()
+    if isinstance(value, int):
+        return np.dtype(np.int64), ()
+    if isinstance(value, float):
+        return np.dtype(np.float64), ()
+    if isinstance(value, complex):
+        return np.dtype(np.complex128), ()
+    if isinstance(value, np.ndarray | np.generic):
+        if value.dtype.kind not in _ALLOWED_KINDS or value.dtype.fields is not None:
+            at = "" if step is None else f" at step {step}"
+            raise DTypeError(
+                f"field {name!r}: expected a bool, integer, float or complex array, "
+                f"got dtype {value.dtype}{at}"
+            )
+        return value.dtype, tuple(value.shape)
+    if is_device_array(value):
+        from ._staging.device import device_dtype_shape
+
+        return device_dtype_shape(name, value)
+    arr = _as_host_array(name, value, step)
+    return arr.dtype, arr.shape
+
+
+def _safe_cast(value: object, src: np.dtype[Any], dst: np.dtype[Any]) -> bool:
+    if isinstance(value, bool):
+        return dst.kind == "b"
+    if isinstance(value, int):
+        if dst.kind in "fc":
+            return True
+        if dst.kind in "iu":
+            info = np.iinfo(dst)
+            return bool(info.min <= value <= info.max)
+        return False
+    if isinstance(value, float):
+        return dst.kind in "fc"
+    if isinstance(value, complex):
+        return dst.kind == "c"
+    return bool(np.can_cast(src, dst, "safe"))
+
+
+_DEVICE_DLPACK_TYPES = frozenset({2, 3, 13})  # kDLCUDA, kDLCUDAHost, kDLCUDAManaged
+
+
+def is_device_array(value: object) -> bool:
+    """True for an array that lives on a CUDA device (CuPy, PyTorch, JAX, ...)."""
+    if isinstance(value, np.ndarray | np.generic | float | int | complex):
+        return False
+    if hasattr(value, "__cuda_array_interface__"):
+        return True
+    dl = getattr(value, "__dlpack_device__", None)
+    if dl is None:
+        return False
+    try:
+        device_type = int(dl()[0])
+    except Exception:  # noqa: BLE001 - a broken __dlpack_device__ is simply not a device array
+        return False
+    return device_type in _DEVICE_DLPACK_TYPES and device_type != 3
+
+
+@dataclass(slots=True)
+class StepClock:
+    """Step and time bookkeeping of one sink: strictly increasing steps, finite
+    non-decreasing times, and times either on every frame or on none."""
+
+    last_step: int | None = None
+    last_time: float | None = None
+    has_times: bool | None = None
+
+    def check(self, step: object, time: object) -> tuple[int, float | None]:
+        """Validate ``step`` and ``time`` for the next frame; does not advance."""
+        if step is None:
+            s = 0 if self.last_step is None else self.last_step + 1
+        else:
+            if isinstance(step, bool) or not isinstance(step, int | np.integer):
+                raise DTypeError(f"step: expected an int, got {type(step).__name__} {step!r}")
+            s = int(step)
+            if not _INT64.min <= s <= _INT64.max:
+                raise SchemaError(f"step: expected a value that fits int64, got {s}")
+            if self.last_step is not None and s <= self.last_step:
+                raise SchemaError(
+                    f"step: expected a step greater than {self.last_step} (steps strictly "
+                    f"increase), got {s}"
+                )
+        if s > _INT64.max:
+            raise SchemaError(f"step: the next step {s} does not fit int64")
+        if time is None:
+            if self.has_times:
+                raise SchemaError(
+                    f"time at step {s}: expected a time (earlier frames had one), got None"
+                )
+            return s, None
+        if isinstance(time, bool) or not isinstance(time, int | float | np.integer | np.floating):
+            raise DTypeError(f"time at step {s}: expected a float, got {type(time).__name__} {time!r}")
+        t = float(time)
+        if not math.isfinite(t):
+            raise SchemaError(f"time at step {s}: expected a finite number, got {t}")
+        if self.has_times is False:
+            raise SchemaError(
+                f"time at step {s}: expected no time (earlier frames had none), got {t}"
+            )
+        if self.last_time is not None and t < self.last_time:
+            raise SchemaError(
+                f"time at step {s}: expected a time >= {self.last_time} (times never "
+                f"decrease), got {t}"
+            )
+        return s, t
+
+    def advance(self, step: int, time: float | None) -> None:
+        """Record an accepted (stored, spilled or dropped) frame."""
+        self.last_step = step
+        if self.has_times is None:
+            self.has_times = time is not None
+        if time is not None:
+            self.last_time = time
+
+
+@dataclass(slots=True)
+class Frame:
+    """One captured frame as a store receives it.
+
+    ``fields`` holds host numpy arrays in schema order, of the schema's dtypes.
+    They may live in a reusable staging slot: a store must copy what it keeps
+    and must not hold references to them after ``append`` returns.
+    """
+
+    step: int
+    time: float | None
+    fields: dict[str, np.ndarray[Any, Any]]
+
+    @property
+    def nbytes(self) -> int:
+        """Bytes of the field data."""
+        return sum(a.nbytes for a in self.fields.values())
+
+
+@dataclass(frozen=True, slots=True)
+class Batch:
+    """What the consumer hands a store in one ``append`` call.
+
+    ``frames`` in write order (steps strictly increasing); ``dropped_steps``, the
+    steps a drop policy discarded since the previous batch (sorted), which the
+    store records in its metadata at its next commit.
+    """
+
+    frames: list[Frame]
+    dropped_steps: list[int] = field(default_factory=list)

@@ -1,0 +1,530 @@
+"""Sink: an async consumer fed from a bounded channel.
+
+Lifecycle: ``Sink(...)`` → ``async with`` opens the store and starts the
+consumer task in the sink's own task group → ``write``/``flush`` → leaving the
+block closes the channel, drains it, commits and closes the store.
+
+The consumer runs shielded from outside cancellation: a frame the sink has
+accepted under ``block`` or ``spill`` is stored even when the task that owns the
+sink is cancelled (the drain happens in ``__aexit__``).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import functools
+import inspect
+import threading
+from collections.abc import Callable, Mapping
+from types import TracebackType
+from typing import Any
+
+import anyio
+import anyio.lowlevel
+
+from ._channel import (
+    DROPPED,
+    QUEUED,
+    SPILL,
+    Channel,
+    Entry,
+    SinkStatistics,
+    Waker,
+    check_capacity,
+    check_policy,
+    frame_nbytes,
+)
+from ._errors import ClosedSinkError, ConfigError, SchemaError, WouldBlock, WriterError
+from ._schema import Batch, Frame, Schema, StepClock
+from ._spill import Spill, SpillDir
+from ._store import Resume
+
+__all__ = ["Sink"]
+
+_STORE_METHODS = ("open", "prepare", "append", "commit", "close")
+
+
+def _thread_safe_scheduler() -> Callable[[Callable[[], object]], object]:
+    """A function that runs a callback on the current event loop from any thread."""
+    try:
+        return asyncio.get_running_loop().call_soon_threadsafe
+    except RuntimeError:  # pragma: no cover - exercised only where trio is installed
+        import trio
+
+        return trio.lowlevel.current_trio_token().run_sync_soon  # type: ignore[no-any-return]
+
+
+class AsyncWaker(Waker):
+    """Wakes a task waiting on the sink's event loop, from any thread."""
+
+    __slots__ = ("event", "loop_thread", "schedule")
+
+    def __init__(self, loop_thread: int, schedule: Callable[[Callable[[], object]], object]):
+        self.event = anyio.Event()
+        self.loop_thread = loop_thread
+        self.schedule = schedule
+
+    def wake(self) -> None:
+        if threading.get_ident() == self.loop_thread:
+            self.event.set()
+        else:
+            self.schedule(self.event.set)
+
+
+def _check_store(store: object) -> None:
+    missing = [m for m in _STORE_METHODS if not callable(getattr(store, m, None))]
+    if missing:
+        raise ConfigError(
+            f"store: expected an object with the snapsink.Store methods "
+            f"({', '.join(_STORE_METHODS)}), {type(store).__name__} lacks {', '.join(missing)}"
+        )
+
+
+def _check_schema(schema: object) -> Schema | None:
+    if schema is None or isinstance(schema, Schema):
+        return schema
+    if isinstance(schema, Mapping):
+        return Schema(schema)
+    raise ConfigError(f"schema: expected a snapsink.Schema or a mapping, got {type(schema).__name__}")
+
+
+def _check_max_bytes(max_bytes: object) -> int | None:
+    if max_bytes is None:
+        return None
+    if isinstance(max_bytes, bool) or not isinstance(max_bytes, int) or max_bytes < 1:
+        raise ConfigError(f"max_bytes: expected a positive int or None, got {max_bytes!r}")
+    return max_bytes
+
+
+class Sink:
+    """An async consumer that writes frames to a store, fed from a bounded channel.
+
+    Parameters
+    ----------
+    store
+        Where frames go: :class:`~snapsink.HostMemory`, :class:`~snapsink.NpyDirectory`,
+        :class:`~snapsink.ZarrStore`, or any object implementing :class:`~snapsink.Store`.
+    capacity
+        Frames the channel holds at most (queued or being written); host staging
+        memory is bounded by ``capacity`` frames.
+    policy
+        What a frame that finds the channel full does: ``"block"`` (wait),
+        ``"drop_newest"``, ``"drop_oldest"``, or ``snapsink.Spill(dir)``.
+    schema
+        The frames' fields (a :class:`~snapsink.Schema` or a mapping); inferred
+        from the first frame when omitted. Ragged fields must be declared.
+    max_bytes
+        Optional bound on the bytes held in the channel, besides ``capacity``.
+
+    Raises
+    ------
+    ConfigError
+        For an invalid store, capacity, policy, schema or max_bytes.
+
+    Examples
+    --------
+    >>> async with snapsink.Sink(snapsink.HostMemory()) as sink:  # doctest: +SKIP
+    ...     await sink.write({"positions": x, "energy": e}, step=i, time=t)
+    """
+
+    def __init__(
+        self,
+        store: Any,
+        capacity: int = 8,
+        policy: str | Spill = "block",
+        *,
+        schema: Schema | Mapping[str, Any] | None = None,
+        max_bytes: int | None = None,
+    ):
+        _check_store(store)
+        self._store = store
+        self._capacity = check_capacity(capacity)
+        self._policy = check_policy(policy)
+        self._schema = _check_schema(schema)
+        self._max_bytes = _check_max_bytes(max_bytes)
+        self._channel: Channel | None = None
+        self._state = "new"  # new -> open -> closing -> closed
+        self._tg: Any = None
+        self._loop_thread = 0
+        self._schedule: Callable[[Callable[[], object]], object] | None = None
+        self._consumer_done: anyio.Event | None = None
+        self._flush_waiters: list[tuple[int, anyio.Event]] = []
+
+    # -- lifecycle ------------------------------------------------------------------
+    async def __aenter__(self) -> Sink:
+        if self._state != "new":
+            raise ConfigError("this Sink was already opened; create a new Sink")
+        self._state = "opening"
+        self._loop_thread = threading.get_ident()
+        self._schedule = _thread_safe_scheduler()
+        resume: Resume | None = await self._call(self._store.open)
+        schema = self._schema
+        clock = StepClock()
+        if resume is not None:
+            if resume.schema is not None:
+                if schema is not None and schema != resume.schema:
+                    await self._call(self._store.close)
+                    self._state = "closed"
+                    raise SchemaError(
+                        f"schema: the store holds frames of {resume.schema!r}, "
+                        f"but the sink declares {schema!r}; append with the stored schema"
+                    )
+                schema = resume.schema
+            clock = StepClock(resume.last_step, resume.last_time, resume.times)
+        self._channel = Channel(
+            self._capacity, self._policy, max_bytes=self._max_bytes, schema=schema, clock=clock
+        )
+        self._consumer_done = anyio.Event()
+        tg = anyio.create_task_group()
+        await tg.__aenter__()
+        self._tg = tg
+        tg.start_soon(self._consume, name=f"snapsink consumer of {type(self._store).__name__}")
+        self._state = "open"
+        return self
+
+    async def __aexit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> bool:
+        close_error: BaseException | None = None
+        try:
+            with anyio.CancelScope(shield=True):
+                await self.aclose()
+        except BaseException as err:  # noqa: BLE001 - re-raised or attached below
+            close_error = err
+        finally:
+            if self._tg is not None:
+                tg, self._tg = self._tg, None
+                await tg.__aexit__(None, None, None)
+        if close_error is not None:
+            if exc is None:
+                raise close_error
+            exc.add_note(f"snapsink: closing the sink also failed: {close_error!r}")
+        return False
+
+    async def aclose(self) -> None:
+        """Close the channel, store every accepted frame, commit and close the store.
+
+        Idempotent. Called by ``async with`` on exit.
+
+        Raises
+        ------
+        WriterError
+            If the store failed at any point of the run (chained to the cause).
+        """
+        if self._state in ("closed", "new"):
+            self._state = "closed"
+            return
+        if self._state == "closing":
+            assert self._consumer_done is not None
+            await self._consumer_done.wait()
+            return
+        self._state = "closing"
+        ch = self._channel
+        assert ch is not None and self._consumer_done is not None
+        try:
+            ch.close()
+            await self._consumer_done.wait()
+        finally:
+            close_exc: BaseException | None = None
+            try:
+                await self._call(self._store.close)
+            except Exception as err:  # noqa: BLE001 - reported through WriterError below
+                close_exc = err
+            if ch.spill_dir is not None:
+                ch.spill_dir.close()
+            if ch.device is not None:
+                ch.device.close()
+            self._state = "closed"
+        if ch.failure is not None:
+            raise WriterError(
+                f"the store failed: {type(ch.failure).__name__}: {ch.failure}"
+            ) from ch.failure
+        if close_exc is not None:
+            raise WriterError(
+                f"closing the store failed: {type(close_exc).__name__}: {close_exc}"
+            ) from close_exc
+
+    def _require_open(self) -> Channel:
+        ch = self._channel
+        if self._state != "open" or ch is None:
+            if self._state in ("closing", "closed"):
+                if ch is not None and ch.failure is not None:
+                    ch.raise_if_unusable()
+                raise ClosedSinkError("the sink is closed; it takes no more frames")
+            raise ClosedSinkError("the sink is not open: use it as `async with Sink(...) as sink:`")
+        return ch
+
+    # -- producers -----------------------------------------------------------------
+    def _validate(self, ch: Channel, fields: object, step: object) -> list[tuple[str, Any, Any]]:
+        schema = ch.ensure_schema(fields)
+        label = step if isinstance(step, int) else (
+            0 if ch.clock.last_step is None else ch.clock.last_step + 1
+        )
+        return schema.validate(fields, label)
+
+    async def write(
+        self,
+        fields: Mapping[str, Any],
+        *,
+        step: int | None = None,
+        time: float | None = None,
+        copy: bool = True,
+        stream: Any = None,
+    ) -> None:
+        """Write one frame; return once it is captured.
+
+        When this returns, the caller may overwrite its host arrays, or enqueue
+        work that overwrites its device arrays on its stream: the stored frame
+        holds the values at the time of the call.
+
+        Parameters
+        ----------
+        fields
+            ``{name: array or scalar}``, every field of the schema. Device arrays
+            (CuPy, PyTorch CUDA tensors, JAX GPU arrays) are copied on a CUDA
+            copy stream.
+        step
+            A strictly increasing int; default: the previous step + 1 (0 first).
+        time
+            Optional finite, non-decreasing float; given on every frame or on none.
+        copy
+            ``False`` borrows host arrays instead of copying them: the caller
+            promises not to modify them until the frame is written.
+        stream
+            The CUDA stream the device arrays were produced on (default: the
+            current stream).
+
+        Raises
+        ------
+        SchemaError, DTypeError
+            Bad input: nothing is written and the sink stays usable.
+        WriterError
+            The store failed earlier (chained to the cause).
+        ClosedSinkError
+            The sink is closed.
+        """
+        ch = self._require_open()
+        await anyio.lowlevel.checkpoint_if_cancelled()
+        items = self._validate(ch, fields, step)
+        while True:
+            outcome, entry, woke = ch.offer(items, step, time, copy=copy, stream=stream)
+            if outcome == QUEUED:
+                # Yield so the consumer can start on the frames; only when it is
+                # waiting or half the channel is queued, to keep small frames cheap.
+                if woke or len(ch.queue) == ch.batch_limit:
+                    await anyio.lowlevel.cancel_shielded_checkpoint()
+                return
+            if outcome == DROPPED:
+                return
+            if outcome == SPILL:
+                assert entry is not None
+                # Not abandoned on cancel: the frame is accepted, so it must be written.
+                await anyio.to_thread.run_sync(ch.spill_write, entry, items, stream)
+                return
+            assert self._schedule is not None
+            waker = AsyncWaker(self._loop_thread, self._schedule)
+            if ch.park_producer(waker, frame_nbytes(items)):
+                try:
+                    await waker.event.wait()
+                except BaseException:
+                    ch.unpark_producer(waker)
+                    raise
+
+    def write_nowait(
+        self,
+        fields: Mapping[str, Any],
+        *,
+        step: int | None = None,
+        time: float | None = None,
+        copy: bool = True,
+        stream: Any = None,
+    ) -> None:
+        """Write one frame if that needs no waiting.
+
+        Same as :meth:`write`, but never waits: under ``"block"`` (and under a
+        Spill policy, whose disk write would wait) a full channel raises
+        :class:`~snapsink.WouldBlock`, and nothing is written.
+
+        Raises
+        ------
+        WouldBlock
+            The channel is full and the policy would wait.
+        SchemaError, DTypeError, WriterError, ClosedSinkError
+            As for :meth:`write`.
+        """
+        ch = self._require_open()
+        items = self._validate(ch, fields, step)
+        outcome, _, _ = ch.offer(items, step, time, copy=copy, stream=stream, nowait=True)
+        if outcome not in (QUEUED, DROPPED):
+            raise WouldBlock(
+                f"the channel is full ({ch.capacity} frames) and policy {ch.policy_name!r} "
+                "would wait; use `await sink.write(...)` or a drop policy"
+            )
+
+    def _write_blocking(
+        self,
+        fields: Mapping[str, Any],
+        step: int | None,
+        time: float | None,
+        copy: bool,
+        stream: Any,
+        alive: Callable[[], bool],
+    ) -> None:
+        """The sync facade's write, run in the caller's thread (not the loop's)."""
+        from ._channel import ThreadWaker
+
+        ch = self._require_open()
+        items = self._validate(ch, fields, step)
+        while True:
+            outcome, entry, _ = ch.offer(items, step, time, copy=copy, stream=stream)
+            if outcome == QUEUED or outcome == DROPPED:
+                return
+            if outcome == SPILL:
+                assert entry is not None
+                ch.spill_write(entry, items, stream)
+                return
+            waker = ThreadWaker()
+            if ch.park_producer(waker, frame_nbytes(items)):
+                while not waker.event.wait(0.25):
+                    if not alive():
+                        ch.unpark_producer(waker)
+                        raise WriterError("the sync sink's event-loop thread has died")
+
+    # -- flush & statistics ----------------------------------------------------------
+    async def flush(self) -> None:
+        """Wait until every frame written before this call is stored, committed
+        (durable, for disk stores) and visible to readers.
+
+        Raises
+        ------
+        WriterError
+            The store failed (chained to the cause).
+        ClosedSinkError
+            The sink is closed.
+        """
+        ch = self._require_open()
+        gen = ch.request_flush()
+        event = anyio.Event()
+        self._flush_waiters.append((gen, event))
+        try:
+            await event.wait()
+        finally:
+            if (gen, event) in self._flush_waiters:
+                self._flush_waiters.remove((gen, event))
+        ch.raise_if_unusable()
+
+    def statistics(self) -> SinkStatistics:
+        """Counters: written, dropped, spilled, queued, peak_queued, bytes_written."""
+        if self._channel is None:
+            return SinkStatistics(0, 0, 0, 0, 0, 0, self._capacity, Channel.policy_label(self._policy))
+        return self._channel.statistics()
+
+    @property
+    def schema(self) -> Schema | None:
+        """The schema in force (declared, resumed, or inferred from the first frame)."""
+        return self._channel.schema if self._channel is not None else self._schema
+
+    # -- consumer ------------------------------------------------------------------
+    async def _call(self, method: Callable[..., Any], *args: Any, **kwargs: Any) -> Any:
+        """Run a store method: awaited if async, else in a worker thread."""
+        if inspect.iscoroutinefunction(method):
+            return await method(*args, **kwargs)
+        if kwargs:
+            method = functools.partial(method, **kwargs)
+        return await anyio.to_thread.run_sync(method, *args)
+
+    def _wake_flushers(self, done_gen: int | None) -> None:
+        keep = []
+        for gen, event in self._flush_waiters:
+            if done_gen is None or gen <= done_gen:
+                event.set()
+            else:
+                keep.append((gen, event))
+        self._flush_waiters = keep
+
+    async def _consume(self) -> None:
+        ch = self._channel
+        assert ch is not None and self._consumer_done is not None
+        try:
+            with anyio.CancelScope(shield=True):
+                await self._consume_loop(ch)
+        except Exception as exc:  # noqa: BLE001 - handed to the producers as WriterError
+            discarded = ch.fail(exc)
+            self._remove_spills(discarded)
+        except BaseException as exc:
+            ch.fail(exc)
+            raise
+        finally:
+            self._consumer_done.set()
+            self._wake_flushers(None)
+
+    async def _consume_loop(self, ch: Channel) -> None:
+        store = self._store
+        appended_seq = 0
+        done_gen = 0
+        prepared = False
+        assert self._schedule is not None
+        while True:
+            entries, dropped, upto = ch.take()
+            if entries or dropped:
+                if not prepared:
+                    await self._prepare(ch)
+                    prepared = True
+                frames = await self._materialize(entries)
+                await self._call(store.append, Batch(frames, dropped))
+                ch.release(entries)
+                spills = [e for e in entries if e.spill is not None]
+                if spills:
+                    await anyio.to_thread.run_sync(self._remove_spills, spills)
+            appended_seq = max(appended_seq, upto)
+            if entries or dropped:
+                continue
+            gen, target = ch.flush_request()
+            if gen > done_gen and appended_seq >= target:
+                if not prepared and ch.schema is not None:
+                    await self._prepare(ch)
+                    prepared = True
+                if prepared:
+                    await self._call(store.commit)
+                done_gen = gen
+                self._wake_flushers(done_gen)
+                continue
+            if ch.finished():
+                break
+            waker = AsyncWaker(self._loop_thread, self._schedule)
+            if ch.park_consumer(waker, appended_seq, done_gen):
+                await waker.event.wait()
+        if not prepared and ch.schema is not None:
+            await self._prepare(ch)
+            prepared = True
+        if prepared:
+            await self._call(store.commit)
+
+    async def _prepare(self, ch: Channel) -> None:
+        assert ch.schema is not None
+        await self._call(self._store.prepare, ch.schema, times=bool(ch.clock.has_times))
+
+    async def _materialize(self, entries: list[Entry]) -> list[Frame]:
+        """Host frames for ``entries``: wait for device copies, read spilled frames."""
+        spilled = [e for e in entries if e.spill is not None]
+        if spilled:
+            loaded = await anyio.to_thread.run_sync(
+                lambda: [SpillDir.read(e.spill) for e in spilled if e.spill is not None]
+            )
+            for e, fields in zip(spilled, loaded, strict=True):
+                e.fields = fields
+        frames = []
+        for e in entries:
+            if e.completion is not None and not e.completion.done():
+                await e.completion.wait()
+            frames.append(Frame(e.step, e.time, e.fields))
+        return frames
+
+    @staticmethod
+    def _remove_spills(entries: list[Entry]) -> None:
+        for e in entries:
+            if e.spill is not None:
+                SpillDir.remove(e.spill)

@@ -1,0 +1,94 @@
+"""Host staging: a bounded pool of reusable slots that frames are copied into.
+
+A slot holds one frame. Its buffers are allocated at the slot's first use and
+reused afterwards, so a long run allocates nothing per frame and host memory is
+bounded by ``capacity x frame bytes`` (ragged buffers grow to the largest frame
+seen). A slot returns to the pool once the store has appended its frame.
+"""
+
+from __future__ import annotations
+
+import math
+from typing import Any, Protocol
+
+import numpy as np
+
+from .._schema import Field
+
+__all__ = ["Completion", "Slot", "SlotPool"]
+
+
+class Completion(Protocol):
+    """Completion of a capture that finishes later (a device-to-host copy)."""
+
+    def done(self) -> bool:
+        """True once the captured data is in host memory."""
+        ...
+
+    async def wait(self) -> None:
+        """Wait, without blocking the event loop, until :meth:`done`."""
+        ...
+
+
+class Slot:
+    """One frame's worth of reusable host buffers (plus device-side state)."""
+
+    __slots__ = ("buffers", "device", "index")
+
+    def __init__(self, index: int):
+        self.index = index
+        self.buffers: dict[str, np.ndarray[Any, Any]] = {}
+        #: per-slot state owned by the device stager (pinned buffers), if any
+        self.device: Any = None
+
+    def buffer(self, name: str, field: Field, rows: int | None = None) -> np.ndarray[Any, Any]:
+        """A writable array of the field's dtype and this frame's shape."""
+        if not field.ragged:
+            buf = self.buffers.get(name)
+            if buf is None:
+                buf = self.buffers[name] = np.empty(field.shape, field.dtype)  # type: ignore[arg-type]
+            return buf
+        row_shape = field.row_shape
+        need = (rows or 0) * math.prod(row_shape)
+        flat = self.buffers.get(name)
+        if flat is None or flat.size < need:
+            flat = self.buffers[name] = np.empty(max(need, 1), field.dtype)
+        return flat[:need].reshape((rows or 0, *row_shape))
+
+    def capture_host(self, name: str, field: Field, value: Any) -> np.ndarray[Any, Any]:
+        """Copy a host value (array or scalar) into this slot; return the copy."""
+        rows = len(value) if field.ragged else None
+        buf = self.buffer(name, field, rows)
+        np.copyto(buf, value, casting="unsafe")  # safety was checked by validation
+        return buf
+
+
+class SlotPool:
+    """``capacity`` slots and the list of free ones (not thread-safe: the
+    channel's lock guards it)."""
+
+    __slots__ = ("free", "slots")
+
+    def __init__(self, capacity: int):
+        self.slots = [Slot(i) for i in range(capacity)]
+        self.free = list(reversed(self.slots))
+
+    def acquire(self) -> Slot | None:
+        return self.free.pop() if self.free else None
+
+    def release(self, slot: Slot) -> None:
+        self.free.append(slot)
+
+    @property
+    def nbytes(self) -> int:
+        """Host bytes currently allocated by all slots."""
+        return sum(b.nbytes for s in self.slots for b in s.buffers.values())
+
+
+def borrow_host(field: Field, value: Any) -> np.ndarray[Any, Any]:
+    """The caller's value as an array of the field's dtype, without a copy when
+    possible (``write(..., copy=False)``)."""
+    arr = np.asarray(value)
+    if arr.dtype != field.dtype:
+        arr = arr.astype(field.dtype)
+    return arr

@@ -1,0 +1,93 @@
+"""The protocol between a sink's consumer and a store.
+
+A store is where frames end up. The sink calls, in this order and never
+concurrently (one call at a time per store)::
+
+    resume = store.open()            # claim the location; honour mode="x"/"w"/"a"
+    store.prepare(schema, times=...) # once, before the first append (or at close)
+    store.append(batch)              # many times; Batch(frames, dropped_steps)
+    store.commit()                   # at flush, at close, and when the store likes
+    store.close()                    # after the last commit; also after a failure
+
+Each method may be a plain (blocking) function, which the sink runs in a worker
+thread off the event loop, or an ``async def`` coroutine function, which the
+sink awaits on its own event loop (for stores built on async libraries such as
+zarr-python's async API). ``append`` receives frames whose arrays may live in
+reusable staging slots: copy what you keep before returning.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Awaitable
+from dataclasses import dataclass
+from typing import Any, Protocol, runtime_checkable
+
+from ._schema import Batch, Schema
+
+__all__ = ["Resume", "Store"]
+
+
+@dataclass(frozen=True, slots=True)
+class Resume:
+    """What an existing store tells a sink that appends to it (``mode="a"``).
+
+    Attributes
+    ----------
+    schema
+        The stored schema; the sink's declared schema must equal it.
+    count
+        Committed frames already stored.
+    last_step, last_time
+        Of the last committed frame (``None`` when ``count == 0``); new steps must
+        be greater and new times not smaller.
+    times
+        Whether the stored frames carry times (``None`` when no frame is stored).
+    """
+
+    schema: Schema | None
+    count: int = 0
+    last_step: int | None = None
+    last_time: float | None = None
+    times: bool | None = None
+
+
+@runtime_checkable
+class Store(Protocol):
+    """A destination for frames; see the module docstring for the call order.
+
+    Methods may be blocking functions (run in a worker thread) or coroutine
+    functions (awaited on the sink's event loop).
+    """
+
+    def open(self) -> Resume | None | Awaitable[Resume | None]:
+        """Claim the destination. Return ``None`` for a new store, or a
+        :class:`Resume` when appending to an existing one.
+
+        Raises
+        ------
+        StoreExistsError
+            When the store exists and the mode is ``"x"``.
+        """
+        ...
+
+    def prepare(self, schema: Schema, *, times: bool) -> None | Awaitable[None]:
+        """Lay out storage for ``schema``; ``times`` says whether frames carry times."""
+        ...
+
+    def append(self, batch: Batch) -> None | Awaitable[None]:
+        """Store ``batch.frames`` after the frames already appended, and note
+        ``batch.dropped_steps``. May commit when the store's own policy says so."""
+        ...
+
+    def commit(self) -> None | Awaitable[None]:
+        """Make every appended frame durable and visible to readers (commit-last)."""
+        ...
+
+    def close(self) -> None | Awaitable[None]:
+        """Release resources. Called once, after the final commit or a failure."""
+        ...
+
+
+def describe_store(store: Any) -> str:
+    """A short name of a store for messages."""
+    return type(store).__name__

@@ -1,0 +1,315 @@
+"""Trajectory: the read side shared by every store.
+
+A store's reader implements :class:`Source` (a few I/O methods); the
+:class:`Trajectory` built on it gives users one API whatever the format:
+``len``, ``steps``, ``times``, ``fields``, ``static``, ``attrs``,
+``dropped_steps``, lazy ``traj[name][i:j]``, ``frame(i)``, ``iter_chunks`` and
+``to_xarray``.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterator, Mapping, Sequence
+from typing import TYPE_CHECKING, Any, Protocol, overload
+
+import numpy as np
+
+from ._errors import SchemaError
+from ._schema import Field, Schema
+
+if TYPE_CHECKING:
+    import xarray
+
+__all__ = ["FieldView", "Source", "Trajectory"]
+
+Index = int | slice | Sequence[int] | np.ndarray[Any, Any]
+
+
+class Source(Protocol):
+    """What a format's reader provides; all counts are *committed* frames."""
+
+    schema: Schema | None
+    length: int
+
+    def steps(self) -> np.ndarray[Any, np.dtype[np.int64]]: ...
+    def times(self) -> np.ndarray[Any, np.dtype[np.float64]] | None: ...
+    def static(self) -> Mapping[str, np.ndarray[Any, Any]]: ...
+    def attrs(self) -> Mapping[str, Any]: ...
+    def dropped_steps(self) -> np.ndarray[Any, np.dtype[np.int64]]: ...
+
+    def read(self, name: str, start: int, stop: int) -> np.ndarray[Any, Any]:
+        """Frames ``[start, stop)`` of a fixed-shape field, stacked on axis 0."""
+        ...
+
+    def read_ragged(
+        self, name: str, start: int, stop: int
+    ) -> tuple[np.ndarray[Any, Any], np.ndarray[Any, np.dtype[np.int64]]]:
+        """Rows of frames ``[start, stop)`` of a ragged field and their
+        ``stop - start + 1`` offsets, relative to the first returned row."""
+        ...
+
+    def refresh(self) -> None:
+        """Re-read the committed count (and metadata) from the store."""
+        ...
+
+
+def _normalize(index: Index, n: int) -> tuple[int, int, int] | np.ndarray[Any, Any] | int:
+    if isinstance(index, slice):
+        return index.indices(n)
+    if isinstance(index, int | np.integer):
+        i = int(index)
+        if i < 0:
+            i += n
+        if not 0 <= i < n:
+            raise IndexError(f"frame index {index} out of range for {n} frames")
+        return i
+    arr = np.asarray(index)
+    if arr.dtype == bool:
+        if arr.shape != (n,):
+            raise IndexError(f"boolean frame mask: expected shape ({n},), got {arr.shape}")
+        return np.flatnonzero(arr)
+    if arr.dtype.kind not in "iu" or arr.ndim != 1:
+        raise IndexError(f"frame index: expected int, slice, or 1-d int array, got {index!r}")
+    arr = np.where(arr < 0, arr + n, arr)
+    if arr.size and (arr.min() < 0 or arr.max() >= n):
+        raise IndexError(f"frame index out of range for {n} frames")
+    return arr.astype(np.int64)
+
+
+class FieldView:
+    """Lazy, frame-indexed view of one field: ``view[i]``, ``view[a:b]``, ``view[[1, 5]]``.
+
+    A fixed-shape field returns numpy arrays with frames on axis 0. A ragged field
+    returns the rows of one frame for an int index, and a list of per-frame row
+    arrays otherwise. Only the frames asked for are read.
+    """
+
+    def __init__(self, source: Source, name: str, field: Field, length: int):
+        self._source = source
+        self.name = name
+        self.field = field
+        self._length = length
+
+    def __len__(self) -> int:
+        return self._length
+
+    @property
+    def dtype(self) -> np.dtype[Any]:
+        return self.field.dtype
+
+    @property
+    def shape(self) -> tuple[int | None, ...]:
+        """``(frames, *per_frame_shape)``; a ragged field has ``None`` rows."""
+        return (self._length, *self.field.shape)
+
+    def __repr__(self) -> str:
+        return f"<FieldView {self.name!r} {self.field!r} frames={self._length}>"
+
+    def _read_range(self, start: int, stop: int) -> Any:
+        if self.field.ragged:
+            data, offsets = self._source.read_ragged(self.name, start, stop)
+            return [data[offsets[i] : offsets[i + 1]] for i in range(stop - start)]
+        return self._source.read(self.name, start, stop)
+
+    @overload
+    def __getitem__(self, index: int) -> np.ndarray[Any, Any]: ...
+    @overload
+    def __getitem__(self, index: slice | Sequence[int] | np.ndarray[Any, Any]) -> Any: ...
+
+    def __getitem__(self, index: Index) -> Any:
+        norm = _normalize(index, self._length)
+        if isinstance(norm, int):
+            return self._read_range(norm, norm + 1)[0]
+        if isinstance(norm, tuple):
+            start, stop, step = norm
+            if step == 1:
+                return self._read_range(start, max(start, stop))
+            norm = np.arange(start, stop, step, dtype=np.int64)
+        picks = [self._read_range(int(i), int(i) + 1)[0] for i in norm]
+        if self.field.ragged:
+            return picks
+        if not picks:
+            return np.empty((0, *self.field.shape), self.field.dtype)  # type: ignore[misc]
+        return np.stack(picks)
+
+    def __array__(self, dtype: Any = None, copy: Any = None) -> np.ndarray[Any, Any]:
+        if self.field.ragged:
+            raise SchemaError(f"field {self.name!r} is ragged: index it per frame")
+        arr = self._read_range(0, self._length)
+        return arr if dtype is None else arr.astype(dtype)
+
+
+class Trajectory:
+    """A stored run, read lazily: what :func:`snapsink.open` returns.
+
+    Attributes
+    ----------
+    steps, times
+        int64 steps and float64 times (``None`` when frames carry no time) of the
+        committed frames.
+    fields
+        ``{name: Field}`` of the stored schema.
+    static, attrs
+        Arrays written once and the user's JSON metadata.
+    dropped_steps
+        Steps a drop policy discarded, sorted.
+    """
+
+    def __init__(self, source: Source):
+        self._source = source
+
+    # -- metadata ---------------------------------------------------------
+    def __len__(self) -> int:
+        return self._source.length
+
+    def __repr__(self) -> str:
+        names = ", ".join(self.fields)
+        return f"<Trajectory frames={len(self)} fields=[{names}]>"
+
+    @property
+    def schema(self) -> Schema | None:
+        return self._source.schema
+
+    @property
+    def fields(self) -> dict[str, Field]:
+        schema = self._source.schema
+        return dict(schema.items()) if schema is not None else {}
+
+    @property
+    def steps(self) -> np.ndarray[Any, np.dtype[np.int64]]:
+        return self._source.steps()
+
+    @property
+    def times(self) -> np.ndarray[Any, np.dtype[np.float64]] | None:
+        return self._source.times()
+
+    @property
+    def static(self) -> Mapping[str, np.ndarray[Any, Any]]:
+        return self._source.static()
+
+    @property
+    def attrs(self) -> Mapping[str, Any]:
+        return self._source.attrs()
+
+    @property
+    def dropped_steps(self) -> np.ndarray[Any, np.dtype[np.int64]]:
+        return self._source.dropped_steps()
+
+    def refresh(self) -> Trajectory:
+        """Re-read the store to see frames committed since it was opened."""
+        self._source.refresh()
+        return self
+
+    # -- data ---------------------------------------------------------------
+    def __getitem__(self, name: str) -> FieldView:
+        schema = self._source.schema
+        if schema is None or name not in schema:
+            known = ", ".join(map(repr, self.fields)) or "none"
+            raise KeyError(f"no field {name!r} in this trajectory (fields: {known})")
+        return FieldView(self._source, name, schema[name], self._source.length)
+
+    def __contains__(self, name: object) -> bool:
+        return name in self.fields
+
+    def frame(self, i: int) -> dict[str, np.ndarray[Any, Any]]:
+        """All fields of frame ``i`` (negative counts from the end)."""
+        idx = _normalize(i, len(self))
+        assert isinstance(idx, int)
+        return {name: self[name][idx] for name in self.fields}
+
+    def __iter__(self) -> Iterator[dict[str, np.ndarray[Any, Any]]]:
+        for chunk in self.iter_chunks():
+            n = len(chunk["steps"])
+            for i in range(n):
+                yield {name: chunk[name][i] for name in self.fields}
+
+    def iter_chunks(self, frames: int = 1024) -> Iterator[dict[str, Any]]:
+        """Yield ``{"steps": ..., "times": ..., name: ...}`` for ``frames`` frames at a time."""
+        if frames < 1:
+            raise ValueError(f"frames: expected >= 1, got {frames}")
+        steps = self.steps
+        times = self.times
+        for start in range(0, len(self), frames):
+            stop = min(start + frames, len(self))
+            out: dict[str, Any] = {"steps": steps[start:stop]}
+            out["times"] = None if times is None else times[start:stop]
+            for name in self.fields:
+                out[name] = self[name][start:stop]
+            yield out
+
+    def to_xarray(self) -> xarray.Dataset:
+        """The fixed-shape fields as an ``xarray.Dataset`` with dims ``("frame", ...)``.
+
+        Coordinates ``step`` (and ``time``) along ``frame``; static arrays and
+        attrs are carried along. Ragged fields are left out (see their views).
+        """
+        import xarray as xr
+
+        data_vars: dict[str, Any] = {}
+        for name, f in self.fields.items():
+            if f.ragged:
+                continue
+            dims = ("frame", *(f"{name}_dim_{k}" for k in range(len(f.shape))))
+            data_vars[name] = (dims, np.asarray(self[name]))
+        coords: dict[str, Any] = {"step": ("frame", self.steps)}
+        if self.times is not None:
+            coords["time"] = ("frame", self.times)
+        for name, arr in self.static.items():
+            data_vars[f"static_{name}"] = (
+                tuple(f"static_{name}_dim_{k}" for k in range(arr.ndim)),
+                np.asarray(arr),
+            )
+        attrs = {k: v for k, v in self.attrs.items() if isinstance(v, str | int | float)}
+        return xr.Dataset(data_vars, coords=coords, attrs=attrs)
+
+
+class ArraySource:
+    """A :class:`Source` over in-memory arrays (HostMemory and tests)."""
+
+    def __init__(
+        self,
+        schema: Schema | None,
+        steps: np.ndarray[Any, np.dtype[np.int64]],
+        times: np.ndarray[Any, np.dtype[np.float64]] | None,
+        data: Mapping[str, np.ndarray[Any, Any]],
+        offsets: Mapping[str, np.ndarray[Any, np.dtype[np.int64]]],
+        static: Mapping[str, np.ndarray[Any, Any]] | None = None,
+        attrs: Mapping[str, Any] | None = None,
+        dropped_steps: Sequence[int] = (),
+    ):
+        self.schema = schema
+        self.length = len(steps)
+        self._steps = steps
+        self._times = times
+        self._data = data
+        self._offsets = offsets
+        self._static = dict(static or {})
+        self._attrs = dict(attrs or {})
+        self._dropped = np.asarray(sorted(dropped_steps), dtype=np.int64)
+
+    def steps(self) -> np.ndarray[Any, np.dtype[np.int64]]:
+        return self._steps
+
+    def times(self) -> np.ndarray[Any, np.dtype[np.float64]] | None:
+        return self._times
+
+    def static(self) -> Mapping[str, np.ndarray[Any, Any]]:
+        return self._static
+
+    def attrs(self) -> Mapping[str, Any]:
+        return self._attrs
+
+    def dropped_steps(self) -> np.ndarray[Any, np.dtype[np.int64]]:
+        return self._dropped
+
+    def read(self, name: str, start: int, stop: int) -> np.ndarray[Any, Any]:
+        return self._data[name][start:stop]
+
+    def read_ragged(
+        self, name: str, start: int, stop: int
+    ) -> tuple[np.ndarray[Any, Any], np.ndarray[Any, np.dtype[np.int64]]]:
+        off = self._offsets[name][start : stop + 1]
+        return self._data[name][off[0] : off[-1]], off - off[0]
+
+    def refresh(self) -> None:
+        return None

@@ -1,0 +1,1 @@
+"""Stores: where frames end up. One module per format."""

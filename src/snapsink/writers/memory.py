@@ -1,0 +1,182 @@
+"""HostMemory: frames kept in host RAM, read back as a Trajectory."""
+
+from __future__ import annotations
+
+import threading
+from collections.abc import Mapping
+from typing import Any
+
+import numpy as np
+
+from .._errors import SchemaError
+from .._schema import Batch, Schema
+from .._store import Resume
+from .._trajectory import ArraySource, Trajectory
+from ._common import check_attrs, check_static
+
+__all__ = ["GrowableArray", "HostMemory"]
+
+
+class GrowableArray:
+    """A numpy array grown along axis 0 by capacity doubling (amortized O(1))."""
+
+    __slots__ = ("_buf", "size")
+
+    def __init__(self, dtype: np.dtype[Any], row_shape: tuple[int, ...], capacity: int = 16):
+        self._buf = np.empty((max(capacity, 1), *row_shape), dtype=dtype)
+        self.size = 0
+
+    def reserve(self, extra: int) -> None:
+        need = self.size + extra
+        if need > len(self._buf):
+            new = np.empty((max(need, 2 * len(self._buf)), *self._buf.shape[1:]), self._buf.dtype)
+            new[: self.size] = self._buf[: self.size]
+            self._buf = new
+
+    def extend(self, rows: np.ndarray[Any, Any]) -> None:
+        self.reserve(len(rows))
+        self._buf[self.size : self.size + len(rows)] = rows
+        self.size += len(rows)
+
+    def extend_frames(self, frames: list[np.ndarray[Any, Any]]) -> None:
+        """Append one row per array of ``frames`` (each of the row shape)."""
+        self.reserve(len(frames))
+        if frames:
+            np.stack(frames, out=self._buf[self.size : self.size + len(frames)])
+        self.size += len(frames)
+
+    def view(self) -> np.ndarray[Any, Any]:
+        return self._buf[: self.size]
+
+
+class HostMemory:
+    """A store that keeps every frame in host RAM.
+
+    Useful for tests, for short runs analysed in the same process, and as the
+    cheapest store for measuring the sink itself. Read it back with
+    :meth:`trajectory`, which has the same API as :func:`snapsink.open`.
+
+    Parameters
+    ----------
+    attrs
+        JSON-serializable metadata returned as ``trajectory().attrs``.
+    static
+        Arrays written once (atomic numbers, masses, a grid).
+
+    Notes
+    -----
+    A HostMemory already holding frames may be given to another sink: that sink
+    appends after the stored frames (like ``mode="a"``), with the same schema.
+    """
+
+    def __init__(
+        self,
+        *,
+        attrs: Mapping[str, Any] | None = None,
+        static: Mapping[str, Any] | None = None,
+    ):
+        self._attrs = check_attrs(attrs)
+        self._static = check_static(static)
+        self._lock = threading.Lock()
+        self._schema: Schema | None = None
+        self._times: bool | None = None
+        self._steps = GrowableArray(np.dtype(np.int64), ())
+        self._time_buf = GrowableArray(np.dtype(np.float64), ())
+        self._data: dict[str, GrowableArray] = {}
+        self._offsets: dict[str, GrowableArray] = {}
+        self._dropped: list[int] = []
+        self._committed = 0
+
+    # -- Store protocol -----------------------------------------------------
+    def open(self) -> Resume | None:
+        with self._lock:
+            if self._schema is None:
+                return None
+            n = self._steps.size
+            return Resume(
+                schema=self._schema,
+                count=n,
+                last_step=int(self._steps.view()[-1]) if n else None,
+                last_time=float(self._time_buf.view()[-1]) if n and self._times else None,
+                times=self._times if n else None,
+            )
+
+    def prepare(self, schema: Schema, *, times: bool) -> None:
+        with self._lock:
+            if self._schema is not None:
+                if self._schema != schema:
+                    raise SchemaError(
+                        f"HostMemory holds frames of {self._schema!r}, got {schema!r}"
+                    )
+                if self._steps.size and self._times is not None and self._times != times:
+                    raise SchemaError("HostMemory: stored frames and new frames disagree on times")
+                self._times = times
+                return
+            self._schema = schema
+            self._times = times
+            for name, f in schema.items():
+                if f.ragged:
+                    self._data[name] = GrowableArray(f.dtype, f.row_shape)
+                    off = GrowableArray(np.dtype(np.int64), ())
+                    off.extend(np.zeros(1, np.int64))
+                    self._offsets[name] = off
+                else:
+                    self._data[name] = GrowableArray(f.dtype, f.shape)  # type: ignore[arg-type]
+
+    def append(self, batch: Batch) -> None:
+        frames = batch.frames
+        with self._lock:
+            self._dropped.extend(batch.dropped_steps)
+            if not frames:
+                return
+            assert self._schema is not None, "prepare() must come before append()"
+            self._steps.extend(np.fromiter((f.step for f in frames), np.int64, len(frames)))
+            if self._times:
+                self._time_buf.extend(
+                    np.fromiter((f.time for f in frames), np.float64, len(frames))  # type: ignore[misc]
+                )
+            for name, f in self._schema.items():
+                arrays = [fr.fields[name] for fr in frames]
+                if f.ragged:
+                    off = self._offsets[name]
+                    last = int(off.view()[-1])
+                    counts = np.fromiter((len(a) for a in arrays), np.int64, len(arrays))
+                    off.extend(last + np.cumsum(counts))
+                    self._data[name].extend(np.concatenate(arrays) if arrays else arrays)  # type: ignore[arg-type]
+                else:
+                    self._data[name].extend_frames(arrays)
+            self._committed = self._steps.size
+
+    def commit(self) -> None:
+        return None
+
+    def close(self) -> None:
+        return None
+
+    # -- reading --------------------------------------------------------------
+    def __len__(self) -> int:
+        return self._committed
+
+    def trajectory(self) -> Trajectory:
+        """The stored frames as a :class:`~snapsink.Trajectory` (a snapshot of now).
+
+        Returns
+        -------
+        Trajectory
+            Steps, times, fields (fixed and ragged), static, attrs, dropped steps.
+        """
+        with self._lock:
+            n = self._steps.size
+            data = {name: g.view().copy() for name, g in self._data.items()}
+            offsets = {name: g.view().copy() for name, g in self._offsets.items()}
+            source = ArraySource(
+                schema=self._schema,
+                steps=self._steps.view()[:n].copy(),
+                times=self._time_buf.view()[:n].copy() if self._times else None,
+                data=data,
+                offsets=offsets,
+                static=self._static,
+                attrs=self._attrs,
+                dropped_steps=self._dropped,
+            )
+        return Trajectory(source)
