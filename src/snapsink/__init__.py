@@ -31,7 +31,9 @@ from ._store import Store as Store
 from ._sync import SyncSink as SyncSink
 from ._trajectory import FieldView as FieldView
 from ._trajectory import Trajectory as Trajectory
+from ._reader import open as open  # noqa: A004 - snapsink.open is the public reader
 from .writers.memory import HostMemory as HostMemory
+from .writers.npy import NpyDirectory as NpyDirectory
 
 __version__ = "0.1.0"
 
@@ -46,6 +48,7 @@ __all__ = [
     "FormatError",
     "Frame",
     "HostMemory",
+    "NpyDirectory",
     "Resume",
     "Schema",
     "SchemaError",
@@ -62,4 +65,5 @@ __all__ = [
     "WriterError",
     "WrongThreadError",
     "__version__",
+    "open",
 ]

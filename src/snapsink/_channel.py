@@ -232,10 +232,19 @@ class Channel:
         then call :meth:`spill_done`).
         """
         with self.lock:
-            self.raise_if_unusable()
+            if self.failure is not None or self.closed:
+                self.raise_if_unusable()
             s, t = self.clock.check(step, time)
-            nbytes = frame_nbytes(items)
-            slot = self._acquire(nbytes)
+            nbytes = frame_nbytes(self.schema, items)
+            # _acquire, inlined: this is the per-frame hot path
+            if self.pool.free and (
+                self.max_bytes is None or not self.held or self.held_bytes + nbytes <= self.max_bytes
+            ):
+                self.held += 1
+                self.held_bytes += nbytes
+                slot: Slot | None = self.pool.free.pop()
+            else:
+                slot = None
             if slot is None:
                 policy = self.policy
                 if policy == "drop_newest":
@@ -247,21 +256,7 @@ class Channel:
                 elif policy == "block" or nowait:
                     return WAIT, None, False
                 else:
-                    assert isinstance(policy, Spill)
-                    if policy.max_bytes is not None and self.spilled_bytes and (
-                        self.spilled_bytes + nbytes > policy.max_bytes
-                    ):
-                        return WAIT, None, False
-                    if self.spill_dir is None:
-                        self.spill_dir = SpillDir(policy)
-                    self.seq += 1
-                    entry = Entry(self.seq, s, t, nbytes)
-                    entry.ready = False
-                    self.queue.append(entry)
-                    self.spilled_bytes += nbytes
-                    self.spilled += 1
-                    self._accepted(s, t)
-                    return SPILL, entry, False
+                    return self._offer_spill(s, t, nbytes)
             try:
                 fields, completion = self._capture(slot, items, copy, stream)
             except BaseException:
@@ -273,8 +268,35 @@ class Channel:
             entry.fields = fields
             entry.completion = completion
             self.queue.append(entry)
-            self._accepted(s, t)
-            return QUEUED, entry, self._wake_consumer()
+            # _accepted, inlined
+            self.clock.advance(s, t)
+            self.pending += 1
+            if self.pending > self.peak:
+                self.peak = self.pending
+            waker = self.consumer_waker
+            if waker is None:
+                return QUEUED, entry, False
+            self.consumer_waker = None
+            waker.wake()
+            return QUEUED, entry, True
+
+    def _offer_spill(self, step: int, time: float | None, nbytes: int) -> tuple[int, Entry | None, bool]:
+        policy = self.policy
+        assert isinstance(policy, Spill)
+        if policy.max_bytes is not None and self.spilled_bytes and (
+            self.spilled_bytes + nbytes > policy.max_bytes
+        ):
+            return WAIT, None, False
+        if self.spill_dir is None:
+            self.spill_dir = SpillDir(policy)
+        self.seq += 1
+        entry = Entry(self.seq, step, time, nbytes)
+        entry.ready = False
+        self.queue.append(entry)
+        self.spilled_bytes += nbytes
+        self.spilled += 1
+        self._accepted(step, time)
+        return SPILL, entry, False
 
     def _accepted(self, step: int, time: float | None) -> None:
         self.clock.advance(step, time)
@@ -320,11 +342,14 @@ class Channel:
         fields: dict[str, np.ndarray[Any, Any]] = {}
         device_items: list[tuple[str, Field, Any]] | None = None
         for name, field, value in items:
-            if type(value) is not np.ndarray and is_device_array(value):
+            kind = type(value)
+            if kind is not np.ndarray and kind is not float and is_device_array(value):
                 if device_items is None:
                     device_items = []
                 device_items.append((name, field, value))
                 fields[name] = None  # type: ignore[assignment]  # keeps schema order
+            elif not field.shape:
+                fields[name] = field.dtype.type(value)  # immutable: no slot buffer needed
             elif copy:
                 fields[name] = slot.capture_host(name, field, value)
             else:
@@ -433,6 +458,8 @@ class Channel:
             dropped = self.pending_dropped
             if dropped:
                 self.pending_dropped = []
+            else:
+                dropped = []  # never hand out the live list: producers append to it
             return entries, dropped, upto
 
     def release(self, entries: Sequence[Entry]) -> None:
@@ -523,12 +550,13 @@ class Channel:
             )
 
 
-def frame_nbytes(items: Sequence[tuple[str, Field, Any]]) -> int:
-    total = 0
-    for _, field, value in items:
-        if field.ragged:
-            total += field.frame_nbytes(len(value))
-        else:
-            total += field.frame_nbytes()
+def frame_nbytes(schema: Schema | None, items: Sequence[tuple[str, Field, Any]]) -> int:
+    """Bytes of one validated frame."""
+    assert schema is not None
+    total = schema.fixed_nbytes
+    if schema.ragged:
+        for _, field, value in items:
+            if field.ragged:
+                total += len(value) * field.row_nbytes
     return total
 

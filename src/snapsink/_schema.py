@@ -100,6 +100,10 @@ class Field:
 
     dtype: np.dtype[Any]
     shape: tuple[int | None, ...]
+    ragged: bool = field(compare=False, repr=False)
+    """True when the first dimension is ``None`` (row count varies per frame)."""
+    row_nbytes: int = field(compare=False, repr=False)
+    """Bytes of one row (ragged) or of one frame's value (fixed shape)."""
 
     def __init__(self, dtype: object, shape: tuple[int | None, ...] | list[int | None] = ()):
         dt = _as_dtype(dtype, "Field dtype")
@@ -117,11 +121,10 @@ class Field:
                 raise ConfigError(f"Field shape {shp}: expected non-negative ints or a leading None")
         object.__setattr__(self, "dtype", dt)
         object.__setattr__(self, "shape", tuple(None if n is None else int(n) for n in shp))
-
-    @property
-    def ragged(self) -> bool:
-        """True when the first dimension is ``None`` (row count varies per frame)."""
-        return bool(self.shape) and self.shape[0] is None
+        ragged = bool(shp) and shp[0] is None
+        object.__setattr__(self, "ragged", ragged)
+        dims = shp[1:] if ragged else shp
+        object.__setattr__(self, "row_nbytes", math.prod(int(n) for n in dims) * dt.itemsize)  # type: ignore[arg-type]
 
     @property
     def row_shape(self) -> tuple[int, ...]:
@@ -131,8 +134,8 @@ class Field:
     def frame_nbytes(self, rows: int | None = None) -> int:
         """Bytes of one frame's value (``rows`` rows for a ragged field)."""
         if self.ragged:
-            return int(rows or 0) * math.prod(self.row_shape) * self.dtype.itemsize
-        return math.prod(n for n in self.shape if n is not None) * self.dtype.itemsize
+            return int(rows or 0) * self.row_nbytes
+        return self.row_nbytes
 
     def to_json(self) -> dict[str, Any]:
         """A JSON-ready description: ``{"dtype": "<f4", "shape": [null, 3]}``."""
@@ -177,7 +180,7 @@ class Schema(Mapping[str, Field]):
         For an unsafe name, a reserved name, or an invalid field.
     """
 
-    __slots__ = ("_fields",)
+    __slots__ = ("_fields", "_keys", "fixed_nbytes", "plan", "ragged")
 
     def __init__(self, fields: Mapping[str, object]):
         if not isinstance(fields, Mapping):
@@ -187,6 +190,13 @@ class Schema(Mapping[str, Field]):
         }
         if not self._fields:
             raise ConfigError("Schema: expected at least one field")
+        self._keys = frozenset(self._fields)
+        #: (name, field, dtype, shape, ragged) per field: what validate() loops over
+        self.plan = tuple((n, f, f.dtype, f.shape, f.ragged) for n, f in self._fields.items())
+        #: bytes of a frame's fixed-shape fields
+        self.fixed_nbytes = sum(f.row_nbytes for f in self._fields.values() if not f.ragged)
+        #: names of the ragged fields
+        self.ragged: tuple[str, ...] = tuple(n for n, f in self._fields.items() if f.ragged)
 
     def __getitem__(self, name: str) -> Field:
         return self._fields[name]
@@ -207,11 +217,6 @@ class Schema(Mapping[str, Field]):
 
     def __repr__(self) -> str:
         return f"Schema({self._fields!r})"
-
-    @property
-    def ragged(self) -> tuple[str, ...]:
-        """Names of the ragged fields."""
-        return tuple(n for n, f in self._fields.items() if f.ragged)
 
     def to_json(self) -> dict[str, Any]:
         """``{name: {"dtype": ..., "shape": [...]}}``, in field order."""
@@ -262,7 +267,7 @@ class Schema(Mapping[str, Field]):
                 f"frame at step {step}: expected a mapping of field name to array, "
                 f"got {type(fields).__name__}"
             )
-        if len(fields) != len(self._fields) or any(n not in self._fields for n in fields):
+        if fields.keys() != self._keys:
             missing = [n for n in self._fields if n not in fields]
             extra = [repr(n) for n in fields if n not in self._fields]
             parts = []
@@ -275,30 +280,41 @@ class Schema(Mapping[str, Field]):
                 f"(expected fields {', '.join(map(repr, self._fields))})"
             )
         out: list[tuple[str, Field, Any]] = []
-        for name, spec in self._fields.items():
+        append = out.append
+        for name, spec, want, shape, ragged in self.plan:
             value = fields[name]
-            if not isinstance(value, np.ndarray | float | int | complex | np.generic) and not (
+            kind = type(value)
+            # Fast paths: the common cases cost a few attribute reads.
+            if kind is np.ndarray:
+                if value.dtype == want and not ragged and value.shape == shape:
+                    append((name, spec, value))
+                    continue
+            elif kind is float:
+                if want.kind in "fc" and not shape:
+                    append((name, spec, value))
+                    continue
+            elif not isinstance(value, np.ndarray | np.generic | float | int | complex) and not (
                 is_device_array(value)
             ):
                 value = _as_host_array(name, value, step)
-            dtype, shape = _dtype_shape(name, value, step)
-            if dtype != spec.dtype and not _safe_cast(value, dtype, spec.dtype):
+            dtype, got = _dtype_shape(name, value, step)
+            if dtype != want and not _safe_cast(value, dtype, want):
                 raise DTypeError(
-                    f"field {name!r}: expected dtype {spec.dtype}, got {dtype} at step {step}; "
-                    f"the cast would lose information, convert with .astype({str(spec.dtype)!r}) "
+                    f"field {name!r}: expected dtype {want}, got {dtype} at step {step}; "
+                    f"the cast would lose information, convert with .astype({str(want)!r}) "
                     "or declare the field's dtype in the schema"
                 )
-            if spec.ragged:
-                if len(shape) != len(spec.shape) or shape[1:] != spec.shape[1:]:
+            if ragged:
+                if len(got) != len(shape) or got[1:] != shape[1:]:
                     raise SchemaError(
-                        f"field {name!r}: expected shape {_shape_str(spec.shape)}, "
-                        f"got {shape} at step {step}"
+                        f"field {name!r}: expected shape {_shape_str(shape)}, "
+                        f"got {got} at step {step}"
                     )
-            elif shape != spec.shape:
+            elif got != shape:
                 raise SchemaError(
-                    f"field {name!r}: expected shape {spec.shape}, got {shape} at step {step}"
+                    f"field {name!r}: expected shape {shape}, got {got} at step {step}"
                 )
-            out.append((name, spec, value))
+            append((name, spec, value))
         return out
 
 
@@ -372,8 +388,13 @@ def is_device_array(value: object) -> bool:
     """True for an array that lives on a CUDA device (CuPy, PyTorch, JAX, ...)."""
     if isinstance(value, np.ndarray | np.generic | float | int | complex):
         return False
-    if hasattr(value, "__cuda_array_interface__"):
-        return True
+    if getattr(type(value), "__snapsink_emulated_device__", False):
+        return True  # the CPU emulation of the device path (snapsink._staging.emulation)
+    try:
+        if hasattr(value, "__cuda_array_interface__"):
+            return True
+    except Exception:  # noqa: BLE001 - torch raises RuntimeError for a tensor requiring grad
+        return bool(getattr(value, "is_cuda", False))
     dl = getattr(value, "__dlpack_device__", None)
     if dl is None:
         return False
@@ -445,9 +466,10 @@ class StepClock:
 class Frame:
     """One captured frame as a store receives it.
 
-    ``fields`` holds host numpy arrays in schema order, of the schema's dtypes.
-    They may live in a reusable staging slot: a store must copy what it keeps
-    and must not hold references to them after ``append`` returns.
+    ``fields`` holds host numpy arrays in schema order, of the schema's dtypes
+    (a scalar field's value may be a numpy scalar, e.g. ``np.float64``). Arrays
+    may live in a reusable staging slot: a store must copy what it keeps and
+    must not hold references to them after ``append`` returns.
     """
 
     step: int

@@ -102,7 +102,9 @@ class SpillDir:
         for name, dtype, shape in record.layout:
             dt = np.dtype(dtype)
             n = int(np.prod(shape, dtype=np.int64)) * dt.itemsize
-            out[name] = np.frombuffer(raw, dt, count=n // dt.itemsize if dt.itemsize else 0, offset=pos).reshape(shape)
+            arr = np.frombuffer(raw, dt, count=n // dt.itemsize, offset=pos).reshape(shape)
+            # a scalar field is a numpy scalar, as when captured in memory
+            out[name] = arr[()] if not shape else arr
             pos += n
         return out
 

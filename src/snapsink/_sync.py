@@ -98,7 +98,9 @@ class SyncSink:
                 self._ready.set()
 
     async def _main(self) -> None:
-        async with BlockingPortal() as portal, self._sink:
+        # The sink outside the portal: an error opening the store is raised as is
+        # (not wrapped in the portal's exception group).
+        async with self._sink, BlockingPortal() as portal:
             self._portal = portal
             self._stopped = anyio.Event()
             self._ready.set()

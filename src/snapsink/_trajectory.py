@@ -116,7 +116,16 @@ class FieldView:
     @overload
     def __getitem__(self, index: slice | Sequence[int] | np.ndarray[Any, Any]) -> Any: ...
 
-    def __getitem__(self, index: Index) -> Any:
+    def __getitem__(self, index: Index | tuple[Any, ...]) -> Any:
+        if isinstance(index, tuple):
+            # view[frames, rest...]: select frames lazily, then index within them
+            if not index:
+                return self[:]
+            if self.field.ragged:
+                raise IndexError(f"field {self.name!r} is ragged: index frames only")
+            frames = index[0]
+            rest = (slice(None), *index[1:]) if not isinstance(frames, int | np.integer) else index[1:]
+            return self[frames][rest]
         norm = _normalize(index, self._length)
         if isinstance(norm, int):
             return self._read_range(norm, norm + 1)[0]

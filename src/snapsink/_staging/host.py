@@ -56,7 +56,12 @@ class Slot:
         return flat[:need].reshape((rows or 0, *row_shape))
 
     def capture_host(self, name: str, field: Field, value: Any) -> np.ndarray[Any, Any]:
-        """Copy a host value (array or scalar) into this slot; return the copy."""
+        """Copy a host value (array or scalar) into this slot; return the copy.
+
+        A scalar field becomes an immutable numpy scalar (no slot buffer needed).
+        """
+        if not field.shape:
+            return field.dtype.type(value)  # type: ignore[no-any-return]
         rows = len(value) if field.ragged else None
         buf = self.buffer(name, field, rows)
         np.copyto(buf, value, casting="unsafe")  # safety was checked by validation

@@ -143,6 +143,8 @@ class HostMemory:
                     counts = np.fromiter((len(a) for a in arrays), np.int64, len(arrays))
                     off.extend(last + np.cumsum(counts))
                     self._data[name].extend(np.concatenate(arrays) if arrays else arrays)  # type: ignore[arg-type]
+                elif not f.shape:
+                    self._data[name].extend(np.array(arrays, dtype=f.dtype))
                 else:
                     self._data[name].extend_frames(arrays)
             self._committed = self._steps.size

@@ -1,0 +1,7 @@
+"""``python -m snapsink``: the same as the ``snapsink`` command."""
+
+import sys
+
+from .cli import main
+
+sys.exit(main())

@@ -1,0 +1,666 @@
+"""Building blocks of the ``snapsink-npy`` format (see ``docs/formats/npy.md``).
+
+- the fixed-size ``.npy`` header (4096 bytes, so data is page aligned and a
+  header rewrite never moves data) and its parser;
+- :class:`GrowableNpyFile`: one ``.npy`` file grown along axis 0 by capacity
+  doubling, written with ``os.pwritev``;
+- :class:`StepRanges`: dropped steps as sorted half-open ``[start, stop)`` runs;
+- :func:`parse_metadata`: the defensive parser of ``metadata.json``.
+
+Everything except :class:`GrowableNpyFile` and the fsync helpers is free of I/O.
+"""
+
+from __future__ import annotations
+
+import ast
+import bisect
+import functools
+import json
+import math
+import os
+import struct
+from collections.abc import Sequence
+from dataclasses import dataclass
+from datetime import UTC, datetime
+from importlib import metadata as _importlib_metadata
+from typing import Any
+
+import numpy as np
+
+from .._errors import ConfigError, FormatError, StoreNotFoundError
+from .._schema import Field, Schema, check_name
+
+__all__ = [
+    "FORMAT_NAME",
+    "FORMAT_VERSION",
+    "HEADER_SIZE",
+    "GrowableNpyFile",
+    "Metadata",
+    "StepRanges",
+    "build_header",
+    "fsync_dir",
+    "parse_header",
+    "parse_metadata",
+]
+
+FORMAT_NAME = "snapsink-npy"
+FORMAT_VERSION = 1
+#: Bytes before the data of every growable file: magic, version, length, padded dict.
+HEADER_SIZE = 4096
+_MAGIC = b"\x93NUMPY\x01\x00"
+_PREAMBLE = len(_MAGIC) + 2  # magic + version + uint16 header length
+#: First capacity of a file: this many bytes' worth of rows, and at least 16 rows.
+_INITIAL_BYTES = 1 << 20
+#: Linux IOV_MAX; a pwritev call takes at most this many buffers.
+_IOV_MAX = 1024
+
+
+# -- header ---------------------------------------------------------------------
+def build_header(dtype: np.dtype[Any], shape: tuple[int, ...]) -> bytes:
+    """A version 1.0 ``.npy`` header of exactly :data:`HEADER_SIZE` bytes.
+
+    The dict is padded with spaces and ends with ``\\n``, as the ``.npy`` format
+    allows, so ``np.load`` finds the data at offset 4096.
+    """
+    descr = np.lib.format.dtype_to_descr(dtype)
+    text = f"{{'descr': {descr!r}, 'fortran_order': False, 'shape': {tuple(shape)!r}, }}"
+    body = text.encode("latin1")
+    room = HEADER_SIZE - _PREAMBLE
+    if len(body) + 1 > room:  # pragma: no cover - needs a shape of ~200 dimensions
+        raise ConfigError(f"array header too long for {HEADER_SIZE} bytes: {text}")
+    body = body + b" " * (room - len(body) - 1) + b"\n"
+    return _MAGIC + struct.pack("<H", room) + body
+
+
+@dataclass(frozen=True, slots=True)
+class Header:
+    """What an ``.npy`` header says: dtype, shape and where the data starts."""
+
+    dtype: np.dtype[Any]
+    shape: tuple[int, ...]
+    offset: int
+
+
+def parse_header(raw: bytes, what: str) -> Header:
+    """Parse a ``.npy`` header (version 1, 2 or 3) from the file's first bytes.
+
+    Never unpickles and never evaluates anything but Python literals.
+
+    Raises
+    ------
+    FormatError
+        Not a ``.npy`` header, a Fortran-ordered or object array, or truncated.
+    """
+    if len(raw) < 10 or raw[:6] != b"\x93NUMPY":
+        raise FormatError(f"{what}: not a .npy file (bad magic)")
+    major = raw[6]
+    if major == 1:
+        (hlen,), start = struct.unpack("<H", raw[8:10]), 10
+    elif major in (2, 3) and len(raw) >= 12:
+        (hlen,), start = struct.unpack("<I", raw[8:12]), 12
+    else:
+        raise FormatError(f"{what}: unsupported .npy version {major}")
+    if len(raw) < start + hlen:
+        raise FormatError(f"{what}: truncated .npy header")
+    try:
+        text = raw[start : start + hlen].decode("utf-8" if major == 3 else "latin1")
+        d = ast.literal_eval(text)
+    except (UnicodeDecodeError, ValueError, SyntaxError, MemoryError, RecursionError) as exc:
+        raise FormatError(f"{what}: unreadable .npy header") from exc
+    if not isinstance(d, dict) or set(d) != {"descr", "fortran_order", "shape"}:
+        raise FormatError(f"{what}: malformed .npy header {text.strip()!r}")
+    shape = d["shape"]
+    if (
+        d["fortran_order"] is not False
+        or not isinstance(shape, tuple)
+        or not all(isinstance(n, int) and not isinstance(n, bool) and n >= 0 for n in shape)
+    ):
+        raise FormatError(f"{what}: unsupported .npy header {text.strip()!r}")
+    try:
+        dtype = np.lib.format.descr_to_dtype(d["descr"])
+    except (TypeError, ValueError) as exc:
+        raise FormatError(f"{what}: bad dtype in .npy header {d['descr']!r}") from exc
+    if dtype.hasobject:
+        raise FormatError(f"{what}: object arrays are not part of the format")
+    return Header(dtype, shape, start + hlen)
+
+
+def check_header(header: Header, dtype: np.dtype[Any], row_shape: tuple[int, ...],
+                 where: str) -> Header:
+    """``header`` if it describes rows of ``row_shape`` and ``dtype``, else FormatError."""
+    if header.dtype != dtype or header.shape[1:] != row_shape or not header.shape:
+        raise FormatError(
+            f"{where}: expected dtype {dtype} and rows of shape {row_shape}, the header "
+            f"says {header.dtype} and shape {header.shape}"
+        )
+    return header
+
+
+# -- a growable file --------------------------------------------------------------
+def _pwrite_all(fd: int, buffers: Sequence[memoryview], offset: int) -> None:
+    """Write every buffer back to back at ``offset``, retrying short writes."""
+    pending = [b for b in buffers if b.nbytes]
+    while pending:
+        chunk = pending[:_IOV_MAX]
+        written = os.pwritev(fd, chunk, offset)
+        offset += written
+        total = sum(b.nbytes for b in chunk)
+        if written == total:
+            pending = pending[_IOV_MAX:]
+            continue
+        # Short write (rare on regular files): drop what went out, resume.
+        rest: list[memoryview] = []
+        for b in chunk:
+            if written >= b.nbytes:
+                written -= b.nbytes
+            else:
+                rest.append(b[written:])
+                written = 0
+        pending = rest + pending[_IOV_MAX:]
+
+
+def fsync_dir(path: str) -> None:
+    """fsync a directory so the entries created or renamed in it are durable."""
+    fd = os.open(path, os.O_RDONLY | getattr(os, "O_DIRECTORY", 0))
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+
+
+_datasync = getattr(os, "fdatasync", os.fsync)
+
+
+class GrowableNpyFile:
+    """One ``.npy`` file grown along axis 0: header at 0, rows from offset 4096.
+
+    ``used`` rows are written; ``committed`` rows are durable and named by the
+    header. Capacity grows geometrically with ``ftruncate`` (a sparse extent on
+    most file systems), so data already written is never copied.
+
+    Rows go out with ``os.pwritev`` rather than through a memory map: on a
+    64 MiB run (1024 frames of 64 KiB, 200k frames of 12 B, 2800 of 12 KB,
+    batches of 1 and 16, ext4 on a VM) pwritev was as fast or faster in every
+    case (e.g. 100 vs 116 ms, 40 vs 176 ms, 54 vs 83 ms for batches of 16),
+    needs no remap on growth, and reports a full disk as an ``OSError`` where a
+    memory map would raise SIGBUS.
+    """
+
+    __slots__ = ("capacity", "committed", "dirty", "dtype", "fd", "path", "row_bytes",
+                 "row_shape", "used")
+
+    def __init__(self, path: str, fd: int, dtype: np.dtype[Any], row_shape: tuple[int, ...],
+                 committed: int, capacity: int):
+        self.path = path
+        self.fd = fd
+        self.dtype = dtype
+        self.row_shape = row_shape
+        self.row_bytes = math.prod(row_shape) * dtype.itemsize
+        self.committed = committed
+        self.used = committed
+        self.capacity = capacity
+        self.dirty = False
+
+    @classmethod
+    def create(cls, path: str, dtype: np.dtype[Any], row_shape: tuple[int, ...]) -> GrowableNpyFile:
+        """Create (or truncate) ``path`` with zero rows and a first capacity."""
+        fd = os.open(path, os.O_RDWR | os.O_CREAT | os.O_TRUNC, 0o644)
+        try:
+            f = cls(path, fd, dtype, row_shape, 0, 0)
+            os.pwrite(fd, build_header(dtype, (0, *row_shape)), 0)
+            f.reserve(max(16, _INITIAL_BYTES // max(f.row_bytes, 1)))
+        except BaseException:
+            os.close(fd)
+            raise
+        f.dirty = True
+        return f
+
+    @classmethod
+    def reopen(cls, path: str, dtype: np.dtype[Any], row_shape: tuple[int, ...],
+               committed: int) -> GrowableNpyFile:
+        """Open an existing file to append after its first ``committed`` rows.
+
+        Rows past ``committed`` (an uncommitted tail) are overwritten by later
+        appends and cut off at close.
+
+        Raises
+        ------
+        FormatError
+            The header does not match ``dtype``/``row_shape``, or the file holds
+            fewer than ``committed`` rows.
+        """
+        fd = os.open(path, os.O_RDWR)
+        try:
+            header = check_header(parse_header(os.pread(fd, HEADER_SIZE, 0), path), dtype,
+                                  row_shape, path)
+            if header.offset != HEADER_SIZE:
+                raise FormatError(f"{path}: data offset {header.offset}, expected {HEADER_SIZE}")
+            size = os.fstat(fd).st_size
+            f = cls(path, fd, dtype, row_shape, committed, 0)
+            have = (size - HEADER_SIZE) // f.row_bytes if f.row_bytes else committed
+            if size < HEADER_SIZE or have < committed:
+                raise FormatError(
+                    f"{path}: expected at least {committed} committed rows, the file holds {have}"
+                )
+            f.capacity = have
+        except BaseException:
+            os.close(fd)
+            raise
+        return f
+
+    def reserve(self, rows: int) -> None:
+        """Make room for ``rows`` more rows after ``used`` (capacity doubling)."""
+        need = self.used + rows
+        if need > self.capacity:
+            cap = max(need, 2 * self.capacity)
+            os.ftruncate(self.fd, HEADER_SIZE + cap * self.row_bytes)
+            self.capacity = cap
+
+    def write_at(self, row: int, buffers: Sequence[memoryview]) -> None:
+        """Write contiguous row data at row index ``row`` (room must be reserved)."""
+        _pwrite_all(self.fd, buffers, HEADER_SIZE + row * self.row_bytes)
+        self.dirty = True
+
+    def read_row(self, row: int) -> np.ndarray[Any, Any]:
+        """Read one row back (resume needs the last step and time)."""
+        raw = os.pread(self.fd, self.row_bytes, HEADER_SIZE + row * self.row_bytes)
+        if len(raw) != self.row_bytes:
+            raise FormatError(f"{self.path}: short read at row {row}")
+        return np.frombuffer(raw, self.dtype).reshape(self.row_shape)
+
+    def sync(self) -> None:
+        """Name the ``used`` rows in the header and make everything durable."""
+        os.pwrite(self.fd, build_header(self.dtype, (self.used, *self.row_shape)), 0)
+        _datasync(self.fd)
+        self.committed = self.used
+        self.dirty = False
+
+    def finalize(self, rows: int) -> None:
+        """Header naming ``rows`` rows, file cut to exactly those rows, durable."""
+        os.pwrite(self.fd, build_header(self.dtype, (rows, *self.row_shape)), 0)
+        os.ftruncate(self.fd, HEADER_SIZE + rows * self.row_bytes)
+        os.fsync(self.fd)
+        self.capacity = self.used = self.committed = rows
+        self.dirty = False
+
+    def close(self) -> None:
+        if self.fd >= 0:
+            fd, self.fd = self.fd, -1
+            os.close(fd)
+
+
+# -- dropped steps ------------------------------------------------------------------
+class StepRanges:
+    """A set of int steps as sorted, disjoint, non-adjacent ``[start, stop)`` runs.
+
+    Adding steps in increasing order (what a drop policy produces) is O(1) per
+    step; an out-of-order step falls back to a bisect and merge.
+    """
+
+    __slots__ = ("_runs", "count")
+
+    def __init__(self, runs: Sequence[Sequence[int]] = ()):
+        self._runs: list[list[int]] = [[int(a), int(b)] for a, b in runs]
+        self.count = sum(b - a for a, b in self._runs)
+
+    def add(self, step: int) -> None:
+        runs = self._runs
+        if runs and step >= runs[-1][0]:
+            last = runs[-1]
+            if step < last[1]:
+                return
+            if step == last[1]:
+                last[1] += 1
+                self.count += 1
+                return
+        if not runs or step > runs[-1][1]:
+            runs.append([step, step + 1])
+            self.count += 1
+            return
+        i = bisect.bisect_right(runs, step, key=lambda r: r[0])
+        if i and step < runs[i - 1][1]:
+            return
+        self.count += 1
+        left = bool(i) and runs[i - 1][1] == step
+        right = i < len(runs) and runs[i][0] == step + 1
+        if left and right:
+            runs[i - 1][1] = runs[i][1]
+            del runs[i]
+        elif left:
+            runs[i - 1][1] += 1
+        elif right:
+            runs[i][0] -= 1
+        else:
+            runs.insert(i, [step, step + 1])
+
+    def to_json(self) -> list[list[int]]:
+        return self._runs
+
+    def to_array(self) -> np.ndarray[Any, np.dtype[np.int64]]:
+        if not self._runs:
+            return np.zeros(0, np.int64)
+        return np.concatenate([np.arange(a, b, dtype=np.int64) for a, b in self._runs])
+
+
+# -- metadata ---------------------------------------------------------------------
+@dataclass(slots=True)
+class Metadata:
+    """The content of ``metadata.json``, validated."""
+
+    schema: Schema | None
+    count: int
+    rows: dict[str, int]
+    times: bool
+    dropped: list[list[int]]
+    attrs: dict[str, Any]
+    static: list[str]
+    versions: dict[str, str]
+    created: str
+    updated: str
+    closed: bool
+
+    def to_json(self) -> dict[str, Any]:
+        return {
+            "format": FORMAT_NAME,
+            "version": FORMAT_VERSION,
+            "schema": None if self.schema is None else self.schema.to_json(),
+            "count": self.count,
+            "rows": self.rows,
+            "times": self.times,
+            "dropped": self.dropped,
+            "attrs": self.attrs,
+            "static": self.static,
+            "versions": self.versions,
+            "created": self.created,
+            "updated": self.updated,
+            "closed": self.closed,
+        }
+
+
+_KEYS = frozenset(Metadata.__slots__) | {"format", "version"}
+
+
+def _is_int(x: object) -> bool:
+    return isinstance(x, int) and not isinstance(x, bool)
+
+
+def parse_metadata(obj: object, where: str) -> Metadata:
+    """Validate decoded ``metadata.json`` content; every key is type checked.
+
+    Raises
+    ------
+    FormatError
+        A foreign or newer format, a missing or mistyped key, an unsafe field or
+        static name, or inconsistent counts.
+    """
+
+    def bad(msg: str) -> FormatError:
+        return FormatError(f"{where}: {msg}")
+
+    if not isinstance(obj, dict):
+        raise bad(f"expected a JSON object, got {type(obj).__name__}")
+    if obj.get("format") != FORMAT_NAME:
+        raise bad(f"expected format {FORMAT_NAME!r}, got {obj.get('format')!r}")
+    version = obj.get("version")
+    if not _is_int(version):
+        raise bad(f"expected an int version, got {version!r}")
+    if version != FORMAT_VERSION:
+        raise bad(
+            f"format version {version} is not supported (this snapsink reads version "
+            f"{FORMAT_VERSION}); upgrade snapsink"
+        )
+    missing = sorted(_KEYS - set(obj))
+    if missing:
+        raise bad(f"missing keys {missing}")
+    raw_schema = obj["schema"]
+    schema: Schema | None = None
+    if raw_schema is not None:
+        if not isinstance(raw_schema, dict):
+            raise bad(f"'schema': expected an object or null, got {type(raw_schema).__name__}")
+        try:
+            schema = Schema.from_json(raw_schema)
+        except ConfigError as exc:
+            raise bad(f"'schema': {exc}") from exc
+    count = obj["count"]
+    if not _is_int(count) or count < 0:
+        raise bad(f"'count': expected a non-negative int, got {count!r}")
+    if count and schema is None:
+        raise bad(f"'count' is {count} but there is no schema")
+    rows = obj["rows"]
+    ragged = set(schema.ragged) if schema is not None else set()
+    if not isinstance(rows, dict) or set(rows) != ragged:
+        raise bad(f"'rows': expected an object with keys {sorted(ragged)}, got {rows!r}")
+    for name, n in rows.items():
+        if not _is_int(n) or n < 0:
+            raise bad(f"'rows'[{name!r}]: expected a non-negative int, got {n!r}")
+    for key in ("times", "closed"):
+        if not isinstance(obj[key], bool):
+            raise bad(f"{key!r}: expected true or false, got {obj[key]!r}")
+    dropped = obj["dropped"]
+    if not isinstance(dropped, list):
+        raise bad(f"'dropped': expected a list of [start, stop] runs, got {type(dropped).__name__}")
+    prev: int | None = None
+    for run in dropped:
+        if (
+            not isinstance(run, list)
+            or len(run) != 2
+            or not all(_is_int(x) for x in run)
+            or run[0] >= run[1]
+            or (prev is not None and run[0] <= prev)
+        ):
+            raise bad(f"'dropped': expected sorted disjoint [start, stop) runs, got {run!r}")
+        prev = run[1]
+    if not isinstance(obj["attrs"], dict):
+        raise bad(f"'attrs': expected an object, got {type(obj['attrs']).__name__}")
+    static = obj["static"]
+    if not isinstance(static, list):
+        raise bad(f"'static': expected a list of names, got {type(static).__name__}")
+    try:
+        for name in static:
+            check_name(name, "static")
+    except ConfigError as exc:
+        raise bad(f"'static': {exc}") from exc
+    if len(set(static)) != len(static):
+        raise bad("'static': duplicate names")
+    versions = obj["versions"]
+    if not isinstance(versions, dict) or not all(
+        isinstance(k, str) and isinstance(v, str) for k, v in versions.items()
+    ):
+        raise bad(f"'versions': expected an object of strings, got {versions!r}")
+    for key in ("created", "updated"):
+        if not isinstance(obj[key], str):
+            raise bad(f"{key!r}: expected an ISO time string, got {obj[key]!r}")
+    return Metadata(
+        schema=schema,
+        count=count,
+        rows=dict(rows),
+        times=obj["times"],
+        dropped=[list(r) for r in dropped],
+        attrs=obj["attrs"],
+        static=list(static),
+        versions=dict(versions),
+        created=obj["created"],
+        updated=obj["updated"],
+        closed=obj["closed"],
+    )
+
+
+# -- store paths and files ------------------------------------------------------------
+METADATA = "metadata.json"
+METADATA_TMP = ".metadata.json.tmp"
+STATIC_DIR = "static"
+#: Upper bound on the size of metadata.json a reader accepts (hostile files).
+MAX_METADATA_BYTES = 1 << 30
+
+
+def now_iso() -> str:
+    return datetime.now(UTC).isoformat(timespec="milliseconds")
+
+
+@functools.cache
+def versions() -> dict[str, str]:
+    try:
+        own = _importlib_metadata.version("snapsink")
+    except _importlib_metadata.PackageNotFoundError:
+        own = "unknown"
+    return {"snapsink": own, "numpy": np.__version__}
+
+
+def check_path(path: object) -> str:
+    if isinstance(path, str | os.PathLike):
+        p = os.fspath(path)
+        if isinstance(p, str) and p:
+            return p
+    raise ConfigError(
+        f"path: expected a non-empty str or os.PathLike, got {type(path).__name__} {path!r}"
+    )
+
+
+def bytes_of(arr: np.ndarray[Any, Any]) -> memoryview:
+    return np.ascontiguousarray(arr).reshape(-1).view(np.uint8).data
+
+
+def field_file_names(schema: Schema) -> list[str]:
+    """The per-field files a schema owns, in schema order."""
+    out: list[str] = []
+    for name, f in schema.items():
+        out.append(f"{name}.npy")
+        if f.ragged:
+            out.append(f"{name}.offsets.npy")
+    return out
+
+
+def row_layout(f: Field) -> tuple[np.dtype[Any], tuple[int, ...]]:
+    """dtype and row shape of a field's data file (a frame is a row when fixed)."""
+    if f.ragged:
+        return f.dtype, f.row_shape
+    return f.dtype, tuple(n for n in f.shape if n is not None)
+
+
+def read_metadata(path: str) -> Metadata:
+    """Load and validate ``<path>/metadata.json``.
+
+    Raises
+    ------
+    StoreNotFoundError
+        No directory or no metadata.json.
+    FormatError
+        Unreadable, truncated, foreign or malformed metadata.
+    """
+    if not os.path.isdir(path):
+        raise StoreNotFoundError(f"no snapsink-npy store at {path!r}: not a directory")
+    where = os.path.join(path, METADATA)
+    try:
+        with open(where, "rb") as fh:
+            raw = fh.read(MAX_METADATA_BYTES + 1)
+    except FileNotFoundError:
+        raise StoreNotFoundError(
+            f"no snapsink-npy store at {path!r}: the directory has no {METADATA}"
+        ) from None
+    except OSError as exc:
+        raise FormatError(f"{where}: cannot read: {exc}") from exc
+    if len(raw) > MAX_METADATA_BYTES:
+        raise FormatError(f"{where}: larger than {MAX_METADATA_BYTES} bytes")
+
+    def _no_constant(name: str) -> Any:
+        raise ValueError(f"non-standard JSON constant {name}")
+
+    try:
+        obj = json.loads(raw.decode("utf-8"), parse_constant=_no_constant)
+    except (UnicodeDecodeError, ValueError, RecursionError) as exc:
+        raise FormatError(f"{where}: not valid JSON (truncated or corrupt?): {exc}") from exc
+    return parse_metadata(obj, where)
+
+
+def load_static(path: str, name: str) -> np.ndarray[Any, Any]:
+    where = os.path.join(path, STATIC_DIR, f"{name}.npy")
+    try:
+        with open(where, "rb") as fh:
+            arr = np.lib.format.read_array(fh, allow_pickle=False)
+    except FileNotFoundError:
+        raise FormatError(f"{where}: missing, but {METADATA} lists static {name!r}") from None
+    except (OSError, ValueError, EOFError) as exc:
+        raise FormatError(f"{where}: not a readable .npy file: {exc}") from exc
+    if not isinstance(arr, np.ndarray) or arr.dtype.hasobject:
+        raise FormatError(f"{where}: not a plain numeric array")
+    return arr
+
+
+def scan_store_dir(path: str, entries: list[str], meta: Metadata) -> tuple[list[str], list[str]]:
+    """Sort the entries of a store directory for ``mode="w"``.
+
+    Returns
+    -------
+    tuple
+        ``(foreign, static_files)``: the entries the layout of ``meta`` does not
+        own (never to be deleted), and the ``static/<name>.npy`` files it does.
+    """
+    owned = {METADATA, METADATA_TMP, "steps.npy", "times.npy", STATIC_DIR}
+    if meta.schema is not None:
+        owned.update(field_file_names(meta.schema))
+    foreign = [e for e in entries if e not in owned]
+    foreign += [
+        e
+        for e in entries
+        if e != STATIC_DIR and e in owned and not os.path.isfile(os.path.join(path, e))
+    ]
+    sdir = os.path.join(path, STATIC_DIR)
+    static_files: list[str] = []
+    if os.path.lexists(sdir):
+        if os.path.islink(sdir) or not os.path.isdir(sdir):
+            foreign.append(STATIC_DIR)
+            return foreign, static_files
+        for e in sorted(os.listdir(sdir)):
+            stem, ext = os.path.splitext(e)
+            try:
+                check_name(stem, "static")
+                ok = ext == ".npy" and os.path.isfile(os.path.join(sdir, e))
+            except ConfigError:
+                ok = False
+            if ok:
+                static_files.append(e)
+            else:
+                foreign.append(f"{STATIC_DIR}/{e}")
+    return foreign, static_files
+
+
+def replace_atomically(directory: str, tmp_name: str, name: str, data: bytes) -> None:
+    """Write ``data`` to a temp file, fsync it, rename it onto ``name``, fsync the directory."""
+    tmp = os.path.join(directory, tmp_name)
+    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o644)
+    try:
+        view = memoryview(data)
+        while view:
+            view = view[os.write(fd, view) :]
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+    os.replace(tmp, os.path.join(directory, name))
+    fsync_dir(directory)
+
+
+def read_exactly(where: str, pos: int, out: np.ndarray[Any, Any], what: str) -> None:
+    """Fill ``out`` with the bytes of file ``where`` from offset ``pos``.
+
+    Raises
+    ------
+    FormatError
+        The file is unreadable or ends early (fewer rows than metadata names).
+    """
+    buf = out.reshape(-1).view(np.uint8).data
+    got = 0
+    try:
+        with open(where, "rb", buffering=0) as fh:
+            fh.seek(pos)
+            while got < len(buf):
+                n = fh.readinto(buf[got:])
+                if not n:
+                    break
+                got += n
+    except OSError as exc:
+        raise FormatError(f"{where}: cannot read: {exc}") from exc
+    if got != len(buf):
+        raise FormatError(
+            f"{where}: holds fewer rows than {METADATA} names ({what} asked for); "
+            "the store is truncated"
+        )

@@ -1,0 +1,770 @@
+"""NpyDirectory: a crash-safe, growable, resumable directory of ``.npy`` files.
+
+Layout (the full specification is ``docs/formats/npy.md``)::
+
+    run/
+      metadata.json          format, schema, committed count, ... (commit-last)
+      steps.npy              int64, one per frame
+      times.npy              float64, one per frame (only when frames carry times)
+      <field>.npy            fixed field: frames on axis 0
+      <field>.npy            ragged field: the rows of all frames, concatenated
+      <field>.offsets.npy    ragged field: int64 row offsets, committed frames + 1
+      static/<name>.npy      arrays written once
+
+Every growable file has a 4096-byte header, so its data is page aligned and the
+shape in the header can be rewritten in place. Readers trust only the committed
+count in ``metadata.json``; after a clean close ``np.load(f, mmap_mode="r")``
+of any file gives exactly the committed data.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import os
+import time
+import weakref
+from collections.abc import Mapping
+from typing import Any
+
+import numpy as np
+
+from .._errors import ConfigError, FormatError, SchemaError, StoreExistsError
+from .._schema import Batch, Field, Frame, Schema
+from .._store import Resume
+from .._trajectory import Trajectory
+from ._common import check_attrs, check_mode, check_static
+from ._npyfile import (
+    FORMAT_NAME,
+    HEADER_SIZE,
+    MAX_METADATA_BYTES,
+    METADATA,
+    METADATA_TMP,
+    STATIC_DIR,
+    GrowableNpyFile,
+    Metadata,
+    StepRanges,
+    bytes_of,
+    check_header,
+    check_path,
+    fsync_dir,
+    load_static,
+    now_iso,
+    parse_header,
+    read_exactly,
+    read_metadata,
+    replace_atomically,
+    row_layout,
+    scan_store_dir,
+    versions,
+)
+
+__all__ = ["NpyDirectory", "NpySource", "is_npy_store", "open_npy"]
+
+_clock = time.monotonic  # the commit_seconds clock (tests replace it)
+
+
+def _close_files(files: dict[str, GrowableNpyFile]) -> None:
+    for f in files.values():
+        f.close()
+
+
+class NpyDirectory:
+    """A store writing one ``.npy`` file per field into a directory.
+
+    Crash safe (commit-last ``metadata.json``), growable without rewriting data
+    (capacity doubling), resumable (``mode="a"``), and readable during the run
+    with :func:`open_npy` or ``np.load(mmap_mode="r")`` after close.
+
+    Parameters
+    ----------
+    path
+        The store's directory. Created (with its parents) when missing; an
+        existing directory must be empty or hold a snapsink-npy store.
+    mode
+        ``"x"``: create; fail if the directory holds anything. ``"w"``: replace
+        an existing store (only the files its layout owns; a directory holding
+        other files is refused). ``"a"``: append after the committed frames of
+        an existing store (create one when there is none).
+    attrs
+        JSON-serializable metadata, stored in ``metadata.json``. With ``"a"``
+        they update the stored attrs.
+    static
+        ``{name: array}`` written once to ``static/<name>.npy``. With ``"a"``
+        a name already stored must hold an equal array.
+    commit_every
+        Commit after this many frames appended since the last commit.
+    commit_seconds
+        Also commit at an append when this many seconds passed since the last
+        commit; ``None`` to commit on frame count (and ``commit()``) only.
+
+    Raises
+    ------
+    ConfigError
+        For a bad path, mode, attrs, static array or commit setting.
+
+    Notes
+    -----
+    Methods block and are meant for one thread at a time (the sink runs them in
+    a worker thread). Only frames committed (every ``commit_every`` frames,
+    every ``commit_seconds``, at ``commit()`` and at ``close()``) survive a crash;
+    a process that dies leaves a store that opens with its committed frames.
+    """
+
+    def __init__(
+        self,
+        path: str | os.PathLike[str],
+        mode: str = "x",
+        *,
+        attrs: Mapping[str, Any] | None = None,
+        static: Mapping[str, Any] | None = None,
+        commit_every: int = 256,
+        commit_seconds: float | None = 5.0,
+    ):
+        self._path = check_path(path)
+        self._mode = check_mode(mode)
+        self._attrs = check_attrs(attrs)
+        self._static = check_static(static)
+        if isinstance(commit_every, bool) or not isinstance(commit_every, int | np.integer) or (
+            commit_every < 1
+        ):
+            raise ConfigError(f"commit_every: expected a positive int, got {commit_every!r}")
+        self._commit_every = int(commit_every)
+        if commit_seconds is not None:
+            if isinstance(commit_seconds, bool) or not isinstance(
+                commit_seconds, int | float | np.integer | np.floating
+            ):
+                raise ConfigError(
+                    f"commit_seconds: expected a positive number or None, got {commit_seconds!r}"
+                )
+            commit_seconds = float(commit_seconds)
+            if not (math.isfinite(commit_seconds) and commit_seconds > 0):
+                raise ConfigError(
+                    "commit_seconds: expected a positive finite number or None, "
+                    f"got {commit_seconds}"
+                )
+        self._commit_seconds = commit_seconds
+
+        self._state = "new"  # new -> open -> closed
+        self._schema: Schema | None = None
+        self._times = False
+        self._count = 0  # frames appended
+        self._committed = 0  # frames named by metadata.json
+        self._since_commit = 0
+        self._last_commit = _clock()
+        self._last_step: int | None = None
+        self._dropped = StepRanges()
+        self._dropped_dirty = False
+        self._static_names: list[str] = []
+        self._created = now_iso()
+        self._new_entries = False
+        self._files: dict[str, GrowableNpyFile] = {}
+        # A writer dropped without close() acts like a crash: descriptors are
+        # closed, nothing is committed.
+        self._finalizer = weakref.finalize(self, _close_files, self._files)
+
+    def __repr__(self) -> str:
+        return f"NpyDirectory({self._path!r}, mode={self._mode!r})"
+
+    @property
+    def path(self) -> str:
+        """The store's directory."""
+        return self._path
+
+    # -- Store protocol ---------------------------------------------------------
+    def open(self) -> Resume | None:
+        """Claim the directory according to the mode.
+
+        Returns
+        -------
+        Resume or None
+            ``None`` for a new store; with ``mode="a"`` on an existing store,
+            its schema, committed count, last step and time.
+
+        Raises
+        ------
+        StoreExistsError
+            ``"x"`` on a non-empty directory; ``"w"`` on a directory holding
+            files that are not the store's; a path that is not a directory.
+        FormatError
+            The existing store's metadata is corrupt or foreign (``"w"``,
+            ``"a"``), or ``"a"`` on a non-empty directory that is no store.
+        ConfigError
+            ``open()`` called twice, or a static array differs from the stored one.
+        """
+        if self._state != "new":
+            raise ConfigError(f"{self!r}: open() was already called")
+        path = self._path
+        if os.path.lexists(path) and not os.path.isdir(path):
+            raise StoreExistsError(f"{path!r} exists and is not a directory")
+        entries = sorted(os.listdir(path)) if os.path.isdir(path) else None
+        if entries and METADATA not in entries:
+            if self._mode == "a":
+                raise FormatError(
+                    f"{path!r} holds files but no {METADATA}: not a snapsink-npy store; "
+                    "give an empty or new directory"
+                )
+            raise StoreExistsError(
+                f"{path!r} is not empty and is not a snapsink store (it holds "
+                f"{', '.join(map(repr, entries[:5]))}{', ...' if len(entries) > 5 else ''}); "
+                "refusing to write into it: give an empty or new directory"
+            )
+        if entries and self._mode == "x":
+            raise StoreExistsError(
+                f"a store exists at {path!r}; pass mode='w' to replace it or mode='a' "
+                "to append to it"
+            )
+        try:
+            if entries and self._mode == "a":
+                return self._resume()
+            if entries:
+                self._remove_store(entries)
+            self._create()
+        except BaseException:
+            # A failed open leaves nothing half-claimed: close() then does nothing.
+            _close_files(self._files)
+            self._files.clear()
+            self._state = "new"
+            raise
+        return None
+
+    def prepare(self, schema: Schema, *, times: bool) -> None:
+        """Create the files of ``schema`` (or check it against the stored one).
+
+        Parameters
+        ----------
+        schema
+            The fields of every frame.
+        times
+            Whether frames carry a time.
+
+        Raises
+        ------
+        SchemaError
+            Appending (``"a"``) with a schema or a times flag other than the
+            stored frames'.
+        """
+        self._check_open("prepare")
+        if not isinstance(schema, Schema):
+            raise ConfigError(f"prepare: expected a Schema, got {type(schema).__name__}")
+        times = bool(times)
+        if self._schema is not None:
+            if schema != self._schema:
+                raise SchemaError(
+                    f"the store at {self._path!r} holds frames of schema {self._schema!r}; "
+                    f"got {schema!r}: append with the same fields, dtypes and shapes, or "
+                    "write to a new store"
+                )
+            if self._count and times != self._times:
+                had = "carry" if self._times else "carry no"
+                raise SchemaError(
+                    f"the store at {self._path!r} holds frames that {had} times; new frames "
+                    f"must do the same (got times={times})"
+                )
+            self._times = times
+            if times and "times" not in self._files:
+                self._add_file("times", np.dtype(np.float64), ())
+            self._write_metadata(closed=False)
+            return
+        self._schema = schema
+        self._times = times
+        # Metadata names the files before they exist, so that mode="w" owns
+        # whatever a crash in between leaves behind.
+        self._write_metadata(closed=False)
+        self._add_file("steps", np.dtype(np.int64), ())
+        if times:
+            self._add_file("times", np.dtype(np.float64), ())
+        self._open_field_files(schema, committed=None)
+
+    def append(self, batch: Batch) -> None:
+        """Write ``batch.frames`` after the appended frames; note its dropped steps.
+
+        Commits when ``commit_every`` frames were appended since the last commit
+        or ``commit_seconds`` passed. A failure leaves the appended count as it
+        was: a later append overwrites whatever part of the batch was written.
+
+        Raises
+        ------
+        SchemaError
+            A frame whose steps, time or shapes disagree with the store.
+        OSError
+            The disk failed (full, I/O error).
+        """
+        self._check_open("append")
+        for s in batch.dropped_steps:
+            self._dropped.add(int(s))
+            self._dropped_dirty = True
+        frames = batch.frames
+        if frames:
+            schema = self._schema
+            if schema is None:
+                raise ConfigError(f"{self!r}: prepare() must come before append()")
+            n = len(frames)
+            steps = np.fromiter((fr.step for fr in frames), np.int64, n)
+            if (self._last_step is not None and steps[0] <= self._last_step) or (
+                n > 1 and not bool(np.all(steps[1:] > steps[:-1]))
+            ):
+                raise SchemaError(
+                    f"steps must strictly increase after {self._last_step}, got "
+                    f"{steps[:8].tolist()}"
+                )
+            writes: list[tuple[GrowableNpyFile, int, list[memoryview]]] = []
+            writes.append((self._files["steps"], n, [bytes_of(steps)]))
+            if self._times:
+                if any(fr.time is None for fr in frames):
+                    raise SchemaError("every frame must carry a time (the store has times)")
+                tms = np.fromiter((fr.time for fr in frames), np.float64, n)
+                writes.append((self._files["times"], n, [bytes_of(tms)]))
+            for name, f in schema.items():
+                writes.extend(self._plan_field(name, f, frames))
+            for file, rows, _ in writes:
+                file.reserve(rows)
+            for file, _, bufs in writes:
+                file.write_at(file.used, bufs)
+            # Only now that every byte went out do the counts move.
+            for file, rows, _ in writes:
+                file.used += rows
+            self._count += n
+            self._last_step = int(steps[-1])
+            self._since_commit += n
+        if self._since_commit >= self._commit_every or (
+            self._commit_seconds is not None
+            and (self._since_commit or self._dropped_dirty)
+            and _clock() - self._last_commit >= self._commit_seconds
+        ):
+            self.commit()
+
+    def commit(self) -> None:
+        """Make every appended frame durable and visible (commit-last).
+
+        Data files written since the last commit are fsynced (their headers
+        naming the new row counts), then ``metadata.json`` is replaced
+        atomically and the directory fsynced.
+        """
+        self._check_open("commit")
+        dirty = [f for f in self._files.values() if f.dirty]
+        if not dirty and not self._dropped_dirty and self._committed == self._count:
+            return
+        for f in dirty:
+            f.sync()
+        self._write_metadata(closed=False)
+
+    def close(self) -> None:
+        """Commit what was appended, cut every file to its committed data, mark
+        the store closed. Idempotent; file descriptors are closed even on error.
+        """
+        if self._state == "closed":
+            return
+        try:
+            if self._state == "open":
+                if any(f.dirty for f in self._files.values()) or self._dropped_dirty or (
+                    self._committed != self._count
+                ):
+                    self.commit()
+                for f in self._files.values():
+                    f.finalize(f.committed)
+                self._write_metadata(closed=True)
+        finally:
+            self._state = "closed"
+            self._finalizer()
+
+    # -- internals --------------------------------------------------------------
+    def _check_open(self, what: str) -> None:
+        if self._state != "open":
+            raise ConfigError(
+                f"{self!r}: {what}() needs an open store (state: {self._state}); "
+                "call open() first and nothing after close()"
+            )
+
+    def _plan_field(
+        self, name: str, f: Field, frames: list[Frame]
+    ) -> list[tuple[GrowableNpyFile, int, list[memoryview]]]:
+        data = self._files[name]
+        arrays = []
+        for fr in frames:
+            a = fr.fields[name]
+            if not isinstance(a, np.ndarray) or a.dtype != f.dtype:
+                a = np.asarray(a, dtype=f.dtype)
+            if f.ragged:
+                if a.ndim != len(f.shape) or a.shape[1:] != data.row_shape:
+                    raise SchemaError(
+                        f"field {name!r}: expected rows of shape {data.row_shape}, got an "
+                        f"array of shape {a.shape} at step {fr.step}"
+                    )
+            elif a.shape != data.row_shape:
+                raise SchemaError(
+                    f"field {name!r}: expected shape {data.row_shape}, got {a.shape} "
+                    f"at step {fr.step}"
+                )
+            arrays.append(a)
+        bufs = [bytes_of(a) for a in arrays]
+        if not f.ragged:
+            return [(data, len(arrays), bufs)]
+        counts = np.fromiter((len(a) for a in arrays), np.int64, len(arrays))
+        offsets = data.used + np.cumsum(counts)
+        return [
+            (data, int(counts.sum()), bufs),
+            (self._files[f"{name}.offsets"], len(arrays), [bytes_of(offsets)]),
+        ]
+
+    def _add_file(self, key: str, dtype: np.dtype[Any], row_shape: tuple[int, ...]) -> None:
+        f = self._files[key] = GrowableNpyFile.create(
+            os.path.join(self._path, f"{key}.npy"), dtype, row_shape
+        )
+        self._new_entries = True
+        if key.endswith(".offsets"):  # offsets start with a 0
+            f.reserve(1)
+            f.write_at(0, [bytes_of(np.zeros(1, np.int64))])
+            f.used = 1
+
+    def _open_field_files(self, schema: Schema, committed: Metadata | None) -> None:
+        """Create (``committed is None``) or reopen the files of every field."""
+        for name, f in schema.items():
+            dtype, row_shape = row_layout(f)
+            keys = [(name, dtype, row_shape)]
+            if f.ragged:
+                keys.append((f"{name}.offsets", np.dtype(np.int64), ()))
+            for key, dt, shp in keys:
+                if committed is None:
+                    self._add_file(key, dt, shp)
+                    continue
+                if key == name:
+                    rows = committed.rows[name] if f.ragged else committed.count
+                else:
+                    rows = committed.count + 1
+                self._reopen(key, dt, shp, rows)
+
+    def _reopen(
+        self, key: str, dtype: np.dtype[Any], row_shape: tuple[int, ...], rows: int
+    ) -> None:
+        path = os.path.join(self._path, f"{key}.npy")
+        if self._count == 0:  # nothing committed: start the file afresh
+            self._add_file(key, dtype, row_shape)
+            return
+        try:
+            self._files[key] = GrowableNpyFile.reopen(path, dtype, row_shape, rows)
+        except FileNotFoundError:
+            raise FormatError(
+                f"{path}: missing, but {METADATA} names {self._count} committed frames"
+            ) from None
+
+    def _create(self) -> None:
+        path = self._path
+        if not os.path.isdir(path):
+            os.makedirs(path)
+            fsync_dir(os.path.dirname(os.path.abspath(path)))
+        self._state = "open"
+        self._write_metadata(closed=False)
+        self._write_static(self._static)
+        self._static_names = list(self._static)
+        if self._static_names:
+            self._write_metadata(closed=False)
+
+    def _write_static(self, arrays: Mapping[str, np.ndarray[Any, Any]]) -> None:
+        if not arrays:
+            return
+        sdir = os.path.join(self._path, STATIC_DIR)
+        os.makedirs(sdir, exist_ok=True)
+        for name, arr in arrays.items():
+            with open(os.path.join(sdir, f"{name}.npy"), "wb") as fh:
+                np.lib.format.write_array(fh, arr, allow_pickle=False)
+                fh.flush()
+                os.fsync(fh.fileno())
+        fsync_dir(sdir)
+
+    def _resume(self) -> Resume | None:
+        meta = read_metadata(self._path)
+        self._state = "open"
+        self._created = meta.created
+        self._attrs = {**meta.attrs, **self._attrs}
+        self._dropped = StepRanges(meta.dropped)
+        self._static_names = list(meta.static)
+        new_static = {}
+        for name, arr in self._static.items():
+            if name in meta.static:
+                stored = load_static(self._path, name)
+                if stored.dtype != arr.dtype or not np.array_equal(stored, arr):
+                    raise ConfigError(
+                        f"static {name!r}: the store holds a different array ({stored.dtype}, "
+                        f"shape {stored.shape}); static arrays are written once"
+                    )
+            else:
+                new_static[name] = arr
+        self._schema = meta.schema
+        self._times = meta.times
+        self._count = self._committed = meta.count
+        if meta.schema is not None:
+            self._reopen("steps", np.dtype(np.int64), (), meta.count)
+            if meta.times:
+                self._reopen("times", np.dtype(np.float64), (), meta.count)
+            self._open_field_files(meta.schema, committed=meta)
+            for name in meta.schema.ragged:
+                off = self._files[f"{name}.offsets"]
+                end = int(off.read_row(meta.count)[()])
+                if end != meta.rows[name]:
+                    raise FormatError(
+                        f"{off.path}: offsets end at row {end}, {METADATA} says {meta.rows[name]}"
+                    )
+        self._write_static(new_static)
+        self._static_names += list(new_static)
+        self._write_metadata(closed=False)
+        if meta.schema is None:
+            return None
+        if not meta.count:
+            return Resume(schema=meta.schema, count=0)
+        last_step = int(self._files["steps"].read_row(meta.count - 1)[()])
+        self._last_step = last_step
+        last_time = (
+            float(self._files["times"].read_row(meta.count - 1)[()]) if meta.times else None
+        )
+        return Resume(meta.schema, meta.count, last_step, last_time, meta.times)
+
+    def _remove_store(self, entries: list[str]) -> None:
+        """Delete an existing store's files for ``mode="w"``, refusing foreign files."""
+        path = self._path
+        try:
+            meta = read_metadata(path)
+        except FormatError as exc:
+            raise FormatError(
+                f"mode='w': {exc}; refusing to replace a store that cannot be read: "
+                "remove it by hand"
+            ) from exc
+        foreign, static_files = scan_store_dir(path, entries, meta)
+        if foreign:
+            raise StoreExistsError(
+                f"mode='w': {path!r} holds files that are not part of the store "
+                f"({', '.join(map(repr, foreign[:5]))}{', ...' if len(foreign) > 5 else ''}); "
+                "refusing to delete them: move them away or choose another directory"
+            )
+        # metadata.json last: a crash midway still leaves a store "w" can replace.
+        for e in entries:
+            if e not in (METADATA, STATIC_DIR):
+                os.remove(os.path.join(path, e))
+        for e in static_files:
+            os.remove(os.path.join(path, STATIC_DIR, e))
+        if os.path.isdir(sdir := os.path.join(path, STATIC_DIR)):
+            os.rmdir(sdir)
+        os.remove(os.path.join(path, METADATA))
+        fsync_dir(path)
+
+    def _write_metadata(self, *, closed: bool) -> None:
+        """Commit-last: metadata.json via a fsynced temp file and an atomic rename."""
+        if self._new_entries:
+            fsync_dir(self._path)  # new data files' entries before the metadata naming them
+            self._new_entries = False
+        schema = self._schema
+        ragged = schema.ragged if schema is not None else ()
+        # Counts only: a file's committed rows lag its used rows until sync().
+        meta = Metadata(
+            schema=schema,
+            count=self._files["steps"].committed if "steps" in self._files else self._committed,
+            rows={n: self._files[n].committed if n in self._files else 0 for n in ragged},
+            times=self._times,
+            dropped=self._dropped.to_json(),
+            attrs=self._attrs,
+            static=self._static_names,
+            versions=versions(),
+            created=self._created,
+            updated=now_iso(),
+            closed=closed,
+        )
+        text = json.dumps(meta.to_json(), allow_nan=False, separators=(",", ":"))
+        replace_atomically(self._path, METADATA_TMP, METADATA, text.encode("utf-8"))
+        self._committed = meta.count
+        self._dropped_dirty = False
+        self._since_commit = self._count - self._committed
+        self._last_commit = _clock()
+
+
+# -- read side ---------------------------------------------------------------------
+class NpySource:
+    """Lazy reader of a snapsink-npy store: the :class:`~snapsink.Source` of
+    :func:`open_npy`.
+
+    Only committed frames (the count in ``metadata.json``) are visible; data is
+    read with positioned reads of exactly the frames asked for.
+
+    Parameters
+    ----------
+    path
+        The store's directory.
+
+    Raises
+    ------
+    StoreNotFoundError
+        No directory or no ``metadata.json``.
+    FormatError
+        A corrupt, truncated, foreign or hostile ``metadata.json``.
+    """
+
+    schema: Schema | None
+    length: int
+
+    def __init__(self, path: str | os.PathLike[str]):
+        self._path = check_path(path)
+        self.refresh()
+
+    def __repr__(self) -> str:
+        return f"NpySource({self._path!r}, frames={self.length})"
+
+    def refresh(self) -> None:
+        """Re-read ``metadata.json`` to see frames committed since."""
+        meta = read_metadata(self._path)
+        self._meta = meta
+        self.schema = meta.schema
+        self.length = meta.count
+        self._headers: dict[str, int] = {}
+        self._steps: np.ndarray[Any, np.dtype[np.int64]] | None = None
+        self._times: np.ndarray[Any, np.dtype[np.float64]] | None = None
+        self._static: dict[str, np.ndarray[Any, Any]] | None = None
+        self._dropped: np.ndarray[Any, np.dtype[np.int64]] | None = None
+
+    @property
+    def closed(self) -> bool:
+        """Whether the writer closed the store cleanly (as of the last refresh)."""
+        return self._meta.closed
+
+    def _offset(self, key: str, dtype: np.dtype[Any], row_shape: tuple[int, ...]) -> str:
+        where = os.path.join(self._path, f"{key}.npy")
+        if key not in self._headers:
+            try:
+                with open(where, "rb") as fh:
+                    raw = fh.read(HEADER_SIZE)
+            except OSError as exc:
+                raise FormatError(f"{where}: cannot read a file the store names: {exc}") from exc
+            header = check_header(parse_header(raw, where), dtype, row_shape, where)
+            self._headers[key] = header.offset
+        return where
+
+    def _rows(
+        self, key: str, dtype: np.dtype[Any], row_shape: tuple[int, ...], start: int, stop: int
+    ) -> np.ndarray[Any, Any]:
+        out = np.empty((stop - start, *row_shape), dtype)
+        if stop <= start:
+            return out
+        where = self._offset(key, dtype, row_shape)
+        row_bytes = math.prod(row_shape) * dtype.itemsize
+        if not out.nbytes:
+            return out
+        pos = self._headers[key] + start * row_bytes
+        read_exactly(where, pos, out, f"rows {start}..{stop}")
+        return out
+
+    def _field(self, name: str, ragged: bool) -> Field:
+        schema = self.schema
+        if schema is None or name not in schema:
+            raise KeyError(f"no field {name!r} in {self._path!r}")
+        f = schema[name]
+        if f.ragged != ragged:
+            raise SchemaError(f"field {name!r} is {'' if f.ragged else 'not '}ragged")
+        return f
+
+    def _range(self, start: int, stop: int) -> None:
+        if not 0 <= start <= stop <= self.length:
+            raise IndexError(f"frames [{start}, {stop}) out of range for {self.length} frames")
+
+    def steps(self) -> np.ndarray[Any, np.dtype[np.int64]]:
+        """int64 steps of the committed frames."""
+        if self._steps is None:
+            self._steps = self._rows("steps", np.dtype(np.int64), (), 0, self.length)
+        return self._steps
+
+    def times(self) -> np.ndarray[Any, np.dtype[np.float64]] | None:
+        """float64 times of the committed frames, or ``None`` when frames carry none."""
+        if not self._meta.times:
+            return None
+        if self._times is None:
+            self._times = self._rows("times", np.dtype(np.float64), (), 0, self.length)
+        return self._times
+
+    def static(self) -> Mapping[str, np.ndarray[Any, Any]]:
+        """The static arrays, loaded on first use."""
+        if self._static is None:
+            self._static = {n: load_static(self._path, n) for n in self._meta.static}
+        return self._static
+
+    def attrs(self) -> Mapping[str, Any]:
+        """The user's JSON metadata."""
+        return self._meta.attrs
+
+    def dropped_steps(self) -> np.ndarray[Any, np.dtype[np.int64]]:
+        """Sorted steps a drop policy discarded."""
+        if self._dropped is None:
+            self._dropped = StepRanges(self._meta.dropped).to_array()
+        return self._dropped
+
+    def read(self, name: str, start: int, stop: int) -> np.ndarray[Any, Any]:
+        """Frames ``[start, stop)`` of a fixed-shape field, stacked on axis 0."""
+        f = self._field(name, ragged=False)
+        self._range(start, stop)
+        dtype, row_shape = row_layout(f)
+        return self._rows(name, dtype, row_shape, start, stop)
+
+    def read_ragged(
+        self, name: str, start: int, stop: int
+    ) -> tuple[np.ndarray[Any, Any], np.ndarray[Any, np.dtype[np.int64]]]:
+        """Rows of frames ``[start, stop)`` of a ragged field and their offsets,
+        relative to the first returned row."""
+        f = self._field(name, ragged=True)
+        self._range(start, stop)
+        if start == stop:
+            return np.empty((0, *f.row_shape), f.dtype), np.zeros(1, np.int64)
+        off = self._rows(f"{name}.offsets", np.dtype(np.int64), (), start, stop + 1)
+        total = self._meta.rows[name]
+        if off[0] < 0 or off[-1] > total or bool(np.any(off[1:] < off[:-1])):
+            raise FormatError(
+                f"{name}.offsets.npy: offsets of frames [{start}, {stop}] are not "
+                f"non-decreasing within [0, {total}]"
+            )
+        data = self._rows(name, f.dtype, f.row_shape, int(off[0]), int(off[-1]))
+        return data, off - off[0]
+
+
+def is_npy_store(path: str | os.PathLike[str]) -> bool:
+    """Whether ``path`` looks like a snapsink-npy store.
+
+    True when ``path/metadata.json`` exists and names the format
+    ``"snapsink-npy"``, or cannot be parsed at all (so that :func:`open_npy`
+    reports the corruption instead of another format's reader).
+
+    Parameters
+    ----------
+    path
+        A directory.
+
+    Returns
+    -------
+    bool
+    """
+    where = os.path.join(os.fspath(path), METADATA)
+    if not os.path.isfile(where):
+        return False
+    try:
+        with open(where, "rb") as fh:
+            obj = json.loads(fh.read(MAX_METADATA_BYTES).decode("utf-8"))
+    except (OSError, UnicodeDecodeError, ValueError, RecursionError):
+        return True
+    return not isinstance(obj, dict) or obj.get("format") == FORMAT_NAME
+
+
+def open_npy(path: str | os.PathLike[str]) -> Trajectory:
+    """Open a snapsink-npy store for reading, lazily.
+
+    Parameters
+    ----------
+    path
+        The store's directory.
+
+    Returns
+    -------
+    Trajectory
+        Its committed frames; ``refresh()`` sees frames committed later.
+
+    Raises
+    ------
+    StoreNotFoundError
+        No store at ``path``.
+    FormatError
+        A corrupt or foreign store.
+    """
+    return Trajectory(NpySource(path))

@@ -1,0 +1,81 @@
+"""Shared test helpers: stores that are slow, gated or failing, on purpose."""
+
+from __future__ import annotations
+
+import threading
+from typing import Any
+
+import anyio
+import pytest
+
+import snapsink
+from snapsink import Batch, HostMemory
+
+
+class GatedStore(HostMemory):
+    """HostMemory whose append waits for ``gate`` (so tests control the pace).
+
+    ``entered`` is set each time an append starts; ``batches`` records the
+    size of every batch the sink handed over.
+    """
+
+    def __init__(self, **kw: Any):
+        super().__init__(**kw)
+        self.gate = threading.Event()
+        self.entered = threading.Event()
+        self.batches: list[int] = []
+        self.commits = 0
+
+    def append(self, batch: Batch) -> None:
+        self.entered.set()
+        if not self.gate.wait(30):
+            raise TimeoutError("test gate never opened")
+        self.batches.append(len(batch.frames))
+        super().append(batch)
+
+    def commit(self) -> None:
+        self.commits += 1
+
+    async def wait_entered(self) -> None:
+        """Wait (without sleeping) until an append has started."""
+        await anyio.to_thread.run_sync(self.entered.wait, 10)
+        assert self.entered.is_set()
+
+
+class FailingStore(HostMemory):
+    """HostMemory whose n-th append (1-based), commit or prepare raises OSError."""
+
+    def __init__(self, fail_append_at: int | None = 1, fail_commit: bool = False):
+        super().__init__()
+        self.fail_append_at = fail_append_at
+        self.fail_commit = fail_commit
+        self.appends = 0
+        self.closed = False
+
+    def append(self, batch: Batch) -> None:
+        self.appends += 1
+        if self.fail_append_at is not None and self.appends >= self.fail_append_at:
+            raise OSError(28, "No space left on device (injected)")
+        super().append(batch)
+
+    def commit(self) -> None:
+        if self.fail_commit:
+            raise OSError(5, "Input/output error (injected)")
+
+    def close(self) -> None:
+        self.closed = True
+
+
+@pytest.fixture
+def gated() -> GatedStore:
+    store = GatedStore()
+    yield store
+    store.gate.set()
+
+
+@pytest.fixture
+def anyio_backend() -> str:
+    return "asyncio"
+
+
+__all__ = ["FailingStore", "GatedStore", "snapsink"]

@@ -1,0 +1,429 @@
+"""Sink: capture, ordering, policies, flush, errors, cancellation, statistics."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import anyio
+import numpy as np
+import pytest
+from conftest import FailingStore, GatedStore
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
+
+import snapsink
+from snapsink import (
+    ClosedSinkError,
+    ConfigError,
+    Field,
+    HostMemory,
+    Schema,
+    SchemaError,
+    Sink,
+    Spill,
+    WouldBlock,
+    WriterError,
+)
+
+pytestmark = pytest.mark.timeout(30)
+
+
+async def test_round_trip_capture_and_times() -> None:
+    store = HostMemory()
+    x = np.zeros((5, 3), "f4")
+    async with Sink(store, capacity=3) as sink:
+        for i in range(50):
+            x[:] = i  # overwritten right after each write: the capture must hold
+            await sink.write({"x": x, "e": float(i) * 0.5}, time=i * 0.1)
+            x[:] = -1
+    traj = store.trajectory()
+    assert len(traj) == 50
+    np.testing.assert_array_equal(traj.steps, np.arange(50))
+    np.testing.assert_array_equal(traj.times, np.arange(50) * 0.1)
+    xs = traj["x"][:]
+    assert xs.dtype == np.float32 and xs.shape == (50, 5, 3)
+    np.testing.assert_array_equal(xs, np.arange(50, dtype="f4")[:, None, None] * np.ones((5, 3), "f4"))
+    np.testing.assert_array_equal(traj["e"][:], np.arange(50) * 0.5)
+    assert traj.frame(-1)["e"] == 24.5
+
+
+async def test_ragged_field_and_declared_schema() -> None:
+    store = HostMemory()
+    schema = Schema({"pos": Field("f8", (None, 3)), "n": "i8"})
+    rng = np.random.default_rng(0)
+    frames = [rng.normal(size=(int(k), 3)) for k in rng.integers(0, 9, size=30)]
+    async with Sink(store, schema=schema, capacity=4) as sink:
+        for i, f in enumerate(frames):
+            await sink.write({"pos": f, "n": len(f)}, step=10 * i)
+    traj = store.trajectory()
+    np.testing.assert_array_equal(traj.steps, 10 * np.arange(30))
+    got = traj["pos"][:]
+    assert len(got) == 30
+    for a, b in zip(got, frames, strict=True):
+        np.testing.assert_array_equal(a, b)
+    np.testing.assert_array_equal(traj["pos"][7], frames[7])
+    np.testing.assert_array_equal(traj["n"][:], [len(f) for f in frames])
+
+
+async def test_copy_false_borrows() -> None:
+    store = HostMemory()
+    frames = [np.full(4, i, "i4") for i in range(10)]
+    async with Sink(store) as sink:
+        for f in frames:
+            await sink.write({"a": f}, copy=False)
+    np.testing.assert_array_equal(store.trajectory()["a"][:], np.stack(frames))
+
+
+async def test_bad_input_writes_nothing_and_sink_stays_usable() -> None:
+    store = HostMemory()
+    async with Sink(store, schema={"x": Field("f4", (3,))}) as sink:
+        await sink.write({"x": np.ones(3, "f4")}, step=5)
+        bad = [
+            ({"x": np.ones(4, "f4")}, {"step": 6}, SchemaError),
+            ({"x": np.ones(3, "f8")}, {"step": 6}, snapsink.DTypeError),
+            ({"y": np.ones(3, "f4")}, {"step": 6}, SchemaError),
+            ({"x": np.ones(3, "f4")}, {"step": 5}, SchemaError),
+            ({"x": np.ones(3, "f4")}, {"step": 6, "time": 1.0}, SchemaError),
+            ({"x": np.ones(3, "f4")}, {"step": "6"}, snapsink.DTypeError),
+        ]
+        for fields, kw, err in bad:
+            with pytest.raises(err):
+                await sink.write(fields, **kw)
+            with pytest.raises(err):
+                sink.write_nowait(fields, **kw)
+        await sink.write({"x": np.full(3, 2, "f4")})  # default step: previous + 1
+        assert sink.statistics().queued + sink.statistics().written == 2
+    traj = store.trajectory()
+    np.testing.assert_array_equal(traj.steps, [5, 6])
+    np.testing.assert_array_equal(traj["x"][:], [[1, 1, 1], [2, 2, 2]])
+
+
+@pytest.mark.parametrize(
+    ("kwargs", "pattern"),
+    [
+        ({"capacity": 0}, "capacity"),
+        ({"capacity": 2.5}, "capacity"),
+        ({"capacity": True}, "capacity"),
+        ({"policy": "drop"}, "policy"),
+        ({"policy": None}, "policy"),
+        ({"max_bytes": -1}, "max_bytes"),
+        ({"schema": 3}, "schema"),
+    ],
+)
+def test_invalid_arguments(kwargs: dict, pattern: str) -> None:
+    with pytest.raises(ConfigError, match=pattern):
+        Sink(HostMemory(), **kwargs)
+
+
+def test_invalid_store_and_spill() -> None:
+    with pytest.raises(ConfigError, match="lacks open, prepare, append"):
+        Sink(object())
+    with pytest.raises(ConfigError, match="max_bytes"):
+        Spill("/tmp", max_bytes=0)
+
+
+async def test_closed_sink_errors() -> None:
+    store = HostMemory()
+    sink = Sink(store)
+    with pytest.raises(ClosedSinkError, match="not open"):
+        await sink.write({"a": 1.0})
+    async with sink:
+        await sink.write({"a": 1.0})
+    with pytest.raises(ClosedSinkError):
+        await sink.write({"a": 2.0})
+    with pytest.raises(ClosedSinkError):
+        sink.write_nowait({"a": 2.0})
+    with pytest.raises(ClosedSinkError):
+        await sink.flush()
+    await sink.aclose()  # closing twice is fine
+    assert len(store) == 1
+    with pytest.raises(ConfigError, match="already opened"):
+        async with sink:
+            pass
+
+
+async def _fill_while_gated(sink: Sink, store: GatedStore, n: int) -> None:
+    """Write step 0, wait until the store is busy with it, then write 1..n-1."""
+    await sink.write({"v": np.zeros(2)}, step=0)
+    await store.wait_entered()
+    for i in range(1, n):
+        await sink.write({"v": np.full(2, float(i))}, step=i)
+
+
+async def test_drop_newest_exact(gated: GatedStore) -> None:
+    async with Sink(gated, capacity=4, policy="drop_newest") as sink:
+        await _fill_while_gated(sink, gated, 20)
+        stats = sink.statistics()
+        # step 0 is being written (1 slot), steps 1-3 queued, 4-19 dropped
+        assert stats.dropped == 16 and stats.queued == 4 and stats.peak_queued == 4
+        gated.gate.set()
+    traj = gated.trajectory()
+    np.testing.assert_array_equal(traj.steps, [0, 1, 2, 3])
+    np.testing.assert_array_equal(traj["v"][:, 0], [0, 1, 2, 3])
+    np.testing.assert_array_equal(traj.dropped_steps, np.arange(4, 20))
+    assert sink.statistics().written == 4
+
+
+async def test_drop_oldest_exact(gated: GatedStore) -> None:
+    async with Sink(gated, capacity=4, policy="drop_oldest") as sink:
+        await _fill_while_gated(sink, gated, 20)
+        assert sink.statistics().dropped == 16
+        gated.gate.set()
+    traj = gated.trajectory()
+    np.testing.assert_array_equal(traj.steps, [0, 17, 18, 19])
+    np.testing.assert_array_equal(traj["v"][:, 1], [0, 17, 18, 19])
+    np.testing.assert_array_equal(traj.dropped_steps, np.arange(1, 17))
+
+
+async def test_block_bounds_memory_and_loses_nothing(gated: GatedStore) -> None:
+    async with Sink(gated, capacity=4, policy="block") as sink:
+        await sink.write({"v": np.zeros(2)}, step=0)
+        await gated.wait_entered()
+        for i in range(1, 4):
+            sink.write_nowait({"v": np.full(2, float(i))})
+        with pytest.raises(WouldBlock, match="full"):
+            sink.write_nowait({"v": np.full(2, 99.0)})
+        assert sink.statistics().queued == 4
+        gated.gate.set()
+        for i in range(4, 200):
+            await sink.write({"v": np.full(2, float(i))})
+            assert sink.statistics().queued <= 4
+    traj = gated.trajectory()
+    np.testing.assert_array_equal(traj.steps, np.arange(200))
+    np.testing.assert_array_equal(traj["v"][:, 0], np.arange(200))
+    assert sink.statistics().peak_queued == 4
+    assert max(gated.batches) <= 2  # double-buffered: half the channel per batch
+
+
+async def test_max_bytes_bounds_the_channel(gated: GatedStore) -> None:
+    frame = np.zeros(1000)  # 8000 bytes
+    async with Sink(gated, capacity=100, max_bytes=20_000) as sink:
+        await sink.write({"v": frame})
+        await gated.wait_entered()
+        sink.write_nowait({"v": frame})
+        with pytest.raises(WouldBlock):
+            sink.write_nowait({"v": frame})  # 3 x 8000 > 20000
+        gated.gate.set()
+    assert len(gated.trajectory()) == 2
+
+
+async def test_spill_keeps_order_and_bits(gated: GatedStore, tmp_path: Path) -> None:
+    rng = np.random.default_rng(1)
+    frames = [rng.normal(size=(3, 4)).astype("f4") for _ in range(40)]
+    ragged = [rng.integers(0, 100, size=(int(k),)) for k in rng.integers(0, 5, size=40)]
+    schema = {"x": Field("f4", (3, 4)), "r": Field("i8", (None,))}
+    async with Sink(gated, capacity=4, policy=Spill(tmp_path / "spill"), schema=schema) as sink:
+        await sink.write({"x": frames[0], "r": ragged[0]})
+        await gated.wait_entered()
+        for i in range(1, 40):
+            buf = frames[i].copy()
+            await sink.write({"x": buf, "r": ragged[i]})
+            buf[:] = np.nan  # capture contract holds for spilled frames too
+        stats = sink.statistics()
+        assert stats.spilled == 36 and stats.dropped == 0
+        spill_dirs = list((tmp_path / "spill").iterdir())
+        assert len(spill_dirs) == 1 and len(list(spill_dirs[0].iterdir())) == 36
+        gated.gate.set()
+        await sink.flush()
+        assert list(spill_dirs[0].iterdir()) == []  # replayed files are removed
+    traj = gated.trajectory()
+    np.testing.assert_array_equal(traj.steps, np.arange(40))
+    np.testing.assert_array_equal(traj["x"][:], np.stack(frames))
+    for a, b in zip(traj["r"][:], ragged, strict=True):
+        np.testing.assert_array_equal(a, b)
+    assert not (tmp_path / "spill").exists() or list((tmp_path / "spill").iterdir()) == []
+
+
+async def test_spill_max_bytes_falls_back_to_blocking(gated: GatedStore, tmp_path: Path) -> None:
+    frame = np.zeros(100)  # 800 bytes
+    async with Sink(gated, capacity=2, policy=Spill(tmp_path, max_bytes=2000)) as sink:
+        await sink.write({"v": frame})
+        await gated.wait_entered()
+        await sink.write({"v": frame})  # queued in memory
+        await sink.write({"v": frame})  # spilled: 800
+        await sink.write({"v": frame})  # spilled: 1600
+        assert sink.statistics().spilled == 2
+
+        async def fifth() -> None:
+            await sink.write({"v": frame + 5})  # 2400 > 2000: must block
+
+        async with anyio.create_task_group() as tg:
+            tg.start_soon(fifth)
+            await anyio.wait_all_tasks_blocked()
+            assert sink.statistics().spilled == 2 and sink.statistics().queued == 4
+            gated.gate.set()
+    traj = gated.trajectory()
+    assert len(traj) == 5 and traj["v"][4][0] == 5
+
+
+async def test_flush_makes_frames_visible(gated: GatedStore) -> None:
+    gated.gate.set()
+    async with Sink(gated, capacity=8) as sink:
+        for i in range(10):
+            await sink.write({"v": np.full(2, float(i))})
+            await sink.flush()
+            assert len(gated) == i + 1
+            assert gated.commits >= i + 1
+
+
+async def test_writer_error_reaches_write_flush_and_close() -> None:
+    store = FailingStore(fail_append_at=1)
+    with pytest.raises(WriterError, match="No space left") as at_close:
+        async with Sink(store, capacity=2) as sink:
+            await sink.write({"v": np.zeros(2)})
+            with pytest.raises(WriterError) as at_flush:
+                await sink.flush()
+            assert isinstance(at_flush.value.__cause__, OSError)
+            with pytest.raises(WriterError) as at_write:
+                for _ in range(10):
+                    await sink.write({"v": np.zeros(2)})
+            assert isinstance(at_write.value.__cause__, OSError)
+    assert isinstance(at_close.value.__cause__, OSError)
+    assert store.closed  # the store is closed even after a failure
+
+
+async def test_writer_error_wakes_a_blocked_producer(gated: GatedStore) -> None:
+    class Boom(GatedStore):
+        def append(self, batch: snapsink.Batch) -> None:
+            super().append(batch)
+            raise RuntimeError("disk on fire")
+
+    store = Boom()
+    with pytest.raises(WriterError):
+        async with Sink(store, capacity=2) as sink:
+            await sink.write({"v": np.zeros(2)})
+            await store.wait_entered()
+            await sink.write({"v": np.zeros(2)})
+
+            async def blocked() -> None:
+                with pytest.raises(WriterError, match="disk on fire"):
+                    await sink.write({"v": np.zeros(2)})
+
+            async with anyio.create_task_group() as tg:
+                tg.start_soon(blocked)
+                await anyio.wait_all_tasks_blocked()
+                store.gate.set()
+
+
+async def test_commit_error_surfaces_at_flush() -> None:
+    store = FailingStore(fail_append_at=None, fail_commit=True)
+    with pytest.raises(WriterError, match="Input/output"):
+        async with Sink(store) as sink:
+            await sink.write({"v": 1.0})
+            await sink.flush()
+
+
+async def test_body_exception_commits_and_reraises() -> None:
+    store = HostMemory()
+    with pytest.raises(KeyError):
+        async with Sink(store) as sink:
+            for i in range(5):
+                await sink.write({"v": float(i)})
+            raise KeyError("user bug")
+    assert len(store) == 5
+
+
+async def test_cancelled_blocked_producer_leaves_channel_consistent(gated: GatedStore) -> None:
+    async with Sink(gated, capacity=2) as sink:
+        await sink.write({"v": np.zeros(2)}, step=0)
+        await gated.wait_entered()
+        await sink.write({"v": np.ones(2)}, step=1)
+        with anyio.move_on_after(0.05) as scope:
+            await sink.write({"v": np.ones(2)}, step=2)  # blocks: channel full
+        assert scope.cancelled_caught
+        assert sink.statistics().queued == 2
+        gated.gate.set()
+        await sink.write({"v": np.full(2, 3.0)}, step=3)  # step 2 was never accepted
+        await sink.flush()
+        assert sink.statistics().queued == 0
+    np.testing.assert_array_equal(gated.trajectory().steps, [0, 1, 3])
+    assert len(sink._channel.pool.free) == 2  # no slot leaked
+
+
+async def test_cancelling_the_owner_still_stores_accepted_frames(gated: GatedStore) -> None:
+    with anyio.CancelScope() as scope:
+        async with Sink(gated, capacity=8) as sink:
+            for i in range(6):
+                await sink.write({"v": float(i)})
+            scope.cancel()
+            gated.gate.set()
+            await anyio.sleep(10)  # cancelled here
+    assert len(gated) == 6
+
+
+async def test_statistics_bytes_and_counts() -> None:
+    store = HostMemory()
+    async with Sink(store, capacity=4) as sink:
+        for _ in range(10):
+            await sink.write({"x": np.zeros((10, 3), "f4"), "e": 0.0})
+    s = sink.statistics()
+    assert (s.written, s.dropped, s.spilled, s.queued) == (10, 0, 0, 0)
+    assert s.bytes_written == 10 * (120 + 8)
+    assert s.capacity == 4 and s.policy == "block"
+    with pytest.raises(AttributeError):
+        s.written = 3  # type: ignore[misc]  # frozen
+
+
+async def test_several_producers_and_sinks_in_one_loop() -> None:
+    stores = [HostMemory(), HostMemory()]
+    async with Sink(stores[0], capacity=3) as a, Sink(stores[1], capacity=5) as b:
+
+        async def producer(k: int) -> None:
+            for i in range(50):
+                await a.write({"v": float(i), "k": k})
+                await b.write({"v": float(i), "k": k})
+
+        async with anyio.create_task_group() as tg:
+            for k in range(3):
+                tg.start_soon(producer, k)
+    for store in stores:
+        traj = store.trajectory()
+        np.testing.assert_array_equal(traj.steps, np.arange(150))
+        assert sorted(traj["k"][:].tolist()) == sorted([0, 1, 2] * 50)
+
+
+async def test_resume_into_host_memory_continues_steps() -> None:
+    store = HostMemory()
+    async with Sink(store) as sink:
+        await sink.write({"v": 1.0}, step=3, time=0.5)
+    async with Sink(store) as sink:
+        with pytest.raises(SchemaError, match="greater than 3"):
+            await sink.write({"v": 2.0}, step=3, time=1.0)
+        await sink.write({"v": 2.0}, time=1.0)
+    traj = store.trajectory()
+    np.testing.assert_array_equal(traj.steps, [3, 4])
+    with pytest.raises(SchemaError, match="declares"):
+        async with Sink(store, schema={"w": "f8"}):
+            pass
+
+
+@settings(max_examples=25, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
+@given(
+    ops=st.lists(st.one_of(st.integers(1, 5), st.just("flush")), min_size=1, max_size=20),
+    capacity=st.integers(1, 6),
+    policy=st.sampled_from(["block", "spill"]),
+)
+def test_any_interleaving_of_writes_and_flushes_keeps_order(
+    ops: list, capacity: int, policy: str, tmp_path_factory: pytest.TempPathFactory
+) -> None:
+    async def run() -> None:
+        store = HostMemory()
+        pol = Spill(tmp_path_factory.mktemp("spill")) if policy == "spill" else "block"
+        expected: list[int] = []
+        step = 0
+        async with Sink(store, capacity=capacity, policy=pol) as sink:
+            for op in ops:
+                if op == "flush":
+                    await sink.flush()
+                    assert len(store) == len(expected)
+                    continue
+                for _ in range(op):
+                    step += int(1 + step % 3)
+                    await sink.write({"v": np.full(3, step, "i8")}, step=step)
+                    expected.append(step)
+        traj = store.trajectory()
+        np.testing.assert_array_equal(traj.steps, expected)
+        if expected:
+            np.testing.assert_array_equal(traj["v"][:, 2], expected)
+
+    anyio.run(run)

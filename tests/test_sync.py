@@ -1,0 +1,194 @@
+"""SyncSink: the same semantics for ordinary loops, on one background loop."""
+
+from __future__ import annotations
+
+import threading
+from pathlib import Path
+
+import anyio
+import numpy as np
+import pytest
+from conftest import FailingStore, GatedStore
+
+from snapsink import (
+    ClosedSinkError,
+    ConfigError,
+    HostMemory,
+    SchemaError,
+    Spill,
+    SyncSink,
+    WouldBlock,
+    WriterError,
+    WrongThreadError,
+)
+
+pytestmark = pytest.mark.timeout(30)
+
+
+def test_round_trip_and_capture() -> None:
+    store = HostMemory()
+    x = np.zeros(4)
+    with SyncSink(store, capacity=2) as sink:
+        for i in range(100):
+            x[:] = i
+            sink.write({"x": x}, step=2 * i, time=float(i))
+            x[:] = -1
+        sink.flush()
+        assert len(store) == 100
+    traj = store.trajectory()
+    np.testing.assert_array_equal(traj.steps, 2 * np.arange(100))
+    np.testing.assert_array_equal(traj["x"][:, 3], np.arange(100))
+    np.testing.assert_array_equal(traj.times, np.arange(100.0))
+
+
+def test_bad_input_then_good_frame() -> None:
+    store = HostMemory()
+    with SyncSink(store, schema={"x": "f4"}) as sink:
+        with pytest.raises(SchemaError):
+            sink.write({"y": 1.0})
+        with pytest.raises(SchemaError):
+            sink.write({"x": 1.0}, time=float("nan"))
+        sink.write({"x": 1.0})
+    assert len(store) == 1
+
+
+def test_invalid_arguments_raise_before_any_thread() -> None:
+    before = threading.active_count()
+    with pytest.raises(ConfigError):
+        SyncSink(HostMemory(), policy="sometimes")
+    assert threading.active_count() == before
+
+
+def test_block_and_nowait() -> None:
+    store = GatedStore()
+    try:
+        with SyncSink(store, capacity=2) as sink:
+            sink.write({"v": 0.0})
+            assert store.entered.wait(10)
+            sink.write({"v": 1.0})
+            with pytest.raises(WouldBlock):
+                sink.write_nowait({"v": 2.0})
+            done = threading.Event()
+
+            def producer() -> None:
+                sink.write({"v": 3.0})  # blocks until the gate opens
+                done.set()
+
+            t = threading.Thread(target=producer)
+            t.start()
+            assert not done.wait(0.1)
+            store.gate.set()
+            assert done.wait(10)
+            t.join()
+    finally:
+        store.gate.set()
+    np.testing.assert_array_equal(store.trajectory()["v"][:], [0.0, 1.0, 3.0])
+
+
+def test_drop_and_spill_policies(tmp_path: Path) -> None:
+    store = GatedStore()
+    try:
+        with SyncSink(store, capacity=2, policy="drop_newest") as sink:
+            sink.write({"v": 0.0})
+            assert store.entered.wait(10)
+            for i in range(1, 10):
+                sink.write({"v": float(i)})
+            assert sink.statistics().dropped == 8
+            store.gate.set()
+        np.testing.assert_array_equal(store.trajectory().dropped_steps, np.arange(2, 10))
+    finally:
+        store.gate.set()
+    store = GatedStore()
+    try:
+        with SyncSink(store, capacity=2, policy=Spill(tmp_path)) as sink:
+            sink.write({"v": 0.0})
+            assert store.entered.wait(10)
+            for i in range(1, 30):
+                sink.write({"v": float(i)})
+            assert sink.statistics().spilled == 28
+            store.gate.set()
+    finally:
+        store.gate.set()
+    np.testing.assert_array_equal(store.trajectory()["v"][:], np.arange(30.0))
+
+
+def test_many_threads_write_one_sink() -> None:
+    store = HostMemory()
+    with SyncSink(store, capacity=4) as sink:
+
+        def producer(k: int) -> None:
+            for _ in range(200):
+                sink.write({"k": k})
+
+        threads = [threading.Thread(target=producer, args=(k,)) for k in range(4)]
+        for t in threads:
+            t.start()
+        for t in threads:
+            t.join()
+    traj = store.trajectory()
+    np.testing.assert_array_equal(traj.steps, np.arange(800))
+    assert np.bincount(traj["k"][:]).tolist() == [200] * 4
+
+
+def test_writer_error_and_close_semantics() -> None:
+    store = FailingStore(fail_append_at=1)
+    sink = SyncSink(store)
+    sink.write({"v": 1.0})
+    with pytest.raises(WriterError) as info:
+        sink.flush()
+    assert isinstance(info.value.__cause__, OSError)
+    with pytest.raises(WriterError):
+        sink.close()
+    sink.close()  # closing twice is a no-op
+    with pytest.raises(ClosedSinkError):
+        sink.write({"v": 2.0})
+    assert store.closed
+
+
+def test_wrong_thread_is_refused() -> None:
+    store = HostMemory()
+    with SyncSink(store) as sink:
+        portal = sink._portal
+        assert portal is not None
+
+        async def from_loop() -> None:
+            with pytest.raises(WrongThreadError, match="deadlock"):
+                sink.write({"v": 1.0})
+            with pytest.raises(WrongThreadError):
+                sink.flush()
+
+        portal.call(from_loop)
+        sink.write({"v": 2.0})
+    np.testing.assert_array_equal(store.trajectory()["v"][:], [2.0])
+
+
+def test_existing_store_error_raises_from_constructor(tmp_path: Path) -> None:
+    class Exists(HostMemory):
+        def open(self) -> None:
+            raise FileExistsError("already there")
+
+    with pytest.raises(FileExistsError, match="already there"):
+        SyncSink(Exists())
+
+
+def test_used_after_loop_thread_died() -> None:
+    sink = SyncSink(HostMemory())
+    portal = sink._portal
+    assert portal is not None
+    portal.call(sink._stopped.set)  # the loop ends under the sink's feet
+    sink._thread.join(10)
+    with pytest.raises(ClosedSinkError, match="thread has stopped"):
+        sink.write({"v": 1.0})
+    sink.close()
+
+
+def test_sync_sink_inside_async_code_via_thread() -> None:
+    """A SyncSink may be driven from a worker thread of an async program."""
+    store = HostMemory()
+
+    async def main() -> None:
+        with SyncSink(store) as sink:
+            await anyio.to_thread.run_sync(lambda: [sink.write({"v": float(i)}) for i in range(10)])
+
+    anyio.run(main)
+    assert len(store) == 10
