@@ -34,6 +34,7 @@ from ._trajectory import Trajectory as Trajectory
 from ._reader import open as open  # noqa: A004 - snapsink.open is the public reader
 from .writers.memory import HostMemory as HostMemory
 from .writers.npy import NpyDirectory as NpyDirectory
+from .writers.zarr import ZarrStore as ZarrStore
 
 __version__ = "0.1.0"
 
@@ -64,6 +65,7 @@ __all__ = [
     "WouldBlock",
     "WriterError",
     "WrongThreadError",
+    "ZarrStore",
     "__version__",
     "open",
 ]

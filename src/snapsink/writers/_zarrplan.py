@@ -1,0 +1,454 @@
+"""I/O-free planning for the Zarr v3 store: names, chunking, buffering, metadata.
+
+Everything here is plain Python and numpy, so the async writer
+(:class:`~snapsink.writers.zarr.ZarrStore`), the sync reader and the tests share
+one set of decisions. The on-disk layout is specified in ``docs/formats/zarr.md``.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Iterator, Mapping, Sequence
+from dataclasses import dataclass, field
+from typing import Any, TypeGuard
+
+import numpy as np
+
+from .._errors import ConfigError, FormatError
+from .._schema import Schema, check_name
+
+__all__ = [
+    "ATTRS_KEY",
+    "FORMAT_NAME",
+    "FORMAT_VERSION",
+    "META_KEY",
+    "ArrayPlan",
+    "DroppedRanges",
+    "Meta",
+    "RowBuffer",
+    "check_group",
+    "check_rows",
+    "default_chunk_rows",
+    "grow_capacity",
+    "offsets_name",
+    "parse_meta",
+    "plan_arrays",
+]
+
+FORMAT_NAME = "snapsink-zarr"
+FORMAT_VERSION = 1
+#: group attribute holding snapsink's bookkeeping (count, schema, ...).
+META_KEY = "snapsink"
+#: group attribute holding the user's ``attrs``.
+ATTRS_KEY = "attrs"
+#: name of the subgroup that holds the static arrays.
+STATIC_GROUP = "static"
+
+#: a default chunk aims at this many bytes (within 4-16 MiB for any frame size
+#: between 4 KiB and 8 MiB; smaller frames hit the frame cap below).
+TARGET_CHUNK_BYTES = 8 << 20
+#: frames per chunk never exceed this by default (tiny frames: scalars, energies).
+MAX_CHUNK_FRAMES = 1 << 16
+#: rows per chunk of a ragged field's data array never exceed this by default.
+MAX_CHUNK_ROWS = 1 << 20
+
+
+# -- names ---------------------------------------------------------------------
+def check_group(group: object) -> str:
+    """The store path of ``group``: ``""`` for ``None``, else ``/``-joined identifiers.
+
+    Raises
+    ------
+    ConfigError
+        For anything but ``None`` or a ``/``-separated path of identifiers
+        (so ``..``, absolute paths, empty components never reach the store).
+    """
+    if group is None:
+        return ""
+    if not isinstance(group, str):
+        raise ConfigError(f"group: expected a str or None, got {type(group).__name__} {group!r}")
+    parts = group.split("/")
+    for part in parts:
+        try:
+            check_name(part, "group")
+        except ConfigError as exc:
+            raise ConfigError(
+                f"group {group!r}: expected identifiers separated by '/' "
+                f"(like 'thermo' or 'run1/frames'); {exc}"
+            ) from None
+    if parts[-1] == STATIC_GROUP:
+        raise ConfigError(f"group {group!r}: 'static' is reserved for a store's static arrays")
+    return group
+
+
+def offsets_name(name: str) -> str:
+    """Array name of the offsets of ragged field ``name`` (``"<name>.offsets"``).
+
+    A ``.`` never occurs in a field name (field names are identifiers), so the
+    offsets array can never collide with a field, ``steps`` or ``times``.
+    """
+    return f"{name}.offsets"
+
+
+def check_rows(value: object, what: str) -> int | None:
+    """``value`` if it is ``None`` or a positive int, else ConfigError."""
+    if value is None:
+        return None
+    if isinstance(value, bool) or not isinstance(value, int | np.integer) or value < 1:
+        raise ConfigError(f"{what}: expected a positive int or None, got {value!r}")
+    return int(value)
+
+
+# -- chunking ------------------------------------------------------------------
+def default_chunk_rows(row_nbytes: int, cap: int = MAX_CHUNK_FRAMES) -> int:
+    """Rows per chunk so that one chunk holds about :data:`TARGET_CHUNK_BYTES`.
+
+    At least 1 row (a frame larger than the target is one chunk), at most ``cap``.
+    """
+    return max(1, min(cap, TARGET_CHUNK_BYTES // max(1, row_nbytes)))
+
+
+def _divisor_at_most(n: int, target: int) -> int:
+    """The largest divisor of ``n`` that is ``<= target`` (at least 1)."""
+    best = 1
+    for d in range(1, math.isqrt(n) + 1):
+        if n % d == 0:
+            for c in (d, n // d):
+                if best < c <= target:
+                    best = c
+    return best
+
+
+@dataclass(frozen=True, slots=True)
+class ArrayPlan:
+    """How one zarr array of a snapsink group is laid out.
+
+    ``rows`` is the growing axis 0 (frames, or rows of a ragged field);
+    ``row_shape`` the rest. ``chunk`` rows per chunk, ``shard`` rows per shard
+    (``None``: no sharding). Writes go in whole *blocks*: a shard when
+    sharding, else a chunk.
+    """
+
+    name: str
+    dtype: np.dtype[Any]
+    row_shape: tuple[int, ...]
+    chunk: int
+    shard: int | None
+    dims: tuple[str, ...]
+
+    @property
+    def block(self) -> int:
+        """Rows of one storage object (shard or chunk): the unit of a write."""
+        return self.shard if self.shard is not None else self.chunk
+
+    @property
+    def chunks(self) -> tuple[int, ...]:
+        """zarr ``chunks=``: ``chunk`` rows by whole rows (dims of 0 get 1)."""
+        return (self.chunk, *(max(1, n) for n in self.row_shape))
+
+    @property
+    def shards(self) -> tuple[int, ...] | None:
+        """zarr ``shards=``, or ``None``."""
+        if self.shard is None:
+            return None
+        return (self.shard, *(max(1, n) for n in self.row_shape))
+
+    @property
+    def row_nbytes(self) -> int:
+        return math.prod(self.row_shape) * self.dtype.itemsize
+
+
+def _frame_dims(name: str, ndim: int) -> tuple[str, ...]:
+    # The same names as Trajectory.to_xarray, so xarray.open_zarr on the group and
+    # traj.to_xarray() agree.
+    return ("frame", *(f"{name}_dim_{k}" for k in range(ndim)))
+
+
+def plan_arrays(
+    schema: Schema,
+    *,
+    times: bool,
+    chunk_frames: int | None = None,
+    shard_frames: int | None = None,
+) -> list[ArrayPlan]:
+    """The arrays of a group holding ``schema``: steps, times, fields, offsets.
+
+    Parameters
+    ----------
+    schema
+        The fields.
+    times
+        Whether a ``times`` array is laid out.
+    chunk_frames
+        Frames per chunk of every frame-indexed array; ``None`` picks, per array,
+        about :data:`TARGET_CHUNK_BYTES` (at most :data:`MAX_CHUNK_FRAMES` frames).
+    shard_frames
+        Frames per shard (a multiple of ``chunk_frames``), or ``None`` for no sharding.
+        With ``chunk_frames=None`` each array's chunk is the largest divisor of
+        ``shard_frames`` not above its default.
+
+    Raises
+    ------
+    ConfigError
+        ``shard_frames`` not a multiple of ``chunk_frames``.
+    """
+    chunk_frames = check_rows(chunk_frames, "chunk_frames")
+    shard_frames = check_rows(shard_frames, "shard_frames")
+    if chunk_frames is not None and shard_frames is not None and shard_frames % chunk_frames:
+        raise ConfigError(
+            f"shard_frames: expected a multiple of chunk_frames={chunk_frames}, got {shard_frames}"
+        )
+
+    def frame_chunk(row_nbytes: int) -> int:
+        if chunk_frames is not None:
+            return chunk_frames
+        default = default_chunk_rows(row_nbytes)
+        return default if shard_frames is None else _divisor_at_most(shard_frames, default)
+
+    plans: list[ArrayPlan] = []
+
+    def add(
+        name: str, dtype: np.dtype[Any], row_shape: tuple[int, ...], dims: tuple[str, ...]
+    ) -> None:
+        nbytes = math.prod(row_shape) * dtype.itemsize
+        plans.append(ArrayPlan(name, dtype, row_shape, frame_chunk(nbytes), shard_frames, dims))
+
+    add("steps", np.dtype(np.int64), (), ("frame",))
+    if times:
+        add("times", np.dtype(np.float64), (), ("frame",))
+    for name, f in schema.items():
+        if not f.ragged:
+            fixed = tuple(n for n in f.shape if n is not None)
+            add(name, f.dtype, fixed, _frame_dims(name, len(fixed)))
+            continue
+        row_shape = f.row_shape
+        add(offsets_name(name), np.dtype(np.int64), (), ("frame_edge",))
+        # A ragged field's rows are chunked by bytes, not by frames.
+        row_nbytes = math.prod(row_shape) * f.dtype.itemsize
+        rchunk = default_chunk_rows(row_nbytes, MAX_CHUNK_ROWS)
+        rshard = None
+        if shard_frames is not None:
+            per_chunk = frame_chunk(row_nbytes)
+            rshard = rchunk * max(1, shard_frames // per_chunk)
+        dims = (f"{name}_row", *(f"{name}_dim_{k + 1}" for k in range(len(row_shape))))
+        plans.append(ArrayPlan(name, f.dtype, row_shape, rchunk, rshard, dims))
+    return plans
+
+
+def grow_capacity(capacity: int, needed: int, block: int) -> int:
+    """A new row capacity ``>= needed``: at least double, in whole blocks."""
+    if needed <= capacity:
+        return capacity
+    target = max(needed, 2 * capacity, block)
+    return -(-target // block) * block
+
+
+# -- buffering -----------------------------------------------------------------
+class RowBuffer:
+    """Host buffer of the trailing, not yet full block of one growing array.
+
+    Rows ``[start, start + count)`` are buffered; ``start`` is a multiple of the
+    block size. :meth:`push` yields ``(start, rows)`` for each block-aligned run
+    of full blocks, to be written before the generator is resumed (the yielded
+    rows may be the buffer itself, reused afterwards). :meth:`partial` returns
+    the buffered rows for a commit; they are written again, whole, when the
+    block fills. Memory: one block.
+    """
+
+    __slots__ = ("_buf", "block", "count", "dirty", "start")
+
+    def __init__(
+        self,
+        dtype: np.dtype[Any],
+        row_shape: tuple[int, ...],
+        block: int,
+        length: int = 0,
+        tail: np.ndarray[Any, Any] | None = None,
+    ):
+        self.block = block
+        self.start = length - length % block
+        self.count = length - self.start
+        self._buf: np.ndarray[Any, Any] = np.empty((block, *row_shape), dtype)
+        if self.count:
+            if tail is None or len(tail) != self.count:
+                raise ValueError(f"RowBuffer: expected {self.count} tail rows to resume")
+            self._buf[: self.count] = tail
+        #: buffered rows not yet written by a partial write
+        self.dirty = False
+
+    @property
+    def length(self) -> int:
+        """Rows pushed in all (written or buffered)."""
+        return self.start + self.count
+
+    def push(self, rows: np.ndarray[Any, Any]) -> Iterator[tuple[int, np.ndarray[Any, Any]]]:
+        """Append ``rows`` (shape ``(k, *row_shape)``); yield full blocks to write."""
+        i, n, block = 0, len(rows), self.block
+        while i < n:
+            if self.count == 0 and n - i >= block:
+                # Whole blocks straight from the caller's rows: one write, no copy.
+                k = (n - i) // block * block
+                yield self.start, rows[i : i + k]
+                self.start += k
+                i += k
+                continue
+            take = min(block - self.count, n - i)
+            self._buf[self.count : self.count + take] = rows[i : i + take]
+            self.count += take
+            i += take
+            self.dirty = True
+            if self.count == block:
+                yield self.start, self._buf
+                self.start += block
+                self.count = 0
+                self.dirty = False
+
+    def partial(self) -> tuple[int, np.ndarray[Any, Any]] | None:
+        """``(start, rows)`` of the buffered rows if they changed since last written."""
+        if not self.dirty or not self.count:
+            return None
+        return self.start, self._buf[: self.count]
+
+    def mark_written(self) -> None:
+        """The rows :meth:`partial` returned are stored."""
+        self.dirty = False
+
+    def last(self) -> np.ndarray[Any, Any] | None:
+        """The last buffered row, if any."""
+        return self._buf[self.count - 1] if self.count else None
+
+
+# -- dropped steps -------------------------------------------------------------
+@dataclass(slots=True)
+class DroppedRanges:
+    """Dropped steps as sorted, disjoint, half-open ``[start, stop)`` ranges."""
+
+    ranges: list[list[int]] = field(default_factory=list)
+
+    def add(self, steps: Sequence[int]) -> None:
+        for s in sorted(int(x) for x in steps):
+            last = self.ranges[-1] if self.ranges else None
+            if last is not None and last[0] <= s < last[1]:
+                continue
+            if last is not None and s == last[1]:
+                last[1] = s + 1
+            else:
+                self.ranges.append([s, s + 1])
+
+    def to_json(self) -> list[list[int]]:
+        return [list(r) for r in self.ranges]
+
+    def steps(self) -> np.ndarray[Any, np.dtype[np.int64]]:
+        if not self.ranges:
+            return np.zeros(0, np.int64)
+        return np.concatenate([np.arange(a, b, dtype=np.int64) for a, b in self.ranges])
+
+
+# -- metadata ------------------------------------------------------------------
+@dataclass(slots=True)
+class Meta:
+    """snapsink's bookkeeping in a group's attributes (under :data:`META_KEY`)."""
+
+    count: int = 0
+    schema: Schema | None = None
+    times: bool | None = None
+    dropped: DroppedRanges = field(default_factory=DroppedRanges)
+    closed: bool = False
+
+    def to_json(self) -> dict[str, Any]:
+        return {
+            "format": FORMAT_NAME,
+            "version": FORMAT_VERSION,
+            "count": self.count,
+            "schema": None if self.schema is None else self.schema.to_json(),
+            "times": self.times,
+            "dropped": self.dropped.to_json(),
+            "closed": self.closed,
+        }
+
+
+_INT64_MIN, _INT64_MAX = int(np.iinfo(np.int64).min), int(np.iinfo(np.int64).max)
+
+
+def _is_int(x: object) -> TypeGuard[int]:
+    return isinstance(x, int) and not isinstance(x, bool)
+
+
+def is_snapsink_attrs(attrs: Mapping[str, Any]) -> bool:
+    """True when a group's attributes claim to be a snapsink store (maybe corrupt)."""
+    meta = attrs.get(META_KEY)
+    return isinstance(meta, dict) and meta.get("format") == FORMAT_NAME
+
+
+def parse_meta(attrs: Mapping[str, Any], where: str = "group") -> tuple[Meta, dict[str, Any]]:
+    """Read and check the bookkeeping and user attrs of a group's attributes.
+
+    Never trusts the input: every key is type-checked.
+
+    Returns
+    -------
+    (Meta, dict)
+        The bookkeeping and the user's attrs.
+
+    Raises
+    ------
+    FormatError
+        Missing, foreign, newer or malformed metadata.
+    """
+    meta = attrs.get(META_KEY)
+    if not isinstance(meta, dict):
+        raise FormatError(f"{where}: not a snapsink store (no {META_KEY!r} attribute object)")
+    if meta.get("format") != FORMAT_NAME:
+        raise FormatError(f"{where}: expected format {FORMAT_NAME!r}, got {meta.get('format')!r}")
+    version = meta.get("version")
+    if not _is_int(version) or version < 1:
+        raise FormatError(f"{where}: malformed format version {version!r}")
+    if version > FORMAT_VERSION:
+        raise FormatError(
+            f"{where}: written by a newer snapsink (format version {version}, this one "
+            f"reads up to {FORMAT_VERSION}); upgrade snapsink"
+        )
+    count = meta.get("count")
+    if not _is_int(count) or count < 0:
+        raise FormatError(f"{where}: malformed frame count {count!r}")
+    schema_obj = meta.get("schema")
+    schema: Schema | None = None
+    if schema_obj is not None:
+        try:
+            schema = Schema.from_json(schema_obj)
+        except (ConfigError, TypeError, ValueError) as exc:
+            raise FormatError(f"{where}: malformed schema: {exc}") from exc
+    elif count:
+        raise FormatError(f"{where}: {count} frames but no schema")
+    times = meta.get("times")
+    if times is not None and not isinstance(times, bool):
+        raise FormatError(f"{where}: malformed times flag {times!r}")
+    if count and times is None:
+        raise FormatError(f"{where}: {count} frames but no times flag")
+    closed = meta.get("closed", False)
+    if not isinstance(closed, bool):
+        raise FormatError(f"{where}: malformed closed flag {closed!r}")
+    dropped_obj = meta.get("dropped", [])
+    if not isinstance(dropped_obj, list):
+        raise FormatError(f"{where}: malformed dropped steps {dropped_obj!r}")
+    ranges: list[list[int]] = []
+    prev: int | None = None
+    for r in dropped_obj:
+        if (
+            not isinstance(r, list)
+            or len(r) != 2
+            or not all(_is_int(x) for x in r)
+            or r[0] >= r[1]
+            or not _INT64_MIN <= r[0] <= r[1] <= _INT64_MAX + 1
+            or (prev is not None and r[0] < prev)
+        ):
+            raise FormatError(f"{where}: malformed dropped step range {r!r}")
+        prev = r[1]
+        ranges.append([int(r[0]), int(r[1])])
+    user = attrs.get(ATTRS_KEY, {})
+    if not isinstance(user, dict):
+        raise FormatError(f"{where}: malformed {ATTRS_KEY!r} (expected an object)")
+    return (
+        Meta(count=count, schema=schema, times=times, dropped=DroppedRanges(ranges), closed=closed),
+        dict(user),
+    )
