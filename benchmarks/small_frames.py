@@ -81,12 +81,17 @@ def run(frames: int = 200_000, capacity: int = 4096, repeats: int = 3) -> dict[s
     }
 
 
+def _row(label: str, rate: float, ratio: float, target: str) -> str:
+    return f"{label:<26}{rate:>14,.0f}{ratio:>16.3f}{target:>12}"
+
+
 def print_table(r: dict[str, Any]) -> None:
     print(f"small frames (3 x float64), {r['frames']} frames, capacity {r['capacity']}")
     print(f"{'variant':<26}{'frames/s':>14}{'vs list.append':>16}{'target':>12}")
-    print(f"{'list.append (baseline)':<26}{r['list_append_frames_per_s']:>14,.0f}{1.0:>16.3f}{'':>12}")
-    print(f"{'Sink (async)':<26}{r['async_frames_per_s']:>14,.0f}{r['async_vs_list_append']:>16.3f}{'>= 100,000':>12}")
-    print(f"{'SyncSink':<26}{r['sync_frames_per_s']:>14,.0f}{r['sync_vs_list_append']:>16.3f}{'>= 30,000':>12}")
+    base = r["list_append_frames_per_s"]
+    print(_row("list.append (baseline)", base, 1.0, ""))
+    print(_row("Sink (async)", r["async_frames_per_s"], r["async_vs_list_append"], ">= 100,000"))
+    print(_row("SyncSink", r["sync_frames_per_s"], r["sync_vs_list_append"], ">= 30,000"))
 
 
 def main(argv: list[str] | None = None) -> dict[str, Any]:

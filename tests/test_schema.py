@@ -88,8 +88,16 @@ def test_validate_accepts_good_frames_and_safe_casts() -> None:
 @pytest.mark.parametrize(
     ("change", "error", "pattern"),
     [
-        ({"x": np.zeros((4, 3), "f8")}, DTypeError, r"field 'x': expected dtype float32, got float64 at step 7"),
-        ({"x": np.zeros((3, 3), "f4")}, SchemaError, r"field 'x': expected shape \(4, 3\), got \(3, 3\) at step 7"),
+        (
+            {"x": np.zeros((4, 3), "f8")},
+            DTypeError,
+            r"field 'x': expected dtype float32, got float64 at step 7",
+        ),
+        (
+            {"x": np.zeros((3, 3), "f4")},
+            SchemaError,
+            r"field 'x': expected shape \(4, 3\), got \(3, 3\) at step 7",
+        ),
         ({"r": np.zeros((5, 3), "i4")}, SchemaError, r"field 'r': expected shape \(rows, 2\)"),
         ({"r": np.zeros((5,), "i4")}, SchemaError, r"field 'r'"),
         ({"r": np.zeros((5, 2), "u8")}, DTypeError, r"field 'r': expected dtype int32, got uint64"),

@@ -7,11 +7,11 @@ from pathlib import Path
 import anyio
 import numpy as np
 import pytest
-from conftest import FailingStore, GatedStore
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 import snapsink
+from conftest import FailingStore, GatedStore
 from snapsink import (
     ClosedSinkError,
     ConfigError,
@@ -42,7 +42,9 @@ async def test_round_trip_capture_and_times() -> None:
     np.testing.assert_array_equal(traj.times, np.arange(50) * 0.1)
     xs = traj["x"][:]
     assert xs.dtype == np.float32 and xs.shape == (50, 5, 3)
-    np.testing.assert_array_equal(xs, np.arange(50, dtype="f4")[:, None, None] * np.ones((5, 3), "f4"))
+    np.testing.assert_array_equal(
+        xs, np.arange(50, dtype="f4")[:, None, None] * np.ones((5, 3), "f4")
+    )
     np.testing.assert_array_equal(traj["e"][:], np.arange(50) * 0.5)
     assert traj.frame(-1)["e"] == 24.5
 
@@ -397,7 +399,9 @@ async def test_resume_into_host_memory_continues_steps() -> None:
             pass
 
 
-@settings(max_examples=25, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
+@settings(
+    max_examples=25, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture]
+)
 @given(
     ops=st.lists(st.one_of(st.integers(1, 5), st.just("flush")), min_size=1, max_size=20),
     capacity=st.integers(1, 6),

@@ -8,8 +8,8 @@ from pathlib import Path
 import anyio
 import numpy as np
 import pytest
-from conftest import FailingStore, GatedStore
 
+from conftest import FailingStore, GatedStore
 from snapsink import (
     ClosedSinkError,
     ConfigError,

@@ -20,6 +20,7 @@ from ._errors import StoreNotFoundError as StoreNotFoundError
 from ._errors import WouldBlock as WouldBlock
 from ._errors import WriterError as WriterError
 from ._errors import WrongThreadError as WrongThreadError
+from ._reader import open as open
 from ._schema import Batch as Batch
 from ._schema import Field as Field
 from ._schema import Frame as Frame
@@ -31,7 +32,6 @@ from ._store import Store as Store
 from ._sync import SyncSink as SyncSink
 from ._trajectory import FieldView as FieldView
 from ._trajectory import Trajectory as Trajectory
-from ._reader import open as open  # noqa: A004 - snapsink.open is the public reader
 from .writers.memory import HostMemory as HostMemory
 from .writers.npy import NpyDirectory as NpyDirectory
 from .writers.zarr import ZarrStore as ZarrStore

@@ -103,7 +103,18 @@ class SinkStatistics:
 class Entry:
     """One accepted frame on its way to the store."""
 
-    __slots__ = ("completion", "fields", "nbytes", "ready", "seq", "slot", "spill", "step", "time", "void")
+    __slots__ = (
+        "completion",
+        "fields",
+        "nbytes",
+        "ready",
+        "seq",
+        "slot",
+        "spill",
+        "step",
+        "time",
+        "void",
+    )
 
     def __init__(self, seq: int, step: int, time: float | None, nbytes: int):
         self.seq = seq
@@ -238,7 +249,9 @@ class Channel:
             nbytes = frame_nbytes(self.schema, items)
             # _acquire, inlined: this is the per-frame hot path
             if self.pool.free and (
-                self.max_bytes is None or not self.held or self.held_bytes + nbytes <= self.max_bytes
+                self.max_bytes is None
+                or not self.held
+                or self.held_bytes + nbytes <= self.max_bytes
             ):
                 self.held += 1
                 self.held_bytes += nbytes
@@ -280,11 +293,15 @@ class Channel:
             waker.wake()
             return QUEUED, entry, True
 
-    def _offer_spill(self, step: int, time: float | None, nbytes: int) -> tuple[int, Entry | None, bool]:
+    def _offer_spill(
+        self, step: int, time: float | None, nbytes: int
+    ) -> tuple[int, Entry | None, bool]:
         policy = self.policy
         assert isinstance(policy, Spill)
-        if policy.max_bytes is not None and self.spilled_bytes and (
-            self.spilled_bytes + nbytes > policy.max_bytes
+        if (
+            policy.max_bytes is not None
+            and self.spilled_bytes
+            and (self.spilled_bytes + nbytes > policy.max_bytes)
         ):
             return WAIT, None, False
         if self.spill_dir is None:
@@ -397,7 +414,9 @@ class Channel:
                 # It was already woken: another producer may be owed the room.
                 self._wake_producers()
 
-    def spill_write(self, entry: Entry, items: Sequence[tuple[str, Field, Any]], stream: Any) -> None:
+    def spill_write(
+        self, entry: Entry, items: Sequence[tuple[str, Field, Any]], stream: Any
+    ) -> None:
         """Write a SPILL entry's frame to disk (blocking; outside the lock)."""
         assert self.spill_dir is not None
         to_host = None
@@ -559,4 +578,3 @@ def frame_nbytes(schema: Schema | None, items: Sequence[tuple[str, Field, Any]])
             if field.ragged:
                 total += len(value) * field.row_nbytes
     return total
-

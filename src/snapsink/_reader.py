@@ -12,7 +12,7 @@ from ._trajectory import Trajectory
 __all__ = ["open"]
 
 
-def open(path_or_store: Any, group: str | None = None) -> Trajectory:  # noqa: A001 - public name
+def open(path_or_store: Any, group: str | None = None) -> Trajectory:
     """Open a stored run for reading.
 
     Parameters

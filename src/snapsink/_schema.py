@@ -76,7 +76,8 @@ def _as_dtype(dtype: object, what: str) -> np.dtype[Any]:
             f"{what}: dtype {dt} is not storable; expected bool, integer, float or complex"
         )
     # Stored data is always native (little-endian on every supported machine).
-    return dt.newbyteorder("=") if dt.byteorder not in "=|" else dt
+    native: np.dtype[Any] = dt.newbyteorder("=") if dt.byteorder not in "=|" else dt
+    return native
 
 
 @dataclass(frozen=True, slots=True, init=False)
@@ -118,13 +119,16 @@ class Field:
                         f"Field shape {shp}: only the first dimension may be None (ragged)"
                     )
             elif isinstance(n, bool) or not isinstance(n, int | np.integer) or n < 0:
-                raise ConfigError(f"Field shape {shp}: expected non-negative ints or a leading None")
+                raise ConfigError(
+                    f"Field shape {shp}: expected non-negative ints or a leading None"
+                )
         object.__setattr__(self, "dtype", dt)
         object.__setattr__(self, "shape", tuple(None if n is None else int(n) for n in shp))
         ragged = bool(shp) and shp[0] is None
         object.__setattr__(self, "ragged", ragged)
         dims = shp[1:] if ragged else shp
-        object.__setattr__(self, "row_nbytes", math.prod(int(n) for n in dims) * dt.itemsize)  # type: ignore[arg-type]
+        sizes = [int(n) for n in dims if n is not None]
+        object.__setattr__(self, "row_nbytes", math.prod(sizes) * dt.itemsize)
 
     @property
     def row_shape(self) -> tuple[int, ...]:
@@ -184,7 +188,9 @@ class Schema(Mapping[str, Field]):
 
     def __init__(self, fields: Mapping[str, object]):
         if not isinstance(fields, Mapping):
-            raise ConfigError(f"Schema: expected a mapping of name to Field, got {type(fields).__name__}")
+            raise ConfigError(
+                f"Schema: expected a mapping of name to Field, got {type(fields).__name__}"
+            )
         self._fields: dict[str, Field] = {
             check_name(name): _coerce_field(name, spec) for name, spec in fields.items()
         }
@@ -237,7 +243,9 @@ class Schema(Mapping[str, Field]):
         bool and complex128 scalars.
         """
         if not isinstance(fields, Mapping):
-            raise DTypeError(f"frame: expected a mapping of field name to array, got {type(fields).__name__}")
+            raise DTypeError(
+                f"frame: expected a mapping of field name to array, got {type(fields).__name__}"
+            )
         out: dict[str, Field] = {}
         for name, value in fields.items():
             check_name(name)
@@ -319,14 +327,18 @@ class Schema(Mapping[str, Field]):
 
 
 def _shape_str(shape: tuple[int | None, ...]) -> str:
-    return "(" + ", ".join("rows" if n is None else str(n) for n in shape) + (",)" if len(shape) == 1 else ")")
+    return (
+        "("
+        + ", ".join("rows" if n is None else str(n) for n in shape)
+        + (",)" if len(shape) == 1 else ")")
+    )
 
 
 def _as_host_array(name: str, value: object, step: int | None = None) -> np.ndarray[Any, Any]:
     at = "" if step is None else f" at step {step}"
     try:
         arr = np.asarray(value)
-    except Exception as exc:  # noqa: BLE001 - any conversion failure is the caller's bad input
+    except Exception as exc:
         raise DTypeError(
             f"field {name!r}: expected an array or a number, got {type(value).__name__}{at}"
         ) from exc
@@ -338,7 +350,9 @@ def _as_host_array(name: str, value: object, step: int | None = None) -> np.ndar
     return arr
 
 
-def _dtype_shape(name: str, value: object, step: int | None = None) -> tuple[np.dtype[Any], tuple[int, ...]]:
+def _dtype_shape(
+    name: str, value: object, step: int | None = None
+) -> tuple[np.dtype[Any], tuple[int, ...]]:
     """dtype and shape of a host array, Python scalar, or device array."""
     if isinstance(value, bool):
         return np.dtype(bool), ()
@@ -393,14 +407,14 @@ def is_device_array(value: object) -> bool:
     try:
         if hasattr(value, "__cuda_array_interface__"):
             return True
-    except Exception:  # noqa: BLE001 - torch raises RuntimeError for a tensor requiring grad
+    except Exception:
         return bool(getattr(value, "is_cuda", False))
     dl = getattr(value, "__dlpack_device__", None)
     if dl is None:
         return False
     try:
         device_type = int(dl()[0])
-    except Exception:  # noqa: BLE001 - a broken __dlpack_device__ is simply not a device array
+    except Exception:
         return False
     return device_type in _DEVICE_DLPACK_TYPES and device_type != 3
 
@@ -438,7 +452,9 @@ class StepClock:
                 )
             return s, None
         if isinstance(time, bool) or not isinstance(time, int | float | np.integer | np.floating):
-            raise DTypeError(f"time at step {s}: expected a float, got {type(time).__name__} {time!r}")
+            raise DTypeError(
+                f"time at step {s}: expected a float, got {type(time).__name__} {time!r}"
+            )
         t = float(time)
         if not math.isfinite(t):
             raise SchemaError(f"time at step {s}: expected a finite number, got {t}")

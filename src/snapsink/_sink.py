@@ -49,7 +49,7 @@ def _thread_safe_scheduler() -> Callable[[Callable[[], object]], object]:
     try:
         return asyncio.get_running_loop().call_soon_threadsafe
     except RuntimeError:  # pragma: no cover - exercised only where trio is installed
-        import trio
+        import trio  # type: ignore[import-not-found]
 
         return trio.lowlevel.current_trio_token().run_sync_soon  # type: ignore[no-any-return]
 
@@ -85,7 +85,9 @@ def _check_schema(schema: object) -> Schema | None:
         return schema
     if isinstance(schema, Mapping):
         return Schema(schema)
-    raise ConfigError(f"schema: expected a snapsink.Schema or a mapping, got {type(schema).__name__}")
+    raise ConfigError(
+        f"schema: expected a snapsink.Schema or a mapping, got {type(schema).__name__}"
+    )
 
 
 def _check_max_bytes(max_bytes: object) -> int | None:
@@ -193,7 +195,7 @@ class Sink:
         try:
             with anyio.CancelScope(shield=True):
                 await self.aclose()
-        except BaseException as err:  # noqa: BLE001 - re-raised or attached below
+        except BaseException as err:
             close_error = err
         finally:
             if self._tg is not None:
@@ -232,7 +234,7 @@ class Sink:
             close_exc: BaseException | None = None
             try:
                 await self._call(self._store.close)
-            except Exception as err:  # noqa: BLE001 - reported through WriterError below
+            except Exception as err:
                 close_exc = err
             if ch.spill_dir is not None:
                 ch.spill_dir.close()
@@ -261,8 +263,10 @@ class Sink:
     # -- producers -----------------------------------------------------------------
     def _validate(self, ch: Channel, fields: object, step: object) -> list[tuple[str, Any, Any]]:
         schema = ch.ensure_schema(fields)
-        label = step if isinstance(step, int) else (
-            0 if ch.clock.last_step is None else ch.clock.last_step + 1
+        label = (
+            step
+            if isinstance(step, int)
+            else (0 if ch.clock.last_step is None else ch.clock.last_step + 1)
         )
         return schema.validate(fields, label)
 
@@ -424,7 +428,9 @@ class Sink:
     def statistics(self) -> SinkStatistics:
         """Counters: written, dropped, spilled, queued, peak_queued, bytes_written."""
         if self._channel is None:
-            return SinkStatistics(0, 0, 0, 0, 0, 0, self._capacity, Channel.policy_label(self._policy))
+            return SinkStatistics(
+                0, 0, 0, 0, 0, 0, self._capacity, Channel.policy_label(self._policy)
+            )
         return self._channel.statistics()
 
     @property
@@ -456,7 +462,7 @@ class Sink:
         try:
             with anyio.CancelScope(shield=True):
                 await self._consume_loop(ch)
-        except Exception as exc:  # noqa: BLE001 - handed to the producers as WriterError
+        except Exception as exc:
             discarded = ch.fail(exc)
             self._remove_spills(discarded)
         except BaseException as exc:

@@ -50,9 +50,13 @@ class Spill:
 
     def __post_init__(self) -> None:
         if self.max_bytes is not None and (
-            isinstance(self.max_bytes, bool) or not isinstance(self.max_bytes, int) or self.max_bytes <= 0
+            isinstance(self.max_bytes, bool)
+            or not isinstance(self.max_bytes, int)
+            or self.max_bytes <= 0
         ):
-            raise ConfigError(f"Spill max_bytes: expected a positive int or None, got {self.max_bytes!r}")
+            raise ConfigError(
+                f"Spill max_bytes: expected a positive int or None, got {self.max_bytes!r}"
+            )
         if not isinstance(self.dir, str | os.PathLike):
             raise ConfigError(f"Spill dir: expected a path, got {type(self.dir).__name__}")
 
@@ -90,7 +94,7 @@ class SpillDir:
         path = self.path / f"{self._counter:012d}.frame"
         with open(path, "xb") as f:
             for arr in arrays:
-                f.write(memoryview(arr).cast("B") if arr.size else b"")
+                f.write(arr.data if arr.size else b"")  # contiguous: no copy
         return SpillRecord(path, tuple(layout), sum(a.nbytes for a in arrays))
 
     @staticmethod

@@ -59,7 +59,7 @@ class Store(Protocol):
     functions (awaited on the sink's event loop).
     """
 
-    def open(self) -> Resume | None | Awaitable[Resume | None]:
+    def open(self) -> Resume | Awaitable[Resume | None] | None:
         """Claim the destination. Return ``None`` for a new store, or a
         :class:`Resume` when appending to an existing one.
 
@@ -70,20 +70,20 @@ class Store(Protocol):
         """
         ...
 
-    def prepare(self, schema: Schema, *, times: bool) -> None | Awaitable[None]:
+    def prepare(self, schema: Schema, *, times: bool) -> Awaitable[None] | None:
         """Lay out storage for ``schema``; ``times`` says whether frames carry times."""
         ...
 
-    def append(self, batch: Batch) -> None | Awaitable[None]:
+    def append(self, batch: Batch) -> Awaitable[None] | None:
         """Store ``batch.frames`` after the frames already appended, and note
         ``batch.dropped_steps``. May commit when the store's own policy says so."""
         ...
 
-    def commit(self) -> None | Awaitable[None]:
+    def commit(self) -> Awaitable[None] | None:
         """Make every appended frame durable and visible to readers (commit-last)."""
         ...
 
-    def close(self) -> None | Awaitable[None]:
+    def close(self) -> Awaitable[None] | None:
         """Release resources. Called once, after the final commit or a failure."""
         ...
 

@@ -36,7 +36,7 @@ def _close_open_sinks() -> None:
     for sink in list(_open_sinks):
         try:
             sink.close()
-        except Exception:  # noqa: BLE001, S110 - interpreter exit: nobody left to tell
+        except Exception:
             pass
 
 
@@ -92,7 +92,7 @@ class SyncSink:
     def _run_loop(self) -> None:
         try:
             anyio.run(self._main)
-        except BaseException as exc:  # noqa: BLE001 - handed to the constructor's caller
+        except BaseException as exc:
             if not self._ready.is_set():
                 self._startup_error = exc
                 self._ready.set()

@@ -124,7 +124,9 @@ class FieldView:
             if self.field.ragged:
                 raise IndexError(f"field {self.name!r} is ragged: index frames only")
             frames = index[0]
-            rest = (slice(None), *index[1:]) if not isinstance(frames, int | np.integer) else index[1:]
+            rest = (
+                (slice(None), *index[1:]) if not isinstance(frames, int | np.integer) else index[1:]
+            )
             return self[frames][rest]
         norm = _normalize(index, self._length)
         if isinstance(norm, int):
@@ -138,14 +140,15 @@ class FieldView:
         if self.field.ragged:
             return picks
         if not picks:
-            return np.empty((0, *self.field.shape), self.field.dtype)  # type: ignore[misc]
+            return np.empty((0, *(n for n in self.field.shape if n is not None)), self.field.dtype)
         return np.stack(picks)
 
     def __array__(self, dtype: Any = None, copy: Any = None) -> np.ndarray[Any, Any]:
         if self.field.ragged:
             raise SchemaError(f"field {self.name!r} is ragged: index it per frame")
         arr = self._read_range(0, self._length)
-        return arr if dtype is None else arr.astype(dtype)
+        out: np.ndarray[Any, Any] = arr if dtype is None else arr.astype(dtype)
+        return out
 
 
 class Trajectory:

@@ -42,7 +42,9 @@ class WaveSim:
         self.u = xp.exp(-r2).astype(xp.float32)
         self.u_prev = self.u.copy()
         rng = np.random.default_rng(0)
-        self.pos = xp.asarray(rng.uniform(0, self.n - 1, size=(self.particles, 2)).astype(np.float32))
+        self.pos = xp.asarray(
+            rng.uniform(0, self.n - 1, size=(self.particles, 2)).astype(np.float32)
+        )
         self.vel = xp.zeros_like(self.pos)
 
     def step(self) -> None:
@@ -63,7 +65,9 @@ class WaveSim:
     def energy(self) -> float:
         xp = self.xp
         du = self.u - self.u_prev
-        return float(0.5 * xp.sum(du * du) + 0.5 * self.c**2 * xp.sum(xp.gradient(self.u)[0] ** 2))
+        return float(
+            0.5 * xp.sum(du * du) + 0.5 * self.c**2 * xp.sum(xp.gradient(self.u)[0] ** 2)
+        )
 
 
 def _fresh_dir(base: str) -> Path:
@@ -85,9 +89,11 @@ def _pick_device(choice: str) -> tuple[Any, str]:
         if cupy.cuda.runtime.getDeviceCount() > 0:
             name = cupy.cuda.runtime.getDeviceProperties(0)["name"].decode()
             return cupy, f"gpu (CuPy, {name})"
-    except Exception as exc:  # noqa: BLE001 - any CuPy/CUDA failure means no GPU here
+    except Exception as exc:
         if choice == "gpu":
-            raise SnapsinkError(f"--device gpu: no usable CUDA device via CuPy ({exc})") from exc
+            raise SnapsinkError(
+                f"--device gpu: no usable CUDA device via CuPy ({exc})"
+            ) from exc
     if choice == "gpu":
         raise SnapsinkError("--device gpu: CuPy sees no CUDA device")
     return np, "cpu (NumPy)"
@@ -99,7 +105,9 @@ def _progress(done: int, total: int, t0: float) -> None:
     width = 30
     fill = int(width * done / max(total, 1))
     rate = done / max(time.perf_counter() - t0, 1e-9)
-    sys.stderr.write(f"\r  [{'#' * fill}{'.' * (width - fill)}] {done}/{total} frames  {rate:,.0f} frames/s")
+    sys.stderr.write(
+        f"\r  [{'#' * fill}{'.' * (width - fill)}] {done}/{total} frames  {rate:,.0f} frames/s"
+    )
     sys.stderr.flush()
 
 
@@ -119,13 +127,27 @@ async def _run_demo(args: argparse.Namespace) -> dict[str, Any]:
     xp, device = _pick_device(args.device)
     sim = WaveSim(n=args.grid, xp=xp)
     out = Path(args.out) if args.out else _fresh_dir("snapsink-demo")
-    attrs = {"model": "2-D wave equation + advected particles", "grid": args.grid, "every": args.every}
-    static = {"grid_spacing": np.float64(1.0), "particle_ids": np.arange(sim.particles, dtype=np.int32)}
+    attrs = {
+        "model": "2-D wave equation + advected particles",
+        "grid": args.grid,
+        "every": args.every,
+    }
+    static = {
+        "grid_spacing": np.float64(1.0),
+        "particle_ids": np.arange(sim.particles, dtype=np.int32),
+    }
     store = _make_store(args.format, out, attrs, static)
-    print(f"snapsink demo: {args.frames} frames every {args.every} steps of a {args.grid}x{args.grid} "
-          f"wave field + {sim.particles} particles on {device}")
+    print(
+        f"snapsink demo: {args.frames} frames every {args.every} steps of a "
+        f"{args.grid}x{args.grid} "
+        f"wave field + {sim.particles} particles on {device}"
+    )
     print(f"  writing {args.format} store to {out}")
-    sync = (lambda: xp.cuda.get_current_stream().synchronize()) if xp is not np else (lambda: None)
+    sync = (
+        (lambda: xp.cuda.get_current_stream().synchronize())
+        if xp is not np
+        else (lambda: None)
+    )
     t_compute = 0.0
     t_write = 0.0
     t0 = time.perf_counter()
@@ -139,7 +161,9 @@ async def _run_demo(args: argparse.Namespace) -> dict[str, Any]:
             c1 = time.perf_counter()
             step = (frame + 1) * args.every
             await sink.write(
-                {"field": sim.u, "positions": sim.pos, "energy": energy}, step=step, time=step * 0.1
+                {"field": sim.u, "positions": sim.pos, "energy": energy},
+                step=step,
+                time=step * 0.1,
             )
             t_write += time.perf_counter() - c1
             t_compute += c1 - c0
@@ -167,13 +191,22 @@ async def _run_demo(args: argparse.Namespace) -> dict[str, Any]:
     }
     mb = stats.bytes_written / 1e6
     exposed = t_write + t_flush
-    print(f"  frames written : {stats.written} ({mb:,.1f} MB), dropped {stats.dropped}, spilled {stats.spilled}")
-    print(f"  run time       : {t_total:.2f} s; compute {t_compute:.2f} s; "
-          f"throughput {mb / t_total:,.1f} MB/s")
-    print(f"  I/O exposed    : {exposed:.3f} s ({100 * exposed / t_total:.1f}% of the run: time the "
-          "simulation spent inside write() and the final flush)")
-    print(f"  read it back   : python -c \"import snapsink; t = snapsink.open('{out}'); "
-          "print(len(t), t['field'][-1].mean())\"")
+    print(
+        f"  frames written : {stats.written} ({mb:,.1f} MB), "
+        f"dropped {stats.dropped}, spilled {stats.spilled}"
+    )
+    print(
+        f"  run time       : {t_total:.2f} s; compute {t_compute:.2f} s; "
+        f"throughput {mb / t_total:,.1f} MB/s"
+    )
+    print(
+        f"  I/O exposed    : {exposed:.3f} s ({100 * exposed / t_total:.1f}% of the run: time the "
+        "simulation spent inside write() and the final flush)"
+    )
+    print(
+        f"  read it back   : python -c \"import snapsink; t = snapsink.open('{out}'); "
+        "print(len(t), t['field'][-1].mean())\""
+    )
     return result
 
 
@@ -198,8 +231,12 @@ def main(argv: Sequence[str] | None = None) -> int:
     """Entry point of the ``snapsink`` console script."""
     parser = argparse.ArgumentParser(prog="snapsink", description=__doc__.splitlines()[0])
     sub = parser.add_subparsers(dest="command", required=True)
-    demo = sub.add_parser("demo", help="run a small simulation and stream its snapshots to disk")
-    demo.add_argument("--out", help="store to create (default: a fresh snapsink-demo-<time> directory)")
+    demo = sub.add_parser(
+        "demo", help="run a small simulation and stream its snapshots to disk"
+    )
+    demo.add_argument(
+        "--out", help="store to create (default: a fresh snapsink-demo-<time> directory)"
+    )
     demo.add_argument("--frames", type=int, default=1000)
     demo.add_argument("--every", type=int, default=5, help="simulation steps per snapshot")
     demo.add_argument("--grid", type=int, default=256)

@@ -46,7 +46,7 @@ class Slot:
         if not field.ragged:
             buf = self.buffers.get(name)
             if buf is None:
-                buf = self.buffers[name] = np.empty(field.shape, field.dtype)  # type: ignore[arg-type]
+                buf = self.buffers[name] = np.empty(field.shape, field.dtype)
             return buf
         row_shape = field.row_shape
         need = (rows or 0) * math.prod(row_shape)

@@ -46,14 +46,17 @@ def check_static(static: Mapping[str, Any] | None) -> dict[str, np.ndarray[Any, 
     if static is None:
         return {}
     if not isinstance(static, Mapping):
-        raise ConfigError(f"static: expected a mapping of name to array, got {type(static).__name__}")
+        raise ConfigError(
+            f"static: expected a mapping of name to array, got {type(static).__name__}"
+        )
     out: dict[str, np.ndarray[Any, Any]] = {}
     for name, value in static.items():
         check_name(name, "static")
         arr = np.array(value, copy=True)
         if arr.dtype.kind not in _ALLOWED_KINDS or arr.dtype.fields is not None:
             raise ConfigError(
-                f"static {name!r}: expected a bool, integer, float or complex array, got {arr.dtype}"
+                f"static {name!r}: expected a bool, integer, float or complex array, "
+                f"got {arr.dtype}"
             )
         if arr.dtype.byteorder not in "=|":
             arr = arr.astype(arr.dtype.newbyteorder("="))

@@ -133,7 +133,7 @@ class HostMemory:
             self._steps.extend(np.fromiter((f.step for f in frames), np.int64, len(frames)))
             if self._times:
                 self._time_buf.extend(
-                    np.fromiter((f.time for f in frames), np.float64, len(frames))  # type: ignore[misc]
+                    np.fromiter((f.time for f in frames), np.float64, len(frames))
                 )
             for name, f in self._schema.items():
                 arrays = [fr.fields[name] for fr in frames]
