@@ -21,6 +21,9 @@ from ._errors import WouldBlock as WouldBlock
 from ._errors import WriterError as WriterError
 from ._errors import WrongThreadError as WrongThreadError
 from ._reader import open as open
+from ._recorder import Recorder as Recorder
+from ._recorder import Route as Route
+from ._recorder import SyncRecorder as SyncRecorder
 from ._schema import Batch as Batch
 from ._schema import Field as Field
 from ._schema import Frame as Frame
@@ -32,6 +35,11 @@ from ._store import Store as Store
 from ._sync import SyncSink as SyncSink
 from ._trajectory import FieldView as FieldView
 from ._trajectory import Trajectory as Trajectory
+from .schedule import Schedule as Schedule
+from .schedule import every as every
+from .schedule import once as once
+from .schedule import when as when
+from .writers.gpu import GPUBuffer as GPUBuffer
 from .writers.memory import HostMemory as HostMemory
 from .writers.npy import NpyDirectory as NpyDirectory
 from .writers.zarr import ZarrStore as ZarrStore
@@ -48,9 +56,13 @@ __all__ = [
     "FieldView",
     "FormatError",
     "Frame",
+    "GPUBuffer",
     "HostMemory",
     "NpyDirectory",
+    "Recorder",
     "Resume",
+    "Route",
+    "Schedule",
     "Schema",
     "SchemaError",
     "Sink",
@@ -60,6 +72,7 @@ __all__ = [
     "Store",
     "StoreExistsError",
     "StoreNotFoundError",
+    "SyncRecorder",
     "SyncSink",
     "Trajectory",
     "WouldBlock",
@@ -67,5 +80,8 @@ __all__ = [
     "WrongThreadError",
     "ZarrStore",
     "__version__",
+    "every",
+    "once",
     "open",
+    "when",
 ]

@@ -176,6 +176,8 @@ class Channel:
         self.pool = SlotPool(capacity)
         self.spill_dir: SpillDir | None = None
         self.device: Any = None  # DeviceStager, created at the first device array
+        #: the store keeps frames on the device (GPUBuffer): capture device views
+        self.wants_device = False
         self.batch_limit = max(1, capacity // 2)
 
         self.queue: deque[Entry] = deque()
@@ -377,7 +379,9 @@ class Channel:
             from ._staging.device import DeviceStager
 
             self.device = DeviceStager(self.capacity)
-        dev_fields, completion = self.device.capture(slot, device_items, stream)
+        dev_fields, completion = self.device.capture(
+            slot, device_items, stream, to_host=not self.wants_device
+        )
         fields.update(dev_fields)
         return fields, completion
 

@@ -35,7 +35,7 @@ from ._channel import (
     frame_nbytes,
 )
 from ._errors import ClosedSinkError, ConfigError, SchemaError, WouldBlock, WriterError
-from ._schema import Batch, Frame, Schema, StepClock
+from ._schema import Batch, Frame, Schema, StepClock, is_device_array
 from ._spill import Spill, SpillDir
 from ._store import Resume
 
@@ -69,6 +69,18 @@ class AsyncWaker(Waker):
             self.event.set()
         else:
             self.schedule(self.event.set)
+
+
+def _caller_stream(items: list[tuple[str, Any, Any]], stream: Any) -> Any:
+    """``stream``, or the calling thread's current stream of the first device value."""
+    if stream is not None:
+        return stream
+    for _, _, value in items:
+        if is_device_array(value):
+            from ._staging.device import backend_for
+
+            return backend_for(value).resolve_stream(None, value)
+    return None
 
 
 def _check_store(store: object) -> None:
@@ -177,6 +189,7 @@ class Sink:
         self._channel = Channel(
             self._capacity, self._policy, max_bytes=self._max_bytes, schema=schema, clock=clock
         )
+        self._channel.wants_device = bool(getattr(self._store, "wants_device", False))
         self._consumer_done = anyio.Event()
         tg = anyio.create_task_group()
         await tg.__aenter__()
@@ -330,6 +343,8 @@ class Sink:
                 return
             if outcome == SPILL:
                 assert entry is not None
+                # The current CUDA stream is per thread: resolve it here, not in the worker.
+                stream = _caller_stream(items, stream)
                 # Not abandoned on cancel: the frame is accepted, so it must be written.
                 await anyio.to_thread.run_sync(ch.spill_write, entry, items, stream)
                 return

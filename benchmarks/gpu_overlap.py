@@ -1,0 +1,410 @@
+"""How much of the device-to-host I/O of snapshots hides behind GPU compute.
+
+h5bench-style: every figure is a ratio measured in the same run, on the same
+GPU, so nothing depends on an absolute time.
+
+For each frame size (a float32 state array that a 1-D stencil updates on the
+simulation's stream) it reports:
+
+- ``peak``: a pinned ``cudaMemcpyAsync`` device-to-host, back to back (GB/s);
+- ``sync_get``: host time of a synchronous ``arr.get()`` of the frame (the
+  blocking cost a naive writer pays per frame), idle GPU;
+- per capture strategy (``snapshot``, ``direct``):
+  ``block``: host time of one ``write`` (validate + ``DeviceStager.capture``), median;
+  ``block/sync_get``; ``bw``: achieved D2H bandwidth of back-to-back captures and
+  its fraction of ``peak``;
+  for compute/I-O ratios r (steps per frame set so T_compute = r x T_io):
+  ``eta = (T_compute + T_io - T_total) / T_io`` and the compute slowdown
+  ``T_total / T_compute - 1``;
+- the same loop with a synchronous ``.get()`` per frame (the baseline);
+- end-to-end through ``snapsink.Sink`` when it exists (a store that only checks).
+
+Usage::
+
+    PYTHONPATH=src python benchmarks/gpu_overlap.py [--sizes-mb 4,16,64,256] [--out DIR]
+
+Writes ``gpu_overlap-<device>.json`` to ``benchmarks/results`` (or ``--out``).
+"""
+
+from __future__ import annotations
+
+import argparse
+import collections
+import json
+import math
+import re
+import statistics
+import sys
+import time
+from pathlib import Path
+from typing import Any
+
+import anyio
+import anyio.lowlevel
+import numpy as np
+
+from snapsink._schema import Field, Schema
+from snapsink._staging.device import DeviceStager
+from snapsink._staging.host import SlotPool
+
+try:
+    import cupy as cp
+except ImportError:  # pragma: no cover - the benchmark needs a GPU
+    sys.exit("gpu_overlap: CuPy and a CUDA GPU are needed (pip install 'snapsink[gpu]')")
+
+CAPACITY = 4
+
+_stencil = cp.ElementwiseKernel(
+    "raw T u, int64 n",
+    "T v",
+    "v = (i > 0 && i < n - 1) ? (T)0.25 * (u[i - 1] + u[i + 1]) + (T)0.5 * u[i] : u[i]",
+    "snapsink_bench_stencil",
+)
+
+
+class Sim:
+    """A 1-D diffusion stencil on the simulation's own non-blocking stream."""
+
+    def __init__(self, nbytes: int):
+        self.n = nbytes // 4
+        self.stream = cp.cuda.Stream(non_blocking=True)
+        with self.stream:
+            self.u = cp.random.default_rng(0).random(self.n, dtype=cp.float32)
+            self.v = cp.empty_like(self.u)
+
+    def step(self, k: int = 1) -> None:
+        with self.stream:
+            for _ in range(k):
+                _stencil(self.u, self.n, self.v)
+                self.u, self.v = self.v, self.u
+
+
+def peak_d2h(nbytes: int, reps: int = 10) -> float:
+    """GB/s of back-to-back pinned cudaMemcpyAsync D2H, timed with CUDA events."""
+    src = cp.empty(nbytes, cp.uint8)
+    mem = cp.cuda.alloc_pinned_memory(nbytes)
+    dst = np.frombuffer(mem, np.uint8, nbytes)
+    s = cp.cuda.Stream(non_blocking=True)
+    rt = cp.cuda.runtime
+    rt.memcpyAsync(dst.ctypes.data, src.data.ptr, nbytes, rt.memcpyDeviceToHost, s.ptr)
+    start, stop = cp.cuda.Event(), cp.cuda.Event()
+    start.record(s)
+    for _ in range(reps):
+        rt.memcpyAsync(dst.ctypes.data, src.data.ptr, nbytes, rt.memcpyDeviceToHost, s.ptr)
+    stop.record(s)
+    stop.synchronize()
+    ms = cp.cuda.get_elapsed_time(start, stop)
+    return reps * nbytes / (ms * 1e-3) / 1e9
+
+
+def sync_get_time(sim: Sim, reps: int = 5) -> tuple[float, float]:
+    """Median host time of ``u.get()`` (pageable) and ``u.get(out=pinned)``, idle GPU."""
+    sim.stream.synchronize()
+    mem = cp.cuda.alloc_pinned_memory(sim.u.nbytes)
+    pinned = np.frombuffer(mem, np.float32, sim.n)
+    pageable, pinned_t = [], []
+    for _ in range(reps):
+        t = time.perf_counter()
+        sim.u.get(stream=sim.stream)
+        pageable.append(time.perf_counter() - t)
+        t = time.perf_counter()
+        sim.u.get(stream=sim.stream, out=pinned)
+        pinned_t.append(time.perf_counter() - t)
+    return statistics.median(pageable), statistics.median(pinned_t)
+
+
+_pools: dict[int, SlotPool] = {}
+
+
+async def stager_loop(
+    sim: Sim, stager: DeviceStager | None, frames: int, spf: int
+) -> tuple[float, list[float]]:
+    """``frames`` frames of ``spf`` steps, each captured (or not when stager is None).
+
+    Returns the wall time until everything is computed and stored, and the
+    host time of each ``write`` (validate + capture).
+    """
+    schema = Schema({"u": Field("float32", (sim.n,))})
+    # one pool per stager, as a sink keeps its slots (and their pinned buffers)
+    pool = _pools.setdefault(id(stager), SlotPool(CAPACITY))
+    pending: collections.deque[tuple[Any, Any, Any]] = collections.deque()
+    blocking: list[float] = []
+    checked = 0
+
+    async def consume_one() -> None:
+        nonlocal checked
+        slot, fields, completion = pending.popleft()
+        await completion.wait()
+        checked += bool(np.isfinite(fields["u"][0]))  # "store": touch the host data
+        pool.release(slot)
+
+    sim.stream.synchronize()
+    t0 = time.perf_counter()
+    for f in range(frames):
+        sim.step(spf)
+        if stager is None:
+            continue
+        slot = pool.acquire()
+        while slot is None:
+            await consume_one()
+            slot = pool.acquire()
+        t = time.perf_counter()
+        fields, completion = stager.capture(slot, schema.validate({"u": sim.u}, f), sim.stream)
+        blocking.append(time.perf_counter() - t)
+        pending.append((slot, fields, completion))
+        while pending and pending[0][2].done():
+            await consume_one()
+        await anyio.lowlevel.checkpoint()
+    while pending:
+        await consume_one()
+    sim.stream.synchronize()
+    return time.perf_counter() - t0, blocking
+
+
+def sync_loop(sim: Sim, frames: int, spf: int) -> float:
+    """The baseline: a synchronous ``.get()`` of every frame."""
+    sim.stream.synchronize()
+    t0 = time.perf_counter()
+    for _ in range(frames):
+        sim.step(spf)
+        sim.u.get(stream=sim.stream)
+    sim.stream.synchronize()
+    return time.perf_counter() - t0
+
+
+class _CheckingStore:
+    """A Store that keeps nothing: it checks each frame is finite."""
+
+    def __init__(self) -> None:
+        self.frames = 0
+
+    def open(self) -> None:
+        return None
+
+    def prepare(self, schema: Any, *, times: bool) -> None:
+        return None
+
+    def append(self, batch: Any) -> None:
+        for frame in batch.frames:
+            self.frames += bool(np.isfinite(frame.fields["u"][0]))
+
+    def commit(self) -> None:
+        return None
+
+    def close(self) -> None:
+        return None
+
+
+async def sink_loop(sim: Sim, frames: int, spf: int) -> tuple[float, list[float], int]:
+    import snapsink
+
+    store = _CheckingStore()
+    blocking: list[float] = []
+    sim.stream.synchronize()
+    t0 = time.perf_counter()
+    async with snapsink.Sink(store, capacity=CAPACITY, policy="block") as sink:
+        for f in range(frames):
+            sim.step(spf)
+            t = time.perf_counter()
+            await sink.write({"u": sim.u}, step=f, stream=sim.stream)
+            blocking.append(time.perf_counter() - t)
+    sim.stream.synchronize()
+    return time.perf_counter() - t0, blocking, store.frames
+
+
+def eta(t_compute: float, t_io: float, t_total: float) -> float:
+    return (t_compute + t_io - t_total) / t_io
+
+
+async def bench_size(size_mb: int, frames: int, ratios: list[float]) -> dict[str, Any]:
+    nbytes = size_mb << 20
+    sim = Sim(nbytes)
+    out: dict[str, Any] = {"size_mb": size_mb, "frames": frames, "capacity": CAPACITY}
+    out["peak_gbps"] = peak_d2h(nbytes)
+    get_pageable, get_pinned = sync_get_time(sim)
+    out["sync_get_ms"] = get_pageable * 1e3
+    out["sync_get_pinned_ms"] = get_pinned * 1e3
+    # one stencil step, to size the compute per frame
+    sim.step(5)
+    sim.stream.synchronize()
+    t = time.perf_counter()
+    sim.step(50)
+    sim.stream.synchronize()
+    t_step = (time.perf_counter() - t) / 50
+    out["step_ms"] = t_step * 1e3
+
+    compute_cache: dict[int, float] = {}
+
+    async def t_compute(spf: int) -> float:
+        if spf not in compute_cache:
+            compute_cache[spf] = (await stager_loop(sim, None, frames, spf))[0]
+        return compute_cache[spf]
+
+    for strategy in ("snapshot", "direct"):
+        stager = DeviceStager(CAPACITY, strategy=strategy)
+        await stager_loop(sim, stager, CAPACITY + 2, 0)  # warm-up: buffers allocated
+        t_io, blocking = await stager_loop(sim, stager, frames, 0)
+        res: dict[str, Any] = {
+            "t_io_ms": t_io * 1e3,
+            "block_ms": statistics.median(blocking) * 1e3,
+            "block_max_ms": max(blocking) * 1e3,
+            "bw_gbps": frames * nbytes / t_io / 1e9,
+        }
+        res["block_over_sync_get"] = res["block_ms"] / out["sync_get_ms"]
+        res["bw_over_peak"] = res["bw_gbps"] / out["peak_gbps"]
+        per_ratio = []
+        for r in ratios:
+            spf = max(1, math.ceil(r * (t_io / frames) / t_step))
+            tc = await t_compute(spf)
+            tt, blk = await stager_loop(sim, stager, frames, spf)
+            per_ratio.append(
+                {
+                    "ratio": r,
+                    "steps_per_frame": spf,
+                    "compute_over_io": tc / t_io,
+                    "t_compute_ms": tc * 1e3,
+                    "t_total_ms": tt * 1e3,
+                    "eta": eta(tc, t_io, tt),
+                    "slowdown": tt / tc - 1,
+                    "block_ms": statistics.median(blk) * 1e3,
+                }
+            )
+        res["overlap"] = per_ratio
+        stager.close()
+        _pools.pop(id(stager), None)
+        out[strategy] = res
+
+    base = []
+    t_io_sync = sync_loop(sim, frames, 0)
+    for r in ratios:
+        spf = max(1, math.ceil(r * (out["snapshot"]["t_io_ms"] * 1e-3 / frames) / t_step))
+        tc = await t_compute(spf)
+        tt = sync_loop(sim, frames, spf)
+        base.append(
+            {
+                "ratio": r,
+                "t_total_ms": tt * 1e3,
+                "eta": eta(tc, t_io_sync, tt),
+                "slowdown": tt / tc - 1,
+            }
+        )
+    out["sync"] = {"t_io_ms": t_io_sync * 1e3, "overlap": base}
+
+    try:
+        import snapsink
+
+        has_sink = hasattr(snapsink, "Sink")
+    except Exception:  # the package may be mid-edit; the stager figures stand alone
+        has_sink = False
+    if has_sink:
+        try:
+            await sink_loop(sim, CAPACITY + 2, 0)
+            t_io_s, blk0, _ = await sink_loop(sim, frames, 0)
+            rows = []
+            for r in ratios:
+                spf = max(1, math.ceil(r * (out["snapshot"]["t_io_ms"] * 1e-3 / frames) / t_step))
+                tc = await t_compute(spf)
+                tt, blk, stored = await sink_loop(sim, frames, spf)
+                rows.append(
+                    {
+                        "ratio": r,
+                        "compute_over_io": tc / t_io_s,
+                        "eta": eta(tc, t_io_s, tt),
+                        "slowdown": tt / tc - 1,
+                        "block_ms": statistics.median(blk) * 1e3,
+                        "block_over_sync_get": statistics.median(blk) * 1e3 / out["sync_get_ms"],
+                        "frames_stored": stored,
+                    }
+                )
+            out["sink"] = {
+                "t_io_ms": t_io_s * 1e3,
+                "bw_gbps": frames * nbytes / t_io_s / 1e9,
+                "bw_over_peak": frames * nbytes / t_io_s / 1e9 / out["peak_gbps"],
+                "block_ms": statistics.median(blk0) * 1e3,
+                "block_over_sync_get": statistics.median(blk0) * 1e3 / out["sync_get_ms"],
+                "overlap": rows,
+            }
+        except Exception as exc:
+            out["sink"] = {"error": f"{type(exc).__name__}: {exc}"}
+
+    cp.get_default_memory_pool().free_all_blocks()
+    return out
+
+
+def print_table(results: dict[str, Any]) -> None:
+    print(f"device: {results['device']}")
+    hdr = (
+        f"{'MB':>5} {'strategy':>9} {'block ms':>9} {'/sync get':>9} {'bw GB/s':>8} "
+        f"{'/peak':>6} {'ratio':>5} {'eta':>6} {'slowdown':>8}"
+    )
+    print(hdr)
+    print("-" * len(hdr))
+    for s in results["sizes"]:
+        print(
+            f"{s['size_mb']:>5} {'peak':>9} {'':>9} {'':>9} {s['peak_gbps']:>8.1f}"
+            f"   sync .get() {s['sync_get_ms']:.3f} ms (pinned out {s['sync_get_pinned_ms']:.3f})"
+        )
+        for strategy in ("snapshot", "direct"):
+            res = s[strategy]
+            for o in res["overlap"]:
+                print(
+                    f"{s['size_mb']:>5} {strategy:>9} {res['block_ms']:>9.4f} "
+                    f"{res['block_over_sync_get']:>9.4f} {res['bw_gbps']:>8.1f} "
+                    f"{res['bw_over_peak']:>6.2f} {o['ratio']:>5} {o['eta']:>6.3f} "
+                    f"{o['slowdown']:>8.3f}"
+                )
+        for o in s["sync"]["overlap"]:
+            print(
+                f"{s['size_mb']:>5} {'sync get':>9} {'':>9} {'':>9} {'':>8} {'':>6} "
+                f"{o['ratio']:>5} {o['eta']:>6.3f} {o['slowdown']:>8.3f}"
+            )
+        if "sink" in s:
+            k = s["sink"]
+            if "error" in k:
+                print(f"{s['size_mb']:>5} {'Sink':>9} error: {k['error']}")
+            else:
+                for o in k["overlap"]:
+                    print(
+                        f"{s['size_mb']:>5} {'Sink':>9} {o['block_ms']:>9.4f} "
+                        f"{o['block_over_sync_get']:>9.4f} {k['bw_gbps']:>8.1f} "
+                        f"{k['bw_over_peak']:>6.2f} {o['ratio']:>5} "
+                        f"{o['eta']:>6.3f} {o['slowdown']:>8.3f}"
+                    )
+
+
+async def amain(args: argparse.Namespace) -> dict[str, Any]:
+    props = cp.cuda.runtime.getDeviceProperties(0)
+    name = props["name"].decode() if isinstance(props["name"], bytes) else str(props["name"])
+    results: dict[str, Any] = {
+        "benchmark": "gpu_overlap",
+        "device": name,
+        "cupy": cp.__version__,
+        "ratios": args.ratios,
+        "sizes": [],
+    }
+    for mb in args.sizes_mb:
+        results["sizes"].append(await bench_size(mb, args.frames, args.ratios))
+    return results
+
+
+def main() -> None:
+    p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    p.add_argument(
+        "--sizes-mb", default="4,16,64,256", type=lambda s: [int(x) for x in s.split(",")]
+    )
+    p.add_argument("--ratios", default="0.5,1,2,4", type=lambda s: [float(x) for x in s.split(",")])
+    p.add_argument("--frames", default=30, type=int)
+    p.add_argument("--out", default=str(Path(__file__).parent / "results"))
+    args = p.parse_args()
+    results = anyio.run(amain, args)
+    print_table(results)
+    out = Path(args.out)
+    out.mkdir(parents=True, exist_ok=True)
+    slug = re.sub(r"[^A-Za-z0-9]+", "-", results["device"]).strip("-").lower()
+    path = out / f"gpu_overlap-{slug}.json"
+    path.write_text(json.dumps(results, indent=2))
+    print(f"wrote {path}")
+
+
+if __name__ == "__main__":
+    main()
