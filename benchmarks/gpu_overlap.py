@@ -78,6 +78,15 @@ class Sim:
                 _stencil(self.u, self.n, self.v)
                 self.u, self.v = self.v, self.u
 
+    def step_functional(self, k: int = 1) -> None:
+        """Each step writes a fresh array (the JAX / functional style): the
+        state handed to ``write(copy=False)`` is never modified afterwards."""
+        with self.stream:
+            for _ in range(k):
+                out = cp.empty_like(self.u)  # from the pool; the old state is left alone
+                _stencil(self.u, self.n, out)
+                self.u = out
+
 
 def peak_d2h(nbytes: int, reps: int = 10) -> float:
     """GB/s of back-to-back pinned cudaMemcpyAsync D2H, timed with CUDA events."""
@@ -161,6 +170,16 @@ async def stager_loop(
     return time.perf_counter() - t0, blocking
 
 
+def functional_compute(sim: Sim, frames: int, spf: int) -> float:
+    """T_compute of the functional-style loop alone (no snapshots)."""
+    sim.stream.synchronize()
+    t0 = time.perf_counter()
+    for _ in range(frames):
+        sim.step_functional(spf)
+    sim.stream.synchronize()
+    return time.perf_counter() - t0
+
+
 def sync_loop(sim: Sim, frames: int, spf: int) -> float:
     """The baseline: a synchronous ``.get()`` of every frame."""
     sim.stream.synchronize()
@@ -195,7 +214,9 @@ class _CheckingStore:
         return None
 
 
-async def sink_loop(sim: Sim, frames: int, spf: int) -> tuple[float, list[float], int]:
+async def sink_loop(
+    sim: Sim, frames: int, spf: int, copy: bool = True
+) -> tuple[float, list[float], int]:
     import snapsink
 
     store = _CheckingStore()
@@ -204,9 +225,12 @@ async def sink_loop(sim: Sim, frames: int, spf: int) -> tuple[float, list[float]
     t0 = time.perf_counter()
     async with snapsink.Sink(store, capacity=CAPACITY, policy="block") as sink:
         for f in range(frames):
-            sim.step(spf)
+            if copy:
+                sim.step(spf)
+            else:
+                sim.step_functional(spf)
             t = time.perf_counter()
-            await sink.write({"u": sim.u}, step=f, stream=sim.stream)
+            await sink.write({"u": sim.u}, step=f, stream=sim.stream, copy=copy)
             blocking.append(time.perf_counter() - t)
     sim.stream.synchronize()
     return time.perf_counter() - t0, blocking, store.frames
@@ -324,6 +348,31 @@ async def bench_size(size_mb: int, frames: int, ratios: list[float]) -> dict[str
                 "block_over_sync_get": statistics.median(blk0) * 1e3 / out["sync_get_ms"],
                 "overlap": rows,
             }
+            # write(copy=False) on a functional-style loop: no snapshot, no wait
+            await sink_loop(sim, CAPACITY + 2, 0, copy=False)
+            t_io_b, blk0, _ = await sink_loop(sim, frames, 0, copy=False)
+            brows = []
+            for r in ratios:
+                spf = max(1, math.ceil(r * (t_io_b / frames) / t_step))
+                tc = functional_compute(sim, frames, spf)
+                tt, blk, stored = await sink_loop(sim, frames, spf, copy=False)
+                brows.append(
+                    {
+                        "ratio": r,
+                        "compute_over_io": tc / t_io_b,
+                        "eta": eta(tc, t_io_b, tt),
+                        "slowdown": tt / tc - 1,
+                        "block_ms": statistics.median(blk) * 1e3,
+                        "block_over_sync_get": statistics.median(blk) * 1e3 / out["sync_get_ms"],
+                        "frames_stored": stored,
+                    }
+                )
+            out["sink_borrow"] = {
+                "t_io_ms": t_io_b * 1e3,
+                "bw_gbps": frames * nbytes / t_io_b / 1e9,
+                "bw_over_peak": frames * nbytes / t_io_b / 1e9 / out["peak_gbps"],
+                "overlap": brows,
+            }
         except Exception as exc:
             out["sink"] = {"error": f"{type(exc).__name__}: {exc}"}
 
@@ -358,14 +407,16 @@ def print_table(results: dict[str, Any]) -> None:
                 f"{s['size_mb']:>5} {'sync get':>9} {'':>9} {'':>9} {'':>8} {'':>6} "
                 f"{o['ratio']:>5} {o['eta']:>6.3f} {o['slowdown']:>8.3f}"
             )
-        if "sink" in s:
-            k = s["sink"]
+        for key, label in (("sink", "Sink"), ("sink_borrow", "Sink/borw")):
+            if key not in s:
+                continue
+            k = s[key]
             if "error" in k:
-                print(f"{s['size_mb']:>5} {'Sink':>9} error: {k['error']}")
+                print(f"{s['size_mb']:>5} {label:>9} error: {k['error']}")
             else:
                 for o in k["overlap"]:
                     print(
-                        f"{s['size_mb']:>5} {'Sink':>9} {o['block_ms']:>9.4f} "
+                        f"{s['size_mb']:>5} {label:>9} {o['block_ms']:>9.4f} "
                         f"{o['block_over_sync_get']:>9.4f} {k['bw_gbps']:>8.1f} "
                         f"{k['bw_over_peak']:>6.2f} {o['ratio']:>5} "
                         f"{o['eta']:>6.3f} {o['slowdown']:>8.3f}"
@@ -394,14 +445,19 @@ def main() -> None:
     )
     p.add_argument("--ratios", default="0.5,1,2,4", type=lambda s: [float(x) for x in s.split(",")])
     p.add_argument("--frames", default=30, type=int)
+    p.add_argument("--capacity", default=4, type=int, help="slots of the stager and the Sink")
+    p.add_argument("--tag", default="", help="suffix of the JSON file name (e.g. =_cap8)")
     p.add_argument("--out", default=str(Path(__file__).parent / "results"))
     args = p.parse_args()
+    global CAPACITY
+    CAPACITY = args.capacity
     results = anyio.run(amain, args)
+    results["capacity"] = CAPACITY
     print_table(results)
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
     slug = re.sub(r"[^A-Za-z0-9]+", "-", results["device"]).strip("-").lower()
-    path = out / f"gpu_overlap-{slug}.json"
+    path = out / f"gpu_overlap-{slug}{args.tag}.json"
     path.write_text(json.dumps(results, indent=2))
     print(f"wrote {path}")
 

@@ -199,3 +199,19 @@ async def test_jax_gpu_arrays_round_trip(kind: str, tmp_path: Path) -> None:
             await sink.write({"x": x}, step=i)
     traj = _read(kind, store, tmp_path)
     np.testing.assert_array_equal(traj["x"][:], np.stack(expected))
+
+
+async def test_borrowed_device_arrays_from_a_functional_loop(device: Device) -> None:
+    """``copy=False``: each step makes a new array and never touches the old
+    one; the stored frames are exactly the arrays written."""
+    store = HostMemory()
+    expected = []
+    async with Sink(store, capacity=3) as sink:
+        for i in range(300):
+            host = np.full((128,), float(i), np.float32)
+            expected.append(host)
+            x = device.to_device(host)  # a fresh array per step
+            await sink.write({"x": x}, step=i, stream=device.stream, copy=False)
+        # borrowing takes no snapshot: no device memory held for slots
+        assert sink._channel.device.device_nbytes == 0
+    np.testing.assert_array_equal(store.trajectory()["x"][:], np.stack(expected))

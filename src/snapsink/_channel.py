@@ -380,7 +380,7 @@ class Channel:
 
             self.device = DeviceStager(self.capacity)
         dev_fields, completion = self.device.capture(
-            slot, device_items, stream, to_host=not self.wants_device
+            slot, device_items, stream, to_host=not self.wants_device, borrow=not copy
         )
         fields.update(dev_fields)
         return fields, completion

@@ -309,8 +309,10 @@ class Sink:
         time
             Optional finite, non-decreasing float; given on every frame or on none.
         copy
-            ``False`` borrows host arrays instead of copying them: the caller
-            promises not to modify them until the frame is written.
+            ``False`` borrows the arrays instead of capturing a copy: the caller
+            promises not to modify them until the frame is written. For device
+            arrays the device-to-host copy then reads them directly and the
+            caller's stream never waits (always safe for immutable JAX arrays).
         stream
             The CUDA stream the device arrays were produced on (default: the
             current stream).

@@ -294,6 +294,7 @@ class DeviceStager:
         stream: Any = None,
         *,
         to_host: bool = True,
+        borrow: bool = False,
     ) -> tuple[dict[str, Any], DeviceCompletion]:
         """Enqueue the capture of ``items`` into ``slot``; never waits for the device.
 
@@ -311,6 +312,11 @@ class DeviceStager:
             True: return host (pinned) views. False: return device views of the
             slot's device snapshot (for a store that keeps frames on the device,
             such as :class:`~snapsink.GPUBuffer`); no pinned memory is used.
+        borrow
+            True (``write(..., copy=False)``): the caller promises not to modify
+            the arrays (JAX arrays never are; a loop that allocates new arrays
+            each step qualifies). The device-to-host copy reads them directly and
+            the caller's stream never waits; they stay referenced until copied.
 
         Returns
         -------
@@ -341,7 +347,7 @@ class DeviceStager:
                         f"sink's first device array), got one on device {be.device_id(arr)}"
                     )
             with be.use_device(self._device):
-                return self._capture(be, slot, arrays, stream, items[0][2], to_host)
+                return self._capture(be, slot, arrays, stream, items[0][2], to_host, borrow)
         except (DeviceError, ConfigError):
             raise
         except Exception as exc:
@@ -355,6 +361,7 @@ class DeviceStager:
         stream: Any,
         first_value: Any,
         to_host: bool,
+        borrow: bool = False,
     ) -> tuple[dict[str, Any], DeviceCompletion]:
         caller = be.resolve_stream(stream, first_value)
         if self._copy_stream is None:
@@ -370,7 +377,7 @@ class DeviceStager:
         be.record(ready, caller)
         be.wait_event(copy, ready)
 
-        snapshot = self.strategy == "snapshot" or not to_host
+        snapshot = (self.strategy == "snapshot" or not to_host) and not borrow
         out: dict[str, Any] = {}
         d2h: list[tuple[np.ndarray[Any, Any], Any]] = []
         for name, field, arr in arrays:
@@ -406,7 +413,8 @@ class DeviceStager:
         done = be.new_event()
         be.record(done, copy)
         if not snapshot:
-            be.wait_event(caller, done)
+            if not borrow:
+                be.wait_event(caller, done)
             self._inflight.append((done, [a for _, _, a in arrays]))
         state.last_event = done
         return out, DeviceCompletion(be, done)
