@@ -79,3 +79,20 @@ def anyio_backend() -> str:
 
 
 __all__ = ["FailingStore", "GatedStore", "snapsink"]
+
+
+# -- the `slow` marker: soak tests run only when asked for ----------------------------
+def pytest_addoption(parser: pytest.Parser) -> None:
+    parser.addoption(
+        "--runslow", action="store_true", default=False, help="also run @pytest.mark.slow tests"
+    )
+
+
+def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
+    # `pytest -m slow` (any -m naming slow) or `--runslow` runs them; otherwise skip.
+    if config.getoption("--runslow") or "slow" in (config.getoption("-m") or ""):
+        return
+    skip = pytest.mark.skip(reason="slow soak test: run with --runslow or -m slow")
+    for item in items:
+        if "slow" in item.keywords:
+            item.add_marker(skip)

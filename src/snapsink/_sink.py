@@ -347,8 +347,11 @@ class Sink:
                 assert entry is not None
                 # The current CUDA stream is per thread: resolve it here, not in the worker.
                 stream = _caller_stream(items, stream)
-                # Not abandoned on cancel: the frame is accepted, so it must be written.
-                await anyio.to_thread.run_sync(ch.spill_write, entry, items, stream)
+                # Shielded: the frame is accepted, so it must be written. (run_sync
+                # checks for cancellation before it starts the thread: unshielded, a
+                # pending cancel would leave the entry unready and stall the consumer.)
+                with anyio.CancelScope(shield=True):
+                    await anyio.to_thread.run_sync(ch.spill_write, entry, items, stream)
                 return
             assert self._schedule is not None
             waker = AsyncWaker(self._loop_thread, self._schedule)

@@ -87,7 +87,10 @@ class SpillDir:
         layout = []
         for name, field, value in items:
             arr = to_host(value) if to_host is not None else np.asarray(value)
-            arr = np.ascontiguousarray(arr, dtype=field.dtype)
+            # Not np.ascontiguousarray: it turns a 0-d array (a scalar field) into shape (1,).
+            arr = np.asarray(arr, dtype=field.dtype)
+            if not arr.flags.c_contiguous:
+                arr = np.ascontiguousarray(arr)
             arrays.append(arr)
             layout.append((name, field.dtype.str, tuple(arr.shape)))
         self._counter += 1

@@ -132,6 +132,32 @@ async def test_special_float_values_bit_exact(tmp_path: Path) -> None:
 
 
 @pytest.mark.parametrize("kind", ["local", "memory"])
+@pytest.mark.parametrize("shard_frames", [None, 4])
+async def test_batch_spanning_many_blocks(
+    tmp_path: Path, kind: str, shard_frames: int | None
+) -> None:
+    # A batch of 41 frames covers 20 (or 10 sharded) whole blocks, written one
+    # setitem per block in groups, then a partial block: all must read back.
+    schema = Schema({"x": Field("float32", (3, 5))})
+    frames = [
+        Frame(i, None, {"x": np.arange(15, dtype=np.float32).reshape(3, 5) + 100 * i})
+        for i in range(43)
+    ]
+    loc = _store(kind, tmp_path)
+    store = ZarrStore(loc, chunk_frames=2, shard_frames=shard_frames)
+    await store.open()
+    await store.prepare(schema, times=False)
+    await store.append(Batch(frames[:1]))
+    await store.append(Batch(frames[1:42]))  # starts mid-block
+    await store.append(Batch(frames[42:]))
+    await store.close()
+    traj = open_zarr(loc)
+    assert len(traj) == 43
+    _assert_same(traj["x"][:], np.stack([f.fields["x"] for f in frames]))
+    _assert_same(traj.steps, np.arange(43, dtype=np.int64))
+
+
+@pytest.mark.parametrize("kind", ["local", "memory"])
 async def test_ragged_round_trip(tmp_path: Path, kind: str) -> None:
     schema = Schema({"pos": Field("float32", (None, 3)), "ids": Field("int64", (None,)), "e": "f8"})
     rows = [5, 0, 3, 0, 0, 7, 1, 2, 0, 4, 6]

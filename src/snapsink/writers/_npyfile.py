@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import ast
 import bisect
+import errno
 import functools
 import json
 import math
@@ -169,6 +170,9 @@ def fsync_dir(path: str) -> None:
 
 
 _datasync = getattr(os, "fdatasync", os.fsync)
+#: Data files are never opened through a symlink: a hostile store could point
+#: one at a file outside it, which appends would then overwrite.
+_NOFOLLOW = getattr(os, "O_NOFOLLOW", 0)
 
 
 class GrowableNpyFile:
@@ -204,7 +208,7 @@ class GrowableNpyFile:
     @classmethod
     def create(cls, path: str, dtype: np.dtype[Any], row_shape: tuple[int, ...]) -> GrowableNpyFile:
         """Create (or truncate) ``path`` with zero rows and a first capacity."""
-        fd = os.open(path, os.O_RDWR | os.O_CREAT | os.O_TRUNC, 0o644)
+        fd = os.open(path, os.O_RDWR | os.O_CREAT | os.O_TRUNC | _NOFOLLOW, 0o644)
         try:
             f = cls(path, fd, dtype, row_shape, 0, 0)
             os.pwrite(fd, build_header(dtype, (0, *row_shape)), 0)
@@ -229,7 +233,15 @@ class GrowableNpyFile:
             The header does not match ``dtype``/``row_shape``, or the file holds
             fewer than ``committed`` rows.
         """
-        fd = os.open(path, os.O_RDWR)
+        try:
+            fd = os.open(path, os.O_RDWR | _NOFOLLOW)
+        except OSError as exc:
+            if exc.errno != errno.ELOOP:
+                raise
+            raise FormatError(
+                f"{path}: is a symbolic link; a store's data files must be regular files "
+                "(refusing to write through it, outside the store)"
+            ) from exc
         try:
             header = check_header(parse_header(os.pread(fd, HEADER_SIZE, 0), path), dtype,
                                   row_shape, path)

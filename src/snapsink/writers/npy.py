@@ -145,7 +145,7 @@ class NpyDirectory:
                 )
         self._commit_seconds = commit_seconds
 
-        self._state = "new"  # new -> open -> closed
+        self._state = "new"  # new -> open -> closed; "failed" after a failed commit
         self._schema: Schema | None = None
         self._times = False
         self._count = 0  # frames appended
@@ -198,6 +198,10 @@ class NpyDirectory:
         if os.path.lexists(path) and not os.path.isdir(path):
             raise StoreExistsError(f"{path!r} exists and is not a directory")
         entries = sorted(os.listdir(path)) if os.path.isdir(path) else None
+        if entries == [METADATA_TMP]:
+            # A writer killed while committing its very first metadata.json: no
+            # store was ever committed here, and the temp file is the store's own.
+            entries = []
         if entries and METADATA not in entries:
             if self._mode == "a":
                 raise FormatError(
@@ -345,9 +349,15 @@ class NpyDirectory:
         dirty = [f for f in self._files.values() if f.dirty]
         if not dirty and not self._dropped_dirty and self._committed == self._count:
             return
-        for f in dirty:
-            f.sync()
-        self._write_metadata(closed=False)
+        try:
+            for f in dirty:
+                f.sync()
+            self._write_metadata(closed=False)
+        except BaseException:
+            # After a failed fsync the kernel may have dropped the dirty pages and
+            # a retry would "succeed": never commit again, the last commit stands.
+            self._state = "failed"
+            raise
 
     def close(self) -> None:
         """Commit what was appended, cut every file to its committed data, mark
@@ -370,6 +380,11 @@ class NpyDirectory:
 
     # -- internals --------------------------------------------------------------
     def _check_open(self, what: str) -> None:
+        if self._state == "failed":
+            raise ConfigError(
+                f"{self!r}: {what}(): an earlier commit failed; the store takes no "
+                "more frames (its last successful commit stands)"
+            )
         if self._state != "open":
             raise ConfigError(
                 f"{self!r}: {what}() needs an open store (state: {self._state}); "

@@ -16,6 +16,7 @@ The reader side (:class:`ZarrSource`, :func:`open_zarr`, :func:`list_groups`,
 
 from __future__ import annotations
 
+import errno
 import os
 import shutil
 import time
@@ -67,6 +68,8 @@ __all__ = ["ZarrSource", "ZarrStore", "is_zarr_store", "list_groups", "open_zarr
 #: data, and skipping it would turn a rewrite of a chunk into a deletion.
 _ARRAY_CONFIG: ArrayConfigParams = {"write_empty_chunks": True}
 _NODE_KEYS = ("zarr.json", ".zgroup", ".zarray")
+#: Blocks (chunks or shards) written concurrently by one ``_write_rows``.
+_MAX_CONCURRENT_BLOCKS = 16
 
 
 def _key(path: str, name: str) -> str:
@@ -374,6 +377,7 @@ class ZarrStore:
             if writes:
                 await _gather(writes)
             await self._sync_dirty()
+            await self._check_not_removed()
             self._meta.count = self._frames
             await self._write_meta()
         except BaseException:
@@ -425,6 +429,25 @@ class ZarrStore:
             return
         keys, self._dirty = sorted(self._dirty), set()
         await anyio.to_thread.run_sync(_fsync_keys, self._root, keys)
+
+    async def _check_not_removed(self) -> None:
+        """On a LocalStore, fail if the group vanished under the writer.
+
+        zarr recreates the directories of every chunk it writes, so after
+        someone removes the store the writer would carry on and rebuild a store
+        whose earlier chunks are gone (read back as fill values): refuse to
+        commit onto it instead.
+        """
+        if self._root is None:
+            return
+        meta = self._root / _key(self._path, "zarr.json")
+        if not await anyio.to_thread.run_sync(meta.is_file):
+            raise FileNotFoundError(
+                errno.ENOENT,
+                f"{self!r}: the group's zarr.json vanished while writing (the store was "
+                "removed or moved); refusing to commit onto a partial store",
+                str(meta),
+            )
 
     async def _write_meta(self) -> None:
         await self._group.update_attributes(self._attributes())
@@ -488,9 +511,18 @@ class ZarrStore:
         await self._load_columns(meta.schema, bool(meta.times))
         if not meta.count:
             return Resume(schema=meta.schema, count=0)
-        last_step = int(self._columns["steps"].buf.last())  # type: ignore[arg-type]
-        last_time = float(self._columns["times"].buf.last()) if meta.times else None  # type: ignore[arg-type]
+        last_step = int(await self._last_row("steps"))
+        last_time = float(await self._last_row("times")) if meta.times else None
         return Resume(meta.schema, meta.count, last_step, last_time, bool(meta.times))
+
+    async def _last_row(self, name: str) -> Any:
+        """The last committed row of frame-indexed column ``name`` (count > 0)."""
+        col = self._columns[name]
+        row = col.buf.last()
+        if row is None:  # the committed frames fill whole blocks: nothing is buffered
+            count = self._meta.count
+            row = np.asarray(await col.array.getitem(slice(count - 1, count)))[0]
+        return row
 
     async def _load_columns(self, schema: Schema, times: bool) -> None:
         count = self._meta.count
@@ -601,9 +633,21 @@ class ZarrStore:
             # A store may keep the encoded buffer, which for uncompressed data is a
             # view of ``rows`` (MemoryStore does): hand it rows that nobody reuses.
             rows = rows.copy()
-        await arr.setitem(slice(start, stop), rows)
+        block = col.plan.block
+        if len(rows) <= block:
+            await arr.setitem(slice(start, stop), rows)
+        else:
+            # One setitem per block (rows are block aligned here): zarr encodes a
+            # value of exactly one chunk's shape as it is, but copies each chunk of
+            # a larger value into a fresh fill-value chunk first, on the event loop
+            # (np.full, then a copy: two extra passes over every byte).
+            firsts = range(start, stop, block)
+            for k in range(0, len(firsts), _MAX_CONCURRENT_BLOCKS):
+                await _gather([
+                    arr.setitem(slice(i, min(i + block, stop)), rows[i - start : i - start + block])
+                    for i in firsts[k : k + _MAX_CONCURRENT_BLOCKS]
+                ])
         if self._root is not None and all(n > 0 for n in col.plan.row_shape):
-            block = col.plan.block
             inner = (0,) * len(col.plan.row_shape)
             for i in range(start // block, -(-stop // block)):
                 self._mark(_key(path, arr.metadata.encode_chunk_key((i, *inner))))
