@@ -16,6 +16,7 @@ import functools
 import inspect
 import threading
 from collections.abc import Callable, Mapping
+from dataclasses import dataclass
 from types import TracebackType
 from typing import Any
 
@@ -108,6 +109,16 @@ def _check_max_bytes(max_bytes: object) -> int | None:
     if isinstance(max_bytes, bool) or not isinstance(max_bytes, int) or max_bytes < 1:
         raise ConfigError(f"max_bytes: expected a positive int or None, got {max_bytes!r}")
     return max_bytes
+
+
+@dataclass(slots=True)
+class _ConsumerState:
+    """What the consumer knows: the last seq the store has appended, the last
+    flush generation committed, and whether the store was prepared."""
+
+    appended_seq: int = 0
+    done_gen: int = 0
+    prepared: bool = False
 
 
 class Sink:
@@ -494,45 +505,80 @@ class Sink:
 
     async def _consume_loop(self, ch: Channel) -> None:
         store = self._store
-        appended_seq = 0
-        done_gen = 0
-        prepared = False
+        st = _ConsumerState()
+        # A blocking store gets whole bursts of batches in one worker-thread hop:
+        # the channel is thread-safe, so the thread takes, appends and releases
+        # by itself until nothing is ready or a flush is due.
+        blocking = not inspect.iscoroutinefunction(store.append)
         assert self._schedule is not None
         while True:
-            entries, dropped, upto = ch.take()
-            if entries or dropped:
-                if not prepared:
-                    await self._prepare(ch)
-                    prepared = True
-                frames = await self._materialize(entries)
-                await self._call(store.append, Batch(frames, dropped))
-                ch.release(entries)
-                spills = [e for e in entries if e.spill is not None]
-                if spills:
-                    await anyio.to_thread.run_sync(self._remove_spills, spills)
-            appended_seq = max(appended_seq, upto)
-            if entries or dropped:
+            if blocking:
+                if ch.has_work():
+                    await anyio.to_thread.run_sync(self._burst, ch, st)
+            elif await self._step_async(ch, st):
                 continue
             gen, target = ch.flush_request()
-            if gen > done_gen and appended_seq >= target:
-                if not prepared and ch.schema is not None:
+            if gen > st.done_gen and st.appended_seq >= target:
+                if not st.prepared and ch.schema is not None:
                     await self._prepare(ch)
-                    prepared = True
-                if prepared:
+                    st.prepared = True
+                if st.prepared:
                     await self._call(store.commit)
-                done_gen = gen
-                self._wake_flushers(done_gen)
+                st.done_gen = gen
+                self._wake_flushers(gen)
                 continue
             if ch.finished():
                 break
             waker = AsyncWaker(self._loop_thread, self._schedule)
-            if ch.park_consumer(waker, appended_seq, done_gen):
+            if ch.park_consumer(waker, st.appended_seq, st.done_gen):
                 await waker.event.wait()
-        if not prepared and ch.schema is not None:
+        if not st.prepared and ch.schema is not None:
             await self._prepare(ch)
-            prepared = True
-        if prepared:
+            st.prepared = True
+        if st.prepared:
             await self._call(store.commit)
+
+    async def _step_async(self, ch: Channel, st: _ConsumerState) -> bool:
+        """One batch to an async store, on the loop. False when nothing was ready."""
+        entries, dropped, upto = ch.take()
+        if entries or dropped:
+            if not st.prepared:
+                await self._prepare(ch)
+                st.prepared = True
+            frames = await self._materialize(entries)
+            await self._call(self._store.append, Batch(frames, dropped))
+            ch.release(entries)
+            spills = [e for e in entries if e.spill is not None]
+            if spills:
+                await anyio.to_thread.run_sync(self._remove_spills, spills)
+        st.appended_seq = max(st.appended_seq, upto)
+        return bool(entries or dropped)
+
+    def _burst(self, ch: Channel, st: _ConsumerState) -> None:
+        """Batches to a blocking store, in a worker thread, until the channel has
+        nothing ready or a flush is due (flushes commit on the loop)."""
+        store = self._store
+        while True:
+            entries, dropped, upto = ch.take()
+            if entries or dropped:
+                if not st.prepared:
+                    assert ch.schema is not None
+                    store.prepare(ch.schema, times=bool(ch.clock.has_times))
+                    st.prepared = True
+                for e in entries:
+                    if e.spill is not None:
+                        e.fields = SpillDir.read(e.spill)
+                    elif e.completion is not None and not e.completion.done():
+                        e.completion.synchronize()
+                store.append(Batch([Frame(e.step, e.time, e.fields) for e in entries], dropped))
+                ch.release(entries)
+                self._remove_spills(entries)
+            st.appended_seq = max(st.appended_seq, upto)
+            if not (entries or dropped):
+                return
+            gen, target = ch.flush_request()
+            if gen > st.done_gen and st.appended_seq >= target:
+                return
 
     async def _prepare(self, ch: Channel) -> None:
         assert ch.schema is not None

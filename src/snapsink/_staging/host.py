@@ -29,6 +29,10 @@ class Completion(Protocol):
         """Wait, without blocking the event loop, until :meth:`done`."""
         ...
 
+    def synchronize(self) -> None:
+        """Block the calling (worker) thread until :meth:`done`."""
+        ...
+
 
 class Slot:
     """One frame's worth of reusable host buffers (plus device-side state)."""

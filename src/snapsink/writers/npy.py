@@ -93,7 +93,9 @@ class NpyDirectory:
         ``{name: array}`` written once to ``static/<name>.npy``. With ``"a"``
         a name already stored must hold an equal array.
     commit_every
-        Commit after this many frames appended since the last commit.
+        Commit after this many frames appended since the last commit (each
+        commit is an fsync of every data file, then the metadata: for small
+        frames a low value costs throughput; ``flush()`` commits on demand).
     commit_seconds
         Also commit at an append when this many seconds passed since the last
         commit; ``None`` to commit on frame count (and ``commit()``) only.
@@ -118,7 +120,7 @@ class NpyDirectory:
         *,
         attrs: Mapping[str, Any] | None = None,
         static: Mapping[str, Any] | None = None,
-        commit_every: int = 256,
+        commit_every: int = 4096,
         commit_seconds: float | None = 5.0,
     ):
         self._path = check_path(path)
