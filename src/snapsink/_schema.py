@@ -486,6 +486,15 @@ class Frame:
     (a scalar field's value may be a numpy scalar, e.g. ``np.float64``). Arrays
     may live in a reusable staging slot: a store must copy what it keeps and
     must not hold references to them after ``append`` returns.
+
+    Attributes
+    ----------
+    step
+        The frame's step (strictly increasing within a sink).
+    time
+        The frame's time, or ``None`` when the sink's frames carry none.
+    fields
+        ``{name: array}`` in schema order.
     """
 
     step: int
@@ -502,9 +511,13 @@ class Frame:
 class Batch:
     """What the consumer hands a store in one ``append`` call.
 
-    ``frames`` in write order (steps strictly increasing); ``dropped_steps``, the
-    steps a drop policy discarded since the previous batch (sorted), which the
-    store records in its metadata at its next commit.
+    Attributes
+    ----------
+    frames
+        Frames in write order (steps strictly increasing).
+    dropped_steps
+        Steps a drop policy discarded since the previous batch (sorted); the
+        store records them in its metadata at its next commit.
     """
 
     frames: list[Frame]

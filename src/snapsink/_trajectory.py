@@ -82,6 +82,15 @@ class FieldView:
     A fixed-shape field returns numpy arrays with frames on axis 0. A ragged field
     returns the rows of one frame for an int index, and a list of per-frame row
     arrays otherwise. Only the frames asked for are read.
+
+    Parameters
+    ----------
+    source
+        The format's reader.
+    name, field
+        The field's name and declaration.
+    length
+        Committed frames.
     """
 
     def __init__(self, source: Source, name: str, field: Field, length: int):
@@ -95,6 +104,7 @@ class FieldView:
 
     @property
     def dtype(self) -> np.dtype[Any]:
+        """The field's dtype."""
         return self.field.dtype
 
     @property
@@ -165,6 +175,11 @@ class Trajectory:
         Arrays written once and the user's JSON metadata.
     dropped_steps
         Steps a drop policy discarded, sorted.
+
+    Parameters
+    ----------
+    source
+        The format's reader (:func:`snapsink.open` picks it).
     """
 
     def __init__(self, source: Source):
@@ -180,31 +195,38 @@ class Trajectory:
 
     @property
     def schema(self) -> Schema | None:
+        """The stored schema (None for a store that never got a frame)."""
         return self._source.schema
 
     @property
     def fields(self) -> dict[str, Field]:
+        """``{name: Field}`` of the stored schema, in order."""
         schema = self._source.schema
         return dict(schema.items()) if schema is not None else {}
 
     @property
     def steps(self) -> np.ndarray[Any, np.dtype[np.int64]]:
+        """int64 steps of the committed frames."""
         return self._source.steps()
 
     @property
     def times(self) -> np.ndarray[Any, np.dtype[np.float64]] | None:
+        """float64 times of the committed frames, or None without times."""
         return self._source.times()
 
     @property
     def static(self) -> Mapping[str, np.ndarray[Any, Any]]:
+        """Arrays written once (atomic numbers, masses, a grid)."""
         return self._source.static()
 
     @property
     def attrs(self) -> Mapping[str, Any]:
+        """The user's JSON metadata."""
         return self._source.attrs()
 
     @property
     def dropped_steps(self) -> np.ndarray[Any, np.dtype[np.int64]]:
+        """Steps a drop policy discarded, sorted (int64)."""
         return self._source.dropped_steps()
 
     def refresh(self) -> Trajectory:

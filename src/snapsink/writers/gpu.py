@@ -149,6 +149,13 @@ class GPUBuffer:
 
     # -- Store protocol -----------------------------------------------------------
     def open(self) -> Resume | None:
+        """Return ``None`` for an empty store, or a Resume to append after its frames.
+
+        Returns
+        -------
+        Resume or None
+            The stored schema, count, last step and time when frames are held.
+        """
         with self._lock:
             if self._schema is None:
                 return None
@@ -163,6 +170,20 @@ class GPUBuffer:
             )
 
     def prepare(self, schema: Schema, *, times: bool) -> None:
+        """Lay out storage for ``schema``.
+
+        Parameters
+        ----------
+        schema
+            The sink's schema.
+        times
+            Whether frames carry times.
+
+        Raises
+        ------
+        SchemaError
+            When the store already holds frames of another schema or time setting.
+        """
         with self._lock:
             if self._schema is not None:
                 if self._schema != schema:
@@ -184,6 +205,13 @@ class GPUBuffer:
             self._times = times
 
     def append(self, batch: Batch) -> None:
+        """Copy the batch's frames in and note its dropped steps.
+
+        Parameters
+        ----------
+        batch
+            Frames in write order and the steps dropped since the last batch.
+        """
         with self._lock:
             self._dropped.extend(batch.dropped_steps)
             if not batch.frames:
@@ -219,6 +247,7 @@ class GPUBuffer:
             be.stream_synchronize(stream)
 
     def commit(self) -> None:
+        """Nothing to do: appended frames are readable at once."""
         return None
 
     def close(self) -> None:

@@ -89,6 +89,13 @@ class HostMemory:
 
     # -- Store protocol -----------------------------------------------------
     def open(self) -> Resume | None:
+        """Return ``None`` for an empty store, or a Resume to append after its frames.
+
+        Returns
+        -------
+        Resume or None
+            The stored schema, count, last step and time when frames are held.
+        """
         with self._lock:
             if self._schema is None:
                 return None
@@ -102,6 +109,20 @@ class HostMemory:
             )
 
     def prepare(self, schema: Schema, *, times: bool) -> None:
+        """Lay out storage for ``schema``.
+
+        Parameters
+        ----------
+        schema
+            The sink's schema.
+        times
+            Whether frames carry times.
+
+        Raises
+        ------
+        SchemaError
+            When the store already holds frames of another schema or time setting.
+        """
         with self._lock:
             if self._schema is not None:
                 if self._schema != schema:
@@ -124,6 +145,13 @@ class HostMemory:
                     self._data[name] = GrowableArray(f.dtype, f.shape)  # type: ignore[arg-type]
 
     def append(self, batch: Batch) -> None:
+        """Copy the batch's frames in and note its dropped steps.
+
+        Parameters
+        ----------
+        batch
+            Frames in write order and the steps dropped since the last batch.
+        """
         frames = batch.frames
         with self._lock:
             self._dropped.extend(batch.dropped_steps)
@@ -150,9 +178,11 @@ class HostMemory:
             self._committed = self._steps.size
 
     def commit(self) -> None:
+        """Nothing to do: appended frames are readable at once."""
         return None
 
     def close(self) -> None:
+        """Nothing to release: the frames stay readable through :meth:`trajectory`."""
         return None
 
     # -- reading --------------------------------------------------------------

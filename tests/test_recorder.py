@@ -1,0 +1,364 @@
+"""Recorder and SyncRecorder: routing steps to sinks by schedule, read back."""
+
+from __future__ import annotations
+
+import copy
+from pathlib import Path
+from typing import Any
+
+import anyio
+import numpy as np
+import pytest
+
+import snapsink
+from conftest import FailingStore, GatedStore
+from snapsink import (
+    ClosedSinkError,
+    ConfigError,
+    DTypeError,
+    HostMemory,
+    Recorder,
+    Route,
+    SchemaError,
+    StoreExistsError,
+    SyncRecorder,
+    WriterError,
+    ZarrStore,
+    every,
+    once,
+    when,
+)
+
+N_ATOMS = 16
+NUMBERS = np.arange(1, N_ATOMS + 1, dtype=np.int32)
+
+
+def toy_md(n_steps: int) -> list[dict[str, Any]]:
+    """States of a damped toy 'simulation': energy decays, positions drift."""
+    rng = np.random.default_rng(7)
+    x = rng.normal(size=(N_ATOMS, 3))
+    v = rng.normal(size=(N_ATOMS, 3))
+    states = []
+    for _ in range(n_steps):
+        x = x + 0.01 * v
+        v = 0.97 * v
+        energy = float(0.5 * (v**2).sum())
+        states.append(
+            {
+                "positions": x.copy(),
+                "velocities": v.copy(),
+                "energy": energy,
+                "temperature": energy / (1.5 * N_ATOMS),
+                "numbers": NUMBERS,
+            }
+        )
+    return states
+
+
+def converged(state: dict[str, Any]) -> bool:
+    return bool(state["energy"] < 5.0)
+
+
+def md_routes(path: Path) -> dict[str, Route]:
+    return {
+        "thermo": Route(ZarrStore(path, group="thermo"), fields=["energy", "temperature"]),
+        "frames": Route(
+            lambda static: ZarrStore(path, group="frames", static=static),
+            fields=["positions", "velocities"],
+            schedule=every(50),
+            static=["numbers"],
+        ),
+        "converged": Route(
+            HostMemory(), fields=["positions", "energy"], schedule=when(converged) & once()
+        ),
+    }
+
+
+def check_md(path: Path, states: list[dict[str, Any]], converged_store: HostMemory) -> None:
+    n = len(states)
+    thermo = snapsink.open(path, group="thermo")
+    np.testing.assert_array_equal(thermo.steps, np.arange(n))
+    np.testing.assert_allclose(thermo.times, 0.5 * np.arange(n))
+    np.testing.assert_array_equal(thermo["energy"][:], [s["energy"] for s in states])
+    np.testing.assert_array_equal(thermo["temperature"][:], [s["temperature"] for s in states])
+    assert set(thermo.fields) == {"energy", "temperature"}
+
+    frames = snapsink.open(path, group="frames")
+    expected_steps = np.arange(0, n, 50)
+    np.testing.assert_array_equal(frames.steps, expected_steps)
+    np.testing.assert_array_equal(
+        frames["positions"][:], np.stack([states[k]["positions"] for k in expected_steps])
+    )
+    np.testing.assert_array_equal(
+        frames["velocities"][:], np.stack([states[k]["velocities"] for k in expected_steps])
+    )
+    np.testing.assert_array_equal(frames.static["numbers"], NUMBERS)
+
+    first = next(k for k, s in enumerate(states) if converged(s))
+    conv = converged_store.trajectory()
+    np.testing.assert_array_equal(conv.steps, [first])
+    np.testing.assert_array_equal(conv["positions"][0], states[first]["positions"])
+    assert conv["energy"][0] == states[first]["energy"]
+
+
+async def test_async_recorder_routes_by_schedule(tmp_path: Path) -> None:
+    path = tmp_path / "md.zarr"
+    states = toy_md(160)
+    routes = md_routes(path)
+    work = copy.deepcopy(states)
+    received: list[tuple[str, ...]] = []
+    async with Recorder(routes) as rec:
+        for k, state in enumerate(work):
+            received.append(await rec.record(state, step=k, time=0.5 * k))
+            # the recorder captured the frame: overwriting the arrays is safe
+            state["positions"][:] = np.nan
+            state["velocities"][:] = np.nan
+        await rec.flush()
+        stats = rec.statistics()
+    assert received[0] == ("thermo", "frames")
+    assert received[50] == ("thermo", "frames")
+    assert received[1] == ("thermo",)
+    assert sum("converged" in r for r in received) == 1
+    assert stats["thermo"].written == len(states)
+    assert stats["frames"].written == 4
+    assert stats["converged"].written == 1
+    check_md(path, states, routes["converged"].store)
+
+
+def test_sync_recorder_routes_by_schedule(tmp_path: Path) -> None:
+    path = tmp_path / "md.zarr"
+    states = toy_md(160)
+    routes = md_routes(path)
+    with SyncRecorder(**routes) as rec:
+        for k, state in enumerate(states):
+            rec.record(state, step=k, time=0.5 * k)
+        rec.flush()
+        # flushed: a reader sees every frame while the recorder is still open
+        assert len(snapsink.open(path, group="thermo")) == len(states)
+        assert rec.last_step == len(states) - 1
+    check_md(path, states, routes["converged"].store)
+
+
+def test_fields_by_function_and_default_steps() -> None:
+    class Particles:
+        """A non-mapping state, as an MD engine would hold it."""
+
+        def __init__(self, k: int):
+            self.x = np.full((4, 3), float(k))
+            self.e = -float(k)
+
+    thermo, frames = HostMemory(), HostMemory()
+    with SyncRecorder(
+        thermo=Route(thermo, fields=lambda p: {"energy": p.e}),
+        frames=Route(frames, fields=lambda p: {"positions": p.x}, schedule=3),
+    ) as rec:
+        for k in range(10):
+            rec.record(Particles(k))  # steps default to 0, 1, 2, ...
+    t = thermo.trajectory()
+    np.testing.assert_array_equal(t.steps, np.arange(10))
+    np.testing.assert_array_equal(t["energy"][:], -np.arange(10.0))
+    f = frames.trajectory()
+    np.testing.assert_array_equal(f.steps, [0, 3, 6, 9])
+    np.testing.assert_array_equal(f["positions"][:, 0, 0], [0.0, 3.0, 6.0, 9.0])
+
+
+def test_fields_none_takes_every_entry_but_static() -> None:
+    with SyncRecorder(
+        all=Route(lambda static: HostMemory(static=static), static=["numbers"]),
+    ) as rec:
+        for k in range(3):
+            rec.record({"x": np.arange(3.0) + k, "numbers": NUMBERS, "e": float(k)}, step=10 * k)
+        store = rec.store("all")
+    traj = store.trajectory()
+    assert set(traj.fields) == {"x", "e"}
+    np.testing.assert_array_equal(traj.static["numbers"], NUMBERS)
+    np.testing.assert_array_equal(traj.steps, [0, 10, 20])
+    np.testing.assert_array_equal(traj["x"][2], np.arange(3.0) + 2)
+
+
+def test_static_by_function_and_at_construction(tmp_path: Path) -> None:
+    masses = np.linspace(1.0, 2.0, N_ATOMS)
+    npy = tmp_path / "run"
+    with SyncRecorder(
+        a=Route(
+            lambda static: snapsink.NpyDirectory(npy, static=static),
+            fields=["positions"],
+            static=lambda s: {"numbers": s["numbers"], "masses": masses},
+        ),
+        b=Route(HostMemory(static={"masses": masses}), fields=["energy"], schedule=once()),
+    ) as rec:
+        with pytest.raises(ConfigError, match="first record"):
+            rec.store("a")
+        for k, state in enumerate(toy_md(5)):
+            rec.record(state, step=k)
+        b = rec.store("b")
+    traj = snapsink.open(npy)
+    np.testing.assert_array_equal(traj.static["numbers"], NUMBERS)
+    np.testing.assert_array_equal(traj.static["masses"], masses)
+    assert len(traj) == 5
+    assert len(b.trajectory()) == 1
+    np.testing.assert_array_equal(b.trajectory().static["masses"], masses)
+
+
+async def test_lazy_route_opens_inside_a_cancel_scope() -> None:
+    # The route with static= opens at the first record, here inside fail_after;
+    # its sink belongs to the recorder's task group, so leaving the scope first is fine.
+    async with Recorder(
+        r=Route(lambda static: HostMemory(static=static), fields=["x"], static=["n"])
+    ) as rec:
+        with anyio.fail_after(10):
+            await rec.record({"x": 1.0, "n": np.arange(2)}, step=0)
+        await rec.record({"x": 2.0, "n": np.arange(2)}, step=1)
+        store = rec.store("r")
+    np.testing.assert_array_equal(store.trajectory()["x"][:], [1.0, 2.0])
+
+
+async def test_step_errors() -> None:
+    mem = HostMemory()
+    async with Recorder(r=Route(mem)) as rec:
+        await rec.record({"x": 1.0}, step=5)
+        with pytest.raises(SchemaError, match="greater than 5"):
+            await rec.record({"x": 2.0}, step=5)
+        with pytest.raises(DTypeError, match="expected an int"):
+            await rec.record({"x": 2.0}, step=6.0)  # type: ignore[arg-type]
+        await rec.record({"x": 3.0})  # default: previous + 1
+    np.testing.assert_array_equal(mem.trajectory().steps, [5, 6])
+    np.testing.assert_array_equal(mem.trajectory()["x"][:], [1.0, 3.0])
+
+
+def test_missing_field_writes_nothing_and_recorder_stays_usable() -> None:
+    a, b = HostMemory(), HostMemory()
+    with SyncRecorder(a=Route(a, fields=["x"]), b=Route(b, fields=["y"])) as rec:
+        rec.record({"x": 0.0, "y": 0.0}, step=0)
+        with pytest.raises(SchemaError, match="'y'") as info:
+            rec.record({"x": 1.0}, step=1)
+        assert "which has 'x'" in str(info.value)
+        with pytest.raises(SchemaError, match="mapping"):
+            rec.record(object(), step=2)
+        rec.record({"x": 3.0, "y": 3.0}, step=3)
+    np.testing.assert_array_equal(a.trajectory().steps, [0, 3])
+    np.testing.assert_array_equal(b.trajectory().steps, [0, 3])
+
+
+def test_selection_function_must_return_a_mapping() -> None:
+    with SyncRecorder(r=Route(HostMemory(), fields=lambda s: [1.0])) as rec:  # type: ignore[arg-type,return-value]
+        with pytest.raises(SchemaError, match="returned list"):
+            rec.record({"x": 1.0})
+
+
+@pytest.mark.parametrize(
+    ("make", "match"),
+    [
+        (lambda: Route(object()), "Store methods"),
+        (lambda: Route(HostMemory(), fields="positions"), "list of names"),
+        (lambda: Route(HostMemory(), fields=["x", "x"]), "repeat"),
+        (lambda: Route(HostMemory(), fields=["bad name"]), "identifier"),
+        (lambda: Route(HostMemory(), schedule=0), "at least 1"),
+        (lambda: Route(HostMemory(), schedule="often"), "schedule"),
+        (lambda: Route(HostMemory(), static=["n"]), "function static -> store"),
+        (lambda: Route(HostMemory(), capacity=0), "capacity"),
+        (lambda: Route(HostMemory(), policy="sometimes"), "policy"),
+        (lambda: Recorder(), "at least one route"),
+        (lambda: Recorder({"a-b": Route(HostMemory())}), "identifier"),
+        (lambda: Recorder(a=HostMemory()), "snapsink.Route"),
+        (lambda: Recorder({"a": Route(HostMemory())}, a=Route(HostMemory())), "twice"),
+    ],
+)
+def test_bad_configuration(make: Any, match: str) -> None:
+    with pytest.raises(ConfigError, match=match):
+        make()
+
+
+def test_store_function_must_return_a_store() -> None:
+    with SyncRecorder(r=Route(lambda static: 42, static=["n"])) as rec:
+        with pytest.raises(ConfigError, match="returned int"):
+            rec.record({"n": 1, "x": 1.0})
+        with pytest.raises(KeyError, match="no route named"):
+            rec.store("nope")
+
+
+async def test_record_outside_the_block_is_refused() -> None:
+    rec = Recorder(r=Route(HostMemory()))
+    with pytest.raises(ClosedSinkError, match="not open"):
+        await rec.record({"x": 1.0})
+    async with rec:
+        await rec.record({"x": 1.0})
+    with pytest.raises(ClosedSinkError, match="closed"):
+        await rec.record({"x": 2.0})
+    with pytest.raises(ConfigError, match="already opened"):
+        async with rec:
+            pass
+
+    srec = SyncRecorder(r=Route(HostMemory()))
+    srec.close()
+    srec.close()  # idempotent
+    with pytest.raises(ClosedSinkError, match="closed"):
+        srec.record({"x": 1.0})
+
+
+async def test_an_existing_store_fails_at_open_and_closes_the_others(tmp_path: Path) -> None:
+    path = tmp_path / "run.zarr"
+    async with Recorder(t=Route(ZarrStore(path, group="thermo"))) as rec:
+        await rec.record({"e": 1.0})
+    first = HostMemory()
+    with pytest.raises(StoreExistsError, match="mode='w'"):
+        async with Recorder(
+            ok=Route(first),
+            t=Route(ZarrStore(path, group="thermo")),  # mode="x"
+        ):
+            pytest.fail("unreachable")
+    assert len(first.trajectory()) == 0
+    with pytest.raises(StoreExistsError):
+        SyncRecorder(ok=Route(HostMemory()), t=Route(ZarrStore(path, group="thermo")))
+
+
+async def test_store_failure_reaches_the_loop_and_close() -> None:
+    bad = FailingStore(fail_append_at=1)
+    good = HostMemory()
+    with pytest.raises(WriterError, match="store failed") as info:
+        async with Recorder(good=Route(good), bad=Route(bad, capacity=1)) as rec:
+            for k in range(50):
+                await rec.record({"x": float(k)}, step=k)
+                await rec.flush()
+    assert isinstance(info.value.__cause__, OSError)
+    assert bad.closed
+    # the healthy route kept and committed what it got
+    assert len(good.trajectory()) >= 1
+
+
+async def test_body_exception_is_not_grouped() -> None:
+    mem = HostMemory()
+    with pytest.raises(KeyError, match="boom"):
+        async with Recorder(r=Route(mem)) as rec:
+            await rec.record({"x": 1.0})
+            raise KeyError("boom")
+    assert len(mem.trajectory()) == 1  # accepted frames are still stored
+
+
+def test_sync_failure_reaches_close() -> None:
+    bad = FailingStore(fail_append_at=1)
+    rec = SyncRecorder(bad=Route(bad))
+    with pytest.raises(WriterError):
+        for k in range(50):
+            rec.record({"x": float(k)}, step=k)
+            rec.flush()
+    with pytest.raises(WriterError):
+        rec.close()
+    assert bad.closed
+
+
+def test_drop_policy_per_route_is_counted() -> None:
+
+    gated = GatedStore()
+    try:
+        with SyncRecorder(r=Route(gated, capacity=1, policy="drop_newest")) as rec:
+            for k in range(20):
+                rec.record({"x": float(k)}, step=k)
+            stats = rec.statistics()["r"]
+            gated.gate.set()
+    finally:
+        gated.gate.set()
+    assert stats.dropped > 0
+    traj = gated.trajectory()
+    assert len(traj) + len(traj.dropped_steps) == 20
+    assert rec.routes["r"].policy == "drop_newest"
