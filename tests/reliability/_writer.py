@@ -1,0 +1,121 @@
+"""Fork server for the kill tests (run as a child process, not collected by pytest).
+
+Importing snapsink, numpy and zarr costs ~0.4 s; paying it once per kill would
+make 100+ kills far too slow. This script imports everything once, then reads
+one JSON job per line on stdin and forks a fresh writer process per job. Every
+line it or a writer prints on stdout is ``<job> <what> [<value>]``:
+
+- ``<job> pid <pid>``: the writer's pid (printed by the server after the fork);
+- ``<job> f <i>``: ``await sink.flush()`` returned after frame index ``i``;
+- ``<job> done``: the writer closed its sink cleanly;
+- ``<job> error <message>``: the writer failed (a test failure).
+
+Lines are written with one ``os.write`` each (shorter than PIPE_BUF), so lines
+of concurrent writers never interleave.
+
+A job: ``{"job": id, "kind": "npy"|"zarr", "path": ..., "mode": "x"|"a",
+"policy": "block"|"spill", "spill": dir, "start": i0, "n": frames,
+"flush_every": k, "commit_every": c, "capacity": cap}``.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import sys
+from typing import Any
+
+os.environ.setdefault("OPENBLAS_NUM_THREADS", "1")
+
+import anyio
+import numpy as np
+
+import snapsink
+import snapsink.writers.npy
+import snapsink.writers.zarr
+
+SCHEMA = snapsink.Schema(
+    {
+        "x": snapsink.Field("float64", (4, 3)),
+        "r": snapsink.Field("int32", (None, 2)),
+        "e": snapsink.Field("float64"),
+    }
+)
+
+
+def step_of(i: int) -> int:
+    """Step of the i-th frame of a run (strictly increasing, not contiguous)."""
+    return 2 * i + 1
+
+
+def time_of(step: int) -> float:
+    return step * 0.25
+
+
+def frame_for(step: int) -> dict[str, Any]:
+    """The frame of ``step``: a deterministic function of the step alone."""
+    rng = np.random.default_rng(step)
+    return {
+        "x": rng.standard_normal((4, 3)),
+        "r": rng.integers(-(10**6), 10**6, size=(step % 4, 2), dtype=np.int32),
+        "e": float(rng.standard_normal()),
+    }
+
+
+def make_store(cfg: dict[str, Any]) -> Any:
+    if cfg["kind"] == "npy":
+        return snapsink.NpyDirectory(
+            cfg["path"], mode=cfg["mode"], commit_every=cfg["commit_every"]
+        )
+    return snapsink.ZarrStore(
+        cfg["path"], mode=cfg["mode"], chunk_frames=4, commit_every=cfg["commit_every"]
+    )
+
+
+def _say(job: object, text: str) -> None:
+    os.write(1, f"{job} {text}\n".encode()[:4000])
+
+
+async def _write(cfg: dict[str, Any]) -> None:
+    job = cfg["job"]
+    policy: Any = snapsink.Spill(cfg["spill"]) if cfg["policy"] == "spill" else "block"
+    store = make_store(cfg)
+    async with snapsink.Sink(
+        store, capacity=cfg["capacity"], policy=policy, schema=SCHEMA
+    ) as sink:
+        for i in range(cfg["start"], cfg["start"] + cfg["n"]):
+            s = step_of(i)
+            await sink.write(frame_for(s), step=s, time=time_of(s))
+            if (i + 1) % cfg["flush_every"] == 0:
+                await sink.flush()
+                _say(job, f"f {i}")
+    _say(job, "done")
+
+
+def _child(cfg: dict[str, Any]) -> None:
+    signal.signal(signal.SIGCHLD, signal.SIG_DFL)
+    code = 0
+    try:
+        anyio.run(_write, cfg)
+    except BaseException as exc:
+        _say(cfg["job"], f"error {type(exc).__name__}: {exc!r}".replace("\n", " "))
+        code = 1
+    os._exit(code)
+
+
+def main() -> None:
+    # Writers are reaped by the kernel; the tests watch them through pidfds.
+    signal.signal(signal.SIGCHLD, signal.SIG_IGN)
+    for line in sys.stdin:
+        if not line.strip():
+            continue
+        cfg = json.loads(line)
+        pid = os.fork()
+        if pid == 0:
+            _child(cfg)
+        _say(cfg["job"], f"pid {pid}")
+
+
+if __name__ == "__main__":
+    main()

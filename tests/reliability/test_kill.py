@@ -1,0 +1,267 @@
+"""Process kill: a writer SIGKILLed at random moments never loses a flushed frame.
+
+A fork server (``_writer.py``) imports snapsink once and forks a fresh writer
+per kill. Each writer streams deterministic frames (``frame_for(step)``) into
+an NpyDirectory or a ZarrStore on a LocalStore, under the ``block`` or the
+``spill`` policy, with tiny ``commit_every`` so that kills land inside commits,
+and reports every index whose ``flush()`` returned. The test kills it either
+right after its k-th flush report (mid-commit of the following frames) or
+after a random delay, then checks:
+
+- the store opens (``snapsink.open``);
+- every flushed frame reads back bit-exact, and every visible frame beyond
+  them too, in order (no torn frame, no gap);
+- ``mode="a"`` resumes after the visible frames, and the result reads back whole.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import random
+import select
+import signal
+import subprocess
+import sys
+import threading
+from collections.abc import Iterator
+from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
+from typing import Any
+
+import pytest
+from _check import assert_prefix
+
+import snapsink
+
+HERE = Path(__file__).resolve().parent
+SRC = HERE.parents[1] / "src"
+
+pytestmark = pytest.mark.timeout(120)
+
+
+class Job:
+    """What the test knows about one forked writer."""
+
+    def __init__(self, job_id: int):
+        self.id = job_id
+        self.cond = threading.Condition()
+        self.pid: int | None = None
+        self.pidfd: int | None = None
+        self.flushed = -1  # highest frame index whose flush() returned
+        self.flushes = 0
+        self.done = False
+        self.error: str | None = None
+
+    def event(self, what: str, value: str) -> None:
+        with self.cond:
+            if what == "pid":
+                self.pid = int(value)
+                try:
+                    self.pidfd = os.pidfd_open(self.pid)
+                except ProcessLookupError:
+                    self.pidfd = None  # already gone (and reaped)
+            elif what == "f":
+                self.flushed = max(self.flushed, int(value))
+                self.flushes += 1
+            elif what == "done":
+                self.done = True
+            elif what == "error":
+                self.error = value
+            self.cond.notify_all()
+
+    def wait_for(self, pred: Any, timeout: float = 30) -> None:
+        with self.cond:
+            assert self.cond.wait_for(lambda: pred() or self.error is not None, timeout), (
+                f"job {self.id}: timed out"
+            )
+            assert self.error is None, f"job {self.id}: writer failed: {self.error}"
+
+    def kill_and_reap(self) -> None:
+        """SIGKILL the writer (if alive) and wait until it is gone."""
+        self.wait_for(lambda: self.pid is not None)
+        fd = self.pidfd
+        if fd is None:
+            return
+        try:
+            signal.pidfd_send_signal(fd, signal.SIGKILL)
+        except ProcessLookupError:
+            pass  # exited on its own
+        ready, _, _ = select.select([fd], [], [], 30)
+        assert ready, f"job {self.id}: the writer survived SIGKILL"
+        os.close(fd)
+        self.pidfd = None
+
+
+class ForkServer:
+    def __init__(self) -> None:
+        env = {
+            **os.environ,
+            "PYTHONPATH": os.pathsep.join([str(SRC), str(HERE)]),
+            "OPENBLAS_NUM_THREADS": "1",
+        }
+        self.proc = subprocess.Popen(
+            [sys.executable, str(HERE / "_writer.py")],
+            stdin=subprocess.PIPE,
+            stdout=subprocess.PIPE,
+            env=env,
+        )
+        self.jobs: dict[int, Job] = {}
+        self.lock = threading.Lock()
+        self.next_id = 0
+        self.reader = threading.Thread(target=self._read, daemon=True)
+        self.reader.start()
+
+    def _read(self) -> None:
+        assert self.proc.stdout is not None
+        for raw in self.proc.stdout:
+            job_id, what, *rest = raw.decode().rstrip("\n").split(" ", 2)
+            with self.lock:
+                job = self.jobs.get(int(job_id))
+            if job is not None:
+                job.event(what, rest[0] if rest else "")
+
+    def spawn(self, **cfg: Any) -> Job:
+        with self.lock:
+            self.next_id += 1
+            job = Job(self.next_id)
+            self.jobs[job.id] = job
+            assert self.proc.stdin is not None
+            self.proc.stdin.write((json.dumps({"job": job.id, **cfg}) + "\n").encode())
+            self.proc.stdin.flush()
+        return job
+
+    def close(self) -> None:
+        assert self.proc.stdin is not None
+        self.proc.stdin.close()
+        self.proc.wait(30)
+        self.reader.join(30)
+        assert self.proc.stdout is not None
+        self.proc.stdout.close()
+        for job in self.jobs.values():  # never leave a writer behind
+            if job.pidfd is not None:
+                job.kill_and_reap()
+
+
+@pytest.fixture(scope="module")
+def server() -> Iterator[ForkServer]:
+    srv = ForkServer()
+    yield srv
+    srv.close()
+
+
+def is_store(path: Path) -> bool:
+    return (path / "metadata.json").exists() or (path / "zarr.json").exists()
+
+
+def kill_once(
+    server: ForkServer, root: Path, kind: str, policy: str, rng: random.Random
+) -> tuple[int, int]:
+    """One writer, one SIGKILL, one check, one resume. Returns (flushed, visible)."""
+    path = root / "store"
+    spill = root / "spill"
+    common = {
+        "kind": kind,
+        "path": str(path),
+        "policy": policy,
+        "spill": str(spill),
+        "capacity": 1 if policy == "spill" else rng.choice([1, 2, 4]),
+        "commit_every": rng.choice([1, 2, 3]),
+    }
+    job = server.spawn(
+        **common, mode="x", start=0, n=100_000, flush_every=rng.choice([1, 2, 5])
+    )
+    if rng.random() < 0.5:
+        k = rng.randrange(1, 6)
+        job.wait_for(lambda: job.flushes >= k)  # then kill at once: mid-commit
+    else:
+        job.wait_for(lambda: job.pid is not None)
+        threading.Event().wait(rng.uniform(0.0, 0.12))  # a random moment
+    job.kill_and_reap()
+    assert not job.done
+    flushed = job.flushed + 1
+    if flushed == 0 and not is_store(path):
+        # Killed before the store's first commit: nothing was promised, and
+        # there is nothing to open, but mode="a" must still start a store there.
+        with pytest.raises((snapsink.StoreNotFoundError, snapsink.FormatError)):
+            snapsink.open(path)
+        visible = 0
+    else:
+        visible = assert_prefix(path, at_least=flushed)
+    extra = rng.randrange(1, 7)
+    again = server.spawn(**common, mode="a", start=visible, n=extra, flush_every=3)
+    again.wait_for(lambda: again.done)
+    again.kill_and_reap()  # reap: it has exited
+    assert assert_prefix(path, at_least=visible + extra) == visible + extra
+    return flushed, visible
+
+
+def run_kills(
+    server: ForkServer, tmp_path: Path, kind: str, policy: str, kills: int, seed: int
+) -> list[tuple[int, int]]:
+    seeds = [seed * 10_000 + k for k in range(kills)]
+
+    def one(s: int) -> tuple[int, int]:
+        root = tmp_path / f"k{s}"
+        root.mkdir()
+        return kill_once(server, root, kind, policy, random.Random(s))
+
+    with ThreadPoolExecutor(3) as pool:
+        results = list(pool.map(one, seeds))
+    # The kills must have landed at different stages, not all before the first frame.
+    assert sum(1 for flushed, _ in results if flushed > 0) >= kills // 3
+    return results
+
+
+SEEDS = {("npy", "block"): 1, ("npy", "spill"): 2, ("zarr", "block"): 3, ("zarr", "spill"): 4}
+
+
+@pytest.mark.parametrize("policy", ["block", "spill"])
+@pytest.mark.parametrize("kind", ["npy", "zarr"])
+def test_sigkill_never_loses_a_flushed_frame(
+    server: ForkServer, tmp_path: Path, kind: str, policy: str
+) -> None:
+    """25 kills per (store, policy): 50 per store type in the default suite."""
+    run_kills(server, tmp_path, kind, policy, kills=25, seed=SEEDS[kind, policy])
+
+
+@pytest.mark.slow
+@pytest.mark.timeout(900)
+@pytest.mark.parametrize("policy", ["block", "spill"])
+@pytest.mark.parametrize("kind", ["npy", "zarr"])
+def test_sigkill_soak(server: ForkServer, tmp_path: Path, kind: str, policy: str) -> None:
+    """The same, 250 kills per (store, policy)."""
+    run_kills(server, tmp_path, kind, policy, kills=250, seed=100 + SEEDS[kind, policy])
+
+
+# -- what the kills found, pinned down deterministically ------------------------------
+def test_npy_killed_during_its_first_commit_can_be_created_again(tmp_path: Path) -> None:
+    """A writer killed inside its very first metadata write leaves only the
+    store's own temp file: no store was ever committed, so every mode may
+    claim the directory (it used to be refused as "not a snapsink store")."""
+    for mode in ("x", "w", "a"):
+        path = tmp_path / mode
+        path.mkdir()
+        (path / ".metadata.json.tmp").write_text('{"format": "snaps')
+        with snapsink.SyncSink(snapsink.NpyDirectory(path, mode=mode)) as sink:
+            sink.write({"v": 1.5}, step=4)
+        traj = snapsink.open(path)
+        assert traj.steps.tolist() == [4] and traj["v"][:].tolist() == [1.5]
+
+
+@pytest.mark.parametrize("count", [4, 8, 5])
+def test_zarr_resume_when_committed_frames_fill_whole_chunks(tmp_path: Path, count: int) -> None:
+    """mode="a" after a count that is a multiple of chunk_frames: nothing is
+    buffered, the last step and time must be read from the array (it used to
+    fail with TypeError: int(None))."""
+    path = tmp_path / "z"
+    with snapsink.SyncSink(snapsink.ZarrStore(path, chunk_frames=4)) as sink:
+        for i in range(count):
+            sink.write({"v": float(i)}, step=10 * i, time=0.5 * i)
+    with snapsink.SyncSink(snapsink.ZarrStore(path, mode="a")) as sink:
+        with pytest.raises(snapsink.SchemaError, match=f"greater than {10 * (count - 1)}"):
+            sink.write({"v": -1.0}, step=10 * (count - 1), time=1e9)
+        sink.write({"v": 99.0}, time=0.5 * count)
+    traj = snapsink.open(path)
+    assert traj.steps.tolist() == [10 * i for i in range(count)] + [10 * (count - 1) + 1]
+    assert traj["v"][:].tolist() == [float(i) for i in range(count)] + [99.0]
