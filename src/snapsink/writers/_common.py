@@ -9,8 +9,8 @@ from typing import Any
 
 import numpy as np
 
-from .._errors import ConfigError
-from .._schema import _ALLOWED_KINDS, check_name
+from .._errors import ConfigError, SchemaError
+from .._schema import _ALLOWED_KINDS, Schema, check_name
 
 __all__ = ["MODES", "check_attrs", "check_mode", "check_static"]
 
@@ -62,6 +62,28 @@ def check_static(static: Mapping[str, Any] | None) -> dict[str, np.ndarray[Any, 
             arr = arr.astype(arr.dtype.newbyteorder("="))
         out[name] = arr
     return out
+
+
+def check_same_layout(
+    store: str,
+    stored: Schema,
+    stored_times: bool | None,
+    count: int,
+    schema: Schema,
+    times: bool,
+) -> None:
+    """Refuse new frames whose schema or time setting differs from the frames held.
+
+    Raises
+    ------
+    SchemaError
+        When ``schema`` differs from ``stored``, or ``count`` frames are held and
+        they disagree with ``times``.
+    """
+    if stored != schema:
+        raise SchemaError(f"{store} holds frames of {stored!r}, got {schema!r}")
+    if count and stored_times is not None and stored_times != times:
+        raise SchemaError(f"{store}: stored frames and new frames disagree on times")
 
 
 def finite_or_none(x: float | None) -> float | None:

@@ -35,6 +35,7 @@ from .._errors import ConfigError, SchemaError
 from .._schema import Batch, Schema
 from .._staging.backend import DeviceBackend
 from .._store import Resume
+from ._common import check_same_layout
 
 __all__ = ["DeviceFrames", "GPUBuffer"]
 
@@ -186,10 +187,9 @@ class GPUBuffer:
         """
         with self._lock:
             if self._schema is not None:
-                if self._schema != schema:
-                    raise SchemaError(f"GPUBuffer holds frames of {self._schema!r}, got {schema!r}")
-                if self._count and self._times != times:
-                    raise SchemaError("GPUBuffer: stored frames and new frames disagree on times")
+                check_same_layout(
+                    "GPUBuffer", self._schema, self._times, self._count, schema, times
+                )
                 self._times = times
                 return
             be = self._be = _backend(self._backend_arg)

@@ -8,11 +8,10 @@ from typing import Any
 
 import numpy as np
 
-from .._errors import SchemaError
 from .._schema import Batch, Schema
 from .._store import Resume
 from .._trajectory import ArraySource, Trajectory
-from ._common import check_attrs, check_static
+from ._common import check_attrs, check_same_layout, check_static
 
 __all__ = ["GrowableArray", "HostMemory"]
 
@@ -125,12 +124,9 @@ class HostMemory:
         """
         with self._lock:
             if self._schema is not None:
-                if self._schema != schema:
-                    raise SchemaError(
-                        f"HostMemory holds frames of {self._schema!r}, got {schema!r}"
-                    )
-                if self._steps.size and self._times is not None and self._times != times:
-                    raise SchemaError("HostMemory: stored frames and new frames disagree on times")
+                check_same_layout(
+                    "HostMemory", self._schema, self._times, self._steps.size, schema, times
+                )
                 self._times = times
                 return
             self._schema = schema
