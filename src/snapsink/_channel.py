@@ -501,18 +501,13 @@ class Channel:
             if self.room_waiters:
                 self._wake_producers()
 
-    def has_work(self) -> bool:
-        """A ready frame at the head of the queue, or dropped steps to hand over."""
-        with self.lock:
-            return bool((self.queue and self.queue[0].ready) or self.pending_dropped)
-
     def park_consumer(self, waker: Waker, appended_seq: int, done_gen: int) -> bool:
         """Register the consumer's waker unless there is work to do now."""
         with self.lock:
             if (
                 (self.queue and self.queue[0].ready)
                 or self.pending_dropped
-                or self.closed
+                or (self.closed and not self.queue)  # else wait for the head's spill write
                 or self.failure is not None
                 or (self.flush_requested > done_gen and appended_seq >= self.flush_target)
             ):

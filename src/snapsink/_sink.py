@@ -506,15 +506,17 @@ class Sink:
     async def _consume_loop(self, ch: Channel) -> None:
         store = self._store
         st = _ConsumerState()
-        # A blocking store gets whole bursts of batches in one worker-thread hop:
-        # the channel is thread-safe, so the thread takes, appends and releases
-        # by itself until nothing is ready or a flush is due.
+        # A blocking store is fed by a worker thread that takes, appends and
+        # releases by itself (the channel is thread-safe) and parks on a thread
+        # waker when idle: it needs nothing from the event loop, which may be
+        # busy with the simulation's own compute. It hands back to the loop only
+        # to commit a flush, and at the end.
         blocking = not inspect.iscoroutinefunction(store.append)
+        limiter = anyio.CapacityLimiter(1)  # the sink's own thread, not the shared pool's
         assert self._schedule is not None
         while True:
             if blocking:
-                if ch.has_work():
-                    await anyio.to_thread.run_sync(self._burst, ch, st)
+                await anyio.to_thread.run_sync(self._drain, ch, st, limiter=limiter)
             elif await self._step_async(ch, st):
                 continue
             gen, target = ch.flush_request()
@@ -554,9 +556,11 @@ class Sink:
         st.appended_seq = max(st.appended_seq, upto)
         return bool(entries or dropped)
 
-    def _burst(self, ch: Channel, st: _ConsumerState) -> None:
-        """Batches to a blocking store, in a worker thread, until the channel has
-        nothing ready or a flush is due (flushes commit on the loop)."""
+    def _drain(self, ch: Channel, st: _ConsumerState) -> None:
+        """Feed a blocking store, in a worker thread, until a flush is due or the
+        channel is closed and empty (flushes commit on the loop)."""
+        from ._channel import ThreadWaker
+
         store = self._store
         while True:
             entries, dropped, upto = ch.take()
@@ -574,11 +578,16 @@ class Sink:
                 ch.release(entries)
                 self._remove_spills(entries)
             st.appended_seq = max(st.appended_seq, upto)
-            if not (entries or dropped):
-                return
+            if entries or dropped:
+                continue
             gen, target = ch.flush_request()
-            if gen > st.done_gen and st.appended_seq >= target:
+            if (gen > st.done_gen and st.appended_seq >= target) or ch.finished():
                 return
+            if ch.failure is not None:
+                return
+            waker = ThreadWaker()
+            if ch.park_consumer(waker, st.appended_seq, st.done_gen):
+                waker.event.wait()
 
     async def _prepare(self, ch: Channel) -> None:
         assert ch.schema is not None
