@@ -1,0 +1,94 @@
+"""Run the benchmark suite and print each benchmark's ratio table.
+
+    python benchmarks/run.py [--quick] [--only small_frames,overlap,...] [--json-dir DIR]
+
+Benchmarks: ``small_frames``, ``throughput`` (skipped when benchmarks/throughput.py
+is absent), ``overlap`` and ``baselines``. Each is a sibling script with a
+``main(argv)`` that prints its table and returns its result; ``--quick`` passes
+each its smaller settings (the suite then takes about two minutes on two cores).
+With ``--json-dir`` every result is written there as ``<name>-cpu.json``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import importlib
+import sys
+import time
+import traceback
+from pathlib import Path
+from typing import Any
+
+HERE = Path(__file__).resolve().parent
+if str(HERE) not in sys.path:
+    sys.path.insert(0, str(HERE))
+
+ORDER = ("small_frames", "throughput", "overlap", "baselines")
+
+
+def _argv(name: str, quick: bool, json_path: Path | None) -> list[str]:
+    argv: list[str] = []
+    if quick:
+        # small_frames has no --quick: fewer frames and one repeat instead.
+        argv += ["--frames", "50000", "--repeats", "1"] if name == "small_frames" else ["--quick"]
+    if json_path is not None:
+        argv += ["--json", str(json_path)]
+    return argv
+
+
+def main(argv: list[str] | None = None) -> int:
+    """Run the suite; returns the number of benchmarks that failed."""
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--quick", action="store_true", help="smaller settings (~2 minutes)")
+    parser.add_argument("--only", help="comma-separated subset of " + ", ".join(ORDER))
+    parser.add_argument("--json-dir", type=Path, default=None)
+    args = parser.parse_args(argv)
+    names = list(ORDER)
+    if args.only:
+        names = [n.strip() for n in args.only.split(",") if n.strip()]
+        unknown = sorted(set(names) - set(ORDER))
+        if unknown:
+            parser.error(f"unknown benchmark(s) {', '.join(unknown)}; known: {', '.join(ORDER)}")
+    failed = 0
+    timings: dict[str, Any] = {}
+    headlines: dict[str, float] = {}
+    for name in names:
+        try:
+            module = importlib.import_module(name)
+        except ModuleNotFoundError as exc:
+            if exc.name == name:
+                print(f"== {name}: skipped (benchmarks/{name}.py is not there)\n", flush=True)
+                timings[name] = "skipped"
+                continue
+            raise
+        if not hasattr(module, "main"):
+            print(f"== {name}: skipped (no main(argv))\n", flush=True)
+            timings[name] = "skipped"
+            continue
+        json_path = args.json_dir / f"{name}-cpu.json" if args.json_dir else None
+        print(f"== {name}{' (quick)' if args.quick else ''}", flush=True)
+        t0 = time.perf_counter()
+        try:
+            result = module.main(_argv(name, args.quick, json_path))
+        except Exception:
+            failed += 1
+            traceback.print_exc()
+            timings[name] = "failed"
+            continue
+        timings[name] = time.perf_counter() - t0
+        if hasattr(module, "summary") and isinstance(result, dict):
+            headlines.update({f"{name}: {k}": v for k, v in module.summary(result).items()})
+        print(f"   ({timings[name]:.0f} s)\n", flush=True)
+    done = ", ".join(
+        f"{k} {v:.0f} s" if isinstance(v, float) else f"{k} {v}" for k, v in timings.items()
+    )
+    if headlines:
+        print("headline figures")
+        for k, v in headlines.items():
+            print(f"  {k:<62}{v:>8.2f}")
+    print(f"suite: {done}")
+    return failed
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,1 @@
+"""The ``snapsink`` command's subcommands, one module each (see :mod:`snapsink.cli`)."""

@@ -1,0 +1,190 @@
+"""``snapsink info PATH``: describe a stored run."""
+
+from __future__ import annotations
+
+import argparse
+import os
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from .._errors import ConfigError, FormatError, StoreNotFoundError
+from .._trajectory import Trajectory
+
+__all__ = ["add_parser", "describe", "detect", "run", "store_closed"]
+
+
+def add_parser(sub: Any) -> None:
+    p = sub.add_parser("info", help="describe a stored run (NpyDirectory or Zarr)")
+    p.add_argument("path", help="the store's directory")
+    p.add_argument("--group", help="Zarr: the group to describe (default: every snapsink group)")
+    p.set_defaults(handler=run)
+
+
+def detect(path: str | os.PathLike[str]) -> str:
+    """``"npy"`` or ``"zarr"``; one-line errors for anything else."""
+    from ..writers.npy import is_npy_store
+    from ..writers.zarr import is_zarr_store
+
+    p = Path(path)
+    if not p.exists():
+        raise StoreNotFoundError(f"{str(p)!r}: no such file or directory")
+    if is_npy_store(p):
+        return "npy"
+    if is_zarr_store(p):
+        return "zarr"
+    raise FormatError(
+        f"{str(p)!r} is not a snapsink store: expected an NpyDirectory (metadata.json) "
+        "or a Zarr v3 store (zarr.json)"
+    )
+
+
+def open_store(path: str | os.PathLike[str], fmt: str, group: str | None) -> Trajectory:
+    if fmt == "npy":
+        if group is not None:
+            raise ConfigError(f"--group {group!r}: an NpyDirectory has no groups")
+        from ..writers.npy import open_npy
+
+        return open_npy(path)
+    from ..writers.zarr import open_zarr
+
+    return open_zarr(path, group)
+
+
+def store_closed(traj: Trajectory) -> bool | None:
+    """The writer's closed flag, or ``None`` if the reader does not expose it.
+
+    NpySource has a ``closed`` property; ZarrSource keeps it in its parsed
+    metadata only (``_meta.closed``). A public ``Trajectory.closed`` would spare
+    this reach into private attributes.
+    """
+    source: Any = traj._source
+    flag = getattr(source, "closed", None)
+    if isinstance(flag, bool):
+        return flag
+    meta = getattr(source, "_meta", None)
+    flag = getattr(meta, "closed", None)
+    return flag if isinstance(flag, bool) else None
+
+
+def disk_usage(path: Path) -> tuple[int, int]:
+    """(bytes allocated on disk, apparent bytes) of every file under ``path``."""
+    used = apparent = 0
+    if path.is_file():
+        st = path.stat()
+        return st.st_blocks * 512, st.st_size
+    for root, _, files in os.walk(path):
+        for name in files:
+            try:
+                st = os.lstat(os.path.join(root, name))
+            except OSError:
+                continue
+            used += st.st_blocks * 512
+            apparent += st.st_size
+    return used, apparent
+
+
+def human(n: float) -> str:
+    for unit in ("B", "KiB", "MiB", "GiB", "TiB"):
+        if abs(n) < 1024 or unit == "TiB":
+            return f"{n:.0f} {unit}" if unit == "B" else f"{n:.1f} {unit}"
+        n /= 1024
+    raise AssertionError("unreachable")
+
+
+def _ranges(steps: np.ndarray[Any, Any], limit: int = 6) -> str:
+    """``1-4, 9, 12-15`` for sorted steps, cut after ``limit`` runs."""
+    if not steps.size:
+        return ""
+    breaks = np.flatnonzero(np.diff(steps) != 1) + 1
+    runs = []
+    for chunk in np.split(steps, breaks)[:limit]:
+        a, b = int(chunk[0]), int(chunk[-1])
+        runs.append(str(a) if a == b else f"{a}-{b}")
+    more = len(breaks) + 1 - limit
+    return ", ".join(runs) + (f", ... ({more} more runs)" if more > 0 else "")
+
+
+def describe(traj: Trajectory) -> list[str]:
+    """Lines describing one trajectory (schema, frames, steps, times, ...)."""
+    lines = []
+    closed = store_closed(traj)
+    state = {
+        True: "closed cleanly",
+        False: "NOT closed cleanly (still being written, or the writer died): "
+        "the committed frames read back",
+        None: "closed flag unknown",
+    }[closed]
+    n = len(traj)
+    lines.append(f"frames     : {n}")
+    lines.append(f"state      : {state}")
+    if traj.fields:
+        lines.append("schema     :")
+        width = max(len(name) for name in traj.fields)
+        for name, f in traj.fields.items():
+            shape = "(" + ", ".join("rows" if d is None else str(d) for d in f.shape)
+            shape += ",)" if len(f.shape) == 1 else ")"
+            kind = "ragged" if f.ragged else ("scalar" if not f.shape else "")
+            lines.append(f"  {name:<{width}}  {f.dtype!s:<9} {shape:<16} {kind}".rstrip())
+    else:
+        lines.append("schema     : none yet (no frame was written)")
+    if n:
+        steps = traj.steps
+        lines.append(f"steps      : {int(steps[0])} .. {int(steps[-1])}")
+        times = traj.times
+        lines.append(
+            "times      : none"
+            if times is None
+            else f"times      : {float(times[0]):g} .. {float(times[-1]):g}"
+        )
+    dropped = traj.dropped_steps
+    lines.append(
+        f"dropped    : {len(dropped)} steps"
+        + (f" ({_ranges(np.asarray(dropped))})" if len(dropped) else "")
+    )
+    static = traj.static
+    if static:
+        parts = [f"{k} {v.dtype}{list(v.shape)}" for k, v in static.items()]
+        lines.append(f"static     : {', '.join(parts)}")
+    else:
+        lines.append("static     : none")
+    attrs = traj.attrs
+    lines.append(f"attrs      : {', '.join(attrs) if attrs else 'none'}")
+    return lines
+
+
+def run(args: argparse.Namespace) -> int:
+    path = Path(args.path)
+    fmt = detect(path)
+    used, apparent = disk_usage(path)
+    print(f"{path}: {'NpyDirectory (snapsink-npy)' if fmt == 'npy' else 'Zarr v3 store'}")
+    print(f"size       : {human(used)} on disk ({human(apparent)} apparent)")
+    if fmt == "npy":
+        if args.group is not None:
+            raise ConfigError(f"--group {args.group!r}: an NpyDirectory has no groups")
+        for line in describe(open_store(path, fmt, None)):
+            print(line)
+        return 0
+    from ..writers._zarrread import list_groups
+
+    groups = list_groups(path)
+    if args.group is not None:
+        target = args.group.strip("/")
+        if target not in groups:
+            known = ", ".join(repr(g or "/") for g in groups) or "none"
+            raise StoreNotFoundError(
+                f"--group {args.group!r}: no snapsink group there (groups: {known})"
+            )
+        groups = [target]
+    else:
+        print(f"groups     : {', '.join(g or '/' for g in groups) or 'none'}")
+    if not groups:
+        raise FormatError(f"{str(path)!r}: a Zarr store with no snapsink group")
+    for g in groups:
+        if len(groups) > 1 or args.group is not None:
+            gused, _ = disk_usage(path / g) if g else (used, apparent)
+            print(f"[group {g or '/'}] ({human(gused)} on disk)")
+        for line in describe(open_store(path, fmt, g or None)):
+            print(("  " if len(groups) > 1 else "") + line)
+    return 0
