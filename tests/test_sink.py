@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import time
 from pathlib import Path
 
 import anyio
@@ -431,3 +432,23 @@ def test_any_interleaving_of_writes_and_flushes_keeps_order(
             np.testing.assert_array_equal(traj["v"][:, 2], expected)
 
     anyio.run(run)
+
+
+@pytest.mark.parametrize("policy", ["drop_oldest", "drop_newest"])
+async def test_compute_bound_producer_right_after_open_loses_nothing(policy: str) -> None:
+    """A producer that computes on the loop from its first line (never awaiting
+    anything but write) must find the consumer already running: before the
+    sink waited for its consumer at open, the first frames were dropped."""
+
+    def busy(seconds: float) -> None:
+        # Blocks the event loop but releases the GIL, as a NumPy step does (a
+        # pure-Python loop would starve every thread, whatever the design).
+        time.sleep(seconds)
+
+    store = HostMemory()
+    async with Sink(store, capacity=8, policy=policy) as sink:
+        for i in range(30):
+            busy(0.005)
+            await sink.write({"x": np.full(1 << 15, float(i))})
+    assert sink.statistics().dropped == 0
+    np.testing.assert_array_equal(store.trajectory()["x"][:, 0], np.arange(30.0))

@@ -173,6 +173,7 @@ class Sink:
         self._loop_thread = 0
         self._schedule: Callable[[Callable[[], object]], object] | None = None
         self._consumer_done: anyio.Event | None = None
+        self._consumer_ready: anyio.Event | None = None
         self._flush_waiters: list[tuple[int, anyio.Event]] = []
         self._writes = 0
 
@@ -202,10 +203,16 @@ class Sink:
         )
         self._channel.wants_device = bool(getattr(self._store, "wants_device", False))
         self._consumer_done = anyio.Event()
+        self._consumer_ready = anyio.Event()
         tg = anyio.create_task_group()
         await tg.__aenter__()
         self._tg = tg
         tg.start_soon(self._consume, name=f"snapsink consumer of {type(self._store).__name__}")
+        # Return only once the consumer can take frames without the loop's help:
+        # a producer that computes on the loop right away would otherwise starve
+        # it, and a drop or spill policy would discard the first frames.
+        with anyio.CancelScope(shield=True):
+            await self._consumer_ready.wait()
         self._state = "open"
         return self
 
@@ -501,6 +508,8 @@ class Sink:
             raise
         finally:
             self._consumer_done.set()
+            if self._consumer_ready is not None:
+                self._consumer_ready.set()
             self._wake_flushers(None)
 
     async def _consume_loop(self, ch: Channel) -> None:
@@ -513,7 +522,9 @@ class Sink:
         # to commit a flush, and at the end.
         blocking = not inspect.iscoroutinefunction(store.append)
         limiter = anyio.CapacityLimiter(1)  # the sink's own thread, not the shared pool's
-        assert self._schedule is not None
+        assert self._schedule is not None and self._consumer_ready is not None
+        if not blocking:
+            self._consumer_ready.set()
         while True:
             if blocking:
                 await anyio.to_thread.run_sync(self._drain, ch, st, limiter=limiter)
@@ -562,6 +573,10 @@ class Sink:
         from ._channel import ThreadWaker
 
         store = self._store
+        ready = self._consumer_ready
+        if ready is not None and not ready.is_set():
+            assert self._schedule is not None
+            self._schedule(ready.set)  # __aenter__ waits for this thread to run
         while True:
             entries, dropped, upto = ch.take()
             if entries or dropped:
