@@ -229,6 +229,18 @@ class Trajectory:
         """Steps a drop policy discarded, sorted (int64)."""
         return self._source.dropped_steps()
 
+    @property
+    def closed(self) -> bool | None:
+        """Whether the writer closed the store cleanly; ``None`` where the format
+        does not record it (False: a writer is running, or was killed)."""
+        flag = getattr(self._source, "closed", None)
+        return flag if isinstance(flag, bool) else None
+
+    @property
+    def groups(self) -> list[str]:
+        """The store's groups holding snapsink data (Zarr; ``[]`` for other formats)."""
+        return list(getattr(self._source, "groups", []))
+
     def refresh(self) -> Trajectory:
         """Re-read the store to see frames committed since it was opened."""
         self._source.refresh()

@@ -588,3 +588,17 @@ os.kill(os.getpid(), signal.SIGKILL)
     traj = open_npy(tmp_path / "k")
     np.testing.assert_array_equal(traj.steps, np.arange(5))
     np.testing.assert_array_equal(traj["x"][:][:, 2], np.arange(5, dtype=np.float64))
+
+
+def test_trajectory_reports_clean_close_and_no_groups(tmp_path: Path) -> None:
+    from snapsink import open as open_store
+
+    store = NpyDirectory(tmp_path / "run")
+    store.open()
+    store.prepare(Schema({"e": "f8"}), times=False)
+    store.append(Batch([Frame(0, None, {"e": np.float64(1.0)})]))
+    store.commit()
+    assert open_store(tmp_path / "run").closed is False
+    store.close()
+    traj = open_store(tmp_path / "run")
+    assert traj.closed is True and traj.groups == []

@@ -781,3 +781,22 @@ async def test_protocol_misuse_is_refused() -> None:
     with pytest.raises(RuntimeError, match="closed"):
         await store.commit()
     await store.close()  # idempotent
+
+
+async def test_trajectory_reports_groups_and_clean_close(tmp_path: Path) -> None:
+    from snapsink import Sink
+    from snapsink import open as open_store
+
+    path = tmp_path / "md.zarr"
+    async with (
+        Sink(ZarrStore(path, group="thermo")) as a,
+        Sink(ZarrStore(path, group="frames")) as b,
+    ):
+        await a.write({"e": 1.0})
+        await b.write({"x": np.zeros(3)})
+        await a.flush()
+        running = open_store(path, group="thermo")
+        assert running.closed is False  # the writer is still running
+    traj = open_store(path, group="thermo")
+    assert traj.closed is True
+    assert traj.groups == ["frames", "thermo"]

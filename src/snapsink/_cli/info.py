@@ -53,19 +53,8 @@ def open_store(path: str | os.PathLike[str], fmt: str, group: str | None) -> Tra
 
 
 def store_closed(traj: Trajectory) -> bool | None:
-    """The writer's closed flag, or ``None`` if the reader does not expose it.
-
-    NpySource has a ``closed`` property; ZarrSource keeps it in its parsed
-    metadata only (``_meta.closed``). A public ``Trajectory.closed`` would spare
-    this reach into private attributes.
-    """
-    source: Any = traj._source
-    flag = getattr(source, "closed", None)
-    if isinstance(flag, bool):
-        return flag
-    meta = getattr(source, "_meta", None)
-    flag = getattr(meta, "closed", None)
-    return flag if isinstance(flag, bool) else None
+    """The writer's closed flag, or ``None`` if the format does not record it."""
+    return traj.closed
 
 
 def disk_usage(path: Path) -> tuple[int, int]:

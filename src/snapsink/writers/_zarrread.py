@@ -91,6 +91,16 @@ class ZarrSource:
     def __repr__(self) -> str:
         return f"<ZarrSource {self._store} group={self._path or '/'!r} frames={self.length}>"
 
+    @property
+    def closed(self) -> bool:
+        """Whether the writer closed the group cleanly (at the last refresh)."""
+        return bool(self._meta.closed)
+
+    @property
+    def groups(self) -> list[str]:
+        """Paths of the groups of this store that hold snapsink data (``""``: the root)."""
+        return list_groups(self._store)
+
     def refresh(self) -> None:
         """Re-read the group's attributes (committed count, dropped steps, attrs)."""
         grp = _open_group_sync(self._store, self._path)
