@@ -178,6 +178,11 @@ class Channel:
         self.device: Any = None  # DeviceStager, created at the first device array
         #: the store keeps frames on the device (GPUBuffer): capture device views
         self.wants_device = False
+        #: a queued frame smaller than ``wake_bytes`` wakes the consumer only once
+        #: ``wake_frames`` are queued (a consumer thread that also wakes on a timer
+        #: then gets batches, not one thread wake-up per tiny frame)
+        self.wake_frames = 1
+        self.wake_bytes = 0
         self.batch_limit = max(1, capacity // 2)
 
         self.queue: deque[Entry] = deque()
@@ -289,7 +294,7 @@ class Channel:
             if self.pending > self.peak:
                 self.peak = self.pending
             waker = self.consumer_waker
-            if waker is None:
+            if waker is None or (len(self.queue) < self.wake_frames and nbytes < self.wake_bytes):
                 return QUEUED, entry, False
             self.consumer_waker = None
             waker.wake()

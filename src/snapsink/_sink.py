@@ -43,6 +43,8 @@ from ._store import Resume
 __all__ = ["Sink"]
 
 _STORE_METHODS = ("open", "prepare", "append", "commit", "close")
+#: the longest a small frame waits in the channel before the drain thread looks
+_DRAIN_TICK = 0.02
 
 
 def _thread_safe_scheduler() -> Callable[[Callable[[], object]], object]:
@@ -525,6 +527,11 @@ class Sink:
         assert self._schedule is not None and self._consumer_ready is not None
         if not blocking:
             self._consumer_ready.set()
+        if blocking:
+            # Small frames wake the drain thread a batch at a time (it also looks
+            # every _DRAIN_TICK seconds); a frame of wake_bytes or more at once.
+            ch.wake_frames = max(1, ch.batch_limit // 2)
+            ch.wake_bytes = 256 << 10
         while True:
             if blocking:
                 await anyio.to_thread.run_sync(self._drain, ch, st, limiter=limiter)
@@ -602,7 +609,7 @@ class Sink:
                 return
             waker = ThreadWaker()
             if ch.park_consumer(waker, st.appended_seq, st.done_gen):
-                waker.event.wait()
+                waker.event.wait(_DRAIN_TICK)
 
     async def _prepare(self, ch: Channel) -> None:
         assert ch.schema is not None
