@@ -35,7 +35,7 @@ from typing import Any, Final
 import numpy as np
 
 from ._errors import ClosedSinkError, ConfigError, WriterError
-from ._schema import Field, Schema, StepClock, is_device_array
+from ._schema import Field, Frame, Schema, StepClock, is_device_array
 from ._spill import Spill, SpillDir, SpillRecord
 from ._staging.host import Completion, Slot, SlotPool, borrow_host
 
@@ -100,28 +100,18 @@ class SinkStatistics:
     policy: str
 
 
-class Entry:
-    """One accepted frame on its way to the store."""
+class Entry(Frame):
+    """One accepted frame on its way to the store: a :class:`Frame` (so a batch
+    hands entries to the store as they are) plus the channel's bookkeeping."""
 
-    __slots__ = (
-        "completion",
-        "fields",
-        "nbytes",
-        "ready",
-        "seq",
-        "slot",
-        "spill",
-        "step",
-        "time",
-        "void",
-    )
+    __slots__ = ("completion", "ready", "seq", "size", "slot", "spill", "void")
 
     def __init__(self, seq: int, step: int, time: float | None, nbytes: int):
         self.seq = seq
         self.step = step
         self.time = time
-        self.nbytes = nbytes
-        self.fields: dict[str, np.ndarray[Any, Any]] = {}
+        self.size = nbytes  # bytes of the frame as planned (also once released)
+        self.fields = {}
         self.slot: Slot | None = None
         self.completion: Completion | None = None
         self.spill: SpillRecord | None = None
@@ -354,7 +344,7 @@ class Channel:
             self.dropped += 1
             self.pending -= 1
             self.pending_dropped.append(old.step)
-            self._unacquire(old.slot, old.nbytes)
+            self._unacquire(old.slot, old.size)
             slot = self._acquire(nbytes)
             if slot is not None:
                 return slot
@@ -441,7 +431,7 @@ class Channel:
             with self.lock:
                 entry.void = True
                 entry.ready = True
-                self.spilled_bytes -= entry.nbytes
+                self.spilled_bytes -= entry.size
                 self.pending -= 1
                 self._wake_consumer()
             raise
@@ -480,7 +470,7 @@ class Channel:
                     continue
                 entries.append(entry)
                 if budget is not None:
-                    budget -= entry.nbytes
+                    budget -= entry.size
                     if budget <= 0:
                         break
             dropped = self.pending_dropped
@@ -493,24 +483,44 @@ class Channel:
     def release(self, entries: Sequence[Entry]) -> None:
         """The store appended ``entries``: free their slots and count them."""
         with self.lock:
+            free = self.pool.free
+            nbytes = 0
             for e in entries:
                 if e.slot is not None:
-                    self._unacquire(e.slot, e.nbytes)
+                    free.append(e.slot)
+                    self.held -= 1
+                    self.held_bytes -= e.size
                     e.slot = None
                 else:
-                    self.spilled_bytes -= e.nbytes
-                self.bytes_written += e.nbytes
+                    self.spilled_bytes -= e.size
+                nbytes += e.size
                 e.fields = {}
+            self.bytes_written += nbytes
             self.written += len(entries)
             self.pending -= len(entries)
             if self.room_waiters:
                 self._wake_producers()
 
-    def park_consumer(self, waker: Waker, appended_seq: int, done_gen: int) -> bool:
-        """Register the consumer's waker unless there is work to do now."""
+    def park_consumer(
+        self, waker: Waker, appended_seq: int, done_gen: int, batch: bool = False
+    ) -> bool:
+        """Register the consumer's waker unless there is work to do now.
+
+        With ``batch``, a few small ready frames are not work yet: the consumer
+        waits for ``wake_frames`` of them (or ``wake_bytes``), a blocked producer,
+        a flush or the close, so it takes batches instead of racing the producer
+        frame by frame.
+        """
         with self.lock:
+            ready = bool(self.queue) and self.queue[0].ready
+            if ready and batch:
+                ready = (
+                    len(self.queue) >= self.wake_frames
+                    or self.held_bytes >= self.wake_bytes
+                    or bool(self.room_waiters)
+                )
             if (
-                (self.queue and self.queue[0].ready)
+                ready
                 or self.pending_dropped
                 or (self.closed and not self.queue)  # else wait for the head's spill write
                 or self.failure is not None
@@ -558,7 +568,7 @@ class Channel:
             self.queue.clear()
             for e in discarded:
                 if e.slot is not None:
-                    self._unacquire(e.slot, e.nbytes)
+                    self._unacquire(e.slot, e.size)
             self.pending = 0
             self._wake_consumer()
             self._wake_producers()

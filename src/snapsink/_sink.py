@@ -584,7 +584,13 @@ class Sink:
         if ready is not None and not ready.is_set():
             assert self._schedule is not None
             self._schedule(ready.set)  # __aenter__ waits for this thread to run
+        small = False  # the last batch was small: wait for a batch's worth
         while True:
+            if small:
+                small = False
+                waker = ThreadWaker()
+                if ch.park_consumer(waker, st.appended_seq, st.done_gen, batch=True):
+                    waker.event.wait(_DRAIN_TICK)
             entries, dropped, upto = ch.take()
             if entries or dropped:
                 if not st.prepared:
@@ -596,9 +602,12 @@ class Sink:
                         e.fields = SpillDir.read(e.spill)
                     elif e.completion is not None and not e.completion.done():
                         e.completion.synchronize()
-                store.append(Batch([Frame(e.step, e.time, e.fields) for e in entries], dropped))
+                store.append(Batch(list(entries), dropped))  # entries are Frames
                 ch.release(entries)
                 self._remove_spills(entries)
+                small = len(entries) < ch.wake_frames and (
+                    sum(e.size for e in entries) < ch.wake_bytes
+                )
             st.appended_seq = max(st.appended_seq, upto)
             if entries or dropped:
                 continue
@@ -624,12 +633,10 @@ class Sink:
             )
             for e, fields in zip(spilled, loaded, strict=True):
                 e.fields = fields
-        frames = []
         for e in entries:
             if e.completion is not None and not e.completion.done():
                 await e.completion.wait()
-            frames.append(Frame(e.step, e.time, e.fields))
-        return frames
+        return list(entries)  # entries are Frames
 
     @staticmethod
     def _remove_spills(entries: list[Entry]) -> None:
