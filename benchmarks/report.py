@@ -99,6 +99,84 @@ def memory(d: dict[str, Any]) -> list[str]:
     return lines + _table(["store", "peak MiB (1x)", "peak MiB (10x)", "10x / 1x"], rows)
 
 
+def overlap(d: dict[str, Any]) -> list[str]:
+    lines = [
+        "### Overlap (`overlap-cpu.json`)",
+        "",
+        f"{d['grid']}x{d['grid']} float32 frames, capacity {d['capacity']}, NumPy stencil "
+        "(and a `sleep` variant); eta over the whole run and before the final close (the "
+        "last frames' write and commit cannot overlap anything in a short run). In "
+        "parentheses: frames were dropped, so less was written.",
+        "",
+    ]
+    rows = []
+    for r in d["rows"]:
+        lost = r["dropped"] > 0
+        fmt = "({:.2f})" if lost else "{:.2f}"
+        rows.append(
+            [
+                r["config"],
+                r["store"],
+                r["policy"],
+                "Sink" if r["api"] == "async" else "SyncSink",
+                fmt.format(r["eta"]),
+                fmt.format(r["eta_before_close"]),
+                f"{(r['compute_slowdown'] - 1) * 100:.1f}%",
+                f"{r['dropped']}/{r['spilled']}",
+            ]
+        )
+    header = [
+        "loop",
+        "store",
+        "policy",
+        "API",
+        "eta",
+        "eta before close",
+        "slowdown",
+        "dropped/spilled",
+    ]
+    lines += _table(header, rows)
+    lines += ["Target: eta >= 0.8 for NpyDirectory, compute-bound, NumPy kernel.", ""]
+    return lines
+
+
+def baselines(d: dict[str, Any]) -> list[str]:
+    lines = [
+        "### Against today's writers (`baselines-cpu.json`)",
+        "",
+        f"The same loop (frames of {d['frame_bytes'] >> 20} MiB) written by (a) a preallocated "
+        "memmap called in the loop, (b) an unbounded queue + thread, (c) zarr `append`, and "
+        "snapsink (NpyDirectory, block). Each run in a fresh process; "
+        f"{d['rss_method']}.",
+        "",
+    ]
+    rows = [
+        [
+            r["scenario"],
+            r["writer"],
+            f"{r['t_loop']:.2f}",
+            f"{r['peak_rss'] / 2**20:.0f}",
+            f"{r['rss_anon_growth'] / 2**20:.0f}",
+            str(r.get("max_queue", "")),
+            str(r["frames_lost"]),
+        ]
+        for r in d["rows"]
+    ]
+    header = [
+        "scenario",
+        "writer",
+        "loop s",
+        "peak RSS MiB",
+        "anon growth MiB",
+        "max queue",
+        "lost",
+    ]
+    lines += _table(header, rows)
+    ratios = [[k, f"{v['ratio']:.2f}", v["target"]] for k, v in d["ratios"].items()]
+    lines += _table(["ratio", "value", "target"], ratios)
+    return lines
+
+
 def gpu(d: dict[str, Any], name: str) -> list[str]:
     lines = [
         f"### GPU capture on {d['device']} (`{name}`)",
@@ -147,6 +225,8 @@ def render(results: Path) -> str:
         ("small_frames-cpu.json", small_frames),
         ("throughput-cpu.json", throughput),
         ("memory-cpu.json", memory),
+        ("overlap-cpu.json", overlap),
+        ("baselines-cpu.json", baselines),
     ):
         d = _load(results, fname)
         if d is not None:
