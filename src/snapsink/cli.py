@@ -14,6 +14,7 @@ existing destination, a bad option) print one line and exit with status 2.
 from __future__ import annotations
 
 import argparse
+import os
 import sys
 from collections.abc import Sequence
 
@@ -43,6 +44,11 @@ def main(argv: Sequence[str] | None = None) -> int:
     args = parser.parse_args(argv)
     try:
         status: int = args.handler(args)
+    except BrokenPipeError:
+        # `snapsink info ... | head`: the reader left; not an error of ours.
+        # Point stdout at devnull so the interpreter's final flush stays quiet.
+        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+        return 0
     except (SnapsinkError, OSError) as exc:
         print(f"snapsink {args.command}: error: {exc}", file=sys.stderr)
         return 2
