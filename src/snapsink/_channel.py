@@ -195,7 +195,6 @@ class Channel:
         self.consumer_waker: Waker | None = None
         self.flush_requested = 0  # generation of the latest flush request
         self.flush_target = 0  # seq it must cover
-        self.flush_done = 0
 
     @staticmethod
     def policy_label(policy: str | Spill) -> str:

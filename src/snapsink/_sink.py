@@ -30,6 +30,7 @@ from ._channel import (
     Channel,
     Entry,
     SinkStatistics,
+    ThreadWaker,
     Waker,
     check_capacity,
     check_policy,
@@ -423,8 +424,6 @@ class Sink:
         alive: Callable[[], bool],
     ) -> None:
         """The sync facade's write, run in the caller's thread (not the loop's)."""
-        from ._channel import ThreadWaker
-
         ch = self._require_open()
         items = self._validate(ch, fields, step)
         while True:
@@ -577,8 +576,6 @@ class Sink:
     def _drain(self, ch: Channel, st: _ConsumerState) -> None:
         """Feed a blocking store, in a worker thread, until a flush is due or the
         channel is closed and empty (flushes commit on the loop)."""
-        from ._channel import ThreadWaker
-
         store = self._store
         ready = self._consumer_ready
         if ready is not None and not ready.is_set():
