@@ -314,6 +314,37 @@ async def bench_size(size_mb: int, frames: int, ratios: list[float]) -> dict[str
         )
     out["sync"] = {"t_io_ms": t_io_sync * 1e3, "overlap": base}
 
+    async def sink_rows(copy: bool, io_basis_s: float | None = None) -> dict[str, Any]:
+        """Sink rows at every ratio: I/O alone, then compute = r x I/O (copy=False runs
+        the functional-style loop, whose compute is timed on its own)."""
+        await sink_loop(sim, CAPACITY + 2, 0, copy=copy)  # warm-up: buffers allocated
+        t_io, blk0, _ = await sink_loop(sim, frames, 0, copy=copy)
+        basis = t_io if io_basis_s is None else io_basis_s
+        rows = []
+        for r in ratios:
+            spf = max(1, math.ceil(r * (basis / frames) / t_step))
+            tc = await t_compute(spf) if copy else functional_compute(sim, frames, spf)
+            tt, blk, stored = await sink_loop(sim, frames, spf, copy=copy)
+            rows.append(
+                {
+                    "ratio": r,
+                    "compute_over_io": tc / t_io,
+                    "eta": eta(tc, t_io, tt),
+                    "slowdown": tt / tc - 1,
+                    "block_ms": statistics.median(blk) * 1e3,
+                    "block_over_sync_get": statistics.median(blk) * 1e3 / out["sync_get_ms"],
+                    "frames_stored": stored,
+                }
+            )
+        return {
+            "t_io_ms": t_io * 1e3,
+            "bw_gbps": frames * nbytes / t_io / 1e9,
+            "bw_over_peak": frames * nbytes / t_io / 1e9 / out["peak_gbps"],
+            "block_ms": statistics.median(blk0) * 1e3,
+            "block_over_sync_get": statistics.median(blk0) * 1e3 / out["sync_get_ms"],
+            "overlap": rows,
+        }
+
     try:
         import snapsink
 
@@ -322,57 +353,10 @@ async def bench_size(size_mb: int, frames: int, ratios: list[float]) -> dict[str
         has_sink = False
     if has_sink:
         try:
-            await sink_loop(sim, CAPACITY + 2, 0)
-            t_io_s, blk0, _ = await sink_loop(sim, frames, 0)
-            rows = []
-            for r in ratios:
-                spf = max(1, math.ceil(r * (out["snapshot"]["t_io_ms"] * 1e-3 / frames) / t_step))
-                tc = await t_compute(spf)
-                tt, blk, stored = await sink_loop(sim, frames, spf)
-                rows.append(
-                    {
-                        "ratio": r,
-                        "compute_over_io": tc / t_io_s,
-                        "eta": eta(tc, t_io_s, tt),
-                        "slowdown": tt / tc - 1,
-                        "block_ms": statistics.median(blk) * 1e3,
-                        "block_over_sync_get": statistics.median(blk) * 1e3 / out["sync_get_ms"],
-                        "frames_stored": stored,
-                    }
-                )
-            out["sink"] = {
-                "t_io_ms": t_io_s * 1e3,
-                "bw_gbps": frames * nbytes / t_io_s / 1e9,
-                "bw_over_peak": frames * nbytes / t_io_s / 1e9 / out["peak_gbps"],
-                "block_ms": statistics.median(blk0) * 1e3,
-                "block_over_sync_get": statistics.median(blk0) * 1e3 / out["sync_get_ms"],
-                "overlap": rows,
-            }
+            # with the capture contract; compute sized on the stager's snapshot I/O time
+            out["sink"] = await sink_rows(copy=True, io_basis_s=out["snapshot"]["t_io_ms"] * 1e-3)
             # write(copy=False) on a functional-style loop: no snapshot, no wait
-            await sink_loop(sim, CAPACITY + 2, 0, copy=False)
-            t_io_b, blk0, _ = await sink_loop(sim, frames, 0, copy=False)
-            brows = []
-            for r in ratios:
-                spf = max(1, math.ceil(r * (t_io_b / frames) / t_step))
-                tc = functional_compute(sim, frames, spf)
-                tt, blk, stored = await sink_loop(sim, frames, spf, copy=False)
-                brows.append(
-                    {
-                        "ratio": r,
-                        "compute_over_io": tc / t_io_b,
-                        "eta": eta(tc, t_io_b, tt),
-                        "slowdown": tt / tc - 1,
-                        "block_ms": statistics.median(blk) * 1e3,
-                        "block_over_sync_get": statistics.median(blk) * 1e3 / out["sync_get_ms"],
-                        "frames_stored": stored,
-                    }
-                )
-            out["sink_borrow"] = {
-                "t_io_ms": t_io_b * 1e3,
-                "bw_gbps": frames * nbytes / t_io_b / 1e9,
-                "bw_over_peak": frames * nbytes / t_io_b / 1e9 / out["peak_gbps"],
-                "overlap": brows,
-            }
+            out["sink_borrow"] = await sink_rows(copy=False)
         except Exception as exc:
             out["sink"] = {"error": f"{type(exc).__name__}: {exc}"}
 
