@@ -104,10 +104,12 @@ class Entry(Frame):
     """One accepted frame on its way to the store: a :class:`Frame` (so a batch
     hands entries to the store as they are) plus the channel's bookkeeping."""
 
-    __slots__ = ("completion", "ready", "seq", "size", "slot", "spill", "void")
+    __slots__ = ("completion", "pub", "ready", "rows", "seq", "size", "slot", "spill", "void")
 
     def __init__(self, seq: int, step: int, time: float | None, nbytes: int):
         self.seq = seq
+        self.pub = 0  # writer process: the frame's position on the ring once published
+        self.rows: list[int] = []  # writer process: row counts of the ragged fields
         self.step = step
         self.time = time
         self.size = nbytes  # bytes of the frame as planned (also once released)
@@ -145,7 +147,12 @@ class Channel:
 
     Producers call :meth:`offer` (and, for block, :meth:`park_producer` then wait);
     the consumer calls :meth:`take`, :meth:`release`, :meth:`park_consumer`.
+    A writer process replaces the consumer side
+    (:class:`~snapsink._writer.process.ProcessChannel`).
     """
+
+    #: a parked party re-checks after this many seconds (None: trust its waker)
+    poll_interval: float | None = None
 
     def __init__(
         self,
@@ -210,6 +217,13 @@ class Channel:
         if self.closed:
             raise ClosedSinkError("the sink is closed; it takes no more frames")
 
+    def raise_failure(self) -> None:
+        """Raise WriterError, chained to the cause, if the store failed."""
+        if self.failure is not None:
+            raise WriterError(
+                f"the store failed: {type(self.failure).__name__}: {self.failure}"
+            ) from self.failure
+
     def ensure_schema(self, fields: Any) -> Schema:
         """The channel's schema, inferring it from ``fields`` the first time."""
         schema = self.schema
@@ -243,6 +257,8 @@ class Channel:
                 self.raise_if_unusable()
             s, t = self.clock.check(step, time)
             nbytes = frame_nbytes(self.schema, items)
+            if not self.pool.free:
+                self._reclaim()
             # _acquire, inlined: this is the per-frame hot path
             if self.pool.free and (
                 self.max_bytes is None
@@ -265,7 +281,7 @@ class Channel:
                 elif policy == "block" or nowait:
                     return WAIT, None, False
                 else:
-                    return self._offer_spill(s, t, nbytes)
+                    return self._offer_spill(s, t, nbytes, items)
             try:
                 fields, completion = self._capture(slot, items, copy, stream)
             except BaseException:
@@ -282,6 +298,8 @@ class Channel:
             self.pending += 1
             if self.pending > self.peak:
                 self.peak = self.pending
+            if self.publishes:
+                return QUEUED, entry, self._queued(entry, items)
             waker = self.consumer_waker
             if waker is None or (len(self.queue) < self.wake_frames and nbytes < self.wake_bytes):
                 return QUEUED, entry, False
@@ -290,7 +308,7 @@ class Channel:
             return QUEUED, entry, True
 
     def _offer_spill(
-        self, step: int, time: float | None, nbytes: int
+        self, step: int, time: float | None, nbytes: int, items: Sequence[tuple[str, Field, Any]]
     ) -> tuple[int, Entry | None, bool]:
         policy = self.policy
         assert isinstance(policy, Spill)
@@ -309,7 +327,20 @@ class Channel:
         self.spilled_bytes += nbytes
         self.spilled += 1
         self._accepted(step, time)
+        if self.publishes:
+            self._queued(entry, items)
         return SPILL, entry, False
+
+    # -- hooks of a channel whose consumer is a writer process ---------------------
+    #: accepted frames are published by the channel itself (no consumer takes them)
+    publishes = False
+
+    def _queued(self, entry: Entry, items: Sequence[tuple[str, Field, Any]]) -> bool:
+        """An accepted frame (lock held); returns whether the consumer was woken."""
+        return False
+
+    def _reclaim(self) -> None:
+        """No free slot: take back the slots of frames already stored (lock held)."""
 
     def _accepted(self, step: int, time: float | None) -> None:
         self.clock.advance(step, time)

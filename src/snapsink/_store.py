@@ -9,6 +9,10 @@ concurrently (one call at a time per store)::
     store.commit()                   # at flush, at close, and when the store likes
     store.close()                    # after the last commit; also after a failure
 
+A store that also has ``describe() -> StoreSpec`` can be written by a writer
+process (the default for such stores); the sink's own store object is then
+never opened: the writer builds its own from the description.
+
 Each method may be a plain (blocking) function, which the sink runs in a worker
 thread off the event loop, or an ``async def`` coroutine function, which the
 sink awaits on its own event loop (for stores built on async libraries such as
@@ -18,13 +22,13 @@ reusable staging slots: copy what you keep before returning.
 
 from __future__ import annotations
 
-from collections.abc import Awaitable
-from dataclasses import dataclass
+from collections.abc import Awaitable, Callable, Mapping
+from dataclasses import dataclass, field
 from typing import Any, Protocol, runtime_checkable
 
 from ._schema import Batch, Schema
 
-__all__ = ["Resume", "Store"]
+__all__ = ["Resume", "Store", "StoreSpec"]
 
 
 @dataclass(frozen=True, slots=True)
@@ -49,6 +53,34 @@ class Resume:
     last_step: int | None = None
     last_time: float | None = None
     times: bool | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class StoreSpec:
+    """How to build a store again in a writer process: a picklable callable
+    (the store's class) and its arguments, never frame data.
+
+    A store that can be written from another process returns one from a
+    ``describe()`` method; the sink's writer process calls :meth:`build` and
+    then drives the rebuilt store through the :class:`Store` protocol. Paths
+    in the arguments should be absolute (the writer may not share a later
+    working directory).
+
+    Attributes
+    ----------
+    factory
+        The callable that makes the store (a class importable by module path).
+    args, kwargs
+        Its positional and keyword arguments.
+    """
+
+    factory: Callable[..., Any]
+    args: tuple[Any, ...] = ()
+    kwargs: Mapping[str, Any] = field(default_factory=dict)
+
+    def build(self) -> Any:
+        """A new, unopened store."""
+        return self.factory(*self.args, **dict(self.kwargs))
 
 
 @runtime_checkable

@@ -10,7 +10,9 @@ wait. ``flush`` and ``close`` run on the loop through an anyio BlockingPortal.
 from __future__ import annotations
 
 import atexit
+import sys
 import threading
+import traceback
 import weakref
 from collections.abc import Mapping
 from types import TracebackType
@@ -36,8 +38,13 @@ def _close_open_sinks() -> None:
     for sink in list(_open_sinks):
         try:
             sink.close()
-        except Exception:
-            pass
+        except Exception as exc:
+            # never swallowed: the frames of this sink may not all be stored
+            traceback.print_exception(exc)
+            print(
+                f"snapsink: a SyncSink still open at exit could not be closed: {exc!r}",
+                file=sys.stderr,
+            )
 
 
 class SyncSink:
@@ -48,7 +55,7 @@ class SyncSink:
 
     Parameters
     ----------
-    store, capacity, policy, schema, max_bytes
+    store, capacity, policy, schema, max_bytes, writer
         As for :class:`Sink`.
 
     Raises
@@ -73,8 +80,11 @@ class SyncSink:
         *,
         schema: Schema | Mapping[str, Any] | None = None,
         max_bytes: int | None = None,
+        writer: str = "auto",
     ):
-        self._sink = Sink(store, capacity, policy, schema=schema, max_bytes=max_bytes)
+        self._sink = Sink(
+            store, capacity, policy, schema=schema, max_bytes=max_bytes, writer=writer
+        )
         self._closed = False
         self._portal: BlockingPortal | None = None
         self._ready = threading.Event()

@@ -6,6 +6,9 @@ one JSON job per line on stdin and forks a fresh writer process per job. Every
 line it or a writer prints on stdout is ``<job> <what> [<value>]``:
 
 - ``<job> pid <pid>``: the writer's pid (printed by the server after the fork);
+- ``<job> wp <pid>``: the sink's writer process (when it has one);
+- ``<job> w <i>``: ``await sink.write()`` of frame index ``i`` returned (only
+  with ``"report_writes": true``);
 - ``<job> f <i>``: ``await sink.flush()`` returned after frame index ``i``;
 - ``<job> done``: the writer closed its sink cleanly;
 - ``<job> error <message>``: the writer failed (a test failure).
@@ -15,7 +18,8 @@ of concurrent writers never interleave.
 
 A job: ``{"job": id, "kind": "npy"|"zarr", "path": ..., "mode": "x"|"a",
 "policy": "block"|"spill", "spill": dir, "start": i0, "n": frames,
-"flush_every": k, "commit_every": c, "capacity": cap}``.
+"flush_every": k, "commit_every": c, "capacity": cap, "writer": "auto"|"thread",
+"report_writes": bool}``.
 """
 
 from __future__ import annotations
@@ -81,12 +85,21 @@ async def _write(cfg: dict[str, Any]) -> None:
     job = cfg["job"]
     policy: Any = snapsink.Spill(cfg["spill"]) if cfg["policy"] == "spill" else "block"
     store = make_store(cfg)
+    report = cfg.get("report_writes", False)
     async with snapsink.Sink(
-        store, capacity=cfg["capacity"], policy=policy, schema=SCHEMA
+        store,
+        capacity=cfg["capacity"],
+        policy=policy,
+        schema=SCHEMA,
+        writer=cfg.get("writer", "auto"),
     ) as sink:
+        if sink._process is not None and sink._process.proc is not None:
+            _say(job, f"wp {sink._process.proc.pid}")
         for i in range(cfg["start"], cfg["start"] + cfg["n"]):
             s = step_of(i)
             await sink.write(frame_for(s), step=s, time=time_of(s))
+            if report:
+                _say(job, f"w {i}")
             if (i + 1) % cfg["flush_every"] == 0:
                 await sink.flush()
                 _say(job, f"f {i}")

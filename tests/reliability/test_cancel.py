@@ -111,16 +111,42 @@ async def test_producers_cancelled_at_random_moments(tmp_path: Path, policy: str
         assert len(cancelled) > 0
 
 
+async def test_write_with_a_pending_cancel_writes_nothing(
+    gated: GatedStore, tmp_path: Path
+) -> None:
+    """A write checkpoints before it offers the frame (as anyio's send does): a
+    cancel already pending cancels it, nothing is written, the sink stays usable."""
+    async with Sink(gated, capacity=1, policy=Spill(tmp_path)) as sink:
+        await sink.write({"v": np.zeros(2)}, step=0)
+        await gated.wait_entered()
+        with anyio.CancelScope() as scope:
+            scope.cancel()
+            await sink.write({"v": np.ones(2)}, step=1)
+        assert scope.cancelled_caught
+        await sink.write({"v": np.full(2, 2.0)}, step=2)
+        gated.gate.set()
+        with anyio.fail_after(5):
+            await sink.flush()
+    assert gated.trajectory().steps.tolist() == [0, 2]
+    np.testing.assert_array_equal(gated.trajectory()["v"][:], [[0, 0], [2, 2]])
+
+
 async def test_spilling_write_with_a_pending_cancel_is_written(
     gated: GatedStore, tmp_path: Path
 ) -> None:
-    """A write that spills while its task's cancel is already pending: the frame
-    was accepted, so its spill file must be written. (The worker thread used to
-    be skipped by the pending cancel, leaving an entry that never became ready:
-    the consumer, flush and close then hung forever.)"""
+    """A cancel that arrives after the write's checkpoint, when the frame spills:
+    the frame was accepted, so its spill file must be written. (The worker thread
+    used to be skipped by the pending cancel, leaving an entry that never became
+    ready: the consumer, flush and close then hung forever.)"""
     async with Sink(gated, capacity=1, policy=Spill(tmp_path)) as sink:
         await sink.write({"v": np.zeros(2)}, step=0)
         await gated.wait_entered()  # the channel is full: the next write spills
+
+        async def no_yield(_: float) -> None:  # the cancel lands after the checkpoint
+            return None
+
+        sink._yield = no_yield
+        sink._writes = 0
         with anyio.CancelScope() as scope:
             scope.cancel()
             await sink.write({"v": np.ones(2)}, step=1)

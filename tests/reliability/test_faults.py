@@ -123,7 +123,8 @@ async def run_into_fault(
     flush, again at flush and write, and at close. Returns (committed, cause).
     """
     with pytest.raises(WriterError) as at_close:
-        async with Sink(store, capacity=2, schema=SCHEMA) as sink:
+        # The faults are monkeypatched into this process: the store runs here.
+        async with Sink(store, capacity=2, schema=SCHEMA, writer="thread") as sink:
             for i in range(good):
                 s = step_of(i)
                 await sink.write(frame_for(s), step=s, time=time_of(s))
@@ -229,7 +230,7 @@ async def test_permission_denied_creating_the_files(
     install(monkeypatch, fault, "open" if kind == "npy" else "zarr_put")
     store = make_store(kind, path)
     with pytest.raises(WriterError) as info:
-        async with Sink(store, schema=SCHEMA) as sink:
+        async with Sink(store, schema=SCHEMA, writer="thread") as sink:
             fault.armed = True
             for i in range(50):
                 await sink.write(frame_for(step_of(i)), step=step_of(i), time=time_of(step_of(i)))
@@ -250,7 +251,7 @@ async def test_permission_denied_opening_the_store(
     fault.armed = True
     install(monkeypatch, fault, "open" if kind == "npy" else "zarr_put")
     with pytest.raises(PermissionError, match="store"):
-        async with Sink(make_store(kind, path), schema=SCHEMA):
+        async with Sink(make_store(kind, path), schema=SCHEMA, writer="thread"):
             pytest.fail("the sink must not open")
     assert fault.hits >= 1
 

@@ -49,6 +49,8 @@ class Job:
         self.pid: int | None = None
         self.pidfd: int | None = None
         self.flushed = -1  # highest frame index whose flush() returned
+        self.written = -1  # highest frame index whose write() returned (if reported)
+        self.writer_pid: int | None = None  # the sink's writer process
         self.flushes = 0
         self.done = False
         self.error: str | None = None
@@ -61,6 +63,10 @@ class Job:
                     self.pidfd = os.pidfd_open(self.pid)
                 except ProcessLookupError:
                     self.pidfd = None  # already gone (and reaped)
+            elif what == "w":
+                self.written = max(self.written, int(value))
+            elif what == "wp":
+                self.writer_pid = int(value)
             elif what == "f":
                 self.flushed = max(self.flushed, int(value))
                 self.flushes += 1
@@ -167,6 +173,9 @@ def kill_once(
         "spill": str(spill),
         "capacity": 1 if policy == "spill" else rng.choice([1, 2, 4]),
         "commit_every": rng.choice([1, 2, 3]),
+        # the kill must land in the store's own I/O: the store runs in the
+        # killed process (the writer process's kills are below)
+        "writer": "thread",
     }
     job = server.spawn(
         **common, mode="x", start=0, n=100_000, flush_every=rng.choice([1, 2, 5])
@@ -232,6 +241,86 @@ def test_sigkill_never_loses_a_flushed_frame(
 def test_sigkill_soak(server: ForkServer, tmp_path: Path, kind: str, policy: str) -> None:
     """The same, 250 kills per (store, policy)."""
     run_kills(server, tmp_path, kind, policy, kills=250, seed=100 + SEEDS[kind, policy])
+
+
+# -- the simulation's process killed: its writer process stores what it was given ---
+def wait_gone(pid: int, timeout: float = 60) -> None:
+    """Wait until process ``pid`` (not our child) has exited."""
+    try:
+        fd = os.pidfd_open(pid)
+    except ProcessLookupError:
+        return
+    try:
+        ready, _, _ = select.select([fd], [], [], timeout)
+        assert ready, f"process {pid} is still running after {timeout} s"
+    finally:
+        os.close(fd)
+
+
+def shm_names() -> set[str]:
+    return set(os.listdir("/dev/shm")) if os.path.isdir("/dev/shm") else set()
+
+
+def kill_producer_once(server: ForkServer, root: Path, kind: str, rng: random.Random) -> int:
+    """Kill the producer at a random moment (default writer, policy block);
+    after its writer process exits, every frame whose write() returned must be
+    stored. Returns the number of frames written."""
+    path = root / "store"
+    job = server.spawn(
+        kind=kind,
+        path=str(path),
+        policy="block",
+        spill=str(root / "spill"),
+        capacity=rng.choice([1, 2, 4, 8]),
+        commit_every=rng.choice([1, 4, 1000]),
+        mode="x",
+        start=0,
+        n=100_000,
+        flush_every=10**9,  # never: only the writer's own commits and the drain
+        report_writes=True,
+    )
+    if rng.random() < 0.5:
+        k = rng.randrange(1, 40)
+        job.wait_for(lambda: job.written >= k)
+    else:
+        job.wait_for(lambda: job.writer_pid is not None)
+        threading.Event().wait(rng.uniform(0.0, 0.1))
+    job.kill_and_reap()
+    written = job.written + 1
+    with job.cond:
+        writer_pid = job.writer_pid
+    if writer_pid is None:
+        assert written == 0  # killed before the sink opened
+        return 0
+    wait_gone(writer_pid)
+    if not is_store(path):
+        assert written == 0
+        return 0
+    # Every frame whose write() returned, and at most the one being written when
+    # the kill landed (accepted, its report not yet printed).
+    visible = assert_prefix(path, at_least=written)
+    assert visible <= written + 1
+    return written
+
+
+@pytest.mark.parametrize("kind", ["npy", "zarr"])
+def test_sigkill_of_the_producer_loses_no_written_frame(
+    server: ForkServer, tmp_path: Path, kind: str
+) -> None:
+    """50 kills per store kind: the writer process drains and commits every
+    frame already in shared memory, and leaves nothing in /dev/shm."""
+    before = shm_names()
+    seeds = [(7 if kind == "npy" else 8) * 10_000 + k for k in range(50)]
+
+    def one(s: int) -> int:
+        root = tmp_path / f"p{s}"
+        root.mkdir()
+        return kill_producer_once(server, root, kind, random.Random(s))
+
+    with ThreadPoolExecutor(3) as pool:
+        results = list(pool.map(one, seeds))
+    assert sum(1 for w in results if w > 0) >= 25  # the kills landed mid-run
+    assert {n for n in shm_names() - before if "snapsink" in n or n.startswith("psm_")} == set()
 
 
 # -- what the kills found, pinned down deterministically ------------------------------

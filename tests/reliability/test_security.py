@@ -27,12 +27,20 @@ SRC = Path(snapsink.__file__).resolve().parent
 TRAVERSAL = ["../evil", "/etc/passwd", "a/../../b", "..", "x\x00y", "static/../..", "C:\\evil"]
 
 
+#: the one module allowed to pickle: the control channel between a sink and the
+#: writer process it started (a private socket pair, never a file or a store)
+PICKLE_OK = {SRC / "_writer" / "_wire.py"}
+
+
 def test_no_pickle_anywhere_in_the_source() -> None:
-    """No pickle, marshal, eval or exec; every np.load / read_array call (found
-    in the syntax tree, so docstrings do not count) passes allow_pickle=False."""
+    """No pickle, marshal, eval or exec (pickle only on the writer's private
+    control socket); every np.load / read_array call (found in the syntax tree,
+    so docstrings do not count) passes allow_pickle=False."""
     calls = 0
     for path in sorted(SRC.rglob("*.py")):
         tree = ast.parse(path.read_text(), str(path))
+        if path in PICKLE_OK:
+            continue
         for node in ast.walk(tree):
             if isinstance(node, ast.Import | ast.ImportFrom):
                 mods = [a.name for a in node.names] if isinstance(node, ast.Import) else [

@@ -89,6 +89,15 @@ class DeviceBackend(ABC):
     def alloc_pinned(self, nbytes: int) -> np.ndarray[Any, Any]:
         """A flat ``uint8`` page-locked host buffer of ``nbytes`` bytes."""
 
+    def register_host(self, arr: np.ndarray[Any, Any]) -> None:
+        """Page-lock existing host memory (a writer process's shared slot) so
+        device-to-host copies land in it directly."""
+        return None
+
+    def unregister_host(self, arr: np.ndarray[Any, Any]) -> None:
+        """Undo :meth:`register_host` (no copy may still use ``arr``)."""
+        return None
+
     # -- streams and events --------------------------------------------------
     @abstractmethod
     def resolve_stream(self, stream: Any, value: Any = None) -> Any:
@@ -262,6 +271,14 @@ class CupyBackend(DeviceBackend):
     def alloc_pinned(self, nbytes: int) -> np.ndarray[Any, Any]:
         mem = self.cp.cuda.alloc_pinned_memory(max(nbytes, 1))
         return np.frombuffer(mem, np.uint8, max(nbytes, 1))
+
+    def register_host(self, arr: np.ndarray[Any, Any]) -> None:
+        # cudaHostRegisterDefault (0): the pages stay where they are (shared
+        # with the writer process) and become page-locked for async copies.
+        self.cp.cuda.runtime.hostRegister(arr.ctypes.data, arr.nbytes, 0)
+
+    def unregister_host(self, arr: np.ndarray[Any, Any]) -> None:
+        self.cp.cuda.runtime.hostUnregister(arr.ctypes.data)
 
     # -- streams and events --------------------------------------------------
     def _external(self, handle: int) -> Any:

@@ -258,6 +258,10 @@ class DeviceStager:
         # (event, refs): objects kept alive until the copy-stream event completes.
         # Events of one stream complete in order, so the deque retires from the left.
         self._inflight: collections.deque[tuple[Any, Any]] = collections.deque()
+        # writer process: slot index -> its shared mapping, page-locked; and
+        # (event, array) of mappings to unregister once the event completed
+        self._registered: dict[int, Any] = {}
+        self._unregister: collections.deque[tuple[Any, Any]] = collections.deque()
         self._closed = False
 
     # -- introspection ------------------------------------------------------
@@ -395,7 +399,12 @@ class DeviceStager:
                 if nbytes:
                     be.copy_d2d_async(src, arr, copy)
             if to_host:
-                host = self._buffer(be, state, state.pinned, name, nbytes, pinned=True)
+                if slot.host_views is not None:
+                    # a writer process's shared slot, page-locked in place
+                    self._register(be, slot)
+                    host = slot.host_views[name]
+                else:
+                    host = self._buffer(be, state, state.pinned, name, nbytes, pinned=True)
                 out[name] = host[:nbytes].view(field.dtype).reshape(fshape)
                 if nbytes:
                     d2h.append((host[:nbytes], src))
@@ -444,6 +453,31 @@ class DeviceStager:
     def _retire_done(self, be: DeviceBackend) -> None:
         while self._inflight and be.event_done(self._inflight[0][0]):
             self._inflight.popleft()
+        while self._unregister and be.event_done(self._unregister[0][0]):
+            be.unregister_host(self._unregister.popleft()[1])
+
+    def _register(self, be: DeviceBackend, slot: Slot) -> None:
+        """Page-lock the slot's shared mapping the first time a copy targets it."""
+        mem = slot.shared
+        if self._registered.get(slot.index) is mem:
+            return
+        self.forget_host(slot.index)
+        be.register_host(mem.array)
+        self._registered[slot.index] = mem
+
+    def forget_host(self, index: int) -> None:
+        """Slot ``index`` got a new shared mapping: unregister the old one once
+        the copies already enqueued (which may still write it) have completed."""
+        old = self._registered.pop(index, None)
+        be = self._backend
+        if old is None or be is None:
+            return
+        if self._copy_stream is None:
+            be.unregister_host(old.array)
+            return
+        event = be.new_event()
+        be.record(event, self._copy_stream)
+        self._unregister.append((event, old.array))
 
     def _select_backend(self, items: Sequence[tuple[str, Field, Any]]) -> DeviceBackend:
         be = self._backend
@@ -479,6 +513,13 @@ class DeviceStager:
             if self._backend is not None and self._copy_stream is not None:
                 self._backend.close_stream(self._copy_stream)
             self._copy_stream = None
+            if self._backend is not None:
+                for mem in self._registered.values():
+                    self._backend.unregister_host(mem.array)
+                for _, arr in self._unregister:
+                    self._backend.unregister_host(arr)
+            self._registered.clear()
+            self._unregister.clear()
             for state in self._states:
                 state.pinned.clear()
                 state.device.clear()

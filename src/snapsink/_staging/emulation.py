@@ -287,6 +287,18 @@ class EmulationBackend(DeviceBackend):
     def alloc_pinned(self, nbytes: int) -> np.ndarray[Any, Any]:
         return np.empty(max(nbytes, 1), np.uint8)
 
+    #: addresses registered with :meth:`register_host` and not yet unregistered
+    #: (what cudaHostRegister would have page-locked), for tests to check
+    registered: ClassVar[set[int]] = set()
+
+    def register_host(self, arr: np.ndarray[Any, Any]) -> None:
+        if arr.ctypes.data in self.registered:
+            raise RuntimeError("emulation: host memory registered twice")
+        self.registered.add(arr.ctypes.data)
+
+    def unregister_host(self, arr: np.ndarray[Any, Any]) -> None:
+        self.registered.remove(arr.ctypes.data)
+
     def resolve_stream(self, stream: Any, value: Any = None) -> EmulatedStream:
         if stream is None:
             return current_stream()

@@ -37,13 +37,19 @@ class Completion(Protocol):
 class Slot:
     """One frame's worth of reusable host buffers (plus device-side state)."""
 
-    __slots__ = ("buffers", "device", "index")
+    __slots__ = ("buffers", "device", "host_views", "index", "shared")
 
     def __init__(self, index: int):
         self.index = index
         self.buffers: dict[str, np.ndarray[Any, Any]] = {}
         #: per-slot state owned by the device stager (pinned buffers), if any
         self.device: Any = None
+        #: writer process: the slot's shared mapping (a ``SlotMemory``), owned by
+        #: the ProcessChannel
+        self.shared: Any = None
+        #: during a device capture into shared memory: ``{name: flat uint8 view}``
+        #: where each field's device-to-host copy must land
+        self.host_views: dict[str, np.ndarray[Any, Any]] | None = None
 
     def buffer(self, name: str, field: Field, rows: int | None = None) -> np.ndarray[Any, Any]:
         """A writable array of the field's dtype and this frame's shape."""

@@ -31,7 +31,7 @@ import numpy as np
 
 from .._errors import ConfigError, FormatError, SchemaError, StoreExistsError
 from .._schema import Batch, Field, Frame, Schema
-from .._store import Resume
+from .._store import Resume, StoreSpec
 from .._trajectory import Trajectory
 from ._common import check_attrs, check_mode, check_static
 from ._npyfile import (
@@ -167,6 +167,28 @@ class NpyDirectory:
 
     def __repr__(self) -> str:
         return f"NpyDirectory({self._path!r}, mode={self._mode!r})"
+
+    def describe(self) -> StoreSpec | None:
+        """How a writer process builds this store again (see :class:`~snapsink.Sink`).
+
+        Returns
+        -------
+        StoreSpec or None
+            The store's class and arguments, the path made absolute; None for a
+            subclass with an ``__init__`` of its own (it must describe itself).
+        """
+        if type(self).__init__ is not NpyDirectory.__init__:
+            return None
+        return StoreSpec(
+            type(self),
+            (os.path.abspath(self._path), self._mode),
+            {
+                "attrs": self._attrs,
+                "static": self._static,
+                "commit_every": self._commit_every,
+                "commit_seconds": self._commit_seconds,
+            },
+        )
 
     @property
     def path(self) -> str:

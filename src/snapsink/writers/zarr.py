@@ -40,7 +40,7 @@ from zarr.storage import LocalStore
 
 from .._errors import ConfigError, FormatError, SchemaError, StoreExistsError
 from .._schema import Batch, Schema
-from .._store import Resume
+from .._store import Resume, StoreSpec
 from ._common import check_attrs, check_mode, check_static
 from ._zarrread import ZarrSource, as_zarr_store, is_zarr_store, list_groups, open_zarr
 
@@ -238,6 +238,33 @@ class ZarrStore:
         self._dirty: set[str] = set()
         self._last_commit = time.monotonic()
         self._state = "new"  # new -> open -> closed; "failed" after a failed write
+
+    def describe(self) -> StoreSpec | None:
+        """How a writer process builds this store again, or None when it cannot.
+
+        Returns
+        -------
+        StoreSpec or None
+            For a local directory (a path or a ``LocalStore``), ``ZarrStore`` and
+            its arguments; ``None`` for other zarr stores (in memory, remote),
+            which the sink then writes from a thread of its own process.
+        """
+        if self._root is None or type(self).__init__ is not ZarrStore.__init__:
+            return None  # a subclass with an __init__ of its own must describe itself
+        return StoreSpec(
+            type(self),
+            (str(self._root.resolve()), self._mode),
+            {
+                "group": self._path or None,
+                "attrs": self._attrs,
+                "static": self._static,
+                "chunk_frames": self._chunk_frames,
+                "shard_frames": self._shard_frames,
+                "compressors": self._compressors,
+                "commit_every": self._commit_every,
+                "commit_seconds": self._commit_seconds,
+            },
+        )
 
     def __repr__(self) -> str:
         where = self._root if self._root is not None else type(self._store).__name__

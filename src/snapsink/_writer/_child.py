@@ -1,0 +1,318 @@
+"""The writer process: runs one sink's store, fed through shared memory.
+
+Started by :class:`~snapsink._writer.process.ProcessWriter` as
+``python -m snapsink._writer._child FD LABEL``, with FD its end of the control
+socket. It rebuilds the store from its description, opens it, and answers
+``("opened", resume)``; then it appends the frames the ring publishes, in order,
+commits on flush requests and at close, and exits.
+
+Why it keeps going when the sink's process dies: every frame whose ``write``
+returned is already in shared memory and published on the ring, so the writer
+stores and commits all of them before it exits (end of stream on the socket is
+how it learns of the death). SIGINT is ignored, so a Ctrl-C in the terminal
+leaves the decision to the sink's process.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import inspect
+import queue
+import signal
+import socket
+import sys
+import threading
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+from .._schema import Batch, Frame, Schema
+from .._spill import SpillDir, SpillRecord
+from .._store import Resume
+from . import _shm
+from ._wire import Wire, encode_error
+
+#: how long the writer sleeps between looks at the ring when nobody wakes it
+_TICK = 0.02
+
+
+def _set_process_name(label: str) -> None:
+    """Name the process (``ps -o comm``, ``top``) after the store it writes."""
+    try:
+        import ctypes
+
+        libc = ctypes.CDLL(None)
+        libc.prctl(15, b"snapsink-writer", 0, 0, 0)  # PR_SET_NAME
+    except Exception:  # pragma: no cover - not Linux
+        pass
+
+
+class _Runner:
+    """Calls store methods, awaiting the coroutine ones on the writer's own loop."""
+
+    def __init__(self) -> None:
+        self._runner: asyncio.Runner | None = None
+
+    def __call__(self, method: Callable[..., Any], *args: Any, **kwargs: Any) -> Any:
+        if inspect.iscoroutinefunction(method):
+            if self._runner is None:
+                self._runner = asyncio.Runner()
+            return self._runner.run(method(*args, **kwargs))
+        return method(*args, **kwargs)
+
+    def close(self) -> None:
+        if self._runner is not None:
+            self._runner.close()
+
+
+class Writer:
+    """The writer's state: the store, the slots' mappings, the ring, requests."""
+
+    def __init__(self, wire: Wire):
+        self.wire = wire
+        self.inbox: queue.SimpleQueue[tuple[tuple[Any, ...], list[int]] | None] = (
+            queue.SimpleQueue()
+        )
+        self.wakeup = threading.Event()
+        self.call = _Runner()
+        self.store: Any = None
+        self.schema: Schema | None = None
+        self.times = False
+        self.prepared = False
+        self.ring: _shm.Ring | None = None
+        self.slots: dict[int, _shm.SlotMemory] = {}
+        self.spill_dir: Path | None = None
+        self.batch_limit = 1
+        self.byte_budget: int | None = None
+        self.done = 0  # seq of the last frame appended
+        self.dropped: list[int] = []
+        self.flushes: list[tuple[int, int]] = []  # (generation, seq to cover)
+        self.close_at: int | None = None
+        self.parent_gone = False
+
+    # -- messages ---------------------------------------------------------------
+    def send(self, msg: tuple[Any, ...]) -> None:
+        """Reply to the sink; a sink that is gone only means: drain and exit."""
+        try:
+            self.wire.send(msg)
+        except OSError:
+            self.parent_gone = True
+
+    def _reader(self) -> None:
+        while True:
+            got = self.wire.recv()
+            self.inbox.put(got)
+            self.wakeup.set()
+            if got is None:
+                return
+
+    def start_reader(self) -> None:
+        threading.Thread(target=self._reader, name="snapsink-writer-inbox", daemon=True).start()
+
+    def handle(self, block: bool = False, timeout: float | None = None) -> bool:
+        """Apply queued messages; with ``block``, wait for at least one."""
+        got_any = False
+        while True:
+            try:
+                got = self.inbox.get(block=block and not got_any, timeout=timeout)
+            except queue.Empty:
+                return got_any
+            got_any = True
+            if got is None:
+                self.parent_gone = True
+                return True
+            self._apply(*got)
+
+    def _apply(self, msg: tuple[Any, ...], fds: list[int]) -> None:
+        kind = msg[0]
+        if kind == "wake":
+            return
+        if kind == "slot":
+            _, index, gen, size = msg
+            old = self.slots.pop(index, None)
+            if old is not None:
+                old.close()
+            self.slots[index] = _shm.SlotMemory(fds[0], size, gen, writable=False)
+        elif kind == "ring":
+            _, nrecords, schema_json, times, batch_limit, byte_budget = msg
+            self.schema = Schema.from_json(schema_json)
+            self.times = times
+            self.batch_limit = batch_limit
+            self.byte_budget = byte_budget
+            self.ring = _shm.Ring(fds[0], nrecords, len(self.schema.ragged))
+        elif kind == "schema":
+            _, schema_json, times = msg
+            self.schema = Schema.from_json(schema_json)
+            self.times = times
+        elif kind == "spilldir":
+            self.spill_dir = Path(msg[1])
+        elif kind == "dropped":
+            self.dropped.extend(msg[1])
+        elif kind == "flush":
+            self.flushes.append((msg[1], msg[2]))
+        elif kind == "close":
+            self.close_at = msg[1]
+        else:  # pragma: no cover - a bug, not an input
+            raise RuntimeError(f"writer: unknown message {kind!r}")
+
+    # -- frames -----------------------------------------------------------------
+    def _frame(self, rec: tuple[Any, ...], expected: int) -> tuple[Frame, SpillRecord | None]:
+        seq, kind, where, gen, step, has_time, time, *rows = rec
+        if seq != expected:  # pragma: no cover - a broken ring, never an input
+            raise RuntimeError(f"writer: ring record {expected} holds frame {seq}")
+        schema = self.schema
+        assert schema is not None
+        layout, _ = _shm.frame_layout(schema, rows)
+        if kind == _shm.SPILLED:
+            while self.spill_dir is None:
+                self.handle(block=True, timeout=_TICK)
+            record = SpillRecord(
+                self.spill_dir / f"{where:012d}.frame",
+                tuple((n, f.dtype.str, shape) for n, f, _, _, shape in layout),
+                sum(nb for _, _, _, nb, _ in layout),
+            )
+            fields = SpillDir.read(record)
+            return Frame(step, time if has_time else None, fields), record
+        slot = self.slots.get(where)
+        while slot is None or slot.gen != gen:
+            # its mapping was sent before the record was published: it is on its way
+            if self.parent_gone and self.inbox.empty():
+                raise RuntimeError(f"writer: slot {where} generation {gen} never arrived")
+            self.handle(block=True, timeout=_TICK)
+            slot = self.slots.get(where)
+        out = {}
+        for name, field, offset, _, shape in layout:
+            arr = slot.view(offset, field, shape)
+            out[name] = arr[()] if not shape else arr
+        return Frame(step, time if has_time else None, out), None
+
+    def pending(self) -> int:
+        """Frames published and not yet appended."""
+        return 0 if self.ring is None else self.ring.get(_shm.TAIL) - self.done
+
+    def append_ready(self) -> bool:
+        """Append one batch of published frames (and pending drops); False if none."""
+        ring = self.ring
+        tail = ring.get(_shm.TAIL) if ring is not None else 0
+        if tail <= self.done and not self.dropped:
+            return False
+        frames: list[Frame] = []
+        spilled: list[SpillRecord] = []
+        budget = self.byte_budget
+        seq = self.done
+        while seq < tail and len(frames) < self.batch_limit:
+            assert ring is not None
+            frame, record = self._frame(ring.read(seq + 1), seq + 1)
+            seq += 1
+            frames.append(frame)
+            if record is not None:
+                spilled.append(record)
+            if budget is not None:
+                budget -= frame.nbytes
+                if budget <= 0:
+                    break
+        self.ensure_prepared()
+        dropped, self.dropped = self.dropped, []
+        self.call(self.store.append, Batch(frames, dropped))
+        frames.clear()
+        self.done = seq
+        if ring is not None:
+            ring.set(_shm.DONE, seq)
+            if ring.get(_shm.WANT_DONE):
+                ring.set(_shm.WANT_DONE, 0)
+                self.send(("done", seq))
+        for record in spilled:
+            SpillDir.remove(record)
+        return True
+
+    def ensure_prepared(self) -> None:
+        if not self.prepared and self.schema is not None:
+            self.call(self.store.prepare, self.schema, times=self.times)
+            self.prepared = True
+
+    def commit(self) -> None:
+        self.ensure_prepared()
+        if self.prepared:
+            self.call(self.store.commit)
+
+    # -- the loop -----------------------------------------------------------------
+    def run(self) -> None:
+        while True:
+            self.handle()
+            if self.append_ready():
+                continue
+            if self.flushes:
+                due = [g for g, target in self.flushes if target <= self.done]
+                if due:
+                    self.commit()
+                    self.flushes = [(g, t) for g, t in self.flushes if t > self.done]
+                    self.send(("flushed", max(due), self.done))
+                    continue
+            if self.close_at is not None and self.done >= self.close_at:
+                return
+            if self.parent_gone:
+                if self.pending() <= 0:
+                    return
+                continue
+            ring = self.ring
+            if ring is not None:
+                ring.set(_shm.IDLE, 1)
+                if ring.get(_shm.TAIL) > self.done:
+                    ring.set(_shm.IDLE, 0)
+                    continue
+            self.handle(block=True, timeout=_TICK)
+            if ring is not None:
+                ring.set(_shm.IDLE, 0)
+
+
+def main(argv: list[str]) -> int:
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
+    fd = int(argv[0])
+    _set_process_name(argv[1] if len(argv) > 1 else "")
+    wire = Wire(socket.socket(fileno=fd))
+    got = wire.recv()
+    if got is None:
+        return 0
+    (_, paths, spec), _ = got
+    for p in reversed(paths):
+        if p not in sys.path:
+            sys.path.insert(0, p)
+    w = Writer(wire)
+    try:
+        w.store = spec.build()
+        resume: Resume | None = w.call(w.store.open)
+    except BaseException as exc:
+        wire.send(("error", encode_error(exc)))
+        return 1
+    wire.send(("opened", resume))
+    w.start_reader()
+    failed = False
+    try:
+        w.run()
+        w.commit()
+    except BaseException as exc:
+        failed = True
+        w.send(("error", encode_error(exc)))
+        if w.parent_gone:
+            raise  # nobody to tell: the traceback goes to stderr
+    try:
+        w.call(w.store.close)
+    except BaseException as exc:
+        if not failed:
+            w.send(("error", encode_error(exc)))
+        failed = True
+    finally:
+        w.call.close()
+    if not failed:
+        w.send(("closed", w.done))
+    # Every spill file the writer was handed is removed; remove the directory
+    # too when the sink's process is gone and left it empty.
+    if w.parent_gone and w.spill_dir is not None:
+        with contextlib.suppress(OSError):
+            w.spill_dir.rmdir()
+    return 1 if failed else 0
+
+
+if __name__ == "__main__":
+    sys.exit(main(sys.argv[1:]) if len(sys.argv) > 1 else 2)

@@ -1,0 +1,181 @@
+"""Shared memory between a sink and its writer process: slots, the ring, the layout.
+
+Why memfd: each mapping is an anonymous memory file (``memfd_create``) whose
+descriptor is handed to the writer over the control socket. Nothing is named
+in ``/dev/shm``, so nothing can outlive both processes: the kernel frees the
+memory when the last side holding it exits, whichever way it exits.
+
+Two kinds of mapping:
+
+- a **slot** holds one frame, every field (scalars included) at a 64-byte
+  aligned offset given by :func:`frame_layout`; it is created at the slot's
+  first use and replaced by a larger one (a new *generation*) when a ragged
+  frame outgrows it. The producer writes it; the writer only reads it.
+- the **ring** publishes frames in write order: a header of counters, then
+  fixed-size records, one per published frame (its sequence number, slot or
+  spill file, step, time, ragged row counts). The producer writes a record,
+  then the ring's ``tail``; the writer appends the frames and then advances
+  ``done``. Each counter has a single writer, so neither side takes a lock.
+
+The ring relies on stores becoming visible in program order (x86-64's TSO);
+a lost wake-up flag costs at most one polling tick, never a frame.
+"""
+
+from __future__ import annotations
+
+import mmap
+import os
+import struct
+from collections.abc import Sequence
+from typing import Any, Final
+
+import numpy as np
+
+from .._schema import Field, Schema
+
+__all__ = [
+    "RING_HEADER",
+    "Ring",
+    "SlotMemory",
+    "frame_layout",
+    "record_struct",
+]
+
+ALIGN: Final = 64
+
+#: ring header: tail (producer), done (writer), want_done (producer sets, writer
+#: clears), writer_idle (writer sets, producer clears), each on its own line
+RING_HEADER: Final = 4 * ALIGN
+TAIL: Final = 0
+DONE: Final = ALIGN
+WANT_DONE: Final = 2 * ALIGN
+IDLE: Final = 3 * ALIGN
+_Q = struct.Struct("<q")
+
+#: record kinds
+SLOT: Final = 0
+SPILLED: Final = 1
+
+
+def record_struct(n_ragged: int) -> struct.Struct:
+    """A ring record: seq, kind, slot (or spill counter), slot generation, step,
+    has_time, time, then one row count per ragged field."""
+    return struct.Struct("<qqqqqqd" + "q" * n_ragged)
+
+
+def frame_layout(
+    schema: Schema, rows: Sequence[int]
+) -> tuple[list[tuple[str, Field, int, int, tuple[int, ...]]], int]:
+    """Where each field of a frame lies in a slot.
+
+    ``rows`` gives the row count of each ragged field, in schema order.
+    Returns ``([(name, field, offset, nbytes, shape), ...], total_bytes)``.
+    """
+    out = []
+    pos = 0
+    r = iter(rows)
+    for name, field in schema.items():
+        if field.ragged:
+            n = int(next(r))
+            shape: tuple[int, ...] = (n, *field.row_shape)
+            nbytes = n * field.row_nbytes
+        else:
+            shape = tuple(int(d) for d in field.shape if d is not None)
+            nbytes = field.row_nbytes
+        out.append((name, field, pos, nbytes, shape))
+        pos += -(-max(nbytes, 1) // ALIGN) * ALIGN
+    return out, pos
+
+
+def new_memfd(name: str, size: int) -> int:
+    """An anonymous memory file of ``size`` bytes (close-on-exec)."""
+    fd = os.memfd_create(name, os.MFD_CLOEXEC)
+    try:
+        os.ftruncate(fd, size)
+    except BaseException:
+        os.close(fd)
+        raise
+    return fd
+
+
+class SlotMemory:
+    """One generation of a slot's shared mapping, on either side.
+
+    The producer creates it (:meth:`create`, read-write); the writer maps the
+    descriptor it received (:meth:`attach`, read-only).
+    """
+
+    __slots__ = ("array", "fd", "gen", "map", "size")
+
+    def __init__(self, fd: int, size: int, gen: int, *, writable: bool):
+        self.fd = fd
+        self.size = size
+        self.gen = gen
+        prot = mmap.PROT_READ | (mmap.PROT_WRITE if writable else 0)
+        self.map = mmap.mmap(fd, size, flags=mmap.MAP_SHARED, prot=prot)
+        #: the whole mapping as bytes (read-only on the writer's side)
+        self.array: np.ndarray[Any, Any] = np.frombuffer(self.map, np.uint8)
+        if not writable:
+            self.array.flags.writeable = False
+
+    @classmethod
+    def create(cls, size: int, gen: int) -> SlotMemory:
+        fd = new_memfd("snapsink-slot", size)
+        return cls(fd, size, gen, writable=True)
+
+    def view(self, offset: int, field: Field, shape: tuple[int, ...]) -> np.ndarray[Any, Any]:
+        """The field's array at ``offset`` (a 0-d array for a scalar field)."""
+        n = field.frame_nbytes(shape[0] if field.ragged else None)
+        return self.array[offset : offset + n].view(field.dtype).reshape(shape)
+
+    def close(self) -> None:
+        """Drop this side's descriptor; the mapping goes once no array uses it."""
+        if self.fd >= 0:
+            os.close(self.fd)
+            self.fd = -1
+
+
+class Ring:
+    """The publication ring (see the module docstring) over one shared mapping."""
+
+    __slots__ = ("fd", "map", "nrecords", "record")
+
+    def __init__(self, fd: int, nrecords: int, n_ragged: int, *, create: bool = False):
+        self.fd = fd
+        self.nrecords = nrecords
+        self.record = record_struct(n_ragged)
+        size = RING_HEADER + nrecords * self.record.size
+        if create:
+            os.ftruncate(fd, size)
+        self.map = mmap.mmap(fd, size, flags=mmap.MAP_SHARED)
+
+    @classmethod
+    def create(cls, nrecords: int, n_ragged: int) -> Ring:
+        fd = os.memfd_create("snapsink-ring", os.MFD_CLOEXEC)
+        try:
+            return cls(fd, nrecords, n_ragged, create=True)
+        except BaseException:
+            os.close(fd)
+            raise
+
+    def get(self, offset: int) -> int:
+        return int(_Q.unpack_from(self.map, offset)[0])
+
+    def set(self, offset: int, value: int) -> None:
+        _Q.pack_into(self.map, offset, value)
+
+    def put(self, seq: int, values: Sequence[Any]) -> None:
+        """Write record ``seq`` (1-based); publish it with ``set(TAIL, seq)``."""
+        self.record.pack_into(
+            self.map, RING_HEADER + ((seq - 1) % self.nrecords) * self.record.size, *values
+        )
+
+    def read(self, seq: int) -> tuple[Any, ...]:
+        return self.record.unpack_from(
+            self.map, RING_HEADER + ((seq - 1) % self.nrecords) * self.record.size
+        )
+
+    def close(self) -> None:
+        if self.fd >= 0:
+            os.close(self.fd)
+            self.fd = -1
