@@ -271,15 +271,19 @@ def main(argv: list[str]) -> int:
     fd = int(argv[0])
     _set_process_name(argv[1] if len(argv) > 1 else "")
     wire = Wire(socket.socket(fileno=fd))
-    got = wire.recv()
-    if got is None:
-        return 0
-    (_, paths, spec), _ = got
-    for p in reversed(paths):
-        if p not in sys.path:
-            sys.path.insert(0, p)
     w = Writer(wire)
     try:
+        got = wire.recv()
+        if got is None:
+            return 0
+        (_, paths), _ = got
+        for p in reversed(paths):
+            if p not in sys.path:
+                sys.path.insert(0, p)
+        got = wire.recv()  # the store's description: may import the store's module
+        if got is None:
+            return 0
+        (_, spec), _ = got
         w.store = spec.build()
         resume: Resume | None = w.call(w.store.open)
     except BaseException as exc:

@@ -140,7 +140,9 @@ class ProcessWriter:
             child.close()
         self.wire = Wire(parent)
         try:
-            self.wire.send(("init", list(sys.path), self.spec))
+            # the path first: unpickling the description may import the store's module
+            self.wire.send(("path", list(sys.path)))
+            self.wire.send(("init", self.spec))
             got = self.wire.recv()
         except BaseException:
             self.abort()

@@ -1,0 +1,56 @@
+"""Stores for the writer-process tests (imported by the writer process too).
+
+They are NpyDirectory subclasses that describe themselves, so the writer
+process rebuilds them; a gate and a fault are files, which both processes see.
+"""
+
+from __future__ import annotations
+
+import os
+import time
+from pathlib import Path
+from typing import Any
+
+import snapsink
+from snapsink import Batch
+from snapsink._store import StoreSpec
+
+
+class GatedNpy(snapsink.NpyDirectory):
+    """Each append first creates ``<gate>.entered``, then waits for ``gate`` to exist."""
+
+    def __init__(self, path: str, gate: str, **kw: Any):
+        super().__init__(path, **kw)
+        self.gate = gate
+        self.kw = kw
+
+    def describe(self) -> StoreSpec:
+        return StoreSpec(GatedNpy, (os.path.abspath(self.path), self.gate), self.kw)
+
+    def append(self, batch: Batch) -> None:
+        Path(self.gate + ".entered").touch()
+        deadline = time.monotonic() + 30
+        while not os.path.exists(self.gate):
+            if time.monotonic() > deadline:
+                raise TimeoutError("test gate never opened")
+            time.sleep(0.001)
+        super().append(batch)
+
+
+class FailingNpy(snapsink.NpyDirectory):
+    """The ``fail_at``-th append (1-based) and every later one raises ENOSPC."""
+
+    def __init__(self, path: str, fail_at: int = 1, **kw: Any):
+        super().__init__(path, **kw)
+        self.fail_at = fail_at
+        self.appends = 0
+        self.kw = kw
+
+    def describe(self) -> StoreSpec:
+        return StoreSpec(FailingNpy, (os.path.abspath(self.path), self.fail_at), self.kw)
+
+    def append(self, batch: Batch) -> None:
+        self.appends += 1
+        if self.appends >= self.fail_at:
+            raise OSError(28, "No space left on device (injected)")
+        super().append(batch)

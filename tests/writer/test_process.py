@@ -1,0 +1,309 @@
+"""The writer process, and the policy and error contracts held by both writer kinds.
+
+Each contract runs against ``writer="thread"`` and ``writer="process"`` with
+the same store class (an NpyDirectory subclass whose gate and fault are files,
+see ``tests/process_stores.py``), and reads the store back from disk.
+"""
+
+from __future__ import annotations
+
+import os
+import signal
+import time
+from pathlib import Path
+from typing import Any
+
+import anyio
+import numpy as np
+import pytest
+
+import snapsink
+from process_stores import FailingNpy, GatedNpy
+from snapsink import ConfigError, Field, Schema, Sink, Spill, SyncSink, WouldBlock, WriterError
+from snapsink._staging.emulation import EmulatedDeviceArray, EmulatedStream, EmulationBackend
+
+pytestmark = pytest.mark.timeout(60)
+
+WRITERS = ["thread", "process"]
+
+
+def open_gate(gate: str) -> None:
+    Path(gate).touch()
+
+
+def exists(path: str | Path) -> bool:
+    return os.path.exists(path)
+
+
+async def wait_path(path: str | Path) -> None:
+    """Wait for a file another process creates (no event crosses processes)."""
+    with anyio.fail_after(20):
+        while not exists(path):  # noqa: ASYNC110
+            await anyio.sleep(0.001)
+
+
+def gated(tmp_path: Path, **kw: Any) -> tuple[GatedNpy, str]:
+    gate = str(tmp_path / "gate")
+    return GatedNpy(str(tmp_path / "run"), gate, **kw), gate
+
+
+async def fill(sink: Sink, gate: str, n: int) -> None:
+    """Write step 0, wait until the store is inside its append, write 1..n-1."""
+    await sink.write({"v": np.zeros(2)}, step=0)
+    await wait_path(gate + ".entered")
+    for i in range(1, n):
+        await sink.write({"v": np.full(2, float(i))}, step=i)
+
+
+def expect_kind(sink: Sink, writer: str) -> None:
+    assert (sink._process is not None) == (writer == "process")
+
+
+# -- choosing the writer -------------------------------------------------------------
+def test_auto_picks_a_process_for_disk_stores_and_a_thread_for_memory(tmp_path: Path) -> None:
+    assert Sink(snapsink.NpyDirectory(tmp_path / "a"))._spec is not None
+    assert Sink(snapsink.ZarrStore(tmp_path / "b"))._spec is not None
+    assert Sink(snapsink.HostMemory())._spec is None
+    import zarr.storage
+
+    assert Sink(snapsink.ZarrStore(zarr.storage.MemoryStore()))._spec is None
+
+    class Local(snapsink.NpyDirectory):  # cannot be pickled: stays in this process
+        pass
+
+    assert Sink(Local(tmp_path / "c"))._spec is None
+
+
+def test_bad_writer_requests_are_config_errors(tmp_path: Path) -> None:
+    with pytest.raises(ConfigError, match="writer: expected 'auto', 'process' or 'thread'"):
+        Sink(snapsink.HostMemory(), writer="fork")
+    with pytest.raises(ConfigError, match="HostMemory cannot be written from another process"):
+        Sink(snapsink.HostMemory(), writer="process")
+    with pytest.raises(ConfigError, match="another process"):
+        SyncSink(snapsink.HostMemory(), writer="process")
+
+
+# -- the same contracts, both writer kinds ----------------------------------------------
+@pytest.mark.parametrize("writer", WRITERS)
+async def test_block_loses_nothing_and_bounds_the_channel(tmp_path: Path, writer: str) -> None:
+    store, gate = gated(tmp_path)
+    async with Sink(store, capacity=4, policy="block", writer=writer) as sink:
+        expect_kind(sink, writer)
+        await sink.write({"v": np.zeros(2)}, step=0)
+        await wait_path(gate + ".entered")
+        for i in range(1, 4):
+            sink.write_nowait({"v": np.full(2, float(i))})
+        with pytest.raises(WouldBlock, match="full"):
+            sink.write_nowait({"v": np.full(2, 99.0)})
+        assert sink.statistics().queued == 4
+        open_gate(gate)
+        for i in range(4, 300):
+            await sink.write({"v": np.full(2, float(i))})
+            assert sink.statistics().queued <= 4
+    traj = snapsink.open(tmp_path / "run")
+    np.testing.assert_array_equal(traj.steps, np.arange(300))
+    np.testing.assert_array_equal(traj["v"][:, 0], np.arange(300))
+    st = sink.statistics()
+    assert st.written == 300 and st.queued == 0 and st.peak_queued == 4
+    assert st.bytes_written == 300 * 16
+
+
+@pytest.mark.parametrize("writer", WRITERS)
+async def test_drop_newest_counts_and_records_every_drop(tmp_path: Path, writer: str) -> None:
+    store, gate = gated(tmp_path)
+    async with Sink(store, capacity=4, policy="drop_newest", writer=writer) as sink:
+        await fill(sink, gate, 20)
+        assert sink.statistics().dropped == 16
+        open_gate(gate)
+    traj = snapsink.open(tmp_path / "run")
+    np.testing.assert_array_equal(traj.steps, [0, 1, 2, 3])
+    np.testing.assert_array_equal(traj["v"][:, 0], [0, 1, 2, 3])
+    np.testing.assert_array_equal(traj.dropped_steps, np.arange(4, 20))
+    assert sink.statistics().written == 4
+
+
+@pytest.mark.parametrize("writer", WRITERS)
+async def test_drop_oldest_keeps_the_newest(tmp_path: Path, writer: str) -> None:
+    store, gate = gated(tmp_path)
+    async with Sink(store, capacity=4, policy="drop_oldest", writer=writer) as sink:
+        await fill(sink, gate, 20)
+        assert sink.statistics().dropped == 16
+        open_gate(gate)
+    traj = snapsink.open(tmp_path / "run")
+    # The thread writer holds one frame (being written); the writer process is
+    # handed half the slots, so the frames it holds are kept too.
+    kept = [0, 17, 18, 19] if writer == "thread" else [0, 1, 18, 19]
+    np.testing.assert_array_equal(traj.steps, kept)
+    np.testing.assert_array_equal(traj["v"][:, 1], kept)
+    np.testing.assert_array_equal(
+        traj.dropped_steps, sorted(set(range(20)) - set(kept))
+    )
+
+
+@pytest.mark.parametrize("writer", WRITERS)
+async def test_spill_keeps_order_and_bits(tmp_path: Path, writer: str) -> None:
+    store, gate = gated(tmp_path)
+    spill = tmp_path / "spill"
+    rng = np.random.default_rng(1)
+    values = rng.standard_normal((40, 2))
+    async with Sink(store, capacity=1, policy=Spill(spill), writer=writer) as sink:
+        await sink.write({"v": values[0]}, step=0)
+        await wait_path(gate + ".entered")
+        for i in range(1, 40):
+            await sink.write({"v": values[i]}, step=i)
+        assert sink.statistics().spilled >= 38
+        open_gate(gate)
+    traj = snapsink.open(tmp_path / "run")
+    np.testing.assert_array_equal(traj.steps, np.arange(40))
+    assert traj["v"][:].tobytes() == values.tobytes()
+    assert not any(p.is_file() for p in spill.rglob("*"))  # every spill file removed
+
+
+@pytest.mark.parametrize("writer", WRITERS)
+async def test_store_error_reaches_write_flush_and_close(tmp_path: Path, writer: str) -> None:
+    store = FailingNpy(str(tmp_path / "run"), fail_at=2)
+    with pytest.raises(WriterError, match="No space left") as at_close:
+        async with Sink(store, capacity=2, writer=writer) as sink:
+            await sink.write({"v": np.zeros(2)}, step=0)
+            await sink.flush()
+            await sink.write({"v": np.ones(2)}, step=1)
+            with pytest.raises(WriterError) as at_flush:
+                await sink.flush()
+            assert isinstance(at_flush.value.__cause__, OSError)
+            assert at_flush.value.__cause__.errno == 28
+            with pytest.raises(WriterError) as at_write:
+                await sink.write({"v": np.zeros(2)}, step=2)
+            assert isinstance(at_write.value.__cause__, OSError)
+    assert isinstance(at_close.value.__cause__, OSError)
+    if writer == "process":  # the cause carries the writer's traceback
+        assert any("snapsink writer process" in n for n in at_close.value.__cause__.__notes__)
+    traj = snapsink.open(tmp_path / "run")
+    assert traj.steps.tolist() == [0]  # the flushed frame survives
+
+
+@pytest.mark.parametrize("writer", WRITERS)
+def test_sync_sink_flush_is_durable_and_visible(tmp_path: Path, writer: str) -> None:
+    schema = Schema({"x": Field("float32", (None, 3)), "e": "float64", "n": "int16"})
+    rng = np.random.default_rng(2)
+    frames = [
+        {
+            "x": rng.standard_normal((1 + (7 * i) % 50, 3)).astype(np.float32),
+            "e": float(rng.standard_normal()),
+            "n": np.int16(i),
+        }
+        for i in range(60)
+    ]
+    with SyncSink(
+        snapsink.NpyDirectory(tmp_path / "run"), capacity=3, schema=schema, writer=writer
+    ) as sink:
+        for i, f in enumerate(frames[:30]):
+            sink.write(f, step=3 * i, time=0.5 * i)
+        sink.flush()
+        seen = snapsink.open(tmp_path / "run")
+        assert len(seen) == 30
+        for i, f in enumerate(frames[30:], 30):
+            sink.write(f, step=3 * i, time=0.5 * i)
+    traj = snapsink.open(tmp_path / "run")
+    assert traj.steps.tolist() == [3 * i for i in range(60)]
+    assert traj.times is not None and traj.times.tolist() == [0.5 * i for i in range(60)]
+    for i, f in enumerate(frames):
+        assert traj["x"][i].tobytes() == f["x"].tobytes()
+    assert traj["e"][:].tolist() == [f["e"] for f in frames]
+    assert traj["n"][:].tolist() == list(range(60))
+
+
+# -- what only a writer process does -------------------------------------------------------
+async def test_zarr_store_runs_on_the_writers_loop(tmp_path: Path) -> None:
+    data = np.arange(5000, dtype=np.float64).reshape(50, 100)
+    async with Sink(snapsink.ZarrStore(tmp_path / "z.zarr", chunk_frames=8)) as sink:
+        expect_kind(sink, "process")
+        for i in range(50):
+            await sink.write({"v": data[i]}, step=i)
+    traj = snapsink.open(tmp_path / "z.zarr")
+    assert traj["v"][:].tobytes() == data.tobytes()
+
+
+async def test_an_async_driver_that_computes_on_its_loop_starves_no_store(
+    tmp_path: Path,
+) -> None:
+    """ZarrStore under drop_newest, a driver whose only await is write: the store
+    runs in the writer process, so frames are stored as fast as it goes (with the
+    store on the driver's loop it stored 0 of 1,000 and dropped 992)."""
+    a = np.random.default_rng(0).standard_normal((128, 128))
+    n = 400
+    async with Sink(snapsink.ZarrStore(tmp_path / "z.zarr"), policy="drop_newest") as sink:
+        for i in range(n):
+            t = time.perf_counter()
+            while time.perf_counter() - t < 0.001:  # ~1 ms of compute on the loop
+                a = np.tanh(a)
+            await sink.write({"v": a[0]}, step=i)
+    st = sink.statistics()
+    assert st.written + st.dropped == n
+    assert st.written >= n // 2, st  # small frames: the writer keeps up
+    traj = snapsink.open(tmp_path / "z.zarr")
+    assert len(traj) == st.written
+    assert sorted(traj.steps.tolist() + traj.dropped_steps.tolist()) == list(range(n))
+
+
+async def test_killed_writer_process_is_a_writer_error_not_a_hang(tmp_path: Path) -> None:
+    with pytest.raises(WriterError, match="writer process died") as at_close:
+        async with Sink(snapsink.NpyDirectory(tmp_path / "run"), capacity=2) as sink:
+            for i in range(5):
+                await sink.write({"v": np.full(3, float(i))}, step=i)
+            await sink.flush()
+            proc = sink._process.proc  # type: ignore[union-attr]
+            os.kill(proc.pid, signal.SIGKILL)
+            await anyio.to_thread.run_sync(proc.wait)
+            with anyio.fail_after(10), pytest.raises(WriterError, match="killed by signal 9"):
+                for i in range(5, 1000):
+                    await sink.write({"v": np.full(3, float(i))}, step=i)
+            with pytest.raises(WriterError):
+                await sink.flush()
+    assert "killed by signal 9" in str(at_close.value)
+    traj = snapsink.open(tmp_path / "run")
+    assert traj.steps.tolist()[:5] == [0, 1, 2, 3, 4]  # committed frames intact
+    assert traj["v"][4].tolist() == [4.0] * 3
+
+
+def test_opening_errors_come_from_the_writer_as_they_are(tmp_path: Path) -> None:
+    (tmp_path / "run").mkdir()
+    (tmp_path / "run" / "someone-elses-file").write_text("x")
+    with pytest.raises(snapsink.StoreExistsError):
+        SyncSink(snapsink.NpyDirectory(tmp_path / "run"), writer="process")
+    assert (tmp_path / "run" / "someone-elses-file").read_text() == "x"
+
+
+def test_unclosed_sync_sink_is_drained_at_exit(tmp_path: Path) -> None:
+    import subprocess
+    import sys
+
+    code = (
+        "import numpy as np, snapsink\n"
+        f"s = snapsink.SyncSink(snapsink.NpyDirectory({str(tmp_path / 'run')!r}))\n"
+        "for i in range(100): s.write({'v': np.full(4, float(i))}, step=i)\n"
+    )
+    subprocess.run([sys.executable, "-c", code], check=True, timeout=60)
+    traj = snapsink.open(tmp_path / "run")
+    assert traj.steps.tolist() == list(range(100))
+    assert traj["v"][99].tolist() == [99.0] * 4
+
+
+def test_device_frames_land_in_registered_shared_memory(tmp_path: Path) -> None:
+    """CPU emulation of the device path: the device-to-host copy targets the
+    shared slot, which was page-locked (registered) first and unregistered at close."""
+    rng = np.random.default_rng(3)
+    host = [rng.standard_normal((64, 3)).astype(np.float32) for _ in range(30)]
+    stream = EmulatedStream("caller")
+    dev = EmulatedDeviceArray.empty((64, 3), np.float32)
+    before = set(EmulationBackend.registered)
+    with SyncSink(snapsink.NpyDirectory(tmp_path / "run"), capacity=3) as sink:
+        assert sink._sink._process is not None
+        for i, h in enumerate(host):
+            stream.launch(np.copyto, dev.host, h)  # the simulation's kernel
+            sink.write({"x": dev, "e": float(i)}, step=i, stream=stream)
+            stream.launch(np.copyto, dev.host, -1.0)  # overwritten right after
+        assert len(EmulationBackend.registered - before) == 3  # one per slot
+    assert EmulationBackend.registered == before
+    traj = snapsink.open(tmp_path / "run")
+    assert traj["x"][:].tobytes() == np.stack(host).tobytes()
+    assert traj["e"][:].tolist() == [float(i) for i in range(30)]
