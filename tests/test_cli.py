@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import os
 import re
+import shlex
 import subprocess
 import sys
 from pathlib import Path
@@ -251,39 +252,139 @@ def test_info_errors_exit_2(case: str, tmp_path: Path, capsys: pytest.CaptureFix
 
 
 # -- demo ------------------------------------------------------------------------------
-@pytest.mark.parametrize("fmt", ["npy", "zarr"])
-def test_demo_writes_what_it_reports(
-    fmt: str, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+DEMO = ["demo", "--frames", "6", "--every", "2", "--grid", "16", "--device", "cpu"]
+
+
+def demo_report(out: str) -> dict[str, Any]:
+    """The numbers and paths ``snapsink demo`` printed."""
+    times = re.search(
+        r"no I/O ([\d.]+) s \| synchronous writer ([\d.]+) s \([\d.]+x\) \| "
+        r"snapsink ([\d.]+) s \([\d.]+x\): (.+)",
+        out,
+    )
+    stored = re.search(r"stored\s+: (\d+) frames .* dropped (\d+), spilled (\d+)", out)
+    assert times is not None and stored is not None, out
+    data = re.search(r"^  data\s+: (.+)$", out, re.MULTILINE)
+    hint = re.search(r"^  read back\s+: (.+)$", out, re.MULTILINE)
+    return {
+        "times": [float(times.group(k)) for k in (1, 2, 3)],
+        "claim": times.group(4),
+        "frames": int(stored.group(1)),
+        "lost": int(stored.group(2)) + int(stored.group(3)),
+        "data": data.group(1) if data else None,
+        "hint": hint.group(1) if hint else None,
+        "checked": "bit-identical" in out and "MISMATCH" not in out,
+    }
+
+
+def assert_demo_store(path: Path, frames: int = 6, every: int = 2, grid: int = 16) -> None:
+    """The store holds the frames a fresh in-process run of the simulation computes."""
+    from snapsink._cli.demo import WaveSim
+
+    sim = WaveSim(n=grid)
+    energies = [sim.advance(every) for _ in range(frames)]
+    t = snapsink.open(path)
+    assert len(t) == frames
+    assert t.steps.tolist() == [every * (k + 1) for k in range(frames)]
+    last = t.frame(frames - 1)
+    assert np.asarray(last["field"]).tobytes() == sim.u.tobytes()
+    assert np.asarray(last["positions"]).tobytes() == sim.pos.tobytes()
+    assert t["energy"][:].tolist() == energies
+    assert t.static["particle_ids"].tolist() == list(range(sim.particles))
+
+
+def test_demo_out_writes_what_it_reports(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
 ) -> None:
-    out_dir = tmp_path / f"demo-{fmt}"
-    argv = ["demo", "--out", str(out_dir), "--frames", "12", "--grid", "32", "--every", "2"]
-    assert main([*argv, "--format", fmt, "--device", "cpu"]) == 0
-    out = capsys.readouterr().out
-    m = re.search(r"frames\s+: (\d+) written \(([\d.,]+) MB\), dropped (\d+), spilled (\d+)", out)
-    assert m is not None, out
-    assert int(m.group(1)) == 12 and m.group(3) == "0" and m.group(4) == "0"
-    assert "eta = " in out and "read back" in out and str(out_dir.resolve()) in out
-    t = snapsink.open(out_dir)
-    assert len(t) == 12
-    assert t.steps.tolist() == list(range(2, 26, 2))
-    assert t["field"][:].shape == (12, 32, 32)
-    assert t.static["particle_ids"].shape == (1024,)
+    from snapsink._cli.demo import _read_back
+
+    out_dir = tmp_path / "sub" / "demo-npy"
+    assert main([*DEMO, "--out", str(out_dir), "--repeat", "2"]) == 0
+    text = capsys.readouterr().out
+    rep = demo_report(text)
+    assert rep["frames"] == 6 and rep["lost"] == 0 and rep["checked"]
+    assert min(rep["times"]) >= 0 and rep["times"][2] > 0  # snapsink's includes its close
+    assert len(re.findall(r"\(runs: [\d.]+ [\d.]+\)", text)) == 3
+    assert rep["data"] == str(out_dir)
+    assert_demo_store(out_dir)
+    assert [p.name for p in out_dir.parent.iterdir()] == ["demo-npy"]  # no scratch left
+    # the demo's own check can fail
+    assert _read_back(out_dir, 7, 2, state=0) is not None
+    assert "differs" in str(_read_back(out_dir, 6, 2, state=0))
     # never overwrites
-    assert main([*argv, "--format", fmt]) == 2
+    assert main([*DEMO, "--out", str(out_dir)]) == 2
     assert "exists" in one_error_line(capsys.readouterr().err)
+    assert_demo_store(out_dir)
 
 
-def test_demo_default_out_is_fresh(
+def test_demo_default_leaves_nothing_keep_keeps(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
 ) -> None:
-    monkeypatch.chdir(tmp_path)
-    for _ in range(2):
-        assert main(["demo", "--frames", "3", "--grid", "16", "--device", "cpu"]) == 0
-    made = sorted(p.name for p in tmp_path.iterdir())
-    assert len(made) == 2 and all(n.startswith("snapsink-demo-") for n in made)
-    assert all(len(snapsink.open(tmp_path / n)) == 3 for n in made)
-    assert main(["demo", "--frames", "0"]) == 2
-    one_error_line(capsys.readouterr().err)
+    import tempfile
+
+    cwd, tmp = tmp_path / "cwd", tmp_path / "tmp"
+    cwd.mkdir()
+    tmp.mkdir()
+    monkeypatch.chdir(cwd)
+    monkeypatch.setattr(tempfile, "tempdir", str(tmp))
+    assert main(DEMO) == 0
+    rep = demo_report(capsys.readouterr().out)
+    assert rep["frames"] == 6 and rep["checked"] and rep["hint"] is None
+    assert list(cwd.iterdir()) == [] and list(tmp.iterdir()) == []
+
+    assert main([*DEMO, "--keep", "--format", "zarr"]) == 0
+    rep = demo_report(capsys.readouterr().out)
+    assert list(cwd.iterdir()) == []
+    (kept,) = tmp.iterdir()
+    store = Path(rep["data"])
+    assert store.parent == kept and store.suffix == ".zarr"
+    assert [p.name for p in kept.iterdir()] == [store.name]  # the baseline's data is gone
+    assert_demo_store(store)
+    # the hint runs this interpreter (not whatever `python` is on PATH) on the kept store
+    interpreter, dash_c, code = shlex.split(rep["hint"])
+    assert (interpreter, dash_c) == (sys.executable, "-c")
+    exec(code, {})  # what that command runs, without starting another interpreter
+    n, mean = capsys.readouterr().out.split()
+    assert int(n) == 6
+    assert float(mean) == pytest.approx(float(snapsink.open(store)["field"][-1].mean()))
+
+
+@pytest.mark.parametrize(
+    "bad",
+    [["--frames", "0"], ["--every", "0"], ["--grid", "4"], ["--capacity", "0"], ["--repeat", "0"]],
+)
+def test_demo_bad_args_exit_2(
+    bad: list[str], tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    assert main([*DEMO, "--out", str(tmp_path / "x"), *bad]) == 2
+    assert bad[0] in one_error_line(capsys.readouterr().err)
+    assert not (tmp_path / "x").exists()
+
+
+@pytest.mark.parametrize("bad", [["--format", "hdf5"], ["--device", "tpu"], ["--frames", "x"]])
+def test_demo_unknown_choice_exit_2(bad: list[str]) -> None:
+    with pytest.raises(SystemExit) as exc:
+        main([*DEMO, *bad])
+    assert exc.value.code == 2
+
+
+@pytest.mark.parametrize(
+    ("times", "claim", "verdict"),
+    [
+        ((4.10, 5.42, 4.25), "snapsink hid 89% of the I/O", "kept 96% of its speed"),
+        ((4.0, 5.0, 4.5), "snapsink hid 50% of the I/O", "hid part of the I/O"),
+        ((4.0, 5.0, 3.9), "snapsink hid all of the I/O", "as fast as without I/O"),
+        ((4.0, 5.0, 5.5), "hid none of the 1.00 s of I/O", "did not pay off"),
+        ((4.0, 4.05, 4.3), "within the noise", "no I/O to hide"),
+    ],
+)
+def test_demo_judge(times: tuple[float, float, float], claim: str, verdict: str) -> None:
+    from snapsink._cli.demo import judge
+
+    got_claim, got_verdict = judge(*times)
+    assert claim in got_claim
+    assert verdict in got_verdict
+    assert got_verdict.endswith(".")
 
 
 # -- bench -------------------------------------------------------------------------------

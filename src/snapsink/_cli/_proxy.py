@@ -1,8 +1,9 @@
 """A Store wrapper for the command line: times the store's work, carries dropped steps.
 
-``demo`` uses the timing to report how much of the store's work the simulation
-never waited for; ``convert`` uses it to hand the source's dropped steps to the
-destination (a Sink only records the steps its own policy drops).
+``convert`` uses it to hand the source's dropped steps to the destination (a
+Sink only records the steps its own policy drops). ``demo`` no longer uses it:
+wrapping a store changes the sink's code path (its methods become coroutines),
+so the demo times the user's path, ``SyncSink(store)``, from the outside.
 """
 
 from __future__ import annotations
