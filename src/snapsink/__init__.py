@@ -32,6 +32,7 @@ from ._sink import Sink as Sink
 from ._spill import Spill as Spill
 from ._store import Resume as Resume
 from ._store import Store as Store
+from ._store import StoreSpec as StoreSpec
 from ._sync import SyncSink as SyncSink
 from ._trajectory import FieldView as FieldView
 from ._trajectory import Trajectory as Trajectory
@@ -71,6 +72,7 @@ __all__ = [
     "Spill",
     "Store",
     "StoreExistsError",
+    "StoreSpec",
     "StoreNotFoundError",
     "SyncRecorder",
     "SyncSink",
