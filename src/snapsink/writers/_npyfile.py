@@ -191,7 +191,7 @@ class GrowableNpyFile:
     """
 
     __slots__ = ("capacity", "committed", "dirty", "dtype", "fd", "path", "row_bytes",
-                 "row_shape", "used")
+                 "row_shape", "used", "written_back")
 
     def __init__(self, path: str, fd: int, dtype: np.dtype[Any], row_shape: tuple[int, ...],
                  committed: int, capacity: int):
@@ -204,6 +204,8 @@ class GrowableNpyFile:
         self.used = committed
         self.capacity = capacity
         self.dirty = False
+        #: rows whose writeback was started early (NpyDirectory._start_writeback)
+        self.written_back = committed
 
     @classmethod
     def create(cls, path: str, dtype: np.dtype[Any], row_shape: tuple[int, ...]) -> GrowableNpyFile:

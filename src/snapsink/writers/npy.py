@@ -22,6 +22,7 @@ from __future__ import annotations
 import json
 import math
 import os
+import sys
 import time
 import weakref
 from collections.abc import Mapping
@@ -62,6 +63,9 @@ from ._npyfile import (
 __all__ = ["NpyDirectory", "NpySource", "is_npy_store", "open_npy"]
 
 _clock = time.monotonic  # the commit_seconds clock (tests replace it)
+#: appended bytes after which the writeback of the new data is started early
+_WRITEBACK_BYTES = 16 << 20
+_CAN_ADVISE = hasattr(os, "posix_fadvise") and sys.platform == "linux"
 
 
 def _close_files(files: dict[str, GrowableNpyFile]) -> None:
@@ -153,6 +157,7 @@ class NpyDirectory:
         self._count = 0  # frames appended
         self._committed = 0  # frames named by metadata.json
         self._since_commit = 0
+        self._unsynced = 0  # bytes appended since the last early writeback
         self._last_commit = _clock()
         self._last_step: int | None = None
         self._dropped = StepRanges()
@@ -350,9 +355,14 @@ class NpyDirectory:
             for file, _, bufs in writes:
                 file.write_at(file.used, bufs)
             # Only now that every byte went out do the counts move.
+            nbytes = 0
             for file, rows, _ in writes:
                 file.used += rows
+                nbytes += rows * file.row_bytes
             self._count += n
+            self._unsynced += nbytes
+            if self._unsynced >= _WRITEBACK_BYTES:
+                self._start_writeback()
             self._last_step = int(steps[-1])
             self._since_commit += n
         if self._since_commit >= self._commit_every or (
@@ -361,6 +371,29 @@ class NpyDirectory:
             and _clock() - self._last_commit >= self._commit_seconds
         ):
             self.commit()
+
+    def _start_writeback(self) -> None:
+        """Start writing the data appended since the last call to disk, without
+        waiting (Linux starts the writeback of a dirty range at
+        ``POSIX_FADV_DONTNEED``). The next commit's fsync, and the final one at
+        close, then have little left to do: in a writer process that fsync is
+        the tail the simulation waits for at the end of its run."""
+        self._unsynced = 0
+        if not _CAN_ADVISE:
+            return
+        for f in self._files.values():
+            start = f.written_back
+            if f.used > start:
+                try:
+                    os.posix_fadvise(
+                        f.fd,
+                        HEADER_SIZE + start * f.row_bytes,
+                        (f.used - start) * f.row_bytes,
+                        os.POSIX_FADV_DONTNEED,
+                    )
+                except OSError:  # advice only: the commit's fsync still syncs
+                    pass
+                f.written_back = f.used
 
     def commit(self) -> None:
         """Make every appended frame durable and visible (commit-last).
