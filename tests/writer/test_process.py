@@ -22,7 +22,7 @@ from process_stores import FailingNpy, GatedNpy
 from snapsink import ConfigError, Field, Schema, Sink, Spill, SyncSink, WouldBlock, WriterError
 from snapsink._staging.emulation import EmulatedDeviceArray, EmulatedStream, EmulationBackend
 
-pytestmark = pytest.mark.timeout(60)
+pytestmark = pytest.mark.timeout(20)
 
 WRITERS = ["thread", "process"]
 

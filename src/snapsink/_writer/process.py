@@ -182,12 +182,15 @@ class ProcessWriter:
         wire = self.wire
         assert ch is not None and wire is not None
         while True:
-            if ch.device is not None:
-                # device frames are published once their copy completed: look often
-                ready, _, _ = select.select([wire.sock], [], [], 0.002)
-                if not ready:
+            # Device frames are published once their copy completed: look every
+            # 2 ms while they are in use, else every 50 ms (a device capture may
+            # start while this thread waits).
+            tick = 0.002 if ch.device is not None else 0.05
+            ready, _, _ = select.select([wire.sock], [], [], tick)
+            if not ready:
+                if ch.queue:
                     ch.pump()
-                    continue
+                continue
             got = wire.recv()
             if got is None:
                 break
@@ -513,13 +516,16 @@ class ProcessChannel(Channel):
             self._reap(self.published if final else None)
 
     def _reclaim(self) -> None:
-        self._reap()
+        # publish too: a frame whose device copy completed since it was queued
+        # can go now, and only published frames ever free a slot
+        self._pump()
 
     def park_producer(self, waker: Any, nbytes: int) -> bool:
         with self.lock:
             if self.ring is not None:
                 self.ring.set(_shm.WANT_DONE, 1)
-            self._reap()
+            if self.failure is None:
+                self._pump()
         return super().park_producer(waker, nbytes)
 
     def _wake_consumer(self) -> bool:
