@@ -1,6 +1,6 @@
 """Baselines: the writers simulation codes use today, against snapsink, in one loop.
 
-The loop is the stencil simulation of ``overlap.py`` (a 2048 x 2048 float32 grid,
+The loop is the stencil simulation of ``_stencil.py`` (a 2048 x 2048 float32 grid,
 a snapshot of the grid every ``k`` steps). Writers, each implemented minimally here:
 
 (a) ``memmap``: a pre-allocated ``.npy`` memmap (``np.lib.format.open_memmap``),
@@ -50,7 +50,8 @@ HERE = Path(__file__).resolve().parent
 if str(HERE) not in sys.path:
     sys.path.insert(0, str(HERE))
 
-import overlap  # noqa: E402  (a sibling script: its simulation and helpers)
+import _common  # noqa: E402  (sibling modules: helpers, the stencil and its loops)
+import _stencil  # noqa: E402
 
 #: The slow-disk rows: every writer waits 16 MiB / this after each frame it
 #: writes (in its writer thread, or in the loop for the synchronous ones): a
@@ -59,7 +60,7 @@ import overlap  # noqa: E402  (a sibling script: its simulation and helpers)
 SLOW_DISK_BPS = 400e6
 
 #: Frames between NpyDirectory commits for snapsink (as in overlap.py).
-COMMIT_EVERY = overlap.COMMIT_EVERY
+COMMIT_EVERY = _common.COMMIT_EVERY
 
 
 # -- memory sampling (in the child) --------------------------------------------------------
@@ -126,12 +127,12 @@ def throttle(nbytes: int) -> None:
         time.sleep(nbytes / THROTTLE["bps"])
 
 
-def _steps(sim: overlap.Stencil, every: int) -> None:
+def _steps(sim: _stencil.Stencil, every: int) -> None:
     for _ in range(every):
         sim.step()
 
 
-def w_memmap(sim: overlap.Stencil, frames: int, every: int, where: Path) -> dict[str, Any]:
+def w_memmap(sim: _stencil.Stencil, frames: int, every: int, where: Path) -> dict[str, Any]:
     mm = np.lib.format.open_memmap(
         where / "u.npy", mode="w+", dtype=sim.u.dtype, shape=(frames, *sim.u.shape)
     )
@@ -145,7 +146,7 @@ def w_memmap(sim: overlap.Stencil, frames: int, every: int, where: Path) -> dict
     return {"stored": int(np.load(where / "u.npy", mmap_mode="r").shape[0])}
 
 
-def w_thread_queue(sim: overlap.Stencil, frames: int, every: int, where: Path) -> dict[str, Any]:
+def w_thread_queue(sim: _stencil.Stencil, frames: int, every: int, where: Path) -> dict[str, Any]:
     q: queue.Queue[np.ndarray[Any, Any] | None] = queue.Queue()  # unbounded, as usual
     path = where / "u.raw"
 
@@ -171,7 +172,7 @@ def w_thread_queue(sim: overlap.Stencil, frames: int, every: int, where: Path) -
 
 
 def _zarr_append(
-    sim: overlap.Stencil, frames: int, every: int, where: Path, compressors: Any
+    sim: _stencil.Stencil, frames: int, every: int, where: Path, compressors: Any
 ) -> dict[str, Any]:
     import zarr
 
@@ -191,16 +192,16 @@ def _zarr_append(
     return {"stored": int(zarr.open_array(str(where / "u.zarr"), mode="r").shape[0])}
 
 
-def w_zarr(sim: overlap.Stencil, frames: int, every: int, where: Path) -> dict[str, Any]:
+def w_zarr(sim: _stencil.Stencil, frames: int, every: int, where: Path) -> dict[str, Any]:
     return _zarr_append(sim, frames, every, where, "default")
 
 
-def w_zarr_raw(sim: overlap.Stencil, frames: int, every: int, where: Path) -> dict[str, Any]:
+def w_zarr_raw(sim: _stencil.Stencil, frames: int, every: int, where: Path) -> dict[str, Any]:
     return _zarr_append(sim, frames, every, where, None)
 
 
-def _snapsink(api: str) -> Callable[[overlap.Stencil, int, int, Path], dict[str, Any]]:
-    def run(sim: overlap.Stencil, frames: int, every: int, where: Path) -> dict[str, Any]:
+def _snapsink(api: str) -> Callable[[_stencil.Stencil, int, int, Path], dict[str, Any]]:
+    def run(sim: _stencil.Stencil, frames: int, every: int, where: Path) -> dict[str, Any]:
         import snapsink
 
         class Throttled(snapsink.NpyDirectory):
@@ -209,7 +210,7 @@ def _snapsink(api: str) -> Callable[[overlap.Stencil, int, int, Path], dict[str,
                 throttle(sum(f.nbytes for f in batch.frames))
 
         store = Throttled(where / "run", commit_every=COMMIT_EVERY)
-        res = overlap.LOOPS[api](sim, store, "block", frames, every, 8)
+        res = _stencil.LOOPS[api](sim, store, "block", frames, every, 8)
         assert res.stats is not None
         return {
             "stored": len(snapsink.open(where / "run")),
@@ -220,7 +221,7 @@ def _snapsink(api: str) -> Callable[[overlap.Stencil, int, int, Path], dict[str,
     return run
 
 
-WRITERS: dict[str, Callable[[overlap.Stencil, int, int, Path], dict[str, Any]]] = {
+WRITERS: dict[str, Callable[[_stencil.Stencil, int, int, Path], dict[str, Any]]] = {
     "memmap": w_memmap,
     "thread+queue": w_thread_queue,
     "zarr append": w_zarr,
@@ -242,7 +243,7 @@ def child(cfg: dict[str, Any]) -> dict[str, Any]:
     """One run, in this (fresh) process."""
     where = Path(cfg["dir"])
     THROTTLE["bps"] = float(cfg.get("throttle_bps", 0.0))
-    sim = overlap.Stencil(cfg["grid"])
+    sim = _stencil.Stencil(cfg["grid"])
     _steps(sim, 3)  # warm up
     rss0 = RssSampler.read()
     with RssSampler() as rss:
@@ -282,8 +283,8 @@ def _spawn(cfg: dict[str, Any]) -> dict[str, Any]:
 
 def calibrate(grid: int, where: Path) -> tuple[float, float]:
     """Seconds of one stencil step, and of writing one frame with the memmap writer."""
-    sim = overlap.Stencil(grid)
-    step = overlap.time_step(sim)
+    sim = _stencil.Stencil(grid)
+    step = _stencil.time_step(sim)
     best = math.inf
     n = 24
     for rep in range(2):
@@ -302,14 +303,14 @@ def calibrate(grid: int, where: Path) -> tuple[float, float]:
 def run(
     frames: int | None = None,
     quick: bool = False,
-    grid: int = overlap.GRID,
+    grid: int = _stencil.GRID,
     repeats: int | None = None,
 ) -> dict[str, Any]:
     frames = frames or (16 if quick else 40)
     repeats = repeats or (1 if quick else 3)
     load_before = os.getloadavg()
     rows: list[dict[str, Any]] = []
-    with overlap.scratch("snapsink-baselines-") as where:
+    with _common.scratch("snapsink-baselines-") as where:
         step, frame_io = calibrate(grid, where)
         k_bal = max(1, round(frame_io / step))
         snap = ["snapsink sync", "snapsink async"]
@@ -449,7 +450,7 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--quick", action="store_true")
     parser.add_argument("--frames", type=int, default=None)
-    parser.add_argument("--grid", type=int, default=overlap.GRID)
+    parser.add_argument("--grid", type=int, default=_stencil.GRID)
     parser.add_argument("--repeats", type=int, default=None)
     parser.add_argument("--json", type=Path, default=None)
     parser.add_argument("--child", help=argparse.SUPPRESS)

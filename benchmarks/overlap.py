@@ -1,478 +1,598 @@
 """Overlap: how much of the I/O snapsink hides behind a simulation's compute.
 
-A simulation loop (a 5-point Jacobi stencil on a 2048 x 2048 float32 grid, whose
-NumPy ufuncs release the GIL; or ``time.sleep`` of the same length, labelled
-``sleep``) writes a snapshot (the 16 MiB grid and a float64 scalar) every
-``k`` steps. For each store (NpyDirectory, ZarrStore, HostMemory), policy
-(block, drop_oldest, spill) and API (async ``Sink``, ``SyncSink``) it reports,
-all measured in this one run:
+A simulation loop computes one step, then writes a 4 MiB snapshot (a 1024 x 1024
+float32 field and a float64 scalar), for each of four kinds of compute, each
+step calibrated to about the time of writing one frame (``T_compute ~= T_io``):
 
-- ``T_compute``: the same loop with no snapshots;
-- ``T_io``: the same frames appended synchronously, one by one, to a fresh store
-  of the same kind (open, prepare, appends, commit, close; no compute);
-- ``T_total``: the loop with snapsink, from opening the sink to its close
-  (every frame durable);
-- exposed I/O ``T_total - T_compute``;
-- overlap efficiency ``eta = (T_compute + T_io - T_total) / T_io`` (1: the
-  I/O is entirely hidden; 0: nothing is hidden);
-- compute slowdown: mean time of one compute step with snapsink running,
-  over the same without it (memory-bandwidth and CPU contention).
+- ``python``: a pure-Python float loop, which holds the GIL;
+- ``numpy-small``: many small NumPy ops on 256 x 256 float64 arrays (temporaries);
+- ``numpy-large``: one large GIL-releasing NumPy op per step (``np.exp`` over a
+  big array; ``--large-op matmul``: a BLAS matmul);
+- ``sleep``: ``time.sleep``.
 
-``k`` is calibrated at start: the main rows take ``k`` so that
-``T_compute ~= 1.5 T_io``; the I/O-bound rows take ``k = 1`` (``T_io > T_compute``)
-where the policies differ (block waits, drop_oldest drops, spill spills).
+For each store (NpyDirectory, ZarrStore; ``commit_every=8``, so every case pays
+real fsyncs) and API (async ``Sink``, ``SyncSink``; policy block; writer per
+``--writer``) it measures, side by side in one run:
 
-    python benchmarks/overlap.py [--quick] [--frames N] [--json PATH]
+- ``T_compute``: the loop with no I/O, minus its capture floor;
+- ``capture``: a bare ``np.copyto`` of each frame into a preallocated buffer,
+  timed in that loop: the least any capture can cost, so the best possible
+  eta is ``1 - capture / T_io``;
+- ``T_io``: the same frames appended synchronously to a fresh store (open,
+  appends, commits, close; no compute);
+- ``T_memmap``: the loop writing each frame into an ``np.lib.format.open_memmap``
+  file, flushed (msync: data to disk) at the same cadence: the synchronous way;
+- ``T_total``: the loop with snapsink, from creating the sink to its close
+  (every frame durable).
+
+and reports ``eta = (T_compute + T_io - T_total) / T_io`` (1: the I/O is entirely
+hidden; 0: nothing is) and the loop time over the memmap loop's. Targets: eta
+>= 0.85 for every kind; loop time <= 0.55x the memmap loop.
+
+Each variant runs in a fresh subprocess whose environment pins glibc's malloc
+thresholds (see ``_common.MMAP_THRESHOLD``: otherwise NumPy temporaries cost
+what the heap's history makes them, ~2x apart between processes); variants are
+interleaved and each figure is the best of ``--repeat`` runs. Each case writes
+at least ``--io-seconds`` of I/O (5 s; 1 s with ``--quick``), so that the
+writer's start and the last frames' commit, which nothing can hide, stay small.
+
+    python benchmarks/overlap.py [--quick] [--writer auto|thread|process|both]
+                                 [--kinds ...] [--stores npy,zarr] [--json PATH]
 """
 
 from __future__ import annotations
 
 import argparse
-import contextlib
-import gc
-import inspect
 import json
 import math
 import os
-import platform
 import shutil
 import statistics
 import sys
-import tempfile
 import time
-from collections.abc import Iterator
-from dataclasses import dataclass
+from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
 import anyio
 import numpy as np
 
-import snapsink
-from snapsink import Batch, Frame
+HERE = Path(__file__).resolve().parent
+if str(HERE) not in sys.path:
+    sys.path.insert(0, str(HERE))
 
-GRID = 2048
-STORES = ("npy", "zarr", "memory")
-POLICIES = ("block", "drop_oldest", "spill")
+import _common  # noqa: E402  (sibling modules)
+import _compute  # noqa: E402
+
+import snapsink  # noqa: E402
+
+SCRIPT = Path(__file__).resolve()
+STORES = ("npy", "zarr")
 APIS = ("async", "sync")
-STORE_LABEL = {"npy": "NpyDirectory", "zarr": "ZarrStore", "memory": "HostMemory"}
+SIDE = 1024  # a 1024 x 1024 float32 field: 4 MiB
+TARGET_ETA = 0.85
+TARGET_LOOP_VS_MEMMAP = 0.55
+DEFAULT_JSON = HERE / "results" / "overlap-cpu.json"
 
 
-# -- the simulation -------------------------------------------------------------------
-class Stencil:
-    """Jacobi relaxation (5-point) of a float32 grid with a fixed source term.
+# -- in the child: one variant ------------------------------------------------------------
+def _field(side: int) -> np.ndarray[Any, Any]:
+    return np.random.default_rng(0).random((side, side), dtype=np.float32)
 
-    Each step is five NumPy ufunc calls on ~4 M elements, which release the GIL:
-    a writer thread can run on the other core while the simulation computes.
+
+def _make_compute(spec: Mapping[str, Any]) -> _compute.Compute:
+    c = _compute.make(spec["kind"], spec["units"], spec.get("large_op", "exp"))
+    for _ in range(2):
+        c.step()  # warm up (first-touch of its arrays)
+    return c
+
+
+def child_calibrate(spec: Mapping[str, Any]) -> dict[str, Any]:
+    """Frames per case and seconds to write one frame to each store; units of each step.
+
+    A short probe sets the number of frames; the time per frame is then taken
+    from a run of that length (a long run through the page cache writes slower
+    per frame than a short one), and each kind's step is scaled to it.
     """
-
-    label = "numpy stencil"
-
-    def __init__(self, n: int = GRID):
-        rng = np.random.default_rng(0)
-        self.u = rng.random((n, n), dtype=np.float32)
-        self.v = self.u.copy()
-        self.source = (rng.random((n - 2, n - 2), dtype=np.float32) - 0.5) * np.float32(0.01)
-
-    def step(self) -> None:
-        u, v = self.u, self.v
-        inner = v[1:-1, 1:-1]
-        np.add(u[:-2, 1:-1], u[2:, 1:-1], out=inner)
-        inner += u[1:-1, :-2]
-        inner += u[1:-1, 2:]
-        inner *= np.float32(0.25)
-        inner += self.source
-        self.u, self.v = v, u
-
-    def frame(self) -> dict[str, Any]:
-        # A diagnostic, as simulations log one with each snapshot (a host reduction).
-        # A 1-element array, not a scalar: a spilled 0-d field comes back with
-        # shape (1,) (np.ascontiguousarray in _spill.py), which NpyDirectory rejects.
-        return {"u": self.u, "residual": np.array([np.abs(self.u[::64, ::64]).mean()])}
-
-
-class Sleeper(Stencil):
-    """The same frames, but each step sleeps (no CPU, no memory traffic)."""
-
-    label = "sleep"
-
-    def __init__(self, n: int = GRID, step_s: float = 0.0125):
-        super().__init__(n)
-        self.step_s = step_s
-
-    def step(self) -> None:
-        time.sleep(self.step_s)
-
-
-def time_step(kernel: Stencil, n: int = 20) -> float:
-    """Median seconds of one ``kernel.step()``."""
-    for _ in range(3):
-        kernel.step()
-    samples = []
-    for _ in range(n):
-        t0 = time.perf_counter()
-        kernel.step()
-        samples.append(time.perf_counter() - t0)
-    return statistics.median(samples)
-
-
-# -- stores ---------------------------------------------------------------------------
-@contextlib.contextmanager
-def scratch(prefix: str = "snapsink-bench-") -> Iterator[Path]:
-    """A temporary directory on the default temp filesystem, removed afterwards."""
-    path = Path(tempfile.mkdtemp(prefix=prefix))
-    try:
-        yield path
-    finally:
-        shutil.rmtree(path, ignore_errors=True)
-
-
-#: Frames between commits (fsync + metadata) of the disk stores, here and in T_io.
-#: A commit is where the data reaches the disk; the stores' defaults (256 and 1024
-#: frames, or 5 s) would put all of it at the close of these short runs.
-COMMIT_EVERY = 8
-
-
-def make_store(kind: str, path: Path) -> Any:
-    if kind == "npy":
-        return snapsink.NpyDirectory(path, commit_every=COMMIT_EVERY)
-    if kind == "zarr":
-        return snapsink.ZarrStore(path, commit_every=COMMIT_EVERY)
-    if kind == "memory":
-        return snapsink.HostMemory()
-    raise ValueError(f"unknown store kind {kind!r}")
-
-
-def make_policy(name: str, spill_dir: Path) -> str | snapsink.Spill:
-    return snapsink.Spill(spill_dir) if name == "spill" else name
-
-
-def io_alone(kind: str, fields: dict[str, Any], frames: int, every: int, where: Path) -> float:
-    """Seconds to write ``frames`` copies of ``fields`` synchronously to a fresh store."""
-    store = make_store(kind, where / f"io-{kind}")
-    schema = snapsink.Schema.infer(fields)
-    host = {
-        k: (np.asarray(v) if isinstance(v, np.ndarray) else np.float64(v))
-        for k, v in fields.items()
-    }
-    if inspect.iscoroutinefunction(store.append):
-
-        async def body() -> None:
-            await store.open()
-            await store.prepare(schema, times=True)
-            for i in range(frames):
-                step = (i + 1) * every
-                await store.append(Batch([Frame(step, step * 0.01, host)]))
-            await store.commit()
-            await store.close()
-
-        t0 = time.perf_counter()
-        anyio.run(body)
-        return time.perf_counter() - t0
-    t0 = time.perf_counter()
-    store.open()
-    store.prepare(schema, times=True)
-    for i in range(frames):
-        step = (i + 1) * every
-        store.append(Batch([Frame(step, step * 0.01, host)]))
-    store.commit()
-    store.close()
-    return time.perf_counter() - t0
-
-
-# -- the loops ---------------------------------------------------------------------------
-@dataclass
-class LoopResult:
-    t_total: float
-    step_times: list[float]
-    stats: snapsink.SinkStatistics | None = None
-    t_write: float = 0.0  # inside write() calls (capture, waiting for room)
-    t_close: float = 0.0  # after the last write: draining, final commit, close
-
-
-def compute_alone(kernel: Stencil, frames: int, every: int) -> LoopResult:
-    """The simulation loop without snapshots (the diagnostic is still computed)."""
-    steps: list[float] = []
-    t0 = time.perf_counter()
-    for _ in range(frames):
-        for _ in range(every):
-            s0 = time.perf_counter()
-            kernel.step()
-            steps.append(time.perf_counter() - s0)
-        kernel.frame()
-    return LoopResult(time.perf_counter() - t0, steps)
-
-
-def loop_sync(
-    kernel: Stencil, store: Any, policy: Any, frames: int, every: int, capacity: int
-) -> LoopResult:
-    steps: list[float] = []
-    t_write = 0.0
-    t0 = time.perf_counter()
-    with snapsink.SyncSink(store, capacity=capacity, policy=policy) as sink:
-        for i in range(frames):
-            for _ in range(every):
-                s0 = time.perf_counter()
-                kernel.step()
-                steps.append(time.perf_counter() - s0)
-            step = (i + 1) * every
-            fields = kernel.frame()
-            w0 = time.perf_counter()
-            sink.write(fields, step=step, time=step * 0.01)
-            t_last = time.perf_counter()
-            t_write += t_last - w0
-    t_end = time.perf_counter()
-    return LoopResult(t_end - t0, steps, sink.statistics(), t_write, t_end - t_last)
-
-
-def loop_async(
-    kernel: Stencil, store: Any, policy: Any, frames: int, every: int, capacity: int
-) -> LoopResult:
-    async def body() -> LoopResult:
-        steps: list[float] = []
-        t_write = 0.0
-        t0 = t_last = time.perf_counter()
-        async with snapsink.Sink(store, capacity=capacity, policy=policy) as sink:
-            for i in range(frames):
-                for _ in range(every):
-                    s0 = time.perf_counter()
-                    kernel.step()
-                    steps.append(time.perf_counter() - s0)
-                step = (i + 1) * every
-                fields = kernel.frame()
-                w0 = time.perf_counter()
-                await sink.write(fields, step=step, time=step * 0.01)
-                t_last = time.perf_counter()
-                t_write += t_last - w0
-        t_end = time.perf_counter()
-        return LoopResult(t_end - t0, steps, sink.statistics(), t_write, t_end - t_last)
-
-    out: LoopResult = anyio.run(body)
-    return out
-
-
-LOOPS = {"async": loop_async, "sync": loop_sync}
-
-
-# -- one configuration -------------------------------------------------------------------
-@dataclass
-class Config:
-    label: str
-    kernel: Stencil
-    every: int
-    rows: list[tuple[str, str, str]]  # (store, policy, api)
-
-
-def run_config(
-    cfg: Config,
-    frames: int,
-    capacity: int,
-    where: Path,
-    repeats: int = 2,
-    verbose: bool = True,
-) -> list[dict[str, Any]]:
-    """Rows of one configuration, each the best of ``repeats`` runs.
-
-    The repeats are interleaved (compute alone, I/O alone, every row; again), so
-    a disturbance from other processes on a shared machine hits one sample, and
-    the minimum of each quantity is taken.
-    """
-    kernel, every = cfg.kernel, cfg.every
-    fields = kernel.frame()
-    kinds = list(dict.fromkeys(r[0] for r in cfg.rows))
-    alone: list[LoopResult] = []
-    t_io: dict[str, list[float]] = {k: [] for k in kinds}
-    runs: list[list[LoopResult]] = [[] for _ in cfg.rows]
-    for _ in range(repeats):
-        alone.append(compute_alone(kernel, frames, every))
-        for kind in kinds:
-            t_io[kind].append(io_alone(kind, fields, frames, every, where))
-            shutil.rmtree(where / f"io-{kind}", ignore_errors=True)
-        for n, (kind, policy, api) in enumerate(cfg.rows):
-            path = where / f"row{n}"
-            store = make_store(kind, path)
-            gc.collect()
-            if verbose:
-                print(
-                    f"  {cfg.label}: {STORE_LABEL[kind]} {policy} {api}",
-                    file=sys.stderr,
-                    flush=True,
-                )
-            res = LOOPS[api](
-                kernel, store, make_policy(policy, where / f"spill{n}"), frames, every, capacity
-            )
-            got = len(store) if kind == "memory" else len(snapsink.open(path))
-            assert res.stats is not None
-            assert got == res.stats.written == frames - res.stats.dropped, (got, res.stats)
-            runs[n].append(res)
-            del store
-            shutil.rmtree(path, ignore_errors=True)
-            shutil.rmtree(where / f"spill{n}", ignore_errors=True)
-    t_compute = min(a.t_total for a in alone)
-    step_alone = min(statistics.mean(a.step_times) for a in alone)
-    out = []
-    for (kind, policy, api), samples in zip(cfg.rows, runs, strict=True):
-        best = min(samples, key=lambda r: r.t_total)
-        tio = min(t_io[kind])
-        stats = best.stats
-        assert stats is not None
-        out.append(
-            {
-                "config": cfg.label,
-                "kernel": kernel.label,
-                "every": every,
-                "store": kind,
-                "policy": policy,
-                "api": api,
-                "frames": frames,
-                "frame_bytes": int(sum(np.asarray(v).nbytes for v in fields.values())),
-                "t_compute": t_compute,
-                "t_io": tio,
-                "t_total": best.t_total,
-                "exposed_io": best.t_total - t_compute,
-                "eta": (t_compute + tio - best.t_total) / tio,
-                # the same without the close: the last frames' write and final
-                # commit cannot overlap any compute (a constant, whatever the run)
-                "eta_before_close": (t_compute + tio - best.t_total + best.t_close) / tio,
-                "t_in_write": best.t_write,
-                "t_close": best.t_close,
-                "compute_slowdown": min(statistics.mean(r.step_times) for r in samples)
-                / step_alone,
-                "written": stats.written,
-                "dropped": stats.dropped,
-                "spilled": stats.spilled,
-                "peak_queued": stats.peak_queued,
-                "samples": {
-                    "t_total": [r.t_total for r in samples],
-                    "t_compute": [a.t_total for a in alone],
-                    "t_io": t_io[kind],
-                },
-            }
+    u = _field(spec["side"])
+    fields = {"u": u, "e": np.float64(1.0)}
+    where = Path(spec["dir"])
+    ce = spec["commit_every"]
+    t_io: dict[str, float] = {}
+    t_probe: dict[str, float] = {}
+    frames: dict[str, int] = {}
+    units: dict[str, dict[str, Any]] = {}
+    for store in spec["stores"]:
+        n = spec["probe_frames"]
+        t_probe[store] = min(
+            _common.io_alone(store, fields, n, where / f"probe-{store}", ce) / n for _ in range(2)
         )
-    return out
+        frames[store] = spec["frames"] or max(
+            2 * ce, ce * math.ceil(spec["io_seconds"] / t_probe[store] / ce)
+        )
+        n = frames[store]
+        t_io[store] = min(
+            _common.io_alone(store, fields, n, where / f"probe-{store}", ce) / n for _ in range(2)
+        )
+        units[store] = {}
+        for kind in spec["kinds"]:
+            target = t_io[store] * spec["compute_ratio"]
+            n_units, measured = _compute.calibrate(kind, target, spec["large_op"])
+            c = _compute.make(kind, n_units, spec["large_op"])
+            units[store][kind] = {
+                "units": n_units,
+                "step_seconds": measured,
+                "what": c.describe(),
+            }
+    return {"t_io_frame": t_io, "t_io_frame_probe": t_probe, "frames": frames, "units": units}
+
+
+def child_compute(spec: Mapping[str, Any]) -> dict[str, Any]:
+    """The loop with no I/O; a bare copy of each frame, timed apart (the capture floor)."""
+    c, u = _make_compute(spec), _field(spec["side"])
+    buf = np.empty_like(u)
+    side, frames = spec["side"], spec["frames"]
+    steps: list[float] = []
+    capture = 0.0
+    t0 = time.perf_counter()
+    for i in range(frames):
+        s0 = time.perf_counter()
+        e = c.step()
+        s1 = time.perf_counter()
+        steps.append(s1 - s0)
+        u[i % side, 0] = e
+        c0 = time.perf_counter()
+        np.copyto(buf, u)
+        capture += time.perf_counter() - c0
+    t_loop = time.perf_counter() - t0
+    return {
+        "t_loop": t_loop,
+        "capture": capture,
+        "t_compute": t_loop - capture,
+        "step_mean": statistics.mean(steps),
+    }
+
+
+def child_memmap(spec: Mapping[str, Any]) -> dict[str, Any]:
+    """The loop writing each frame into a preallocated ``.npy`` memmap, synchronously."""
+    c, u = _make_compute(spec), _field(spec["side"])
+    side, frames, every = spec["side"], spec["frames"], spec["commit_every"]
+    where = Path(spec["dir"]) / "memmap"
+    where.mkdir()
+    t0 = time.perf_counter()
+    mu = np.lib.format.open_memmap(
+        where / "u.npy", mode="w+", dtype=u.dtype, shape=(frames, *u.shape)
+    )
+    me = np.lib.format.open_memmap(where / "e.npy", mode="w+", dtype=np.float64, shape=(frames,))
+    for i in range(frames):
+        e = c.step()
+        u[i % side, 0] = e
+        mu[i] = u
+        me[i] = e
+        if (i + 1) % every == 0:
+            mu.flush()  # msync(MS_SYNC): the dirty pages on disk, as a commit's fsync
+            me.flush()
+    mu.flush()
+    me.flush()
+    del mu, me
+    t_total = time.perf_counter() - t0
+    got = np.load(where / "u.npy", mmap_mode="r").shape[0]
+    shutil.rmtree(where, ignore_errors=True)
+    assert got == frames, (got, frames)
+    return {"t_total": t_total}
+
+
+def child_io(spec: Mapping[str, Any]) -> dict[str, Any]:
+    """The same frames appended synchronously to a fresh store, no compute."""
+    fields = {"u": _field(spec["side"]), "e": np.float64(1.0)}
+    path = Path(spec["dir"]) / "io"
+    return {
+        "t_io": _common.io_alone(spec["store"], fields, spec["frames"], path, spec["commit_every"])
+    }
+
+
+def child_sink(spec: Mapping[str, Any]) -> dict[str, Any]:
+    """The loop writing each frame through snapsink (policy block)."""
+    c, u = _make_compute(spec), _field(spec["side"])
+    side, frames, kind = spec["side"], spec["frames"], spec["store"]
+    path = Path(spec["dir"]) / "sink"
+    requested = spec["writer"]
+    steps: list[float] = []
+    acc = {"t_write": 0.0, "t_open": 0.0}
+
+    def one(i: int) -> dict[str, Any]:
+        s0 = time.perf_counter()
+        e = c.step()
+        steps.append(time.perf_counter() - s0)
+        u[i % side, 0] = e
+        return {"u": u, "e": np.float64(e)}
+
+    if spec["api"] == "sync":
+        t0 = time.perf_counter()
+        store = _common.make_store(kind, path, spec["commit_every"])
+        kw = _common.sink_kwargs(snapsink.SyncSink, requested)
+        with snapsink.SyncSink(store, capacity=spec["capacity"], policy="block", **kw) as sink:
+            acc["t_open"] = time.perf_counter() - t0
+            writer = _common.writer_kind(sink, requested, store)
+            t_last = time.perf_counter()
+            for i in range(frames):
+                fields = one(i)
+                w0 = time.perf_counter()
+                sink.write(fields, step=i, time=i * 0.01)
+                t_last = time.perf_counter()
+                acc["t_write"] += t_last - w0
+        t_end = time.perf_counter()
+    else:
+
+        async def body() -> tuple[float, float, float, tuple[str, str], Any]:
+            t0 = time.perf_counter()
+            store = _common.make_store(kind, path, spec["commit_every"])
+            kw = _common.sink_kwargs(snapsink.Sink, requested)
+            sink = snapsink.Sink(store, capacity=spec["capacity"], policy="block", **kw)
+            async with sink:
+                acc["t_open"] = time.perf_counter() - t0
+                writer = _common.writer_kind(sink, requested, store)
+                t_last = time.perf_counter()
+                for i in range(frames):
+                    fields = one(i)
+                    w0 = time.perf_counter()
+                    await sink.write(fields, step=i, time=i * 0.01)
+                    t_last = time.perf_counter()
+                    acc["t_write"] += t_last - w0
+            return t0, t_last, time.perf_counter(), writer, sink
+
+        t0, t_last, t_end, writer, sink = anyio.run(body)
+    stats = sink.statistics()
+    got = len(snapsink.open(path))
+    shutil.rmtree(path, ignore_errors=True)
+    assert got == stats.written == frames, (got, stats, frames)
+    return {
+        "t_total": t_end - t0,
+        "t_open": acc["t_open"],
+        "t_write": acc["t_write"],
+        "t_close": t_end - t_last,
+        "step_mean": statistics.mean(steps),
+        "writer": writer[0],
+        "writer_how": writer[1],
+        "written": stats.written,
+        "dropped": stats.dropped,
+        "spilled": stats.spilled,
+        "peak_queued": stats.peak_queued,
+    }
+
+
+CHILDREN = {
+    "calibrate": child_calibrate,
+    "compute": child_compute,
+    "memmap": child_memmap,
+    "io": child_io,
+    "sink": child_sink,
+}
+
+
+# -- the parent ---------------------------------------------------------------------------
+def _variants(apis: list[str], writers: list[str]) -> list[tuple[str, str, str]]:
+    """(variant, api, writer): the references, then every snapsink loop."""
+    refs = [("compute", "", ""), ("memmap", "", ""), ("io", "", "")]
+    return refs + [("sink", a, w) for a in apis for w in writers]
 
 
 def run(
-    frames: int | None = None,
     quick: bool = False,
-    capacity: int = 8,
-    grid: int = GRID,
+    kinds: list[str] | None = None,
+    stores: list[str] | None = None,
+    apis: list[str] | None = None,
+    writer: str = "auto",
     repeats: int | None = None,
+    io_seconds: float | None = None,
+    frames: int | None = None,
+    capacity: int = 8,
+    side: int = SIDE,
+    compute_ratio: float = 1.0,
+    large_op: str = "exp",
+    mmap_threshold: int = _common.MMAP_THRESHOLD,
+    trim_threshold: int = _common.TRIM_THRESHOLD,
+    verbose: bool = True,
 ) -> dict[str, Any]:
-    """Calibrate ``k``, then measure every row; returns the JSON-able result."""
-    frames = frames or (16 if quick else 40)
-    repeats = repeats or (2 if quick else 3)
+    """Calibrate, then measure every (kind, store) group; returns the JSON-able result."""
+    kinds = kinds or list(_compute.KINDS)
+    stores = stores or (["npy"] if quick else list(STORES))
+    apis = apis or list(APIS)
+    repeats = repeats or (1 if quick else 3)
+    io_seconds = io_seconds or (1.0 if quick else 5.0)
+    writers = _common.writers_to_run(writer)
+    env = _common.child_env(mmap_threshold, trim_threshold)
+    ce = _common.COMMIT_EVERY
     load_before = os.getloadavg()
-    stencil = Stencil(grid)
-    step_s = time_step(stencil)
-    with scratch() as where:
-        # Calibrate: synchronous write time of one frame (one commit per 8 frames).
-        probes = []
-        for _ in range(2):
-            probes.append(io_alone("npy", stencil.frame(), 8, 1, where) / 8)
-            shutil.rmtree(where / "io-npy", ignore_errors=True)
-        probe = min(probes)
-        every = max(2, math.ceil(1.5 * probe / step_s))
-        main_rows = [(s, "block", a) for s in STORES for a in APIS]
-        if not quick:
-            main_rows += [(s, p, a) for s in STORES for p in POLICIES[1:] for a in APIS]
-        else:
-            main_rows += [("npy", p, "async") for p in POLICIES[1:]]
-        io_rows = [("npy", p, "async") for p in POLICIES] + [("npy", "block", "sync")]
-        if not quick:
-            io_rows += [("zarr", p, "async") for p in POLICIES] + [("zarr", "block", "sync")]
-        configs = [
-            Config("compute-bound", stencil, every, main_rows),
-            Config("sleep", Sleeper(grid, step_s), every, [("npy", "block", a) for a in APIS]),
-            Config("io-bound", stencil, 1, io_rows),
-        ]
-        rows: list[dict[str, Any]] = []
-        for cfg in configs:
-            rows.extend(run_config(cfg, frames, capacity, where, repeats))
+    t_start = time.perf_counter()
+
+    def log(msg: str) -> None:
+        if verbose:
+            print(f"  overlap: {msg}", file=sys.stderr, flush=True)
+
+    with _common.scratch("snapsink-overlap-") as where:
+        base = {"side": side, "commit_every": ce, "large_op": large_op, "dir": str(where)}
+        log("calibrating")
+        cal = _common.spawn(
+            SCRIPT,
+            {
+                **base,
+                "variant": "calibrate",
+                "stores": stores,
+                "kinds": kinds,
+                "compute_ratio": compute_ratio,
+                "probe_frames": 6 * ce,
+                "io_seconds": io_seconds,
+                "frames": frames,
+            },
+            env,
+        )
+        n_frames: dict[str, int] = cal["frames"]
+        groups = [(k, s) for s in stores for k in kinds]
+        variants = _variants(apis, writers)
+        samples: dict[tuple[str, str], dict[tuple[str, str, str], list[dict[str, Any]]]] = {
+            g: {v: [] for v in variants} for g in groups
+        }
+        for rep in range(repeats):
+            for kind, store in groups:
+                # rotate the order every round: no variant always runs first
+                order = variants[rep % len(variants) :] + variants[: rep % len(variants)]
+                for v in order:
+                    variant, api, w = v
+                    log(f"round {rep + 1}/{repeats}: {kind} {store} {variant} {api} {w}".rstrip())
+                    spec = {
+                        **base,
+                        "variant": variant,
+                        "kind": kind,
+                        "units": cal["units"][store][kind]["units"],
+                        "store": store,
+                        "frames": n_frames[store],
+                        "api": api,
+                        "writer": w,
+                        "capacity": capacity,
+                    }
+                    samples[(kind, store)][v].append(_common.spawn(SCRIPT, spec, env))
+    rows = [
+        _row(kind, store, v, samples[(kind, store)], cal, n_frames[store], side)
+        for kind, store in groups
+        for v in variants
+        if v[0] == "sink"
+    ]
     return {
         "benchmark": "overlap",
-        "machine": f"{platform.machine()} {platform.processor() or ''}".strip(),
-        "cpus": os.cpu_count(),
-        "python": platform.python_version(),
-        "numpy": np.__version__,
-        "snapsink": snapsink.__version__,
+        "version": 2,
+        **_common.machine(),
         "quick": quick,
-        "grid": grid,
+        "frame": f"{side}x{side} float32 + float64 scalar",
+        "frame_bytes": side * side * 4 + 8,
+        "side": side,
         "capacity": capacity,
-        "commit_every": COMMIT_EVERY,
+        "policy": "block",
+        "commit_every": ce,
         "repeats": repeats,
+        "io_seconds": io_seconds,
+        "compute_ratio": compute_ratio,
+        "large_op": large_op,
+        "writer_option": writer,
+        "writer_supported": {
+            "Sink": _common.writer_supported(snapsink.Sink),
+            "SyncSink": _common.writer_supported(snapsink.SyncSink),
+        },
+        "writers_requested": writers,
+        "malloc_env": _common.malloc_settings(env),
+        "openblas_env": {k: v for k, v in os.environ.items() if k.startswith("OPENBLAS_")},
         "loadavg_before": load_before,
         "loadavg_after": os.getloadavg(),
-        "step_seconds": step_s,
-        "npy_frame_write_seconds": probe,
+        "seconds": time.perf_counter() - t_start,
+        "calibration": cal,
         "rows": rows,
-        "targets": {"eta_npy_compute_bound_numpy": 0.8},
+        "targets": {"eta": TARGET_ETA, "loop_vs_memmap": TARGET_LOOP_VS_MEMMAP},
+    }
+
+
+def _row(
+    kind: str,
+    store: str,
+    v: tuple[str, str, str],
+    s: Mapping[tuple[str, str, str], list[dict[str, Any]]],
+    cal: Mapping[str, Any],
+    frames: int,
+    side: int,
+) -> dict[str, Any]:
+    comp, mm, io, runs = s[("compute", "", "")], s[("memmap", "", "")], s[("io", "", "")], s[v]
+    best = min(runs, key=lambda r: r["t_total"])
+    tc = min(r["t_compute"] for r in comp)
+    capture = min(r["capture"] for r in comp)
+    tio = min(r["t_io"] for r in io)
+    tmm = min(r["t_total"] for r in mm)
+    step_alone = min(r["step_mean"] for r in comp)
+    eta = (tc + tio - best["t_total"]) / tio
+    loop_vs_mm = best["t_total"] / tmm
+    return {
+        "kind": kind,
+        "compute": cal["units"][store][kind]["what"],
+        "store": store,
+        "api": v[1],
+        "writer_requested": v[2],
+        "writer": best["writer"],
+        "writer_how": best["writer_how"],
+        "frames": frames,
+        "frame_bytes": side * side * 4 + 8,
+        "t_compute": tc,
+        "t_io": tio,
+        "t_memmap": tmm,
+        "t_total": best["t_total"],
+        "capture": capture,
+        "compute_over_io": tc / tio,
+        "eta": eta,
+        # the capture floor: a sink must at least copy each frame, in the loop
+        "eta_floor": 1 - capture / tio,
+        # the best any sink could do: T_total >= max(T_compute + capture, T_io)
+        # (equal to eta_floor when T_compute + capture >= T_io)
+        "eta_best": (tc + tio - max(tc + capture, tio)) / tio,
+        # without the sink's start (a writer process spawning) and its close (the
+        # last frames' write and commit): what a long run tends to
+        "eta_loop": (tc + tio - (best["t_total"] - best["t_open"] - best["t_close"])) / tio,
+        "loop_vs_memmap": loop_vs_mm,
+        "memmap_vs_compute": tmm / tc,
+        "t_open": best["t_open"],
+        "t_close": best["t_close"],
+        "t_in_write": best["t_write"],
+        "compute_slowdown": min(r["step_mean"] for r in runs) / step_alone,
+        "written": best["written"],
+        "dropped": best["dropped"],
+        "spilled": best["spilled"],
+        "peak_queued": best["peak_queued"],
+        "meets_eta": eta >= TARGET_ETA,
+        "meets_loop_vs_memmap": loop_vs_mm <= TARGET_LOOP_VS_MEMMAP,
+        "samples": {
+            "t_total": [r["t_total"] for r in runs],
+            "t_compute": [r["t_compute"] for r in comp],
+            "capture": [r["capture"] for r in comp],
+            "t_io": [r["t_io"] for r in io],
+            "t_memmap": [r["t_total"] for r in mm],
+        },
     }
 
 
 def summary(r: dict[str, Any]) -> dict[str, Any]:
-    """The headline figures, for run.py's summary."""
-    main = [
-        x
-        for x in r["rows"]
-        if x["config"] == "compute-bound" and x["store"] == "npy" and x["policy"] == "block"
-    ]
-    return {f"eta, NpyDirectory block {x['api']}": x["eta"] for x in main}
+    """The headline figures, for run.py's summary: per kind, the worst row."""
+    out: dict[str, Any] = {}
+    for kind in dict.fromkeys(x["kind"] for x in r["rows"]):
+        rows = [x for x in r["rows"] if x["kind"] == kind]
+        out[f"eta, {kind}, worst row (>= {TARGET_ETA})"] = min(x["eta"] for x in rows)
+        out[f"loop / memmap loop, {kind}, worst row (<= {TARGET_LOOP_VS_MEMMAP})"] = max(
+            x["loop_vs_memmap"] for x in rows
+        )
+    return out
 
 
-def eta_cell(x: dict[str, Any], key: str = "eta") -> str:
-    """eta, in parentheses where frames were dropped (T_total then covers fewer writes)."""
-    return f"({x[key]:.2f})" if x["dropped"] else f"{x[key]:.2f}"
+def _mark(ok: bool) -> str:
+    return " " if ok else "!"
 
 
 def print_table(r: dict[str, Any]) -> None:
+    cal = r["calibration"]
+    io = ", ".join(
+        f"{_common.STORE_LABEL[s]} {t * 1e3:.2f} ms ({cal['frames'][s]} frames)"
+        for s, t in cal["t_io_frame"].items()
+    )
     print(
-        f"overlap: {r['grid']}x{r['grid']} float32 frames ({r['grid'] ** 2 * 4 / 2**20:.0f} MiB), "
-        f"capacity {r['capacity']}, {r['rows'][0]['frames']} frames per row; one stencil step "
-        f"{r['step_seconds'] * 1e3:.1f} ms, one NpyDirectory frame write "
-        f"{r['npy_frame_write_seconds'] * 1e3:.1f} ms"
+        f"overlap: {r['frame']} frames ({r['frame_bytes'] / 2**20:.0f} MiB), capacity "
+        f"{r['capacity']}, commit every {r['commit_every']}, policy block, best of "
+        f"{r['repeats']}; one frame's synchronous write: {io}"
+    )
+    print(
+        f"writer: --writer {r['writer_option']} (writer= option "
+        f"{'supported' if r['writer_supported']['Sink'] else 'absent: the consumer thread'}); "
+        f"children: {', '.join(f'{k}={v}' for k, v in r['malloc_env'].items())}"
     )
     head = (
-        f"{'config':<14}{'k':>3} {'store':<13}{'policy':<12}{'api':<6}"
-        f"{'T_comp':>8}{'T_io':>8}{'T_total':>8}{'exposed':>9}{'close':>7}{'eta':>7}{'eta<cl':>7}"
-        f"{'slowdn':>8}"
-        f"{'drop':>6}{'spill':>6}"
+        f"{'kind':<12}{'store':<13}{'api':<6}{'writer':<8}{'T_comp':>7}{'T_io':>7}{'T_mm':>7}"
+        f"{'T_total':>8}{'eta':>7}{'floor':>7}{'best':>6}{'eta_lp':>7}{'/mm':>7}{'open':>6}"
+        f"{'write':>6}{'close':>6}{'slowdn':>7}"
     )
     print(head)
     print("-" * len(head))
     for x in r["rows"]:
         print(
-            f"{x['config']:<14}{x['every']:>3} {STORE_LABEL[x['store']]:<13}{x['policy']:<12}"
-            f"{x['api']:<6}{x['t_compute']:>8.2f}{x['t_io']:>8.2f}{x['t_total']:>8.2f}"
-            f"{x['exposed_io']:>9.3f}{x['t_close']:>7.3f}{eta_cell(x):>7}"
-            f"{eta_cell(x, 'eta_before_close'):>7}{x['compute_slowdown']:>8.3f}"
-            f"{x['dropped']:>6}{x['spilled']:>6}"
+            f"{x['kind']:<12}{_common.STORE_LABEL[x['store']]:<13}{x['api']:<6}"
+            f"{x['writer']:<8}{x['t_compute']:>7.2f}{x['t_io']:>7.2f}{x['t_memmap']:>7.2f}"
+            f"{x['t_total']:>8.2f}{x['eta']:>6.2f}{_mark(x['meets_eta'])}{x['eta_floor']:>7.2f}"
+            f"{x['eta_best']:>6.2f}{x['eta_loop']:>7.2f}{x['loop_vs_memmap']:>6.2f}{_mark(x['meets_loop_vs_memmap'])}"
+            f"{x['t_open']:>6.2f}{x['t_in_write']:>6.2f}{x['t_close']:>6.2f}"
+            f"{x['compute_slowdown']:>7.2f}"
         )
     print(
-        "eta = (T_compute + T_io - T_total) / T_io (in parentheses: frames were dropped, so "
-        "less than T_io was written); close: T_total after the last write (draining, final "
-        "commit); eta<cl: eta without it; slowdn: compute step time with the sink / alone"
+        "eta = (T_compute + T_io - T_total) / T_io; floor = 1 - capture / T_io (capture: a bare "
+        "np.copyto of every frame, timed in the loop); best: the best eta any sink could reach, "
+        "with T_total = max(T_compute + capture, T_io) (the floor when T_compute + capture >= "
+        "T_io); eta_lp: eta without the sink's open and close; /mm: T_total over the "
+        "synchronous memmap loop's T_mm; open, write, close: seconds creating and entering the "
+        "sink, inside write() calls, and closing it; slowdn: compute step time with the sink / "
+        "alone"
     )
+    n_eta = sum(x["meets_eta"] for x in r["rows"])
+    n_mm = sum(x["meets_loop_vs_memmap"] for x in r["rows"])
     print(
-        "target: eta >= 0.8 for NpyDirectory, compute-bound, numpy kernel; "
-        f"load average {r['loadavg_before'][0]:.1f} before, {r['loadavg_after'][0]:.1f} after"
+        f"targets: eta >= {TARGET_ETA} ({n_eta}/{len(r['rows'])} rows), loop <= "
+        f"{TARGET_LOOP_VS_MEMMAP}x the memmap loop ({n_mm}/{len(r['rows'])} rows); ! marks a "
+        f"miss; load average {r['loadavg_before'][0]:.1f} before, {r['loadavg_after'][0]:.1f} "
+        f"after; {r['seconds']:.0f} s"
     )
+    for s, per in cal["units"].items():
+        what = "; ".join(f"{k}: {u['what']}" for k, u in per.items())
+        print(f"compute per step ({_common.STORE_LABEL[s]}): {what}")
+
+
+def _list(choices: tuple[str, ...]) -> Any:
+    def parse(text: str) -> list[str]:
+        items = [t.strip() for t in text.split(",") if t.strip()]
+        bad = sorted(set(items) - set(choices))
+        if bad:
+            raise argparse.ArgumentTypeError(
+                f"unknown {', '.join(bad)}; expected some of {', '.join(choices)}"
+            )
+        return items
+
+    return parse
 
 
 def main(argv: list[str] | None = None) -> dict[str, Any]:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("--quick", action="store_true", help="fewer frames and rows")
-    parser.add_argument("--frames", type=int, default=None, help="snapshots per row")
+    parser.add_argument("--quick", action="store_true", help="NpyDirectory only, 1 s of I/O")
+    parser.add_argument("--kinds", type=_list(_compute.KINDS), default=None)
+    parser.add_argument("--stores", type=_list(STORES), default=None)
+    parser.add_argument("--apis", type=_list(APIS), default=None)
+    parser.add_argument(
+        "--writer",
+        choices=(*_common.WRITER_CHOICES, "both"),
+        default="auto",
+        help="passed to Sink/SyncSink when they take writer=; both: thread and process rows",
+    )
+    parser.add_argument("--repeat", "--repeats", dest="repeats", type=int, default=None)
+    parser.add_argument("--io-seconds", type=float, default=None, help="I/O per case (5; 1)")
+    parser.add_argument("--frames", type=int, default=None, help="frames per case (overrides)")
     parser.add_argument("--capacity", type=int, default=8)
-    parser.add_argument("--grid", type=int, default=GRID)
-    parser.add_argument("--repeats", type=int, default=None, help="runs per row (best kept)")
-    parser.add_argument("--json", type=Path, default=None)
+    parser.add_argument("--side", type=int, default=SIDE, help="field side (1024: 4 MiB)")
+    parser.add_argument("--compute-ratio", type=float, default=1.0, help="T_compute / T_io")
+    parser.add_argument("--large-op", choices=("exp", "matmul"), default="exp")
+    parser.add_argument("--mmap-threshold", type=int, default=_common.MMAP_THRESHOLD)
+    parser.add_argument("--trim-threshold", type=int, default=_common.TRIM_THRESHOLD)
+    parser.add_argument(
+        "--json",
+        type=Path,
+        default=None,
+        help=f"where to write the result (default: {DEFAULT_JSON.relative_to(HERE.parent)}; "
+        "a --quick run writes none unless asked)",
+    )
+    parser.add_argument("--child", help=argparse.SUPPRESS)
     args = parser.parse_args(argv)
-    result = run(args.frames, args.quick, args.capacity, args.grid, args.repeats)
+    if args.child:
+        spec = json.loads(args.child)
+        print(json.dumps(CHILDREN[spec["variant"]](spec)))
+        return {}
+    result = run(
+        quick=args.quick,
+        kinds=args.kinds,
+        stores=args.stores,
+        apis=args.apis,
+        writer=args.writer,
+        repeats=args.repeats,
+        io_seconds=args.io_seconds,
+        frames=args.frames,
+        capacity=args.capacity,
+        side=args.side,
+        compute_ratio=args.compute_ratio,
+        large_op=args.large_op,
+        mmap_threshold=args.mmap_threshold,
+        trim_threshold=args.trim_threshold,
+    )
     print_table(result)
-    if args.json:
-        args.json.parent.mkdir(parents=True, exist_ok=True)
-        args.json.write_text(json.dumps(result, indent=2))
+    out = args.json or (None if args.quick else DEFAULT_JSON)
+    if out:
+        out.parent.mkdir(parents=True, exist_ok=True)
+        out.write_text(json.dumps(result, indent=2))
     return result
 
 

@@ -31,7 +31,13 @@ def _table(header: list[str], rows: list[list[str]]) -> list[str]:
     return [*out, ""]
 
 
+_STORE = {"memory": "HostMemory", "npy": "NpyDirectory", "zarr": "ZarrStore"}
+_API = {"async": "Sink", "sync": "SyncSink"}
+
+
 def small_frames(d: dict[str, Any]) -> list[str]:
+    if "rows" in d:
+        return _small_frames_rows(d)
     lines = [
         "### Small frames (`small_frames-cpu.json`)",
         "",
@@ -45,6 +51,30 @@ def small_frames(d: dict[str, Any]) -> list[str]:
         ["list.append (the floor)", f"{d['list_append_frames_per_s']:,.0f}", ""],
     ]
     return lines + _table(["API", "frames/s", "target"], rows)
+
+
+def _small_frames_rows(d: dict[str, Any]) -> list[str]:
+    lines = [
+        "### Small frames (`small_frames-cpu.json`)",
+        "",
+        f"Frames of three float64 scalars, capacity {d['capacity']}, {d['frames']:,} frames, "
+        f"through the writer named (`--writer {d.get('writer_option', 'auto')}`), on "
+        f"{d['machine']} (Python {d['python']}); from the first write to the return of "
+        "`flush()`.",
+        "",
+    ]
+    rows = [
+        [
+            _STORE[x["store"]],
+            "Sink (async)" if x["api"] == "async" else "SyncSink",
+            x["writer"],
+            f"{x['frames_per_s']:,.0f}",
+            f">= {x['target']:,}",
+        ]
+        for x in d["rows"]
+    ]
+    rows.append(["", "list.append (the floor)", "", f"{d['list_append_frames_per_s']:,.0f}", ""])
+    return lines + _table(["store", "API", "writer", "frames/s", "target"], rows)
 
 
 def throughput(d: dict[str, Any]) -> list[str]:
@@ -100,6 +130,8 @@ def memory(d: dict[str, Any]) -> list[str]:
 
 
 def overlap(d: dict[str, Any]) -> list[str]:
+    if d.get("version") == 2:
+        return _overlap_v2(d)
     lines = [
         "### Overlap (`overlap-cpu.json`)",
         "",
@@ -137,6 +169,102 @@ def overlap(d: dict[str, Any]) -> list[str]:
     ]
     lines += _table(header, rows)
     lines += ["Target: eta >= 0.8 for NpyDirectory, compute-bound, NumPy kernel.", ""]
+    return lines
+
+
+def _overlap_v2(d: dict[str, Any]) -> list[str]:
+    cal = d["calibration"]
+    io = ", ".join(
+        f"{_STORE[k]} {v * 1e3:.2f} ms ({cal['frames'][k]} frames)"
+        for k, v in cal["t_io_frame"].items()
+    )
+    lines = [
+        "### Overlap (`overlap-cpu.json`)",
+        "",
+        f"Frames of {d['frame_bytes'] / 2**20:.0f} MiB ({d['frame']}), capacity "
+        f"{d['capacity']}, policy block, commit every {d['commit_every']} frames (each an "
+        f"fsync); one compute step per frame, calibrated to the synchronous write of one "
+        f"frame ({io}). Each variant in a fresh process (malloc thresholds pinned), "
+        f"interleaved, best of {d['repeats']}. eta = (T_compute + T_io - T_total) / T_io; "
+        "floor: 1 - capture / T_io, where capture is a bare `np.copyto` of every frame; "
+        "eta without open/close leaves out the sink's start and final commit; loop / memmap: "
+        "T_total over the same loop writing into an `open_memmap` file flushed at the same "
+        "cadence.",
+        "",
+    ]
+    rows = [
+        [
+            r["kind"],
+            _STORE[r["store"]],
+            _API[r["api"]],
+            r["writer"],
+            f"{r['compute_over_io']:.2f}",
+            f"{r['eta']:.2f}",
+            f"{r['eta_floor']:.2f}",
+            f"{r['eta_loop']:.2f}",
+            f"{r['loop_vs_memmap']:.2f}",
+            f"{(r['compute_slowdown'] - 1) * 100:.1f}%",
+        ]
+        for r in d["rows"]
+    ]
+    header = [
+        "compute",
+        "store",
+        "API",
+        "writer",
+        "T_compute / T_io",
+        "eta",
+        "floor",
+        "eta without open/close",
+        "loop / memmap",
+        "slowdown",
+    ]
+    lines += _table(header, rows)
+    t = d["targets"]
+    lines += [
+        f"Targets: eta >= {t['eta']} for every kind of compute; loop time <= "
+        f"{t['loop_vs_memmap']}x the synchronous memmap loop.",
+        "",
+    ]
+    return lines
+
+
+def capture(d: dict[str, Any]) -> list[str]:
+    lines = [
+        "### Capture cost (`capture-cpu.json`)",
+        "",
+        f"The producer's time in `write()` against a bare `np.copyto` of the same frame into "
+        f"a preallocated buffer (no sink open), each timed between stretches of pure-Python "
+        f"compute ({d['gap_ratio']}x one frame's synchronous write); copyto in loop: the same "
+        f"copy timed between the writes, the sink running. {d['store']}, commit every "
+        f"{d['commit_every']}, capacity {d['capacity']}, best of {d['repeats']}.",
+        "",
+    ]
+    rows = [
+        [
+            r["size"],
+            _API[r["api"]],
+            r["writer"],
+            f"{r['write_mean'] * 1e3:.3f}",
+            f"{r['copy_mean'] * 1e3:.3f}",
+            f"{r['copy_in_loop_mean'] * 1e3:.3f}",
+            f"{r['ratio']:.2f}",
+            f"{r['ratio_median']:.2f}",
+        ]
+        for r in d["rows"]
+    ]
+    header = [
+        "frame",
+        "API",
+        "writer",
+        "write ms",
+        "copyto ms",
+        "copyto in loop ms",
+        "write / copyto",
+        "(medians)",
+    ]
+    lines += _table(header, rows)
+    lines += [f"Target: write <= {d['targets']['write_over_copyto']}x copyto (means).", ""]
     return lines
 
 
@@ -226,6 +354,7 @@ def render(results: Path) -> str:
         ("throughput-cpu.json", throughput),
         ("memory-cpu.json", memory),
         ("overlap-cpu.json", overlap),
+        ("capture-cpu.json", capture),
         ("baselines-cpu.json", baselines),
     ):
         d = _load(results, fname)

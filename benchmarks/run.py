@@ -1,12 +1,16 @@
 """Run the benchmark suite and print each benchmark's ratio table.
 
     python benchmarks/run.py [--quick] [--only small_frames,overlap,...] [--json-dir DIR]
+                             [--writer auto|thread|process|both]
 
 Benchmarks: ``small_frames``, ``throughput`` (skipped when benchmarks/throughput.py
-is absent), ``overlap`` and ``baselines``. Each is a sibling script with a
-``main(argv)`` that prints its table and returns its result; ``--quick`` passes
-each its smaller settings (the suite then takes about two minutes on two cores).
-With ``--json-dir`` every result is written there as ``<name>-cpu.json``.
+is absent), ``overlap``, ``capture`` and ``baselines``. Each is a sibling script
+with a ``main(argv)`` that prints its table and returns its result; ``--quick``
+passes each its smaller settings (the suite then takes a few minutes on two
+cores). ``--writer`` is passed to the benchmarks that take it (``both`` only to
+overlap and capture). With ``--json-dir`` every result is written there as
+``<name>-cpu.json``; without it a full run of overlap or capture writes its
+default ``benchmarks/results/<name>-cpu.json`` and the others write nothing.
 """
 
 from __future__ import annotations
@@ -23,25 +27,35 @@ HERE = Path(__file__).resolve().parent
 if str(HERE) not in sys.path:
     sys.path.insert(0, str(HERE))
 
-ORDER = ("small_frames", "throughput", "overlap", "baselines")
+ORDER = ("small_frames", "throughput", "overlap", "capture", "baselines")
+#: the benchmarks taking --writer, and whether they take --writer both
+WRITER_OPTION = {"small_frames": False, "overlap": True, "capture": True}
 
 
-def _argv(name: str, quick: bool, json_path: Path | None) -> list[str]:
+def _argv(name: str, quick: bool, json_path: Path | None, writer: str | None = None) -> list[str]:
     argv: list[str] = []
     if quick:
         # small_frames has no --quick: fewer frames and one repeat instead.
         argv += ["--frames", "50000", "--repeats", "1"] if name == "small_frames" else ["--quick"]
     if json_path is not None:
         argv += ["--json", str(json_path)]
+    if writer and name in WRITER_OPTION and (writer != "both" or WRITER_OPTION[name]):
+        argv += ["--writer", writer]
     return argv
 
 
 def main(argv: list[str] | None = None) -> int:
     """Run the suite; returns the number of benchmarks that failed."""
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("--quick", action="store_true", help="smaller settings (~2 minutes)")
+    parser.add_argument("--quick", action="store_true", help="smaller settings (a few minutes)")
     parser.add_argument("--only", help="comma-separated subset of " + ", ".join(ORDER))
     parser.add_argument("--json-dir", type=Path, default=None)
+    parser.add_argument(
+        "--writer",
+        choices=("auto", "thread", "process", "both"),
+        default=None,
+        help="the sink's writer, for the benchmarks that take it (default: theirs, auto)",
+    )
     args = parser.parse_args(argv)
     names = list(ORDER)
     if args.only:
@@ -69,7 +83,7 @@ def main(argv: list[str] | None = None) -> int:
         print(f"== {name}{' (quick)' if args.quick else ''}", flush=True)
         t0 = time.perf_counter()
         try:
-            result = module.main(_argv(name, args.quick, json_path))
+            result = module.main(_argv(name, args.quick, json_path, args.writer))
         except Exception:
             failed += 1
             traceback.print_exc()

@@ -1,10 +1,15 @@
 """Small-frame rate: frames of three float64 scalars through Sink and SyncSink.
 
-Prints frames/s for the async API and the sync facade into HostMemory, next to
-a baseline measured in the same run: appending the same frames to Python lists
+Prints frames/s for the async API and the sync facade into HostMemory and into
+NpyDirectory (its default commit settings), each through the default writer
+(``writer="auto"``: a thread for HostMemory, a writer process for NpyDirectory;
+``--writer`` passes another where this snapsink takes ``writer=``), next to a
+baseline measured in the same run: appending the same frames to Python lists
 (the cheapest thing a simulation loop could possibly do), and writes JSON.
+A rate runs from the first write to the return of ``flush()`` (every frame
+stored; on disk, committed). Targets: >= 100,000 frames/s async, >= 80,000 sync.
 
-    python benchmarks/small_frames.py [--frames N] [--json PATH]
+    python benchmarks/small_frames.py [--frames N] [--stores memory,npy] [--json PATH]
 """
 
 from __future__ import annotations
@@ -12,13 +17,23 @@ from __future__ import annotations
 import argparse
 import json
 import platform
+import sys
 import time
 from pathlib import Path
 from typing import Any
 
 import anyio
 
-import snapsink
+HERE = Path(__file__).resolve().parent
+if str(HERE) not in sys.path:
+    sys.path.insert(0, str(HERE))
+
+import _common  # noqa: E402  (sibling module)
+
+import snapsink  # noqa: E402
+
+STORES = ("memory", "npy")
+TARGETS = {"async": 100_000, "sync": 80_000}
 
 
 def _baseline(n: int) -> float:
@@ -33,65 +48,130 @@ def _baseline(n: int) -> float:
     return n / (time.perf_counter() - t0)
 
 
-def _async_rate(n: int, capacity: int) -> float:
-    store = snapsink.HostMemory()
+def _store(kind: str, where: Path) -> Any:
+    # the stores' own commit settings: small frames are where a low commit_every costs
+    return _common.make_store(kind, where / "frames", commit_every=None)
 
-    async def main() -> float:
-        async with snapsink.Sink(store, capacity=capacity) as sink:
+
+def _async_rate(n: int, capacity: int, kind: str, writer: str) -> tuple[float, str]:
+    with _common.scratch("snapsink-small-") as where:
+        store = _store(kind, where)
+        kw = _common.sink_kwargs(snapsink.Sink, writer)
+
+        async def main() -> tuple[float, str]:
+            async with snapsink.Sink(store, capacity=capacity, **kw) as sink:
+                used = _common.writer_kind(sink, writer, store)[0]
+                t0 = time.perf_counter()
+                for i in range(n):
+                    await sink.write({"e": 1.0 * i, "t": 2.0, "p": 3.0})
+                await sink.flush()
+                rate = n / (time.perf_counter() - t0)
+            return rate, used
+
+        rate, used = anyio.run(main)
+        got = _common.stored(kind, store, where / "frames")
+    assert got == n, (got, n)
+    return rate, used
+
+
+def _sync_rate(n: int, capacity: int, kind: str, writer: str) -> tuple[float, str]:
+    with _common.scratch("snapsink-small-") as where:
+        store = _store(kind, where)
+        kw = _common.sink_kwargs(snapsink.SyncSink, writer)
+        with snapsink.SyncSink(store, capacity=capacity, **kw) as sink:
+            used = _common.writer_kind(sink, writer, store)[0]
             t0 = time.perf_counter()
             for i in range(n):
-                await sink.write({"e": 1.0 * i, "t": 2.0, "p": 3.0})
-            await sink.flush()
-            return n / (time.perf_counter() - t0)
-
-    rate = anyio.run(main)
-    assert len(store) == n
-    return rate
-
-
-def _sync_rate(n: int, capacity: int) -> float:
-    store = snapsink.HostMemory()
-    with snapsink.SyncSink(store, capacity=capacity) as sink:
-        t0 = time.perf_counter()
-        for i in range(n):
-            sink.write({"e": 1.0 * i, "t": 2.0, "p": 3.0})
-        sink.flush()
-        rate = n / (time.perf_counter() - t0)
-    assert len(store) == n
-    return rate
+                sink.write({"e": 1.0 * i, "t": 2.0, "p": 3.0})
+            sink.flush()
+            rate = n / (time.perf_counter() - t0)
+        got = _common.stored(kind, store, where / "frames")
+    assert got == n, (got, n)
+    return rate, used
 
 
-def run(frames: int = 200_000, capacity: int = 4096, repeats: int = 3) -> dict[str, Any]:
+def run(
+    frames: int = 200_000,
+    capacity: int = 4096,
+    repeats: int = 3,
+    stores: list[str] | None = None,
+    writer: str = "auto",
+) -> dict[str, Any]:
     """Best of ``repeats`` runs of each variant, measured in one process."""
+    stores = stores or list(STORES)
     base = max(_baseline(frames) for _ in range(repeats))
-    arate = max(_async_rate(frames, capacity) for _ in range(repeats))
-    srate = max(_sync_rate(frames, capacity) for _ in range(repeats))
-    return {
+    rows = []
+    for kind in stores:
+        for api, fn in (("async", _async_rate), ("sync", _sync_rate)):
+            runs = [fn(frames, capacity, kind, writer) for _ in range(repeats)]
+            rate = max(r[0] for r in runs)
+            rows.append(
+                {
+                    "store": kind,
+                    "api": api,
+                    "writer_requested": writer,
+                    "writer": runs[0][1],
+                    "frames_per_s": rate,
+                    "vs_list_append": rate / base,
+                    "target": TARGETS[api],
+                    "meets_target": rate >= TARGETS[api],
+                    "samples": [r[0] for r in runs],
+                }
+            )
+    out: dict[str, Any] = {
         "benchmark": "small_frames",
         "machine": f"{platform.machine()} {platform.processor() or ''}".strip(),
         "python": platform.python_version(),
+        "snapsink": snapsink.__version__,
         "frames": frames,
         "capacity": capacity,
-        "async_frames_per_s": arate,
-        "sync_frames_per_s": srate,
+        "repeats": repeats,
+        "writer_option": writer,
+        "writer_supported": _common.writer_supported(snapsink.Sink),
         "list_append_frames_per_s": base,
-        "async_vs_list_append": arate / base,
-        "sync_vs_list_append": srate / base,
-        "targets": {"async_frames_per_s": 100_000, "sync_frames_per_s": 30_000},
+        "rows": rows,
+        "targets": {"async_frames_per_s": TARGETS["async"], "sync_frames_per_s": TARGETS["sync"]},
+    }
+    # the HostMemory figures under the keys of earlier results
+    for x in rows:
+        if x["store"] == "memory":
+            out[f"{x['api']}_frames_per_s"] = x["frames_per_s"]
+            out[f"{x['api']}_vs_list_append"] = x["vs_list_append"]
+    return out
+
+
+def summary(r: dict[str, Any]) -> dict[str, Any]:
+    """The headline figures, for run.py's summary: frames/s over the target."""
+    return {
+        f"frames/s / target, {_common.STORE_LABEL[x['store']]} {x['api']} {x['writer']}": x[
+            "frames_per_s"
+        ]
+        / x["target"]
+        for x in r["rows"]
     }
 
 
 def _row(label: str, rate: float, ratio: float, target: str) -> str:
-    return f"{label:<26}{rate:>14,.0f}{ratio:>16.3f}{target:>12}"
+    return f"{label:<36}{rate:>14,.0f}{ratio:>16.3f}{target:>12}"
 
 
 def print_table(r: dict[str, Any]) -> None:
     print(f"small frames (3 x float64), {r['frames']} frames, capacity {r['capacity']}")
-    print(f"{'variant':<26}{'frames/s':>14}{'vs list.append':>16}{'target':>12}")
-    base = r["list_append_frames_per_s"]
-    print(_row("list.append (baseline)", base, 1.0, ""))
-    print(_row("Sink (async)", r["async_frames_per_s"], r["async_vs_list_append"], ">= 100,000"))
-    print(_row("SyncSink", r["sync_frames_per_s"], r["sync_vs_list_append"], ">= 30,000"))
+    print(f"{'variant':<36}{'frames/s':>14}{'vs list.append':>16}{'target':>12}")
+    print(_row("list.append (baseline)", r["list_append_frames_per_s"], 1.0, ""))
+    for x in r["rows"]:
+        api = "Sink (async)" if x["api"] == "async" else "SyncSink"
+        label = f"{api}, {_common.STORE_LABEL[x['store']]}, {x['writer']}"
+        miss = "" if x["meets_target"] else "  MISS"
+        print(_row(label, x["frames_per_s"], x["vs_list_append"], f">= {x['target']:,}") + miss)
+
+
+def _stores(text: str) -> list[str]:
+    items = [t.strip() for t in text.split(",") if t.strip()]
+    bad = sorted(set(items) - set(STORES))
+    if bad:
+        raise argparse.ArgumentTypeError(f"unknown {', '.join(bad)}; expected memory and/or npy")
+    return items
 
 
 def main(argv: list[str] | None = None) -> dict[str, Any]:
@@ -99,9 +179,17 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     parser.add_argument("--frames", type=int, default=200_000)
     parser.add_argument("--capacity", type=int, default=4096)
     parser.add_argument("--repeats", type=int, default=3)
+    parser.add_argument("--stores", type=_stores, default=None, help="memory,npy (both)")
+    parser.add_argument(
+        "--writer",
+        choices=_common.WRITER_CHOICES,
+        default="auto",
+        help="passed to Sink/SyncSink when they take writer=",
+    )
     parser.add_argument("--json", type=Path, default=None)
     args = parser.parse_args(argv)
-    result = run(args.frames, args.capacity, args.repeats)
+    _common.writers_to_run(args.writer)  # refuses a writer this snapsink cannot run
+    result = run(args.frames, args.capacity, args.repeats, args.stores, args.writer)
     print_table(result)
     if args.json:
         args.json.parent.mkdir(parents=True, exist_ok=True)

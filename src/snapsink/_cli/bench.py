@@ -23,13 +23,20 @@ __all__ = ["add_parser", "find_benchmarks", "run"]
 def add_parser(sub: Any) -> None:
     p = sub.add_parser(
         "bench",
-        help="run the benchmarks (overlap, baselines, throughput, small frames) and print ratios",
+        help="run the benchmarks (overlap, capture, baselines, throughput, small frames) "
+        "and print ratios",
         description=__doc__.split("\n\n")[0] if __doc__ else None,
     )
-    p.add_argument("--quick", action="store_true", help="a smaller suite, under ~2 minutes")
+    p.add_argument("--quick", action="store_true", help="a smaller suite, a few minutes")
     p.add_argument(
         "--only",
-        help="comma-separated benchmarks to run (small_frames, throughput, overlap, baselines)",
+        help="comma-separated benchmarks to run "
+        "(small_frames, throughput, overlap, capture, baselines)",
+    )
+    p.add_argument(
+        "--writer",
+        choices=("auto", "thread", "process", "both"),
+        help="the sink's writer in the benchmarks that take it (both: thread and process rows)",
     )
     p.add_argument("--json-dir", help="write each benchmark's JSON result into this directory")
     p.set_defaults(handler=run)
@@ -71,5 +78,7 @@ def run(args: argparse.Namespace) -> int:
         argv += ["--only", args.only]
     if args.json_dir:
         argv += ["--json-dir", args.json_dir]
+    if getattr(args, "writer", None):
+        argv += ["--writer", args.writer]
     failed: int = module.main(argv)
     return 1 if failed else 0

@@ -1,0 +1,249 @@
+"""Shared helpers of the benchmark scripts (not a benchmark: run.py does not list it).
+
+- ``scratch``: a temporary directory, removed afterwards;
+- stores: ``make_store`` and ``io_alone`` (the same frames appended synchronously);
+- the writer option (``writer="auto" | "process" | "thread"`` of ``Sink`` and
+  ``SyncSink``), passed only when this snapsink has it, and the kind a sink used;
+- fresh child processes with glibc's allocator thresholds pinned (``spawn``).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import inspect
+import json
+import os
+import pickle
+import platform
+import shutil
+import subprocess
+import sys
+import tempfile
+import time
+from collections.abc import Iterator, Mapping
+from pathlib import Path
+from typing import Any
+
+import anyio
+import numpy as np
+
+import snapsink
+from snapsink import Batch, Frame
+
+STORE_LABEL = {"npy": "NpyDirectory", "zarr": "ZarrStore", "memory": "HostMemory"}
+
+#: Frames between commits (fsync + metadata) of the disk stores, in the sink and
+#: in the synchronous references alike: each case pays real fsyncs.
+COMMIT_EVERY = 8
+
+
+@contextlib.contextmanager
+def scratch(prefix: str = "snapsink-bench-") -> Iterator[Path]:
+    """A temporary directory on the default temp filesystem, removed afterwards."""
+    path = Path(tempfile.mkdtemp(prefix=prefix))
+    try:
+        yield path
+    finally:
+        shutil.rmtree(path, ignore_errors=True)
+
+
+def machine() -> dict[str, Any]:
+    """What the JSON results record about the machine and the software."""
+    return {
+        "machine": f"{platform.machine()} {platform.processor() or ''}".strip(),
+        "cpus": os.cpu_count(),
+        "python": platform.python_version(),
+        "numpy": np.__version__,
+        "snapsink": snapsink.__version__,
+    }
+
+
+# -- stores ------------------------------------------------------------------------------
+def make_store(kind: str, path: Path, commit_every: int | None = COMMIT_EVERY) -> Any:
+    """A fresh store of ``kind`` (npy, zarr, memory); ``commit_every=None``: its default."""
+    kw: dict[str, Any] = {} if commit_every is None else {"commit_every": commit_every}
+    if kind == "npy":
+        return snapsink.NpyDirectory(path, **kw)
+    if kind == "zarr":
+        return snapsink.ZarrStore(path, **kw)
+    if kind == "memory":
+        return snapsink.HostMemory()
+    raise ValueError(f"unknown store kind {kind!r}; expected npy, zarr or memory")
+
+
+def stored(kind: str, store: Any, path: Path) -> int:
+    """Frames a finished run left in its store (read back)."""
+    return len(store) if kind == "memory" else len(snapsink.open(path))
+
+
+def io_alone(
+    kind: str,
+    fields: Mapping[str, Any],
+    frames: int,
+    path: Path,
+    commit_every: int | None = COMMIT_EVERY,
+) -> float:
+    """Seconds to append ``frames`` copies of ``fields`` synchronously to a fresh store.
+
+    Open, prepare, appends, commits, close: what the sink's consumer does, with
+    no capture, no channel and no compute. ``path`` is removed afterwards.
+    """
+    store = make_store(kind, path, commit_every)
+    schema = snapsink.Schema.infer(dict(fields))
+    host = {k: np.asarray(v) for k, v in fields.items()}
+    try:
+        if inspect.iscoroutinefunction(store.append):
+
+            async def body() -> None:
+                await store.open()
+                await store.prepare(schema, times=True)
+                for i in range(frames):
+                    await store.append(Batch([Frame(i, i * 0.01, host)]))
+                await store.commit()
+                await store.close()
+
+            t0 = time.perf_counter()
+            anyio.run(body)
+            return time.perf_counter() - t0
+        t0 = time.perf_counter()
+        store.open()
+        store.prepare(schema, times=True)
+        for i in range(frames):
+            store.append(Batch([Frame(i, i * 0.01, host)]))
+        store.commit()
+        store.close()
+        return time.perf_counter() - t0
+    finally:
+        shutil.rmtree(path, ignore_errors=True)
+
+
+# -- the writer option -------------------------------------------------------------------
+WRITER_CHOICES = ("auto", "process", "thread")
+
+
+def writer_supported(cls: Any = None) -> bool:
+    """Whether ``cls`` (default ``snapsink.Sink``) takes ``writer=``."""
+    try:
+        params = inspect.signature(cls or snapsink.Sink).parameters
+    except (TypeError, ValueError):  # pragma: no cover - a C-level or odd signature
+        return False
+    return "writer" in params
+
+
+def sink_kwargs(cls: Any, writer: str) -> dict[str, Any]:
+    """``{"writer": writer}`` when ``cls`` takes it, else nothing (this snapsink's default)."""
+    return {"writer": writer} if writer_supported(cls) else {}
+
+
+def writers_to_run(option: str) -> list[str]:
+    """The ``--writer`` option as a list of writers to pass (``both``: thread and process).
+
+    Raises SystemExit when a writer is asked for that this snapsink cannot run.
+    """
+    if option == "both":
+        return ["thread", "process"] if writer_supported() else ["auto"]
+    if option == "process" and not writer_supported():
+        raise SystemExit(
+            "--writer process: this snapsink's Sink has no writer= option (only its "
+            "consumer thread); use --writer auto or thread"
+        )
+    return [option]
+
+
+def writer_kind(sink: Any, requested: str, store: Any) -> tuple[str, str]:
+    """The writer a sink used, and how that was found out.
+
+    Asks the sink (an attribute ``writer_kind`` or ``writer``, or a ``writer``
+    field of its statistics); otherwise applies the documented rule of ``auto``:
+    a process when the store can be rebuilt in one (its ``describe()`` returns a
+    picklable ``snapsink.StoreSpec``: the disk stores), else a thread (HostMemory,
+    a local subclass). A snapsink without the ``writer=`` option only has a
+    consumer thread.
+    """
+    cls = type(sink)
+    if not writer_supported(cls):
+        return "thread", "no writer= option"
+    inner = getattr(sink, "_sink", None)  # SyncSink wraps a Sink
+    for obj in (sink, inner):
+        if obj is None:
+            continue
+        for attr in ("writer_kind", "writer"):
+            value = getattr(obj, attr, None)
+            if isinstance(value, str) and value in ("process", "thread"):
+                return value, f"sink.{attr}"
+        with contextlib.suppress(Exception):
+            value = getattr(obj.statistics(), "writer", None)
+            if isinstance(value, str) and value in ("process", "thread"):
+                return value, "statistics().writer"
+    if requested != "auto":
+        return requested, "requested"
+    return ("process" if _movable(store) else "thread"), "auto rule (store.describe())"
+
+
+def _movable(store: Any) -> bool:
+    """Whether ``store`` describes itself for a writer process (the rule of ``auto``)."""
+    spec_cls = getattr(snapsink, "StoreSpec", None)
+    describe = getattr(store, "describe", None)
+    if spec_cls is None or getattr(store, "wants_device", False) or not callable(describe):
+        return False
+    try:
+        spec = describe()
+        pickle.dumps(spec)
+    except Exception:
+        return False
+    return isinstance(spec, spec_cls)
+
+
+# -- child processes ---------------------------------------------------------------------
+#: glibc's dynamic mmap threshold makes the cost of NumPy temporaries depend on the
+#: heap's history: until a large block has been freed, temporaries above 128 KiB
+#: are mmapped and page-faulted on every allocation; afterwards they come from the
+#: heap. Compute alone then varies ~2x between processes. Pinning the threshold
+#: (32 MiB: the cap of glibc's own dynamic threshold on 64-bit) fixes the state for
+#: every child. Pinning it also stops glibc raising the trim threshold with it
+#: (to twice the mmap threshold), which would leave the 128 KiB default and have
+#: every freed temporary at the heap's top trimmed and faulted back in: 5x slower
+#: small ops. So the trim threshold is pinned too, where glibc would have put it.
+MMAP_THRESHOLD = 32 << 20
+TRIM_THRESHOLD = 64 << 20
+
+
+def child_env(
+    mmap_threshold: int = MMAP_THRESHOLD, trim_threshold: int = TRIM_THRESHOLD
+) -> dict[str, str]:
+    """The environment of a benchmark child: this one, allocator pinned, this snapsink.
+
+    ``0`` leaves a threshold as the environment has it. OPENBLAS_* and the other
+    settings of the environment are kept as they are.
+    """
+    env = dict(os.environ)
+    if mmap_threshold:
+        env["MALLOC_MMAP_THRESHOLD_"] = str(mmap_threshold)
+    if trim_threshold:
+        env["MALLOC_TRIM_THRESHOLD_"] = str(trim_threshold)
+    # the child imports the snapsink this process imported (a checkout's src/ or a copy)
+    src = Path(snapsink.__file__).resolve().parents[1]
+    env["PYTHONPATH"] = os.pathsep.join(p for p in (str(src), env.get("PYTHONPATH", "")) if p)
+    return env
+
+
+def malloc_settings(env: Mapping[str, str]) -> dict[str, str | None]:
+    return {k: env.get(k) for k in ("MALLOC_MMAP_THRESHOLD_", "MALLOC_TRIM_THRESHOLD_")}
+
+
+def spawn(script: str | Path, spec: Mapping[str, Any], env: Mapping[str, str]) -> dict[str, Any]:
+    """Run ``script --child SPEC`` in a fresh interpreter; its last stdout line is JSON."""
+    proc = subprocess.run(
+        [sys.executable, str(script), "--child", json.dumps(dict(spec))],
+        capture_output=True,
+        text=True,
+        env=dict(env),
+        check=False,
+    )
+    if proc.returncode:
+        raise RuntimeError(
+            f"{Path(script).name} child {json.dumps(dict(spec))} failed "
+            f"(exit {proc.returncode}):\n{proc.stderr[-4000:]}"
+        )
+    out: dict[str, Any] = json.loads(proc.stdout.strip().splitlines()[-1])
+    return out
