@@ -82,6 +82,9 @@ class Writer:
         self.prepared = False
         self.ring: _shm.Ring | None = None
         self.slots: dict[int, _shm.SlotMemory] = {}
+        #: slot index -> (its mapping, [(name, view)]) for a schema without ragged fields
+        self.views: dict[int, tuple[_shm.SlotMemory, list[tuple[str, Any]]]] = {}
+        self.fixed_layout: list[Any] | None = None
         self.spill_dir: Path | None = None
         self.batch_limit = 1
         self.byte_budget: int | None = None
@@ -163,7 +166,12 @@ class Writer:
             raise RuntimeError(f"writer: ring record {expected} holds frame {seq}")
         schema = self.schema
         assert schema is not None
-        layout, _ = _shm.frame_layout(schema, rows)
+        if rows:
+            layout, _ = _shm.frame_layout(schema, rows)
+        else:
+            if self.fixed_layout is None:
+                self.fixed_layout, _ = _shm.frame_layout(schema, rows)
+            layout = self.fixed_layout
         if kind == _shm.SPILLED:
             while self.spill_dir is None:
                 self.handle(block=True, timeout=_TICK)
@@ -181,10 +189,12 @@ class Writer:
                 raise RuntimeError(f"writer: slot {where} generation {gen} never arrived")
             self.handle(block=True, timeout=_TICK)
             slot = self.slots.get(where)
-        out = {}
-        for name, field, offset, _, shape in layout:
-            arr = slot.view(offset, field, shape)
-            out[name] = arr[()] if not shape else arr
+        views = None if rows else self.views.get(where)
+        if views is None or views[0] is not slot:
+            views = (slot, [(n, slot.view(o, f, shape)) for n, f, o, _, shape in layout])
+            if not rows:  # a fixed layout: the same views for every frame of this mapping
+                self.views[where] = views
+        out = {name: (arr[()] if not arr.ndim else arr) for name, arr in views[1]}
         return Frame(step, time if has_time else None, out), None
 
     def pending(self) -> int:

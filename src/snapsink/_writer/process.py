@@ -296,6 +296,7 @@ class ProcessChannel(Channel):
         self.writer = writer
         self.ring: _shm.Ring | None = None
         self.inflight: collections.deque[Entry] = collections.deque()
+        self.inflight_slots = 0  # published frames that hold a slot (not spilled)
         self.published = 0
         self.window = max(1, capacity // 2) if policy == "drop_oldest" else capacity
         self.nrecords = max(1024, 4 * capacity)
@@ -303,6 +304,7 @@ class ProcessChannel(Channel):
         self._spill_sent = False
         self._schema_sent = False
         self._rows: list[int] = []
+        self._fixed_layout: tuple[list[Any], int] | None = None
         self._registered: dict[int, Any] = {}  # slot index -> mapping registered with CUDA
 
     # -- capture into shared slots ---------------------------------------------------
@@ -311,22 +313,38 @@ class ProcessChannel(Channel):
     ) -> tuple[dict[str, np.ndarray[Any, Any]], Completion | None]:
         schema = self.schema
         assert schema is not None
-        rows = [int(value.shape[0]) for _, field, value in items if field.ragged]
-        layout, total = _shm.frame_layout(schema, rows)
+        if schema.ragged:
+            rows = [int(value.shape[0]) for _, field, value in items if field.ragged]
+            layout, total = _shm.frame_layout(schema, rows)
+        else:  # the same layout for every frame
+            rows = []
+            if self._fixed_layout is None:
+                self._fixed_layout = _shm.frame_layout(schema, rows)
+            layout, total = self._fixed_layout
         self._rows = rows
         mem: _shm.SlotMemory | None = slot.shared
         if mem is None or mem.size < total:
             mem = self._grow(slot, total)
         device: list[tuple[str, Field, Any]] = []
         views: dict[str, np.ndarray[Any, Any]] = {}
+        # A fixed layout keeps its views in the slot (made once per mapping).
+        cached = slot.buffers if not rows else None
         for (name, field, offset, nbytes, shape), (_, _, value) in zip(layout, items, strict=True):
             kind = type(value)
             if kind is not np.ndarray and kind is not float and is_device_array(value):
                 device.append((name, field, value))
                 views[name] = mem.array[offset : offset + nbytes]
+                continue
+            # Host arrays are always copied: the writer cannot see the caller's memory.
+            view = cached.get(name) if cached is not None else None
+            if view is None:
+                view = mem.view(offset, field, shape)
+                if cached is not None:
+                    cached[name] = view
+            if shape:
+                np.copyto(view, value, casting="unsafe")
             else:
-                # Host arrays are always copied: the writer cannot see the caller's memory.
-                np.copyto(mem.view(offset, field, shape), value, casting="unsafe")
+                view[()] = value  # a scalar: validation checked the cast is safe
         if not device:
             return {}, None
         if self.device is None:
@@ -350,6 +368,7 @@ class ProcessChannel(Channel):
         mem = _shm.SlotMemory.create(size, 1 if old is None else old.gen + 1)
         self.writer.send(("slot", slot.index, mem.gen, mem.size), (mem.fd,))
         mem.close()  # the mapping stays; the writer holds its own descriptor
+        slot.buffers.clear()  # views of the old mapping
         if self.device is not None:
             self.device.forget_host(slot.index)
         slot.shared = mem
@@ -395,7 +414,7 @@ class ProcessChannel(Channel):
             start = self.published
             pub = start
             done = ring.get(_shm.DONE)
-            slots = sum(1 for e in self.inflight if e.slot is not None)
+            slots = self.inflight_slots
             nbytes = 0
             while queue:
                 e = queue[0]
@@ -431,6 +450,7 @@ class ProcessChannel(Channel):
                 )
                 nbytes += e.size
                 self.inflight.append(e)
+            self.inflight_slots = slots
             if pub != start:
                 self.published = pub
                 ring.set(_shm.TAIL, pub)
@@ -498,6 +518,7 @@ class ProcessChannel(Channel):
         while inflight and inflight[0].pub <= upto:
             e = inflight.popleft()
             if e.slot is not None:
+                self.inflight_slots -= 1
                 self.pool.free.append(e.slot)
                 self.held -= 1
                 self.held_bytes -= e.size
@@ -546,6 +567,7 @@ class ProcessChannel(Channel):
         with self.lock:
             lost = list(self.inflight)
             self.inflight.clear()
+            self.inflight_slots = 0
             for e in lost:
                 if e.slot is not None:
                     self._unacquire(e.slot, e.size)
