@@ -305,7 +305,6 @@ class ProcessChannel(Channel):
         self._schema_sent = False
         self._rows: list[int] = []
         self._fixed_layout: tuple[list[Any], int] | None = None
-        self._registered: dict[int, Any] = {}  # slot index -> mapping registered with CUDA
 
     # -- capture into shared slots ---------------------------------------------------
     def _capture(
@@ -480,10 +479,15 @@ class ProcessChannel(Channel):
             return
         self.flushes = [(g, t) for g, t in self.flushes if t >= head]
         self._send_drops()
+        self._send_schema()
+        self.writer.send(("flush", max(due), self.published))
+
+    def _send_schema(self) -> None:
+        """Tell the writer the schema if no ring did yet (a flush or close before
+        any frame: the store is still prepared)."""
         if not self._schema_sent and self.schema is not None:
             self.writer.send(("schema", self.schema.to_json(), bool(self.clock.has_times)))
             self._schema_sent = True
-        self.writer.send(("flush", max(due), self.published))
 
     def pump(self) -> None:
         """Publish what may go now (called by the proxy thread and at close)."""
@@ -501,9 +505,7 @@ class ProcessChannel(Channel):
             if self.queue:
                 return False
             self._send_drops()
-            if not self._schema_sent and self.schema is not None:
-                self.writer.send(("schema", self.schema.to_json(), bool(self.clock.has_times)))
-                self._schema_sent = True
+            self._send_schema()
             return True
 
     # -- slots coming back ---------------------------------------------------------
