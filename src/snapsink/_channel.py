@@ -244,10 +244,10 @@ class Channel:
         copy: bool = True,
         stream: Any = None,
         nowait: bool = False,
-    ) -> tuple[int, Entry | None, bool]:
+    ) -> tuple[int, Entry | None]:
         """Try to accept one validated frame.
 
-        Returns ``(outcome, entry, woke_consumer)``: ``QUEUED`` (captured),
+        Returns ``(outcome, entry)``: ``QUEUED`` (captured),
         ``DROPPED``, ``WAIT`` (no room under block/spill-full: park and retry), or
         ``SPILL`` (the caller must write ``items`` with :meth:`spill_write` and
         then call :meth:`spill_done`).
@@ -273,13 +273,13 @@ class Channel:
             if slot is None:
                 policy = self.policy
                 if policy == "drop_newest":
-                    return self._drop(s, t), None, False
+                    return self._drop(s, t), None
                 if policy == "drop_oldest":
                     slot = self._evict_for(nbytes)
                     if slot is None:
-                        return self._drop(s, t), None, False
+                        return self._drop(s, t), None
                 elif policy == "block" or nowait:
-                    return WAIT, None, False
+                    return WAIT, None
                 else:
                     return self._offer_spill(s, t, nbytes, items)
             try:
@@ -299,17 +299,19 @@ class Channel:
             if self.pending > self.peak:
                 self.peak = self.pending
             if self.publishes:
-                return QUEUED, entry, self._queued(entry, items)
+                self._queued(entry, items)
+                return QUEUED, entry
             waker = self.consumer_waker
-            if waker is None or (len(self.queue) < self.wake_frames and nbytes < self.wake_bytes):
-                return QUEUED, entry, False
-            self.consumer_waker = None
-            waker.wake()
-            return QUEUED, entry, True
+            if waker is not None and (
+                len(self.queue) >= self.wake_frames or nbytes >= self.wake_bytes
+            ):
+                self.consumer_waker = None
+                waker.wake()
+            return QUEUED, entry
 
     def _offer_spill(
         self, step: int, time: float | None, nbytes: int, items: Sequence[tuple[str, Field, Any]]
-    ) -> tuple[int, Entry | None, bool]:
+    ) -> tuple[int, Entry | None]:
         policy = self.policy
         assert isinstance(policy, Spill)
         if (
@@ -317,7 +319,7 @@ class Channel:
             and self.spilled_bytes
             and (self.spilled_bytes + nbytes > policy.max_bytes)
         ):
-            return WAIT, None, False
+            return WAIT, None
         if self.spill_dir is None:
             self.spill_dir = SpillDir(policy)
         self.seq += 1
@@ -329,15 +331,14 @@ class Channel:
         self._accepted(step, time)
         if self.publishes:
             self._queued(entry, items)
-        return SPILL, entry, False
+        return SPILL, entry
 
     # -- hooks of a channel whose consumer is a writer process ---------------------
     #: accepted frames are published by the channel itself (no consumer takes them)
     publishes = False
 
-    def _queued(self, entry: Entry, items: Sequence[tuple[str, Field, Any]]) -> bool:
-        """An accepted frame (lock held); returns whether the consumer was woken."""
-        return False
+    def _queued(self, entry: Entry, items: Sequence[tuple[str, Field, Any]]) -> None:
+        """An accepted frame (lock held)."""
 
     def _reclaim(self) -> None:
         """No free slot: take back the slots of frames already stored (lock held)."""
@@ -469,13 +470,11 @@ class Channel:
             entry.ready = True
             self._wake_consumer()
 
-    def _wake_consumer(self) -> bool:
+    def _wake_consumer(self) -> None:
         waker = self.consumer_waker
-        if waker is None:
-            return False
-        self.consumer_waker = None
-        waker.wake()
-        return True
+        if waker is not None:
+            self.consumer_waker = None
+            waker.wake()
 
     def _wake_producers(self) -> None:
         waiters, self.room_waiters = self.room_waiters, []

@@ -347,10 +347,7 @@ class Sink:
                 await self._call(self._store.close)
             except Exception as err:
                 close_exc = err
-            if ch.spill_dir is not None:
-                ch.spill_dir.close()
-            if ch.device is not None:
-                ch.device.close()
+            self._release_capture(ch)
             self._state = "closed"
         ch.raise_failure()
         if close_exc is not None:
@@ -364,13 +361,18 @@ class Sink:
             with anyio.CancelScope(shield=True):
                 await anyio.to_thread.run_sync(writer.close)
         finally:
-            if ch.spill_dir is not None:
-                ch.spill_dir.close()
-            if ch.device is not None:
-                ch.device.close()
+            self._release_capture(ch)
             self._state = "closed"
             self._wake_flushers(None)
         ch.raise_failure()
+
+    @staticmethod
+    def _release_capture(ch: Channel) -> None:
+        """Remove the spill directory (if empty) and free the device stager."""
+        if ch.spill_dir is not None:
+            ch.spill_dir.close()
+        if ch.device is not None:
+            ch.device.close()
 
     def _require_open(self) -> Channel:
         ch = self._channel
@@ -449,7 +451,7 @@ class Sink:
             await self._yield(0)
         items = self._validate(ch, fields, step)
         while True:
-            outcome, entry, _ = ch.offer(items, step, time, copy=copy, stream=stream)
+            outcome, entry = ch.offer(items, step, time, copy=copy, stream=stream)
             if outcome == QUEUED or outcome == DROPPED:
                 return
             if outcome == SPILL:
@@ -502,7 +504,7 @@ class Sink:
         """
         ch = self._require_open()
         items = self._validate(ch, fields, step)
-        outcome, _, _ = ch.offer(items, step, time, copy=copy, stream=stream, nowait=True)
+        outcome, _ = ch.offer(items, step, time, copy=copy, stream=stream, nowait=True)
         if outcome not in (QUEUED, DROPPED):
             raise WouldBlock(
                 f"the channel is full ({ch.capacity} frames) and policy {ch.policy_name!r} "
@@ -522,7 +524,7 @@ class Sink:
         ch = self._require_open()
         items = self._validate(ch, fields, step)
         while True:
-            outcome, entry, _ = ch.offer(items, step, time, copy=copy, stream=stream)
+            outcome, entry = ch.offer(items, step, time, copy=copy, stream=stream)
             if outcome == QUEUED or outcome == DROPPED:
                 return
             if outcome == SPILL:

@@ -373,12 +373,12 @@ class ProcessChannel(Channel):
         slot.shared = mem
         return mem
 
-    def _queued(self, entry: Entry, items: Sequence[tuple[str, Field, Any]]) -> bool:
+    def _queued(self, entry: Entry, items: Sequence[tuple[str, Field, Any]]) -> None:
         if entry.slot is not None:
             entry.rows = self._rows  # counted by _capture, under the same lock
         else:
             entry.rows = [int(value.shape[0]) for _, field, value in items if field.ragged]
-        return self._pump()
+        self._pump()
 
     # -- publication ----------------------------------------------------------------
     def _ensure_ring(self) -> _shm.Ring:
@@ -402,12 +402,10 @@ class ProcessChannel(Channel):
             self._schema_sent = True
         return ring
 
-    def _pump(self) -> bool:
-        """Publish every queued frame that may go (lock held); send due flushes.
-        Returns True when the writer was woken."""
+    def _pump(self) -> None:
+        """Publish every queued frame that may go (lock held); send due flushes."""
         self._reap()
         queue = self.queue
-        woke = False
         if queue:
             ring = self._ensure_ring()
             start = self.published
@@ -458,14 +456,12 @@ class ProcessChannel(Channel):
                 ):
                     ring.set(_shm.IDLE, 0)
                     self.writer.send(("wake",))
-                    woke = True
             if queue:
                 ring.set(_shm.WANT_DONE, 1)  # call back when the writer advances
         if len(self.pending_dropped) >= _DROP_BATCH:
             self._send_drops()
         if self.flushes:
             self._send_flushes()
-        return woke
 
     def _send_drops(self) -> None:
         if self.pending_dropped:
@@ -551,11 +547,10 @@ class ProcessChannel(Channel):
                 self._pump()
         return super().park_producer(waker, nbytes)
 
-    def _wake_consumer(self) -> bool:
+    def _wake_consumer(self) -> None:
         # a spill file is written, or the sink closes: publish what may go
         if self.failure is None and self.writer.wire is not None:
-            return self._pump()
-        return False
+            self._pump()
 
     def request_flush(self) -> int:
         with self.lock:
