@@ -617,6 +617,13 @@ class Channel:
             )
 
 
+def remove_spill_files(entries: Sequence[Entry]) -> None:
+    """Remove the spill files of ``entries`` (stored, or discarded after a failure)."""
+    for e in entries:
+        if e.spill is not None:
+            SpillDir.remove(e.spill)
+
+
 def frame_nbytes(schema: Schema | None, items: Sequence[tuple[str, Field, Any]]) -> int:
     """Bytes of one validated frame."""
     assert schema is not None

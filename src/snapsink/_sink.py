@@ -36,6 +36,7 @@ from ._channel import (
     check_capacity,
     check_policy,
     frame_nbytes,
+    remove_spill_files,
 )
 from ._errors import ClosedSinkError, ConfigError, SchemaError, WouldBlock, WriterError
 from ._schema import Batch, Frame, Schema, StepClock, is_device_array
@@ -601,7 +602,7 @@ class Sink:
                 await self._consume_loop(ch)
         except Exception as exc:
             discarded = ch.fail(exc)
-            self._remove_spills(discarded)
+            remove_spill_files(discarded)
         except BaseException as exc:
             ch.fail(exc)
             raise
@@ -667,7 +668,7 @@ class Sink:
             ch.release(entries)
             spills = [e for e in entries if e.spill is not None]
             if spills:
-                await anyio.to_thread.run_sync(self._remove_spills, spills)
+                await anyio.to_thread.run_sync(remove_spill_files, spills)
         st.appended_seq = max(st.appended_seq, upto)
         return bool(entries or dropped)
 
@@ -699,7 +700,7 @@ class Sink:
                         e.completion.synchronize()
                 store.append(Batch(list(entries), dropped))  # entries are Frames
                 ch.release(entries)
-                self._remove_spills(entries)
+                remove_spill_files(entries)
                 small = len(entries) < ch.wake_frames and (
                     sum(e.size for e in entries) < ch.wake_bytes
                 )
@@ -732,9 +733,3 @@ class Sink:
             if e.completion is not None and not e.completion.done():
                 await e.completion.wait()
         return list(entries)  # entries are Frames
-
-    @staticmethod
-    def _remove_spills(entries: list[Entry]) -> None:
-        for e in entries:
-            if e.spill is not None:
-                SpillDir.remove(e.spill)

@@ -32,10 +32,10 @@ from typing import Any
 
 import numpy as np
 
-from .._channel import Channel, Entry, SinkStatistics
+from .._channel import Channel, Entry, SinkStatistics, remove_spill_files
 from .._errors import ConfigError, WriterError
 from .._schema import Field, Schema, StepClock, is_device_array
-from .._spill import Spill, SpillDir
+from .._spill import Spill
 from .._staging.host import Completion, Slot
 from .._store import Resume, StoreSpec
 from . import _shm
@@ -216,9 +216,7 @@ class ProcessWriter:
     def _fail(self, exc: BaseException) -> None:
         ch = self.channel
         assert ch is not None
-        for e in ch.fail(exc):
-            if e.spill is not None:
-                SpillDir.remove(e.spill)
+        remove_spill_files(ch.fail(exc))
         self.on_failed()
 
     def _exit_status(self) -> str:
@@ -254,8 +252,6 @@ class ProcessWriter:
     def abort(self) -> None:
         """Stop the writer without waiting for frames (startup failed)."""
         self._stop = True
-        if self.wire is not None:
-            self.wire.close()
         self._shutdown()
 
     def _shutdown(self) -> None:
