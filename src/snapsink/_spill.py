@@ -94,11 +94,16 @@ class SpillDir:
             arrays.append(arr)
             layout.append((name, field.dtype.str, tuple(arr.shape)))
         self._counter += 1
-        path = self.path / f"{self._counter:012d}.frame"
+        path = self.frame_path(self.path, self._counter)
         with open(path, "xb") as f:
             for arr in arrays:
                 f.write(arr.data if arr.size else b"")  # contiguous: no copy
         return SpillRecord(path, tuple(layout), sum(a.nbytes for a in arrays))
+
+    @staticmethod
+    def frame_path(directory: Path, counter: int) -> Path:
+        """The file of the ``counter``-th spilled frame (its stem is the counter)."""
+        return directory / f"{counter:012d}.frame"
 
     @staticmethod
     def read(record: SpillRecord) -> dict[str, np.ndarray[Any, Any]]:

@@ -176,7 +176,7 @@ class Writer:
             while self.spill_dir is None:
                 self.handle(block=True, timeout=_TICK)
             record = SpillRecord(
-                self.spill_dir / f"{where:012d}.frame",
+                SpillDir.frame_path(self.spill_dir, where),
                 tuple((n, f.dtype.str, shape) for n, f, _, _, shape in layout),
                 sum(nb for _, _, _, nb, _ in layout),
             )
