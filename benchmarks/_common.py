@@ -13,7 +13,6 @@ import contextlib
 import inspect
 import json
 import os
-import pickle
 import platform
 import shutil
 import subprocess
@@ -151,47 +150,13 @@ def writers_to_run(option: str) -> list[str]:
 
 
 def writer_kind(sink: Any, requested: str, store: Any) -> tuple[str, str]:
-    """The writer a sink used, and how that was found out.
+    """The writer a sink used (``sink.writer``), and how that was found out.
 
-    Asks the sink (an attribute ``writer_kind`` or ``writer``, or a ``writer``
-    field of its statistics); otherwise applies the documented rule of ``auto``:
-    a process when the store can be rebuilt in one (its ``describe()`` returns a
-    picklable ``snapsink.StoreSpec``: the disk stores), else a thread (HostMemory,
-    a local subclass). A snapsink without the ``writer=`` option only has a
-    consumer thread.
+    A snapsink without the ``writer=`` option only has a consumer thread.
     """
-    cls = type(sink)
-    if not writer_supported(cls):
+    if not writer_supported(type(sink)):
         return "thread", "no writer= option"
-    inner = getattr(sink, "_sink", None)  # SyncSink wraps a Sink
-    for obj in (sink, inner):
-        if obj is None:
-            continue
-        for attr in ("writer_kind", "writer"):
-            value = getattr(obj, attr, None)
-            if isinstance(value, str) and value in ("process", "thread"):
-                return value, f"sink.{attr}"
-        with contextlib.suppress(Exception):
-            value = getattr(obj.statistics(), "writer", None)
-            if isinstance(value, str) and value in ("process", "thread"):
-                return value, "statistics().writer"
-    if requested != "auto":
-        return requested, "requested"
-    return ("process" if _movable(store) else "thread"), "auto rule (store.describe())"
-
-
-def _movable(store: Any) -> bool:
-    """Whether ``store`` describes itself for a writer process (the rule of ``auto``)."""
-    spec_cls = getattr(snapsink, "StoreSpec", None)
-    describe = getattr(store, "describe", None)
-    if spec_cls is None or getattr(store, "wants_device", False) or not callable(describe):
-        return False
-    try:
-        spec = describe()
-        pickle.dumps(spec)
-    except Exception:
-        return False
-    return isinstance(spec, spec_cls)
+    return sink.writer, "sink.writer"
 
 
 # -- child processes ---------------------------------------------------------------------

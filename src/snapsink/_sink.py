@@ -572,6 +572,11 @@ class Sink:
         return self._channel.statistics()
 
     @property
+    def writer(self) -> str:
+        """Who writes the store: ``"process"`` or ``"thread"`` (what ``"auto"`` chose)."""
+        return "thread" if self._spec is None else "process"
+
+    @property
     def schema(self) -> Schema | None:
         """The schema in force (declared, resumed, or inferred from the first frame)."""
         return self._channel.schema if self._channel is not None else self._schema

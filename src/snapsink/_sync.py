@@ -200,6 +200,11 @@ class SyncSink:
         return self._sink.statistics()
 
     @property
+    def writer(self) -> str:
+        """Who writes the store: ``"process"`` or ``"thread"``; see :attr:`Sink.writer`."""
+        return self._sink.writer
+
+    @property
     def schema(self) -> Schema | None:
         """The schema in force."""
         return self._sink.schema

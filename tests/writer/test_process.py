@@ -56,22 +56,24 @@ async def fill(sink: Sink, gate: str, n: int) -> None:
 
 
 def expect_kind(sink: Sink, writer: str) -> None:
+    assert sink.writer == writer
     assert (sink._process is not None) == (writer == "process")
 
 
 # -- choosing the writer -------------------------------------------------------------
 def test_auto_picks_a_process_for_disk_stores_and_a_thread_for_memory(tmp_path: Path) -> None:
-    assert Sink(snapsink.NpyDirectory(tmp_path / "a"))._spec is not None
-    assert Sink(snapsink.ZarrStore(tmp_path / "b"))._spec is not None
-    assert Sink(snapsink.HostMemory())._spec is None
+    assert Sink(snapsink.NpyDirectory(tmp_path / "a")).writer == "process"
+    assert Sink(snapsink.ZarrStore(tmp_path / "b")).writer == "process"
+    assert Sink(snapsink.HostMemory()).writer == "thread"
+    assert Sink(snapsink.NpyDirectory(tmp_path / "d"), writer="thread").writer == "thread"
     import zarr.storage
 
-    assert Sink(snapsink.ZarrStore(zarr.storage.MemoryStore()))._spec is None
+    assert Sink(snapsink.ZarrStore(zarr.storage.MemoryStore())).writer == "thread"
 
     class Local(snapsink.NpyDirectory):  # cannot be pickled: stays in this process
         pass
 
-    assert Sink(Local(tmp_path / "c"))._spec is None
+    assert Sink(Local(tmp_path / "c")).writer == "thread"
 
 
 def test_bad_writer_requests_are_config_errors(tmp_path: Path) -> None:
