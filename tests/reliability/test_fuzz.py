@@ -28,11 +28,14 @@ TRIED: dict[str, int] = {}
 
 
 class Harness:
-    """One SyncSink over HostMemory shared by every example of a test."""
+    """One SyncSink shared by every example of a test: over HostMemory (the
+    thread writer) or over an NpyDirectory at ``path`` (the writer process)."""
 
-    def __init__(self, times: bool = True):
-        self.store = HostMemory()
+    def __init__(self, times: bool = True, path: Path | None = None):
+        self.path = path
+        self.store: Any = HostMemory() if path is None else snapsink.NpyDirectory(path)
         self.sink = SyncSink(self.store, capacity=4, schema=SCHEMA)
+        assert self.sink.writer == ("thread" if path is None else "process")
         self.step = -1
         self.times = times
         self.good = 0
@@ -60,6 +63,9 @@ class Harness:
         TRIED[kind] = TRIED.get(kind, 0) + 1
         self.write_good()
 
+    def trajectory(self) -> snapsink.Trajectory:
+        return self.store.trajectory() if self.path is None else snapsink.open(self.path)
+
     def write_good(self) -> None:
         frame = self.good_frame()
         step = self.step + 1
@@ -67,7 +73,7 @@ class Harness:
         self.sink.flush()
         self.step = step
         self.good += 1
-        traj = self.store.trajectory()
+        traj = self.trajectory()
         assert len(traj) == self.good
         assert int(traj.steps[-1]) == step
         got = traj.frame(-1)
@@ -76,12 +82,15 @@ class Harness:
             assert got[name].dtype == SCHEMA[name].dtype
 
 
-@pytest.fixture(scope="module")
-def harness() -> Iterator[Harness]:
-    h = Harness()
+@pytest.fixture(scope="module", params=["thread", "process"])
+def harness(
+    request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathFactory
+) -> Iterator[Harness]:
+    path = None if request.param == "thread" else tmp_path_factory.mktemp("fuzz") / "run"
+    h = Harness(path=path)
     yield h
     h.sink.close()
-    assert len(h.store) == h.good
+    assert len(h.trajectory()) == h.good
 
 
 FUZZ = settings(
