@@ -74,7 +74,6 @@ class Writer:
         self.inbox: queue.SimpleQueue[tuple[tuple[Any, ...], list[int]] | None] = (
             queue.SimpleQueue()
         )
-        self.wakeup = threading.Event()
         self.call = _Runner()
         self.store: Any = None
         self.schema: Schema | None = None
@@ -106,25 +105,23 @@ class Writer:
         while True:
             got = self.wire.recv()
             self.inbox.put(got)
-            self.wakeup.set()
             if got is None:
                 return
 
     def start_reader(self) -> None:
         threading.Thread(target=self._reader, name="snapsink-writer-inbox", daemon=True).start()
 
-    def handle(self, block: bool = False, timeout: float | None = None) -> bool:
-        """Apply queued messages; with ``block``, wait for at least one."""
-        got_any = False
+    def handle(self, block: bool = False, timeout: float | None = None) -> None:
+        """Apply queued messages; with ``block``, wait (up to ``timeout``) for one."""
         while True:
             try:
-                got = self.inbox.get(block=block and not got_any, timeout=timeout)
+                got = self.inbox.get(block=block, timeout=timeout)
             except queue.Empty:
-                return got_any
-            got_any = True
+                return
+            block = False  # then take only what is already there
             if got is None:
                 self.parent_gone = True
-                return True
+                return
             self._apply(*got)
 
     def _apply(self, msg: tuple[Any, ...], fds: list[int]) -> None:
