@@ -296,10 +296,11 @@ def kill_producer_once(server: ForkServer, root: Path, kind: str, rng: random.Ra
     if not is_store(path):
         assert written == 0
         return 0
-    # Every frame whose write() returned, and at most the one being written when
-    # the kill landed (accepted, its report not yet printed).
-    visible = assert_prefix(path, at_least=written)
-    assert visible <= written + 1
+    # Every frame whose write() returned is stored, bit-exact and in order. More
+    # may be: reports still in the pipe when the kill landed are never read, so
+    # the reports only bound the written frames from below (assert_prefix checks
+    # every visible frame against the run, so none can be invented).
+    assert_prefix(path, at_least=written)
     return written
 
 
