@@ -148,7 +148,7 @@ def test_writer_error_and_close_semantics() -> None:
 def test_wrong_thread_is_refused() -> None:
     store = HostMemory()
     with SyncSink(store) as sink:
-        portal = sink._portal
+        portal = sink._loop.portal
         assert portal is not None
 
         async def from_loop() -> None:
@@ -173,10 +173,10 @@ def test_existing_store_error_raises_from_constructor(tmp_path: Path) -> None:
 
 def test_used_after_loop_thread_died() -> None:
     sink = SyncSink(HostMemory())
-    portal = sink._portal
+    portal = sink._loop.portal
     assert portal is not None
-    portal.call(sink._stopped.set)  # the loop ends under the sink's feet
-    sink._thread.join(10)
+    portal.call(sink._loop.stopped.set)  # the loop ends under the sink's feet
+    sink._loop.thread.join(10)
     with pytest.raises(ClosedSinkError, match="thread has stopped"):
         sink.write({"v": 1.0})
     sink.close()

@@ -15,7 +15,9 @@ import asyncio
 import contextlib
 import functools
 import inspect
+import os
 import threading
+import weakref
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from types import TracebackType
@@ -49,6 +51,20 @@ __all__ = ["Sink"]
 _STORE_METHODS = ("open", "prepare", "append", "commit", "close")
 #: the longest a small frame waits in the channel before the drain thread looks
 _DRAIN_TICK = 0.02
+
+
+#: sinks opened in this process (for the fork handler)
+_live_sinks: weakref.WeakSet[Sink] = weakref.WeakSet()
+
+
+def _after_fork_in_child() -> None:
+    parent = os.getppid()
+    for sink in list(_live_sinks):
+        if sink._state != "new":
+            sink._forget_after_fork(parent)
+
+
+os.register_at_fork(after_in_child=_after_fork_in_child)
 
 
 def _thread_safe_scheduler() -> Callable[[Callable[[], object]], object]:
@@ -194,7 +210,8 @@ class Sink:
         self._spec = choose_writer(store, writer)
         self._process: ProcessWriter | None = None
         self._channel: Channel | None = None
-        self._state = "new"  # new -> open -> closing -> closed
+        self._state = "new"  # new -> open -> closing -> closed; "forked" in a child
+        self._forked_from = 0
         self._tg: Any = None
         self._loop_thread = 0
         self._schedule: Callable[[Callable[[], object]], object] | None = None
@@ -210,6 +227,7 @@ class Sink:
         if self._state != "new":
             raise ConfigError("this Sink was already opened; create a new Sink")
         self._state = "opening"
+        _live_sinks.add(self)
         self._loop_thread = threading.get_ident()
         self._schedule = _thread_safe_scheduler()
         self._yield = asyncio.sleep if _on_asyncio() else None
@@ -328,6 +346,8 @@ class Sink:
         if self._state in ("closed", "new"):
             self._state = "closed"
             return
+        if self._state == "forked":
+            return  # the parent's sink: not this process's to close
         if self._state == "closing":
             assert self._consumer_done is not None
             await self._consumer_done.wait()
@@ -378,6 +398,8 @@ class Sink:
     def _require_open(self) -> Channel:
         ch = self._channel
         if self._state != "open" or ch is None:
+            if self._state == "forked":
+                raise ClosedSinkError(self._forked_message())
             if self._state in ("closing", "closed"):
                 if ch is not None and ch.failure is not None:
                     ch.raise_if_unusable()
@@ -565,11 +587,25 @@ class Sink:
 
     def statistics(self) -> SinkStatistics:
         """Counters: written, dropped, spilled, queued, peak_queued, bytes_written."""
+        if self._state == "forked":
+            raise ClosedSinkError(self._forked_message())
         if self._channel is None:
             return SinkStatistics(
                 0, 0, 0, 0, 0, 0, self._capacity, Channel.policy_label(self._policy)
             )
         return self._channel.statistics()
+
+    def _forget_after_fork(self, parent: int) -> None:
+        """In a forked child: this copy of the sink is unusable (its threads and
+        the locks they held did not come along). Every call raises; nothing waits."""
+        self._state = "forked"
+        self._forked_from = parent
+
+    def _forked_message(self) -> str:
+        return (
+            f"this sink belongs to process {self._forked_from}; a copy of it in a "
+            "forked child cannot be used (open a new sink in the child)"
+        )
 
     @property
     def writer(self) -> str:

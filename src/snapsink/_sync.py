@@ -10,9 +10,13 @@ wait. ``flush`` and ``close`` run on the loop through an anyio BlockingPortal.
 from __future__ import annotations
 
 import atexit
+import concurrent.futures.thread  # noqa: F401  (its exit hook first: see below)
+import contextlib
+import os
 import sys
 import threading
 import traceback
+import warnings
 import weakref
 from collections.abc import Mapping
 from types import TracebackType
@@ -29,22 +33,119 @@ from ._spill import Spill
 
 __all__ = ["SyncSink"]
 
-_open_sinks: weakref.WeakSet[SyncSink] = weakref.WeakSet()
+class _LoopThread:
+    """The thread that runs a SyncSink's event loop, and the async Sink on it.
+
+    Holds no reference to its SyncSink, so that a SyncSink nobody closed can
+    be garbage collected (and closed by its finalizer)."""
+
+    def __init__(self, sink: Sink):
+        self.sink = sink
+        self.portal: BlockingPortal | None = None
+        self.stopped: anyio.Event | None = None
+        self.closed = False
+        self._ready = threading.Event()
+        self._startup_error: BaseException | None = None
+        self.thread = threading.Thread(target=self._run, name="snapsink-sync-loop", daemon=True)
+
+    def start(self) -> None:
+        self.thread.start()
+        self._ready.wait()
+        if self._startup_error is not None:
+            self.thread.join()
+            raise self._startup_error
+        _open_loops.add(self)
+
+    def _run(self) -> None:
+        try:
+            anyio.run(self._main)
+        except BaseException as exc:
+            if not self._ready.is_set():
+                self._startup_error = exc
+                self._ready.set()
+
+    async def _main(self) -> None:
+        # The sink outside the portal: an error opening the store is raised as is
+        # (not wrapped in the portal's exception group).
+        async with self.sink, BlockingPortal() as portal:
+            self.portal = portal
+            self.stopped = anyio.Event()
+            self._ready.set()
+            await self.stopped.wait()
+
+    def close(self) -> None:
+        if self.closed:
+            return
+        self.closed = True
+        _open_loops.discard(self)
+        if self.sink._state == "forked":
+            return  # the parent's sink: not this process's to close
+        portal = self.portal
+        if portal is None or not self.thread.is_alive():
+            return
+        try:
+            portal.call(self.sink.aclose)
+        finally:
+            with contextlib.suppress(RuntimeError):  # the loop already stopped
+                assert self.stopped is not None
+                portal.call(self.stopped.set)
+            self.thread.join()
+
+    def collect(self, description: str) -> None:
+        """The SyncSink was dropped unclosed: drain and close, as a file would."""
+        if self.closed or self.sink._state == "forked":
+            return
+        warnings.warn(
+            f"unclosed {description}: its frames were stored and it was closed when "
+            "it was garbage collected; use `with SyncSink(...)` or call close()",
+            ResourceWarning,
+            stacklevel=2,
+        )
+        if threading.get_ident() == self.sink._loop_thread:
+            # collected on its own loop: close from another thread (the exit hook
+            # waits for it, if the interpreter ends first)
+            threading.Thread(target=self._close_reporting, name="snapsink-close").start()
+        else:
+            self._close_reporting()
+
+    def _close_reporting(self) -> None:
+        try:
+            self.close()
+        except Exception as exc:
+            _report(exc, "a SyncSink nobody closed")
 
 
-@atexit.register
+#: loops of SyncSinks not closed yet
+_open_loops: set[_LoopThread] = set()
+
+
+def _report(exc: BaseException, what: str) -> None:
+    # never swallowed: the frames of this sink may not all be stored
+    traceback.print_exception(exc)
+    print(f"snapsink: {what} could not be closed: {exc!r}", file=sys.stderr)
+
+
 def _close_open_sinks() -> None:
     """Nothing silently lost: drain and commit sinks still open at exit."""
-    for sink in list(_open_sinks):
+    for loop in list(_open_loops):
         try:
-            sink.close()
+            loop.close()
         except Exception as exc:
-            # never swallowed: the frames of this sink may not all be stored
-            traceback.print_exception(exc)
-            print(
-                f"snapsink: a SyncSink still open at exit could not be closed: {exc!r}",
-                file=sys.stderr,
-            )
+            _report(exc, "a SyncSink still open at exit")
+
+
+def _after_fork_in_child() -> None:
+    _open_loops.clear()  # the parent's sinks; the child never closes them
+
+
+# At exit, sinks drain before anything they rely on is torn down: before the
+# executors of concurrent.futures stop taking work (zarr's store I/O runs on one;
+# their hook is registered when that module is imported, and the hooks run last
+# registered first) and before atexit's hooks run (weakref finalizers, which
+# close a store's files).
+_register_atexit = getattr(threading, "_register_atexit", atexit.register)
+_register_atexit(_close_open_sinks)
+os.register_at_fork(after_in_child=_after_fork_in_child)
 
 
 class SyncSink:
@@ -85,46 +186,26 @@ class SyncSink:
         self._sink = Sink(
             store, capacity, policy, schema=schema, max_bytes=max_bytes, writer=writer
         )
-        self._closed = False
-        self._portal: BlockingPortal | None = None
-        self._ready = threading.Event()
-        self._startup_error: BaseException | None = None
-        self._thread = threading.Thread(
-            target=self._run_loop, name="snapsink-sync-loop", daemon=True
-        )
-        self._thread.start()
-        self._ready.wait()
-        if self._startup_error is not None:
-            self._thread.join()
-            raise self._startup_error
-        _open_sinks.add(self)
+        self._loop = _LoopThread(self._sink)
+        self._loop.start()
+        self._finalizer = weakref.finalize(self, self._loop.collect, repr(self))
+        self._finalizer.atexit = False  # the exit hook closes it, earlier
 
-    def _run_loop(self) -> None:
-        try:
-            anyio.run(self._main)
-        except BaseException as exc:
-            if not self._ready.is_set():
-                self._startup_error = exc
-                self._ready.set()
-
-    async def _main(self) -> None:
-        # The sink outside the portal: an error opening the store is raised as is
-        # (not wrapped in the portal's exception group).
-        async with self._sink, BlockingPortal() as portal:
-            self._portal = portal
-            self._stopped = anyio.Event()
-            self._ready.set()
-            await self._stopped.wait()
+    def __repr__(self) -> str:
+        return f"SyncSink({self._sink._store!r}, writer={self._sink.writer!r})"
 
     def _check_caller(self) -> None:
-        if threading.get_ident() == self._sink._loop_thread:
+        sink = self._sink
+        if threading.get_ident() == sink._loop_thread:
             raise WrongThreadError(
                 "SyncSink called from its own event-loop thread, which would deadlock; "
                 "in async code use `async with snapsink.Sink(...)` and `await sink.write(...)`"
             )
-        if self._closed:
+        if sink._state == "forked":
+            raise ClosedSinkError(sink._forked_message())
+        if self._loop.closed:
             raise ClosedSinkError("the sink is closed; it takes no more frames")
-        if not self._thread.is_alive():
+        if not self._loop.thread.is_alive():
             raise ClosedSinkError("the sync sink's event-loop thread has stopped")
 
     def __enter__(self) -> SyncSink:
@@ -162,7 +243,7 @@ class SyncSink:
             When called from the sink's own event-loop thread.
         """
         self._check_caller()
-        self._sink._write_blocking(fields, step, time, copy, stream, self._thread.is_alive)
+        self._sink._write_blocking(fields, step, time, copy, stream, self._loop.thread.is_alive)
 
     def write_nowait(
         self,
@@ -192,8 +273,8 @@ class SyncSink:
             The store failed (chained to the cause).
         """
         self._check_caller()
-        assert self._portal is not None
-        self._portal.call(self._sink.flush)
+        assert self._loop.portal is not None
+        self._loop.portal.call(self._sink.flush)
 
     def statistics(self) -> SinkStatistics:
         """See :meth:`Sink.statistics`."""
@@ -217,20 +298,9 @@ class SyncSink:
         WriterError
             If the store failed during the run (chained to the cause).
         """
-        if self._closed:
+        if self._loop.closed:
             return
         if threading.get_ident() == self._sink._loop_thread:
             raise WrongThreadError("SyncSink.close called from its own event-loop thread")
-        self._closed = True
-        _open_sinks.discard(self)
-        portal = self._portal
-        if portal is None or not self._thread.is_alive():
-            return
-        try:
-            portal.call(self._sink.aclose)
-        finally:
-            try:
-                portal.call(self._stopped.set)
-            except RuntimeError:
-                pass  # the loop already stopped
-            self._thread.join()
+        self._finalizer.detach()
+        self._loop.close()

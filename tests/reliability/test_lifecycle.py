@@ -1,0 +1,152 @@
+"""A SyncSink's life outside the ``with`` block: interpreter exit, garbage
+collection, and a fork of the process that holds it.
+
+- still open at normal interpreter exit: drained and committed, both stores,
+  both writer kinds; an error closing it is printed, never swallowed;
+- dropped unclosed: drained and closed by its finalizer, with a ResourceWarning,
+  and its threads end;
+- forked while busy: the child's copy raises ClosedSinkError for every call and
+  never hangs, and it does not hold the writer's socket.
+"""
+
+from __future__ import annotations
+
+import gc
+import os
+import signal
+import subprocess
+import sys
+import threading
+import time
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+import snapsink
+
+pytestmark = pytest.mark.timeout(120)
+
+STORES = {
+    "npy": "snapsink.NpyDirectory",
+    "zarr": "snapsink.ZarrStore",
+}
+
+
+def _frame(i: int) -> np.ndarray:
+    return np.arange(16, dtype=np.float64) * 0.5 + i
+
+
+@pytest.mark.parametrize("writer", ["thread", "process"])
+@pytest.mark.parametrize("store", sorted(STORES))
+def test_open_sink_at_exit_is_drained_and_committed(
+    tmp_path: Path, store: str, writer: str
+) -> None:
+    path = tmp_path / f"run.{store}"
+    code = (
+        "import numpy as np, snapsink\n"
+        f"s = snapsink.SyncSink({STORES[store]}({str(path)!r}), capacity=4, writer={writer!r})\n"
+        "for i in range(100):\n"
+        "    s.write({'v': np.arange(16, dtype=np.float64) * 0.5 + i}, step=i)\n"
+        # no close: the interpreter exits with frames still queued
+    )
+    done = subprocess.run(
+        [sys.executable, "-c", code], capture_output=True, text=True, timeout=90
+    )
+    assert done.returncode == 0, done.stderr
+    assert "could not be closed" not in done.stderr, done.stderr
+    traj = snapsink.open(path)
+    assert traj.steps.tolist() == list(range(100))
+    assert traj["v"][:].tobytes() == np.stack([_frame(i) for i in range(100)]).tobytes()
+
+
+def test_an_error_closing_at_exit_is_printed(tmp_path: Path) -> None:
+    code = (
+        "import snapsink\n"
+        "class Failing(snapsink.HostMemory):\n"
+        "    def commit(self):\n"
+        "        raise OSError(28, 'No space left on device')\n"
+        "s = snapsink.SyncSink(Failing())\n"
+        "s.write({'v': 1.0}, step=0)\n"
+    )
+    done = subprocess.run(
+        [sys.executable, "-c", code], capture_output=True, text=True, timeout=60
+    )
+    assert "a SyncSink still open at exit could not be closed" in done.stderr
+    assert "No space left on device" in done.stderr
+
+
+def _loop_threads() -> int:
+    return sum(t.name == "snapsink-sync-loop" for t in threading.enumerate())
+
+
+@pytest.mark.parametrize("writer", ["thread", "process"])
+def test_a_dropped_unclosed_sink_is_closed_by_its_finalizer(
+    tmp_path: Path, writer: str
+) -> None:
+    before = _loop_threads()
+
+    def run() -> None:
+        sink = snapsink.SyncSink(snapsink.NpyDirectory(tmp_path / "run"), writer=writer)
+        for i in range(50):
+            sink.write({"v": _frame(i)}, step=i)
+        # dropped here, unclosed
+
+    with pytest.warns(ResourceWarning, match="unclosed SyncSink"):
+        run()
+        gc.collect()
+    assert _loop_threads() == before
+    traj = snapsink.open(tmp_path / "run")
+    assert traj.steps.tolist() == list(range(50))
+    assert traj["v"][49].tobytes() == _frame(49).tobytes()
+
+
+class _SlowStore(snapsink.HostMemory):
+    """Keeps the sink busy: every append takes a while."""
+
+    def append(self, batch: object) -> None:
+        time.sleep(0.002)
+        super().append(batch)  # type: ignore[arg-type]
+
+
+@pytest.mark.skipif(not hasattr(os, "fork"), reason="needs fork")
+@pytest.mark.parametrize("writer", ["thread", "process"])
+def test_a_forked_copy_refuses_every_call_and_never_hangs(tmp_path: Path, writer: str) -> None:
+    store = (
+        _SlowStore() if writer == "thread" else snapsink.NpyDirectory(tmp_path / "run")
+    )
+    children: list[int] = []
+    with snapsink.SyncSink(store, capacity=2, writer=writer) as sink:
+        for i in range(200):
+            sink.write({"v": _frame(i)}, step=i)
+            if i % 10 == 5:
+                pid = os.fork()
+                if pid == 0:  # the child: every call raises at once
+                    code = 0
+                    try:
+                        signal.alarm(10)  # a hang fails the child
+                        for call in (
+                            sink.statistics,
+                            sink.flush,
+                            lambda: sink.write({"v": _frame(0)}, step=10**6),
+                            lambda: sink.write_nowait({"v": _frame(0)}, step=10**6),
+                        ):
+                            try:
+                                call()
+                                code = 3
+                            except snapsink.ClosedSinkError as exc:
+                                if "forked child" not in str(exc):
+                                    code = 4
+                        if writer == "process" and sink._sink._process.wire is not None:
+                            code = 5  # the writer's socket must not live on here
+                        sink.close()  # not this process's sink: a no-op
+                    except BaseException:
+                        code = 6
+                    os._exit(code)
+                children.append(pid)
+    for pid in children:
+        _, status = os.waitpid(pid, 0)
+        assert os.waitstatus_to_exitcode(status) == 0
+    traj = snapsink.open(tmp_path / "run") if writer == "process" else store.trajectory()
+    assert traj.steps.tolist() == list(range(200))
+    assert traj["v"][:].tobytes() == np.stack([_frame(i) for i in range(200)]).tobytes()
