@@ -23,6 +23,7 @@ import signal
 import socket
 import sys
 import threading
+import time
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
@@ -35,6 +36,10 @@ from ._wire import Wire, encode_error
 
 #: how long the writer sleeps between looks at the ring when nobody wakes it
 _TICK = 0.02
+#: between frames, it looks at the ring this often on its own ...
+_POLL = 0.001
+#: ... until nothing has come for this long; then it sleeps until woken
+_QUIET = 0.1
 
 
 def _set_process_name(label: str) -> None:
@@ -92,6 +97,7 @@ class Writer:
         self.flushes: list[tuple[int, int]] = []  # (generation, seq to cover)
         self.close_at: int | None = None
         self.parent_gone = False
+        self.last_work = time.monotonic()
 
     # -- messages ---------------------------------------------------------------
     def send(self, msg: tuple[Any, ...]) -> None:
@@ -248,6 +254,7 @@ class Writer:
         while True:
             self.handle()
             if self.append_ready():
+                self.last_work = time.monotonic()
                 continue
             if self.flushes:
                 due = [g for g, target in self.flushes if target <= self.done]
@@ -262,15 +269,20 @@ class Writer:
                 if self.pending() <= 0:
                     return
                 continue
+            # Nothing to do. A simulation that writes regularly finds the writer
+            # polling: its frames are picked up within _POLL, and publishing them
+            # costs it no system call. After a quiet spell the writer sleeps, and
+            # the next frame wakes it.
             ring = self.ring
+            asleep = time.monotonic() - self.last_work >= _QUIET
             if ring is not None:
-                ring.set(_shm.IDLE, 1)
+                ring.set(_shm.IDLE, _shm.ASLEEP if asleep else _shm.POLLING)
                 if ring.get(_shm.TAIL) > self.done:
-                    ring.set(_shm.IDLE, 0)
+                    ring.set(_shm.IDLE, _shm.BUSY)
                     continue
-            self.handle(block=True, timeout=_TICK)
+            self.handle(block=True, timeout=_TICK if asleep else _POLL)
             if ring is not None:
-                ring.set(_shm.IDLE, 0)
+                ring.set(_shm.IDLE, _shm.BUSY)
 
 
 def main(argv: list[str]) -> int:

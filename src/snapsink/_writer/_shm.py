@@ -50,6 +50,13 @@ TAIL: Final = 0
 DONE: Final = ALIGN
 WANT_DONE: Final = 2 * ALIGN
 IDLE: Final = 3 * ALIGN
+
+#: values of IDLE: the writer is working; it looks at the ring again within a
+#: millisecond on its own (a timed sleep: waking it would cost the producer a
+#: system call and the machine an interprocessor interrupt); it sleeps until woken
+BUSY: Final = 0
+POLLING: Final = 1
+ASLEEP: Final = 2
 _Q = struct.Struct("<q")
 
 #: record kinds

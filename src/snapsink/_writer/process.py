@@ -21,12 +21,14 @@ from __future__ import annotations
 import collections
 import contextlib
 import math
+import os
 import select
 import socket
 import subprocess
 import sys
 import threading
 import time
+import weakref
 from collections.abc import Callable, Sequence
 from typing import Any
 
@@ -45,13 +47,25 @@ __all__ = ["WRITERS", "ProcessChannel", "ProcessWriter", "choose_writer", "store
 
 #: the longest a waiting producer trusts a wake-up flag before looking again
 POLL = 0.005
-#: frames a sleeping writer is left to accumulate before it is woken (small frames)
-_WAKE_BYTES = 256 << 10
 #: drops sent to the writer in batches of this many (and at every flush and close)
 _DROP_BATCH = 256
 
 
 WRITERS = ("auto", "process", "thread")
+
+#: writers whose control socket this process holds
+_live_writers: weakref.WeakSet[ProcessWriter] = weakref.WeakSet()
+
+
+def _after_fork_in_child() -> None:
+    """A forked child must not hold the writers' sockets: the writer learns of
+    the sink's death from the end of its stream, which a copy in a child (a
+    multiprocessing worker, say) would hold off for as long as the child lives."""
+    for writer in list(_live_writers):
+        writer.forget_after_fork()
+
+
+os.register_at_fork(after_in_child=_after_fork_in_child)
 
 
 def store_spec(store: Any) -> tuple[StoreSpec | None, str]:
@@ -139,6 +153,7 @@ class ProcessWriter:
         finally:
             child.close()
         self.wire = Wire(parent)
+        _live_writers.add(self)
         try:
             # the path first: unpickling the description may import the store's module
             self.wire.send(("path", list(sys.path)))
@@ -230,6 +245,16 @@ class ProcessWriter:
         if code < 0:
             return f"killed by signal {-code}"
         return f"exit code {code}"
+
+    def forget_after_fork(self) -> None:
+        """In a forked child: close this copy of the socket, touch nothing else
+        (the proxy thread and the locks did not come along)."""
+        wire, self.wire = self.wire, None
+        self._stop = True
+        self.proc = None
+        if wire is not None:
+            with contextlib.suppress(OSError):
+                os.close(wire.sock.detach())
 
     # -- shutdown -----------------------------------------------------------------
     def close(self) -> None:
@@ -408,7 +433,6 @@ class ProcessChannel(Channel):
             pub = start
             done = ring.get(_shm.DONE)
             slots = self.inflight_slots
-            nbytes = 0
             while queue:
                 e = queue[0]
                 if not e.ready:
@@ -441,17 +465,18 @@ class ProcessChannel(Channel):
                     (pub, kind, where, gen, e.step, t is not None, 0.0 if t is None else t,
                      *e.rows),
                 )
-                nbytes += e.size
                 self.inflight.append(e)
             self.inflight_slots = slots
             if pub != start:
                 self.published = pub
                 ring.set(_shm.TAIL, pub)
-                if ring.get(_shm.IDLE) and (
-                    pub - done >= max(1, self.batch_limit // 2) or nbytes >= _WAKE_BYTES
+                # Wake a sleeping writer; a polling one only when the frames it
+                # has not taken fill half the window (the producer may soon wait).
+                idle = ring.get(_shm.IDLE)
+                if idle == _shm.ASLEEP or (
+                    idle == _shm.POLLING and pub - done >= max(1, self.window // 2)
                 ):
-                    ring.set(_shm.IDLE, 0)
-                    self.writer.send(("wake",))
+                    self._wake_writer(ring)
             if queue:
                 ring.set(_shm.WANT_DONE, 1)  # call back when the writer advances
         if len(self.pending_dropped) >= _DROP_BATCH:
@@ -535,12 +560,22 @@ class ProcessChannel(Channel):
         # can go now, and only published frames ever free a slot
         self._pump()
 
+    def _wake_writer(self, ring: _shm.Ring) -> None:
+        ring.set(_shm.IDLE, _shm.BUSY)
+        self.writer.send(("wake",))
+
     def park_producer(self, waker: Any, nbytes: int) -> bool:
         with self.lock:
-            if self.ring is not None:
-                self.ring.set(_shm.WANT_DONE, 1)
+            ring = self.ring
+            if ring is not None:
+                ring.set(_shm.WANT_DONE, 1)
             if self.failure is None:
                 self._pump()
+                # the producer waits for room: a polling writer must not keep it waiting
+                if ring is not None and ring.get(_shm.IDLE) != _shm.BUSY and (
+                    self.published > ring.get(_shm.DONE)
+                ):
+                    self._wake_writer(ring)
         return super().park_producer(waker, nbytes)
 
     def _wake_consumer(self) -> None:
