@@ -54,3 +54,19 @@ class FailingNpy(snapsink.NpyDirectory):
         if self.appends >= self.fail_at:
             raise OSError(28, "No space left on device (injected)")
         super().append(batch)
+
+
+class SlowNpy(snapsink.NpyDirectory):
+    """Each append first sleeps ``delay`` seconds (a slow disk)."""
+
+    def __init__(self, path: str, delay: float = 0.01, **kw: Any):
+        super().__init__(path, **kw)
+        self.delay = delay
+        self.kw = kw
+
+    def describe(self) -> StoreSpec:
+        return StoreSpec(SlowNpy, (os.path.abspath(self.path), self.delay), self.kw)
+
+    def append(self, batch: Batch) -> None:
+        time.sleep(self.delay)
+        super().append(batch)

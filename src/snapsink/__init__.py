@@ -15,7 +15,9 @@ from ._errors import DTypeError as DTypeError
 from ._errors import FormatError as FormatError
 from ._errors import SchemaError as SchemaError
 from ._errors import SnapsinkError as SnapsinkError
+from ._errors import SpillError as SpillError
 from ._errors import StoreExistsError as StoreExistsError
+from ._errors import StoreLockedError as StoreLockedError
 from ._errors import StoreNotFoundError as StoreNotFoundError
 from ._errors import WouldBlock as WouldBlock
 from ._errors import WriterError as WriterError
@@ -70,8 +72,10 @@ __all__ = [
     "SinkStatistics",
     "SnapsinkError",
     "Spill",
+    "SpillError",
     "Store",
     "StoreExistsError",
+    "StoreLockedError",
     "StoreNotFoundError",
     "StoreSpec",
     "SyncRecorder",

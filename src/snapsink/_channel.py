@@ -34,9 +34,9 @@ from typing import Any, Final
 
 import numpy as np
 
-from ._errors import ClosedSinkError, ConfigError, WriterError
+from ._errors import ClosedSinkError, ConfigError, SpillError, WriterError
 from ._schema import Field, Frame, Schema, StepClock, is_device_array
-from ._spill import Spill, SpillDir, SpillRecord
+from ._spill import Spill, SpillDir, SpillReader
 from ._staging.host import Completion, Slot, SlotPool, borrow_host
 
 __all__ = ["POLICIES", "Channel", "Entry", "SinkStatistics", "check_policy"]
@@ -104,7 +104,7 @@ class Entry(Frame):
     """One accepted frame on its way to the store: a :class:`Frame` (so a batch
     hands entries to the store as they are) plus the channel's bookkeeping."""
 
-    __slots__ = ("completion", "pub", "ready", "rows", "seq", "size", "slot", "spill", "void")
+    __slots__ = ("completion", "pub", "ready", "rows", "seq", "size", "slot", "spill")
 
     def __init__(self, seq: int, step: int, time: float | None, nbytes: int):
         self.seq = seq
@@ -116,9 +116,29 @@ class Entry(Frame):
         self.fields = {}
         self.slot: Slot | None = None
         self.completion: Completion | None = None
-        self.spill: SpillRecord | None = None
+        #: a spilled frame: its step, time and fields are read back from disk
+        self.spill = False
         self.ready = True
-        self.void = False  # a spill that failed: its producer got the error
+
+
+class SpillTicket:
+    """A frame accepted into the spill queue, its write to disk still to do."""
+
+    __slots__ = ("before", "n", "nbytes", "step", "time")
+
+    def __init__(
+        self,
+        n: int,
+        step: int,
+        time: float | None,
+        nbytes: int,
+        before: tuple[int | None, float | None, bool | None],
+    ):
+        self.n = n
+        self.step = step
+        self.time = time
+        self.nbytes = nbytes
+        self.before = before  # the clock before it, to give the step back on failure
 
 
 class Waker:
@@ -171,7 +191,17 @@ class Channel:
         self.clock = clock or StepClock()
         self.lock = threading.Lock()
         self.pool = SlotPool(capacity)
-        self.spill_dir: SpillDir | None = None
+        self.spill_dir: SpillDir | None = None  # opened with the sink (open_spill)
+        self.spill_reader: SpillReader | None = None  # the consumer's (thread writer)
+        # The spill queue: frames that found the channel full, and every frame
+        # after them until the consumer took them all, on disk in order (see
+        # _spill). Only counters live here.
+        self.fifo_writing = 0  # accepted, their write to disk under way
+        self.fifo_waiting = 0  # on disk, not yet taken by the consumer
+        self.fifo_head_seq = 0  # seq of the oldest of those
+        self.fifo_tickets = 0  # spill writes handed out
+        self.fifo_turn = 0  # the spill write that may run (they run in order)
+        self.fifo_turns = threading.Condition(self.lock)
         self.device: Any = None  # DeviceStager, created at the first device array
         #: the store keeps frames on the device (GPUBuffer): capture device views
         self.wants_device = False
@@ -244,13 +274,13 @@ class Channel:
         copy: bool = True,
         stream: Any = None,
         nowait: bool = False,
-    ) -> tuple[int, Entry | None]:
+    ) -> tuple[int, Entry | SpillTicket | None]:
         """Try to accept one validated frame.
 
         Returns ``(outcome, entry)``: ``QUEUED`` (captured),
         ``DROPPED``, ``WAIT`` (no room under block/spill-full: park and retry), or
-        ``SPILL`` (the caller must write ``items`` with :meth:`spill_write` and
-        then call :meth:`spill_done`).
+        ``SPILL`` (with a :class:`SpillTicket`: the caller must write ``items``
+        with :meth:`spill_write`).
         """
         with self.lock:
             if self.failure is not None or self.closed:
@@ -259,8 +289,9 @@ class Channel:
             nbytes = frame_nbytes(self.schema, items)
             if not self.pool.free:
                 self._reclaim()
-            # _acquire, inlined: this is the per-frame hot path
-            if self.pool.free and (
+            # _acquire, inlined: this is the per-frame hot path; behind spilled
+            # frames, a frame spills too (the queue keeps its order)
+            if self.pool.free and not (self.fifo_writing or self.fifo_waiting) and (
                 self.max_bytes is None
                 or not self.held
                 or self.held_bytes + nbytes <= self.max_bytes
@@ -309,9 +340,15 @@ class Channel:
                 waker.wake()
             return QUEUED, entry
 
+    def open_spill(self) -> None:
+        """Set up the spill directory of a Spill policy (at the sink's open, so
+        that an unusable directory is a ConfigError there)."""
+        if isinstance(self.policy, Spill) and self.spill_dir is None:
+            self.spill_dir = SpillDir(self.policy)
+
     def _offer_spill(
         self, step: int, time: float | None, nbytes: int, items: Sequence[tuple[str, Field, Any]]
-    ) -> tuple[int, Entry | None]:
+    ) -> tuple[int, SpillTicket | None]:
         policy = self.policy
         assert isinstance(policy, Spill)
         if (
@@ -320,18 +357,14 @@ class Channel:
             and (self.spilled_bytes + nbytes > policy.max_bytes)
         ):
             return WAIT, None
-        if self.spill_dir is None:
-            self.spill_dir = SpillDir(policy)
-        self.seq += 1
-        entry = Entry(self.seq, step, time, nbytes)
-        entry.ready = False
-        self.queue.append(entry)
+        clock = self.clock
+        before = (clock.last_step, clock.last_time, clock.has_times)
+        ticket = SpillTicket(self.fifo_tickets, step, time, nbytes, before)
+        self.fifo_tickets += 1
+        self.fifo_writing += 1
         self.spilled_bytes += nbytes
-        self.spilled += 1
-        self._accepted(step, time)
-        if self.publishes:
-            self._queued(entry, items)
-        return SPILL, entry
+        clock.advance(step, time)
+        return SPILL, ticket
 
     # -- hooks of a channel whose consumer is a writer process ---------------------
     #: accepted frames are published by the channel itself (no consumer takes them)
@@ -423,7 +456,9 @@ class Channel:
         failed offer in a way that makes retrying worthwhile at once.
         """
         with self.lock:
-            if self.failure is not None or self.closed or self._room_for(nbytes):
+            if self.failure is not None or self.closed:
+                return False
+            if not (self.fifo_writing or self.fifo_waiting) and self._room_for(nbytes):
                 return False
             policy = self.policy
             if isinstance(policy, Spill) and (
@@ -445,10 +480,21 @@ class Channel:
                 self._wake_producers()
 
     def spill_write(
-        self, entry: Entry, items: Sequence[tuple[str, Field, Any]], stream: Any
+        self, ticket: SpillTicket, items: Sequence[tuple[str, Field, Any]], stream: Any
     ) -> None:
-        """Write a SPILL entry's frame to disk (blocking; outside the lock)."""
-        assert self.spill_dir is not None
+        """Write a SPILL frame to disk (blocking; outside the lock), in its turn.
+
+        On failure the frame is not taken: nothing of it stays on disk, it is not
+        counted, and its step is given back (unless another frame was accepted
+        after it, by another thread). Raises SpillError (an OSError) chained to
+        the cause.
+        """
+        spill_dir = self.spill_dir
+        assert spill_dir is not None
+        with self.lock:
+            while self.fifo_turn != ticket.n and self.failure is None:
+                self.fifo_turns.wait(0.25)
+            failure = self.failure
         to_host = None
         if any(is_device_array(v) for _, _, v in items):
             from ._staging.device import to_host_blocking
@@ -457,18 +503,51 @@ class Channel:
                 return to_host_blocking(value, stream) if is_device_array(value) else value
 
         try:
-            entry.spill = self.spill_dir.write(items, to_host)
-        except BaseException:
+            if failure is not None:
+                self.raise_if_unusable()
+            assert self.schema is not None
+            nbytes = spill_dir.append(self.schema, ticket.step, ticket.time, items, to_host)
+        except BaseException as exc:
             with self.lock:
-                entry.void = True
-                entry.ready = True
-                self.spilled_bytes -= entry.size
-                self.pending -= 1
-                self._wake_consumer()
+                self._end_turn()
+                self.spilled_bytes -= ticket.nbytes
+                given_back = ticket.n == self.fifo_tickets - 1
+                if given_back:
+                    self.fifo_tickets -= 1
+                    self.fifo_turn = self.fifo_tickets
+                    c = self.clock
+                    c.last_step, c.last_time, c.has_times = ticket.before
+                if self.room_waiters:
+                    self._wake_producers()
+            if isinstance(exc, OSError) and self.failure is None:
+                detail = (
+                    "the step can be written again"
+                    if given_back
+                    else "its step is used up: another frame was accepted after it"
+                )
+                raise SpillError(
+                    exc.errno or 0,
+                    f"spilling the frame at step {ticket.step} to {spill_dir.path} failed "
+                    f"({exc.strerror or exc}); the frame was not taken, {detail}",
+                ) from exc
             raise
         with self.lock:
-            entry.ready = True
+            self._end_turn()
+            self.spilled_bytes += nbytes - ticket.nbytes  # as laid out on disk
+            self.seq += 1
+            if not self.fifo_waiting:
+                self.fifo_head_seq = self.seq
+            self.fifo_waiting += 1
+            self.spilled += 1
+            self.pending += 1
+            if self.pending > self.peak:
+                self.peak = self.pending
             self._wake_consumer()
+
+    def _end_turn(self) -> None:
+        self.fifo_writing -= 1
+        self.fifo_turn += 1
+        self.fifo_turns.notify_all()
 
     def _wake_consumer(self) -> None:
         waker = self.consumer_waker
@@ -495,13 +574,21 @@ class Channel:
             while queue and queue[0].ready and len(entries) < limit:
                 entry = queue.popleft()
                 upto = entry.seq
-                if entry.void:
-                    continue
                 entries.append(entry)
                 if budget is not None:
                     budget -= entry.size
                     if budget <= 0:
                         break
+            if not queue and self.fifo_waiting and len(entries) < limit:
+                # spilled frames, behind every frame in memory; read back by the consumer
+                n = min(self.fifo_waiting, limit - len(entries))
+                for seq in range(self.fifo_head_seq, self.fifo_head_seq + n):
+                    entry = Entry(seq, 0, None, 0)
+                    entry.spill = True
+                    entries.append(entry)
+                upto = self.fifo_head_seq + n - 1
+                self.fifo_head_seq += n
+                self.fifo_waiting -= n
             dropped = self.pending_dropped
             if dropped:
                 self.pending_dropped = []
@@ -520,7 +607,7 @@ class Channel:
                     self.held -= 1
                     self.held_bytes -= e.size
                     e.slot = None
-                else:
+                elif e.spill:
                     self.spilled_bytes -= e.size
                 nbytes += e.size
                 e.fields = {}
@@ -585,11 +672,8 @@ class Channel:
             self._wake_consumer()
             self._wake_producers()
 
-    def fail(self, exc: BaseException) -> list[Entry]:
-        """The store failed: remember why, discard queued frames, wake everyone.
-
-        Returns the discarded entries (their spill files are the caller's to remove).
-        """
+    def fail(self, exc: BaseException) -> None:
+        """The store failed: remember why, discard queued and spilled frames, wake everyone."""
         with self.lock:
             if self.failure is None:
                 self.failure = exc
@@ -599,9 +683,12 @@ class Channel:
                 if e.slot is not None:
                     self._unacquire(e.slot, e.size)
             self.pending = 0
+            self.fifo_waiting = 0
             self._wake_consumer()
             self._wake_producers()
-            return discarded
+            self.fifo_turns.notify_all()
+        if self.spill_dir is not None:
+            self.spill_dir.discard()
 
     def statistics(self) -> SinkStatistics:
         with self.lock:
@@ -615,13 +702,6 @@ class Channel:
                 capacity=self.capacity,
                 policy=self.policy_name,
             )
-
-
-def remove_spill_files(entries: Sequence[Entry]) -> None:
-    """Remove the spill files of ``entries`` (stored, or discarded after a failure)."""
-    for e in entries:
-        if e.spill is not None:
-            SpillDir.remove(e.spill)
 
 
 def frame_nbytes(schema: Schema | None, items: Sequence[tuple[str, Field, Any]]) -> int:

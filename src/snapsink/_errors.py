@@ -10,7 +10,9 @@ the idiomatic standard-library class so ``except ValueError`` keeps working::
     ├── WouldBlock (anyio.WouldBlock)     ``write_nowait`` found no room
     ├── ClosedSinkError (anyio.ClosedResourceError)   write after close
     ├── WriterError                       the store failed; ``__cause__`` holds why
+    ├── SpillError (OSError)              a spill write failed; that frame was not taken
     ├── StoreExistsError (FileExistsError)            ``mode="x"`` on an existing store
+    │   └── StoreLockedError              another writer holds the store (one writer per store)
     ├── StoreNotFoundError (FileNotFoundError)        reading or appending a missing store
     ├── FormatError (ValueError)          a store on disk that is corrupt or foreign
     ├── DeviceError (RuntimeError)        CuPy/CUDA missing or misused
@@ -29,7 +31,9 @@ __all__ = [
     "FormatError",
     "SchemaError",
     "SnapsinkError",
+    "SpillError",
     "StoreExistsError",
+    "StoreLockedError",
     "StoreNotFoundError",
     "WouldBlock",
     "WriterError",
@@ -69,8 +73,41 @@ class WriterError(SnapsinkError):
     """
 
 
+class SpillError(SnapsinkError, OSError):
+    """Writing a frame to the spill directory failed (a full or read-only disk).
+
+    The frame was not taken: nothing of it is on disk, it is not counted, and its
+    step can be written again (unless another thread's frame was accepted after
+    it; the message says which). The sink stays usable. ``errno`` and
+    ``__cause__`` hold the operating system's error.
+    """
+
+
 class StoreExistsError(SnapsinkError, FileExistsError):
     """A store already exists where ``mode="x"`` asked to create one."""
+
+
+class StoreLockedError(StoreExistsError):
+    """Another writer holds the store: a store has one writer at a time.
+
+    Raised where a second writer opens a store, in any mode and in any process,
+    while the first still writes it. The holder is named by its pid where the
+    lock file records it. The lock is the operating system's (``flock``): it is
+    released when its holder closes the store or dies, so a crash never leaves
+    a store locked.
+
+    Attributes
+    ----------
+    store
+        The store that is held (its path), or ``None``.
+    pid
+        The pid of the writer holding it, or ``None`` when unknown.
+    """
+
+    def __init__(self, message: str, *, store: str | None = None, pid: int | None = None):
+        super().__init__(message)
+        self.store = store
+        self.pid = pid
 
 
 class StoreNotFoundError(SnapsinkError, FileNotFoundError):

@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import errno
 import functools
 import inspect
 import os
@@ -33,16 +34,16 @@ from ._channel import (
     Channel,
     Entry,
     SinkStatistics,
+    SpillTicket,
     ThreadWaker,
     Waker,
     check_capacity,
     check_policy,
     frame_nbytes,
-    remove_spill_files,
 )
 from ._errors import ClosedSinkError, ConfigError, SchemaError, WouldBlock, WriterError
 from ._schema import Batch, Frame, Schema, StepClock, is_device_array
-from ._spill import Spill, SpillDir
+from ._spill import Spill, SpillDir, SpillReader
 from ._store import Resume
 from ._writer.process import ProcessChannel, ProcessWriter, choose_writer
 
@@ -65,6 +66,20 @@ def _after_fork_in_child() -> None:
 
 
 os.register_at_fork(after_in_child=_after_fork_in_child)
+
+
+def _read_spilled(ch: Channel, e: Entry) -> None:
+    """Fill a spilled entry from the spill queue (the consumer reads it in order)."""
+    reader = ch.spill_reader
+    if reader is None:
+        assert ch.spill_dir is not None and ch.schema is not None
+        reader = ch.spill_reader = SpillReader(ch.spill_dir.path, ch.schema)
+    got = reader.read()
+    if got is None:
+        raise OSError(
+            errno.ENOENT, f"a spilled frame is missing from {ch.spill_dir and ch.spill_dir.path}"
+        )
+    e.step, e.time, e.fields, e.size = got
 
 
 def _thread_safe_scheduler() -> Callable[[Callable[[], object]], object]:
@@ -231,18 +246,31 @@ class Sink:
         self._loop_thread = threading.get_ident()
         self._schedule = _thread_safe_scheduler()
         self._yield = asyncio.sleep if _on_asyncio() else None
-        if self._spec is not None:
-            return await self._open_process(self._spec)
-        resume: Resume | None = await self._call(self._store.open)
+        # the spill directory first: one that cannot be used is a ConfigError
+        # before anything is opened
+        policy = self._policy
+        spill = SpillDir(policy) if isinstance(policy, Spill) else None
+        try:
+            if self._spec is not None:
+                return await self._open_process(self._spec, spill)
+            resume: Resume | None = await self._call(self._store.open)
+        except BaseException:
+            if spill is not None:
+                spill.close()
+            self._state = "closed"
+            raise
         try:
             schema, clock = self._resumed_clock(resume)
         except SchemaError:
+            if spill is not None:
+                spill.close()
             await self._call(self._store.close)
             self._state = "closed"
             raise
         self._channel = Channel(
             self._capacity, self._policy, max_bytes=self._max_bytes, schema=schema, clock=clock
         )
+        self._channel.spill_dir = spill
         self._channel.wants_device = bool(getattr(self._store, "wants_device", False))
         self._consumer_done = anyio.Event()
         self._consumer_ready = anyio.Event()
@@ -273,7 +301,7 @@ class Sink:
             schema = resume.schema
         return schema, StepClock(resume.last_step, resume.last_time, resume.times)
 
-    async def _open_process(self, spec: Any) -> Sink:
+    async def _open_process(self, spec: Any, spill: SpillDir | None) -> Sink:
         """Start the writer process, which opens the store; no consumer task here."""
         writer = ProcessWriter(spec, repr(self._store))
         try:
@@ -292,6 +320,9 @@ class Sink:
             schema=schema,
             clock=clock,
         )
+        if spill is not None:
+            ch.spill_dir = spill
+            writer.send(("spilldir", str(spill.path)))
         assert self._schedule is not None
         schedule = self._schedule
 
@@ -390,6 +421,8 @@ class Sink:
     @staticmethod
     def _release_capture(ch: Channel) -> None:
         """Remove the spill directory (if empty) and free the device stager."""
+        if ch.spill_reader is not None:
+            ch.spill_reader.close()
         if ch.spill_dir is not None:
             ch.spill_dir.close()
         if ch.device is not None:
@@ -478,7 +511,7 @@ class Sink:
             if outcome == QUEUED or outcome == DROPPED:
                 return
             if outcome == SPILL:
-                assert entry is not None
+                assert isinstance(entry, SpillTicket)
                 # The current CUDA stream is per thread: resolve it here, not in the worker.
                 stream = _caller_stream(items, stream)
                 # Shielded: the frame is accepted, so it must be written. (run_sync
@@ -551,7 +584,7 @@ class Sink:
             if outcome == QUEUED or outcome == DROPPED:
                 return
             if outcome == SPILL:
-                assert entry is not None
+                assert isinstance(entry, SpillTicket)
                 ch.spill_write(entry, items, stream)
                 return
             waker = ThreadWaker()
@@ -642,8 +675,7 @@ class Sink:
             with anyio.CancelScope(shield=True):
                 await self._consume_loop(ch)
         except Exception as exc:
-            discarded = ch.fail(exc)
-            remove_spill_files(discarded)
+            ch.fail(exc)
         except BaseException as exc:
             ch.fail(exc)
             raise
@@ -704,12 +736,11 @@ class Sink:
             if not st.prepared:
                 await self._prepare(ch)
                 st.prepared = True
-            frames = await self._materialize(entries)
+            frames = await self._materialize(ch, entries)
             await self._call(self._store.append, Batch(frames, dropped))
             ch.release(entries)
-            spills = [e for e in entries if e.spill is not None]
-            if spills:
-                await anyio.to_thread.run_sync(remove_spill_files, spills)
+            if ch.spill_reader is not None and ch.spill_reader.exhausted:
+                await anyio.to_thread.run_sync(ch.spill_reader.remove_exhausted)
         st.appended_seq = max(st.appended_seq, upto)
         return bool(entries or dropped)
 
@@ -735,13 +766,14 @@ class Sink:
                     store.prepare(ch.schema, times=bool(ch.clock.has_times))
                     st.prepared = True
                 for e in entries:
-                    if e.spill is not None:
-                        e.fields = SpillDir.read(e.spill)
+                    if e.spill:
+                        _read_spilled(ch, e)
                     elif e.completion is not None and not e.completion.done():
                         e.completion.synchronize()
                 store.append(Batch(list(entries), dropped))  # entries are Frames
                 ch.release(entries)
-                remove_spill_files(entries)
+                if ch.spill_reader is not None and ch.spill_reader.exhausted:
+                    ch.spill_reader.remove_exhausted()
                 small = len(entries) < ch.wake_frames and (
                     sum(e.size for e in entries) < ch.wake_bytes
                 )
@@ -761,15 +793,16 @@ class Sink:
         assert ch.schema is not None
         await self._call(self._store.prepare, ch.schema, times=bool(ch.clock.has_times))
 
-    async def _materialize(self, entries: list[Entry]) -> list[Frame]:
+    async def _materialize(self, ch: Channel, entries: list[Entry]) -> list[Frame]:
         """Host frames for ``entries``: wait for device copies, read spilled frames."""
-        spilled = [e for e in entries if e.spill is not None]
+        spilled = [e for e in entries if e.spill]
         if spilled:
-            loaded = await anyio.to_thread.run_sync(
-                lambda: [SpillDir.read(e.spill) for e in spilled if e.spill is not None]
-            )
-            for e, fields in zip(spilled, loaded, strict=True):
-                e.fields = fields
+
+            def read_all() -> None:
+                for e in spilled:
+                    _read_spilled(ch, e)
+
+            await anyio.to_thread.run_sync(read_all)
         for e in entries:
             if e.completion is not None and not e.completion.done():
                 await e.completion.wait()

@@ -1,28 +1,86 @@
 """Spill: overflow frames to a local directory instead of dropping or blocking.
 
 With ``policy=snapsink.Spill(dir)``, a frame that finds the channel full is
-written to a file in a private subdirectory of ``dir`` (one raw file per frame:
-the fields' bytes, C order, back to back; the layout lives in memory). The
-consumer replays spilled frames in write order, bit-exact, and removes each
-file once the store has appended it. Past ``max_bytes`` of spilled data the
-producer blocks until the consumer catches up.
+appended to a spill file in a private subdirectory of ``dir``, and so is every
+frame after it until the consumer has taken all of them: the spilled frames
+form one first-in-first-out queue on disk, behind the frames held in memory,
+and are replayed in write order, bit-exact.
+
+On disk (``dir/snapsink-spill-XXXXXXXX/``):
+
+- ``lock``: held (``flock``, shared) by the sink's process and by its writer
+  process while they live. A new sink on the same ``dir`` removes the
+  leftovers of directories whose lock nobody holds (their owners died).
+- ``000001.seg``, ``000002.seg``, ...: segments of at most :func:`segment_limit`
+  bytes (a frame never straddles two). Each frame is one record: a header
+  (:data:`_MAGIC`, the frame's data bytes, step, whether it has a time, the
+  time, the row count of each ragged field) and the fields' bytes, laid out as
+  in a shared-memory slot (:func:`snapsink._writer._shm.frame_layout`).
+
+The records are the queue's only index: a spilled backlog costs a few counters
+of RAM however long it grows. The reader (the sink's consumer, or its writer
+process) removes a segment once it has read past its end and the frames were
+stored. A record is complete once the ``write`` that appended it returned; a
+torn tail (the producer killed inside a write) is never read.
 """
 
 from __future__ import annotations
 
+import contextlib
+import errno
+import fcntl
 import os
+import stat
+import struct
 import tempfile
-from collections.abc import Sequence
+import time as _time
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, Final
 
 import numpy as np
 
 from ._errors import ConfigError
-from ._schema import Field
+from ._schema import Field, Schema
 
-__all__ = ["Spill", "SpillDir", "SpillRecord"]
+__all__ = [
+    "Spill",
+    "SpillDir",
+    "SpillReader",
+    "clean_leftovers",
+    "lock_shared",
+    "remove_if_empty",
+    "segment_limit",
+]
+
+_MAGIC: Final = b"SNSP"
+_PREFIX: Final = "snapsink-spill-"
+_LOCK: Final = "lock"
+_SUFFIX: Final = ".seg"
+_OLD_SUFFIX: Final = ".frame"  # snapsink 0.1: one file per frame
+_ALIGN: Final = 64
+#: a directory this young without a lock file may be a live sink's, being set up
+_SETUP_GRACE_S: Final = 60.0
+#: the largest segment; smaller under a small ``max_bytes`` (see segment_limit)
+SEGMENT_BYTES: Final = 64 << 20
+
+
+def _header(n_ragged: int) -> struct.Struct:
+    """magic, padding, data bytes, step, has_time, time, rows of each ragged field."""
+    return struct.Struct("<4s4xqqqd" + "q" * n_ragged)
+
+
+def _padded(n: int) -> int:
+    return -(-n // _ALIGN) * _ALIGN
+
+
+def segment_limit(max_bytes: int | None) -> int:
+    """Bytes after which a new segment starts: a quarter of ``max_bytes`` (so
+    that replayed segments free room in steps), at most :data:`SEGMENT_BYTES`."""
+    if max_bytes is None:
+        return SEGMENT_BYTES
+    return max(1 << 16, min(SEGMENT_BYTES, max_bytes // 4))
 
 
 @dataclass(frozen=True, slots=True)
@@ -33,7 +91,8 @@ class Spill:
     ----------
     dir
         A directory on a fast local disk; created if missing. snapsink works in a
-        fresh subdirectory of it and removes only the files it wrote.
+        fresh subdirectory of it and removes only the files it wrote (and those
+        that sinks which died left behind).
     max_bytes
         At most this many bytes spilled at once (``None``: no limit). When the
         next frame would exceed it, ``write`` blocks (``write_nowait`` raises
@@ -61,72 +120,291 @@ class Spill:
             raise ConfigError(f"Spill dir: expected a path, got {type(self.dir).__name__}")
 
 
-@dataclass(frozen=True, slots=True)
-class SpillRecord:
-    """Where one spilled frame lives and how to read it back."""
+def _segment(directory: Path, index: int) -> Path:
+    return directory / f"{index:06d}{_SUFFIX}"
 
-    path: Path
-    layout: tuple[tuple[str, str, tuple[int, ...]], ...]  # (name, dtype.str, shape)
-    nbytes: int
+
+def lock_shared(directory: Path) -> int:
+    """Hold a shared lock on a spill directory's lock file; returns the descriptor
+    (the lock goes when it is closed, or when its process dies)."""
+    fd = os.open(
+        directory / _LOCK, os.O_RDWR | os.O_CREAT | os.O_CLOEXEC | os.O_NOFOLLOW, 0o600
+    )
+    try:
+        fcntl.flock(fd, fcntl.LOCK_SH)
+    except BaseException:
+        os.close(fd)
+        raise
+    return fd
+
+
+def clean_leftovers(base: Path) -> int:
+    """Remove what sinks that died left in ``base``: the spill directories whose
+    lock nobody holds (only snapsink's own files in them). Returns how many."""
+    removed = 0
+    try:
+        entries = list(os.scandir(base))
+    except OSError:
+        return 0
+    for entry in entries:
+        if not entry.name.startswith(_PREFIX) or not entry.is_dir(follow_symlinks=False):
+            continue
+        d = Path(entry.path)
+        try:
+            fd = os.open(d / _LOCK, os.O_RDWR | os.O_CLOEXEC | os.O_NOFOLLOW)
+        except FileNotFoundError:
+            # no lock yet: a sink being set up, or one from snapsink 0.1
+            try:
+                young = _time.time() - entry.stat(follow_symlinks=False).st_mtime < _SETUP_GRACE_S
+            except OSError:
+                continue
+            if young:
+                continue
+            fd = -1
+        except OSError:
+            continue
+        try:
+            if fd >= 0:
+                try:
+                    fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+                except BlockingIOError:
+                    continue  # alive
+            for f in os.scandir(d):
+                if f.name.endswith((_SUFFIX, _OLD_SUFFIX)) and f.is_file(follow_symlinks=False):
+                    with contextlib.suppress(FileNotFoundError):
+                        os.unlink(f.path)
+            with contextlib.suppress(FileNotFoundError):
+                os.unlink(d / _LOCK)
+            with contextlib.suppress(OSError):
+                d.rmdir()  # kept if someone else's files are in it
+                removed += 1
+        finally:
+            if fd >= 0:
+                os.close(fd)
+    return removed
+
+
+def _check_base(base: Path) -> None:
+    """The spill directory must be a writable directory: say so at open."""
+    try:
+        base.mkdir(parents=True, exist_ok=True)
+    except FileExistsError:
+        raise ConfigError(f"Spill dir: expected a directory, got a file at {base}") from None
+    except OSError as exc:
+        raise ConfigError(f"Spill dir: cannot create {base}: {exc.strerror}") from exc
+    st = base.stat()
+    if not stat.S_ISDIR(st.st_mode):
+        raise ConfigError(f"Spill dir: expected a directory, got a file at {base}")
+    if not os.access(base, os.W_OK | os.X_OK):
+        raise ConfigError(f"Spill dir: expected a writable directory, {base} is not writable")
 
 
 class SpillDir:
-    """The runtime side of :class:`Spill`: a private directory of frame files."""
+    """The producer's side of a spill directory: appends frames to segments.
+
+    Created when a sink with a Spill policy opens (so that a directory that
+    cannot be used is a ConfigError then, not at a ``write``). Appends are
+    serialized by the channel (one at a time, in the order frames were taken).
+    """
 
     def __init__(self, config: Spill):
         self.config = config
         base = Path(config.dir)
-        base.mkdir(parents=True, exist_ok=True)
-        self.path = Path(tempfile.mkdtemp(prefix="snapsink-spill-", dir=base))
-        self._counter = 0
+        _check_base(base)
+        clean_leftovers(base)
+        try:
+            self.path = Path(tempfile.mkdtemp(prefix=_PREFIX, dir=base))
+            self._lock_fd = lock_shared(self.path)
+        except OSError as exc:
+            raise ConfigError(f"Spill dir: cannot work in {base}: {exc.strerror}") from exc
+        self.limit = segment_limit(config.max_bytes)
+        self._segment = 0  # index of the segment being appended to
+        self._fd = -1
+        self._size = 0  # bytes in that segment
+        self._header: struct.Struct | None = None
+        self._pad = bytes(_ALIGN)
 
-    def write(self, items: Sequence[tuple[str, Field, Any]], to_host: Any = None) -> SpillRecord:
-        """Write one frame (blocking); ``to_host(value)`` turns device values into
-        host arrays when given."""
+    def append(
+        self,
+        schema: Schema,
+        step: int,
+        time: float | None,
+        items: Sequence[tuple[str, Field, Any]],
+        to_host: Callable[[Any], Any] | None = None,
+    ) -> int:
+        """Append one frame (blocking); returns its data bytes.
+
+        On failure nothing of the frame stays in the segment, and the error
+        (an OSError, e.g. ENOSPC) propagates.
+        """
+        from ._writer._shm import frame_layout
+
+        if self._header is None:
+            self._header = _header(len(schema.ragged))
         arrays = []
-        layout = []
-        for name, field, value in items:
-            arr = to_host(value) if to_host is not None else np.asarray(value)
-            # Not np.ascontiguousarray: it turns a 0-d array (a scalar field) into shape (1,).
+        rows = []
+        for _, field, value in items:
+            arr = to_host(value) if to_host is not None else value
             arr = np.asarray(arr, dtype=field.dtype)
             if not arr.flags.c_contiguous:
                 arr = np.ascontiguousarray(arr)
+            if field.ragged:
+                rows.append(int(arr.shape[0]))
             arrays.append(arr)
-            layout.append((name, field.dtype.str, tuple(arr.shape)))
-        self._counter += 1
-        path = self.frame_path(self.path, self._counter)
-        with open(path, "xb") as f:
-            for arr in arrays:
-                f.write(arr.data if arr.size else b"")  # contiguous: no copy
-        return SpillRecord(path, tuple(layout), sum(a.nbytes for a in arrays))
+        layout, total = frame_layout(schema, rows)
+        header = self._header.pack(
+            _MAGIC, total, step, time is not None, 0.0 if time is None else time, *rows
+        )
+        parts: list[Any] = [header, self._pad[: _padded(len(header)) - len(header)]]
+        for (_, _, _, nbytes, _), arr in zip(layout, arrays, strict=True):
+            if nbytes:
+                parts.append(arr.reshape(-1).view(np.uint8))
+            parts.append(self._pad[: _padded(max(nbytes, 1)) - nbytes])
+        record = _padded(len(header)) + total
+        if self._fd < 0 or (self._size and self._size + record > self.limit):
+            self._next_segment()
+        start = self._size
+        try:
+            _write_all(self._fd, parts, record, start)
+        except BaseException:
+            with contextlib.suppress(OSError):
+                os.ftruncate(self._fd, start)
+            raise
+        self._size = start + record
+        return total
 
-    @staticmethod
-    def frame_path(directory: Path, counter: int) -> Path:
-        """The file of the ``counter``-th spilled frame (its stem is the counter)."""
-        return directory / f"{counter:012d}.frame"
+    def _next_segment(self) -> None:
+        # the reader moves on to the next index at the end of a segment: the
+        # index advances only once its file exists
+        fd = os.open(
+            _segment(self.path, self._segment + 1),
+            os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_CLOEXEC | os.O_NOFOLLOW,
+            0o600,
+        )
+        if self._fd >= 0:
+            os.close(self._fd)
+        self._fd = fd
+        self._segment += 1
+        self._size = 0
 
-    @staticmethod
-    def read(record: SpillRecord) -> dict[str, np.ndarray[Any, Any]]:
-        """Read one spilled frame back (blocking), bit-exact."""
-        raw = record.path.read_bytes()
-        out: dict[str, np.ndarray[Any, Any]] = {}
-        pos = 0
-        for name, dtype, shape in record.layout:
-            dt = np.dtype(dtype)
-            n = int(np.prod(shape, dtype=np.int64)) * dt.itemsize
-            arr = np.frombuffer(raw, dt, count=n // dt.itemsize, offset=pos).reshape(shape)
-            # a scalar field is a numpy scalar, as when captured in memory
-            out[name] = arr[()] if not shape else arr
-            pos += n
-        return out
-
-    @staticmethod
-    def remove(record: SpillRecord) -> None:
-        record.path.unlink(missing_ok=True)
+    def discard(self) -> None:
+        """The sink failed: its spilled frames will never be stored; remove them."""
+        for f in self.path.glob(f"*{_SUFFIX}"):
+            f.unlink(missing_ok=True)
 
     def close(self) -> None:
-        """Remove the private subdirectory if it is empty (never user files)."""
-        try:
-            self.path.rmdir()
-        except OSError:
-            pass
+        """Close the segment; remove the lock and the directory if no frame is
+        left in it (never user files)."""
+        if self._fd >= 0:
+            os.close(self._fd)
+            self._fd = -1
+        remove_if_empty(self.path)
+        if self._lock_fd >= 0:
+            os.close(self._lock_fd)
+            self._lock_fd = -1
+
+
+def _write_all(fd: int, parts: list[Any], total: int, offset: int) -> None:
+    """pwritev every part at ``offset``, resuming after short writes."""
+    written = os.pwritev(fd, parts, offset)
+    if written == total:
+        return
+    flat = b"".join(bytes(p) for p in parts)
+    while written < total:
+        n = os.pwrite(fd, flat[written:], offset + written)
+        if n <= 0:  # pragma: no cover - the kernel reports errors as OSError
+            raise OSError(errno.EIO, "short write to a spill segment")
+        written += n
+
+
+class SpillReader:
+    """The consumer's side: reads spilled frames back, in order, bit-exact.
+
+    """
+
+    def __init__(self, path: Path, schema: Schema):
+        self.path = path
+        self.schema = schema
+        self._header = _header(len(schema.ragged))
+        self._head = _padded(self._header.size)
+        self._segment = 1
+        self._fd = -1
+        self._offset = 0
+        #: segments read to their end, removed once their frames are stored
+        self.exhausted: list[Path] = []
+
+    def read(self) -> tuple[int, float | None, dict[str, Any], int] | None:
+        """The next frame: ``(step, time, fields, nbytes)``, or None when no
+        complete frame follows (the end of what was spilled)."""
+        from ._writer._shm import frame_layout
+
+        while True:
+            if self._fd < 0:
+                try:
+                    self._fd = os.open(
+                        _segment(self.path, self._segment),
+                        os.O_RDONLY | os.O_CLOEXEC | os.O_NOFOLLOW,
+                    )
+                except FileNotFoundError:
+                    return None
+                self._offset = 0
+            raw = os.pread(self._fd, self._head, self._offset)
+            if len(raw) < self._header.size:
+                if len(raw) == 0 and os.path.exists(_segment(self.path, self._segment + 1)):
+                    self._next_segment()
+                    continue
+                return None  # the end (a torn header is never a frame)
+            magic, total, step, has_time, t, *rows = self._header.unpack_from(raw)
+            if magic != _MAGIC:
+                raise OSError(
+                    errno.EIO,
+                    f"spill segment {_segment(self.path, self._segment)} is corrupt at "
+                    f"byte {self._offset}",
+                )
+            data = os.pread(self._fd, total, self._offset + self._head)
+            if len(data) < total:
+                return None  # a torn tail: its write never returned
+            self._offset += self._head + total
+            layout, _ = frame_layout(self.schema, rows)
+            buf = np.frombuffer(data, np.uint8)
+            fields: dict[str, Any] = {}
+            for name, field, offset, nbytes, shape in layout:
+                arr = buf[offset : offset + nbytes].view(field.dtype).reshape(shape)
+                fields[name] = arr[()] if not shape else arr
+            return step, (t if has_time else None), fields, total
+
+    def _next_segment(self) -> None:
+        os.close(self._fd)
+        self._fd = -1
+        self.exhausted.append(_segment(self.path, self._segment))
+        self._segment += 1
+
+    def remove_exhausted(self) -> None:
+        """Remove the segments read to their end (their frames are stored)."""
+        done, self.exhausted = self.exhausted, []
+        for p in done:
+            p.unlink(missing_ok=True)
+
+    def close(self, *, remove_dir: bool = False) -> None:
+        """Close; the segment being read is removed too when it was read to its
+        end (``remove_dir``: and the directory, if nothing else is in it)."""
+        if self._fd >= 0:
+            size = os.fstat(self._fd).st_size
+            os.close(self._fd)
+            self._fd = -1
+            if self._offset >= size:
+                self.exhausted.append(_segment(self.path, self._segment))
+        self.remove_exhausted()
+        if remove_dir:
+            remove_if_empty(self.path)
+
+
+def remove_if_empty(directory: Path) -> None:
+    """Remove a spill directory's lock and the directory, if no frame is left
+    in it (never user files)."""
+    if any(directory.glob(f"*{_SUFFIX}")):
+        return
+    with contextlib.suppress(OSError):
+        (directory / _LOCK).unlink()
+    with contextlib.suppress(OSError):
+        directory.rmdir()

@@ -24,7 +24,7 @@ pytestmark = pytest.mark.timeout(30)
 
 
 def spill_files(root: Path) -> list[Path]:
-    return list(root.rglob("*.frame"))
+    return [*root.rglob("*.seg"), *root.rglob("*.frame")]
 
 
 async def test_producer_cancelled_during_its_spill_write(
@@ -34,14 +34,14 @@ async def test_producer_cancelled_during_its_spill_write(
     producer then must neither lose it nor store it twice, nor leak the entry."""
     in_write = threading.Event()
     release = threading.Event()
-    real_write = SpillDir.write
+    real_append = SpillDir.append
 
-    def slow_write(self: SpillDir, items: Any, to_host: Any = None) -> Any:
+    def slow_append(self: SpillDir, *args: Any, **kwargs: Any) -> Any:
         in_write.set()
         assert release.wait(10)
-        return real_write(self, items, to_host)
+        return real_append(self, *args, **kwargs)
 
-    monkeypatch.setattr(SpillDir, "write", slow_write)
+    monkeypatch.setattr(SpillDir, "append", slow_append)
     async with Sink(gated, capacity=1, policy=Spill(tmp_path)) as sink:
         await sink.write({"v": np.full(3, 0.0)}, step=0)
         await gated.wait_entered()  # frame 0 is being appended; the channel is full

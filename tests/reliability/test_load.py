@@ -99,7 +99,7 @@ async def test_small_frames_under_load(tmp_path: Path, name: str) -> None:
     if name.startswith("drop"):
         assert stats.dropped > 0, "the hiccups must have made the policy drop"
     if name == "spill":
-        assert not any((tmp_path / "spill").rglob("*.frame"))
+        assert not any((tmp_path / "spill").rglob("*.seg"))
 
 
 @pytest.mark.slow

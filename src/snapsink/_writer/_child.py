@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import errno
 import inspect
 import queue
 import signal
@@ -29,7 +30,7 @@ from pathlib import Path
 from typing import Any
 
 from .._schema import Batch, Frame, Schema
-from .._spill import SpillDir, SpillRecord
+from .._spill import SpillReader, lock_shared, remove_if_empty
 from .._store import Resume
 from . import _shm
 from ._wire import Wire, encode_error
@@ -90,6 +91,9 @@ class Writer:
         self.views: dict[int, tuple[_shm.SlotMemory, list[tuple[str, Any]]]] = {}
         self.fixed_layout: list[Any] | None = None
         self.spill_dir: Path | None = None
+        self.spill_reader: SpillReader | None = None
+        self.spill_lock = -1
+        self.spill_done = 0  # spilled bytes stored (reported on the ring)
         self.batch_limit = 1
         self.byte_budget: int | None = None
         self.done = 0  # seq of the last frame appended
@@ -153,6 +157,9 @@ class Writer:
             self.times = times
         elif kind == "spilldir":
             self.spill_dir = Path(msg[1])
+            # hold the spill directory's lock while this process may read it:
+            # its files are not a dead sink's leftovers while the writer drains
+            self.spill_lock = lock_shared(self.spill_dir)
         elif kind == "dropped":
             self.dropped.extend(msg[1])
         elif kind == "flush":
@@ -163,28 +170,38 @@ class Writer:
             raise RuntimeError(f"writer: unknown message {kind!r}")
 
     # -- frames -----------------------------------------------------------------
-    def _frame(self, rec: tuple[Any, ...], expected: int) -> tuple[Frame, SpillRecord | None]:
+    def _spill_queue(self) -> SpillReader:
+        if self.spill_reader is None:
+            assert self.spill_dir is not None and self.schema is not None
+            self.spill_reader = SpillReader(self.spill_dir, self.schema)
+        return self.spill_reader
+
+    def _spilled(self) -> tuple[Frame, int] | None:
+        """The next frame of the spill queue, or None at its end."""
+        got = self._spill_queue().read()
+        if got is None:
+            return None
+        step, time, fields, nbytes = got
+        return Frame(step, time, fields), nbytes
+
+    def _frame(self, rec: tuple[Any, ...], expected: int) -> tuple[Frame, int]:
+        """The frame of a ring record, and its bytes if it was spilled (else 0)."""
         seq, kind, where, gen, step, has_time, time, *rows = rec
         if seq != expected:  # pragma: no cover - a broken ring, never an input
             raise RuntimeError(f"writer: ring record {expected} holds frame {seq}")
         schema = self.schema
         assert schema is not None
+        if kind == _shm.SPILLED:
+            got = self._spilled()
+            if got is None:
+                raise OSError(errno.ENOENT, f"a spilled frame is missing from {self.spill_dir}")
+            return got
         if rows:
             layout, _ = _shm.frame_layout(schema, rows)
         else:
             if self.fixed_layout is None:
                 self.fixed_layout, _ = _shm.frame_layout(schema, rows)
             layout = self.fixed_layout
-        if kind == _shm.SPILLED:
-            while self.spill_dir is None:
-                self.handle(block=True, timeout=_TICK)
-            record = SpillRecord(
-                SpillDir.frame_path(self.spill_dir, where),
-                tuple((n, f.dtype.str, shape) for n, f, _, _, shape in layout),
-                sum(nb for _, _, _, nb, _ in layout),
-            )
-            fields = SpillDir.read(record)
-            return Frame(step, time if has_time else None, fields), record
         slot = self.slots.get(where)
         while slot is None or slot.gen != gen:
             # its mapping was sent before the record was published: it is on its way
@@ -198,7 +215,7 @@ class Writer:
             if not rows:  # a fixed layout: the same views for every frame of this mapping
                 self.views[where] = views
         out = {name: (arr[()] if not arr.ndim else arr) for name, arr in views[1]}
-        return Frame(step, time if has_time else None, out), None
+        return Frame(step, time if has_time else None, out), 0
 
     def pending(self) -> int:
         """Frames published and not yet appended."""
@@ -211,16 +228,15 @@ class Writer:
         if tail <= self.done and not self.dropped:
             return False
         frames: list[Frame] = []
-        spilled: list[SpillRecord] = []
+        spilled = 0
         budget = self.byte_budget
         seq = self.done
         while seq < tail and len(frames) < self.batch_limit:
             assert ring is not None
-            frame, record = self._frame(ring.read(seq + 1), seq + 1)
+            frame, nbytes = self._frame(ring.read(seq + 1), seq + 1)
             seq += 1
             frames.append(frame)
-            if record is not None:
-                spilled.append(record)
+            spilled += nbytes
             if budget is not None:
                 budget -= frame.nbytes
                 if budget <= 0:
@@ -231,13 +247,35 @@ class Writer:
         frames.clear()
         self.done = seq
         if ring is not None:
+            if spilled:
+                self.spill_done += spilled
+                ring.set(_shm.SPILL_DONE, self.spill_done)
             ring.set(_shm.DONE, seq)
             if ring.get(_shm.WANT_DONE):
                 ring.set(_shm.WANT_DONE, 0)
                 self.send(("done", seq))
-        for record in spilled:
-            SpillDir.remove(record)
+        if self.spill_reader is not None and self.spill_reader.exhausted:
+            self.spill_reader.remove_exhausted()
         return True
+
+    def drain_spilled(self) -> None:
+        """The sink's process died: store the frames it spilled and never got to
+        publish (each one's ``write`` returned), in order, up to a torn tail."""
+        if self.spill_dir is None or self.schema is None:
+            return
+        while True:
+            frames: list[Frame] = []
+            while len(frames) < max(1, self.batch_limit):
+                got = self._spilled()
+                if got is None:
+                    break
+                frames.append(got[0])
+            if not frames:
+                return
+            self.ensure_prepared()
+            self.call(self.store.append, Batch(frames, []))
+            assert self.spill_reader is not None
+            self.spill_reader.remove_exhausted()
 
     def ensure_prepared(self) -> None:
         if not self.prepared and self.schema is not None:
@@ -267,6 +305,7 @@ class Writer:
                 return
             if self.parent_gone:
                 if self.pending() <= 0:
+                    self.drain_spilled()
                     return
                 continue
             # Nothing to do. A simulation that writes regularly finds the writer
@@ -329,11 +368,13 @@ def main(argv: list[str]) -> int:
         w.call.close()
     if not failed:
         w.send(("closed", w.done))
-    # Every spill file the writer was handed is removed; remove the directory
-    # too when the sink's process is gone and left it empty.
-    if w.parent_gone and w.spill_dir is not None:
+    # Every spilled frame the writer stored is removed; the directory too when
+    # the sink's process is gone and left nothing else in it.
+    if w.spill_reader is not None:
         with contextlib.suppress(OSError):
-            w.spill_dir.rmdir()
+            w.spill_reader.close(remove_dir=w.parent_gone and not failed)
+    elif w.parent_gone and w.spill_dir is not None and not failed:
+        remove_if_empty(w.spill_dir)
     return 1 if failed else 0
 
 

@@ -44,12 +44,14 @@ __all__ = [
 ALIGN: Final = 64
 
 #: ring header: tail (producer), done (writer), want_done (producer sets, writer
-#: clears), writer_idle (writer sets, producer clears), each on its own line
-RING_HEADER: Final = 4 * ALIGN
+#: clears), writer_idle (writer sets, producer clears), spilled bytes the writer
+#: has stored (writer), each on its own line
+RING_HEADER: Final = 5 * ALIGN
 TAIL: Final = 0
 DONE: Final = ALIGN
 WANT_DONE: Final = 2 * ALIGN
 IDLE: Final = 3 * ALIGN
+SPILL_DONE: Final = 4 * ALIGN
 
 #: values of IDLE: the writer is working; it looks at the ring again within a
 #: millisecond on its own (a timed sleep: waking it would cost the producer a

@@ -34,7 +34,7 @@ from typing import Any
 
 import numpy as np
 
-from .._channel import Channel, Entry, SinkStatistics, remove_spill_files
+from .._channel import Channel, Entry, SinkStatistics
 from .._errors import ConfigError, WriterError
 from .._schema import Field, Schema, StepClock, is_device_array
 from .._spill import Spill
@@ -231,7 +231,7 @@ class ProcessWriter:
     def _fail(self, exc: BaseException) -> None:
         ch = self.channel
         assert ch is not None
-        remove_spill_files(ch.fail(exc))
+        ch.fail(exc)
         self.on_failed()
 
     def _exit_status(self) -> str:
@@ -322,7 +322,7 @@ class ProcessChannel(Channel):
         self.window = max(1, capacity // 2) if policy == "drop_oldest" else capacity
         self.nrecords = max(1024, 4 * capacity)
         self.flushes: list[tuple[int, int]] = []  # (generation, accepted seq to cover)
-        self._spill_sent = False
+        self._spill_done = 0  # spilled bytes the writer stored (counted so far)
         self._schema_sent = False
         self._rows: list[int] = []
         self._fixed_layout: tuple[list[Any], int] | None = None
@@ -395,10 +395,7 @@ class ProcessChannel(Channel):
         return mem
 
     def _queued(self, entry: Entry, items: Sequence[tuple[str, Field, Any]]) -> None:
-        if entry.slot is not None:
-            entry.rows = self._rows  # counted by _capture, under the same lock
-        else:
-            entry.rows = [int(value.shape[0]) for _, field, value in items if field.ragged]
+        entry.rows = self._rows  # counted by _capture, under the same lock
         self._pump()
 
     # -- publication ----------------------------------------------------------------
@@ -427,7 +424,7 @@ class ProcessChannel(Channel):
         """Publish every queued frame that may go (lock held); send due flushes."""
         self._reap()
         queue = self.queue
-        if queue:
+        if queue or self.fifo_waiting:
             ring = self._ensure_ring()
             start = self.published
             pub = start
@@ -435,11 +432,6 @@ class ProcessChannel(Channel):
             slots = self.inflight_slots
             while queue:
                 e = queue[0]
-                if not e.ready:
-                    break  # its spill file is being written
-                if e.void:
-                    queue.popleft()
-                    continue
                 if e.completion is not None and not e.completion.done():
                     break  # its device copy is running
                 if e.slot is not None and slots >= self.window:
@@ -450,22 +442,29 @@ class ProcessChannel(Channel):
                 pub += 1
                 e.pub = pub
                 t = e.time
-                if e.spill is not None:
-                    if not self._spill_sent:
-                        assert self.spill_dir is not None
-                        self.writer.send(("spilldir", str(self.spill_dir.path)))
-                        self._spill_sent = True
-                    kind, where, gen = _shm.SPILLED, int(e.spill.path.stem), 0
-                else:
-                    assert e.slot is not None and e.slot.shared is not None
-                    kind, where, gen = _shm.SLOT, e.slot.index, e.slot.shared.gen
-                    slots += 1
+                assert e.slot is not None and e.slot.shared is not None
                 ring.put(
                     pub,
-                    (pub, kind, where, gen, e.step, t is not None, 0.0 if t is None else t,
-                     *e.rows),
+                    (pub, _shm.SLOT, e.slot.index, e.slot.shared.gen, e.step, t is not None,
+                     0.0 if t is None else t, *e.rows),
                 )
+                slots += 1
                 self.inflight.append(e)
+            if not queue and self.fifo_waiting:
+                # spilled frames, behind every frame in memory: the writer reads
+                # their step, time and fields from the spill queue itself
+                n = min(self.fifo_waiting, self.nrecords - (pub - done))
+                assert self.schema is not None
+                blank = (0,) * len(self.schema.ragged)
+                for _ in range(n):
+                    pub += 1
+                    e = Entry(self.fifo_head_seq, 0, None, 0)
+                    e.spill = True
+                    e.pub = pub
+                    self.fifo_head_seq += 1
+                    ring.put(pub, (pub, _shm.SPILLED, 0, 0, 0, 0, 0.0, *blank))
+                    self.inflight.append(e)
+                self.fifo_waiting -= n
             self.inflight_slots = slots
             if pub != start:
                 self.published = pub
@@ -477,7 +476,7 @@ class ProcessChannel(Channel):
                     idle == _shm.POLLING and pub - done >= max(1, self.window // 2)
                 ):
                     self._wake_writer(ring)
-            if queue:
+            if queue or self.fifo_waiting:
                 ring.set(_shm.WANT_DONE, 1)  # call back when the writer advances
         if len(self.pending_dropped) >= _DROP_BATCH:
             self._send_drops()
@@ -519,7 +518,7 @@ class ProcessChannel(Channel):
         with self.lock:
             self.window = self.capacity
             self._pump()
-            if self.queue:
+            if self.queue or self.fifo_waiting or self.fifo_writing:
                 return False
             self._send_drops()
             self._send_schema()
@@ -532,6 +531,13 @@ class ProcessChannel(Channel):
             if self.ring is None:
                 return 0
             upto = self.ring.get(_shm.DONE)
+        if self.ring is not None:
+            # spilled frames' sizes: the writer read them from disk and counts them
+            spill_done = self.ring.get(_shm.SPILL_DONE)
+            if spill_done != self._spill_done:
+                self.spilled_bytes -= spill_done - self._spill_done
+                self.bytes_written += spill_done - self._spill_done
+                self._spill_done = spill_done
         inflight = self.inflight
         n = 0
         while inflight and inflight[0].pub <= upto:
@@ -542,8 +548,6 @@ class ProcessChannel(Channel):
                 self.held -= 1
                 self.held_bytes -= e.size
                 e.slot = None
-            else:
-                self.spilled_bytes -= e.size
             self.bytes_written += e.size
             n += 1
         if n:
@@ -591,7 +595,7 @@ class ProcessChannel(Channel):
             self._pump()
             return self.flush_requested
 
-    def fail(self, exc: BaseException) -> list[Entry]:
+    def fail(self, exc: BaseException) -> None:
         with self.lock:
             lost = list(self.inflight)
             self.inflight.clear()
@@ -599,7 +603,7 @@ class ProcessChannel(Channel):
             for e in lost:
                 if e.slot is not None:
                     self._unacquire(e.slot, e.size)
-        return lost + super().fail(exc)
+        super().fail(exc)
 
     def statistics(self) -> SinkStatistics:
         with self.lock:
