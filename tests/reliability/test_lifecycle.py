@@ -13,11 +13,9 @@ from __future__ import annotations
 
 import gc
 import os
-import signal
 import subprocess
 import sys
 import threading
-import time
 from pathlib import Path
 
 import numpy as np
@@ -93,60 +91,71 @@ def test_a_dropped_unclosed_sink_is_closed_by_its_finalizer(
         # dropped here, unclosed
 
     with pytest.warns(ResourceWarning, match="unclosed SyncSink"):
-        run()
-        gc.collect()
+        run()  # the last reference goes when it returns
+    gc.collect()
     assert _loop_threads() == before
     traj = snapsink.open(tmp_path / "run")
     assert traj.steps.tolist() == list(range(50))
     assert traj["v"][49].tobytes() == _frame(49).tobytes()
 
 
-class _SlowStore(snapsink.HostMemory):
-    """Keeps the sink busy: every append takes a while."""
+_FORK_SCRIPT = r"""
+import os, signal, sys, time
+import numpy as np, snapsink
+sys.path.insert(0, {tests!r})
+from process_stores import SlowNpy
 
-    def append(self, batch: object) -> None:
-        time.sleep(0.002)
-        super().append(batch)  # type: ignore[arg-type]
+class Slow(snapsink.HostMemory):
+    def append(self, batch):
+        time.sleep(0.002)  # keeps the sink busy: forks land while it works
+        super().append(batch)
+
+writer = {writer!r}
+store = Slow() if writer == "thread" else SlowNpy({run!r}, delay=0.002)
+frame = lambda i: np.arange(16, dtype=np.float64) * 0.5 + i
+children = []
+with snapsink.SyncSink(store, capacity=2, writer=writer) as sink:
+    for i in range(200):
+        sink.write({{"v": frame(i)}}, step=i)
+        if i % 10 == 5:
+            pid = os.fork()
+            if pid == 0:  # the child: every call raises at once
+                code = 0
+                try:
+                    signal.alarm(10)  # a hang fails the child
+                    for call in (
+                        sink.statistics,
+                        sink.flush,
+                        lambda: sink.write({{"v": frame(0)}}, step=10**6),
+                        lambda: sink.write_nowait({{"v": frame(0)}}, step=10**6),
+                    ):
+                        try:
+                            call()
+                            code = 3
+                        except snapsink.ClosedSinkError as exc:
+                            if "forked child" not in str(exc):
+                                code = 4
+                    if writer == "process" and sink._sink._process.wire is not None:
+                        code = 5  # the writer's socket must not live on here
+                    sink.close()  # not this process's sink: a no-op
+                except BaseException:
+                    code = 6
+                os._exit(code)
+            children.append(pid)
+codes = [os.waitstatus_to_exitcode(os.waitpid(pid, 0)[1]) for pid in children]
+traj = store.trajectory() if writer == "thread" else snapsink.open({run!r})
+ok = traj["v"][:].tobytes() == np.stack([frame(i) for i in range(200)]).tobytes()
+print(codes, traj.steps.tolist() == list(range(200)), ok)
+"""
 
 
 @pytest.mark.skipif(not hasattr(os, "fork"), reason="needs fork")
 @pytest.mark.parametrize("writer", ["thread", "process"])
 def test_a_forked_copy_refuses_every_call_and_never_hangs(tmp_path: Path, writer: str) -> None:
-    store = (
-        _SlowStore() if writer == "thread" else snapsink.NpyDirectory(tmp_path / "run")
+    # in a fresh interpreter: the test process has threads of its own (JAX's)
+    code = _FORK_SCRIPT.format(
+        tests=str(Path(__file__).resolve().parents[1]), run=str(tmp_path / "run"), writer=writer
     )
-    children: list[int] = []
-    with snapsink.SyncSink(store, capacity=2, writer=writer) as sink:
-        for i in range(200):
-            sink.write({"v": _frame(i)}, step=i)
-            if i % 10 == 5:
-                pid = os.fork()
-                if pid == 0:  # the child: every call raises at once
-                    code = 0
-                    try:
-                        signal.alarm(10)  # a hang fails the child
-                        for call in (
-                            sink.statistics,
-                            sink.flush,
-                            lambda: sink.write({"v": _frame(0)}, step=10**6),
-                            lambda: sink.write_nowait({"v": _frame(0)}, step=10**6),
-                        ):
-                            try:
-                                call()
-                                code = 3
-                            except snapsink.ClosedSinkError as exc:
-                                if "forked child" not in str(exc):
-                                    code = 4
-                        if writer == "process" and sink._sink._process.wire is not None:
-                            code = 5  # the writer's socket must not live on here
-                        sink.close()  # not this process's sink: a no-op
-                    except BaseException:
-                        code = 6
-                    os._exit(code)
-                children.append(pid)
-    for pid in children:
-        _, status = os.waitpid(pid, 0)
-        assert os.waitstatus_to_exitcode(status) == 0
-    traj = snapsink.open(tmp_path / "run") if writer == "process" else store.trajectory()
-    assert traj.steps.tolist() == list(range(200))
-    assert traj["v"][:].tobytes() == np.stack([_frame(i) for i in range(200)]).tobytes()
+    done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=90)
+    assert done.returncode == 0, done.stderr
+    assert done.stdout.strip() == f"{[0] * 20} True True", done.stdout + done.stderr

@@ -19,10 +19,10 @@ from typing import Any
 
 import numpy as np
 import pytest
-from conftest import GatedStore
-from process_stores import GatedNpy
 
 import snapsink
+from conftest import GatedStore
+from process_stores import GatedNpy
 from snapsink import ConfigError, Spill, SpillError, SyncSink
 
 pytestmark = pytest.mark.timeout(120)
