@@ -1,9 +1,9 @@
-"""Disk throughput: NpyDirectory and ZarrStore through a Sink, next to raw writes
-and a naive zarr loop, all measured in one run on the same disk.
+"""Disk throughput: NpyDirectory and ZarrStore through a Sink, next to raw writes,
+tensorstore on the same Zarr array and the zstd codec alone, all in one run on one disk.
 
-Every variant writes the same frames (float32, ``--frame-mib`` each, plus a
-small-frame case of ``--small-kib`` each) into fresh files in a temp directory
-under ``--dir``, and ends with everything durable:
+Every variant writes the same frames (float32, of each ``--sizes-kib``: 64 KiB,
+2 MiB and 16 MiB by default) into fresh files in a temp directory under
+``--dir``, and ends with everything durable:
 
 - ``raw``: the frame bytes written with ``os.write`` (one call per frame) into
   one file, one ``fsync`` at the end (and of the directory). The most favourable
@@ -11,23 +11,32 @@ under ``--dir``, and ends with everything durable:
   frames or 5 s, ZarrStore every 1024 frames or 5 s), so the ratios against raw
   are conservative.
 - ``npy``: ``snapsink.Sink(NpyDirectory(...), policy="block")`` from an async loop.
-- ``zarr``, ``zarr+zstd1``, ``zarr+lz4``: ``Sink(ZarrStore(..., compressors=...))``.
-- ``naive zarr``, ``naive zarr+zstd1``, ``naive zarr+lz4``: what people write
-  today: ``zarr.create_array`` preallocated for all frames, one chunk per frame,
-  the same compressor, and ``arr[i] = frame`` per frame with zarr's sync API;
-  then every file and directory of the store fsynced (zarr itself never fsyncs).
-  One chunk per frame is the strongest naive loop: zarr's default chunks
-  (e.g. ``(8, 65536)`` for 256 frames of 1M floats) make every ``arr[i] = frame``
-  a read-modify-write of many partly covered chunks, far slower still.
+- ``zarr``, ``zarr+zstd1`` (and ``zarr+lz4`` with ``--all``):
+  ``Sink(ZarrStore(..., compressors=...))``, default chunking.
+- ``tensorstore``, ``tensorstore+zstd1`` (when tensorstore is installed; an
+  optional peer, not a snapsink dependency): the same Zarr v3 array (same
+  chunks, same codecs) written by tensorstore from the same loop, frames copied
+  into a chunk buffer and each full chunk written asynchronously (``write`` of a
+  chunk; the buffer reused once tensorstore copied it), then every file fsynced.
+- ``naive zarr...`` (with ``--all``): ``zarr.create_array`` preallocated for all
+  frames, one chunk per frame, ``arr[i] = frame`` per frame; then every file
+  and directory fsynced (zarr itself never fsyncs).
 
-Timing covers store creation to close (durable). Variants are interleaved
-(round r runs every variant once, in an order rotated per round); each is run
-``--repeats`` times and the best run is reported (``--stat median`` for the
-median): on a shared machine, interference only ever slows a run down.
+The compressed ceiling: the zstd codec alone (numcodecs ``Zstd(level=1)``, what
+zarr's ``ZstdCodec`` runs) encoding chunks of the same frames on one core, best
+of 3, times the writer's cores: no compressed store can beat it on this machine.
+
+Timing covers the writing of every frame until everything is durable; for the
+sinks it starts once the sink is open (writer process started, store created:
+a fixed ~0.3 s that is not throughput, reported apart as ``startup_s``), and
+ends when the sink is closed (everything committed and fsynced). Variants are
+interleaved (round r runs every variant once, in an order rotated per round);
+each is run ``--repeats`` times and the best run is reported (``--stat median``
+for the median): on a shared machine, interference only ever slows a run down.
 ``os.sync()`` runs before each measurement so no other dirty data is flushed
 during it, and each variant's files are deleted after it (outside the timing).
 
-    python benchmarks/throughput.py [--quick] [--dir DIR] [--json PATH]
+    python benchmarks/throughput.py [--quick] [--dir DIR] [--json PATH] [--all]
 """
 
 from __future__ import annotations
@@ -51,6 +60,7 @@ import zarr.codecs
 from zarr.storage import LocalStore
 
 import snapsink
+from snapsink.writers._zarrplan import default_chunk_rows
 
 MB = 1e6
 DEFAULT_JSON = Path(__file__).parent / "results" / "throughput-cpu.json"
@@ -114,11 +124,16 @@ def _raw(path: str, pool: list[np.ndarray[Any, Any]], n: int, capacity: int) -> 
     return time.perf_counter() - t0
 
 
+STARTUP: dict[str, list[float]] = {}
+
+
 def _through_sink(make_store: Callable[[], Any], pool: list[np.ndarray[Any, Any]], n: int,
-                  capacity: int) -> float:
+                  capacity: int, name: str = "") -> float:
     async def main() -> float:
-        t0 = time.perf_counter()
+        t_enter = time.perf_counter()
         async with snapsink.Sink(make_store(), capacity=capacity, policy="block") as sink:
+            t0 = time.perf_counter()
+            STARTUP.setdefault(name, []).append(t0 - t_enter)
             for i in range(n):
                 await sink.write({"x": pool[i % POOL]}, step=i)
         return time.perf_counter() - t0
@@ -127,13 +142,13 @@ def _through_sink(make_store: Callable[[], Any], pool: list[np.ndarray[Any, Any]
 
 
 def _npy(path: str, pool: list[np.ndarray[Any, Any]], n: int, capacity: int) -> float:
-    return _through_sink(lambda: snapsink.NpyDirectory(path), pool, n, capacity)
+    return _through_sink(lambda: snapsink.NpyDirectory(path), pool, n, capacity, "npy")
 
 
 def _zarr(compressors: Any) -> Callable[..., float]:
     def run(path: str, pool: list[np.ndarray[Any, Any]], n: int, capacity: int) -> float:
         return _through_sink(
-            lambda: snapsink.ZarrStore(path, compressors=compressors), pool, n, capacity
+            lambda: snapsink.ZarrStore(path, compressors=compressors), pool, n, capacity, "zarr"
         )
 
     return run
@@ -158,12 +173,90 @@ def _naive(compressors: Any) -> Callable[..., float]:
     return run
 
 
+def _chunk_rows(pool: list[np.ndarray[Any, Any]]) -> int:
+    """Frames per chunk: ZarrStore's default for these frames (the same array)."""
+    return default_chunk_rows(pool[0].nbytes)
+
+
+def _tensorstore(level: int | None) -> Callable[..., float]:
+    def run(path: str, pool: list[np.ndarray[Any, Any]], n: int, capacity: int) -> float:
+        import tensorstore as ts
+
+        shape = list(pool[0].shape)
+        rows = _chunk_rows(pool)
+        codecs: list[dict[str, Any]] = [{"name": "bytes", "configuration": {"endian": "little"}}]
+        if level is not None:
+            codecs.append({"name": "zstd", "configuration": {"level": level, "checksum": False}})
+        spec = {
+            "driver": "zarr3",
+            "kvstore": {"driver": "file", "path": path},
+            "metadata": {
+                "shape": [n, *shape],
+                "chunk_grid": {"name": "regular",
+                               "configuration": {"chunk_shape": [rows, *shape]}},
+                "data_type": "float32",
+                "codecs": codecs,
+            },
+            "create": True,
+        }
+        t0 = time.perf_counter()
+        arr = ts.open(spec).result()
+        bufs = [np.empty((rows, *shape), np.float32) for _ in range(2)]
+        copies: list[Any] = [None, None]
+        commits = []
+        for i in range(n):
+            k = (i // rows) % 2
+            if i % rows == 0 and copies[k] is not None:
+                copies[k].result()  # tensorstore has copied this buffer: reuse it
+            bufs[k][i % rows] = pool[i % POOL]
+            if i % rows == rows - 1 or i == n - 1:
+                start = i - i % rows
+                fut = arr[start : i + 1].write(bufs[k][: i + 1 - start])
+                copies[k] = fut.copy
+                commits.append(fut.commit)
+        for c in commits:
+            c.result()
+        _fsync_tree(path)
+        return time.perf_counter() - t0
+
+    return run
+
+
+def _have_tensorstore() -> bool:
+    try:
+        import tensorstore  # noqa: F401
+    except ImportError:
+        return False
+    return True
+
+
+def zstd_ceiling(pool: list[np.ndarray[Any, Any]], repeats: int = 3) -> dict[str, float]:
+    """MB/s of zstd level 1 (numcodecs, what zarr's ZstdCodec runs) on one core,
+    over chunks of these frames, and that times the writer's cores."""
+    from numcodecs import Zstd
+
+    from snapsink.writers._zarrio import worker_count
+
+    codec = Zstd(level=1)
+    rows = _chunk_rows(pool)
+    chunk = np.stack([pool[i % POOL] for i in range(rows)])
+    reps = max(1, int(64e6 // chunk.nbytes))
+    best = 0.0
+    for _ in range(repeats):
+        t0 = time.perf_counter()
+        for _ in range(reps):
+            codec.encode(chunk)
+        best = max(best, reps * chunk.nbytes / MB / (time.perf_counter() - t0))
+    cores = min(worker_count(), os.cpu_count() or 1)
+    return {"one_core_mb_per_s": best, "cores": cores, "ceiling_mb_per_s": best * cores}
+
+
 def _check(name: str, path: str, pool: list[np.ndarray[Any, Any]], n: int) -> None:
     """Everything written reads back (outside the timing)."""
     if name == "raw":
         assert os.path.getsize(os.path.join(path, "raw.bin")) == n * pool[0].nbytes
         return
-    if name.startswith("naive"):
+    if name.startswith(("naive", "tensorstore")):
         arr = zarr.open_array(LocalStore(path, read_only=True), mode="r")
         got = [arr[0], arr[n - 1]]
     else:
@@ -174,27 +267,35 @@ def _check(name: str, path: str, pool: list[np.ndarray[Any, Any]], n: int) -> No
     np.testing.assert_array_equal(got[1], pool[(n - 1) % POOL])
 
 
-def variants() -> dict[str, Callable[..., float]]:
+def variants(everything: bool = False) -> dict[str, Callable[..., float]]:
+    """The variants measured; ``everything`` adds lz4 and the naive zarr loops."""
     out: dict[str, Callable[..., float]] = {"raw": _raw, "npy": _npy}
     comps = _compressors()
+    if not everything:
+        comps.pop("+lz4")
     for label, c in comps.items():
         out[f"zarr{label}"] = _zarr(c)
-    for label, c in comps.items():
-        out[f"naive zarr{label}"] = _naive(c)
+    if _have_tensorstore():
+        out["tensorstore"] = _tensorstore(None)
+        out["tensorstore+zstd1"] = _tensorstore(1)
+    if everything:
+        for label, c in comps.items():
+            out[f"naive zarr{label}"] = _naive(c)
     return out
 
 
 def measure_case(
     root: str, frame_bytes: int, n: int, capacity: int, repeats: int,
-    only: list[str] | None = None,
+    only: list[str] | None = None, everything: bool = False,
 ) -> dict[str, Any]:
     pool = _frames(frame_bytes)
-    todo = variants()
+    todo = variants(everything)
     if only:
         todo = {k: v for k, v in todo.items() if k in only}
     names = list(todo)
     secs: dict[str, list[float]] = {k: [] for k in names}
     total = n * frame_bytes
+    STARTUP.clear()
     for r in range(repeats):
         order = names[r % len(names) :] + names[: r % len(names)]
         for name in order:
@@ -210,6 +311,9 @@ def measure_case(
         "capacity": capacity,
         "seconds": secs,
         "mb_per_s": {k: [total / MB / s for s in v] for k, v in secs.items()},
+        "chunk_frames": _chunk_rows(pool),
+        "zstd": zstd_ceiling(pool),
+        "startup_s": {k: min(v) for k, v in STARTUP.items()},
     }
 
 
@@ -217,16 +321,27 @@ def summarize(case: dict[str, Any], stat: str) -> dict[str, Any]:
     pick = max if stat == "best" else statistics.median
     rate = {k: pick(v) for k, v in case["mb_per_s"].items()}
     ratios: dict[str, float] = {}
+    targets: dict[str, float] = {}
     if "raw" in rate:
-        for k in ("npy", "zarr"):
+        for k in ("npy", "zarr", "tensorstore"):
             if k in rate:
                 ratios[f"{k}/raw"] = rate[k] / rate["raw"]
+        targets["npy/raw"] = 0.9
+        targets["zarr/raw"] = 0.6 if case["frame_bytes"] < (1 << 20) else 0.8
+    ceiling = case["zstd"]["ceiling_mb_per_s"]
+    for k in ("zarr+zstd1", "tensorstore+zstd1"):
+        if k in rate:
+            ratios[f"{k}/zstd ceiling"] = rate[k] / ceiling
+    targets["zarr+zstd1/zstd ceiling"] = 0.8
+    for z, t in (("zarr", "tensorstore"), ("zarr+zstd1", "tensorstore+zstd1")):
+        if z in rate and t in rate:
+            ratios[f"{z}/{t}"] = rate[z] / rate[t]
+            targets[f"{z}/{t}"] = 1.0  # the goal: at or above tensorstore
     for label in _compressors():
         z, nv = f"zarr{label}", f"naive zarr{label}"
         if z in rate and nv in rate:
             ratios[f"{z}/{nv}"] = rate[z] / rate[nv]
-    targets = {"npy/raw": 0.9, "zarr/raw": 0.8}
-    targets.update({k: 2.0 for k in ratios if "naive" in k})
+            targets[f"{z}/{nv}"] = 2.0
     case["stat"] = stat
     case["rate"] = rate
     case["best_mb_per_s"] = {k: max(v) for k, v in case["mb_per_s"].items()}
@@ -255,37 +370,48 @@ def _filesystem(path: str) -> str:
     return f"{best[1]} at {best[0] or '?'}"
 
 
+SIZES_KIB = (64.0, 2048.0, 16384.0)
+
+
 def run(
     directory: str | None = None,
     *,
     quick: bool = False,
-    frame_mib: float = 4.0,
-    small_kib: float = 64.0,
+    sizes_kib: tuple[float, ...] = SIZES_KIB,
     total_mib: float | None = None,
-    small_total_mib: float | None = None,
     capacity: int = 8,
     small_capacity: int = 64,
     repeats: int = 3,
     stat: str = "best",
     only: list[str] | None = None,
+    everything: bool = False,
 ) -> dict[str, Any]:
-    """Measure every variant for a large-frame and a small-frame case."""
-    total_mib = total_mib or (192.0 if quick else 1024.0)
-    small_total_mib = small_total_mib or (64.0 if quick else 256.0)
+    """Measure every variant for each frame size (``total_mib`` written per run)."""
+    total_mib = total_mib or (256.0 if quick else 1024.0)
     base = directory or os.getcwd()
     os.makedirs(base, exist_ok=True)
     root = tempfile.mkdtemp(prefix="snapsink-throughput-", dir=base)
     cases = {}
     try:
-        for label, fbytes, tot, cap in (
-            ("large", int(frame_mib * (1 << 20)), total_mib, capacity),
-            ("small", int(small_kib * (1 << 10)), small_total_mib, small_capacity),
-        ):
+        for kib in sizes_kib:
+            fbytes = int(kib * 1024)
             fbytes -= fbytes % 4
-            n = max(2, int(tot * (1 << 20)) // fbytes)
-            cases[label] = summarize(measure_case(root, fbytes, n, cap, repeats, only), stat)
+            label = f"{kib / 1024:g} MiB" if kib >= 1024 else f"{kib:g} KiB"
+            cap = small_capacity if fbytes < (1 << 20) else capacity
+            n = max(2, int(total_mib * (1 << 20)) // fbytes)
+            cases[label] = summarize(
+                measure_case(root, fbytes, n, cap, repeats, only, everything), stat
+            )
     finally:
         shutil.rmtree(root, ignore_errors=True)
+    try:
+        from importlib.metadata import version
+
+        ts_version: str | None = version("tensorstore")
+    except ImportError:
+        ts_version = None
+    except Exception:  # PackageNotFoundError: not installed
+        ts_version = None
     return {
         "benchmark": "throughput",
         "machine": f"{platform.machine()} {platform.processor() or ''}".strip(),
@@ -293,9 +419,11 @@ def run(
         "python": platform.python_version(),
         "numpy": np.__version__,
         "zarr": zarr.__version__,
+        "tensorstore": ts_version,
         "filesystem": _filesystem(root),
         "repeats": repeats,
         "raw_fsync": "one fsync at the end (and of the directory)",
+        "timing": "sinks: from the open sink to its close (startup_s apart)",
         "cases": cases,
     }
 
@@ -305,9 +433,13 @@ def print_table(result: dict[str, Any]) -> None:
           f"{result['repeats']} interleaved runs per variant")
     for label, case in result["cases"].items():
         print()
+        z = case["zstd"]
         print(f"{label} frames: {case['frames']} x {case['frame_bytes'] / 1024:.0f} KiB "
               f"= {case['total_bytes'] / MB:.0f} MB, sink capacity {case['capacity']}, "
-              f"{case['stat']} of runs")
+              f"{case['chunk_frames']} frames a chunk, {case['stat']} of runs")
+        print(f"zstd level 1 alone: {z['one_core_mb_per_s']:.0f} MB/s on one core, ceiling "
+              f"{z['ceiling_mb_per_s']:.0f} MB/s on {z['cores']}; sink startup (not timed): "
+              + ", ".join(f"{k} {v:.2f} s" for k, v in case["startup_s"].items()))
         print(f"{'variant':<20}{'MB/s':>10}   runs (MB/s)")
         for name, r in case["rate"].items():
             runs = " ".join(f"{x:.0f}" for x in case["mb_per_s"][name])
@@ -325,23 +457,25 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--dir", default=None,
                         help="where the temp directory goes (default: the CWD's file system)")
-    parser.add_argument("--quick", action="store_true", help="~200 MB + 64 MB instead of 1 GiB")
-    parser.add_argument("--frame-mib", type=float, default=4.0)
-    parser.add_argument("--small-kib", type=float, default=64.0)
-    parser.add_argument("--total-mib", type=float, default=None)
-    parser.add_argument("--small-total-mib", type=float, default=None)
-    parser.add_argument("--capacity", type=int, default=8, help="sink capacity, large frames")
+    parser.add_argument("--quick", action="store_true", help="256 MiB a run instead of 1 GiB")
+    parser.add_argument("--sizes-kib", type=float, nargs="+", default=list(SIZES_KIB),
+                        help="frame sizes in KiB (default: 64 2048 16384)")
+    parser.add_argument("--total-mib", type=float, default=None, help="MiB written per run")
+    parser.add_argument("--capacity", type=int, default=8,
+                        help="sink capacity, frames of 1 MiB or more")
     parser.add_argument("--small-capacity", type=int, default=64,
-                        help="sink capacity, small frames")
+                        help="sink capacity, smaller frames")
+    parser.add_argument("--all", action="store_true",
+                        help="also blosc lz4 and the naive zarr loops")
     parser.add_argument("--repeats", type=int, default=3)
     parser.add_argument("--stat", choices=("median", "best"), default="best")
     parser.add_argument("--only", nargs="*", default=None, help="variant names to run")
     parser.add_argument("--json", type=Path, default=DEFAULT_JSON)
     args = parser.parse_args(argv)
     result = run(
-        args.dir, quick=args.quick, frame_mib=args.frame_mib, small_kib=args.small_kib,
-        total_mib=args.total_mib, small_total_mib=args.small_total_mib, capacity=args.capacity,
-        small_capacity=args.small_capacity, repeats=args.repeats, stat=args.stat, only=args.only,
+        args.dir, quick=args.quick, sizes_kib=tuple(args.sizes_kib), total_mib=args.total_mib,
+        capacity=args.capacity, small_capacity=args.small_capacity, repeats=args.repeats,
+        stat=args.stat, only=args.only, everything=args.all,
     )
     print_table(result)
     if args.json:

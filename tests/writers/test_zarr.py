@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import math
+import os
 from pathlib import Path
 from typing import Any
 
@@ -23,7 +24,6 @@ from snapsink._errors import (
 )
 from snapsink._schema import Batch, Field, Frame, Schema
 from snapsink._store import Store
-from snapsink.writers import zarr as zw
 from snapsink.writers._zarrplan import (
     MAX_CHUNK_FRAMES,
     DroppedRanges,
@@ -302,11 +302,11 @@ def test_default_chunking() -> None:
 
 def test_row_buffer_and_capacity() -> None:
     buf = RowBuffer(np.dtype(np.int64), (), 4)
-    out = [(s, r.copy()) for s, r in buf.push(np.arange(3))]
+    out = [(s, r.copy(), o) for s, r, o in buf.push(np.arange(3))]
     assert out == []
     assert buf.partial() is not None
-    out = [(s, r.copy()) for s, r in buf.push(np.arange(3, 13))]
-    assert [s for s, _ in out] == [0, 4]
+    out = [(s, r.copy(), o) for s, r, o in buf.push(np.arange(3, 13), owned=False)]
+    assert [(s, o) for s, _, o in out] == [(0, True), (4, False)]  # the buffer, then a view
     np.testing.assert_array_equal(out[0][1], np.arange(4))
     np.testing.assert_array_equal(out[1][1], np.arange(4, 12))  # two whole blocks, one write
     assert buf.length == 13
@@ -618,26 +618,56 @@ async def test_foreign_readers_after_close(tmp_path: Path) -> None:
 
 
 # -- durability ----------------------------------------------------------------------------
+class _DurabilitySpy:
+    """Follows fsyncs and renames under ``root``: which files are durable, and
+    every rename over an existing file whose new content was not fsynced."""
+
+    def __init__(self, root: Path, monkeypatch: pytest.MonkeyPatch):
+        self.root = str(root)
+        self.durable: set[str] = set()
+        self.unsafe_replaces: list[str] = []
+        self.metas: list[tuple[int, set[str]]] = []  # (count, files not durable)
+        real_fsync, real_replace, real_link = os.fsync, os.replace, os.link
+
+        def fsync(fd: Any) -> None:
+            real_fsync(fd)
+            self.durable.add(os.readlink(f"/proc/self/fd/{fd}"))
+
+        def replace(src: Any, dst: Any, *a: Any, **kw: Any) -> None:
+            src, dst = os.fspath(src), os.path.abspath(os.fspath(dst))
+            src = os.path.abspath(src)
+            if os.path.exists(dst) and src not in self.durable and dst.startswith(self.root):
+                self.unsafe_replaces.append(dst)
+            real_replace(src, dst, *a, **kw)
+            if src in self.durable:
+                self.durable.add(dst)
+            else:
+                self.durable.discard(dst)
+
+        def link(src: Any, dst: Any, *a: Any, **kw: Any) -> None:
+            real_link(src, dst, *a, **kw)
+            if os.path.abspath(os.fspath(src)) in self.durable:
+                self.durable.add(os.path.abspath(os.fspath(dst)))
+
+        original_update = zarr.AsyncGroup.update_attributes
+
+        async def update(group: Any, new: dict[str, Any]) -> Any:
+            files = {str(p) for p in root.rglob("*") if p.is_file() and "partial" not in p.name}  # noqa: ASYNC240
+            self.metas.append((new["snapsink"]["count"], files - self.durable))
+            return await original_update(group, new)
+
+        monkeypatch.setattr(os, "fsync", fsync)
+        monkeypatch.setattr(os, "replace", replace)
+        monkeypatch.setattr(os, "link", link)
+        monkeypatch.setattr(zarr.AsyncGroup, "update_attributes", update)
+
+
 @pytest.mark.parametrize("shard_frames", [None, 8])
 async def test_local_store_fsyncs_data_before_metadata(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch, shard_frames: int | None
 ) -> None:
-    events: list[tuple[str, Any]] = []
-    original_fsync = zw._fsync_keys
-
-    def spy_fsync(root: Path, keys: list[str]) -> None:
-        events.append(("fsync", list(keys)))
-        original_fsync(root, keys)
-
-    original_update = zarr.AsyncGroup.update_attributes
-
-    async def spy_update(self: Any, new: dict[str, Any]) -> Any:
-        events.append(("meta", new["snapsink"]["count"]))
-        return await original_update(self, new)
-
-    monkeypatch.setattr(zw, "_fsync_keys", spy_fsync)
-    monkeypatch.setattr(zarr.AsyncGroup, "update_attributes", spy_update)
     loc = tmp_path / "s"
+    spy = _DurabilitySpy(loc, monkeypatch)
     schema = Schema({"x": Field("f8", (3,)), "r": Field("i2", (None,))})
     store = ZarrStore(
         loc, group="g", chunk_frames=4, shard_frames=shard_frames, static={"m": np.ones(2)}
@@ -645,27 +675,46 @@ async def test_local_store_fsyncs_data_before_metadata(
     frames = [Frame(s, None, {"x": np.full(3, s, np.float64), "r": np.ones(s % 2, np.int16)})
               for s in range(10)]  # fmt: skip
     await _write(store, schema, frames, times=False, batch=3)
+    # Before a count is published, every file of the store (chunks, array
+    # metadata, static arrays) is durable: data first, metadata last.
+    assert [c for c, _ in spy.metas if c] == [10] * 3  # commit, close's commit, closed=True
+    for count, not_durable in spy.metas:
+        assert not not_durable, (count, not_durable)
+    # Committed partial chunks were rewritten whole; never renamed over before an fsync.
+    assert not spy.unsafe_replaces, spy.unsafe_replaces
+    chunk = loc / "g" / "x" / "c" / ("2" if shard_frames is None else "1") / "0"
+    assert str(chunk) in spy.durable
+    _assert_same(open_zarr(loc, "g")["x"][:], np.stack([f.fields["x"] for f in frames]))
 
-    synced: set[str] = set()
-    for i, (kind, what) in enumerate(events):
-        if kind == "fsync":
-            synced |= set(what)
-        elif what:
-            # Before count > 0 is published, every chunk it covers was fsynced.
-            assert events[i - 1][0] == "fsync"
-    # Every file of the store was fsynced at some point, metadata included.
-    files = {p.relative_to(loc).as_posix() for p in loc.rglob("*") if p.is_file()}
-    assert files - {"zarr.json"} <= synced, files - synced
-    assert ("g/x/c/2/0" if shard_frames is None else "g/x/c/1/0") in synced
-    assert "g/r/c/0" in synced
+
+async def test_rewritten_partial_chunk_is_durable_before_rename(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Issue 11 item 6: a commit writes a partial chunk; the next frames fill it and
+    it is written again whole, renamed over the committed one only once fsynced."""
+    loc = tmp_path / "s"
+    spy = _DurabilitySpy(loc, monkeypatch)
+    store = ZarrStore(loc, chunk_frames=4)
+    await store.open()
+    await store.prepare(Schema({"e": "f8"}), times=False)
+    chunk = loc / "e" / "c" / "0"
+    for s in range(6):
+        await store.append(Batch([Frame(s, None, {"e": np.float64(s)})]))
+        await store.commit()  # commits 1, 2, 3 rows: chunk 0 is rewritten over committed rows
+    assert chunk.exists()
+    replaced = [r for r in spy.unsafe_replaces if r.startswith(str(loc))]
+    assert not replaced, replaced
+    await store.close()
+    _assert_same(open_zarr(loc)["e"][:], np.arange(6.0))
 
 
 async def test_memory_store_skips_fsync(monkeypatch: pytest.MonkeyPatch) -> None:
-    def boom(root: Path, keys: list[str]) -> None:
+    def boom(fd: Any) -> None:
         raise AssertionError("fsync on a MemoryStore")
 
-    monkeypatch.setattr(zw, "_fsync_keys", boom)
-    await _one_run(MemoryStore(), "x", range(3))
+    monkeypatch.setattr(os, "fsync", boom)
+    store = await _one_run(MemoryStore(), "x", range(3))
+    assert store is None
 
 
 # -- reading -----------------------------------------------------------------------------

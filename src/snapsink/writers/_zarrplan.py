@@ -8,7 +8,7 @@ one set of decisions. The on-disk layout is specified in ``docs/formats/zarr.md`
 from __future__ import annotations
 
 import math
-from collections.abc import Iterator, Mapping, Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any, TypeGuard
 
@@ -23,6 +23,7 @@ __all__ = [
     "FORMAT_VERSION",
     "META_KEY",
     "ArrayPlan",
+    "Block",
     "DroppedRanges",
     "Meta",
     "RowBuffer",
@@ -244,18 +245,25 @@ def grow_capacity(capacity: int, needed: int, block: int) -> int:
 
 
 # -- buffering -----------------------------------------------------------------
+#: ``(start, rows, owned)``: rows ``[start, start + len(rows))`` of an array, to be
+#: written; ``owned`` when nobody else holds the rows (the writer may keep them
+#: until the write is done), else they are a view of the caller's data.
+Block = tuple[int, "np.ndarray[Any, Any]", bool]
+
+
 class RowBuffer:
     """Host buffer of the trailing, not yet full block of one growing array.
 
     Rows ``[start, start + count)`` are buffered; ``start`` is a multiple of the
-    block size. :meth:`push` yields ``(start, rows)`` for each block-aligned run
-    of full blocks, to be written before the generator is resumed (the yielded
-    rows may be the buffer itself, reused afterwards). :meth:`partial` returns
-    the buffered rows for a commit; they are written again, whole, when the
-    block fills. Memory: one block.
+    block size. :meth:`push` and :meth:`push_frames` return a :data:`Block` for
+    each block-aligned run of full blocks. A full buffer is handed over (owned)
+    and replaced by a spare (:meth:`recycle` gives one back), so the writer may
+    keep writing it while more rows arrive. :meth:`partial` returns the
+    buffered rows for a commit; they are written again, whole, when the block
+    fills. Memory: one block, plus the blocks handed over and not yet recycled.
     """
 
-    __slots__ = ("_buf", "block", "count", "dirty", "start")
+    __slots__ = ("_buf", "_spare", "block", "count", "dirty", "dtype", "row_shape", "start")
 
     def __init__(
         self,
@@ -266,9 +274,12 @@ class RowBuffer:
         tail: np.ndarray[Any, Any] | None = None,
     ):
         self.block = block
+        self.dtype = dtype
+        self.row_shape = row_shape
         self.start = length - length % block
         self.count = length - self.start
         self._buf: np.ndarray[Any, Any] = np.empty((block, *row_shape), dtype)
+        self._spare: list[np.ndarray[Any, Any]] = []
         if self.count:
             if tail is None or len(tail) != self.count:
                 raise ValueError(f"RowBuffer: expected {self.count} tail rows to resume")
@@ -281,14 +292,31 @@ class RowBuffer:
         """Rows pushed in all (written or buffered)."""
         return self.start + self.count
 
-    def push(self, rows: np.ndarray[Any, Any]) -> Iterator[tuple[int, np.ndarray[Any, Any]]]:
-        """Append ``rows`` (shape ``(k, *row_shape)``); yield full blocks to write."""
+    def _hand_over(self, out: list[Block]) -> None:
+        out.append((self.start, self._buf, True))
+        shape = (self.block, *self.row_shape)
+        self._buf = self._spare.pop() if self._spare else np.empty(shape, self.dtype)
+        self.start += self.block
+        self.count = 0
+        self.dirty = False
+
+    def recycle(self, buf: np.ndarray[Any, Any]) -> None:
+        """Take back a buffer handed over by a push, once it is written (keeps one)."""
+        if not self._spare and buf.shape == self._buf.shape and buf.dtype == self.dtype:
+            self._spare.append(buf)
+
+    def push(self, rows: np.ndarray[Any, Any], *, owned: bool = False) -> list[Block]:
+        """Append ``rows`` (shape ``(k, *row_shape)``); return the full blocks to write.
+
+        Whole blocks are taken straight from ``rows`` (no copy): owned when
+        ``owned`` says nobody else holds ``rows``.
+        """
+        out: list[Block] = []
         i, n, block = 0, len(rows), self.block
         while i < n:
             if self.count == 0 and n - i >= block:
-                # Whole blocks straight from the caller's rows: one write, no copy.
                 k = (n - i) // block * block
-                yield self.start, rows[i : i + k]
+                out.append((self.start, rows[i : i + k], owned))
                 self.start += k
                 i += k
                 continue
@@ -298,10 +326,31 @@ class RowBuffer:
             i += take
             self.dirty = True
             if self.count == block:
-                yield self.start, self._buf
-                self.start += block
-                self.count = 0
-                self.dirty = False
+                self._hand_over(out)
+        return out
+
+    def push_frames(self, frames: Sequence[Any]) -> list[Block]:
+        """Append one row per frame (each of shape ``row_shape``), copying each
+        frame once: into the buffer, or into one stacked array of whole blocks."""
+        out: list[Block] = []
+        i, n, block = 0, len(frames), self.block
+        while i < n:
+            if self.count == 0 and n - i >= block:
+                k = (n - i) // block * block
+                out.append((self.start, np.stack(frames[i : i + k]), True))
+                self.start += k
+                i += k
+                continue
+            take = min(block - self.count, n - i)
+            buf, c = self._buf, self.count
+            for j in range(take):
+                buf[c + j] = frames[i + j]
+            self.count += take
+            i += take
+            self.dirty = True
+            if self.count == block:
+                self._hand_over(out)
+        return out
 
     def partial(self) -> tuple[int, np.ndarray[Any, Any]] | None:
         """``(start, rows)`` of the buffered rows if they changed since last written."""

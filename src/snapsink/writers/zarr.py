@@ -5,10 +5,12 @@ group's attributes, commit-last) is specified in ``docs/formats/zarr.md``; the
 I/O-free decisions live in :mod:`._zarrplan`.
 
 The writer side (:class:`ZarrStore`) is a :class:`~snapsink.Store` whose methods
-are coroutines awaited on the sink's event loop: zarr's async API runs codecs
-and LocalStore file I/O in worker threads, and the fsyncs snapsink adds run in
-worker threads too, so the loop never blocks. zarr-python is asyncio-only, so
-the sink must run on the asyncio backend.
+are coroutines awaited on the sink's event loop. zarr-python is the format
+authority (metadata, codecs, chunk keys), and is asyncio-only, so the sink must
+run on the asyncio backend. On a local directory, whole blocks of every array
+are encoded with each array's own zarr codec pipeline and written durably by a
+thread pool (:mod:`._zarrio`); on other zarr stores (memory, remote) blocks go
+through zarr's async array API, many at a time. Either way the loop never blocks.
 
 The reader side (:class:`ZarrSource`, :func:`open_zarr`, :func:`list_groups`,
 :func:`is_zarr_store`) runs in user code and uses zarr's sync API.
@@ -16,11 +18,13 @@ The reader side (:class:`ZarrSource`, :func:`open_zarr`, :func:`list_groups`,
 
 from __future__ import annotations
 
+import asyncio
 import errno
+import math
 import os
 import shutil
 import time
-from collections.abc import Awaitable, Iterable, Mapping
+from collections.abc import Awaitable, Mapping, Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -30,6 +34,8 @@ import numpy as np
 import zarr
 import zarr.api.asynchronous as za
 from zarr.abc.store import Store as ZarrStoreLike
+from zarr.core.buffer import default_buffer_prototype
+from zarr.core.dtype import get_data_type_from_native_dtype
 from zarr.errors import (
     ContainsArrayError,
     ContainsGroupError,
@@ -38,10 +44,18 @@ from zarr.errors import (
 )
 from zarr.storage import LocalStore
 
-from .._errors import ConfigError, FormatError, SchemaError, StoreExistsError
+from .._errors import ConfigError, DTypeError, FormatError, SchemaError, StoreExistsError
 from .._schema import Batch, Schema
 from .._store import Resume, StoreSpec
 from ._common import check_attrs, check_mode, check_static
+from ._zarrio import (
+    BlockTarget,
+    BlockWriter,
+    DurableLocalStore,
+    first_error,
+    is_leftover,
+    leftovers_only,
+)
 from ._zarrread import ZarrSource, as_zarr_store, is_zarr_store, list_groups, open_zarr
 
 if TYPE_CHECKING:
@@ -52,6 +66,7 @@ from ._zarrplan import (
     META_KEY,
     STATIC_GROUP,
     ArrayPlan,
+    Block,
     Meta,
     RowBuffer,
     check_group,
@@ -68,7 +83,7 @@ __all__ = ["ZarrSource", "ZarrStore", "is_zarr_store", "list_groups", "open_zarr
 #: data, and skipping it would turn a rewrite of a chunk into a deletion.
 _ARRAY_CONFIG: ArrayConfigParams = {"write_empty_chunks": True}
 _NODE_KEYS = ("zarr.json", ".zgroup", ".zarray")
-#: Blocks (chunks or shards) written concurrently by one ``_write_rows``.
+#: Blocks (chunks or shards) written at once through zarr's API (non-local stores).
 _MAX_CONCURRENT_BLOCKS = 16
 
 
@@ -76,84 +91,92 @@ def _key(path: str, name: str) -> str:
     return f"{path}/{name}" if path else name
 
 
-def _local_root(store: ZarrStoreLike) -> Path | None:
-    return Path(store.root) if isinstance(store, LocalStore) else None
+def _local_store(store: ZarrStoreLike) -> tuple[ZarrStoreLike, Path | None]:
+    """A LocalStore becomes a :class:`DurableLocalStore` on the same root (fsync
+    before rename); the root, or None for any other store."""
+    if isinstance(store, LocalStore):
+        if not isinstance(store, DurableLocalStore):
+            store = DurableLocalStore(store.root, read_only=store.read_only)
+        return store, Path(store.root)
+    return store, None
 
 
-def _fsync_keys(root: Path, keys: Iterable[str]) -> None:
-    """fsync the files ``root/key`` and every directory between them and ``root``.
+def check_zarr_dtypes(schema: Schema, where: str = "ZarrStore") -> None:
+    """Refuse a schema with a dtype that Zarr v3 cannot hold (float128, complex256).
 
-    Runs in a worker thread. zarr's LocalStore writes each object to a temporary
-    file and renames it into place, but never fsyncs: without this a power cut
-    could leave a committed chunk empty or its directory entry missing.
+    Raises
+    ------
+    DTypeError
+        Naming the field, its dtype and what Zarr holds instead.
     """
-    dirs: set[Path] = {root, root.parent}
-    for key in keys:
-        path = root / key
-        try:
-            fd = os.open(path, os.O_RDONLY)
-        except FileNotFoundError:
-            continue  # deleted since written (a trimmed chunk): nothing to make durable
-        try:
-            os.fsync(fd)
-        finally:
-            os.close(fd)
-        parent = path.parent
-        while parent != root and root in parent.parents:
-            dirs.add(parent)
-            parent = parent.parent
-    if os.name != "posix":  # directories cannot be opened for fsync elsewhere
-        return
-    for d in dirs:
-        try:
-            fd = os.open(d, os.O_RDONLY)
-        except FileNotFoundError:
-            continue
-        try:
-            os.fsync(fd)
-        finally:
-            os.close(fd)
+    for name, fld in schema.items():
+        _check_zarr_dtype(fld.dtype, f"{where}: field {name!r}")
 
 
-async def _gather(aws: list[Awaitable[None]]) -> None:
-    """Await ``aws`` concurrently; a single failure is raised as itself."""
+def _check_zarr_dtype(dtype: np.dtype[Any], what: str) -> None:
+    try:
+        get_data_type_from_native_dtype(dtype)
+    except (TypeError, ValueError) as exc:
+        raise DTypeError(
+            f"{what}: dtype {dtype} cannot be stored in Zarr v3 (it holds bool, "
+            "int8-int64, uint8-uint64, float16/32/64 and complex64/128); cast the "
+            "field, e.g. to float64 or complex128, or use NpyDirectory"
+        ) from exc
+
+
+async def _gather(aws: Sequence[Awaitable[None]]) -> None:
+    """Await ``aws`` concurrently; failures are raised as the first OSError (see
+    :func:`._zarrio.first_error`), never as an ExceptionGroup."""
     if len(aws) == 1:
         await aws[0]
         return
-
-    async def run(aw: Awaitable[None]) -> None:
-        await aw
-
-    try:
-        async with anyio.create_task_group() as tg:
-            for aw in aws:
-                tg.start_soon(run, aw)
-    except BaseExceptionGroup as group:
-        if len(group.exceptions) == 1:
-            raise group.exceptions[0] from None
-        raise
+    results = await asyncio.gather(*aws, return_exceptions=True)
+    errors = [r for r in results if isinstance(r, BaseException)]
+    if errors:
+        raise first_error(errors)
 
 
 class _Column:
-    """One growing array: its plan, zarr handle, capacity and trailing block."""
+    """One growing array: its plan, zarr handle, capacity, trailing block, and
+    (on a local directory) what the block writer needs to place its blocks."""
 
-    __slots__ = ("array", "buf", "capacity", "plan")
+    __slots__ = ("array", "buf", "capacity", "encodes", "plan", "target")
 
-    def __init__(self, plan: ArrayPlan, array: Any, buf: RowBuffer):
+    def __init__(self, plan: ArrayPlan, array: Any, buf: RowBuffer, root: Path | None):
         self.plan = plan
         self.array = array
         self.buf = buf
         self.capacity = int(array.shape[0])
+        self.target: BlockTarget | None = None
+        #: the codecs do real work (compression, sharding), not only a byte view
+        pipeline = array.codec_pipeline
+        self.encodes = bool(
+            getattr(pipeline, "bytes_bytes_codecs", True)
+            or type(getattr(pipeline, "array_bytes_codec", None)).__name__ != "BytesCodec"
+        )
+        if root is not None:
+            meta = array.metadata
+            ndim = len(meta.shape)
+            spec = meta.get_chunk_spec((0,) * ndim, array.config, default_buffer_prototype())
+            path = array.store_path.path
+            self.target = BlockTarget(
+                root / path if path else root, array.codec_pipeline, spec, meta.encode_chunk_key
+            )
 
 
 class ZarrStore:
     """A store writing frames into a Zarr v3 group, one array per field.
 
     Frames are buffered in host memory (at most one chunk, or one shard when
-    sharding, per array) and written in whole chunks with one ``setitem`` per
-    chunk-aligned block; arrays grow by doubling in whole blocks and are trimmed
-    to the committed count at close. Metadata (count, schema, dropped steps,
-    attrs) is written to the group's attributes after the data: commit-last.
+    sharding, per array, plus the blocks being written) and written in whole
+    blocks; arrays grow by doubling in whole blocks and are trimmed to the
+    committed count at close. Metadata (count, schema, dropped steps, attrs) is
+    written to the group's attributes after the data: commit-last.
+
+    On a local directory, blocks of every array are encoded by the array's own
+    zarr codec pipeline and written by a thread pool sized to the cores, each to
+    a temporary file renamed into place (fsynced first when it replaces a
+    chunk). On other zarr stores, blocks go through zarr's array API, many at once.
 
     Parameters
     ----------
@@ -162,7 +185,8 @@ class ZarrStore:
         (``LocalStore``, ``MemoryStore``, ``FsspecStore``, ...).
     mode
         ``"x"``: create, fail if a zarr node exists at the group's path (default);
-        ``"w"``: replace that group (other groups of the store are untouched);
+        ``"w"``: replace that group (other groups of the store are untouched; a
+        directory holding files that are not zarr's is refused);
         ``"a"``: append after the committed frames (created when missing).
     group
         Path of the group inside the store (``"thermo"``, ``"run1/frames"``);
@@ -174,7 +198,7 @@ class ZarrStore:
         Arrays written once into the ``static`` subgroup (masses, a grid).
     chunk_frames
         Frames per chunk of every frame-indexed array. ``None`` picks, per array,
-        about 8 MiB per chunk (at least 1 frame, at most 65536 frames).
+        from the bytes of a frame (see ``docs/formats/zarr.md``).
     shard_frames
         Frames per shard (a multiple of ``chunk_frames``); ``None``: no sharding.
     compressors
@@ -183,17 +207,21 @@ class ZarrStore:
         default (zstd); or codecs such as ``zarr.codecs.BloscCodec()``.
     commit_every, commit_seconds
         ``append`` commits once this many frames, or this many seconds, have
-        passed since the last commit.
+        passed since the last commit; ``commit_seconds=None``: on frame count
+        (and ``commit()``) only.
 
     Raises
     ------
     ConfigError
-        For an invalid mode, group, chunking, attrs or static array.
+        For an invalid mode, group, chunking, attrs, static array or commit setting.
+    DTypeError
+        A static array of a dtype Zarr cannot hold (float128, complex256).
 
     Notes
     -----
-    Durability: on a ``LocalStore`` every written chunk file and its directories
-    are fsynced before the metadata is updated, and the metadata file after.
+    Durability: on a ``LocalStore`` every chunk file written since the last
+    commit and every directory whose entries changed are fsynced before the
+    metadata is updated; metadata files are fsynced before they are renamed.
     On other stores, durability is the store's (object stores make each put
     atomic and durable on success). ``mode="a"`` ignores ``chunk_frames``,
     ``shard_frames`` and ``compressors``: the existing arrays keep theirs.
@@ -211,13 +239,15 @@ class ZarrStore:
         shard_frames: int | None = None,
         compressors: Any = None,
         commit_every: int = 1024,
-        commit_seconds: float = 5.0,
+        commit_seconds: float | None = 5.0,
     ):
         self._mode = check_mode(mode)
-        self._store = as_zarr_store(store, read_only=False)
+        self._store, self._root = _local_store(as_zarr_store(store, read_only=False))
         self._path = check_group(group) if group != "" else ""
         self._attrs = check_attrs(attrs)
         self._static = check_static(static)
+        for name, value in self._static.items():
+            _check_zarr_dtype(value.dtype, f"static {name!r}")
         self._chunk_frames = check_rows(chunk_frames, "chunk_frames")
         self._shard_frames = check_rows(shard_frames, "shard_frames")
         if self._chunk_frames and self._shard_frames and self._shard_frames % self._chunk_frames:
@@ -227,15 +257,14 @@ class ZarrStore:
             )
         self._compressors = compressors
         self._commit_every = check_rows(commit_every, "commit_every") or 1024
-        if not isinstance(commit_seconds, int | float) or not commit_seconds > 0:
-            raise ConfigError(f"commit_seconds: expected a positive number, got {commit_seconds!r}")
-        self._commit_seconds = float(commit_seconds)
-        self._root = _local_root(self._store)
+        self._commit_seconds = _check_commit_seconds(commit_seconds)
         self._group: Any = None
         self._meta = Meta()
         self._columns: dict[str, _Column] = {}
         self._frames = 0  # appended (committed or not)
-        self._dirty: set[str] = set()
+        self._writer = BlockWriter(self._root) if self._root is not None else None
+        #: buffers handed over by RowBuffers, given back once their write is done
+        self._lent: list[tuple[asyncio.Future[None], RowBuffer, np.ndarray[Any, Any]]] = []
         self._last_commit = time.monotonic()
         self._state = "new"  # new -> open -> closed; "failed" after a failed write
 
@@ -270,6 +299,19 @@ class ZarrStore:
         where = self._root if self._root is not None else type(self._store).__name__
         return f"<ZarrStore {where} group={self._path or '/'!r} mode={self._mode!r}>"
 
+    def check_schema(self, schema: Schema) -> None:
+        """Refuse, before anything is written, a schema this store cannot hold.
+
+        I/O-free, so a sink may call it where the schema is fixed (at the first
+        ``write``); :meth:`prepare` calls it too.
+
+        Raises
+        ------
+        DTypeError
+            A field's dtype has no Zarr v3 data type (float128, complex256).
+        """
+        check_zarr_dtypes(schema, repr(self))
+
     # -- Store protocol -----------------------------------------------------
     async def open(self) -> Resume | None:
         """Claim the group, honouring the mode; write static arrays and attrs.
@@ -282,12 +324,17 @@ class ZarrStore:
         Raises
         ------
         StoreExistsError
-            ``mode="x"`` and a zarr node exists at the group's path.
+            ``mode="x"`` and a zarr node (or the leftovers of an interrupted
+            first commit) exists at the group's path; ``"x"``/``"w"`` on a
+            directory holding files that are not zarr's.
         FormatError
-            ``mode="a"`` on a group that is not a snapsink store or is corrupt.
+            ``mode="a"`` on a group that is not a snapsink store or is corrupt,
+            or on a directory holding files that are not zarr's.
         """
         if self._state != "new":
             raise RuntimeError(f"{self!r}: open() called twice")
+        if self._root is not None:
+            await anyio.to_thread.run_sync(self._claim_local_dir)
         exists = await self._node_exists()
         if exists and self._mode == "x":
             raise StoreExistsError(
@@ -311,9 +358,9 @@ class ZarrStore:
                 )
             except (ContainsGroupError, ContainsArrayError, FileExistsError) as exc:
                 raise StoreExistsError(
-                    f"{self!r}: a zarr node appeared at group {self._path or '/'!r}"
+                    f"{self!r}: a zarr node appeared at group {self._path or '/'!r} "
+                    "while this store was opening it (another writer?)"
                 ) from exc
-            self._mark(_key(self._path, "zarr.json"))
         self._state = "open"
         await self._write_static()
         await self._write_meta()
@@ -324,10 +371,13 @@ class ZarrStore:
 
         Raises
         ------
+        DTypeError
+            A field's dtype has no Zarr v3 data type (nothing is written).
         SchemaError
             The group holds frames of another schema, or disagrees on times.
         """
         self._check_usable()
+        self.check_schema(schema)
         stored = self._meta.schema
         if stored is not None:
             if stored != schema:
@@ -356,30 +406,8 @@ class ZarrStore:
             schema = self._meta.schema
             if schema is None:
                 raise RuntimeError(f"{self!r}: prepare() must come before append()")
-            work: list[tuple[_Column, np.ndarray[Any, Any]]] = []
-            cols = self._columns
-            steps = np.fromiter((f.step for f in frames), np.int64, len(frames))
-            work.append((cols["steps"], steps))
-            if self._meta.times:
-                if any(f.time is None for f in frames):
-                    raise SchemaError(f"{self!r}: expected a time on every frame")
-                times = np.fromiter((f.time for f in frames), np.float64, len(frames))
-                work.append((cols["times"], times))
-            for name, fld in schema.items():
-                arrays = [f.fields[name] for f in frames]
-                if fld.ragged:
-                    data = cols[name]
-                    counts = np.fromiter((len(a) for a in arrays), np.int64, len(arrays))
-                    offsets = data.buf.length + np.cumsum(counts)
-                    work.append((cols[offsets_name(name)], offsets))
-                    work.append((data, arrays[0] if len(arrays) == 1 else np.concatenate(arrays)))
-                else:
-                    if len(arrays) == 1:
-                        work.append((cols[name], np.asarray(arrays[0])[np.newaxis]))
-                    else:
-                        work.append((cols[name], np.stack(arrays)))
             try:
-                await _gather([self._push(col, rows) for col, rows in work])
+                await self._write_blocks(self._blocks_of(schema, frames))
             except BaseException:
                 # Columns may now disagree; keep the last commit as the truth.
                 self._state = "failed"
@@ -387,7 +415,8 @@ class ZarrStore:
             self._frames += len(frames)
         pending = self._frames - self._meta.count
         if pending >= self._commit_every or (
-            (pending or batch.dropped_steps)
+            self._commit_seconds is not None
+            and (pending or batch.dropped_steps)
             and time.monotonic() - self._last_commit >= self._commit_seconds
         ):
             await self.commit()
@@ -396,14 +425,17 @@ class ZarrStore:
         """Write partial blocks, make them durable, then the metadata (commit-last)."""
         self._check_usable()
         try:
-            writes: list[Awaitable[None]] = []
+            if self._writer is not None:
+                await self._writer.drain()
+            parts: list[tuple[_Column, int, np.ndarray[Any, Any]]] = []
             for col in self._columns.values():
                 part = col.buf.partial()
                 if part is not None:
-                    writes.append(self._write_partial(col, *part))
-            if writes:
-                await _gather(writes)
-            await self._sync_dirty()
+                    parts.append((col, *part))
+            if parts:
+                await self._write_partials(parts)
+            if self._writer is not None:
+                await anyio.to_thread.run_sync(self._writer.sync)
             await self._check_not_removed()
             self._meta.count = self._frames
             await self._write_meta()
@@ -419,6 +451,7 @@ class ZarrStore:
         """
         if self._state != "open":
             self._state = "closed"
+            await self._stop_writer()
             return
         try:
             await self.commit()
@@ -427,12 +460,11 @@ class ZarrStore:
                 if col.capacity != length:
                     await col.array.resize((length, *col.plan.row_shape))
                     col.capacity = length
-                    self._mark(_key(col.array.store_path.path, "zarr.json"))
-            await self._sync_dirty()
             self._meta.closed = True
             await self._write_meta()
         finally:
             self._state = "closed"
+            await self._stop_writer()
 
     # -- internals ------------------------------------------------------------
     def _check_usable(self) -> None:
@@ -447,23 +479,19 @@ class ZarrStore:
     def _attributes(self) -> dict[str, Any]:
         return {META_KEY: self._meta.to_json(), ATTRS_KEY: self._attrs}
 
-    def _mark(self, key: str) -> None:
-        if self._root is not None:
-            self._dirty.add(key)
-
-    async def _sync_dirty(self) -> None:
-        if self._root is None or not self._dirty:
-            return
-        keys, self._dirty = sorted(self._dirty), set()
-        await anyio.to_thread.run_sync(_fsync_keys, self._root, keys)
+    async def _stop_writer(self) -> None:
+        """Wait for block writes still running (after a failure), then stop the pool."""
+        if self._writer is not None:
+            await self._writer.drain(raise_errors=False)
+            self._writer.shutdown()
+        self._lent.clear()
 
     async def _check_not_removed(self) -> None:
         """On a LocalStore, fail if the group vanished under the writer.
 
-        zarr recreates the directories of every chunk it writes, so after
-        someone removes the store the writer would carry on and rebuild a store
-        whose earlier chunks are gone (read back as fill values): refuse to
-        commit onto it instead.
+        Chunk writes recreate missing directories, so after someone removes the
+        store the writer would carry on and rebuild a store whose earlier chunks
+        are gone (read back as fill values): refuse to commit onto it instead.
         """
         if self._root is None:
             return
@@ -477,9 +505,8 @@ class ZarrStore:
             )
 
     async def _write_meta(self) -> None:
+        # Through DurableLocalStore on a local directory: fsynced, then renamed.
         await self._group.update_attributes(self._attributes())
-        self._mark(_key(self._path, "zarr.json"))
-        await self._sync_dirty()
 
     async def _node_exists(self) -> bool:
         for name in _NODE_KEYS:
@@ -487,25 +514,67 @@ class ZarrStore:
                 return True
         return False
 
+    # -- claiming a local directory (worker thread) ---------------------------
+    def _claim_local_dir(self) -> None:
+        """Look at the group's directory before zarr does, and say what is there.
+
+        - the leftovers (``*.<hex>.partial``) of a first commit that was
+          interrupted, and nothing else: ``"w"``/``"a"`` remove them and start
+          afresh, ``"x"`` names them;
+        - files or directories that are not zarr's (no ``zarr.json`` in them):
+          refused in every mode (``"w"`` never deletes them);
+        """
+        assert self._root is not None
+        gdir = self._root / self._path if self._path else self._root
+        if os.path.lexists(gdir) and not gdir.is_dir():
+            raise StoreExistsError(f"{self!r}: {str(gdir)!r} exists and is not a directory")
+        if not gdir.is_dir():
+            return
+        entries = sorted(os.listdir(gdir))
+        has_node = any(name in entries for name in _NODE_KEYS)
+        leftovers = leftovers_only(gdir) if entries and not has_node else None
+        if leftovers is not None:
+            if self._mode == "x":
+                shown = _names(leftovers)
+                raise StoreExistsError(
+                    f"{self!r}: {str(gdir)!r} holds only the leftovers of a first commit that "
+                    f"was interrupted ({shown}; temporary files, no zarr node and no frames "
+                    "committed); pass mode='w' or mode='a' to remove them and start afresh"
+                )
+            _remove_tree_contents(gdir)
+            return
+        foreign = [
+            e for e in entries
+            if e not in _NODE_KEYS and not is_leftover(e) and not _is_zarr_dir(gdir / e)
+        ]  # fmt: skip
+        if not foreign:
+            return
+        shown = _names(foreign)
+        if not has_node:
+            msg = (
+                f"{self!r}: {str(gdir)!r} is not empty and holds no zarr group (it holds "
+                f"{shown}); refusing to write into it: give an empty or new directory"
+            )
+            if self._mode == "a":
+                raise FormatError(msg)
+            raise StoreExistsError(msg)
+        if self._mode == "w":
+            raise StoreExistsError(
+                f"{self!r}: mode='w': {str(gdir)!r} holds files that are not part of the zarr "
+                f"store ({shown}); refusing to delete them: move them away or choose "
+                "another directory or group"
+            )
+
     async def _delete_group(self) -> None:
         if self._root is not None:
-            # LocalStore.delete_dir runs rmtree on the event loop: do it in a thread.
+            # Only zarr's own entries (_claim_local_dir refused anything else), in a
+            # thread: LocalStore.delete_dir would run rmtree on the event loop.
             target = self._root / self._path if self._path else self._root
-            await anyio.to_thread.run_sync(self._rmtree_contents, target)
+            await anyio.to_thread.run_sync(_remove_tree_contents, target)
         else:
             await self._store.delete_dir(self._path)
             for name in _NODE_KEYS:
                 await self._store.delete(_key(self._path, name))
-
-    @staticmethod
-    def _rmtree_contents(target: Path) -> None:
-        if not target.is_dir():
-            return
-        for child in target.iterdir():
-            if child.is_dir() and not child.is_symlink():
-                shutil.rmtree(child)
-            else:
-                child.unlink()
 
     async def _open_existing(self) -> Resume | None:
         try:
@@ -590,7 +659,7 @@ class ZarrStore:
             start = length - length % actual.block
             tail = np.asarray(await arr.getitem(slice(start, length))) if length > start else None
             buf = RowBuffer(plan.dtype, plan.row_shape, actual.block, length, tail)
-            self._columns[plan.name] = _Column(actual, arr, buf)
+            self._columns[plan.name] = _Column(actual, arr, buf, self._root)
 
     async def _create_arrays(self, schema: Schema, times: bool) -> None:
         self._columns = {}
@@ -609,17 +678,15 @@ class ZarrStore:
                 overwrite=True,
                 config=_ARRAY_CONFIG,
             )
-            self._mark(_key(arr.store_path.path, "zarr.json"))
-            col = _Column(plan, arr, RowBuffer(plan.dtype, plan.row_shape, plan.block))
+            col = _Column(plan, arr, RowBuffer(plan.dtype, plan.row_shape, plan.block), self._root)
             self._columns[plan.name] = col
-            if plan.name.endswith(".offsets"):
-                await self._push(col, np.zeros(1, np.int64))  # offsets start at 0
+            if plan.name.endswith(".offsets"):  # offsets start at 0
+                await self._write_blocks([(col, b) for b in col.buf.push(np.zeros(1, np.int64))])
 
     async def _write_static(self) -> None:
         if not self._static:
             return
         sg = await self._group.require_group(STATIC_GROUP)
-        self._mark(_key(sg.store_path.path, "zarr.json"))
         existing = {name async for name in sg.array_keys()}
         for name, value in self._static.items():
             if name in existing:
@@ -633,48 +700,163 @@ class ZarrStore:
                 dimension_names=tuple(f"static_{name}_dim_{k}" for k in range(value.ndim)),
                 config=_ARRAY_CONFIG,
             )
-            await arr.setitem(..., value)
-            apath = arr.store_path.path
-            self._mark(_key(apath, "zarr.json"))
-            if value.size:
-                self._mark(_key(apath, arr.metadata.encode_chunk_key((0,) * value.ndim)))
+            await arr.setitem(..., value)  # through DurableLocalStore when local
 
-    async def _push(self, col: _Column, rows: np.ndarray[Any, Any]) -> None:
-        for start, block in col.buf.push(rows):
-            await self._write_rows(col, start, block)
+    # -- blocks ---------------------------------------------------------------
+    def _blocks_of(self, schema: Schema, frames: list[Any]) -> list[tuple[_Column, Block]]:
+        """Push the frames' rows into every column's buffer; the full blocks to write."""
+        cols = self._columns
+        n = len(frames)
+        out: list[tuple[_Column, Block]] = []
 
-    async def _write_partial(self, col: _Column, start: int, rows: np.ndarray[Any, Any]) -> None:
-        await self._write_rows(col, start, rows)
-        col.buf.mark_written()
+        def push(col: _Column, rows: np.ndarray[Any, Any], owned: bool) -> None:
+            out.extend((col, b) for b in col.buf.push(rows, owned=owned))
 
-    async def _write_rows(self, col: _Column, start: int, rows: np.ndarray[Any, Any]) -> None:
-        arr = col.array
-        stop = start + len(rows)
-        path = arr.store_path.path
+        push(cols["steps"], np.fromiter((f.step for f in frames), np.int64, n), True)
+        if self._meta.times:
+            if any(f.time is None for f in frames):
+                raise SchemaError(f"{self!r}: expected a time on every frame")
+            push(cols["times"], np.fromiter((f.time for f in frames), np.float64, n), True)
+        for name, fld in schema.items():
+            arrays = [f.fields[name] for f in frames]
+            if fld.ragged:
+                data = cols[name]
+                counts = np.fromiter((len(a) for a in arrays), np.int64, n)
+                push(cols[offsets_name(name)], data.buf.length + np.cumsum(counts), True)
+                if n == 1:
+                    push(data, np.asarray(arrays[0]), False)
+                else:
+                    push(data, np.concatenate(arrays), True)
+            elif cols[name].plan.block == 1 and cols[name].encodes:
+                # One frame a block, compressed: a copy (cheap beside the codec) lets
+                # the blocks of many frames be encoded at once, on every core.
+                for a in arrays:
+                    push(cols[name], np.array(a)[np.newaxis], True)
+            elif n == 1 or cols[name].plan.block == 1:
+                # One frame a block (large frames): each block is written straight
+                # from the frame, never copied first (the write is waited for).
+                for a in arrays:
+                    push(cols[name], np.asarray(a)[np.newaxis], False)
+            else:
+                out.extend((cols[name], b) for b in cols[name].buf.push_frames(arrays))
+        return out
+
+    async def _grow(self, col: _Column, stop: int) -> None:
         if stop > col.capacity:
             new = grow_capacity(col.capacity, stop, col.plan.block)
-            await arr.resize((new, *col.plan.row_shape))
+            await col.array.resize((new, *col.plan.row_shape))
             col.capacity = new
-            self._mark(_key(path, "zarr.json"))
-        if self._root is None:
+
+    async def _write_blocks(self, blocks: list[tuple[_Column, Block]]) -> None:
+        """Write full, block-aligned runs of rows: all at once, whatever their array.
+
+        Local: each block goes to the block writer; rows that are views of the
+        caller's frames are waited for before returning (the sink reuses their
+        memory), owned rows may still be written while the next batch arrives.
+        """
+        self._give_back_buffers()
+        if not blocks:
+            return
+        for col, (start, rows, _) in blocks:
+            await self._grow(col, start + len(rows))
+        if self._writer is None:
+            await self._write_blocks_generic(blocks)
+            return
+        borrowed: list[asyncio.Future[None]] = []
+        for col, (start, rows, owned) in blocks:
+            assert col.target is not None
+            size = col.plan.block
+            for k in range(0, len(rows), size):
+                fut = await self._writer.submit(col.target, (start + k) // size, rows[k : k + size])
+                if not owned:
+                    borrowed.append(fut)
+            if owned and rows.base is None and len(rows) == size:
+                self._lent.append((fut, col.buf, rows))  # a RowBuffer's own buffer
+        if borrowed:
+            await _gather(borrowed)
+
+    def _give_back_buffers(self) -> None:
+        still = []
+        for fut, buf, rows in self._lent:
+            if not fut.done():
+                still.append((fut, buf, rows))
+            elif not fut.cancelled() and fut.exception() is None:
+                buf.recycle(rows)
+        self._lent = still
+
+    async def _write_blocks_generic(self, blocks: list[tuple[_Column, Block]]) -> None:
+        """Through zarr's async array API (non-local stores), many blocks at a time."""
+        limit = anyio.Semaphore(_MAX_CONCURRENT_BLOCKS)
+
+        async def one(arr: Any, start: int, rows: np.ndarray[Any, Any]) -> None:
+            async with limit:
+                await arr.setitem(slice(start, start + len(rows)), rows)
+
+        aws: list[Awaitable[None]] = []
+        for col, (start, rows, owned) in blocks:
             # A store may keep the encoded buffer, which for uncompressed data is a
-            # view of ``rows`` (MemoryStore does): hand it rows that nobody reuses.
-            rows = rows.copy()
-        block = col.plan.block
-        if len(rows) <= block:
-            await arr.setitem(slice(start, stop), rows)
+            # view of the rows (MemoryStore does): hand it rows nobody reuses. Owned
+            # rows are never reused (RowBuffers recycle only on a local directory).
+            if not owned:
+                rows = rows.copy()
+            # One setitem per block: zarr encodes a value of exactly one block's shape
+            # as it is, but copies each block of a larger value into a fresh
+            # fill-value chunk first, on the event loop.
+            size = col.plan.block
+            aws.extend(
+                one(col.array, start + k, rows[k : k + size]) for k in range(0, len(rows), size)
+            )
+        await _gather(aws)
+
+    async def _write_partials(self, parts: list[tuple[_Column, int, np.ndarray[Any, Any]]]) -> None:
+        """Write each column's partly filled last block (padded with the fill value)."""
+        for col, start, rows in parts:
+            await self._grow(col, start + len(rows))
+        if self._writer is None:
+            await _gather([
+                col.array.setitem(slice(start, start + len(rows)), rows.copy())
+                for col, start, rows in parts
+            ])
         else:
-            # One setitem per block (rows are block aligned here): zarr encodes a
-            # value of exactly one chunk's shape as it is, but copies each chunk of
-            # a larger value into a fresh fill-value chunk first, on the event loop
-            # (np.full, then a copy: two extra passes over every byte).
-            firsts = range(start, stop, block)
-            for k in range(0, len(firsts), _MAX_CONCURRENT_BLOCKS):
-                await _gather([
-                    arr.setitem(slice(i, min(i + block, stop)), rows[i - start : i - start + block])
-                    for i in firsts[k : k + _MAX_CONCURRENT_BLOCKS]
-                ])
-        if self._root is not None and all(n > 0 for n in col.plan.row_shape):
-            inner = (0,) * len(col.plan.row_shape)
-            for i in range(start // block, -(-stop // block)):
-                self._mark(_key(path, arr.metadata.encode_chunk_key((i, *inner))))
+            futs = []
+            for col, start, rows in parts:
+                assert col.target is not None
+                index = start // col.plan.block
+                futs.append(await self._writer.submit(col.target, index, rows, whole=False))
+            await self._writer.drain()
+        for col, _, _ in parts:
+            col.buf.mark_written()
+
+
+def _check_commit_seconds(value: object) -> float | None:
+    """``None`` or a positive finite number of seconds (as NpyDirectory takes it)."""
+    if value is None:
+        return None
+    if isinstance(value, bool) or not isinstance(value, int | float | np.integer | np.floating):
+        raise ConfigError(f"commit_seconds: expected a positive number or None, got {value!r}")
+    seconds = float(value)
+    if not (math.isfinite(seconds) and seconds > 0):
+        raise ConfigError(
+            f"commit_seconds: expected a positive finite number or None, got {seconds}"
+        )
+    return seconds
+
+
+def _names(names: list[str]) -> str:
+    return ", ".join(map(repr, names[:5])) + (", ..." if len(names) > 5 else "")
+
+
+def _is_zarr_dir(path: Path) -> bool:
+    """A directory that is a zarr node (array or group): it has a ``zarr.json``."""
+    return path.is_dir() and not path.is_symlink() and (path / "zarr.json").is_file()
+
+
+def _remove_tree_contents(target: Path) -> None:
+    """Delete what is inside ``target`` (zarr's entries only, checked by the caller)."""
+    if not target.is_dir():
+        return
+    for child in target.iterdir():
+        if child.is_dir() and not child.is_symlink():
+            shutil.rmtree(child)
+        else:
+            child.unlink()
