@@ -454,3 +454,30 @@ async def test_compute_bound_producer_right_after_open_loses_nothing(policy: str
             await sink.write({"x": np.full(1 << 15, float(i))})
     assert sink.statistics().dropped == 0
     np.testing.assert_array_equal(store.trajectory()["x"][:, 0], np.arange(30.0))
+
+
+@pytest.mark.parametrize("writer", ["thread", "process"])
+def test_a_schema_the_store_cannot_hold_is_refused_where_it_is_fixed(
+    tmp_path: Path, writer: str
+) -> None:
+    """ZarrStore has no float128: the first write says so (DTypeError, not a
+    WriterError later), fixes no schema, and the sink takes a float64 frame."""
+    if not hasattr(np, "float128"):
+        pytest.skip("no float128 on this platform")
+    from snapsink import DTypeError, SyncSink, ZarrStore
+
+    with SyncSink(ZarrStore(tmp_path / "run.zarr"), writer=writer) as sink:
+        with pytest.raises(DTypeError, match="float128"):
+            sink.write({"x": np.ones(3, dtype=np.float128)}, step=0)
+        assert sink.schema is None
+        sink.write({"x": np.ones(3)}, step=0)
+    traj = snapsink.open(tmp_path / "run.zarr")
+    assert traj.steps.tolist() == [0]
+    assert traj["x"][0].tolist() == [1.0, 1.0, 1.0]
+    with pytest.raises(DTypeError, match="float128"):
+        SyncSink(
+            ZarrStore(tmp_path / "declared.zarr"),
+            schema={"x": Field("float128", (3,))},
+            writer=writer,
+        )
+    assert not (tmp_path / "declared.zarr").exists()

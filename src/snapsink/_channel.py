@@ -28,7 +28,7 @@ from __future__ import annotations
 
 import threading
 from collections import deque
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from typing import Any, Final
 
@@ -203,6 +203,8 @@ class Channel:
         self.fifo_turn = 0  # the spill write that may run (they run in order)
         self.fifo_turns = threading.Condition(self.lock)
         self.device: Any = None  # DeviceStager, created at the first device array
+        #: the store's ``check_schema`` (I/O-free), run on an inferred schema
+        self.check_schema: Callable[[Schema], None] | None = None
         #: the store keeps frames on the device (GPUBuffer): capture device views
         self.wants_device = False
         #: a queued frame smaller than ``wake_bytes`` wakes the consumer only once
@@ -259,6 +261,8 @@ class Channel:
         schema = self.schema
         if schema is None:
             inferred = Schema.infer(fields)
+            if self.check_schema is not None:
+                self.check_schema(inferred)  # a schema the store cannot hold fixes nothing
             with self.lock:
                 if self.schema is None:
                     self.schema = inferred

@@ -246,8 +246,15 @@ class Sink:
         self._loop_thread = threading.get_ident()
         self._schedule = _thread_safe_scheduler()
         self._yield = asyncio.sleep if _on_asyncio() else None
-        # the spill directory first: one that cannot be used is a ConfigError
-        # before anything is opened
+        # a declared schema the store cannot hold, and a spill directory that
+        # cannot be used, fail before anything is opened
+        check = getattr(self._store, "check_schema", None)
+        if self._schema is not None and check is not None:
+            try:
+                check(self._schema)
+            except BaseException:
+                self._state = "closed"
+                raise
         policy = self._policy
         spill = SpillDir(policy) if isinstance(policy, Spill) else None
         try:
@@ -271,6 +278,7 @@ class Sink:
             self._capacity, self._policy, max_bytes=self._max_bytes, schema=schema, clock=clock
         )
         self._channel.spill_dir = spill
+        self._channel.check_schema = check
         self._channel.wants_device = bool(getattr(self._store, "wants_device", False))
         self._consumer_done = anyio.Event()
         self._consumer_ready = anyio.Event()
@@ -320,6 +328,7 @@ class Sink:
             schema=schema,
             clock=clock,
         )
+        ch.check_schema = getattr(self._store, "check_schema", None)
         if spill is not None:
             ch.spill_dir = spill
             writer.send(("spilldir", str(spill.path)))

@@ -89,6 +89,12 @@ class Store(Protocol):
 
     Methods may be blocking functions (run in a worker thread) or coroutine
     functions (awaited on the sink's event loop).
+
+    Optional: ``check_schema(schema) -> None``, I/O-free, raising
+    :class:`~snapsink.DTypeError` (or :class:`~snapsink.SchemaError`) for a
+    schema the store cannot hold. The sink calls it in the producer where the
+    schema is fixed (at open for a declared schema, at the first ``write`` for
+    an inferred one), so the refusal reaches that call and changes nothing.
     """
 
     def open(self) -> Resume | Awaitable[Resume | None] | None:
