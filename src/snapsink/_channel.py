@@ -632,17 +632,18 @@ class Channel:
         frame by frame.
         """
         with self.lock:
-            ready = bool(self.queue) and self.queue[0].ready
+            queue = self.queue
+            ready = queue[0].ready if queue else self.fifo_waiting > 0
             if ready and batch:
                 ready = (
-                    len(self.queue) >= self.wake_frames
+                    len(queue) + self.fifo_waiting >= self.wake_frames
                     or self.held_bytes >= self.wake_bytes
                     or bool(self.room_waiters)
                 )
             if (
                 ready
                 or self.pending_dropped
-                or (self.closed and not self.queue)  # else wait for the head's spill write
+                or (self.closed and not queue and not self.fifo_writing)
                 or self.failure is not None
                 or (self.flush_requested > done_gen and appended_seq >= self.flush_target)
             ):
@@ -653,7 +654,13 @@ class Channel:
     def finished(self) -> bool:
         """Closed, and nothing left to hand to the store."""
         with self.lock:
-            return self.closed and not self.queue and not self.pending_dropped
+            return (
+                self.closed
+                and not self.queue
+                and not self.fifo_writing
+                and not self.fifo_waiting
+                and not self.pending_dropped
+            )
 
     def request_flush(self) -> int:
         """Ask the consumer to commit everything accepted so far; returns the
