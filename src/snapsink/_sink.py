@@ -1,26 +1,25 @@
-"""Sink: an async consumer fed from a bounded channel.
+"""Sink: the producer's side of a sink, fed into a bounded channel.
 
-Lifecycle: ``Sink(...)`` → ``async with`` opens the store and starts the
-consumer task in the sink's own task group → ``write``/``flush`` → leaving the
-block closes the channel, drains it, commits and closes the store.
+Lifecycle: ``Sink(...)`` → ``async with`` starts the writer (a process, or a
+thread of this process; see :mod:`snapsink._writer`), which opens the store →
+``write``/``flush`` → leaving the block closes the channel; the writer stores
+every accepted frame, commits and closes the store, and the block ends once
+it has.
 
-The consumer runs shielded from outside cancellation: a frame the sink has
-accepted under ``block`` or ``spill`` is stored even when the task that owns the
-sink is cancelled (the drain happens in ``__aexit__``).
+The writer runs outside the caller's tasks: a frame the sink has accepted under
+``block`` or ``spill`` is stored even when the task that owns the sink is
+cancelled (the close in ``__aexit__`` is shielded).
 """
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
-import errno
 import functools
-import inspect
 import os
 import threading
 import weakref
 from collections.abc import Callable, Mapping
-from dataclasses import dataclass
 from types import TracebackType
 from typing import Any
 
@@ -32,7 +31,6 @@ from ._channel import (
     QUEUED,
     SPILL,
     Channel,
-    Entry,
     SinkStatistics,
     SpillTicket,
     ThreadWaker,
@@ -42,17 +40,15 @@ from ._channel import (
     frame_nbytes,
 )
 from ._errors import ClosedSinkError, ConfigError, SchemaError, WouldBlock, WriterError
-from ._schema import Batch, Frame, Schema, StepClock, is_device_array
-from ._spill import Spill, SpillDir, SpillReader
+from ._schema import Schema, StepClock, is_device_array
+from ._spill import Spill, SpillDir
 from ._store import Resume
 from ._writer.process import ProcessChannel, ProcessWriter, choose_writer
+from ._writer.thread import ThreadWriter
 
 __all__ = ["Sink"]
 
 _STORE_METHODS = ("open", "prepare", "append", "commit", "close")
-#: the longest a small frame waits in the channel before the drain thread looks
-_DRAIN_TICK = 0.02
-
 
 #: sinks opened in this process (for the fork handler)
 _live_sinks: weakref.WeakSet[Sink] = weakref.WeakSet()
@@ -66,20 +62,6 @@ def _after_fork_in_child() -> None:
 
 
 os.register_at_fork(after_in_child=_after_fork_in_child)
-
-
-def _read_spilled(ch: Channel, e: Entry) -> None:
-    """Fill a spilled entry from the spill queue (the consumer reads it in order)."""
-    reader = ch.spill_reader
-    if reader is None:
-        assert ch.spill_dir is not None and ch.schema is not None
-        reader = ch.spill_reader = SpillReader(ch.spill_dir.path, ch.schema)
-    got = reader.read()
-    if got is None:
-        raise OSError(
-            errno.ENOENT, f"a spilled frame is missing from {ch.spill_dir and ch.spill_dir.path}"
-        )
-    e.step, e.time, e.fields, e.size = got
 
 
 def _thread_safe_scheduler() -> Callable[[Callable[[], object]], object]:
@@ -156,16 +138,6 @@ def _check_max_bytes(max_bytes: object) -> int | None:
     return max_bytes
 
 
-@dataclass(slots=True)
-class _ConsumerState:
-    """What the consumer knows: the last seq the store has appended, the last
-    flush generation committed, and whether the store was prepared."""
-
-    appended_seq: int = 0
-    done_gen: int = 0
-    prepared: bool = False
-
-
 class Sink:
     """An async consumer that writes frames to a store, fed from a bounded channel.
 
@@ -227,11 +199,10 @@ class Sink:
         self._channel: Channel | None = None
         self._state = "new"  # new -> open -> closing -> closed; "forked" in a child
         self._forked_from = 0
-        self._tg: Any = None
         self._loop_thread = 0
         self._schedule: Callable[[Callable[[], object]], object] | None = None
-        self._consumer_done: anyio.Event | None = None
-        self._consumer_ready: anyio.Event | None = None
+        self._thread_writer: ThreadWriter | None = None
+        self._closed: anyio.Event | None = None  # set once aclose is done
         self._flush_waiters: list[tuple[int, anyio.Event]] = []
         self._writes = 0
         #: the cheapest yield of the running backend (asyncio.sleep), or None
@@ -260,39 +231,12 @@ class Sink:
         try:
             if self._spec is not None:
                 return await self._open_process(self._spec, spill)
-            resume: Resume | None = await self._call(self._store.open)
+            return await self._open_thread(spill)
         except BaseException:
             if spill is not None:
                 spill.close()
             self._state = "closed"
             raise
-        try:
-            schema, clock = self._resumed_clock(resume)
-        except SchemaError:
-            if spill is not None:
-                spill.close()
-            await self._call(self._store.close)
-            self._state = "closed"
-            raise
-        self._channel = Channel(
-            self._capacity, self._policy, max_bytes=self._max_bytes, schema=schema, clock=clock
-        )
-        self._channel.spill_dir = spill
-        self._channel.check_schema = check
-        self._channel.wants_device = bool(getattr(self._store, "wants_device", False))
-        self._consumer_done = anyio.Event()
-        self._consumer_ready = anyio.Event()
-        tg = anyio.create_task_group()
-        await tg.__aenter__()
-        self._tg = tg
-        tg.start_soon(self._consume, name=f"snapsink consumer of {type(self._store).__name__}")
-        # Return only once the consumer can take frames without the loop's help:
-        # a producer that computes on the loop right away would otherwise starve
-        # it, and a drop or spill policy would discard the first frames.
-        with anyio.CancelScope(shield=True):
-            await self._consumer_ready.wait()
-        self._state = "open"
-        return self
 
     def _resumed_clock(self, resume: Resume | None) -> tuple[Schema | None, StepClock]:
         """The schema and step clock after the store's ``open``; SchemaError when
@@ -308,6 +252,46 @@ class Sink:
                 )
             schema = resume.schema
         return schema, StepClock(resume.last_step, resume.last_time, resume.times)
+
+    async def _open_thread(self, spill: SpillDir | None) -> Sink:
+        """Start the writer thread, which opens the store and then drains the channel."""
+        writer = ThreadWriter(self._store, type(self._store).__name__)
+        with anyio.CancelScope(shield=True):
+            resume = await anyio.to_thread.run_sync(writer.start)
+            try:
+                schema, clock = self._resumed_clock(resume)
+            except BaseException:
+                await anyio.to_thread.run_sync(writer.abandon)
+                raise
+        ch = Channel(
+            self._capacity, self._policy, max_bytes=self._max_bytes, schema=schema, clock=clock
+        )
+        ch.spill_dir = spill
+        ch.check_schema = getattr(self._store, "check_schema", None)
+        ch.wants_device = bool(getattr(self._store, "wants_device", False))
+        self._connect(writer)
+        writer.attach(ch)
+        self._channel = ch
+        self._thread_writer = writer
+        self._state = "open"
+        return self
+
+    def _connect(self, writer: ThreadWriter | ProcessWriter) -> None:
+        """Have ``writer``'s flush acknowledgements and failure wake flush waiters
+        on the sink's loop."""
+        assert self._schedule is not None
+        schedule = self._schedule
+
+        def flushed(gen: int) -> None:
+            with contextlib.suppress(RuntimeError):  # the loop is gone
+                schedule(functools.partial(self._wake_flushers, gen))
+
+        def failed() -> None:
+            with contextlib.suppress(RuntimeError):
+                schedule(functools.partial(self._wake_flushers, None))
+
+        writer.on_flushed = flushed
+        writer.on_failed = failed
 
     async def _open_process(self, spec: Any, spill: SpillDir | None) -> Sink:
         """Start the writer process, which opens the store; no consumer task here."""
@@ -332,19 +316,7 @@ class Sink:
         if spill is not None:
             ch.spill_dir = spill
             writer.send(("spilldir", str(spill.path)))
-        assert self._schedule is not None
-        schedule = self._schedule
-
-        def flushed(gen: int) -> None:
-            with contextlib.suppress(RuntimeError):  # the loop is gone
-                schedule(functools.partial(self._wake_flushers, gen))
-
-        def failed() -> None:
-            with contextlib.suppress(RuntimeError):
-                schedule(functools.partial(self._wake_flushers, None))
-
-        writer.on_flushed = flushed
-        writer.on_failed = failed
+        self._connect(writer)
         writer.attach(ch)
         self._channel = ch
         self._process = writer
@@ -363,10 +335,6 @@ class Sink:
                 await self.aclose()
         except BaseException as err:
             close_error = err
-        finally:
-            if self._tg is not None:
-                tg, self._tg = self._tg, None
-                await tg.__aexit__(None, None, None)
         if close_error is not None:
             if exc is None:
                 raise close_error
@@ -389,43 +357,33 @@ class Sink:
         if self._state == "forked":
             return  # the parent's sink: not this process's to close
         if self._state == "closing":
-            assert self._consumer_done is not None
-            await self._consumer_done.wait()
+            assert self._closed is not None
+            await self._closed.wait()
             return
         self._state = "closing"
+        self._closed = anyio.Event()
         ch = self._channel
         assert ch is not None
-        if self._process is not None:
-            await self._close_process(ch, self._process)
-            return
-        assert self._consumer_done is not None
+        # the writer stores every accepted frame, commits and closes the store
+        writer: ThreadWriter | ProcessWriter | None = self._process or self._thread_writer
+        assert writer is not None
         try:
             ch.close()
-            await self._consumer_done.wait()
+            with anyio.CancelScope(shield=True):
+                await anyio.to_thread.run_sync(
+                    writer.close if isinstance(writer, ProcessWriter) else writer.join
+                )
         finally:
-            close_exc: BaseException | None = None
-            try:
-                await self._call(self._store.close)
-            except Exception as err:
-                close_exc = err
             self._release_capture(ch)
             self._state = "closed"
+            self._closed.set()
+            self._wake_flushers(None)
         ch.raise_failure()
+        close_exc = getattr(writer, "close_error", None)
         if close_exc is not None:
             raise WriterError(
                 f"closing the store failed: {type(close_exc).__name__}: {close_exc}"
             ) from close_exc
-
-    async def _close_process(self, ch: Channel, writer: ProcessWriter) -> None:
-        try:
-            ch.close()
-            with anyio.CancelScope(shield=True):
-                await anyio.to_thread.run_sync(writer.close)
-        finally:
-            self._release_capture(ch)
-            self._state = "closed"
-            self._wake_flushers(None)
-        ch.raise_failure()
 
     @staticmethod
     def _release_capture(ch: Channel) -> None:
@@ -450,7 +408,13 @@ class Sink:
         return ch
 
     # -- producers -----------------------------------------------------------------
-    def _validate(self, ch: Channel, fields: object, step: object) -> list[tuple[str, Any, Any]]:
+    def _validate(
+        self, ch: Channel, fields: object, step: object, time: object
+    ) -> list[tuple[str, Any, Any]]:
+        if ch.schema is None:
+            # the first frame fixes the schema: a frame refused for its step or
+            # time must not (the offer checks them again, under the lock)
+            ch.clock.check(step, time)
         schema = ch.ensure_schema(fields)
         label = (
             step
@@ -514,7 +478,7 @@ class Sink:
             await anyio.lowlevel.checkpoint()
         else:
             await self._yield(0)
-        items = self._validate(ch, fields, step)
+        items = self._validate(ch, fields, step, time)
         while True:
             outcome, entry = ch.offer(items, step, time, copy=copy, stream=stream)
             if outcome == QUEUED or outcome == DROPPED:
@@ -568,7 +532,7 @@ class Sink:
             As for :meth:`write`.
         """
         ch = self._require_open()
-        items = self._validate(ch, fields, step)
+        items = self._validate(ch, fields, step, time)
         outcome, _ = ch.offer(items, step, time, copy=copy, stream=stream, nowait=True)
         if outcome not in (QUEUED, DROPPED):
             raise WouldBlock(
@@ -587,7 +551,7 @@ class Sink:
     ) -> None:
         """The sync facade's write, run in the caller's thread (not the loop's)."""
         ch = self._require_open()
-        items = self._validate(ch, fields, step)
+        items = self._validate(ch, fields, step, time)
         while True:
             outcome, entry = ch.offer(items, step, time, copy=copy, stream=stream)
             if outcome == QUEUED or outcome == DROPPED:
@@ -659,15 +623,7 @@ class Sink:
         """The schema in force (declared, resumed, or inferred from the first frame)."""
         return self._channel.schema if self._channel is not None else self._schema
 
-    # -- consumer ------------------------------------------------------------------
-    async def _call(self, method: Callable[..., Any], *args: Any, **kwargs: Any) -> Any:
-        """Run a store method: awaited if async, else in a worker thread."""
-        if inspect.iscoroutinefunction(method):
-            return await method(*args, **kwargs)
-        if kwargs:
-            method = functools.partial(method, **kwargs)
-        return await anyio.to_thread.run_sync(method, *args)
-
+    # -- flush acknowledgements ----------------------------------------------------
     def _wake_flushers(self, done_gen: int | None) -> None:
         keep = []
         for gen, event in self._flush_waiters:
@@ -676,143 +632,3 @@ class Sink:
             else:
                 keep.append((gen, event))
         self._flush_waiters = keep
-
-    async def _consume(self) -> None:
-        ch = self._channel
-        assert ch is not None and self._consumer_done is not None
-        try:
-            with anyio.CancelScope(shield=True):
-                await self._consume_loop(ch)
-        except Exception as exc:
-            ch.fail(exc)
-        except BaseException as exc:
-            ch.fail(exc)
-            raise
-        finally:
-            self._consumer_done.set()
-            if self._consumer_ready is not None:
-                self._consumer_ready.set()
-            self._wake_flushers(None)
-
-    async def _consume_loop(self, ch: Channel) -> None:
-        store = self._store
-        st = _ConsumerState()
-        # A blocking store is fed by a worker thread that takes, appends and
-        # releases by itself (the channel is thread-safe) and parks on a thread
-        # waker when idle: it needs nothing from the event loop, which may be
-        # busy with the simulation's own compute. It hands back to the loop only
-        # to commit a flush, and at the end.
-        blocking = not inspect.iscoroutinefunction(store.append)
-        limiter = anyio.CapacityLimiter(1)  # the sink's own thread, not the shared pool's
-        assert self._schedule is not None and self._consumer_ready is not None
-        if not blocking:
-            self._consumer_ready.set()
-        if blocking:
-            # Small frames wake the drain thread a batch at a time (it also looks
-            # every _DRAIN_TICK seconds); a frame of wake_bytes or more at once.
-            ch.wake_frames = max(1, ch.batch_limit // 2)
-            ch.wake_bytes = 256 << 10
-        while True:
-            if blocking:
-                await anyio.to_thread.run_sync(self._drain, ch, st, limiter=limiter)
-            elif await self._step_async(ch, st):
-                continue
-            gen, target = ch.flush_request()
-            if gen > st.done_gen and st.appended_seq >= target:
-                if not st.prepared and ch.schema is not None:
-                    await self._prepare(ch)
-                    st.prepared = True
-                if st.prepared:
-                    await self._call(store.commit)
-                st.done_gen = gen
-                self._wake_flushers(gen)
-                continue
-            if ch.finished():
-                break
-            waker = AsyncWaker(self._loop_thread, self._schedule)
-            if ch.park_consumer(waker, st.appended_seq, st.done_gen):
-                await waker.event.wait()
-        if not st.prepared and ch.schema is not None:
-            await self._prepare(ch)
-            st.prepared = True
-        if st.prepared:
-            await self._call(store.commit)
-
-    async def _step_async(self, ch: Channel, st: _ConsumerState) -> bool:
-        """One batch to an async store, on the loop. False when nothing was ready."""
-        entries, dropped, upto = ch.take()
-        if entries or dropped:
-            if not st.prepared:
-                await self._prepare(ch)
-                st.prepared = True
-            frames = await self._materialize(ch, entries)
-            await self._call(self._store.append, Batch(frames, dropped))
-            ch.release(entries)
-            if ch.spill_reader is not None and ch.spill_reader.exhausted:
-                await anyio.to_thread.run_sync(ch.spill_reader.remove_exhausted)
-        st.appended_seq = max(st.appended_seq, upto)
-        return bool(entries or dropped)
-
-    def _drain(self, ch: Channel, st: _ConsumerState) -> None:
-        """Feed a blocking store, in a worker thread, until a flush is due or the
-        channel is closed and empty (flushes commit on the loop)."""
-        store = self._store
-        ready = self._consumer_ready
-        if ready is not None and not ready.is_set():
-            assert self._schedule is not None
-            self._schedule(ready.set)  # __aenter__ waits for this thread to run
-        small = False  # the last batch was small: wait for a batch's worth
-        while True:
-            if small:
-                small = False
-                waker = ThreadWaker()
-                if ch.park_consumer(waker, st.appended_seq, st.done_gen, batch=True):
-                    waker.event.wait(_DRAIN_TICK)
-            entries, dropped, upto = ch.take()
-            if entries or dropped:
-                if not st.prepared:
-                    assert ch.schema is not None
-                    store.prepare(ch.schema, times=bool(ch.clock.has_times))
-                    st.prepared = True
-                for e in entries:
-                    if e.spill:
-                        _read_spilled(ch, e)
-                    elif e.completion is not None and not e.completion.done():
-                        e.completion.synchronize()
-                store.append(Batch(list(entries), dropped))  # entries are Frames
-                ch.release(entries)
-                if ch.spill_reader is not None and ch.spill_reader.exhausted:
-                    ch.spill_reader.remove_exhausted()
-                small = len(entries) < ch.wake_frames and (
-                    sum(e.size for e in entries) < ch.wake_bytes
-                )
-            st.appended_seq = max(st.appended_seq, upto)
-            if entries or dropped:
-                continue
-            gen, target = ch.flush_request()
-            if (gen > st.done_gen and st.appended_seq >= target) or ch.finished():
-                return
-            if ch.failure is not None:
-                return
-            waker = ThreadWaker()
-            if ch.park_consumer(waker, st.appended_seq, st.done_gen):
-                waker.event.wait(_DRAIN_TICK)
-
-    async def _prepare(self, ch: Channel) -> None:
-        assert ch.schema is not None
-        await self._call(self._store.prepare, ch.schema, times=bool(ch.clock.has_times))
-
-    async def _materialize(self, ch: Channel, entries: list[Entry]) -> list[Frame]:
-        """Host frames for ``entries``: wait for device copies, read spilled frames."""
-        spilled = [e for e in entries if e.spill]
-        if spilled:
-
-            def read_all() -> None:
-                for e in spilled:
-                    _read_spilled(ch, e)
-
-            await anyio.to_thread.run_sync(read_all)
-        for e in entries:
-            if e.completion is not None and not e.completion.done():
-                await e.completion.wait()
-        return list(entries)  # entries are Frames

@@ -4,34 +4,33 @@ Started by :class:`~snapsink._writer.process.ProcessWriter` as
 ``python -m snapsink._writer._child FD LABEL``, with FD its end of the control
 socket. It rebuilds the store from its description, opens it, and answers
 ``("opened", resume)``; then it appends the frames the ring publishes, in order,
-commits on flush requests and at close, and exits.
+commits on flush requests and at close, and exits. The loop is the
+:class:`~snapsink._consumer.Consumer` the thread writer runs too; the
+:class:`Writer` here is its feed.
 
 Why it keeps going when the sink's process dies: every frame whose ``write``
-returned is already in shared memory and published on the ring, so the writer
-stores and commits all of them before it exits (end of stream on the socket is
-how it learns of the death). SIGINT is ignored, so a Ctrl-C in the terminal
-leaves the decision to the sink's process.
+returned is already in shared memory and published on the ring, or in the
+spill queue on disk, so the writer stores and commits all of them before it
+exits (end of stream on the socket is how it learns of the death). SIGINT is
+ignored, so a Ctrl-C in the terminal leaves the decision to the sink's process.
 """
 
 from __future__ import annotations
 
-import asyncio
 import contextlib
 import errno
-import inspect
 import queue
 import signal
 import socket
 import sys
 import threading
 import time
-from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
+from .._consumer import Consumer
 from .._schema import Batch, Frame, Schema
 from .._spill import SpillReader, lock_shared, remove_if_empty
-from .._store import Resume
 from . import _shm
 from ._wire import Wire, encode_error
 
@@ -54,37 +53,17 @@ def _set_process_name(label: str) -> None:
         pass
 
 
-class _Runner:
-    """Calls store methods, awaiting the coroutine ones on the writer's own loop."""
-
-    def __init__(self) -> None:
-        self._runner: asyncio.Runner | None = None
-
-    def __call__(self, method: Callable[..., Any], *args: Any, **kwargs: Any) -> Any:
-        if inspect.iscoroutinefunction(method):
-            if self._runner is None:
-                self._runner = asyncio.Runner()
-            return self._runner.run(method(*args, **kwargs))
-        return method(*args, **kwargs)
-
-    def close(self) -> None:
-        if self._runner is not None:
-            self._runner.close()
-
-
 class Writer:
-    """The writer's state: the store, the slots' mappings, the ring, requests."""
+    """The writer's state: the slots' mappings, the ring, requests; the
+    :class:`~snapsink._consumer.Feed` of the consumer that runs the store."""
 
     def __init__(self, wire: Wire):
         self.wire = wire
         self.inbox: queue.SimpleQueue[tuple[tuple[Any, ...], list[int]] | None] = (
             queue.SimpleQueue()
         )
-        self.call = _Runner()
-        self.store: Any = None
         self.schema: Schema | None = None
         self.times = False
-        self.prepared = False
         self.ring: _shm.Ring | None = None
         self.slots: dict[int, _shm.SlotMemory] = {}
         #: slot index -> (its mapping, [(name, view)]) for a schema without ragged fields
@@ -102,6 +81,8 @@ class Writer:
         self.close_at: int | None = None
         self.parent_gone = False
         self.last_work = time.monotonic()
+        self._taken: tuple[int, int] | None = None  # (seq, spilled bytes) of the last take
+        self._drained = False  # the sink's process died and the spill queue is read out
 
     # -- messages ---------------------------------------------------------------
     def send(self, msg: tuple[Any, ...]) -> None:
@@ -221,12 +202,18 @@ class Writer:
         """Frames published and not yet appended."""
         return 0 if self.ring is None else self.ring.get(_shm.TAIL) - self.done
 
-    def append_ready(self) -> bool:
-        """Append one batch of published frames (and pending drops); False if none."""
+    # -- the consumer's feed ------------------------------------------------------
+    def take(self) -> Batch | None:
+        """The next batch of published frames (and pending drops). Once the sink's
+        process is gone and every published frame is stored: the frames it spilled
+        and never published."""
+        self.handle()
         ring = self.ring
         tail = ring.get(_shm.TAIL) if ring is not None else 0
         if tail <= self.done and not self.dropped:
-            return False
+            if self.parent_gone and not self._drained:
+                return self._take_unpublished()
+            return None
         frames: list[Frame] = []
         spilled = 0
         budget = self.byte_budget
@@ -241,12 +228,33 @@ class Writer:
                 budget -= frame.nbytes
                 if budget <= 0:
                     break
-        self.ensure_prepared()
         dropped, self.dropped = self.dropped, []
-        self.call(self.store.append, Batch(frames, dropped))
-        frames.clear()
-        self.done = seq
-        if ring is not None:
+        self._taken = (seq, spilled)
+        return Batch(frames, dropped)
+
+    def _take_unpublished(self) -> Batch | None:
+        """Spilled frames the dead sink never handed over (each one's ``write``
+        returned), in order, up to a torn tail."""
+        frames: list[Frame] = []
+        if self.spill_dir is not None and self.schema is not None:
+            while len(frames) < max(1, self.batch_limit):
+                got = self._spilled()
+                if got is None:
+                    break
+                frames.append(got[0])
+        if not frames:
+            self._drained = True
+            return None
+        self._taken = None
+        return Batch(frames, [])
+
+    def stored(self) -> None:
+        self.last_work = time.monotonic()
+        taken, self._taken = self._taken, None
+        ring = self.ring
+        if taken is not None and ring is not None:
+            seq, spilled = taken
+            self.done = seq
             if spilled:
                 self.spill_done += spilled
                 ring.set(_shm.SPILL_DONE, self.spill_done)
@@ -256,72 +264,39 @@ class Writer:
                 self.send(("done", seq))
         if self.spill_reader is not None and self.spill_reader.exhausted:
             self.spill_reader.remove_exhausted()
-        return True
 
-    def drain_spilled(self) -> None:
-        """The sink's process died: store the frames it spilled and never got to
-        publish (each one's ``write`` returned), in order, up to a torn tail."""
-        if self.spill_dir is None or self.schema is None:
-            return
-        while True:
-            frames: list[Frame] = []
-            while len(frames) < max(1, self.batch_limit):
-                got = self._spilled()
-                if got is None:
-                    break
-                frames.append(got[0])
-            if not frames:
-                return
-            self.ensure_prepared()
-            self.call(self.store.append, Batch(frames, []))
-            assert self.spill_reader is not None
-            self.spill_reader.remove_exhausted()
+    def flush_due(self) -> int | None:
+        due = [g for g, target in self.flushes if target <= self.done]
+        if not due:
+            return None
+        self.flushes = [(g, t) for g, t in self.flushes if t > self.done]
+        return max(due)
 
-    def ensure_prepared(self) -> None:
-        if not self.prepared and self.schema is not None:
-            self.call(self.store.prepare, self.schema, times=self.times)
-            self.prepared = True
+    def flushed(self, gen: int) -> None:
+        self.send(("flushed", gen, self.done))
 
-    def commit(self) -> None:
-        self.ensure_prepared()
-        if self.prepared:
-            self.call(self.store.commit)
+    def finished(self) -> bool:
+        if self.close_at is not None and self.done >= self.close_at:
+            return True
+        return self.parent_gone and self._drained
 
-    # -- the loop -----------------------------------------------------------------
-    def run(self) -> None:
-        while True:
-            self.handle()
-            if self.append_ready():
-                self.last_work = time.monotonic()
-                continue
-            if self.flushes:
-                due = [g for g, target in self.flushes if target <= self.done]
-                if due:
-                    self.commit()
-                    self.flushes = [(g, t) for g, t in self.flushes if t > self.done]
-                    self.send(("flushed", max(due), self.done))
-                    continue
-            if self.close_at is not None and self.done >= self.close_at:
-                return
-            if self.parent_gone:
-                if self.pending() <= 0:
-                    self.drain_spilled()
-                    return
-                continue
-            # Nothing to do. A simulation that writes regularly finds the writer
-            # polling: its frames are picked up within _POLL, and publishing them
-            # costs it no system call. After a quiet spell the writer sleeps, and
-            # the next frame wakes it.
-            ring = self.ring
-            asleep = time.monotonic() - self.last_work >= _QUIET
-            if ring is not None:
-                ring.set(_shm.IDLE, _shm.ASLEEP if asleep else _shm.POLLING)
-                if ring.get(_shm.TAIL) > self.done:
-                    ring.set(_shm.IDLE, _shm.BUSY)
-                    continue
-            self.handle(block=True, timeout=_TICK if asleep else _POLL)
-            if ring is not None:
+    def wait(self) -> None:
+        """Nothing to do. A simulation that writes regularly finds the writer
+        polling: its frames are picked up within _POLL, and publishing them costs
+        it no system call. After a quiet spell the writer sleeps, and the next
+        frame wakes it."""
+        if self.parent_gone:
+            return  # draining: nobody will wake us
+        ring = self.ring
+        asleep = time.monotonic() - self.last_work >= _QUIET
+        if ring is not None:
+            ring.set(_shm.IDLE, _shm.ASLEEP if asleep else _shm.POLLING)
+            if ring.get(_shm.TAIL) > self.done:
                 ring.set(_shm.IDLE, _shm.BUSY)
+                return
+        self.handle(block=True, timeout=_TICK if asleep else _POLL)
+        if ring is not None:
+            ring.set(_shm.IDLE, _shm.BUSY)
 
 
 def main(argv: list[str]) -> int:
@@ -330,6 +305,7 @@ def main(argv: list[str]) -> int:
     _set_process_name(argv[1] if len(argv) > 1 else "")
     wire = Wire(socket.socket(fileno=fd))
     w = Writer(wire)
+    consumer: Consumer | None = None
     try:
         got = wire.recv()
         if got is None:
@@ -342,8 +318,8 @@ def main(argv: list[str]) -> int:
         if got is None:
             return 0
         (_, spec), _ = got
-        w.store = spec.build()
-        resume: Resume | None = w.call(w.store.open)
+        consumer = Consumer(spec.build(), feed=w)
+        resume = consumer.open()
     except BaseException as exc:
         wire.send(("error", encode_error(exc)))
         return 1
@@ -351,21 +327,18 @@ def main(argv: list[str]) -> int:
     w.start_reader()
     failed = False
     try:
-        w.run()
-        w.commit()
+        consumer.run()
     except BaseException as exc:
         failed = True
         w.send(("error", encode_error(exc)))
         if w.parent_gone:
             raise  # nobody to tell: the traceback goes to stderr
     try:
-        w.call(w.store.close)
+        consumer.close()
     except BaseException as exc:
         if not failed:
             w.send(("error", encode_error(exc)))
         failed = True
-    finally:
-        w.call.close()
     if not failed:
         w.send(("closed", w.done))
     # Every spilled frame the writer stored is removed; the directory too when

@@ -1,0 +1,226 @@
+"""The consumer: takes batches of frames, appends them to the store, commits.
+
+One loop for both runners of a sink's store:
+
+- the **thread writer** (:mod:`snapsink._writer.thread`) runs it in a thread of
+  the sink's process, fed by the :class:`~snapsink._channel.Channel`
+  (:class:`ChannelFeed`);
+- the **writer process** (:mod:`snapsink._writer._child`) runs it in its main
+  thread, fed by the shared-memory ring.
+
+A :class:`Feed` says what is there to store; :class:`Consumer` decides the order
+of store calls: ``prepare`` once before the first batch, ``append`` per batch,
+``commit`` when a flush is due and at the end, then ``close``. Store methods
+that are coroutine functions run on the consumer's own event loop
+(:class:`StoreCaller`), never on the simulation's: a simulation that computes
+on its event loop cannot starve its store.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import errno
+import inspect
+from collections.abc import Callable, Sequence
+from typing import Any, Protocol
+
+from ._channel import Channel, Entry, ThreadWaker
+from ._schema import Batch, Schema
+from ._spill import SpillReader
+from ._store import Resume
+
+__all__ = ["ChannelFeed", "Consumer", "Feed", "StoreCaller"]
+
+#: how long an idle thread consumer sleeps before it looks again on its own
+DRAIN_TICK = 0.02
+
+
+class StoreCaller:
+    """Calls store methods in the consumer's thread: a blocking method directly,
+    a coroutine function on an event loop of the consumer's own (asyncio, as
+    zarr-python needs), the same loop for every call."""
+
+    def __init__(self) -> None:
+        self._runner: asyncio.Runner | None = None
+
+    def __call__(self, method: Callable[..., Any], *args: Any, **kwargs: Any) -> Any:
+        if inspect.iscoroutinefunction(method):
+            if self._runner is None:
+                self._runner = asyncio.Runner()
+            return self._runner.run(method(*args, **kwargs))
+        return method(*args, **kwargs)
+
+    def close(self) -> None:
+        if self._runner is not None:
+            self._runner.close()
+            self._runner = None
+
+
+class Feed(Protocol):
+    """What a consumer stores, and whom it tells."""
+
+    @property
+    def schema(self) -> Schema | None:
+        """The frames' schema (None until the first frame fixes it)."""
+
+    @property
+    def times(self) -> bool:
+        """Whether frames carry times."""
+
+    def take(self) -> Batch | None:
+        """The next batch (frames and dropped steps), or None if nothing is ready."""
+
+    def stored(self) -> None:
+        """The batch from the last :meth:`take` is appended: free what held it."""
+
+    def flush_due(self) -> int | None:
+        """A flush generation whose frames are all appended, or None."""
+
+    def flushed(self, gen: int) -> None:
+        """Flush ``gen`` is committed."""
+
+    def finished(self) -> bool:
+        """Nothing more will come."""
+
+    def wait(self) -> None:
+        """Nothing to do now: wait a while, or until woken."""
+
+
+class Consumer:
+    """Runs a store for one sink, fed by ``feed`` (set before :meth:`run`)."""
+
+    def __init__(self, store: Any, feed: Feed | None = None):
+        self.store = store
+        self.feed = feed
+        self.call = StoreCaller()
+        self.prepared = False
+
+    def open(self) -> Resume | None:
+        resume: Resume | None = self.call(self.store.open)
+        return resume
+
+    def prepare(self) -> None:
+        feed = self.feed
+        assert feed is not None
+        if not self.prepared and feed.schema is not None:
+            self.call(self.store.prepare, feed.schema, times=feed.times)
+            self.prepared = True
+
+    def commit(self) -> None:
+        self.prepare()
+        if self.prepared:
+            self.call(self.store.commit)
+
+    def run(self) -> None:
+        """Store everything the feed brings, committing flushes, until it is
+        finished; then commit. A store error propagates."""
+        feed = self.feed
+        assert feed is not None
+        store = self.store
+        while True:
+            batch = feed.take()
+            if batch is not None:
+                self.prepare()
+                self.call(store.append, batch)
+                feed.stored()
+                continue
+            gen = feed.flush_due()
+            if gen is not None:
+                self.commit()
+                feed.flushed(gen)
+                continue
+            if feed.finished():
+                break
+            feed.wait()
+        self.commit()
+
+    def close(self) -> None:
+        """Close the store (and the consumer's event loop)."""
+        try:
+            self.call(self.store.close)
+        finally:
+            self.call.close()
+
+
+class ChannelFeed:
+    """A channel as the thread consumer sees it (runs in the consumer's thread)."""
+
+    def __init__(self, ch: Channel, on_flushed: Callable[[int], None]):
+        self.ch = ch
+        self.on_flushed = on_flushed
+        self.appended_seq = 0  # the last seq the store has appended
+        self.done_gen = 0  # the last flush generation committed
+        self._entries: Sequence[Entry] = ()
+        self._upto = 0
+        self._small = False  # the last batch was small: wait for a batch's worth
+        # Small frames wake the consumer a batch at a time (it also looks every
+        # DRAIN_TICK seconds); a frame of wake_bytes or more at once.
+        ch.wake_frames = max(1, ch.batch_limit // 2)
+        ch.wake_bytes = 256 << 10
+
+    @property
+    def schema(self) -> Schema | None:
+        return self.ch.schema
+
+    @property
+    def times(self) -> bool:
+        return bool(self.ch.clock.has_times)
+
+    def take(self) -> Batch | None:
+        ch = self.ch
+        if self._small:
+            self._small = False
+            waker = ThreadWaker()
+            if ch.park_consumer(waker, self.appended_seq, self.done_gen, batch=True):
+                waker.event.wait(DRAIN_TICK)
+        entries, dropped, upto = ch.take()
+        if not entries and not dropped:
+            self.appended_seq = max(self.appended_seq, upto)
+            return None
+        for e in entries:
+            if e.spill:
+                self._read_spilled(e)
+            elif e.completion is not None and not e.completion.done():
+                e.completion.synchronize()
+        self._entries = entries
+        self._upto = upto
+        return Batch(list(entries), dropped)  # entries are Frames
+
+    def _read_spilled(self, e: Entry) -> None:
+        """Fill a spilled entry from the spill queue (read in order)."""
+        ch = self.ch
+        reader = ch.spill_reader
+        if reader is None:
+            assert ch.spill_dir is not None and ch.schema is not None
+            reader = ch.spill_reader = SpillReader(ch.spill_dir.path, ch.schema)
+        got = reader.read()
+        if got is None:
+            raise OSError(errno.ENOENT, f"a spilled frame is missing from {reader.path}")
+        e.step, e.time, e.fields, e.size = got
+
+    def stored(self) -> None:
+        ch = self.ch
+        entries, self._entries = self._entries, ()
+        ch.release(entries)
+        if ch.spill_reader is not None and ch.spill_reader.exhausted:
+            ch.spill_reader.remove_exhausted()
+        self._small = len(entries) < ch.wake_frames and (
+            sum(e.size for e in entries) < ch.wake_bytes
+        )
+        self.appended_seq = max(self.appended_seq, self._upto)
+
+    def flush_due(self) -> int | None:
+        gen, target = self.ch.flush_request()
+        return gen if gen > self.done_gen and self.appended_seq >= target else None
+
+    def flushed(self, gen: int) -> None:
+        self.done_gen = gen
+        self.on_flushed(gen)
+
+    def finished(self) -> bool:
+        return self.ch.finished()
+
+    def wait(self) -> None:
+        waker = ThreadWaker()
+        if self.ch.park_consumer(waker, self.appended_seq, self.done_gen):
+            waker.event.wait(DRAIN_TICK)
