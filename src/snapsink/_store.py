@@ -13,11 +13,12 @@ A store that also has ``describe() -> StoreSpec`` can be written by a writer
 process (the default for such stores); the sink's own store object is then
 never opened: the writer builds its own from the description.
 
-Each method may be a plain (blocking) function, which the sink runs in a worker
-thread off the event loop, or an ``async def`` coroutine function, which the
-sink awaits on its own event loop (for stores built on async libraries such as
-zarr-python's async API). ``append`` receives frames whose arrays may live in
-reusable staging slots: copy what you keep before returning.
+Each method may be a plain (blocking) function or an ``async def`` coroutine
+function (for stores built on async libraries such as zarr-python's async
+API). The sink's writer (a thread of its own, or a writer process) calls them
+one at a time; coroutines run on the writer's own asyncio loop, the same one
+for every call, never on the caller's. ``append`` receives frames whose arrays
+may live in reusable staging slots: copy what you keep before returning.
 """
 
 from __future__ import annotations
@@ -87,8 +88,8 @@ class StoreSpec:
 class Store(Protocol):
     """A destination for frames; see the module docstring for the call order.
 
-    Methods may be blocking functions (run in a worker thread) or coroutine
-    functions (awaited on the sink's event loop).
+    Methods may be blocking functions or coroutine functions (awaited on the
+    writer's own asyncio loop); the sink's writer calls them one at a time.
 
     Optional: ``check_schema(schema) -> None``, I/O-free, raising
     :class:`~snapsink.DTypeError` (or :class:`~snapsink.SchemaError`) for a
