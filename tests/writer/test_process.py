@@ -225,15 +225,18 @@ async def test_zarr_store_runs_on_the_writers_loop(tmp_path: Path) -> None:
     assert traj["v"][:].tobytes() == data.tobytes()
 
 
+@pytest.mark.parametrize("writer", ["process", "thread"])
 async def test_an_async_driver_that_computes_on_its_loop_starves_no_store(
-    tmp_path: Path,
+    tmp_path: Path, writer: str
 ) -> None:
     """ZarrStore under drop_newest, a driver whose only await is write: the store
-    runs in the writer process, so frames are stored as fast as it goes (with the
-    store on the driver's loop it stored 0 of 1,000 and dropped 992)."""
+    runs in the writer process, or on the writer thread's own loop, so frames
+    are stored as fast as it goes (with the store on the driver's loop it
+    stored 0 of 1,000 and dropped 992)."""
     a = np.random.default_rng(0).standard_normal((128, 128))
     n = 400
-    async with Sink(snapsink.ZarrStore(tmp_path / "z.zarr"), policy="drop_newest") as sink:
+    store = snapsink.ZarrStore(tmp_path / "z.zarr")
+    async with Sink(store, policy="drop_newest", writer=writer) as sink:
         for i in range(n):
             t = time.perf_counter()
             while time.perf_counter() - t < 0.001:  # ~1 ms of compute on the loop
