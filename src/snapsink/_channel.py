@@ -26,6 +26,8 @@ the store, which lists them in its metadata.
 
 from __future__ import annotations
 
+import enum
+import errno
 import threading
 from collections import deque
 from collections.abc import Callable, Sequence
@@ -39,15 +41,19 @@ from ._schema import Field, Frame, Schema, StepClock, is_device_array
 from ._spill import Spill, SpillDir, SpillReader
 from ._staging.host import Completion, Slot, SlotPool, borrow_host
 
-__all__ = ["POLICIES", "Channel", "Entry", "SinkStatistics", "check_policy"]
+__all__ = ["POLICIES", "Channel", "Entry", "Offer", "SinkStatistics", "check_policy"]
 
 POLICIES: Final = ("block", "drop_newest", "drop_oldest")
 
-# offer() outcomes
-QUEUED: Final = 0
-DROPPED: Final = 1
-WAIT: Final = 2
-SPILL: Final = 3
+
+class Offer(enum.Enum):
+    """What :meth:`Channel.offer` did with a frame."""
+
+    QUEUED = "queued"  # captured: the frame is on its way to the store
+    DROPPED = "dropped"  # refused by a drop policy: counted and recorded
+    WAIT = "wait"  # no room now (block, or a full spill): park, then offer again
+    SPILL = "spill"  # accepted into the spill queue: write it with spill_write
+
 
 
 def check_policy(policy: object) -> str | Spill:
@@ -169,6 +175,11 @@ class Channel:
     the consumer calls :meth:`take`, :meth:`release`, :meth:`park_consumer`.
     A writer process replaces the consumer side
     (:class:`~snapsink._writer.process.ProcessChannel`).
+
+    The channel owns the frames' capture: the host slots, the device stager
+    (made at the first device array), the spill directory (made by the sink at
+    open, so that an unusable one fails there, and handed over) and its
+    reader; :meth:`release_capture` frees them all.
     """
 
     #: a parked party re-checks after this many seconds (None: trust its waker)
@@ -182,6 +193,9 @@ class Channel:
         max_bytes: int | None = None,
         schema: Schema | None = None,
         clock: StepClock | None = None,
+        spill_dir: SpillDir | None = None,
+        check_schema: Callable[[Schema], None] | None = None,
+        wants_device: bool = False,
     ):
         self.capacity = capacity
         self.policy = policy
@@ -191,8 +205,8 @@ class Channel:
         self.clock = clock or StepClock()
         self.lock = threading.Lock()
         self.pool = SlotPool(capacity)
-        self.spill_dir: SpillDir | None = None  # opened with the sink (open_spill)
-        self.spill_reader: SpillReader | None = None  # the consumer's (thread writer)
+        self.spill_dir = spill_dir  # a Spill policy's, made at the sink's open
+        self.spill_reader: SpillReader | None = None  # the thread consumer's
         # The spill queue: frames that found the channel full, and every frame
         # after them until the consumer took them all, on disk in order (see
         # _spill). Only counters live here.
@@ -204,9 +218,9 @@ class Channel:
         self.fifo_turns = threading.Condition(self.lock)
         self.device: Any = None  # DeviceStager, created at the first device array
         #: the store's ``check_schema`` (I/O-free), run on an inferred schema
-        self.check_schema: Callable[[Schema], None] | None = None
+        self.check_schema = check_schema
         #: the store keeps frames on the device (GPUBuffer): capture device views
-        self.wants_device = False
+        self.wants_device = wants_device
         #: a queued frame smaller than ``wake_bytes`` wakes the consumer only once
         #: ``wake_frames`` are queued (a consumer thread that also wakes on a timer
         #: then gets batches, not one thread wake-up per tiny frame)
@@ -278,7 +292,7 @@ class Channel:
         copy: bool = True,
         stream: Any = None,
         nowait: bool = False,
-    ) -> tuple[int, Entry | SpillTicket | None]:
+    ) -> tuple[Offer, Entry | SpillTicket | None]:
         """Try to accept one validated frame.
 
         Returns ``(outcome, entry)``: ``QUEUED`` (captured),
@@ -314,7 +328,7 @@ class Channel:
                     if slot is None:
                         return self._drop(s, t), None
                 elif policy == "block" or nowait:
-                    return WAIT, None
+                    return Offer.WAIT, None
                 else:
                     return self._offer_spill(s, t, nbytes, items)
             try:
@@ -335,24 +349,18 @@ class Channel:
                 self.peak = self.pending
             if self.publishes:
                 self._queued(entry, items)
-                return QUEUED, entry
+                return Offer.QUEUED, entry
             waker = self.consumer_waker
             if waker is not None and (
                 len(self.queue) >= self.wake_frames or nbytes >= self.wake_bytes
             ):
                 self.consumer_waker = None
                 waker.wake()
-            return QUEUED, entry
-
-    def open_spill(self) -> None:
-        """Set up the spill directory of a Spill policy (at the sink's open, so
-        that an unusable directory is a ConfigError there)."""
-        if isinstance(self.policy, Spill) and self.spill_dir is None:
-            self.spill_dir = SpillDir(self.policy)
+            return Offer.QUEUED, entry
 
     def _offer_spill(
         self, step: int, time: float | None, nbytes: int, items: Sequence[tuple[str, Field, Any]]
-    ) -> tuple[int, SpillTicket | None]:
+    ) -> tuple[Offer, SpillTicket | None]:
         policy = self.policy
         assert isinstance(policy, Spill)
         if (
@@ -360,7 +368,7 @@ class Channel:
             and self.spilled_bytes
             and (self.spilled_bytes + nbytes > policy.max_bytes)
         ):
-            return WAIT, None
+            return Offer.WAIT, None
         clock = self.clock
         before = (clock.last_step, clock.last_time, clock.has_times)
         ticket = SpillTicket(self.fifo_tickets, step, time, nbytes, before)
@@ -368,7 +376,7 @@ class Channel:
         self.fifo_writing += 1
         self.spilled_bytes += nbytes
         clock.advance(step, time)
-        return SPILL, ticket
+        return Offer.SPILL, ticket
 
     # -- hooks of a channel whose consumer is a writer process ---------------------
     #: accepted frames are published by the channel itself (no consumer takes them)
@@ -398,11 +406,11 @@ class Channel:
         self.held_bytes -= nbytes
         self.pool.release(slot)
 
-    def _drop(self, step: int, time: float | None) -> int:
+    def _drop(self, step: int, time: float | None) -> Offer:
         self.clock.advance(step, time)
         self.dropped += 1
         self.pending_dropped.append(step)
-        return DROPPED
+        return Offer.DROPPED
 
     def _evict_for(self, nbytes: int) -> Slot | None:
         """drop_oldest: drop queued frames (oldest first) until ``nbytes`` fits."""
@@ -700,6 +708,41 @@ class Channel:
             self.fifo_turns.notify_all()
         if self.spill_dir is not None:
             self.spill_dir.discard()
+
+    # -- consumer helpers ---------------------------------------------------------
+    def batch_wakeups(self, frames: int, nbytes: int) -> None:
+        """Have a queued frame smaller than ``nbytes`` wake the consumer only once
+        ``frames`` are queued (for a consumer that also looks on a timer)."""
+        with self.lock:
+            self.wake_frames = frames
+            self.wake_bytes = nbytes
+
+    def read_spilled(self, entry: Entry) -> None:
+        """Fill a spilled entry from the spill queue (the consumer reads them in
+        order, outside the lock)."""
+        reader = self.spill_reader
+        if reader is None:
+            assert self.spill_dir is not None and self.schema is not None
+            reader = self.spill_reader = SpillReader(self.spill_dir.path, self.schema)
+        got = reader.read()
+        if got is None:
+            raise OSError(errno.ENOENT, f"a spilled frame is missing from {reader.path}")
+        entry.step, entry.time, entry.fields, entry.size = got
+
+    def remove_stored_spills(self) -> None:
+        """Remove the spill segments whose frames are all stored."""
+        if self.spill_reader is not None and self.spill_reader.exhausted:
+            self.spill_reader.remove_exhausted()
+
+    def release_capture(self) -> None:
+        """The sink is closed: free the device stager, remove the spill directory
+        (if no frame is left in it)."""
+        if self.spill_reader is not None:
+            self.spill_reader.close()
+        if self.spill_dir is not None:
+            self.spill_dir.close()
+        if self.device is not None:
+            self.device.close()
 
     def statistics(self) -> SinkStatistics:
         with self.lock:

@@ -19,14 +19,12 @@ on its event loop cannot starve its store.
 from __future__ import annotations
 
 import asyncio
-import errno
 import inspect
 from collections.abc import Callable, Sequence
 from typing import Any, Protocol
 
 from ._channel import Channel, Entry, ThreadWaker
 from ._schema import Batch, Schema
-from ._spill import SpillReader
 from ._store import Resume
 
 __all__ = ["ChannelFeed", "Consumer", "Feed", "StoreCaller"]
@@ -154,9 +152,8 @@ class ChannelFeed:
         self._upto = 0
         self._small = False  # the last batch was small: wait for a batch's worth
         # Small frames wake the consumer a batch at a time (it also looks every
-        # DRAIN_TICK seconds); a frame of wake_bytes or more at once.
-        ch.wake_frames = max(1, ch.batch_limit // 2)
-        ch.wake_bytes = 256 << 10
+        # DRAIN_TICK seconds); a frame of 256 KiB or more at once.
+        ch.batch_wakeups(max(1, ch.batch_limit // 2), 256 << 10)
 
     @property
     def schema(self) -> Schema | None:
@@ -179,31 +176,18 @@ class ChannelFeed:
             return None
         for e in entries:
             if e.spill:
-                self._read_spilled(e)
+                ch.read_spilled(e)
             elif e.completion is not None and not e.completion.done():
                 e.completion.synchronize()
         self._entries = entries
         self._upto = upto
         return Batch(list(entries), dropped)  # entries are Frames
 
-    def _read_spilled(self, e: Entry) -> None:
-        """Fill a spilled entry from the spill queue (read in order)."""
-        ch = self.ch
-        reader = ch.spill_reader
-        if reader is None:
-            assert ch.spill_dir is not None and ch.schema is not None
-            reader = ch.spill_reader = SpillReader(ch.spill_dir.path, ch.schema)
-        got = reader.read()
-        if got is None:
-            raise OSError(errno.ENOENT, f"a spilled frame is missing from {reader.path}")
-        e.step, e.time, e.fields, e.size = got
-
     def stored(self) -> None:
         ch = self.ch
         entries, self._entries = self._entries, ()
         ch.release(entries)
-        if ch.spill_reader is not None and ch.spill_reader.exhausted:
-            ch.spill_reader.remove_exhausted()
+        ch.remove_stored_spills()
         self._small = len(entries) < ch.wake_frames and (
             sum(e.size for e in entries) < ch.wake_bytes
         )

@@ -27,13 +27,10 @@ import anyio
 import anyio.lowlevel
 
 from ._channel import (
-    DROPPED,
-    QUEUED,
-    SPILL,
     Channel,
+    Offer,
     SinkStatistics,
     SpillTicket,
-    ThreadWaker,
     Waker,
     check_capacity,
     check_policy,
@@ -264,11 +261,15 @@ class Sink:
                 await anyio.to_thread.run_sync(writer.abandon)
                 raise
         ch = Channel(
-            self._capacity, self._policy, max_bytes=self._max_bytes, schema=schema, clock=clock
+            self._capacity,
+            self._policy,
+            max_bytes=self._max_bytes,
+            schema=schema,
+            clock=clock,
+            spill_dir=spill,
+            check_schema=getattr(self._store, "check_schema", None),
+            wants_device=bool(getattr(self._store, "wants_device", False)),
         )
-        ch.spill_dir = spill
-        ch.check_schema = getattr(self._store, "check_schema", None)
-        ch.wants_device = bool(getattr(self._store, "wants_device", False))
         self._connect(writer)
         writer.attach(ch)
         self._channel = ch
@@ -311,10 +312,10 @@ class Sink:
             max_bytes=self._max_bytes,
             schema=schema,
             clock=clock,
+            spill_dir=spill,
+            check_schema=getattr(self._store, "check_schema", None),
         )
-        ch.check_schema = getattr(self._store, "check_schema", None)
         if spill is not None:
-            ch.spill_dir = spill
             writer.send(("spilldir", str(spill.path)))
         self._connect(writer)
         writer.attach(ch)
@@ -374,7 +375,7 @@ class Sink:
                     writer.close if isinstance(writer, ProcessWriter) else writer.join
                 )
         finally:
-            self._release_capture(ch)
+            ch.release_capture()
             self._state = "closed"
             self._closed.set()
             self._wake_flushers(None)
@@ -384,16 +385,6 @@ class Sink:
             raise WriterError(
                 f"closing the store failed: {type(close_exc).__name__}: {close_exc}"
             ) from close_exc
-
-    @staticmethod
-    def _release_capture(ch: Channel) -> None:
-        """Remove the spill directory (if empty) and free the device stager."""
-        if ch.spill_reader is not None:
-            ch.spill_reader.close()
-        if ch.spill_dir is not None:
-            ch.spill_dir.close()
-        if ch.device is not None:
-            ch.device.close()
 
     def _require_open(self) -> Channel:
         ch = self._channel
@@ -481,9 +472,9 @@ class Sink:
         items = self._validate(ch, fields, step, time)
         while True:
             outcome, entry = ch.offer(items, step, time, copy=copy, stream=stream)
-            if outcome == QUEUED or outcome == DROPPED:
+            if outcome is Offer.QUEUED or outcome is Offer.DROPPED:
                 return
-            if outcome == SPILL:
+            if outcome is Offer.SPILL:
                 assert isinstance(entry, SpillTicket)
                 # The current CUDA stream is per thread: resolve it here, not in the worker.
                 stream = _caller_stream(items, stream)
@@ -534,39 +525,11 @@ class Sink:
         ch = self._require_open()
         items = self._validate(ch, fields, step, time)
         outcome, _ = ch.offer(items, step, time, copy=copy, stream=stream, nowait=True)
-        if outcome not in (QUEUED, DROPPED):
+        if outcome is not Offer.QUEUED and outcome is not Offer.DROPPED:
             raise WouldBlock(
                 f"the channel is full ({ch.capacity} frames) and policy {ch.policy_name!r} "
                 "would wait; use `await sink.write(...)` or a drop policy"
             )
-
-    def _write_blocking(
-        self,
-        fields: Mapping[str, Any],
-        step: int | None,
-        time: float | None,
-        copy: bool,
-        stream: Any,
-        alive: Callable[[], bool],
-    ) -> None:
-        """The sync facade's write, run in the caller's thread (not the loop's)."""
-        ch = self._require_open()
-        items = self._validate(ch, fields, step, time)
-        while True:
-            outcome, entry = ch.offer(items, step, time, copy=copy, stream=stream)
-            if outcome == QUEUED or outcome == DROPPED:
-                return
-            if outcome == SPILL:
-                assert isinstance(entry, SpillTicket)
-                ch.spill_write(entry, items, stream)
-                return
-            waker = ThreadWaker()
-            if ch.park_producer(waker, frame_nbytes(ch.schema, items)):
-                timeout = 0.25 if ch.poll_interval is None else ch.poll_interval
-                if not waker.event.wait(timeout):
-                    ch.unpark_producer(waker)
-                    if not alive():
-                        raise WriterError("the sync sink's event-loop thread has died")
 
     # -- flush & statistics ----------------------------------------------------------
     async def flush(self) -> None:

@@ -25,8 +25,8 @@ from typing import Any
 import anyio
 from anyio.from_thread import BlockingPortal
 
-from ._channel import SinkStatistics
-from ._errors import ClosedSinkError, WrongThreadError
+from ._channel import Offer, SinkStatistics, SpillTicket, ThreadWaker, frame_nbytes
+from ._errors import ClosedSinkError, WriterError, WrongThreadError
 from ._schema import Schema
 from ._sink import Sink
 from ._spill import Spill
@@ -243,7 +243,25 @@ class SyncSink:
             When called from the sink's own event-loop thread.
         """
         self._check_caller()
-        self._sink._write_blocking(fields, step, time, copy, stream, self._loop.thread.is_alive)
+        sink = self._sink
+        ch = sink._require_open()
+        items = sink._validate(ch, fields, step, time)
+        while True:
+            outcome, entry = ch.offer(items, step, time, copy=copy, stream=stream)
+            if outcome is Offer.QUEUED or outcome is Offer.DROPPED:
+                return
+            if outcome is Offer.SPILL:
+                assert isinstance(entry, SpillTicket)
+                ch.spill_write(entry, items, stream)
+                return
+            # no room: wait here, in the caller's thread (not on the loop)
+            waker = ThreadWaker()
+            if ch.park_producer(waker, frame_nbytes(ch.schema, items)):
+                timeout = 0.25 if ch.poll_interval is None else ch.poll_interval
+                if not waker.event.wait(timeout):
+                    ch.unpark_producer(waker)
+                    if not self._loop.thread.is_alive():
+                        raise WriterError("the sync sink's event-loop thread has died")
 
     def write_nowait(
         self,

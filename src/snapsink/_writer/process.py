@@ -36,7 +36,7 @@ import numpy as np
 
 from .._channel import Channel, Entry, SinkStatistics
 from .._errors import ConfigError, WriterError
-from .._schema import Field, Schema, StepClock, is_device_array
+from .._schema import Field, is_device_array
 from .._spill import Spill
 from .._staging.host import Completion, Slot
 from .._store import Resume, StoreSpec
@@ -309,11 +309,9 @@ class ProcessChannel(Channel):
         policy: str | Spill,
         *,
         writer: ProcessWriter,
-        max_bytes: int | None = None,
-        schema: Schema | None = None,
-        clock: StepClock | None = None,
+        **kw: Any,
     ):
-        super().__init__(capacity, policy, max_bytes=max_bytes, schema=schema, clock=clock)
+        super().__init__(capacity, policy, **kw)
         self.writer = writer
         self.ring: _shm.Ring | None = None
         self.inflight: collections.deque[Entry] = collections.deque()
