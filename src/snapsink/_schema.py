@@ -11,7 +11,10 @@ A value is accepted for a field when numpy says the cast to the field's dtype is
 A lossy cast (``float64`` into ``float32``, a float into an int, complex into
 real) is a :class:`~snapsink.DTypeError`: snapsink never rounds a value silently.
 Python scalars are *weak* as in NumPy 2 (NEP 50): a Python ``float`` fits any
-floating field, a Python ``int`` any integer or floating field it fits in.
+floating field, a Python ``int`` any integer or floating field whose range holds
+its value (``2**70`` into an ``int64`` field is a :class:`~snapsink.DTypeError`,
+never an ``OverflowError``), and a Python ``bool``, like ``np.bool_``, any
+bool, integer, floating or complex field (numpy's safe cast from bool).
 Object, string, structured and datetime dtypes are refused.
 """
 
@@ -249,6 +252,14 @@ class Schema(Mapping[str, Field]):
         out: dict[str, Field] = {}
         for name, value in fields.items():
             check_name(name)
+            if isinstance(value, int) and not isinstance(value, bool) and not (
+                _INT64.min <= value <= _INT64.max
+            ):
+                raise DTypeError(
+                    f"field {name!r}: the Python int {_int_str(value)} does not fit int64, "
+                    "the dtype a Python int is inferred as; declare the field's dtype in the "
+                    "schema (e.g. 'uint64' or 'float64')"
+                )
             dtype, shape = _dtype_shape(name, value)
             try:
                 out[name] = Field(dtype, shape)
@@ -306,7 +317,14 @@ class Schema(Mapping[str, Field]):
             ):
                 value = _as_host_array(name, value, step)
             dtype, got = _dtype_shape(name, value, step)
-            if dtype != want and not _safe_cast(value, dtype, want):
+            # A Python int is int64 by name only: its value must fit the field.
+            if (dtype != want or kind is int) and not _safe_cast(value, dtype, want):
+                if isinstance(value, int) and not isinstance(value, bool):
+                    raise DTypeError(
+                        f"field {name!r}: expected a value that fits {want}, got the Python "
+                        f"int {_int_str(value)} at step {step}; declare a wider dtype in the "
+                        "schema"
+                    )
                 raise DTypeError(
                     f"field {name!r}: expected dtype {want}, got {dtype} at step {step}; "
                     f"the cast would lose information, convert with .astype({str(want)!r}) "
@@ -378,12 +396,18 @@ def _dtype_shape(
     return arr.dtype, arr.shape
 
 
+def _int_str(value: int) -> str:
+    """An int for a message: digits, or its size when it has too many."""
+    return str(value) if value.bit_length() <= 128 else f"of {value.bit_length()} bits"
+
+
 def _safe_cast(value: object, src: np.dtype[Any], dst: np.dtype[Any]) -> bool:
     if isinstance(value, bool):
-        return dst.kind == "b"
+        # As np.bool_: numpy casts bool safely to every numeric kind.
+        return bool(np.can_cast(np.bool_, dst, "safe"))
     if isinstance(value, int):
         if dst.kind in "fc":
-            return True
+            return abs(value) <= float(np.finfo(dst).max)  # exact int-float comparison
         if dst.kind in "iu":
             info = np.iinfo(dst)
             return bool(info.min <= value <= info.max)

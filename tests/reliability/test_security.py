@@ -12,6 +12,7 @@ import shutil
 from pathlib import Path
 from typing import Any
 
+import anyio
 import numpy as np
 import pytest
 import zarr
@@ -89,7 +90,12 @@ class OpenSpy:
             return real_open(file, *a, **kw)
 
         def spy_os_open(file: Any, *a: Any, **kw: Any) -> int:
-            self.paths.append(os.path.realpath(os.fspath(file)))
+            name = os.fspath(file)
+            dir_fd = kw.get("dir_fd")
+            if dir_fd is not None and not os.path.isabs(name):
+                # relative to an open directory: resolve through it
+                name = os.path.join(os.readlink(f"/proc/self/fd/{dir_fd}"), name)
+            self.paths.append(os.path.realpath(name))
             return real_os_open(file, *a, **kw)
 
         mp.setattr(builtins, "open", spy_open)
@@ -98,7 +104,7 @@ class OpenSpy:
     def assert_inside(self, root: Path) -> None:
         root_s = os.path.realpath(root)
         outside = [p for p in self.paths if not p.startswith(root_s + os.sep) and p != root_s]
-        outside = [p for p in outside if not p.startswith(("/proc", "/dev", sys_prefixes()))]
+        outside = [p for p in outside if not p.startswith(("/proc", "/dev", *sys_prefixes()))]
         assert not outside, f"opened outside the store: {outside}"
 
 
@@ -252,3 +258,213 @@ async def test_zarr_wrong_types_are_format_errors(tmp_path: Path, key: str, valu
     grp.attrs["snapsink"] = meta
     with pytest.raises(FormatError):
         read_everything(store)
+
+
+# -- issue 11, item 7: a FIFO (or another special file) never hangs a reader -------------
+NPY_FILES = ["metadata.json", "steps.npy", "e.npy", "x.offsets.npy", "x.npy", "static/mass.npy"]
+
+
+def _resume_npy(store: Path) -> None:
+    with SyncSink(snapsink.NpyDirectory(store, mode="a", static={"mass": np.ones(3)})) as sink:
+        sink.write({"x": np.zeros((1, 3), "f4"), "e": 9.0}, step=10, time=10.0)
+
+
+@pytest.mark.timeout(30)
+@pytest.mark.parametrize("name", NPY_FILES)
+def test_npy_fifo_in_place_of_a_file_is_a_format_error(tmp_path: Path, name: str) -> None:
+    store = tmp_path / "store"
+    make_npy(store)
+    os.remove(store / name)
+    os.mkfifo(store / name)
+    with pytest.raises(FormatError, match=r"not a regular file|FIFO"):
+        read_everything(store)
+    # The writer's resume reads the same files: FormatError too, not OSError(ESPIPE).
+    with pytest.raises(FormatError, match=r"not a regular file|FIFO"):
+        _resume_npy(store)
+
+
+@pytest.mark.timeout(30)
+@pytest.mark.parametrize("key", ["e/c/0", "x/c/0/0", "static/mass/c/0", "steps/zarr.json"])
+async def test_zarr_fifo_in_place_of_a_chunk_is_a_format_error(tmp_path: Path, key: str) -> None:
+    store = tmp_path / "store"
+    await make_zarr(store)
+    os.remove(store / key)
+    os.mkfifo(store / key)
+    with pytest.raises(FormatError, match=r"not a regular file|FIFO"):
+        await anyio.to_thread.run_sync(read_everything, store)
+
+
+# -- issue 11, item 12: the reader never opens anything outside the store -------------------
+def _symlink_out(store: Path, name: str, outside: Path) -> None:
+    """Move ``store/name`` (a file or a directory) to ``outside`` and leave a
+    symlink to it: the content is a valid store's, so only the link is wrong."""
+    os.replace(store / name, outside)
+    os.symlink(outside, store / name)
+
+
+@pytest.mark.parametrize("name", [*NPY_FILES, "static"])
+def test_npy_reader_refuses_symlinks_out_of_the_store(tmp_path: Path, name: str) -> None:
+    store = tmp_path / "store"
+    make_npy(store)
+    _symlink_out(store, name, tmp_path / "outside")
+    with pytest.raises(FormatError, match="symbolic link"):
+        read_everything(store)
+    with pytest.raises(FormatError, match="symbolic link"):
+        _resume_npy(store)
+
+
+def test_npy_reader_follows_a_symlink_to_the_store_itself(tmp_path: Path) -> None:
+    """The store's own path may be a link (the user's choice); only what is
+    inside it is checked."""
+    make_npy(tmp_path / "store")
+    os.symlink(tmp_path / "store", tmp_path / "link")
+    traj = snapsink.open(tmp_path / "link")
+    assert traj.steps.tolist() == [0, 1, 2, 3]
+    np.testing.assert_array_equal(traj.static["mass"], np.ones(3))
+
+
+@pytest.mark.parametrize("name", ["e/c/0", "x/c/0/0", "static/mass/c/0", "e", "static",
+                                  "e/zarr.json"])
+async def test_zarr_reader_refuses_symlinks_out_of_the_store(tmp_path: Path, name: str) -> None:
+    store = tmp_path / "store"
+    await make_zarr(store)
+    _symlink_out(store, name, tmp_path / "outside")
+    with pytest.raises(FormatError, match="symbolic link"):
+        await anyio.to_thread.run_sync(read_everything, store)
+
+
+# -- issue 11, item 13: tampered sizes and codecs are FormatErrors, before any allocation -----
+def _edit_meta(store: Path, **changes: Any) -> None:
+    meta = json.loads((store / "metadata.json").read_text())
+    meta.update(changes)
+    (store / "metadata.json").write_text(json.dumps(meta))
+
+
+def test_npy_huge_count_is_a_format_error_before_allocating(tmp_path: Path) -> None:
+    store = tmp_path / "store"
+    make_npy(store)
+    _edit_meta(store, count=2**40)
+    with pytest.raises(FormatError, match=r"steps\.npy: metadata\.json names 1099511627776 rows"):
+        read_everything(store)
+
+
+def test_npy_huge_frame_shape_is_a_format_error_before_allocating(tmp_path: Path) -> None:
+    """A per-frame shape of 10**12 in the schema and in the data file's header
+    alike: the file's real size refuses it."""
+    store = tmp_path / "store"
+    make_npy(store)
+    meta = json.loads((store / "metadata.json").read_text())
+    meta["schema"]["e"] = {"dtype": "<f8", "shape": [10**12]}
+    (store / "metadata.json").write_text(json.dumps(meta))
+    data = (store / "e.npy").read_bytes()
+    header = np.lib.format.header_data_from_array_1_0(np.zeros(0))
+    header["shape"] = (4, 10**12)
+    (store / "e.npy").write_bytes(_header_4096(header) + data[4096:])
+    with pytest.raises(FormatError, match=r"e\.npy: .*names 4 rows of shape \(1000000000000,\)"):
+        read_everything(store)
+
+
+def _header_4096(header: dict[str, Any]) -> bytes:
+    from snapsink.writers._npyfile import build_header
+
+    return build_header(np.dtype(header["descr"]), header["shape"])
+
+
+def test_npy_static_header_claiming_too_much_is_a_format_error(tmp_path: Path) -> None:
+    store = tmp_path / "store"
+    make_npy(store)
+    path = store / "static" / "mass.npy"
+    with open(path, "rb") as fh:
+        assert np.lib.format.read_magic(fh) == (1, 0)
+        _, _, dtype = np.lib.format.read_array_header_1_0(fh)
+        body = fh.read()
+    with open(path, "wb") as fh:
+        np.lib.format.write_array_header_1_0(
+            fh, {"descr": np.lib.format.dtype_to_descr(dtype), "fortran_order": False,
+                 "shape": (10**12,)}
+        )
+        fh.write(body)
+    with pytest.raises(FormatError, match=r"mass\.npy: the header claims 1000000000000 elements"):
+        _ = snapsink.open(store).static
+
+
+@pytest.mark.parametrize("runs", [[[0, 2**62]], [[5, 2**64]], [[-(2**64), 0]]])
+def test_npy_dropped_runs_out_of_reach_are_format_errors(tmp_path: Path, runs: Any) -> None:
+    store = tmp_path / "store"
+    make_npy(store)
+    _edit_meta(store, dropped=runs)
+    with pytest.raises(FormatError, match="dropped"):
+        _ = snapsink.open(store).dropped_steps
+
+
+async def test_zarr_dropped_run_too_long_is_a_format_error(tmp_path: Path) -> None:
+    store = tmp_path / "store"
+    await make_zarr(store)
+    grp = zarr.open_group(store, mode="r+")
+    meta = dict(grp.attrs["snapsink"])
+    meta["dropped"] = [[0, 2**62]]
+    grp.attrs["snapsink"] = meta
+    with pytest.raises(FormatError, match="dropped"):
+        _ = snapsink.open(store).dropped_steps
+
+
+def test_npy_last_offset_must_equal_the_row_count(tmp_path: Path) -> None:
+    """offsets[count] != rows: refused, never a silently shorter last frame."""
+    store = tmp_path / "store"
+    make_npy(store)
+    traj = snapsink.open(store)
+    np.testing.assert_array_equal(traj["x"][3], np.full((3, 3), 3, "f4"))
+    path = store / "x.offsets.npy"
+    off = np.load(path, mmap_mode="r+", allow_pickle=False)
+    assert off.tolist() == [0, 0, 1, 3, 6]
+    off[4] = 5  # metadata still says 6 rows
+    off.flush()
+    del off
+    with pytest.raises(FormatError, match=r"x\.offsets\.npy: offsets run from 0 to 5.* 6 rows"):
+        read_everything(store)
+
+
+def _edit_array_json(path: Path, edit: Any) -> None:
+    meta = json.loads(path.read_text())
+    edit(meta)
+    path.write_text(json.dumps(meta))
+
+
+async def test_zarr_unknown_codec_is_a_format_error(tmp_path: Path) -> None:
+    store = tmp_path / "store"
+    await make_zarr(store)
+
+    def edit(meta: dict[str, Any]) -> None:
+        meta["codecs"] = [{"name": "no_such_codec_xyz"}]
+
+    _edit_array_json(store / "e" / "zarr.json", edit)
+    with pytest.raises(FormatError, match=r"'e'.*no_such_codec_xyz"):
+        await anyio.to_thread.run_sync(read_everything, store)
+
+
+async def test_zarr_truncated_chunk_is_a_format_error(tmp_path: Path) -> None:
+    store = tmp_path / "store"
+    await make_zarr(store)
+    chunk = store / "e" / "c" / "0"
+    chunk.write_bytes(chunk.read_bytes()[:11])
+    with pytest.raises(FormatError, match=r"array 'e'"):
+        await anyio.to_thread.run_sync(read_everything, store)
+
+
+async def test_zarr_huge_count_is_a_format_error_before_allocating(tmp_path: Path) -> None:
+    """count 2**40 and every array's shape raised to match: the chunks that
+    would hold those rows do not exist, so nothing is allocated."""
+    store = tmp_path / "store"
+    await make_zarr(store)
+    grp = zarr.open_group(store, mode="r+")
+    meta = dict(grp.attrs["snapsink"])
+    meta["count"] = 2**40
+    grp.attrs["snapsink"] = meta
+    for name in ("steps", "times", "e", "x.offsets"):
+
+        def edit(m: dict[str, Any]) -> None:
+            m["shape"][0] = 2**40 + 1
+
+        _edit_array_json(store / name / "zarr.json", edit)
+    with pytest.raises(FormatError, match=r"chunk .* is missing"):
+        await anyio.to_thread.run_sync(read_everything, store)

@@ -19,6 +19,7 @@ import functools
 import json
 import math
 import os
+import stat
 import struct
 from collections.abc import Sequence
 from dataclasses import dataclass
@@ -30,6 +31,7 @@ import numpy as np
 
 from .._errors import ConfigError, FormatError, StoreNotFoundError
 from .._schema import Field, Schema, check_name
+from ._lock import LOCK_NAME
 
 __all__ = [
     "FORMAT_NAME",
@@ -82,7 +84,7 @@ class Header:
     offset: int
 
 
-def parse_header(raw: bytes, what: str) -> Header:
+def parse_header(raw: bytes, what: str, *, allow_fortran: bool = False) -> Header:
     """Parse a ``.npy`` header (version 1, 2 or 3) from the file's first bytes.
 
     Never unpickles and never evaluates anything but Python literals.
@@ -90,7 +92,8 @@ def parse_header(raw: bytes, what: str) -> Header:
     Raises
     ------
     FormatError
-        Not a ``.npy`` header, a Fortran-ordered or object array, or truncated.
+        Not a ``.npy`` header, a Fortran-ordered (unless ``allow_fortran``: static
+        arrays may be) or object array, or truncated.
     """
     if len(raw) < 10 or raw[:6] != b"\x93NUMPY":
         raise FormatError(f"{what}: not a .npy file (bad magic)")
@@ -112,7 +115,7 @@ def parse_header(raw: bytes, what: str) -> Header:
         raise FormatError(f"{what}: malformed .npy header {text.strip()!r}")
     shape = d["shape"]
     if (
-        d["fortran_order"] is not False
+        not (d["fortran_order"] is False or (allow_fortran and d["fortran_order"] is True))
         or not isinstance(shape, tuple)
         or not all(isinstance(n, int) and not isinstance(n, bool) and n >= 0 for n in shape)
     ):
@@ -173,6 +176,110 @@ _datasync = getattr(os, "fdatasync", os.fsync)
 #: Data files are never opened through a symlink: a hostile store could point
 #: one at a file outside it, which appends would then overwrite.
 _NOFOLLOW = getattr(os, "O_NOFOLLOW", 0)
+_CLOEXEC = getattr(os, "O_CLOEXEC", 0)
+#: Opening a FIFO blocks until a writer opens it too; non-blocking, the open
+#: returns at once and fstat tells it is no regular file.
+_NONBLOCK = getattr(os, "O_NONBLOCK", 0)
+_DIRECTORY = getattr(os, "O_DIRECTORY", 0)
+
+
+def open_in_store(root: str, rel: str, flags: int = os.O_RDONLY) -> int:
+    """Open the regular file ``rel`` (``"x.npy"``, ``"static/m.npy"``) of the store
+    at ``root`` and return its descriptor.
+
+    Every component below ``root`` is opened relative to its parent without
+    following symbolic links, so nothing outside the store is ever reached;
+    the file is opened non-blocking and must be a regular file, so a FIFO or a
+    device in the store never hangs the caller.
+
+    Raises
+    ------
+    FileNotFoundError
+        ``root`` or the file is missing.
+    FormatError
+        A symbolic link, or something other than a regular file (a directory
+        for a file, a FIFO, a socket, a device).
+    """
+    where = os.path.join(root, rel)
+    *dirs, name = rel.split("/")
+    dfd = os.open(root, os.O_RDONLY | _DIRECTORY | _CLOEXEC)
+    try:
+        for part in dirs:
+            try:
+                nfd = os.open(part, os.O_RDONLY | _DIRECTORY | _NOFOLLOW | _CLOEXEC, dir_fd=dfd)
+            except OSError as exc:
+                # Linux says ENOTDIR for a symlink opened with O_DIRECTORY|O_NOFOLLOW.
+                if exc.errno == errno.ELOOP or (
+                    exc.errno == errno.ENOTDIR and _is_link(part, dfd)
+                ):
+                    raise FormatError(
+                        f"{where}: {part!r} is a symbolic link; a store holds only regular "
+                        "files and its own directories (refusing to reach outside it)"
+                    ) from exc
+                raise  # missing (FileNotFoundError) or a file (NotADirectoryError)
+            os.close(dfd)
+            dfd = nfd
+        try:
+            fd = os.open(name, flags | _NOFOLLOW | _CLOEXEC | _NONBLOCK, dir_fd=dfd)
+        except OSError as exc:
+            if exc.errno == errno.ELOOP:
+                raise FormatError(
+                    f"{where}: is a symbolic link; a store's files must be regular files "
+                    "(refusing to open a file outside the store)"
+                ) from exc
+            if exc.errno in (errno.ENXIO, errno.EISDIR, errno.ENODEV, errno.EOPNOTSUPP):
+                raise FormatError(
+                    f"{where}: not a regular file ({exc.strerror}); a store's files must be "
+                    "regular files"
+                ) from exc
+            raise
+    finally:
+        os.close(dfd)
+    try:
+        mode = os.fstat(fd).st_mode
+        if not stat.S_ISREG(mode):
+            raise FormatError(
+                f"{where}: not a regular file (a {file_kind(mode)}); a store's files must "
+                "be regular files"
+            )
+    except BaseException:
+        os.close(fd)
+        raise
+    return fd
+
+
+def _is_link(name: str, dir_fd: int) -> bool:
+    try:
+        return stat.S_ISLNK(os.stat(name, dir_fd=dir_fd, follow_symlinks=False).st_mode)
+    except OSError:
+        return False
+
+
+def file_kind(mode: int) -> str:
+    for test, kind in (
+        (stat.S_ISDIR, "directory"),
+        (stat.S_ISFIFO, "FIFO"),
+        (stat.S_ISSOCK, "socket"),
+        (stat.S_ISCHR, "character device"),
+        (stat.S_ISBLK, "block device"),
+        (stat.S_ISLNK, "symbolic link"),
+    ):
+        if test(mode):
+            return kind
+    return "special file"
+
+
+def read_at(fd: int, n: int, pos: int) -> bytes:
+    """Up to ``n`` bytes at ``pos`` (fewer only at the end of the file)."""
+    parts: list[bytes] = []
+    while n > 0:
+        chunk = os.pread(fd, n, pos)
+        if not chunk:
+            break
+        parts.append(chunk)
+        n -= len(chunk)
+        pos += len(chunk)
+    return b"".join(parts)
 
 
 class GrowableNpyFile:
@@ -235,15 +342,9 @@ class GrowableNpyFile:
             The header does not match ``dtype``/``row_shape``, or the file holds
             fewer than ``committed`` rows.
         """
-        try:
-            fd = os.open(path, os.O_RDWR | _NOFOLLOW)
-        except OSError as exc:
-            if exc.errno != errno.ELOOP:
-                raise
-            raise FormatError(
-                f"{path}: is a symbolic link; a store's data files must be regular files "
-                "(refusing to write through it, outside the store)"
-            ) from exc
+        # Never through a symlink (appends would overwrite a file outside the
+        # store), never blocking on a FIFO: only a regular file.
+        fd = open_in_store(os.path.dirname(path) or ".", os.path.basename(path), os.O_RDWR)
         try:
             header = check_header(parse_header(os.pread(fd, HEADER_SIZE, 0), path), dtype,
                                   row_shape, path)
@@ -266,6 +367,8 @@ class GrowableNpyFile:
         """Make room for ``rows`` more rows after ``used`` (capacity doubling)."""
         need = self.used + rows
         if need > self.capacity:
+            if self.capacity:  # growing would hide a truncation: look first
+                self._check_size(os.fstat(self.fd).st_size)
             cap = max(need, 2 * self.capacity)
             os.ftruncate(self.fd, HEADER_SIZE + cap * self.row_bytes)
             self.capacity = cap
@@ -296,6 +399,47 @@ class GrowableNpyFile:
         os.fsync(self.fd)
         self.capacity = self.used = self.committed = rows
         self.dirty = False
+
+    def check_unchanged(self) -> None:
+        """Fail unless ``path`` still names the file this object writes and that
+        file still holds every row written.
+
+        Raises
+        ------
+        FileNotFoundError
+            The file was deleted (or its directory removed).
+        FormatError
+            The file was replaced (another inode at ``path``) or truncated below
+            the rows written, by someone other than this writer.
+        """
+        st = os.fstat(self.fd)
+        try:
+            now = os.stat(self.path, follow_symlinks=False)
+        except FileNotFoundError:
+            raise FileNotFoundError(
+                errno.ENOENT,
+                f"{self.path}: deleted while the store was writing it (or its directory "
+                "was removed or moved); refusing to commit frames that are not there",
+                self.path,
+            ) from None
+        if (now.st_dev, now.st_ino) != (st.st_dev, st.st_ino):
+            raise FormatError(
+                f"{self.path}: replaced by another file while the store was writing it "
+                f"(device/inode {st.st_dev}/{st.st_ino} opened, {now.st_dev}/{now.st_ino} "
+                "now at the path)"
+            )
+        self._check_size(st.st_size)
+
+    def _check_size(self, size: int) -> None:
+        # Against the capacity, not the rows used: the file is never shorter
+        # than its capacity, and appends after a truncation that stay within
+        # the capacity (refilling the cut part with a hole) do not hide it.
+        need = HEADER_SIZE + self.capacity * self.row_bytes
+        if size < need:
+            raise FormatError(
+                f"{self.path}: truncated to {size} bytes while the store was writing it "
+                f"(it held {need}: its {self.used} rows written and room for more)"
+            )
 
     def close(self) -> None:
         if self.fd >= 0:
@@ -350,10 +494,33 @@ class StepRanges:
     def to_json(self) -> list[list[int]]:
         return self._runs
 
-    def to_array(self) -> np.ndarray[Any, np.dtype[np.int64]]:
+    def to_array(self, where: str = "dropped steps") -> np.ndarray[Any, np.dtype[np.int64]]:
+        """Every step, sorted.
+
+        Raises
+        ------
+        FormatError
+            More than :data:`MAX_DROPPED_STEPS` steps (corrupt runs: no reader
+            allocates that much).
+        """
         if not self._runs:
             return np.zeros(0, np.int64)
-        return np.concatenate([np.arange(a, b, dtype=np.int64) for a, b in self._runs])
+        check_dropped_total(self.count, where)
+        return np.concatenate([np.arange(b - a, dtype=np.int64) + a for a, b in self._runs])
+
+
+#: The most dropped steps a reader turns into an array (2 GiB of int64); runs
+#: naming more are taken for corrupt metadata, not allocated.
+MAX_DROPPED_STEPS = 1 << 28
+
+
+def check_dropped_total(total: int, where: str) -> None:
+    """FormatError when ``total`` dropped steps are more than a reader materializes."""
+    if total > MAX_DROPPED_STEPS:
+        raise FormatError(
+            f"{where}: the dropped-step runs name {total} steps, more than the "
+            f"{MAX_DROPPED_STEPS} a reader materializes; the metadata is corrupt"
+        )
 
 
 # -- metadata ---------------------------------------------------------------------
@@ -392,6 +559,9 @@ class Metadata:
 
 
 _KEYS = frozenset(Metadata.__slots__) | {"format", "version"}
+
+
+_INT64_MIN, _INT64_MAX = int(np.iinfo(np.int64).min), int(np.iinfo(np.int64).max)
 
 
 def _is_int(x: object) -> bool:
@@ -460,9 +630,13 @@ def parse_metadata(obj: object, where: str) -> Metadata:
             or len(run) != 2
             or not all(_is_int(x) for x in run)
             or run[0] >= run[1]
+            or not _INT64_MIN <= run[0] < run[1] <= _INT64_MAX + 1
             or (prev is not None and run[0] <= prev)
         ):
-            raise bad(f"'dropped': expected sorted disjoint [start, stop) runs, got {run!r}")
+            raise bad(
+                f"'dropped': expected sorted disjoint [start, stop) runs of int64 steps, "
+                f"got {run!r}"
+            )
         prev = run[1]
     if not isinstance(obj["attrs"], dict):
         raise bad(f"'attrs': expected an object, got {type(obj['attrs']).__name__}")
@@ -565,16 +739,22 @@ def read_metadata(path: str) -> Metadata:
         raise StoreNotFoundError(f"no snapsink-npy store at {path!r}: not a directory")
     where = os.path.join(path, METADATA)
     try:
-        with open(where, "rb") as fh:
-            raw = fh.read(MAX_METADATA_BYTES + 1)
+        fd = open_in_store(path, METADATA)
     except FileNotFoundError:
         raise StoreNotFoundError(
             f"no snapsink-npy store at {path!r}: the directory has no {METADATA}"
         ) from None
     except OSError as exc:
         raise FormatError(f"{where}: cannot read: {exc}") from exc
-    if len(raw) > MAX_METADATA_BYTES:
-        raise FormatError(f"{where}: larger than {MAX_METADATA_BYTES} bytes")
+    try:
+        size = os.fstat(fd).st_size
+        if size > MAX_METADATA_BYTES:
+            raise FormatError(f"{where}: larger than {MAX_METADATA_BYTES} bytes")
+        raw = read_at(fd, size, 0)
+    except OSError as exc:
+        raise FormatError(f"{where}: cannot read: {exc}") from exc
+    finally:
+        os.close(fd)
 
     def _no_constant(name: str) -> Any:
         raise ValueError(f"non-standard JSON constant {name}")
@@ -586,15 +766,49 @@ def read_metadata(path: str) -> Metadata:
     return parse_metadata(obj, where)
 
 
+#: the most header bytes a static ``.npy`` file may have (numpy's reader refuses
+#: headers over 10000 bytes unless told otherwise)
+_MAX_STATIC_HEADER = 1 << 16
+
+
 def load_static(path: str, name: str) -> np.ndarray[Any, Any]:
-    where = os.path.join(path, STATIC_DIR, f"{name}.npy")
+    """Read ``static/<name>.npy`` of the store at ``path``.
+
+    The header's claim (dtype and shape) is checked against the file's real size
+    before anything is allocated; the file must be a regular file inside the store.
+
+    Raises
+    ------
+    FormatError
+        Missing, a symbolic link or a special file, a header that claims more data
+        than the file holds, or not a plain numeric ``.npy`` file.
+    """
+    rel = f"{STATIC_DIR}/{name}.npy"
+    where = os.path.join(path, rel)
     try:
-        with open(where, "rb") as fh:
-            arr = np.lib.format.read_array(fh, allow_pickle=False)
+        fd = open_in_store(path, rel)
     except FileNotFoundError:
         raise FormatError(f"{where}: missing, but {METADATA} lists static {name!r}") from None
-    except (OSError, ValueError, EOFError) as exc:
-        raise FormatError(f"{where}: not a readable .npy file: {exc}") from exc
+    except OSError as exc:
+        raise FormatError(f"{where}: cannot read: {exc}") from exc
+    with os.fdopen(fd, "rb") as fh:
+        try:
+            size = os.fstat(fd).st_size
+            header = parse_header(
+                read_at(fd, min(size, _MAX_STATIC_HEADER), 0), where, allow_fortran=True
+            )
+            need = header.offset + math.prod(header.shape) * header.dtype.itemsize
+            if size < need:
+                raise FormatError(
+                    f"{where}: the header claims {math.prod(header.shape)} elements of "
+                    f"{header.dtype} (shape {header.shape}, {need} bytes with the header); "
+                    f"the file holds {size} bytes"
+                )
+            arr = np.lib.format.read_array(fh, allow_pickle=False)
+        except (OSError, ValueError, EOFError) as exc:
+            if isinstance(exc, FormatError):
+                raise
+            raise FormatError(f"{where}: not a readable .npy file: {exc}") from exc
     if not isinstance(arr, np.ndarray) or arr.dtype.hasobject:
         raise FormatError(f"{where}: not a plain numeric array")
     return arr
@@ -609,7 +823,7 @@ def scan_store_dir(path: str, entries: list[str], meta: Metadata) -> tuple[list[
         ``(foreign, static_files)``: the entries the layout of ``meta`` does not
         own (never to be deleted), and the ``static/<name>.npy`` files it does.
     """
-    owned = {METADATA, METADATA_TMP, "steps.npy", "times.npy", STATIC_DIR}
+    owned = {METADATA, METADATA_TMP, LOCK_NAME, "steps.npy", "times.npy", STATIC_DIR}
     if meta.schema is not None:
         owned.update(field_file_names(meta.schema))
     foreign = [e for e in entries if e not in owned]
@@ -653,24 +867,28 @@ def replace_atomically(directory: str, tmp_name: str, name: str, data: bytes) ->
     fsync_dir(directory)
 
 
-def read_exactly(where: str, pos: int, out: np.ndarray[Any, Any], what: str) -> None:
-    """Fill ``out`` with the bytes of file ``where`` from offset ``pos``.
+def read_exactly(root: str, rel: str, pos: int, out: np.ndarray[Any, Any], what: str) -> None:
+    """Fill ``out`` with the bytes of the store file ``root/rel`` from offset ``pos``.
 
     Raises
     ------
     FormatError
-        The file is unreadable or ends early (fewer rows than metadata names).
+        The file is unreadable, not a regular file inside the store, or ends
+        early (fewer rows than metadata names).
     """
+    where = os.path.join(root, rel)
     buf = out.reshape(-1).view(np.uint8).data
     got = 0
     try:
-        with open(where, "rb", buffering=0) as fh:
-            fh.seek(pos)
+        fd = open_in_store(root, rel)
+        try:
             while got < len(buf):
-                n = fh.readinto(buf[got:])
+                n = os.preadv(fd, [buf[got:]], pos + got)
                 if not n:
                     break
                 got += n
+        finally:
+            os.close(fd)
     except OSError as exc:
         raise FormatError(f"{where}: cannot read: {exc}") from exc
     if got != len(buf):
@@ -678,3 +896,24 @@ def read_exactly(where: str, pos: int, out: np.ndarray[Any, Any], what: str) -> 
             f"{where}: holds fewer rows than {METADATA} names ({what} asked for); "
             "the store is truncated"
         )
+
+
+def data_size(root: str, rel: str) -> tuple[Header, int]:
+    """The header and the size in bytes of the growable file ``root/rel``.
+
+    Raises
+    ------
+    FormatError
+        Missing, unreadable, not a regular file inside the store, or no ``.npy``.
+    """
+    where = os.path.join(root, rel)
+    try:
+        fd = open_in_store(root, rel)
+        try:
+            size = os.fstat(fd).st_size
+            raw = read_at(fd, HEADER_SIZE, 0)
+        finally:
+            os.close(fd)
+    except OSError as exc:
+        raise FormatError(f"{where}: cannot read a file the store names: {exc}") from exc
+    return parse_header(raw, where), size

@@ -7,19 +7,38 @@ hostile store raises :class:`~snapsink.FormatError`, never anything worse.
 
 from __future__ import annotations
 
+import asyncio
+import contextlib
+import io
 import os
-from collections.abc import Mapping
+import stat
+from collections.abc import AsyncIterator, Iterable, Iterator, Mapping
 from typing import Any
 
 import numpy as np
 import zarr
+from zarr.abc.store import (
+    ByteRequest,
+    OffsetByteRequest,
+    RangeByteRequest,
+    SuffixByteRequest,
+)
 from zarr.abc.store import Store as ZarrStoreLike
-from zarr.errors import ContainsArrayError, GroupNotFoundError, NodeTypeValidationError
+from zarr.core.buffer import Buffer, BufferPrototype, default_buffer_prototype
+from zarr.core.common import concurrent_map
+from zarr.errors import (
+    BaseZarrError,
+    ContainsArrayError,
+    GroupNotFoundError,
+    NodeTypeValidationError,
+)
 from zarr.storage import LocalStore
 
 from .._errors import ConfigError, FormatError, StoreNotFoundError
 from .._schema import Schema
 from .._trajectory import Trajectory
+from ._lock import LOCK_NAME
+from ._npyfile import check_dropped_total, file_kind, open_in_store
 from ._zarrplan import (
     STATIC_GROUP,
     check_group,
@@ -45,18 +64,124 @@ def as_zarr_store(store: object, *, read_only: bool) -> ZarrStoreLike:
 
 
 # -- reading -------------------------------------------------------------------
+def _read_checked(
+    root: str, key: str, prototype: BufferPrototype, byte_range: ByteRequest | None
+) -> Buffer | None:
+    """LocalStore's read of ``root/key``, through :func:`open_in_store`: never
+    through a symbolic link (so never outside the store), never blocking on a
+    FIFO, only a regular file."""
+    try:
+        fd = open_in_store(root, key)
+    except (FileNotFoundError, NotADirectoryError):
+        return None
+    except FormatError:
+        with contextlib.suppress(OSError):
+            if stat.S_ISDIR(os.lstat(os.path.join(root, key)).st_mode):
+                return None  # zarr probes keys that may be directories: absent
+        raise
+    with os.fdopen(fd, "rb") as f:
+        if byte_range is None:
+            return prototype.buffer.from_bytes(f.read())
+        size = f.seek(0, io.SEEK_END)
+        if isinstance(byte_range, RangeByteRequest):
+            f.seek(byte_range.start)
+            return prototype.buffer.from_bytes(f.read(byte_range.end - f.tell()))
+        if isinstance(byte_range, OffsetByteRequest):
+            f.seek(byte_range.offset)
+        elif isinstance(byte_range, SuffixByteRequest):
+            f.seek(max(0, size - byte_range.suffix))
+        else:
+            raise TypeError(f"Unexpected byte_range, got {byte_range}.")
+        return prototype.buffer.from_bytes(f.read())
+
+
+class CheckedLocalStore(LocalStore):
+    """A read-only zarr ``LocalStore`` whose every read goes through a checked path.
+
+    zarr's LocalStore opens ``root / key`` as given: a chunk or ``zarr.json``
+    that is a symbolic link is followed out of the store, and a FIFO blocks the
+    reader forever. This one opens each component below the root without
+    following links, non-blocking, and refuses anything but a regular file
+    (:class:`~snapsink.FormatError`).
+    """
+
+    def __init__(self, root: str | os.PathLike[str]) -> None:
+        super().__init__(os.fspath(root), read_only=True)
+
+    def get_sync(
+        self,
+        key: str,
+        *,
+        prototype: BufferPrototype | None = None,
+        byte_range: ByteRequest | None = None,
+    ) -> Buffer | None:
+        self._ensure_open_sync()
+        return _read_checked(
+            str(self.root), key, prototype or default_buffer_prototype(), byte_range
+        )
+
+    async def get(
+        self,
+        key: str,
+        prototype: BufferPrototype | None = None,
+        byte_range: ByteRequest | None = None,
+    ) -> Buffer | None:
+        if not self._is_open:
+            await self._open()
+        return await asyncio.to_thread(
+            _read_checked, str(self.root), key, prototype or default_buffer_prototype(),
+            byte_range,
+        )
+
+    async def list_dir(self, prefix: str) -> AsyncIterator[str]:
+        # A writer's lock file is the store's own, not a zarr node (zarr would
+        # warn that it "is not recognized as a component of a Zarr hierarchy").
+        async for key in super().list_dir(prefix):
+            if key != LOCK_NAME:
+                yield key
+
+    async def get_partial_values(
+        self,
+        prototype: BufferPrototype,
+        key_ranges: Iterable[tuple[str, ByteRequest | None]],
+    ) -> list[Buffer | None]:
+        root = str(self.root)
+        args = [(_read_checked, root, key, prototype, br) for key, br in key_ranges]
+        out: list[Buffer | None] = await concurrent_map(args, asyncio.to_thread, limit=None)
+        return out
+
+
 def _open_read_store(path_or_store: object) -> ZarrStoreLike:
-    if isinstance(path_or_store, str | os.PathLike) and not os.path.isdir(path_or_store):
-        raise StoreNotFoundError(f"no zarr store at {os.fspath(path_or_store)!r}")
+    if isinstance(path_or_store, str | os.PathLike):
+        if not os.path.isdir(path_or_store):
+            raise StoreNotFoundError(f"no zarr store at {os.fspath(path_or_store)!r}")
+        return CheckedLocalStore(path_or_store)
+    if isinstance(path_or_store, LocalStore) and not isinstance(path_or_store, CheckedLocalStore):
+        # Reading needs no write access: read the same directory through checked paths.
+        return CheckedLocalStore(path_or_store.root)
     return as_zarr_store(path_or_store, read_only=True)
+
+
+@contextlib.contextmanager
+def _decoding(where: str, what: str) -> Iterator[None]:
+    """Whatever zarr raises on corrupt metadata or chunks, as a FormatError."""
+    try:
+        yield
+    except FormatError:
+        raise
+    except (BaseZarrError, ValueError, TypeError, KeyError, RuntimeError, OSError) as exc:
+        raise FormatError(f"{where}: {what}: {type(exc).__name__}: {exc}") from exc
 
 
 def _open_group_sync(store: ZarrStoreLike, path: str) -> Any:
     try:
         return zarr.open_group(store, path=path, mode="r", zarr_format=3)
+    except FormatError:
+        raise
     except (GroupNotFoundError, FileNotFoundError, KeyError) as exc:
         raise StoreNotFoundError(f"no zarr group {path or '/'!r} in {store}") from exc
-    except (ContainsArrayError, NodeTypeValidationError, ValueError) as exc:
+    except (ContainsArrayError, NodeTypeValidationError, BaseZarrError, ValueError,
+            TypeError) as exc:
         raise FormatError(f"{path or '/'!r} in {store} is not a zarr v3 group: {exc}") from exc
 
 
@@ -110,9 +235,12 @@ class ZarrSource:
         if meta.schema is not None:
             for plan in plan_arrays(meta.schema, times=bool(meta.times)):
                 try:
-                    arr = grp[plan.name]
-                except KeyError as exc:
-                    raise FormatError(f"{where}: array {plan.name!r} is missing") from exc
+                    with _decoding(where, f"array {plan.name!r}"):
+                        arr = grp[plan.name]
+                except FormatError as exc:
+                    if isinstance(exc.__cause__, KeyError):
+                        raise FormatError(f"{where}: array {plan.name!r} is missing") from exc
+                    raise
                 if not isinstance(arr, zarr.Array):
                     raise FormatError(f"{where}: {plan.name!r} is not an array")
                 if arr.dtype != plan.dtype or tuple(arr.shape[1:]) != plan.row_shape:
@@ -129,6 +257,7 @@ class ZarrSource:
                         f"the {need} committed"
                     )
                 arrays[plan.name] = arr
+        self._root = str(self._store.root) if isinstance(self._store, LocalStore) else None
         self._where = where
         self._group = grp
         self._meta = meta
@@ -145,7 +274,7 @@ class ZarrSource:
             if not self.length:
                 self._steps = np.zeros(0, np.int64)
             else:
-                steps = np.asarray(self._arrays["steps"][: self.length], dtype=np.int64)
+                steps = np.asarray(self._get("steps", 0, self.length), dtype=np.int64)
                 if steps.size > 1 and not bool(np.all(np.diff(steps) > 0)):
                     raise FormatError(f"{self._where}: stored steps do not strictly increase")
                 self._steps = steps
@@ -155,7 +284,7 @@ class ZarrSource:
         if not self._meta.times:
             return None
         if self._times is None:
-            self._times = np.asarray(self._arrays["times"][: self.length], dtype=np.float64)
+            self._times = np.asarray(self._get("times", 0, self.length), dtype=np.float64)
         return self._times
 
     def static(self) -> Mapping[str, np.ndarray[Any, Any]]:
@@ -166,8 +295,11 @@ class ZarrSource:
             except KeyError:
                 sg = None
             if isinstance(sg, zarr.Group):
-                for name, arr in sg.arrays():
-                    out[name] = np.asarray(arr[...])
+                with _decoding(self._where, "static arrays"):
+                    members = list(sg.arrays())
+                for name, arr in members:
+                    with _decoding(self._where, f"static array {name!r}"):
+                        out[name] = np.asarray(arr[...])
             self._static = out
         return self._static
 
@@ -175,7 +307,43 @@ class ZarrSource:
         return self._user
 
     def dropped_steps(self) -> np.ndarray[Any, np.dtype[np.int64]]:
+        check_dropped_total(sum(b - a for a, b in self._meta.dropped.ranges), self._where)
         return self._meta.dropped.steps()
+
+    def _get(self, name: str, start: int, stop: int) -> np.ndarray[Any, Any]:
+        """Rows ``[start, stop)`` of array ``name``, after checking that the chunks
+        (or shards) holding them exist: a tampered count or shape is refused
+        before zarr allocates the result."""
+        arr = self._arrays[name]
+        if stop > start:
+            self._check_blocks(name, arr, start, stop)
+        with _decoding(self._where, f"array {name!r}, rows [{start}, {stop})"):
+            return np.asarray(arr[start:stop])
+
+    def _check_blocks(self, name: str, arr: Any, start: int, stop: int) -> None:
+        """Every chunk covering rows ``[start, stop)`` is a file (the format writes
+        every chunk, including chunks equal to the fill value); LocalStore only."""
+        if self._root is None or not all(n > 0 for n in arr.shape[1:]):
+            return
+        with _decoding(self._where, f"array {name!r}"):
+            block = int(arr.shards[0] if arr.shards is not None else arr.chunks[0])
+            encode = arr.metadata.chunk_key_encoding.encode_chunk_key
+            base = os.path.join(self._root, *arr.store_path.path.split("/"))
+            rest = (0,) * (arr.ndim - 1)
+        for k in range((start) // block, (stop - 1) // block + 1):
+            key = encode((k, *rest))
+            try:
+                mode = os.lstat(os.path.join(base, *key.split("/"))).st_mode
+            except OSError:
+                mode = None
+            if mode is None or not stat.S_ISREG(mode):
+                raise FormatError(
+                    f"{self._where}: array {name!r}: chunk {key!r} (rows "
+                    f"[{k * block}, {(k + 1) * block})) is "
+                    f"{'missing' if mode is None else f'a {file_kind(mode)}, not a regular file'}"
+                    ", but the group "
+                    f"names rows up to {stop} (a corrupt count or shape, or a damaged store)"
+                )
 
     def _check_range(self, start: int, stop: int) -> None:
         if not 0 <= start <= stop <= self.length:
@@ -184,19 +352,27 @@ class ZarrSource:
     def read(self, name: str, start: int, stop: int) -> np.ndarray[Any, Any]:
         """Frames ``[start, stop)`` of fixed-shape field ``name``."""
         self._check_range(start, stop)
-        out: np.ndarray[Any, Any] = np.asarray(self._arrays[name][start:stop])
-        return out
+        return self._get(name, start, stop)
 
     def read_ragged(
         self, name: str, start: int, stop: int
     ) -> tuple[np.ndarray[Any, Any], np.ndarray[Any, np.dtype[np.int64]]]:
         """Rows of frames ``[start, stop)`` of ragged field ``name`` and their offsets."""
         self._check_range(start, stop)
-        off = np.asarray(self._arrays[offsets_name(name)][start : stop + 1], dtype=np.int64)
+        off = np.asarray(self._get(offsets_name(name), start, stop + 1), dtype=np.int64)
         data = self._arrays[name]
-        if off.size and (off[0] < 0 or off[-1] > data.shape[0] or bool(np.any(np.diff(off) < 0))):
-            raise FormatError(f"{self._where}: offsets of ragged field {name!r} are corrupt")
-        rows: np.ndarray[Any, Any] = np.asarray(data[int(off[0]) : int(off[-1])])
+        if off.size and (
+            off[0] < 0
+            or off[-1] > data.shape[0]
+            or bool(np.any(np.diff(off) < 0))
+            or (start == 0 and off[0] != 0)
+        ):
+            raise FormatError(
+                f"{self._where}: offsets of ragged field {name!r} are corrupt (frames "
+                f"[{start}, {stop}]: expected non-decreasing offsets from 0 within "
+                f"[0, {data.shape[0]}])"
+            )
+        rows = self._get(name, int(off[0]), int(off[-1]))
         return rows, off - off[0]
 
 

@@ -19,9 +19,11 @@ of any file gives exactly the committed data.
 
 from __future__ import annotations
 
+import errno
 import json
 import math
 import os
+import stat
 import sys
 import time
 import weakref
@@ -35,6 +37,7 @@ from .._schema import Batch, Field, Frame, Schema
 from .._store import Resume, StoreSpec
 from .._trajectory import Trajectory
 from ._common import check_attrs, check_mode, check_static
+from ._lock import LOCK_NAME, StoreLock, acquire_store_lock
 from ._npyfile import (
     FORMAT_NAME,
     HEADER_SIZE,
@@ -48,10 +51,12 @@ from ._npyfile import (
     bytes_of,
     check_header,
     check_path,
+    data_size,
     fsync_dir,
     load_static,
     now_iso,
-    parse_header,
+    open_in_store,
+    read_at,
     read_exactly,
     read_metadata,
     replace_atomically,
@@ -66,11 +71,38 @@ _clock = time.monotonic  # the commit_seconds clock (tests replace it)
 #: appended bytes after which the writeback of the new data is started early
 _WRITEBACK_BYTES = 16 << 20
 _CAN_ADVISE = hasattr(os, "posix_fadvise") and sys.platform == "linux"
+_DIRECTORY = getattr(os, "O_DIRECTORY", 0)
+_CLOEXEC = getattr(os, "O_CLOEXEC", 0)
 
 
 def _close_files(files: dict[str, GrowableNpyFile]) -> None:
     for f in files.values():
         f.close()
+
+
+class _Handles:
+    """What an open NpyDirectory holds: its data files, a descriptor of its
+    directory (the directory it writes, whatever its path names later) and
+    the single-writer lock. Closed by ``close()`` or by the store's finalizer."""
+
+    __slots__ = ("dir_fd", "files", "lock")
+
+    def __init__(self) -> None:
+        self.files: dict[str, GrowableNpyFile] = {}
+        self.dir_fd = -1
+        self.lock: StoreLock | None = None
+
+    def close(self) -> None:
+        try:
+            _close_files(self.files)
+            self.files.clear()
+        finally:
+            if self.dir_fd >= 0:
+                fd, self.dir_fd = self.dir_fd, -1
+                os.close(fd)
+            if self.lock is not None:
+                self.lock.release()  # last: nothing of ours is open any more
+                self.lock = None
 
 
 class NpyDirectory:
@@ -111,6 +143,10 @@ class NpyDirectory:
 
     Notes
     -----
+    A store has one writer: ``open()`` takes an OS lock that a second writer,
+    in any process and any mode, is refused with (:class:`~snapsink.StoreLockedError`);
+    the lock dies with its holder. Before each commit the store checks that its
+    directory and data files are still the ones it opened (and not truncated).
     Methods block and are meant for one thread at a time (the sink runs them in
     a worker thread). Only frames committed (every ``commit_every`` frames,
     every ``commit_seconds``, at ``commit()`` and at ``close()``) survive a crash;
@@ -165,10 +201,11 @@ class NpyDirectory:
         self._static_names: list[str] = []
         self._created = now_iso()
         self._new_entries = False
-        self._files: dict[str, GrowableNpyFile] = {}
+        self._handles = _Handles()
+        self._files = self._handles.files
         # A writer dropped without close() acts like a crash: descriptors are
-        # closed, nothing is committed.
-        self._finalizer = weakref.finalize(self, _close_files, self._files)
+        # closed (the lock with them), nothing is committed.
+        self._finalizer = weakref.finalize(self, self._handles.close)
 
     def __repr__(self) -> str:
         return f"NpyDirectory({self._path!r}, mode={self._mode!r})"
@@ -202,7 +239,8 @@ class NpyDirectory:
 
     # -- Store protocol ---------------------------------------------------------
     def open(self) -> Resume | None:
-        """Claim the directory according to the mode.
+        """Claim the directory according to the mode, and take the store's
+        single-writer lock (``.snapsink.lock``, held until ``close()``).
 
         Returns
         -------
@@ -212,6 +250,8 @@ class NpyDirectory:
 
         Raises
         ------
+        StoreLockedError
+            Another writer (in any process, this one included) holds the store.
         StoreExistsError
             ``"x"`` on a non-empty directory; ``"w"`` on a directory holding
             files that are not the store's; a path that is not a directory.
@@ -226,12 +266,47 @@ class NpyDirectory:
         path = self._path
         if os.path.lexists(path) and not os.path.isdir(path):
             raise StoreExistsError(f"{path!r} exists and is not a directory")
-        entries = sorted(os.listdir(path)) if os.path.isdir(path) else None
-        if entries == [METADATA_TMP]:
-            # A writer killed while committing its very first metadata.json: no
-            # store was ever committed here, and the temp file is the store's own.
-            entries = []
+        if os.path.isdir(path):
+            # A user's directory is refused before anything (the lock file) is
+            # created in it.
+            self._refuse_foreign(self._entries())
+        else:
+            os.makedirs(path, exist_ok=True)
+            fsync_dir(os.path.dirname(os.path.abspath(path)))
+        handles = self._handles
+        try:
+            handles.dir_fd = os.open(path, os.O_RDONLY | _DIRECTORY | _CLOEXEC)
+            handles.lock = acquire_store_lock(path, f"the snapsink-npy store at {path!r}")
+            # Under the lock: what is there now is what no other writer changes.
+            entries = self._entries()
+            self._refuse_foreign(entries)
+            if entries and self._mode == "x":
+                raise StoreExistsError(
+                    f"a store exists at {path!r}; pass mode='w' to replace it or mode='a' "
+                    "to append to it"
+                )
+            if entries and self._mode == "a":
+                return self._resume()
+            if entries:
+                self._remove_store(entries)
+            self._create()
+        except BaseException:
+            # A failed open leaves nothing half-claimed: close() then does nothing.
+            handles.close()
+            self._state = "new"
+            raise
+        return None
+
+    def _entries(self) -> list[str]:
+        """The directory's entries that a writer must account for: not the lock
+        file, not the temp file a writer killed in its very first commit leaves
+        (no store was ever committed then, and the file is the store's own)."""
+        entries = sorted(e for e in os.listdir(self._path) if e != LOCK_NAME)
+        return [] if entries == [METADATA_TMP] else entries
+
+    def _refuse_foreign(self, entries: list[str]) -> None:
         if entries and METADATA not in entries:
+            path = self._path
             if self._mode == "a":
                 raise FormatError(
                     f"{path!r} holds files but no {METADATA}: not a snapsink-npy store; "
@@ -242,24 +317,6 @@ class NpyDirectory:
                 f"{', '.join(map(repr, entries[:5]))}{', ...' if len(entries) > 5 else ''}); "
                 "refusing to write into it: give an empty or new directory"
             )
-        if entries and self._mode == "x":
-            raise StoreExistsError(
-                f"a store exists at {path!r}; pass mode='w' to replace it or mode='a' "
-                "to append to it"
-            )
-        try:
-            if entries and self._mode == "a":
-                return self._resume()
-            if entries:
-                self._remove_store(entries)
-            self._create()
-        except BaseException:
-            # A failed open leaves nothing half-claimed: close() then does nothing.
-            _close_files(self._files)
-            self._files.clear()
-            self._state = "new"
-            raise
-        return None
 
     def prepare(self, schema: Schema, *, times: bool) -> None:
         """Create the files of ``schema`` (or check it against the stored one).
@@ -428,6 +485,7 @@ class NpyDirectory:
                     self._committed != self._count
                 ):
                     self.commit()
+                self._check_unchanged()
                 for f in self._files.values():
                     f.finalize(f.committed)
                 self._write_metadata(closed=True)
@@ -521,10 +579,6 @@ class NpyDirectory:
             ) from None
 
     def _create(self) -> None:
-        path = self._path
-        if not os.path.isdir(path):
-            os.makedirs(path)
-            fsync_dir(os.path.dirname(os.path.abspath(path)))
         self._state = "open"
         self._write_metadata(closed=False)
         self._write_static(self._static)
@@ -619,8 +673,48 @@ class NpyDirectory:
         os.remove(os.path.join(path, METADATA))
         fsync_dir(path)
 
+    def _check_unchanged(self) -> None:
+        """Fail unless the path still names the directory and the files this
+        store opened, each holding what was written to it.
+
+        Someone may delete and recreate the directory, or truncate or replace a
+        data file, while the writer runs; a commit then would name frames that
+        are not on disk (they read back as zeros or not at all). A descriptor of
+        the directory is held since ``open()``, so its inode cannot be reused.
+
+        Raises
+        ------
+        FileNotFoundError
+            The directory or a data file was deleted (or moved away).
+        FormatError
+            The directory or a data file was replaced, or a data file truncated.
+        """
+        path = self._path
+        st = os.fstat(self._handles.dir_fd)
+        try:
+            now = os.stat(path)
+        except FileNotFoundError:
+            now = None
+        if now is None:
+            raise FileNotFoundError(
+                errno.ENOENT,
+                f"the store directory {path!r} was deleted (or moved) while the store was "
+                "writing it; refusing to commit frames that are not there",
+                path,
+            )
+        if (now.st_dev, now.st_ino) != (st.st_dev, st.st_ino):
+            raise FormatError(
+                f"the store directory {path!r} was replaced by another directory while the "
+                "store was writing it; refusing to commit frames that are not there (the "
+                "new directory is left as it is)"
+            )
+        for f in self._files.values():
+            f.check_unchanged()
+
     def _write_metadata(self, *, closed: bool) -> None:
-        """Commit-last: metadata.json via a fsynced temp file and an atomic rename."""
+        """Commit-last: metadata.json via a fsynced temp file and an atomic rename,
+        after checking that the store's files are still the ones it writes."""
+        self._check_unchanged()
         if self._new_entries:
             fsync_dir(self._path)  # new data files' entries before the metadata naming them
             self._new_entries = False
@@ -649,6 +743,29 @@ class NpyDirectory:
 
 
 # -- read side ---------------------------------------------------------------------
+def _committed_files(
+    meta: Metadata,
+) -> list[tuple[str, np.dtype[Any], tuple[int, ...], int]]:
+    """``(key, dtype, row_shape, rows)`` of every data file of ``meta``'s layout,
+    with the rows its committed frames need."""
+    schema = meta.schema
+    if schema is None:
+        return []
+    out: list[tuple[str, np.dtype[Any], tuple[int, ...], int]] = [
+        ("steps", np.dtype(np.int64), (), meta.count)
+    ]
+    if meta.times:
+        out.append(("times", np.dtype(np.float64), (), meta.count))
+    for name, f in schema.items():
+        dtype, row_shape = row_layout(f)
+        if f.ragged:
+            out.append((name, dtype, row_shape, meta.rows[name]))
+            out.append((f"{name}.offsets", np.dtype(np.int64), (), meta.count + 1))
+        else:
+            out.append((name, dtype, row_shape, meta.count))
+    return out
+
+
 class NpySource:
     """Lazy reader of a snapsink-npy store: the :class:`~snapsink.Source` of
     :func:`open_npy`.
@@ -680,12 +797,24 @@ class NpySource:
         return f"NpySource({self._path!r}, frames={self.length})"
 
     def refresh(self) -> None:
-        """Re-read ``metadata.json`` to see frames committed since."""
+        """Re-read ``metadata.json`` to see frames committed since.
+
+        Every data file the committed frames need is checked against its real
+        size (and every ragged field's last offset against its row count)
+        before anything is read or allocated: a tampered count or shape is a
+        :class:`~snapsink.FormatError` here, never a huge allocation later.
+        """
         meta = read_metadata(self._path)
+        headers: dict[str, int] = {}
+        if meta.schema is not None and meta.count:
+            for key, dtype, row_shape, rows in _committed_files(meta):
+                headers[key] = self._check_file(key, dtype, row_shape, rows)
+            for name in meta.schema.ragged:
+                self._check_offsets(name, meta, headers[f"{name}.offsets"])
         self._meta = meta
         self.schema = meta.schema
         self.length = meta.count
-        self._headers: dict[str, int] = {}
+        self._headers = headers
         self._steps: np.ndarray[Any, np.dtype[np.int64]] | None = None
         self._times: np.ndarray[Any, np.dtype[np.float64]] | None = None
         self._static: dict[str, np.ndarray[Any, Any]] | None = None
@@ -696,30 +825,55 @@ class NpySource:
         """Whether the writer closed the store cleanly (as of the last refresh)."""
         return self._meta.closed
 
-    def _offset(self, key: str, dtype: np.dtype[Any], row_shape: tuple[int, ...]) -> str:
-        where = os.path.join(self._path, f"{key}.npy")
+    def _check_file(
+        self, key: str, dtype: np.dtype[Any], row_shape: tuple[int, ...], rows: int
+    ) -> int:
+        """The data offset of ``<key>.npy`` after checking that its header describes
+        rows of ``row_shape`` and ``dtype`` and that the file holds ``rows`` rows."""
+        rel = f"{key}.npy"
+        where = os.path.join(self._path, rel)
+        raw_header, size = data_size(self._path, rel)
+        header = check_header(raw_header, dtype, row_shape, where)
+        need = header.offset + rows * math.prod(row_shape) * dtype.itemsize
+        if size < need:
+            raise FormatError(
+                f"{where}: {METADATA} names {rows} rows of shape {row_shape} ({dtype}), "
+                f"{need} bytes with the header; the file holds {size} bytes (a truncated "
+                "file or a corrupt count or shape)"
+            )
+        return header.offset
+
+    def _check_offsets(self, name: str, meta: Metadata, offset: int) -> None:
+        """``offsets[0] == 0`` and ``offsets[count] == rows[name]``, as the format says."""
+        rel = f"{name}.offsets.npy"
+        ends = np.empty(2, np.int64)
+        read_exactly(self._path, rel, offset, ends[:1], "the first offset")
+        read_exactly(self._path, rel, offset + 8 * meta.count, ends[1:], "the last offset")
+        if int(ends[0]) != 0 or int(ends[1]) != meta.rows[name]:
+            raise FormatError(
+                f"{os.path.join(self._path, rel)}: offsets run from {int(ends[0])} to "
+                f"{int(ends[1])}; {METADATA} names {meta.rows[name]} rows of {name!r} in "
+                f"{meta.count} frames (expected offsets from 0 to {meta.rows[name]})"
+            )
+
+    def _offset(self, key: str, dtype: np.dtype[Any], row_shape: tuple[int, ...]) -> None:
         if key not in self._headers:
-            try:
-                with open(where, "rb") as fh:
-                    raw = fh.read(HEADER_SIZE)
-            except OSError as exc:
-                raise FormatError(f"{where}: cannot read a file the store names: {exc}") from exc
-            header = check_header(parse_header(raw, where), dtype, row_shape, where)
-            self._headers[key] = header.offset
-        return where
+            # A file needing no rows at the last refresh: check its header only.
+            self._headers[key] = self._check_file(key, dtype, row_shape, 0)
 
     def _rows(
         self, key: str, dtype: np.dtype[Any], row_shape: tuple[int, ...], start: int, stop: int
     ) -> np.ndarray[Any, Any]:
-        out = np.empty((stop - start, *row_shape), dtype)
         if stop <= start:
-            return out
-        where = self._offset(key, dtype, row_shape)
-        row_bytes = math.prod(row_shape) * dtype.itemsize
+            return np.empty((0, *row_shape), dtype)
+        # Checked against the file's size (refresh) before the allocation below.
+        self._offset(key, dtype, row_shape)
+        out = np.empty((stop - start, *row_shape), dtype)
         if not out.nbytes:
             return out
+        row_bytes = math.prod(row_shape) * dtype.itemsize
         pos = self._headers[key] + start * row_bytes
-        read_exactly(where, pos, out, f"rows {start}..{stop}")
+        read_exactly(self._path, f"{key}.npy", pos, out, f"rows {start}..{stop}")
         return out
 
     def _field(self, name: str, ragged: bool) -> Field:
@@ -762,7 +916,9 @@ class NpySource:
     def dropped_steps(self) -> np.ndarray[Any, np.dtype[np.int64]]:
         """Sorted steps a drop policy discarded."""
         if self._dropped is None:
-            self._dropped = StepRanges(self._meta.dropped).to_array()
+            self._dropped = StepRanges(self._meta.dropped).to_array(
+                os.path.join(self._path, METADATA)
+            )
         return self._dropped
 
     def read(self, name: str, start: int, stop: int) -> np.ndarray[Any, Any]:
@@ -783,10 +939,17 @@ class NpySource:
             return np.empty((0, *f.row_shape), f.dtype), np.zeros(1, np.int64)
         off = self._rows(f"{name}.offsets", np.dtype(np.int64), (), start, stop + 1)
         total = self._meta.rows[name]
-        if off[0] < 0 or off[-1] > total or bool(np.any(off[1:] < off[:-1])):
+        if (
+            off[0] < 0
+            or off[-1] > total
+            or bool(np.any(off[1:] < off[:-1]))
+            or (start == 0 and off[0] != 0)
+            or (stop == self.length and off[-1] != total)
+        ):
             raise FormatError(
-                f"{name}.offsets.npy: offsets of frames [{start}, {stop}] are not "
-                f"non-decreasing within [0, {total}]"
+                f"{os.path.join(self._path, name)}.offsets.npy: offsets of frames "
+                f"[{start}, {stop}] are not non-decreasing within [0, {total}] (the first "
+                f"offset must be 0, the last {total})"
             )
         data = self._rows(name, f.dtype, f.row_shape, int(off[0]), int(off[-1]))
         return data, off - off[0]
@@ -808,12 +971,22 @@ def is_npy_store(path: str | os.PathLike[str]) -> bool:
     -------
     bool
     """
-    where = os.path.join(os.fspath(path), METADATA)
-    if not os.path.isfile(where):
-        return False
+    root = os.fspath(path)
     try:
-        with open(where, "rb") as fh:
-            obj = json.loads(fh.read(MAX_METADATA_BYTES).decode("utf-8"))
+        st = os.lstat(os.path.join(root, METADATA))
+    except (OSError, ValueError):
+        return False
+    if stat.S_ISDIR(st.st_mode):
+        return False
+    if not stat.S_ISREG(st.st_mode):
+        return True  # a symlink, a FIFO: open_npy refuses it with a FormatError
+    try:
+        fd = open_in_store(root, METADATA)
+        try:
+            raw = read_at(fd, min(os.fstat(fd).st_size, MAX_METADATA_BYTES), 0)
+        finally:
+            os.close(fd)
+        obj = json.loads(raw.decode("utf-8"))
     except (OSError, UnicodeDecodeError, ValueError, RecursionError):
         return True
     return not isinstance(obj, dict) or obj.get("format") == FORMAT_NAME
