@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import argparse
 import os
 import re
 import shlex
@@ -388,15 +389,96 @@ def test_demo_judge(times: tuple[float, float, float], claim: str, verdict: str)
 
 
 # -- bench -------------------------------------------------------------------------------
-def test_bench_runs_the_suite_runner(
-    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
-) -> None:
+FAKE_SUITE = """
+import json, sys
+from pathlib import Path
+ORDER = ("small_frames", "overlap")
+def main(argv):
+    print("suite argv", argv)
+    out = Path(argv[argv.index("--json-dir") + 1])
+    out.mkdir(parents=True, exist_ok=True)
+    (out / "overlap-cpu.json").write_text(json.dumps({"quick": "--quick" in argv}))
+    return 0
+"""
+
+
+@pytest.fixture
+def fake_suite(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
+    """A benchmarks/ directory whose run.py records its argv and writes a result."""
     fake = tmp_path / "benchmarks"
-    fake.mkdir()
-    (fake / "run.py").write_text("def main(argv):\n    print('suite argv', argv)\n    return 0\n")
+    (fake / "results").mkdir(parents=True)
+    (fake / "results" / "overlap-cpu.json").write_text('{"recorded": true}')
+    (fake / "run.py").write_text(FAKE_SUITE)
     monkeypatch.setenv("SNAPSINK_BENCHMARKS", str(fake))
-    assert main(["bench", "--quick", "--only", "overlap"]) == 0
-    assert "suite argv ['--quick', '--only', 'overlap']" in capsys.readouterr().out
+    monkeypatch.setenv("TMPDIR", str(tmp_path / "tmp"))
+    (tmp_path / "tmp").mkdir()
+    monkeypatch.setattr("tempfile.tempdir", None)  # re-read TMPDIR
+    return fake
+
+
+def suite_argv(out: str) -> list[str]:
+    line = next(ln for ln in out.splitlines() if ln.startswith("suite argv"))
+    argv: list[str] = eval(line.removeprefix("suite argv "))
+    return argv
+
+
+def test_bench_runs_the_suite_runner(fake_suite: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    assert main(["bench", "--quick", "--only", "overlap", "--writer", "thread"]) == 0
+    argv = suite_argv(capsys.readouterr().out)
+    assert argv[:3] == ["--quick", "--only", "overlap"]
+    assert argv[-2:] == ["--writer", "thread"]
+
+
+def test_bench_quick_leaves_the_recorded_results_alone(
+    fake_suite: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    assert main(["bench", "--quick"]) == 0
+    out = capsys.readouterr().out
+    json_dir = Path(suite_argv(out)[suite_argv(out).index("--json-dir") + 1])
+    assert (fake_suite / "results" / "overlap-cpu.json").read_text() == '{"recorded": true}'
+    assert json_dir.parent == fake_suite.parent / "tmp"  # a fresh temporary directory
+    assert (json_dir / "overlap-cpu.json").read_text() == '{"quick": true}'
+    assert f"results written to {json_dir} (--save records them)" in out
+
+
+def test_bench_save_and_json_dir(
+    fake_suite: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    assert main(["bench", "--json-dir", str(tmp_path / "mine")]) == 0
+    assert (tmp_path / "mine" / "overlap-cpu.json").read_text() == '{"quick": false}'
+    assert (fake_suite / "results" / "overlap-cpu.json").read_text() == '{"recorded": true}'
+    assert main(["bench", "--save"]) == 0
+    assert (fake_suite / "results" / "overlap-cpu.json").read_text() == '{"quick": false}'
+    assert f"results recorded in {fake_suite / 'results'}" in capsys.readouterr().out
+
+
+def test_bench_errors_name_the_subcommand(
+    fake_suite: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    assert main(["bench", "--only", "overlap,nope"]) == 2
+    line = one_error_line(capsys.readouterr().err)
+    assert line.startswith(
+        "snapsink bench: error: --only 'overlap,nope': unknown benchmark(s) nope"
+    )
+    assert "known: small_frames, overlap" in line
+    with pytest.raises(SystemExit) as exc:
+        main(["bench", "--save", "--json-dir", "x"])
+    assert exc.value.code == 2
+    assert "snapsink bench: error: argument --json-dir" in capsys.readouterr().err
+
+
+def test_tox_bench_runs_what_the_docs_say() -> None:
+    import configparser
+
+    root = Path(__file__).resolve().parents[1]
+    if not (root / "tox.ini").is_file():
+        pytest.skip("no tox.ini in this checkout")
+    tox = configparser.ConfigParser()
+    tox.read(root / "tox.ini")
+    command = tox["testenv:bench"]["commands"].strip()
+    assert command == "snapsink bench {posargs}"
+    docs = " ".join((root / "docs" / "benchmarks.md").read_text().split())
+    assert "`tox -e bench` runs `snapsink bench`" in docs
 
 
 def test_bench_finds_the_repository_suite() -> None:
@@ -444,3 +526,54 @@ def test_python_dash_m(npy_store: Path) -> None:
     )
     assert bad.returncode == 2
     assert one_error_line(bad.stderr).startswith("snapsink info: error:")
+
+
+# -- the command itself -------------------------------------------------------------------
+def test_version(capsys: pytest.CaptureFixture[str]) -> None:
+    with pytest.raises(SystemExit) as exc:
+        main(["--version"])
+    assert exc.value.code == 0
+    assert capsys.readouterr().out.strip() == f"snapsink {snapsink.__version__}"
+
+
+def test_help_has_no_rst_markup() -> None:
+    from snapsink.cli import build_parser, plain
+
+    assert plain("``snapsink demo``: see :class:`~snapsink.Sink` and `x`") == (
+        "snapsink demo: see Sink and x"
+    )
+    parser = build_parser()
+    sub = next(a for a in parser._actions if isinstance(a, argparse._SubParsersAction))
+    texts = {"snapsink": parser.format_help()}
+    texts.update({f"snapsink {n}": p.format_help() for n, p in sub.choices.items()})
+    assert set(texts) == {
+        "snapsink",
+        *(f"snapsink {n}" for n in ("demo", "info", "convert", "bench")),
+    }
+    for name, text in texts.items():
+        assert "`" not in text and not re.search(r":\w+:", text), f"{name} --help:\n{text}"
+
+
+@pytest.mark.parametrize(
+    "argv", [["demo"], ["info", "somewhere"], ["convert", "a", "b"], ["bench", "--quick"]]
+)
+def test_usage_errors_name_the_subcommand(
+    argv: list[str], capsys: pytest.CaptureFixture[str]
+) -> None:
+    with pytest.raises(SystemExit) as exc:
+        main([*argv, "--no-such-option"])
+    assert exc.value.code == 2
+    err = capsys.readouterr().err
+    assert f"snapsink {argv[0]}: error: unrecognized arguments: --no-such-option" in err
+    assert err.startswith(f"usage: snapsink {argv[0]} ")
+
+
+@pytest.mark.parametrize("command", ["demo", "info", "convert", "bench"])
+def test_every_subcommand_is_documented(command: str) -> None:
+    root = Path(__file__).resolve().parents[1]
+    if not (root / "docs").is_dir():  # pragma: no cover - an sdist without docs
+        pytest.skip("no docs/ in this checkout")
+    readme = (root / "README.md").read_text()
+    docs = " ".join(p.read_text() for p in (root / "docs").rglob("*.md"))
+    assert f"snapsink {command}" in readme, f"README.md does not mention `snapsink {command}`"
+    assert f"snapsink {command}" in docs, f"docs/ do not mention `snapsink {command}`"

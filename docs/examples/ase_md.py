@@ -10,6 +10,8 @@ from __future__ import annotations
 
 import sys
 import tempfile
+
+# --8<-- [start:program]
 from pathlib import Path
 from typing import Any
 
@@ -22,7 +24,6 @@ from ase.md.verlet import VelocityVerlet
 import snapsink
 
 
-# --8<-- [start:recorder]
 def thermo(atoms: Any) -> dict[str, Any]:
     return {
         "potential_energy": atoms.get_potential_energy(),
@@ -65,7 +66,6 @@ def main(out: Path, n_steps: int = 50) -> dict[str, Any]:
             interval=1,
         )
         dyn.run(n_steps)
-    # --8<-- [end:recorder]
 
     th = snapsink.open(store, group="thermo")
     fr = snapsink.open(store, group="frames")
@@ -78,6 +78,7 @@ def main(out: Path, n_steps: int = 50) -> dict[str, Any]:
     }
     print(summary)
     return summary
+# --8<-- [end:program]
 
 
 if __name__ == "__main__":

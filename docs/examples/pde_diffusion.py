@@ -9,6 +9,8 @@ from __future__ import annotations
 
 import sys
 import tempfile
+
+# --8<-- [start:program]
 from pathlib import Path
 from typing import Any
 
@@ -19,7 +21,6 @@ import snapsink
 
 
 def main(out: Path) -> dict[str, Any]:
-    # --8<-- [start:recorder]
     grid = pde.CartesianGrid([[0.0, 1.0], [0.0, 1.0]], [32, 32], periodic=True)
     state = pde.ScalarField.random_uniform(grid, rng=np.random.default_rng(0))
     eq = pde.DiffusionPDE(diffusivity=0.01)
@@ -42,7 +43,6 @@ def main(out: Path) -> dict[str, Any]:
             backend="numpy",
             tracker=pde.CallbackTracker(lambda f, t: recorder.record(f, time=t), interrupts=0.1),
         )
-    # --8<-- [end:recorder]
 
     traj = snapsink.open(out / "diffusion")
     summary = {
@@ -53,6 +53,7 @@ def main(out: Path) -> dict[str, Any]:
     }
     print(summary)
     return summary
+# --8<-- [end:program]
 
 
 if __name__ == "__main__":

@@ -10,6 +10,8 @@ from __future__ import annotations
 
 import sys
 import tempfile
+
+# --8<-- [start:program]
 from pathlib import Path
 from typing import Any
 
@@ -20,7 +22,6 @@ import snapsink
 
 
 async def main(out: Path, device: str = "cpu") -> dict[str, Any]:
-    # --8<-- [start:recorder]
     gen = torch.Generator().manual_seed(0)
     x0 = torch.randn(512, 3, generator=gen).to(device)
     x = x0 + 0.1 * torch.randn(512, 3, generator=gen).to(device)
@@ -51,7 +52,6 @@ async def main(out: Path, device: str = "cpu") -> dict[str, Any]:
             x.add_(v, alpha=dt)
             forces = -k * (x - x0)
             v.add_(forces, alpha=0.5 * dt)
-    # --8<-- [end:recorder]
 
     th = snapsink.open(store, group="thermo")
     fr = snapsink.open(store, group="frames")
@@ -63,6 +63,7 @@ async def main(out: Path, device: str = "cpu") -> dict[str, Any]:
     }
     print(summary)
     return summary
+# --8<-- [end:program]
 
 
 if __name__ == "__main__":

@@ -15,9 +15,11 @@ from __future__ import annotations
 
 import argparse
 import os
+import re
 import sys
 from collections.abc import Sequence
 
+from . import __version__
 from ._cli import bench, convert, demo, info
 from ._errors import SnapsinkError
 
@@ -30,18 +32,40 @@ def build_parser() -> argparse.ArgumentParser:
         prog="snapsink",
         description="Stream simulation snapshots into storage without stalling the simulation.",
     )
+    parser.add_argument("--version", action="version", version=f"snapsink {__version__}")
     sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
     demo.add_parser(sub)
     info.add_parser(sub)
     convert.add_parser(sub)
     bench.add_parser(sub)
+    # the subcommands take their descriptions from docstrings, written for the API docs
+    for action in sub._choices_actions:
+        action.help = plain(action.help)
+    for command in sub.choices.values():
+        command.description = plain(command.description)
+        for action in command._actions:
+            action.help = plain(action.help)
     return parser
+
+
+_ROLE = re.compile(r":(?:\w+:)?\w+:`~?([^`<]*?)(?:\s*<[^>]*>)?`")
+
+
+def plain(text: str | None) -> str | None:
+    """Help text without reStructuredText markup: ``x`` and :class:`~a.B` read x and B."""
+    if text is None:
+        return None
+    text = _ROLE.sub(lambda m: m.group(1).rsplit(".", 1)[-1], text)
+    return text.replace("``", "").replace("`", "")
 
 
 def main(argv: Sequence[str] | None = None) -> int:
     """Entry point of the ``snapsink`` console script; returns the exit status."""
     parser = build_parser()
-    args = parser.parse_args(argv)
+    args, extra = parser.parse_known_args(argv)
+    if extra:  # argparse leaves these to the top parser: say which subcommand refused them
+        command = next(a for a in parser._actions if isinstance(a, argparse._SubParsersAction))
+        command.choices[args.command].error(f"unrecognized arguments: {' '.join(extra)}")
     try:
         status: int = args.handler(args)
     except BrokenPipeError:
