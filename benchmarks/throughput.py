@@ -391,6 +391,7 @@ def run(
     base = directory or os.getcwd()
     os.makedirs(base, exist_ok=True)
     root = tempfile.mkdtemp(prefix="snapsink-throughput-", dir=base)
+    load_before = _loadavg()
     cases = {}
     try:
         for kib in sizes_kib:
@@ -423,14 +424,25 @@ def run(
         "filesystem": _filesystem(root),
         "repeats": repeats,
         "raw_fsync": "one fsync at the end (and of the directory)",
+        "loadavg_before_after": [load_before, _loadavg()],
         "timing": "sinks: from the open sink to its close (startup_s apart)",
         "cases": cases,
     }
 
 
+def _loadavg() -> list[float] | None:
+    """The 1, 5 and 15 minute load averages (a shared machine's numbers are only
+    as good as its load), or None where there are none."""
+    try:
+        return [round(x, 2) for x in os.getloadavg()]
+    except OSError:
+        return None
+
+
 def print_table(result: dict[str, Any]) -> None:
     print(f"disk throughput on {result['filesystem']}, {result['cpus']} CPUs; "
-          f"{result['repeats']} interleaved runs per variant")
+          f"{result['repeats']} interleaved runs per variant; load average before, after: "
+          + ", ".join(str(x) for x in result.get("loadavg_before_after", [])))
     for label, case in result["cases"].items():
         print()
         z = case["zstd"]
@@ -470,7 +482,8 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     parser.add_argument("--repeats", type=int, default=3)
     parser.add_argument("--stat", choices=("median", "best"), default="best")
     parser.add_argument("--only", nargs="*", default=None, help="variant names to run")
-    parser.add_argument("--json", type=Path, default=DEFAULT_JSON)
+    parser.add_argument("--json", default=str(DEFAULT_JSON),
+                        help="where the result goes ('' for nowhere)")
     args = parser.parse_args(argv)
     result = run(
         args.dir, quick=args.quick, sizes_kib=tuple(args.sizes_kib), total_mib=args.total_mib,
@@ -479,8 +492,9 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     )
     print_table(result)
     if args.json:
-        args.json.parent.mkdir(parents=True, exist_ok=True)
-        args.json.write_text(json.dumps(result, indent=2))
+        out = Path(args.json)
+        out.parent.mkdir(parents=True, exist_ok=True)
+        out.write_text(json.dumps(result, indent=2))
     return result
 
 

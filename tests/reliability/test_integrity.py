@@ -290,3 +290,97 @@ def test_directory_holding_only_a_lock_file_is_empty(tmp_path: Path) -> None:
     with open_sink(tmp_path / "s", "thread", "x") as sink:
         write_range(sink, 0, 2)
     assert_frames(tmp_path / "s", 2)
+
+
+# -- item 3 for ZarrStore: the group's directory is the lock ------------------------------
+def open_zarr_sink(store: Path, writer: str, mode: str = "x", group: str | None = None) -> SyncSink:
+    return SyncSink(
+        snapsink.ZarrStore(store, mode, group=group, chunk_frames=4),
+        schema=SCHEMA,
+        writer=writer,
+    )
+
+
+@pytest.mark.parametrize("writer", WRITERS)
+@pytest.mark.parametrize("mode", ["x", "w", "a"])
+def test_second_zarr_writer_is_refused(tmp_path: Path, writer: str, mode: str) -> None:
+    store = tmp_path / "s.zarr"
+    with open_zarr_sink(store, writer) as first:
+        write_range(first, 0, 5)
+        first.flush()
+        with pytest.raises(StoreLockedError) as info:
+            open_zarr_sink(store, writer, mode)
+        assert str(store) in str(info.value)
+        if writer == "thread":
+            assert info.value.pid == os.getpid()
+        else:
+            assert isinstance(info.value.pid, int) and info.value.pid != os.getpid()
+        assert_frames(store, 5)  # readers take no lock
+        write_range(first, 5, 12)
+    assert_frames(store, 12)  # the refused writer touched nothing ("w" deleted nothing)
+    with open_zarr_sink(store, writer, "a") as again:
+        write_range(again, 12, 15)
+    assert_frames(store, 15)
+
+
+def test_two_zarr_groups_of_one_store_have_a_writer_each(tmp_path: Path) -> None:
+    store = tmp_path / "s.zarr"
+    with open_zarr_sink(store, "process", group="a") as a, open_zarr_sink(
+        store, "process", group="b"
+    ) as b:
+        write_range(a, 0, 3)
+        write_range(b, 0, 4)
+        with pytest.raises(StoreLockedError):
+            open_zarr_sink(store, "thread", "a", group="b")
+    assert len(snapsink.open(store, group="a")) == 3
+    assert len(snapsink.open(store, group="b")) == 4
+
+
+ZARR_HOLDER = textwrap.dedent(
+    """
+    import sys, numpy as np, snapsink
+    schema = {"x": snapsink.Field("float64", (4,)), "r": snapsink.Field("int32", (None, 2))}
+    sink = snapsink.SyncSink(
+        snapsink.ZarrStore(sys.argv[1], chunk_frames=4), schema=schema, writer="thread"
+    )
+    for i in range(5):
+        sink.write({"x": np.full(4, i + 1, np.float64),
+                    "r": np.full((i % 3, 2), i + 1, np.int32)}, step=i, time=float(i))
+    sink.flush()
+    print("ready", flush=True)
+    sys.stdin.read()
+    """
+)
+
+
+def test_a_dead_zarr_writer_never_blocks_the_resume(tmp_path: Path) -> None:
+    store = tmp_path / "s.zarr"
+    with subprocess.Popen(
+        [sys.executable, "-c", ZARR_HOLDER, str(store)],
+        stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True,
+    ) as holder:
+        try:
+            assert holder.stdout is not None
+            assert holder.stdout.readline().strip() == "ready"
+            with pytest.raises(StoreLockedError) as info:
+                open_zarr_sink(store, "process", "a")
+            assert info.value.pid == holder.pid  # named, from /proc/locks
+            holder.send_signal(signal.SIGKILL)
+            holder.wait(30)
+        finally:
+            if holder.poll() is None:
+                holder.kill()
+                holder.wait(30)
+    with open_zarr_sink(store, "process", "a") as sink:
+        write_range(sink, 5, 9)
+    assert_frames(store, 9)
+    # no lock file: zarr's own listing finds nothing it does not know
+    import warnings
+
+    import zarr
+
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        assert sorted(k for k, _ in zarr.open_group(store, mode="r").members()) == [
+            "r", "r.offsets", "steps", "times", "x",
+        ]  # fmt: skip

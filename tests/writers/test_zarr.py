@@ -657,6 +657,7 @@ class _DurabilitySpy:
             return await original_update(group, new)
 
         monkeypatch.setattr(os, "fsync", fsync)
+        monkeypatch.setattr(os, "fdatasync", fsync)  # chunk files written in place
         monkeypatch.setattr(os, "replace", replace)
         monkeypatch.setattr(os, "link", link)
         monkeypatch.setattr(zarr.AsyncGroup, "update_attributes", update)

@@ -31,7 +31,7 @@ from typing import Any
 
 from .._errors import ConfigError, StoreLockedError
 
-__all__ = ["LOCK_NAME", "StoreLock", "acquire_store_lock", "read_lock_holder"]
+__all__ = ["LOCK_NAME", "StoreLock", "acquire_dir_lock", "acquire_store_lock", "read_lock_holder"]
 
 #: The lock file's name inside a store directory (a store format owns it).
 LOCK_NAME = ".snapsink.lock"
@@ -191,3 +191,68 @@ def acquire_store_lock(directory: str, store: str) -> StoreLock:
                     pass
             raise
         return StoreLock(fd, path)
+
+
+def _flock_holder(st: os.stat_result) -> int | None:
+    """The pid holding an flock on the inode of ``st``, from ``/proc/locks``
+    (Linux); None when unknown."""
+    dev = f"{os.major(st.st_dev):02x}:{os.minor(st.st_dev):02x}:{st.st_ino}"
+    try:
+        with open("/proc/locks", encoding="ascii", errors="replace") as fh:
+            for line in fh:
+                parts = line.split()
+                # "1: FLOCK  ADVISORY  WRITE 1234 08:01:5678 0 EOF"
+                if len(parts) >= 6 and parts[1] == "FLOCK" and parts[5] == dev:
+                    return int(parts[4])
+    except (OSError, ValueError):
+        return None
+    return None
+
+
+def acquire_dir_lock(directory: str, store: str) -> StoreLock:
+    """Take the single-writer lock of a store by locking its directory itself.
+
+    For formats whose readers reject unknown files in the store (zarr lists a
+    group's directory and warns about anything that is not a node): no lock
+    file is created. The holder's pid comes from ``/proc/locks`` where there
+    is one. A file system without directory locks (NFS) writes unlocked, with
+    a ``RuntimeWarning``.
+
+    Raises
+    ------
+    StoreLockedError
+        Another writer holds the directory.
+    """
+    if fcntl is None:  # pragma: no cover - not POSIX
+        raise ConfigError("the single-writer lock needs fcntl.flock (POSIX)")
+    # the store's own path may be a symbolic link to its directory: followed
+    fd = os.open(directory, os.O_RDONLY | getattr(os, "O_DIRECTORY", 0) | _CLOEXEC)
+    try:
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            pid = _flock_holder(os.fstat(fd))
+            who = f"another writer, pid {pid}" if pid is not None else "another writer"
+            if pid == os.getpid():
+                who += " (this process)"
+            raise StoreLockedError(
+                f"{store}: {who} is writing this store (it holds a lock on {directory}); "
+                "a store has one writer: wait for it to finish, stop it, or write to "
+                "another store",
+                store=store,
+                pid=pid,
+            ) from None
+        except OSError as exc:
+            if exc.errno not in _NO_LOCKS and exc.errno != errno.EBADF:
+                raise
+            warnings.warn(
+                f"{store}: the file system refuses directory locks ({exc.strerror}): "
+                "writing without the single-writer lock, so a second writer will not "
+                "be refused",
+                RuntimeWarning,
+                stacklevel=3,
+            )
+    except BaseException:
+        os.close(fd)
+        raise
+    return StoreLock(fd, directory)

@@ -17,6 +17,15 @@ zarr's chunk-key encoding names. What changes is who runs it:
   rename that a power cut could undo (issue 11, item 6); a new file is fsynced
   at the next commit, with every directory whose entries changed, before the
   metadata that names its rows is written (commit-last).
+- rows of an uncompressed, unsharded array (zarr's ``bytes`` codec alone, the
+  native byte order, a zero fill value: the chunk file *is* the rows' memory)
+  skip the chunk buffer: they go from the frames straight into their chunk file
+  at their offset (``pwritev``), as NpyDirectory writes rows. A chunk file is
+  created at its final name and first extended to its full size (zarr reads
+  only whole uncompressed chunks; the rest reads as the fill value, zero);
+  rows are only ever written past the committed ones, so a crash can never
+  tear a committed row (readers trust only the committed count), and every
+  file written since the last commit is fdatasync'ed before the metadata.
 
 :class:`DurableLocalStore` gives zarr's own writes (group and array
 ``zarr.json``, static arrays) the same rule: fsync, then rename.
@@ -26,11 +35,14 @@ from __future__ import annotations
 
 import asyncio
 import concurrent.futures
+import math
 import os
 import re
 import sys
+import threading
 import uuid
 from collections import deque
+from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -47,13 +59,24 @@ __all__ = [
     "first_error",
     "is_leftover",
     "leftovers_only",
+    "pwrite_all",
+    "whole_pages",
     "worker_count",
+    "writes_in_place",
 ]
 
 #: Temporary files: ours (``<name>.<uuid hex>.partial``) and zarr LocalStore's
 #: (``<stem>.<uuid hex>.partial``, e.g. ``zarr.<hex>.partial``) look alike.
 _CAN_ADVISE = hasattr(os, "posix_fadvise") and sys.platform == "linux"
 _LEFTOVER = re.compile(r"\.[0-9a-f]{32}\.partial$")
+#: Linux IOV_MAX; a pwritev call takes at most this many buffers.
+_IOV_MAX = 1024
+_PAGE = os.sysconf("SC_PAGE_SIZE") if hasattr(os, "sysconf") else 4096
+
+
+def _datasync(fd: int) -> None:
+    """fdatasync where there is one (a file's data and size, not its times)."""
+    getattr(os, "fdatasync", os.fsync)(fd)
 
 
 def is_leftover(name: str) -> bool:
@@ -92,6 +115,44 @@ def _write_all(fd: int, data: memoryview) -> None:
         data = data[os.write(fd, data) :]
 
 
+def pwrite_all(fd: int, buffers: Sequence[memoryview], offset: int) -> int:
+    """Write every byte of ``buffers`` at ``offset`` (``pwritev``, short writes
+    resumed); return the bytes written."""
+    pending = [b for b in buffers if b.nbytes]
+    total = 0
+    while pending:
+        chunk = pending[:_IOV_MAX]
+        written = os.pwritev(fd, chunk, offset)
+        offset += written
+        total += written
+        rest = []
+        for k, b in enumerate(chunk):
+            if written >= b.nbytes:
+                written -= b.nbytes
+                continue
+            rest = [b[written:], *chunk[k + 1 :]]
+            break
+        pending = rest + pending[_IOV_MAX:]
+    return total
+
+
+def whole_pages(offset: int, length: int, page: int = _PAGE) -> tuple[int, int]:
+    """The whole pages inside ``[offset, offset + length)``: ``(start, length)``."""
+    start = -(-offset // page) * page
+    stop = (offset + length) // page * page
+    return start, max(0, stop - start)
+
+
+def _start_writeback(fd: int, offset: int, length: int) -> None:
+    """Start writing a dirty range back now, without waiting (Linux does at
+    DONTNEED): the commit's fsync then has little left to do."""
+    if _CAN_ADVISE:
+        try:
+            os.posix_fadvise(fd, offset, length, os.POSIX_FADV_DONTNEED)
+        except OSError:  # advice only: the commit's fsync still syncs
+            pass
+
+
 def write_file(path: Path, data: memoryview, *, sync: bool | None = None) -> bool:
     """Write ``data`` to ``path`` through a temporary file renamed into place.
 
@@ -108,13 +169,8 @@ def write_file(path: Path, data: memoryview, *, sync: bool | None = None) -> boo
             _write_all(fd, data)
             if sync:
                 os.fsync(fd)
-            elif _CAN_ADVISE:
-                # Start the writeback now, without waiting (Linux does at DONTNEED):
-                # the commit's fsync then has little left to do.
-                try:
-                    os.posix_fadvise(fd, 0, 0, os.POSIX_FADV_DONTNEED)
-                except OSError:  # advice only: the commit's fsync still syncs
-                    pass
+            else:
+                _start_writeback(fd, 0, 0)
         finally:
             os.close(fd)
         os.replace(tmp, path)
@@ -170,6 +226,29 @@ def encode_block(pipeline: Any, spec: Any, block: np.ndarray[Any, Any]) -> memor
     return data.data.cast("B")
 
 
+def writes_in_place(pipeline: Any, spec: Any, dtype: np.dtype[Any]) -> bool:
+    """Whether a chunk file of this array is exactly its rows' memory, so rows can
+    be written in place: zarr's ``bytes`` codec alone (no sharding, no
+    compression, no checksum), in this machine's byte order, a fill value whose
+    bytes are zero (what extending a file reads as) and no empty dimension."""
+    codecs = _sync_codecs(pipeline)
+    if codecs is None or len(codecs) != 1 or type(codecs[0]).__name__ != "BytesCodec":
+        return False
+    dtype = np.dtype(dtype)
+    if dtype.kind not in "biufc" or not math.prod(spec.shape):
+        return False
+    if dtype.itemsize > 1:
+        endian = getattr(codecs[0], "endian", None)
+        endian = getattr(endian, "value", endian)
+        if not dtype.isnative or endian not in (None, sys.byteorder):
+            return False
+    try:
+        fill = np.full((), spec.fill_value, dtype)
+    except (TypeError, ValueError):
+        return False
+    return not any(fill.tobytes())
+
+
 @dataclass(frozen=True, slots=True)
 class BlockTarget:
     """What a worker needs to encode and place blocks of one array.
@@ -192,6 +271,11 @@ class BlockTarget:
     @property
     def shape(self) -> tuple[int, ...]:
         return tuple(self.spec.shape)
+
+    @property
+    def row_nbytes(self) -> int:
+        """Bytes of one row (along axis 0) of an uncompressed chunk."""
+        return math.prod(self.shape[1:]) * int(self.spec.dtype.to_native_dtype().itemsize)
 
     def path(self, index: int) -> Path:
         inner = (0,) * (len(self.shape) - 1)
@@ -237,6 +321,12 @@ class BlockWriter:
         self._unsynced: set[Path] = set()
         self._dirs: set[Path] = set()
         self._known_dirs: set[Path] = set()
+        #: chunk files written in place: open descriptors, those written since the
+        #: last sync, and those whose last row is written (closed at the next sync)
+        self._fds: dict[Path, int] = {}
+        self._dirty: set[Path] = set()
+        self._full: set[Path] = set()
+        self._fd_lock = threading.Lock()
 
     # -- jobs (worker threads) ----------------------------------------------------------
     def _ensure_dir(self, d: Path) -> None:
@@ -267,6 +357,45 @@ class BlockWriter:
             self._unsynced.add(path)
         self._dirs.add(path.parent)
 
+    def _chunk_fd(self, target: BlockTarget, path: Path) -> int:
+        """The open chunk file ``path``, created (at its final name) and extended to
+        the whole chunk's size if it is missing or short."""
+        with self._fd_lock:
+            fd = self._fds.get(path)
+            if fd is not None:
+                return fd
+            self._ensure_dir(path.parent)
+            try:
+                fd = os.open(path, os.O_WRONLY | os.O_CLOEXEC)
+            except FileNotFoundError:
+                fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_CLOEXEC, 0o644)
+                self._dirs.add(path.parent)  # a new entry
+            try:
+                size = target.row_nbytes * target.shape[0]
+                if os.fstat(fd).st_size < size:
+                    os.ftruncate(fd, size)
+            except BaseException:
+                os.close(fd)
+                raise
+            self._fds[path] = fd
+            return fd
+
+    def _rows_job(
+        self, target: BlockTarget, index: int, row: int, buffers: list[memoryview], full: bool
+    ) -> None:
+        path = target.path(index)
+        fd = self._chunk_fd(target, path)
+        offset = row * target.row_nbytes
+        n = pwrite_all(fd, buffers, offset)
+        # Whole pages only: DONTNEED may drop a page once it is written back, and
+        # the next rows written into a partly written page would read it back first.
+        start, length = whole_pages(offset, n)
+        if length:
+            _start_writeback(fd, start, length)
+        self._dirty.add(path)
+        if full:
+            self._full.add(path)
+
     # -- the store's side (event loop) ---------------------------------------------------
     def _collect(self) -> None:
         while self._inflight and self._inflight[0].done():
@@ -286,6 +415,24 @@ class BlockWriter:
 
         ``rows`` must stay untouched until the returned future is done.
         """
+        return await self._start(self._job, target, index, rows, whole)
+
+    async def submit_rows(
+        self,
+        target: BlockTarget,
+        index: int,
+        row: int,
+        rows: Sequence[np.ndarray[Any, Any]],
+        *,
+        full: bool,
+    ) -> asyncio.Future[None]:
+        """Start writing ``rows`` (each one row, or a stack of rows) in place into
+        chunk ``index`` of ``target`` from row ``row`` of the chunk; ``full``: they
+        end the chunk. ``rows`` must stay untouched until the future is done."""
+        buffers = [np.ascontiguousarray(r).reshape(-1).view(np.uint8).data for r in rows]
+        return await self._start(self._rows_job, target, index, row, buffers, full)
+
+    async def _start(self, fn: Any, *args: Any) -> asyncio.Future[None]:
         self._collect()
         self._raise_errors()
         while len(self._inflight) >= self.max_inflight:
@@ -296,7 +443,7 @@ class BlockWriter:
             self._pool = concurrent.futures.ThreadPoolExecutor(
                 self.workers, thread_name_prefix="snapsink-zarr"
             )
-        fut = self._pool.submit(self._job, target, index, rows, whole)
+        fut = self._pool.submit(fn, *args)
         self._inflight.append(fut)
         return asyncio.wrap_future(fut)
 
@@ -311,6 +458,13 @@ class BlockWriter:
     def sync(self) -> None:
         """fsync the files written without one and the directories changed. Blocking:
         run it in a worker thread, after :meth:`drain`."""
+        with self._fd_lock:
+            for path in sorted(self._dirty):
+                _datasync(self._fds[path])
+                self._dirty.discard(path)
+            for path in self._full:
+                os.close(self._fds.pop(path))
+            self._full.clear()
         files, self._unsynced = sorted(self._unsynced), set()
         dirs, self._dirs = self._dirs, set()
         for path in files:
@@ -326,15 +480,18 @@ class BlockWriter:
             except FileNotFoundError:
                 continue
 
-    def forget_dirs(self) -> None:
-        """Directories may have been removed (a resize shrank an array): look again."""
-        self._known_dirs.clear()
-
     def shutdown(self) -> None:
-        """Stop the pool (its jobs are done or abandoned after :meth:`drain`)."""
+        """Stop the pool (its jobs are done or abandoned after :meth:`drain`) and
+        close the chunk files still open (synced or not: the last commit stands)."""
         if self._pool is not None:
             self._pool.shutdown(wait=False)
             self._pool = None
+        with self._fd_lock:
+            fds, self._fds = self._fds, {}
+            self._dirty.clear()
+            self._full.clear()
+        for fd in fds.values():
+            os.close(fd)
 
 
 # -- zarr's own writes -------------------------------------------------------------------

@@ -24,6 +24,7 @@ __all__ = [
     "META_KEY",
     "ArrayPlan",
     "Block",
+    "DirectRows",
     "DroppedRanges",
     "Meta",
     "RowBuffer",
@@ -365,6 +366,34 @@ class RowBuffer:
     def last(self) -> np.ndarray[Any, Any] | None:
         """The last buffered row, if any."""
         return self._buf[self.count - 1] if self.count else None
+
+
+class DirectRows:
+    """The row count of an array whose rows are written in place, straight from
+    the frames into their chunk files (nothing is buffered).
+
+    :meth:`runs` splits the next rows at chunk boundaries: ``(chunk index, first
+    row in that chunk, first, stop)`` with ``[first, stop)`` indexing the rows
+    pushed, and whether the run ends its chunk.
+    """
+
+    __slots__ = ("chunk", "length")
+
+    def __init__(self, chunk: int, length: int = 0):
+        self.chunk = chunk
+        self.length = length
+
+    def runs(self, n: int) -> list[tuple[int, int, int, int, bool]]:
+        out = []
+        i, at, chunk = 0, self.length, self.chunk
+        while i < n:
+            index, row = divmod(at, chunk)
+            take = min(chunk - row, n - i)
+            out.append((index, row, i, i + take, row + take == chunk))
+            i += take
+            at += take
+        self.length = at
+        return out
 
 
 # -- dropped steps -------------------------------------------------------------

@@ -9,8 +9,10 @@ are coroutines awaited on the sink's event loop. zarr-python is the format
 authority (metadata, codecs, chunk keys), and is asyncio-only, so the sink must
 run on the asyncio backend. On a local directory, whole blocks of every array
 are encoded with each array's own zarr codec pipeline and written durably by a
-thread pool (:mod:`._zarrio`); on other zarr stores (memory, remote) blocks go
-through zarr's async array API, many at a time. Either way the loop never blocks.
+thread pool (:mod:`._zarrio`), and the rows of an uncompressed array go
+straight from the frames into their chunk files (:mod:`._zarrcolumns`); on
+other zarr stores (memory, remote) blocks go through zarr's async array API,
+many at a time. Either way the loop never blocks.
 
 The reader side (:class:`ZarrSource`, :func:`open_zarr`, :func:`list_groups`,
 :func:`is_zarr_store`) runs in user code and uses zarr's sync API.
@@ -22,8 +24,8 @@ import asyncio
 import errno
 import math
 import os
-import shutil
 import time
+import weakref
 from collections.abc import Awaitable, Mapping, Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -34,7 +36,6 @@ import numpy as np
 import zarr
 import zarr.api.asynchronous as za
 from zarr.abc.store import Store as ZarrStoreLike
-from zarr.core.buffer import default_buffer_prototype
 from zarr.core.dtype import get_data_type_from_native_dtype
 from zarr.errors import (
     ContainsArrayError,
@@ -48,13 +49,13 @@ from .._errors import ConfigError, DTypeError, FormatError, SchemaError, StoreEx
 from .._schema import Batch, Schema
 from .._store import Resume, StoreSpec
 from ._common import check_attrs, check_mode, check_static
+from ._lock import StoreLock, acquire_dir_lock
+from ._zarrclaim import NODE_KEYS, claim_local_dir, remove_tree_contents
+from ._zarrcolumns import Column, Run, blocks_of, in_place
 from ._zarrio import (
-    BlockTarget,
     BlockWriter,
     DurableLocalStore,
     first_error,
-    is_leftover,
-    leftovers_only,
 )
 from ._zarrread import ZarrSource, as_zarr_store, is_zarr_store, list_groups, open_zarr
 
@@ -72,7 +73,6 @@ from ._zarrplan import (
     check_group,
     check_rows,
     grow_capacity,
-    offsets_name,
     parse_meta,
     plan_arrays,
 )
@@ -82,11 +82,8 @@ __all__ = ["ZarrSource", "ZarrStore", "is_zarr_store", "list_groups", "open_zarr
 #: Every chunk is written, even one equal to the fill value: a snapsink chunk is
 #: data, and skipping it would turn a rewrite of a chunk into a deletion.
 _ARRAY_CONFIG: ArrayConfigParams = {"write_empty_chunks": True}
-_NODE_KEYS = ("zarr.json", ".zgroup", ".zarray")
 #: Blocks (chunks or shards) written at once through zarr's API (non-local stores).
 _MAX_CONCURRENT_BLOCKS = 16
-
-
 def _key(path: str, name: str) -> str:
     return f"{path}/{name}" if path else name
 
@@ -136,34 +133,6 @@ async def _gather(aws: Sequence[Awaitable[None]]) -> None:
         raise first_error(errors)
 
 
-class _Column:
-    """One growing array: its plan, zarr handle, capacity, trailing block, and
-    (on a local directory) what the block writer needs to place its blocks."""
-
-    __slots__ = ("array", "buf", "capacity", "encodes", "plan", "target")
-
-    def __init__(self, plan: ArrayPlan, array: Any, buf: RowBuffer, root: Path | None):
-        self.plan = plan
-        self.array = array
-        self.buf = buf
-        self.capacity = int(array.shape[0])
-        self.target: BlockTarget | None = None
-        #: the codecs do real work (compression, sharding), not only a byte view
-        pipeline = array.codec_pipeline
-        self.encodes = bool(
-            getattr(pipeline, "bytes_bytes_codecs", True)
-            or type(getattr(pipeline, "array_bytes_codec", None)).__name__ != "BytesCodec"
-        )
-        if root is not None:
-            meta = array.metadata
-            ndim = len(meta.shape)
-            spec = meta.get_chunk_spec((0,) * ndim, array.config, default_buffer_prototype())
-            path = array.store_path.path
-            self.target = BlockTarget(
-                root / path if path else root, array.codec_pipeline, spec, meta.encode_chunk_key
-            )
-
-
 class ZarrStore:
     """A store writing frames into a Zarr v3 group, one array per field.
 
@@ -176,7 +145,9 @@ class ZarrStore:
     On a local directory, blocks of every array are encoded by the array's own
     zarr codec pipeline and written by a thread pool sized to the cores, each to
     a temporary file renamed into place (fsynced first when it replaces a
-    chunk). On other zarr stores, blocks go through zarr's array API, many at once.
+    chunk); an uncompressed, unsharded array instead takes each frame's rows at
+    their offset in its chunk file (made durable at the commit, before the
+    metadata). On other zarr stores, blocks go through zarr's array API, many at once.
 
     Parameters
     ----------
@@ -260,13 +231,14 @@ class ZarrStore:
         self._commit_seconds = _check_commit_seconds(commit_seconds)
         self._group: Any = None
         self._meta = Meta()
-        self._columns: dict[str, _Column] = {}
+        self._columns: dict[str, Column] = {}
         self._frames = 0  # appended (committed or not)
         self._writer = BlockWriter(self._root) if self._root is not None else None
         #: buffers handed over by RowBuffers, given back once their write is done
         self._lent: list[tuple[asyncio.Future[None], RowBuffer, np.ndarray[Any, Any]]] = []
         self._last_commit = time.monotonic()
         self._state = "new"  # new -> open -> closed; "failed" after a failed write
+        self._lock: StoreLock | None = None  # the single-writer lock, from open to close
 
     def describe(self) -> StoreSpec | None:
         """How a writer process builds this store again, or None when it cannot.
@@ -335,6 +307,13 @@ class ZarrStore:
             raise RuntimeError(f"{self!r}: open() called twice")
         if self._root is not None:
             await anyio.to_thread.run_sync(self._claim_local_dir)
+        try:
+            return await self._open_claimed()
+        except BaseException:
+            self._release_lock()
+            raise
+
+    async def _open_claimed(self) -> Resume | None:
         exists = await self._node_exists()
         if exists and self._mode == "x":
             raise StoreExistsError(
@@ -407,7 +386,10 @@ class ZarrStore:
             if schema is None:
                 raise RuntimeError(f"{self!r}: prepare() must come before append()")
             try:
-                await self._write_blocks(self._blocks_of(schema, frames))
+                writes = blocks_of(
+                    self._columns, schema, frames, times=bool(self._meta.times), who=repr(self)
+                )
+                await self._write_blocks(*writes)
             except BaseException:
                 # Columns may now disagree; keep the last commit as the truth.
                 self._state = "failed"
@@ -427,7 +409,7 @@ class ZarrStore:
         try:
             if self._writer is not None:
                 await self._writer.drain()
-            parts: list[tuple[_Column, int, np.ndarray[Any, Any]]] = []
+            parts: list[tuple[Column, int, np.ndarray[Any, Any]]] = []
             for col in self._columns.values():
                 part = col.buf.partial()
                 if part is not None:
@@ -452,11 +434,12 @@ class ZarrStore:
         if self._state != "open":
             self._state = "closed"
             await self._stop_writer()
+            self._release_lock()
             return
         try:
             await self.commit()
             for col in self._columns.values():
-                length = col.buf.length
+                length = col.length
                 if col.capacity != length:
                     await col.array.resize((length, *col.plan.row_shape))
                     col.capacity = length
@@ -465,6 +448,7 @@ class ZarrStore:
         finally:
             self._state = "closed"
             await self._stop_writer()
+            self._release_lock()
 
     # -- internals ------------------------------------------------------------
     def _check_usable(self) -> None:
@@ -509,71 +493,46 @@ class ZarrStore:
         await self._group.update_attributes(self._attributes())
 
     async def _node_exists(self) -> bool:
-        for name in _NODE_KEYS:
+        for name in NODE_KEYS:
             if await self._store.exists(_key(self._path, name)):
                 return True
         return False
 
-    # -- claiming a local directory (worker thread) ---------------------------
     def _claim_local_dir(self) -> None:
-        """Look at the group's directory before zarr does, and say what is there.
+        """Take the group's single-writer lock, then say what its directory holds
+        before zarr looks (worker thread).
 
-        - the leftovers (``*.<hex>.partial``) of a first commit that was
-          interrupted, and nothing else: ``"w"``/``"a"`` remove them and start
-          afresh, ``"x"`` names them;
-        - files or directories that are not zarr's (no ``zarr.json`` in them):
-          refused in every mode (``"w"`` never deletes them);
+        The lock is the directory itself (``flock``), not a file in it: zarr's
+        readers warn about any file of the group that is not a node.
         """
         assert self._root is not None
         gdir = self._root / self._path if self._path else self._root
         if os.path.lexists(gdir) and not gdir.is_dir():
-            raise StoreExistsError(f"{self!r}: {str(gdir)!r} exists and is not a directory")
-        if not gdir.is_dir():
-            return
-        entries = sorted(os.listdir(gdir))
-        has_node = any(name in entries for name in _NODE_KEYS)
-        leftovers = leftovers_only(gdir) if entries and not has_node else None
-        if leftovers is not None:
-            if self._mode == "x":
-                shown = _names(leftovers)
-                raise StoreExistsError(
-                    f"{self!r}: {str(gdir)!r} holds only the leftovers of a first commit that "
-                    f"was interrupted ({shown}; temporary files, no zarr node and no frames "
-                    "committed); pass mode='w' or mode='a' to remove them and start afresh"
-                )
-            _remove_tree_contents(gdir)
-            return
-        foreign = [
-            e for e in entries
-            if e not in _NODE_KEYS and not is_leftover(e) and not _is_zarr_dir(gdir / e)
-        ]  # fmt: skip
-        if not foreign:
-            return
-        shown = _names(foreign)
-        if not has_node:
-            msg = (
-                f"{self!r}: {str(gdir)!r} is not empty and holds no zarr group (it holds "
-                f"{shown}); refusing to write into it: give an empty or new directory"
-            )
-            if self._mode == "a":
-                raise FormatError(msg)
-            raise StoreExistsError(msg)
-        if self._mode == "w":
-            raise StoreExistsError(
-                f"{self!r}: mode='w': {str(gdir)!r} holds files that are not part of the zarr "
-                f"store ({shown}); refusing to delete them: move them away or choose "
-                "another directory or group"
-            )
+            claim_local_dir(gdir, self._mode, repr(self))  # says what is there
+        gdir.mkdir(parents=True, exist_ok=True)
+        lock = acquire_dir_lock(str(gdir), repr(self))
+        try:
+            claim_local_dir(gdir, self._mode, repr(self))
+        except BaseException:
+            lock.release()
+            raise
+        self._lock = lock
+        self._lock_finalizer = weakref.finalize(self, lock.release)
+
+    def _release_lock(self) -> None:
+        if self._lock is not None:
+            self._lock.release()
+            self._lock = None
 
     async def _delete_group(self) -> None:
         if self._root is not None:
             # Only zarr's own entries (_claim_local_dir refused anything else), in a
             # thread: LocalStore.delete_dir would run rmtree on the event loop.
             target = self._root / self._path if self._path else self._root
-            await anyio.to_thread.run_sync(_remove_tree_contents, target)
+            await anyio.to_thread.run_sync(remove_tree_contents, target)
         else:
             await self._store.delete_dir(self._path)
-            for name in _NODE_KEYS:
+            for name in NODE_KEYS:
                 await self._store.delete(_key(self._path, name))
 
     async def _open_existing(self) -> Resume | None:
@@ -656,10 +615,16 @@ class ZarrStore:
                     f"{self!r}: array {plan.name!r} holds {arr.shape[0]} rows, fewer than "
                     f"the {length} committed"
                 )
-            start = length - length % actual.block
-            tail = np.asarray(await arr.getitem(slice(start, length))) if length > start else None
-            buf = RowBuffer(plan.dtype, plan.row_shape, actual.block, length, tail)
-            self._columns[plan.name] = _Column(actual, arr, buf, self._root)
+            empty = RowBuffer(plan.dtype, plan.row_shape, actual.block)
+            col = Column(actual, arr, empty, self._root, in_place=in_place(schema, plan.name),
+                          length=length)
+            if col.direct is None:
+                start = length - length % actual.block
+                tail = None
+                if length > start:
+                    tail = np.asarray(await arr.getitem(slice(start, length)))
+                col.buf = RowBuffer(plan.dtype, plan.row_shape, actual.block, length, tail)
+            self._columns[plan.name] = col
 
     async def _create_arrays(self, schema: Schema, times: bool) -> None:
         self._columns = {}
@@ -678,7 +643,8 @@ class ZarrStore:
                 overwrite=True,
                 config=_ARRAY_CONFIG,
             )
-            col = _Column(plan, arr, RowBuffer(plan.dtype, plan.row_shape, plan.block), self._root)
+            buf = RowBuffer(plan.dtype, plan.row_shape, plan.block)
+            col = Column(plan, arr, buf, self._root, in_place=in_place(schema, plan.name))
             self._columns[plan.name] = col
             if plan.name.endswith(".offsets"):  # offsets start at 0
                 await self._write_blocks([(col, b) for b in col.buf.push(np.zeros(1, np.int64))])
@@ -703,66 +669,39 @@ class ZarrStore:
             await arr.setitem(..., value)  # through DurableLocalStore when local
 
     # -- blocks ---------------------------------------------------------------
-    def _blocks_of(self, schema: Schema, frames: list[Any]) -> list[tuple[_Column, Block]]:
-        """Push the frames' rows into every column's buffer; the full blocks to write."""
-        cols = self._columns
-        n = len(frames)
-        out: list[tuple[_Column, Block]] = []
-
-        def push(col: _Column, rows: np.ndarray[Any, Any], owned: bool) -> None:
-            out.extend((col, b) for b in col.buf.push(rows, owned=owned))
-
-        push(cols["steps"], np.fromiter((f.step for f in frames), np.int64, n), True)
-        if self._meta.times:
-            if any(f.time is None for f in frames):
-                raise SchemaError(f"{self!r}: expected a time on every frame")
-            push(cols["times"], np.fromiter((f.time for f in frames), np.float64, n), True)
-        for name, fld in schema.items():
-            arrays = [f.fields[name] for f in frames]
-            if fld.ragged:
-                data = cols[name]
-                counts = np.fromiter((len(a) for a in arrays), np.int64, n)
-                push(cols[offsets_name(name)], data.buf.length + np.cumsum(counts), True)
-                if n == 1:
-                    push(data, np.asarray(arrays[0]), False)
-                else:
-                    push(data, np.concatenate(arrays), True)
-            elif cols[name].plan.block == 1 and cols[name].encodes:
-                # One frame a block, compressed: a copy (cheap beside the codec) lets
-                # the blocks of many frames be encoded at once, on every core.
-                for a in arrays:
-                    push(cols[name], np.array(a)[np.newaxis], True)
-            elif n == 1 or cols[name].plan.block == 1:
-                # One frame a block (large frames): each block is written straight
-                # from the frame, never copied first (the write is waited for).
-                for a in arrays:
-                    push(cols[name], np.asarray(a)[np.newaxis], False)
-            else:
-                out.extend((cols[name], b) for b in cols[name].buf.push_frames(arrays))
-        return out
-
-    async def _grow(self, col: _Column, stop: int) -> None:
+    async def _grow(self, col: Column, stop: int) -> None:
         if stop > col.capacity:
             new = grow_capacity(col.capacity, stop, col.plan.block)
             await col.array.resize((new, *col.plan.row_shape))
             col.capacity = new
 
-    async def _write_blocks(self, blocks: list[tuple[_Column, Block]]) -> None:
-        """Write full, block-aligned runs of rows: all at once, whatever their array.
+    async def _write_blocks(
+        self, blocks: list[tuple[Column, Block]], runs: Sequence[Run] = ()
+    ) -> None:
+        """Write full, block-aligned runs of rows, and rows in place: all at once,
+        whatever their array.
 
-        Local: each block goes to the block writer; rows that are views of the
-        caller's frames are waited for before returning (the sink reuses their
-        memory), owned rows may still be written while the next batch arrives.
+        Local: each block, and each run of rows, goes to the block writer; rows
+        that are views of the caller's frames are waited for before returning
+        (the sink reuses their memory), owned rows may still be written while the
+        next batch arrives.
         """
         self._give_back_buffers()
-        if not blocks:
+        if not blocks and not runs:
             return
         for col, (start, rows, _) in blocks:
             await self._grow(col, start + len(rows))
+        for run in runs:
+            await self._grow(run[0], run[0].length)
         if self._writer is None:
             await self._write_blocks_generic(blocks)
             return
         borrowed: list[asyncio.Future[None]] = []
+        for col, index, row, arrays, full, owned in runs:
+            assert col.target is not None
+            fut = await self._writer.submit_rows(col.target, index, row, arrays, full=full)
+            if not owned:
+                borrowed.append(fut)
         for col, (start, rows, owned) in blocks:
             assert col.target is not None
             size = col.plan.block
@@ -784,7 +723,7 @@ class ZarrStore:
                 buf.recycle(rows)
         self._lent = still
 
-    async def _write_blocks_generic(self, blocks: list[tuple[_Column, Block]]) -> None:
+    async def _write_blocks_generic(self, blocks: list[tuple[Column, Block]]) -> None:
         """Through zarr's async array API (non-local stores), many blocks at a time."""
         limit = anyio.Semaphore(_MAX_CONCURRENT_BLOCKS)
 
@@ -808,7 +747,7 @@ class ZarrStore:
             )
         await _gather(aws)
 
-    async def _write_partials(self, parts: list[tuple[_Column, int, np.ndarray[Any, Any]]]) -> None:
+    async def _write_partials(self, parts: list[tuple[Column, int, np.ndarray[Any, Any]]]) -> None:
         """Write each column's partly filled last block (padded with the fill value)."""
         for col, start, rows in parts:
             await self._grow(col, start + len(rows))
@@ -840,23 +779,3 @@ def _check_commit_seconds(value: object) -> float | None:
             f"commit_seconds: expected a positive finite number or None, got {seconds}"
         )
     return seconds
-
-
-def _names(names: list[str]) -> str:
-    return ", ".join(map(repr, names[:5])) + (", ..." if len(names) > 5 else "")
-
-
-def _is_zarr_dir(path: Path) -> bool:
-    """A directory that is a zarr node (array or group): it has a ``zarr.json``."""
-    return path.is_dir() and not path.is_symlink() and (path / "zarr.json").is_file()
-
-
-def _remove_tree_contents(target: Path) -> None:
-    """Delete what is inside ``target`` (zarr's entries only, checked by the caller)."""
-    if not target.is_dir():
-        return
-    for child in target.iterdir():
-        if child.is_dir() and not child.is_symlink():
-            shutil.rmtree(child)
-        else:
-            child.unlink()
