@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import inspect
+import subprocess
+import sys
 
 import snapsink
 
@@ -10,9 +12,33 @@ import snapsink
 def test_all_names_exist_and_public_names_are_in_all() -> None:
     for name in snapsink.__all__:
         assert hasattr(snapsink, name), name
-    public = {n for n in dir(snapsink) if not n.startswith("_")}
-    modules = {n for n in public if inspect.ismodule(getattr(snapsink, n))}
-    assert public - modules - {"annotations"} <= set(snapsink.__all__)
+    # nothing else after ``import snapsink``: no submodule, no ``annotations``
+    # (in a fresh interpreter: importing ``snapsink.writers.npy`` binds ``writers``)
+    code = (
+        "import snapsink\n"
+        "public = {n for n in dir(snapsink) if not n.startswith('_')}\n"
+        "print(sorted(public ^ (set(snapsink.__all__) - {'__version__'})))\n"
+    )
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=60)
+    assert out.stdout.strip() == "[]", out.stdout + out.stderr
+
+
+def test_public_names_are_the_packages_own() -> None:
+    for name in snapsink.__all__:
+        obj = getattr(snapsink, name)
+        if inspect.isclass(obj) or inspect.isfunction(obj):
+            assert obj.__module__ == "snapsink", name
+    assert repr(snapsink.Sink) == "<class 'snapsink.Sink'>"
+
+
+def test_import_does_not_load_zarr_until_zarrstore_is_used() -> None:
+    code = (
+        "import sys, snapsink\n"
+        "assert 'zarr' not in sys.modules, 'zarr loaded by import snapsink'\n"
+        "z = snapsink.ZarrStore\n"
+        "assert 'zarr' in sys.modules and z.__module__ == 'snapsink'\n"
+    )
+    subprocess.run([sys.executable, "-c", code], check=True, timeout=60)
 
 
 def test_public_classes_and_functions_have_docstrings() -> None:

@@ -5,7 +5,7 @@
 ...     await sink.write({"positions": x, "energy": e}, step=i, time=t)
 """
 
-from __future__ import annotations
+from typing import TYPE_CHECKING
 
 from ._channel import SinkStatistics as SinkStatistics
 from ._errors import ClosedSinkError as ClosedSinkError
@@ -45,7 +45,9 @@ from .schedule import when as when
 from .writers.gpu import GPUBuffer as GPUBuffer
 from .writers.memory import HostMemory as HostMemory
 from .writers.npy import NpyDirectory as NpyDirectory
-from .writers.zarr import ZarrStore as ZarrStore
+
+if TYPE_CHECKING:  # loaded on first use: see __getattr__
+    from .writers.zarr import ZarrStore as ZarrStore
 
 __version__ = "0.1.0"
 
@@ -91,3 +93,29 @@ __all__ = [
     "open",
     "when",
 ]
+
+# The public names are the package's own: reprs, tracebacks, pickles and the
+# docs show snapsink.Sink, not snapsink._sink.Sink.
+for _name in __all__:
+    _obj = globals().get(_name)
+    if isinstance(_obj, type) or callable(_obj):
+        _obj.__module__ = __name__
+del _name, _obj
+# Submodules bound as attributes by the imports above are not part of the API
+# (``import snapsink.writers.zarr`` still works).
+del schedule, writers, TYPE_CHECKING  # type: ignore[name-defined]  # noqa: F821
+
+
+def __getattr__(name: str) -> object:
+    # ZarrStore loads zarr (about half of snapsink's import time): only on use.
+    if name == "ZarrStore":
+        from .writers.zarr import ZarrStore
+
+        ZarrStore.__module__ = __name__
+        globals()["ZarrStore"] = ZarrStore
+        return ZarrStore
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+
+
+def __dir__() -> list[str]:
+    return sorted(set(globals()) | {"ZarrStore"})

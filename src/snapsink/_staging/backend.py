@@ -24,6 +24,7 @@ from typing import Any
 
 import numpy as np
 
+from .._arrays import is_device_array
 from .._errors import ConfigError, DeviceError
 
 __all__ = ["INSTALL_HINT", "CupyBackend", "DeviceBackend", "import_cupy"]
@@ -203,8 +204,6 @@ class CupyBackend(DeviceBackend):
 
     # -- arrays -----------------------------------------------------------
     def owns(self, value: object) -> bool:
-        from .._schema import is_device_array
-
         return is_device_array(value) and not getattr(
             type(value), "__snapsink_emulated_device__", False
         )

@@ -32,16 +32,18 @@ from __future__ import annotations
 import collections
 import weakref
 from collections.abc import Sequence
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import anyio
 import anyio.lowlevel
 import numpy as np
 
 from .._errors import ConfigError, DeviceError
-from .._schema import Field
 from .backend import CupyBackend, DeviceBackend
 from .host import Slot
+
+if TYPE_CHECKING:
+    from .._schema import Field
 
 __all__ = [
     "STRATEGIES",

@@ -9,11 +9,12 @@ seen). A slot returns to the pool once the store has appended its frame.
 from __future__ import annotations
 
 import math
-from typing import Any, Protocol
+from typing import TYPE_CHECKING, Any, Protocol
 
 import numpy as np
 
-from .._schema import Field
+if TYPE_CHECKING:
+    from .._schema import Field
 
 __all__ = ["Completion", "Slot", "SlotPool"]
 
