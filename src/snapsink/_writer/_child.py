@@ -339,15 +339,17 @@ def main(argv: list[str]) -> int:
         if not failed:
             w.send(("error", encode_error(exc)))
         failed = True
-    if not failed:
-        w.send(("closed", w.done))
     # Every spilled frame the writer stored is removed; the directory too when
-    # the sink's process is gone and left nothing else in it.
+    # the sink's process is gone and left nothing else in it. Before "closed":
+    # the sink returns from its close on that message, and removes the
+    # directory if nothing is left in it.
     if w.spill_reader is not None:
         with contextlib.suppress(OSError):
             w.spill_reader.close(remove_dir=w.parent_gone and not failed)
     elif w.parent_gone and w.spill_dir is not None and not failed:
         remove_if_empty(w.spill_dir)
+    if not failed:
+        w.send(("closed", w.done))
     return 1 if failed else 0
 
 

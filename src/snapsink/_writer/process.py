@@ -203,7 +203,7 @@ class ProcessWriter:
             tick = 0.002 if ch.device is not None else 0.05
             ready, _, _ = select.select([wire.sock], [], [], tick)
             if not ready:
-                if ch.queue:
+                if ch.queue or ch.fifo_waiting:
                     ch.pump()
                 continue
             got = wire.recv()
@@ -219,7 +219,10 @@ class ProcessWriter:
             elif kind == "error":
                 self._fail(decode_error(msg[1]))
             elif kind == "closed":
+                # the store is committed and closed: the close need not wait
+                # for the process to exit (it is reaped in the background)
                 self._closed_cleanly = True
+                break
         if not self._closed_cleanly and not self._stop:
             self._fail(
                 WriterError(f"the writer process died ({self._exit_status()}); frames "
@@ -283,7 +286,11 @@ class ProcessWriter:
         if self.wire is not None:
             self.wire.close()
         proc = self.proc
-        if proc is not None:
+        if proc is not None and self._closed_cleanly:
+            # it said "closed" and is exiting: reap it without making the
+            # simulation wait for an interpreter's teardown
+            threading.Thread(target=proc.wait, name="snapsink-writer-reaper", daemon=True).start()
+        elif proc is not None:
             try:
                 proc.wait(timeout=60)
             except subprocess.TimeoutExpired:  # pragma: no cover - a wedged writer
