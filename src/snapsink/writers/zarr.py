@@ -5,9 +5,10 @@ group's attributes, commit-last) is specified in ``docs/formats/zarr.md``; the
 I/O-free decisions live in :mod:`._zarrplan`.
 
 The writer side (:class:`ZarrStore`) is a :class:`~snapsink.Store` whose methods
-are coroutines awaited on the sink's event loop. zarr-python is the format
-authority (metadata, codecs, chunk keys), and is asyncio-only, so the sink must
-run on the asyncio backend. On a local directory, whole blocks of every array
+are coroutines, awaited on the sink writer's own asyncio loop (in the writer
+process, or the writer thread): zarr-python is the format authority (metadata,
+codecs, chunk keys) and asyncio-only, and the simulation's own event loop, on
+any backend, never runs them. On a local directory, whole blocks of every array
 are encoded with each array's own zarr codec pipeline and written durably by a
 thread pool (:mod:`._zarrio`), and the rows of an uncompressed array go
 straight from the frames into their chunk files (:mod:`._zarrcolumns`); on
