@@ -307,8 +307,9 @@ class Channel:
             nbytes = frame_nbytes(self.schema, items)
             if not self.pool.free:
                 self._reclaim()
-            # _acquire, inlined: this is the per-frame hot path; behind spilled
-            # frames, a frame spills too (the queue keeps its order)
+            # a slot, if one is free and the bytes fit (the per-frame hot path
+            # spells out _room_for); behind spilled frames a frame spills too,
+            # so that the queue keeps its order
             if self.pool.free and not (self.fifo_writing or self.fifo_waiting) and (
                 self.max_bytes is None
                 or not self.held
@@ -582,6 +583,8 @@ class Channel:
             entries: list[Entry] = []
             queue = self.queue
             limit = self.batch_limit
+            # a batch holds at most half of max_bytes, so that the producers can
+            # fill the other half while the store appends this one
             budget = None if self.max_bytes is None else max(1, self.max_bytes // 2)
             while queue and queue[0].ready and len(entries) < limit:
                 entry = queue.popleft()

@@ -126,7 +126,3 @@ class Store(Protocol):
         """Release resources. Called once, after the final commit or a failure."""
         ...
 
-
-def describe_store(store: Any) -> str:
-    """A short name of a store for messages."""
-    return type(store).__name__

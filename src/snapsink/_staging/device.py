@@ -71,7 +71,17 @@ def backend_for(value: object) -> DeviceBackend:
     DeviceError
         When the value needs CuPy and CuPy (or a CUDA device) is missing.
     """
-    name = "emulation" if _emulated(value) else "cupy"
+    return backend_named("emulation" if _emulated(value) else "cupy")
+
+
+def backend_named(name: str) -> DeviceBackend:
+    """The process's backend called ``name`` (``"cupy"`` or ``"emulation"``).
+
+    Raises
+    ------
+    DeviceError
+        For ``"cupy"`` when CuPy (or a CUDA device) is missing.
+    """
     backend = _backends.get(name)
     if backend is None:
         if name == "emulation":

@@ -95,11 +95,6 @@ class SlotPool:
     def release(self, slot: Slot) -> None:
         self.free.append(slot)
 
-    @property
-    def nbytes(self) -> int:
-        """Host bytes currently allocated by all slots."""
-        return sum(b.nbytes for s in self.slots for b in s.buffers.values())
-
 
 def borrow_host(field: Field, value: Any) -> np.ndarray[Any, Any]:
     """The caller's value as an array of the field's dtype, without a copy when

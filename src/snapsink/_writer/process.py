@@ -410,6 +410,7 @@ class ProcessChannel(Channel):
             schema = self.schema
             assert schema is not None
             ring = self.ring = _shm.Ring.create(self.nrecords, len(schema.ragged))
+            # batches of at most half of max_bytes (as Channel.take)
             budget = None if self.max_bytes is None else max(1, self.max_bytes // 2)
             self.writer.send(
                 (

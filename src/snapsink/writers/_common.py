@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import json
-import math
 from collections.abc import Mapping
 from typing import Any
 
@@ -85,6 +84,3 @@ def check_same_layout(
     if count and stored_times is not None and stored_times != times:
         raise SchemaError(f"{store}: stored frames and new frames disagree on times")
 
-
-def finite_or_none(x: float | None) -> float | None:
-    return x if x is None or math.isfinite(x) else None

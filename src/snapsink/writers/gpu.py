@@ -70,14 +70,10 @@ class DeviceFrames:
 def _backend(name: str | DeviceBackend | None) -> DeviceBackend:
     if isinstance(name, DeviceBackend):
         return name
-    if name in (None, "cupy"):
-        from .._staging.backend import CupyBackend
+    if name is None or name in ("cupy", "emulation"):
+        from .._staging.device import backend_named
 
-        return CupyBackend()
-    if name == "emulation":
-        from .._staging.emulation import EmulationBackend
-
-        return EmulationBackend()
+        return backend_named(name or "cupy")
     raise ConfigError(f"backend: expected 'cupy' or 'emulation', got {name!r}")
 
 
