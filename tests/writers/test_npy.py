@@ -440,7 +440,7 @@ def good_store(path: Path) -> dict[str, Any]:
         (lambda m: m.update(count=-1), "'count'"),
         (lambda m: m.update(times=1), "'times'"),
         (lambda m: m.update(version=True), "version"),
-        (lambda m: m.update(version=2), "not supported"),
+        (lambda m: m.update(version=2), "newer snapsink"),
         (lambda m: m.update(format="zarr"), "format"),
         (lambda m: m.pop("rows"), "missing keys"),
         (lambda m: m.update(rows={"r": 1.5}), "'rows'"),

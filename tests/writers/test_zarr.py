@@ -26,7 +26,6 @@ from snapsink._schema import Batch, Field, Frame, Schema
 from snapsink._store import Store
 from snapsink.writers._zarrplan import (
     MAX_CHUNK_FRAMES,
-    DroppedRanges,
     RowBuffer,
     check_group,
     grow_capacity,
@@ -320,15 +319,6 @@ def test_row_buffer_and_capacity() -> None:
     assert grow_capacity(8, 9, 8) == 16
     assert grow_capacity(16, 100, 8) == 104
     assert grow_capacity(16, 10, 8) == 16
-
-
-def test_dropped_ranges() -> None:
-    d = DroppedRanges()
-    d.add([3, 4, 5])
-    d.add([7])
-    d.add([8, 10])
-    assert d.to_json() == [[3, 6], [7, 9], [10, 11]]
-    np.testing.assert_array_equal(d.steps(), [3, 4, 5, 7, 8, 10])
 
 
 # -- static, attrs, dropped steps ----------------------------------------------------------

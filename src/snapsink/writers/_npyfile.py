@@ -4,7 +4,6 @@
   header rewrite never moves data) and its parser;
 - :class:`GrowableNpyFile`: one ``.npy`` file grown along axis 0 by capacity
   doubling, written with ``os.pwritev``;
-- :class:`StepRanges`: dropped steps as sorted half-open ``[start, stop)`` runs;
 - :func:`parse_metadata`: the defensive parser of ``metadata.json``.
 
 Everything except :class:`GrowableNpyFile` and the fsync helpers is free of I/O.
@@ -13,7 +12,6 @@ Everything except :class:`GrowableNpyFile` and the fsync helpers is free of I/O.
 from __future__ import annotations
 
 import ast
-import bisect
 import errno
 import functools
 import json
@@ -31,16 +29,25 @@ import numpy as np
 
 from .._errors import ConfigError, FormatError, StoreNotFoundError
 from .._schema import Field, Schema, check_name
+from ._format import (
+    MAX_DROPPED_STEPS,
+    StepRanges,
+    check_dropped_total,
+    check_format_version,
+    parse_step_ranges,
+)
 from ._lock import LOCK_NAME
 
 __all__ = [
     "FORMAT_NAME",
     "FORMAT_VERSION",
     "HEADER_SIZE",
+    "MAX_DROPPED_STEPS",
     "GrowableNpyFile",
     "Metadata",
     "StepRanges",
     "build_header",
+    "check_dropped_total",
     "fsync_dir",
     "parse_header",
     "parse_metadata",
@@ -447,82 +454,6 @@ class GrowableNpyFile:
             os.close(fd)
 
 
-# -- dropped steps ------------------------------------------------------------------
-class StepRanges:
-    """A set of int steps as sorted, disjoint, non-adjacent ``[start, stop)`` runs.
-
-    Adding steps in increasing order (what a drop policy produces) is O(1) per
-    step; an out-of-order step falls back to a bisect and merge.
-    """
-
-    __slots__ = ("_runs", "count")
-
-    def __init__(self, runs: Sequence[Sequence[int]] = ()):
-        self._runs: list[list[int]] = [[int(a), int(b)] for a, b in runs]
-        self.count = sum(b - a for a, b in self._runs)
-
-    def add(self, step: int) -> None:
-        runs = self._runs
-        if runs and step >= runs[-1][0]:
-            last = runs[-1]
-            if step < last[1]:
-                return
-            if step == last[1]:
-                last[1] += 1
-                self.count += 1
-                return
-        if not runs or step > runs[-1][1]:
-            runs.append([step, step + 1])
-            self.count += 1
-            return
-        i = bisect.bisect_right(runs, step, key=lambda r: r[0])
-        if i and step < runs[i - 1][1]:
-            return
-        self.count += 1
-        left = bool(i) and runs[i - 1][1] == step
-        right = i < len(runs) and runs[i][0] == step + 1
-        if left and right:
-            runs[i - 1][1] = runs[i][1]
-            del runs[i]
-        elif left:
-            runs[i - 1][1] += 1
-        elif right:
-            runs[i][0] -= 1
-        else:
-            runs.insert(i, [step, step + 1])
-
-    def to_json(self) -> list[list[int]]:
-        return self._runs
-
-    def to_array(self, where: str = "dropped steps") -> np.ndarray[Any, np.dtype[np.int64]]:
-        """Every step, sorted.
-
-        Raises
-        ------
-        FormatError
-            More than :data:`MAX_DROPPED_STEPS` steps (corrupt runs: no reader
-            allocates that much).
-        """
-        if not self._runs:
-            return np.zeros(0, np.int64)
-        check_dropped_total(self.count, where)
-        return np.concatenate([np.arange(b - a, dtype=np.int64) + a for a, b in self._runs])
-
-
-#: The most dropped steps a reader turns into an array (2 GiB of int64); runs
-#: naming more are taken for corrupt metadata, not allocated.
-MAX_DROPPED_STEPS = 1 << 28
-
-
-def check_dropped_total(total: int, where: str) -> None:
-    """FormatError when ``total`` dropped steps are more than a reader materializes."""
-    if total > MAX_DROPPED_STEPS:
-        raise FormatError(
-            f"{where}: the dropped-step runs name {total} steps, more than the "
-            f"{MAX_DROPPED_STEPS} a reader materializes; the metadata is corrupt"
-        )
-
-
 # -- metadata ---------------------------------------------------------------------
 @dataclass(slots=True)
 class Metadata:
@@ -561,9 +492,6 @@ class Metadata:
 _KEYS = frozenset(Metadata.__slots__) | {"format", "version"}
 
 
-_INT64_MIN, _INT64_MAX = int(np.iinfo(np.int64).min), int(np.iinfo(np.int64).max)
-
-
 def _is_int(x: object) -> bool:
     return isinstance(x, int) and not isinstance(x, bool)
 
@@ -585,14 +513,7 @@ def parse_metadata(obj: object, where: str) -> Metadata:
         raise bad(f"expected a JSON object, got {type(obj).__name__}")
     if obj.get("format") != FORMAT_NAME:
         raise bad(f"expected format {FORMAT_NAME!r}, got {obj.get('format')!r}")
-    version = obj.get("version")
-    if not _is_int(version):
-        raise bad(f"expected an int version, got {version!r}")
-    if version != FORMAT_VERSION:
-        raise bad(
-            f"format version {version} is not supported (this snapsink reads version "
-            f"{FORMAT_VERSION}); upgrade snapsink"
-        )
+    check_format_version(obj.get("version"), FORMAT_VERSION, bad)
     missing = sorted(_KEYS - set(obj))
     if missing:
         raise bad(f"missing keys {missing}")
@@ -620,24 +541,7 @@ def parse_metadata(obj: object, where: str) -> Metadata:
     for key in ("times", "closed"):
         if not isinstance(obj[key], bool):
             raise bad(f"{key!r}: expected true or false, got {obj[key]!r}")
-    dropped = obj["dropped"]
-    if not isinstance(dropped, list):
-        raise bad(f"'dropped': expected a list of [start, stop] runs, got {type(dropped).__name__}")
-    prev: int | None = None
-    for run in dropped:
-        if (
-            not isinstance(run, list)
-            or len(run) != 2
-            or not all(_is_int(x) for x in run)
-            or run[0] >= run[1]
-            or not _INT64_MIN <= run[0] < run[1] <= _INT64_MAX + 1
-            or (prev is not None and run[0] <= prev)
-        ):
-            raise bad(
-                f"'dropped': expected sorted disjoint [start, stop) runs of int64 steps, "
-                f"got {run!r}"
-            )
-        prev = run[1]
+    dropped = parse_step_ranges(obj["dropped"], bad)
     if not isinstance(obj["attrs"], dict):
         raise bad(f"'attrs': expected an object, got {type(obj['attrs']).__name__}")
     static = obj["static"]

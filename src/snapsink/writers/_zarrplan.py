@@ -16,6 +16,7 @@ import numpy as np
 
 from .._errors import ConfigError, FormatError
 from .._schema import Schema, check_name
+from ._format import StepRanges, check_format_version, parse_step_ranges
 
 __all__ = [
     "ATTRS_KEY",
@@ -25,7 +26,6 @@ __all__ = [
     "ArrayPlan",
     "Block",
     "DirectRows",
-    "DroppedRanges",
     "Meta",
     "RowBuffer",
     "check_group",
@@ -397,31 +397,6 @@ class DirectRows:
 
 
 # -- dropped steps -------------------------------------------------------------
-@dataclass(slots=True)
-class DroppedRanges:
-    """Dropped steps as sorted, disjoint, half-open ``[start, stop)`` ranges."""
-
-    ranges: list[list[int]] = field(default_factory=list)
-
-    def add(self, steps: Sequence[int]) -> None:
-        for s in sorted(int(x) for x in steps):
-            last = self.ranges[-1] if self.ranges else None
-            if last is not None and last[0] <= s < last[1]:
-                continue
-            if last is not None and s == last[1]:
-                last[1] = s + 1
-            else:
-                self.ranges.append([s, s + 1])
-
-    def to_json(self) -> list[list[int]]:
-        return [list(r) for r in self.ranges]
-
-    def steps(self) -> np.ndarray[Any, np.dtype[np.int64]]:
-        if not self.ranges:
-            return np.zeros(0, np.int64)
-        return np.concatenate([np.arange(a, b, dtype=np.int64) for a, b in self.ranges])
-
-
 # -- metadata ------------------------------------------------------------------
 @dataclass(slots=True)
 class Meta:
@@ -430,7 +405,7 @@ class Meta:
     count: int = 0
     schema: Schema | None = None
     times: bool | None = None
-    dropped: DroppedRanges = field(default_factory=DroppedRanges)
+    dropped: StepRanges = field(default_factory=StepRanges)
     closed: bool = False
 
     def to_json(self) -> dict[str, Any]:
@@ -478,14 +453,11 @@ def parse_meta(attrs: Mapping[str, Any], where: str = "group") -> tuple[Meta, di
         raise FormatError(f"{where}: not a snapsink store (no {META_KEY!r} attribute object)")
     if meta.get("format") != FORMAT_NAME:
         raise FormatError(f"{where}: expected format {FORMAT_NAME!r}, got {meta.get('format')!r}")
-    version = meta.get("version")
-    if not _is_int(version) or version < 1:
-        raise FormatError(f"{where}: malformed format version {version!r}")
-    if version > FORMAT_VERSION:
-        raise FormatError(
-            f"{where}: written by a newer snapsink (format version {version}, this one "
-            f"reads up to {FORMAT_VERSION}); upgrade snapsink"
-        )
+
+    def bad(msg: str) -> FormatError:
+        return FormatError(f"{where}: {msg}")
+
+    check_format_version(meta.get("version"), FORMAT_VERSION, bad)
     count = meta.get("count")
     if not _is_int(count) or count < 0:
         raise FormatError(f"{where}: malformed frame count {count!r}")
@@ -506,27 +478,11 @@ def parse_meta(attrs: Mapping[str, Any], where: str = "group") -> tuple[Meta, di
     closed = meta.get("closed", False)
     if not isinstance(closed, bool):
         raise FormatError(f"{where}: malformed closed flag {closed!r}")
-    dropped_obj = meta.get("dropped", [])
-    if not isinstance(dropped_obj, list):
-        raise FormatError(f"{where}: malformed dropped steps {dropped_obj!r}")
-    ranges: list[list[int]] = []
-    prev: int | None = None
-    for r in dropped_obj:
-        if (
-            not isinstance(r, list)
-            or len(r) != 2
-            or not all(_is_int(x) for x in r)
-            or r[0] >= r[1]
-            or not _INT64_MIN <= r[0] <= r[1] <= _INT64_MAX + 1
-            or (prev is not None and r[0] < prev)
-        ):
-            raise FormatError(f"{where}: malformed dropped step range {r!r}")
-        prev = r[1]
-        ranges.append([int(r[0]), int(r[1])])
+    ranges = parse_step_ranges(meta.get("dropped", []), bad)
     user = attrs.get(ATTRS_KEY, {})
     if not isinstance(user, dict):
         raise FormatError(f"{where}: malformed {ATTRS_KEY!r} (expected an object)")
     return (
-        Meta(count=count, schema=schema, times=times, dropped=DroppedRanges(ranges), closed=closed),
+        Meta(count=count, schema=schema, times=times, dropped=StepRanges(ranges), closed=closed),
         dict(user),
     )

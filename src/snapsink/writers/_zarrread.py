@@ -38,7 +38,7 @@ from .._errors import ConfigError, FormatError, StoreNotFoundError
 from .._schema import Schema
 from .._trajectory import Trajectory
 from ._lock import LOCK_NAME
-from ._npyfile import check_dropped_total, file_kind, open_in_store
+from ._npyfile import file_kind, open_in_store
 from ._zarrplan import (
     STATIC_GROUP,
     check_group,
@@ -307,8 +307,7 @@ class ZarrSource:
         return self._user
 
     def dropped_steps(self) -> np.ndarray[Any, np.dtype[np.int64]]:
-        check_dropped_total(sum(b - a for a, b in self._meta.dropped.ranges), self._where)
-        return self._meta.dropped.steps()
+        return self._meta.dropped.to_array(self._where)
 
     def _get(self, name: str, start: int, stop: int) -> np.ndarray[Any, Any]:
         """Rows ``[start, stop)`` of array ``name``, after checking that the chunks

@@ -380,7 +380,7 @@ class ZarrStore:
     async def append(self, batch: Batch) -> None:
         """Buffer ``batch`` and write every block it fills; commit when due."""
         self._check_usable()
-        self._meta.dropped.add(batch.dropped_steps)
+        self._meta.dropped.add_all(batch.dropped_steps)
         frames = batch.frames
         if frames:
             schema = self._meta.schema
