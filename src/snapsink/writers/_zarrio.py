@@ -289,6 +289,19 @@ class BlockTarget:
         return block
 
 
+def _retrieve(fut: asyncio.Future[Any]) -> None:
+    if not fut.cancelled():
+        fut.exception()  # the error is collected from the pool's future itself
+
+
+def _wrapped(fut: concurrent.futures.Future[Any]) -> asyncio.Future[Any]:
+    """An asyncio future of a pool job whose error counts as retrieved: the writer
+    collects errors from the pool's futures (never "exception was never retrieved")."""
+    af = asyncio.wrap_future(fut)
+    af.add_done_callback(_retrieve)
+    return af
+
+
 def first_error(errors: list[BaseException]) -> BaseException:
     """The error to raise for several failed block writes: the first OSError (else the
     first error), with a note naming the others (never an ExceptionGroup)."""
@@ -436,7 +449,7 @@ class BlockWriter:
         self._collect()
         self._raise_errors()
         while len(self._inflight) >= self.max_inflight:
-            await asyncio.wait([asyncio.wrap_future(self._inflight[0])])
+            await asyncio.wait([_wrapped(self._inflight[0])])
             self._collect()
             self._raise_errors()
         if self._pool is None:
@@ -445,12 +458,12 @@ class BlockWriter:
             )
         fut = self._pool.submit(fn, *args)
         self._inflight.append(fut)
-        return asyncio.wrap_future(fut)
+        return _wrapped(fut)
 
     async def drain(self, *, raise_errors: bool = True) -> None:
         """Wait for every job; raise the first failure (see :func:`first_error`)."""
         if self._inflight:
-            await asyncio.wait([asyncio.wrap_future(f) for f in self._inflight])
+            await asyncio.wait([_wrapped(f) for f in self._inflight])
         self._collect()
         if raise_errors:
             self._raise_errors()
