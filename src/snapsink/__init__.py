@@ -19,6 +19,7 @@ from ._errors import SpillError as SpillError
 from ._errors import StoreExistsError as StoreExistsError
 from ._errors import StoreLockedError as StoreLockedError
 from ._errors import StoreNotFoundError as StoreNotFoundError
+from ._errors import StoreStateError as StoreStateError
 from ._errors import WouldBlock as WouldBlock
 from ._errors import WriterError as WriterError
 from ._errors import WrongThreadError as WrongThreadError
@@ -80,6 +81,7 @@ __all__ = [
     "StoreLockedError",
     "StoreNotFoundError",
     "StoreSpec",
+    "StoreStateError",
     "SyncRecorder",
     "SyncSink",
     "Trajectory",

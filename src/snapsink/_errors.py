@@ -11,6 +11,7 @@ the idiomatic standard-library class so ``except ValueError`` keeps working::
     ├── ClosedSinkError (anyio.ClosedResourceError)   write after close
     ├── WriterError                       the store failed; ``__cause__`` holds why
     ├── SpillError (OSError)              a spill write failed; that frame was not taken
+    ├── StoreStateError (RuntimeError)    a store's methods called out of order
     ├── StoreExistsError (FileExistsError)            ``mode="x"`` on an existing store
     │   └── StoreLockedError              another writer holds the store (one writer per store)
     ├── StoreNotFoundError (FileNotFoundError)        reading or appending a missing store
@@ -35,6 +36,7 @@ __all__ = [
     "StoreExistsError",
     "StoreLockedError",
     "StoreNotFoundError",
+    "StoreStateError",
     "WouldBlock",
     "WriterError",
     "WrongThreadError",
@@ -80,6 +82,14 @@ class SpillError(SnapsinkError, OSError):
     step can be written again (unless another thread's frame was accepted after
     it; the message says which). The sink stays usable. ``errno`` and
     ``__cause__`` hold the operating system's error.
+    """
+
+
+class StoreStateError(SnapsinkError, RuntimeError):
+    """A store's methods were called out of order: ``open`` twice, ``append``
+    before ``prepare``, anything after ``close`` or after a failed write.
+
+    The sink never does this; a program driving a store by hand may.
     """
 
 

@@ -67,7 +67,7 @@ def test_a_malformed_version_is_refused_alike(version: object) -> None:
 
 def test_a_newer_version_says_upgrade() -> None:
     check_format_version(1, 1, _bad)
-    with pytest.raises(FormatError, match="newer snapsink.*upgrade"):
+    with pytest.raises(FormatError, match=r"newer snapsink.*upgrade"):
         check_format_version(2, 1, _bad)
     assert NPY_VERSION == ZARR_VERSION == 1
 

@@ -14,6 +14,7 @@ from typing import Any
 import numpy as np
 import pytest
 
+import snapsink
 from snapsink._errors import (
     ConfigError,
     FormatError,
@@ -535,10 +536,12 @@ def test_bad_path_raises_config_error(path: Any) -> None:
 
 def test_call_order_is_checked_and_close_is_idempotent(tmp_path: Path) -> None:
     store = NpyDirectory(tmp_path / "s")
-    with pytest.raises(ConfigError, match="open"):
+    with pytest.raises(snapsink.StoreStateError, match="open"):
         store.append(Batch([fr(0)]))
     store.open()
-    with pytest.raises(ConfigError, match="prepare"):
+    with pytest.raises(snapsink.StoreStateError, match=r"open\(\) was already called"):
+        store.open()
+    with pytest.raises(snapsink.StoreStateError, match="prepare"):
         store.append(Batch([fr(0)]))
     store.prepare(SCHEMA, times=False)
     store.append(Batch([fr(3)]))
@@ -549,7 +552,7 @@ def test_call_order_is_checked_and_close_is_idempotent(tmp_path: Path) -> None:
     store.append(Batch([fr(4)]))  # a refused batch wrote nothing
     store.close()
     store.close()
-    with pytest.raises(ConfigError, match="close"):
+    with pytest.raises(snapsink.StoreStateError, match="close"):
         store.append(Batch([fr(5)]))
     np.testing.assert_array_equal(open_npy(tmp_path / "s").steps, [3, 4])
 

@@ -15,6 +15,7 @@ import zarr
 import zarr.codecs
 from zarr.storage import LocalStore, MemoryStore
 
+import snapsink
 from snapsink._errors import (
     ConfigError,
     FormatError,
@@ -812,14 +813,22 @@ def test_bad_arguments() -> None:
 async def test_protocol_misuse_is_refused() -> None:
     store = ZarrStore(MemoryStore())
     assert isinstance(store, Store)
-    with pytest.raises(RuntimeError, match="open"):
+    # one error type for a store driven out of order, in every store
+    with pytest.raises(snapsink.StoreStateError, match="open"):
         await store.append(Batch([]))
     await store.open()
-    with pytest.raises(RuntimeError, match="prepare"):
+    with pytest.raises(snapsink.StoreStateError, match="called twice"):
+        await store.open()
+    with pytest.raises(snapsink.StoreStateError, match="prepare"):
         await store.append(Batch([Frame(0, None, {"e": np.float64(1)})]))
     await store.close()
-    with pytest.raises(RuntimeError, match="closed"):
+    with pytest.raises(snapsink.StoreStateError, match="closed"):
         await store.commit()
+    mem = snapsink.HostMemory()
+    mem.open()
+    with pytest.raises(snapsink.StoreStateError, match="prepare"):
+        mem.append(Batch([Frame(0, None, {"e": np.float64(1)})]))
+    assert issubclass(snapsink.StoreStateError, RuntimeError)
     await store.close()  # idempotent
 
 

@@ -31,7 +31,7 @@ from typing import Any, ClassVar
 
 import numpy as np
 
-from .._errors import ConfigError, SchemaError
+from .._errors import ConfigError, SchemaError, StoreStateError
 from .._schema import Batch, Schema
 from .._staging.backend import DeviceBackend
 from .._store import Resume
@@ -212,8 +212,8 @@ class GPUBuffer:
             self._dropped.extend(batch.dropped_steps)
             if not batch.frames:
                 return
-            assert self._schema is not None, "prepare() comes first"
-            assert self._be is not None
+            if self._schema is None or self._be is None:
+                raise StoreStateError(f"{self!r}: prepare() must come before append()")
             be, stream = self._be, self._stream
             keep: list[np.ndarray[Any, Any]] = []  # host sources, alive until the sync below
             for frame in batch.frames:

@@ -8,6 +8,7 @@ from typing import Any
 
 import numpy as np
 
+from .._errors import StoreStateError
 from .._schema import Batch, Schema
 from .._store import Resume
 from .._trajectory import ArraySource, Trajectory
@@ -153,7 +154,8 @@ class HostMemory:
             self._dropped.extend(batch.dropped_steps)
             if not frames:
                 return
-            assert self._schema is not None, "prepare() must come before append()"
+            if self._schema is None:
+                raise StoreStateError(f"{self!r}: prepare() must come before append()")
             self._steps.extend(np.fromiter((f.step for f in frames), np.int64, len(frames)))
             if self._times:
                 self._time_buf.extend(

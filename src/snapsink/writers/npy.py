@@ -32,7 +32,7 @@ from typing import Any
 
 import numpy as np
 
-from .._errors import ConfigError, FormatError, SchemaError, StoreExistsError
+from .._errors import ConfigError, FormatError, SchemaError, StoreExistsError, StoreStateError
 from .._schema import Batch, Field, Frame, Schema
 from .._store import Resume, StoreSpec
 from .._trajectory import Trajectory
@@ -259,10 +259,12 @@ class NpyDirectory:
             The existing store's metadata is corrupt or foreign (``"w"``,
             ``"a"``), or ``"a"`` on a non-empty directory that is no store.
         ConfigError
-            ``open()`` called twice, or a static array differs from the stored one.
+            A static array differs from the stored one.
+        StoreStateError
+            ``open()`` called twice.
         """
         if self._state != "new":
-            raise ConfigError(f"{self!r}: open() was already called")
+            raise StoreStateError(f"{self!r}: open() was already called")
         path = self._path
         if os.path.lexists(path) and not os.path.isdir(path):
             raise StoreExistsError(f"{path!r} exists and is not a directory")
@@ -388,7 +390,7 @@ class NpyDirectory:
         if frames:
             schema = self._schema
             if schema is None:
-                raise ConfigError(f"{self!r}: prepare() must come before append()")
+                raise StoreStateError(f"{self!r}: prepare() must come before append()")
             n = len(frames)
             steps = np.fromiter((fr.step for fr in frames), np.int64, n)
             if (self._last_step is not None and steps[0] <= self._last_step) or (
@@ -496,12 +498,12 @@ class NpyDirectory:
     # -- internals --------------------------------------------------------------
     def _check_open(self, what: str) -> None:
         if self._state == "failed":
-            raise ConfigError(
+            raise StoreStateError(
                 f"{self!r}: {what}(): an earlier commit failed; the store takes no "
                 "more frames (its last successful commit stands)"
             )
         if self._state != "open":
-            raise ConfigError(
+            raise StoreStateError(
                 f"{self!r}: {what}() needs an open store (state: {self._state}); "
                 "call open() first and nothing after close()"
             )

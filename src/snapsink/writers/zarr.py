@@ -46,7 +46,14 @@ from zarr.errors import (
 )
 from zarr.storage import LocalStore
 
-from .._errors import ConfigError, DTypeError, FormatError, SchemaError, StoreExistsError
+from .._errors import (
+    ConfigError,
+    DTypeError,
+    FormatError,
+    SchemaError,
+    StoreExistsError,
+    StoreStateError,
+)
 from .._schema import Batch, Schema
 from .._store import Resume, StoreSpec
 from ._common import check_attrs, check_mode, check_static
@@ -305,7 +312,7 @@ class ZarrStore:
             or on a directory holding files that are not zarr's.
         """
         if self._state != "new":
-            raise RuntimeError(f"{self!r}: open() called twice")
+            raise StoreStateError(f"{self!r}: open() called twice")
         if self._root is not None:
             await anyio.to_thread.run_sync(self._claim_local_dir)
         try:
@@ -385,7 +392,7 @@ class ZarrStore:
         if frames:
             schema = self._meta.schema
             if schema is None:
-                raise RuntimeError(f"{self!r}: prepare() must come before append()")
+                raise StoreStateError(f"{self!r}: prepare() must come before append()")
             try:
                 writes = blocks_of(
                     self._columns, schema, frames, times=bool(self._meta.times), who=repr(self)
@@ -456,10 +463,12 @@ class ZarrStore:
         if self._state == "open":
             return
         if self._state == "new":
-            raise RuntimeError(f"{self!r}: open() must come first")
+            raise StoreStateError(f"{self!r}: open() must come first")
         if self._state == "failed":
-            raise RuntimeError(f"{self!r}: an earlier write failed; the store takes no more frames")
-        raise RuntimeError(f"{self!r}: the store is closed")
+            raise StoreStateError(
+                f"{self!r}: an earlier write failed; the store takes no more frames"
+            )
+        raise StoreStateError(f"{self!r}: the store is closed")
 
     def _attributes(self) -> dict[str, Any]:
         return {META_KEY: self._meta.to_json(), ATTRS_KEY: self._attrs}
