@@ -23,7 +23,6 @@ import errno
 import json
 import math
 import os
-import stat
 import sys
 import time
 import weakref
@@ -35,13 +34,10 @@ import numpy as np
 from .._errors import ConfigError, FormatError, SchemaError, StoreExistsError, StoreStateError
 from .._schema import Batch, Field, Frame, Schema
 from .._store import Resume, StoreSpec
-from .._trajectory import Trajectory
 from ._common import check_attrs, check_mode, check_static
 from ._lock import LOCK_NAME, StoreLock, acquire_store_lock
 from ._npyfile import (
-    FORMAT_NAME,
     HEADER_SIZE,
-    MAX_METADATA_BYTES,
     METADATA,
     METADATA_TMP,
     STATIC_DIR,
@@ -49,15 +45,10 @@ from ._npyfile import (
     Metadata,
     StepRanges,
     bytes_of,
-    check_header,
     check_path,
-    data_size,
     fsync_dir,
     load_static,
     now_iso,
-    open_in_store,
-    read_at,
-    read_exactly,
     read_metadata,
     replace_atomically,
     row_layout,
@@ -66,6 +57,9 @@ from ._npyfile import (
 )
 
 __all__ = ["NpyDirectory", "NpySource", "is_npy_store", "open_npy"]
+
+# the read side lives in _npyread; importable from here too
+from ._npyread import NpySource, is_npy_store, open_npy
 
 _clock = time.monotonic  # the commit_seconds clock (tests replace it)
 #: appended bytes after which the writeback of the new data is started early
@@ -742,276 +736,3 @@ class NpyDirectory:
         self._dropped_dirty = False
         self._since_commit = self._count - self._committed
         self._last_commit = _clock()
-
-
-# -- read side ---------------------------------------------------------------------
-def _committed_files(
-    meta: Metadata,
-) -> list[tuple[str, np.dtype[Any], tuple[int, ...], int]]:
-    """``(key, dtype, row_shape, rows)`` of every data file of ``meta``'s layout,
-    with the rows its committed frames need."""
-    schema = meta.schema
-    if schema is None:
-        return []
-    out: list[tuple[str, np.dtype[Any], tuple[int, ...], int]] = [
-        ("steps", np.dtype(np.int64), (), meta.count)
-    ]
-    if meta.times:
-        out.append(("times", np.dtype(np.float64), (), meta.count))
-    for name, f in schema.items():
-        dtype, row_shape = row_layout(f)
-        if f.ragged:
-            out.append((name, dtype, row_shape, meta.rows[name]))
-            out.append((f"{name}.offsets", np.dtype(np.int64), (), meta.count + 1))
-        else:
-            out.append((name, dtype, row_shape, meta.count))
-    return out
-
-
-class NpySource:
-    """Lazy reader of a snapsink-npy store: the :class:`~snapsink.Source` of
-    :func:`open_npy`.
-
-    Only committed frames (the count in ``metadata.json``) are visible; data is
-    read with positioned reads of exactly the frames asked for.
-
-    Parameters
-    ----------
-    path
-        The store's directory.
-
-    Raises
-    ------
-    StoreNotFoundError
-        No directory or no ``metadata.json``.
-    FormatError
-        A corrupt, truncated, foreign or hostile ``metadata.json``.
-    """
-
-    schema: Schema | None
-    length: int
-
-    def __init__(self, path: str | os.PathLike[str]):
-        self._path = check_path(path)
-        self.refresh()
-
-    def __repr__(self) -> str:
-        return f"NpySource({self._path!r}, frames={self.length})"
-
-    def refresh(self) -> None:
-        """Re-read ``metadata.json`` to see frames committed since.
-
-        Every data file the committed frames need is checked against its real
-        size (and every ragged field's last offset against its row count)
-        before anything is read or allocated: a tampered count or shape is a
-        :class:`~snapsink.FormatError` here, never a huge allocation later.
-        """
-        meta = read_metadata(self._path)
-        headers: dict[str, int] = {}
-        if meta.schema is not None and meta.count:
-            for key, dtype, row_shape, rows in _committed_files(meta):
-                headers[key] = self._check_file(key, dtype, row_shape, rows)
-            for name in meta.schema.ragged:
-                self._check_offsets(name, meta, headers[f"{name}.offsets"])
-        self._meta = meta
-        self.schema = meta.schema
-        self.length = meta.count
-        self._headers = headers
-        self._steps: np.ndarray[Any, np.dtype[np.int64]] | None = None
-        self._times: np.ndarray[Any, np.dtype[np.float64]] | None = None
-        self._static: dict[str, np.ndarray[Any, Any]] | None = None
-        self._dropped: np.ndarray[Any, np.dtype[np.int64]] | None = None
-
-    @property
-    def closed(self) -> bool:
-        """Whether the writer closed the store cleanly (as of the last refresh)."""
-        return self._meta.closed
-
-    def _check_file(
-        self, key: str, dtype: np.dtype[Any], row_shape: tuple[int, ...], rows: int
-    ) -> int:
-        """The data offset of ``<key>.npy`` after checking that its header describes
-        rows of ``row_shape`` and ``dtype`` and that the file holds ``rows`` rows."""
-        rel = f"{key}.npy"
-        where = os.path.join(self._path, rel)
-        raw_header, size = data_size(self._path, rel)
-        header = check_header(raw_header, dtype, row_shape, where)
-        need = header.offset + rows * math.prod(row_shape) * dtype.itemsize
-        if size < need:
-            raise FormatError(
-                f"{where}: {METADATA} names {rows} rows of shape {row_shape} ({dtype}), "
-                f"{need} bytes with the header; the file holds {size} bytes (a truncated "
-                "file or a corrupt count or shape)"
-            )
-        return header.offset
-
-    def _check_offsets(self, name: str, meta: Metadata, offset: int) -> None:
-        """``offsets[0] == 0`` and ``offsets[count] == rows[name]``, as the format says."""
-        rel = f"{name}.offsets.npy"
-        ends = np.empty(2, np.int64)
-        read_exactly(self._path, rel, offset, ends[:1], "the first offset")
-        read_exactly(self._path, rel, offset + 8 * meta.count, ends[1:], "the last offset")
-        if int(ends[0]) != 0 or int(ends[1]) != meta.rows[name]:
-            raise FormatError(
-                f"{os.path.join(self._path, rel)}: offsets run from {int(ends[0])} to "
-                f"{int(ends[1])}; {METADATA} names {meta.rows[name]} rows of {name!r} in "
-                f"{meta.count} frames (expected offsets from 0 to {meta.rows[name]})"
-            )
-
-    def _offset(self, key: str, dtype: np.dtype[Any], row_shape: tuple[int, ...]) -> None:
-        if key not in self._headers:
-            # A file needing no rows at the last refresh: check its header only.
-            self._headers[key] = self._check_file(key, dtype, row_shape, 0)
-
-    def _rows(
-        self, key: str, dtype: np.dtype[Any], row_shape: tuple[int, ...], start: int, stop: int
-    ) -> np.ndarray[Any, Any]:
-        if stop <= start:
-            return np.empty((0, *row_shape), dtype)
-        # Checked against the file's size (refresh) before the allocation below.
-        self._offset(key, dtype, row_shape)
-        out = np.empty((stop - start, *row_shape), dtype)
-        if not out.nbytes:
-            return out
-        row_bytes = math.prod(row_shape) * dtype.itemsize
-        pos = self._headers[key] + start * row_bytes
-        read_exactly(self._path, f"{key}.npy", pos, out, f"rows {start}..{stop}")
-        return out
-
-    def _field(self, name: str, ragged: bool) -> Field:
-        schema = self.schema
-        if schema is None or name not in schema:
-            raise KeyError(f"no field {name!r} in {self._path!r}")
-        f = schema[name]
-        if f.ragged != ragged:
-            raise SchemaError(f"field {name!r} is {'' if f.ragged else 'not '}ragged")
-        return f
-
-    def _range(self, start: int, stop: int) -> None:
-        if not 0 <= start <= stop <= self.length:
-            raise IndexError(f"frames [{start}, {stop}) out of range for {self.length} frames")
-
-    def steps(self) -> np.ndarray[Any, np.dtype[np.int64]]:
-        """int64 steps of the committed frames."""
-        if self._steps is None:
-            self._steps = self._rows("steps", np.dtype(np.int64), (), 0, self.length)
-        return self._steps
-
-    def times(self) -> np.ndarray[Any, np.dtype[np.float64]] | None:
-        """float64 times of the committed frames, or ``None`` when frames carry none."""
-        if not self._meta.times:
-            return None
-        if self._times is None:
-            self._times = self._rows("times", np.dtype(np.float64), (), 0, self.length)
-        return self._times
-
-    def static(self) -> Mapping[str, np.ndarray[Any, Any]]:
-        """The static arrays, loaded on first use."""
-        if self._static is None:
-            self._static = {n: load_static(self._path, n) for n in self._meta.static}
-        return self._static
-
-    def attrs(self) -> Mapping[str, Any]:
-        """The user's JSON metadata."""
-        return self._meta.attrs
-
-    def dropped_steps(self) -> np.ndarray[Any, np.dtype[np.int64]]:
-        """Sorted steps a drop policy discarded."""
-        if self._dropped is None:
-            self._dropped = StepRanges(self._meta.dropped).to_array(
-                os.path.join(self._path, METADATA)
-            )
-        return self._dropped
-
-    def read(self, name: str, start: int, stop: int) -> np.ndarray[Any, Any]:
-        """Frames ``[start, stop)`` of a fixed-shape field, stacked on axis 0."""
-        f = self._field(name, ragged=False)
-        self._range(start, stop)
-        dtype, row_shape = row_layout(f)
-        return self._rows(name, dtype, row_shape, start, stop)
-
-    def read_ragged(
-        self, name: str, start: int, stop: int
-    ) -> tuple[np.ndarray[Any, Any], np.ndarray[Any, np.dtype[np.int64]]]:
-        """Rows of frames ``[start, stop)`` of a ragged field and their offsets,
-        relative to the first returned row."""
-        f = self._field(name, ragged=True)
-        self._range(start, stop)
-        if start == stop:
-            return np.empty((0, *f.row_shape), f.dtype), np.zeros(1, np.int64)
-        off = self._rows(f"{name}.offsets", np.dtype(np.int64), (), start, stop + 1)
-        total = self._meta.rows[name]
-        if (
-            off[0] < 0
-            or off[-1] > total
-            or bool(np.any(off[1:] < off[:-1]))
-            or (start == 0 and off[0] != 0)
-            or (stop == self.length and off[-1] != total)
-        ):
-            raise FormatError(
-                f"{os.path.join(self._path, name)}.offsets.npy: offsets of frames "
-                f"[{start}, {stop}] are not non-decreasing within [0, {total}] (the first "
-                f"offset must be 0, the last {total})"
-            )
-        data = self._rows(name, f.dtype, f.row_shape, int(off[0]), int(off[-1]))
-        return data, off - off[0]
-
-
-def is_npy_store(path: str | os.PathLike[str]) -> bool:
-    """Whether ``path`` looks like a snapsink-npy store.
-
-    True when ``path/metadata.json`` exists and names the format
-    ``"snapsink-npy"``, or cannot be parsed at all (so that :func:`open_npy`
-    reports the corruption instead of another format's reader).
-
-    Parameters
-    ----------
-    path
-        A directory.
-
-    Returns
-    -------
-    bool
-    """
-    root = os.fspath(path)
-    try:
-        st = os.lstat(os.path.join(root, METADATA))
-    except (OSError, ValueError):
-        return False
-    if stat.S_ISDIR(st.st_mode):
-        return False
-    if not stat.S_ISREG(st.st_mode):
-        return True  # a symlink, a FIFO: open_npy refuses it with a FormatError
-    try:
-        fd = open_in_store(root, METADATA)
-        try:
-            raw = read_at(fd, min(os.fstat(fd).st_size, MAX_METADATA_BYTES), 0)
-        finally:
-            os.close(fd)
-        obj = json.loads(raw.decode("utf-8"))
-    except (OSError, UnicodeDecodeError, ValueError, RecursionError):
-        return True
-    return not isinstance(obj, dict) or obj.get("format") == FORMAT_NAME
-
-
-def open_npy(path: str | os.PathLike[str]) -> Trajectory:
-    """Open a snapsink-npy store for reading, lazily.
-
-    Parameters
-    ----------
-    path
-        The store's directory.
-
-    Returns
-    -------
-    Trajectory
-        Its committed frames; ``refresh()`` sees frames committed later.
-
-    Raises
-    ------
-    StoreNotFoundError
-        No store at ``path``.
-    FormatError
-        A corrupt or foreign store.
-    """
-    return Trajectory(NpySource(path))
