@@ -79,15 +79,47 @@ class Slot:
         return buf
 
 
+class FreeSlots:
+    """The free slots of a pool, made on first use: a channel of capacity 10**7
+    costs nothing until its frames come (``pop`` gives a released slot, the most
+    recent first, else a new one; ``append`` releases)."""
+
+    __slots__ = ("_capacity", "_made", "_released")
+
+    def __init__(self, capacity: int, made: list[Slot]):
+        self._capacity = capacity
+        self._made = made
+        self._released: list[Slot] = []
+
+    def __bool__(self) -> bool:
+        return bool(self._released) or len(self._made) < self._capacity
+
+    def __len__(self) -> int:
+        return len(self._released) + self._capacity - len(self._made)
+
+    def pop(self) -> Slot:
+        if self._released:
+            return self._released.pop()
+        if len(self._made) >= self._capacity:
+            raise IndexError("pop from an empty pool")
+        slot = Slot(len(self._made))
+        self._made.append(slot)
+        return slot
+
+    def append(self, slot: Slot) -> None:
+        self._released.append(slot)
+
+
 class SlotPool:
-    """``capacity`` slots and the list of free ones (not thread-safe: the
-    channel's lock guards it)."""
+    """``capacity`` slots, made as frames need them, and the free ones (not
+    thread-safe: the channel's lock guards it)."""
 
     __slots__ = ("free", "slots")
 
     def __init__(self, capacity: int):
-        self.slots = [Slot(i) for i in range(capacity)]
-        self.free = list(reversed(self.slots))
+        #: the slots made so far (at most ``capacity``)
+        self.slots: list[Slot] = []
+        self.free = FreeSlots(capacity, self.slots)
 
     def acquire(self) -> Slot | None:
         return self.free.pop() if self.free else None

@@ -325,7 +325,9 @@ class ProcessChannel(Channel):
         self.inflight_slots = 0  # published frames that hold a slot (not spilled)
         self.published = 0
         self.window = max(1, capacity // 2) if policy == "drop_oldest" else capacity
-        self.nrecords = max(1024, 4 * capacity)
+        # room for every frame in flight (a few per slot), bounded: frames
+        # beyond it wait in the queue (a channel of 10**7 slots needs no 2 GB ring)
+        self.nrecords = min(max(1024, 4 * capacity), 1 << 16)
         self.flushes: list[tuple[int, int]] = []  # (generation, accepted seq to cover)
         self._spill_done = 0  # spilled bytes the writer stored (counted so far)
         self._schema_sent = False
