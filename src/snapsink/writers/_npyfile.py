@@ -14,9 +14,11 @@ from __future__ import annotations
 import ast
 import errno
 import functools
+import gc
 import json
 import math
 import os
+import re
 import stat
 import struct
 from collections.abc import Sequence
@@ -91,6 +93,44 @@ class Header:
     offset: int
 
 
+#: the header dict as numpy (and snapsink) write it
+_HEADER_DICT = re.compile(
+    r"\{\s*'descr':\s*'([^'\\]*)',\s*'fortran_order':\s*(True|False),\s*"
+    r"'shape':\s*\(\s*((?:\d+\s*,\s*)*\d*)\s*\),?\s*\}\s*"
+)
+
+
+def _header_dict(text: str) -> Any:
+    """The header's dict, parsed without ``ast`` in the usual case.
+
+    Why: under CPython 3.11 a garbage collection that runs finalizers while
+    ``compile`` builds an AST can fail it with "SystemError: AST constructor
+    recursion depth mismatch" (CPython gh-106905), a failure that has nothing
+    to do with the file. Headers in another layout still go through
+    ``ast.literal_eval``, with the collector paused and a retry.
+    """
+    m = _HEADER_DICT.fullmatch(text)
+    if m is not None:
+        dims = [p.strip() for p in m.group(3).split(",") if p.strip()]
+        return {
+            "descr": m.group(1),
+            "fortran_order": m.group(2) == "True",
+            "shape": tuple(int(x) for x in dims),
+        }
+    for attempt in range(3):
+        enabled = gc.isenabled()
+        gc.disable()
+        try:
+            return ast.literal_eval(text)
+        except SystemError:
+            if attempt == 2:
+                raise
+        finally:
+            if enabled:
+                gc.enable()
+    raise AssertionError("unreachable")  # pragma: no cover
+
+
 def parse_header(raw: bytes, what: str, *, allow_fortran: bool = False) -> Header:
     """Parse a ``.npy`` header (version 1, 2 or 3) from the file's first bytes.
 
@@ -115,7 +155,7 @@ def parse_header(raw: bytes, what: str, *, allow_fortran: bool = False) -> Heade
         raise FormatError(f"{what}: truncated .npy header")
     try:
         text = raw[start : start + hlen].decode("utf-8" if major == 3 else "latin1")
-        d = ast.literal_eval(text)
+        d = _header_dict(text)
     except (UnicodeDecodeError, ValueError, SyntaxError, MemoryError, RecursionError) as exc:
         raise FormatError(f"{what}: unreadable .npy header") from exc
     if not isinstance(d, dict) or set(d) != {"descr", "fortran_order", "shape"}:
