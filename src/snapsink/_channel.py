@@ -729,7 +729,9 @@ class Channel:
             reader = self.spill_reader = SpillReader(self.spill_dir.path, self.schema)
         got = reader.read()
         if got is None:
-            raise OSError(errno.ENOENT, f"a spilled frame is missing from {reader.path}")
+            raise OSError(
+                errno.ENOENT, f"a spilled frame is missing from {reader.path} ({reader.position()})"
+            )
         entry.step, entry.time, entry.fields, entry.size = got
 
     def remove_stored_spills(self) -> None:

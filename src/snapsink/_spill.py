@@ -332,6 +332,7 @@ class SpillReader:
         self._offset = 0
         #: segments read to their end, removed once their frames are stored
         self.exhausted: list[Path] = []
+        self.frames_read = 0  # for messages
 
     def read(self) -> tuple[int, float | None, dict[str, Any], int] | None:
         """The next frame: ``(step, time, fields, nbytes)``, or None when no
@@ -365,6 +366,7 @@ class SpillReader:
             if len(data) < total:
                 return None  # a torn tail: its write never returned
             self._offset += self._head + total
+            self.frames_read += 1
             layout, _ = frame_layout(self.schema, rows)
             buf = np.frombuffer(data, np.uint8)
             fields: dict[str, Any] = {}
@@ -372,6 +374,18 @@ class SpillReader:
                 arr = buf[offset : offset + nbytes].view(field.dtype).reshape(shape)
                 fields[name] = arr[()] if not shape else arr
             return step, (t if has_time else None), fields, total
+
+    def position(self) -> str:
+        """Where the reader is, for an error message."""
+        path = _segment(self.path, self._segment)
+        try:
+            size = f" of {path.stat().st_size}"
+        except OSError as exc:
+            size = f" ({exc.strerror})"
+        return (
+            f"segment {path.name} at byte {self._offset}{size}, "
+            f"after {self.frames_read} spilled frames"
+        )
 
     def _next_segment(self) -> None:
         os.close(self._fd)

@@ -175,7 +175,12 @@ class Writer:
         if kind == _shm.SPILLED:
             got = self._spilled()
             if got is None:
-                raise OSError(errno.ENOENT, f"a spilled frame is missing from {self.spill_dir}")
+                reader = self._spill_queue()
+                raise OSError(
+                    errno.ENOENT,
+                    f"a spilled frame is missing from {self.spill_dir} ({reader.position()}, "
+                    f"ring record {seq}, {self.done} frames stored)",
+                )
             return got
         if rows:
             layout, _ = _shm.frame_layout(schema, rows)
