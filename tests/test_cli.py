@@ -577,3 +577,31 @@ def test_every_subcommand_is_documented(command: str) -> None:
     docs = " ".join(p.read_text() for p in (root / "docs").rglob("*.md"))
     assert f"snapsink {command}" in readme, f"README.md does not mention `snapsink {command}`"
     assert f"snapsink {command}" in docs, f"docs/ do not mention `snapsink {command}`"
+
+
+def test_groups_are_discoverable(tmp_path: Path) -> None:
+    """snapsink.groups lists a store's groups; open without a group opens the only
+    one, and otherwise (or for an unknown group) says which groups there are."""
+    import snapsink
+
+    one = tmp_path / "one.zarr"
+    with snapsink.SyncSink(snapsink.ZarrStore(one, group="frames")) as sink:
+        sink.write({"e": 1.5}, step=3)
+    assert snapsink.groups(one) == ["frames"]
+    assert snapsink.open(one)["e"][:].tolist() == [1.5]  # the only group
+    two = tmp_path / "two.zarr"
+    for g in ("thermo", "frames"):
+        with snapsink.SyncSink(snapsink.ZarrStore(two, mode="a", group=g)) as sink:
+            sink.write({"e": 2.0}, step=0)
+    assert snapsink.groups(two) == ["frames", "thermo"]
+    with pytest.raises(snapsink.FormatError, match="'frames', 'thermo': pass group="):
+        snapsink.open(two)
+    with pytest.raises(snapsink.StoreNotFoundError, match="'frames', 'thermo'"):
+        snapsink.open(two, group="nope")
+    assert snapsink.open(two, group="thermo").steps.tolist() == [0]
+    npy = tmp_path / "run"
+    with snapsink.SyncSink(snapsink.NpyDirectory(npy)) as sink:
+        sink.write({"e": 1.0}, step=0)
+    assert snapsink.groups(npy) == [""]
+    with pytest.raises(snapsink.StoreNotFoundError):
+        snapsink.groups(tmp_path / "missing")

@@ -23,6 +23,7 @@ from ._errors import StoreStateError as StoreStateError
 from ._errors import WouldBlock as WouldBlock
 from ._errors import WriterError as WriterError
 from ._errors import WrongThreadError as WrongThreadError
+from ._reader import groups as groups
 from ._reader import open as open
 from ._recorder import Recorder as Recorder
 from ._recorder import Route as Route
@@ -91,6 +92,7 @@ __all__ = [
     "ZarrStore",
     "__version__",
     "every",
+    "groups",
     "once",
     "open",
     "when",

@@ -9,7 +9,7 @@ from typing import Any
 from ._errors import ConfigError, FormatError, StoreNotFoundError
 from ._trajectory import Trajectory
 
-__all__ = ["open"]
+__all__ = ["groups", "open"]
 
 
 def open(path_or_store: Any, group: str | None = None) -> Trajectory:
@@ -52,14 +52,77 @@ def open(path_or_store: Any, group: str | None = None) -> Trajectory:
             if group is not None:
                 raise ConfigError(f"group={group!r}: an NpyDirectory has no groups")
             return open_npy(path)
-        from .writers.zarr import is_zarr_store, open_zarr
+        from .writers.zarr import is_zarr_store
 
         if is_zarr_store(path):
-            return open_zarr(path, group)
+            return _open_zarr_group(path, group)
         raise FormatError(
             f"{str(path)!r} is not a snapsink store: expected an NpyDirectory "
             "(metadata.json) or a Zarr v3 store (zarr.json)"
         )
-    from .writers.zarr import open_zarr
+    return _open_zarr_group(path_or_store, group)
 
-    return open_zarr(path_or_store, group)
+
+def _open_zarr_group(where: Any, group: str | None) -> Trajectory:
+    """Open ``group``; without one, the only group holding snapsink data. A group
+    that is not there is an error that lists the ones that are."""
+    from .writers.zarr import list_groups, open_zarr
+
+    try:
+        return open_zarr(where, group)
+    except (FormatError, StoreNotFoundError) as exc:
+        try:
+            found = list_groups(where)
+        except Exception:
+            raise exc from None
+        if group is None and len(found) == 1:
+            return open_zarr(where, found[0])
+        if not found or (group is not None and group in found):
+            raise
+        names = ", ".join(repr(g or "/") for g in found)
+        raise type(exc)(
+            f"{exc}; the store's snapsink groups are {names}: pass group=..."
+        ) from exc
+
+
+def groups(path_or_store: Any) -> list[str]:
+    """The groups of a store that hold snapsink data, sorted (``""`` is the root).
+
+    Parameters
+    ----------
+    path_or_store
+        What :func:`open` takes: a store's path, a zarr v3 ``Store``, or a
+        :class:`~snapsink.HostMemory`.
+
+    Returns
+    -------
+    list of str
+        The group paths to pass as ``open(..., group=)``; an NpyDirectory or
+        a HostMemory is one group: ``[""]``.
+
+    Raises
+    ------
+    StoreNotFoundError
+        Nothing exists at the path.
+    FormatError
+        The path holds no snapsink store.
+    """
+    from .writers.memory import HostMemory
+
+    if isinstance(path_or_store, HostMemory):
+        return [""]
+    if isinstance(path_or_store, str | os.PathLike):
+        path = Path(path_or_store)
+        if not path.exists():
+            raise StoreNotFoundError(f"no store at {str(path)!r}: the path does not exist")
+        from .writers.npy import is_npy_store
+
+        if is_npy_store(path):
+            return [""]
+        from .writers.zarr import is_zarr_store
+
+        if not is_zarr_store(path):
+            raise FormatError(f"{str(path)!r} is not a snapsink store")
+    from .writers.zarr import list_groups
+
+    return list_groups(path_or_store)
