@@ -110,7 +110,7 @@ class Entry(Frame):
     """One accepted frame on its way to the store: a :class:`Frame` (so a batch
     hands entries to the store as they are) plus the channel's bookkeeping."""
 
-    __slots__ = ("completion", "pub", "ready", "rows", "seq", "size", "slot", "spill")
+    __slots__ = ("completion", "pub", "rows", "seq", "size", "slot", "spill")
 
     def __init__(self, seq: int, step: int, time: float | None, nbytes: int):
         self.seq = seq
@@ -124,7 +124,6 @@ class Entry(Frame):
         self.completion: Completion | None = None
         #: a spilled frame: its step, time and fields are read back from disk
         self.spill = False
-        self.ready = True
 
 
 class SpillTicket:
@@ -343,7 +342,7 @@ class Channel:
             entry.fields = fields
             entry.completion = completion
             self.queue.append(entry)
-            # _accepted, inlined
+            # accepted: the clock moves on, and the frame counts as pending
             self.clock.advance(s, t)
             self.pending += 1
             if self.pending > self.peak:
@@ -388,12 +387,6 @@ class Channel:
 
     def _reclaim(self) -> None:
         """No free slot: take back the slots of frames already stored (lock held)."""
-
-    def _accepted(self, step: int, time: float | None) -> None:
-        self.clock.advance(step, time)
-        self.pending += 1
-        if self.pending > self.peak:
-            self.peak = self.pending
 
     def _acquire(self, nbytes: int) -> Slot | None:
         if not self._room_for(nbytes):
@@ -586,7 +579,7 @@ class Channel:
             # a batch holds at most half of max_bytes, so that the producers can
             # fill the other half while the store appends this one
             budget = None if self.max_bytes is None else max(1, self.max_bytes // 2)
-            while queue and queue[0].ready and len(entries) < limit:
+            while queue and len(entries) < limit:
                 entry = queue.popleft()
                 upto = entry.seq
                 entries.append(entry)
@@ -644,7 +637,7 @@ class Channel:
         """
         with self.lock:
             queue = self.queue
-            ready = queue[0].ready if queue else self.fifo_waiting > 0
+            ready = bool(queue) or self.fifo_waiting > 0
             if ready and batch:
                 ready = (
                     len(queue) + self.fifo_waiting >= self.wake_frames
