@@ -17,9 +17,7 @@ from __future__ import annotations
 import errno
 import os
 import shutil
-import subprocess
-import tempfile
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -282,30 +280,7 @@ async def test_store_directory_removed_mid_run(tmp_path: Path, kind: str) -> Non
             snapsink.open(path)
 
 
-# -- a real full disk ----------------------------------------------------------------
-@pytest.fixture
-def tiny_fs() -> Iterator[Path]:
-    """A 1 MiB tmpfs, if this process may mount one (root on Linux)."""
-    mnt = Path(tempfile.mkdtemp(prefix="snapsink-enospc-"))
-    try:
-        proc = subprocess.run(
-            ["mount", "-t", "tmpfs", "-o", "size=1m", "tmpfs", str(mnt)],
-            capture_output=True,
-            check=False,
-            timeout=10,
-        )
-    except (OSError, subprocess.TimeoutExpired):
-        proc = None
-    if proc is None or proc.returncode != 0:
-        mnt.rmdir()
-        pytest.skip("cannot mount a tmpfs here (needs root)")
-    try:
-        yield mnt
-    finally:
-        subprocess.run(["umount", "-l", str(mnt)], check=False, timeout=10)
-        mnt.rmdir()
-
-
+# -- a real full disk (the tiny_fs fixture: tests/conftest.py) -----------------------
 @pytest.mark.parametrize("kind", ["npy", "zarr"])
 async def test_real_enospc_on_a_full_tmpfs(tiny_fs: Path, kind: str) -> None:
     path = tiny_fs / "store"

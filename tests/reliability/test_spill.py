@@ -95,27 +95,6 @@ def test_a_failed_spill_write_takes_nothing(
     assert not _segments(tmp_path / "spill")
 
 
-@pytest.fixture
-def tiny_fs(tmp_path: Path) -> Any:
-    """A 1 MiB tmpfs (a disk that fills up), where this process may mount one."""
-    mnt = tmp_path / "tiny"
-    mnt.mkdir()
-    done = subprocess.run(
-        ["mount", "-t", "tmpfs", "-o", "size=1m", "tmpfs", str(mnt)],
-        capture_output=True,
-        timeout=10,
-        check=False,
-    )
-    if done.returncode != 0:
-        mnt.rmdir()
-        pytest.skip("cannot mount a tmpfs here (needs root)")
-    try:
-        yield mnt
-    finally:
-        subprocess.run(["umount", "-l", str(mnt)], check=False, timeout=10)
-        mnt.rmdir()
-
-
 def test_a_full_spill_disk_takes_nothing_and_the_sink_goes_on(tiny_fs: Path) -> None:
     store = GatedStore()
     big = {"x": np.ones((64, 64))}  # 32 KiB
