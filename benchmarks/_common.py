@@ -212,3 +212,35 @@ def spawn(script: str | Path, spec: Mapping[str, Any], env: Mapping[str, str]) -
         )
     out: dict[str, Any] = json.loads(proc.stdout.strip().splitlines()[-1])
     return out
+
+
+class CheckingStore:
+    """A Store that keeps nothing: it checks each frame's field ``u`` is finite.
+
+    It measures the path to the store (capture, channel, writer) without the
+    disk; ``describe()`` lets a writer process rebuild it (from this module,
+    which the writer imports through the sink's ``sys.path``)."""
+
+    def __init__(self) -> None:
+        self.frames = 0
+
+    def describe(self) -> snapsink.StoreSpec:
+        return snapsink.StoreSpec(CheckingStore)
+
+    def open(self) -> None:
+        return None
+
+    def prepare(self, schema: Any, *, times: bool) -> None:
+        return None
+
+    def append(self, batch: Batch) -> None:
+        for frame in batch.frames:
+            if not np.isfinite(frame.fields["u"][0]):
+                raise ValueError(f"frame at step {frame.step}: u[0] is not finite")
+            self.frames += 1
+
+    def commit(self) -> None:
+        return None
+
+    def close(self) -> None:
+        return None

@@ -32,6 +32,7 @@ import argparse
 import collections
 import json
 import math
+import os
 import re
 import statistics
 import sys
@@ -104,6 +105,40 @@ def peak_d2h(nbytes: int, reps: int = 10) -> float:
     stop.synchronize()
     ms = cp.cuda.get_elapsed_time(start, stop)
     return reps * nbytes / (ms * 1e-3) / 1e9
+
+
+def shared_d2h(nbytes: int, reps: int = 10) -> tuple[float, float, float]:
+    """A writer-process slot's costs: page-locking a shared (memfd) mapping of
+    ``nbytes`` (ms), unlocking it (ms), and the GB/s of D2H copies into it."""
+    import mmap
+
+    src = cp.empty(nbytes, cp.uint8)
+    fd = os.memfd_create("snapsink-bench", os.MFD_CLOEXEC)
+    try:
+        os.ftruncate(fd, nbytes)
+        m = mmap.mmap(fd, nbytes, flags=mmap.MAP_SHARED)
+    finally:
+        os.close(fd)
+    dst = np.frombuffer(m, np.uint8)
+    rt = cp.cuda.runtime
+    t = time.perf_counter()
+    rt.hostRegister(dst.ctypes.data, nbytes, 0)
+    register_ms = (time.perf_counter() - t) * 1e3
+    s = cp.cuda.Stream(non_blocking=True)
+    rt.memcpyAsync(dst.ctypes.data, src.data.ptr, nbytes, rt.memcpyDeviceToHost, s.ptr)
+    start, stop = cp.cuda.Event(), cp.cuda.Event()
+    start.record(s)
+    for _ in range(reps):
+        rt.memcpyAsync(dst.ctypes.data, src.data.ptr, nbytes, rt.memcpyDeviceToHost, s.ptr)
+    stop.record(s)
+    stop.synchronize()
+    gbps = reps * nbytes / (cp.cuda.get_elapsed_time(start, stop) * 1e-3) / 1e9
+    t = time.perf_counter()
+    rt.hostUnregister(dst.ctypes.data)
+    unregister_ms = (time.perf_counter() - t) * 1e3
+    del dst
+    m.close()
+    return register_ms, unregister_ms, gbps
 
 
 def sync_get_time(sim: Sim, reps: int = 5) -> tuple[float, float]:
@@ -191,39 +226,33 @@ def sync_loop(sim: Sim, frames: int, spf: int) -> float:
     return time.perf_counter() - t0
 
 
-class _CheckingStore:
-    """A Store that keeps nothing: it checks each frame is finite."""
-
-    def __init__(self) -> None:
-        self.frames = 0
-
-    def open(self) -> None:
-        return None
-
-    def prepare(self, schema: Any, *, times: bool) -> None:
-        return None
-
-    def append(self, batch: Any) -> None:
-        for frame in batch.frames:
-            self.frames += bool(np.isfinite(frame.fields["u"][0]))
-
-    def commit(self) -> None:
-        return None
-
-    def close(self) -> None:
-        return None
-
-
 async def sink_loop(
-    sim: Sim, frames: int, spf: int, copy: bool = True
-) -> tuple[float, list[float], int]:
+    sim: Sim, frames: int, spf: int, copy: bool = True, writer: str = "thread"
+) -> tuple[float, list[float], int, float]:
+    """The loop through a Sink whose store keeps nothing (it checks each frame
+    is finite): the device path, the capture and the writer alone. ``writer``
+    is the Sink's: a thread of this process, or the writer process (the frame
+    is copied from the device into the shared slots).
+
+    The sink is started and warmed (``CAPACITY + 2`` frames written and flushed:
+    its writer started, its slots allocated and page-locked) before the clock
+    starts, as in a long run; the clock stops when the sink is closed (every
+    frame stored). Returns the loop's time, each write's blocking time, the
+    frames stored and the start-up time (start and warm-up)."""
+    from _common import CheckingStore
+
     import snapsink
 
-    store = _CheckingStore()
+    store = CheckingStore()
     blocking: list[float] = []
     sim.stream.synchronize()
-    t0 = time.perf_counter()
-    async with snapsink.Sink(store, capacity=CAPACITY, policy="block") as sink:
+    t_start = time.perf_counter()
+    async with snapsink.Sink(store, capacity=CAPACITY, policy="block", writer=writer) as sink:
+        for f in range(CAPACITY + 2):
+            await sink.write({"u": sim.u}, step=f - CAPACITY - 2, stream=sim.stream, copy=copy)
+        await sink.flush()
+        sim.stream.synchronize()
+        t0 = time.perf_counter()
         for f in range(frames):
             if copy:
                 sim.step(spf)
@@ -233,7 +262,10 @@ async def sink_loop(
             await sink.write({"u": sim.u}, step=f, stream=sim.stream, copy=copy)
             blocking.append(time.perf_counter() - t)
     sim.stream.synchronize()
-    return time.perf_counter() - t0, blocking, store.frames
+    t_end = time.perf_counter()
+    # the process writer's store counted in the writer: what the sink says it wrote
+    stored = store.frames if writer == "thread" else sink.statistics().written
+    return t_end - t0, blocking, stored - CAPACITY - 2, t0 - t_start
 
 
 def eta(t_compute: float, t_io: float, t_total: float) -> float:
@@ -245,6 +277,9 @@ async def bench_size(size_mb: int, frames: int, ratios: list[float]) -> dict[str
     sim = Sim(nbytes)
     out: dict[str, Any] = {"size_mb": size_mb, "frames": frames, "capacity": CAPACITY}
     out["peak_gbps"] = peak_d2h(nbytes)
+    reg, unreg, shared_gbps = shared_d2h(nbytes)
+    out["shared_register_ms"], out["shared_unregister_ms"] = reg, unreg
+    out["shared_gbps"] = shared_gbps
     get_pageable, get_pinned = sync_get_time(sim)
     out["sync_get_ms"] = get_pageable * 1e3
     out["sync_get_pinned_ms"] = get_pinned * 1e3
@@ -314,17 +349,19 @@ async def bench_size(size_mb: int, frames: int, ratios: list[float]) -> dict[str
         )
     out["sync"] = {"t_io_ms": t_io_sync * 1e3, "overlap": base}
 
-    async def sink_rows(copy: bool, io_basis_s: float | None = None) -> dict[str, Any]:
+    async def sink_rows(
+        copy: bool, io_basis_s: float | None = None, writer: str = "thread"
+    ) -> dict[str, Any]:
         """Sink rows at every ratio: I/O alone, then compute = r x I/O (copy=False runs
         the functional-style loop, whose compute is timed on its own)."""
-        await sink_loop(sim, CAPACITY + 2, 0, copy=copy)  # warm-up: buffers allocated
-        t_io, blk0, _ = await sink_loop(sim, frames, 0, copy=copy)
+        await sink_loop(sim, CAPACITY + 2, 0, copy=copy, writer=writer)  # warm-up
+        t_io, blk0, _, t_startup = await sink_loop(sim, frames, 0, copy=copy, writer=writer)
         basis = t_io if io_basis_s is None else io_basis_s
         rows = []
         for r in ratios:
             spf = max(1, math.ceil(r * (basis / frames) / t_step))
             tc = await t_compute(spf) if copy else functional_compute(sim, frames, spf)
-            tt, blk, stored = await sink_loop(sim, frames, spf, copy=copy)
+            tt, blk, stored, _ = await sink_loop(sim, frames, spf, copy=copy, writer=writer)
             rows.append(
                 {
                     "ratio": r,
@@ -338,6 +375,7 @@ async def bench_size(size_mb: int, frames: int, ratios: list[float]) -> dict[str
             )
         return {
             "t_io_ms": t_io * 1e3,
+            "startup_ms": t_startup * 1e3,
             "bw_gbps": frames * nbytes / t_io / 1e9,
             "bw_over_peak": frames * nbytes / t_io / 1e9 / out["peak_gbps"],
             "block_ms": statistics.median(blk0) * 1e3,
@@ -357,8 +395,13 @@ async def bench_size(size_mb: int, frames: int, ratios: list[float]) -> dict[str
             out["sink"] = await sink_rows(copy=True, io_basis_s=out["snapshot"]["t_io_ms"] * 1e-3)
             # write(copy=False) on a functional-style loop: no snapshot, no wait
             out["sink_borrow"] = await sink_rows(copy=False)
+            # the same two through the writer process
+            basis = out["snapshot"]["t_io_ms"] * 1e-3
+            out["sink_process"] = await sink_rows(copy=True, io_basis_s=basis, writer="process")
+            out["sink_borrow_process"] = await sink_rows(copy=False, writer="process")
         except Exception as exc:
-            out["sink"] = {"error": f"{type(exc).__name__}: {exc}"}
+            out["sink_error"] = f"{type(exc).__name__}: {exc}"
+            print(f"{size_mb} MB: Sink rows failed: {out['sink_error']}", flush=True)
 
     cp.get_default_memory_pool().free_all_blocks()
     return out
@@ -377,6 +420,12 @@ def print_table(results: dict[str, Any]) -> None:
             f"{s['size_mb']:>5} {'peak':>9} {'':>9} {'':>9} {s['peak_gbps']:>8.1f}"
             f"   sync .get() {s['sync_get_ms']:.3f} ms (pinned out {s['sync_get_pinned_ms']:.3f})"
         )
+        if "shared_gbps" in s:
+            print(
+                f"{s['size_mb']:>5} {'shm slot':>9} {'':>9} {'':>9} {s['shared_gbps']:>8.1f}"
+                f"   page-lock {s['shared_register_ms']:.2f} ms, unlock "
+                f"{s['shared_unregister_ms']:.2f} ms (a writer-process slot)"
+            )
         for strategy in ("snapshot", "direct"):
             res = s[strategy]
             for o in res["overlap"]:
@@ -391,13 +440,20 @@ def print_table(results: dict[str, Any]) -> None:
                 f"{s['size_mb']:>5} {'sync get':>9} {'':>9} {'':>9} {'':>8} {'':>6} "
                 f"{o['ratio']:>5} {o['eta']:>6.3f} {o['slowdown']:>8.3f}"
             )
-        for key, label in (("sink", "Sink"), ("sink_borrow", "Sink/borw")):
+        for key, label in (
+            ("sink", "Sink"),
+            ("sink_borrow", "Sink/borw"),
+            ("sink_process", "Sink/proc"),
+            ("sink_borrow_process", "borw/proc"),
+        ):
             if key not in s:
                 continue
             k = s[key]
             if "error" in k:
                 print(f"{s['size_mb']:>5} {label:>9} error: {k['error']}")
             else:
+                if "startup_ms" in k:
+                    print(f"{s['size_mb']:>5} {label:>9} start-up {k['startup_ms']:.1f} ms")
                 for o in k["overlap"]:
                     print(
                         f"{s['size_mb']:>5} {label:>9} {o['block_ms']:>9.4f} "

@@ -1,14 +1,27 @@
 #!/usr/bin/env bash
-# All GPU checks of the device path in one command: the gpu-marked tests, then
-# the overlap benchmark. Results go to ${OUT:-benchmarks/results}.
+# All GPU checks of the device path in one command: the gpu-marked tests, the
+# overlap benchmark, then the demo on the GPU. Results go to ${OUT:-benchmarks/results}.
+#
+# The device machine has CuPy, PyTorch and JAX but no network: the packages it
+# lacks (zarr and its codecs, pytest-asyncio, ASE) travel as wheels in .whl/
+# (see docs/benchmarks.md, "GPU runs"), installed here into /tmp/site.
 set -uo pipefail
 cd "$(dirname "$0")/.."
 out="${OUT:-benchmarks/results}"
 mkdir -p "$out"
-export PYTHONPATH=src${PYTHONPATH:+:$PYTHONPATH}
-python3 -c "import cupy; print('cupy', cupy.__version__, cupy.cuda.runtime.getDeviceCount(), 'device(s)')"
-python3 -m pytest -c /dev/null --rootdir . -m gpu tests/staging/test_device_gpu.py --noconftest -q -p no:cacheprovider -rs -W "ignore::pytest.PytestUnknownMarkWarning" -W error::DeprecationWarning 2>&1 | tee "$out/gpu_tests.txt"
+if compgen -G ".whl/*.whl" >/dev/null; then
+    python3 -m pip install -q --no-index --no-deps --no-compile --no-cache-dir --upgrade \
+        --target /tmp/site .whl/*.whl || exit 1
+    export PYTHONPATH=/tmp/site
+fi
+export PYTHONPATH=src${PYTHONPATH:+:$PYTHONPATH} PYTHONUNBUFFERED=1
+python3 -c "import cupy, numpy, zarr; print('cupy', cupy.__version__, 'numpy', numpy.__version__, 'zarr', zarr.__version__, cupy.cuda.runtime.getDeviceCount(), 'device(s)')"
+nvidia-smi --query-gpu=name,driver_version --format=csv,noheader
+timeout 180 python3 -m pytest -m gpu tests -q -p no:cacheprovider -rs -x --timeout 120 2>&1 | tee "$out/gpu_tests.txt"
 tests=${PIPESTATUS[0]}
-python3 benchmarks/gpu_overlap.py --out "$out" "$@" 2>&1 | tee "$out/gpu_overlap.txt"
+timeout 220 python3 benchmarks/gpu_overlap.py --out "$out" "$@" 2>&1 | tee "$out/gpu_overlap.txt"
 bench=${PIPESTATUS[0]}
-exit $(( tests || bench ))
+timeout 100 python3 -m snapsink demo --device gpu --frames 300 --repeat 2 2>&1 | tee "$out/demo_gpu.txt"
+demo=${PIPESTATUS[0]}
+echo "tests rc=$tests bench rc=$bench demo rc=$demo"
+exit $(( tests || bench || demo ))
