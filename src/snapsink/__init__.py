@@ -38,6 +38,9 @@ from ._store import Resume as Resume
 from ._store import Store as Store
 from ._store import StoreSpec as StoreSpec
 from ._sync import SyncSink as SyncSink
+from ._systems import Systems as Systems
+from ._systems import by_system as by_system
+from ._systems import converged as converged
 from ._trajectory import FieldView as FieldView
 from ._trajectory import Trajectory as Trajectory
 from .schedule import Schedule as Schedule
@@ -85,12 +88,15 @@ __all__ = [
     "StoreStateError",
     "SyncRecorder",
     "SyncSink",
+    "Systems",
     "Trajectory",
     "WouldBlock",
     "WriterError",
     "WrongThreadError",
     "ZarrStore",
     "__version__",
+    "by_system",
+    "converged",
     "every",
     "groups",
     "once",

@@ -28,6 +28,7 @@ from ._sink import Sink, _check_max_bytes, _check_schema
 from ._spill import Spill
 from ._store import Store
 from ._sync import SyncSink
+from ._systems import Systems, SystemsState
 from .schedule import Schedule, as_schedule
 
 __all__ = ["Recorder", "Route", "Router", "SyncRecorder"]
@@ -75,6 +76,12 @@ class Route:
         Arrays taken from the *first* recorded state and written once: a list of
         names or a function ``static(state) -> {name: array}``. Needs ``store``
         to be a function, as above.
+    select
+        Per-system capture in a batch: :func:`~snapsink.converged` stores each
+        system once, at the step where its mask turns true, with its rows of
+        the per-atom and per-system fields (see :mod:`snapsink` guides,
+        "Batched systems"). Without ``schema=``, the route's sink opens at the
+        first record, with a schema taken from that state.
     capacity, policy, schema, max_bytes
         The route's :class:`~snapsink.Sink` settings.
 
@@ -98,6 +105,7 @@ class Route:
         "policy",
         "schedule",
         "schema",
+        "select",
         "static",
         "store",
     )
@@ -109,6 +117,7 @@ class Route:
         fields: Selection | None = None,
         schedule: Schedule | int | Callable[[Any], object] | None = None,
         static: Selection | None = None,
+        select: Systems | None = None,
         capacity: int = 8,
         policy: str | Spill = "block",
         schema: Schema | Mapping[str, Any] | None = None,
@@ -117,6 +126,12 @@ class Route:
         self.fields = _check_selection(fields, "fields")
         self.static = _check_selection(static, "static")
         self.schedule = as_schedule(schedule)
+        if select is not None and not isinstance(select, Systems):
+            raise ConfigError(
+                "select: expected snapsink.converged(mask, sizes=...) or None, "
+                f"got {type(select).__name__} {select!r}"
+            )
+        self.select = select
         is_store = isinstance(store, Store)
         if self.static is not None:
             if is_store or not callable(store):
@@ -140,13 +155,16 @@ class Route:
 
     @property
     def lazy(self) -> bool:
-        """Whether the store is made at the first record (``static=`` given)."""
-        return self.static is not None
+        """Whether the sink opens at the first record: the store is made then
+        (``static=`` given), or the schema is taken from that state (``select=``
+        without ``schema=``)."""
+        return self.static is not None or (self.select is not None and self.schema is None)
 
     def __repr__(self) -> str:
+        select = "" if self.select is None else f", select={self.select!r}"
         return (
             f"Route({type(self.store).__name__}, fields={self.fields!r}, "
-            f"schedule={self.schedule!r}, static={self.static!r})"
+            f"schedule={self.schedule!r}, static={self.static!r}{select})"
         )
 
 
@@ -204,6 +222,12 @@ class Router:
         self.received: dict[str, int] = dict.fromkeys(routes, 0)
         self.last_step: int | None = None
         self.started = False
+        #: per-system selections (routes with ``select=``)
+        self.systems: dict[str, SystemsState] = {
+            name: SystemsState(r.select, name)
+            for name, r in self.routes.items()
+            if r.select is not None
+        }
 
     def next_step(self, step: object) -> int:
         """The step of the next record: ``step``, or the previous one + 1 (0 first).
@@ -230,13 +254,31 @@ class Router:
             raise SchemaError(f"step: expected a value that fits int64, got {s}")
         return s
 
-    def static(self, state: object) -> dict[str, Mapping[str, Any]]:
-        """The static arrays of each lazy route, taken from the first state."""
-        return {
-            name: _select(r.static, state, f"route {name!r} static", ())
-            for name, r in self.routes.items()
-            if r.lazy
-        }
+    def first(self, state: object) -> dict[str, tuple[Mapping[str, Any] | None, Schema | None]]:
+        """``{route: (static, schema)}`` of the routes that open at the first
+        record: the static arrays taken from the first state (None without
+        ``static=``), and the schema (the route's, or one taken from the state
+        for a per-system selection)."""
+        out: dict[str, tuple[Mapping[str, Any] | None, Schema | None]] = {}
+        for name, r in self.routes.items():
+            if not r.lazy:
+                continue
+            static = None
+            skip: Sequence[str] = ()
+            if r.static is not None:
+                static = _select(r.static, state, f"route {name!r} static", ())
+                skip = r.static if isinstance(r.static, tuple) else ()
+            schema = r.schema
+            if schema is None and name in self.systems:
+                fields = _select(r.fields, state, f"route {name!r}", skip)
+                schema = self.systems[name].schema(fields, state)
+            out[name] = (static, schema)
+        return out
+
+    def resumed(self, name: str, count: int) -> None:
+        """Route ``name`` appends to a store holding ``count`` frames: schedules
+        count them as received (``once()`` does not fire again)."""
+        self.received[name] = count
 
     def plan(self, state: object, step: int) -> list[tuple[str, Mapping[str, Any]]]:
         """``[(route, fields)]`` due at ``step``, in route order; no I/O.
@@ -250,7 +292,13 @@ class Router:
         for name, r in self.routes.items():
             if r.schedule.due(step, state, received=self.received[name]):
                 skip = r.static if isinstance(r.static, tuple) else ()
-                out.append((name, _select(r.fields, state, f"route {name!r}", skip)))
+                fields = _select(r.fields, state, f"route {name!r}", skip)
+                systems = self.systems.get(name)
+                if systems is not None:
+                    fields = systems.select(state, fields)
+                    if fields is None:
+                        continue  # no system is due
+                out.append((name, fields))
         return out
 
     def advance(self, step: int) -> None:
@@ -259,7 +307,9 @@ class Router:
         self.started = True
 
 
-def _make_store(name: str, route: Route, static: Mapping[str, Any]) -> Any:
+def _make_store(name: str, route: Route, static: Mapping[str, Any] | None) -> Any:
+    if static is None:
+        return route.store
     store = route.store(dict(static))
     if not isinstance(store, Store):
         raise ConfigError(
@@ -401,10 +451,14 @@ class Recorder(_Base):
         _close_error(errors, exc)
         return False
 
-    async def _open(self, name: str, store: Any) -> None:
+    async def _open(self, name: str, store: Any, schema: Schema | None = None) -> None:
         route = self._router.routes[name]
         sink = Sink(
-            store, route.capacity, route.policy, schema=route.schema, max_bytes=route.max_bytes
+            store,
+            route.capacity,
+            route.policy,
+            schema=route.schema if schema is None else schema,
+            max_bytes=route.max_bytes,
         )
         done = anyio.Event()
 
@@ -417,6 +471,8 @@ class Recorder(_Base):
         await self._tg.start(own, name=f"snapsink recorder route {name!r}")
         self._sinks[name] = (sink, done)
         self._stores[name] = store
+        if sink.resumed is not None:
+            self._router.resumed(name, sink.resumed.count)
 
     async def _close_sinks(self) -> list[BaseException]:
         errors: list[BaseException] = []
@@ -472,9 +528,10 @@ class Recorder(_Base):
         router = self._router
         s = router.next_step(step)
         if not router.started:
-            for name, static in router.static(state).items():
+            for name, (static, schema) in router.first(state).items():
                 if name not in self._sinks:
-                    await self._open(name, _make_store(name, router.routes[name], static))
+                    store = _make_store(name, router.routes[name], static)
+                    await self._open(name, store, schema)
         plan = router.plan(state, s)
         router.advance(s)
         for name, fields in plan:
@@ -544,12 +601,18 @@ class SyncRecorder(_Base):
             _close_error(self._close_sinks(), exc)
             raise
 
-    def _open(self, name: str, store: Any) -> None:
+    def _open(self, name: str, store: Any, schema: Schema | None = None) -> None:
         route = self._router.routes[name]
-        self._sinks[name] = SyncSink(
-            store, route.capacity, route.policy, schema=route.schema, max_bytes=route.max_bytes
+        sink = self._sinks[name] = SyncSink(
+            store,
+            route.capacity,
+            route.policy,
+            schema=route.schema if schema is None else schema,
+            max_bytes=route.max_bytes,
         )
         self._stores[name] = store
+        if sink.resumed is not None:
+            self._router.resumed(name, sink.resumed.count)
 
     def _close_sinks(self) -> list[BaseException]:
         self._closed = True
@@ -612,9 +675,9 @@ class SyncRecorder(_Base):
         router = self._router
         s = router.next_step(step)
         if not router.started:
-            for name, static in router.static(state).items():
+            for name, (static, schema) in router.first(state).items():
                 if name not in self._sinks:
-                    self._open(name, _make_store(name, router.routes[name], static))
+                    self._open(name, _make_store(name, router.routes[name], static), schema)
         plan = router.plan(state, s)
         router.advance(s)
         for name, fields in plan:

@@ -192,6 +192,7 @@ class Sink:
         self._schema = _check_schema(schema)
         self._max_bytes = _check_max_bytes(max_bytes)
         self._spec = choose_writer(store, writer)
+        self._resumed: Resume | None = None
         self._process: ProcessWriter | None = None
         self._channel: Channel | None = None
         self._state = "new"  # new -> open -> closing -> closed; "forked" in a child
@@ -239,6 +240,7 @@ class Sink:
         """The schema and step clock after the store's ``open``; SchemaError when
         the declared schema differs from the stored one."""
         schema = self._schema
+        self._resumed = resume
         if resume is None:
             return schema, StepClock()
         if resume.schema is not None:
@@ -585,6 +587,13 @@ class Sink:
     def schema(self) -> Schema | None:
         """The schema in force (declared, resumed, or inferred from the first frame)."""
         return self._channel.schema if self._channel is not None else self._schema
+
+    @property
+    def resumed(self) -> Resume | None:
+        """What the store held when the sink opened it to append (``mode="a"``):
+        its frame count, last step and time; None for a new store (or before
+        the sink is open)."""
+        return self._resumed
 
     # -- flush acknowledgements ----------------------------------------------------
     def _wake_flushers(self, done_gen: int | None) -> None:

@@ -30,8 +30,10 @@ from ._errors import ClosedSinkError, WriterError, WrongThreadError
 from ._schema import Schema
 from ._sink import Sink
 from ._spill import Spill
+from ._store import Resume
 
 __all__ = ["SyncSink"]
+
 
 class _LoopThread:
     """The thread that runs a SyncSink's event loop, and the async Sink on it.
@@ -307,6 +309,11 @@ class SyncSink:
     def schema(self) -> Schema | None:
         """The schema in force."""
         return self._sink.schema
+
+    @property
+    def resumed(self) -> Resume | None:
+        """See :attr:`Sink.resumed`."""
+        return self._sink.resumed
 
     def close(self) -> None:
         """Drain, commit and close the store, then stop the loop thread. Idempotent.

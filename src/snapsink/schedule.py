@@ -189,6 +189,9 @@ def once() -> Schedule:
     Combined with ``&`` it is the first step where the other schedules hold:
     ``when(converged) & once()`` records the first converged state only.
 
+    A recorder that appends to a store holding frames (``mode="a"``) counts
+    them as received, so ``once()`` does not fire again after a resume.
+
     Returns
     -------
     Schedule

@@ -1,0 +1,351 @@
+"""Per-system capture in a batch: store each system of a batched simulation once.
+
+A batched simulation (a GPU MD toolkit relaxing B structures at once) keeps
+per-atom arrays of all systems concatenated (``positions``: ``(N, 3)`` with
+``N = sizes.sum()``) and per-system arrays (``energy``: ``(B,)``). A route with
+``select=converged(mask, sizes=...)`` stores, at each step, only the systems
+whose mask turned true since they were last stored, each system once:
+
+- the route's fields are cut to those systems' rows: a field whose first
+  dimension is ``N`` gives the chosen systems' atoms, one whose first dimension
+  is ``B`` their entries; other fields (a batch-wide temperature, say) are
+  stored whole;
+- two fields are added: ``system`` (the systems' indices in the batch) and
+  ``natoms`` (their atom counts), so a reader can split the rows again
+  (:func:`by_system`).
+
+A frame is one step: all systems that converged at that step, in batch order.
+On a device the cut is a gather on the device, so only the chosen systems'
+bytes cross PCIe; the mask and the sizes (``B`` values each) are read on the
+host at each due step (a small device-to-host copy that waits for the device:
+combine with a step schedule, ``every(10)``, to test less often).
+"""
+
+from __future__ import annotations
+
+import sys
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass
+from typing import Any
+
+import numpy as np
+
+from ._arrays import is_device_array
+from ._errors import ConfigError, SchemaError
+from ._schema import Field, Schema
+
+__all__ = ["SYSTEM", "SYSTEM_ROWS", "Systems", "SystemsState", "by_system", "converged"]
+
+#: the added field of a selected frame: the systems' indices in the batch
+SYSTEM = "system"
+#: the added field of a selected frame: each system's atom (row) count
+SYSTEM_ROWS = "natoms"
+
+
+@dataclass(frozen=True, slots=True)
+class Systems:
+    """Which systems of a batch a route stores at a step (see :func:`converged`)."""
+
+    mask: Callable[[Any], Any]
+    sizes: str | Callable[[Any], Any] | tuple[int, ...]
+    once: bool = True
+
+    def __repr__(self) -> str:
+        name = getattr(self.mask, "__qualname__", None) or repr(self.mask)
+        sizes = self.sizes if isinstance(self.sizes, str) else "..."
+        return f"converged({name}, sizes={sizes!r}, once={self.once})"
+
+
+def converged(
+    mask: Callable[[Any], Any],
+    *,
+    sizes: str | Callable[[Any], Any] | Sequence[int] | np.ndarray[Any, Any],
+    once: bool = True,
+) -> Systems:
+    """Store each system of a batch at the first step where ``mask`` holds for it.
+
+    Pass it as a route's ``select=``. The route's schedule still decides which
+    steps are looked at (``every(10)`` tests every tenth step).
+
+    Parameters
+    ----------
+    mask
+        ``mask(state) -> (B,)`` booleans (NumPy, CuPy, PyTorch or JAX; on the
+        device is fine): True for the systems to store now, e.g.
+        ``lambda s: s["fmax"] < 0.05``.
+    sizes
+        The atom (row) count of each system, ``(B,)`` ints: the name of a
+        field of the state, a function of the state, or a fixed sequence. The
+        per-atom arrays hold the systems' rows one after the other, in batch order.
+    once
+        True (the default): a system is stored once, at the first step its mask
+        is true, never again in this recording. False: at every due step where
+        its mask is true.
+
+    Returns
+    -------
+    Systems
+        For ``Route(..., select=...)``.
+
+    Raises
+    ------
+    ConfigError
+        ``mask`` is not callable, or ``sizes`` is none of the above.
+
+    Examples
+    --------
+    >>> relaxed = snapsink.Route(
+    ...     snapsink.NpyDirectory("relaxed"), fields=["positions", "energy"],
+    ...     select=snapsink.converged(lambda s: s["fmax"] < 0.05, sizes="natoms"),
+    ... )  # doctest: +SKIP
+    """
+    if not callable(mask):
+        raise ConfigError(
+            f"converged(mask): expected a function of the state returning (B,) booleans, "
+            f"got {type(mask).__name__} {mask!r}"
+        )
+    if isinstance(once, np.bool_):
+        once = bool(once)
+    if not isinstance(once, bool):
+        raise ConfigError(f"converged(once): expected a bool, got {type(once).__name__}")
+    fixed: str | Callable[[Any], Any] | tuple[int, ...]
+    if isinstance(sizes, str) or callable(sizes):
+        fixed = sizes
+    else:
+        try:
+            arr = np.asarray(sizes)
+        except Exception:
+            arr = np.asarray(None)
+        if arr.ndim != 1 or arr.dtype.kind not in "iu" or (arr < 0).any():
+            raise ConfigError(
+                "converged(sizes): expected the name of a field, a function of the state, "
+                f"or a sequence of non-negative ints (one per system), got {sizes!r}"
+            )
+        fixed = tuple(int(n) for n in arr)
+    return Systems(mask, fixed, once)
+
+
+def _host(value: Any, what: str) -> np.ndarray[Any, Any]:
+    """``value`` as a host array (a device array is copied, waiting for the device)."""
+    if is_device_array(value):
+        from ._staging.device import to_host_blocking
+
+        return to_host_blocking(value)
+    try:
+        return np.asarray(value)
+    except Exception as exc:
+        raise SchemaError(f"{what}: expected an array, got {type(value).__name__}") from exc
+
+
+def gather_rows(value: Any, index: np.ndarray[Any, Any]) -> Any:
+    """``value[index]`` along the first axis, where ``value`` lives.
+
+    On a device the gather runs there, ordered on the framework's current
+    stream, so the sink's capture (which waits for that stream) sees it.
+    One contiguous range is a slice (no gather at all).
+    """
+    n = len(index)
+    if n and int(index[-1]) - int(index[0]) == n - 1 and (n == 1 or (np.diff(index) == 1).all()):
+        return value[int(index[0]) : int(index[0]) + n]
+    if isinstance(value, np.ndarray):
+        return value[index]
+    if not is_device_array(value):
+        return np.asarray(value)[index]
+    torch = sys.modules.get("torch")
+    if torch is not None and isinstance(value, torch.Tensor):
+        return value.index_select(0, torch.as_tensor(index, device=value.device))
+    if getattr(type(value), "__snapsink_emulated_device__", False):
+        from ._staging.device import backend_named
+
+        be = backend_named("emulation")
+        return be.take(value, index, be.resolve_stream(None, value))
+    cupy = sys.modules.get("cupy")
+    if cupy is not None and isinstance(value, cupy.ndarray):
+        return value.take(cupy.asarray(index), axis=0)
+    return value[index]  # JAX arrays and other array libraries index with NumPy
+
+
+def _leading(value: Any) -> int | None:
+    shape = getattr(value, "shape", None)
+    if shape is None:
+        shape = np.shape(value)
+    return int(shape[0]) if len(shape) else None
+
+
+class SystemsState:
+    """One route's per-system selection over a recording: which systems are stored.
+
+    Parameters
+    ----------
+    systems
+        The route's :class:`Systems`.
+    route
+        The route's name, for error messages.
+    """
+
+    def __init__(self, systems: Systems, route: str):
+        self.systems = systems
+        self.route = route
+        #: systems stored so far (``once=True``); sized at the first look
+        self.stored: np.ndarray[Any, np.dtype[np.bool_]] | None = None
+
+    def _sizes(self, state: Any) -> np.ndarray[Any, np.dtype[np.int64]]:
+        sizes = self.systems.sizes
+        what = f"route {self.route!r} converged(sizes)"
+        if isinstance(sizes, tuple):
+            return np.asarray(sizes, np.int64)
+        if isinstance(sizes, str):
+            if not isinstance(state, Mapping) or sizes not in state:
+                raise SchemaError(f"{what}: expected a field {sizes!r} in the state")
+            value = state[sizes]
+        else:
+            value = sizes(state)
+        arr = _host(value, what)
+        if arr.ndim != 1 or arr.dtype.kind not in "iu" or (arr < 0).any():
+            raise SchemaError(
+                f"{what}: expected (B,) non-negative ints, got {arr.dtype} of shape {arr.shape}"
+            )
+        return arr.astype(np.int64, copy=False)
+
+    def _mask(self, state: Any, b: int) -> np.ndarray[Any, np.dtype[np.bool_]]:
+        what = f"route {self.route!r} converged(mask)"
+        arr = _host(self.systems.mask(state), what)
+        if arr.shape != (b,) or arr.dtype != np.bool_:
+            raise SchemaError(
+                f"{what}: expected ({b},) booleans (one per system), got {arr.dtype} "
+                f"of shape {arr.shape}"
+            )
+        return arr
+
+    def schema(self, fields: Mapping[str, Any], state: Any) -> Schema:
+        """The route's schema, from a whole state: per-atom and per-system
+        fields become ragged, ``system`` and ``natoms`` are added."""
+        sizes = self._sizes(state)
+        b, n = len(sizes), int(sizes.sum())
+        for name in (SYSTEM, SYSTEM_ROWS):
+            if name in fields:
+                raise SchemaError(
+                    f"route {self.route!r}: field {name!r} is added by converged(); "
+                    "rename the state's field or leave it out of fields="
+                )
+        whole = Schema.infer(fields)
+        out: dict[str, Field] = {}
+        for name, f in whole.items():
+            if f.shape and _leading(fields[name]) in (b, n):
+                out[name] = Field(f.dtype, (None, *f.shape[1:]))
+            else:
+                out[name] = f
+        out[SYSTEM] = Field("int64", (None,))
+        out[SYSTEM_ROWS] = Field("int64", (None,))
+        return Schema(out)
+
+    def select(self, state: Any, fields: Mapping[str, Any]) -> dict[str, Any] | None:
+        """The chosen systems' part of ``fields``, or None when no system is due.
+
+        Raises
+        ------
+        SchemaError
+            A mask or sizes of the wrong shape or type, or sizes that change
+            their number of systems during the recording.
+        """
+        sizes = self._sizes(state)
+        b = len(sizes)
+        mask = self._mask(state, b)
+        if self.systems.once:
+            if self.stored is None:
+                self.stored = np.zeros(b, np.bool_)
+            elif len(self.stored) != b:
+                raise SchemaError(
+                    f"route {self.route!r} converged(): the batch had {len(self.stored)} "
+                    f"systems, now {b}; start a new recording for a new batch"
+                )
+            mask = mask & ~self.stored
+        chosen = np.flatnonzero(mask)
+        if not len(chosen):
+            return None
+        n = int(sizes.sum())
+        starts = np.concatenate(([0], np.cumsum(sizes)[:-1]))
+        counts = sizes[chosen]
+        # the chosen systems' atom rows, in batch order
+        rows = np.repeat(starts[chosen] - np.concatenate(([0], np.cumsum(counts)[:-1])), counts)
+        rows += np.arange(int(counts.sum()), dtype=np.int64)
+        out: dict[str, Any] = {}
+        for name, value in fields.items():
+            lead = _leading(value)
+            if lead == n:
+                out[name] = gather_rows(value, rows)
+            elif lead == b:
+                out[name] = gather_rows(value, chosen)
+            else:
+                out[name] = value
+        out[SYSTEM] = chosen.astype(np.int64)
+        out[SYSTEM_ROWS] = counts
+        if self.systems.once:
+            assert self.stored is not None
+            self.stored[chosen] = True
+        return out
+
+
+def by_system(traj: Any) -> dict[int, dict[str, Any]]:
+    """The systems a ``converged()`` route stored, by their index in the batch.
+
+    Parameters
+    ----------
+    traj
+        A :class:`~snapsink.Trajectory` of such a route (``snapsink.open(path)``
+        or ``HostMemory.trajectory()``).
+
+    Returns
+    -------
+    dict
+        ``{system: {"step": int, "time": float or None, name: array, ...}}``;
+        each field holds that system's rows (per-atom and per-system fields)
+        or the frame's whole value (other fields). A system stored at several
+        steps (``once=False``) keeps its last.
+
+    Raises
+    ------
+    SchemaError
+        The trajectory has no ``system`` and ``natoms`` fields.
+    """
+    fields = traj.fields
+    if SYSTEM not in fields or SYSTEM_ROWS not in fields:
+        raise SchemaError(
+            f"by_system: expected the fields {SYSTEM!r} and {SYSTEM_ROWS!r} that "
+            f"converged() adds, got {', '.join(fields) or 'none'}"
+        )
+    steps = traj.steps
+    times = traj.times
+    frames = [traj.frame(i) for i in range(len(traj))]
+    # a ragged field holds atoms (rows = atoms of the frame's systems) or
+    # systems (rows = systems); where the two counts never differ (one-atom
+    # systems) it is read as atoms
+    per_system = set()
+    for name, f in fields.items():
+        if not f.ragged or name in (SYSTEM, SYSTEM_ROWS):
+            continue
+        if all(len(fr[name]) == len(fr[SYSTEM]) for fr in frames) and any(
+            len(fr[name]) != int(fr[SYSTEM_ROWS].sum()) for fr in frames
+        ):
+            per_system.add(name)
+    out: dict[int, dict[str, Any]] = {}
+    for i, frame in enumerate(frames):
+        counts = frame[SYSTEM_ROWS]
+        atom_start = np.concatenate(([0], np.cumsum(counts)))
+        for j, sid in enumerate(frame[SYSTEM].tolist()):
+            rec: dict[str, Any] = {
+                "step": int(steps[i]),
+                "time": None if times is None else float(times[i]),
+            }
+            for name, value in frame.items():
+                if name in (SYSTEM, SYSTEM_ROWS):
+                    continue
+                if name in per_system:
+                    rec[name] = value[j]
+                elif fields[name].ragged:
+                    rec[name] = value[atom_start[j] : atom_start[j + 1]]
+                else:
+                    rec[name] = value
+            rec[SYSTEM_ROWS] = int(counts[j])
+            out[int(sid)] = rec
+    return out

@@ -1,0 +1,295 @@
+"""Per-system capture in a batch: Route(select=converged(mask, sizes=...)).
+
+A ragged batch of 9 systems relaxes; each converges at its own step and stays
+converged. Each system must be stored exactly once, at its convergence step,
+with its own rows of the per-atom fields, its per-system values, its index and
+its step, bit for bit, on the host and on the CPU emulation of the device path
+(and on CuPy / PyTorch CUDA when a GPU is there).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pytest
+
+import snapsink
+from snapsink import ConfigError, HostMemory, NpyDirectory, SchemaError
+from snapsink._staging.emulation import EmulatedDeviceArray
+
+SIZES = np.array([3, 5, 1, 7, 2, 4, 6, 8, 2])
+CONVERGES = np.array([4, 10, 2, 10, 7, 15, 1, 12, 6])  # step at which fmax reaches 0
+N_STEPS = 20
+B, N = len(SIZES), int(SIZES.sum())
+START = np.concatenate(([0], np.cumsum(SIZES)))
+
+
+def host_state(step: int) -> dict[str, Any]:
+    rng = np.random.default_rng(step)
+    return {
+        "positions": rng.normal(size=(N, 3)),  # a new value every step
+        "forces": rng.normal(size=(N, 3)).astype(np.float32),
+        "energy": rng.normal(size=B),
+        "fmax": np.maximum(CONVERGES - step, 0).astype(np.float64),
+        "natoms": SIZES.copy(),
+        "temperature": float(300 + step),
+    }
+
+
+def _emulated(state: dict[str, Any]) -> dict[str, Any]:
+    return {
+        k: EmulatedDeviceArray.from_host(np.asarray(v)) if isinstance(v, np.ndarray) else v
+        for k, v in state.items()
+    }
+
+
+def _mask(s: dict[str, Any]) -> Any:
+    fmax = s["fmax"]
+    if isinstance(fmax, EmulatedDeviceArray):  # a "kernel" on the device
+        out = EmulatedDeviceArray.empty(fmax.shape, np.bool_)
+        out.host[...] = fmax.get() <= 0
+        return out
+    return fmax <= 0
+
+
+def _check(traj: snapsink.Trajectory) -> None:
+    """Every system once, at its convergence step, bit-exact."""
+    assert traj.steps.tolist() == sorted(set(CONVERGES.tolist()))
+    ids = np.concatenate([traj.frame(i)["system"] for i in range(len(traj))])
+    assert sorted(ids.tolist()) == list(range(B))  # each once
+    systems = snapsink.by_system(traj)
+    assert sorted(systems) == list(range(B))
+    for sid, rec in systems.items():
+        step = int(CONVERGES[sid])
+        want = host_state(step)
+        rows = slice(START[sid], START[sid + 1])
+        assert rec["step"] == step
+        assert rec["natoms"] == SIZES[sid]
+        np.testing.assert_array_equal(rec["positions"], want["positions"][rows])
+        np.testing.assert_array_equal(rec["forces"], want["forces"][rows])
+        assert rec["forces"].dtype == np.float32
+        assert rec["energy"] == want["energy"][sid]
+        assert rec["temperature"] == want["temperature"]
+
+
+def _record(make_state: Callable[[int], dict[str, Any]], store: Any, **route: Any) -> None:
+    with snapsink.SyncRecorder(
+        relaxed=snapsink.Route(
+            store,
+            fields=["positions", "forces", "energy", "temperature"],
+            select=snapsink.converged(_mask, sizes="natoms"),
+            **route,
+        )
+    ) as rec:
+        for step in range(N_STEPS):
+            rec.record(make_state(step), step=step)
+
+
+@pytest.mark.parametrize("where", ["host", "emulation"])
+def test_each_system_is_stored_once_at_its_convergence_step(where: str) -> None:
+    store = HostMemory()
+    _record(host_state if where == "host" else lambda k: _emulated(host_state(k)), store)
+    traj = store.trajectory()
+    _check(traj)
+    # the frame of step 10 holds systems 1 and 3 (batch order), their rows only
+    i = traj.steps.tolist().index(10)
+    frame = traj.frame(i)
+    assert frame["system"].tolist() == [1, 3]
+    assert frame["natoms"].tolist() == [5, 7]
+    assert frame["positions"].shape == (12, 3)
+
+
+@pytest.mark.parametrize("kind", ["npy", "zarr"])
+def test_selected_systems_read_back_from_disk(kind: str, tmp_path: Path) -> None:
+    path = tmp_path / ("run" if kind == "npy" else "run.zarr")
+    store = NpyDirectory(path) if kind == "npy" else snapsink.ZarrStore(path)
+    _record(host_state, store)
+    _check(snapsink.open(path))
+
+
+async def test_async_recorder_and_a_step_schedule() -> None:
+    """every(3): systems are looked at on steps 0, 3, 6, ... and stored at the
+    first looked-at step where they have converged."""
+    store = HostMemory()
+    async with snapsink.Recorder(
+        relaxed=snapsink.Route(
+            store,
+            fields=["positions", "energy"],
+            schedule=snapsink.every(3),
+            select=snapsink.converged(_mask, sizes=SIZES.tolist()),
+        )
+    ) as rec:
+        for step in range(N_STEPS):
+            await rec.record(_emulated(host_state(step)), step=step)
+    systems = snapsink.by_system(store.trajectory())
+    assert sorted(systems) == list(range(B))
+    for sid, r in systems.items():
+        seen = -(-int(CONVERGES[sid]) // 3) * 3  # the first multiple of 3 at or after
+        assert r["step"] == seen
+        np.testing.assert_array_equal(
+            r["positions"], host_state(seen)["positions"][START[sid] : START[sid + 1]]
+        )
+
+
+def test_once_false_stores_a_system_at_every_step_its_mask_holds() -> None:
+    store = HostMemory()
+    with snapsink.SyncRecorder(
+        low=snapsink.Route(
+            store,
+            fields=["energy"],
+            select=snapsink.converged(_mask, sizes="natoms", once=False),
+        )
+    ) as rec:
+        for step in range(N_STEPS):
+            rec.record(host_state(step), step=step)
+    traj = store.trajectory()
+    for i, step in enumerate(traj.steps.tolist()):
+        frame = traj.frame(i)
+        assert frame["system"].tolist() == np.flatnonzero(CONVERGES <= step).tolist()
+        np.testing.assert_array_equal(
+            frame["energy"], host_state(step)["energy"][CONVERGES <= step]
+        )
+
+
+def test_a_declared_schema_opens_the_route_at_once(tmp_path: Path) -> None:
+    schema = {
+        "positions": snapsink.Field("float64", (None, 3)),
+        "energy": snapsink.Field("float64", (None,)),
+        "system": snapsink.Field("int64", (None,)),
+        "natoms": snapsink.Field("int64", (None,)),
+    }
+    store = NpyDirectory(tmp_path / "run")
+    with snapsink.SyncRecorder(
+        r=snapsink.Route(
+            store,
+            fields=["positions", "energy"],
+            schema=schema,
+            select=snapsink.converged(_mask, sizes="natoms"),
+        )
+    ) as rec:
+        assert rec.store("r") is store  # opened before the first record
+        for step in range(N_STEPS):
+            rec.record(host_state(step), step=step)
+    systems = snapsink.by_system(snapsink.open(tmp_path / "run"))
+    assert {s: r["step"] for s, r in systems.items()} == dict(enumerate(CONVERGES.tolist()))
+
+
+def test_bad_selections_say_what_was_expected() -> None:
+    with pytest.raises(ConfigError, match="converged\\(mask\\): expected a function"):
+        snapsink.converged(np.ones(3, bool), sizes="natoms")  # type: ignore[arg-type]
+    with pytest.raises(ConfigError, match="converged\\(sizes\\)"):
+        snapsink.converged(_mask, sizes=[1.5, 2])
+    with pytest.raises(ConfigError, match=r"select: expected snapsink\.converged"):
+        snapsink.Route(HostMemory(), select=_mask)  # type: ignore[arg-type]
+
+    store = HostMemory()
+    rec = snapsink.SyncRecorder(
+        r=snapsink.Route(
+            store, fields=["energy"], select=snapsink.converged(lambda s: s["fmax"], sizes="natoms")
+        )
+    )
+    with rec:
+        with pytest.raises(SchemaError, match=r"converged\(mask\): expected \(9,\) booleans"):
+            rec.record(host_state(0), step=0)
+        # the recorder stays usable: a good record goes through
+    assert len(store.trajectory()) == 0
+
+    def wrong_count(s: dict[str, Any]) -> Any:
+        return np.ones(4, bool)
+
+    with (
+        snapsink.SyncRecorder(
+            r=snapsink.Route(
+                HostMemory(),
+                fields=["energy"],
+                select=snapsink.converged(wrong_count, sizes="natoms"),
+            )
+        ) as rec2,
+        pytest.raises(SchemaError, match=r"expected \(9,\) booleans.*shape \(4,\)"),
+    ):
+        rec2.record(host_state(0), step=0)
+
+
+def test_a_state_field_named_system_is_refused() -> None:
+    state = host_state(0) | {"system": np.arange(B)}
+    with (
+        snapsink.SyncRecorder(
+            r=snapsink.Route(
+                HostMemory(),
+                fields=["energy", "system"],
+                select=snapsink.converged(_mask, sizes="natoms"),
+            )
+        ) as rec,
+        pytest.raises(SchemaError, match="field 'system' is added by converged"),
+    ):
+        rec.record(state, step=0)
+
+
+def test_by_system_needs_a_selected_trajectory() -> None:
+    store = HostMemory()
+    with snapsink.SyncSink(store) as sink:
+        sink.write({"x": np.zeros(3)}, step=0)
+    with pytest.raises(SchemaError, match="by_system: expected the fields 'system' and 'natoms'"):
+        snapsink.by_system(store.trajectory())
+
+
+def test_once_does_not_fire_again_after_a_resume(tmp_path: Path) -> None:
+    """once(): its state follows from the stored frames, so a recording that
+    appends (mode="a") to a store with frames does not store the step again."""
+    path = tmp_path / "run"
+    for run, steps in enumerate((range(0, 5), range(5, 10))):
+        store = NpyDirectory(path, mode="x" if run == 0 else "a")
+        with snapsink.SyncRecorder(
+            first=snapsink.Route(store, fields=["temperature"], schedule=snapsink.once())
+        ) as rec:
+            for step in steps:
+                rec.record(host_state(step), step=step)
+    traj = snapsink.open(path)
+    assert traj.steps.tolist() == [0]
+    assert traj["temperature"][:].tolist() == [300.0]
+
+
+async def test_once_after_a_resume_async(tmp_path: Path) -> None:
+    path = tmp_path / "run"
+    for run, steps in enumerate((range(0, 3), range(3, 6))):
+        store = NpyDirectory(path, mode="x" if run == 0 else "a")
+        async with snapsink.Recorder(
+            first=snapsink.Route(store, fields=["temperature"], schedule=snapsink.once())
+        ) as rec:
+            for step in steps:
+                await rec.record(host_state(step), step=step)
+    assert snapsink.open(path).steps.tolist() == [0]
+
+
+def _gpu_state(xp: Any, to_device: Callable[[np.ndarray], Any]) -> Callable[[int], dict[str, Any]]:
+    def make(step: int) -> dict[str, Any]:
+        return {
+            k: to_device(v) if isinstance(v, np.ndarray) else v for k, v in host_state(step).items()
+        }
+
+    return make
+
+
+@pytest.mark.gpu
+@pytest.mark.parametrize("framework", ["cupy", "torch"])
+def test_device_gather_on_the_gpu(framework: str, tmp_path: Path) -> None:
+    cp = pytest.importorskip("cupy")
+    try:
+        if cp.cuda.runtime.getDeviceCount() == 0:
+            pytest.skip("no CUDA device")
+    except Exception:
+        pytest.skip("no CUDA driver")
+    if framework == "cupy":
+        to_device: Callable[[np.ndarray], Any] = cp.asarray
+    else:
+        torch = pytest.importorskip("torch")
+
+        def to_device(a: np.ndarray) -> Any:
+            return torch.as_tensor(a, device="cuda")
+
+    store = NpyDirectory(tmp_path / "run")
+    _record(_gpu_state(cp, to_device), store)
+    _check(snapsink.open(tmp_path / "run"))
