@@ -200,22 +200,25 @@ async def test_ragged_first_frame_empty_and_all_empty(tmp_path: Path) -> None:
 
 
 @pytest.mark.parametrize("batch", [1, 7, 40])
-async def test_many_frames_grow_and_trim(tmp_path: Path, batch: int) -> None:
+async def test_arrays_show_the_committed_count(tmp_path: Path, batch: int) -> None:
+    """On a local directory every array's shape is the committed count at any
+    moment: rows written since the last commit stay out of sight (issue 14)."""
     schema = Schema({"x": Field("float64", (4,)), "k": Field("int32", ())})
     n = 100
     frames = [Frame(i, i / 10, {"x": np.arange(4.0) + i, "k": np.int32(i)}) for i in range(n)]
     store = ZarrStore(tmp_path / "s", chunk_frames=8)
-    await _write(store, schema, frames, times=True, batch=batch, close=False)
-    grp = zarr.open_group(tmp_path / "s", mode="r")
-    cap = grp["x"].shape[0]
-    assert cap >= n
-    assert cap % 8 == 0
-    assert cap < 4 * n  # grown geometrically, not wildly
+    await _write(store, schema, frames[:60], times=True, batch=batch, close=False)
     await store.commit()
-    await store.close()
+    await store.append(Batch(frames[60:]))  # written (whole chunks), not committed
+    grp = zarr.open_group(tmp_path / "s", mode="r")
+    assert {name: grp[name].shape[0] for name in ("steps", "times", "x", "k")} == dict.fromkeys(
+        ("steps", "times", "x", "k"), 60
+    )
+    await store.commit()
     grp = zarr.open_group(tmp_path / "s", mode="r")
     for name in ("steps", "times", "x", "k"):
-        assert grp[name].shape[0] == n, name  # trimmed to the committed count
+        assert grp[name].shape[0] == n, name
+    await store.close()
     traj = open_zarr(tmp_path / "s")
     _assert_same(traj["x"][:], np.stack([f.fields["x"] for f in frames]))
     _assert_same(traj["k"][::7], np.arange(0, n, 7, dtype=np.int32))

@@ -69,10 +69,15 @@ class Column:
             ndim = len(meta.shape)
             spec = meta.get_chunk_spec((0,) * ndim, array.config, default_buffer_prototype())
             path = array.store_path.path
+            raw = plan.shard is None and writes_in_place(pipeline, spec, plan.dtype)
             self.target = BlockTarget(
-                root / path if path else root, array.codec_pipeline, spec, meta.encode_chunk_key
+                root / path if path else root,
+                array.codec_pipeline,
+                spec,
+                meta.encode_chunk_key,
+                raw,
             )
-            if in_place and plan.shard is None and writes_in_place(pipeline, spec, plan.dtype):
+            if in_place and raw:
                 self.direct = DirectRows(plan.chunk, length)
 
     @property

@@ -153,11 +153,15 @@ def _start_writeback(fd: int, offset: int, length: int) -> None:
             pass
 
 
-def write_file(path: Path, data: memoryview, *, sync: bool | None = None) -> bool:
+def write_file(
+    path: Path, data: memoryview, *, sync: bool | None = None, size: int | None = None
+) -> bool:
     """Write ``data`` to ``path`` through a temporary file renamed into place.
 
     ``sync=None``: fsync before the rename only when ``path`` exists (the
     rename replaces committed data); ``True``/``False`` force it either way.
+    ``size``: extend the file to ``size`` bytes after the data (a hole, which
+    reads as zeros and takes no disk space).
     Returns whether the file was fsynced (else it is the caller's to sync).
     """
     if sync is None:
@@ -167,6 +171,8 @@ def write_file(path: Path, data: memoryview, *, sync: bool | None = None) -> boo
     try:
         try:
             _write_all(fd, data)
+            if size is not None and size > len(data):
+                os.ftruncate(fd, size)
             if sync:
                 os.fsync(fd)
             else:
@@ -267,6 +273,8 @@ class BlockTarget:
     pipeline: Any
     spec: Any
     key: Any
+    #: a chunk file is exactly its rows' memory (see :func:`writes_in_place`)
+    raw: bool = False
 
     @property
     def shape(self) -> tuple[int, ...]:
@@ -361,11 +369,18 @@ class BlockWriter:
     def _job(
         self, target: BlockTarget, index: int, rows: np.ndarray[Any, Any], whole: bool
     ) -> None:
-        block = rows if whole else target.padded(rows)
-        data = encode_block(target.pipeline, target.spec, block)
         path = target.path(index)
-        self._ensure_dir(path.parent)
-        synced = write_file(path, data)
+        if not whole and target.raw:
+            # the rows, then a hole up to the chunk's size (zeros, the fill
+            # value): a short run's partly filled chunk takes only its rows on disk
+            data = np.ascontiguousarray(rows).reshape(-1).view(np.uint8).data
+            self._ensure_dir(path.parent)
+            synced = write_file(path, data, size=target.row_nbytes * target.shape[0])
+        else:
+            block = rows if whole else target.padded(rows)
+            data = encode_block(target.pipeline, target.spec, block)
+            self._ensure_dir(path.parent)
+            synced = write_file(path, data)
         if not synced:
             self._unsynced.add(path)
         self._dirs.add(path.parent)
@@ -509,10 +524,14 @@ class BlockWriter:
 
 # -- zarr's own writes -------------------------------------------------------------------
 def _durable_replace(root: Path, tmp: Path, path: Path, *, exclusive: bool) -> bool:
-    """fsync ``tmp``, move it to ``path`` and fsync the directories on the way to root.
+    """fsync ``tmp``, move it to ``path`` and fsync the directories on the way to root
+    (its parent alone when it replaces a file: the other entries did not change).
 
     ``exclusive``: never replace an existing ``path`` (returns False, tmp removed).
     """
+    # replacing an existing file changes one entry, its parent's; a new file may
+    # have new directories above it too
+    replaces = not exclusive and os.path.lexists(path)
     try:
         _fsync_fd_of(tmp)
         if exclusive:
@@ -534,7 +553,7 @@ def _durable_replace(root: Path, tmp: Path, path: Path, *, exclusive: bool) -> b
         d = path.parent
         while True:
             _fsync_fd_of(d, directory=True)
-            if d == root or root not in d.parents:
+            if replaces or d == root or root not in d.parents:
                 break
             d = d.parent
     return True

@@ -427,6 +427,7 @@ class ZarrStore:
             if self._writer is not None:
                 await anyio.to_thread.run_sync(self._writer.sync)
             await self._check_not_removed()
+            await self._show_committed()
             self._meta.count = self._frames
             await self._write_meta()
         except BaseException:
@@ -680,10 +681,33 @@ class ZarrStore:
 
     # -- blocks ---------------------------------------------------------------
     async def _grow(self, col: Column, stop: int) -> None:
-        if stop > col.capacity:
+        """Room for rows up to ``stop`` before zarr's own writes (which refuse rows
+        past an array's shape). The block writer of a local directory places its
+        chunks itself, so there every array keeps the committed shape (see
+        :meth:`_show_committed`)."""
+        if self._writer is None and stop > col.capacity:
             new = grow_capacity(col.capacity, stop, col.plan.block)
             await col.array.resize((new, *col.plan.row_shape))
             col.capacity = new
+
+    async def _show_committed(self) -> None:
+        """Give every array the shape of what this commit holds, before the group's
+        metadata names the count: plain zarr and xarray readers then see arrays
+        of one length (``frame``) at any moment, mid-run or after a crash, never
+        rows past the count (a local directory; other stores trim at close)."""
+        if self._writer is None:
+            return
+        await _gather([
+            self._resize(col, col.length)
+            for col in self._columns.values()
+            if col.capacity != col.length
+        ])
+
+    @staticmethod
+    async def _resize(col: Column, length: int) -> None:
+        # only ever grows here: no chunk is outside the new shape
+        await col.array.resize((length, *col.plan.row_shape), delete_outside_chunks=False)
+        col.capacity = length
 
     async def _write_blocks(
         self, blocks: list[tuple[Column, Block]], runs: Sequence[Run] = ()
