@@ -13,7 +13,7 @@ that task, not by whatever cancel scope surrounds the ``record`` call.
 
 from __future__ import annotations
 
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Callable, Container, Mapping, Sequence
 from types import TracebackType
 from typing import Any
 
@@ -306,6 +306,28 @@ class Router:
         self.last_step = step
         self.started = True
 
+    # -- the two recorders' record(): begin, open what it says, take, write ----------
+    def begin(
+        self, state: object, step: object, opened: Container[str]
+    ) -> tuple[int, list[tuple[str, Any, Schema | None]]]:
+        """The step of a record, and ``[(route, store, schema)]`` to open before
+        it is planned: at the first record, the routes that open then (less
+        those in ``opened``); no I/O (a route's store function is called)."""
+        s = self.next_step(step)
+        if self.started:
+            return s, []
+        return s, [
+            (name, _make_store(name, self.routes[name], static), schema)
+            for name, (static, schema) in self.first(state).items()
+            if name not in opened
+        ]
+
+    def take(self, state: object, step: int) -> list[tuple[str, Mapping[str, Any]]]:
+        """:meth:`plan` the record at ``step``, then :meth:`advance` to it."""
+        plan = self.plan(state, step)
+        self.advance(step)
+        return plan
+
 
 def _make_store(name: str, route: Route, static: Mapping[str, Any] | None) -> Any:
     if static is None:
@@ -526,14 +548,10 @@ class Recorder(_Base):
                 else "the recorder is closed; it takes no more steps"
             )
         router = self._router
-        s = router.next_step(step)
-        if not router.started:
-            for name, (static, schema) in router.first(state).items():
-                if name not in self._sinks:
-                    store = _make_store(name, router.routes[name], static)
-                    await self._open(name, store, schema)
-        plan = router.plan(state, s)
-        router.advance(s)
+        s, opening = router.begin(state, step, self._sinks)
+        for name, store, schema in opening:
+            await self._open(name, store, schema)
+        plan = router.take(state, s)
         for name, fields in plan:
             await self._sinks[name][0].write(fields, step=s, time=time)
             router.received[name] += 1
@@ -673,13 +691,10 @@ class SyncRecorder(_Base):
         if self._closed:
             raise ClosedSinkError("the recorder is closed; it takes no more steps")
         router = self._router
-        s = router.next_step(step)
-        if not router.started:
-            for name, (static, schema) in router.first(state).items():
-                if name not in self._sinks:
-                    self._open(name, _make_store(name, router.routes[name], static), schema)
-        plan = router.plan(state, s)
-        router.advance(s)
+        s, opening = router.begin(state, step, self._sinks)
+        for name, store, schema in opening:
+            self._open(name, store, schema)
+        plan = router.take(state, s)
         for name, fields in plan:
             self._sinks[name].write(fields, step=s, time=time)
             router.received[name] += 1
