@@ -173,20 +173,44 @@ def write_file(
             _write_all(fd, data)
             if size is not None and size > len(data):
                 os.ftruncate(fd, size)
-            if sync:
-                os.fsync(fd)
-            else:
+            if not sync:
                 _start_writeback(fd, 0, 0)
         finally:
             os.close(fd)
-        os.replace(tmp, path)
     except BaseException:
-        try:
-            os.unlink(tmp)
-        except OSError:
-            pass
+        _unlink_quietly(tmp)
         raise
+    _place(tmp, path, sync=sync, exclusive=False)
     return sync
+
+
+def _unlink_quietly(path: Path) -> None:
+    try:
+        os.unlink(path)
+    except OSError:
+        pass
+
+
+def _place(tmp: Path, path: Path, *, sync: bool, exclusive: bool) -> bool:
+    """Move the written temporary file ``tmp`` to ``path`` (fsynced first when
+    ``sync``); ``exclusive``: never replace an existing ``path`` (returns False,
+    tmp removed). The one rename of every temporary file of this module."""
+    try:
+        if sync:
+            _fsync_fd_of(tmp)
+        if not exclusive:
+            os.replace(tmp, path)
+            return True
+        try:
+            os.link(tmp, path)
+        except FileExistsError:
+            return False
+        finally:
+            os.unlink(tmp)
+        return True
+    except BaseException:
+        _unlink_quietly(tmp)
+        raise
 
 
 # -- encoding ----------------------------------------------------------------------------
@@ -532,23 +556,8 @@ def _durable_replace(root: Path, tmp: Path, path: Path, *, exclusive: bool) -> b
     # replacing an existing file changes one entry, its parent's; a new file may
     # have new directories above it too
     replaces = not exclusive and os.path.lexists(path)
-    try:
-        _fsync_fd_of(tmp)
-        if exclusive:
-            try:
-                os.link(tmp, path)
-            except FileExistsError:
-                return False
-            finally:
-                os.unlink(tmp)
-        else:
-            os.replace(tmp, path)
-    except BaseException:
-        try:
-            os.unlink(tmp)
-        except OSError:
-            pass
-        raise
+    if not _place(tmp, path, sync=True, exclusive=exclusive):
+        return False
     if os.name == "posix":
         d = path.parent
         while True:
