@@ -170,10 +170,15 @@ class DeviceCompletion:
         self._event: Any = event
 
     def done(self) -> bool:
-        """True once the captured data is in its destination buffers."""
-        if self._event is None or self._backend is None:
+        """True once the captured data is in its destination buffers.
+
+        Safe to call while another thread is in :meth:`synchronize` (the writer
+        process's proxy thread waits on the copy the producer polls).
+        """
+        event = self._event
+        if event is None or self._backend is None:
             return True
-        if self._backend.event_done(self._event):
+        if self._backend.event_done(event):
             self._event = None
             return True
         return False
@@ -194,8 +199,9 @@ class DeviceCompletion:
 
     def synchronize(self) -> None:
         """Block the calling thread until done (worker threads only, never the loop)."""
-        if self._event is not None and self._backend is not None:
-            self._backend.event_synchronize(self._event)
+        event = self._event
+        if event is not None and self._backend is not None:
+            self._backend.event_synchronize(event)
             self._event = None
 
 

@@ -197,9 +197,20 @@ class ProcessWriter:
         wire = self.wire
         assert ch is not None and wire is not None
         while True:
-            # Device frames are published once their copy completed: look every
-            # 2 ms while they are in use, else every 50 ms (a device capture may
-            # start while this thread waits).
+            # Device frames are published once their copy completed. The first
+            # queued frame's copy is waited for here, so it is published the
+            # moment it lands (the wait releases the GIL; the writer's messages
+            # queue meanwhile, a copy takes micro- to milliseconds). Otherwise
+            # look every 2 ms while device frames are in use (a capture may start
+            # while this thread waits), else every 50 ms.
+            copying = ch.copying()
+            if copying is not None and not select.select([wire.sock], [], [], 0)[0]:
+                try:
+                    copying.synchronize()
+                except Exception:  # a CUDA error: the producer's next poll reports it
+                    time.sleep(0.002)
+                ch.pump()
+                continue
             tick = 0.002 if ch.device is not None else 0.05
             ready, _, _ = select.select([wire.sock], [], [], tick)
             if not ready:
@@ -512,6 +523,17 @@ class ProcessChannel(Channel):
         if not self._schema_sent and self.schema is not None:
             self.writer.send(("schema", self.schema.to_json(), bool(self.clock.has_times)))
             self._schema_sent = True
+
+    def copying(self) -> Completion | None:
+        """The completion of the first queued frame while its device copy runs
+        (what publication waits for), else None."""
+        with self.lock:
+            queue = self.queue
+            if queue and self.failure is None:
+                completion = queue[0].completion
+                if completion is not None and not completion.done():
+                    return completion
+        return None
 
     def pump(self) -> None:
         """Publish what may go now (called by the proxy thread and at close)."""
