@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-import json
+import math
 from collections.abc import Mapping
 from typing import Any
 
@@ -11,7 +11,7 @@ import numpy as np
 from .._errors import ConfigError, SchemaError
 from .._schema import _ALLOWED_KINDS, Schema, check_name
 
-__all__ = ["MODES", "check_attrs", "check_mode", "check_static"]
+__all__ = ["MODES", "check_attrs", "check_mode", "check_static", "merge_metadata"]
 
 MODES = ("x", "w", "a")
 
@@ -27,17 +27,77 @@ def check_mode(mode: object) -> str:
 
 
 def check_attrs(attrs: Mapping[str, Any] | None) -> dict[str, Any]:
-    """A copy of ``attrs`` after checking it round-trips through strict JSON."""
+    """A copy of ``attrs`` converted to JSON types; the one check of every store.
+
+    ``str``, ``int``, ``float``, ``bool`` and ``None`` stay as they are; NumPy
+    scalars become the Python value they hold (``np.int64`` an ``int``,
+    ``np.float32`` the ``float`` it equals, ``np.bool_`` a ``bool``); NumPy
+    arrays become nested lists (``ndarray.tolist()``); tuples become lists;
+    mappings (with ``str`` keys) become dicts, at any depth.
+
+    Raises
+    ------
+    ConfigError
+        For a value JSON cannot hold exactly: a non-finite float (JSON has no
+        NaN or infinity), a complex number, a key that is not a ``str``, any
+        other type, or a container holding itself. The message names the key
+        path, e.g. ``attrs['grid']['axes'][1]``, and the type that came.
+    """
     if attrs is None:
         return {}
     if not isinstance(attrs, Mapping):
         raise ConfigError(f"attrs: expected a mapping, got {type(attrs).__name__}")
-    try:
-        text = json.dumps(dict(attrs), allow_nan=False)
-    except (TypeError, ValueError) as exc:
-        raise ConfigError(f"attrs: expected JSON-serializable values (no NaN): {exc}") from exc
-    out: dict[str, Any] = json.loads(text)
+    out: dict[str, Any] = _json_value(attrs, "attrs", ())
     return out
+
+
+_JSON_TYPES = (
+    "str, int, finite float, bool, None, or lists and str-keyed dicts of them "
+    "(NumPy scalars and arrays are converted)"
+)
+
+
+def _json_value(value: object, where: str, parents: tuple[int, ...]) -> Any:
+    """``value`` as plain JSON types; ``where`` is its key path, for errors."""
+    if value is None or isinstance(value, bool):
+        return value
+    if isinstance(value, str):
+        return str.__str__(value)  # the text itself, for str subclasses too
+    if isinstance(value, np.bool_):
+        return bool(value)
+    if isinstance(value, int | np.integer):
+        return int(value)
+    if isinstance(value, float | np.floating):
+        number = float(value)
+        if not math.isfinite(number):
+            raise ConfigError(
+                f"{where}: expected a finite number (JSON has no NaN or infinity), got "
+                f"{number} ({type(value).__name__}); store it as a string or None"
+            )
+        return number
+    if isinstance(value, np.ndarray) and value.dtype.kind in "biufUO":
+        # tolist() gives Python scalars in nested lists; each is checked as usual
+        return _json_value(value.tolist(), where, parents)
+    if isinstance(value, Mapping | list | tuple):
+        if id(value) in parents:
+            raise ConfigError(f"{where}: expected JSON metadata, got a container holding itself")
+        inner = (*parents, id(value))
+        if isinstance(value, Mapping):
+            out = {}
+            for key, item in value.items():
+                if not isinstance(key, str):
+                    raise ConfigError(
+                        f"{where}: expected str keys (JSON object keys are strings), got "
+                        f"{type(key).__name__} key {key!r}"
+                    )
+                key = str.__str__(key)
+                out[key] = _json_value(item, f"{where}[{key!r}]", inner)
+            return out
+        return [_json_value(item, f"{where}[{i}]", inner) for i, item in enumerate(value)]
+    what = type(value).__name__
+    if isinstance(value, np.ndarray | np.generic):
+        what = f"{what} of dtype {value.dtype}"
+    raise ConfigError(f"{where}: expected {_JSON_TYPES}, got {what}")
 
 
 def check_static(static: Mapping[str, Any] | None) -> dict[str, np.ndarray[Any, Any]]:
@@ -63,6 +123,49 @@ def check_static(static: Mapping[str, Any] | None) -> dict[str, np.ndarray[Any, 
     return out
 
 
+def merge_metadata(
+    attrs: Mapping[str, Any],
+    static: Mapping[str, np.ndarray[Any, Any]],
+    more_attrs: Mapping[str, Any] | None,
+    more_static: Mapping[str, Any] | None,
+) -> tuple[dict[str, Any], dict[str, np.ndarray[Any, Any]]]:
+    """``attrs`` and ``static`` with more of each added (a store's ``add_metadata``).
+
+    The additions are checked as the constructor's arguments are; a key or
+    name already present must hold an equal value.
+
+    Raises
+    ------
+    ConfigError
+        For a bad addition, or one that differs from what is already set.
+    """
+    new_attrs = check_attrs(more_attrs)
+    new_static = check_static(more_static)
+    for key, value in new_attrs.items():
+        if key in attrs and attrs[key] != value:
+            raise ConfigError(
+                f"attrs[{key!r}]: already set to {attrs[key]!r}, got {value!r}; "
+                "use another key, or set it in one place"
+            )
+    for name, arr in new_static.items():
+        old = static.get(name)
+        if old is not None and not same_array(old, arr):
+            raise ConfigError(
+                f"static {name!r}: already set to a different array ({old.dtype} "
+                f"{old.shape}), got {arr.dtype} {arr.shape}; use another name"
+            )
+    return {**attrs, **new_attrs}, {**static, **new_static}
+
+
+def same_array(a: np.ndarray[Any, Any], b: np.ndarray[Any, Any]) -> bool:
+    """Whether two arrays have the same dtype, shape and values (NaN equal to NaN)."""
+    return (
+        a.dtype == b.dtype
+        and a.shape == b.shape
+        and bool(np.array_equal(a, b, equal_nan=a.dtype.kind in "fc"))
+    )
+
+
 def check_same_layout(
     store: str,
     stored: Schema,
@@ -83,4 +186,3 @@ def check_same_layout(
         raise SchemaError(f"{store} holds frames of {stored!r}, got {schema!r}")
     if count and stored_times is not None and stored_times != times:
         raise SchemaError(f"{store}: stored frames and new frames disagree on times")
-

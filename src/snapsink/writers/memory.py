@@ -12,7 +12,7 @@ from .._errors import StoreStateError
 from .._schema import Batch, Schema
 from .._store import Resume
 from .._trajectory import ArraySource, Trajectory
-from ._common import check_attrs, check_same_layout, check_static
+from ._common import check_attrs, check_same_layout, check_static, merge_metadata
 
 __all__ = ["GrowableArray", "HostMemory"]
 
@@ -59,7 +59,10 @@ class HostMemory:
     Parameters
     ----------
     attrs
-        JSON-serializable metadata returned as ``trajectory().attrs``.
+        JSON metadata returned as ``trajectory().attrs``: str, int, float,
+        bool, None, lists and str-keyed dicts; NumPy scalars and arrays are
+        converted (``np.int64`` to ``int``, arrays with ``tolist()``), tuples
+        become lists; NaN and infinity are refused, as by the disk stores.
     static
         Arrays written once (atomic numbers, masses, a grid).
 
@@ -86,6 +89,34 @@ class HostMemory:
         self._offsets: dict[str, GrowableArray] = {}
         self._dropped: list[int] = []
         self._committed = 0
+
+    def add_metadata(
+        self,
+        *,
+        attrs: Mapping[str, Any] | None = None,
+        static: Mapping[str, Any] | None = None,
+    ) -> None:
+        """Add attrs and static arrays after the store was built.
+
+        For code that learns them only when the run starts, such as the py-pde
+        tracker (:mod:`snapsink.integrations.pde`), which sees the grid then.
+        Unlike a disk store, a HostMemory takes them at any time.
+
+        Parameters
+        ----------
+        attrs
+            More metadata, converted as the constructor's ``attrs``.
+        static
+            More static arrays, as the constructor's ``static``.
+
+        Raises
+        ------
+        ConfigError
+            For a bad value, or a key or name already set to a different value;
+            nothing is changed.
+        """
+        with self._lock:
+            self._attrs, self._static = merge_metadata(self._attrs, self._static, attrs, static)
 
     # -- Store protocol -----------------------------------------------------
     def open(self) -> Resume | None:

@@ -34,7 +34,7 @@ import numpy as np
 from .._errors import ConfigError, FormatError, SchemaError, StoreExistsError, StoreStateError
 from .._schema import Batch, Field, Frame, Schema
 from .._store import Resume, StoreSpec
-from ._common import check_attrs, check_mode, check_static
+from ._common import check_attrs, check_mode, check_static, merge_metadata
 from ._lock import LOCK_NAME, StoreLock, acquire_store_lock
 from ._npyfile import (
     HEADER_SIZE,
@@ -117,8 +117,11 @@ class NpyDirectory:
         other files is refused). ``"a"``: append after the committed frames of
         an existing store (create one when there is none).
     attrs
-        JSON-serializable metadata, stored in ``metadata.json``. With ``"a"``
-        they update the stored attrs.
+        JSON metadata, stored in ``metadata.json``: str, int, float, bool,
+        None, lists and str-keyed dicts; NumPy scalars and arrays are converted
+        (``np.int64`` to ``int``, arrays with ``tolist()``), tuples become
+        lists; NaN and infinity are refused. With ``"a"`` they update the
+        stored attrs.
     static
         ``{name: array}`` written once to ``static/<name>.npy``. With ``"a"``
         a name already stored must hold an equal array.
@@ -230,6 +233,39 @@ class NpyDirectory:
     def path(self) -> str:
         """The store's directory."""
         return self._path
+
+    def add_metadata(
+        self,
+        *,
+        attrs: Mapping[str, Any] | None = None,
+        static: Mapping[str, Any] | None = None,
+    ) -> None:
+        """Add attrs and static arrays after the store was built, before it opens.
+
+        For code that learns them only when the run starts, such as the py-pde
+        tracker (:mod:`snapsink.integrations.pde`), which sees the grid then.
+
+        Parameters
+        ----------
+        attrs
+            More metadata, converted as the constructor's ``attrs``.
+        static
+            More static arrays, as the constructor's ``static``.
+
+        Raises
+        ------
+        ConfigError
+            For a bad value, or a key or name already set to a different value;
+            nothing is changed.
+        StoreStateError
+            When the store was already opened.
+        """
+        if self._state != "new":
+            raise StoreStateError(
+                f"{self!r}: add_metadata() after open(): static arrays and attrs are "
+                "written when the store opens"
+            )
+        self._attrs, self._static = merge_metadata(self._attrs, self._static, attrs, static)
 
     # -- Store protocol ---------------------------------------------------------
     def open(self) -> Resume | None:

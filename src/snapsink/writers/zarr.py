@@ -56,7 +56,7 @@ from .._errors import (
 )
 from .._schema import Batch, Schema
 from .._store import Resume, StoreSpec
-from ._common import check_attrs, check_mode, check_static
+from ._common import check_attrs, check_mode, check_static, merge_metadata
 from ._lock import StoreLock, acquire_dir_lock
 from ._zarrclaim import NODE_KEYS, claim_local_dir, remove_tree_contents
 from ._zarrcolumns import Column, Run, blocks_of, in_place
@@ -172,7 +172,11 @@ class ZarrStore:
         ``None`` for the root. Several stores may write different groups of one
         store path concurrently.
     attrs
-        JSON-serializable user metadata (group attribute ``"attrs"``).
+        JSON user metadata (group attribute ``"attrs"``): str, int, float,
+        bool, None, lists and str-keyed dicts; NumPy scalars and arrays are
+        converted (``np.int64`` to ``int``, arrays with ``tolist()``), tuples
+        become lists; NaN and infinity are refused. With ``"a"`` they update
+        the stored attrs.
     static
         Arrays written once into the ``static`` subgroup (masses, a grid).
     chunk_frames
@@ -278,6 +282,44 @@ class ZarrStore:
     def __repr__(self) -> str:
         where = self._root if self._root is not None else type(self._store).__name__
         return f"<ZarrStore {where} group={self._path or '/'!r} mode={self._mode!r}>"
+
+    def add_metadata(
+        self,
+        *,
+        attrs: Mapping[str, Any] | None = None,
+        static: Mapping[str, Any] | None = None,
+    ) -> None:
+        """Add attrs and static arrays after the store was built, before it opens.
+
+        For code that learns them only when the run starts, such as the py-pde
+        tracker (:mod:`snapsink.integrations.pde`), which sees the grid then.
+
+        Parameters
+        ----------
+        attrs
+            More metadata, converted as the constructor's ``attrs``.
+        static
+            More static arrays, as the constructor's ``static``.
+
+        Raises
+        ------
+        ConfigError
+            For a bad value, or a key or name already set to a different value;
+            nothing is changed.
+        DTypeError
+            A static array of a dtype Zarr cannot hold; nothing is changed.
+        StoreStateError
+            When the store was already opened.
+        """
+        if self._state != "new":
+            raise StoreStateError(
+                f"{self!r}: add_metadata() after open(): static arrays and attrs are "
+                "written when the store opens"
+            )
+        new_attrs, new_static = merge_metadata(self._attrs, self._static, attrs, static)
+        for name, value in new_static.items():
+            _check_zarr_dtype(value.dtype, f"static {name!r}")
+        self._attrs, self._static = new_attrs, new_static
 
     def check_schema(self, schema: Schema) -> None:
         """Refuse, before anything is written, a schema this store cannot hold.
