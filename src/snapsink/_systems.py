@@ -44,7 +44,18 @@ SYSTEM_ROWS = "natoms"
 
 @dataclass(frozen=True, slots=True)
 class Systems:
-    """Which systems of a batch a route stores at a step (see :func:`converged`)."""
+    """Which systems of a batch a route stores at a step; made by :func:`converged`.
+
+    Parameters
+    ----------
+    mask
+        ``mask(state) -> (B,)`` booleans: the systems to store now.
+    sizes
+        The atom (row) count of each system: a field name, a function of the
+        state, or a fixed tuple.
+    once
+        Store each system at most once in a recording.
+    """
 
     mask: Callable[[Any], Any]
     sizes: str | Callable[[Any], Any] | tuple[int, ...]
