@@ -8,6 +8,7 @@
 from typing import TYPE_CHECKING
 
 from ._channel import SinkStatistics as SinkStatistics
+from ._copy import copy as copy
 from ._errors import ClosedSinkError as ClosedSinkError
 from ._errors import ConfigError as ConfigError
 from ._errors import DeviceError as DeviceError
@@ -91,6 +92,7 @@ __all__ = [
     "WrongThreadError",
     "ZarrStore",
     "__version__",
+    "copy",
     "every",
     "groups",
     "once",
