@@ -8,6 +8,7 @@
 from typing import TYPE_CHECKING
 
 from ._channel import SinkStatistics as SinkStatistics
+from ._copy import copy as copy
 from ._errors import ClosedSinkError as ClosedSinkError
 from ._errors import ConfigError as ConfigError
 from ._errors import DeviceError as DeviceError
@@ -97,6 +98,7 @@ __all__ = [
     "__version__",
     "by_system",
     "converged",
+    "copy",
     "every",
     "groups",
     "once",

@@ -249,9 +249,7 @@ async def test_gpubuffer_on_cupy() -> None:
     stager = DeviceStager(1)
     for i in range(5):
         x = cp.full(10, i, cp.float32)
-        fields, completion = stager.capture(
-            Slot(0), [("x", schema["x"], x)], None, to_host=False
-        )
+        fields, completion = stager.capture(Slot(0), [("x", schema["x"], x)], None, to_host=False)
         await completion.wait()
         fields["r"] = np.arange(i, dtype=np.int64)  # a host field of the same frame
         buf.append(Batch([Frame(step=i, time=0.5 * i, fields=fields)]))
@@ -263,3 +261,98 @@ async def test_gpubuffer_on_cupy() -> None:
     np.testing.assert_array_equal(out.steps, [2, 3, 4])
     assert out.evicted == 2
     stager.close()
+
+
+# -- GPUBuffer drains like a buffer (the emulation twins: tests/writers/test_gpu.py) --
+def _gpu_schema() -> Schema:
+    return Schema({"x": Field("float32", (1000,)), "r": Field("int64", (None, 2))})
+
+
+async def _fill_gpubuffer(buf: Any, steps: Any) -> None:
+    """Frames of device fields (and a host ragged field) through a Sink into ``buf``."""
+    from snapsink import Sink
+
+    stream = cp.cuda.Stream(non_blocking=True)
+    x = cp.empty(1000, cp.float32)
+    async with Sink(buf, capacity=2, schema=_gpu_schema()) as sink:
+        for i in steps:
+            with stream:
+                x.fill(i)
+            r = np.arange(2 * (i % 3), dtype=np.int64).reshape(-1, 2) + i
+            await sink.write({"x": x, "r": r}, step=i, time=0.5 * i, stream=stream)
+            with stream:
+                x.fill(-1)  # enqueued at once: must not leak into the ring
+
+
+def _check_gpu_frames(traj: Any, steps: list[int]) -> None:
+    np.testing.assert_array_equal(traj.steps, steps)
+    np.testing.assert_array_equal(traj.times, [0.5 * s for s in steps])
+    np.testing.assert_array_equal(
+        traj["x"][:], np.repeat(np.asarray(steps, np.float32)[:, None], 1000, 1)
+    )
+    for got, step in zip(traj["r"][:], steps, strict=True):
+        np.testing.assert_array_equal(got, np.arange(2 * (step % 3)).reshape(-1, 2) + step)
+
+
+@_sync
+async def test_cupy_gpubuffer_drains_into_stores_with_its_evicted_steps(tmp_path: Any) -> None:
+    import snapsink
+    from snapsink.writers.gpu import GPUBuffer
+
+    buf = GPUBuffer(4)
+    await _fill_gpubuffer(buf, range(10))
+    mem = snapsink.HostMemory()
+    assert await buf.drain_to(mem) == 4
+    _check_gpu_frames(mem.trajectory(), [6, 7, 8, 9])
+    assert mem.trajectory().dropped_steps.tolist() == [0, 1, 2, 3, 4, 5]
+    assert len(buf) == 0
+    # twice into one disk store (mode="a"): only the new frames, the new evictions
+    store = snapsink.NpyDirectory(tmp_path / "run", mode="a")
+    await _fill_gpubuffer(buf, range(10, 15))
+    assert await buf.drain_to(store) == 4
+    await _fill_gpubuffer(buf, range(15, 17))
+    assert await buf.drain_to(store) == 2
+    traj = snapsink.open(tmp_path / "run")
+    _check_gpu_frames(traj, [11, 12, 13, 14, 15, 16])
+    assert traj.dropped_steps.tolist() == [10]
+    stats = buf.statistics()
+    assert (stats.stored, stats.drained, stats.evicted, stats.held) == (17, 10, 7, 0)
+
+
+@_sync
+async def test_cupy_gpubuffer_second_drain_into_the_same_sink() -> None:
+    import snapsink
+    from snapsink.writers.gpu import GPUBuffer
+
+    buf = GPUBuffer(4)
+    host = snapsink.HostMemory()
+    async with snapsink.Sink(host, schema=_gpu_schema()) as target:
+        await _fill_gpubuffer(buf, range(10))
+        assert await buf.drain_to(target) == 4
+        await _fill_gpubuffer(buf, range(10, 13))
+        assert await buf.drain_to(target) == 3
+        assert await buf.drain_to(target) == 0
+    _check_gpu_frames(host.trajectory(), [6, 7, 8, 9, 10, 11, 12])
+
+
+@_sync
+async def test_cupy_gpubuffer_overflow_refuse_and_raise() -> None:
+    import snapsink
+    from snapsink.writers.gpu import GPUBuffer
+
+    buf = GPUBuffer(3, overflow="refuse")
+    await _fill_gpubuffer(buf, range(5))
+    out = buf.read()
+    np.testing.assert_array_equal(out.steps, [0, 1, 2])
+    np.testing.assert_array_equal(cp.asnumpy(out.fields["x"])[:, 999], [0, 1, 2])
+    assert (out.refused, out.dropped_steps) == (2, [3, 4])
+    mem = snapsink.HostMemory()
+    assert await buf.drain_to(mem) == 3
+    _check_gpu_frames(mem.trajectory(), [0, 1, 2])
+    assert mem.trajectory().dropped_steps.tolist() == [3, 4]
+
+    strict = GPUBuffer(2, overflow="raise")
+    with pytest.raises(snapsink.WriterError, match="is full") as info:
+        await _fill_gpubuffer(strict, range(3))
+    assert isinstance(info.value.__cause__, snapsink.StoreStateError)
+    np.testing.assert_array_equal(strict.read().steps, [0, 1])

@@ -1,29 +1,23 @@
 """``snapsink convert SRC DST``: NpyDirectory <-> ZarrStore, streaming, bit-exact.
 
-The source is read in chunks of frames (:meth:`Trajectory.iter_chunks`, about
-64 MiB at a time) and written through a :class:`~snapsink.Sink` (policy block,
-so nothing is dropped); steps, times, static arrays, attrs and dropped steps
-are carried over. Memory stays bounded by one chunk plus the sink's channel.
+A thin layer over :func:`snapsink.copy`: the source is read in chunks of
+frames (about 64 MiB at a time) and written through a sink (policy block, so
+nothing is dropped); steps, times, static arrays, attrs and dropped steps are
+carried over. Memory stays bounded by about two chunks plus the sink's channel.
 """
 
 from __future__ import annotations
 
 import argparse
-import math
 import time
 from pathlib import Path
 from typing import Any
 
-import numpy as np
-
+from .._copy import copy
 from .._errors import ConfigError, StoreExistsError
-from .._trajectory import Trajectory
-from ._proxy import TimedStore
-from .info import detect, human, open_store
+from .info import detect, disk_usage, human, open_store
 
-__all__ = ["add_parser", "convert", "run"]
-
-CHUNK_BYTES = 64 << 20
+__all__ = ["add_parser", "run"]
 
 
 def add_parser(sub: Any) -> None:
@@ -46,71 +40,7 @@ def add_parser(sub: Any) -> None:
     p.set_defaults(handler=run)
 
 
-def _frames_per_chunk(traj: Trajectory) -> int:
-    n = len(traj)
-    if not n:
-        return 1
-    per_frame = 0
-    for name, f in traj.fields.items():
-        if f.ragged:
-            # the first frame's rows as an estimate of the average
-            rows = len(traj[name][0])
-            per_frame += max(rows, 1) * math.prod(f.row_shape) * f.dtype.itemsize
-        else:
-            per_frame += f.frame_nbytes()
-    return max(1, min(n, CHUNK_BYTES // max(per_frame, 1)))
-
-
-def _make_store(fmt: str, dst: Path, group: str | None, traj: Trajectory) -> Any:
-    attrs = dict(traj.attrs)
-    static = {k: np.asarray(v) for k, v in traj.static.items()}
-    if fmt == "npy":
-        if group is not None:
-            raise ConfigError(f"--group {group!r}: an NpyDirectory destination has no groups")
-        from ..writers.npy import NpyDirectory
-
-        return NpyDirectory(dst, mode="x", attrs=attrs, static=static)
-    from ..writers.zarr import ZarrStore
-
-    return ZarrStore(dst, mode="x", group=group, attrs=attrs, static=static)
-
-
-async def convert(traj: Trajectory, store: Any, capacity: int = 8) -> dict[str, Any]:
-    """Write every frame of ``traj`` into ``store`` through a Sink.
-
-    ``store`` gets the trajectory's dropped steps with its first batch (or at
-    its commit when there is no frame). Returns counts and timings.
-    """
-    from .._sink import Sink
-
-    timed = TimedStore(store, traj.dropped_steps.tolist())
-    chunk = _frames_per_chunk(traj)
-    names = list(traj.fields)
-    t0 = time.perf_counter()
-    async with Sink(timed, capacity=capacity, schema=traj.schema) as sink:
-        for part in traj.iter_chunks(chunk):
-            steps = part["steps"]
-            times = part["times"]
-            for i in range(len(steps)):
-                # The chunk's arrays are never modified: lend them (copy=False).
-                await sink.write(
-                    {name: part[name][i] for name in names},
-                    step=int(steps[i]),
-                    time=None if times is None else float(times[i]),
-                    copy=False,
-                )
-    stats = sink.statistics()
-    return {
-        "frames": stats.written,
-        "bytes": stats.bytes_written,
-        "seconds": time.perf_counter() - t0,
-        "chunk_frames": chunk,
-    }
-
-
 def run(args: argparse.Namespace) -> int:
-    import anyio
-
     src, dst = Path(args.src), Path(args.dst)
     src_fmt = detect(src)
     if dst.exists() or dst.is_symlink():
@@ -123,16 +53,17 @@ def run(args: argparse.Namespace) -> int:
     if src_fmt == "npy" and dst_fmt == "npy" and args.group is not None:
         raise ConfigError(f"--group {args.group!r}: neither store is Zarr")
     traj = open_store(src, src_fmt, src_group)
-    store = _make_store(dst_fmt, dst, dst_group, traj)
-    result = anyio.run(convert, traj, store)
+    t0 = time.perf_counter()
+    frames = copy(traj, dst, format=dst_fmt, group=dst_group)
+    seconds = time.perf_counter() - t0
     back = open_store(dst, dst_fmt, dst_group)
     if len(back) != len(traj):  # pragma: no cover - a bug, not a user error
         raise AssertionError(f"converted {len(back)} frames of {len(traj)}")
     where = f"{str(dst)!r}" + (f", group={dst_group!r}" if dst_group else "")
     print(
-        f"converted {result['frames']} frames ({human(result['bytes'])}) from {src} ({src_fmt}) "
-        f"to {dst} ({dst_fmt}) in {result['seconds']:.2f} s; carried {len(traj.static)} static "
-        f"arrays, {len(traj.attrs)} attrs, {len(traj.dropped_steps)} dropped steps"
+        f"converted {frames} frames ({human(disk_usage(dst)[1])} on disk) from {src} "
+        f"({src_fmt}) to {dst} ({dst_fmt}) in {seconds:.2f} s; carried {len(traj.static)} "
+        f"static arrays, {len(traj.attrs)} attrs, {len(traj.dropped_steps)} dropped steps"
     )
     print(f"read it   : snapsink.open({where})")
     return 0

@@ -1,4 +1,4 @@
-"""GPUBuffer: the last ``capacity`` frames kept in device memory (CuPy).
+"""GPUBuffer: the most recent frames kept in device memory (CuPy), drained like a buffer.
 
 Where the frames come from
 --------------------------
@@ -15,15 +15,38 @@ the flag still works, only slower.
 When the ring is full
 ---------------------
 The channel applies the sink's policy (block, drop, spill) between the producer
-and the store; the store itself is a ring: it holds the *last* ``capacity``
-frames appended and overwrites the oldest, counting them in :attr:`evicted`.
-A ring that refused frames would turn a bounded buffer into a stalled
-simulation, and "the most recent N snapshots" is what a device-side buffer is
-for (inspection, restarts, a later :meth:`GPUBuffer.drain_to`).
+and the store; the ring then applies its own, ``overflow``, chosen at
+construction:
+
+- ``"evict_oldest"`` (default): the oldest frame held is overwritten; the ring
+  keeps the *last* ``capacity`` frames, which is what a device-side buffer is
+  for (inspection, restarts, a later :meth:`GPUBuffer.drain_to`), and the
+  simulation never stalls on it;
+- ``"refuse"``: the new frame is not stored; the ring keeps the *first*
+  ``capacity`` frames since it was last drained;
+- ``"raise"``: ``append`` raises :class:`~snapsink.StoreStateError` (through a
+  sink, a :class:`~snapsink.WriterError` at the producer's next call).
+
+A store cannot change its sink's counters, so the ring counts what it loses
+itself: :meth:`GPUBuffer.statistics` (``evicted``, ``refused``), and the steps
+lost join the steps a sink's drop policy discarded on the way in. They are
+listed by :meth:`GPUBuffer.read` (``DeviceFrames.dropped_steps``) and handed to
+the store :meth:`GPUBuffer.drain_to` writes, so the drained trajectory's
+``dropped_steps`` names every step the ring did not keep.
+
+Draining
+--------
+:meth:`GPUBuffer.drain_to` *moves* frames out: each frame leaves the ring once
+the target took it, so no frame is drained twice, and the steps of a ring only
+increase (a sink resuming a drained ring continues after its last step). While
+a drain runs, a sink may keep appending: new frames go to free slots; a frame
+that would evict one being drained waits for the drain (``"evict_oldest"``),
+or is refused or raises as its policy says.
 """
 
 from __future__ import annotations
 
+import array
 import inspect
 import threading
 from dataclasses import dataclass, field
@@ -31,13 +54,16 @@ from typing import Any, ClassVar
 
 import numpy as np
 
-from .._errors import ConfigError, SchemaError, StoreStateError
+from .._errors import ConfigError, DeviceError, SchemaError, StoreStateError
 from .._schema import Batch, Schema
-from .._staging.backend import DeviceBackend
-from .._store import Resume
+from .._staging.backend import INSTALL_HINT, DeviceBackend
+from .._store import Resume, Store
 from ._common import check_same_layout
 
-__all__ = ["DeviceFrames", "GPUBuffer"]
+__all__ = ["OVERFLOW", "DeviceFrames", "GPUBuffer", "GPUBufferStatistics"]
+
+#: what a full ring does with a new frame
+OVERFLOW = ("evict_oldest", "refuse", "raise")
 
 
 @dataclass(frozen=True)
@@ -54,9 +80,14 @@ class DeviceFrames:
     steps, times
         Host arrays (``times`` is None when the frames carry no time).
     evicted
-        Frames overwritten because the ring was full.
+        Frames overwritten because the ring was full, since the buffer was made.
     dropped_steps
-        Steps a drop policy discarded before they reached the store.
+        Steps lost since the buffer was last drained into a store (or cleared),
+        sorted: discarded by a sink's drop policy before they reached the ring,
+        evicted, or refused.
+    refused
+        New frames not stored because the ring was full (``overflow="refuse"``),
+        since the buffer was made.
     """
 
     fields: dict[str, Any]
@@ -65,20 +96,86 @@ class DeviceFrames:
     times: np.ndarray[Any, np.dtype[np.float64]] | None
     evicted: int = 0
     dropped_steps: list[int] = field(default_factory=list)
+    refused: int = 0
+
+
+@dataclass(frozen=True)
+class GPUBufferStatistics:
+    """A snapshot of a :class:`GPUBuffer`'s counters (since it was made).
+
+    Every frame stored is, at any time, in exactly one place:
+    ``stored == held + drained + skipped + evicted + cleared``.
+
+    Attributes
+    ----------
+    held
+        Frames in the ring now.
+    capacity
+        Frames the ring holds at most.
+    overflow
+        The ring's policy when full.
+    stored
+        Frames copied into the ring.
+    evicted
+        Frames overwritten by newer ones (``overflow="evict_oldest"``).
+    refused
+        New frames not stored because the ring was full (``overflow="refuse"``).
+    drained
+        Frames moved out by :meth:`GPUBuffer.drain_to`.
+    skipped
+        Frames a drain left out because the target already held that step or a
+        later one.
+    cleared
+        Frames discarded by :meth:`GPUBuffer.clear`.
+    pending_dropped
+        Lost steps (dropped before the ring, evicted, refused) not yet handed to
+        a store by a drain.
+    """
+
+    held: int
+    capacity: int
+    overflow: str
+    stored: int
+    evicted: int
+    refused: int
+    drained: int
+    skipped: int
+    cleared: int
+    pending_dropped: int
 
 
 def _backend(name: str | DeviceBackend | None) -> DeviceBackend:
     if isinstance(name, DeviceBackend):
         return name
-    if name is None or name in ("cupy", "emulation"):
-        from .._staging.device import backend_named
+    if name is not None and name not in ("cupy", "emulation"):
+        raise ConfigError(f"backend: expected 'cupy' or 'emulation', got {name!r}")
+    from .._staging.device import backend_named
 
-        return backend_named(name or "cupy")
-    raise ConfigError(f"backend: expected 'cupy' or 'emulation', got {name!r}")
+    if name == "emulation":
+        return backend_named("emulation")
+    try:
+        return backend_named("cupy")
+    except DeviceError as exc:
+        if isinstance(exc.__cause__, ImportError):
+            raise DeviceError(
+                f"GPUBuffer needs CuPy, which is not installed: {INSTALL_HINT}; "
+                "without a GPU, keep frames in snapsink.HostMemory"
+            ) from exc.__cause__
+        raise DeviceError(f"GPUBuffer needs a usable CUDA device: {exc}") from exc
+
+
+def _sink_last_step(sink: Any) -> int | None:
+    """The last step a snapsink Sink or SyncSink accepted (None: none yet, or
+    another kind of sink). The Sink has no public accessor for it: read its
+    channel's step clock (a SyncSink wraps a Sink), never write it."""
+    inner = getattr(sink, "_sink", sink)
+    clock = getattr(getattr(inner, "_channel", None), "clock", None)
+    last = getattr(clock, "last_step", None)
+    return last if isinstance(last, int) else None
 
 
 class GPUBuffer:
-    """A store that keeps the last ``capacity`` frames in a preallocated device ring.
+    """A store that keeps recent frames in a preallocated device ring.
 
     Parameters
     ----------
@@ -87,33 +184,63 @@ class GPUBuffer:
         (ragged fields grow per ring slot to the largest frame seen there).
     backend
         ``"cupy"`` (default) or ``"emulation"`` (the CPU test double).
+    overflow
+        What a full ring does with a new frame: ``"evict_oldest"`` (default:
+        overwrite the oldest, keep the last ``capacity`` frames), ``"refuse"``
+        (do not store the new frame), or ``"raise"`` (``append`` raises
+        :class:`~snapsink.StoreStateError`; through a sink, the producer gets a
+        :class:`~snapsink.WriterError`). Evicted and refused frames are counted
+        (:meth:`statistics`) and their steps recorded as dropped (:meth:`read`,
+        and the store a :meth:`drain_to` writes).
 
     Raises
     ------
     ConfigError
-        For a capacity below 1.
+        For a capacity below 1, an unknown backend or overflow policy.
     DeviceError
-        When CuPy or a CUDA device is missing (at :meth:`prepare`).
+        For ``backend="cupy"`` when CuPy is not installed (the message says how
+        to install the ``gpu`` extra) or no CUDA device is usable.
 
     Notes
     -----
     ``append`` returns after its copies completed (it synchronizes its own
     stream, in the sink's worker thread): the staging slot it read from may be
-    reused at once. Reading (:meth:`read`) and :meth:`drain_to` must not run
-    while a sink is appending.
+    reused at once. :meth:`drain_to` may run while a sink appends (see the
+    module's notes); :meth:`clear` may not run during a drain.
+
+    Examples
+    --------
+    >>> buf = snapsink.GPUBuffer(100)  # doctest: +SKIP
+    >>> async with snapsink.Sink(buf) as sink:  # doctest: +SKIP
+    ...     for i in range(n):
+    ...         await sink.write({"x": x}, step=i)
+    ...         if i % 100 == 99:
+    ...             await sink.flush()
+    ...             await buf.drain_to(snapsink.NpyDirectory("run", mode="a"))
     """
 
     #: a sink may hand this store device arrays (captured with ``to_host=False``)
     wants_device: ClassVar[bool] = True
 
-    def __init__(self, capacity: int, *, backend: str | DeviceBackend | None = None):
+    def __init__(
+        self,
+        capacity: int,
+        *,
+        backend: str | DeviceBackend | None = None,
+        overflow: str = "evict_oldest",
+    ):
         if isinstance(capacity, bool) or not isinstance(capacity, int) or capacity < 1:
             raise ConfigError(f"GPUBuffer capacity: expected an int >= 1, got {capacity!r}")
+        if overflow not in OVERFLOW:
+            raise ConfigError(
+                f"overflow: expected 'evict_oldest', 'refuse' or 'raise', got {overflow!r}"
+            )
         self.capacity = capacity
-        self._backend_arg = backend
-        self._be: DeviceBackend | None = None
+        self.overflow = overflow
+        self._be: DeviceBackend = _backend(backend)
         self._stream: Any = None
         self._lock = threading.Lock()
+        self._cond = threading.Condition(self._lock)  # a drain finished, or freed a slot
         self._schema: Schema | None = None
         self._times: bool | None = None
         self._ring: dict[str, Any] = {}
@@ -121,28 +248,61 @@ class GPUBuffer:
         self._rows: dict[str, np.ndarray[Any, Any]] = {}
         self._steps = np.zeros(capacity, np.int64)
         self._time_buf = np.zeros(capacity, np.float64)
-        self._count = 0
-        self._dropped: list[int] = []
+        self._head = 0  # ring index of the oldest frame held
+        self._held = 0
+        # the last step (and time) that reached the ring, kept or not: new steps follow it
+        self._last_step: int | None = None
+        self._last_time: float | None = None
+        # lost steps not yet handed to a store: 8 bytes a step
+        self._lost = array.array("q")
+        self._draining = False
+        self._stored = self._evicted = self._refused = 0
+        self._drained = self._skipped = self._cleared = 0
+
+    def __repr__(self) -> str:
+        return f"GPUBuffer({self.capacity}, backend={self._be.name!r}, overflow={self.overflow!r})"
 
     # -- introspection ------------------------------------------------------
     def __len__(self) -> int:
         """Frames held (at most ``capacity``)."""
-        return min(self._count, self.capacity)
+        return self._held
 
     @property
     def total(self) -> int:
-        """Frames appended since creation."""
-        return self._count
+        """Frames stored since creation (held, drained, evicted or cleared since)."""
+        return self._stored
 
     @property
     def evicted(self) -> int:
-        """Frames overwritten because the ring was full."""
-        return max(0, self._count - self.capacity)
+        """Frames overwritten because the ring was full, since creation."""
+        return self._evicted
 
     @property
     def stream(self) -> Any:
         """The store's own stream (None before :meth:`prepare`)."""
         return self._stream
+
+    def statistics(self) -> GPUBufferStatistics:
+        """The ring's counters: held, stored, evicted, refused, drained, skipped, cleared.
+
+        Returns
+        -------
+        GPUBufferStatistics
+            A snapshot; ``stored == held + drained + skipped + evicted + cleared``.
+        """
+        with self._lock:
+            return GPUBufferStatistics(
+                held=self._held,
+                capacity=self.capacity,
+                overflow=self.overflow,
+                stored=self._stored,
+                evicted=self._evicted,
+                refused=self._refused,
+                drained=self._drained,
+                skipped=self._skipped,
+                cleared=self._cleared,
+                pending_dropped=len(self._lost),
+            )
 
     # -- Store protocol -----------------------------------------------------------
     def open(self) -> Resume | None:
@@ -151,19 +311,20 @@ class GPUBuffer:
         Returns
         -------
         Resume or None
-            The stored schema, count, last step and time when frames are held.
+            The stored schema, the frames stored since creation, and the last
+            step and time that reached the ring (held, drained or lost): a sink
+            resuming a drained ring continues after them.
         """
         with self._lock:
             if self._schema is None:
                 return None
-            n = self._count
-            last = (n - 1) % self.capacity
+            seen = self._last_step is not None
             return Resume(
                 schema=self._schema,
-                count=n,
-                last_step=int(self._steps[last]) if n else None,
-                last_time=float(self._time_buf[last]) if n and self._times else None,
-                times=self._times if n else None,
+                count=self._stored,
+                last_step=self._last_step,
+                last_time=self._last_time,
+                times=self._times if seen else None,
             )
 
     def prepare(self, schema: Schema, *, times: bool) -> None:
@@ -183,12 +344,11 @@ class GPUBuffer:
         """
         with self._lock:
             if self._schema is not None:
-                check_same_layout(
-                    "GPUBuffer", self._schema, self._times, self._count, schema, times
-                )
+                seen = 0 if self._last_step is None else 1
+                check_same_layout("GPUBuffer", self._schema, self._times, seen, schema, times)
                 self._times = times
                 return
-            be = self._be = _backend(self._backend_arg)
+            be = self._be
             self._stream = be.new_stream()
             for name, f in schema.items():
                 if f.ragged:
@@ -201,46 +361,96 @@ class GPUBuffer:
             self._times = times
 
     def append(self, batch: Batch) -> None:
-        """Copy the batch's frames in and note its dropped steps.
+        """Copy the batch's frames in (a full ring applies ``overflow``) and note
+        its dropped steps.
 
         Parameters
         ----------
         batch
             Frames in write order and the steps dropped since the last batch.
+
+        Raises
+        ------
+        StoreStateError
+            Before :meth:`prepare`; and with ``overflow="raise"``, at the first
+            frame that finds the ring full (the frames before it are stored, it
+            and those after it are not; the message names their steps).
         """
-        with self._lock:
-            self._dropped.extend(batch.dropped_steps)
+        with self._cond:
+            self._lost.extend(int(s) for s in batch.dropped_steps)
             if not batch.frames:
                 return
-            if self._schema is None or self._be is None:
+            if self._schema is None or self._stream is None:
                 raise StoreStateError(f"{self!r}: prepare() must come before append()")
             be, stream = self._be, self._stream
             keep: list[np.ndarray[Any, Any]] = []  # host sources, alive until the sync below
-            for frame in batch.frames:
-                i = self._count % self.capacity
-                for name, f in self._schema.items():
-                    value = frame.fields[name]
-                    if f.ragged:
-                        rows = len(value)
-                        buf = self._ragged[name][i]
-                        if len(buf) < rows:
-                            buf = self._ragged[name][i] = be.empty((rows, *f.row_shape), f.dtype)
-                        self._rows[name][i] = rows
-                        if rows == 0:
-                            continue
-                        dst = buf[:rows]
-                    else:
-                        dst = self._ring[name][i : i + 1]
-                    if isinstance(value, np.ndarray | np.generic | int | float | complex):
-                        host = np.ascontiguousarray(value, dtype=f.dtype)
-                        keep.append(host)
-                        be.copy_h2d_async(dst, host, stream)
-                    else:
-                        be.copy_d2d_async(dst, be.as_array(value), stream)
-                self._steps[i] = frame.step
-                self._time_buf[i] = np.nan if frame.time is None else frame.time
-                self._count += 1
-            be.stream_synchronize(stream)
+            try:
+                for k, frame in enumerate(batch.frames):
+                    if self._held == self.capacity and not self._make_room(batch, k):
+                        continue
+                    i = (self._head + self._held) % self.capacity
+                    self._copy_in(i, frame.fields, keep)
+                    self._steps[i] = frame.step
+                    self._time_buf[i] = np.nan if frame.time is None else frame.time
+                    self._held += 1
+                    self._stored += 1
+                    self._last_step, self._last_time = frame.step, frame.time
+            finally:
+                be.stream_synchronize(stream)
+
+    def _make_room(self, batch: Batch, k: int) -> bool:
+        """The ring is full and frame ``k`` of ``batch`` comes: evict the oldest
+        (True), refuse the new frame (False), or raise. Lock held."""
+        frame = batch.frames[k]
+        if self.overflow == "refuse":
+            self._lost.append(frame.step)
+            self._refused += 1
+            self._last_step, self._last_time = frame.step, frame.time
+            return False
+        if self.overflow == "raise":
+            lost = [f.step for f in batch.frames[k:]]
+            raise StoreStateError(
+                f"{self!r} is full ({self.capacity} frames): step(s) {lost} not stored; "
+                "drain_to() or clear() it first, or choose overflow='evict_oldest' or 'refuse'"
+            )
+        # evict_oldest: the oldest frame may be the one a drain is sending; wait for it
+        while self._draining and self._held == self.capacity:
+            self._cond.wait()
+        if self._held == self.capacity:
+            self._lost.append(int(self._steps[self._head]))
+            self._pop_oldest()
+            self._evicted += 1
+        return True
+
+    def _copy_in(self, i: int, fields: Any, keep: list[np.ndarray[Any, Any]]) -> None:
+        """Enqueue the copies of one frame's fields into ring slot ``i``. Lock held."""
+        assert self._schema is not None
+        be, stream = self._be, self._stream
+        for name, f in self._schema.items():
+            value = fields[name]
+            if f.ragged:
+                rows = len(value)
+                buf = self._ragged[name][i]
+                if len(buf) < rows:
+                    buf = self._ragged[name][i] = be.empty((rows, *f.row_shape), f.dtype)
+                self._rows[name][i] = rows
+                if rows == 0:
+                    continue
+                dst = buf[:rows]
+            else:
+                dst = self._ring[name][i : i + 1]
+            if isinstance(value, np.ndarray | np.generic | int | float | complex):
+                host = np.ascontiguousarray(value, dtype=f.dtype)
+                keep.append(host)
+                be.copy_h2d_async(dst, host, stream)
+            else:
+                be.copy_d2d_async(dst, be.as_array(value), stream)
+
+    def _pop_oldest(self) -> None:
+        """Forget the oldest frame held (its slot becomes free). Lock held."""
+        self._head = (self._head + 1) % self.capacity
+        self._held -= 1
+        self._cond.notify_all()
 
     def commit(self) -> None:
         """Nothing to do: appended frames are readable at once."""
@@ -252,9 +462,21 @@ class GPUBuffer:
 
     # -- reading --------------------------------------------------------------
     def _order(self) -> np.ndarray[Any, Any]:
-        n = len(self)
-        start = self._count % self.capacity if self._count > self.capacity else 0
-        return (start + np.arange(n)) % self.capacity
+        return (self._head + np.arange(self._held)) % self.capacity
+
+    def _lost_steps(self) -> list[int]:
+        return sorted(set(self._lost))
+
+    def _views(self, i: int) -> dict[str, Any]:
+        """The frame in ring slot ``i`` as device views (no copy). Lock held."""
+        assert self._schema is not None
+        frame: dict[str, Any] = {}
+        for name, f in self._schema.items():
+            if f.ragged:
+                frame[name] = self._ragged[name][i][: int(self._rows[name][i])]
+            else:
+                frame[name] = self._ring[name][i]
+        return frame
 
     def read(self) -> DeviceFrames:
         """The frames held, oldest first, as new device arrays (a snapshot of now).
@@ -262,10 +484,16 @@ class GPUBuffer:
         Returns
         -------
         DeviceFrames
-            Fixed fields stacked, ragged fields as data plus offsets, host steps and times.
+            Fixed fields stacked, ragged fields as data plus offsets, host steps
+            and times, and the steps lost since the last drain into a store.
+
+        Raises
+        ------
+        SchemaError
+            When nothing was ever written (no schema yet).
         """
         with self._lock:
-            if self._schema is None or self._be is None:
+            if self._schema is None or self._stream is None:
                 raise SchemaError("GPUBuffer: nothing was written yet (no schema)")
             be, stream = self._be, self._stream
             order = self._order()
@@ -294,43 +522,162 @@ class GPUBuffer:
                 offsets=offsets,
                 steps=self._steps[order].copy(),
                 times=self._time_buf[order].copy() if self._times else None,
-                evicted=self.evicted,
-                dropped_steps=list(self._dropped),
+                evicted=self._evicted,
+                dropped_steps=self._lost_steps(),
+                refused=self._refused,
             )
 
-    async def drain_to(self, sink: Any) -> int:
-        """Write the frames held, oldest first, into another sink.
+    def clear(self) -> int:
+        """Discard the frames held and the lost steps not yet drained.
 
-        ``sink.write`` may be a coroutine function (``Sink``) or a plain one
-        (``SyncSink``). Each frame is passed as device views of the ring with
-        ``stream=`` this store's stream, so the target sink captures them like
-        any device frame.
+        The device memory stays allocated for the next frames, the counters
+        keep counting (``cleared``), and new steps still follow the last one.
 
         Returns
         -------
         int
-            The number of frames written.
+            The number of frames discarded.
+
+        Raises
+        ------
+        StoreStateError
+            While :meth:`drain_to` runs.
         """
-        with self._lock:
-            if self._schema is None:
-                return 0
-            order = self._order()
-            steps = self._steps[order].copy()
-            times = self._time_buf[order].copy() if self._times else None
-            schema = self._schema
-        for k, i in enumerate(order):
-            frame: dict[str, Any] = {}
-            for name, f in schema.items():
-                if f.ragged:
-                    frame[name] = self._ragged[name][i][: int(self._rows[name][i])]
-                else:
-                    frame[name] = self._ring[name][i]
-            result = sink.write(
-                frame,
-                step=int(steps[k]),
-                time=None if times is None else float(times[k]),
-                stream=self._stream,
+        with self._cond:
+            if self._draining:
+                raise StoreStateError(f"{self!r}: clear() while drain_to() runs")
+            n = self._held
+            self._held = 0
+            self._cleared += n
+            del self._lost[:]
+            self._cond.notify_all()
+            return n
+
+    # -- draining -------------------------------------------------------------
+    async def drain_to(self, target: Any) -> int:
+        """Move the frames held, oldest first, into a sink or a store.
+
+        Each frame leaves the ring once the target took it: a frame is drained
+        once, and a second drain into the same target sends only the frames
+        that came since. Frames whose step is not after the target's last step
+        are not sent (counted as ``skipped``).
+
+        Parameters
+        ----------
+        target
+            A :class:`~snapsink.Sink` or :class:`~snapsink.SyncSink` (``write``
+            may be a coroutine function or a plain one): each frame is written
+            as device views with ``stream=`` this store's stream, so the sink
+            captures it like any device frame. Or a store (anything
+            implementing :class:`~snapsink.Store`: ``NpyDirectory``,
+            ``ZarrStore``, ``HostMemory``, another ``GPUBuffer``): the drain
+            writes it through a sink of its own and also records the ring's
+            lost steps (dropped before the ring, evicted, refused) in its
+            dropped steps; the frames leave the ring once that sink closed. A
+            store that can describe itself is rebuilt for each drain (as a
+            writer process would), so give a disk store ``mode="a"`` to drain
+            into it more than once. A Sink records only the steps its own
+            policy drops, so lost steps stay pending (:meth:`read`,
+            :meth:`statistics`) until a drain into a store takes them.
+
+        Returns
+        -------
+        int
+            The number of frames written into the target.
+
+        Raises
+        ------
+        ConfigError
+            For a target that is neither a sink nor a store, or the buffer itself.
+        StoreStateError
+            When another drain of this buffer is running.
+        SchemaError, WriterError, StoreExistsError
+            As the target raises them (schema or time mismatch, a failed store,
+            a store of mode ``"x"`` that exists): the frames not taken stay in
+            the ring.
+        """
+        is_sink = callable(getattr(target, "write", None))
+        if target is self or not (is_sink or isinstance(target, Store)):
+            what = "the buffer itself" if target is self else type(target).__name__
+            raise ConfigError(
+                f"drain_to: expected a Sink, a SyncSink or a store (snapsink.Store), got {what}"
             )
+        with self._lock:
+            if self._draining:
+                raise StoreStateError(f"{self!r}: drain_to() is already running")
+            if self._schema is None or not (self._held or (self._lost and not is_sink)):
+                return 0
+            self._draining = True
+        try:
+            if is_sink:
+                return await self._drain_into_sink(target)
+            return await self._drain_into_store(target)
+        finally:
+            with self._cond:
+                self._draining = False
+                self._cond.notify_all()
+
+    def _oldest(self) -> tuple[int, float | None, dict[str, Any]]:
+        """Step, time and device views of the oldest frame held. Lock held."""
+        i = self._head
+        time = float(self._time_buf[i]) if self._times else None
+        return int(self._steps[i]), time, self._views(i)
+
+    async def _drain_into_sink(self, sink: Any) -> int:
+        last = _sink_last_step(sink)
+        with self._lock:
+            n = self._held
+        sent = 0
+        for _ in range(n):
+            with self._lock:
+                step, time, frame = self._oldest()
+            if last is not None and step <= last:
+                with self._lock:
+                    self._pop_oldest()
+                    self._skipped += 1
+                continue
+            result = sink.write(frame, step=step, time=time, stream=self._stream)
             if inspect.isawaitable(result):
                 await result
-        return len(order)
+            # captured (ordered on our stream): the slot may take a new frame
+            with self._lock:
+                self._pop_oldest()
+                self._drained += 1
+            sent += 1
+        return sent
+
+    async def _drain_into_store(self, store: Any) -> int:
+        from .._copy import CarryingStore, fresh_store
+        from .._sink import Sink
+
+        with self._lock:
+            n = self._held
+            frames = []
+            order = self._order()
+            for i in order:
+                time = float(self._time_buf[i]) if self._times else None
+                frames.append((int(self._steps[i]), time, self._views(int(i))))
+            lost = self._lost_steps()
+            n_lost = len(self._lost)
+            schema = self._schema
+        carrier = CarryingStore(fresh_store(store), lost)
+        sent = skipped = 0
+        async with Sink(carrier, schema=schema) as sink:
+            last = None if carrier.resume is None else carrier.resume.last_step
+            for step, time, frame in frames:
+                if last is not None and step <= last:
+                    skipped += 1
+                    continue
+                # The slots stay untouched until the sink closed (an eviction
+                # waits for this drain): the sink may read them in place.
+                await sink.write(frame, step=step, time=time, copy=False, stream=self._stream)
+                sent += 1
+            carrier.finish()
+        with self._cond:
+            for _ in range(n):
+                self._pop_oldest()
+            self._drained += sent
+            self._skipped += skipped
+            if not carrier.undelivered:
+                del self._lost[:n_lost]
+        return sent

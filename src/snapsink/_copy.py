@@ -1,0 +1,321 @@
+"""``snapsink.copy``: a finished run into another store, in chunks, bit-exact.
+
+The source (a :class:`~snapsink.Trajectory` from :func:`snapsink.open`, or a
+:class:`~snapsink.HostMemory`) is read ``chunk_bytes`` at a time
+(:meth:`Trajectory.iter_chunks`) and written through a :class:`~snapsink.SyncSink`
+with policy ``"block"``, so nothing is dropped on the way. Memory stays bounded
+by about two chunks (the one read, the one the sink still borrows) plus the
+sink's channel, whatever the length of the run.
+
+:class:`CarryingStore` is the small Store wrapper this needs: a sink records
+only the steps *its own* policy drops, so the source's dropped steps are handed
+to the destination by the wrapper. :meth:`GPUBuffer.drain_to
+<snapsink.GPUBuffer.drain_to>` uses it too, for the steps the ring evicted.
+``snapsink convert`` (the command line) calls :func:`copy`.
+"""
+
+from __future__ import annotations
+
+import functools
+import inspect
+import math
+import os
+from collections.abc import Iterable
+from typing import Any
+
+import anyio.to_thread
+import numpy as np
+
+from ._errors import ConfigError, SchemaError
+from ._schema import Batch, Schema
+from ._store import Resume, Store, StoreSpec
+from ._trajectory import Trajectory
+
+__all__ = ["CHUNK_BYTES", "CarryingStore", "copy", "fresh_store"]
+
+#: bytes of frames read from the source at a time
+CHUNK_BYTES = 64 << 20
+
+
+class CarryingStore:
+    """Forwards the :class:`~snapsink.Store` protocol to ``inner`` and hands it
+    ``dropped_steps``, steps lost before the frames reached this sink.
+
+    The steps go in with the first batch that holds frames or, when no frame
+    comes, at the commit after :meth:`finish`: a run refused before its first
+    frame (a step or schema error) leaves the destination's dropped steps as
+    they were. Every method is a coroutine function (the sink calls them on its
+    writer's own event loop): an async ``inner`` method is awaited, a blocking
+    one runs in a worker thread, as a sink would run it.
+
+    Parameters
+    ----------
+    inner
+        The destination store.
+    dropped_steps
+        Steps to record in ``inner``'s metadata.
+
+    Attributes
+    ----------
+    resume
+        What ``inner.open()`` returned (``None`` for an empty store), once opened.
+    """
+
+    def __init__(self, inner: Any, dropped_steps: Iterable[int] = ()):
+        self.inner = inner
+        self.resume: Resume | None = None
+        #: a GPUBuffer destination takes device frames
+        self.wants_device = bool(getattr(inner, "wants_device", False))
+        check = getattr(inner, "check_schema", None)
+        #: the destination's I/O-free schema check, when it has one
+        self.check_schema = check if callable(check) else None
+        self._dropped = sorted({int(s) for s in dropped_steps})
+        self._prepared = False
+        self._finished = False
+
+    def __repr__(self) -> str:
+        return repr(self.inner)
+
+    @property
+    def undelivered(self) -> list[int]:
+        """The dropped steps not yet handed to ``inner``."""
+        return list(self._dropped)
+
+    def finish(self) -> None:
+        """Every frame was written: the final commit may hand the steps over
+        even if no frame came. Call before the sink closes."""
+        self._finished = True
+
+    async def _call(self, method: Any, *args: Any, **kwargs: Any) -> Any:
+        if inspect.iscoroutinefunction(method):
+            return await method(*args, **kwargs)
+        return await anyio.to_thread.run_sync(functools.partial(method, *args, **kwargs))
+
+    async def open(self) -> Resume | None:
+        """Open ``inner``; remember and return its Resume."""
+        self.resume = await self._call(self.inner.open)
+        return self.resume
+
+    async def prepare(self, schema: Schema, *, times: bool) -> None:
+        """Forward to ``inner``."""
+        await self._call(self.inner.prepare, schema, times=times)
+        self._prepared = True
+
+    async def append(self, batch: Batch) -> None:
+        """Forward to ``inner``; the first batch with frames carries the steps."""
+        if self._dropped and batch.frames:
+            batch = Batch(batch.frames, sorted({*batch.dropped_steps, *self._dropped}))
+            self._dropped = []
+        await self._call(self.inner.append, batch)
+
+    async def commit(self) -> None:
+        """Forward to ``inner``, after the steps when no frame carried them."""
+        if self._dropped and self._finished and self._prepared:
+            await self._call(self.inner.append, Batch([], self._dropped))
+            self._dropped = []
+        await self._call(self.inner.commit)
+
+    async def close(self) -> None:
+        """Forward to ``inner``."""
+        await self._call(self.inner.close)
+
+
+def fresh_store(store: Any) -> Any:
+    """A new, unopened copy of ``store`` when it can describe itself, else ``store``.
+
+    A sink never opens a describable store object itself (its writer process
+    builds one from the description), so the same object can be handed to
+    several sinks in turn (``mode="a"``); a store written in this process must
+    behave the same way.
+    """
+    describe = getattr(store, "describe", None)
+    spec = describe() if callable(describe) else None
+    return spec.build() if isinstance(spec, StoreSpec) else store
+
+
+def _as_trajectory(src: object) -> Trajectory:
+    if isinstance(src, Trajectory):
+        return src
+    read = getattr(src, "trajectory", None)
+    if callable(read):
+        traj = read()
+        if isinstance(traj, Trajectory):
+            return traj
+    hint = " (drain a GPUBuffer with its drain_to method)" if hasattr(src, "drain_to") else ""
+    raise ConfigError(
+        f"src: expected a snapsink.Trajectory (snapsink.open(path)) or a HostMemory, "
+        f"got {type(src).__name__}{hint}"
+    )
+
+
+def _check_chunk_bytes(chunk_bytes: object) -> int:
+    if isinstance(chunk_bytes, bool) or not isinstance(chunk_bytes, int) or chunk_bytes < 1:
+        raise ConfigError(f"chunk_bytes: expected a positive int, got {chunk_bytes!r}")
+    return chunk_bytes
+
+
+def _destination(dst: object, format: str | None, group: str | None, traj: Trajectory) -> Any:
+    """The store to write: ``dst`` itself, or a new one at the path ``dst``
+    carrying the source's attrs and static arrays."""
+    if isinstance(dst, str | os.PathLike):
+        path = os.fspath(dst)
+        if not isinstance(path, str) or not path:
+            raise ConfigError(f"dst: expected a non-empty path, got {dst!r}")
+        if format is None:
+            format = "zarr" if path.rstrip("/").endswith(".zarr") else "npy"
+        if format not in ("npy", "zarr"):
+            raise ConfigError(f"format: expected 'npy', 'zarr' or None, got {format!r}")
+        attrs = dict(traj.attrs)
+        static = {name: np.asarray(arr) for name, arr in traj.static.items()}
+        if format == "npy":
+            if group is not None:
+                raise ConfigError(
+                    f"group={group!r}: an NpyDirectory has no groups; use format='zarr'"
+                )
+            from .writers.npy import NpyDirectory
+
+            return NpyDirectory(path, mode="x", attrs=attrs, static=static)
+        from .writers.zarr import ZarrStore
+
+        return ZarrStore(path, mode="x", group=group, attrs=attrs, static=static)
+    if format is not None or group is not None:
+        raise ConfigError(
+            f"format={format!r}, group={group!r}: these choose the store copy makes at a "
+            f"path; dst is a {type(dst).__name__}, which has its own"
+        )
+    if not isinstance(dst, Store):
+        raise ConfigError(
+            f"dst: expected a path or a store (snapsink.Store: NpyDirectory, ZarrStore, "
+            f"HostMemory, ...), got {type(dst).__name__}"
+        )
+    return dst
+
+
+def frames_per_chunk(traj: Trajectory, chunk_bytes: int = CHUNK_BYTES) -> int:
+    """How many frames of ``traj`` make about ``chunk_bytes`` (at least 1).
+
+    A ragged field's rows per frame are estimated from the largest of its
+    first, middle and last frames.
+    """
+    n = len(traj)
+    if not n:
+        return 1
+    per_frame = 0
+    for name, f in traj.fields.items():
+        if f.ragged:
+            view = traj[name]
+            rows = max(len(view[i]) for i in {0, n // 2, n - 1})
+            per_frame += max(rows, 1) * math.prod(f.row_shape) * f.dtype.itemsize
+        else:
+            per_frame += f.frame_nbytes()
+    return max(1, min(n, chunk_bytes // max(per_frame, 1)))
+
+
+def copy(
+    src: Any,
+    dst: Any,
+    *,
+    format: str | None = None,
+    group: str | None = None,
+    chunk_bytes: int = CHUNK_BYTES,
+    capacity: int = 8,
+) -> int:
+    """Copy a finished run into a store: frames, steps, times, dropped steps, bit-exact.
+
+    The source is read ``chunk_bytes`` at a time and written through a sink
+    with policy ``"block"``: memory stays bounded by about two chunks and the
+    sink's channel, whatever the length of the run.
+
+    Parameters
+    ----------
+    src
+        A :class:`~snapsink.Trajectory` (``snapsink.open(path)``) or a
+        :class:`~snapsink.HostMemory` (read through its ``trajectory()``, which
+        copies its frames once).
+    dst
+        A path: ``copy`` creates the store there (``mode="x"``: an existing
+        store is never overwritten) with the source's ``attrs`` and ``static``
+        arrays, an :class:`~snapsink.NpyDirectory`, or a
+        :class:`~snapsink.ZarrStore` when ``format="zarr"`` or the path ends in
+        ``.zarr``. Or a store object (anything implementing
+        :class:`~snapsink.Store`), used as built: stores take ``attrs=`` and
+        ``static=`` at construction, so give it ``attrs=dict(src.attrs),
+        static=dict(src.static)`` to carry them; its ``mode`` says whether it
+        may exist (``"a"`` appends after its frames).
+    format
+        ``"npy"`` or ``"zarr"`` for a path ``dst``; default: from the path.
+    group
+        The Zarr group to create under a path ``dst`` (default: the root).
+    chunk_bytes
+        About how many bytes of frames to read from the source at a time.
+    capacity
+        The sink's channel capacity in frames.
+
+    Returns
+    -------
+    int
+        The number of frames copied.
+
+    Raises
+    ------
+    ConfigError
+        For a bad ``src``, ``dst``, ``format``, ``group``, ``chunk_bytes`` or
+        ``capacity``.
+    StoreExistsError
+        When ``dst`` (a path, or a store of mode ``"x"``) already holds a store.
+    SchemaError
+        When ``dst`` already holds frames of another schema, or a step at or
+        after the source's first: nothing is written.
+    WriterError
+        When the destination store failed (chained to the cause).
+
+    Notes
+    -----
+    ``copy`` blocks until the destination is committed and closed. From async
+    code, run it in a worker thread: ``await anyio.to_thread.run_sync(snapsink.copy,
+    src, dst)``.
+
+    Examples
+    --------
+    >>> mem = snapsink.HostMemory(static={"numbers": z})  # doctest: +SKIP
+    >>> ...  # a run into mem
+    >>> snapsink.copy(mem, "run")  # doctest: +SKIP
+    >>> snapsink.copy(snapsink.open("run"), "run.zarr")  # doctest: +SKIP
+    """
+    from ._sync import SyncSink
+
+    traj = _as_trajectory(src)
+    chunk = frames_per_chunk(traj, _check_chunk_bytes(chunk_bytes))
+    dropped = traj.dropped_steps.tolist()
+    schema = traj.schema
+    if schema is None and dropped:
+        raise SchemaError(
+            f"src: no frame was ever stored (no schema), so its {len(dropped)} dropped "
+            "steps cannot be stored anywhere; nothing was copied"
+        )
+    store = _destination(dst, format, group, traj)
+    carrier = CarryingStore(fresh_store(store), dropped)
+    names = list(traj.fields)
+    with SyncSink(carrier, capacity, schema=schema) as sink:
+        resume = carrier.resume
+        first = int(traj.steps[0]) if len(traj) else None
+        last = None if resume is None else resume.last_step
+        if first is not None and last is not None and first <= last:
+            raise SchemaError(
+                f"dst already holds frames up to step {last}, and the source starts at "
+                f"step {first}: copy appends only later steps; copy into a new store "
+                f"(or one made with mode='w'); nothing was written"
+            )
+        for part in traj.iter_chunks(chunk):
+            steps = part["steps"]
+            times = part["times"]
+            for i in range(len(steps)):
+                # The chunk's arrays are never modified: lend them (copy=False).
+                sink.write(
+                    {name: part[name][i] for name in names},
+                    step=int(steps[i]),
+                    time=None if times is None else float(times[i]),
+                    copy=False,
+                )
+        carrier.finish()
+    return sink.statistics().written
