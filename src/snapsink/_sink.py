@@ -589,6 +589,16 @@ class Sink:
         return self._channel.schema if self._channel is not None else self._schema
 
     @property
+    def last_step(self) -> int | None:
+        """The step of the last frame the sink accepted (or that the store held
+        when it opened to append); None before any. The next write's step must
+        be greater."""
+        ch = self._channel
+        if ch is not None:
+            return ch.clock.last_step
+        return None if self._resumed is None else self._resumed.last_step
+
+    @property
     def resumed(self) -> Resume | None:
         """What the store held when the sink opened it to append (``mode="a"``):
         its frame count, last step and time; None for a new store (or before

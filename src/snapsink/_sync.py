@@ -311,6 +311,11 @@ class SyncSink:
         return self._sink.schema
 
     @property
+    def last_step(self) -> int | None:
+        """See :attr:`Sink.last_step`."""
+        return self._sink.last_step
+
+    @property
     def resumed(self) -> Resume | None:
         """See :attr:`Sink.resumed`."""
         return self._sink.resumed

@@ -166,11 +166,8 @@ def _backend(name: str | DeviceBackend | None) -> DeviceBackend:
 
 def _sink_last_step(sink: Any) -> int | None:
     """The last step a snapsink Sink or SyncSink accepted (None: none yet, or
-    another kind of sink). The Sink has no public accessor for it: read its
-    channel's step clock (a SyncSink wraps a Sink), never write it."""
-    inner = getattr(sink, "_sink", sink)
-    clock = getattr(getattr(inner, "_channel", None), "clock", None)
-    last = getattr(clock, "last_step", None)
+    another kind of sink)."""
+    last = getattr(sink, "last_step", None)
     return last if isinstance(last, int) else None
 
 
