@@ -218,6 +218,28 @@ def test_convert_empty_store_keeps_schema_and_dropped(tmp_path: Path) -> None:
     assert t.dropped_steps.tolist() == [3, 4] and dict(t.attrs) == {"x": 1}
 
 
+def test_convert_adds_a_group_to_an_existing_zarr_store(
+    npy_store: Path, zarr_store: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """--to-group: the store gains the group; the groups it had are untouched."""
+    before = {g: snapsink.open(zarr_store, group=g) for g in snapsink.groups(zarr_store)}
+    steps_before = {g: t.steps.tolist() for g, t in before.items()}
+    assert main(["convert", str(npy_store), str(zarr_store), "--to-group", "copied"]) == 0
+    assert sorted(snapsink.groups(zarr_store)) == sorted([*before, "copied"])
+    assert_same(snapsink.open(npy_store), snapsink.open(zarr_store, group="copied"))
+    for g, steps in steps_before.items():
+        assert snapsink.open(zarr_store, group=g).steps.tolist() == steps
+    capsys.readouterr()
+    # the same group again is refused, listing what the store has
+    assert main(["convert", str(npy_store), str(zarr_store), "--to-group", "copied"]) == 2
+    line = one_error_line(capsys.readouterr().err)
+    assert "already has group 'copied'" in line and "'b'" in line
+    # an existing npy destination never takes a group
+    assert main(["convert", str(zarr_store), str(npy_store), "--group", "b",
+                 "--to-group", "x"]) == 2
+    assert "not Zarr" in one_error_line(capsys.readouterr().err)
+
+
 @pytest.mark.parametrize(
     ("case", "needle"),
     [("missing", "no such file"), ("not-a-store", "not a snapsink store"), ("exists", "exists")],

@@ -27,7 +27,11 @@ def add_parser(sub: Any) -> None:
         description=__doc__.split("\n\n")[0] if __doc__ else None,
     )
     p.add_argument("src", help="the store to read")
-    p.add_argument("dst", help="the store to create; must not exist")
+    p.add_argument(
+        "dst",
+        help="the store to create; must not exist, unless it is a Zarr store that "
+        "takes a new group (--to-group)",
+    )
     p.add_argument(
         "--format",
         choices=("npy", "zarr"),
@@ -37,21 +41,28 @@ def add_parser(sub: Any) -> None:
         "--group",
         help="Zarr group to read (SRC is Zarr) and to write (DST is Zarr); default: the root",
     )
+    p.add_argument(
+        "--to-group",
+        help="the Zarr group to write in DST, when it differs from --group; DST may "
+        "then be an existing Zarr store without that group: the group is added, "
+        "nothing else in DST is touched",
+    )
     p.set_defaults(handler=run)
 
 
 def run(args: argparse.Namespace) -> int:
     src, dst = Path(args.src), Path(args.dst)
     src_fmt = detect(src)
-    if dst.exists() or dst.is_symlink():
-        raise StoreExistsError(
-            f"destination {str(dst)!r} exists; convert never overwrites: pick a new path"
-        )
     dst_fmt = args.format or ("zarr" if src_fmt == "npy" else "npy")
     src_group = args.group if src_fmt == "zarr" else None
-    dst_group = args.group if dst_fmt == "zarr" else None
+    to_group = getattr(args, "to_group", None)
+    dst_group = (to_group or args.group) if dst_fmt == "zarr" else None
     if src_fmt == "npy" and dst_fmt == "npy" and args.group is not None:
         raise ConfigError(f"--group {args.group!r}: neither store is Zarr")
+    if to_group is not None and dst_fmt != "zarr":
+        raise ConfigError(f"--to-group {to_group!r}: the destination is not Zarr ({dst_fmt})")
+    if dst.exists() or dst.is_symlink():
+        _check_adds_a_group(dst, dst_fmt, to_group)
     traj = open_store(src, src_fmt, src_group)
     t0 = time.perf_counter()
     frames = copy(traj, dst, format=dst_fmt, group=dst_group)
@@ -67,3 +78,30 @@ def run(args: argparse.Namespace) -> int:
     )
     print(f"read it   : snapsink.open({where})")
     return 0
+
+
+def _check_adds_a_group(dst: Path, dst_fmt: str, to_group: str | None) -> None:
+    """An existing destination is taken only as a Zarr store that gains a group
+    (``--to-group``); StoreExistsError otherwise, saying what to do."""
+    if to_group is None or dst_fmt != "zarr":
+        raise StoreExistsError(
+            f"destination {str(dst)!r} exists; convert never overwrites: pick a new "
+            "path (or add a group to an existing Zarr store with --to-group NAME)"
+        )
+    from .._reader import groups
+
+    try:
+        found = detect(dst) == "zarr"
+    except Exception:
+        found = False
+    if not found:
+        raise StoreExistsError(
+            f"destination {str(dst)!r} exists and is not a Zarr store; --to-group adds "
+            "a group to a Zarr store only"
+        )
+    existing = groups(dst)
+    if to_group in existing:
+        raise StoreExistsError(
+            f"destination {str(dst)!r} already has group {to_group!r}; convert never "
+            f"overwrites: pick another (it has {', '.join(map(repr, existing))})"
+        )
