@@ -53,6 +53,7 @@ from .writers.memory import HostMemory as HostMemory
 from .writers.npy import NpyDirectory as NpyDirectory
 
 if TYPE_CHECKING:  # loaded on first use: see __getattr__
+    from .writers.hdf5 import HDF5Store as HDF5Store
     from .writers.zarr import ZarrStore as ZarrStore
 
 __version__ = "0.1.0"
@@ -68,6 +69,7 @@ __all__ = [
     "FormatError",
     "Frame",
     "GPUBuffer",
+    "HDF5Store",
     "HostMemory",
     "NpyDirectory",
     "Recorder",
@@ -126,8 +128,14 @@ def __getattr__(name: str) -> object:
         ZarrStore.__module__ = __name__
         globals()["ZarrStore"] = ZarrStore
         return ZarrStore
+    if name == "HDF5Store":  # h5py itself loads only when a store opens
+        from .writers.hdf5 import HDF5Store
+
+        HDF5Store.__module__ = __name__
+        globals()["HDF5Store"] = HDF5Store
+        return HDF5Store
     raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
 
 
 def __dir__() -> list[str]:
-    return sorted(set(globals()) | {"ZarrStore"})
+    return sorted(set(globals()) | {"HDF5Store", "ZarrStore"})

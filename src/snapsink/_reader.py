@@ -19,11 +19,12 @@ def open(path_or_store: Any, group: str | None = None) -> Trajectory:
     ----------
     path_or_store
         A directory written by :class:`~snapsink.NpyDirectory`, a Zarr store path
-        or a zarr v3 ``Store`` written by :class:`~snapsink.ZarrStore`, or a
+        or a zarr v3 ``Store`` written by :class:`~snapsink.ZarrStore`, an HDF5
+        file written by :class:`~snapsink.HDF5Store`, or a
         :class:`~snapsink.HostMemory`.
     group
-        For Zarr stores holding several groups: which one (``None``: the root,
-        or the only group holding snapsink data).
+        For Zarr stores and HDF5 files holding several groups: which one
+        (``None``: the root, or the only group holding snapsink data).
 
     Returns
     -------
@@ -52,13 +53,19 @@ def open(path_or_store: Any, group: str | None = None) -> Trajectory:
             if group is not None:
                 raise ConfigError(f"group={group!r}: an NpyDirectory has no groups")
             return open_npy(path)
+        from .writers._hdf5file import is_hdf5_file
+
+        if path.is_file() and is_hdf5_file(path):
+            from .writers._hdf5read import open_hdf5
+
+            return open_hdf5(path, group)
         from .writers.zarr import is_zarr_store
 
         if is_zarr_store(path):
             return _open_zarr_group(path, group)
         raise FormatError(
             f"{str(path)!r} is not a snapsink store: expected an NpyDirectory "
-            "(metadata.json) or a Zarr v3 store (zarr.json)"
+            "(metadata.json), a Zarr v3 store (zarr.json) or an HDF5 file"
         )
     return _open_zarr_group(path_or_store, group)
 
@@ -91,8 +98,8 @@ def groups(path_or_store: Any) -> list[str]:
     Parameters
     ----------
     path_or_store
-        What :func:`open` takes: a store's path, a zarr v3 ``Store``, or a
-        :class:`~snapsink.HostMemory`.
+        What :func:`open` takes: a store's path (a directory or an HDF5 file),
+        a zarr v3 ``Store``, or a :class:`~snapsink.HostMemory`.
 
     Returns
     -------
@@ -119,6 +126,12 @@ def groups(path_or_store: Any) -> list[str]:
 
         if is_npy_store(path):
             return [""]
+        from .writers._hdf5file import is_hdf5_file
+
+        if path.is_file() and is_hdf5_file(path):
+            from .writers._hdf5read import list_hdf5_groups
+
+            return list_hdf5_groups(path)
         from .writers.zarr import is_zarr_store
 
         if not is_zarr_store(path):

@@ -16,7 +16,7 @@ line it or a writer prints on stdout is ``<job> <what> [<value>]``:
 Lines are written with one ``os.write`` each (shorter than PIPE_BUF), so lines
 of concurrent writers never interleave.
 
-A job: ``{"job": id, "kind": "npy"|"zarr", "path": ..., "mode": "x"|"a",
+A job: ``{"job": id, "kind": "npy"|"zarr"|"hdf5", "path": ..., "mode": "x"|"a",
 "policy": "block"|"spill", "spill": dir, "start": i0, "n": frames,
 "flush_every": k, "commit_every": c, "capacity": cap, "writer": "auto"|"thread",
 "report_writes": bool}``.
@@ -38,6 +38,13 @@ import numpy as np
 import snapsink
 import snapsink.writers.npy
 import snapsink.writers.zarr
+
+try:  # the HDF5 store is optional (h5py)
+    import h5py  # noqa: F401
+
+    import snapsink.writers.hdf5
+except ImportError:
+    pass
 
 SCHEMA = snapsink.Schema(
     {
@@ -71,6 +78,10 @@ def make_store(cfg: dict[str, Any]) -> Any:
     if cfg["kind"] == "npy":
         return snapsink.NpyDirectory(
             cfg["path"], mode=cfg["mode"], commit_every=cfg["commit_every"]
+        )
+    if cfg["kind"] == "hdf5":
+        return snapsink.HDF5Store(
+            cfg["path"], mode=cfg["mode"], chunk_frames=4, commit_every=cfg["commit_every"]
         )
     return snapsink.ZarrStore(
         cfg["path"], mode=cfg["mode"], chunk_frames=4, commit_every=cfg["commit_every"]

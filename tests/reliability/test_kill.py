@@ -157,14 +157,21 @@ def server() -> Iterator[ForkServer]:
 
 
 def is_store(path: Path) -> bool:
+    if path.is_file():  # HDF5: a file with at least a commit record
+        return path.stat().st_size > 0
     return (path / "metadata.json").exists() or (path / "zarr.json").exists()
+
+
+def needs(kind: str) -> None:
+    if kind == "hdf5":
+        pytest.importorskip("h5py")
 
 
 def kill_once(
     server: ForkServer, root: Path, kind: str, policy: str, rng: random.Random
 ) -> tuple[int, int]:
     """One writer, one SIGKILL, one check, one resume. Returns (flushed, visible)."""
-    path = root / "store"
+    path = root / ("store.h5" if kind == "hdf5" else "store")
     spill = root / "spill"
     common = {
         "kind": kind,
@@ -222,24 +229,33 @@ def run_kills(
     return results
 
 
-SEEDS = {("npy", "block"): 1, ("npy", "spill"): 2, ("zarr", "block"): 3, ("zarr", "spill"): 4}
+SEEDS = {
+    ("npy", "block"): 1,
+    ("npy", "spill"): 2,
+    ("zarr", "block"): 3,
+    ("zarr", "spill"): 4,
+    ("hdf5", "block"): 14,
+    ("hdf5", "spill"): 15,
+}
 
 
 @pytest.mark.parametrize("policy", ["block", "spill"])
-@pytest.mark.parametrize("kind", ["npy", "zarr"])
+@pytest.mark.parametrize("kind", ["npy", "zarr", "hdf5"])
 def test_sigkill_never_loses_a_flushed_frame(
     server: ForkServer, tmp_path: Path, kind: str, policy: str
 ) -> None:
     """25 kills per (store, policy): 50 per store type in the default suite."""
+    needs(kind)
     run_kills(server, tmp_path, kind, policy, kills=25, seed=SEEDS[kind, policy])
 
 
 @pytest.mark.slow
 @pytest.mark.timeout(900)
 @pytest.mark.parametrize("policy", ["block", "spill"])
-@pytest.mark.parametrize("kind", ["npy", "zarr"])
+@pytest.mark.parametrize("kind", ["npy", "zarr", "hdf5"])
 def test_sigkill_soak(server: ForkServer, tmp_path: Path, kind: str, policy: str) -> None:
     """The same, 250 kills per (store, policy)."""
+    needs(kind)
     run_kills(server, tmp_path, kind, policy, kills=250, seed=100 + SEEDS[kind, policy])
 
 
@@ -265,7 +281,7 @@ def kill_producer_once(server: ForkServer, root: Path, kind: str, rng: random.Ra
     """Kill the producer at a random moment (default writer, policy block);
     after its writer process exits, every frame whose write() returned must be
     stored. Returns the number of frames written."""
-    path = root / "store"
+    path = root / ("store.h5" if kind == "hdf5" else "store")
     job = server.spawn(
         kind=kind,
         path=str(path),
@@ -304,14 +320,15 @@ def kill_producer_once(server: ForkServer, root: Path, kind: str, rng: random.Ra
     return written
 
 
-@pytest.mark.parametrize("kind", ["npy", "zarr"])
+@pytest.mark.parametrize("kind", ["npy", "zarr", "hdf5"])
 def test_sigkill_of_the_producer_loses_no_written_frame(
     server: ForkServer, tmp_path: Path, kind: str
 ) -> None:
     """50 kills per store kind: the writer process drains and commits every
     frame already in shared memory, and leaves nothing in /dev/shm."""
+    needs(kind)
     before = shm_names()
-    seeds = [(7 if kind == "npy" else 8) * 10_000 + k for k in range(50)]
+    seeds = [{"npy": 7, "zarr": 8, "hdf5": 9}[kind] * 10_000 + k for k in range(50)]
 
     def one(s: int) -> int:
         root = tmp_path / f"p{s}"

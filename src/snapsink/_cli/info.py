@@ -16,27 +16,33 @@ __all__ = ["add_parser", "describe", "detect", "run", "store_closed"]
 
 
 def add_parser(sub: Any) -> None:
-    p = sub.add_parser("info", help="describe a stored run (NpyDirectory or Zarr)")
-    p.add_argument("path", help="the store's directory")
-    p.add_argument("--group", help="Zarr: the group to describe (default: every snapsink group)")
+    p = sub.add_parser("info", help="describe a stored run (NpyDirectory, Zarr or HDF5)")
+    p.add_argument("path", help="the store's directory (or HDF5 file)")
+    p.add_argument(
+        "--group", help="Zarr, HDF5: the group to describe (default: every snapsink group)"
+    )
     p.set_defaults(handler=run)
 
 
 def detect(path: str | os.PathLike[str]) -> str:
-    """``"npy"`` or ``"zarr"``; one-line errors for anything else."""
+    """``"npy"``, ``"zarr"`` or ``"hdf5"``; one-line errors for anything else."""
+    from ..writers._hdf5file import is_hdf5_file
     from ..writers.npy import is_npy_store
-    from ..writers.zarr import is_zarr_store
 
     p = Path(path)
     if not p.exists():
         raise StoreNotFoundError(f"{str(p)!r}: no such file or directory")
     if is_npy_store(p):
         return "npy"
+    if p.is_file() and is_hdf5_file(p):
+        return "hdf5"
+    from ..writers.zarr import is_zarr_store
+
     if is_zarr_store(p):
         return "zarr"
     raise FormatError(
-        f"{str(p)!r} is not a snapsink store: expected an NpyDirectory (metadata.json) "
-        "or a Zarr v3 store (zarr.json)"
+        f"{str(p)!r} is not a snapsink store: expected an NpyDirectory (metadata.json), "
+        "a Zarr v3 store (zarr.json) or an HDF5 file"
     )
 
 
@@ -47,6 +53,10 @@ def open_store(path: str | os.PathLike[str], fmt: str, group: str | None) -> Tra
         from ..writers.npy import open_npy
 
         return open_npy(path)
+    if fmt == "hdf5":
+        from ..writers._hdf5read import open_hdf5
+
+        return open_hdf5(path, group)
     from ..writers.zarr import open_zarr
 
     return open_zarr(path, group)
@@ -147,7 +157,8 @@ def run(args: argparse.Namespace) -> int:
     path = Path(args.path)
     fmt = detect(path)
     used, apparent = disk_usage(path)
-    print(f"{path}: {'NpyDirectory (snapsink-npy)' if fmt == 'npy' else 'Zarr v3 store'}")
+    title = {"npy": "NpyDirectory (snapsink-npy)", "zarr": "Zarr v3 store", "hdf5": "HDF5 file"}
+    print(f"{path}: {title[fmt]}")
     print(f"size       : {human(used)} on disk ({human(apparent)} apparent)")
     if fmt == "npy":
         if args.group is not None:
@@ -155,9 +166,14 @@ def run(args: argparse.Namespace) -> int:
         for line in describe(open_store(path, fmt, None)):
             print(line)
         return 0
-    from ..writers._zarrread import list_groups
+    if fmt == "hdf5":
+        from ..writers._hdf5read import list_hdf5_groups
 
-    groups = list_groups(path)
+        groups = list_hdf5_groups(path)
+    else:
+        from ..writers._zarrread import list_groups
+
+        groups = list_groups(path)
     if args.group is not None:
         target = args.group.strip("/")
         if target not in groups:
@@ -169,11 +185,15 @@ def run(args: argparse.Namespace) -> int:
     else:
         print(f"groups     : {', '.join(g or '/' for g in groups) or 'none'}")
     if not groups:
-        raise FormatError(f"{str(path)!r}: a Zarr store with no snapsink group")
+        kind = "an HDF5 file" if fmt == "hdf5" else "a Zarr store"
+        raise FormatError(f"{str(path)!r}: {kind} with no snapsink group")
     for g in groups:
         if len(groups) > 1 or args.group is not None:
-            gused, _ = disk_usage(path / g) if g else (used, apparent)
-            print(f"[group {g or '/'}] ({human(gused)} on disk)")
+            if fmt == "hdf5":  # groups share the file: no size of their own
+                print(f"[group {g or '/'}]")
+            else:
+                gused, _ = disk_usage(path / g) if g else (used, apparent)
+                print(f"[group {g or '/'}] ({human(gused)} on disk)")
         for line in describe(open_store(path, fmt, g or None)):
             print(("  " if len(groups) > 1 else "") + line)
     return 0

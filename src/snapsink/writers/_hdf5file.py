@@ -1,0 +1,362 @@
+"""The file side of the HDF5 store: h5py on demand, locks, crash recovery.
+
+Why sessions. HDF5 allows one writer per file, and a file opened for writing
+by a process that then dies is refused by every later writer ("file is
+already open for write"). snapsink writes a file in short *sessions*: a
+writer takes the file's session lock, opens the file, writes what it
+buffered (and commits), closes it, and lets the lock go. Several stores may
+so write different groups of one file, from different writer processes, one
+session at a time (HDF5's one-writer rule holds at every moment), and a
+reader opens between or during sessions.
+
+Why SWMR. Inside a session that creates nothing (appends and commits), the
+file is open in HDF5's single-writer/multiple-reader mode (``libver="latest"``,
+``H5F_ACC_SWMR_WRITE``): HDF5 then writes its metadata in an order that keeps
+the file readable at every moment, so a SIGKILL mid-session leaves a file
+whose committed frames read back. Creating groups and datasets is not allowed
+in SWMR mode: that happens in short non-SWMR sessions (``open``, ``prepare``,
+``close``), each ending with a flush and an fsync.
+
+Why a superblock patch. After a SIGKILL the superblock still says "open for
+(SWMR) writing", and HDF5 refuses to open the file for writing until the
+flags are cleared (``h5clear -s``). Under the session lock nobody else writes
+the file, so :func:`clear_open_flags` clears them itself, and raises the
+recorded end of allocated space to the file's size (``h5clear --increment``):
+chunks written after the last flush of the superblock are then never
+overwritten by new allocations.
+
+Why OFD locks. The locks are Linux open-file-description byte-range locks far
+beyond any data (``F_OFD_SETLK``): they die with their holder, they exclude
+two holders in one process too, and they never conflict with the ``flock``
+that HDF5 itself (and h5py's default ``locking=True``) takes on the file.
+Where OFD locks are missing, the store writes without them, with a warning.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import errno
+import hashlib
+import os
+import stat
+import struct
+import sys
+import warnings
+from collections.abc import Iterator
+from typing import Any
+
+from .._errors import ConfigError, FormatError, StoreLockedError
+
+__all__ = [
+    "HDF5_SIGNATURE",
+    "FileLocks",
+    "clear_open_flags",
+    "fsync_fd",
+    "import_h5py",
+    "is_hdf5_file",
+    "lookup3",
+]
+
+#: The first 8 bytes of every HDF5 file (snapsink never writes a user block).
+HDF5_SIGNATURE = b"\x89HDF\r\n\x1a\n"
+
+_NOFOLLOW = getattr(os, "O_NOFOLLOW", 0)
+_CLOEXEC = getattr(os, "O_CLOEXEC", 0)
+_NONBLOCK = getattr(os, "O_NONBLOCK", 0)
+
+
+def import_h5py() -> Any:
+    """h5py, imported on first use (``import snapsink`` never imports it).
+
+    Raises
+    ------
+    ModuleNotFoundError
+        h5py is not installed; the message names the extra that installs it.
+    """
+    try:
+        import h5py
+    except ImportError as exc:
+        raise ModuleNotFoundError(
+            "snapsink's HDF5 store needs h5py: pip install 'snapsink[hdf5]' (or pip install h5py)"
+        ) from exc
+    return h5py
+
+
+def is_hdf5_file(path: str | os.PathLike[str]) -> bool:
+    """Whether ``path`` is a regular file starting with the HDF5 signature.
+
+    Never follows a symbolic link and never blocks on a FIFO.
+    """
+    try:
+        fd = os.open(path, os.O_RDONLY | _NOFOLLOW | _CLOEXEC | _NONBLOCK)
+    except OSError:
+        return False
+    try:
+        return stat.S_ISREG(os.fstat(fd).st_mode) and os.pread(fd, 8, 0) == HDF5_SIGNATURE
+    except OSError:
+        return False
+    finally:
+        os.close(fd)
+
+
+def fsync_fd(fd: int) -> None:
+    """Data and size of the file behind ``fd`` on disk (any descriptor of the
+    file will do: the kernel syncs the inode, not the descriptor)."""
+    os.fsync(fd)
+
+
+# -- the superblock --------------------------------------------------------------
+_M32 = 0xFFFFFFFF
+
+
+def _rot(x: int, k: int) -> int:
+    return ((x << k) | (x >> (32 - k))) & _M32
+
+
+def lookup3(data: bytes, initval: int = 0) -> int:
+    """Bob Jenkins' lookup3 ``hashlittle``: HDF5's metadata checksum."""
+    n = len(data)
+    a = b = c = (0xDEADBEEF + n + initval) & _M32
+    i = 0
+    while n > 12:
+        a = (a + int.from_bytes(data[i : i + 4], "little")) & _M32
+        b = (b + int.from_bytes(data[i + 4 : i + 8], "little")) & _M32
+        c = (c + int.from_bytes(data[i + 8 : i + 12], "little")) & _M32
+        a = (a - c) & _M32
+        a ^= _rot(c, 4)
+        c = (c + b) & _M32
+        b = (b - a) & _M32
+        b ^= _rot(a, 6)
+        a = (a + c) & _M32
+        c = (c - b) & _M32
+        c ^= _rot(b, 8)
+        b = (b + a) & _M32
+        a = (a - c) & _M32
+        a ^= _rot(c, 16)
+        c = (c + b) & _M32
+        b = (b - a) & _M32
+        b ^= _rot(a, 19)
+        a = (a + c) & _M32
+        c = (c - b) & _M32
+        c ^= _rot(b, 4)
+        b = (b + a) & _M32
+        n -= 12
+        i += 12
+    if n == 0:
+        return c
+    tail = data[i : i + n] + bytes(12 - n)
+    a = (a + int.from_bytes(tail[0:4], "little")) & _M32
+    b = (b + int.from_bytes(tail[4:8], "little")) & _M32
+    c = (c + int.from_bytes(tail[8:12], "little")) & _M32
+    c ^= b
+    c = (c - _rot(b, 14)) & _M32
+    a ^= c
+    a = (a - _rot(c, 11)) & _M32
+    b ^= a
+    b = (b - _rot(a, 25)) & _M32
+    c ^= b
+    c = (c - _rot(b, 16)) & _M32
+    a ^= c
+    a = (a - _rot(c, 4)) & _M32
+    b ^= a
+    b = (b - _rot(a, 14)) & _M32
+    c ^= b
+    c = (c - _rot(b, 24)) & _M32
+    return c
+
+
+def clear_open_flags(fd: int, where: str) -> bool:
+    """Clear the "open for writing" flags a killed writer left in the superblock.
+
+    Only for a version 2 or 3 superblock at offset 0 (what ``libver="latest"``
+    writes); the end-of-allocation address is raised to the file's size. Call
+    it only while holding the session lock (no writer has the file open).
+
+    Returns
+    -------
+    bool
+        Whether the flags were set (a writer died mid-session) and were cleared.
+
+    Raises
+    ------
+    FormatError
+        The file is no HDF5 file, or its superblock is corrupt.
+    """
+    head = os.pread(fd, 12, 0)
+    if len(head) < 12 or head[:8] != HDF5_SIGNATURE:
+        raise FormatError(f"{where}: not an HDF5 file (no HDF5 signature at offset 0)")
+    version, size_of_offsets = head[8], head[9]
+    if version not in (2, 3):
+        return False  # older superblocks carry no such flags
+    if size_of_offsets not in (2, 4, 8):
+        raise FormatError(f"{where}: corrupt superblock (size of offsets {size_of_offsets})")
+    body = 12 + 4 * size_of_offsets
+    raw = bytearray(os.pread(fd, body + 4, 0))
+    if len(raw) != body + 4:
+        raise FormatError(f"{where}: truncated superblock")
+    if lookup3(bytes(raw[:body])) != int.from_bytes(raw[body:], "little"):
+        raise FormatError(f"{where}: the superblock's checksum does not match (a damaged file)")
+    if raw[11] == 0:
+        return False
+    raw[11] = 0
+    eoa_at = 12 + 2 * size_of_offsets
+    eoa = int.from_bytes(raw[eoa_at : eoa_at + size_of_offsets], "little")
+    size = os.fstat(fd).st_size
+    raw[eoa_at : eoa_at + size_of_offsets] = max(eoa, size).to_bytes(size_of_offsets, "little")
+    raw[body:] = lookup3(bytes(raw[:body])).to_bytes(4, "little")
+    if os.pwrite(fd, bytes(raw), 0) != len(raw):
+        raise OSError(errno.EIO, f"{where}: short write of the superblock")
+    os.fsync(fd)
+    return True
+
+
+# -- locks -------------------------------------------------------------------------
+try:
+    import fcntl
+except ImportError:  # pragma: no cover - not POSIX
+    fcntl = None  # type: ignore[assignment]
+_OFD = (
+    sys.platform == "linux"
+    and fcntl is not None
+    and hasattr(fcntl, "F_OFD_SETLK")
+    and struct.calcsize("P") == 8
+)
+#: The byte the session lock covers, and the start of the group claims' range:
+#: far beyond any real data (HDF5 never reads or writes there).
+_SESSION_BYTE = 1 << 62
+_GROUP_BASE = _SESSION_BYTE + 1
+_GROUP_SPAN = 1 << 56
+
+
+def _flock_struct(kind: int, start: int) -> bytes:
+    # struct flock on 64-bit Linux: short l_type, short l_whence, off_t l_start,
+    # off_t l_len, pid_t l_pid (0 for OFD locks), padded to 32 bytes.
+    return struct.pack("@hhqqi4x", kind, os.SEEK_SET, start, 1, 0)
+
+
+def _group_byte(group: str) -> int:
+    digest = hashlib.blake2b(group.encode("utf-8"), digest_size=8).digest()
+    return _GROUP_BASE + int.from_bytes(digest, "little") % _GROUP_SPAN
+
+
+class FileLocks:
+    """The locks of one HDF5 file, on one descriptor of it.
+
+    - :meth:`claim` (a group's single-writer claim, held until :meth:`release`);
+    - :meth:`session` (exclusive: the file is open for writing inside it);
+    - :meth:`shared` (readers, only while they open the file).
+
+    Parameters
+    ----------
+    fd
+        An open descriptor of the file (read-write for writers).
+    where
+        How to name the file in messages.
+    """
+
+    def __init__(self, fd: int, where: str):
+        self.fd = fd
+        self.where = where
+        self._claimed: str | None = None
+
+    def _lock(self, kind: int, start: int, *, wait: bool) -> bool:
+        cmd = fcntl.F_OFD_SETLKW if wait else fcntl.F_OFD_SETLK
+        try:
+            fcntl.fcntl(self.fd, cmd, _flock_struct(kind, start))
+        except OSError as exc:
+            if exc.errno in (errno.EAGAIN, errno.EACCES):
+                return False
+            raise
+        return True
+
+    def claim(self, group: str) -> None:
+        """Claim ``group`` for this writer (``""``: the root group).
+
+        Raises
+        ------
+        StoreLockedError
+            Another writer (in any process, this one included) holds the group.
+        """
+        if not _OFD:
+            warnings.warn(
+                f"{self.where}: this platform has no open-file-description locks: "
+                "writing without the single-writer lock, so a second writer will not "
+                "be refused",
+                RuntimeWarning,
+                stacklevel=3,
+            )
+            return
+        if not self._lock(fcntl.F_WRLCK, _group_byte(group), wait=False):
+            raise StoreLockedError(
+                f"{self.where}: another writer is writing group {group or '/'!r} of this "
+                "file; a store has one writer: wait for it to finish, stop it, or write "
+                "to another group or file",
+                store=self.where,
+            )
+        self._claimed = group
+
+    @contextlib.contextmanager
+    def session(self) -> Iterator[None]:
+        """Hold the file's session lock (waits for a session of another writer)."""
+        if not _OFD:
+            yield
+            return
+        self._lock(fcntl.F_WRLCK, _SESSION_BYTE, wait=True)
+        try:
+            yield
+        finally:
+            self._lock(fcntl.F_UNLCK, _SESSION_BYTE, wait=False)
+
+    @contextlib.contextmanager
+    def shared(self) -> Iterator[None]:
+        """A reader's lock while it opens the file: never inside a writer's
+        non-SWMR session (when the file's structure changes)."""
+        if not _OFD:
+            yield
+            return
+        try:
+            self._lock(fcntl.F_RDLCK, _SESSION_BYTE, wait=True)
+        except OSError:  # a read-only file system, say: read without it
+            yield
+            return
+        try:
+            yield
+        finally:
+            self._lock(fcntl.F_UNLCK, _SESSION_BYTE, wait=False)
+
+
+def open_store_file(path: str, *, create: bool) -> tuple[int, bool]:
+    """A read-write descriptor of the store's file: ``(fd, created)``.
+
+    ``created`` when this call made the (empty) file. Never follows a symbolic
+    link.
+
+    Raises
+    ------
+    ConfigError
+        The path is a symbolic link, a directory or not a regular file.
+    FileNotFoundError
+        No file and ``create`` is false.
+    """
+    flags = os.O_RDWR | _NOFOLLOW | _CLOEXEC | _NONBLOCK
+    created = False
+    try:
+        if create:
+            try:
+                fd = os.open(path, flags | os.O_CREAT | os.O_EXCL, 0o644)
+                created = True
+            except FileExistsError:
+                fd = os.open(path, flags)
+        else:
+            fd = os.open(path, flags)
+    except OSError as exc:
+        if exc.errno in (errno.ELOOP, errno.EISDIR, errno.ENXIO):
+            raise ConfigError(
+                f"{path!r}: expected an HDF5 file (a regular file); found a directory, a "
+                "symbolic link or a special file"
+            ) from exc
+        raise
+    if not stat.S_ISREG(os.fstat(fd).st_mode):
+        os.close(fd)
+        raise ConfigError(f"{path!r}: expected an HDF5 file (a regular file)")
+    return fd, created

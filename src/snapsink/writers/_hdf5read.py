@@ -1,0 +1,402 @@
+"""The read side of the snapsink HDF5 layout: a lazy Source over a committed group.
+
+Readers trust only the commit record (``snapsink.commit``), take no writer
+lock, and open the file in HDF5's SWMR read mode: a file being written, or
+left by a killed writer, opens with its committed frames. Every attribute and
+shape is checked before anything is allocated: a corrupt or hostile file
+raises :class:`~snapsink.FormatError`.
+"""
+
+from __future__ import annotations
+
+import os
+import threading
+from collections.abc import Mapping
+from typing import Any
+
+import numpy as np
+
+from .._errors import ConfigError, FormatError, StoreNotFoundError
+from .._schema import Schema
+from .._trajectory import Trajectory
+from ._format import StepRanges, parse_step_ranges
+from ._hdf5file import FileLocks, import_h5py, is_hdf5_file
+from ._hdf5plan import (
+    ATTRS_ATTR,
+    COMMIT,
+    DROPPED,
+    META_ATTR,
+    STATIC_GROUP,
+    CommitRecord,
+    GroupMeta,
+    is_snapsink_attr,
+    parse_commit,
+    parse_group_meta,
+    parse_user_attrs,
+)
+from ._zarrplan import check_group, offsets_name, plan_arrays
+
+__all__ = ["HDF5Source", "is_hdf5_store", "list_hdf5_groups", "open_hdf5"]
+
+_NOFOLLOW = getattr(os, "O_NOFOLLOW", 0)
+_CLOEXEC = getattr(os, "O_CLOEXEC", 0)
+_NONBLOCK = getattr(os, "O_NONBLOCK", 0)
+
+
+def open_for_reading(path: str) -> Any:
+    """The HDF5 file at ``path``, open read-only: in SWMR mode when the file
+    supports it (a file being written or left by a killed writer), else plainly.
+
+    Raises
+    ------
+    StoreNotFoundError
+        No file.
+    FormatError
+        Not an HDF5 file, or HDF5 refuses it.
+    """
+    h5py = import_h5py()
+    try:
+        fd = os.open(path, os.O_RDONLY | _NOFOLLOW | _CLOEXEC | _NONBLOCK)
+    except FileNotFoundError:
+        raise StoreNotFoundError(f"no HDF5 file at {path!r}") from None
+    except OSError as exc:
+        raise FormatError(f"{path!r}: cannot be opened as an HDF5 file: {exc}") from exc
+    try:
+        if not is_hdf5_file(path):
+            raise FormatError(f"{path!r} is not an HDF5 file")
+        swmr = os.pread(fd, 9, 0)[8] >= 2  # superblock v2+: SWMR-capable
+        # Not while a writer changes the file's structure (see _hdf5file).
+        with FileLocks(fd, path).shared():
+            try:
+                # h5py's default locking, so that plain h5py opens the file in
+                # this process too (HDF5 refuses a second open with other flags)
+                return h5py.File(path, "r", swmr=swmr)
+            except OSError as exc:
+                if "already open for write" in str(exc):
+                    raise FormatError(
+                        f"{path!r}: a writer died while it changed the file's structure "
+                        "(the file is still marked open for writing); reopen its group "
+                        "for writing with mode='a' to recover it"
+                    ) from exc
+                raise FormatError(f"{path!r}: HDF5 cannot open it: {exc}") from exc
+    finally:
+        os.close(fd)
+
+
+class _Handles:
+    """The read-only h5py files of this process, one per file (by inode).
+
+    HDF5 shares one open file per process: a second open of a file already
+    open returns the same file, with the metadata and chunks it cached. A
+    reader that refreshes therefore closes the shared handle and opens the
+    file afresh (every reader of the file then reopens it at its next read),
+    and a writer in this process closes it before a session (HDF5 refuses to
+    open for writing a file open read-only).
+    """
+
+    def __init__(self) -> None:
+        self._files: dict[tuple[int, int], Any] = {}
+        self._lock = threading.Lock()
+
+    @staticmethod
+    def _key(path: str) -> tuple[int, int] | None:
+        try:
+            st = os.stat(path)
+        except OSError:
+            return None
+        return (st.st_dev, st.st_ino)
+
+    def get(self, path: str, *, fresh: bool = False) -> Any:
+        """The shared handle of ``path``; ``fresh``: a new one."""
+        with self._lock:
+            key = self._key(path)
+            f = self._files.get(key) if key is not None else None
+            if f is not None and (fresh or not f.id.valid):
+                self._close(key)
+                f = None
+            if f is None:
+                f = open_for_reading(path)
+                key = self._key(path)
+                if key is not None:
+                    self._files[key] = f
+            return f
+
+    def _close(self, key: tuple[int, int] | None) -> None:
+        f = self._files.pop(key, None) if key is not None else None
+        if f is not None and f.id.valid:
+            f.close()
+
+    def release(self, path: str) -> None:
+        """Close the shared handle of ``path`` (a writer of this process needs
+        the file); readers open it again at their next read."""
+        with self._lock:
+            self._close(self._key(path))
+
+
+HANDLES = _Handles()
+
+
+class HDF5Source:
+    """The committed frames of a snapsink group of an HDF5 file, read lazily.
+
+    Parameters
+    ----------
+    path
+        The HDF5 file.
+    group
+        The group's path; ``None`` for the root.
+
+    Raises
+    ------
+    StoreNotFoundError
+        No file, or no such group.
+    FormatError
+        The group is not a snapsink store, or its metadata or datasets are corrupt.
+    """
+
+    schema: Schema | None
+    length: int
+
+    def __init__(self, path: str | os.PathLike[str], group: str | None = None):
+        self._path = os.fspath(path)
+        self._group = check_group(group) if group not in (None, "", "/") else ""
+        self._names: dict[str, str] = {}
+        self.schema = None
+        self.length = 0
+        self.refresh()
+
+    def __repr__(self) -> str:
+        return f"<HDF5Source {self._path!r} group={self._group or '/'!r} frames={self.length}>"
+
+    @property
+    def closed(self) -> bool:
+        """Whether the writer closed the group cleanly (at the last refresh)."""
+        return self._record.closed
+
+    @property
+    def groups(self) -> list[str]:
+        """The file's groups holding snapsink data (``""``: the root)."""
+        return list_hdf5_groups(self._path)
+
+    def _grp(self) -> Any:
+        """The group, in the process's shared handle of the file."""
+        f = HANDLES.get(self._path)
+        return f[self._group] if self._group else f
+
+    def _dataset(self, name: str) -> Any:
+        return self._grp()[name]
+
+    def refresh(self) -> None:
+        """Open the file again and re-read the commit record and metadata."""
+        h5py = import_h5py()
+        f = HANDLES.get(self._path, fresh=True)
+        where = f"HDF5 group {self._group or '/'!r} in {self._path!r}"
+        grp = f.get(self._group) if self._group else f
+        if grp is None:
+            found = list_hdf5_groups(self._path)
+            names = ", ".join(repr(g or "/") for g in found) or "none"
+            raise StoreNotFoundError(
+                f"no group {self._group!r} in {self._path!r} (its snapsink groups: {names})"
+            )
+        if not isinstance(grp, h5py.Group):
+            raise FormatError(f"{where}: not a group")
+        meta = parse_group_meta(grp.attrs.get(META_ATTR), where)
+        user = parse_user_attrs(grp.attrs.get(ATTRS_ATTR), where)
+        commit = grp.get(COMMIT)
+        if not isinstance(commit, h5py.Dataset):
+            raise FormatError(f"{where}: the commit record {COMMIT!r} is missing")
+        record = parse_commit(commit[...], where)
+        if record.count and (meta.schema is None or meta.times is None):
+            raise FormatError(f"{where}: {record.count} frames but no schema or times flag")
+        datasets: dict[str, Any] = {}
+        if meta.schema is not None:
+            for plan in plan_arrays(meta.schema, times=bool(meta.times)):
+                ds = grp.get(plan.name)
+                if not isinstance(ds, h5py.Dataset):
+                    raise FormatError(f"{where}: dataset {plan.name!r} is missing")
+                if ds.dtype != plan.dtype or tuple(ds.shape[1:]) != plan.row_shape:
+                    raise FormatError(
+                        f"{where}: dataset {plan.name!r} has dtype {ds.dtype} and shape "
+                        f"{ds.shape}; expected {plan.dtype} rows of shape {plan.row_shape}"
+                    )
+                need = record.count + 1 if plan.name.endswith(".offsets") else record.count
+                if plan.name in meta.schema and meta.schema[plan.name].ragged:
+                    need = 0  # checked against the offsets when read
+                if ds.shape[0] < need:
+                    raise FormatError(
+                        f"{where}: dataset {plan.name!r} holds {ds.shape[0]} rows, fewer "
+                        f"than the {need} committed"
+                    )
+                datasets[plan.name] = int(ds.shape[0])
+        self._where = where
+        self._meta: GroupMeta = meta
+        self._user = user
+        self._record: CommitRecord = record
+        self._datasets = datasets
+        self._steps: np.ndarray[Any, np.dtype[np.int64]] | None = None
+        self._times: np.ndarray[Any, np.dtype[np.float64]] | None = None
+        self._static: dict[str, np.ndarray[Any, Any]] | None = None
+        self._dropped: np.ndarray[Any, np.dtype[np.int64]] | None = None
+        self.schema = meta.schema
+        self.length = record.count
+
+    def _get(self, name: str, start: int, stop: int) -> np.ndarray[Any, Any]:
+        ds = self._dataset(name)
+        if stop > ds.shape[0]:
+            raise FormatError(
+                f"{self._where}: dataset {name!r} holds {ds.shape[0]} rows; rows up to "
+                f"{stop} were asked for (a corrupt count or offsets)"
+            )
+        try:
+            return np.asarray(ds[start:stop])
+        except (OSError, ValueError, TypeError, KeyError, RuntimeError) as exc:
+            raise FormatError(
+                f"{self._where}: dataset {name!r}, rows [{start}, {stop}): "
+                f"{type(exc).__name__}: {exc}"
+            ) from exc
+
+    def steps(self) -> np.ndarray[Any, np.dtype[np.int64]]:
+        if self._steps is None:
+            steps = (
+                np.asarray(self._get("steps", 0, self.length), np.int64)
+                if self.length
+                else (np.zeros(0, np.int64))
+            )
+            if steps.size > 1 and not bool(np.all(np.diff(steps) > 0)):
+                raise FormatError(f"{self._where}: stored steps do not strictly increase")
+            self._steps = steps
+        return self._steps
+
+    def times(self) -> np.ndarray[Any, np.dtype[np.float64]] | None:
+        if not self._meta.times:
+            return None
+        if self._times is None:
+            self._times = np.asarray(self._get("times", 0, self.length), np.float64)
+        return self._times
+
+    def static(self) -> Mapping[str, np.ndarray[Any, Any]]:
+        if self._static is None:
+            h5py = import_h5py()
+            out: dict[str, np.ndarray[Any, Any]] = {}
+            sg = self._grp().get(STATIC_GROUP)
+            if isinstance(sg, h5py.Group):
+                for name in sg:
+                    ds = sg[name]
+                    if isinstance(ds, h5py.Dataset):
+                        out[name] = np.asarray(ds[()])
+            self._static = out
+        return self._static
+
+    def attrs(self) -> Mapping[str, Any]:
+        return self._user
+
+    def dropped_steps(self) -> np.ndarray[Any, np.dtype[np.int64]]:
+        if self._dropped is None:
+            runs = self._record.runs
+            ds = self._grp().get(DROPPED)
+            if runs and (ds is None or ds.shape[0] < runs or ds.shape[1:] != (2,)):
+                raise FormatError(f"{self._where}: {DROPPED!r} holds fewer than {runs} runs")
+            raw = np.asarray(ds[:runs], np.int64).tolist() if runs else []
+            parsed = parse_step_ranges(raw, lambda m: FormatError(f"{self._where}: {m}"))
+            self._dropped = StepRanges(parsed).to_array(self._where)
+        return self._dropped
+
+    def _check_range(self, start: int, stop: int) -> None:
+        if not 0 <= start <= stop <= self.length:
+            raise IndexError(f"frames [{start}, {stop}) out of range for {self.length} frames")
+
+    def read(self, name: str, start: int, stop: int) -> np.ndarray[Any, Any]:
+        """Frames ``[start, stop)`` of fixed-shape field ``name``."""
+        self._check_range(start, stop)
+        return self._get(name, start, stop)
+
+    def read_ragged(
+        self, name: str, start: int, stop: int
+    ) -> tuple[np.ndarray[Any, Any], np.ndarray[Any, np.dtype[np.int64]]]:
+        """Rows of frames ``[start, stop)`` of ragged field ``name`` and their offsets."""
+        self._check_range(start, stop)
+        off = np.asarray(self._get(offsets_name(name), start, stop + 1), np.int64)
+        rows = self._datasets[name]
+        if off.size and (
+            off[0] < 0
+            or off[-1] > rows
+            or bool(np.any(np.diff(off) < 0))
+            or (start == 0 and off[0] != 0)
+        ):
+            raise FormatError(
+                f"{self._where}: offsets of ragged field {name!r} are corrupt (frames "
+                f"[{start}, {stop}]: expected non-decreasing offsets from 0 within "
+                f"[0, {rows}])"
+            )
+        data = self._get(name, int(off[0]), int(off[-1]))
+        return data, off - off[0]
+
+
+def is_hdf5_store(path: str | os.PathLike[str]) -> bool:
+    """Whether ``path`` is an HDF5 file (any: :func:`open_hdf5` then says
+    whether it holds snapsink groups)."""
+    return os.path.isfile(path) and is_hdf5_file(path)
+
+
+def list_hdf5_groups(path: str | os.PathLike[str]) -> list[str]:
+    """Paths of the file's groups that hold snapsink data, sorted (``""``: the root).
+
+    Raises
+    ------
+    StoreNotFoundError
+        No file.
+    FormatError
+        Not an HDF5 file.
+    """
+    h5py = import_h5py()
+    f = HANDLES.get(os.fspath(path), fresh=True)
+    found = [""] if is_snapsink_attr(f.attrs.get(META_ATTR)) else []
+
+    def visit(name: str, node: Any) -> None:
+        if isinstance(node, h5py.Group) and is_snapsink_attr(node.attrs.get(META_ATTR)):
+            found.append(name)
+
+    f.visititems(visit)
+    return sorted(found)
+
+
+def open_hdf5(path: str | os.PathLike[str], group: str | None = None) -> Trajectory:
+    """Open the committed frames of a snapsink group of an HDF5 file, lazily.
+
+    Parameters
+    ----------
+    path
+        The HDF5 file.
+    group
+        The group's path (see :func:`list_hdf5_groups`); ``None``: the root, or
+        the file's only snapsink group.
+
+    Returns
+    -------
+    Trajectory
+
+    Raises
+    ------
+    StoreNotFoundError
+        No such file or group (the message lists the groups there are).
+    FormatError
+        Not a snapsink group, or corrupt.
+    ConfigError
+        ``group`` is not a valid group path.
+    """
+    if group is not None and not isinstance(group, str):
+        raise ConfigError(f"group: expected a str or None, got {type(group).__name__}")
+    try:
+        return Trajectory(HDF5Source(path, group))
+    except FormatError as exc:
+        if group not in (None, "", "/"):
+            raise
+        found = list_hdf5_groups(path)
+        if len(found) == 1 and found[0]:
+            return Trajectory(HDF5Source(path, found[0]))
+        if found:
+            names = ", ".join(repr(g or "/") for g in found)
+            raise FormatError(
+                f"{exc}; the file's snapsink groups are {names}: pass group=..."
+            ) from exc
+        raise

@@ -1,0 +1,562 @@
+"""HDF5Store and its reader: round trips, modes, groups, locks, crash recovery."""
+
+from __future__ import annotations
+
+import json
+import os
+import pickle
+import signal
+import subprocess
+import sys
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pytest
+
+h5py = pytest.importorskip("h5py")
+
+import snapsink  # noqa: E402
+from snapsink._errors import (  # noqa: E402
+    ConfigError,
+    DTypeError,
+    FormatError,
+    SchemaError,
+    StoreExistsError,
+    StoreLockedError,
+    StoreNotFoundError,
+    StoreStateError,
+)
+from snapsink._schema import Batch, Field, Frame, Schema  # noqa: E402
+from snapsink.writers import hdf5 as hdf5_module  # noqa: E402
+from snapsink.writers._hdf5file import clear_open_flags, lookup3  # noqa: E402
+from snapsink.writers._hdf5plan import check_compression  # noqa: E402
+from snapsink.writers.hdf5 import HDF5Store, list_hdf5_groups, open_hdf5  # noqa: E402
+
+DTYPES = [
+    "bool", "int8", "int16", "int32", "int64", "uint8", "uint16", "uint32", "uint64",
+    "float16", "float32", "float64", "complex64", "complex128",
+]  # fmt: skip
+
+
+def sample(dtype: np.dtype[Any], shape: tuple[int, ...], seed: int) -> np.ndarray[Any, Any]:
+    """Values over the whole range of ``dtype`` (extremes, NaN, inf, -0.0)."""
+    rng = np.random.default_rng(seed)
+    n = int(np.prod(shape))
+    if dtype.kind == "b":
+        flat = rng.integers(0, 2, n).astype(bool)
+    elif dtype.kind in "iu":
+        info = np.iinfo(dtype)
+        flat = rng.integers(info.min, info.max, n, dtype=dtype, endpoint=True)
+        flat[:2] = [info.min, info.max][: min(n, 2)]
+    else:
+        flat = rng.standard_normal(n).astype(dtype)
+        if dtype.kind == "c":
+            flat = flat + 1j * rng.standard_normal(n).astype(dtype)
+        special = np.array([np.nan, np.inf, -np.inf, -0.0]).astype(dtype)
+        flat[: min(n, 4)] = special[: min(n, 4)]
+    return np.asarray(flat, dtype=dtype).reshape(shape)
+
+
+def assert_bits(got: Any, want: Any) -> None:
+    got, want = np.asarray(got), np.asarray(want)
+    assert got.dtype == want.dtype and got.shape == want.shape, (got.dtype, got.shape)
+    assert np.ascontiguousarray(got).tobytes() == np.ascontiguousarray(want).tobytes()
+
+
+def write(
+    store: HDF5Store,
+    schema: Schema,
+    frames: list[Frame],
+    *,
+    times: bool,
+    batch: int = 1,
+    close: bool = True,
+) -> Any:
+    resume = store.open()
+    store.prepare(schema, times=times)
+    for i in range(0, len(frames), batch):
+        store.append(Batch(frames[i : i + batch]))
+    if close:
+        store.close()
+    return resume
+
+
+# -- round trips ---------------------------------------------------------------------
+@pytest.mark.parametrize("dtype", DTYPES)
+def test_every_dtype_round_trips_bit_exact(tmp_path: Path, dtype: str) -> None:
+    dt = np.dtype(dtype)
+    schema = Schema({"a": Field(dt, (4, 3)), "s": Field(dt, ()), "r": Field(dt, (None, 2))})
+    frames = [
+        Frame(
+            10 + 3 * i,
+            0.25 * i,
+            {
+                "a": sample(dt, (4, 3), i),
+                "s": sample(dt, (1,), 100 + i)[0],
+                "r": sample(dt, (i % 3, 2), 200 + i),
+            },
+        )
+        for i in range(7)
+    ]
+    path = tmp_path / "run.h5"
+    write(HDF5Store(path, chunk_frames=3), schema, frames, times=True, batch=2)
+
+    traj = snapsink.open(path)
+    assert len(traj) == 7 and traj.schema == schema and traj.closed is True
+    assert_bits(traj.steps, np.array([f.step for f in frames], np.int64))
+    assert_bits(traj.times, np.array([f.time for f in frames], np.float64))
+    assert_bits(traj["a"][:], np.stack([f.fields["a"] for f in frames]))
+    assert_bits(traj["s"][:], np.stack([f.fields["s"] for f in frames]))
+    for i, rows in enumerate(traj["r"][:]):
+        assert_bits(rows, frames[i].fields["r"])
+    assert_bits(traj["a"][5], frames[5].fields["a"])
+    del traj
+    # plain h5py reads the same bits: the datasets are exactly the committed rows
+    with h5py.File(path, "r") as f:
+        assert json.loads(f.attrs["snapsink"])["format"] == "snapsink-hdf5"
+        assert f["snapsink.commit"][...].tolist() == [7, 0, 1]
+        assert_bits(f["a"][...], np.stack([fr.fields["a"] for fr in frames]))
+        assert_bits(f["steps"][...], np.array([fr.step for fr in frames], np.int64))
+        offsets = f["r.offsets"][...]
+        want = np.concatenate([[0], np.cumsum([i % 3 for i in range(7)])])
+        assert offsets.tolist() == want.tolist()
+        data = f["r"][...]
+        for i, fr in enumerate(frames):
+            assert_bits(data[offsets[i] : offsets[i + 1]], fr.fields["r"])
+
+
+def test_no_times_empty_ragged_frames_and_zero_size_dims(tmp_path: Path) -> None:
+    schema = Schema(
+        {
+            "pos": Field("float32", (None, 3)),
+            "empty": Field("float64", (0, 3)),
+            "ids": Field("int64", (None,)),
+        }
+    )
+    rows = [0, 5, 0, 0, 2, 7, 0, 1, 3]
+    frames = [
+        Frame(
+            i,
+            None,
+            {
+                "pos": sample(np.dtype("float32"), (r, 3), i),
+                "empty": np.zeros((0, 3)),
+                "ids": np.arange(r, dtype=np.int64) + 100 * i,
+            },
+        )
+        for i, r in enumerate(rows)
+    ]
+    path = tmp_path / "r.h5"
+    write(HDF5Store(path, chunk_frames=2), schema, frames, times=False, batch=4)
+    traj = open_hdf5(path)
+    assert traj.times is None
+    assert [len(g) for g in traj["pos"][:]] == rows
+    for got, fr in zip(traj["ids"][3:8], frames[3:8], strict=True):
+        assert_bits(got, fr.fields["ids"])
+    assert traj["empty"][:].shape == (len(rows), 0, 3)
+    assert_bits(traj["pos"][5], frames[5].fields["pos"])
+
+
+def test_a_batch_spanning_many_chunks_and_sessions(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # A session every ~1 KiB of full chunks: many sessions, each in SWMR mode.
+    monkeypatch.setattr(hdf5_module, "_SESSION_BYTES", 1024)
+    schema = Schema({"x": Field("float64", (3, 5))})
+    frames = [Frame(i, float(i), {"x": np.full((3, 5), i, np.float64)}) for i in range(103)]
+    path = tmp_path / "m.h5"
+    store = HDF5Store(path, chunk_frames=4, commit_every=10**6, commit_seconds=None)
+    store.open()
+    store.prepare(schema, times=True)
+    store.append(Batch(frames[:1]))
+    store.append(Batch(frames[1:90]))  # starts mid-chunk
+    with h5py.File(path, "r", swmr=True) as f:  # written, not committed yet
+        assert f["snapsink.commit"][0] == 0 and f["x"].shape[0] >= 64
+    for fr in frames[90:]:
+        store.append(Batch([fr]))
+    store.close()
+    traj = snapsink.open(path)
+    assert_bits(traj["x"][:], np.stack([f.fields["x"] for f in frames]))
+    with h5py.File(path, "r") as f:
+        assert f["x"].chunks == (4, 3, 5) and f["x"].maxshape == (None, 3, 5)
+
+
+@pytest.mark.parametrize("compression", ["gzip", ("gzip", 9), "lzf"])
+def test_compression_round_trips(tmp_path: Path, compression: Any) -> None:
+    schema = Schema({"x": Field("float32", (64,)), "r": Field("int32", (None,))})
+    frames = [
+        Frame(i, None, {"x": np.zeros(64, np.float32) + i, "r": np.arange(i % 5, dtype=np.int32)})
+        for i in range(21)
+    ]
+    path = tmp_path / "c.h5"
+    write(HDF5Store(path, chunk_frames=8, compression=compression), schema, frames, times=False)
+    traj = snapsink.open(path)
+    assert_bits(traj["x"][:], np.stack([f.fields["x"] for f in frames]))
+    assert [r.tolist() for r in traj["r"][:]] == [list(range(i % 5)) for i in range(21)]
+    with h5py.File(path, "r") as f:
+        assert f["x"].compression == (compression if isinstance(compression, str) else "gzip")
+
+
+def test_compression_argument_is_checked() -> None:
+    assert check_compression(None) is None
+    assert check_compression("gzip") == ("gzip", 4)
+    assert check_compression({"compression": 32015, "compression_opts": (3,)}) == (32015, (3,))
+    for bad in ["zip", ("gzip", 11), ("lzf", 3), 12, ("gzip",)]:
+        with pytest.raises(ConfigError, match="compression"):
+            HDF5Store("x.h5", compression=bad)
+
+
+def test_static_attrs_and_dropped_steps(tmp_path: Path) -> None:
+    path = tmp_path / "s.h5"
+    numbers = np.array([1, 8, 8], np.int32)
+    store = HDF5Store(
+        path, attrs={"run": "md", "dt": 0.5}, static={"numbers": numbers, "cell": np.eye(3)}
+    )
+    store.open()
+    store.prepare(Schema({"e": "f8"}), times=True)
+    store.append(Batch([Frame(0, 0.0, {"e": np.float64(1)})], dropped_steps=[1, 2, 3, 7]))
+    store.append(Batch([Frame(9, 1.0, {"e": np.float64(2)})], dropped_steps=[8]))
+    store.commit()
+    assert snapsink.open(path).dropped_steps.tolist() == [1, 2, 3, 7, 8]
+    store.close()
+    traj = snapsink.open(path)
+    assert traj.attrs == {"run": "md", "dt": 0.5}
+    assert_bits(traj.static["numbers"], numbers)
+    assert_bits(traj.static["cell"], np.eye(3))
+    assert traj.dropped_steps.tolist() == [1, 2, 3, 7, 8]
+    with h5py.File(path, "r") as f:
+        assert f["snapsink.dropped"][...].tolist() == [[1, 4], [7, 9]]
+        assert json.loads(f.attrs["attrs"]) == {"run": "md", "dt": 0.5}
+
+
+# -- modes ---------------------------------------------------------------------------
+def _frames(start: int, n: int) -> list[Frame]:
+    return [Frame(2 * i, 0.5 * i, {"v": np.float64(i)}) for i in range(start, start + n)]
+
+
+SCHEMA = Schema({"v": "f8"})
+
+
+def test_modes_x_w_a(tmp_path: Path) -> None:
+    path = tmp_path / "m.h5"
+    write(HDF5Store(path, chunk_frames=4), SCHEMA, _frames(0, 6), times=True)
+    with pytest.raises(StoreExistsError, match="mode='w'"):
+        HDF5Store(path).open()
+    assert snapsink.open(path)["v"][:].tolist() == [float(i) for i in range(6)]
+
+    # "a" resumes after the committed frames: last step and time come back
+    store = HDF5Store(path, mode="a", attrs={"more": 1})
+    resume = store.open()
+    assert resume is not None and resume.count == 6
+    assert (resume.last_step, resume.last_time, resume.times) == (10, 2.5, True)
+    store.prepare(SCHEMA, times=True)
+    for fr in _frames(6, 5):
+        store.append(Batch([fr]))
+    store.close()
+    traj = snapsink.open(path)
+    assert traj["v"][:].tolist() == [float(i) for i in range(11)]
+    assert traj.steps.tolist() == [2 * i for i in range(11)] and traj.attrs == {"more": 1}
+
+    # "w" replaces
+    write(HDF5Store(path, mode="w"), SCHEMA, _frames(100, 2), times=True)
+    assert snapsink.open(path)["v"][:].tolist() == [100.0, 101.0]
+
+
+def test_mode_a_on_a_missing_file_creates_it(tmp_path: Path) -> None:
+    path = tmp_path / "deep" / "new.h5"
+    assert write(HDF5Store(path, mode="a"), SCHEMA, _frames(0, 3), times=True) is None
+    assert len(snapsink.open(path)) == 3
+
+
+def test_resume_of_another_schema_is_refused_and_nothing_changes(tmp_path: Path) -> None:
+    path = tmp_path / "m.h5"
+    write(HDF5Store(path), SCHEMA, _frames(0, 3), times=True)
+    store = HDF5Store(path, mode="a")
+    store.open()
+    with pytest.raises(SchemaError, match="holds frames of"):
+        store.prepare(Schema({"v": "f4"}), times=True)
+    store.close()
+    assert snapsink.open(path)["v"][:].tolist() == [0.0, 1.0, 2.0]
+
+
+def test_foreign_files_are_never_overwritten(tmp_path: Path) -> None:
+    text = tmp_path / "notes.h5"
+    text.write_bytes(b"my notes")
+    for mode in ("x", "w"):
+        with pytest.raises(StoreExistsError, match="not an HDF5 file"):
+            HDF5Store(text, mode=mode).open()
+    with pytest.raises(FormatError, match="not an HDF5 file"):
+        HDF5Store(text, mode="a").open()
+    assert text.read_bytes() == b"my notes"
+
+    other = tmp_path / "other.h5"
+    with h5py.File(other, "w", libver="latest") as f:
+        f["data"] = np.arange(3)
+    with pytest.raises(StoreExistsError):
+        HDF5Store(other, mode="w").open()
+    with pytest.raises(FormatError, match="not a snapsink store"):
+        HDF5Store(other, mode="a").open()
+    # a group of its own in that file is fine, and the user's data stays
+    write(HDF5Store(other, group="snap"), SCHEMA, _frames(0, 2), times=True)
+    with h5py.File(other, "r") as f:
+        assert f["data"][...].tolist() == [0, 1, 2]
+    assert snapsink.open(other, group="snap")["v"][:].tolist() == [0.0, 1.0]
+
+
+def test_bad_frames_are_refused_whole_and_the_store_stays_usable(tmp_path: Path) -> None:
+    path = tmp_path / "b.h5"
+    schema = Schema({"x": Field("float64", (2,)), "r": Field("int32", (None, 2))})
+    store = HDF5Store(path)
+    store.open()
+    store.prepare(schema, times=False)
+    good = Frame(0, None, {"x": np.ones(2), "r": np.ones((1, 2), np.int32)})
+    bad = Frame(1, None, {"x": np.ones(3), "r": np.ones((1, 2), np.int32)})
+    with pytest.raises(SchemaError, match=r"field 'x': expected shape \(2,\), got \(3,\)"):
+        store.append(Batch([good, bad]))
+    store.append(Batch([good]))
+    store.close()
+    traj = snapsink.open(path)
+    assert len(traj) == 1 and traj["r"][0].tolist() == [[1, 1]]
+    with pytest.raises(StoreStateError, match="needs an open store"):
+        store.append(Batch([good]))
+
+
+def test_dtypes_hdf5_does_not_hold_are_refused_before_writing(tmp_path: Path) -> None:
+    store = HDF5Store(tmp_path / "d.h5")
+    with pytest.raises(DTypeError, match=r"float128|longdouble"):
+        store.check_schema(Schema({"q": Field(np.longdouble, ())}))
+    with pytest.raises(DTypeError):
+        HDF5Store(tmp_path / "d.h5", static={"q": np.zeros(2, np.longdouble)})
+    with pytest.raises(DTypeError):
+        with snapsink.SyncSink(HDF5Store(tmp_path / "e.h5"), writer="thread") as sink:
+            sink.write({"q": np.zeros(2, np.clongdouble)})
+    assert not (tmp_path / "d.h5").exists()
+
+
+def test_arguments_are_checked() -> None:
+    with pytest.raises(ConfigError, match="mode"):
+        HDF5Store("a.h5", mode="r")
+    with pytest.raises(ConfigError, match="layout"):
+        HDF5Store("a.h5", layout="netcdf")
+    with pytest.raises(ConfigError, match="group"):
+        HDF5Store("a.h5", group="../x")
+    with pytest.raises(ConfigError, match="chunk_frames"):
+        HDF5Store("a.h5", chunk_frames=0)
+    with pytest.raises(ConfigError, match="attrs"):
+        HDF5Store("a.h5", attrs={"x": float("nan")})
+
+
+# -- groups and writers ----------------------------------------------------------------
+def test_two_stores_write_two_groups_of_one_file_at_once(tmp_path: Path) -> None:
+    path = tmp_path / "g.h5"
+    traj_store = HDF5Store(path, group="traj", chunk_frames=2, commit_every=3)
+    thermo = HDF5Store(path, group="thermo/energy", chunk_frames=5, commit_every=2)
+    traj_store.open()
+    thermo.open()
+    traj_store.prepare(Schema({"x": Field("float32", (4, 3))}), times=True)
+    thermo.prepare(SCHEMA, times=True)
+    for i in range(20):
+        if i % 5 == 0:
+            traj_store.append(Batch([Frame(i, 0.1 * i, {"x": np.full((4, 3), i, np.float32)})]))
+        thermo.append(Batch([Frame(i, 0.1 * i, {"v": np.float64(-i)})]))
+    # readers see each group's commits while both still write
+    assert len(snapsink.open(path, group="thermo/energy")) == 20
+    thermo.close()
+    traj_store.close()
+    assert snapsink.groups(path) == ["thermo/energy", "traj"]
+    traj = snapsink.open(path, group="traj")
+    assert traj.steps.tolist() == [0, 5, 10, 15]
+    assert traj["x"][:, 0, 0].tolist() == [0.0, 5.0, 10.0, 15.0]
+    energy = snapsink.open(path, group="thermo/energy")["v"][:]
+    assert energy.tolist() == [-float(i) for i in range(20)]
+    with pytest.raises(StoreNotFoundError, match="'thermo/energy', 'traj'"):
+        snapsink.open(path, group="nope")
+    with pytest.raises(FormatError, match="pass group="):
+        snapsink.open(path)
+
+
+def test_one_writer_per_group(tmp_path: Path) -> None:
+    path = tmp_path / "l.h5"
+    first = HDF5Store(path, group="a")
+    first.open()
+    for mode in ("x", "w", "a"):
+        with pytest.raises(StoreLockedError, match="another writer"):
+            HDF5Store(path, group="a", mode=mode).open()
+    other = HDF5Store(path, group="b")
+    other.open()  # another group of the same file: fine
+    other.close()
+    first.close()
+    again = HDF5Store(path, group="a", mode="a")  # released at close
+    again.open()
+    again.close()
+
+
+def test_recorder_routes_write_groups_of_one_file_on_their_schedules(tmp_path: Path) -> None:
+    """kUPS style: the initial state once, a trajectory every 4 steps, energies every
+    step: three routes, three writer processes, one file."""
+    path = tmp_path / "md.h5"
+    numbers = np.array([1, 1, 8], np.int32)
+    with snapsink.SyncRecorder(
+        initial=snapsink.Route(
+            HDF5Store(path, group="initial"), fields=["positions"], schedule=snapsink.once()
+        ),
+        traj=snapsink.Route(
+            HDF5Store(path, group="traj", static={"numbers": numbers}),
+            fields=["positions", "velocities"],
+            schedule=snapsink.every(4),
+        ),
+        thermo=snapsink.Route(HDF5Store(path, group="thermo"), fields=["energy"]),
+    ) as rec:
+        for step in range(10):
+            x = np.full((3, 3), step, np.float64)
+            rec.record(
+                {"positions": x, "velocities": -x, "energy": 0.5 * step}, step=step, time=0.1 * step
+            )
+        rec.flush()
+        # readers see the flushed frames of every group while the writers still run
+        assert len(snapsink.open(path, group="thermo").refresh()) == 10
+    assert snapsink.groups(path) == ["initial", "thermo", "traj"]
+    init = snapsink.open(path, group="initial")
+    assert init.steps.tolist() == [0] and init["positions"][0].sum() == 0
+    traj = snapsink.open(path, group="traj")
+    assert traj.steps.tolist() == [0, 4, 8]
+    assert_bits(traj["velocities"][2], -np.full((3, 3), 8.0))
+    assert_bits(traj.static["numbers"], numbers)
+    thermo = snapsink.open(path, group="thermo")
+    assert thermo["energy"][:].tolist() == [0.5 * s for s in range(10)]
+    assert_bits(thermo.times, 0.1 * np.arange(10))
+
+
+def test_sink_uses_the_writer_process_and_readers_see_flushed_frames(tmp_path: Path) -> None:
+    path = tmp_path / "p.h5"
+    store = HDF5Store(path, chunk_frames=4)
+    spec = store.describe()
+    assert spec is not None and spec.args[0] == str(path)
+    assert pickle.loads(pickle.dumps(spec)).build().describe() == spec
+    with snapsink.SyncSink(store) as sink:
+        assert sink._sink._process is not None  # a writer process owns the file
+        for i in range(6):
+            sink.write({"x": np.arange(3.0) + i}, step=i)
+        sink.flush()
+        traj = snapsink.open(path)
+        assert len(traj) == 6 and traj.closed is False
+        sink.write({"x": np.zeros(3)}, step=6)
+        sink.flush()
+        assert len(traj.refresh()) == 7
+        assert_bits(traj["x"][6], np.zeros(3))
+    assert traj.refresh().closed is True
+
+
+# -- crash recovery ----------------------------------------------------------------------
+def test_lookup3_matches_hdf5s_superblock_checksum(tmp_path: Path) -> None:
+    path = tmp_path / "c.h5"
+    with h5py.File(path, "w", libver="latest"):
+        pass
+    raw = path.read_bytes()[:48]
+    assert lookup3(raw[:44]) == int.from_bytes(raw[44:48], "little")
+    assert lookup3(b"") == 0xDEADBEEF and lookup3(b"abc") != lookup3(b"abd")
+
+
+def test_a_writer_killed_mid_session_leaves_a_file_that_reads_and_resumes(tmp_path: Path) -> None:
+    path = tmp_path / "k.h5"
+    write(HDF5Store(path, chunk_frames=4), SCHEMA, _frames(0, 5), times=True)
+    # A writer process killed inside a SWMR session, with rows written past the
+    # commit: the file stays marked "open for writing".
+    code = (
+        "import h5py, os, signal, numpy as np\n"
+        f"f = h5py.File({str(path)!r}, 'r+', libver='latest', locking=False)\n"
+        "f.swmr_mode = True\n"
+        "f['snapsink.commit'][2] = 0\n"  # reopened: not closed
+        "f['v'].resize(9, axis=0); f['v'][5:9] = 7.0; f['steps'].resize(9, axis=0)\n"
+        "f.flush()\n"
+        "os.kill(os.getpid(), signal.SIGKILL)\n"
+    )
+    proc = subprocess.run([sys.executable, "-c", code], check=False, timeout=60)
+    assert proc.returncode == -signal.SIGKILL
+    with pytest.raises(OSError, match="already open for write"):
+        h5py.File(path, "r+", locking=False)
+    traj = snapsink.open(path)  # SWMR read: the committed frames
+    assert traj["v"][:].tolist() == [0.0, 1.0, 2.0, 3.0, 4.0] and traj.closed is False
+    del traj
+    store = HDF5Store(path, mode="a")
+    assert store.open().count == 5
+    store.prepare(SCHEMA, times=True)
+    store.append(Batch(_frames(5, 2)))
+    store.close()
+    traj = snapsink.open(path)
+    assert traj["v"][:].tolist() == [float(i) for i in range(7)]
+    assert traj.steps.tolist() == [2 * i for i in range(7)]
+    with h5py.File(path, "r") as f:  # closed cleanly: plain h5py, exact extents
+        assert f["v"].shape == (7,) and f["steps"].shape == (7,)
+
+
+def test_clear_open_flags_refuses_a_damaged_superblock(tmp_path: Path) -> None:
+    path = tmp_path / "d.h5"
+    with h5py.File(path, "w", libver="latest"):
+        pass
+    raw = bytearray(path.read_bytes())
+    raw[11] = 5
+    path.write_bytes(bytes(raw))  # flags set, checksum not updated
+    fd = os.open(path, os.O_RDWR)
+    try:
+        with pytest.raises(FormatError, match="checksum"):
+            clear_open_flags(fd, str(path))
+    finally:
+        os.close(fd)
+
+
+def test_disk_full_reaches_the_producer_as_writer_error(tiny_fs: Path) -> None:
+    path = tiny_fs / "full.h5"
+    with pytest.raises(snapsink.WriterError) as info:
+        with snapsink.SyncSink(HDF5Store(path, chunk_frames=1)) as sink:
+            for i in range(64):
+                sink.write({"x": np.zeros(64 << 10)}, step=i)  # 512 KiB frames
+                sink.flush()
+    assert isinstance(info.value.__cause__, OSError | snapsink.SnapsinkError)
+
+
+# -- reading and the CLI -------------------------------------------------------------------
+def test_open_errors(tmp_path: Path) -> None:
+    with pytest.raises(StoreNotFoundError):
+        snapsink.open(tmp_path / "none.h5")
+    plain = tmp_path / "plain.h5"
+    with h5py.File(plain, "w") as f:
+        f["x"] = 1
+    with pytest.raises(FormatError, match="not a snapsink group"):
+        snapsink.open(plain)
+    assert list_hdf5_groups(plain) == []
+
+
+def test_to_xarray_and_iteration(tmp_path: Path) -> None:
+    path = tmp_path / "x.h5"
+    write(
+        HDF5Store(path),
+        Schema({"x": Field("float64", (2,))}),
+        [Frame(i, 0.1 * i, {"x": np.array([i, -i], np.float64)}) for i in range(4)],
+        times=True,
+    )
+    ds = snapsink.open(path).to_xarray()
+    assert ds["x"].dims == ("frame", "x_dim_0") and ds["step"].values.tolist() == [0, 1, 2, 3]
+    assert [fr["x"].tolist() for fr in snapsink.open(path)] == [[i, -i] for i in range(4)]
+
+
+def test_info_describes_hdf5_files(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    from snapsink.cli import main
+
+    path = tmp_path / "i.h5"
+    write(HDF5Store(path, group="traj"), SCHEMA, _frames(0, 3), times=True)
+    assert main(["info", str(path)]) == 0
+    out = capsys.readouterr().out
+    assert "HDF5 file" in out and "groups     : traj" in out and "frames     : 3" in out
+
+
+def test_import_snapsink_does_not_import_h5py() -> None:
+    code = (
+        "import sys, snapsink\n"
+        "assert 'h5py' not in sys.modules, 'h5py loaded by import snapsink'\n"
+        "s = snapsink.HDF5Store\n"
+        "assert 'h5py' not in sys.modules and s.__module__ == 'snapsink'\n"
+        "assert 'HDF5Store' in snapsink.__all__\n"
+    )
+    subprocess.run([sys.executable, "-c", code], check=True, timeout=60)
