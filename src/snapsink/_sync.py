@@ -33,6 +33,7 @@ from ._spill import Spill
 
 __all__ = ["SyncSink"]
 
+
 class _LoopThread:
     """The thread that runs a SyncSink's event loop, and the async Sink on it.
 
@@ -226,7 +227,7 @@ class SyncSink:
 
     def write(
         self,
-        fields: Mapping[str, Any],
+        fields: object,
         *,
         step: int | None = None,
         time: float | None = None,
@@ -265,7 +266,7 @@ class SyncSink:
 
     def write_nowait(
         self,
-        fields: Mapping[str, Any],
+        fields: object,
         *,
         step: int | None = None,
         time: float | None = None,
