@@ -16,10 +16,18 @@ its value (``2**70`` into an ``int64`` field is a :class:`~snapsink.DTypeError`,
 never an ``OverflowError``), and a Python ``bool``, like ``np.bool_``, any
 bool, integer, floating or complex field (numpy's safe cast from bool).
 Object, string, structured and datetime dtypes are refused.
+
+Nested state
+------------
+A frame may be nested (mappings, dataclasses, NamedTuples, lists of arrays, JAX
+pytrees): it is flattened once, before validation, into fields named by their
+path with ``.`` between the keys (``params.w``); see :mod:`snapsink._pytree`.
+A flat frame whose names match the schema is never walked.
 """
 
 from __future__ import annotations
 
+import dataclasses
 import math
 import re
 from collections.abc import Iterator, Mapping
@@ -30,6 +38,7 @@ import numpy as np
 
 from ._arrays import is_device_array
 from ._errors import ConfigError, DTypeError, SchemaError
+from ._pytree import SEP, flatten_frame, flatten_specs, tree_conflict
 
 __all__ = [
     "Batch",
@@ -46,6 +55,12 @@ _ALLOWED_KINDS = frozenset("biufc")
 #: names a field may not take: they are files or arrays of the stores themselves.
 RESERVED_NAMES = frozenset({"steps", "times", "metadata", "static"})
 _NAME = re.compile(r"[A-Za-z_][A-Za-z0-9_]{0,127}")
+#: a nested field name: identifiers or indices joined by SEP ("0.weight" is
+#: the first key of an nn.Sequential's state dict)
+_NESTED_NAME = re.compile(r"(?:[A-Za-z_]\w*|[0-9]+)(?:\.(?:[A-Za-z_]\w*|[0-9]+))+", re.ASCII)
+#: the last part of a nested name the stores keep for themselves: a ragged
+#: field's row offsets are ``<name>.offsets``
+_OFFSETS = f"{SEP}offsets"
 _INT64 = np.iinfo(np.int64)
 
 
@@ -55,15 +70,37 @@ def check_name(name: object, what: str = "field") -> str:
     A name is an identifier (letters, digits, underscore; not starting with a
     digit; at most 128 characters): it becomes a file or array name, so ``/``,
     ``..``, absolute paths and control characters can never reach the disk.
+
+    A field name may also be nested: identifiers or indices joined by ``.``
+    (``layers.0.weight``, ``0.bias``), at most 128 characters in all. Its first
+    part may not be a reserved name, and its last part may not be ``offsets``
+    (the stores name a ragged field's row offsets ``<name>.offsets``).
     """
     if not isinstance(name, str):
         raise ConfigError(f"{what} name: expected a str, got {type(name).__name__} {name!r}")
-    if not _NAME.fullmatch(name):
+    if what != "field":
+        if not _NAME.fullmatch(name):
+            raise ConfigError(
+                f"{what} name {name!r}: expected an identifier (letters, digits and '_', "
+                "not starting with a digit, at most 128 characters)"
+            )
+        return name
+    if _NAME.fullmatch(name):
+        head = name
+    elif len(name) <= 128 and _NESTED_NAME.fullmatch(name):
+        head = name[: name.index(SEP)]
+        if name.endswith(_OFFSETS):
+            raise ConfigError(
+                f"field name {name!r}: a nested name may not end in {_OFFSETS!r}, which the "
+                "stores use for a ragged field's row offsets; rename that key"
+            )
+    else:
         raise ConfigError(
-            f"{what} name {name!r}: expected an identifier (letters, digits and '_', "
-            "not starting with a digit, at most 128 characters)"
+            f"field name {name!r}: expected an identifier (letters, digits and '_', not "
+            f"starting with a digit), or identifiers and indices joined by {SEP!r} "
+            "(nested state: 'layers.0.weight'), at most 128 characters"
         )
-    if what == "field" and name in RESERVED_NAMES:
+    if head in RESERVED_NAMES:
         raise ConfigError(
             f"field name {name!r} is reserved (reserved: {', '.join(sorted(RESERVED_NAMES))})"
         )
@@ -180,12 +217,15 @@ class Schema(Mapping[str, Field]):
     ----------
     fields
         ``{name: Field}``; a value may also be a dtype (a scalar field) or a
-        ``(dtype, shape)`` pair.
+        ``(dtype, shape)`` pair. Nested fields are named with ``.``
+        (``"params.w"``), or given as nested mappings
+        (``{"params": {"w": Field("f4", (3,))}}``): the two are the same schema.
 
     Raises
     ------
     ConfigError
-        For an unsafe name, a reserved name, or an invalid field.
+        For an unsafe name, a reserved name, an invalid field, a name given
+        twice, or a field that is also the parent of another (``a``, ``a.b``).
     """
 
     __slots__ = ("_fields", "_keys", "fixed_nbytes", "plan", "ragged")
@@ -195,11 +235,16 @@ class Schema(Mapping[str, Field]):
             raise ConfigError(
                 f"Schema: expected a mapping of name to Field, got {type(fields).__name__}"
             )
+        if any(isinstance(spec, Mapping) for spec in fields.values()):
+            fields = flatten_specs(fields)
         self._fields: dict[str, Field] = {
             check_name(name): _coerce_field(name, spec) for name, spec in fields.items()
         }
         if not self._fields:
             raise ConfigError("Schema: expected at least one field")
+        conflict = tree_conflict(list(self._fields))
+        if conflict is not None:
+            raise ConfigError(f"Schema: {conflict}")
         self._keys = frozenset(self._fields)
         #: (name, field, dtype, shape, ragged) per field: what validate() loops over
         self.plan = tuple((n, f, f.dtype, f.shape, f.ragged) for n, f in self._fields.items())
@@ -240,21 +285,34 @@ class Schema(Mapping[str, Field]):
         return cls({str(n): Field.from_json(f) for n, f in obj.items()})
 
     @classmethod
-    def infer(cls, fields: Mapping[str, object]) -> Schema:
+    def infer(cls, fields: object) -> Schema:
         """The schema of a first frame: each value's dtype and shape (never ragged).
 
         Python ``float``, ``int``, ``bool`` and ``complex`` become float64, int64,
-        bool and complex128 scalars.
+        bool and complex128 scalars. Nested state is flattened first (fields
+        ``params.w``, ...).
+
+        Raises
+        ------
+        ConfigError
+            An unsafe or reserved name.
+        SchemaError
+            A name given twice, or a field that is also a parent (``a``, ``a.b``).
+        DTypeError
+            Not a mapping (nor nested state), or a value that cannot be stored.
         """
-        if not isinstance(fields, Mapping):
-            raise DTypeError(
-                f"frame: expected a mapping of field name to array, got {type(fields).__name__}"
-            )
-        out: dict[str, Field] = {}
-        for name, value in fields.items():
+        flat = flatten_frame(fields)
+        for name in flat:
             check_name(name)
-            if isinstance(value, int) and not isinstance(value, bool) and not (
-                _INT64.min <= value <= _INT64.max
+        conflict = tree_conflict(list(flat))
+        if conflict is not None:
+            raise SchemaError(f"frame: {conflict}")
+        out: dict[str, Field] = {}
+        for name, value in flat.items():
+            if (
+                isinstance(value, int)
+                and not isinstance(value, bool)
+                and not (_INT64.min <= value <= _INT64.max)
             ):
                 raise DTypeError(
                     f"field {name!r}: the Python int {_int_str(value)} does not fit int64, "
@@ -268,28 +326,13 @@ class Schema(Mapping[str, Field]):
                 raise DTypeError(f"field {name!r}: {exc}") from None
         return cls(out)
 
-    def validate(self, fields: object, step: int) -> list[tuple[str, Field, Any]]:
-        """Check one frame against the schema, without copying anything.
-
-        Returns ``[(name, field, value), ...]`` in schema order; ``value`` is the
-        caller's object, converted to a numpy array only when it was an
-        array-like that is neither a numpy array nor a device array.
-
-        Raises
-        ------
-        SchemaError
-            A missing or unknown field, or a wrong shape.
-        DTypeError
-            Not a mapping, or a value whose dtype cannot be stored safely.
-        """
-        if not isinstance(fields, Mapping):
-            raise DTypeError(
-                f"frame at step {step}: expected a mapping of field name to array, "
-                f"got {type(fields).__name__}"
-            )
-        if fields.keys() != self._keys:
-            missing = [n for n in self._fields if n not in fields]
-            extra = [repr(n) for n in fields if n not in self._fields]
+    def _flatten(self, fields: object, step: int) -> Mapping[str, Any]:
+        """``fields`` flattened (nested state), or a SchemaError naming the
+        missing and unknown fields; off the hot path of flat frames."""
+        flat = flatten_frame(fields, step)
+        if flat.keys() != self._keys:
+            missing = [n for n in self._fields if n not in flat]
+            extra = [repr(n) for n in flat if n not in self._fields]
             parts = []
             if missing:
                 parts.append(f"missing {', '.join(map(repr, missing))}")
@@ -299,6 +342,28 @@ class Schema(Mapping[str, Field]):
                 f"frame at step {step}: {'; '.join(parts)} "
                 f"(expected fields {', '.join(map(repr, self._fields))})"
             )
+        return flat
+
+    def validate(self, fields: object, step: int) -> list[tuple[str, Field, Any]]:
+        """Check one frame against the schema, without copying anything.
+
+        Returns ``[(name, field, value), ...]`` in schema order; ``value`` is the
+        caller's object, converted to a numpy array only when it was an
+        array-like that is neither a numpy array nor a device array.
+
+        A flat mapping whose names are the schema's is taken as it is; anything
+        else (nested state) is flattened first.
+
+        Raises
+        ------
+        SchemaError
+            A missing or unknown field, a field given twice, or a wrong shape.
+        DTypeError
+            Not a mapping (nor nested state), or a value whose dtype cannot be
+            stored safely.
+        """
+        if not isinstance(fields, Mapping) or fields.keys() != self._keys:
+            fields = self._flatten(fields, step)
         out: list[tuple[str, Field, Any]] = []
         append = out.append
         for name, spec, want, shape, ragged in self.plan:
@@ -355,6 +420,16 @@ def _shape_str(shape: tuple[int | None, ...]) -> str:
 
 def _as_host_array(name: str, value: object, step: int | None = None) -> np.ndarray[Any, Any]:
     at = "" if step is None else f" at step {step}"
+    if value is None:
+        raise DTypeError(f"field {name!r}: expected an array or a number, got None{at}")
+    if isinstance(value, Mapping) or (
+        dataclasses.is_dataclass(value) and not isinstance(value, type)
+    ):
+        raise DTypeError(
+            f"field {name!r}: expected an array or a number, got a nested "
+            f"{type(value).__name__}{at}; the schema holds {name!r} as one field (nested "
+            f"state is stored as fields named {name + SEP}<key>: declare those)"
+        )
     try:
         arr = np.asarray(value)
     except Exception as exc:

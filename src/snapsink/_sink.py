@@ -418,7 +418,7 @@ class Sink:
 
     async def write(
         self,
-        fields: Mapping[str, Any],
+        fields: object,
         *,
         step: int | None = None,
         time: float | None = None,
@@ -436,7 +436,9 @@ class Sink:
         fields
             ``{name: array or scalar}``, every field of the schema. Device arrays
             (CuPy, PyTorch CUDA tensors, JAX GPU arrays) are copied on a CUDA
-            copy stream.
+            copy stream. Nested state (nested mappings, dataclasses, NamedTuples,
+            lists of arrays, JAX pytrees) is stored as fields named by their
+            path, ``params.w`` (see "Nested state" in the sinks guide).
         step
             A strictly increasing int; default: the previous step + 1 (0 first).
         time
@@ -504,7 +506,7 @@ class Sink:
 
     def write_nowait(
         self,
-        fields: Mapping[str, Any],
+        fields: object,
         *,
         step: int | None = None,
         time: float | None = None,

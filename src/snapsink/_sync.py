@@ -228,7 +228,7 @@ class SyncSink:
 
     def write(
         self,
-        fields: Mapping[str, Any],
+        fields: object,
         *,
         step: int | None = None,
         time: float | None = None,
@@ -267,7 +267,7 @@ class SyncSink:
 
     def write_nowait(
         self,
-        fields: Mapping[str, Any],
+        fields: object,
         *,
         step: int | None = None,
         time: float | None = None,

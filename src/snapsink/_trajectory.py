@@ -4,17 +4,21 @@ A store's reader implements :class:`Source` (a few I/O methods); the
 :class:`Trajectory` built on it gives users one API whatever the format:
 ``len``, ``steps``, ``times``, ``fields``, ``static``, ``attrs``,
 ``dropped_steps``, lazy ``traj[name][i:j]``, ``frame(i)``, ``iter_chunks`` and
-``to_xarray``.
+``to_xarray``. Nested state (fields named ``params.w``) reads back as a tree:
+``frame(i, nested=True)``, ``iter_frames(nested=True)``, ``nested(prefix)``, or
+in the structure of a template with ``like=``.
 """
 
 from __future__ import annotations
 
+import functools
 from collections.abc import Iterator, Mapping, Sequence
-from typing import TYPE_CHECKING, Any, Protocol, overload
+from typing import TYPE_CHECKING, Any, Protocol, TypeVar, overload
 
 import numpy as np
 
 from ._errors import SchemaError
+from ._pytree import SEP, rebuild, unflatten
 from ._schema import Field, Schema
 
 if TYPE_CHECKING:
@@ -23,6 +27,7 @@ if TYPE_CHECKING:
 __all__ = ["FieldView", "Source", "Trajectory"]
 
 Index = int | slice | Sequence[int] | np.ndarray[Any, Any]
+T = TypeVar("T")
 
 
 class Source(Protocol):
@@ -247,30 +252,114 @@ class Trajectory:
         return self
 
     # -- data ---------------------------------------------------------------
+    def _no_field(self, name: str) -> KeyError:
+        known = ", ".join(map(repr, self.fields)) or "none"
+        return KeyError(f"no field {name!r} in this trajectory (fields: {known})")
+
     def __getitem__(self, name: str) -> FieldView:
         schema = self._source.schema
         if schema is None or name not in schema:
-            known = ", ".join(map(repr, self.fields)) or "none"
-            raise KeyError(f"no field {name!r} in this trajectory (fields: {known})")
+            raise self._no_field(name)
         return FieldView(self._source, name, schema[name], self._source.length)
 
     def __contains__(self, name: object) -> bool:
         return name in self.fields
 
-    def frame(self, i: int) -> dict[str, np.ndarray[Any, Any]]:
-        """All fields of frame ``i`` (negative counts from the end)."""
+    @overload
+    def frame(self, i: int, *, nested: bool = False, like: None = None) -> dict[str, Any]: ...
+    @overload
+    def frame(self, i: int, *, nested: bool = False, like: T) -> T: ...
+
+    def frame(self, i: int, *, nested: bool = False, like: object = None) -> Any:
+        """All fields of frame ``i`` (negative counts from the end).
+
+        Parameters
+        ----------
+        i
+            The frame's index.
+        nested
+            ``False`` (default): ``{name: array}`` with the stored names
+            (``"params.w"``). ``True``: nested state as it was written, a tree
+            of dicts split at ``.`` (``{"params": {"w": array}}``); keys are
+            strings, list indices included (``"0"``).
+        like
+            A template of the state that was written (a dataclass, NamedTuple,
+            JAX pytree, or a dict such as ``{"model": model.state_dict()}``):
+            the frame comes back in its structure, types and keys, with numpy
+            arrays as leaves. Only the fields it names are read.
+
+        Returns
+        -------
+        dict or the type of ``like``
+            The frame's values.
+
+        Raises
+        ------
+        IndexError
+            ``i`` is out of range.
+        KeyError
+            ``like`` names a field the trajectory does not hold.
+        """
         idx = _normalize(i, len(self))
         assert isinstance(idx, int)
-        return {name: self[name][idx] for name in self.fields}
+        if like is not None:
+            return rebuild(like, lambda name: self[name][idx])
+        flat = {name: self[name][idx] for name in self.fields}
+        return unflatten(flat) if nested else flat
 
-    def __iter__(self) -> Iterator[dict[str, np.ndarray[Any, Any]]]:
+    def __iter__(self) -> Iterator[dict[str, Any]]:
+        return self.iter_frames()
+
+    def iter_frames(self, *, nested: bool = False, like: Any = None) -> Iterator[Any]:
+        """Yield every frame in order, as :meth:`frame` returns it; ``iter(traj)``
+        yields flat frames.
+
+        Parameters
+        ----------
+        nested, like
+            As for :meth:`frame`.
+
+        Yields
+        ------
+        dict or the type of ``like``
+            One frame at a time (read 1024 frames at a time).
+        """
+        names = list(self.fields)
         for chunk in self.iter_chunks():
             n = len(chunk["steps"])
             for i in range(n):
-                yield {name: chunk[name][i] for name in self.fields}
+                if like is not None:
+                    yield rebuild(like, functools.partial(self._take, chunk, i))
+                    continue
+                flat = {name: chunk[name][i] for name in names}
+                yield unflatten(flat) if nested else flat
 
-    def iter_chunks(self, frames: int = 1024) -> Iterator[dict[str, Any]]:
-        """Yield ``{"steps": ..., "times": ..., name: ...}`` for ``frames`` frames at a time."""
+    def _take(self, chunk: Mapping[str, Any], i: int, name: str) -> Any:
+        if name in ("steps", "times") or name not in chunk:
+            raise self._no_field(name)
+        return chunk[name][i]
+
+    def iter_chunks(self, frames: int = 1024, *, nested: bool = False) -> Iterator[dict[str, Any]]:
+        """Yield ``{"steps": ..., "times": ..., name: ...}`` for ``frames`` frames at a time.
+
+        Parameters
+        ----------
+        frames
+            Frames per chunk.
+        nested
+            ``True``: the fields as a tree (``{"steps": ..., "params": {"w": ...}}``),
+            as :meth:`frame` does.
+
+        Yields
+        ------
+        dict
+            ``steps``, ``times`` (None without times) and each field's frames.
+
+        Raises
+        ------
+        ValueError
+            ``frames`` is not positive.
+        """
         if frames < 1:
             raise ValueError(f"frames: expected >= 1, got {frames}")
         steps = self.steps
@@ -279,9 +368,43 @@ class Trajectory:
             stop = min(start + frames, len(self))
             out: dict[str, Any] = {"steps": steps[start:stop]}
             out["times"] = None if times is None else times[start:stop]
-            for name in self.fields:
-                out[name] = self[name][start:stop]
+            data = {name: self[name][start:stop] for name in self.fields}
+            # a nested name's first part is never "steps" or "times" (reserved)
+            out.update(unflatten(data) if nested else data)
             yield out
+
+    def nested(self, prefix: str = "") -> dict[str, Any]:
+        """The fields as a tree of lazy views: ``traj.nested()["params"]["w"][10:20]``.
+
+        Parameters
+        ----------
+        prefix
+            A node of the tree (``"params"``, ``"model.layers.0"``): only the
+            fields under it, keyed relative to it. Default: every field.
+
+        Returns
+        -------
+        dict
+            Nested dicts whose leaves are :class:`FieldView`; nothing is read.
+
+        Raises
+        ------
+        KeyError
+            No field lies under ``prefix``, or ``prefix`` is a field itself.
+        """
+        tree: Any = unflatten({name: self[name] for name in self.fields})
+        if not prefix:
+            return dict(tree)
+        for part in prefix.split(SEP):
+            if not isinstance(tree, dict) or part not in tree:
+                known = ", ".join(map(repr, self.fields)) or "none"
+                raise KeyError(f"no fields under {prefix!r} in this trajectory (fields: {known})")
+            tree = tree[part]
+        if not isinstance(tree, dict):
+            raise KeyError(
+                f"{prefix!r} is a field, not a node of nested fields: use traj[{prefix!r}]"
+            )
+        return tree
 
     def to_xarray(self) -> xarray.Dataset:
         """The fixed-shape fields as an ``xarray.Dataset`` with dims ``("frame", ...)``.
