@@ -228,7 +228,7 @@ def sync_loop(sim: Sim, frames: int, spf: int) -> float:
 
 async def sink_loop(
     sim: Sim, frames: int, spf: int, copy: bool = True, writer: str = "thread"
-) -> tuple[float, list[float], int, float]:
+) -> tuple[float, list[float], int, float, float]:
     """The loop through a Sink whose store keeps nothing (it checks each frame
     is finite): the device path, the capture and the writer alone. ``writer``
     is the Sink's: a thread of this process, or the writer process (the frame
@@ -238,7 +238,9 @@ async def sink_loop(
     its writer started, its slots allocated and page-locked) before the clock
     starts, as in a long run; the clock stops when the sink is closed (every
     frame stored). Returns the loop's time, each write's blocking time, the
-    frames stored and the start-up time (start and warm-up)."""
+    frames stored, the start-up time (start and warm-up), and the loop's time
+    to its last ``flush`` (every frame stored, the sink still open: the close,
+    which frees the slots, is a cost of the run's end, not of its frames)."""
     from _common import CheckingStore
 
     import snapsink
@@ -261,11 +263,13 @@ async def sink_loop(
             t = time.perf_counter()
             await sink.write({"u": sim.u}, step=f, stream=sim.stream, copy=copy)
             blocking.append(time.perf_counter() - t)
+        await sink.flush()
+        t_flushed = time.perf_counter()
     sim.stream.synchronize()
     t_end = time.perf_counter()
     # the process writer's store counted in the writer: what the sink says it wrote
     stored = store.frames if writer == "thread" else sink.statistics().written
-    return t_end - t0, blocking, stored - CAPACITY - 2, t0 - t_start
+    return t_end - t0, blocking, stored - CAPACITY - 2, t0 - t_start, t_flushed - t0
 
 
 def eta(t_compute: float, t_io: float, t_total: float) -> float:
@@ -355,19 +359,25 @@ async def bench_size(size_mb: int, frames: int, ratios: list[float]) -> dict[str
         """Sink rows at every ratio: I/O alone, then compute = r x I/O (copy=False runs
         the functional-style loop, whose compute is timed on its own)."""
         await sink_loop(sim, CAPACITY + 2, 0, copy=copy, writer=writer)  # warm-up
-        t_io, blk0, _, t_startup = await sink_loop(sim, frames, 0, copy=copy, writer=writer)
+        t_io, blk0, _, t_startup, t_io_run = await sink_loop(
+            sim, frames, 0, copy=copy, writer=writer
+        )
         basis = t_io if io_basis_s is None else io_basis_s
         rows = []
         for r in ratios:
             spf = max(1, math.ceil(r * (basis / frames) / t_step))
             tc = await t_compute(spf) if copy else functional_compute(sim, frames, spf)
-            tt, blk, stored, _ = await sink_loop(sim, frames, spf, copy=copy, writer=writer)
+            tt, blk, stored, _, tt_run = await sink_loop(sim, frames, spf, copy=copy, writer=writer)
             rows.append(
                 {
                     "ratio": r,
                     "compute_over_io": tc / t_io,
                     "eta": eta(tc, t_io, tt),
                     "slowdown": tt / tc - 1,
+                    # to the last flush: the frames' cost without the sink's close
+                    "eta_run": eta(tc, t_io_run, tt_run),
+                    "slowdown_run": tt_run / tc - 1,
+                    "close_ms": (tt - tt_run) * 1e3,
                     "block_ms": statistics.median(blk) * 1e3,
                     "block_over_sync_get": statistics.median(blk) * 1e3 / out["sync_get_ms"],
                     "frames_stored": stored,
@@ -375,6 +385,7 @@ async def bench_size(size_mb: int, frames: int, ratios: list[float]) -> dict[str
             )
         return {
             "t_io_ms": t_io * 1e3,
+            "t_io_run_ms": t_io_run * 1e3,
             "startup_ms": t_startup * 1e3,
             "bw_gbps": frames * nbytes / t_io / 1e9,
             "bw_over_peak": frames * nbytes / t_io / 1e9 / out["peak_gbps"],
@@ -460,6 +471,12 @@ def print_table(results: dict[str, Any]) -> None:
                         f"{o['block_over_sync_get']:>9.4f} {k['bw_gbps']:>8.1f} "
                         f"{k['bw_over_peak']:>6.2f} {o['ratio']:>5} "
                         f"{o['eta']:>6.3f} {o['slowdown']:>8.3f}"
+                        + (
+                            f"  to flush: eta {o['eta_run']:.3f} slowdown "
+                            f"{o['slowdown_run']:.3f}, close {o['close_ms']:.1f} ms"
+                            if "eta_run" in o
+                            else ""
+                        )
                     )
 
 
