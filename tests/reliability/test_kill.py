@@ -157,8 +157,14 @@ def server() -> Iterator[ForkServer]:
 
 
 def is_store(path: Path) -> bool:
-    if path.is_file():  # HDF5: a file with at least a commit record
-        return path.stat().st_size > 0
+    if path.is_file():  # HDF5: a file whose group was laid out (killed later than that)
+        try:
+            snapsink.open(path)
+        except (snapsink.FormatError, snapsink.StoreNotFoundError):
+            # killed while the file was being created (asked only when no flush
+            # returned): HDF5's own structure, not yet the group's attributes
+            return False
+        return True
     return (path / "metadata.json").exists() or (path / "zarr.json").exists()
 
 

@@ -86,11 +86,18 @@ class Writer:
 
     # -- messages ---------------------------------------------------------------
     def send(self, msg: tuple[Any, ...]) -> None:
-        """Reply to the sink; a sink that is gone only means: drain and exit."""
+        """Reply to the sink; a sink that is gone only means: drain and exit.
+
+        A failed reply does not mark the sink gone: its last messages (a slot's
+        mapping, a flush) may still be queued on the socket, unread. The inbox
+        reader sees the end of the stream after them, and that alone sets
+        :attr:`parent_gone` (a reply failing first made a published frame's
+        slot look as if it "never arrived").
+        """
         try:
             self.wire.send(msg)
         except OSError:
-            self.parent_gone = True
+            pass
 
     def _reader(self) -> None:
         while True:

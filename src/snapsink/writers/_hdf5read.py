@@ -20,7 +20,7 @@ from .._errors import ConfigError, FormatError, StoreNotFoundError
 from .._schema import Schema
 from .._trajectory import Trajectory
 from ._format import StepRanges, parse_step_ranges
-from ._hdf5file import FileLocks, import_h5py, is_hdf5_file
+from ._hdf5file import FileLocks, clear_open_flags, import_h5py, is_hdf5_file
 from ._hdf5plan import (
     ATTRS_ATTR,
     COMMIT,
@@ -47,6 +47,11 @@ def open_for_reading(path: str) -> Any:
     """The HDF5 file at ``path``, open read-only: in SWMR mode when the file
     supports it (a file being written or left by a killed writer), else plainly.
 
+    A file still marked open for writing by a writer that died (its session
+    lock is gone with it) is recovered first, as the next writer would do it
+    (:func:`~snapsink.writers._hdf5file.clear_open_flags`, ``h5clear -s``),
+    when the file can be opened for writing.
+
     Raises
     ------
     StoreNotFoundError
@@ -54,7 +59,6 @@ def open_for_reading(path: str) -> Any:
     FormatError
         Not an HDF5 file, or HDF5 refuses it.
     """
-    h5py = import_h5py()
     try:
         fd = os.open(path, os.O_RDONLY | _NOFOLLOW | _CLOEXEC | _NONBLOCK)
     except FileNotFoundError:
@@ -64,21 +68,59 @@ def open_for_reading(path: str) -> Any:
     try:
         if not is_hdf5_file(path):
             raise FormatError(f"{path!r} is not an HDF5 file")
-        swmr = os.pread(fd, 9, 0)[8] >= 2  # superblock v2+: SWMR-capable
-        # Not while a writer changes the file's structure (see _hdf5file).
-        with FileLocks(fd, path).shared():
-            try:
-                # h5py's default locking, so that plain h5py opens the file in
-                # this process too (HDF5 refuses a second open with other flags)
-                return h5py.File(path, "r", swmr=swmr)
-            except OSError as exc:
-                if "already open for write" in str(exc):
-                    raise FormatError(
-                        f"{path!r}: a writer died while it changed the file's structure "
-                        "(the file is still marked open for writing); reopen its group "
-                        "for writing with mode='a' to recover it"
-                    ) from exc
-                raise FormatError(f"{path!r}: HDF5 cannot open it: {exc}") from exc
+        try:
+            return _open_shared(path, fd)
+        except _MarkedOpen as marked:
+            if not _recover(path):
+                raise FormatError(
+                    f"{path!r}: a writer died while it wrote the file (it is still marked "
+                    "open for writing) and this process cannot write it to recover it; "
+                    "reopen its group for writing with mode='a' where you can"
+                ) from marked.__cause__
+        try:
+            return _open_shared(path, fd)
+        except _MarkedOpen as marked:  # a writer's session began and died since
+            raise FormatError(
+                f"{path!r}: HDF5 cannot open it: {marked.__cause__}"
+            ) from marked.__cause__
+    finally:
+        os.close(fd)
+
+
+class _MarkedOpen(Exception):
+    """The file's superblock says a writer has it open (HDF5 refused it)."""
+
+
+def _open_shared(path: str, fd: int) -> Any:
+    h5py = import_h5py()
+    swmr = os.pread(fd, 9, 0)[8] >= 2  # superblock v2+: SWMR-capable
+    # Not while a writer changes the file's structure (see _hdf5file).
+    with FileLocks(fd, path).shared():
+        try:
+            # h5py's default locking, so that plain h5py opens the file in
+            # this process too (HDF5 refuses a second open with other flags)
+            return h5py.File(path, "r", swmr=swmr)
+        except OSError as exc:
+            text = str(exc)
+            if "already open for write" in text or "not already open for SWMR writing" in text:
+                raise _MarkedOpen() from exc
+            raise FormatError(f"{path!r}: HDF5 cannot open it: {exc}") from exc
+
+
+def _recover(path: str) -> bool:
+    """Clear a dead writer's "open for writing" flags under the session lock
+    (no live writer is in a session then); False when the file cannot be
+    opened for writing (permissions, a read-only file system)."""
+    try:
+        fd = os.open(path, os.O_RDWR | _NOFOLLOW | _CLOEXEC | _NONBLOCK)
+    except OSError:
+        return False
+    try:
+        with FileLocks(fd, path).session():
+            clear_open_flags(fd, repr(path))
+        return True
+    except OSError:
+        return False
     finally:
         os.close(fd)
 
