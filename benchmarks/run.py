@@ -4,13 +4,14 @@
                              [--writer auto|thread|process|both]
 
 Benchmarks: ``small_frames``, ``throughput`` (skipped when benchmarks/throughput.py
-is absent), ``overlap``, ``capture`` and ``baselines``. Each is a sibling script
-with a ``main(argv)`` that prints its table and returns its result; ``--quick``
-passes each its smaller settings (the suite then takes a few minutes on two
-cores). ``--writer`` is passed to the benchmarks that take it (``both`` only to
-overlap and capture). With ``--json-dir`` every result is written there as
-``<name>-cpu.json``; without it a full run of overlap or capture writes its
-default ``benchmarks/results/<name>-cpu.json`` and the others write nothing.
+is absent), ``overlap``, ``capture``, ``baselines`` and ``ase_md`` (skipped
+without ASE). Each is a sibling script with a ``main(argv)`` that prints its
+table and returns its result; ``--quick`` passes each its smaller settings (the
+suite then takes a few minutes on two cores). ``--writer`` is passed to the
+benchmarks that take it (``both`` only to overlap and capture). With
+``--json-dir`` every result is written there as ``<name>-cpu.json``; without it
+a full run of overlap, capture or ase_md writes its default
+``benchmarks/results/<name>-cpu.json`` and the others write nothing.
 """
 
 from __future__ import annotations
@@ -27,7 +28,7 @@ HERE = Path(__file__).resolve().parent
 if str(HERE) not in sys.path:
     sys.path.insert(0, str(HERE))
 
-ORDER = ("small_frames", "throughput", "overlap", "capture", "baselines")
+ORDER = ("small_frames", "throughput", "overlap", "capture", "baselines", "ase_md")
 #: the benchmarks taking --writer, and whether they take --writer both
 WRITER_OPTION = {"small_frames": False, "overlap": True, "capture": True}
 

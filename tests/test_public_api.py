@@ -41,6 +41,19 @@ def test_import_does_not_load_zarr_until_zarrstore_is_used() -> None:
     subprocess.run([sys.executable, "-c", code], check=True, timeout=60)
 
 
+def test_import_loads_no_simulation_package() -> None:
+    # in a fresh interpreter: the test session itself may have imported them
+    code = (
+        "import sys, snapsink, snapsink.integrations\n"
+        "heavy = ('ase', 'torch', 'jax', 'pde')\n"
+        "print(sorted(m for m in sys.modules if m.split('.')[0] in heavy))\n"
+        "import snapsink.integrations.ase\n"  # the adapter loads ASE at attach(), not here
+        "print(sorted(m for m in sys.modules if m.split('.')[0] in heavy))\n"
+    )
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=60)
+    assert out.stdout.split("\n")[:2] == ["[]", "[]"], out.stdout + out.stderr
+
+
 def test_public_classes_and_functions_have_docstrings() -> None:
     for name in snapsink.__all__:
         obj = getattr(snapsink, name)
