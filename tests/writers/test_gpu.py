@@ -99,6 +99,7 @@ def test_ring_keeps_the_last_capacity_frames() -> None:
     assert (out.evicted, out.refused) == (6, 0)
     stats = buf.statistics()
     assert (stats.held, stats.stored, stats.evicted, stats.pending_dropped) == (4, 10, 6, 10)
+    assert stats.dropped == 6  # every eviction counted as a drop
     _invariant(stats)
     resume = buf.open()
     assert resume is not None

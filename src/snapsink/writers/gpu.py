@@ -143,6 +143,12 @@ class GPUBufferStatistics:
     cleared: int
     pending_dropped: int
 
+    @property
+    def dropped(self) -> int:
+        """Frames the ring lost to its overflow policy: ``evicted + refused``
+        (their steps reach a drained store's ``dropped_steps``)."""
+        return self.evicted + self.refused
+
 
 def _backend(name: str | DeviceBackend | None) -> DeviceBackend:
     if isinstance(name, DeviceBackend):
