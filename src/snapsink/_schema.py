@@ -48,6 +48,7 @@ __all__ = [
     "StepClock",
     "check_name",
     "is_device_array",
+    "offsets_name",
 ]
 
 #: dtype kinds a field may have: bool, signed, unsigned, float, complex.
@@ -133,11 +134,19 @@ class Field:
         The shape of one frame's value; ``()`` for a scalar. A first dimension of
         ``None`` makes the field *ragged*: its row count may change from frame to
         frame (e.g. ``(None, 3)`` for the positions of a varying number of atoms).
+    dims
+        Optional names of the dimensions of ``shape``, one each, e.g.
+        ``("y", "x")``: fields naming the same dimension share it in
+        :meth:`~snapsink.Trajectory.to_xarray` and in the Zarr store's
+        ``dimension_names`` (so grids align). Identifiers, not ``frame`` or
+        ``frame_edge``. A ragged field's row dimension keeps the name
+        ``<name>_row`` in the stores (its length is the rows of all frames);
+        ``dims[0]`` only names it.
 
     Raises
     ------
     ConfigError
-        For a dtype that cannot be stored or a malformed shape.
+        For a dtype that cannot be stored, a malformed shape, or bad ``dims``.
     """
 
     dtype: np.dtype[Any]
@@ -146,8 +155,15 @@ class Field:
     """True when the first dimension is ``None`` (row count varies per frame)."""
     row_nbytes: int = field(compare=False, repr=False)
     """Bytes of one row (ragged) or of one frame's value (fixed shape)."""
+    dims: tuple[str, ...] | None
+    """The dimensions' names, or None (``<name>_dim_<k>`` then)."""
 
-    def __init__(self, dtype: object, shape: tuple[int | None, ...] | list[int | None] = ()):
+    def __init__(
+        self,
+        dtype: object,
+        shape: tuple[int | None, ...] | list[int | None] = (),
+        dims: tuple[str, ...] | list[str] | None = None,
+    ):
         dt = _as_dtype(dtype, "Field dtype")
         try:
             shp = tuple(shape)
@@ -167,9 +183,10 @@ class Field:
         object.__setattr__(self, "shape", tuple(None if n is None else int(n) for n in shp))
         ragged = bool(shp) and shp[0] is None
         object.__setattr__(self, "ragged", ragged)
-        dims = shp[1:] if ragged else shp
-        sizes = [int(n) for n in dims if n is not None]
+        per_row = shp[1:] if ragged else shp
+        sizes = [int(n) for n in per_row if n is not None]
         object.__setattr__(self, "row_nbytes", math.prod(sizes) * dt.itemsize)
+        object.__setattr__(self, "dims", _check_dims(dims, shp))
 
     @property
     def row_shape(self) -> tuple[int, ...]:
@@ -183,20 +200,85 @@ class Field:
         return self.row_nbytes
 
     def to_json(self) -> dict[str, Any]:
-        """A JSON-ready description: ``{"dtype": "<f4", "shape": [null, 3]}``."""
-        return {"dtype": self.dtype.str, "shape": list(self.shape)}
+        """A JSON-ready description: ``{"dtype": "<f4", "shape": [null, 3]}``
+        (and ``"dims": [...]`` when the dimensions are named)."""
+        out: dict[str, Any] = {"dtype": self.dtype.str, "shape": list(self.shape)}
+        if self.dims is not None:
+            out["dims"] = list(self.dims)
+        return out
 
     @classmethod
     def from_json(cls, obj: object) -> Field:
         """Inverse of :meth:`to_json`; raises ConfigError for anything malformed."""
-        if not isinstance(obj, dict) or set(obj) != {"dtype", "shape"}:
-            raise ConfigError(f"field description: expected {{'dtype', 'shape'}}, got {obj!r}")
+        if not isinstance(obj, dict) or not {"dtype", "shape"} <= set(obj) <= {
+            "dtype",
+            "shape",
+            "dims",
+        }:
+            raise ConfigError(
+                f"field description: expected {{'dtype', 'shape'[, 'dims']}}, got {obj!r}"
+            )
         if not isinstance(obj["dtype"], str) or not isinstance(obj["shape"], list):
             raise ConfigError(f"field description: malformed {obj!r}")
-        return cls(obj["dtype"], tuple(obj["shape"]))
+        dims = obj.get("dims")
+        if dims is not None and not isinstance(dims, list):
+            raise ConfigError(f"field description: malformed dims in {obj!r}")
+        return cls(obj["dtype"], tuple(obj["shape"]), None if dims is None else tuple(dims))
+
+    def dim_names(self, name: str) -> tuple[str, ...]:
+        """The names of the per-frame dimensions of field ``name`` as the
+        stores and :meth:`~snapsink.Trajectory.to_xarray` use them: ``dims``, or
+        ``<name>_dim_<k>``; a ragged field's row dimension is ``<name>_row``."""
+        n = len(self.shape)
+        names = list(self.dims) if self.dims is not None else [
+            f"{name}_dim_{k}" for k in range(n)
+        ]
+        if self.ragged:
+            names[0] = f"{name}_row"
+            if self.dims is None:
+                names[1:] = [f"{name}_dim_{k}" for k in range(1, n)]
+        return tuple(names)
 
     def __repr__(self) -> str:
-        return f"Field({str(self.dtype)!r}, {self.shape!r})"
+        dims = "" if self.dims is None else f", dims={self.dims!r}"
+        return f"Field({str(self.dtype)!r}, {self.shape!r}{dims})"
+
+
+def offsets_name(name: str) -> str:
+    """Array name of the offsets of ragged field ``name`` (``"<name>.offsets"``).
+
+    No field name ends in ``.offsets`` (see :func:`check_name`), so the offsets
+    array never collides with a field, ``steps`` or ``times``.
+    """
+    return f"{name}.offsets"
+
+
+_RESERVED_DIMS = frozenset({"frame", "frame_edge"})
+
+
+def _check_dims(dims: object, shape: tuple[Any, ...]) -> tuple[str, ...] | None:
+    if dims is None:
+        return None
+    if isinstance(dims, str) or not isinstance(dims, tuple | list):
+        raise ConfigError(
+            f"Field dims: expected a tuple of names, one per dimension of {shape}, "
+            f"got {dims!r}"
+        )
+    out = tuple(dims)
+    if len(out) != len(shape):
+        raise ConfigError(
+            f"Field dims {out!r}: expected {len(shape)} name(s), one per dimension of "
+            f"shape {shape}, got {len(out)}"
+        )
+    for d in out:
+        if not isinstance(d, str) or not d.isidentifier() or d in _RESERVED_DIMS:
+            raise ConfigError(
+                f"Field dims {out!r}: expected identifiers other than 'frame' and "
+                f"'frame_edge', got {d!r}"
+            )
+    if len(set(out)) != len(out):
+        raise ConfigError(f"Field dims {out!r}: a name repeats")
+    return out
 
 
 def _coerce_field(name: str, spec: object) -> Field:

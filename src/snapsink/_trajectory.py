@@ -19,7 +19,7 @@ import numpy as np
 
 from ._errors import SchemaError
 from ._pytree import SEP, rebuild, unflatten
-from ._schema import Field, Schema
+from ._schema import Field, Schema, offsets_name
 
 if TYPE_CHECKING:
     import xarray
@@ -407,19 +407,35 @@ class Trajectory:
         return tree
 
     def to_xarray(self) -> xarray.Dataset:
-        """The fixed-shape fields as an ``xarray.Dataset`` with dims ``("frame", ...)``.
+        """Every field as an ``xarray.Dataset``, laid out as the Zarr store is.
 
-        Coordinates ``step`` (and ``time``) along ``frame``; static arrays and
-        attrs are carried along. Ragged fields are left out (see their views).
+        - A fixed-shape field has dims ``("frame", *dims)``: the field's
+          ``Field(dims=...)`` (fields naming a dimension share it, so grids
+          align), else ``<name>_dim_<k>``.
+        - A ragged field is its rows of all frames, dims ``("<name>_row", ...)``,
+          and ``<name>.offsets`` (dim ``frame_edge``, ``len + 1`` values): frame
+          ``i`` holds rows ``offsets[i]:offsets[i + 1]``.
+        - ``steps`` and ``times`` are the coordinates ``step`` and ``time`` of
+          ``frame``; static arrays are ``static_<name>``; JSON attrs whose values
+          are str, int, float or bool are the dataset's attrs.
+
+        Returns
+        -------
+        xarray.Dataset
+            Loaded into memory (read the fields lazily through ``traj[name]``).
         """
         import xarray as xr
 
         data_vars: dict[str, Any] = {}
+        n = len(self)
         for name, f in self.fields.items():
-            if f.ragged:
+            dims = f.dim_names(name)
+            if not f.ragged:
+                data_vars[name] = (("frame", *dims), np.asarray(self[name]))
                 continue
-            dims = ("frame", *(f"{name}_dim_{k}" for k in range(len(f.shape))))
-            data_vars[name] = (dims, np.asarray(self[name]))
+            rows, offsets = self._source.read_ragged(name, 0, n)
+            data_vars[name] = (dims, np.asarray(rows))
+            data_vars[offsets_name(name)] = (("frame_edge",), np.asarray(offsets, np.int64))
         coords: dict[str, Any] = {"step": ("frame", self.steps)}
         if self.times is not None:
             coords["time"] = ("frame", self.times)

@@ -15,7 +15,7 @@ from typing import Any, TypeGuard
 import numpy as np
 
 from .._errors import ConfigError, FormatError
-from .._schema import Schema, check_name
+from .._schema import Schema, check_name, offsets_name
 from ._format import StepRanges, check_format_version, parse_step_ranges
 
 __all__ = [
@@ -81,15 +81,6 @@ def check_group(group: object) -> str:
     if parts[-1] == STATIC_GROUP:
         raise ConfigError(f"group {group!r}: 'static' is reserved for a store's static arrays")
     return group
-
-
-def offsets_name(name: str) -> str:
-    """Array name of the offsets of ragged field ``name`` (``"<name>.offsets"``).
-
-    A ``.`` never occurs in a field name (field names are identifiers), so the
-    offsets array can never collide with a field, ``steps`` or ``times``.
-    """
-    return f"{name}.offsets"
 
 
 def check_rows(value: object, what: str) -> int | None:
@@ -160,10 +151,6 @@ class ArrayPlan:
         return math.prod(self.row_shape) * self.dtype.itemsize
 
 
-def _frame_dims(name: str, ndim: int) -> tuple[str, ...]:
-    # The same names as Trajectory.to_xarray, so xarray.open_zarr on the group and
-    # traj.to_xarray() agree.
-    return ("frame", *(f"{name}_dim_{k}" for k in range(ndim)))
 
 
 def plan_arrays(
@@ -221,7 +208,9 @@ def plan_arrays(
     for name, f in schema.items():
         if not f.ragged:
             fixed = tuple(n for n in f.shape if n is not None)
-            add(name, f.dtype, fixed, _frame_dims(name, len(fixed)))
+            # the names of Trajectory.to_xarray, so xarray.open_zarr on the group
+            # and traj.to_xarray() agree (and fields naming a dimension share it)
+            add(name, f.dtype, fixed, ("frame", *f.dim_names(name)))
             continue
         row_shape = f.row_shape
         add(offsets_name(name), np.dtype(np.int64), (), ("frame_edge",))
@@ -232,7 +221,7 @@ def plan_arrays(
         if shard_frames is not None:
             per_chunk = frame_chunk(row_nbytes)
             rshard = rchunk * max(1, shard_frames // per_chunk)
-        dims = (f"{name}_row", *(f"{name}_dim_{k + 1}" for k in range(len(row_shape))))
+        dims = f.dim_names(name)
         plans.append(ArrayPlan(name, f.dtype, row_shape, rchunk, rshard, dims))
     return plans
 
