@@ -36,6 +36,7 @@ from typing import Any, Final
 
 import numpy as np
 
+from ._checks import positive_int
 from ._errors import ClosedSinkError, ConfigError, SpillError, WriterError
 from ._schema import Field, Frame, Schema, StepClock, is_device_array
 from ._spill import Spill, SpillDir, SpillReader
@@ -67,9 +68,8 @@ def check_policy(policy: object) -> str | Spill:
 
 
 def check_capacity(capacity: object, what: str = "capacity") -> int:
-    if isinstance(capacity, bool) or not isinstance(capacity, int | np.integer) or capacity < 1:
-        raise ConfigError(f"{what}: expected an int >= 1, got {capacity!r}")
-    return int(capacity)
+    """``capacity`` as an int >= 1, else ConfigError naming ``what``."""
+    return positive_int(capacity, what)
 
 
 @dataclass(frozen=True, slots=True)

@@ -26,6 +26,7 @@ from typing import Any
 import anyio.to_thread
 import numpy as np
 
+from ._checks import positive_int
 from ._errors import ConfigError, SchemaError
 from ._schema import Batch, Schema
 from ._store import Resume, Store, StoreSpec
@@ -149,9 +150,7 @@ def _as_trajectory(src: object) -> Trajectory:
 
 
 def _check_chunk_bytes(chunk_bytes: object) -> int:
-    if isinstance(chunk_bytes, bool) or not isinstance(chunk_bytes, int) or chunk_bytes < 1:
-        raise ConfigError(f"chunk_bytes: expected a positive int, got {chunk_bytes!r}")
-    return chunk_bytes
+    return positive_int(chunk_bytes, "chunk_bytes")
 
 
 def _destination(dst: object, format: str | None, group: str | None, traj: Trajectory) -> Any:

@@ -22,6 +22,7 @@ import numpy as np
 from anyio.abc import TaskGroup, TaskStatus
 
 from ._channel import SinkStatistics, check_capacity, check_policy
+from ._checks import INT64_MAX, INT64_MIN
 from ._errors import ClosedSinkError, ConfigError, DTypeError, SchemaError
 from ._schema import Schema, check_name
 from ._sink import Sink, _check_max_bytes, _check_schema
@@ -35,8 +36,6 @@ __all__ = ["Recorder", "Route", "Router", "SyncRecorder"]
 
 Selection = Sequence[str] | Callable[[Any], Mapping[str, Any]]
 
-_INT64_MAX = int(np.iinfo(np.int64).max)
-_INT64_MIN = int(np.iinfo(np.int64).min)
 
 
 def _check_selection(value: object, what: str) -> Selection | None:
@@ -250,7 +249,7 @@ class Router:
                     f"step: expected a step greater than {self.last_step} (every sink needs "
                     f"strictly increasing steps; pass the simulation step), got {s}"
                 )
-        if not _INT64_MIN <= s <= _INT64_MAX:
+        if not INT64_MIN <= s <= INT64_MAX:
             raise SchemaError(f"step: expected a value that fits int64, got {s}")
         return s
 

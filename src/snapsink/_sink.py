@@ -36,6 +36,7 @@ from ._channel import (
     check_policy,
     frame_nbytes,
 )
+from ._checks import positive_int
 from ._errors import ClosedSinkError, ConfigError, SchemaError, WouldBlock, WriterError
 from ._schema import Schema, StepClock, is_device_array
 from ._spill import Spill, SpillDir
@@ -128,11 +129,7 @@ def _check_schema(schema: object) -> Schema | None:
 
 
 def _check_max_bytes(max_bytes: object) -> int | None:
-    if max_bytes is None:
-        return None
-    if isinstance(max_bytes, bool) or not isinstance(max_bytes, int) or max_bytes < 1:
-        raise ConfigError(f"max_bytes: expected a positive int or None, got {max_bytes!r}")
-    return max_bytes
+    return positive_int(max_bytes, "max_bytes", optional=True)
 
 
 class Sink:

@@ -18,6 +18,8 @@ from typing import Any, TypeGuard
 
 import numpy as np
 
+from .._checks import INT64_MAX as INT64_MAX
+from .._checks import INT64_MIN as INT64_MIN
 from .._errors import FormatError
 
 __all__ = [
@@ -28,8 +30,6 @@ __all__ = [
     "is_int",
     "parse_step_ranges",
 ]
-
-INT64_MIN, INT64_MAX = int(np.iinfo(np.int64).min), int(np.iinfo(np.int64).max)
 
 
 def is_int(x: object) -> TypeGuard[int]:

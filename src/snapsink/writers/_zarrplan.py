@@ -14,6 +14,7 @@ from typing import Any, TypeGuard
 
 import numpy as np
 
+from .._checks import positive_int
 from .._errors import ConfigError, FormatError
 from .._schema import Schema, check_name, offsets_name
 from ._format import StepRanges, check_format_version, parse_step_ranges
@@ -85,11 +86,7 @@ def check_group(group: object) -> str:
 
 def check_rows(value: object, what: str) -> int | None:
     """``value`` if it is ``None`` or a positive int, else ConfigError."""
-    if value is None:
-        return None
-    if isinstance(value, bool) or not isinstance(value, int | np.integer) or value < 1:
-        raise ConfigError(f"{what}: expected a positive int or None, got {value!r}")
-    return int(value)
+    return positive_int(value, what, optional=True)
 
 
 # -- chunking ------------------------------------------------------------------
@@ -409,7 +406,6 @@ class Meta:
         }
 
 
-_INT64_MIN, _INT64_MAX = int(np.iinfo(np.int64).min), int(np.iinfo(np.int64).max)
 
 
 def _is_int(x: object) -> TypeGuard[int]:

@@ -21,7 +21,6 @@ from __future__ import annotations
 
 import errno
 import json
-import math
 import os
 import sys
 import time
@@ -31,6 +30,8 @@ from typing import Any
 
 import numpy as np
 
+from .._checks import commit_seconds as check_commit_seconds
+from .._checks import positive_int
 from .._errors import ConfigError, FormatError, SchemaError, StoreExistsError, StoreStateError
 from .._schema import Batch, Field, Frame, Schema
 from .._store import Resume, StoreSpec
@@ -164,25 +165,8 @@ class NpyDirectory:
         self._mode = check_mode(mode)
         self._attrs = check_attrs(attrs)
         self._static = check_static(static)
-        if isinstance(commit_every, bool) or not isinstance(commit_every, int | np.integer) or (
-            commit_every < 1
-        ):
-            raise ConfigError(f"commit_every: expected a positive int, got {commit_every!r}")
-        self._commit_every = int(commit_every)
-        if commit_seconds is not None:
-            if isinstance(commit_seconds, bool) or not isinstance(
-                commit_seconds, int | float | np.integer | np.floating
-            ):
-                raise ConfigError(
-                    f"commit_seconds: expected a positive number or None, got {commit_seconds!r}"
-                )
-            commit_seconds = float(commit_seconds)
-            if not (math.isfinite(commit_seconds) and commit_seconds > 0):
-                raise ConfigError(
-                    "commit_seconds: expected a positive finite number or None, "
-                    f"got {commit_seconds}"
-                )
-        self._commit_seconds = commit_seconds
+        self._commit_every = positive_int(commit_every, "commit_every")
+        self._commit_seconds = check_commit_seconds(commit_seconds)
 
         self._state = "new"  # new -> open -> closed; "failed" after a failed commit
         self._schema: Schema | None = None

@@ -23,7 +23,6 @@ from __future__ import annotations
 
 import asyncio
 import errno
-import math
 import os
 import time
 import weakref
@@ -46,6 +45,7 @@ from zarr.errors import (
 )
 from zarr.storage import LocalStore
 
+from .._checks import commit_seconds as check_commit_seconds
 from .._errors import (
     ConfigError,
     DTypeError,
@@ -240,7 +240,7 @@ class ZarrStore:
             )
         self._compressors = compressors
         self._commit_every = check_rows(commit_every, "commit_every") or 1024
-        self._commit_seconds = _check_commit_seconds(commit_seconds)
+        self._commit_seconds = check_commit_seconds(commit_seconds)
         self._group: Any = None
         self._meta = Meta()
         self._columns: dict[str, Column] = {}
@@ -843,15 +843,3 @@ class ZarrStore:
             col.buf.mark_written()
 
 
-def _check_commit_seconds(value: object) -> float | None:
-    """``None`` or a positive finite number of seconds (as NpyDirectory takes it)."""
-    if value is None:
-        return None
-    if isinstance(value, bool) or not isinstance(value, int | float | np.integer | np.floating):
-        raise ConfigError(f"commit_seconds: expected a positive number or None, got {value!r}")
-    seconds = float(value)
-    if not (math.isfinite(seconds) and seconds > 0):
-        raise ConfigError(
-            f"commit_seconds: expected a positive finite number or None, got {seconds}"
-        )
-    return seconds
