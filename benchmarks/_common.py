@@ -244,3 +244,16 @@ class CheckingStore:
 
     def close(self) -> None:
         return None
+
+
+def finish(
+    result: dict[str, Any], print_table: Any, path: str | os.PathLike[str] | None
+) -> dict[str, Any]:
+    """Every benchmark's tail: print its table, write its JSON to ``path`` (if
+    any; the folder is made), return the result."""
+    print_table(result)
+    if path is not None:
+        out = Path(path)
+        out.parent.mkdir(parents=True, exist_ok=True)
+        out.write_text(json.dumps(result, indent=2))
+    return result

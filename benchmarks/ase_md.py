@@ -431,12 +431,7 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
         print("ase_md: skipped (needs ASE: pip install -e '.[integrations]')")
         return {}
     result = run(quick=args.quick, blocks=args.blocks, repeats=args.repeats, cells=args.cells)
-    print_table(result)
-    out = args.json or (None if args.quick else DEFAULT_JSON)
-    if out:
-        out.parent.mkdir(parents=True, exist_ok=True)
-        out.write_text(json.dumps(result, indent=2))
-    return result
+    return _common.finish(result, print_table, args.json or (None if args.quick else DEFAULT_JSON))
 
 
 if __name__ == "__main__":

@@ -459,11 +459,7 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
         print(json.dumps(child(json.loads(args.child))))
         return {}
     result = run(args.frames, args.quick, args.grid, args.repeats)
-    print_table(result)
-    if args.json:
-        args.json.parent.mkdir(parents=True, exist_ok=True)
-        args.json.write_text(json.dumps(result, indent=2))
-    return result
+    return _common.finish(result, print_table, args.json)
 
 
 if __name__ == "__main__":

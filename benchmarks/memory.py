@@ -13,7 +13,6 @@ in RAM, is the contrast that shows what growth looks like.
 from __future__ import annotations
 
 import argparse
-import json
 import os
 import platform
 import shutil
@@ -22,6 +21,12 @@ import sys
 import tempfile
 from pathlib import Path
 from typing import Any
+
+HERE = Path(__file__).resolve().parent
+if str(HERE) not in sys.path:
+    sys.path.insert(0, str(HERE))
+
+import _common  # noqa: E402  (sibling module)
 
 DEFAULT_JSON = Path(__file__).parent / "results" / "memory-cpu.json"
 STORES = ("npy", "zarr", "zarr+zstd1", "host")
@@ -130,11 +135,7 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     if sys.platform != "linux":
         parser.error("peak RSS is read from /proc/self/status (Linux only)")
     result = run(args.frames, args.frame_kib, args.dir, tuple(args.stores))
-    print_table(result)
-    if args.json:
-        args.json.parent.mkdir(parents=True, exist_ok=True)
-        args.json.write_text(json.dumps(result, indent=2))
-    return result
+    return _common.finish(result, print_table, args.json)
 
 
 if __name__ == "__main__":

@@ -588,12 +588,7 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
         mmap_threshold=args.mmap_threshold,
         trim_threshold=args.trim_threshold,
     )
-    print_table(result)
-    out = args.json or (None if args.quick else DEFAULT_JSON)
-    if out:
-        out.parent.mkdir(parents=True, exist_ok=True)
-        out.write_text(json.dumps(result, indent=2))
-    return result
+    return _common.finish(result, print_table, args.json or (None if args.quick else DEFAULT_JSON))
 
 
 if __name__ == "__main__":

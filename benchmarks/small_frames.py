@@ -15,7 +15,6 @@ stored; on disk, committed). Targets: >= 100,000 frames/s async, >= 80,000 sync.
 from __future__ import annotations
 
 import argparse
-import json
 import platform
 import sys
 import time
@@ -190,11 +189,7 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     args = parser.parse_args(argv)
     _common.writers_to_run(args.writer)  # refuses a writer this snapsink cannot run
     result = run(args.frames, args.capacity, args.repeats, args.stores, args.writer)
-    print_table(result)
-    if args.json:
-        args.json.parent.mkdir(parents=True, exist_ok=True)
-        args.json.write_text(json.dumps(result, indent=2))
-    return result
+    return _common.finish(result, print_table, args.json)
 
 
 if __name__ == "__main__":

@@ -42,11 +42,11 @@ during it, and each variant's files are deleted after it (outside the timing).
 from __future__ import annotations
 
 import argparse
-import json
 import os
 import platform
 import shutil
 import statistics
+import sys
 import tempfile
 import time
 from collections.abc import Callable
@@ -61,6 +61,12 @@ from zarr.storage import LocalStore
 
 import snapsink
 from snapsink.writers._zarrplan import default_chunk_rows
+
+HERE = Path(__file__).resolve().parent
+if str(HERE) not in sys.path:
+    sys.path.insert(0, str(HERE))
+
+import _common  # noqa: E402  (sibling module)
 
 MB = 1e6
 DEFAULT_JSON = Path(__file__).parent / "results" / "throughput-cpu.json"
@@ -490,12 +496,7 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
         capacity=args.capacity, small_capacity=args.small_capacity, repeats=args.repeats,
         stat=args.stat, only=args.only, everything=args.all,
     )
-    print_table(result)
-    if args.json:
-        out = Path(args.json)
-        out.parent.mkdir(parents=True, exist_ok=True)
-        out.write_text(json.dumps(result, indent=2))
-    return result
+    return _common.finish(result, print_table, args.json)
 
 
 if __name__ == "__main__":
