@@ -56,7 +56,6 @@ class Offer(enum.Enum):
     SPILL = "spill"  # accepted into the spill queue: write it with spill_write
 
 
-
 def check_policy(policy: object) -> str | Spill:
     """``policy`` if it names a known policy, else ConfigError."""
     if isinstance(policy, Spill) or (isinstance(policy, str) and policy in POLICIES):
@@ -309,10 +308,14 @@ class Channel:
             # a slot, if one is free and the bytes fit (the per-frame hot path
             # spells out _room_for); behind spilled frames a frame spills too,
             # so that the queue keeps its order
-            if self.pool.free and not (self.fifo_writing or self.fifo_waiting) and (
-                self.max_bytes is None
-                or not self.held
-                or self.held_bytes + nbytes <= self.max_bytes
+            if (
+                self.pool.free
+                and not (self.fifo_writing or self.fifo_waiting)
+                and (
+                    self.max_bytes is None
+                    or not self.held
+                    or self.held_bytes + nbytes <= self.max_bytes
+                )
             ):
                 self.held += 1
                 self.held_bytes += nbytes
@@ -723,7 +726,9 @@ class Channel:
         got = reader.read()
         if got is None:
             raise OSError(
-                errno.ENOENT, f"a spilled frame is missing from {reader.path} ({reader.position()})"
+                errno.ENOENT,
+                f"spilled frame {reader.frames_read + 1} is missing from {reader.path} "
+                f"({reader.position()})",
             )
         entry.step, entry.time, entry.fields, entry.size = got
 

@@ -13,15 +13,21 @@ On disk (``dir/snapsink-spill-XXXXXXXX/``):
   leftovers of directories whose lock nobody holds (their owners died).
 - ``000001.seg``, ``000002.seg``, ...: segments of at most :func:`segment_limit`
   bytes (a frame never straddles two). Each frame is one record: a header
-  (:data:`_MAGIC`, the frame's data bytes, step, whether it has a time, the
-  time, the row count of each ragged field) and the fields' bytes, laid out as
-  in a shared-memory slot (:func:`snapsink._writer._shm.frame_layout`).
+  (:data:`_MAGIC`, the frame's serial, its data bytes, step, whether it has a
+  time, the time, the row count of each ragged field) and the fields' bytes,
+  laid out as in a shared-memory slot (:func:`snapsink._writer._shm.frame_layout`).
 
 The records are the queue's only index: a spilled backlog costs a few counters
 of RAM however long it grows. The reader (the sink's consumer, or its writer
 process) removes a segment once it has read past its end and the frames were
 stored. A record is complete once the ``write`` that appended it returned; a
 torn tail (the producer killed inside a write) is never read.
+
+The serial (1, 2, ... in the order frames were appended) lets the reader check
+that the frame it reads is the one it was told to read: a consumer that is
+handed more spilled frames than were appended, or a segment that holds other
+bytes than the queue's, fails at once with an error that says where, instead
+of storing the wrong frame.
 """
 
 from __future__ import annotations
@@ -67,8 +73,9 @@ SEGMENT_BYTES: Final = 64 << 20
 
 
 def _header(n_ragged: int) -> struct.Struct:
-    """magic, padding, data bytes, step, has_time, time, rows of each ragged field."""
-    return struct.Struct("<4s4xqqqd" + "q" * n_ragged)
+    """magic, padding, serial, data bytes, step, has_time, time, rows of each
+    ragged field."""
+    return struct.Struct("<4s4xqqqqd" + "q" * n_ragged)
 
 
 def _padded(n: int) -> int:
@@ -127,9 +134,7 @@ def _segment(directory: Path, index: int) -> Path:
 def lock_shared(directory: Path) -> int:
     """Hold a shared lock on a spill directory's lock file; returns the descriptor
     (the lock goes when it is closed, or when its process dies)."""
-    fd = os.open(
-        directory / _LOCK, os.O_RDWR | os.O_CREAT | os.O_CLOEXEC | os.O_NOFOLLOW, 0o600
-    )
+    fd = os.open(directory / _LOCK, os.O_RDWR | os.O_CREAT | os.O_CLOEXEC | os.O_NOFOLLOW, 0o600)
     try:
         fcntl.flock(fd, fcntl.LOCK_SH)
     except BaseException:
@@ -218,6 +223,7 @@ class SpillDir:
         except OSError as exc:
             raise ConfigError(f"Spill dir: cannot work in {base}: {exc.strerror}") from exc
         self.limit = segment_limit(config.max_bytes)
+        self.frames = 0  # frames appended: the serial of the last one
         self._segment = 0  # index of the segment being appended to
         self._fd = -1
         self._size = 0  # bytes in that segment
@@ -253,7 +259,13 @@ class SpillDir:
             arrays.append(arr)
         layout, total = frame_layout(schema, rows)
         header = self._header.pack(
-            _MAGIC, total, step, time is not None, 0.0 if time is None else time, *rows
+            _MAGIC,
+            self.frames + 1,
+            total,
+            step,
+            time is not None,
+            0.0 if time is None else time,
+            *rows,
         )
         parts: list[Any] = [header, self._pad[: _padded(len(header)) - len(header)]]
         for (_, _, _, nbytes, _), arr in zip(layout, arrays, strict=True):
@@ -271,6 +283,7 @@ class SpillDir:
                 os.ftruncate(self._fd, start)
             raise
         self._size = start + record
+        self.frames += 1
         return total
 
     def _next_segment(self) -> None:
@@ -320,6 +333,8 @@ def _write_all(fd: int, parts: list[Any], total: int, offset: int) -> None:
 class SpillReader:
     """The consumer's side: reads spilled frames back, in order, bit-exact.
 
+    Each frame read must carry the next serial (see the module docstring);
+    :attr:`frames_read` is the serial of the last one.
     """
 
     def __init__(self, path: Path, schema: Schema):
@@ -332,13 +347,11 @@ class SpillReader:
         self._offset = 0
         #: segments read to their end, removed once their frames are stored
         self.exhausted: list[Path] = []
-        self.frames_read = 0  # for messages
+        self.frames_read = 0  # the serial of the last frame read
 
-    def read(self) -> tuple[int, float | None, dict[str, Any], int] | None:
-        """The next frame: ``(step, time, fields, nbytes)``, or None when no
-        complete frame follows (the end of what was spilled)."""
-        from ._writer._shm import frame_layout
-
+    def _header_at_next(self) -> tuple[Any, ...] | None:
+        """The header of the next record (its data may still be a torn tail),
+        the reader moved to its segment; None at the end of what was spilled."""
         while True:
             if self._fd < 0:
                 try:
@@ -350,30 +363,61 @@ class SpillReader:
                     return None
                 self._offset = 0
             raw = os.pread(self._fd, self._head, self._offset)
-            if len(raw) < self._header.size:
-                if len(raw) == 0 and os.path.exists(_segment(self.path, self._segment + 1)):
+            if len(raw) == 0 and os.path.exists(_segment(self.path, self._segment + 1)):
+                # The producer starts the next segment only once its last write
+                # to this one returned, so this one's size is final now; it may
+                # have grown since the read above.
+                if os.fstat(self._fd).st_size <= self._offset:
                     self._next_segment()
-                    continue
+                continue
+            if len(raw) < self._header.size:
                 return None  # the end (a torn header is never a frame)
-            magic, total, step, has_time, t, *rows = self._header.unpack_from(raw)
-            if magic != _MAGIC:
+            header: tuple[Any, ...] = self._header.unpack_from(raw)
+            magic, serial = header[0], header[1]
+            if magic != _MAGIC or serial != self.frames_read + 1:
+                found = f"serial {serial}" if magic == _MAGIC else "no frame header"
                 raise OSError(
                     errno.EIO,
                     f"spill segment {_segment(self.path, self._segment)} is corrupt at "
-                    f"byte {self._offset}",
+                    f"byte {self._offset}: expected spilled frame {self.frames_read + 1}, "
+                    f"found {found}",
                 )
-            data = os.pread(self._fd, total, self._offset + self._head)
-            if len(data) < total:
-                return None  # a torn tail: its write never returned
-            self._offset += self._head + total
-            self.frames_read += 1
-            layout, _ = frame_layout(self.schema, rows)
-            buf = np.frombuffer(data, np.uint8)
-            fields: dict[str, Any] = {}
-            for name, field, offset, nbytes, shape in layout:
-                arr = buf[offset : offset + nbytes].view(field.dtype).reshape(shape)
-                fields[name] = arr[()] if not shape else arr
-            return step, (t if has_time else None), fields, total
+            return header
+
+    def read(self) -> tuple[int, float | None, dict[str, Any], int] | None:
+        """The next frame: ``(step, time, fields, nbytes)``, or None when no
+        complete frame follows (the end of what was spilled).
+
+        Raises
+        ------
+        OSError
+            ``EIO`` when the bytes there are not the next frame of the queue.
+        """
+        from ._writer._shm import frame_layout
+
+        header = self._header_at_next()
+        if header is None:
+            return None
+        _, _, total, step, has_time, t, *rows = header
+        data = os.pread(self._fd, total, self._offset + self._head)
+        if len(data) < total:
+            return None  # a torn tail: its write never returned
+        self._offset += self._head + total
+        self.frames_read += 1
+        layout, _ = frame_layout(self.schema, rows)
+        buf = np.frombuffer(data, np.uint8)
+        fields: dict[str, Any] = {}
+        for name, field, offset, nbytes, shape in layout:
+            arr = buf[offset : offset + nbytes].view(field.dtype).reshape(shape)
+            fields[name] = arr[()] if not shape else arr
+        return step, (t if has_time else None), fields, total
+
+    def more(self) -> bool:
+        """Whether a complete frame follows (without reading it)."""
+        header = self._header_at_next()
+        return header is not None and (
+            os.fstat(self._fd).st_size >= self._offset + self._head + header[2]
+        )
 
     def position(self) -> str:
         """Where the reader is, for an error message."""

@@ -180,13 +180,21 @@ class Writer:
         schema = self.schema
         assert schema is not None
         if kind == _shm.SPILLED:
+            # ``where`` is the frame's serial in the spill queue: the record
+            # names the frame, the writer never counts on its own
+            reader = self._spill_queue()
+            if where != reader.frames_read + 1:
+                raise RuntimeError(
+                    f"writer: ring record {seq} names spilled frame {where}, but the next "
+                    f"one in {self.spill_dir} is {reader.frames_read + 1} "
+                    f"({reader.position()})"
+                )
             got = self._spilled()
             if got is None:
-                reader = self._spill_queue()
                 raise OSError(
                     errno.ENOENT,
-                    f"a spilled frame is missing from {self.spill_dir} ({reader.position()}, "
-                    f"ring record {seq}, {self.done} frames stored)",
+                    f"spilled frame {where} is missing from {self.spill_dir} "
+                    f"({reader.position()}, ring record {seq}, {self.done} frames stored)",
                 )
             return got
         if rows:
@@ -289,8 +297,21 @@ class Writer:
 
     def finished(self) -> bool:
         if self.close_at is not None and self.done >= self.close_at:
+            self._check_spill_queue_read()
             return True
         return self.parent_gone and self._drained
+
+    def _check_spill_queue_read(self) -> None:
+        """At the close: the sink published every frame it spilled, so none may
+        be left in the spill queue (else it would be lost without a word)."""
+        if self.spill_dir is None or self.schema is None:
+            return
+        reader = self._spill_queue()
+        if reader.more():
+            raise RuntimeError(
+                f"writer: the sink closed after publishing {reader.frames_read} spilled "
+                f"frames, but {self.spill_dir} holds more ({reader.position()})"
+            )
 
     def wait(self) -> None:
         """Nothing to do. A simulation that writes regularly finds the writer

@@ -19,6 +19,14 @@ Two kinds of mapping:
 
 The ring relies on stores becoming visible in program order (x86-64's TSO);
 a lost wake-up flag costs at most one polling tick, never a frame.
+
+Why the counters are read and written through a ``memoryview`` cast to int64,
+never with ``struct``: ``Struct.pack_into`` zero-fills its target before it
+packs the value (CPython's ``s_pack_internal``), so the other process could
+read a counter as 0, or half written, while it changes. Read as 0, the
+writer's ``done`` made the producer publish spilled frames a second time (a
+phantom record, "a spilled frame is missing", issue 11). An item of an int64
+memoryview is one aligned 8-byte load or store: it is never seen torn.
 """
 
 from __future__ import annotations
@@ -59,7 +67,6 @@ SPILL_DONE: Final = 4 * ALIGN
 BUSY: Final = 0
 POLLING: Final = 1
 ASLEEP: Final = 2
-_Q = struct.Struct("<q")
 
 #: record kinds
 SLOT: Final = 0
@@ -67,8 +74,8 @@ SPILLED: Final = 1
 
 
 def record_struct(n_ragged: int) -> struct.Struct:
-    """A ring record: seq, kind, slot (or spill counter), slot generation, step,
-    has_time, time, then one row count per ragged field."""
+    """A ring record: seq, kind, slot (or the spilled frame's serial, 1-based),
+    slot generation, step, has_time, time, then one row count per ragged field."""
     return struct.Struct("<qqqqqqd" + "q" * n_ragged)
 
 
@@ -147,7 +154,7 @@ class SlotMemory:
 class Ring:
     """The publication ring (see the module docstring) over one shared mapping."""
 
-    __slots__ = ("fd", "map", "nrecords", "record")
+    __slots__ = ("counters", "fd", "map", "nrecords", "record")
 
     def __init__(self, fd: int, nrecords: int, n_ragged: int, *, create: bool = False):
         self.fd = fd
@@ -157,6 +164,8 @@ class Ring:
         if create:
             os.ftruncate(fd, size)
         self.map = mmap.mmap(fd, size, flags=mmap.MAP_SHARED)
+        #: the header's counters, each read and written whole (module docstring)
+        self.counters = memoryview(self.map)[:RING_HEADER].cast("q")
 
     @classmethod
     def create(cls, nrecords: int, n_ragged: int) -> Ring:
@@ -168,10 +177,12 @@ class Ring:
             raise
 
     def get(self, offset: int) -> int:
-        return int(_Q.unpack_from(self.map, offset)[0])
+        """The counter at ``offset`` (TAIL, DONE, ...), read in one load."""
+        return int(self.counters[offset >> 3])
 
     def set(self, offset: int, value: int) -> None:
-        _Q.pack_into(self.map, offset, value)
+        """Store the counter at ``offset`` in one store: never seen torn."""
+        self.counters[offset >> 3] = value
 
     def put(self, seq: int, values: Sequence[Any]) -> None:
         """Write record ``seq`` (1-based); publish it with ``set(TAIL, seq)``."""

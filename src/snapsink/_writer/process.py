@@ -236,8 +236,10 @@ class ProcessWriter:
                 break
         if not self._closed_cleanly and not self._stop:
             self._fail(
-                WriterError(f"the writer process died ({self._exit_status()}); frames "
-                            "committed before stay readable")
+                WriterError(
+                    f"the writer process died ({self._exit_status()}); frames "
+                    "committed before stay readable"
+                )
             )
         elif not self._closed_cleanly and ch.failure is None:
             self._fail(WriterError(f"the writer process ended early ({self._exit_status()})"))
@@ -340,6 +342,8 @@ class ProcessChannel(Channel):
         # beyond it wait in the queue (a channel of 10**7 slots needs no 2 GB ring)
         self.nrecords = min(max(1024, 4 * capacity), 1 << 16)
         self.flushes: list[tuple[int, int]] = []  # (generation, accepted seq to cover)
+        self.spill_published = 0  # spilled frames published: the serial of the last one
+        self._done = 0  # frames the writer stored, as last read from the ring
         self._spill_done = 0  # spilled bytes the writer stored (counted so far)
         self._schema_sent = False
         self._rows: list[int] = []
@@ -439,6 +443,15 @@ class ProcessChannel(Channel):
             self._schema_sent = True
         return ring
 
+    def _writer_done(self, ring: _shm.Ring) -> int:
+        """Frames the writer has stored (lock held): its ``done`` counter, taken
+        as never less than before nor more than was published, so that the
+        room computed from it can never be negative."""
+        done = ring.get(_shm.DONE)
+        if done > self._done:
+            self._done = min(done, self.published)
+        return self._done
+
     def _pump(self) -> None:
         """Publish every queued frame that may go (lock held); send due flushes."""
         self._reap()
@@ -447,7 +460,7 @@ class ProcessChannel(Channel):
             ring = self._ensure_ring()
             start = self.published
             pub = start
-            done = ring.get(_shm.DONE)
+            done = self._writer_done(ring)
             slots = self.inflight_slots
             while queue:
                 e = queue[0]
@@ -464,25 +477,37 @@ class ProcessChannel(Channel):
                 assert e.slot is not None and e.slot.shared is not None
                 ring.put(
                     pub,
-                    (pub, _shm.SLOT, e.slot.index, e.slot.shared.gen, e.step, t is not None,
-                     0.0 if t is None else t, *e.rows),
+                    (
+                        pub,
+                        _shm.SLOT,
+                        e.slot.index,
+                        e.slot.shared.gen,
+                        e.step,
+                        t is not None,
+                        0.0 if t is None else t,
+                        *e.rows,
+                    ),
                 )
                 slots += 1
                 self.inflight.append(e)
             if not queue and self.fifo_waiting:
                 # spilled frames, behind every frame in memory: the writer reads
-                # their step, time and fields from the spill queue itself
-                n = min(self.fifo_waiting, self.nrecords - (pub - done))
+                # their step, time and fields from the spill queue itself, and
+                # checks that the frame it reads is the one each record names
+                n = min(self.fifo_waiting, max(0, self.nrecords - (pub - done)))
                 assert self.schema is not None
                 blank = (0,) * len(self.schema.ragged)
+                serial = self.spill_published
                 for _ in range(n):
                     pub += 1
+                    serial += 1
                     e = Entry(self.fifo_head_seq, 0, None, 0)
                     e.spill = True
                     e.pub = pub
                     self.fifo_head_seq += 1
-                    ring.put(pub, (pub, _shm.SPILLED, 0, 0, 0, 0, 0.0, *blank))
+                    ring.put(pub, (pub, _shm.SPILLED, serial, 0, 0, 0, 0.0, *blank))
                     self.inflight.append(e)
+                self.spill_published = serial
                 self.fifo_waiting -= n
             self.inflight_slots = slots
             if pub != start:
@@ -560,11 +585,11 @@ class ProcessChannel(Channel):
         if upto is None:
             if self.ring is None:
                 return 0
-            upto = self.ring.get(_shm.DONE)
+            upto = self._writer_done(self.ring)
         if self.ring is not None:
             # spilled frames' sizes: the writer read them from disk and counts them
             spill_done = self.ring.get(_shm.SPILL_DONE)
-            if spill_done != self._spill_done:
+            if spill_done > self._spill_done:
                 self.spilled_bytes -= spill_done - self._spill_done
                 self.bytes_written += spill_done - self._spill_done
                 self._spill_done = spill_done
@@ -606,8 +631,10 @@ class ProcessChannel(Channel):
             if self.failure is None:
                 self._pump()
                 # the producer waits for room: a polling writer must not keep it waiting
-                if ring is not None and ring.get(_shm.IDLE) != _shm.BUSY and (
-                    self.published > ring.get(_shm.DONE)
+                if (
+                    ring is not None
+                    and ring.get(_shm.IDLE) != _shm.BUSY
+                    and (self.published > self._writer_done(ring))
                 ):
                     self._wake_writer(ring)
         return super().park_producer(waker, nbytes)
