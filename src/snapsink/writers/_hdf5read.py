@@ -21,6 +21,7 @@ from .._schema import Schema
 from .._trajectory import Trajectory
 from ._format import StepRanges, parse_step_ranges
 from ._hdf5file import FileLocks, clear_open_flags, import_h5py, is_hdf5_file
+from ._hdf5md import H5MDSource, is_h5md_file
 from ._hdf5plan import (
     ATTRS_ATTR,
     COMMIT,
@@ -102,9 +103,20 @@ def _open_shared(path: str, fd: int) -> Any:
             return h5py.File(path, "r", swmr=swmr)
         except OSError as exc:
             text = str(exc)
+            if swmr and "SWMR read access flag not the same" in text:
+                # this process already has the file open without SWMR (plain
+                # h5py, MDAnalysis): HDF5 shares that open file, so read it so
+                return _open_plain(h5py, path, exc)
             if "already open for write" in text or "not already open for SWMR writing" in text:
                 raise _MarkedOpen() from exc
             raise FormatError(f"{path!r}: HDF5 cannot open it: {exc}") from exc
+
+
+def _open_plain(h5py: Any, path: str, cause: OSError) -> Any:
+    try:
+        return h5py.File(path, "r")
+    except OSError as exc:
+        raise FormatError(f"{path!r}: HDF5 cannot open it: {cause}") from exc
 
 
 def _recover(path: str) -> bool:
@@ -403,7 +415,9 @@ def list_hdf5_groups(path: str | os.PathLike[str]) -> list[str]:
 
 
 def open_hdf5(path: str | os.PathLike[str], group: str | None = None) -> Trajectory:
-    """Open the committed frames of a snapsink group of an HDF5 file, lazily.
+    """Open the committed frames of a snapsink group of an HDF5 file, lazily;
+    or an H5MD file that another program wrote (no snapsink group in it: see
+    :class:`~snapsink.writers._hdf5md.H5MDSource`).
 
     Parameters
     ----------
@@ -411,7 +425,8 @@ def open_hdf5(path: str | os.PathLike[str], group: str | None = None) -> Traject
         The HDF5 file.
     group
         The group's path (see :func:`list_hdf5_groups`); ``None``: the root, or
-        the file's only snapsink group.
+        the file's only snapsink group. For an H5MD file of another program:
+        its particle group (under ``/particles``), ``None`` for the only one.
 
     Returns
     -------
@@ -430,10 +445,13 @@ def open_hdf5(path: str | os.PathLike[str], group: str | None = None) -> Traject
         raise ConfigError(f"group: expected a str or None, got {type(group).__name__}")
     try:
         return Trajectory(HDF5Source(path, group))
-    except FormatError as exc:
-        if group not in (None, "", "/"):
-            raise
+    except (FormatError, StoreNotFoundError) as exc:
         found = list_hdf5_groups(path)
+        if not found and is_h5md_file(HANDLES.get(os.fspath(path))):
+            # an H5MD file another program wrote: group= names its particle group
+            return Trajectory(H5MDSource(path, None if group in (None, "", "/") else group))
+        if group not in (None, "", "/") or isinstance(exc, StoreNotFoundError):
+            raise
         if len(found) == 1 and found[0]:
             return Trajectory(HDF5Source(path, found[0]))
         if found:

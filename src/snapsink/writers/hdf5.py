@@ -21,6 +21,10 @@ under a lock, in HDF5's SWMR mode when nothing is created (see
 file, a reader opens it at any time, and a SIGKILL leaves it readable.
 Readers trust only the commit record.
 
+``layout="h5md"`` adds an H5MD 1.1 tree (``/h5md``, ``/particles``,
+``/observables``) whose datasets are hard links to the group's (see
+:mod:`._hdf5md`): the same commit-last machinery serves both layouts.
+
 h5py is imported when a store opens (``import snapsink`` never imports it).
 """
 
@@ -56,6 +60,13 @@ from ._hdf5file import (
     import_h5py,
     open_store_file,
 )
+from ._hdf5md import (
+    H5MD_ROOTS,
+    H5MDMapping,
+    check_h5md,
+    check_h5md_schema,
+    write_h5md_tree,
+)
 from ._hdf5plan import (
     ATTRS_ATTR,
     COMMIT,
@@ -80,7 +91,9 @@ from ._zarrplan import ArrayPlan, RowBuffer, check_group, check_rows, plan_array
 
 __all__ = ["HDF5Source", "HDF5Store", "is_hdf5_store", "list_hdf5_groups", "open_hdf5"]
 
-LAYOUTS = ("snapsink",)
+LAYOUTS = ("snapsink", "h5md")
+#: the snapsink group of an H5MD file when ``group`` is None
+H5MD_GROUP = "snapsink"
 #: full chunks buffered before a session writes them (besides commits): bounds
 #: the store's memory and keeps sessions short for other writers of the file
 _SESSION_BYTES = 64 << 20
@@ -129,9 +142,11 @@ class HDF5Store:
         frames (created when missing).
     group
         Path of the group in the file (``"traj"``, ``"run1/thermo"``); ``None``
-        for the root group.
+        for the root group (with ``layout="h5md"``: the group ``"snapsink"``).
     layout
-        ``"snapsink"``: the layout of ``docs/formats/hdf5.md``.
+        ``"snapsink"``: the layout of ``docs/formats/hdf5.md``. ``"h5md"``: the
+        same group plus an H5MD 1.1 tree of links to its datasets (MDAnalysis
+        and other H5MD readers read the file); needs ``h5md``.
     chunk_frames
         Frames per chunk of every frame-indexed dataset; ``None`` picks about
         8 MiB per chunk, per dataset (as ZarrStore does).
@@ -150,12 +165,22 @@ class HDF5Store:
         ``append`` commits once this many frames, or this many seconds, have
         passed since the last commit; ``commit_seconds=None``: on frame count
         (and ``commit()``) only.
+    h5md
+        With ``layout="h5md"``: which fields are which H5MD elements, e.g.
+        ``{"position": "positions", "velocity": "velocities", "force":
+        "forces", "box": "cell", "observables": ["potential_energy"]}``; also
+        ``"boundary"`` (``"periodic"``, ``"none"`` or one per dimension),
+        ``"particles"`` (the particle group, ``"all"``) and ``"author"``. The
+        box may name a static array (fixed edges). Never guessed from names.
+    units
+        With ``layout="h5md"``: ``{field or "time": unit}``, written as the
+        datasets' ``unit`` attributes (e.g. ``{"positions": "nm", "time": "ps"}``).
 
     Raises
     ------
     ConfigError
         For a bad path, mode, group, layout, chunking, compression, attrs,
-        static array or commit setting.
+        static array, commit setting, H5MD mapping or units.
     DTypeError
         A static array of a dtype the store does not hold (float128, complex256).
 
@@ -183,16 +208,34 @@ class HDF5Store:
         static: Mapping[str, Any] | None = None,
         commit_every: int = 1024,
         commit_seconds: float | None = 5.0,
+        h5md: Mapping[str, Any] | None = None,
+        units: Mapping[str, str] | None = None,
     ):
         self._path = check_path(path)
         self._mode = check_mode(mode)
-        self._group = check_group(group) if group not in ("", "/") else ""
         if layout not in LAYOUTS:
             raise ConfigError(
                 f"layout: expected one of {', '.join(map(repr, LAYOUTS))}, got {layout!r}"
-                + (" (the H5MD layout is not implemented yet)" if layout == "h5md" else "")
             )
         self._layout = layout
+        self._h5md: H5MDMapping | None = None
+        self._h5md_args: tuple[dict[str, Any], dict[str, str]] | None = None
+        if layout == "h5md":
+            if h5md is None:
+                raise ConfigError(
+                    "layout='h5md' needs h5md={...}: which fields are the particle "
+                    "elements, e.g. h5md={'position': 'positions', 'box': 'cell'}"
+                )
+            self._h5md = check_h5md(h5md, units)
+            self._h5md_args = (dict(h5md), dict(units or {}))
+            if group is None:
+                group = H5MD_GROUP
+        elif h5md is not None or units is not None:
+            raise ConfigError(
+                "h5md and units: only with layout='h5md' (the snapsink layout records "
+                f"no H5MD mapping), got layout={layout!r}"
+            )
+        self._group = check_group(group) if group not in ("", "/") else ""
         self._chunk_frames = check_rows(chunk_frames, "chunk_frames")
         self._compression = check_compression(compression)
         self._attrs = check_attrs(attrs)
@@ -253,6 +296,8 @@ class HDF5Store:
                 "static": self._static,
                 "commit_every": self._commit_every,
                 "commit_seconds": self._commit_seconds,
+                "h5md": self._h5md_args[0] if self._h5md_args else None,
+                "units": self._h5md_args[1] if self._h5md_args else None,
             },
         )
 
@@ -263,8 +308,13 @@ class HDF5Store:
         ------
         DTypeError
             A field of dtype float128 or complex256.
+        SchemaError
+            With ``layout="h5md"``: a field the mapping names is missing, ragged
+            or of a shape H5MD does not allow.
         """
         check_hdf5_dtypes(schema, repr(self))
+        if self._h5md is not None:
+            check_h5md_schema(self._h5md, schema, self._static, repr(self))
 
     # -- Store protocol -------------------------------------------------------------
     def open(self) -> Resume | None:
@@ -335,7 +385,7 @@ class HDF5Store:
         meta = self._meta
         if meta.schema is not None:
             check_same_layout(repr(self), meta.schema, meta.times, self._count, schema, times)
-            if meta.times == times and self._columns:
+            if meta.times == times and self._columns and self._h5md is None:
                 return
         try:
             with self._file(swmr=False) as f:
@@ -346,6 +396,8 @@ class HDF5Store:
                     self._create_datasets(grp, schema, times, only="times")
                 meta.schema, meta.times = schema, times
                 grp.attrs[META_ATTR] = meta.to_text()
+                if self._h5md is not None:
+                    self._write_h5md(f, grp, schema, times)
         except BaseException:
             self._state = "failed"
             raise
@@ -565,6 +617,8 @@ class HDF5Store:
             )
         clear_open_flags(fd, where)
         kind = self._inspect(h5py)
+        if self._h5md is not None:
+            self._claim_h5md(kind)
         if kind == "missing":
             self._create_group()
             return None
@@ -592,6 +646,22 @@ class HDF5Store:
             self._create_group()
             return None
         return self._resume()
+
+    def _claim_h5md(self, kind: str) -> None:
+        """An H5MD file holds one run: refuse a new group where an H5MD tree
+        is; with ``"w"``, remove the replaced run's tree (``/h5md``,
+        ``/particles``, ``/observables``)."""
+        assert self._h5md is not None
+        with self._file(swmr=False, locked=True) as f:
+            found = [p for p in H5MD_ROOTS if p in f]
+            if kind in ("missing", "empty") and found and self._mode != "w":
+                raise StoreExistsError(
+                    f"{self!r}: the file already holds an H5MD run ({', '.join(found)}); an "
+                    "H5MD file holds one run: choose another file, or mode='w' to replace it"
+                )
+            if self._mode == "w" and kind in ("missing", "empty", "snapsink"):
+                for p in found:
+                    del f[p]
 
     def _inspect(self, h5py: Any) -> str:
         """``"missing"``, ``"empty"``, ``"snapsink"`` or ``"foreign"``: what is at
@@ -775,6 +845,17 @@ class HDF5Store:
                 ds[0] = 0
             buf = RowBuffer(plan.dtype, plan.row_shape, plan.chunk, length, tail)
             self._columns[plan.name] = _Column(plan, buf, length, _direct(ds))
+
+    def _write_h5md(self, f: Any, grp: Any, schema: Schema, times: bool) -> None:
+        """The H5MD tree: links to the group's datasets (see :mod:`._hdf5md`)."""
+        from .. import __version__
+
+        assert self._h5md is not None
+        dim = check_h5md_schema(self._h5md, schema, self._static, repr(self))
+        static_box = self._h5md.box is not None and self._h5md.box not in schema
+        write_h5md_tree(
+            f, grp, self._h5md, dim, times=times, static_box=static_box, version=__version__
+        )
 
     # -- frames ---------------------------------------------------------------------
     def _plan_rows(self, schema: Schema, frames: list[Frame]) -> list[tuple[str, Any]]:
