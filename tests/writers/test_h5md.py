@@ -383,6 +383,10 @@ def test_mdanalysis_h5md_file_opens_in_snapsink(tmp_path: Path) -> None:
     with pytest.raises(snapsink.StoreNotFoundError, match="'trajectory'"):
         snapsink.open(path, group="nope")
     assert len(snapsink.open(path, group="trajectory")) == 6
+    # snapsink info describes it too
+    from snapsink.cli import main
+
+    assert main(["info", str(path)]) == 0
 
 
 def test_h5md_other_programs_elements_on_other_steps_are_left_out(tmp_path: Path) -> None:

@@ -184,6 +184,17 @@ def run(args: argparse.Namespace) -> int:
         groups = [target]
     else:
         print(f"groups     : {', '.join(g or '/' for g in groups) or 'none'}")
+    if not groups and fmt == "hdf5" and args.group is None:
+        # an H5MD file another program wrote (MDAnalysis, ...): snapsink reads it
+        try:
+            traj = open_store(path, fmt, None)
+        except (FormatError, StoreNotFoundError):
+            pass
+        else:
+            print("layout     : H5MD written by another program (no snapsink group)")
+            for line in describe(traj):
+                print(line)
+            return 0
     if not groups:
         kind = "an HDF5 file" if fmt == "hdf5" else "a Zarr store"
         raise FormatError(f"{str(path)!r}: {kind} with no snapsink group")
