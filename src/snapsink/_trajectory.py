@@ -3,8 +3,9 @@
 A store's reader implements :class:`Source` (a few I/O methods); the
 :class:`Trajectory` built on it gives users one API whatever the format:
 ``len``, ``steps``, ``times``, ``fields``, ``static``, ``attrs``,
-``dropped_steps``, lazy ``traj[name][i:j]``, ``frame(i)``, ``iter_chunks`` and
-``to_xarray``. Nested state (fields named ``params.w``) reads back as a tree:
+``dropped_steps``, lazy ``traj[name][i:j]``, ``frame(i)``, ``iter_chunks``,
+``to_xarray`` and ``to_dask`` (chunk reads: :mod:`._dask`). Nested state
+(fields named ``params.w``) reads back as a tree:
 ``frame(i, nested=True)``, ``iter_frames(nested=True)``, ``nested(prefix)``, or
 in the structure of a template with ``like=``.
 """
@@ -31,7 +32,12 @@ T = TypeVar("T")
 
 
 class Source(Protocol):
-    """What a format's reader provides; all counts are *committed* frames."""
+    """What a format's reader provides; all counts are *committed* frames.
+
+    :meth:`Trajectory.to_dask` also needs the chunk-read hooks of
+    :class:`snapsink._dask.ChunkedSource` (``array_rows``, ``array_chunk``,
+    ``read_rows``, ``opener``), which every snapsink reader has.
+    """
 
     schema: Schema | None
     length: int
@@ -406,7 +412,59 @@ class Trajectory:
             )
         return tree
 
-    def to_xarray(self) -> xarray.Dataset:
+    def to_dask(
+        self, name: str | None = None, *, chunks: int | str | Mapping[str, int] = "store"
+    ) -> Any:
+        """Fields as Dask arrays, chunked as the store is; nothing is read until computed.
+
+        Each task reads one chunk through the store's reader, reopening the
+        store by path where it runs (a ``dask.distributed`` worker in another
+        process, too), so an analysis runs unchanged on a cluster. The arrays
+        hold the frames committed when they were built, never later ones.
+
+        - A fixed-shape field: shape ``(frames, *shape)``.
+        - A ragged field: its rows of all frames, shape ``(rows, *row_shape)``,
+          and ``"<name>.offsets"``, ``frames + 1`` int64 values: frame ``i``
+          holds rows ``offsets[i]:offsets[i + 1]`` (the layout of
+          :meth:`to_xarray`).
+
+        Chunks along the first axis are the store's: Zarr's chunks, HDF5's
+        dataset chunks; an NpyDirectory or a HostMemory, which have none, in
+        chunks of about 64 MiB. Other axes are one chunk.
+
+        Parameters
+        ----------
+        name
+            One field, or ``"<name>.offsets"`` of a ragged one. ``None``: every
+            field (a ragged one as its rows and its offsets).
+        chunks
+            ``"store"`` (default) or ``{}``: the store's chunks. An int, or
+            ``{"frame": n}``: ``n`` frames per chunk of frame-indexed arrays
+            (a ragged field's rows keep the store's chunks).
+
+        Returns
+        -------
+        dask.array.Array or dict of str to dask.array.Array
+            One array for ``name``, else ``{name: array}`` in the schema's order.
+
+        Raises
+        ------
+        KeyError
+            No such field.
+        ConfigError
+            ``chunks`` is not one of the above.
+        """
+        from ._dask import dask_arrays
+
+        fields = self.fields
+        if name is None:
+            return dask_arrays(self, list(fields), chunks)
+        base = name.removesuffix(".offsets") if name.endswith(".offsets") else name
+        if base not in fields or (base != name and not fields[base].ragged):
+            raise self._no_field(name)
+        return dask_arrays(self, [base], chunks)[name]
+
+    def to_xarray(self, chunks: int | str | Mapping[str, int] | None = None) -> xarray.Dataset:
         """Every field as an ``xarray.Dataset``, laid out as the Zarr store is.
 
         - A fixed-shape field has dims ``("frame", *dims)``: the field's
@@ -419,23 +477,48 @@ class Trajectory:
           ``frame``; static arrays are ``static_<name>``; JSON attrs whose values
           are str, int, float or bool are the dataset's attrs.
 
+        Parameters
+        ----------
+        chunks
+            ``None`` (default): loaded into memory as numpy arrays. Else the
+            fields are Dask arrays, read lazily (:meth:`to_dask` takes the same
+            values): ``"store"`` or ``{}`` for the store's chunks, an int or
+            ``{"frame": n}`` for ``n`` frames per chunk. Coordinates and static
+            arrays are loaded either way.
+
         Returns
         -------
         xarray.Dataset
-            Loaded into memory (read the fields lazily through ``traj[name]``).
+            The same variables, dims and values whatever ``chunks`` is.
+
+        Raises
+        ------
+        ConfigError
+            ``chunks`` is not one of the above.
         """
         import xarray as xr
 
+        lazy: dict[str, Any] = {}
+        if chunks is not None:
+            from ._dask import dask_arrays
+
+            lazy = dask_arrays(self, list(self.fields), chunks)
         data_vars: dict[str, Any] = {}
         n = len(self)
         for name, f in self.fields.items():
             dims = f.dim_names(name)
+            off = offsets_name(name)
             if not f.ragged:
-                data_vars[name] = (("frame", *dims), np.asarray(self[name]))
+                data = lazy[name] if lazy else np.asarray(self[name])
+                data_vars[name] = (("frame", *dims), data)
                 continue
-            rows, offsets = self._source.read_ragged(name, 0, n)
-            data_vars[name] = (dims, np.asarray(rows))
-            data_vars[offsets_name(name)] = (("frame_edge",), np.asarray(offsets, np.int64))
+            if lazy:
+                rows, offsets = lazy[name], lazy[off]
+            else:
+                rows, offsets = self._source.read_ragged(name, 0, n)
+                rows, offsets = np.asarray(rows), np.asarray(offsets, np.int64)
+            data_vars[name] = (dims, rows)
+            data_vars[off] = (("frame_edge",), offsets)
         coords: dict[str, Any] = {"step": ("frame", self.steps)}
         if self.times is not None:
             coords["time"] = ("frame", self.times)
@@ -498,3 +581,29 @@ class ArraySource:
 
     def refresh(self) -> None:
         return None
+
+    # -- chunk reads (snapsink._dask.ChunkedSource) ------------------------------
+    def _stored(self, key: str) -> np.ndarray[Any, Any]:
+        if key.endswith(".offsets") and key.removesuffix(".offsets") in self._offsets:
+            return self._offsets[key.removesuffix(".offsets")][: self.length + 1]
+        schema = self.schema
+        if schema is None or key not in schema:
+            raise KeyError(f"no stored array {key!r}")
+        if schema[key].ragged:
+            return self._data[key][: int(self._offsets[key][self.length])]
+        return self._data[key][: self.length]
+
+    def array_rows(self, key: str) -> int:
+        return len(self._stored(key))
+
+    def array_chunk(self, key: str) -> int | None:
+        return None
+
+    def read_rows(self, key: str, start: int, stop: int) -> np.ndarray[Any, Any]:
+        arr = self._stored(key)
+        if not 0 <= start <= stop <= len(arr):
+            raise IndexError(f"rows [{start}, {stop}) out of range for {len(arr)} rows of {key!r}")
+        return arr[start:stop]
+
+    def opener(self) -> None:
+        return None  # in-memory arrays travel with the graph

@@ -9,9 +9,10 @@ raises :class:`~snapsink.FormatError`.
 
 from __future__ import annotations
 
+import functools
 import os
 import threading
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from typing import Any
 
 import numpy as np
@@ -291,6 +292,7 @@ class HDF5Source:
         self._times: np.ndarray[Any, np.dtype[np.float64]] | None = None
         self._static: dict[str, np.ndarray[Any, Any]] | None = None
         self._dropped: np.ndarray[Any, np.dtype[np.int64]] | None = None
+        self._ragged_rows: dict[str, int] = {}
         self.schema = meta.schema
         self.length = record.count
 
@@ -384,6 +386,45 @@ class HDF5Source:
             )
         data = self._get(name, int(off[0]), int(off[-1]))
         return data, off - off[0]
+
+    # -- chunk reads (snapsink._dask.ChunkedSource) ------------------------------
+    def array_rows(self, key: str) -> int:
+        """Committed rows of dataset ``key`` (a field, or a ragged field's
+        offsets); a ragged field's is its last committed offset, read once."""
+        if key not in self._datasets or key in ("steps", "times"):
+            raise KeyError(f"no stored dataset {key!r} in {self._where}")
+        schema = self.schema
+        if key.endswith(".offsets"):
+            return self.length + 1
+        if schema is not None and schema[key].ragged:
+            if key not in self._ragged_rows:
+                if not self.length:
+                    return 0
+                rows = int(self._get(offsets_name(key), self.length, self.length + 1)[0])
+                if not 0 <= rows <= self._datasets[key]:
+                    raise FormatError(
+                        f"{self._where}: the last offset of ragged field {key!r} is {rows}; "
+                        f"its dataset holds {self._datasets[key]} rows"
+                    )
+                self._ragged_rows[key] = rows
+            return self._ragged_rows[key]
+        return self.length
+
+    def array_chunk(self, key: str) -> int | None:
+        """Rows per chunk of dataset ``key`` (None: contiguous)."""
+        chunks = self._dataset(key).chunks
+        return int(chunks[0]) if chunks else None
+
+    def read_rows(self, key: str, start: int, stop: int) -> np.ndarray[Any, Any]:
+        """Rows ``[start, stop)`` of dataset ``key``, within its committed rows."""
+        rows = self.array_rows(key)
+        if not 0 <= start <= stop <= rows:
+            raise IndexError(f"rows [{start}, {stop}) out of range for {rows} rows of {key!r}")
+        return self._get(key, start, stop)
+
+    def opener(self) -> Callable[[], HDF5Source]:
+        """Reopens the file by path (in a Dask worker's process)."""
+        return functools.partial(HDF5Source, self._path, self._group or None)
 
 
 def is_hdf5_store(path: str | os.PathLike[str]) -> bool:

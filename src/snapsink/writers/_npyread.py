@@ -9,11 +9,12 @@ the store only).
 
 from __future__ import annotations
 
+import functools
 import json
 import math
 import os
 import stat
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from typing import Any
 
 import numpy as np
@@ -39,7 +40,6 @@ from ._npyfile import (
 )
 
 __all__ = ["NpySource", "is_npy_store", "open_npy"]
-
 
 
 def _committed_files(
@@ -252,6 +252,38 @@ class NpySource:
             )
         data = self._rows(name, f.dtype, f.row_shape, int(off[0]), int(off[-1]))
         return data, off - off[0]
+
+    # -- chunk reads (snapsink._dask.ChunkedSource) ------------------------------
+    def _layout(self, key: str) -> tuple[np.dtype[Any], tuple[int, ...], int]:
+        """dtype, row shape and committed rows of data file ``<key>.npy``."""
+        schema = self.schema
+        base = key.removesuffix(".offsets")
+        if schema is not None and base != key and base in schema and schema[base].ragged:
+            return np.dtype(np.int64), (), self.length + 1
+        if schema is None or key not in schema:
+            raise KeyError(f"no stored array {key!r} in {self._path!r}")
+        f = schema[key]
+        dtype, row_shape = row_layout(f)
+        return dtype, row_shape, (self._meta.rows[key] if f.ragged else self.length)
+
+    def array_rows(self, key: str) -> int:
+        """Committed rows of ``<key>.npy`` (a field, or a ragged field's offsets)."""
+        return self._layout(key)[2]
+
+    def array_chunk(self, key: str) -> None:
+        """None: an npy file has no chunks."""
+        return None
+
+    def read_rows(self, key: str, start: int, stop: int) -> np.ndarray[Any, Any]:
+        """Rows ``[start, stop)`` of ``<key>.npy``, within its committed rows."""
+        dtype, row_shape, rows = self._layout(key)
+        if not 0 <= start <= stop <= rows:
+            raise IndexError(f"rows [{start}, {stop}) out of range for {rows} rows of {key!r}")
+        return self._rows(key, dtype, row_shape, start, stop)
+
+    def opener(self) -> Callable[[], NpySource]:
+        """Reopens the store by path (in a Dask worker's process)."""
+        return functools.partial(NpySource, self._path)
 
 
 def is_npy_store(path: str | os.PathLike[str]) -> bool:

@@ -9,10 +9,11 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import functools
 import io
 import os
 import stat
-from collections.abc import AsyncIterator, Iterable, Iterator, Mapping
+from collections.abc import AsyncIterator, Callable, Iterable, Iterator, Mapping
 from typing import Any
 
 import numpy as np
@@ -129,7 +130,10 @@ class CheckedLocalStore(LocalStore):
         if not self._is_open:
             await self._open()
         return await asyncio.to_thread(
-            _read_checked, str(self.root), key, prototype or default_buffer_prototype(),
+            _read_checked,
+            str(self.root),
+            key,
+            prototype or default_buffer_prototype(),
             byte_range,
         )
 
@@ -180,8 +184,13 @@ def _open_group_sync(store: ZarrStoreLike, path: str) -> Any:
         raise
     except (GroupNotFoundError, FileNotFoundError, KeyError) as exc:
         raise StoreNotFoundError(f"no zarr group {path or '/'!r} in {store}") from exc
-    except (ContainsArrayError, NodeTypeValidationError, BaseZarrError, ValueError,
-            TypeError) as exc:
+    except (
+        ContainsArrayError,
+        NodeTypeValidationError,
+        BaseZarrError,
+        ValueError,
+        TypeError,
+    ) as exc:
         raise FormatError(f"{path or '/'!r} in {store} is not a zarr v3 group: {exc}") from exc
 
 
@@ -266,6 +275,7 @@ class ZarrSource:
         self._steps: np.ndarray[Any, np.dtype[np.int64]] | None = None
         self._times: np.ndarray[Any, np.dtype[np.float64]] | None = None
         self._static: dict[str, np.ndarray[Any, Any]] | None = None
+        self._ragged_rows: dict[str, int] = {}
         self.schema = meta.schema
         self.length = meta.count
 
@@ -373,6 +383,48 @@ class ZarrSource:
             )
         rows = self._get(name, int(off[0]), int(off[-1]))
         return rows, off - off[0]
+
+    # -- chunk reads (snapsink._dask.ChunkedSource) ------------------------------
+    def array_rows(self, key: str) -> int:
+        """Committed rows of array ``key`` (a field, or a ragged field's offsets);
+        a ragged field's is its last committed offset, read once."""
+        if key not in self._arrays or key in ("steps", "times"):
+            raise KeyError(f"no stored array {key!r} in {self._where}")
+        schema = self.schema
+        if key.endswith(".offsets"):
+            return self.length + 1
+        if schema is not None and schema[key].ragged:
+            if key not in self._ragged_rows:
+                if not self.length:
+                    return 0
+                last = self._get(offsets_name(key), self.length, self.length + 1)
+                rows = int(last[0])
+                if not 0 <= rows <= self._arrays[key].shape[0]:
+                    raise FormatError(
+                        f"{self._where}: the last offset of ragged field {key!r} is {rows}; "
+                        f"its array holds {self._arrays[key].shape[0]} rows"
+                    )
+                self._ragged_rows[key] = rows
+            return self._ragged_rows[key]
+        return self.length
+
+    def array_chunk(self, key: str) -> int:
+        """Rows per chunk of array ``key`` (zarr's inner chunks when sharded)."""
+        with _decoding(self._where, f"array {key!r}"):
+            return int(self._arrays[key].chunks[0])
+
+    def read_rows(self, key: str, start: int, stop: int) -> np.ndarray[Any, Any]:
+        """Rows ``[start, stop)`` of array ``key``, within its committed rows."""
+        rows = self.array_rows(key)
+        if not 0 <= start <= stop <= rows:
+            raise IndexError(f"rows [{start}, {stop}) out of range for {rows} rows of {key!r}")
+        return self._get(key, start, stop)
+
+    def opener(self) -> Callable[[], ZarrSource]:
+        """Reopens the group by path (in a Dask worker's process); a store that
+        is not a local directory travels as the store object (it must pickle)."""
+        where: Any = self._root if self._root is not None else self._store
+        return functools.partial(ZarrSource, where, self._path)
 
 
 def is_zarr_store(path_or_store: object) -> bool:
