@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
@@ -12,19 +13,27 @@ from ._trajectory import Trajectory
 __all__ = ["groups", "open"]
 
 
-def open(path_or_store: Any, group: str | None = None) -> Trajectory:
+def open(
+    path_or_store: Any,
+    group: str | None = None,
+    *,
+    storage_options: Mapping[str, Any] | None = None,
+) -> Trajectory:
     """Open a stored run for reading.
 
     Parameters
     ----------
     path_or_store
-        A directory written by :class:`~snapsink.NpyDirectory`, a Zarr store path
-        or a zarr v3 ``Store`` written by :class:`~snapsink.ZarrStore`, an HDF5
-        file written by :class:`~snapsink.HDF5Store`, or a
-        :class:`~snapsink.HostMemory`.
+        A directory written by :class:`~snapsink.NpyDirectory`, a Zarr store path,
+        object-store URL (``"s3://bucket/run.zarr"``) or zarr v3 ``Store``
+        written by :class:`~snapsink.ZarrStore`, an HDF5 file written by
+        :class:`~snapsink.HDF5Store`, or a :class:`~snapsink.HostMemory`.
     group
         For Zarr stores and HDF5 files holding several groups: which one
         (``None``: the root, or the only group holding snapsink data).
+    storage_options
+        For a URL: fsspec's options for its filesystem (for S3, s3fs's:
+        ``key``, ``secret``, ``endpoint_url``, ...).
 
     Returns
     -------
@@ -38,9 +47,12 @@ def open(path_or_store: Any, group: str | None = None) -> Trajectory:
         Nothing exists at the path.
     FormatError
         The path exists but holds no snapsink store, or a corrupt one.
+    ConfigError
+        ``storage_options`` without a URL, or no filesystem for the URL's scheme.
     """
     from .writers.memory import HostMemory
 
+    path_or_store = _url_store(path_or_store, storage_options)
     if isinstance(path_or_store, HostMemory):
         return path_or_store.trajectory()
     if isinstance(path_or_store, str | os.PathLike):
@@ -70,6 +82,19 @@ def open(path_or_store: Any, group: str | None = None) -> Trajectory:
     return _open_zarr_group(path_or_store, group)
 
 
+def _url_store(path_or_store: Any, storage_options: Mapping[str, Any] | None) -> Any:
+    """An object-store URL as a read-only zarr store; anything else as it is."""
+    from .writers._zarrobject import is_url, url_store
+
+    if is_url(path_or_store):
+        return url_store(path_or_store, storage_options, read_only=True)
+    if storage_options is not None:
+        raise ConfigError(
+            f"storage_options: only for a URL such as 's3://bucket/run.zarr', got {path_or_store!r}"
+        )
+    return path_or_store
+
+
 def _open_zarr_group(where: Any, group: str | None) -> Trajectory:
     """Open ``group``; without one, the only group holding snapsink data. A group
     that is not there is an error that lists the ones that are."""
@@ -87,19 +112,19 @@ def _open_zarr_group(where: Any, group: str | None) -> Trajectory:
         if not found or (group is not None and group in found):
             raise
         names = ", ".join(repr(g or "/") for g in found)
-        raise type(exc)(
-            f"{exc}; the store's snapsink groups are {names}: pass group=..."
-        ) from exc
+        raise type(exc)(f"{exc}; the store's snapsink groups are {names}: pass group=...") from exc
 
 
-def groups(path_or_store: Any) -> list[str]:
+def groups(path_or_store: Any, *, storage_options: Mapping[str, Any] | None = None) -> list[str]:
     """The groups of a store that hold snapsink data, sorted (``""`` is the root).
 
     Parameters
     ----------
     path_or_store
         What :func:`open` takes: a store's path (a directory or an HDF5 file),
-        a zarr v3 ``Store``, or a :class:`~snapsink.HostMemory`.
+        an object-store URL, a zarr v3 ``Store``, or a :class:`~snapsink.HostMemory`.
+    storage_options
+        For a URL: fsspec's options for its filesystem.
 
     Returns
     -------
@@ -116,6 +141,7 @@ def groups(path_or_store: Any) -> list[str]:
     """
     from .writers.memory import HostMemory
 
+    path_or_store = _url_store(path_or_store, storage_options)
     if isinstance(path_or_store, HostMemory):
         return [""]
     if isinstance(path_or_store, str | os.PathLike):

@@ -65,6 +65,14 @@ from ._zarrio import (
     DurableLocalStore,
     first_error,
 )
+from ._zarrobject import (
+    Inflight,
+    close_session,
+    create_group_if_absent,
+    is_plain,
+    is_url,
+    url_store,
+)
 from ._zarrread import ZarrSource, as_zarr_store, is_zarr_store, list_groups, open_zarr
 
 if TYPE_CHECKING:
@@ -90,8 +98,12 @@ __all__ = ["ZarrSource", "ZarrStore", "is_zarr_store", "list_groups", "open_zarr
 #: Every chunk is written, even one equal to the fill value: a snapsink chunk is
 #: data, and skipping it would turn a rewrite of a chunk into a deletion.
 _ARRAY_CONFIG: ArrayConfigParams = {"write_empty_chunks": True}
-#: Blocks (chunks or shards) written at once through zarr's API (non-local stores).
-_MAX_CONCURRENT_BLOCKS = 16
+#: Blocks (chunks or shards) in flight at once through zarr's API (non-local
+#: stores: memory, S3): each is one PUT on an object store. Chosen with
+#: ``benchmarks/s3.py`` against a local S3 server (see docs/guides/writers.md).
+_MAX_CONCURRENT_BLOCKS = 32
+
+
 def _key(path: str, name: str) -> str:
     return f"{path}/{name}" if path else name
 
@@ -160,8 +172,10 @@ class ZarrStore:
     Parameters
     ----------
     store
-        A path (a zarr ``LocalStore`` is made on it) or any zarr v3 ``Store``
-        (``LocalStore``, ``MemoryStore``, ``FsspecStore``, ...).
+        A path (a zarr ``LocalStore`` is made on it), an object-store URL such
+        as ``"s3://bucket/run.zarr"`` (a zarr ``FsspecStore``; the ``s3`` extra
+        installs s3fs), or any zarr v3 ``Store`` (``LocalStore``,
+        ``MemoryStore``, ``FsspecStore``, ...).
     mode
         ``"x"``: create, fail if a zarr node exists at the group's path (default);
         ``"w"``: replace that group (other groups of the store are untouched; a
@@ -192,6 +206,9 @@ class ZarrStore:
         ``append`` commits once this many frames, or this many seconds, have
         passed since the last commit; ``commit_seconds=None``: on frame count
         (and ``commit()``) only.
+    storage_options
+        For a URL ``store``: fsspec's options for its filesystem (for S3,
+        s3fs's: ``key``, ``secret``, ``endpoint_url``, ``client_kwargs``, ...).
 
     Raises
     ------
@@ -206,8 +223,13 @@ class ZarrStore:
     commit and every directory whose entries changed are fsynced before the
     metadata is updated; metadata files are fsynced before they are renamed.
     On other stores, durability is the store's (object stores make each put
-    atomic and durable on success). ``mode="a"`` ignores ``chunk_frames``,
-    ``shard_frames`` and ``compressors``: the existing arrays keep theirs.
+    atomic and durable on success): every chunk of a commit is PUT, many at
+    once, and awaited before the group's ``zarr.json`` (the count) is PUT. On
+    S3 the group is created with a conditional PUT (``If-None-Match``), so
+    of two writers creating one group, the second is refused; there is no
+    lock on an existing group (``mode="a"``): run one writer per group.
+    ``mode="a"`` ignores ``chunk_frames``, ``shard_frames`` and ``compressors``:
+    the existing arrays keep theirs.
     """
 
     def __init__(
@@ -223,8 +245,23 @@ class ZarrStore:
         compressors: Any = None,
         commit_every: int = 1024,
         commit_seconds: float | None = 5.0,
+        storage_options: Mapping[str, Any] | None = None,
     ):
         self._mode = check_mode(mode)
+        self._url: str | None = None
+        self._storage_options: dict[str, Any] | None = None
+        if is_url(store):
+            assert isinstance(store, str)
+            store_url = store
+            store = url_store(  # checks the options
+                store_url, storage_options, read_only=False, connections=_MAX_CONCURRENT_BLOCKS
+            )
+            self._url, self._storage_options = store_url, dict(storage_options or {})
+        elif storage_options is not None:
+            raise ConfigError(
+                "storage_options: only for a URL store such as 's3://bucket/run.zarr', "
+                f"got store {store!r}"
+            )
         self._store, self._root = _local_store(as_zarr_store(store, read_only=False))
         self._path = check_group(group) if group != "" else ""
         self._attrs = check_attrs(attrs)
@@ -246,6 +283,8 @@ class ZarrStore:
         self._columns: dict[str, Column] = {}
         self._frames = 0  # appended (committed or not)
         self._writer = BlockWriter(self._root) if self._root is not None else None
+        #: block writes through zarr's API in flight (other stores than a local directory)
+        self._inflight = Inflight(_MAX_CONCURRENT_BLOCKS)
         #: buffers handed over by RowBuffers, given back once their write is done
         self._lent: list[tuple[asyncio.Future[None], RowBuffer, np.ndarray[Any, Any]]] = []
         self._last_commit = time.monotonic()
@@ -258,16 +297,29 @@ class ZarrStore:
         Returns
         -------
         StoreSpec or None
-            For a local directory (a path or a ``LocalStore``), ``ZarrStore`` and
-            its arguments; ``None`` for other zarr stores (in memory, remote),
-            which the sink then writes from a thread of its own process.
+            For a local directory (a path or a ``LocalStore``) or a URL whose
+            ``storage_options`` are plain data (str, numbers, bool, None, lists
+            and str-keyed dicts of them), ``ZarrStore`` and its arguments; ``None``
+            for other zarr stores (in memory, a store object), which the sink
+            then writes from a thread of its own process.
         """
-        if self._root is None or type(self).__init__ is not ZarrStore.__init__:
+        if type(self).__init__ is not ZarrStore.__init__:
             return None  # a subclass with an __init__ of its own must describe itself
+        extra: dict[str, Any] = {}
+        if self._url is not None:
+            if not is_plain(self._storage_options):
+                return None  # a credentials object, a session: not rebuilt elsewhere
+            where = self._url
+            extra = {"storage_options": self._storage_options}
+        elif self._root is not None:
+            where = str(self._root.resolve())
+        else:
+            return None
         return StoreSpec(
             type(self),
-            (str(self._root.resolve()), self._mode),
+            (where, self._mode),
             {
+                **extra,
                 "group": self._path or None,
                 "attrs": self._attrs,
                 "static": self._static,
@@ -280,7 +332,7 @@ class ZarrStore:
         )
 
     def __repr__(self) -> str:
-        where = self._root if self._root is not None else type(self._store).__name__
+        where = self._root if self._root is not None else self._url or type(self._store).__name__
         return f"<ZarrStore {where} group={self._path or '/'!r} mode={self._mode!r}>"
 
     def add_metadata(
@@ -361,6 +413,7 @@ class ZarrStore:
             return await self._open_claimed()
         except BaseException:
             self._release_lock()
+            await self._close_session()
             raise
 
     async def _open_claimed(self) -> Resume | None:
@@ -376,6 +429,15 @@ class ZarrStore:
         resume: Resume | None = None
         if exists:
             resume = await self._open_existing()
+        elif await create_group_if_absent(self._store, self._path, self._attributes(), repr(self)):
+            self._group = await za.open_group(
+                self._store, path=self._path, mode="r+", zarr_format=3
+            )
+            parts = self._path.split("/") if self._path else []
+            for k in range(len(parts)):  # the implicit parents, as zarr makes them
+                parent = "/".join(parts[:k])
+                if not await self._store.exists(_key(parent, "zarr.json")):
+                    await za.open_group(self._store, path=parent, mode="a", zarr_format=3)
         else:
             try:
                 self._group = await za.open_group(
@@ -459,6 +521,8 @@ class ZarrStore:
         try:
             if self._writer is not None:
                 await self._writer.drain()
+            else:
+                await self._inflight.drain()  # every chunk PUT before the metadata PUT
             parts: list[tuple[Column, int, np.ndarray[Any, Any]]] = []
             for col in self._columns.values():
                 part = col.buf.partial()
@@ -486,6 +550,7 @@ class ZarrStore:
             self._state = "closed"
             await self._stop_writer()
             self._release_lock()
+            await self._close_session()
             return
         try:
             await self.commit()
@@ -500,6 +565,13 @@ class ZarrStore:
             self._state = "closed"
             await self._stop_writer()
             self._release_lock()
+            await self._close_session()
+
+    async def _close_session(self) -> None:
+        """The HTTP session of a store this ZarrStore made from a URL (not a
+        store object the caller passed: that one is the caller's)."""
+        if self._url is not None:
+            await close_session(self._store)
 
     # -- internals ------------------------------------------------------------
     def _check_usable(self) -> None:
@@ -521,6 +593,7 @@ class ZarrStore:
         if self._writer is not None:
             await self._writer.drain(raise_errors=False)
             self._writer.shutdown()
+        await self._inflight.drain(raise_errors=False)
         self._lent.clear()
 
     async def _check_not_removed(self) -> None:
@@ -800,14 +873,13 @@ class ZarrStore:
         self._lent = still
 
     async def _write_blocks_generic(self, blocks: list[tuple[Column, Block]]) -> None:
-        """Through zarr's async array API (non-local stores), many blocks at a time."""
-        limit = anyio.Semaphore(_MAX_CONCURRENT_BLOCKS)
+        """Through zarr's async array API (non-local stores), many blocks at a time.
 
-        async def one(arr: Any, start: int, rows: np.ndarray[Any, Any]) -> None:
-            async with limit:
-                await arr.setitem(slice(start, start + len(rows)), rows)
-
-        aws: list[Awaitable[None]] = []
+        Each block's write is started and left in flight (at most
+        ``_MAX_CONCURRENT_BLOCKS``; :class:`._zarrobject.Inflight`), so the PUTs
+        of one batch overlap those of the next; :meth:`commit` waits for all of
+        them before it writes the metadata.
+        """
         for col, (start, rows, owned) in blocks:
             # A store may keep the encoded buffer, which for uncompressed data is a
             # view of the rows (MemoryStore does): hand it rows nobody reuses. Owned
@@ -818,16 +890,18 @@ class ZarrStore:
             # as it is, but copies each block of a larger value into a fresh
             # fill-value chunk first, on the event loop.
             size = col.plan.block
-            aws.extend(
-                one(col.array, start + k, rows[k : k + size]) for k in range(0, len(rows), size)
-            )
-        await _gather(aws)
+            for k in range(0, len(rows), size):
+                block = rows[k : k + size]
+                await self._inflight.submit(
+                    col.array.setitem(slice(start + k, start + k + len(block)), block)
+                )
 
     async def _write_partials(self, parts: list[tuple[Column, int, np.ndarray[Any, Any]]]) -> None:
         """Write each column's partly filled last block (padded with the fill value)."""
         for col, start, rows in parts:
             await self._grow(col, start + len(rows))
         if self._writer is None:
+            await self._inflight.drain()  # a full block of the same chunk may be in flight
             await _gather([
                 col.array.setitem(slice(start, start + len(rows)), rows.copy())
                 for col, start, rows in parts
