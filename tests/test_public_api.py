@@ -6,6 +6,8 @@ import inspect
 import subprocess
 import sys
 
+import pytest
+
 import snapsink
 
 
@@ -69,3 +71,23 @@ def test_error_tree() -> None:
     assert issubclass(snapsink.ConfigError, ValueError)
     for name in ("WouldBlock", "ClosedSinkError", "WriterError", "FormatError", "DeviceError"):
         assert issubclass(getattr(snapsink, name), snapsink.SnapsinkError), name
+
+
+@pytest.mark.parametrize(
+    ("name", "is_async"),
+    [
+        ("HostMemory", False),
+        ("NpyDirectory", False),
+        ("ZarrStore", True),
+        ("HDF5Store", False),
+        ("GPUBuffer", False),
+    ],
+)
+def test_each_store_is_one_protocol_whole(name: str, is_async: bool) -> None:
+    """A store's five methods are all blocking (Store) or all coroutines
+    (AsyncStore), never a mix: the sink's writer calls them one way per store."""
+    cls = getattr(snapsink, name)
+    methods = ("open", "prepare", "append", "commit", "close")
+    kinds = {m: inspect.iscoroutinefunction(getattr(cls, m)) for m in methods}
+    assert kinds == dict.fromkeys(methods, is_async)
+    assert issubclass(cls, snapsink.AsyncStore if is_async else snapsink.Store)

@@ -35,6 +35,7 @@ from ._schema import Frame as Frame
 from ._schema import Schema as Schema
 from ._sink import Sink as Sink
 from ._spill import Spill as Spill
+from ._store import AsyncStore as AsyncStore
 from ._store import Resume as Resume
 from ._store import Store as Store
 from ._store import StoreSpec as StoreSpec
@@ -59,6 +60,7 @@ if TYPE_CHECKING:  # loaded on first use: see __getattr__
 __version__ = "0.1.0"
 
 __all__ = [
+    "AsyncStore",
     "Batch",
     "ClosedSinkError",
     "ConfigError",

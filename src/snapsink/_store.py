@@ -23,13 +23,13 @@ may live in reusable staging slots: copy what you keep before returning.
 
 from __future__ import annotations
 
-from collections.abc import Awaitable, Callable, Mapping
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from typing import Any, Protocol, runtime_checkable
 
 from ._schema import Batch, Schema
 
-__all__ = ["Resume", "Store", "StoreSpec"]
+__all__ = ["AsyncStore", "Resume", "Store", "StoreSpec"]
 
 
 @dataclass(frozen=True, slots=True)
@@ -86,19 +86,24 @@ class StoreSpec:
 
 @runtime_checkable
 class Store(Protocol):
-    """A destination for frames; see the module docstring for the call order.
+    """A destination for frames, with blocking methods; see the module docstring
+    for the call order. (:class:`AsyncStore` is the same with coroutines.)
 
-    Methods may be blocking functions or coroutine functions (awaited on the
-    writer's own asyncio loop); the sink's writer calls them one at a time.
+    The sink also reads these optional members when a store has them:
 
-    Optional: ``check_schema(schema) -> None``, I/O-free, raising
-    :class:`~snapsink.DTypeError` (or :class:`~snapsink.SchemaError`) for a
-    schema the store cannot hold. The sink calls it in the producer where the
-    schema is fixed (at open for a declared schema, at the first ``write`` for
-    an inferred one), so the refusal reaches that call and changes nothing.
+    - ``describe() -> StoreSpec``: how a writer process rebuilds the store (the
+      default writer for stores that have it; see :class:`StoreSpec`);
+    - ``check_schema(schema) -> None``: I/O-free, raising
+      :class:`~snapsink.DTypeError` (or :class:`~snapsink.SchemaError`) for a
+      schema the store cannot hold. The sink calls it in the producer where the
+      schema is fixed (at open for a declared schema, at the first ``write``
+      for an inferred one), so the refusal reaches that call and changes nothing;
+    - ``wants_device: bool``: True when the store keeps frames on the device
+      (:class:`~snapsink.GPUBuffer`): the sink then hands it device arrays, and
+      writes it from a thread of its own process.
     """
 
-    def open(self) -> Resume | Awaitable[Resume | None] | None:
+    def open(self) -> Resume | None:
         """Claim the destination. Return ``None`` for a new store, or a
         :class:`Resume` when appending to an existing one.
 
@@ -109,20 +114,51 @@ class Store(Protocol):
         """
         ...
 
-    def prepare(self, schema: Schema, *, times: bool) -> Awaitable[None] | None:
+    def prepare(self, schema: Schema, *, times: bool) -> None:
         """Lay out storage for ``schema``; ``times`` says whether frames carry times."""
         ...
 
-    def append(self, batch: Batch) -> Awaitable[None] | None:
+    def append(self, batch: Batch) -> None:
         """Store ``batch.frames`` after the frames already appended, and note
         ``batch.dropped_steps``. May commit when the store's own policy says so."""
         ...
 
-    def commit(self) -> Awaitable[None] | None:
+    def commit(self) -> None:
         """Make every appended frame durable and visible to readers (commit-last)."""
         ...
 
-    def close(self) -> Awaitable[None] | None:
+    def close(self) -> None:
         """Release resources. Called once, after the final commit or a failure."""
         ...
 
+
+@runtime_checkable
+class AsyncStore(Protocol):
+    """:class:`Store` with coroutine methods (a store built on an async library,
+    such as :class:`~snapsink.ZarrStore` on zarr-python's async API). The sink's
+    writer awaits them on its own asyncio loop, one at a time, never on the
+    caller's loop. The same optional members as :class:`Store`.
+
+    (At run time ``isinstance`` sees only the method names, which the two
+    protocols share; the difference is for type checkers and readers.)
+    """
+
+    async def open(self) -> Resume | None:
+        """See :meth:`Store.open`."""
+        ...
+
+    async def prepare(self, schema: Schema, *, times: bool) -> None:
+        """See :meth:`Store.prepare`."""
+        ...
+
+    async def append(self, batch: Batch) -> None:
+        """See :meth:`Store.append`."""
+        ...
+
+    async def commit(self) -> None:
+        """See :meth:`Store.commit`."""
+        ...
+
+    async def close(self) -> None:
+        """See :meth:`Store.close`."""
+        ...
