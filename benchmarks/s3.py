@@ -8,7 +8,7 @@ writer="thread")`` and ends with everything committed (the sink closed):
   path: a thread pool, fsync before each commit's metadata);
 - ``s3 cN``: a ZarrStore on ``s3://bucket/run-k.zarr`` served by moto's server
   (``python -m moto.server``, in a process of its own on 127.0.0.1), with at
-  most N chunk PUTs in flight (``snapsink.writers.zarr._MAX_CONCURRENT_BLOCKS``),
+  most N chunk PUTs in flight (``snapsink.stores.zarr._MAX_CONCURRENT_BLOCKS``),
   N in ``--concurrency``. The peak of PUTs actually in flight is reported.
 
 Each chunk holds ``--chunk-frames`` frames (4 by default: 256 KiB chunks), so
@@ -47,7 +47,7 @@ from typing import Any
 import numpy as np
 
 import snapsink
-import snapsink.writers.zarr as zarr_writer
+import snapsink.stores.zarr as zarr_writer
 
 KEY = SECRET = "bench"
 

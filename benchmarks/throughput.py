@@ -60,7 +60,7 @@ import zarr.codecs
 from zarr.storage import LocalStore
 
 import snapsink
-from snapsink.writers._zarrplan import default_chunk_rows
+from snapsink.stores._zarrplan import default_chunk_rows
 
 HERE = Path(__file__).resolve().parent
 if str(HERE) not in sys.path:
@@ -241,7 +241,7 @@ def zstd_ceiling(pool: list[np.ndarray[Any, Any]], repeats: int = 3) -> dict[str
     over chunks of these frames, and that times the writer's cores."""
     from numcodecs import Zstd
 
-    from snapsink.writers._zarrio import worker_count
+    from snapsink.stores._zarrio import worker_count
 
     codec = Zstd(level=1)
     rows = _chunk_rows(pool)

@@ -13,7 +13,7 @@ import snapsink
 from snapsink import Batch, Field, Frame, HostMemory, Schema
 from snapsink._copy import frames_per_chunk
 from snapsink._trajectory import ArraySource, Trajectory
-from snapsink.writers.gpu import GPUBuffer
+from snapsink.stores.gpu import GPUBuffer
 
 SCHEMA = Schema(
     {

@@ -19,7 +19,7 @@ import pytest
 import snapsink
 from snapsink import Field, HostMemory, NpyDirectory, Sink, ZarrStore
 from snapsink._staging.emulation import EmulatedDeviceArray, EmulatedStream
-from snapsink.writers.gpu import GPUBuffer
+from snapsink.stores.gpu import GPUBuffer
 
 pytestmark = pytest.mark.timeout(120)
 

@@ -15,7 +15,7 @@ def test_all_names_exist_and_public_names_are_in_all() -> None:
     for name in snapsink.__all__:
         assert hasattr(snapsink, name), name
     # nothing else after ``import snapsink``: no submodule, no ``annotations``
-    # (in a fresh interpreter: importing ``snapsink.writers.npy`` binds ``writers``)
+    # (in a fresh interpreter: importing ``snapsink.stores.npy`` binds ``writers``)
     code = (
         "import snapsink\n"
         "public = {n for n in dir(snapsink) if not n.startswith('_')}\n"

@@ -49,13 +49,13 @@ from .schedule import Schedule as Schedule
 from .schedule import every as every
 from .schedule import once as once
 from .schedule import when as when
-from .writers.gpu import GPUBuffer as GPUBuffer
-from .writers.memory import HostMemory as HostMemory
-from .writers.npy import NpyDirectory as NpyDirectory
+from .stores.gpu import GPUBuffer as GPUBuffer
+from .stores.memory import HostMemory as HostMemory
+from .stores.npy import NpyDirectory as NpyDirectory
 
 if TYPE_CHECKING:  # loaded on first use: see __getattr__
-    from .writers.hdf5 import HDF5Store as HDF5Store
-    from .writers.zarr import ZarrStore as ZarrStore
+    from .stores.hdf5 import HDF5Store as HDF5Store
+    from .stores.zarr import ZarrStore as ZarrStore
 
 __version__ = "0.1.0"
 
@@ -118,20 +118,20 @@ for _name in __all__:
         _obj.__module__ = __name__
 del _name, _obj
 # Submodules bound as attributes by the imports above are not part of the API
-# (``import snapsink.writers.zarr`` still works).
-del schedule, writers, TYPE_CHECKING  # type: ignore[name-defined]  # noqa: F821
+# (``import snapsink.stores.zarr`` still works).
+del schedule, stores, TYPE_CHECKING  # type: ignore[name-defined]  # noqa: F821
 
 
 def __getattr__(name: str) -> object:
     # ZarrStore loads zarr (about half of snapsink's import time): only on use.
     if name == "ZarrStore":
-        from .writers.zarr import ZarrStore
+        from .stores.zarr import ZarrStore
 
         ZarrStore.__module__ = __name__
         globals()["ZarrStore"] = ZarrStore
         return ZarrStore
     if name == "HDF5Store":  # h5py itself loads only when a store opens
-        from .writers.hdf5 import HDF5Store
+        from .stores.hdf5 import HDF5Store
 
         HDF5Store.__module__ = __name__
         globals()["HDF5Store"] = HDF5Store

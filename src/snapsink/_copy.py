@@ -171,10 +171,10 @@ def _destination(dst: object, format: str | None, group: str | None, traj: Traje
                 raise ConfigError(
                     f"group={group!r}: an NpyDirectory has no groups; use format='zarr'"
                 )
-            from .writers.npy import NpyDirectory
+            from .stores.npy import NpyDirectory
 
             return NpyDirectory(path, mode="x", attrs=attrs, static=static)
-        from .writers.zarr import ZarrStore
+        from .stores.zarr import ZarrStore
 
         return ZarrStore(path, mode="x", group=group, attrs=attrs, static=static)
     if format is not None or group is not None:

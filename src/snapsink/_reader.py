@@ -50,7 +50,7 @@ def open(
     ConfigError
         ``storage_options`` without a URL, or no filesystem for the URL's scheme.
     """
-    from .writers.memory import HostMemory
+    from .stores.memory import HostMemory
 
     path_or_store = _url_store(path_or_store, storage_options)
     if isinstance(path_or_store, HostMemory):
@@ -59,19 +59,19 @@ def open(
         path = Path(path_or_store)
         if not path.exists():
             raise StoreNotFoundError(f"no store at {str(path)!r}: the path does not exist")
-        from .writers.npy import is_npy_store, open_npy
+        from .stores.npy import is_npy_store, open_npy
 
         if is_npy_store(path):
             if group is not None:
                 raise ConfigError(f"group={group!r}: an NpyDirectory has no groups")
             return open_npy(path)
-        from .writers._hdf5file import is_hdf5_file
+        from .stores._hdf5file import is_hdf5_file
 
         if path.is_file() and is_hdf5_file(path):
-            from .writers._hdf5read import open_hdf5
+            from .stores._hdf5read import open_hdf5
 
             return open_hdf5(path, group)
-        from .writers.zarr import is_zarr_store
+        from .stores.zarr import is_zarr_store
 
         if is_zarr_store(path):
             return _open_zarr_group(path, group)
@@ -84,7 +84,7 @@ def open(
 
 def _url_store(path_or_store: Any, storage_options: Mapping[str, Any] | None) -> Any:
     """An object-store URL as a read-only zarr store; anything else as it is."""
-    from .writers._zarrobject import is_url, url_store
+    from .stores._zarrobject import is_url, url_store
 
     if is_url(path_or_store):
         return url_store(path_or_store, storage_options, read_only=True)
@@ -98,7 +98,7 @@ def _url_store(path_or_store: Any, storage_options: Mapping[str, Any] | None) ->
 def _open_zarr_group(where: Any, group: str | None) -> Trajectory:
     """Open ``group``; without one, the only group holding snapsink data. A group
     that is not there is an error that lists the ones that are."""
-    from .writers.zarr import list_groups, open_zarr
+    from .stores.zarr import list_groups, open_zarr
 
     try:
         return open_zarr(where, group)
@@ -139,7 +139,7 @@ def groups(path_or_store: Any, *, storage_options: Mapping[str, Any] | None = No
     FormatError
         The path holds no snapsink store.
     """
-    from .writers.memory import HostMemory
+    from .stores.memory import HostMemory
 
     path_or_store = _url_store(path_or_store, storage_options)
     if isinstance(path_or_store, HostMemory):
@@ -148,20 +148,20 @@ def groups(path_or_store: Any, *, storage_options: Mapping[str, Any] | None = No
         path = Path(path_or_store)
         if not path.exists():
             raise StoreNotFoundError(f"no store at {str(path)!r}: the path does not exist")
-        from .writers.npy import is_npy_store
+        from .stores.npy import is_npy_store
 
         if is_npy_store(path):
             return [""]
-        from .writers._hdf5file import is_hdf5_file
+        from .stores._hdf5file import is_hdf5_file
 
         if path.is_file() and is_hdf5_file(path):
-            from .writers._hdf5read import list_hdf5_groups
+            from .stores._hdf5read import list_hdf5_groups
 
             return list_hdf5_groups(path)
-        from .writers.zarr import is_zarr_store
+        from .stores.zarr import is_zarr_store
 
         if not is_zarr_store(path):
             raise FormatError(f"{str(path)!r} is not a snapsink store")
-    from .writers.zarr import list_groups
+    from .stores.zarr import list_groups
 
     return list_groups(path_or_store)

@@ -36,13 +36,13 @@ import anyio
 import numpy as np
 
 import snapsink
-import snapsink.writers.npy
-import snapsink.writers.zarr
+import snapsink.stores.npy
+import snapsink.stores.zarr
 
 try:  # the HDF5 store is optional (h5py)
     import h5py  # noqa: F401
 
-    import snapsink.writers.hdf5
+    import snapsink.stores.hdf5
 except ImportError:
     pass
 

@@ -29,7 +29,7 @@ from _writer import SCHEMA, frame_for, step_of, time_of
 
 import snapsink
 from snapsink import Sink, WriterError
-from snapsink.writers import _npyfile
+from snapsink.stores import _npyfile
 
 pytestmark = pytest.mark.timeout(60)
 

@@ -26,8 +26,8 @@ import pytest
 
 import snapsink
 from snapsink import FormatError, StoreExistsError, StoreLockedError, SyncSink, WriterError
-from snapsink.writers._lock import LOCK_NAME
-from snapsink.writers._npyfile import HEADER_SIZE
+from snapsink.stores._lock import LOCK_NAME
+from snapsink.stores._npyfile import HEADER_SIZE
 
 pytestmark = pytest.mark.timeout(120)
 

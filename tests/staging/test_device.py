@@ -367,7 +367,7 @@ def test_device_array_without_cupy_names_the_gpu_extra() -> None:
 def test_importing_never_imports_cupy() -> None:
     code = (
         "import sys, importlib.util\n"
-        "import snapsink._staging.device, snapsink._staging.emulation, snapsink.writers.gpu\n"
+        "import snapsink._staging.device, snapsink._staging.emulation, snapsink.stores.gpu\n"
         "if importlib.util.find_spec('snapsink.__init__') is not None:\n"
         "    try:\n        import snapsink\n    except Exception:\n        pass\n"
         "assert 'cupy' not in sys.modules, 'cupy imported'\n"

@@ -241,7 +241,7 @@ async def test_jax_arrays() -> None:
 @_sync
 async def test_gpubuffer_on_cupy() -> None:
     from snapsink._schema import Batch, Frame
-    from snapsink.writers.gpu import GPUBuffer
+    from snapsink.stores.gpu import GPUBuffer
 
     schema = Schema({"x": Field("float32", (10,)), "r": Field("int64", (None,))})
     buf = GPUBuffer(3)
@@ -263,7 +263,7 @@ async def test_gpubuffer_on_cupy() -> None:
     stager.close()
 
 
-# -- GPUBuffer drains like a buffer (the emulation twins: tests/writers/test_gpu.py) --
+# -- GPUBuffer drains like a buffer (the emulation twins: tests/stores/test_gpu.py) --
 def _gpu_schema() -> Schema:
     return Schema({"x": Field("float32", (1000,)), "r": Field("int64", (None, 2))})
 
@@ -297,7 +297,7 @@ def _check_gpu_frames(traj: Any, steps: list[int]) -> None:
 @_sync
 async def test_cupy_gpubuffer_drains_into_stores_with_its_evicted_steps(tmp_path: Any) -> None:
     import snapsink
-    from snapsink.writers.gpu import GPUBuffer
+    from snapsink.stores.gpu import GPUBuffer
 
     buf = GPUBuffer(4)
     await _fill_gpubuffer(buf, range(10))
@@ -322,7 +322,7 @@ async def test_cupy_gpubuffer_drains_into_stores_with_its_evicted_steps(tmp_path
 @_sync
 async def test_cupy_gpubuffer_second_drain_into_the_same_sink() -> None:
     import snapsink
-    from snapsink.writers.gpu import GPUBuffer
+    from snapsink.stores.gpu import GPUBuffer
 
     buf = GPUBuffer(4)
     host = snapsink.HostMemory()
@@ -338,7 +338,7 @@ async def test_cupy_gpubuffer_second_drain_into_the_same_sink() -> None:
 @_sync
 async def test_cupy_gpubuffer_overflow_refuse_and_raise() -> None:
     import snapsink
-    from snapsink.writers.gpu import GPUBuffer
+    from snapsink.stores.gpu import GPUBuffer
 
     buf = GPUBuffer(3, overflow="refuse")
     await _fill_gpubuffer(buf, range(5))

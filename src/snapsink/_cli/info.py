@@ -26,8 +26,8 @@ def add_parser(sub: Any) -> None:
 
 def detect(path: str | os.PathLike[str]) -> str:
     """``"npy"``, ``"zarr"`` or ``"hdf5"``; one-line errors for anything else."""
-    from ..writers._hdf5file import is_hdf5_file
-    from ..writers.npy import is_npy_store
+    from ..stores._hdf5file import is_hdf5_file
+    from ..stores.npy import is_npy_store
 
     p = Path(path)
     if not p.exists():
@@ -36,7 +36,7 @@ def detect(path: str | os.PathLike[str]) -> str:
         return "npy"
     if p.is_file() and is_hdf5_file(p):
         return "hdf5"
-    from ..writers.zarr import is_zarr_store
+    from ..stores.zarr import is_zarr_store
 
     if is_zarr_store(p):
         return "zarr"
@@ -50,14 +50,14 @@ def open_store(path: str | os.PathLike[str], fmt: str, group: str | None) -> Tra
     if fmt == "npy":
         if group is not None:
             raise ConfigError(f"--group {group!r}: an NpyDirectory has no groups")
-        from ..writers.npy import open_npy
+        from ..stores.npy import open_npy
 
         return open_npy(path)
     if fmt == "hdf5":
-        from ..writers._hdf5read import open_hdf5
+        from ..stores._hdf5read import open_hdf5
 
         return open_hdf5(path, group)
-    from ..writers.zarr import open_zarr
+    from ..stores.zarr import open_zarr
 
     return open_zarr(path, group)
 
@@ -167,11 +167,11 @@ def run(args: argparse.Namespace) -> int:
             print(line)
         return 0
     if fmt == "hdf5":
-        from ..writers._hdf5read import list_hdf5_groups
+        from ..stores._hdf5read import list_hdf5_groups
 
         groups = list_hdf5_groups(path)
     else:
-        from ..writers._zarrread import list_groups
+        from ..stores._zarrread import list_groups
 
         groups = list_groups(path)
     if args.group is not None:

@@ -436,10 +436,10 @@ def _build_store(target: Any, kwargs: dict[str, Any]) -> Any:
     """The store of a path or a store function, with ``static=`` and ``attrs=``."""
     if isinstance(target, str | os.PathLike):
         if os.fspath(target).rstrip("/\\").endswith(".zarr"):
-            from ..writers.zarr import ZarrStore
+            from ..stores.zarr import ZarrStore
 
             return ZarrStore(target, **kwargs)
-        from ..writers.npy import NpyDirectory
+        from ..stores.npy import NpyDirectory
 
         return NpyDirectory(target, **kwargs)
     try:

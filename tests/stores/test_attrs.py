@@ -19,7 +19,7 @@ import pytest
 
 import snapsink
 from snapsink import ConfigError, StoreStateError
-from snapsink.writers._common import check_attrs
+from snapsink.stores._common import check_attrs
 
 ATTRS: dict[str, Any] = {
     "n": np.int64(7),

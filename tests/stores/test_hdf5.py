@@ -28,10 +28,10 @@ from snapsink._errors import (  # noqa: E402
     StoreStateError,
 )
 from snapsink._schema import Batch, Field, Frame, Schema  # noqa: E402
-from snapsink.writers import hdf5 as hdf5_module  # noqa: E402
-from snapsink.writers._hdf5file import clear_open_flags, lookup3  # noqa: E402
-from snapsink.writers._hdf5plan import check_compression  # noqa: E402
-from snapsink.writers.hdf5 import HDF5Store, list_hdf5_groups, open_hdf5  # noqa: E402
+from snapsink.stores import hdf5 as hdf5_module  # noqa: E402
+from snapsink.stores._hdf5file import clear_open_flags, lookup3  # noqa: E402
+from snapsink.stores._hdf5plan import check_compression  # noqa: E402
+from snapsink.stores.hdf5 import HDF5Store, list_hdf5_groups, open_hdf5  # noqa: E402
 
 DTYPES = [
     "bool", "int8", "int16", "int32", "int64", "uint8", "uint16", "uint32", "uint64",

@@ -31,8 +31,8 @@ from zarr.core.buffer import default_buffer_prototype
 import snapsink
 from snapsink._errors import ConfigError, DTypeError, FormatError, StoreExistsError
 from snapsink._schema import Batch, Field, Frame, Schema
-from snapsink.writers import _zarrio
-from snapsink.writers.zarr import ZarrStore, open_zarr
+from snapsink.stores import _zarrio
+from snapsink.stores.zarr import ZarrStore, open_zarr
 
 CODECS: dict[str, Any] = {
     "raw": None,

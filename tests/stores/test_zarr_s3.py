@@ -32,7 +32,7 @@ from snapsink._errors import (
     StoreNotFoundError,
     WriterError,
 )
-from snapsink.writers.zarr import ZarrStore
+from snapsink.stores.zarr import ZarrStore
 
 pytest.importorskip("moto.server", reason="needs moto's server: pip install 'moto[server]'")
 pytest.importorskip("flask", reason="needs moto's server: pip install 'moto[server]'")

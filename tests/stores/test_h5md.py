@@ -18,8 +18,8 @@ from snapsink._errors import (  # noqa: E402
     StoreExistsError,
 )
 from snapsink._schema import Batch, Field, Frame, Schema  # noqa: E402
-from snapsink.writers import hdf5 as hdf5_module  # noqa: E402
-from snapsink.writers.hdf5 import HDF5Store  # noqa: E402
+from snapsink.stores import hdf5 as hdf5_module  # noqa: E402
+from snapsink.stores.hdf5 import HDF5Store  # noqa: E402
 
 MAPPING = {
     "position": "positions",

@@ -24,7 +24,7 @@ from snapsink._schema import Batch, Field, Frame, Schema
 from snapsink._staging.device import DeviceStager
 from snapsink._staging.emulation import EmulatedDeviceArray, EmulatedStream
 from snapsink._staging.host import Slot
-from snapsink.writers.gpu import GPUBuffer, GPUBufferStatistics
+from snapsink.stores.gpu import GPUBuffer, GPUBufferStatistics
 
 SCHEMA = Schema(
     {"x": Field("float64", (2, 3)), "e": Field("float32", ()), "r": Field("int32", (None, 2))}

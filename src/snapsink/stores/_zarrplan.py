@@ -1,7 +1,7 @@
 """I/O-free planning for the Zarr v3 store: names, chunking, buffering, metadata.
 
 Everything here is plain Python and numpy, so the async writer
-(:class:`~snapsink.writers.zarr.ZarrStore`), the sync reader and the tests share
+(:class:`~snapsink.stores.zarr.ZarrStore`), the sync reader and the tests share
 one set of decisions. The on-disk layout is specified in ``docs/formats/zarr.md``.
 """
 

@@ -51,7 +51,7 @@ def open_for_reading(path: str) -> Any:
 
     A file still marked open for writing by a writer that died (its session
     lock is gone with it) is recovered first, as the next writer would do it
-    (:func:`~snapsink.writers._hdf5file.clear_open_flags`, ``h5clear -s``),
+    (:func:`~snapsink.stores._hdf5file.clear_open_flags`, ``h5clear -s``),
     when the file can be opened for writing.
 
     Raises
@@ -458,7 +458,7 @@ def list_hdf5_groups(path: str | os.PathLike[str]) -> list[str]:
 def open_hdf5(path: str | os.PathLike[str], group: str | None = None) -> Trajectory:
     """Open the committed frames of a snapsink group of an HDF5 file, lazily;
     or an H5MD file that another program wrote (no snapsink group in it: see
-    :class:`~snapsink.writers._hdf5md.H5MDSource`).
+    :class:`~snapsink.stores._hdf5md.H5MDSource`).
 
     Parameters
     ----------

@@ -24,9 +24,9 @@ from snapsink._errors import (
 )
 from snapsink._schema import Batch, Field, Frame, Schema
 from snapsink._store import Resume
-from snapsink.writers import npy as npy_module
-from snapsink.writers._npyfile import HEADER_SIZE, StepRanges, build_header, parse_header
-from snapsink.writers.npy import NpyDirectory, NpySource, is_npy_store, open_npy
+from snapsink.stores import npy as npy_module
+from snapsink.stores._npyfile import HEADER_SIZE, StepRanges, build_header, parse_header
+from snapsink.stores.npy import NpyDirectory, NpySource, is_npy_store, open_npy
 
 DTYPES = [
     "bool", "int8", "int16", "int32", "int64", "uint8", "uint16", "uint32", "uint64",
@@ -577,7 +577,7 @@ def test_sigkilled_writer_leaves_committed_frames(tmp_path: Path) -> None:
     script = f"""
 import os, signal, numpy as np
 from snapsink._schema import Batch, Field, Frame, Schema
-from snapsink.writers.npy import NpyDirectory
+from snapsink.stores.npy import NpyDirectory
 s = NpyDirectory({str(tmp_path / "k")!r}, commit_every=1000, commit_seconds=None)
 s.open()
 s.prepare(Schema({{"x": Field("float64", (3,))}}), times=False)

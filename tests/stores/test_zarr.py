@@ -25,14 +25,14 @@ from snapsink._errors import (
 )
 from snapsink._schema import Batch, Field, Frame, Schema
 from snapsink._store import Store
-from snapsink.writers._zarrplan import (
+from snapsink.stores._zarrplan import (
     MAX_CHUNK_FRAMES,
     RowBuffer,
     check_group,
     grow_capacity,
     plan_arrays,
 )
-from snapsink.writers.zarr import ZarrStore, is_zarr_store, list_groups, open_zarr
+from snapsink.stores.zarr import ZarrStore, is_zarr_store, list_groups, open_zarr
 
 DTYPES = [
     "bool", "int8", "int16", "int32", "int64", "uint8", "uint16", "uint32", "uint64",

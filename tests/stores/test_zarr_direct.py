@@ -20,8 +20,8 @@ import zarr
 import zarr.codecs
 
 from snapsink._schema import Batch, Field, Frame, Schema
-from snapsink.writers import _zarrio
-from snapsink.writers.zarr import ZarrStore, open_zarr
+from snapsink.stores import _zarrio
+from snapsink.stores.zarr import ZarrStore, open_zarr
 
 # the test extra has both; a machine without them (the GPU machine) skips this file
 da = pytest.importorskip("dask.array", reason="needs dask: pip install -e '.[test]'")

@@ -8,14 +8,14 @@ import numpy as np
 import pytest
 
 from snapsink import FormatError
-from snapsink.writers._format import (
+from snapsink.stores._format import (
     MAX_DROPPED_STEPS,
     StepRanges,
     check_format_version,
     parse_step_ranges,
 )
-from snapsink.writers._npyfile import FORMAT_VERSION as NPY_VERSION
-from snapsink.writers._zarrplan import FORMAT_VERSION as ZARR_VERSION
+from snapsink.stores._npyfile import FORMAT_VERSION as NPY_VERSION
+from snapsink.stores._zarrplan import FORMAT_VERSION as ZARR_VERSION
 
 
 def _bad(msg: str) -> FormatError:
