@@ -31,7 +31,6 @@ h5py is imported when a store opens (``import snapsink`` never imports it).
 from __future__ import annotations
 
 import contextlib
-import math
 import os
 import time
 import weakref
@@ -41,6 +40,7 @@ from typing import Any
 
 import numpy as np
 
+from .._checks import commit_seconds as check_commit_seconds
 from .._errors import (
     ConfigError,
     FormatError,
@@ -108,19 +108,6 @@ class _Column:
     buf: RowBuffer
     extent: int  # rows the dataset holds on disk (may exceed the committed ones)
     direct: bool  # whole chunks go straight to the file (no filter)
-
-
-def _check_commit_seconds(value: object) -> float | None:
-    if value is None:
-        return None
-    if isinstance(value, bool) or not isinstance(value, int | float | np.integer | np.floating):
-        raise ConfigError(f"commit_seconds: expected a positive number or None, got {value!r}")
-    seconds = float(value)
-    if not (math.isfinite(seconds) and seconds > 0):
-        raise ConfigError(
-            f"commit_seconds: expected a positive finite number or None, got {seconds}"
-        )
-    return seconds
 
 
 class HDF5Store:
@@ -243,7 +230,7 @@ class HDF5Store:
         for name, value in self._static.items():
             check_hdf5_dtype(value.dtype, f"static {name!r}")
         self._commit_every = check_rows(commit_every, "commit_every") or 1024
-        self._commit_seconds = _check_commit_seconds(commit_seconds)
+        self._commit_seconds = check_commit_seconds(commit_seconds)
 
         self._state = "new"  # new -> open -> closed; "failed" after a failed write
         self._meta = GroupMeta()
