@@ -36,7 +36,8 @@ from ._hdf5plan import (
     parse_group_meta,
     parse_user_attrs,
 )
-from ._zarrplan import check_group, offsets_name, plan_arrays
+from ._rows import RowArraysSource
+from ._zarrplan import check_group, plan_arrays
 
 __all__ = ["HDF5Source", "is_hdf5_store", "list_hdf5_groups", "open_hdf5"]
 
@@ -191,7 +192,7 @@ class _Handles:
 HANDLES = _Handles()
 
 
-class HDF5Source:
+class HDF5Source(RowArraysSource):
     """The committed frames of a snapsink group of an HDF5 file, read lazily.
 
     Parameters
@@ -208,6 +209,8 @@ class HDF5Source:
     FormatError
         The group is not a snapsink store, or its metadata or datasets are corrupt.
     """
+
+    ARRAY_KIND = "dataset"
 
     schema: Schema | None
     length: int
@@ -311,18 +314,6 @@ class HDF5Source:
                 f"{type(exc).__name__}: {exc}"
             ) from exc
 
-    def steps(self) -> np.ndarray[Any, np.dtype[np.int64]]:
-        if self._steps is None:
-            steps = (
-                np.asarray(self._get("steps", 0, self.length), np.int64)
-                if self.length
-                else (np.zeros(0, np.int64))
-            )
-            if steps.size > 1 and not bool(np.all(np.diff(steps) > 0)):
-                raise FormatError(f"{self._where}: stored steps do not strictly increase")
-            self._steps = steps
-        return self._steps
-
     def times(self) -> np.ndarray[Any, np.dtype[np.float64]] | None:
         if not self._meta.times:
             return None
@@ -357,70 +348,17 @@ class HDF5Source:
             self._dropped = StepRanges(parsed).to_array(self._where)
         return self._dropped
 
-    def _check_range(self, start: int, stop: int) -> None:
-        if not 0 <= start <= stop <= self.length:
-            raise IndexError(f"frames [{start}, {stop}) out of range for {self.length} frames")
+    def _holds(self, key: str) -> bool:
+        return key in self._datasets
 
-    def read(self, name: str, start: int, stop: int) -> np.ndarray[Any, Any]:
-        """Frames ``[start, stop)`` of fixed-shape field ``name``."""
-        self._check_range(start, stop)
-        return self._get(name, start, stop)
+    def _stored_rows(self, key: str) -> int:
+        return int(self._datasets[key])
 
-    def read_ragged(
-        self, name: str, start: int, stop: int
-    ) -> tuple[np.ndarray[Any, Any], np.ndarray[Any, np.dtype[np.int64]]]:
-        """Rows of frames ``[start, stop)`` of ragged field ``name`` and their offsets."""
-        self._check_range(start, stop)
-        off = np.asarray(self._get(offsets_name(name), start, stop + 1), np.int64)
-        rows = self._datasets[name]
-        if off.size and (
-            off[0] < 0
-            or off[-1] > rows
-            or bool(np.any(np.diff(off) < 0))
-            or (start == 0 and off[0] != 0)
-        ):
-            raise FormatError(
-                f"{self._where}: offsets of ragged field {name!r} are corrupt (frames "
-                f"[{start}, {stop}]: expected non-decreasing offsets from 0 within "
-                f"[0, {rows}])"
-            )
-        data = self._get(name, int(off[0]), int(off[-1]))
-        return data, off - off[0]
-
-    # -- chunk reads (snapsink._dask.ChunkedSource) ------------------------------
-    def array_rows(self, key: str) -> int:
-        """Committed rows of dataset ``key`` (a field, or a ragged field's
-        offsets); a ragged field's is its last committed offset, read once."""
-        if key not in self._datasets or key in ("steps", "times"):
-            raise KeyError(f"no stored dataset {key!r} in {self._where}")
-        schema = self.schema
-        if key.endswith(".offsets"):
-            return self.length + 1
-        if schema is not None and schema[key].ragged:
-            if key not in self._ragged_rows:
-                if not self.length:
-                    return 0
-                rows = int(self._get(offsets_name(key), self.length, self.length + 1)[0])
-                if not 0 <= rows <= self._datasets[key]:
-                    raise FormatError(
-                        f"{self._where}: the last offset of ragged field {key!r} is {rows}; "
-                        f"its dataset holds {self._datasets[key]} rows"
-                    )
-                self._ragged_rows[key] = rows
-            return self._ragged_rows[key]
-        return self.length
-
+    # -- chunk reads (snapsink._dask.ChunkedSource; the rest in RowArraysSource) --
     def array_chunk(self, key: str) -> int | None:
         """Rows per chunk of dataset ``key`` (None: contiguous)."""
         chunks = self._dataset(key).chunks
         return int(chunks[0]) if chunks else None
-
-    def read_rows(self, key: str, start: int, stop: int) -> np.ndarray[Any, Any]:
-        """Rows ``[start, stop)`` of dataset ``key``, within its committed rows."""
-        rows = self.array_rows(key)
-        if not 0 <= start <= stop <= rows:
-            raise IndexError(f"rows [{start}, {stop}) out of range for {rows} rows of {key!r}")
-        return self._get(key, start, stop)
 
     def opener(self) -> Callable[[], HDF5Source]:
         """Reopens the file by path (in a Dask worker's process)."""

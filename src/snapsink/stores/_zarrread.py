@@ -40,11 +40,11 @@ from .._schema import Schema
 from .._trajectory import Trajectory
 from ._lock import LOCK_NAME
 from ._npyfile import file_kind, open_in_store
+from ._rows import RowArraysSource
 from ._zarrplan import (
     STATIC_GROUP,
     check_group,
     is_snapsink_attrs,
-    offsets_name,
     parse_meta,
     plan_arrays,
 )
@@ -194,7 +194,7 @@ def _open_group_sync(store: ZarrStoreLike, path: str) -> Any:
         raise FormatError(f"{path or '/'!r} in {store} is not a zarr v3 group: {exc}") from exc
 
 
-class ZarrSource:
+class ZarrSource(RowArraysSource):
     """The committed frames of a snapsink Zarr group, read lazily (a Source).
 
     Parameters
@@ -279,17 +279,6 @@ class ZarrSource:
         self.schema = meta.schema
         self.length = meta.count
 
-    def steps(self) -> np.ndarray[Any, np.dtype[np.int64]]:
-        if self._steps is None:
-            if not self.length:
-                self._steps = np.zeros(0, np.int64)
-            else:
-                steps = np.asarray(self._get("steps", 0, self.length), dtype=np.int64)
-                if steps.size > 1 and not bool(np.all(np.diff(steps) > 0)):
-                    raise FormatError(f"{self._where}: stored steps do not strictly increase")
-                self._steps = steps
-        return self._steps
-
     def times(self) -> np.ndarray[Any, np.dtype[np.float64]] | None:
         if not self._meta.times:
             return None
@@ -354,71 +343,17 @@ class ZarrSource:
                     f"names rows up to {stop} (a corrupt count or shape, or a damaged store)"
                 )
 
-    def _check_range(self, start: int, stop: int) -> None:
-        if not 0 <= start <= stop <= self.length:
-            raise IndexError(f"frames [{start}, {stop}) out of range for {self.length} frames")
+    def _holds(self, key: str) -> bool:
+        return key in self._arrays
 
-    def read(self, name: str, start: int, stop: int) -> np.ndarray[Any, Any]:
-        """Frames ``[start, stop)`` of fixed-shape field ``name``."""
-        self._check_range(start, stop)
-        return self._get(name, start, stop)
+    def _stored_rows(self, key: str) -> int:
+        return int(self._arrays[key].shape[0])
 
-    def read_ragged(
-        self, name: str, start: int, stop: int
-    ) -> tuple[np.ndarray[Any, Any], np.ndarray[Any, np.dtype[np.int64]]]:
-        """Rows of frames ``[start, stop)`` of ragged field ``name`` and their offsets."""
-        self._check_range(start, stop)
-        off = np.asarray(self._get(offsets_name(name), start, stop + 1), dtype=np.int64)
-        data = self._arrays[name]
-        if off.size and (
-            off[0] < 0
-            or off[-1] > data.shape[0]
-            or bool(np.any(np.diff(off) < 0))
-            or (start == 0 and off[0] != 0)
-        ):
-            raise FormatError(
-                f"{self._where}: offsets of ragged field {name!r} are corrupt (frames "
-                f"[{start}, {stop}]: expected non-decreasing offsets from 0 within "
-                f"[0, {data.shape[0]}])"
-            )
-        rows = self._get(name, int(off[0]), int(off[-1]))
-        return rows, off - off[0]
-
-    # -- chunk reads (snapsink._dask.ChunkedSource) ------------------------------
-    def array_rows(self, key: str) -> int:
-        """Committed rows of array ``key`` (a field, or a ragged field's offsets);
-        a ragged field's is its last committed offset, read once."""
-        if key not in self._arrays or key in ("steps", "times"):
-            raise KeyError(f"no stored array {key!r} in {self._where}")
-        schema = self.schema
-        if key.endswith(".offsets"):
-            return self.length + 1
-        if schema is not None and schema[key].ragged:
-            if key not in self._ragged_rows:
-                if not self.length:
-                    return 0
-                last = self._get(offsets_name(key), self.length, self.length + 1)
-                rows = int(last[0])
-                if not 0 <= rows <= self._arrays[key].shape[0]:
-                    raise FormatError(
-                        f"{self._where}: the last offset of ragged field {key!r} is {rows}; "
-                        f"its array holds {self._arrays[key].shape[0]} rows"
-                    )
-                self._ragged_rows[key] = rows
-            return self._ragged_rows[key]
-        return self.length
-
+    # -- chunk reads (snapsink._dask.ChunkedSource; the rest in RowArraysSource) --
     def array_chunk(self, key: str) -> int:
         """Rows per chunk of array ``key`` (zarr's inner chunks when sharded)."""
         with _decoding(self._where, f"array {key!r}"):
             return int(self._arrays[key].chunks[0])
-
-    def read_rows(self, key: str, start: int, stop: int) -> np.ndarray[Any, Any]:
-        """Rows ``[start, stop)`` of array ``key``, within its committed rows."""
-        rows = self.array_rows(key)
-        if not 0 <= start <= stop <= rows:
-            raise IndexError(f"rows [{start}, {stop}) out of range for {rows} rows of {key!r}")
-        return self._get(key, start, stop)
 
     def opener(self) -> Callable[[], ZarrSource]:
         """Reopens the group by path (in a Dask worker's process); a store that

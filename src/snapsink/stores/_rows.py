@@ -1,0 +1,119 @@
+"""The read side that the Zarr and HDF5 readers share: frames and ragged rows
+over arrays that hold one row per frame (or per ragged row).
+
+A reader keeps ``length`` (committed frames), ``schema``, ``_where`` (how to
+name the store in messages), ``_steps`` and ``_ragged_rows`` (caches), and
+provides three hooks: ``_get(name, start, stop)`` reads rows of a stored
+array, checking what the store can check; ``_holds(key)`` and
+``_stored_rows(key)`` say whether an array is stored and how many rows it
+holds. Everything else (range checks, offset validation, the Dask chunk
+reads) is written once here.
+"""
+
+from __future__ import annotations
+
+from typing import Any, ClassVar
+
+import numpy as np
+
+from .._errors import FormatError
+from .._schema import Schema, offsets_name
+
+__all__ = ["RowArraysSource"]
+
+
+class RowArraysSource:
+    """Mixin: :class:`~snapsink._trajectory.Source` reads over row arrays."""
+
+    #: what the store calls an array, in messages ("array", "dataset")
+    ARRAY_KIND: ClassVar[str] = "array"
+
+    length: int
+    schema: Schema | None
+    _where: str
+    _steps: np.ndarray[Any, np.dtype[np.int64]] | None
+    _ragged_rows: dict[str, int]
+
+    # -- the hooks --------------------------------------------------------------------
+    def _get(self, name: str, start: int, stop: int) -> np.ndarray[Any, Any]:
+        raise NotImplementedError
+
+    def _holds(self, key: str) -> bool:
+        raise NotImplementedError
+
+    def _stored_rows(self, key: str) -> int:
+        raise NotImplementedError
+
+    # -- frames ---------------------------------------------------------------------
+    def steps(self) -> np.ndarray[Any, np.dtype[np.int64]]:
+        if self._steps is None:
+            if not self.length:
+                steps = np.zeros(0, np.int64)
+            else:
+                steps = np.asarray(self._get("steps", 0, self.length), dtype=np.int64)
+            if steps.size > 1 and not bool(np.all(np.diff(steps) > 0)):
+                raise FormatError(f"{self._where}: stored steps do not strictly increase")
+            self._steps = steps
+        return self._steps
+
+    def _check_range(self, start: int, stop: int) -> None:
+        if not 0 <= start <= stop <= self.length:
+            raise IndexError(f"frames [{start}, {stop}) out of range for {self.length} frames")
+
+    def read(self, name: str, start: int, stop: int) -> np.ndarray[Any, Any]:
+        """Frames ``[start, stop)`` of fixed-shape field ``name``."""
+        self._check_range(start, stop)
+        return self._get(name, start, stop)
+
+    def read_ragged(
+        self, name: str, start: int, stop: int
+    ) -> tuple[np.ndarray[Any, Any], np.ndarray[Any, np.dtype[np.int64]]]:
+        """Rows of frames ``[start, stop)`` of ragged field ``name`` and their offsets."""
+        self._check_range(start, stop)
+        off = np.asarray(self._get(offsets_name(name), start, stop + 1), dtype=np.int64)
+        stored = self._stored_rows(name)
+        if off.size and (
+            off[0] < 0
+            or off[-1] > stored
+            or bool(np.any(np.diff(off) < 0))
+            or (start == 0 and off[0] != 0)
+        ):
+            raise FormatError(
+                f"{self._where}: offsets of ragged field {name!r} are corrupt (frames "
+                f"[{start}, {stop}]: expected non-decreasing offsets from 0 within "
+                f"[0, {stored}])"
+            )
+        rows = self._get(name, int(off[0]), int(off[-1]))
+        return rows, off - off[0]
+
+    # -- chunk reads (snapsink._dask.ChunkedSource) ------------------------------------
+    def array_rows(self, key: str) -> int:
+        """Committed rows of array ``key`` (a field, or a ragged field's offsets);
+        a ragged field's is its last committed offset, read once."""
+        kind = self.ARRAY_KIND
+        if not self._holds(key) or key in ("steps", "times"):
+            raise KeyError(f"no stored {kind} {key!r} in {self._where}")
+        schema = self.schema
+        if key.endswith(".offsets"):
+            return self.length + 1
+        if schema is not None and schema[key].ragged:
+            if key not in self._ragged_rows:
+                if not self.length:
+                    return 0
+                rows = int(self._get(offsets_name(key), self.length, self.length + 1)[0])
+                stored = self._stored_rows(key)
+                if not 0 <= rows <= stored:
+                    raise FormatError(
+                        f"{self._where}: the last offset of ragged field {key!r} is {rows}; "
+                        f"its {kind} holds {stored} rows"
+                    )
+                self._ragged_rows[key] = rows
+            return self._ragged_rows[key]
+        return self.length
+
+    def read_rows(self, key: str, start: int, stop: int) -> np.ndarray[Any, Any]:
+        """Rows ``[start, stop)`` of array ``key``, within its committed rows."""
+        rows = self.array_rows(key)
+        if not 0 <= start <= stop <= rows:
+            raise IndexError(f"rows [{start}, {stop}) out of range for {rows} rows of {key!r}")
+        return self._get(key, start, stop)
