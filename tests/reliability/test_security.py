@@ -468,3 +468,31 @@ async def test_zarr_huge_count_is_a_format_error_before_allocating(tmp_path: Pat
         _edit_array_json(store / name / "zarr.json", edit)
     with pytest.raises(FormatError, match=r"chunk .* is missing"):
         await anyio.to_thread.run_sync(read_everything, store)
+
+
+@pytest.mark.parametrize("kind", ["zarr", "hdf5"])
+def test_tampered_ragged_offsets_are_a_format_error(tmp_path: Path, kind: str) -> None:
+    """Offsets that run backwards or past the stored rows: a FormatError naming
+    the field, from the read side both readers share (stores/_rows.py)."""
+    if kind == "hdf5":
+        h5py = pytest.importorskip("h5py")
+    path = tmp_path / ("run.zarr" if kind == "zarr" else "run.h5")
+    store = snapsink.ZarrStore(path) if kind == "zarr" else snapsink.HDF5Store(path)
+    with snapsink.SyncSink(store, schema={"r": snapsink.Field("f8", (None, 2))}) as sink:
+        for i in range(4):
+            sink.write({"r": np.full((i + 1, 2), float(i))}, step=i)
+    good = snapsink.open(path)["r"][:]
+    assert [len(x) for x in good] == [1, 2, 3, 4]
+    bad = np.array([0, 1, 5, 3, 11], np.int64)  # backwards, and past the 10 stored rows
+    if kind == "zarr":
+        import zarr
+
+        zarr.open_array(path / "r.offsets", mode="r+")[:] = bad
+    else:
+        from snapsink.stores._hdf5read import HANDLES
+
+        HANDLES.release(str(path))  # the reader's shared handle, so h5py may write
+        with h5py.File(path, "r+") as f:
+            f["r.offsets"][:5] = bad
+    with pytest.raises(FormatError, match=r"offsets of ragged field 'r' are corrupt"):
+        snapsink.open(path)["r"][:]
