@@ -192,3 +192,17 @@ def test_sync_sink_inside_async_code_via_thread() -> None:
 
     anyio.run(main)
     assert len(store) == 10
+
+
+def test_a_failing_close_is_noted_on_the_body_error_never_hiding_it() -> None:
+    """The block's own exception propagates; the store's failure at close is
+    a note on it (and raises on its own when the block raised nothing)."""
+    with pytest.raises(KeyError) as info:
+        with SyncSink(FailingStore(fail_append_at=1, fail_commit=True)) as sink:
+            sink.write({"x": np.zeros(3)}, step=0)
+            raise KeyError("the simulation failed")
+    notes = getattr(info.value, "__notes__", [])
+    assert any(n.startswith("snapsink: closing the sink also failed: WriterError") for n in notes)
+    with pytest.raises(WriterError):
+        with SyncSink(FailingStore(fail_append_at=1)) as sink:
+            sink.write({"x": np.zeros(3)}, step=0)

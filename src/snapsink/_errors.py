@@ -22,6 +22,8 @@ the idiomatic standard-library class so ``except ValueError`` keeps working::
 
 from __future__ import annotations
 
+from collections.abc import Callable
+
 import anyio
 
 __all__ = [
@@ -134,3 +136,17 @@ class DeviceError(SnapsinkError, RuntimeError):
 
 class WrongThreadError(SnapsinkError, RuntimeError):
     """The sync facade was called from its own event-loop thread (would deadlock)."""
+
+
+def close_noting(close: Callable[[], object], exc: BaseException | None, what: str) -> None:
+    """Call ``close`` as a ``with`` block ends: its error is raised when the
+    block raised none, else noted on the block's exception, which it never hides.
+
+    ``what`` names the thing closed in the note (``"the sink"``).
+    """
+    try:
+        close()
+    except BaseException as err:
+        if exc is None:
+            raise
+        exc.add_note(f"snapsink: closing {what} also failed: {err!r}")

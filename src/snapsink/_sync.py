@@ -26,7 +26,7 @@ import anyio
 from anyio.from_thread import BlockingPortal
 
 from ._channel import Offer, SinkStatistics, SpillTicket, ThreadWaker, frame_nbytes
-from ._errors import ClosedSinkError, WriterError, WrongThreadError
+from ._errors import ClosedSinkError, WriterError, WrongThreadError, close_noting
 from ._schema import Schema
 from ._sink import Sink
 from ._spill import Spill
@@ -219,12 +219,7 @@ class SyncSink:
         exc: BaseException | None,
         tb: TracebackType | None,
     ) -> None:
-        try:
-            self.close()
-        except BaseException as err:
-            if exc is None:
-                raise
-            exc.add_note(f"snapsink: closing the sink also failed: {err!r}")
+        close_noting(self.close, exc, "the sink")
 
     def write(
         self,

@@ -35,7 +35,7 @@ from types import TracebackType
 from typing import Any
 
 from .._channel import SinkStatistics
-from .._errors import ConfigError
+from .._errors import ConfigError, close_noting
 from .._spill import Spill
 from .._store import Store
 from .._sync import SyncSink
@@ -424,12 +424,7 @@ class Recording:
         exc: BaseException | None,
         tb: TracebackType | None,
     ) -> None:
-        try:
-            self.close()
-        except BaseException as err:
-            if exc is None:
-                raise
-            exc.add_note(f"snapsink: closing the recording also failed: {err!r}")
+        close_noting(self.close, exc, "the recording")
 
 
 def _build_store(target: Any, kwargs: dict[str, Any]) -> Any:

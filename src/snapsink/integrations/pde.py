@@ -32,7 +32,7 @@ from pde.trackers.base import InfoDict, TransformationType, TransformedTrackerBa
 from pde.trackers.interrupts import InterruptData
 
 from .._channel import check_capacity, check_policy
-from .._errors import ConfigError, SchemaError, StoreStateError
+from .._errors import ConfigError, SchemaError, StoreStateError, close_noting
 from .._schema import check_name
 from .._sink import Sink, _check_max_bytes
 from .._spill import Spill
@@ -367,12 +367,7 @@ class SnapsinkTracker(TransformedTrackerBase):  # type: ignore[no-untyped-call]
         exc: BaseException | None,
         tb: TracebackType | None,
     ) -> None:
-        try:
-            self.close()
-        except BaseException as err:
-            if exc is None:
-                raise
-            exc.add_note(f"snapsink: closing the tracker's sink also failed: {err!r}")
+        close_noting(self.close, exc, "the tracker's sink")
 
     # -- helpers ------------------------------------------------------------------
     def _step(self, t: float) -> int:
