@@ -13,12 +13,9 @@ from __future__ import annotations
 from collections.abc import Callable, Container, Mapping, Sequence
 from typing import Any
 
-import numpy as np
-
 from ._channel import check_capacity, check_policy
-from ._checks import INT64_MAX, INT64_MIN
-from ._errors import ConfigError, DTypeError, SchemaError
-from ._schema import Schema, check_name
+from ._errors import ConfigError, SchemaError
+from ._schema import Schema, check_name, next_step
 from ._sink import _check_max_bytes, _check_schema
 from ._spill import Spill
 from ._store import Store
@@ -28,7 +25,6 @@ from .schedule import Schedule, as_schedule
 __all__ = ["Route", "Router", "merge_routes"]
 
 Selection = Sequence[str] | Callable[[Any], Mapping[str, Any]]
-
 
 
 def _check_selection(value: object, what: str) -> Selection | None:
@@ -231,20 +227,11 @@ class Router:
         SchemaError
             ``step`` does not increase strictly.
         """
-        if step is None:
-            s = 0 if self.last_step is None else self.last_step + 1
-        else:
-            if isinstance(step, bool) or not isinstance(step, int | np.integer):
-                raise DTypeError(f"step: expected an int, got {type(step).__name__} {step!r}")
-            s = int(step)
-            if self.last_step is not None and s <= self.last_step:
-                raise SchemaError(
-                    f"step: expected a step greater than {self.last_step} (every sink needs "
-                    f"strictly increasing steps; pass the simulation step), got {s}"
-                )
-        if not INT64_MIN <= s <= INT64_MAX:
-            raise SchemaError(f"step: expected a value that fits int64, got {s}")
-        return s
+        return next_step(
+            self.last_step,
+            step,
+            "every sink needs strictly increasing steps; pass the simulation step",
+        )
 
     def first(self, state: object) -> dict[str, tuple[Mapping[str, Any] | None, Schema | None]]:
         """``{route: (static, schema)}`` of the routes that open at the first
@@ -333,9 +320,7 @@ def _make_store(name: str, route: Route, static: Mapping[str, Any] | None) -> An
     return store
 
 
-def merge_routes(
-    routes: Mapping[str, Route] | None, more: Mapping[str, Route]
-) -> dict[str, Route]:
+def merge_routes(routes: Mapping[str, Route] | None, more: Mapping[str, Route]) -> dict[str, Route]:
     """The routes given positionally and as keywords, in one mapping; a name
     given in both is a :class:`ConfigError`."""
     out = dict(routes or {})
