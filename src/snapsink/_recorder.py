@@ -136,6 +136,8 @@ class Recorder(_Base):
             raise
         return self
 
+    # Deliberate parallel of Sink.__aexit__ (_sink.py): the signature every
+    # async context manager has.
     async def __aexit__(
         self,
         exc_type: type[BaseException] | None,
@@ -187,6 +189,9 @@ class Recorder(_Base):
                 done.set()
         return errors
 
+    # Deliberate parallel of SyncRecorder.record: each recorder documents its own
+    # method, and the body takes the same steps (awaited here); every decision
+    # in it is the Router's.
     async def record(
         self, state: Any, *, step: int | None = None, time: float | None = None
     ) -> tuple[str, ...]:
@@ -340,6 +345,9 @@ class SyncRecorder(ClosesOnExit, _Base):
         if not self._closed:
             _close_error(self._close_sinks(), None)
 
+    # Deliberate parallel of Recorder.record: each recorder documents its own
+    # method, and the body takes the same steps (not awaited here); every
+    # decision in it is the Router's.
     def record(
         self, state: Any, *, step: int | None = None, time: float | None = None
     ) -> tuple[str, ...]:

@@ -374,6 +374,8 @@ class Recording(ClosesOnExit):
         """Whether :meth:`close` has run."""
         return self._closed
 
+    # Deliberate parallel of Sink.flush (_sink.py): each public class documents
+    # its own flush.
     def flush(self) -> None:
         """Wait until every frame recorded so far is stored, durable and readable.
 

@@ -43,6 +43,8 @@ __all__ = ["SnapsinkTracker", "grid_attrs", "grid_static"]
 STEPS = ("solver", "interrupt")
 
 
+# Deliberate parallel of grid_static: each public function documents its own
+# parameter.
 def grid_attrs(grid: GridBase) -> dict[str, Any]:
     """The description of a py-pde grid, as a store's ``attrs`` take it.
 
@@ -73,6 +75,8 @@ def grid_attrs(grid: GridBase) -> dict[str, Any]:
     }
 
 
+# Deliberate parallel of grid_attrs: each public function documents its own
+# parameter.
 def grid_static(grid: GridBase) -> dict[str, np.ndarray[Any, Any]]:
     """The cell coordinates of each axis of a py-pde grid, as static arrays.
 
