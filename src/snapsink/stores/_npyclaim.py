@@ -3,20 +3,25 @@
 Runs from :meth:`NpyDirectory.open` (and before each commit). It tells apart
 an empty directory, a snapsink-npy store and files that are not the store's
 (which no mode ever deletes); it removes a store's own files for
-``mode="w"``; and it checks that the path still names the directory the writer
-opened. Split from the writer, as ``_zarrclaim`` is from the Zarr store, so
-that ``npy.py`` holds the store's life cycle.
+``mode="w"``, finds the static arrays ``mode="a"`` adds, and checks that the
+path still names the directory the writer opened. Split from the writer, as
+``_zarrclaim`` is from the Zarr store, so that ``npy.py`` holds the store's
+life cycle.
 """
 
 from __future__ import annotations
 
 import errno
 import os
+from collections.abc import Mapping
+from typing import Any
+
+import numpy as np
 
 from .._errors import ConfigError, FormatError, StoreExistsError
 from .._schema import check_name
 from ._lock import LOCK_NAME
-from ._npyfile import fsync_dir, read_metadata
+from ._npyfile import fsync_dir, load_static, read_metadata
 from ._npyformat import METADATA, METADATA_TMP, STATIC_DIR, Metadata, data_files
 
 __all__ = [
@@ -24,6 +29,7 @@ __all__ = [
     "refuse_foreign",
     "remove_store",
     "scan_store_dir",
+    "static_to_add",
     "store_entries",
 ]
 
@@ -134,6 +140,31 @@ def scan_store_dir(path: str, entries: list[str], meta: Metadata) -> tuple[list[
             else:
                 foreign.append(f"{STATIC_DIR}/{e}")
     return foreign, static_files
+
+
+def static_to_add(
+    path: str, meta: Metadata, static: Mapping[str, np.ndarray[Any, Any]]
+) -> dict[str, np.ndarray[Any, Any]]:
+    """The arrays of ``static`` that the store at ``path`` does not hold yet
+    (``mode="a"``); one it holds must be equal.
+
+    Raises
+    ------
+    ConfigError
+        The store holds a different array under one of the names.
+    """
+    new = {}
+    for name, arr in static.items():
+        if name in meta.static:
+            stored = load_static(path, name)
+            if stored.dtype != arr.dtype or not np.array_equal(stored, arr):
+                raise ConfigError(
+                    f"static {name!r}: the store holds a different array ({stored.dtype}, "
+                    f"shape {stored.shape}); static arrays are written once"
+                )
+        else:
+            new[name] = arr
+    return new
 
 
 def check_same_dir(path: str, dir_fd: int) -> None:

@@ -6,8 +6,8 @@
   symbolic links and never blocking on a FIFO;
 - reading: :func:`read_metadata`, :func:`load_static`, :func:`read_exactly`,
   :func:`data_size`;
-- durability: :func:`replace_atomically` (commit-last metadata) and
-  :func:`fsync_dir`.
+- writing durably: :func:`write_static`, :func:`replace_atomically`
+  (commit-last metadata) and :func:`fsync_dir`.
 
 What the bytes mean (headers, metadata, layout) is decided without I/O in
 :mod:`._npyformat`; this module only moves them to and from the disk.
@@ -19,7 +19,7 @@ import errno
 import math
 import os
 import stat
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from typing import Any
 
 import numpy as np
@@ -50,6 +50,7 @@ __all__ = [
     "read_exactly",
     "read_metadata",
     "replace_atomically",
+    "write_static",
 ]
 
 #: First capacity of a file: this many bytes' worth of rows, and at least 16 rows.
@@ -457,6 +458,20 @@ def load_static(path: str, name: str) -> np.ndarray[Any, Any]:
     if not isinstance(arr, np.ndarray) or arr.dtype.hasobject:
         raise FormatError(f"{where}: not a plain numeric array")
     return arr
+
+
+def write_static(path: str, arrays: Mapping[str, np.ndarray[Any, Any]]) -> None:
+    """Write each array to ``static/<name>.npy`` of the store at ``path``, durably."""
+    if not arrays:
+        return
+    sdir = os.path.join(path, STATIC_DIR)
+    os.makedirs(sdir, exist_ok=True)
+    for name, arr in arrays.items():
+        with open(os.path.join(sdir, f"{name}.npy"), "wb") as fh:
+            np.lib.format.write_array(fh, arr, allow_pickle=False)
+            fh.flush()
+            os.fsync(fh.fileno())
+    fsync_dir(sdir)
 
 
 def replace_atomically(directory: str, tmp_name: str, name: str, data: bytes) -> None:

@@ -308,6 +308,9 @@ class GPUBuffer:
             )
 
     # -- Store protocol -----------------------------------------------------------
+    # open() and prepare(): deliberate parallels of HostMemory.open/prepare
+    # (stores/memory.py): each store documents its own Store methods; the layout
+    # check is shared (_common.check_same_layout), the storage differs.
     def open(self) -> Resume | None:
         """Return ``None`` for an empty store, or a Resume to append after its frames.
 

@@ -37,20 +37,25 @@ from .._store import Resume, StoreSpec
 from ._common import check_attrs, check_mode, check_static, merge_metadata
 from ._format import StepRanges
 from ._lock import StoreLock, acquire_store_lock
-from ._npyclaim import check_same_dir, refuse_foreign, remove_store, store_entries
+from ._npyclaim import (
+    check_same_dir,
+    refuse_foreign,
+    remove_store,
+    static_to_add,
+    store_entries,
+)
 from ._npyfile import (
     GrowableNpyFile,
     check_path,
     fsync_dir,
-    load_static,
     read_metadata,
     replace_atomically,
+    write_static,
 )
 from ._npyformat import (
     HEADER_SIZE,
     METADATA,
     METADATA_TMP,
-    STATIC_DIR,
     Metadata,
     bytes_of,
     committed_rows,
@@ -194,6 +199,8 @@ class NpyDirectory:
     def __repr__(self) -> str:
         return f"NpyDirectory({self._path!r}, mode={self._mode!r})"
 
+    # Deliberate parallel of HDF5Store.describe (stores/hdf5.py): each public store
+    # documents its own method; only the arguments to rebuild it differ.
     def describe(self) -> StoreSpec | None:
         """How a writer process builds this store again (see :class:`~snapsink.Sink`).
 
@@ -221,6 +228,9 @@ class NpyDirectory:
         """The store's directory."""
         return self._path
 
+    # Deliberate parallel of ZarrStore.add_metadata (stores/zarr.py) and
+    # HostMemory.add_metadata (stores/memory.py): each public store documents its
+    # own method; the merge itself is shared (_common.merge_metadata).
     def add_metadata(
         self,
         *,
@@ -516,22 +526,10 @@ class NpyDirectory:
     def _create(self) -> None:
         self._state = "open"
         self._write_metadata(closed=False)
-        self._write_static(self._static)
+        write_static(self._path, self._static)
         self._static_names = list(self._static)
         if self._static_names:
             self._write_metadata(closed=False)
-
-    def _write_static(self, arrays: Mapping[str, np.ndarray[Any, Any]]) -> None:
-        if not arrays:
-            return
-        sdir = os.path.join(self._path, STATIC_DIR)
-        os.makedirs(sdir, exist_ok=True)
-        for name, arr in arrays.items():
-            with open(os.path.join(sdir, f"{name}.npy"), "wb") as fh:
-                np.lib.format.write_array(fh, arr, allow_pickle=False)
-                fh.flush()
-                os.fsync(fh.fileno())
-        fsync_dir(sdir)
 
     def _resume(self) -> Resume | None:
         meta = read_metadata(self._path)
@@ -540,17 +538,7 @@ class NpyDirectory:
         self._attrs = {**meta.attrs, **self._attrs}
         self._dropped = StepRanges(meta.dropped)
         self._static_names = list(meta.static)
-        new_static = {}
-        for name, arr in self._static.items():
-            if name in meta.static:
-                stored = load_static(self._path, name)
-                if stored.dtype != arr.dtype or not np.array_equal(stored, arr):
-                    raise ConfigError(
-                        f"static {name!r}: the store holds a different array ({stored.dtype}, "
-                        f"shape {stored.shape}); static arrays are written once"
-                    )
-            else:
-                new_static[name] = arr
+        new_static = static_to_add(self._path, meta, self._static)
         self._schema = meta.schema
         self._times = meta.times
         self._count = self._committed = meta.count
@@ -564,7 +552,7 @@ class NpyDirectory:
                     raise FormatError(
                         f"{off.path}: offsets end at row {end}, {METADATA} says {meta.rows[name]}"
                     )
-        self._write_static(new_static)
+        write_static(self._path, new_static)
         self._static_names += list(new_static)
         self._write_metadata(closed=False)
         if meta.schema is None:
