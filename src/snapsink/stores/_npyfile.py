@@ -19,6 +19,7 @@ import errno
 import math
 import os
 import stat
+import sys
 from collections.abc import Mapping, Sequence
 from typing import Any
 
@@ -57,6 +58,7 @@ __all__ = [
 _INITIAL_BYTES = 1 << 20
 #: Linux IOV_MAX; a pwritev call takes at most this many buffers.
 _IOV_MAX = 1024
+_CAN_ADVISE = hasattr(os, "posix_fadvise") and sys.platform == "linux"
 
 
 # -- a growable file --------------------------------------------------------------
@@ -230,7 +232,7 @@ class GrowableNpyFile:
         self.used = committed
         self.capacity = capacity
         self.dirty = False
-        #: rows whose writeback was started early (NpyDirectory._start_writeback)
+        #: rows whose writeback was started early (:meth:`start_writeback`)
         self.written_back = committed
 
     @classmethod
@@ -303,6 +305,24 @@ class GrowableNpyFile:
         if len(raw) != self.row_bytes:
             raise FormatError(f"{self.path}: short read at row {row}")
         return np.frombuffer(raw, self.dtype).reshape(self.row_shape)
+
+    def start_writeback(self) -> None:
+        """Start writing the rows written since the last call to disk, without
+        waiting (Linux starts the writeback of a dirty range at
+        ``POSIX_FADV_DONTNEED``); a no-op where that advice is not available."""
+        start = self.written_back
+        if not _CAN_ADVISE or self.used <= start:
+            return
+        try:
+            os.posix_fadvise(
+                self.fd,
+                HEADER_SIZE + start * self.row_bytes,
+                (self.used - start) * self.row_bytes,
+                os.POSIX_FADV_DONTNEED,
+            )
+        except OSError:  # advice only: the commit's fsync still syncs
+            pass
+        self.written_back = self.used
 
     def sync(self) -> None:
         """Name the ``used`` rows in the header and make everything durable."""

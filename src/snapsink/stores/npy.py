@@ -21,7 +21,6 @@ from __future__ import annotations
 
 import json
 import os
-import sys
 import time
 import weakref
 from collections.abc import Mapping
@@ -53,7 +52,6 @@ from ._npyfile import (
     write_static,
 )
 from ._npyformat import (
-    HEADER_SIZE,
     METADATA,
     METADATA_TMP,
     Metadata,
@@ -73,14 +71,8 @@ from ._npyread import NpySource, is_npy_store, open_npy
 _clock = time.monotonic  # the commit_seconds clock (tests replace it)
 #: appended bytes after which the writeback of the new data is started early
 _WRITEBACK_BYTES = 16 << 20
-_CAN_ADVISE = hasattr(os, "posix_fadvise") and sys.platform == "linux"
 _DIRECTORY = getattr(os, "O_DIRECTORY", 0)
 _CLOEXEC = getattr(os, "O_CLOEXEC", 0)
-
-
-def _close_files(files: dict[str, GrowableNpyFile]) -> None:
-    for f in files.values():
-        f.close()
 
 
 class _Handles:
@@ -97,7 +89,8 @@ class _Handles:
 
     def close(self) -> None:
         try:
-            _close_files(self.files)
+            for f in self.files.values():
+                f.close()
             self.files.clear()
         finally:
             if self.dir_fd >= 0:
@@ -429,21 +422,8 @@ class NpyDirectory:
         close, then have little left to do: in a writer process that fsync is
         the tail the simulation waits for at the end of its run."""
         self._unsynced = 0
-        if not _CAN_ADVISE:
-            return
         for f in self._files.values():
-            start = f.written_back
-            if f.used > start:
-                try:
-                    os.posix_fadvise(
-                        f.fd,
-                        HEADER_SIZE + start * f.row_bytes,
-                        (f.used - start) * f.row_bytes,
-                        os.POSIX_FADV_DONTNEED,
-                    )
-                except OSError:  # advice only: the commit's fsync still syncs
-                    pass
-                f.written_back = f.used
+            f.start_writeback()
 
     def commit(self) -> None:
         """Make every appended frame durable and visible (commit-last).
