@@ -61,7 +61,7 @@ _IOV_MAX = 1024
 _CAN_ADVISE = hasattr(os, "posix_fadvise") and sys.platform == "linux"
 
 
-# -- a growable file --------------------------------------------------------------
+# -- writing and opening files ----------------------------------------------------
 def _pwrite_all(fd: int, buffers: Sequence[memoryview], offset: int) -> None:
     """Write every buffer back to back at ``offset``, retrying short writes."""
     pending = [b for b in buffers if b.nbytes]
@@ -203,6 +203,7 @@ def read_at(fd: int, n: int, pos: int) -> bytes:
     return b"".join(parts)
 
 
+# -- a growable file --------------------------------------------------------------
 class GrowableNpyFile:
     """One ``.npy`` file grown along axis 0: header at 0, rows from offset 4096.
 
@@ -386,7 +387,7 @@ class GrowableNpyFile:
             os.close(fd)
 
 
-# -- store paths and files ------------------------------------------------------------
+# -- a store's files ----------------------------------------------------------------
 # check_path is I/O-free, but hdf5.py imports it from here (it validates the
 # path argument that open_in_store and the writers then use).
 def check_path(path: object) -> str:
