@@ -177,16 +177,10 @@ def _create_group(
     dropped-steps dataset, static arrays, then the commit record."""
     claimed = Claimed(attrs)
     with sf.file(swmr=False, locked=True) as f:
-        grp = (
-            (f.require_group(sf.group) if adopt else f.create_group(sf.group))
-            if sf.group
-            else f
-        )
+        grp = (f.require_group(sf.group) if adopt else f.create_group(sf.group)) if sf.group else f
         grp.attrs[META_ATTR] = claimed.meta.to_text()
         grp.attrs[ATTRS_ATTR] = attrs_text(attrs)
-        grp.create_dataset(
-            DROPPED, (0, 2), np.int64, maxshape=(None, 2), chunks=(DROPPED_CHUNK, 2)
-        )
+        grp.create_dataset(DROPPED, (0, 2), np.int64, maxshape=(None, 2), chunks=(DROPPED_CHUNK, 2))
         _write_static(grp, static)
         grp.create_dataset(COMMIT, data=CommitRecord().to_array())
     if sf.group:

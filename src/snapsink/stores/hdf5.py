@@ -143,6 +143,7 @@ class HDF5Store:
     datasets' chunking and compression. HDF5 never gives space back: a
     replaced group's space stays in the file (``h5repack`` reclaims it).
     """
+
     def __init__(
         self,
         path: str | os.PathLike[str],
