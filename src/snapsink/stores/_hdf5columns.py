@@ -17,11 +17,19 @@ from typing import Any
 import numpy as np
 
 from .._errors import FormatError, SchemaError
-from .._schema import Frame, Schema
+from .._schema import Field, Frame, Schema
 from ._hdf5plan import Compression, maxshape
 from ._zarrplan import ArrayPlan, RowBuffer, plan_arrays
 
-__all__ = ["Column", "Pending", "create_columns", "load_columns", "plan_rows", "write_rows"]
+__all__ = [
+    "Column",
+    "Pending",
+    "create_columns",
+    "field_arrays",
+    "load_columns",
+    "plan_rows",
+    "write_rows",
+]
 
 #: full chunks buffered for a dataset: (dataset name, first row, rows)
 Pending = tuple[str, int, np.ndarray[Any, Any]]
@@ -157,22 +165,7 @@ def plan_rows(
             raise SchemaError(f"{where}: every frame must carry a time (the store has times)")
         out.append(("times", np.fromiter((fr.time for fr in frames), np.float64, n)))
     for name, f in schema.items():
-        arrays = []
-        for fr in frames:
-            a = fr.fields[name]
-            if not isinstance(a, np.ndarray) or a.dtype != f.dtype:
-                a = np.asarray(a, dtype=f.dtype)
-            if f.ragged:
-                if a.ndim != len(f.shape) or a.shape[1:] != f.row_shape:
-                    raise SchemaError(
-                        f"field {name!r}: expected rows of shape {f.row_shape}, got an "
-                        f"array of shape {a.shape} at step {fr.step}"
-                    )
-            elif a.shape != f.shape:
-                raise SchemaError(
-                    f"field {name!r}: expected shape {f.shape}, got {a.shape} at step {fr.step}"
-                )
-            arrays.append(a)
+        arrays = field_arrays(name, f, frames)
         if not f.ragged:
             out.append((name, arrays))
             continue
@@ -182,6 +175,35 @@ def plan_rows(
         out.append((name, rows))
         out.append((f"{name}.offsets", offsets))
     return out
+
+
+def field_arrays(name: str, f: Field, frames: list[Frame]) -> list[np.ndarray[Any, Any]]:
+    """Field ``name``'s array in each frame, of the field's dtype (converted
+    when needed), its shape checked (a ragged field: its row shape).
+
+    Raises
+    ------
+    SchemaError
+        An array of another shape, naming the field and the step.
+    """
+    # NpyDirectory._plan_field (npy.py) makes the same check, written again.
+    arrays = []
+    for fr in frames:
+        a = fr.fields[name]
+        if not isinstance(a, np.ndarray) or a.dtype != f.dtype:
+            a = np.asarray(a, dtype=f.dtype)
+        if f.ragged:
+            if a.ndim != len(f.shape) or a.shape[1:] != f.row_shape:
+                raise SchemaError(
+                    f"field {name!r}: expected rows of shape {f.row_shape}, got an "
+                    f"array of shape {a.shape} at step {fr.step}"
+                )
+        elif a.shape != f.shape:
+            raise SchemaError(
+                f"field {name!r}: expected shape {f.shape}, got {a.shape} at step {fr.step}"
+            )
+        arrays.append(a)
+    return arrays
 
 
 def write_rows(

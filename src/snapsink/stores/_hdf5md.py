@@ -550,9 +550,10 @@ class H5MDSource:
         )
         self.length = n
 
-    # Deliberate parallel of ArraySource's accessors (_trajectory.py): refresh
-    # computes these values, and ArraySource's chunk reads (opener None: "the
-    # arrays travel with the graph") must not apply to h5py datasets.
+    # Deliberate parallel of ArraySource.steps ... attrs (_trajectory.py): the
+    # Source protocol's getters of what refresh computed. Not a subclass of
+    # ArraySource: its chunk reads (opener None, "in-memory arrays travel with
+    # the graph") must not apply to h5py datasets.
     def steps(self) -> np.ndarray[Any, np.dtype[np.int64]]:
         return self._steps
 
