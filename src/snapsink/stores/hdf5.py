@@ -25,6 +25,12 @@ Readers trust only the commit record.
 ``/observables``) whose datasets are hard links to the group's (see
 :mod:`._hdf5md`): the same commit-last machinery serves both layouts.
 
+This module holds the store's life cycle (modes, buffering, commits); the
+rest of the writer is split by role: :mod:`._hdf5session` (the file held and
+written in sessions), :mod:`._hdf5claim` (what ``open`` finds and makes, by
+mode), :mod:`._hdf5columns` (the datasets), :mod:`._hdf5plan` (I/O-free
+decisions), :mod:`._hdf5md` (the H5MD tree).
+
 h5py is imported when a store opens (``import snapsink`` never imports it).
 """
 
