@@ -36,6 +36,30 @@ def assert_prefix(path: str | os.PathLike[str], at_least: int = 0) -> int:
     return n
 
 
+def assert_h5md_prefix(path: str | os.PathLike[str], n: int) -> None:
+    """The H5MD elements of a file written with ``layout="h5md"`` (mapping
+    ``_writer.H5MD``) hold frames ``0..n-1`` bit-exact, read with plain h5py.
+
+    Past ``n`` a plain H5MD reader may see more rows (a dataset is extended
+    before the commit record names its rows; ``mode="a"`` or a clean close trims
+    it): only the committed rows are checked, and they must be the run's."""
+    import h5py
+
+    steps = [step_of(i) for i in range(n)]
+    want = [frame_for(s) for s in steps]
+    with h5py.File(path, "r") as f:  # h5py's default locking, as snapsink's reader
+        assert f["h5md"].attrs["version"].tolist() == [1, 1]
+        pos = f["particles/all/position"]
+        assert pos["value"].shape[0] >= n and pos["step"].shape[0] >= n
+        assert pos["step"][:n].tolist() == steps
+        np.testing.assert_array_equal(pos["time"][:n], [time_of(s) for s in steps])
+        xs = pos["value"][:n]
+        es = f["observables/e/value"][:n]
+        for i, w in enumerate(want):
+            assert_bits(xs[i], w["x"], f"H5MD position of frame {i}")
+            assert_bits(es[i], np.float64(w["e"]), f"H5MD observable e of frame {i}")
+
+
 def assert_bits(got: Any, want: Any, what: str) -> None:
     got = np.asarray(got)
     want = np.asarray(want)

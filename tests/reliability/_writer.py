@@ -16,7 +16,7 @@ line it or a writer prints on stdout is ``<job> <what> [<value>]``:
 Lines are written with one ``os.write`` each (shorter than PIPE_BUF), so lines
 of concurrent writers never interleave.
 
-A job: ``{"job": id, "kind": "npy"|"zarr"|"hdf5", "path": ..., "mode": "x"|"a",
+A job: ``{"job": id, "kind": "npy"|"zarr"|"hdf5"|"h5md", "path": ..., "mode": "x"|"a",
 "policy": "block"|"spill", "spill": dir, "start": i0, "n": frames,
 "flush_every": k, "commit_every": c, "capacity": cap, "writer": "auto"|"thread",
 "report_writes": bool}``.
@@ -55,6 +55,10 @@ SCHEMA = snapsink.Schema(
 )
 
 
+#: the H5MD layout's mapping: ``x`` (4 particles in 3-D) is the position element
+H5MD = {"position": "x", "observables": ["e"]}
+
+
 def step_of(i: int) -> int:
     """Step of the i-th frame of a run (strictly increasing, not contiguous)."""
     return 2 * i + 1
@@ -82,6 +86,15 @@ def make_store(cfg: dict[str, Any]) -> Any:
     if cfg["kind"] == "hdf5":
         return snapsink.HDF5Store(
             cfg["path"], mode=cfg["mode"], chunk_frames=4, commit_every=cfg["commit_every"]
+        )
+    if cfg["kind"] == "h5md":  # the H5MD layout: the same datasets, linked into /particles
+        return snapsink.HDF5Store(
+            cfg["path"],
+            mode=cfg["mode"],
+            layout="h5md",
+            h5md=H5MD,
+            chunk_frames=4,
+            commit_every=cfg["commit_every"],
         )
     return snapsink.ZarrStore(
         cfg["path"], mode=cfg["mode"], chunk_frames=4, commit_every=cfg["commit_every"]

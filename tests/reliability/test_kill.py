@@ -30,7 +30,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from _check import assert_prefix
+from _check import assert_h5md_prefix, assert_prefix
 
 import snapsink
 
@@ -168,16 +168,40 @@ def is_store(path: Path) -> bool:
     return (path / "metadata.json").exists() or (path / "zarr.json").exists()
 
 
+def store_path(root: Path, kind: str) -> Path:
+    return root / {"hdf5": "store.h5", "h5md": "store.h5md"}.get(kind, "store")
+
+
+def check_store(path: Path, kind: str, at_least: int) -> int:
+    """The frames visible through snapsink (see ``assert_prefix``); for the H5MD
+    layout, also its ``/particles`` and ``/observables`` elements, read with plain
+    h5py, up to the committed count."""
+    n = assert_prefix(path, at_least=at_least)
+    if kind == "h5md" and n:  # (a store killed before its first frame has no tree yet)
+        assert_h5md_prefix(path, n)
+    return n
+
+
 def needs(kind: str) -> None:
-    if kind == "hdf5":
+    if kind in ("hdf5", "h5md"):
         pytest.importorskip("h5py")
 
 
 def kill_once(
-    server: ForkServer, root: Path, kind: str, policy: str, rng: random.Random
+    server: ForkServer,
+    root: Path,
+    kind: str,
+    policy: str,
+    rng: random.Random,
+    *,
+    within: float | None = None,
 ) -> tuple[int, int]:
-    """One writer, one SIGKILL, one check, one resume. Returns (flushed, visible)."""
-    path = root / ("store.h5" if kind == "hdf5" else "store")
+    """One writer, one SIGKILL, one check, one resume. Returns (flushed, visible).
+
+    ``within``: kill within that many seconds of the writer's start, while it
+    makes its store (the file and the datasets, for HDF5: outside SWMR mode);
+    the path must then hold no store, or a whole one."""
+    path = store_path(root, kind)
     spill = root / "spill"
     common = {
         "kind": kind,
@@ -193,7 +217,10 @@ def kill_once(
     job = server.spawn(
         **common, mode="x", start=0, n=100_000, flush_every=rng.choice([1, 2, 5])
     )
-    if rng.random() < 0.5:
+    if within is not None:
+        job.wait_for(lambda: job.pid is not None)
+        threading.Event().wait(rng.uniform(0.0, within))
+    elif rng.random() < 0.5:
         k = rng.randrange(1, 6)
         job.wait_for(lambda: job.flushes >= k)  # then kill at once: mid-commit
     else:
@@ -202,6 +229,9 @@ def kill_once(
     job.kill_and_reap()
     assert not job.done
     flushed = job.flushed + 1
+    if within is not None:
+        # no torn file: nothing (or the empty file the writer opened) or a store
+        assert not path.exists() or path.is_dir() or path.stat().st_size == 0 or is_store(path)
     if flushed == 0 and not is_store(path):
         # Killed before the store's first commit: nothing was promised, and
         # there is nothing to open, but mode="a" must still start a store there.
@@ -209,12 +239,12 @@ def kill_once(
             snapsink.open(path)
         visible = 0
     else:
-        visible = assert_prefix(path, at_least=flushed)
+        visible = check_store(path, kind, flushed)
     extra = rng.randrange(1, 7)
     again = server.spawn(**common, mode="a", start=visible, n=extra, flush_every=3)
     again.wait_for(lambda: again.done)
     again.kill_and_reap()  # reap: it has exited
-    assert assert_prefix(path, at_least=visible + extra) == visible + extra
+    assert check_store(path, kind, visible + extra) == visible + extra
     return flushed, visible
 
 
@@ -242,11 +272,13 @@ SEEDS = {
     ("zarr", "spill"): 4,
     ("hdf5", "block"): 14,
     ("hdf5", "spill"): 15,
+    ("h5md", "block"): 16,
+    ("h5md", "spill"): 17,
 }
 
 
 @pytest.mark.parametrize("policy", ["block", "spill"])
-@pytest.mark.parametrize("kind", ["npy", "zarr", "hdf5"])
+@pytest.mark.parametrize("kind", ["npy", "zarr", "hdf5", "h5md"])
 def test_sigkill_never_loses_a_flushed_frame(
     server: ForkServer, tmp_path: Path, kind: str, policy: str
 ) -> None:
@@ -258,11 +290,35 @@ def test_sigkill_never_loses_a_flushed_frame(
 @pytest.mark.slow
 @pytest.mark.timeout(900)
 @pytest.mark.parametrize("policy", ["block", "spill"])
-@pytest.mark.parametrize("kind", ["npy", "zarr", "hdf5"])
+@pytest.mark.parametrize("kind", ["npy", "zarr", "hdf5", "h5md"])
 def test_sigkill_soak(server: ForkServer, tmp_path: Path, kind: str, policy: str) -> None:
     """The same, 250 kills per (store, policy)."""
     needs(kind)
     run_kills(server, tmp_path, kind, policy, kills=250, seed=100 + SEEDS[kind, policy])
+
+
+@pytest.mark.parametrize("kind", ["hdf5", "h5md"])
+def test_sigkill_while_the_store_is_made_leaves_no_torn_file(
+    server: ForkServer, tmp_path: Path, kind: str
+) -> None:
+    """30 kills per layout within the first 30 ms: while the writer makes the
+    HDF5 file and the datasets, HDF5's structure is written outside SWMR mode
+    (a kill there left a file HDF5 could not open: about 1 kill in 100, and
+    mode="a" then failed). The store is made whole beside the path and renamed
+    over it: every kill leaves the path empty or a store, and mode="a" resumes."""
+    needs(kind)
+    seeds = [{"hdf5": 21, "h5md": 22}[kind] * 10_000 + k for k in range(30)]
+
+    def one(s: int) -> tuple[int, int]:
+        root = tmp_path / f"m{s}"
+        root.mkdir()
+        got = kill_once(server, root, kind, "block", random.Random(s), within=0.03)
+        # the resumed writer removed any temporary file a kill left
+        assert [p.name for p in root.iterdir() if p.name.endswith(".partial")] == []
+        return got
+
+    with ThreadPoolExecutor(3) as pool:
+        list(pool.map(one, seeds))
 
 
 # -- the simulation's process killed: its writer process stores what it was given ---
@@ -287,7 +343,7 @@ def kill_producer_once(server: ForkServer, root: Path, kind: str, rng: random.Ra
     """Kill the producer at a random moment (default writer, policy block);
     after its writer process exits, every frame whose write() returned must be
     stored. Returns the number of frames written."""
-    path = root / ("store.h5" if kind == "hdf5" else "store")
+    path = store_path(root, kind)
     job = server.spawn(
         kind=kind,
         path=str(path),
@@ -322,11 +378,11 @@ def kill_producer_once(server: ForkServer, root: Path, kind: str, rng: random.Ra
     # may be: reports still in the pipe when the kill landed are never read, so
     # the reports only bound the written frames from below (assert_prefix checks
     # every visible frame against the run, so none can be invented).
-    assert_prefix(path, at_least=written)
+    check_store(path, kind, written)
     return written
 
 
-@pytest.mark.parametrize("kind", ["npy", "zarr", "hdf5"])
+@pytest.mark.parametrize("kind", ["npy", "zarr", "hdf5", "h5md"])
 def test_sigkill_of_the_producer_loses_no_written_frame(
     server: ForkServer, tmp_path: Path, kind: str
 ) -> None:
@@ -334,7 +390,7 @@ def test_sigkill_of_the_producer_loses_no_written_frame(
     frame already in shared memory, and leaves nothing in /dev/shm."""
     needs(kind)
     before = shm_names()
-    seeds = [{"npy": 7, "zarr": 8, "hdf5": 9}[kind] * 10_000 + k for k in range(50)]
+    seeds = [{"npy": 7, "zarr": 8, "hdf5": 9, "h5md": 6}[kind] * 10_000 + k for k in range(50)]
 
     def one(s: int) -> int:
         root = tmp_path / f"p{s}"

@@ -263,6 +263,49 @@ def test_modes_x_w_a(tmp_path: Path) -> None:
     assert snapsink.open(path)["v"][:].tolist() == [100.0, 101.0]
 
 
+def test_a_store_is_made_whole_beside_the_path_before_the_path_names_it(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A writer that dies while it makes the file, or a new store's datasets,
+    must not leave a torn HDF5 file (HDF5 writes structure in no crash-safe
+    order outside SWMR mode: a SIGKILL there left files HDF5 could not open,
+    and mode="a" could not resume). Here the making fails half-way, as a
+    kill would stop it; the path must be as it was, and mode="a" must work."""
+    from snapsink.stores import _hdf5claim
+
+    path = tmp_path / "made.h5"
+
+    def torn(grp: Any, arrays: Any) -> None:  # the group exists, the commit record not yet
+        raise OSError("killed while laying out the group")
+
+    monkeypatch.setattr(_hdf5claim, "_write_static", torn)
+    with pytest.raises(OSError, match="killed"):
+        HDF5Store(path, static={"box": np.ones(3)}).open()
+    monkeypatch.undo()
+    assert not path.exists() or path.stat().st_size == 0  # not a torn HDF5 file
+    assert [p.name for p in tmp_path.iterdir() if p.name.endswith(".partial")] == []
+    write(HDF5Store(path, mode="a"), SCHEMA, _frames(0, 2), times=True)
+    assert snapsink.open(path)["v"][:].tolist() == [0.0, 1.0]
+
+    # the first prepare too: the datasets are made in a copy, renamed over the file
+    path2 = tmp_path / "prepared.h5"
+    store = HDF5Store(path2)
+    store.open()
+    ino = path2.stat().st_ino
+
+    def torn_columns(*args: Any, **kwargs: Any) -> Any:
+        raise OSError("killed while making the datasets")
+
+    monkeypatch.setattr(store, "_create_columns", torn_columns)
+    with pytest.raises(OSError, match="killed"):
+        store.prepare(SCHEMA, times=True)
+    assert path2.stat().st_ino == ino  # the file as open() made it: a store of 0 frames
+    assert len(snapsink.open(path2)) == 0
+    store.close()
+    write(HDF5Store(path2, mode="a"), SCHEMA, _frames(0, 3), times=True)
+    assert snapsink.open(path2)["v"][:].tolist() == [0.0, 1.0, 2.0]
+
+
 def test_mode_a_on_a_missing_file_creates_it(tmp_path: Path) -> None:
     path = tmp_path / "deep" / "new.h5"
     assert write(HDF5Store(path, mode="a"), SCHEMA, _frames(0, 3), times=True) is None

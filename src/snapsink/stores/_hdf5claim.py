@@ -80,9 +80,9 @@ def claim_group(
         A static array differs from the stored one.
     """
     h5py = import_h5py()
+    sf.remove_leftovers()
     if sf.size() == 0 or _replace_old_file(sf, mode, h5py):
-        sf.new_file(h5py)
-        return _create_group(sf, attrs, static)
+        return _create_file(sf, attrs, static)
     clear_open_flags(sf.fd, sf.where)
     kind = sf.inspect(h5py)
     if h5md:
@@ -94,10 +94,9 @@ def claim_group(
     _refuse(sf.where, mode, kind)
     if mode == "w":
         if not sf.group:
-            sf.new_file(h5py)
-        else:
-            with sf.file(swmr=False, locked=True) as f:
-                del f[sf.group]
+            return _create_file(sf, attrs, static)
+        with sf.file(swmr=False, locked=True) as f:
+            del f[sf.group]
         return _create_group(sf, attrs, static)
     return _resume(sf, h5py, attrs, static)
 
@@ -166,6 +165,17 @@ def _claim_h5md(sf: StoreFile, mode: str, kind: str) -> None:
                 del f[p]
 
 
+def _create_file(
+    sf: StoreFile, attrs: dict[str, Any], static: Mapping[str, np.ndarray[Any, Any]]
+) -> Claimed:
+    """A new file holding the new group, made whole before the path names it
+    (:meth:`StoreFile.remake`): a kill leaves the empty file, or the old one
+    that ``mode="w"`` replaces, never a torn one."""
+    claimed = Claimed(attrs)
+    sf.remake(lambda f: _lay_out(f, sf.group, claimed, static))
+    return claimed
+
+
 def _create_group(
     sf: StoreFile,
     attrs: dict[str, Any],
@@ -173,20 +183,31 @@ def _create_group(
     *,
     adopt: bool = False,
 ) -> Claimed:
-    """A new group (``adopt``: an existing empty one): metadata, attrs, the
-    dropped-steps dataset, static arrays, then the commit record."""
+    """A new group in the file as it is (``adopt``: an existing empty one). A
+    file of other groups is not remade (their writers hold it): a kill inside
+    this session is HDF5's window (see ``docs/formats/hdf5.md``)."""
     claimed = Claimed(attrs)
     with sf.file(swmr=False, locked=True) as f:
-        grp = (f.require_group(sf.group) if adopt else f.create_group(sf.group)) if sf.group else f
-        grp.attrs[META_ATTR] = claimed.meta.to_text()
-        grp.attrs[ATTRS_ATTR] = attrs_text(attrs)
-        grp.create_dataset(DROPPED, (0, 2), np.int64, maxshape=(None, 2), chunks=(DROPPED_CHUNK, 2))
-        _write_static(grp, static)
-        grp.create_dataset(COMMIT, data=CommitRecord().to_array())
-    if sf.group:
-        # the parent directory entry of a new file is durable too
-        _fsync_dir(os.path.dirname(os.path.abspath(sf.path)))
+        _lay_out(f, sf.group, claimed, static, adopt=adopt)
     return claimed
+
+
+def _lay_out(
+    f: Any,
+    group: str,
+    claimed: Claimed,
+    static: Mapping[str, np.ndarray[Any, Any]],
+    *,
+    adopt: bool = False,
+) -> None:
+    """The group in file ``f``: metadata, attrs, the dropped-steps dataset,
+    static arrays, then the commit record."""
+    grp = (f.require_group(group) if adopt else f.create_group(group)) if group else f
+    grp.attrs[META_ATTR] = claimed.meta.to_text()
+    grp.attrs[ATTRS_ATTR] = attrs_text(claimed.attrs)
+    grp.create_dataset(DROPPED, (0, 2), np.int64, maxshape=(None, 2), chunks=(DROPPED_CHUNK, 2))
+    _write_static(grp, static)
+    grp.create_dataset(COMMIT, data=CommitRecord().to_array())
 
 
 def _write_static(grp: Any, arrays: Mapping[str, np.ndarray[Any, Any]]) -> None:
@@ -269,11 +290,3 @@ def _new_static(
 def attrs_text(obj: Mapping[str, Any]) -> str:
     """The user's attrs as the group's ``attrs`` attribute (JSON text)."""
     return json.dumps(dict(obj), allow_nan=False, separators=(",", ":"))
-
-
-def _fsync_dir(path: str) -> None:
-    fd = os.open(path, os.O_RDONLY | getattr(os, "O_DIRECTORY", 0))
-    try:
-        os.fsync(fd)
-    finally:
-        os.close(fd)

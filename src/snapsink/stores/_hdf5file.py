@@ -222,10 +222,10 @@ _GROUP_BASE = _SESSION_BYTE + 1
 _GROUP_SPAN = 1 << 56
 
 
-def _flock_struct(kind: int, start: int) -> bytes:
+def _flock_struct(kind: int, start: int, length: int = 1) -> bytes:
     # struct flock on 64-bit Linux: short l_type, short l_whence, off_t l_start,
-    # off_t l_len, pid_t l_pid (0 for OFD locks), padded to 32 bytes.
-    return struct.pack("@hhqqi4x", kind, os.SEEK_SET, start, 1, 0)
+    # off_t l_len (0: to the end), pid_t l_pid (0 for OFD locks), padded to 32 bytes.
+    return struct.pack("@hhqqi4x", kind, os.SEEK_SET, start, length, 0)
 
 
 def _group_byte(group: str) -> int:
@@ -288,6 +288,15 @@ class FileLocks:
                 store=self.where,
             )
         self._claimed = group
+
+    def others_hold(self) -> bool:
+        """Whether another open file description holds any lock of the file:
+        a writer's claim or session, a reader opening it (False where there
+        are no OFD locks: nobody is known to)."""
+        if not _OFD:
+            return False
+        got = fcntl.fcntl(self.fd, fcntl.F_OFD_GETLK, _flock_struct(fcntl.F_WRLCK, 0, 0))
+        return bool(struct.unpack("@hhqqi4x", got)[0] != fcntl.F_UNLCK)
 
     @contextlib.contextmanager
     def session(self) -> Iterator[None]:

@@ -323,6 +323,42 @@ def write_h5md_tree(
             node.attrs["unit"] = unit
 
 
+def h5md_tree_is_current(
+    f: Any, grp: Any, m: H5MDMapping, dim: int, *, times: bool, static_box: bool
+) -> bool:
+    """Whether :func:`write_h5md_tree` would change nothing of the tree in ``f``
+    (the creator's version aside). Read only: a resumed store then writes
+    nothing outside SWMR mode, where a kill could tear the file's structure."""
+
+    def same(node: Any, key: str, value: Any) -> bool:
+        got = None if node is None else node.attrs.get(key)
+        return got is not None and np.array_equal(np.asarray(got), np.asarray(value))
+
+    boundary = m.boundary or (("periodic",) if m.box is not None else ("none",))
+    if len(boundary) == 1:
+        boundary = boundary * dim
+    h5 = f.get("h5md")
+    box = f.get(f"particles/{m.particles}/box")
+    if not (
+        same(h5, "version", np.array(H5MD_VERSION, np.int32))
+        and same(f.get("h5md/author"), "name", m.author)
+        and same(f.get("h5md/creator"), "name", "snapsink")
+        and same(box, "dimension", np.int32(dim))
+        and same(box, "boundary", np.array([b.encode() for b in boundary]))
+    ):
+        return False
+    links = h5md_links(m, times=times, static_box=static_box)
+    if any(f.get(path) != grp[target] for path, target in links.items()):
+        return False
+    for key, unit in m.units.items():
+        node = grp.get("times") if key == "time" and times else grp.get(key)
+        if node is None and key != "time":
+            node = grp.get(f"{STATIC_GROUP}/{key}")
+        if node is not None and not same(node, "unit", unit):
+            return False
+    return True
+
+
 def is_h5md_file(f: Any) -> bool:
     """Whether the open h5py file ``f`` has an H5MD ``/h5md`` group and particles
     or observables."""

@@ -9,15 +9,16 @@ raises :class:`~snapsink.FormatError`.
 
 from __future__ import annotations
 
+import contextlib
 import functools
 import os
 import threading
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Iterator, Mapping
 from typing import Any
 
 import numpy as np
 
-from .._errors import ConfigError, FormatError, StoreNotFoundError
+from .._errors import ConfigError, FormatError, SnapsinkError, StoreNotFoundError
 from .._schema import Schema
 from .._trajectory import Trajectory
 from ._format import StepRanges, parse_step_ranges
@@ -248,7 +249,20 @@ class HDF5Source(RowArraysSource):
         return self._grp()[name]
 
     def refresh(self) -> None:
-        """Open the file again and re-read the commit record and metadata."""
+        """Open the file again and re-read the commit record and metadata.
+
+        Raises
+        ------
+        FormatError
+            Not a snapsink group, or HDF5 cannot read the file's structure
+            (h5py's own error is the cause).
+        StoreNotFoundError
+            No such group.
+        """
+        with structure_errors(self._path):
+            self._refresh()
+
+    def _refresh(self) -> None:
         h5py = import_h5py()
         f = HANDLES.get(self._path, fresh=True)
         where = f"HDF5 group {self._group or '/'!r} in {self._path!r}"
@@ -385,15 +399,33 @@ def list_hdf5_groups(path: str | os.PathLike[str]) -> list[str]:
         Not an HDF5 file.
     """
     h5py = import_h5py()
-    f = HANDLES.get(os.fspath(path), fresh=True)
-    found = [""] if is_snapsink_attr(f.attrs.get(META_ATTR)) else []
+    with structure_errors(os.fspath(path)):
+        f = HANDLES.get(os.fspath(path), fresh=True)
+        found = [""] if is_snapsink_attr(f.attrs.get(META_ATTR)) else []
 
-    def visit(name: str, node: Any) -> None:
-        if isinstance(node, h5py.Group) and is_snapsink_attr(node.attrs.get(META_ATTR)):
-            found.append(name)
+        def visit(name: str, node: Any) -> None:
+            if isinstance(node, h5py.Group) and is_snapsink_attr(node.attrs.get(META_ATTR)):
+                found.append(name)
 
-    f.visititems(visit)
+        f.visititems(visit)
     return sorted(found)
+
+
+@contextlib.contextmanager
+def structure_errors(path: str) -> Iterator[None]:
+    """h5py's errors reading a file's structure as :class:`FormatError` (the
+    cause kept): a reader gets snapsink's error, naming the file, whatever
+    HDF5 found torn."""
+    try:
+        yield
+    except (SnapsinkError, FileNotFoundError):
+        raise
+    except (OSError, RuntimeError, KeyError, ValueError) as exc:
+        raise FormatError(
+            f"{path!r}: HDF5 cannot read the file's structure ({exc}); a writer killed "
+            "while it changed the structure of a file other writers held (a group "
+            "added) can leave a file so: see 'Crashes' in docs/formats/hdf5.md"
+        ) from exc
 
 
 def open_hdf5(path: str | os.PathLike[str], group: str | None = None) -> Trajectory:

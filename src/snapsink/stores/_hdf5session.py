@@ -13,14 +13,19 @@ from __future__ import annotations
 
 import contextlib
 import os
+import re
+import shutil
+import uuid
 import weakref
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from typing import Any
 
 from .._errors import FormatError
 from ._hdf5file import FileLocks, clear_open_flags, fsync_fd, import_h5py, open_store_file
 from ._hdf5plan import META_ATTR, is_snapsink_attr
 from ._hdf5read import HANDLES
+from ._lock import open_regular_file
+from ._npyfile import fsync_dir
 
 __all__ = ["StoreFile"]
 
@@ -49,11 +54,87 @@ class StoreFile:
         self.locks = FileLocks(fd, where)
         st = os.fstat(fd)
         self._ino = (st.st_dev, st.st_ino)
-        self._finalizer = weakref.finalize(owner, os.close, fd)
+        #: every descriptor this store opened (a remade file's old one stays
+        #: open until the release: its session lock is released on it)
+        self._fds = [fd]
+        self._finalizer = weakref.finalize(owner, _close_all, self._fds)
+        #: the file is the one :meth:`remake` made for this store, nothing committed
+        self.fresh = False
 
     def release(self) -> None:
-        """Close the descriptor (idempotent): the group claim goes with it."""
+        """Close the descriptors (idempotent): the group claim goes with them."""
         self._finalizer()
+
+    def remake(self, build: Callable[[Any], None], *, copy: bool = False) -> None:
+        """Replace the file, atomically, by one that ``build(f)`` lays out in
+        an h5py file ``f`` (with ``copy``: a copy of the file as it is).
+
+        Why: HDF5 writes a file's structure (superblock, object headers) in no
+        crash-safe order outside SWMR mode, and a writer killed while it made
+        a new file, or a new store's datasets, left a file HDF5 cannot open:
+        the path was then unusable (``mode="a"`` could not resume, and nothing
+        was committed to keep). Built at a temporary name beside the file,
+        fsynced, and renamed over it, the path names the old file or the whole
+        new one at every moment; a temporary file a kill leaves is
+        ``.<name>.<hex>.partial``, which no reader opens.
+
+        Called under the session lock with the group claimed, as the
+        session's last step: the claim moves to the new file before the
+        rename; the session lock stays on the old one, and ends with the
+        session.
+        """
+        h5py = import_h5py()
+        self._check_unchanged()
+        directory, name = os.path.split(os.path.abspath(self.path))
+        tmp = os.path.join(directory, f".{name}.{uuid.uuid4().hex}.partial")
+        fd = -1
+        try:
+            if copy:
+                HANDLES.release(self.path)
+                shutil.copyfile(self.path, tmp, follow_symlinks=False)
+                mode = "r+"
+            else:
+                mode = "x"
+            # the latest format (SWMR), no free-space reuse (a chunk freed
+            # mid-session is never overwritten before a commit names its
+            # replacement)
+            kw = {} if copy else {"fs_strategy": "none"}
+            with h5py.File(tmp, mode, libver="latest", locking=False, **kw) as f:
+                build(f)
+            fd = open_regular_file(tmp, os.O_RDWR, "an HDF5 file")
+            fsync_fd(fd)
+            locks = FileLocks(fd, self.where)
+            locks.claim(self.group)  # a new file: nobody else can hold it
+            os.rename(tmp, self.path)
+        except BaseException:
+            if fd >= 0:
+                os.close(fd)
+            with contextlib.suppress(OSError):
+                os.unlink(tmp)
+            raise
+        self._fds.append(fd)
+        self.fd, self.locks = fd, locks
+        st = os.fstat(fd)
+        self._ino = (st.st_dev, st.st_ino)
+        fsync_dir(directory)  # the rename is durable
+        self.fresh = True
+
+    def remove_leftovers(self) -> None:
+        """Remove the temporary files of :meth:`remake` that a killed writer of
+        this path left (``.<name>.<32 hex digits>.partial``; called under the
+        session lock, so none is being made)."""
+        directory, name = os.path.split(os.path.abspath(self.path))
+        pattern = re.compile(rf"\.{re.escape(name)}\.[0-9a-f]{{32}}\.partial")
+        with os.scandir(directory) as entries:
+            for entry in entries:
+                if pattern.fullmatch(entry.name) and entry.is_file(follow_symlinks=False):
+                    with contextlib.suppress(FileNotFoundError):
+                        os.unlink(entry.path)
+
+    def shared_with_others(self) -> bool:
+        """Whether another writer or reader holds a lock on the file (so that
+        :meth:`remake` would pull it from under them)."""
+        return self.locks.others_hold()
 
     def size(self) -> int:
         return os.fstat(self.fd).st_size
@@ -105,18 +186,6 @@ class StoreFile:
                 "it; refusing to commit frames that are not there"
             )
 
-    def new_file(self, h5py: Any) -> None:
-        """Create (or truncate) the file: latest format (SWMR), no free-space
-        reuse (a chunk freed mid-session is never overwritten before a commit
-        names its replacement)."""
-        HANDLES.release(self.path)
-        f = h5py.File(self.path, "w", libver="latest", locking=False, fs_strategy="none")
-        f.close()
-        st = os.stat(self.path, follow_symlinks=False)
-        if (st.st_dev, st.st_ino) != self._ino:  # pragma: no cover - replaced under us
-            raise FormatError(f"{self.where}: the file was replaced while it was created")
-        fsync_fd(self.fd)
-
     def inspect(self, h5py: Any) -> str:
         """``"missing"``, ``"empty"``, ``"snapsink"`` or ``"foreign"``: what is at
         the group's path (under the session lock)."""
@@ -139,3 +208,10 @@ class StoreFile:
                 return is_snapsink_attr(f.attrs.get(META_ATTR))
         except OSError:
             return False
+
+
+def _close_all(fds: list[int]) -> None:
+    while fds:
+        with contextlib.suppress(OSError):
+            os.close(fds.pop())
+

@@ -52,7 +52,13 @@ from ._format import StepRanges
 from ._hdf5claim import claim_group
 from ._hdf5columns import Column, Pending, create_columns, plan_rows, write_rows
 from ._hdf5file import fsync_fd, import_h5py
-from ._hdf5md import H5MDMapping, check_h5md, check_h5md_schema, write_h5md_tree
+from ._hdf5md import (
+    H5MDMapping,
+    check_h5md,
+    check_h5md_schema,
+    h5md_tree_is_current,
+    write_h5md_tree,
+)
 from ._hdf5plan import (
     COMMIT,
     DROPPED,
@@ -324,22 +330,48 @@ class HDF5Store:
         meta = self._meta
         if meta.schema is not None:
             check_same_layout(repr(self), meta.schema, meta.times, self._count, schema, times)
-            if meta.times == times and self._columns and self._h5md is None:
+            if meta.times == times and self._columns and self._h5md_is_current(schema, times):
                 return
+        sf = self._held()
         try:
-            with self._held().file(swmr=False) as f:
-                grp = self._held().group_of(f)
-                if meta.schema is None or not self._columns:
-                    self._columns.update(self._create_columns(grp, schema, times))
-                elif times and "times" not in self._columns:
-                    self._columns.update(self._create_columns(grp, schema, times, only="times"))
-                meta.schema, meta.times = schema, times
-                grp.attrs[META_ATTR] = meta.to_text()
-                if self._h5md is not None:
-                    self._write_h5md(f, grp, schema, times)
+            with sf.locks.session():
+                if sf.fresh and not sf.shared_with_others():
+                    # a new file of this store alone: made anew, whole (see remake)
+                    sf.remake(lambda f: self._lay_out(f, schema, times), copy=True)
+                else:  # a file others write: HDF5's window (docs/formats/hdf5.md)
+                    with sf.file(swmr=False, locked=True) as f:
+                        self._lay_out(f, schema, times)
         except BaseException:
             self._state = "failed"
             raise
+        sf.fresh = False
+
+    def _lay_out(self, f: Any, schema: Schema, times: bool) -> None:
+        """The datasets of ``schema`` in the group of file ``f``, the group's
+        metadata naming it, and the H5MD tree."""
+        meta = self._meta
+        grp = self._held().group_of(f)
+        if meta.schema is None or not self._columns:
+            self._columns.update(self._create_columns(grp, schema, times))
+        elif times and "times" not in self._columns:
+            self._columns.update(self._create_columns(grp, schema, times, only="times"))
+        meta.schema, meta.times = schema, times
+        grp.attrs[META_ATTR] = meta.to_text()
+        if self._h5md is not None:
+            self._write_h5md(f, grp, schema, times)
+
+    def _h5md_is_current(self, schema: Schema, times: bool) -> bool:
+        """Whether a resumed group's H5MD tree (if any) needs no writing: a
+        resumed store then opens no session outside SWMR mode."""
+        m = self._h5md
+        if m is None:
+            return True
+        dim = check_h5md_schema(m, schema, self._static, repr(self))
+        static_box = m.box is not None and m.box not in schema
+        with self._held().file(swmr=True) as f:
+            return h5md_tree_is_current(
+                f, self._held().group_of(f), m, dim, times=times, static_box=static_box
+            )
 
     def append(self, batch: Batch) -> None:
         """Buffer ``batch``; write full chunks in a session when enough are
