@@ -51,6 +51,7 @@ __all__ = [
     "read_exactly",
     "read_metadata",
     "replace_atomically",
+    "start_writeback",
     "write_static",
 ]
 
@@ -82,6 +83,23 @@ def _pwrite_all(fd: int, buffers: Sequence[memoryview], offset: int) -> None:
                 rest.append(b[written:])
                 written = 0
         pending = rest + pending[_IOV_MAX:]
+
+
+def start_writeback(fd: int, offset: int = 0, length: int = 0) -> None:
+    """Start writing a file's dirty range (``length`` 0: to the end) to disk,
+    without waiting: Linux starts the writeback at ``POSIX_FADV_DONTNEED``
+    (and drops the range's clean pages, which a writer does not read again).
+    The next fsync then has little left to do, and the disk works while the
+    writer takes the next frames. A no-op where the advice is missing.
+
+    Every store's early writeback (NpyDirectory's rows, ZarrStore's chunks,
+    HDF5Store's sessions) comes here."""
+    if not _CAN_ADVISE:
+        return
+    try:
+        os.posix_fadvise(fd, offset, length, os.POSIX_FADV_DONTNEED)
+    except OSError:  # advice only: the commit's fsync still syncs
+        pass
 
 
 def fsync_dir(path: str) -> None:
@@ -312,17 +330,11 @@ class GrowableNpyFile:
         waiting (Linux starts the writeback of a dirty range at
         ``POSIX_FADV_DONTNEED``); a no-op where that advice is not available."""
         start = self.written_back
-        if not _CAN_ADVISE or self.used <= start:
+        if self.used <= start:
             return
-        try:
-            os.posix_fadvise(
-                self.fd,
-                HEADER_SIZE + start * self.row_bytes,
-                (self.used - start) * self.row_bytes,
-                os.POSIX_FADV_DONTNEED,
-            )
-        except OSError:  # advice only: the commit's fsync still syncs
-            pass
+        start_writeback(
+            self.fd, HEADER_SIZE + start * self.row_bytes, (self.used - start) * self.row_bytes
+        )
         self.written_back = self.used
 
     def sync(self) -> None:

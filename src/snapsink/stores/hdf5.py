@@ -71,7 +71,7 @@ from ._hdf5plan import (
 )
 from ._hdf5read import HDF5Source, is_hdf5_store, list_hdf5_groups, open_hdf5
 from ._hdf5session import StoreFile
-from ._npyfile import check_path
+from ._npyfile import check_path, start_writeback
 from ._zarrplan import check_group, check_rows
 
 __all__ = ["HDF5Source", "HDF5Store", "is_hdf5_store", "list_hdf5_groups", "open_hdf5"]
@@ -470,6 +470,10 @@ class HDF5Store:
             # Datasets may now disagree; the last commit stays the truth.
             self._state = "failed"
             raise
+        if not commit:
+            # the disk starts on the session's chunks now, while more frames
+            # come: the commit's fsync then has little left (as NpyDirectory)
+            start_writeback(sf.fd)
         if commit:
             self._committed = self._count
             self._dropped_dirty = False
