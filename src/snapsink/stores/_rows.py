@@ -7,7 +7,8 @@ provides three hooks: ``_get(name, start, stop)`` reads rows of a stored
 array, checking what the store can check; ``_holds(key)`` and
 ``_stored_rows(key)`` say whether an array is stored and how many rows it
 holds. Everything else (range checks, offset validation, the Dask chunk
-reads) is written once here.
+reads) is written once here, with the check of a stored array against its
+plan (:func:`check_row_array`, also run by the Zarr writer when it resumes).
 """
 
 from __future__ import annotations
@@ -18,8 +19,43 @@ import numpy as np
 
 from .._errors import FormatError
 from .._schema import Schema, offsets_name
+from ._zarrplan import ArrayPlan
 
-__all__ = ["RowArraysSource"]
+__all__ = ["RowArraysSource", "check_row_array", "committed_rows"]
+
+
+def committed_rows(plan: ArrayPlan, schema: Schema, count: int) -> int:
+    """The rows array ``plan`` must hold for ``count`` committed frames: one per
+    frame, one more for a ragged field's offsets, and none known for a ragged
+    field's rows (checked against its offsets when read)."""
+    if plan.name.endswith(".offsets"):
+        return count + 1
+    if plan.name in schema and schema[plan.name].ragged:
+        return 0
+    return count
+
+
+def check_row_array(
+    where: str, kind: str, plan: ArrayPlan, dtype: object, shape: tuple[int, ...], need: int
+) -> None:
+    """Refuse a stored array (a zarr array, an HDF5 dataset: its ``kind``) whose
+    dtype or row shape is not the plan's, or that holds fewer than ``need`` rows.
+
+    Raises
+    ------
+    FormatError
+        Naming the array, what it holds and what the plan expects.
+    """
+    if dtype != plan.dtype or tuple(shape[1:]) != plan.row_shape:
+        raise FormatError(
+            f"{where}: {kind} {plan.name!r} has dtype {dtype} and shape {shape}; "
+            f"expected {plan.dtype} and rows of shape {plan.row_shape}"
+        )
+    if shape[0] < need or need < 0:
+        raise FormatError(
+            f"{where}: {kind} {plan.name!r} holds {shape[0]} rows, fewer than "
+            f"the {need} committed"
+        )
 
 
 class RowArraysSource:

@@ -40,7 +40,7 @@ from .._schema import Schema
 from .._trajectory import Trajectory
 from ._lock import LOCK_NAME
 from ._npyfile import file_kind, open_in_store
-from ._rows import RowArraysSource
+from ._rows import RowArraysSource, check_row_array, committed_rows
 from ._zarrplan import (
     STATIC_GROUP,
     check_group,
@@ -252,19 +252,8 @@ class ZarrSource(RowArraysSource):
                     raise
                 if not isinstance(arr, zarr.Array):
                     raise FormatError(f"{where}: {plan.name!r} is not an array")
-                if arr.dtype != plan.dtype or tuple(arr.shape[1:]) != plan.row_shape:
-                    raise FormatError(
-                        f"{where}: array {plan.name!r} has dtype {arr.dtype} and shape "
-                        f"{arr.shape}; expected {plan.dtype} and rows of shape {plan.row_shape}"
-                    )
-                need = meta.count + 1 if plan.name.endswith(".offsets") else meta.count
-                if plan.name in meta.schema and meta.schema[plan.name].ragged:
-                    need = 0
-                if arr.shape[0] < need:
-                    raise FormatError(
-                        f"{where}: array {plan.name!r} holds {arr.shape[0]} rows, fewer than "
-                        f"the {need} committed"
-                    )
+                need = committed_rows(plan, meta.schema, meta.count)
+                check_row_array(where, "array", plan, arr.dtype, arr.shape, need)
                 arrays[plan.name] = arr
         self._root = str(self._store.root) if isinstance(self._store, LocalStore) else None
         self._where = where
