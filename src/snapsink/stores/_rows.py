@@ -2,7 +2,9 @@
 over arrays that hold one row per frame (or per ragged row).
 
 A reader keeps ``length`` (committed frames), ``schema``, ``_where`` (how to
-name the store in messages), ``_steps`` and ``_ragged_rows`` (caches), and
+name the store in messages), ``_meta`` (whose ``times`` says whether frames
+have times), ``_user`` (the user's attrs), ``_steps``, ``_times`` and
+``_ragged_rows`` (caches), and
 provides three hooks: ``_get(name, start, stop)`` reads rows of a stored
 array, checking what the store can check; ``_holds(key)`` and
 ``_stored_rows(key)`` say whether an array is stored and how many rows it
@@ -13,7 +15,8 @@ plan (:func:`check_row_array`, also run by the Zarr writer when it resumes).
 
 from __future__ import annotations
 
-from typing import Any, ClassVar
+from collections.abc import Mapping
+from typing import Any, ClassVar, Protocol
 
 import numpy as np
 
@@ -58,6 +61,12 @@ def check_row_array(
         )
 
 
+class _TimesFlag(Protocol):
+    """A format's group metadata, as far as the shared reads need it."""
+
+    times: bool | None
+
+
 class RowArraysSource:
     """Mixin: :class:`~snapsink._trajectory.Source` reads over row arrays."""
 
@@ -67,7 +76,10 @@ class RowArraysSource:
     length: int
     schema: Schema | None
     _where: str
+    _meta: _TimesFlag
+    _user: dict[str, Any]
     _steps: np.ndarray[Any, np.dtype[np.int64]] | None
+    _times: np.ndarray[Any, np.dtype[np.float64]] | None
     _ragged_rows: dict[str, int]
 
     # -- the hooks --------------------------------------------------------------------
@@ -91,6 +103,16 @@ class RowArraysSource:
                 raise FormatError(f"{self._where}: stored steps do not strictly increase")
             self._steps = steps
         return self._steps
+
+    def times(self) -> np.ndarray[Any, np.dtype[np.float64]] | None:
+        if not self._meta.times:
+            return None
+        if self._times is None:
+            self._times = np.asarray(self._get("times", 0, self.length), dtype=np.float64)
+        return self._times
+
+    def attrs(self) -> Mapping[str, Any]:
+        return self._user
 
     def _check_range(self, start: int, stop: int) -> None:
         if not 0 <= start <= stop <= self.length:

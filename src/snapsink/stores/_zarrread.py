@@ -43,6 +43,7 @@ from ._npyfile import file_kind, open_in_store
 from ._rows import RowArraysSource, check_row_array, committed_rows
 from ._zarrplan import (
     STATIC_GROUP,
+    Meta,
     check_group,
     is_snapsink_attrs,
     parse_meta,
@@ -214,7 +215,11 @@ class ZarrSource(RowArraysSource):
 
     schema: Schema | None
     length: int
+    _meta: Meta
 
+    # Deliberate parallel of HDF5Source.__init__ and .closed (_hdf5read.py): each
+    # reader opens its own store, builds itself by refresh() and keeps its own
+    # closed flag; what the two read alike is shared in _rows.RowArraysSource.
     def __init__(self, store: str | os.PathLike[str] | ZarrStoreLike, group: str | None = None):
         self._store = _open_read_store(store)
         self._path = check_group(group) if group != "" else ""
@@ -268,13 +273,6 @@ class ZarrSource(RowArraysSource):
         self.schema = meta.schema
         self.length = meta.count
 
-    def times(self) -> np.ndarray[Any, np.dtype[np.float64]] | None:
-        if not self._meta.times:
-            return None
-        if self._times is None:
-            self._times = np.asarray(self._get("times", 0, self.length), dtype=np.float64)
-        return self._times
-
     def static(self) -> Mapping[str, np.ndarray[Any, Any]]:
         if self._static is None:
             out: dict[str, np.ndarray[Any, Any]] = {}
@@ -290,9 +288,6 @@ class ZarrSource(RowArraysSource):
                         out[name] = np.asarray(arr[...])
             self._static = out
         return self._static
-
-    def attrs(self) -> Mapping[str, Any]:
-        return self._user
 
     def dropped_steps(self) -> np.ndarray[Any, np.dtype[np.int64]]:
         return self._meta.dropped.to_array(self._where)
