@@ -380,6 +380,8 @@ def list_groups(path_or_store: str | os.PathLike[str] | ZarrStoreLike) -> list[s
     return sorted(found)
 
 
+# Deliberate parallel of open_hdf5 (_hdf5read.py): each format's public opener
+# documents its own Parameters, Returns and Raises.
 def open_zarr(
     path_or_store: str | os.PathLike[str] | ZarrStoreLike, group: str | None = None
 ) -> Trajectory:

@@ -69,6 +69,32 @@ __all__ = ["ZarrSource", "ZarrStore", "is_zarr_store", "list_groups", "open_zarr
 _MAX_CONCURRENT_BLOCKS = 32
 
 
+def _from_url(
+    store: object, storage_options: Mapping[str, Any] | None
+) -> tuple[object, str | None, dict[str, Any] | None]:
+    """``(store to write, URL, storage options)``: for an object-store URL, the
+    zarr store made for it; else ``store`` as given and no URL.
+
+    Raises
+    ------
+    ConfigError
+        Bad ``storage_options`` (see :func:`._zarrobject.url_store`), or any
+        given with a store that is not a URL.
+    """
+    if is_url(store):
+        assert isinstance(store, str)
+        made = url_store(  # checks the options
+            store, storage_options, read_only=False, connections=_MAX_CONCURRENT_BLOCKS
+        )
+        return made, store, dict(storage_options or {})
+    if storage_options is not None:
+        raise ConfigError(
+            "storage_options: only for a URL store such as 's3://bucket/run.zarr', "
+            f"got store {store!r}"
+        )
+    return store, None, None
+
+
 class ZarrStore:
     """A store writing frames into a Zarr v3 group, one array per field.
 
@@ -164,21 +190,9 @@ class ZarrStore:
         storage_options: Mapping[str, Any] | None = None,
     ):
         self._mode = check_mode(mode)
-        self._url: str | None = None
-        self._storage_options: dict[str, Any] | None = None
-        if is_url(store):
-            assert isinstance(store, str)
-            store_url = store
-            store = url_store(  # checks the options
-                store_url, storage_options, read_only=False, connections=_MAX_CONCURRENT_BLOCKS
-            )
-            self._url, self._storage_options = store_url, dict(storage_options or {})
-        elif storage_options is not None:
-            raise ConfigError(
-                "storage_options: only for a URL store such as 's3://bucket/run.zarr', "
-                f"got store {store!r}"
-            )
-        self._store, self._root = local_store(as_zarr_store(store, read_only=False))
+        #: the URL and its storage options, for a store made from a URL
+        target, self._url, self._storage_options = _from_url(store, storage_options)
+        self._store, self._root = local_store(as_zarr_store(target, read_only=False))
         self._path = check_group(group) if group != "" else ""
         self._attrs = check_attrs(attrs)
         self._static = check_static(static)
