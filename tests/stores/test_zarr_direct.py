@@ -134,7 +134,7 @@ async def test_a_crash_between_commits_leaves_committed_rows_whole(tmp_path: Pat
     # Frames written into the same chunk after the commit, then the writer dies
     # (never committed, never closed): only rows past the committed ones changed.
     await store.append(Batch(_frames(1, start=6, seed=9)))
-    await store._writer.drain()  # type: ignore[union-attr]
+    await store._io.writer.drain()  # type: ignore[union-attr]
     _check_every_reader(loc, frames)
     store._release_lock()  # as the writer's death would
     resumed = ZarrStore(loc, "a")
@@ -146,7 +146,7 @@ async def test_a_crash_between_commits_leaves_committed_rows_whole(tmp_path: Pat
     await resumed.append(Batch(more))
     await resumed.close()
     _check_every_reader(loc, frames + more)
-    await store._stop_writer()
+    await store._io.stop()
 
 
 @pytest.mark.parametrize(

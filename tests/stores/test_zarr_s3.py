@@ -32,6 +32,7 @@ from snapsink._errors import (
     StoreNotFoundError,
     WriterError,
 )
+from snapsink.stores import zarr as zarr_store
 from snapsink.stores.zarr import ZarrStore
 
 pytest.importorskip("moto.server", reason="needs moto's server: pip install 'moto[server]'")
@@ -166,7 +167,7 @@ def test_chunk_puts_are_in_flight_many_at_a_time(endpoint: str, bucket: str) -> 
     store = ZarrStore(url, storage_options=_options(endpoint), chunk_frames=1, commit_every=10_000)
     with snapsink.SyncSink(store, schema=SCHEMA, writer="thread", capacity=64) as sink:
         _write(sink, range(64))
-    assert store._inflight.peak > 4, store._inflight.peak  # not one PUT at a time
+    assert store._io.inflight.peak > 4, store._io.inflight.peak  # not one PUT at a time
     _check(snapsink.open(url, storage_options=_options(endpoint)), range(64))
 
 
@@ -227,7 +228,9 @@ def test_mode_x_refuses_an_existing_store_and_leaves_it_as_it_was(
     _check(snapsink.open(url, storage_options=opts), range(5))
 
 
-def test_the_conditional_put_refuses_a_second_creator(endpoint: str, bucket: str) -> None:
+def test_the_conditional_put_refuses_a_second_creator(
+    endpoint: str, bucket: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
     """Two writers both find the group absent: S3's If-None-Match lets one in."""
     url = f"s3://{bucket}/race.zarr"
     opts = _options(endpoint)
@@ -238,10 +241,10 @@ def test_the_conditional_put_refuses_a_second_creator(endpoint: str, bucket: str
         first.flush()
         late = ZarrStore(url, storage_options=opts, attrs={"who": "second"})
 
-        async def absent() -> bool:
+        async def absent(*args: object) -> bool:
             return False  # as if it had looked before the first writer created the group
 
-        late._node_exists = absent  # type: ignore[method-assign]
+        monkeypatch.setattr(zarr_store, "node_exists", absent)
         with pytest.raises(StoreExistsError, match="conditional PUT was refused"):
             with snapsink.SyncSink(late, writer="thread") as second:
                 second.write(_frame(0), step=0)

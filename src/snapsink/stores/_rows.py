@@ -2,24 +2,69 @@
 over arrays that hold one row per frame (or per ragged row).
 
 A reader keeps ``length`` (committed frames), ``schema``, ``_where`` (how to
-name the store in messages), ``_steps`` and ``_ragged_rows`` (caches), and
+name the store in messages), ``_meta`` (whose ``times`` says whether frames
+have times), ``_user`` (the user's attrs), ``_steps``, ``_times`` and
+``_ragged_rows`` (caches), and
 provides three hooks: ``_get(name, start, stop)`` reads rows of a stored
 array, checking what the store can check; ``_holds(key)`` and
 ``_stored_rows(key)`` say whether an array is stored and how many rows it
 holds. Everything else (range checks, offset validation, the Dask chunk
-reads) is written once here.
+reads) is written once here, with the check of a stored array against its
+plan (:func:`check_row_array`, also run by the Zarr writer when it resumes).
 """
 
 from __future__ import annotations
 
-from typing import Any, ClassVar
+from collections.abc import Mapping
+from typing import Any, ClassVar, Protocol
 
 import numpy as np
 
 from .._errors import FormatError
 from .._schema import Schema, offsets_name
+from ._zarrplan import ArrayPlan
 
-__all__ = ["RowArraysSource"]
+__all__ = ["RowArraysSource", "check_row_array", "committed_rows"]
+
+
+def committed_rows(plan: ArrayPlan, schema: Schema, count: int) -> int:
+    """The rows array ``plan`` must hold for ``count`` committed frames: one per
+    frame, one more for a ragged field's offsets, and none known for a ragged
+    field's rows (checked against its offsets when read)."""
+    if plan.name.endswith(".offsets"):
+        return count + 1
+    if plan.name in schema and schema[plan.name].ragged:
+        return 0
+    return count
+
+
+def check_row_array(
+    where: str, kind: str, plan: ArrayPlan, dtype: object, shape: tuple[int, ...], need: int
+) -> None:
+    """Refuse a stored array (a zarr array, an HDF5 dataset: its ``kind``) whose
+    dtype or row shape is not the plan's, or that holds fewer than ``need`` rows.
+
+    Raises
+    ------
+    FormatError
+        Naming the array, what it holds and what the plan expects.
+    """
+    if dtype != plan.dtype or tuple(shape[1:]) != plan.row_shape:
+        raise FormatError(
+            f"{where}: {kind} {plan.name!r} has dtype {dtype} and shape {shape}; "
+            f"expected {plan.dtype} and rows of shape {plan.row_shape}"
+        )
+    if shape[0] < need or need < 0:
+        raise FormatError(
+            f"{where}: {kind} {plan.name!r} holds {shape[0]} rows, fewer than "
+            f"the {need} committed"
+        )
+
+
+class _TimesFlag(Protocol):
+    """A format's group metadata, as far as the shared reads need it."""
+
+    times: bool | None
 
 
 class RowArraysSource:
@@ -31,7 +76,10 @@ class RowArraysSource:
     length: int
     schema: Schema | None
     _where: str
+    _meta: _TimesFlag
+    _user: dict[str, Any]
     _steps: np.ndarray[Any, np.dtype[np.int64]] | None
+    _times: np.ndarray[Any, np.dtype[np.float64]] | None
     _ragged_rows: dict[str, int]
 
     # -- the hooks --------------------------------------------------------------------
@@ -55,6 +103,16 @@ class RowArraysSource:
                 raise FormatError(f"{self._where}: stored steps do not strictly increase")
             self._steps = steps
         return self._steps
+
+    def times(self) -> np.ndarray[Any, np.dtype[np.float64]] | None:
+        if not self._meta.times:
+            return None
+        if self._times is None:
+            self._times = np.asarray(self._get("times", 0, self.length), dtype=np.float64)
+        return self._times
+
+    def attrs(self) -> Mapping[str, Any]:
+        return self._user
 
     def _check_range(self, start: int, stop: int) -> None:
         if not 0 <= start <= stop <= self.length:

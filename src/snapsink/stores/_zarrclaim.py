@@ -1,25 +1,50 @@
 """Claiming a local directory for ZarrStore: what is there before zarr looks.
 
-Runs in a worker thread from :meth:`ZarrStore.open`. It tells apart a zarr
-group, the leftovers of an interrupted first commit, and files that are not
-zarr's (which no mode ever deletes); it also removes a group's own entries for
-``mode="w"``. Split from the writer so that ``zarr.py`` holds the store's life
-cycle only.
+Runs in a worker thread from :meth:`ZarrStore.open`. It takes the group's
+single-writer lock and tells apart a zarr group, the leftovers of an
+interrupted first commit, and files that are not zarr's (which no mode ever
+deletes); it also removes a group's own entries for ``mode="w"``, and checks
+at each commit that the group is still there. Split from the writer so that
+``zarr.py`` holds the store's life cycle only.
 """
 
 from __future__ import annotations
 
+import errno
 import os
 import shutil
 from pathlib import Path
 
-from .._errors import FormatError, StoreExistsError
-from ._zarrio import is_leftover, leftovers_only
+from zarr.abc.store import Store as ZarrStoreLike
+from zarr.storage import LocalStore
 
-__all__ = ["NODE_KEYS", "claim_local_dir", "names", "remove_tree_contents"]
+from .._errors import FormatError, StoreExistsError
+from ._lock import StoreLock, acquire_dir_lock
+from ._zarrio import DurableLocalStore, is_leftover
+
+__all__ = [
+    "NODE_KEYS",
+    "check_not_removed",
+    "claim_group_dir",
+    "claim_local_dir",
+    "leftovers_only",
+    "local_store",
+    "names",
+    "remove_tree_contents",
+]
 
 #: files that make a directory a zarr node (v3, and v2's for recognition)
 NODE_KEYS = ("zarr.json", ".zgroup", ".zarray")
+
+
+def local_store(store: ZarrStoreLike) -> tuple[ZarrStoreLike, Path | None]:
+    """A LocalStore becomes a :class:`DurableLocalStore` on the same root (fsync
+    before rename); the root, or None for any other store."""
+    if isinstance(store, LocalStore):
+        if not isinstance(store, DurableLocalStore):
+            store = DurableLocalStore(store.root, read_only=store.read_only)
+        return store, Path(store.root)
+    return store, None
 
 
 def names(found: list[str]) -> str:
@@ -96,4 +121,68 @@ def claim_local_dir(gdir: Path, mode: str, who: str) -> None:
             f"{who}: mode='w': {str(gdir)!r} holds files that are not part of the zarr "
             f"store ({shown}); refusing to delete them: move them away or choose "
             "another directory or group"
+        )
+
+
+def leftovers_only(directory: Path) -> list[str] | None:
+    """The relative paths of the temporary files under ``directory`` when it holds
+    nothing else (empty directories aside); None if it holds anything else."""
+    found: list[str] = []
+    for dirpath, dirnames, filenames in os.walk(directory):
+        for name in filenames:
+            if not is_leftover(name):
+                return None
+            found.append(os.path.relpath(os.path.join(dirpath, name), directory))
+        for name in dirnames:
+            if os.path.islink(os.path.join(dirpath, name)):
+                return None
+    return sorted(found)
+
+
+def claim_group_dir(root: Path, path: str, mode: str, who: str) -> StoreLock:
+    """Take the single-writer lock of the group at ``path`` below ``root``, then
+    say what its directory holds before zarr looks (worker thread).
+
+    The lock is the directory itself (``flock``), not a file in it: zarr's
+    readers warn about any file of the group that is not a node.
+
+    Raises
+    ------
+    StoreLockedError
+        Another writer holds the group.
+    StoreExistsError, FormatError
+        As :func:`claim_local_dir`; the lock is then released.
+    """
+    gdir = root / path if path else root
+    if os.path.lexists(gdir) and not gdir.is_dir():
+        claim_local_dir(gdir, mode, who)  # says what is there
+    gdir.mkdir(parents=True, exist_ok=True)
+    lock = acquire_dir_lock(str(gdir), who)
+    try:
+        claim_local_dir(gdir, mode, who)
+    except BaseException:
+        lock.release()
+        raise
+    return lock
+
+
+def check_not_removed(root: Path, path: str, who: str) -> None:
+    """Fail if the group at ``path`` below ``root`` vanished under the writer.
+
+    Chunk writes recreate missing directories, so after someone removes the
+    store the writer would carry on and rebuild a store whose earlier chunks
+    are gone (read back as fill values): refuse to commit onto it instead.
+
+    Raises
+    ------
+    FileNotFoundError
+        The group's ``zarr.json`` is gone.
+    """
+    meta = (root / path if path else root) / "zarr.json"
+    if not meta.is_file():
+        raise FileNotFoundError(
+            errno.ENOENT,
+            f"{who}: the group's zarr.json vanished while writing (the store was "
+            "removed or moved); refusing to commit onto a partial store",
+            str(meta),
         )

@@ -58,7 +58,6 @@ __all__ = [
     "encode_block",
     "first_error",
     "is_leftover",
-    "leftovers_only",
     "pwrite_all",
     "whole_pages",
     "worker_count",
@@ -591,17 +590,3 @@ class DurableLocalStore(LocalStore):
         await super().set(str(tmp.relative_to(self.root)), value)
         await asyncio.to_thread(_durable_replace, self.root, tmp, path, exclusive=exclusive)
 
-
-def leftovers_only(directory: Path) -> list[str] | None:
-    """The relative paths of the temporary files under ``directory`` when it holds
-    nothing else (empty directories aside); None if it holds anything else."""
-    found: list[str] = []
-    for dirpath, dirnames, filenames in os.walk(directory):
-        for name in filenames:
-            if not is_leftover(name):
-                return None
-            found.append(os.path.relpath(os.path.join(dirpath, name), directory))
-        for name in dirnames:
-            if os.path.islink(os.path.join(dirpath, name)):
-                return None
-    return sorted(found)

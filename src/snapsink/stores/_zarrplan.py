@@ -8,7 +8,7 @@ one set of decisions. The on-disk layout is specified in ``docs/formats/zarr.md`
 from __future__ import annotations
 
 import math
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any, TypeGuard
 
@@ -298,40 +298,45 @@ class RowBuffer:
         Whole blocks are taken straight from ``rows`` (no copy): owned when
         ``owned`` says nobody else holds ``rows``.
         """
-        out: list[Block] = []
-        i, n, block = 0, len(rows), self.block
-        while i < n:
-            if self.count == 0 and n - i >= block:
-                k = (n - i) // block * block
-                out.append((self.start, rows[i : i + k], owned))
-                self.start += k
-                i += k
-                continue
-            take = min(block - self.count, n - i)
-            self._buf[self.count : self.count + take] = rows[i : i + take]
-            self.count += take
-            i += take
-            self.dirty = True
-            if self.count == block:
-                self._hand_over(out)
-        return out
+
+        def copy(c: int, i: int, take: int) -> None:
+            self._buf[c : c + take] = rows[i : i + take]
+
+        return self._append(len(rows), lambda i, k: (rows[i : i + k], owned), copy)
 
     def push_frames(self, frames: Sequence[Any]) -> list[Block]:
         """Append one row per frame (each of shape ``row_shape``), copying each
         frame once: into the buffer, or into one stacked array of whole blocks."""
+
+        def copy(c: int, i: int, take: int) -> None:
+            buf = self._buf
+            for j in range(take):
+                buf[c + j] = frames[i + j]
+
+        return self._append(len(frames), lambda i, k: (np.stack(frames[i : i + k]), True), copy)
+
+    def _append(
+        self,
+        n: int,
+        whole: Callable[[int, int], tuple[np.ndarray[Any, Any], bool]],
+        copy: Callable[[int, int, int], None],
+    ) -> list[Block]:
+        """The walk :meth:`push` and :meth:`push_frames` share over ``n`` new rows:
+        ``whole(i, k)`` gives rows ``[i, i + k)`` as whole blocks (and whether they
+        are owned) when the buffer is empty; ``copy(c, i, take)`` copies rows
+        ``[i, i + take)`` into the buffer from its row ``c``."""
         out: list[Block] = []
-        i, n, block = 0, len(frames), self.block
+        i, block = 0, self.block
         while i < n:
             if self.count == 0 and n - i >= block:
                 k = (n - i) // block * block
-                out.append((self.start, np.stack(frames[i : i + k]), True))
+                rows, owned = whole(i, k)
+                out.append((self.start, rows, owned))
                 self.start += k
                 i += k
                 continue
             take = min(block - self.count, n - i)
-            buf, c = self._buf, self.count
-            for j in range(take):
-                buf[c + j] = frames[i + j]
+            copy(self.count, i, take)
             self.count += take
             i += take
             self.dirty = True

@@ -40,9 +40,10 @@ from .._schema import Schema
 from .._trajectory import Trajectory
 from ._lock import LOCK_NAME
 from ._npyfile import file_kind, open_in_store
-from ._rows import RowArraysSource
+from ._rows import RowArraysSource, check_row_array, committed_rows
 from ._zarrplan import (
     STATIC_GROUP,
+    Meta,
     check_group,
     is_snapsink_attrs,
     parse_meta,
@@ -214,7 +215,11 @@ class ZarrSource(RowArraysSource):
 
     schema: Schema | None
     length: int
+    _meta: Meta
 
+    # Deliberate parallel of HDF5Source.__init__ and .closed (_hdf5read.py): each
+    # reader opens its own store, builds itself by refresh() and keeps its own
+    # closed flag; what the two read alike is shared in _rows.RowArraysSource.
     def __init__(self, store: str | os.PathLike[str] | ZarrStoreLike, group: str | None = None):
         self._store = _open_read_store(store)
         self._path = check_group(group) if group != "" else ""
@@ -252,19 +257,8 @@ class ZarrSource(RowArraysSource):
                     raise
                 if not isinstance(arr, zarr.Array):
                     raise FormatError(f"{where}: {plan.name!r} is not an array")
-                if arr.dtype != plan.dtype or tuple(arr.shape[1:]) != plan.row_shape:
-                    raise FormatError(
-                        f"{where}: array {plan.name!r} has dtype {arr.dtype} and shape "
-                        f"{arr.shape}; expected {plan.dtype} and rows of shape {plan.row_shape}"
-                    )
-                need = meta.count + 1 if plan.name.endswith(".offsets") else meta.count
-                if plan.name in meta.schema and meta.schema[plan.name].ragged:
-                    need = 0
-                if arr.shape[0] < need:
-                    raise FormatError(
-                        f"{where}: array {plan.name!r} holds {arr.shape[0]} rows, fewer than "
-                        f"the {need} committed"
-                    )
+                need = committed_rows(plan, meta.schema, meta.count)
+                check_row_array(where, "array", plan, arr.dtype, arr.shape, need)
                 arrays[plan.name] = arr
         self._root = str(self._store.root) if isinstance(self._store, LocalStore) else None
         self._where = where
@@ -278,13 +272,6 @@ class ZarrSource(RowArraysSource):
         self._ragged_rows: dict[str, int] = {}
         self.schema = meta.schema
         self.length = meta.count
-
-    def times(self) -> np.ndarray[Any, np.dtype[np.float64]] | None:
-        if not self._meta.times:
-            return None
-        if self._times is None:
-            self._times = np.asarray(self._get("times", 0, self.length), dtype=np.float64)
-        return self._times
 
     def static(self) -> Mapping[str, np.ndarray[Any, Any]]:
         if self._static is None:
@@ -301,9 +288,6 @@ class ZarrSource(RowArraysSource):
                         out[name] = np.asarray(arr[...])
             self._static = out
         return self._static
-
-    def attrs(self) -> Mapping[str, Any]:
-        return self._user
 
     def dropped_steps(self) -> np.ndarray[Any, np.dtype[np.int64]]:
         return self._meta.dropped.to_array(self._where)
@@ -396,6 +380,8 @@ def list_groups(path_or_store: str | os.PathLike[str] | ZarrStoreLike) -> list[s
     return sorted(found)
 
 
+# Deliberate parallel of open_hdf5 (_hdf5read.py): each format's public opener
+# documents its own Parameters, Returns and Raises.
 def open_zarr(
     path_or_store: str | os.PathLike[str] | ZarrStoreLike, group: str | None = None
 ) -> Trajectory:

@@ -1,0 +1,215 @@
+"""How a ZarrStore's rows reach storage, and the data half of its commit.
+
+:class:`BlockIO` takes the blocks and in-place runs that
+:func:`._zarrcolumns.blocks_of` makes of a batch and writes them: on a local
+directory through the block writer's thread pool (:class:`._zarrio.BlockWriter`),
+elsewhere through zarr's async array API, many blocks in flight at once
+(:class:`._zarrobject.Inflight`). It grows and trims the arrays' shapes, gives
+RowBuffers their buffers back once written, and makes the rows durable before
+the store writes the metadata that names them. Split from ``zarr.py`` so that
+the store decides *when* to write and commit, and this module *how* a write is
+done on either kind of store.
+"""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import Awaitable, Iterable, Sequence
+from pathlib import Path
+from typing import Any
+
+import anyio.to_thread
+import numpy as np
+
+from ._zarrcolumns import Column, Run
+from ._zarrio import BlockWriter, first_error
+from ._zarrobject import Inflight
+from ._zarrplan import Block, RowBuffer, grow_capacity
+
+__all__ = ["BlockIO"]
+
+
+async def _gather(aws: Sequence[Awaitable[None]]) -> None:
+    """Await ``aws`` concurrently; failures are raised as the first OSError (see
+    :func:`._zarrio.first_error`), never as an ExceptionGroup."""
+    if len(aws) == 1:
+        await aws[0]
+        return
+    results = await asyncio.gather(*aws, return_exceptions=True)
+    errors = [r for r in results if isinstance(r, BaseException)]
+    if errors:
+        raise first_error(errors)
+
+
+class BlockIO:
+    """The writes of one ZarrStore: local (``root``) or through zarr's API.
+
+    Parameters
+    ----------
+    root
+        The store's local directory, or None for any other zarr store.
+    max_concurrent
+        Blocks in flight at once through zarr's API (other stores than a local
+        directory): each is one PUT on an object store.
+    """
+
+    def __init__(self, root: Path | None, max_concurrent: int):
+        self.writer = BlockWriter(root) if root is not None else None
+        #: block writes through zarr's API in flight (other stores than a local directory)
+        self.inflight = Inflight(max_concurrent)
+        #: buffers handed over by RowBuffers, given back once their write is done
+        self._lent: list[tuple[asyncio.Future[None], RowBuffer, np.ndarray[Any, Any]]] = []
+
+    async def write(self, blocks: list[tuple[Column, Block]], runs: Sequence[Run] = ()) -> None:
+        """Write full, block-aligned runs of rows, and rows in place: all at once,
+        whatever their array.
+
+        Local: each block, and each run of rows, goes to the block writer; rows
+        that are views of the caller's frames are waited for before returning
+        (the sink reuses their memory), owned rows may still be written while the
+        next batch arrives.
+        """
+        self._give_back_buffers()
+        if not blocks and not runs:
+            return
+        for col, (start, rows, _) in blocks:
+            await self._grow(col, start + len(rows))
+        for run in runs:
+            await self._grow(run[0], run[0].length)
+        if self.writer is None:
+            await self._write_generic(blocks)
+            return
+        borrowed: list[asyncio.Future[None]] = []
+        for col, index, row, arrays, full, owned in runs:
+            assert col.target is not None
+            fut = await self.writer.submit_rows(col.target, index, row, arrays, full=full)
+            if not owned:
+                borrowed.append(fut)
+        for col, (start, rows, owned) in blocks:
+            assert col.target is not None
+            size = col.plan.block
+            for k in range(0, len(rows), size):
+                fut = await self.writer.submit(col.target, (start + k) // size, rows[k : k + size])
+                if not owned:
+                    borrowed.append(fut)
+            if owned and rows.base is None and len(rows) == size:
+                self._lent.append((fut, col.buf, rows))  # a RowBuffer's own buffer
+        if borrowed:
+            await _gather(borrowed)
+
+    def _give_back_buffers(self) -> None:
+        still = []
+        for fut, buf, rows in self._lent:
+            if not fut.done():
+                still.append((fut, buf, rows))
+            elif not fut.cancelled() and fut.exception() is None:
+                buf.recycle(rows)
+        self._lent = still
+
+    async def _write_generic(self, blocks: list[tuple[Column, Block]]) -> None:
+        """Through zarr's async array API (non-local stores), many blocks at a time.
+
+        Each block's write is started and left in flight (at most
+        ``max_concurrent``; :class:`._zarrobject.Inflight`), so the PUTs of one
+        batch overlap those of the next; :meth:`flush` waits for all of them
+        before the store writes the metadata.
+        """
+        for col, (start, rows, owned) in blocks:
+            # A store may keep the encoded buffer, which for uncompressed data is a
+            # view of the rows (MemoryStore does): hand it rows nobody reuses. Owned
+            # rows are never reused (RowBuffers recycle only on a local directory).
+            if not owned:
+                rows = rows.copy()
+            # One setitem per block: zarr encodes a value of exactly one block's shape
+            # as it is, but copies each block of a larger value into a fresh
+            # fill-value chunk first, on the event loop.
+            size = col.plan.block
+            for k in range(0, len(rows), size):
+                block = rows[k : k + size]
+                await self.inflight.submit(
+                    col.array.setitem(slice(start + k, start + k + len(block)), block)
+                )
+
+    async def flush(self, columns: Iterable[Column]) -> None:
+        """The data half of a commit: wait for every write, write each column's
+        partly filled last block, and make it all durable (fsync, on a local
+        directory) before the store writes the metadata that names the rows."""
+        if self.writer is not None:
+            await self.writer.drain()
+        else:
+            await self.inflight.drain()  # every chunk PUT before the metadata PUT
+        parts: list[tuple[Column, int, np.ndarray[Any, Any]]] = []
+        for col in columns:
+            part = col.buf.partial()
+            if part is not None:
+                parts.append((col, *part))
+        if parts:
+            await self._write_partials(parts)
+        if self.writer is not None:
+            await anyio.to_thread.run_sync(self.writer.sync)
+
+    async def _write_partials(self, parts: list[tuple[Column, int, np.ndarray[Any, Any]]]) -> None:
+        """Write each column's partly filled last block (padded with the fill value)."""
+        for col, start, rows in parts:
+            await self._grow(col, start + len(rows))
+        if self.writer is None:
+            await self.inflight.drain()  # a full block of the same chunk may be in flight
+            await _gather(
+                [
+                    col.array.setitem(slice(start, start + len(rows)), rows.copy())
+                    for col, start, rows in parts
+                ]
+            )
+        else:
+            for col, start, rows in parts:
+                assert col.target is not None
+                index = start // col.plan.block
+                await self.writer.submit(col.target, index, rows, whole=False)
+            await self.writer.drain()
+        for col, _, _ in parts:
+            col.buf.mark_written()
+
+    # -- the arrays' shapes ---------------------------------------------------------
+    async def _grow(self, col: Column, stop: int) -> None:
+        """Room for rows up to ``stop`` before zarr's own writes (which refuse rows
+        past an array's shape). The block writer of a local directory places its
+        chunks itself, so there every array keeps the committed shape (see
+        :meth:`show_committed`)."""
+        if self.writer is None and stop > col.capacity:
+            new = grow_capacity(col.capacity, stop, col.plan.block)
+            await col.array.resize((new, *col.plan.row_shape))
+            col.capacity = new
+
+    async def show_committed(self, columns: Iterable[Column]) -> None:
+        """Give every array the shape of what this commit holds, before the group's
+        metadata names the count: plain zarr and xarray readers then see arrays
+        of one length (``frame``) at any moment, mid-run or after a crash, never
+        rows past the count (a local directory; other stores trim at close)."""
+        if self.writer is None:
+            return
+        await _gather(
+            [self._resize(col, col.length) for col in columns if col.capacity != col.length]
+        )
+
+    @staticmethod
+    async def _resize(col: Column, length: int) -> None:
+        # only ever grows here: no chunk is outside the new shape
+        await col.array.resize((length, *col.plan.row_shape), delete_outside_chunks=False)
+        col.capacity = length
+
+    @staticmethod
+    async def trim(columns: Iterable[Column]) -> None:
+        """Cut every array to the rows pushed (at close, after the last commit)."""
+        for col in columns:
+            length = col.length
+            if col.capacity != length:
+                await col.array.resize((length, *col.plan.row_shape))
+                col.capacity = length
+
+    async def stop(self) -> None:
+        """Wait for block writes still running (after a failure), then stop the pool."""
+        if self.writer is not None:
+            await self.writer.drain(raise_errors=False)
+            self.writer.shutdown()
+        await self.inflight.drain(raise_errors=False)
+        self._lent.clear()

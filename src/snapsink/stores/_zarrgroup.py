@@ -1,0 +1,287 @@
+"""The group of a ZarrStore and its arrays: what Zarr can hold, the group node,
+the arrays created for a schema or loaded and checked to resume, static arrays.
+
+Coroutines over zarr's async API, awaited by :class:`~snapsink.stores.zarr.ZarrStore`
+on its writer loop. Split from ``zarr.py`` so that the store keeps its life cycle
+(modes, the order of a commit, metadata) and this module what one group holds;
+the I/O-free layout they follow is :mod:`._zarrplan`'s.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+import anyio.to_thread
+import numpy as np
+import zarr
+import zarr.api.asynchronous as za
+from zarr.abc.store import Store as ZarrStoreLike
+from zarr.core.dtype import get_data_type_from_native_dtype
+from zarr.errors import (
+    ContainsArrayError,
+    ContainsGroupError,
+    NodeNotFoundError,
+    NodeTypeValidationError,
+)
+
+from .._errors import DTypeError, FormatError, StoreExistsError
+from .._schema import Schema
+from ._rows import check_row_array
+from ._zarrclaim import NODE_KEYS, remove_tree_contents
+from ._zarrcolumns import Column, in_place
+from ._zarrobject import create_group_if_absent
+from ._zarrplan import STATIC_GROUP, ArrayPlan, RowBuffer, plan_arrays
+
+if TYPE_CHECKING:
+    from zarr.core.array_spec import ArrayConfigParams
+
+__all__ = [
+    "ARRAY_CONFIG",
+    "check_adoptable",
+    "check_zarr_dtype",
+    "check_zarr_dtypes",
+    "create_columns",
+    "create_group",
+    "delete_group",
+    "last_row",
+    "load_columns",
+    "node_exists",
+    "open_group",
+    "write_static",
+]
+
+#: Every chunk is written, even one equal to the fill value: a snapsink chunk is
+#: data, and skipping it would turn a rewrite of a chunk into a deletion.
+ARRAY_CONFIG: ArrayConfigParams = {"write_empty_chunks": True}
+
+
+def _key(path: str, name: str) -> str:
+    return f"{path}/{name}" if path else name
+
+
+# -- what Zarr can hold ----------------------------------------------------------
+def check_zarr_dtypes(schema: Schema, where: str = "ZarrStore") -> None:
+    """Refuse a schema with a dtype that Zarr v3 cannot hold (float128, complex256).
+
+    Raises
+    ------
+    DTypeError
+        Naming the field, its dtype and what Zarr holds instead.
+    """
+    for name, fld in schema.items():
+        check_zarr_dtype(fld.dtype, f"{where}: field {name!r}")
+
+
+def check_zarr_dtype(dtype: np.dtype[Any], what: str) -> None:
+    """Refuse one dtype that Zarr v3 cannot hold; ``what`` names its owner."""
+    try:
+        get_data_type_from_native_dtype(dtype)
+    except (TypeError, ValueError) as exc:
+        raise DTypeError(
+            f"{what}: dtype {dtype} cannot be stored in Zarr v3 (it holds bool, "
+            "int8-int64, uint8-uint64, float16/32/64 and complex64/128); cast the "
+            "field, e.g. to float64 or complex128, or use NpyDirectory"
+        ) from exc
+
+
+# -- the group node ----------------------------------------------------------------
+async def node_exists(store: ZarrStoreLike, path: str) -> bool:
+    """Whether a zarr node (v3, or v2's for recognition) is at ``path``."""
+    for name in NODE_KEYS:
+        if await store.exists(_key(path, name)):
+            return True
+    return False
+
+
+async def delete_group(store: ZarrStoreLike, root: Path | None, path: str) -> None:
+    """Delete the group at ``path`` (``mode="w"``)."""
+    if root is not None:
+        # Only zarr's own entries (claim_local_dir refused anything else), in a
+        # thread: LocalStore.delete_dir would run rmtree on the event loop.
+        target = root / path if path else root
+        await anyio.to_thread.run_sync(remove_tree_contents, target)
+    else:
+        await store.delete_dir(path)
+        for name in NODE_KEYS:
+            await store.delete(_key(path, name))
+
+
+async def create_group(
+    store: ZarrStoreLike, path: str, attributes: Mapping[str, Any], who: str
+) -> Any:
+    """Create the group at ``path`` with ``attributes``; refuse one that appears
+    meanwhile (a conditional PUT on S3, zarr's ``mode="w-"`` elsewhere).
+
+    Raises
+    ------
+    StoreExistsError
+        Another writer created a node there first.
+    """
+    if await create_group_if_absent(store, path, attributes, who):
+        group = await za.open_group(store, path=path, mode="r+", zarr_format=3)
+        parts = path.split("/") if path else []
+        for k in range(len(parts)):  # the implicit parents, as zarr makes them
+            parent = "/".join(parts[:k])
+            if not await store.exists(_key(parent, "zarr.json")):
+                await za.open_group(store, path=parent, mode="a", zarr_format=3)
+        return group
+    try:
+        return await za.open_group(
+            store, path=path, mode="w-", zarr_format=3, attributes=dict(attributes)
+        )
+    except (ContainsGroupError, ContainsArrayError, FileExistsError) as exc:
+        raise StoreExistsError(
+            f"{who}: a zarr node appeared at group {path or '/'!r} "
+            "while this store was opening it (another writer?)"
+        ) from exc
+
+
+async def open_group(store: ZarrStoreLike, path: str, who: str) -> Any:
+    """The existing group at ``path``, for writing (``mode="a"``).
+
+    Raises
+    ------
+    FormatError
+        The node there is not a zarr v3 group.
+    """
+    try:
+        return await za.open_group(store, path=path, mode="r+", zarr_format=3)
+    except (ContainsArrayError, NodeTypeValidationError, NodeNotFoundError) as exc:
+        raise FormatError(f"{who}: the node at the group's path is not a zarr v3 group") from exc
+
+
+async def check_adoptable(group: Any, path: str, who: str) -> None:
+    """Adopt a plain group without snapsink metadata (e.g. the implicit parent of
+    other groups), but never one holding arrays or a 'static' member of its own.
+
+    Raises
+    ------
+    FormatError
+        The group holds arrays that are not a snapsink store.
+    """
+    async for name, node in group.members():
+        if isinstance(node, zarr.AsyncArray) or name == STATIC_GROUP:
+            raise FormatError(
+                f"{who}: group {path or '/'!r} holds zarr arrays that are "
+                "not a snapsink store; pick another group or use mode='w'"
+            )
+
+
+# -- the arrays ---------------------------------------------------------------------
+async def create_columns(
+    group: Any,
+    schema: Schema,
+    *,
+    times: bool,
+    chunk_frames: int | None,
+    shard_frames: int | None,
+    compressors: Any,
+    root: Path | None,
+) -> dict[str, Column]:
+    """Create (replacing) the empty arrays of ``schema`` in ``group``: one column each."""
+    columns: dict[str, Column] = {}
+    plans = plan_arrays(schema, times=times, chunk_frames=chunk_frames, shard_frames=shard_frames)
+    for plan in plans:
+        arr = await group.create_array(
+            plan.name,
+            shape=(0, *plan.row_shape),
+            dtype=plan.dtype,
+            chunks=plan.chunks,
+            shards=plan.shards,
+            compressors=compressors,
+            dimension_names=plan.dims,
+            overwrite=True,
+            config=ARRAY_CONFIG,
+        )
+        buf = RowBuffer(plan.dtype, plan.row_shape, plan.block)
+        columns[plan.name] = Column(plan, arr, buf, root, in_place=in_place(schema, plan.name))
+    return columns
+
+
+async def load_columns(
+    group: Any, schema: Schema, *, times: bool, count: int, root: Path | None, who: str
+) -> dict[str, Column]:
+    """The columns of the arrays stored in ``group`` for ``count`` committed
+    frames of ``schema``, each checked against its plan, with its trailing
+    partial block read back into its buffer (to resume).
+
+    Raises
+    ------
+    FormatError
+        An array is missing, not an array, of another dtype or row shape, or
+        shorter than the committed rows.
+    """
+    columns: dict[str, Column] = {}
+    lengths: dict[str, int] = {}  # a ragged field's rows, from its last offset
+    for plan in plan_arrays(schema, times=times):  # names, dtypes, shapes, dims
+        arr = await _stored_array(group, plan, who)
+        offsets = plan.name.endswith(".offsets")
+        # known before any read: an offsets array comes before its field's rows
+        length = lengths.get(plan.name, count + 1 if offsets else count)
+        check_row_array(who, "array", plan, arr.dtype, arr.shape, length)
+        if offsets:
+            last = np.asarray(await arr.getitem(slice(count, count + 1)))
+            lengths[plan.name[: -len(".offsets")]] = int(last[0])
+        columns[plan.name] = await _resumed_column(plan, arr, schema, length, root)
+    return columns
+
+
+async def _stored_array(group: Any, plan: ArrayPlan, who: str) -> Any:
+    """Array ``plan.name`` of ``group``, configured for writing."""
+    try:
+        arr = await group.getitem(plan.name)
+    except KeyError as exc:
+        raise FormatError(f"{who}: array {plan.name!r} is missing") from exc
+    if not isinstance(arr, zarr.AsyncArray):
+        raise FormatError(f"{who}: {plan.name!r} is not an array")
+    return arr.with_config(ARRAY_CONFIG)
+
+
+async def _resumed_column(
+    plan: ArrayPlan, arr: Any, schema: Schema, length: int, root: Path | None
+) -> Column:
+    """The column of a stored array holding ``length`` rows: with the array's own
+    chunking, and its trailing partial block buffered again."""
+    shard = arr.shards[0] if arr.shards else None
+    actual = ArrayPlan(plan.name, plan.dtype, plan.row_shape, arr.chunks[0], shard, plan.dims)
+    empty = RowBuffer(plan.dtype, plan.row_shape, actual.block)
+    col = Column(actual, arr, empty, root, in_place=in_place(schema, plan.name), length=length)
+    if col.direct is None:
+        start = length - length % actual.block
+        tail = None
+        if length > start:
+            tail = np.asarray(await arr.getitem(slice(start, length)))
+        col.buf = RowBuffer(plan.dtype, plan.row_shape, actual.block, length, tail)
+    return col
+
+
+async def last_row(col: Column, count: int) -> Any:
+    """The last committed row of a frame-indexed column (``count`` > 0)."""
+    row = col.buf.last()
+    if row is None:  # the committed frames fill whole blocks: nothing is buffered
+        row = np.asarray(await col.array.getitem(slice(count - 1, count)))[0]
+    return row
+
+
+async def write_static(group: Any, static: Mapping[str, Any], compressors: Any) -> None:
+    """Write the static arrays into the ``static`` subgroup, each once: an array
+    already there (``mode="a"``) is kept."""
+    if not static:
+        return
+    sg = await group.require_group(STATIC_GROUP)
+    existing = {name async for name in sg.array_keys()}
+    for name, value in static.items():
+        if name in existing:
+            continue  # written once: mode="a" keeps what is there
+        arr = await sg.create_array(
+            name,
+            shape=value.shape,
+            dtype=value.dtype,
+            chunks=tuple(max(1, n) for n in value.shape),
+            compressors=compressors,
+            dimension_names=tuple(f"static_{name}_dim_{k}" for k in range(value.ndim)),
+            config=ARRAY_CONFIG,
+        )
+        await arr.setitem(..., value)  # through DurableLocalStore when local
