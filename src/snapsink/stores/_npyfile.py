@@ -47,6 +47,7 @@ __all__ = [
     "fsync_dir",
     "load_static",
     "open_in_store",
+    "pwrite_all",
     "read_at",
     "read_exactly",
     "read_metadata",
@@ -63,26 +64,26 @@ _CAN_ADVISE = hasattr(os, "posix_fadvise") and sys.platform == "linux"
 
 
 # -- writing and opening files ----------------------------------------------------
-def _pwrite_all(fd: int, buffers: Sequence[memoryview], offset: int) -> None:
-    """Write every buffer back to back at ``offset``, retrying short writes."""
+def pwrite_all(fd: int, buffers: Sequence[memoryview], offset: int) -> int:
+    """Write every byte of ``buffers`` back to back at ``offset`` (``pwritev``,
+    at most IOV_MAX buffers a call, short writes resumed); return the bytes
+    written. NpyDirectory's rows and ZarrStore's in-place chunks go out here."""
     pending = [b for b in buffers if b.nbytes]
+    total = 0
     while pending:
         chunk = pending[:_IOV_MAX]
         written = os.pwritev(fd, chunk, offset)
         offset += written
-        total = sum(b.nbytes for b in chunk)
-        if written == total:
-            pending = pending[_IOV_MAX:]
-            continue
-        # Short write (rare on regular files): drop what went out, resume.
+        total += written
         rest: list[memoryview] = []
-        for b in chunk:
+        for k, b in enumerate(chunk):
             if written >= b.nbytes:
                 written -= b.nbytes
-            else:
-                rest.append(b[written:])
-                written = 0
+                continue
+            rest = [b[written:], *chunk[k + 1 :]]  # short write (rare): resume
+            break
         pending = rest + pending[_IOV_MAX:]
+    return total
 
 
 def start_writeback(fd: int, offset: int = 0, length: int = 0) -> None:
@@ -315,7 +316,7 @@ class GrowableNpyFile:
 
     def write_at(self, row: int, buffers: Sequence[memoryview]) -> None:
         """Write contiguous row data at row index ``row`` (room must be reserved)."""
-        _pwrite_all(self.fd, buffers, HEADER_SIZE + row * self.row_bytes)
+        pwrite_all(self.fd, buffers, HEADER_SIZE + row * self.row_bytes)
         self.dirty = True
 
     def read_row(self, row: int) -> np.ndarray[Any, Any]:

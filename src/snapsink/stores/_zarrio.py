@@ -51,6 +51,8 @@ import numpy as np
 from zarr.core.buffer import Buffer
 from zarr.storage import LocalStore
 
+from ._npyfile import pwrite_all, start_writeback
+
 __all__ = [
     "BlockTarget",
     "BlockWriter",
@@ -66,10 +68,7 @@ __all__ = [
 
 #: Temporary files: ours (``<name>.<uuid hex>.partial``) and zarr LocalStore's
 #: (``<stem>.<uuid hex>.partial``, e.g. ``zarr.<hex>.partial``) look alike.
-_CAN_ADVISE = hasattr(os, "posix_fadvise") and sys.platform == "linux"
 _LEFTOVER = re.compile(r"\.[0-9a-f]{32}\.partial$")
-#: Linux IOV_MAX; a pwritev call takes at most this many buffers.
-_IOV_MAX = 1024
 _PAGE = os.sysconf("SC_PAGE_SIZE") if hasattr(os, "sysconf") else 4096
 
 
@@ -114,42 +113,11 @@ def _write_all(fd: int, data: memoryview) -> None:
         data = data[os.write(fd, data) :]
 
 
-def pwrite_all(fd: int, buffers: Sequence[memoryview], offset: int) -> int:
-    """Write every byte of ``buffers`` at ``offset`` (``pwritev``, short writes
-    resumed); return the bytes written."""
-    pending = [b for b in buffers if b.nbytes]
-    total = 0
-    while pending:
-        chunk = pending[:_IOV_MAX]
-        written = os.pwritev(fd, chunk, offset)
-        offset += written
-        total += written
-        rest = []
-        for k, b in enumerate(chunk):
-            if written >= b.nbytes:
-                written -= b.nbytes
-                continue
-            rest = [b[written:], *chunk[k + 1 :]]
-            break
-        pending = rest + pending[_IOV_MAX:]
-    return total
-
-
 def whole_pages(offset: int, length: int, page: int = _PAGE) -> tuple[int, int]:
     """The whole pages inside ``[offset, offset + length)``: ``(start, length)``."""
     start = -(-offset // page) * page
     stop = (offset + length) // page * page
     return start, max(0, stop - start)
-
-
-def _start_writeback(fd: int, offset: int, length: int) -> None:
-    """Start writing a dirty range back now, without waiting (Linux does at
-    DONTNEED): the commit's fsync then has little left to do."""
-    if _CAN_ADVISE:
-        try:
-            os.posix_fadvise(fd, offset, length, os.POSIX_FADV_DONTNEED)
-        except OSError:  # advice only: the commit's fsync still syncs
-            pass
 
 
 def write_file(
@@ -173,7 +141,7 @@ def write_file(
             if size is not None and size > len(data):
                 os.ftruncate(fd, size)
             if not sync:
-                _start_writeback(fd, 0, 0)
+                start_writeback(fd)
         finally:
             os.close(fd)
     except BaseException:
@@ -442,7 +410,7 @@ class BlockWriter:
         # the next rows written into a partly written page would read it back first.
         start, length = whole_pages(offset, n)
         if length:
-            _start_writeback(fd, start, length)
+            start_writeback(fd, start, length)
         self._dirty.add(path)
         if full:
             self._full.add(path)
