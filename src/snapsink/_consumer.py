@@ -23,7 +23,8 @@ import inspect
 from collections.abc import Callable, Sequence
 from typing import Any, Protocol
 
-from ._channel import Channel, Entry, ThreadWaker
+from ._channel import Channel
+from ._channeltypes import Entry, ThreadWaker
 from ._schema import Batch, Schema
 from ._store import Resume
 

@@ -21,7 +21,7 @@ import anyio
 import numpy as np
 from anyio.abc import TaskGroup, TaskStatus
 
-from ._channel import SinkStatistics, check_capacity, check_policy
+from ._channeltypes import SinkStatistics, check_capacity, check_policy
 from ._checks import INT64_MAX, INT64_MIN
 from ._errors import ClosedSinkError, ConfigError, DTypeError, SchemaError
 from ._schema import Schema, check_name

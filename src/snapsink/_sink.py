@@ -26,8 +26,8 @@ from typing import Any
 import anyio
 import anyio.lowlevel
 
-from ._channel import (
-    Channel,
+from ._channel import Channel
+from ._channeltypes import (
     Offer,
     SinkStatistics,
     SpillTicket,

@@ -25,7 +25,7 @@ from typing import Any
 import anyio
 from anyio.from_thread import BlockingPortal
 
-from ._channel import Offer, SinkStatistics, SpillTicket, ThreadWaker, frame_nbytes
+from ._channeltypes import Offer, SinkStatistics, SpillTicket, ThreadWaker, frame_nbytes
 from ._errors import ClosedSinkError, WriterError, WrongThreadError, close_noting
 from ._schema import Schema
 from ._sink import Sink

@@ -34,7 +34,8 @@ from typing import Any
 
 import numpy as np
 
-from .._channel import Channel, Entry, SinkStatistics
+from .._channel import Channel
+from .._channeltypes import Entry, SinkStatistics
 from .._errors import ConfigError, WriterError
 from .._schema import Field, is_device_array
 from .._spill import Spill

@@ -34,7 +34,7 @@ from collections.abc import Callable, Iterable, Mapping
 from types import TracebackType
 from typing import Any
 
-from .._channel import SinkStatistics
+from .._channeltypes import SinkStatistics
 from .._errors import ConfigError, close_noting
 from .._spill import Spill
 from .._store import Store
