@@ -56,7 +56,7 @@ class Channel(SpillQueue):
     Producers call :meth:`offer` (and, for block, :meth:`park_producer` then wait);
     the consumer calls :meth:`take`, :meth:`release`, :meth:`park_consumer`.
     A writer process replaces the consumer side
-    (:class:`~snapsink._writer.process.ProcessChannel`).
+    (:class:`~snapsink._writer.publish.ProcessChannel`).
 
     The channel owns the frames' capture: the host slots, the device stager
     (made at the first device array), the spill directory (made by the sink at

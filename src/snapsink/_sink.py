@@ -41,7 +41,8 @@ from ._errors import ClosedSinkError, ConfigError, SchemaError, WouldBlock, Writ
 from ._schema import Schema, StepClock, is_device_array
 from ._spill import Spill, SpillDir
 from ._store import Resume
-from ._writer.process import ProcessChannel, ProcessWriter, choose_writer
+from ._writer.process import ProcessWriter, choose_writer
+from ._writer.publish import ProcessChannel
 from ._writer.thread import ThreadWriter
 
 __all__ = ["Sink"]
