@@ -11,7 +11,6 @@ order in which frames were accepted).
 
 from __future__ import annotations
 
-import errno
 import threading
 from collections.abc import Sequence
 from typing import TYPE_CHECKING, Any
@@ -168,14 +167,7 @@ class SpillQueue:
         if reader is None:
             assert self.spill_dir is not None and self.schema is not None
             reader = self.spill_reader = SpillReader(self.spill_dir.path, self.schema)
-        got = reader.read()
-        if got is None:
-            raise OSError(
-                errno.ENOENT,
-                f"spilled frame {reader.frames_read + 1} is missing from {reader.path} "
-                f"({reader.position()})",
-            )
-        entry.step, entry.time, entry.fields, entry.size = got
+        entry.step, entry.time, entry.fields, entry.size = reader.read_next()
 
     def remove_stored_spills(self) -> None:
         """Remove the spill segments whose frames are all stored."""
