@@ -39,13 +39,13 @@ from ._channeltypes import (
     Offer,
     SinkStatistics,
     SpillTicket,
-    Waker,
     frame_nbytes,
 )
 from ._errors import ClosedSinkError, WriterError
 from ._schema import Field, Schema, StepClock
 from ._spill import Spill, SpillDir
 from ._staging.host import Completion, Slot, SlotPool, capture_fields
+from ._wakers import Waker
 
 __all__ = ["Channel"]
 

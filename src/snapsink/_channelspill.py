@@ -15,10 +15,11 @@ import threading
 from collections.abc import Sequence
 from typing import TYPE_CHECKING, Any
 
-from ._channeltypes import Entry, Offer, SpillTicket, Waker
+from ._channeltypes import Entry, Offer, SpillTicket
 from ._errors import SpillError
 from ._schema import Field, Schema, StepClock, is_device_array
 from ._spill import Spill, SpillDir, SpillReader
+from ._wakers import Waker
 
 __all__ = ["SpillQueue"]
 

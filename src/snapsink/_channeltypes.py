@@ -2,7 +2,7 @@
 checks of its configuration.
 
 Kept apart from the channel itself: these are plain values (what an offer did,
-an accepted frame, a spill ticket, a statistics snapshot, a waker) and I/O-free
+an accepted frame, a spill ticket, a statistics snapshot) and I/O-free
 checks that the async sink, the sync facade, the recorder and the integrations
 import without needing the channel's locking machinery.
 """
@@ -10,7 +10,6 @@ import without needing the channel's locking machinery.
 from __future__ import annotations
 
 import enum
-import threading
 from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any, Final
@@ -27,8 +26,6 @@ __all__ = [
     "Offer",
     "SinkStatistics",
     "SpillTicket",
-    "ThreadWaker",
-    "Waker",
     "check_capacity",
     "check_policy",
     "frame_nbytes",
@@ -133,27 +130,6 @@ class SpillTicket:
         self.time = time
         self.nbytes = nbytes
         self.before = before  # the clock before it, to give the step back on failure
-
-
-class Waker:
-    """Something a waiting party can be woken through; see module docstring."""
-
-    __slots__ = ()
-
-    def wake(self) -> None:  # pragma: no cover - interface
-        raise NotImplementedError
-
-
-class ThreadWaker(Waker):
-    """Wakes a thread blocked in ``threading.Event.wait``."""
-
-    __slots__ = ("event",)
-
-    def __init__(self) -> None:
-        self.event = threading.Event()
-
-    def wake(self) -> None:
-        self.event.set()
 
 
 def frame_nbytes(schema: Schema | None, items: Sequence[tuple[str, Field, Any]]) -> int:

@@ -24,9 +24,10 @@ from collections.abc import Callable, Sequence
 from typing import Any, Protocol
 
 from ._channel import Channel
-from ._channeltypes import Entry, ThreadWaker
+from ._channeltypes import Entry
 from ._schema import Batch, Schema
 from ._store import Resume
+from ._wakers import ThreadWaker
 
 __all__ = ["ChannelFeed", "Consumer", "Feed", "StoreCaller"]
 
