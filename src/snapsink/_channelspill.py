@@ -60,6 +60,8 @@ class SpillQueue:
     def _offer_spill(
         self, step: int, time: float | None, nbytes: int, items: Sequence[tuple[str, Field, Any]]
     ) -> tuple[Offer, SpillTicket | None]:
+        """Accept a frame into the spill queue (lock held): a ticket for its
+        write, or WAIT while the spilled bytes are at ``Spill.max_bytes``."""
         policy = self.policy
         assert isinstance(policy, Spill)
         if (
@@ -157,6 +159,7 @@ class SpillQueue:
             self._wake_consumer()
 
     def _end_turn(self) -> None:
+        """A spill write is over, done or failed: the next one may run (lock held)."""
         self.fifo_writing -= 1
         self.fifo_turn += 1
         self.fifo_turns.notify_all()
