@@ -27,8 +27,8 @@ from ._errors import WrongThreadError as WrongThreadError
 from ._reader import groups as groups
 from ._reader import open as open
 from ._recorder import Recorder as Recorder
-from ._recorder import Route as Route
 from ._recorder import SyncRecorder as SyncRecorder
+from ._routes import Route as Route
 from ._schema import Batch as Batch
 from ._schema import Field as Field
 from ._schema import Frame as Frame

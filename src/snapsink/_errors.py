@@ -23,6 +23,8 @@ the idiomatic standard-library class so ``except ValueError`` keeps working::
 from __future__ import annotations
 
 from collections.abc import Callable
+from types import TracebackType
+from typing import ClassVar, Self
 
 import anyio
 
@@ -150,3 +152,36 @@ def close_noting(close: Callable[[], object], exc: BaseException | None, what: s
         if exc is None:
             raise
         exc.add_note(f"snapsink: closing {what} also failed: {err!r}")
+
+
+class ClosesOnExit:
+    """Gives ``__enter__``/``__exit__`` to a class with a ``close()``: leaving
+    the ``with`` block closes it through :func:`close_noting`.
+
+    One copy of the idiom for :class:`~snapsink.SyncSink`, the ASE
+    ``Recording``, the py-pde ``SnapsinkTracker`` and
+    :class:`~snapsink.SyncRecorder`. A subclass names what it closes in
+    ``_closing`` (``"the sink"``), for the note on the block's exception.
+    """
+
+    __slots__ = ()
+
+    _closing: ClassVar[str]
+
+    def close(self) -> None:
+        raise NotImplementedError
+
+    def __enter__(self) -> Self:
+        return self
+
+    def __exit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> None:
+        self._close_on_exit(exc)
+
+    def _close_on_exit(self, exc: BaseException | None) -> None:
+        """Close as the block ends; ``exc`` is the block's exception, if any."""
+        close_noting(self.close, exc, self._closing)

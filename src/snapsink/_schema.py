@@ -1,21 +1,8 @@
 """Fields, schemas, frames and the validation every write goes through.
 
 Everything here is free of I/O: the async core, the sync facade and the stores
-call the same code.
-
-Dtype rule
-----------
-A value is accepted for a field when numpy says the cast to the field's dtype is
-*safe* (``np.can_cast(value.dtype, field.dtype, "safe")``): ``int32`` into an
-``int64`` field, ``float32`` into ``float64``, a big-endian ``>f8`` into ``<f8``.
-A lossy cast (``float64`` into ``float32``, a float into an int, complex into
-real) is a :class:`~snapsink.DTypeError`: snapsink never rounds a value silently.
-Python scalars are *weak* as in NumPy 2 (NEP 50): a Python ``float`` fits any
-floating field, a Python ``int`` any integer or floating field whose range holds
-its value (``2**70`` into an ``int64`` field is a :class:`~snapsink.DTypeError`,
-never an ``OverflowError``), and a Python ``bool``, like ``np.bool_``, any
-bool, integer, floating or complex field (numpy's safe cast from bool).
-Object, string, structured and datetime dtypes are refused.
+call the same code. Which dtypes a field may take and which values cast into
+them (the dtype rule) is :mod:`snapsink._dtypes`.
 
 Nested state
 ------------
@@ -27,7 +14,6 @@ A flat frame whose names match the schema is never walked.
 
 from __future__ import annotations
 
-import dataclasses
 import math
 import re
 from collections.abc import Iterator, Mapping
@@ -37,6 +23,7 @@ from typing import Any
 import numpy as np
 
 from ._arrays import is_device_array
+from ._dtypes import as_dtype, as_host_array, dtype_shape, int_str, safe_cast
 from ._errors import ConfigError, DTypeError, SchemaError
 from ._pytree import SEP, flatten_frame, flatten_specs, tree_conflict
 
@@ -48,11 +35,10 @@ __all__ = [
     "StepClock",
     "check_name",
     "is_device_array",
+    "next_step",
     "offsets_name",
 ]
 
-#: dtype kinds a field may have: bool, signed, unsigned, float, complex.
-_ALLOWED_KINDS = frozenset("biufc")
 #: names a field may not take: they are files or arrays of the stores themselves.
 RESERVED_NAMES = frozenset({"steps", "times", "metadata", "static"})
 _NAME = re.compile(r"[A-Za-z_][A-Za-z0-9_]{0,127}")
@@ -108,20 +94,6 @@ def check_name(name: object, what: str = "field") -> str:
     return name
 
 
-def _as_dtype(dtype: object, what: str) -> np.dtype[Any]:
-    try:
-        dt = np.dtype(dtype)  # type: ignore[call-overload]
-    except TypeError as exc:
-        raise ConfigError(f"{what}: {dtype!r} is not a numpy dtype") from exc
-    if dt.kind not in _ALLOWED_KINDS or dt.fields is not None or dt.subdtype is not None:
-        raise ConfigError(
-            f"{what}: dtype {dt} is not storable; expected bool, integer, float or complex"
-        )
-    # Stored data is always native (little-endian on every supported machine).
-    native: np.dtype[Any] = dt.newbyteorder("=") if dt.byteorder not in "=|" else dt
-    return native
-
-
 @dataclass(frozen=True, slots=True, init=False)
 class Field:
     """One named quantity of a frame: its dtype and its per-frame shape.
@@ -164,7 +136,7 @@ class Field:
         shape: tuple[int | None, ...] | list[int | None] = (),
         dims: tuple[str, ...] | list[str] | None = None,
     ):
-        dt = _as_dtype(dtype, "Field dtype")
+        dt = as_dtype(dtype, "Field dtype")
         try:
             shp = tuple(shape)
         except TypeError as exc:
@@ -397,11 +369,11 @@ class Schema(Mapping[str, Field]):
                 and not (_INT64.min <= value <= _INT64.max)
             ):
                 raise DTypeError(
-                    f"field {name!r}: the Python int {_int_str(value)} does not fit int64, "
+                    f"field {name!r}: the Python int {int_str(value)} does not fit int64, "
                     "the dtype a Python int is inferred as; declare the field's dtype in the "
                     "schema (e.g. 'uint64' or 'float64')"
                 )
-            dtype, shape = _dtype_shape(name, value)
+            dtype, shape = dtype_shape(name, value)
             try:
                 out[name] = Field(dtype, shape)
             except ConfigError as exc:
@@ -463,14 +435,14 @@ class Schema(Mapping[str, Field]):
             elif not isinstance(value, np.ndarray | np.generic | float | int | complex) and not (
                 is_device_array(value)
             ):
-                value = _as_host_array(name, value, step)
-            dtype, got = _dtype_shape(name, value, step)
+                value = as_host_array(name, value, step)
+            dtype, got = dtype_shape(name, value, step)
             # A Python int is int64 by name only: its value must fit the field.
-            if (dtype != want or kind is int) and not _safe_cast(value, dtype, want):
+            if (dtype != want or kind is int) and not safe_cast(value, dtype, want):
                 if isinstance(value, int) and not isinstance(value, bool):
                     raise DTypeError(
                         f"field {name!r}: expected a value that fits {want}, got the Python "
-                        f"int {_int_str(value)} at step {step}; declare a wider dtype in the "
+                        f"int {int_str(value)} at step {step}; declare a wider dtype in the "
                         "schema"
                     )
                 raise DTypeError(
@@ -500,81 +472,32 @@ def _shape_str(shape: tuple[int | None, ...]) -> str:
     )
 
 
-def _as_host_array(name: str, value: object, step: int | None = None) -> np.ndarray[Any, Any]:
-    at = "" if step is None else f" at step {step}"
-    if value is None:
-        raise DTypeError(f"field {name!r}: expected an array or a number, got None{at}")
-    if isinstance(value, Mapping) or (
-        dataclasses.is_dataclass(value) and not isinstance(value, type)
-    ):
-        raise DTypeError(
-            f"field {name!r}: expected an array or a number, got a nested "
-            f"{type(value).__name__}{at}; the schema holds {name!r} as one field (nested "
-            f"state is stored as fields named {name + SEP}<key>: declare those)"
-        )
-    try:
-        arr = np.asarray(value)
-    except Exception as exc:
-        raise DTypeError(
-            f"field {name!r}: expected an array or a number, got {type(value).__name__}{at}"
-        ) from exc
-    if arr.dtype.kind not in _ALLOWED_KINDS or arr.dtype.fields is not None:
-        raise DTypeError(
-            f"field {name!r}: expected a bool, integer, float or complex array, "
-            f"got dtype {arr.dtype} ({type(value).__name__}){at}"
-        )
-    return arr
+def next_step(last: int | None, step: object, why: str = "steps strictly increase") -> int:
+    """The step of the next frame: ``step``, or ``last + 1`` (0 first), checked.
 
+    One rule for a sink's :class:`StepClock` and a recorder's router; ``why``
+    ends the message of a step that does not increase.
 
-def _dtype_shape(
-    name: str, value: object, step: int | None = None
-) -> tuple[np.dtype[Any], tuple[int, ...]]:
-    """dtype and shape of a host array, Python scalar, or device array."""
-    if isinstance(value, bool):
-        return np.dtype(bool), ()
-    if isinstance(value, int):
-        return np.dtype(np.int64), ()
-    if isinstance(value, float):
-        return np.dtype(np.float64), ()
-    if isinstance(value, complex):
-        return np.dtype(np.complex128), ()
-    if isinstance(value, np.ndarray | np.generic):
-        if value.dtype.kind not in _ALLOWED_KINDS or value.dtype.fields is not None:
-            at = "" if step is None else f" at step {step}"
-            raise DTypeError(
-                f"field {name!r}: expected a bool, integer, float or complex array, "
-                f"got dtype {value.dtype}{at}"
-            )
-        return value.dtype, tuple(value.shape)
-    if is_device_array(value):
-        from ._staging.device import device_dtype_shape
-
-        return device_dtype_shape(name, value)
-    arr = _as_host_array(name, value, step)
-    return arr.dtype, arr.shape
-
-
-def _int_str(value: int) -> str:
-    """An int for a message: digits, or its size when it has too many."""
-    return str(value) if value.bit_length() <= 128 else f"of {value.bit_length()} bits"
-
-
-def _safe_cast(value: object, src: np.dtype[Any], dst: np.dtype[Any]) -> bool:
-    if isinstance(value, bool):
-        # As np.bool_: numpy casts bool safely to every numeric kind.
-        return bool(np.can_cast(np.bool_, dst, "safe"))
-    if isinstance(value, int):
-        if dst.kind in "fc":
-            return abs(value) <= float(np.finfo(dst).max)  # exact int-float comparison
-        if dst.kind in "iu":
-            info = np.iinfo(dst)
-            return bool(info.min <= value <= info.max)
-        return False
-    if isinstance(value, float):
-        return dst.kind in "fc"
-    if isinstance(value, complex):
-        return dst.kind == "c"
-    return bool(np.can_cast(src, dst, "safe"))
+    Raises
+    ------
+    DTypeError
+        ``step`` is not an int.
+    SchemaError
+        ``step`` does not fit int64 or is not greater than ``last``.
+    """
+    if step is None:
+        s = 0 if last is None else last + 1
+    else:
+        if isinstance(step, bool) or not isinstance(step, int | np.integer):
+            raise DTypeError(f"step: expected an int, got {type(step).__name__} {step!r}")
+        s = int(step)
+        if not _INT64.min <= s <= _INT64.max:
+            raise SchemaError(f"step: expected a value that fits int64, got {s}")
+        if last is not None and s <= last:
+            raise SchemaError(f"step: expected a step greater than {last} ({why}), got {s}")
+    if s > _INT64.max:
+        raise SchemaError(f"step: the next step {s} does not fit int64")
+    return s
 
 
 @dataclass(slots=True)
@@ -588,21 +511,7 @@ class StepClock:
 
     def check(self, step: object, time: object) -> tuple[int, float | None]:
         """Validate ``step`` and ``time`` for the next frame; does not advance."""
-        if step is None:
-            s = 0 if self.last_step is None else self.last_step + 1
-        else:
-            if isinstance(step, bool) or not isinstance(step, int | np.integer):
-                raise DTypeError(f"step: expected an int, got {type(step).__name__} {step!r}")
-            s = int(step)
-            if not _INT64.min <= s <= _INT64.max:
-                raise SchemaError(f"step: expected a value that fits int64, got {s}")
-            if self.last_step is not None and s <= self.last_step:
-                raise SchemaError(
-                    f"step: expected a step greater than {self.last_step} (steps strictly "
-                    f"increase), got {s}"
-                )
-        if s > _INT64.max:
-            raise SchemaError(f"step: the next step {s} does not fit int64")
+        s = next_step(self.last_step, step)
         if time is None:
             if self.has_times:
                 raise SchemaError(

@@ -19,14 +19,13 @@ import traceback
 import warnings
 import weakref
 from collections.abc import Mapping
-from types import TracebackType
 from typing import Any
 
 import anyio
 from anyio.from_thread import BlockingPortal
 
 from ._channeltypes import Offer, SinkStatistics, SpillTicket, frame_nbytes
-from ._errors import ClosedSinkError, WriterError, WrongThreadError, close_noting
+from ._errors import ClosedSinkError, ClosesOnExit, WriterError, WrongThreadError
 from ._schema import Schema
 from ._sink import Sink
 from ._spill import Spill
@@ -151,7 +150,7 @@ _register_atexit(_close_open_sinks)
 os.register_at_fork(after_in_child=_after_fork_in_child)
 
 
-class SyncSink:
+class SyncSink(ClosesOnExit):
     """A :class:`Sink` for ordinary loops, with the same arguments and semantics.
 
     The sink opens when created and closes at the end of a ``with`` block (or
@@ -175,6 +174,8 @@ class SyncSink:
     ...     for i in range(n):
     ...         sink.write({"positions": x}, step=i, time=i * dt)
     """
+
+    _closing = "the sink"
 
     # Deliberate parallel of Sink.__init__ (_sink.py): each public class
     # declares and documents its own constructor; this one passes them on to Sink.
@@ -212,17 +213,6 @@ class SyncSink:
             raise ClosedSinkError("the sink is closed; it takes no more frames")
         if not self._loop.thread.is_alive():
             raise ClosedSinkError("the sync sink's event-loop thread has stopped")
-
-    def __enter__(self) -> SyncSink:
-        return self
-
-    def __exit__(
-        self,
-        exc_type: type[BaseException] | None,
-        exc: BaseException | None,
-        tb: TracebackType | None,
-    ) -> None:
-        close_noting(self.close, exc, "the sink")
 
     def write(
         self,

@@ -27,7 +27,7 @@ import pytest
 import snapsink
 from snapsink import FormatError, StoreExistsError, StoreLockedError, SyncSink, WriterError
 from snapsink.stores._lock import LOCK_NAME
-from snapsink.stores._npyfile import HEADER_SIZE
+from snapsink.stores._npyformat import HEADER_SIZE
 
 pytestmark = pytest.mark.timeout(120)
 

@@ -365,7 +365,7 @@ def test_npy_huge_frame_shape_is_a_format_error_before_allocating(tmp_path: Path
 
 
 def _header_4096(header: dict[str, Any]) -> bytes:
-    from snapsink.stores._npyfile import build_header
+    from snapsink.stores._npyformat import build_header
 
     return build_header(np.dtype(header["descr"]), header["shape"])
 

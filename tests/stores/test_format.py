@@ -14,7 +14,7 @@ from snapsink.stores._format import (
     check_format_version,
     parse_step_ranges,
 )
-from snapsink.stores._npyfile import FORMAT_VERSION as NPY_VERSION
+from snapsink.stores._npyformat import FORMAT_VERSION as NPY_VERSION
 from snapsink.stores._zarrplan import FORMAT_VERSION as ZARR_VERSION
 
 

@@ -25,7 +25,8 @@ from snapsink._errors import (
 from snapsink._schema import Batch, Field, Frame, Schema
 from snapsink._store import Resume
 from snapsink.stores import npy as npy_module
-from snapsink.stores._npyfile import HEADER_SIZE, StepRanges, build_header, parse_header
+from snapsink.stores._format import StepRanges
+from snapsink.stores._npyformat import HEADER_SIZE, build_header, parse_header
 from snapsink.stores.npy import NpyDirectory, NpySource, is_npy_store, open_npy
 
 DTYPES = [

@@ -31,11 +31,10 @@ from __future__ import annotations
 import functools
 import os
 from collections.abc import Callable, Iterable, Mapping
-from types import TracebackType
 from typing import Any
 
 from .._channeltypes import SinkStatistics
-from .._errors import ConfigError, close_noting
+from .._errors import ClosesOnExit, ConfigError
 from .._spill import Spill
 from .._store import Store
 from .._sync import SyncSink
@@ -248,7 +247,7 @@ def store_kwargs(
     }
 
 
-class Recording:
+class Recording(ClosesOnExit):
     """What :func:`attach` returns: the observer recording a dynamics, and its sink.
 
     A context manager: leaving the ``with`` block (or :meth:`close`) detaches
@@ -265,6 +264,8 @@ class Recording:
     every
         ASE's observer interval: steps ``0, every, 2 * every, ...`` are recorded.
     """
+
+    _closing = "the recording"
 
     def __init__(
         self,
@@ -373,6 +374,8 @@ class Recording:
         """Whether :meth:`close` has run."""
         return self._closed
 
+    # Deliberate parallel of Sink.flush (_sink.py): each public class documents
+    # its own flush.
     def flush(self) -> None:
         """Wait until every frame recorded so far is stored, durable and readable.
 
@@ -415,16 +418,6 @@ class Recording:
         if self._owns_sink:
             self._sink.close()
 
-    def __enter__(self) -> Recording:
-        return self
-
-    def __exit__(
-        self,
-        exc_type: type[BaseException] | None,
-        exc: BaseException | None,
-        tb: TracebackType | None,
-    ) -> None:
-        close_noting(self.close, exc, "the recording")
 
 
 def _build_store(target: Any, kwargs: dict[str, Any]) -> Any:

@@ -20,7 +20,6 @@ from __future__ import annotations
 
 from collections.abc import Mapping, Sequence
 from importlib.metadata import version
-from types import TracebackType
 from typing import Any
 
 import numpy as np
@@ -32,7 +31,7 @@ from pde.trackers.base import InfoDict, TransformationType, TransformedTrackerBa
 from pde.trackers.interrupts import InterruptData
 
 from .._channeltypes import check_capacity, check_policy
-from .._errors import ConfigError, SchemaError, StoreStateError, close_noting
+from .._errors import ClosesOnExit, ConfigError, SchemaError, StoreStateError
 from .._schema import check_name
 from .._sink import Sink, _check_max_bytes
 from .._spill import Spill
@@ -44,6 +43,8 @@ __all__ = ["SnapsinkTracker", "grid_attrs", "grid_static"]
 STEPS = ("solver", "interrupt")
 
 
+# Deliberate parallel of grid_static: each public function documents its own
+# parameter.
 def grid_attrs(grid: GridBase) -> dict[str, Any]:
     """The description of a py-pde grid, as a store's ``attrs`` take it.
 
@@ -74,6 +75,8 @@ def grid_attrs(grid: GridBase) -> dict[str, Any]:
     }
 
 
+# Deliberate parallel of grid_attrs: each public function documents its own
+# parameter.
 def grid_static(grid: GridBase) -> dict[str, np.ndarray[Any, Any]]:
     """The cell coordinates of each axis of a py-pde grid, as static arrays.
 
@@ -103,7 +106,7 @@ def _axis_name(axis: str, index: int) -> str:
 
 
 # py-pde's TrackerBase.__init_subclass__ (it registers subclasses) is unannotated
-class SnapsinkTracker(TransformedTrackerBase):  # type: ignore[no-untyped-call]
+class SnapsinkTracker(ClosesOnExit, TransformedTrackerBase):  # type: ignore[no-untyped-call]
     """A py-pde tracker writing the state at each interrupt to a snapsink store.
 
     Pass it to ``solve`` with py-pde's other trackers. Each interrupt writes
@@ -168,6 +171,8 @@ class SnapsinkTracker(TransformedTrackerBase):  # type: ignore[no-untyped-call]
     >>> tracker = SnapsinkTracker(snapsink.NpyDirectory("run"), interrupts=0.1)  # doctest: +SKIP
     >>> eq.solve(state, t_range=10, dt=1e-3, tracker=["progress", tracker])  # doctest: +SKIP
     """
+
+    _closing = "the tracker's sink"
 
     def __init__(
         self,
@@ -358,16 +363,6 @@ class SnapsinkTracker(TransformedTrackerBase):  # type: ignore[no-untyped-call]
         self._finished = True
         self._sink.close()
 
-    def __enter__(self) -> SnapsinkTracker:
-        return self
-
-    def __exit__(
-        self,
-        exc_type: type[BaseException] | None,
-        exc: BaseException | None,
-        tb: TracebackType | None,
-    ) -> None:
-        close_noting(self.close, exc, "the tracker's sink")
 
     # -- helpers ------------------------------------------------------------------
     def _step(self, t: float) -> int:

@@ -8,8 +8,9 @@ from typing import Any
 
 import numpy as np
 
+from .._dtypes import ALLOWED_KINDS
 from .._errors import ConfigError, SchemaError
-from .._schema import _ALLOWED_KINDS, Schema, check_name
+from .._schema import Schema, check_name
 
 __all__ = ["MODES", "check_attrs", "check_mode", "check_static", "merge_metadata"]
 
@@ -112,7 +113,7 @@ def check_static(static: Mapping[str, Any] | None) -> dict[str, np.ndarray[Any, 
     for name, value in static.items():
         check_name(name, "static")
         arr = np.array(value, copy=True)
-        if arr.dtype.kind not in _ALLOWED_KINDS or arr.dtype.fields is not None:
+        if arr.dtype.kind not in ALLOWED_KINDS or arr.dtype.fields is not None:
             raise ConfigError(
                 f"static {name!r}: expected a bool, integer, float or complex array, "
                 f"got {arr.dtype}"

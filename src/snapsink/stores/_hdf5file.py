@@ -45,7 +45,8 @@ import warnings
 from collections.abc import Iterator
 from typing import Any
 
-from .._errors import ConfigError, FormatError, StoreLockedError
+from .._errors import FormatError, StoreLockedError
+from ._lock import open_regular_file
 
 __all__ = [
     "HDF5_SIGNATURE",
@@ -122,24 +123,7 @@ def lookup3(data: bytes, initval: int = 0) -> int:
         a = (a + int.from_bytes(data[i : i + 4], "little")) & _M32
         b = (b + int.from_bytes(data[i + 4 : i + 8], "little")) & _M32
         c = (c + int.from_bytes(data[i + 8 : i + 12], "little")) & _M32
-        a = (a - c) & _M32
-        a ^= _rot(c, 4)
-        c = (c + b) & _M32
-        b = (b - a) & _M32
-        b ^= _rot(a, 6)
-        a = (a + c) & _M32
-        c = (c - b) & _M32
-        c ^= _rot(b, 8)
-        b = (b + a) & _M32
-        a = (a - c) & _M32
-        a ^= _rot(c, 16)
-        c = (c + b) & _M32
-        b = (b - a) & _M32
-        b ^= _rot(a, 19)
-        a = (a + c) & _M32
-        c = (c - b) & _M32
-        c ^= _rot(b, 4)
-        b = (b + a) & _M32
+        a, b, c = _mix(a, b, c)
         n -= 12
         i += 12
     if n == 0:
@@ -148,21 +132,31 @@ def lookup3(data: bytes, initval: int = 0) -> int:
     a = (a + int.from_bytes(tail[0:4], "little")) & _M32
     b = (b + int.from_bytes(tail[4:8], "little")) & _M32
     c = (c + int.from_bytes(tail[8:12], "little")) & _M32
-    c ^= b
-    c = (c - _rot(b, 14)) & _M32
-    a ^= c
-    a = (a - _rot(c, 11)) & _M32
-    b ^= a
-    b = (b - _rot(a, 25)) & _M32
-    c ^= b
-    c = (c - _rot(b, 16)) & _M32
-    a ^= c
-    a = (a - _rot(c, 4)) & _M32
-    b ^= a
-    b = (b - _rot(a, 14)) & _M32
-    c ^= b
-    c = (c - _rot(b, 24)) & _M32
-    return c
+    return _final(a, b, c)
+
+
+#: lookup3's ``mix()``: six steps ``x -= z; x ^= rot(z, k); z += y`` on
+#: (x, y, z) = (a, b, c), (b, c, a), (c, a, b), twice round
+_MIX_ROTATIONS = (4, 6, 8, 16, 19, 4)
+#: lookup3's ``final()``: seven steps ``z ^= y; z -= rot(y, k)`` on
+#: (z, y) = (c, b), (a, c), (b, a), ... round
+_FINAL_ROTATIONS = (14, 11, 25, 16, 4, 14, 24)
+
+
+def _mix(a: int, b: int, c: int) -> tuple[int, int, int]:
+    for k in _MIX_ROTATIONS:
+        a = ((a - c) & _M32) ^ _rot(c, k)
+        c = (c + b) & _M32
+        a, b, c = b, c, a  # the next step's (x, y, z)
+    return a, b, c  # six steps: back in place
+
+
+def _final(a: int, b: int, c: int) -> int:
+    """``final()``, returning ``c``."""
+    for k in _FINAL_ROTATIONS:
+        c = ((c ^ b) - _rot(b, k)) & _M32
+        a, b, c = b, c, a  # the next step's z is a, its y is c
+    return b  # seven steps: c is one place on, in b
 
 
 def clear_open_flags(fd: int, where: str) -> bool:
@@ -338,25 +332,10 @@ def open_store_file(path: str, *, create: bool) -> tuple[int, bool]:
     FileNotFoundError
         No file and ``create`` is false.
     """
-    flags = os.O_RDWR | _NOFOLLOW | _CLOEXEC | _NONBLOCK
-    created = False
-    try:
-        if create:
-            try:
-                fd = os.open(path, flags | os.O_CREAT | os.O_EXCL, 0o644)
-                created = True
-            except FileExistsError:
-                fd = os.open(path, flags)
-        else:
-            fd = os.open(path, flags)
-    except OSError as exc:
-        if exc.errno in (errno.ELOOP, errno.EISDIR, errno.ENXIO):
-            raise ConfigError(
-                f"{path!r}: expected an HDF5 file (a regular file); found a directory, a "
-                "symbolic link or a special file"
-            ) from exc
-        raise
-    if not stat.S_ISREG(os.fstat(fd).st_mode):
-        os.close(fd)
-        raise ConfigError(f"{path!r}: expected an HDF5 file (a regular file)")
-    return fd, created
+    what = "an HDF5 file"
+    if create:
+        try:
+            return open_regular_file(path, os.O_RDWR | os.O_CREAT | os.O_EXCL, what), True
+        except FileExistsError:
+            pass
+    return open_regular_file(path, os.O_RDWR, what), False

@@ -102,46 +102,55 @@ def check_h5md(mapping: object, units: object) -> H5MDMapping:
     box = mapping.get("box")
     if box is not None:
         box = check_name(_text_arg(box, "h5md['box']"), "h5md['box']")
-    obs = mapping.get("observables") or ()
-    if isinstance(obs, str) or not isinstance(obs, Sequence):
-        raise ConfigError(f"h5md['observables']: expected a list of field names, got {obs!r}")
-    observables = tuple(check_name(_text_arg(o, "h5md['observables']"), "observable") for o in obs)
-    if len(set(observables)) != len(observables):
-        raise ConfigError(f"h5md['observables']: a field is named twice in {list(observables)}")
+    observables = _check_observables(mapping.get("observables") or ())
     if not elements and not observables:
         raise ConfigError(
             "h5md: name at least one particle element ('position', 'velocity', 'force') "
             "or an observable; snapsink never guesses them from field names"
         )
-    boundary: tuple[str, ...] | None = None
-    raw = mapping.get("boundary")
-    if raw is not None:
-        items = [raw] if isinstance(raw, str) else list(raw) if isinstance(raw, Sequence) else None
-        if not items or any(b not in _BOUNDARIES for b in items):
-            raise ConfigError(
-                f"h5md['boundary']: expected 'periodic', 'none' or a sequence of them (one "
-                f"per dimension), got {raw!r}"
-            )
-        boundary = tuple(items)
-        if box is None and "periodic" in boundary:
-            raise ConfigError(
-                "h5md['boundary']: periodic boundaries need the box: name its field or "
-                "static array as h5md['box']"
-            )
+    boundary = _check_boundary(mapping.get("boundary"), box)
     particles = _text_arg(mapping.get("particles", "all"), "h5md['particles']")
     check_name(particles, "h5md['particles']")
     author = _text_arg(mapping.get("author") or _user(), "h5md['author']")
+    return H5MDMapping(particles, elements, box, boundary, observables, author, _check_units(units))
+
+
+def _check_observables(obs: object) -> tuple[str, ...]:
+    if isinstance(obs, str) or not isinstance(obs, Sequence):
+        raise ConfigError(f"h5md['observables']: expected a list of field names, got {obs!r}")
+    observables = tuple(check_name(_text_arg(o, "h5md['observables']"), "observable") for o in obs)
+    if len(set(observables)) != len(observables):
+        raise ConfigError(f"h5md['observables']: a field is named twice in {list(observables)}")
+    return observables
+
+
+def _check_boundary(raw: object, box: str | None) -> tuple[str, ...] | None:
+    """``h5md['boundary']`` as one value per dimension (or one for all)."""
+    if raw is None:
+        return None
+    items = [raw] if isinstance(raw, str) else list(raw) if isinstance(raw, Sequence) else None
+    if not items or any(b not in _BOUNDARIES for b in items):
+        raise ConfigError(
+            f"h5md['boundary']: expected 'periodic', 'none' or a sequence of them (one "
+            f"per dimension), got {raw!r}"
+        )
+    if box is None and "periodic" in items:
+        raise ConfigError(
+            "h5md['boundary']: periodic boundaries need the box: name its field or "
+            "static array as h5md['box']"
+        )
+    return tuple(items)
+
+
+def _check_units(units: object) -> dict[str, str]:
     if units is None:
-        units = {}
+        return {}
     if not isinstance(units, Mapping):
         raise ConfigError(
             f"units: expected a mapping such as {{'positions': 'nm', 'time': 'ps'}}, "
             f"got {type(units).__name__}"
         )
-    checked_units = {
-        _text_arg(k, "units key"): _text_arg(v, f"units[{k!r}]") for k, v in units.items()
-    }
-    return H5MDMapping(particles, elements, box, boundary, observables, author, checked_units)
+    return {_text_arg(k, "units key"): _text_arg(v, f"units[{k!r}]") for k, v in units.items()}
 
 
 def _user() -> str:
@@ -170,23 +179,9 @@ def check_h5md_schema(
         elements ``(N, D)`` with one ``N`` and ``D``; the box ``(D,)`` or ``(D, D)``.
     """
     known = ", ".join(map(repr, schema)) or "none"
-
-    def fixed(name: str, what: str) -> Field:
-        if name not in schema:
-            raise SchemaError(
-                f"{where}: {what} names field {name!r}, which frames lack (fields: {known})"
-            )
-        f = schema[name]
-        if f.ragged:
-            raise SchemaError(
-                f"{where}: {what}: field {name!r} is ragged (shape {f.shape}); H5MD elements "
-                "need one particle count in every frame"
-            )
-        return f
-
     n_d: tuple[int, ...] | None = None
     for element, name in m.elements.items():
-        f = fixed(name, f"h5md[{element!r}]")
+        f = _fixed_field(schema, name, f"h5md[{element!r}]", where)
         if len(f.shape) != 2 or (n_d is not None and f.shape != n_d):
             expected = "(N, D)" if n_d is None else str(n_d)
             raise SchemaError(
@@ -196,24 +191,9 @@ def check_h5md_schema(
         n_d = tuple(int(n) for n in f.shape if n is not None)
     dim = n_d[1] if n_d else None
     if m.box is not None:
-        if m.box in schema:
-            shape: tuple[int | None, ...] = fixed(m.box, "h5md['box']").shape
-        elif m.box in static:
-            shape = static[m.box].shape
-        else:
-            raise SchemaError(
-                f"{where}: h5md['box'] names {m.box!r}, which is neither a field (fields: "
-                f"{known}) nor a static array"
-            )
-        d = shape[0] if shape else None
-        if not (shape in ((d,), (d, d)) and d and (dim is None or d == dim)):
-            raise SchemaError(
-                f"{where}: h5md['box']: {m.box!r}: expected shape (D,) or (D, D) with D = "
-                f"{dim or 'the dimension'}, got {shape}"
-            )
-        dim = int(d)
+        dim = _box_dimension(m.box, schema, static, dim, where)
     for name in m.observables:
-        fixed(name, "h5md['observables']")
+        _fixed_field(schema, name, "h5md['observables']", where)
     dim = dim or 3
     if m.boundary is not None and len(m.boundary) not in (1, dim):
         raise SchemaError(
@@ -226,6 +206,50 @@ def check_h5md_schema(
                 f"{known}) nor a static array"
             )
     return dim
+
+
+def _fixed_field(schema: Schema, name: str, what: str, where: str) -> Field:
+    """The field ``name`` that ``what`` names: it must exist and not be ragged."""
+    if name not in schema:
+        known = ", ".join(map(repr, schema)) or "none"
+        raise SchemaError(
+            f"{where}: {what} names field {name!r}, which frames lack (fields: {known})"
+        )
+    f = schema[name]
+    if f.ragged:
+        raise SchemaError(
+            f"{where}: {what}: field {name!r} is ragged (shape {f.shape}); H5MD elements "
+            "need one particle count in every frame"
+        )
+    return f
+
+
+def _box_dimension(
+    box: str,
+    schema: Schema,
+    static: Mapping[str, np.ndarray[Any, Any]],
+    dim: int | None,
+    where: str,
+) -> int:
+    """The dimension of the box (a field or a static array): its edges are
+    ``(D,)`` or ``(D, D)``, with ``D`` the elements' ``dim`` when known."""
+    if box in schema:
+        shape: tuple[int | None, ...] = _fixed_field(schema, box, "h5md['box']", where).shape
+    elif box in static:
+        shape = static[box].shape
+    else:
+        known = ", ".join(map(repr, schema)) or "none"
+        raise SchemaError(
+            f"{where}: h5md['box'] names {box!r}, which is neither a field (fields: "
+            f"{known}) nor a static array"
+        )
+    d = shape[0] if shape else None
+    if not (shape in ((d,), (d, d)) and d and (dim is None or d == dim)):
+        raise SchemaError(
+            f"{where}: h5md['box']: {box!r}: expected shape (D,) or (D, D) with D = "
+            f"{dim or 'the dimension'}, got {shape}"
+        )
+    return int(d)
 
 
 def h5md_links(m: H5MDMapping, *, times: bool, static_box: bool) -> dict[str, str]:
@@ -324,6 +348,128 @@ def _series(ds: Any, n: int, dtype: type, where: str) -> np.ndarray[Any, Any]:
     return np.asarray(ds[:n], dtype)
 
 
+def _text(value: object) -> str:
+    """An attribute as text (h5py gives bytes or str)."""
+    return value.decode() if isinstance(value, bytes) else str(value)
+
+
+def _particle_group(h5py: Any, f: Any, chosen: str | None, where: str) -> Any | None:
+    """The particle group ``chosen`` (None: the only one; none may be there).
+
+    Raises
+    ------
+    FormatError
+        Several particle groups and none chosen.
+    StoreNotFoundError
+        No particle group ``chosen``.
+    """
+    groups = f.get("particles")
+    names = sorted(groups) if isinstance(groups, h5py.Group) else []
+    if chosen is None and len(names) > 1:
+        raise FormatError(
+            f"{where}: several particle groups ({', '.join(map(repr, names))}): pass group=..."
+        )
+    if chosen is not None and chosen not in names:
+        raise StoreNotFoundError(
+            f"{where}: no particle group {chosen!r} (its particle groups: "
+            f"{', '.join(map(repr, names)) or 'none'})"
+        )
+    return groups[chosen or names[0]] if names else None
+
+
+class _Found:
+    """What an H5MD file holds: its time-dependent elements (in the order
+    readers look for them), its time-independent ones (static arrays), what is
+    left out, and the elements' units."""
+
+    def __init__(self, h5py: Any):
+        self._h5py = h5py
+        self.elements: dict[str, _Element] = {}
+        self.static: dict[str, np.ndarray[Any, Any]] = {}
+        self.left_out: list[str] = []
+        self.units: dict[str, str] = {}
+
+    def take(self, name: str, node: Any) -> None:
+        h5py = self._h5py
+        if isinstance(node, h5py.Dataset):
+            self.static[name] = np.asarray(node[()])
+            return
+        value, step = node.get("value"), node.get("step")
+        if not isinstance(value, h5py.Dataset) or not isinstance(step, h5py.Dataset):
+            self.left_out.append(node.name)
+            return
+        time = node.get("time")
+        self.elements[name] = _Element(
+            value, step, time if isinstance(time, h5py.Dataset) else None
+        )
+        unit = value.attrs.get("unit")
+        if unit is not None:
+            self.units[name] = _text(unit)
+
+    def take_particles(self, pg: Any) -> None:
+        """The particle group's elements, position, velocity and force first,
+        then the box's edges."""
+        order = [e for e in ELEMENTS if e in pg] + sorted(
+            k for k in pg if k not in ELEMENTS and k != "box"
+        )
+        for name in order:
+            self.take(name, pg[name])
+        edges = pg.get("box/edges")
+        if edges is not None:
+            self.take("box", edges)
+
+    def take_observables(self, obs: Any) -> None:
+        for name in sorted(obs):
+            if name in self.elements or name in self.static:
+                self.left_out.append(obs[name].name)
+            else:
+                self.take(name, obs[name])
+
+    def aligned(
+        self, ref: _Element, where: str
+    ) -> tuple[dict[str, _Element], np.ndarray[Any, np.dtype[np.int64]]]:
+        """The elements sampled at the steps of ``ref`` (others left out), and
+        the steps every one of them holds.
+
+        Raises
+        ------
+        FormatError
+            The steps do not increase.
+        """
+        n = min(len(ref.value), ref.step.shape[0] if ref.step.shape else len(ref.value))
+        steps = _series(ref.step, n, np.int64, where)
+        kept: dict[str, _Element] = {}
+        for name, el in self.elements.items():
+            ok = el.value.ndim >= 1 and el.value.dtype.kind in "biufc"
+            try:
+                check_name(name)
+            except ConfigError:
+                ok = False
+            if ok and el.step != ref.step:
+                m = min(n, len(el.value))
+                ok = bool(np.array_equal(_series(el.step, m, np.int64, where), steps[:m]))
+            if not ok:
+                self.left_out.append(el.value.parent.name)
+                continue
+            n = min(n, len(el.value))
+            kept[name] = el
+        steps = steps[:n]
+        if steps.size > 1 and not bool(np.all(np.diff(steps) > 0)):
+            raise FormatError(f"{where}: the steps of {ref.value.parent.name!r} do not increase")
+        return kept, steps
+
+    def meta(self, h5: Any, kept: Mapping[str, _Element]) -> dict[str, Any]:
+        """``attrs["h5md"]``: the version, author and creator of group ``h5``,
+        the units of the fields kept (and of time), what is left out."""
+        meta: dict[str, Any] = {"version": np.asarray(h5.attrs.get("version", [])).tolist()}
+        for sub in ("author", "creator"):
+            if sub in h5:
+                meta[sub] = {k: _text(v) for k, v in h5[sub].attrs.items()}
+        meta["units"] = {k: v for k, v in self.units.items() if k in kept or k == "time"}
+        meta["left_out"] = self.left_out
+        return meta
+
+
 class H5MDSource:
     """The time-dependent elements of an H5MD file another program wrote, read
     lazily as snapsink fields (a :class:`~snapsink.Trajectory` source).
@@ -375,104 +521,39 @@ class H5MDSource:
         where = f"H5MD file {self._path!r}"
         if not is_h5md_file(f):
             raise FormatError(f"{where}: no /h5md group with particles or observables")
-        elements: dict[str, _Element] = {}
-        static: dict[str, np.ndarray[Any, Any]] = {}
-        left_out: list[str] = []
-        units: dict[str, str] = {}
-
-        def take(name: str, node: Any) -> None:
-            if isinstance(node, h5py.Dataset):
-                static[name] = np.asarray(node[()])
-                return
-            value, step = node.get("value"), node.get("step")
-            if not isinstance(value, h5py.Dataset) or not isinstance(step, h5py.Dataset):
-                left_out.append(node.name)
-                return
-            time = node.get("time")
-            elements[name] = _Element(value, step, time if isinstance(time, h5py.Dataset) else None)
-            unit = value.attrs.get("unit")
-            if unit is not None:
-                units[name] = unit.decode() if isinstance(unit, bytes) else str(unit)
-
-        groups = f.get("particles")
-        names = sorted(groups) if isinstance(groups, h5py.Group) else []
-        chosen = self._particles
-        if chosen is None and len(names) > 1:
-            raise FormatError(
-                f"{where}: several particle groups ({', '.join(map(repr, names))}): pass group=..."
-            )
-        if chosen is not None and chosen not in names:
-            raise StoreNotFoundError(
-                f"{where}: no particle group {chosen!r} (its particle groups: "
-                f"{', '.join(map(repr, names)) or 'none'})"
-            )
-        pg = groups[chosen or names[0]] if names else None
+        found = _Found(h5py)
+        pg = _particle_group(h5py, f, self._particles, where)
         if pg is not None:
-            order = [e for e in ELEMENTS if e in pg] + sorted(
-                k for k in pg if k not in ELEMENTS and k != "box"
-            )
-            for name in order:
-                take(name, pg[name])
-            edges = pg.get("box/edges")
-            if edges is not None:
-                take("box", edges)
+            found.take_particles(pg)
         obs = f.get("observables")
         if isinstance(obs, h5py.Group):
-            for name in sorted(obs):
-                if name in elements or name in static:
-                    left_out.append(obs[name].name)
-                else:
-                    take(name, obs[name])
-        if not elements:
+            found.take_observables(obs)
+        if not found.elements:
             raise FormatError(f"{where}: no time-dependent element (with value and step)")
-        ref = next(iter(elements.values()))
-        n = min(len(ref.value), ref.step.shape[0] if ref.step.shape else len(ref.value))
-        steps = _series(ref.step, n, np.int64, where)
-        fields: dict[str, Field] = {}
-        kept: dict[str, _Element] = {}
-        for name, el in elements.items():
-            ok = el.value.ndim >= 1 and el.value.dtype.kind in "biufc"
-            try:
-                check_name(name)
-            except ConfigError:
-                ok = False
-            if ok and el.step != ref.step:
-                m = min(n, len(el.value))
-                ok = bool(np.array_equal(_series(el.step, m, np.int64, where), steps[:m]))
-            if not ok:
-                left_out.append(el.value.parent.name)
-                continue
-            n = min(n, len(el.value))
-            fields[name] = Field(el.value.dtype, el.value.shape[1:])
-            kept[name] = el
-        steps = steps[:n]
-        if steps.size > 1 and not bool(np.all(np.diff(steps) > 0)):
-            raise FormatError(f"{where}: the steps of {ref.value.parent.name!r} do not increase")
+        ref = next(iter(found.elements.values()))
+        kept, steps = found.aligned(ref, where)
+        n = len(steps)
         times = None
         if ref.time is not None:
             times = _series(ref.time, n, np.float64, where)
             unit = ref.time.attrs.get("unit")
             if unit is not None:
-                units["time"] = unit.decode() if isinstance(unit, bytes) else str(unit)
-        h5 = f["h5md"]
-        meta: dict[str, Any] = {"version": np.asarray(h5.attrs.get("version", [])).tolist()}
-        for sub in ("author", "creator"):
-            if sub in h5:
-                meta[sub] = {
-                    k: (v.decode() if isinstance(v, bytes) else str(v))
-                    for k, v in h5[sub].attrs.items()
-                }
-        meta["units"] = {k: v for k, v in units.items() if k in kept or k == "time"}
-        meta["left_out"] = left_out
+                found.units["time"] = _text(unit)
         self._where = where
         self._elements = kept
         self._steps = steps
         self._times = times
-        self._static = static
-        self._attrs = {"h5md": meta}
-        self.schema = Schema(fields)
+        self._static = found.static
+        self._attrs = {"h5md": found.meta(f["h5md"], kept)}
+        self.schema = Schema(
+            {name: Field(el.value.dtype, el.value.shape[1:]) for name, el in kept.items()}
+        )
         self.length = n
 
+    # Deliberate parallel of ArraySource.steps ... attrs (_trajectory.py): the
+    # Source protocol's getters of what refresh computed. Not a subclass of
+    # ArraySource: its chunk reads (opener None, "in-memory arrays travel with
+    # the graph") must not apply to h5py datasets.
     def steps(self) -> np.ndarray[Any, np.dtype[np.int64]]:
         return self._steps
 

@@ -215,6 +215,9 @@ class HDF5Source(RowArraysSource):
     schema: Schema | None
     length: int
 
+    # Deliberate parallel of ZarrSource.__init__, __repr__ and closed (_zarrread.py):
+    # each Source opens its own kind of store and documents its own properties;
+    # what the two readers share is in RowArraysSource (_rows.py).
     def __init__(self, path: str | os.PathLike[str], group: str | None = None):
         self._path = os.fspath(path)
         self._group = check_group(group) if group not in (None, "", "/") else ""

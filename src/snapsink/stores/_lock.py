@@ -31,7 +31,14 @@ from typing import Any
 
 from .._errors import ConfigError, StoreLockedError
 
-__all__ = ["LOCK_NAME", "StoreLock", "acquire_dir_lock", "acquire_store_lock", "read_lock_holder"]
+__all__ = [
+    "LOCK_NAME",
+    "StoreLock",
+    "acquire_dir_lock",
+    "acquire_store_lock",
+    "open_regular_file",
+    "read_lock_holder",
+]
 
 #: The lock file's name inside a store directory (a store format owns it).
 LOCK_NAME = ".snapsink.lock"
@@ -108,6 +115,40 @@ def _describe_holder(info: dict[str, Any]) -> str:
     return f"another writer, pid {pid}{where}{own}"
 
 
+def open_regular_file(path: str, flags: int, expected: str, fix: str = "") -> int:
+    """``os.open(path, flags)`` for a regular file: never following a symbolic
+    link, never blocking on a FIFO, close-on-exec (the HDF5 store's file and
+    a store's lock file).
+
+    Parameters
+    ----------
+    expected
+        What the file should be, for messages ("an HDF5 file").
+    fix
+        Appended to the message ("remove it").
+
+    Raises
+    ------
+    ConfigError
+        The path is a symbolic link, a directory or not a regular file.
+    OSError
+        Any other failure of ``os.open`` (``FileNotFoundError``, ``FileExistsError``).
+    """
+    try:
+        fd = os.open(path, flags | _NOFOLLOW | _CLOEXEC | _NONBLOCK, 0o644)
+    except OSError as exc:
+        if exc.errno in (errno.ELOOP, errno.EISDIR, errno.ENXIO):
+            raise ConfigError(
+                f"{path!r}: expected {expected} (a regular file); found a directory, a "
+                f"symbolic link or a special file{fix}"
+            ) from exc
+        raise
+    if not stat.S_ISREG(os.fstat(fd).st_mode):
+        os.close(fd)
+        raise ConfigError(f"{path!r}: expected {expected} (a regular file){fix}")
+    return fd
+
+
 def acquire_store_lock(directory: str, store: str) -> StoreLock:
     """Take the single-writer lock of the store in ``directory`` (which must exist).
 
@@ -136,33 +177,13 @@ def acquire_store_lock(directory: str, store: str) -> StoreLock:
     if fcntl is None:  # pragma: no cover - not POSIX
         raise ConfigError("the single-writer lock needs fcntl.flock (POSIX)")
     while True:
-        try:
-            fd = os.open(path, os.O_RDWR | os.O_CREAT | _NOFOLLOW | _CLOEXEC | _NONBLOCK, 0o644)
-        except OSError as exc:
-            if exc.errno in (errno.ELOOP, errno.ENXIO, errno.EISDIR):
-                raise ConfigError(
-                    f"{path}: expected the store's lock file (a regular file); found a "
-                    "symbolic link or a special file: remove it"
-                ) from exc
-            raise
+        fd = open_regular_file(path, os.O_RDWR | os.O_CREAT, "the store's lock file", ": remove it")
         try:
             st = os.fstat(fd)
-            if not stat.S_ISREG(st.st_mode):
-                raise ConfigError(
-                    f"{path}: expected the store's lock file (a regular file); remove it"
-                )
             try:
                 fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
             except BlockingIOError:
-                info = read_lock_holder(path)
-                pid = info.get("pid") if isinstance(info.get("pid"), int) else None
-                raise StoreLockedError(
-                    f"{store}: {_describe_holder(info)} is writing this store (it holds "
-                    f"{path}); a store has one writer: wait for it to finish, stop it, or "
-                    "write to another store",
-                    store=store,
-                    pid=pid,
-                ) from None
+                raise _locked(store, path) from None
             except OSError as exc:
                 if exc.errno not in _NO_LOCKS:
                     raise
@@ -184,13 +205,25 @@ def acquire_store_lock(directory: str, store: str) -> StoreLock:
             os.ftruncate(fd, 0)
             os.pwrite(fd, info_bytes + b"\n", 0)
         except BaseException:
-            if fd >= 0:
-                try:
-                    os.close(fd)
-                except OSError:
-                    pass
+            try:
+                os.close(fd)
+            except OSError:
+                pass
             raise
         return StoreLock(fd, path)
+
+
+def _locked(store: str, path: str) -> StoreLockedError:
+    """The refusal of a second writer, naming the holder the lock file names."""
+    info = read_lock_holder(path)
+    pid = info.get("pid") if isinstance(info.get("pid"), int) else None
+    return StoreLockedError(
+        f"{store}: {_describe_holder(info)} is writing this store (it holds "
+        f"{path}); a store has one writer: wait for it to finish, stop it, or "
+        "write to another store",
+        store=store,
+        pid=pid,
+    )
 
 
 def _flock_holder(st: os.stat_result) -> int | None:

@@ -1,193 +1,67 @@
-"""Building blocks of the ``snapsink-npy`` format (see ``docs/formats/npy.md``).
+"""File I/O of the ``snapsink-npy`` format (see ``docs/formats/npy.md``).
 
-- the fixed-size ``.npy`` header (4096 bytes, so data is page aligned and a
-  header rewrite never moves data) and its parser;
 - :class:`GrowableNpyFile`: one ``.npy`` file grown along axis 0 by capacity
   doubling, written with ``os.pwritev``;
-- :func:`parse_metadata`: the defensive parser of ``metadata.json``.
+- :func:`open_in_store`: every file of a store opened without following
+  symbolic links and never blocking on a FIFO;
+- reading: :func:`read_metadata`, :func:`load_static`, :func:`read_exactly`,
+  :func:`data_size`;
+- writing durably: :func:`write_static`, :func:`replace_atomically`
+  (commit-last metadata) and :func:`fsync_dir`.
 
-Everything except :class:`GrowableNpyFile` and the fsync helpers is free of I/O.
+What the bytes mean (headers, metadata, layout) is decided without I/O in
+:mod:`._npyformat`; this module only moves them to and from the disk.
 """
 
 from __future__ import annotations
 
-import ast
 import errno
-import functools
-import gc
-import json
 import math
 import os
-import re
 import stat
-import struct
-from collections.abc import Sequence
-from dataclasses import dataclass
-from datetime import UTC, datetime
-from importlib import metadata as _importlib_metadata
+import sys
+from collections.abc import Mapping, Sequence
 from typing import Any
 
 import numpy as np
 
 from .._errors import ConfigError, FormatError, StoreNotFoundError
-from .._schema import Field, Schema, check_name
-from ._format import (
-    MAX_DROPPED_STEPS,
-    StepRanges,
-    check_dropped_total,
-    check_format_version,
-    parse_step_ranges,
+from ._npyformat import (
+    HEADER_SIZE,
+    MAX_METADATA_BYTES,
+    METADATA,
+    STATIC_DIR,
+    Header,
+    Metadata,
+    build_header,
+    check_header,
+    decode_metadata,
+    parse_header,
 )
-from ._lock import LOCK_NAME
 
 __all__ = [
-    "FORMAT_NAME",
-    "FORMAT_VERSION",
-    "HEADER_SIZE",
-    "MAX_DROPPED_STEPS",
     "GrowableNpyFile",
-    "Metadata",
-    "StepRanges",
-    "build_header",
-    "check_dropped_total",
+    "check_path",
+    "data_size",
+    "file_kind",
     "fsync_dir",
-    "parse_header",
-    "parse_metadata",
+    "load_static",
+    "open_in_store",
+    "read_at",
+    "read_exactly",
+    "read_metadata",
+    "replace_atomically",
+    "write_static",
 ]
 
-FORMAT_NAME = "snapsink-npy"
-FORMAT_VERSION = 1
-#: Bytes before the data of every growable file: magic, version, length, padded dict.
-HEADER_SIZE = 4096
-_MAGIC = b"\x93NUMPY\x01\x00"
-_PREAMBLE = len(_MAGIC) + 2  # magic + version + uint16 header length
 #: First capacity of a file: this many bytes' worth of rows, and at least 16 rows.
 _INITIAL_BYTES = 1 << 20
 #: Linux IOV_MAX; a pwritev call takes at most this many buffers.
 _IOV_MAX = 1024
+_CAN_ADVISE = hasattr(os, "posix_fadvise") and sys.platform == "linux"
 
 
-# -- header ---------------------------------------------------------------------
-def build_header(dtype: np.dtype[Any], shape: tuple[int, ...]) -> bytes:
-    """A version 1.0 ``.npy`` header of exactly :data:`HEADER_SIZE` bytes.
-
-    The dict is padded with spaces and ends with ``\\n``, as the ``.npy`` format
-    allows, so ``np.load`` finds the data at offset 4096.
-    """
-    descr = np.lib.format.dtype_to_descr(dtype)
-    text = f"{{'descr': {descr!r}, 'fortran_order': False, 'shape': {tuple(shape)!r}, }}"
-    body = text.encode("latin1")
-    room = HEADER_SIZE - _PREAMBLE
-    if len(body) + 1 > room:  # pragma: no cover - needs a shape of ~200 dimensions
-        raise ConfigError(f"array header too long for {HEADER_SIZE} bytes: {text}")
-    body = body + b" " * (room - len(body) - 1) + b"\n"
-    return _MAGIC + struct.pack("<H", room) + body
-
-
-@dataclass(frozen=True, slots=True)
-class Header:
-    """What an ``.npy`` header says: dtype, shape and where the data starts."""
-
-    dtype: np.dtype[Any]
-    shape: tuple[int, ...]
-    offset: int
-
-
-#: the header dict as numpy (and snapsink) write it
-_HEADER_DICT = re.compile(
-    r"\{\s*'descr':\s*'([^'\\]*)',\s*'fortran_order':\s*(True|False),\s*"
-    r"'shape':\s*\(\s*((?:\d+\s*,\s*)*\d*)\s*\),?\s*\}\s*"
-)
-
-
-def _header_dict(text: str) -> Any:
-    """The header's dict, parsed without ``ast`` in the usual case.
-
-    Why: under CPython 3.11 a garbage collection that runs finalizers while
-    ``compile`` builds an AST can fail it with "SystemError: AST constructor
-    recursion depth mismatch" (CPython gh-106905), a failure that has nothing
-    to do with the file. Headers in another layout still go through
-    ``ast.literal_eval``, with the collector paused and a retry.
-    """
-    m = _HEADER_DICT.fullmatch(text)
-    if m is not None:
-        dims = [p.strip() for p in m.group(3).split(",") if p.strip()]
-        return {
-            "descr": m.group(1),
-            "fortran_order": m.group(2) == "True",
-            "shape": tuple(int(x) for x in dims),
-        }
-    for attempt in range(3):
-        enabled = gc.isenabled()
-        gc.disable()
-        try:
-            return ast.literal_eval(text)
-        except SystemError:
-            if attempt == 2:
-                raise
-        finally:
-            if enabled:
-                gc.enable()
-    raise AssertionError("unreachable")  # pragma: no cover
-
-
-def parse_header(raw: bytes, what: str, *, allow_fortran: bool = False) -> Header:
-    """Parse a ``.npy`` header (version 1, 2 or 3) from the file's first bytes.
-
-    Never unpickles and never evaluates anything but Python literals.
-
-    Raises
-    ------
-    FormatError
-        Not a ``.npy`` header, a Fortran-ordered (unless ``allow_fortran``: static
-        arrays may be) or object array, or truncated.
-    """
-    if len(raw) < 10 or raw[:6] != b"\x93NUMPY":
-        raise FormatError(f"{what}: not a .npy file (bad magic)")
-    major = raw[6]
-    if major == 1:
-        (hlen,), start = struct.unpack("<H", raw[8:10]), 10
-    elif major in (2, 3) and len(raw) >= 12:
-        (hlen,), start = struct.unpack("<I", raw[8:12]), 12
-    else:
-        raise FormatError(f"{what}: unsupported .npy version {major}")
-    if len(raw) < start + hlen:
-        raise FormatError(f"{what}: truncated .npy header")
-    try:
-        text = raw[start : start + hlen].decode("utf-8" if major == 3 else "latin1")
-        d = _header_dict(text)
-    except (UnicodeDecodeError, ValueError, SyntaxError, MemoryError, RecursionError) as exc:
-        raise FormatError(f"{what}: unreadable .npy header") from exc
-    if not isinstance(d, dict) or set(d) != {"descr", "fortran_order", "shape"}:
-        raise FormatError(f"{what}: malformed .npy header {text.strip()!r}")
-    shape = d["shape"]
-    if (
-        not (d["fortran_order"] is False or (allow_fortran and d["fortran_order"] is True))
-        or not isinstance(shape, tuple)
-        or not all(isinstance(n, int) and not isinstance(n, bool) and n >= 0 for n in shape)
-    ):
-        raise FormatError(f"{what}: unsupported .npy header {text.strip()!r}")
-    try:
-        dtype = np.lib.format.descr_to_dtype(d["descr"])
-    except (TypeError, ValueError) as exc:
-        raise FormatError(f"{what}: bad dtype in .npy header {d['descr']!r}") from exc
-    if dtype.hasobject:
-        raise FormatError(f"{what}: object arrays are not part of the format")
-    return Header(dtype, shape, start + hlen)
-
-
-def check_header(header: Header, dtype: np.dtype[Any], row_shape: tuple[int, ...],
-                 where: str) -> Header:
-    """``header`` if it describes rows of ``row_shape`` and ``dtype``, else FormatError."""
-    if header.dtype != dtype or header.shape[1:] != row_shape or not header.shape:
-        raise FormatError(
-            f"{where}: expected dtype {dtype} and rows of shape {row_shape}, the header "
-            f"says {header.dtype} and shape {header.shape}"
-        )
-    return header
-
-
-# -- a growable file --------------------------------------------------------------
+# -- writing and opening files ----------------------------------------------------
 def _pwrite_all(fd: int, buffers: Sequence[memoryview], offset: int) -> None:
     """Write every buffer back to back at ``offset``, retrying short writes."""
     pending = [b for b in buffers if b.nbytes]
@@ -329,6 +203,7 @@ def read_at(fd: int, n: int, pos: int) -> bytes:
     return b"".join(parts)
 
 
+# -- a growable file --------------------------------------------------------------
 class GrowableNpyFile:
     """One ``.npy`` file grown along axis 0: header at 0, rows from offset 4096.
 
@@ -358,7 +233,7 @@ class GrowableNpyFile:
         self.used = committed
         self.capacity = capacity
         self.dirty = False
-        #: rows whose writeback was started early (NpyDirectory._start_writeback)
+        #: rows whose writeback was started early (:meth:`start_writeback`)
         self.written_back = committed
 
     @classmethod
@@ -432,6 +307,24 @@ class GrowableNpyFile:
             raise FormatError(f"{self.path}: short read at row {row}")
         return np.frombuffer(raw, self.dtype).reshape(self.row_shape)
 
+    def start_writeback(self) -> None:
+        """Start writing the rows written since the last call to disk, without
+        waiting (Linux starts the writeback of a dirty range at
+        ``POSIX_FADV_DONTNEED``); a no-op where that advice is not available."""
+        start = self.written_back
+        if not _CAN_ADVISE or self.used <= start:
+            return
+        try:
+            os.posix_fadvise(
+                self.fd,
+                HEADER_SIZE + start * self.row_bytes,
+                (self.used - start) * self.row_bytes,
+                os.POSIX_FADV_DONTNEED,
+            )
+        except OSError:  # advice only: the commit's fsync still syncs
+            pass
+        self.written_back = self.used
+
     def sync(self) -> None:
         """Name the ``used`` rows in the header and make everything durable."""
         os.pwrite(self.fd, build_header(self.dtype, (self.used, *self.row_shape)), 0)
@@ -494,150 +387,9 @@ class GrowableNpyFile:
             os.close(fd)
 
 
-# -- metadata ---------------------------------------------------------------------
-@dataclass(slots=True)
-class Metadata:
-    """The content of ``metadata.json``, validated."""
-
-    schema: Schema | None
-    count: int
-    rows: dict[str, int]
-    times: bool
-    dropped: list[list[int]]
-    attrs: dict[str, Any]
-    static: list[str]
-    versions: dict[str, str]
-    created: str
-    updated: str
-    closed: bool
-
-    def to_json(self) -> dict[str, Any]:
-        return {
-            "format": FORMAT_NAME,
-            "version": FORMAT_VERSION,
-            "schema": None if self.schema is None else self.schema.to_json(),
-            "count": self.count,
-            "rows": self.rows,
-            "times": self.times,
-            "dropped": self.dropped,
-            "attrs": self.attrs,
-            "static": self.static,
-            "versions": self.versions,
-            "created": self.created,
-            "updated": self.updated,
-            "closed": self.closed,
-        }
-
-
-_KEYS = frozenset(Metadata.__slots__) | {"format", "version"}
-
-
-def _is_int(x: object) -> bool:
-    return isinstance(x, int) and not isinstance(x, bool)
-
-
-def parse_metadata(obj: object, where: str) -> Metadata:
-    """Validate decoded ``metadata.json`` content; every key is type checked.
-
-    Raises
-    ------
-    FormatError
-        A foreign or newer format, a missing or mistyped key, an unsafe field or
-        static name, or inconsistent counts.
-    """
-
-    def bad(msg: str) -> FormatError:
-        return FormatError(f"{where}: {msg}")
-
-    if not isinstance(obj, dict):
-        raise bad(f"expected a JSON object, got {type(obj).__name__}")
-    if obj.get("format") != FORMAT_NAME:
-        raise bad(f"expected format {FORMAT_NAME!r}, got {obj.get('format')!r}")
-    check_format_version(obj.get("version"), FORMAT_VERSION, bad)
-    missing = sorted(_KEYS - set(obj))
-    if missing:
-        raise bad(f"missing keys {missing}")
-    raw_schema = obj["schema"]
-    schema: Schema | None = None
-    if raw_schema is not None:
-        if not isinstance(raw_schema, dict):
-            raise bad(f"'schema': expected an object or null, got {type(raw_schema).__name__}")
-        try:
-            schema = Schema.from_json(raw_schema)
-        except ConfigError as exc:
-            raise bad(f"'schema': {exc}") from exc
-    count = obj["count"]
-    if not _is_int(count) or count < 0:
-        raise bad(f"'count': expected a non-negative int, got {count!r}")
-    if count and schema is None:
-        raise bad(f"'count' is {count} but there is no schema")
-    rows = obj["rows"]
-    ragged = set(schema.ragged) if schema is not None else set()
-    if not isinstance(rows, dict) or set(rows) != ragged:
-        raise bad(f"'rows': expected an object with keys {sorted(ragged)}, got {rows!r}")
-    for name, n in rows.items():
-        if not _is_int(n) or n < 0:
-            raise bad(f"'rows'[{name!r}]: expected a non-negative int, got {n!r}")
-    for key in ("times", "closed"):
-        if not isinstance(obj[key], bool):
-            raise bad(f"{key!r}: expected true or false, got {obj[key]!r}")
-    dropped = parse_step_ranges(obj["dropped"], bad)
-    if not isinstance(obj["attrs"], dict):
-        raise bad(f"'attrs': expected an object, got {type(obj['attrs']).__name__}")
-    static = obj["static"]
-    if not isinstance(static, list):
-        raise bad(f"'static': expected a list of names, got {type(static).__name__}")
-    try:
-        for name in static:
-            check_name(name, "static")
-    except ConfigError as exc:
-        raise bad(f"'static': {exc}") from exc
-    if len(set(static)) != len(static):
-        raise bad("'static': duplicate names")
-    versions = obj["versions"]
-    if not isinstance(versions, dict) or not all(
-        isinstance(k, str) and isinstance(v, str) for k, v in versions.items()
-    ):
-        raise bad(f"'versions': expected an object of strings, got {versions!r}")
-    for key in ("created", "updated"):
-        if not isinstance(obj[key], str):
-            raise bad(f"{key!r}: expected an ISO time string, got {obj[key]!r}")
-    return Metadata(
-        schema=schema,
-        count=count,
-        rows=dict(rows),
-        times=obj["times"],
-        dropped=[list(r) for r in dropped],
-        attrs=obj["attrs"],
-        static=list(static),
-        versions=dict(versions),
-        created=obj["created"],
-        updated=obj["updated"],
-        closed=obj["closed"],
-    )
-
-
-# -- store paths and files ------------------------------------------------------------
-METADATA = "metadata.json"
-METADATA_TMP = ".metadata.json.tmp"
-STATIC_DIR = "static"
-#: Upper bound on the size of metadata.json a reader accepts (hostile files).
-MAX_METADATA_BYTES = 1 << 30
-
-
-def now_iso() -> str:
-    return datetime.now(UTC).isoformat(timespec="milliseconds")
-
-
-@functools.cache
-def versions() -> dict[str, str]:
-    try:
-        own = _importlib_metadata.version("snapsink")
-    except _importlib_metadata.PackageNotFoundError:
-        own = "unknown"
-    return {"snapsink": own, "numpy": np.__version__}
-
-
+# -- a store's files ----------------------------------------------------------------
+# check_path is I/O-free, but hdf5.py imports it from here (it validates the
+# path argument that open_in_store and the writers then use).
 def check_path(path: object) -> str:
     if isinstance(path, str | os.PathLike):
         p = os.fspath(path)
@@ -646,27 +398,6 @@ def check_path(path: object) -> str:
     raise ConfigError(
         f"path: expected a non-empty str or os.PathLike, got {type(path).__name__} {path!r}"
     )
-
-
-def bytes_of(arr: np.ndarray[Any, Any]) -> memoryview:
-    return np.ascontiguousarray(arr).reshape(-1).view(np.uint8).data
-
-
-def field_file_names(schema: Schema) -> list[str]:
-    """The per-field files a schema owns, in schema order."""
-    out: list[str] = []
-    for name, f in schema.items():
-        out.append(f"{name}.npy")
-        if f.ragged:
-            out.append(f"{name}.offsets.npy")
-    return out
-
-
-def row_layout(f: Field) -> tuple[np.dtype[Any], tuple[int, ...]]:
-    """dtype and row shape of a field's data file (a frame is a row when fixed)."""
-    if f.ragged:
-        return f.dtype, f.row_shape
-    return f.dtype, tuple(n for n in f.shape if n is not None)
 
 
 def read_metadata(path: str) -> Metadata:
@@ -699,15 +430,7 @@ def read_metadata(path: str) -> Metadata:
         raise FormatError(f"{where}: cannot read: {exc}") from exc
     finally:
         os.close(fd)
-
-    def _no_constant(name: str) -> Any:
-        raise ValueError(f"non-standard JSON constant {name}")
-
-    try:
-        obj = json.loads(raw.decode("utf-8"), parse_constant=_no_constant)
-    except (UnicodeDecodeError, ValueError, RecursionError) as exc:
-        raise FormatError(f"{where}: not valid JSON (truncated or corrupt?): {exc}") from exc
-    return parse_metadata(obj, where)
+    return decode_metadata(raw, where)
 
 
 #: the most header bytes a static ``.npy`` file may have (numpy's reader refuses
@@ -758,42 +481,18 @@ def load_static(path: str, name: str) -> np.ndarray[Any, Any]:
     return arr
 
 
-def scan_store_dir(path: str, entries: list[str], meta: Metadata) -> tuple[list[str], list[str]]:
-    """Sort the entries of a store directory for ``mode="w"``.
-
-    Returns
-    -------
-    tuple
-        ``(foreign, static_files)``: the entries the layout of ``meta`` does not
-        own (never to be deleted), and the ``static/<name>.npy`` files it does.
-    """
-    owned = {METADATA, METADATA_TMP, LOCK_NAME, "steps.npy", "times.npy", STATIC_DIR}
-    if meta.schema is not None:
-        owned.update(field_file_names(meta.schema))
-    foreign = [e for e in entries if e not in owned]
-    foreign += [
-        e
-        for e in entries
-        if e != STATIC_DIR and e in owned and not os.path.isfile(os.path.join(path, e))
-    ]
+def write_static(path: str, arrays: Mapping[str, np.ndarray[Any, Any]]) -> None:
+    """Write each array to ``static/<name>.npy`` of the store at ``path``, durably."""
+    if not arrays:
+        return
     sdir = os.path.join(path, STATIC_DIR)
-    static_files: list[str] = []
-    if os.path.lexists(sdir):
-        if os.path.islink(sdir) or not os.path.isdir(sdir):
-            foreign.append(STATIC_DIR)
-            return foreign, static_files
-        for e in sorted(os.listdir(sdir)):
-            stem, ext = os.path.splitext(e)
-            try:
-                check_name(stem, "static")
-                ok = ext == ".npy" and os.path.isfile(os.path.join(sdir, e))
-            except ConfigError:
-                ok = False
-            if ok:
-                static_files.append(e)
-            else:
-                foreign.append(f"{STATIC_DIR}/{e}")
-    return foreign, static_files
+    os.makedirs(sdir, exist_ok=True)
+    for name, arr in arrays.items():
+        with open(os.path.join(sdir, f"{name}.npy"), "wb") as fh:
+            np.lib.format.write_array(fh, arr, allow_pickle=False)
+            fh.flush()
+            os.fsync(fh.fileno())
+    fsync_dir(sdir)
 
 
 def replace_atomically(directory: str, tmp_name: str, name: str, data: bytes) -> None:

@@ -22,13 +22,8 @@ import numpy as np
 from .._errors import FormatError, SchemaError
 from .._schema import Field, Schema
 from .._trajectory import Trajectory
+from ._format import StepRanges
 from ._npyfile import (
-    FORMAT_NAME,
-    MAX_METADATA_BYTES,
-    METADATA,
-    Metadata,
-    StepRanges,
-    check_header,
     check_path,
     data_size,
     load_static,
@@ -36,6 +31,15 @@ from ._npyfile import (
     read_at,
     read_exactly,
     read_metadata,
+)
+from ._npyformat import (
+    FORMAT_NAME,
+    MAX_METADATA_BYTES,
+    METADATA,
+    Metadata,
+    check_header,
+    committed_rows,
+    data_files,
     row_layout,
 )
 
@@ -47,22 +51,12 @@ def _committed_files(
 ) -> list[tuple[str, np.dtype[Any], tuple[int, ...], int]]:
     """``(key, dtype, row_shape, rows)`` of every data file of ``meta``'s layout,
     with the rows its committed frames need."""
-    schema = meta.schema
-    if schema is None:
+    if meta.schema is None:
         return []
-    out: list[tuple[str, np.dtype[Any], tuple[int, ...], int]] = [
-        ("steps", np.dtype(np.int64), (), meta.count)
+    return [
+        (key, dtype, row_shape, committed_rows(meta, key))
+        for key, dtype, row_shape in data_files(meta.schema, meta.times)
     ]
-    if meta.times:
-        out.append(("times", np.dtype(np.float64), (), meta.count))
-    for name, f in schema.items():
-        dtype, row_shape = row_layout(f)
-        if f.ragged:
-            out.append((name, dtype, row_shape, meta.rows[name]))
-            out.append((f"{name}.offsets", np.dtype(np.int64), (), meta.count + 1))
-        else:
-            out.append((name, dtype, row_shape, meta.count))
-    return out
 
 
 class NpySource:

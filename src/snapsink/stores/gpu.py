@@ -49,7 +49,6 @@ from __future__ import annotations
 import array
 import inspect
 import threading
-from dataclasses import dataclass, field
 from typing import Any, ClassVar
 
 import numpy as np
@@ -59,95 +58,13 @@ from .._schema import Batch, Schema
 from .._staging.backend import INSTALL_HINT, DeviceBackend
 from .._store import Resume, Store
 from ._common import check_same_layout
+from ._gpuslots import DeviceSlots
+from ._gpuvalues import DeviceFrames, GPUBufferStatistics
 
 __all__ = ["OVERFLOW", "DeviceFrames", "GPUBuffer", "GPUBufferStatistics"]
 
 #: what a full ring does with a new frame
 OVERFLOW = ("evict_oldest", "refuse", "raise")
-
-
-@dataclass(frozen=True)
-class DeviceFrames:
-    """Frames read from a :class:`GPUBuffer`, oldest first.
-
-    Attributes
-    ----------
-    fields
-        ``{name: device array}``: fixed fields stacked ``(frames, *shape)``;
-        ragged fields as all rows concatenated ``(rows, *row_shape)``.
-    offsets
-        ``{name: device int64 array}`` of ``frames + 1`` row offsets per ragged field.
-    steps, times
-        Host arrays (``times`` is None when the frames carry no time).
-    evicted
-        Frames overwritten because the ring was full, since the buffer was made.
-    dropped_steps
-        Steps lost since the buffer was last drained into a store (or cleared),
-        sorted: discarded by a sink's drop policy before they reached the ring,
-        evicted, or refused.
-    refused
-        New frames not stored because the ring was full (``overflow="refuse"``),
-        since the buffer was made.
-    """
-
-    fields: dict[str, Any]
-    offsets: dict[str, Any]
-    steps: np.ndarray[Any, np.dtype[np.int64]]
-    times: np.ndarray[Any, np.dtype[np.float64]] | None
-    evicted: int = 0
-    dropped_steps: list[int] = field(default_factory=list)
-    refused: int = 0
-
-
-@dataclass(frozen=True)
-class GPUBufferStatistics:
-    """A snapshot of a :class:`GPUBuffer`'s counters (since it was made).
-
-    Every frame stored is, at any time, in exactly one place:
-    ``stored == held + drained + skipped + evicted + cleared``.
-
-    Attributes
-    ----------
-    held
-        Frames in the ring now.
-    capacity
-        Frames the ring holds at most.
-    overflow
-        The ring's policy when full.
-    stored
-        Frames copied into the ring.
-    evicted
-        Frames overwritten by newer ones (``overflow="evict_oldest"``).
-    refused
-        New frames not stored because the ring was full (``overflow="refuse"``).
-    drained
-        Frames moved out by :meth:`GPUBuffer.drain_to`.
-    skipped
-        Frames a drain left out because the target already held that step or a
-        later one.
-    cleared
-        Frames discarded by :meth:`GPUBuffer.clear`.
-    pending_dropped
-        Lost steps (dropped before the ring, evicted, refused) not yet handed to
-        a store by a drain.
-    """
-
-    held: int
-    capacity: int
-    overflow: str
-    stored: int
-    evicted: int
-    refused: int
-    drained: int
-    skipped: int
-    cleared: int
-    pending_dropped: int
-
-    @property
-    def dropped(self) -> int:
-        """Frames the ring lost to its overflow policy: ``evicted + refused``
-        (their steps reach a drained store's ``dropped_steps``)."""
-        return self.evicted + self.refused
 
 
 def _backend(name: str | DeviceBackend | None) -> DeviceBackend:
@@ -246,9 +163,7 @@ class GPUBuffer:
         self._cond = threading.Condition(self._lock)  # a drain finished, or freed a slot
         self._schema: Schema | None = None
         self._times: bool | None = None
-        self._ring: dict[str, Any] = {}
-        self._ragged: dict[str, list[Any]] = {}
-        self._rows: dict[str, np.ndarray[Any, Any]] = {}
+        self._slots: DeviceSlots | None = None  # the device memory, from prepare()
         self._steps = np.zeros(capacity, np.int64)
         self._time_buf = np.zeros(capacity, np.float64)
         self._head = 0  # ring index of the oldest frame held
@@ -308,6 +223,9 @@ class GPUBuffer:
             )
 
     # -- Store protocol -----------------------------------------------------------
+    # open() and prepare(): deliberate parallels of HostMemory.open/prepare
+    # (stores/memory.py): each store documents its own Store methods; the layout
+    # check is shared (_common.check_same_layout), the storage differs.
     def open(self) -> Resume | None:
         """Return ``None`` for an empty store, or a Resume to append after its frames.
 
@@ -351,15 +269,8 @@ class GPUBuffer:
                 check_same_layout("GPUBuffer", self._schema, self._times, seen, schema, times)
                 self._times = times
                 return
-            be = self._be
-            self._stream = be.new_stream()
-            for name, f in schema.items():
-                if f.ragged:
-                    self._ragged[name] = [be.empty((0, *f.row_shape), f.dtype)] * self.capacity
-                    self._rows[name] = np.zeros(self.capacity, np.int64)
-                else:
-                    shape: tuple[int, ...] = f.shape  # type: ignore[assignment]
-                    self._ring[name] = be.empty((self.capacity, *shape), f.dtype)
+            self._stream = self._be.new_stream()
+            self._slots = DeviceSlots(self._be, schema, self.capacity)
             self._schema = schema
             self._times = times
 
@@ -383,23 +294,23 @@ class GPUBuffer:
             self._lost.extend(int(s) for s in batch.dropped_steps)
             if not batch.frames:
                 return
-            if self._schema is None or self._stream is None:
+            slots, stream = self._slots, self._stream
+            if slots is None or stream is None:
                 raise StoreStateError(f"{self!r}: prepare() must come before append()")
-            be, stream = self._be, self._stream
             keep: list[np.ndarray[Any, Any]] = []  # host sources, alive until the sync below
             try:
                 for k, frame in enumerate(batch.frames):
                     if self._held == self.capacity and not self._make_room(batch, k):
                         continue
                     i = (self._head + self._held) % self.capacity
-                    self._copy_in(i, frame.fields, keep)
+                    slots.copy_in(i, frame.fields, stream, keep)
                     self._steps[i] = frame.step
                     self._time_buf[i] = np.nan if frame.time is None else frame.time
                     self._held += 1
                     self._stored += 1
                     self._last_step, self._last_time = frame.step, frame.time
             finally:
-                be.stream_synchronize(stream)
+                self._be.stream_synchronize(stream)
 
     def _make_room(self, batch: Batch, k: int) -> bool:
         """The ring is full and frame ``k`` of ``batch`` comes: evict the oldest
@@ -425,30 +336,6 @@ class GPUBuffer:
             self._evicted += 1
         return True
 
-    def _copy_in(self, i: int, fields: Any, keep: list[np.ndarray[Any, Any]]) -> None:
-        """Enqueue the copies of one frame's fields into ring slot ``i``. Lock held."""
-        assert self._schema is not None
-        be, stream = self._be, self._stream
-        for name, f in self._schema.items():
-            value = fields[name]
-            if f.ragged:
-                rows = len(value)
-                buf = self._ragged[name][i]
-                if len(buf) < rows:
-                    buf = self._ragged[name][i] = be.empty((rows, *f.row_shape), f.dtype)
-                self._rows[name][i] = rows
-                if rows == 0:
-                    continue
-                dst = buf[:rows]
-            else:
-                dst = self._ring[name][i : i + 1]
-            if isinstance(value, np.ndarray | np.generic | int | float | complex):
-                host = np.ascontiguousarray(value, dtype=f.dtype)
-                keep.append(host)
-                be.copy_h2d_async(dst, host, stream)
-            else:
-                be.copy_d2d_async(dst, be.as_array(value), stream)
-
     def _pop_oldest(self) -> None:
         """Forget the oldest frame held (its slot becomes free). Lock held."""
         self._head = (self._head + 1) % self.capacity
@@ -472,14 +359,8 @@ class GPUBuffer:
 
     def _views(self, i: int) -> dict[str, Any]:
         """The frame in ring slot ``i`` as device views (no copy). Lock held."""
-        assert self._schema is not None
-        frame: dict[str, Any] = {}
-        for name, f in self._schema.items():
-            if f.ragged:
-                frame[name] = self._ragged[name][i][: int(self._rows[name][i])]
-            else:
-                frame[name] = self._ring[name][i]
-        return frame
+        assert self._slots is not None
+        return self._slots.views(i)
 
     def read(self) -> DeviceFrames:
         """The frames held, oldest first, as new device arrays (a snapshot of now).
@@ -496,30 +377,12 @@ class GPUBuffer:
             When nothing was ever written (no schema yet).
         """
         with self._lock:
-            if self._schema is None or self._stream is None:
+            slots, stream = self._slots, self._stream
+            if slots is None or stream is None:
                 raise SchemaError("GPUBuffer: nothing was written yet (no schema)")
-            be, stream = self._be, self._stream
             order = self._order()
-            fields: dict[str, Any] = {}
-            offsets: dict[str, Any] = {}
-            for name, f in self._schema.items():
-                if f.ragged:
-                    rows = self._rows[name][order]
-                    parts = [
-                        self._ragged[name][i][: int(r)] for i, r in zip(order, rows, strict=True)
-                    ]
-                    parts = [p for p in parts if len(p)]
-                    fields[name] = (
-                        be.concatenate(parts, stream)
-                        if parts
-                        else be.empty((0, *f.row_shape), f.dtype)
-                    )
-                    off = np.zeros(len(order) + 1, np.int64)
-                    np.cumsum(rows, out=off[1:])
-                    offsets[name] = be.from_host(off, stream)
-                else:
-                    fields[name] = be.take(self._ring[name], order, stream)
-            be.stream_synchronize(stream)
+            fields, offsets = slots.gather(order, stream)
+            self._be.stream_synchronize(stream)
             return DeviceFrames(
                 fields=fields,
                 offsets=offsets,

@@ -90,6 +90,9 @@ class HostMemory:
         self._dropped: list[int] = []
         self._committed = 0
 
+    # Deliberate parallel of NpyDirectory.add_metadata (stores/npy.py) and
+    # ZarrStore.add_metadata (stores/zarr.py): each public store documents its own
+    # method; the merge itself is shared (_common.merge_metadata).
     def add_metadata(
         self,
         *,
@@ -119,6 +122,9 @@ class HostMemory:
             self._attrs, self._static = merge_metadata(self._attrs, self._static, attrs, static)
 
     # -- Store protocol -----------------------------------------------------
+    # open() and prepare(): deliberate parallels of GPUBuffer.open/prepare
+    # (stores/gpu.py): each store documents its own Store methods; the layout
+    # check is shared (_common.check_same_layout), the storage differs.
     def open(self) -> Resume | None:
         """Return ``None`` for an empty store, or a Resume to append after its frames.
 

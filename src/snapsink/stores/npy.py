@@ -19,10 +19,8 @@ of any file gives exactly the committed data.
 
 from __future__ import annotations
 
-import errno
 import json
 import os
-import sys
 import time
 import weakref
 from collections.abc import Mapping
@@ -33,29 +31,37 @@ import numpy as np
 from .._checks import commit_seconds as check_commit_seconds
 from .._checks import positive_int
 from .._errors import ConfigError, FormatError, SchemaError, StoreExistsError, StoreStateError
-from .._schema import Batch, Field, Frame, Schema
+from .._schema import Batch, Schema
 from .._store import Resume, StoreSpec
 from ._common import check_attrs, check_mode, check_static, merge_metadata
-from ._lock import LOCK_NAME, StoreLock, acquire_store_lock
+from ._format import StepRanges
+from ._lock import StoreLock, acquire_store_lock
+from ._npyclaim import (
+    check_same_dir,
+    refuse_foreign,
+    remove_store,
+    static_to_add,
+    store_entries,
+)
 from ._npyfile import (
-    HEADER_SIZE,
-    METADATA,
-    METADATA_TMP,
-    STATIC_DIR,
     GrowableNpyFile,
-    Metadata,
-    StepRanges,
-    bytes_of,
     check_path,
     fsync_dir,
-    load_static,
-    now_iso,
     read_metadata,
     replace_atomically,
-    row_layout,
-    scan_store_dir,
+    write_static,
+)
+from ._npyformat import (
+    METADATA,
+    METADATA_TMP,
+    Metadata,
+    bytes_of,
+    committed_rows,
+    data_files,
+    now_iso,
     versions,
 )
+from ._npyplan import plan_append
 
 __all__ = ["NpyDirectory", "NpySource", "is_npy_store", "open_npy"]
 
@@ -65,14 +71,8 @@ from ._npyread import NpySource, is_npy_store, open_npy
 _clock = time.monotonic  # the commit_seconds clock (tests replace it)
 #: appended bytes after which the writeback of the new data is started early
 _WRITEBACK_BYTES = 16 << 20
-_CAN_ADVISE = hasattr(os, "posix_fadvise") and sys.platform == "linux"
 _DIRECTORY = getattr(os, "O_DIRECTORY", 0)
 _CLOEXEC = getattr(os, "O_CLOEXEC", 0)
-
-
-def _close_files(files: dict[str, GrowableNpyFile]) -> None:
-    for f in files.values():
-        f.close()
 
 
 class _Handles:
@@ -89,7 +89,8 @@ class _Handles:
 
     def close(self) -> None:
         try:
-            _close_files(self.files)
+            for f in self.files.values():
+                f.close()
             self.files.clear()
         finally:
             if self.dir_fd >= 0:
@@ -191,6 +192,8 @@ class NpyDirectory:
     def __repr__(self) -> str:
         return f"NpyDirectory({self._path!r}, mode={self._mode!r})"
 
+    # Deliberate parallel of HDF5Store.describe (stores/hdf5.py): each public store
+    # documents its own method; only the arguments to rebuild it differ.
     def describe(self) -> StoreSpec | None:
         """How a writer process builds this store again (see :class:`~snapsink.Sink`).
 
@@ -218,6 +221,9 @@ class NpyDirectory:
         """The store's directory."""
         return self._path
 
+    # Deliberate parallel of ZarrStore.add_metadata (stores/zarr.py) and
+    # HostMemory.add_metadata (stores/memory.py): each public store documents its
+    # own method; the merge itself is shared (_common.merge_metadata).
     def add_metadata(
         self,
         *,
@@ -285,7 +291,7 @@ class NpyDirectory:
         if os.path.isdir(path):
             # A user's directory is refused before anything (the lock file) is
             # created in it.
-            self._refuse_foreign(self._entries())
+            refuse_foreign(path, store_entries(path), self._mode)
         else:
             os.makedirs(path, exist_ok=True)
             fsync_dir(os.path.dirname(os.path.abspath(path)))
@@ -294,8 +300,8 @@ class NpyDirectory:
             handles.dir_fd = os.open(path, os.O_RDONLY | _DIRECTORY | _CLOEXEC)
             handles.lock = acquire_store_lock(path, f"the snapsink-npy store at {path!r}")
             # Under the lock: what is there now is what no other writer changes.
-            entries = self._entries()
-            self._refuse_foreign(entries)
+            entries = store_entries(path)
+            refuse_foreign(path, entries, self._mode)
             if entries and self._mode == "x":
                 raise StoreExistsError(
                     f"a store exists at {path!r}; pass mode='w' to replace it or mode='a' "
@@ -304,7 +310,7 @@ class NpyDirectory:
             if entries and self._mode == "a":
                 return self._resume()
             if entries:
-                self._remove_store(entries)
+                remove_store(path, entries)
             self._create()
         except BaseException:
             # A failed open leaves nothing half-claimed: close() then does nothing.
@@ -312,27 +318,6 @@ class NpyDirectory:
             self._state = "new"
             raise
         return None
-
-    def _entries(self) -> list[str]:
-        """The directory's entries that a writer must account for: not the lock
-        file, not the temp file a writer killed in its very first commit leaves
-        (no store was ever committed then, and the file is the store's own)."""
-        entries = sorted(e for e in os.listdir(self._path) if e != LOCK_NAME)
-        return [] if entries == [METADATA_TMP] else entries
-
-    def _refuse_foreign(self, entries: list[str]) -> None:
-        if entries and METADATA not in entries:
-            path = self._path
-            if self._mode == "a":
-                raise FormatError(
-                    f"{path!r} holds files but no {METADATA}: not a snapsink-npy store; "
-                    "give an empty or new directory"
-                )
-            raise StoreExistsError(
-                f"{path!r} is not empty and is not a snapsink store (it holds "
-                f"{', '.join(map(repr, entries[:5]))}{', ...' if len(entries) > 5 else ''}); "
-                "refusing to write into it: give an empty or new directory"
-            )
 
     def prepare(self, schema: Schema, *, times: bool) -> None:
         """Create the files of ``schema`` (or check it against the stored one).
@@ -377,10 +362,8 @@ class NpyDirectory:
         # Metadata names the files before they exist, so that mode="w" owns
         # whatever a crash in between leaves behind.
         self._write_metadata(closed=False)
-        self._add_file("steps", np.dtype(np.int64), ())
-        if times:
-            self._add_file("times", np.dtype(np.float64), ())
-        self._open_field_files(schema, committed=None)
+        for key, dtype, row_shape in data_files(schema, times):
+            self._add_file(key, dtype, row_shape)
 
     def append(self, batch: Batch) -> None:
         """Write ``batch.frames`` after the appended frames; note its dropped steps.
@@ -405,24 +388,11 @@ class NpyDirectory:
             schema = self._schema
             if schema is None:
                 raise StoreStateError(f"{self!r}: prepare() must come before append()")
-            n = len(frames)
-            steps = np.fromiter((fr.step for fr in frames), np.int64, n)
-            if (self._last_step is not None and steps[0] <= self._last_step) or (
-                n > 1 and not bool(np.all(steps[1:] > steps[:-1]))
-            ):
-                raise SchemaError(
-                    f"steps must strictly increase after {self._last_step}, got "
-                    f"{steps[:8].tolist()}"
-                )
-            writes: list[tuple[GrowableNpyFile, int, list[memoryview]]] = []
-            writes.append((self._files["steps"], n, [bytes_of(steps)]))
-            if self._times:
-                if any(fr.time is None for fr in frames):
-                    raise SchemaError("every frame must carry a time (the store has times)")
-                tms = np.fromiter((fr.time for fr in frames), np.float64, n)
-                writes.append((self._files["times"], n, [bytes_of(tms)]))
-            for name, f in schema.items():
-                writes.extend(self._plan_field(name, f, frames))
+            ragged_rows = {name: self._files[name].used for name in schema.ragged}
+            plan, last_step = plan_append(
+                schema, self._times, frames, self._last_step, ragged_rows
+            )
+            writes = [(self._files[key], rows, bufs) for key, rows, bufs in plan]
             for file, rows, _ in writes:
                 file.reserve(rows)
             for file, _, bufs in writes:
@@ -432,12 +402,12 @@ class NpyDirectory:
             for file, rows, _ in writes:
                 file.used += rows
                 nbytes += rows * file.row_bytes
-            self._count += n
+            self._count += len(frames)
             self._unsynced += nbytes
             if self._unsynced >= _WRITEBACK_BYTES:
                 self._start_writeback()
-            self._last_step = int(steps[-1])
-            self._since_commit += n
+            self._last_step = last_step
+            self._since_commit += len(frames)
         if self._since_commit >= self._commit_every or (
             self._commit_seconds is not None
             and (self._since_commit or self._dropped_dirty)
@@ -452,21 +422,8 @@ class NpyDirectory:
         close, then have little left to do: in a writer process that fsync is
         the tail the simulation waits for at the end of its run."""
         self._unsynced = 0
-        if not _CAN_ADVISE:
-            return
         for f in self._files.values():
-            start = f.written_back
-            if f.used > start:
-                try:
-                    os.posix_fadvise(
-                        f.fd,
-                        HEADER_SIZE + start * f.row_bytes,
-                        (f.used - start) * f.row_bytes,
-                        os.POSIX_FADV_DONTNEED,
-                    )
-                except OSError:  # advice only: the commit's fsync still syncs
-                    pass
-                f.written_back = f.used
+            f.start_writeback()
 
     def commit(self) -> None:
         """Make every appended frame durable and visible (commit-last).
@@ -522,37 +479,6 @@ class NpyDirectory:
                 "call open() first and nothing after close()"
             )
 
-    def _plan_field(
-        self, name: str, f: Field, frames: list[Frame]
-    ) -> list[tuple[GrowableNpyFile, int, list[memoryview]]]:
-        data = self._files[name]
-        arrays = []
-        for fr in frames:
-            a = fr.fields[name]
-            if not isinstance(a, np.ndarray) or a.dtype != f.dtype:
-                a = np.asarray(a, dtype=f.dtype)
-            if f.ragged:
-                if a.ndim != len(f.shape) or a.shape[1:] != data.row_shape:
-                    raise SchemaError(
-                        f"field {name!r}: expected rows of shape {data.row_shape}, got an "
-                        f"array of shape {a.shape} at step {fr.step}"
-                    )
-            elif a.shape != data.row_shape:
-                raise SchemaError(
-                    f"field {name!r}: expected shape {data.row_shape}, got {a.shape} "
-                    f"at step {fr.step}"
-                )
-            arrays.append(a)
-        bufs = [bytes_of(a) for a in arrays]
-        if not f.ragged:
-            return [(data, len(arrays), bufs)]
-        counts = np.fromiter((len(a) for a in arrays), np.int64, len(arrays))
-        offsets = data.used + np.cumsum(counts)
-        return [
-            (data, int(counts.sum()), bufs),
-            (self._files[f"{name}.offsets"], len(arrays), [bytes_of(offsets)]),
-        ]
-
     def _add_file(self, key: str, dtype: np.dtype[Any], row_shape: tuple[int, ...]) -> None:
         f = self._files[key] = GrowableNpyFile.create(
             os.path.join(self._path, f"{key}.npy"), dtype, row_shape
@@ -562,23 +488,6 @@ class NpyDirectory:
             f.reserve(1)
             f.write_at(0, [bytes_of(np.zeros(1, np.int64))])
             f.used = 1
-
-    def _open_field_files(self, schema: Schema, committed: Metadata | None) -> None:
-        """Create (``committed is None``) or reopen the files of every field."""
-        for name, f in schema.items():
-            dtype, row_shape = row_layout(f)
-            keys = [(name, dtype, row_shape)]
-            if f.ragged:
-                keys.append((f"{name}.offsets", np.dtype(np.int64), ()))
-            for key, dt, shp in keys:
-                if committed is None:
-                    self._add_file(key, dt, shp)
-                    continue
-                if key == name:
-                    rows = committed.rows[name] if f.ragged else committed.count
-                else:
-                    rows = committed.count + 1
-                self._reopen(key, dt, shp, rows)
 
     def _reopen(
         self, key: str, dtype: np.dtype[Any], row_shape: tuple[int, ...], rows: int
@@ -597,22 +506,10 @@ class NpyDirectory:
     def _create(self) -> None:
         self._state = "open"
         self._write_metadata(closed=False)
-        self._write_static(self._static)
+        write_static(self._path, self._static)
         self._static_names = list(self._static)
         if self._static_names:
             self._write_metadata(closed=False)
-
-    def _write_static(self, arrays: Mapping[str, np.ndarray[Any, Any]]) -> None:
-        if not arrays:
-            return
-        sdir = os.path.join(self._path, STATIC_DIR)
-        os.makedirs(sdir, exist_ok=True)
-        for name, arr in arrays.items():
-            with open(os.path.join(sdir, f"{name}.npy"), "wb") as fh:
-                np.lib.format.write_array(fh, arr, allow_pickle=False)
-                fh.flush()
-                os.fsync(fh.fileno())
-        fsync_dir(sdir)
 
     def _resume(self) -> Resume | None:
         meta = read_metadata(self._path)
@@ -621,25 +518,13 @@ class NpyDirectory:
         self._attrs = {**meta.attrs, **self._attrs}
         self._dropped = StepRanges(meta.dropped)
         self._static_names = list(meta.static)
-        new_static = {}
-        for name, arr in self._static.items():
-            if name in meta.static:
-                stored = load_static(self._path, name)
-                if stored.dtype != arr.dtype or not np.array_equal(stored, arr):
-                    raise ConfigError(
-                        f"static {name!r}: the store holds a different array ({stored.dtype}, "
-                        f"shape {stored.shape}); static arrays are written once"
-                    )
-            else:
-                new_static[name] = arr
+        new_static = static_to_add(self._path, meta, self._static)
         self._schema = meta.schema
         self._times = meta.times
         self._count = self._committed = meta.count
         if meta.schema is not None:
-            self._reopen("steps", np.dtype(np.int64), (), meta.count)
-            if meta.times:
-                self._reopen("times", np.dtype(np.float64), (), meta.count)
-            self._open_field_files(meta.schema, committed=meta)
+            for key, dtype, row_shape in data_files(meta.schema, meta.times):
+                self._reopen(key, dtype, row_shape, committed_rows(meta, key))
             for name in meta.schema.ragged:
                 off = self._files[f"{name}.offsets"]
                 end = int(off.read_row(meta.count)[()])
@@ -647,7 +532,7 @@ class NpyDirectory:
                     raise FormatError(
                         f"{off.path}: offsets end at row {end}, {METADATA} says {meta.rows[name]}"
                     )
-        self._write_static(new_static)
+        write_static(self._path, new_static)
         self._static_names += list(new_static)
         self._write_metadata(closed=False)
         if meta.schema is None:
@@ -660,34 +545,6 @@ class NpyDirectory:
             float(self._files["times"].read_row(meta.count - 1)[()]) if meta.times else None
         )
         return Resume(meta.schema, meta.count, last_step, last_time, meta.times)
-
-    def _remove_store(self, entries: list[str]) -> None:
-        """Delete an existing store's files for ``mode="w"``, refusing foreign files."""
-        path = self._path
-        try:
-            meta = read_metadata(path)
-        except FormatError as exc:
-            raise FormatError(
-                f"mode='w': {exc}; refusing to replace a store that cannot be read: "
-                "remove it by hand"
-            ) from exc
-        foreign, static_files = scan_store_dir(path, entries, meta)
-        if foreign:
-            raise StoreExistsError(
-                f"mode='w': {path!r} holds files that are not part of the store "
-                f"({', '.join(map(repr, foreign[:5]))}{', ...' if len(foreign) > 5 else ''}); "
-                "refusing to delete them: move them away or choose another directory"
-            )
-        # metadata.json last: a crash midway still leaves a store "w" can replace.
-        for e in entries:
-            if e not in (METADATA, STATIC_DIR):
-                os.remove(os.path.join(path, e))
-        for e in static_files:
-            os.remove(os.path.join(path, STATIC_DIR, e))
-        if os.path.isdir(sdir := os.path.join(path, STATIC_DIR)):
-            os.rmdir(sdir)
-        os.remove(os.path.join(path, METADATA))
-        fsync_dir(path)
 
     def _check_unchanged(self) -> None:
         """Fail unless the path still names the directory and the files this
@@ -705,25 +562,7 @@ class NpyDirectory:
         FormatError
             The directory or a data file was replaced, or a data file truncated.
         """
-        path = self._path
-        st = os.fstat(self._handles.dir_fd)
-        try:
-            now = os.stat(path)
-        except FileNotFoundError:
-            now = None
-        if now is None:
-            raise FileNotFoundError(
-                errno.ENOENT,
-                f"the store directory {path!r} was deleted (or moved) while the store was "
-                "writing it; refusing to commit frames that are not there",
-                path,
-            )
-        if (now.st_dev, now.st_ino) != (st.st_dev, st.st_ino):
-            raise FormatError(
-                f"the store directory {path!r} was replaced by another directory while the "
-                "store was writing it; refusing to commit frames that are not there (the "
-                "new directory is left as it is)"
-            )
+        check_same_dir(self._path, self._handles.dir_fd)
         for f in self._files.values():
             f.check_unchanged()
 

@@ -1,0 +1,131 @@
+"""The dtype rule: which dtypes a field may take, and which values cast into them.
+
+Free of I/O, like :mod:`snapsink._schema`, which calls it on every write; kept
+apart because it is about one value (its dtype and shape, host or device, and
+whether numpy casts it without loss), not about fields, frames or steps.
+
+Dtype rule
+----------
+A value is accepted for a field when numpy says the cast to the field's dtype is
+*safe* (``np.can_cast(value.dtype, field.dtype, "safe")``): ``int32`` into an
+``int64`` field, ``float32`` into ``float64``, a big-endian ``>f8`` into ``<f8``.
+A lossy cast (``float64`` into ``float32``, a float into an int, complex into
+real) is a :class:`~snapsink.DTypeError`: snapsink never rounds a value silently.
+Python scalars are *weak* as in NumPy 2 (NEP 50): a Python ``float`` fits any
+floating field, a Python ``int`` any integer or floating field whose range holds
+its value (``2**70`` into an ``int64`` field is a :class:`~snapsink.DTypeError`,
+never an ``OverflowError``), and a Python ``bool``, like ``np.bool_``, any
+bool, integer, floating or complex field (numpy's safe cast from bool).
+Object, string, structured and datetime dtypes are refused.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from collections.abc import Mapping
+from typing import Any
+
+import numpy as np
+
+from ._arrays import is_device_array
+from ._errors import ConfigError, DTypeError
+from ._pytree import SEP
+
+__all__ = ["ALLOWED_KINDS", "as_dtype", "as_host_array", "dtype_shape", "int_str", "safe_cast"]
+
+#: dtype kinds a field may have: bool, signed, unsigned, float, complex.
+ALLOWED_KINDS = frozenset("biufc")
+
+
+def as_dtype(dtype: object, what: str) -> np.dtype[Any]:
+    """The native-order numpy dtype a field declared as ``dtype`` stores."""
+    try:
+        dt = np.dtype(dtype)  # type: ignore[call-overload]
+    except TypeError as exc:
+        raise ConfigError(f"{what}: {dtype!r} is not a numpy dtype") from exc
+    if dt.kind not in ALLOWED_KINDS or dt.fields is not None or dt.subdtype is not None:
+        raise ConfigError(
+            f"{what}: dtype {dt} is not storable; expected bool, integer, float or complex"
+        )
+    # Stored data is always native (little-endian on every supported machine).
+    native: np.dtype[Any] = dt.newbyteorder("=") if dt.byteorder not in "=|" else dt
+    return native
+
+
+def as_host_array(name: str, value: object, step: int | None = None) -> np.ndarray[Any, Any]:
+    """``value`` as a numpy array of a storable dtype, or a DTypeError naming ``name``."""
+    at = "" if step is None else f" at step {step}"
+    if value is None:
+        raise DTypeError(f"field {name!r}: expected an array or a number, got None{at}")
+    if isinstance(value, Mapping) or (
+        dataclasses.is_dataclass(value) and not isinstance(value, type)
+    ):
+        raise DTypeError(
+            f"field {name!r}: expected an array or a number, got a nested "
+            f"{type(value).__name__}{at}; the schema holds {name!r} as one field (nested "
+            f"state is stored as fields named {name + SEP}<key>: declare those)"
+        )
+    try:
+        arr = np.asarray(value)
+    except Exception as exc:
+        raise DTypeError(
+            f"field {name!r}: expected an array or a number, got {type(value).__name__}{at}"
+        ) from exc
+    if arr.dtype.kind not in ALLOWED_KINDS or arr.dtype.fields is not None:
+        raise DTypeError(
+            f"field {name!r}: expected a bool, integer, float or complex array, "
+            f"got dtype {arr.dtype} ({type(value).__name__}){at}"
+        )
+    return arr
+
+
+def dtype_shape(
+    name: str, value: object, step: int | None = None
+) -> tuple[np.dtype[Any], tuple[int, ...]]:
+    """dtype and shape of a host array, Python scalar, or device array."""
+    if isinstance(value, bool):
+        return np.dtype(bool), ()
+    if isinstance(value, int):
+        return np.dtype(np.int64), ()
+    if isinstance(value, float):
+        return np.dtype(np.float64), ()
+    if isinstance(value, complex):
+        return np.dtype(np.complex128), ()
+    if isinstance(value, np.ndarray | np.generic):
+        if value.dtype.kind not in ALLOWED_KINDS or value.dtype.fields is not None:
+            at = "" if step is None else f" at step {step}"
+            raise DTypeError(
+                f"field {name!r}: expected a bool, integer, float or complex array, "
+                f"got dtype {value.dtype}{at}"
+            )
+        return value.dtype, tuple(value.shape)
+    if is_device_array(value):
+        from ._staging.device import device_dtype_shape
+
+        return device_dtype_shape(name, value)
+    arr = as_host_array(name, value, step)
+    return arr.dtype, arr.shape
+
+
+def int_str(value: int) -> str:
+    """An int for a message: digits, or its size when it has too many."""
+    return str(value) if value.bit_length() <= 128 else f"of {value.bit_length()} bits"
+
+
+def safe_cast(value: object, src: np.dtype[Any], dst: np.dtype[Any]) -> bool:
+    """Whether ``value`` (of dtype ``src``) goes into ``dst`` without loss."""
+    if isinstance(value, bool):
+        # As np.bool_: numpy casts bool safely to every numeric kind.
+        return bool(np.can_cast(np.bool_, dst, "safe"))
+    if isinstance(value, int):
+        if dst.kind in "fc":
+            return abs(value) <= float(np.finfo(dst).max)  # exact int-float comparison
+        if dst.kind in "iu":
+            info = np.iinfo(dst)
+            return bool(info.min <= value <= info.max)
+        return False
+    if isinstance(value, float):
+        return dst.kind in "fc"
+    if isinstance(value, complex):
+        return dst.kind == "c"
+    return bool(np.can_cast(src, dst, "safe"))

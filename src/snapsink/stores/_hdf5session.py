@@ -1,0 +1,141 @@
+"""One HDF5Store's hold on its file: the descriptor, the group's claim, and
+the file opened for writing in sessions under the session lock.
+
+The rules (why sessions, why SWMR, why the superblock patch, why OFD locks)
+are :mod:`._hdf5file`'s; this module applies them for one writer of one
+group. Split from ``hdf5.py`` so that the store holds its life cycle (modes,
+buffering, commits) and this the file handling every session repeats: the
+file must still be the one the store opened, a killed writer's flags are
+cleared, a reader of this process lets go of the file first.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import weakref
+from collections.abc import Iterator
+from typing import Any
+
+from .._errors import FormatError
+from ._hdf5file import FileLocks, clear_open_flags, fsync_fd, import_h5py, open_store_file
+from ._hdf5plan import META_ATTR, is_snapsink_attr
+from ._hdf5read import HANDLES
+
+__all__ = ["StoreFile"]
+
+
+class StoreFile:
+    """The file of one store, held through one read-write descriptor.
+
+    Parameters
+    ----------
+    path
+        The HDF5 file (created, empty, when missing).
+    group
+        The store's group (``""``: the root).
+    owner
+        The store: the descriptor is closed when it is collected.
+    where
+        How to name the store in messages.
+    """
+
+    def __init__(self, path: str, group: str, owner: object, where: str):
+        fd, self.created = open_store_file(path, create=True)
+        self.path = path
+        self.group = group
+        self.where = where
+        self.fd = fd
+        self.locks = FileLocks(fd, where)
+        st = os.fstat(fd)
+        self._ino = (st.st_dev, st.st_ino)
+        self._finalizer = weakref.finalize(owner, os.close, fd)
+
+    def release(self) -> None:
+        """Close the descriptor (idempotent): the group claim goes with it."""
+        self._finalizer()
+
+    def size(self) -> int:
+        return os.fstat(self.fd).st_size
+
+    def group_of(self, f: Any) -> Any:
+        """The store's group in the open file ``f``."""
+        return f[self.group] if self.group else f
+
+    @contextlib.contextmanager
+    def file(self, *, swmr: bool, locked: bool = False) -> Iterator[Any]:
+        """A session: the file open for writing under the session lock (taken
+        here unless ``locked``), closed at the end. A non-SWMR session (which
+        may create objects) is flushed and fsynced before the lock goes."""
+        with contextlib.ExitStack() as stack:
+            if not locked:
+                stack.enter_context(self.locks.session())
+            self._check_unchanged()
+            clear_open_flags(self.fd, self.where)  # a writer of the file was killed
+            f = self._open_file(swmr=swmr)
+            try:
+                yield f
+                f.flush()
+            finally:
+                f.close()
+            if not swmr:
+                fsync_fd(self.fd)
+
+    def _open_file(self, *, swmr: bool) -> Any:
+        """The file, open for writing: in SWMR mode, or not (to create objects)."""
+        h5py = import_h5py()
+        HANDLES.release(self.path)  # a reader of this process holds it read-only
+        fapl = h5py.h5p.create(h5py.h5p.FILE_ACCESS)
+        fapl.set_fclose_degree(h5py.h5f.CLOSE_STRONG)
+        fapl.set_libver_bounds(h5py.h5f.LIBVER_LATEST, h5py.h5f.LIBVER_LATEST)
+        fapl.set_file_locking(False, True)  # our own locks (see _hdf5file)
+        flags = h5py.h5f.ACC_RDWR | (h5py.h5f.ACC_SWMR_WRITE if swmr else 0)
+        fid = h5py.h5f.open(os.fsencode(self.path), flags, fapl=fapl)
+        return h5py.File(fid)
+
+    def _check_unchanged(self) -> None:
+        """Fail unless the path still names the file this store opened."""
+        try:
+            st = os.stat(self.path, follow_symlinks=False)
+        except FileNotFoundError:
+            st = None
+        if st is None or (st.st_dev, st.st_ino) != self._ino:
+            raise FormatError(
+                f"{self.where}: the file was deleted or replaced while the store was writing "
+                "it; refusing to commit frames that are not there"
+            )
+
+    def new_file(self, h5py: Any) -> None:
+        """Create (or truncate) the file: latest format (SWMR), no free-space
+        reuse (a chunk freed mid-session is never overwritten before a commit
+        names its replacement)."""
+        HANDLES.release(self.path)
+        f = h5py.File(self.path, "w", libver="latest", locking=False, fs_strategy="none")
+        f.close()
+        st = os.stat(self.path, follow_symlinks=False)
+        if (st.st_dev, st.st_ino) != self._ino:  # pragma: no cover - replaced under us
+            raise FormatError(f"{self.where}: the file was replaced while it was created")
+        fsync_fd(self.fd)
+
+    def inspect(self, h5py: Any) -> str:
+        """``"missing"``, ``"empty"``, ``"snapsink"`` or ``"foreign"``: what is at
+        the group's path (under the session lock)."""
+        with self.file(swmr=False, locked=True) as f:
+            node = f.get(self.group) if self.group else f
+            if node is None:
+                return "missing"
+            if not isinstance(node, h5py.Group):
+                return "foreign"
+            if is_snapsink_attr(node.attrs.get(META_ATTR)):
+                return "snapsink"
+            return "empty" if not len(node) and not len(node.attrs) else "foreign"
+
+    def root_is_ours(self, h5py: Any) -> bool:
+        """Whether the file's root group is a snapsink store (a file of an old
+        format, which h5py opens read-only only)."""
+        HANDLES.release(self.path)
+        try:
+            with h5py.File(self.path, "r", locking=False) as f:
+                return is_snapsink_attr(f.attrs.get(META_ATTR))
+        except OSError:
+            return False
