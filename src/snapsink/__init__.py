@@ -7,7 +7,7 @@
 
 from typing import TYPE_CHECKING
 
-from ._channel import SinkStatistics as SinkStatistics
+from ._channeltypes import SinkStatistics as SinkStatistics
 from ._copy import copy as copy
 from ._errors import ClosedSinkError as ClosedSinkError
 from ._errors import ConfigError as ConfigError

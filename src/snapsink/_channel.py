@@ -26,158 +26,43 @@ the store, which lists them in its metadata.
 
 from __future__ import annotations
 
-import enum
-import errno
 import threading
 from collections import deque
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass
-from typing import Any, Final
+from typing import Any
 
 import numpy as np
 
-from ._checks import positive_int
-from ._errors import ClosedSinkError, ConfigError, SpillError, WriterError
-from ._schema import Field, Frame, Schema, StepClock, is_device_array
-from ._spill import Spill, SpillDir, SpillReader
-from ._staging.host import Completion, Slot, SlotPool, borrow_host
+from ._channelspill import SpillQueue
+from ._channeltypes import (
+    Entry,
+    Offer,
+    SinkStatistics,
+    SpillTicket,
+    frame_nbytes,
+)
+from ._errors import ClosedSinkError, WriterError
+from ._schema import Field, Schema, StepClock
+from ._spill import Spill, SpillDir
+from ._staging.host import Completion, Slot, SlotPool, capture_fields
+from ._wakers import Waker
 
-__all__ = ["POLICIES", "Channel", "Entry", "Offer", "SinkStatistics", "check_policy"]
-
-POLICIES: Final = ("block", "drop_newest", "drop_oldest")
-
-
-class Offer(enum.Enum):
-    """What :meth:`Channel.offer` did with a frame."""
-
-    QUEUED = "queued"  # captured: the frame is on its way to the store
-    DROPPED = "dropped"  # refused by a drop policy: counted and recorded
-    WAIT = "wait"  # no room now (block, or a full spill): park, then offer again
-    SPILL = "spill"  # accepted into the spill queue: write it with spill_write
+__all__ = ["Channel"]
 
 
-def check_policy(policy: object) -> str | Spill:
-    """``policy`` if it names a known policy, else ConfigError."""
-    if isinstance(policy, Spill) or (isinstance(policy, str) and policy in POLICIES):
-        return policy
-    raise ConfigError(
-        f"policy: expected 'block', 'drop_newest', 'drop_oldest' or snapsink.Spill(dir), "
-        f"got {policy!r}"
-    )
-
-
-def check_capacity(capacity: object, what: str = "capacity") -> int:
-    """``capacity`` as an int >= 1, else ConfigError naming ``what``."""
-    return positive_int(capacity, what)
-
-
-@dataclass(frozen=True, slots=True)
-class SinkStatistics:
-    """A snapshot of a sink's counters.
-
-    Attributes
-    ----------
-    written
-        Frames the store has appended.
-    dropped
-        Frames a drop policy discarded (their steps are in the store's metadata).
-    spilled
-        Frames that went through the spill directory (all replayed or pending).
-    queued
-        Frames accepted and not yet appended (in memory, spilled, or being written).
-    peak_queued
-        The largest ``queued`` seen.
-    bytes_written
-        Bytes of field data the store has appended.
-    capacity
-        The channel's bound in frames.
-    policy
-        The backpressure policy's name (``"spill"`` for a Spill policy).
-    """
-
-    written: int
-    dropped: int
-    spilled: int
-    queued: int
-    peak_queued: int
-    bytes_written: int
-    capacity: int
-    policy: str
-
-
-class Entry(Frame):
-    """One accepted frame on its way to the store: a :class:`Frame` (so a batch
-    hands entries to the store as they are) plus the channel's bookkeeping."""
-
-    __slots__ = ("completion", "pub", "rows", "seq", "size", "slot", "spill")
-
-    def __init__(self, seq: int, step: int, time: float | None, nbytes: int):
-        self.seq = seq
-        self.pub = 0  # writer process: the frame's position on the ring once published
-        self.rows: list[int] = []  # writer process: row counts of the ragged fields
-        self.step = step
-        self.time = time
-        self.size = nbytes  # bytes of the frame as planned (also once released)
-        self.fields = {}
-        self.slot: Slot | None = None
-        self.completion: Completion | None = None
-        #: a spilled frame: its step, time and fields are read back from disk
-        self.spill = False
-
-
-class SpillTicket:
-    """A frame accepted into the spill queue, its write to disk still to do."""
-
-    __slots__ = ("before", "n", "nbytes", "step", "time")
-
-    def __init__(
-        self,
-        n: int,
-        step: int,
-        time: float | None,
-        nbytes: int,
-        before: tuple[int | None, float | None, bool | None],
-    ):
-        self.n = n
-        self.step = step
-        self.time = time
-        self.nbytes = nbytes
-        self.before = before  # the clock before it, to give the step back on failure
-
-
-class Waker:
-    """Something a waiting party can be woken through; see module docstring."""
-
-    __slots__ = ()
-
-    def wake(self) -> None:  # pragma: no cover - interface
-        raise NotImplementedError
-
-
-class ThreadWaker(Waker):
-    """Wakes a thread blocked in ``threading.Event.wait``."""
-
-    __slots__ = ("event",)
-
-    def __init__(self) -> None:
-        self.event = threading.Event()
-
-    def wake(self) -> None:
-        self.event.set()
-
-
-class Channel:
+class Channel(SpillQueue):
     """Bounded, thread-safe frame queue with a backpressure policy.
 
     Producers call :meth:`offer` (and, for block, :meth:`park_producer` then wait);
     the consumer calls :meth:`take`, :meth:`release`, :meth:`park_consumer`.
     A writer process replaces the consumer side
-    (:class:`~snapsink._writer.process.ProcessChannel`).
+    (:class:`~snapsink._writer.publish.ProcessChannel`).
 
     The channel owns the frames' capture: the host slots, the device stager
     (made at the first device array), the spill directory (made by the sink at
     open, so that an unusable one fails there, and handed over) and its
-    reader; :meth:`release_capture` frees them all.
+    reader; :meth:`release_capture` frees them all. The spill side (its
+    counters, the spill writes and the reading back) is :class:`SpillQueue`.
     """
 
     #: a parked party re-checks after this many seconds (None: trust its waker)
@@ -203,17 +88,7 @@ class Channel:
         self.clock = clock or StepClock()
         self.lock = threading.Lock()
         self.pool = SlotPool(capacity)
-        self.spill_dir = spill_dir  # a Spill policy's, made at the sink's open
-        self.spill_reader: SpillReader | None = None  # the thread consumer's
-        # The spill queue: frames that found the channel full, and every frame
-        # after them until the consumer took them all, on disk in order (see
-        # _spill). Only counters live here.
-        self.fifo_writing = 0  # accepted, their write to disk under way
-        self.fifo_waiting = 0  # on disk, not yet taken by the consumer
-        self.fifo_head_seq = 0  # seq of the oldest of those
-        self.fifo_tickets = 0  # spill writes handed out
-        self.fifo_turn = 0  # the spill write that may run (they run in order)
-        self.fifo_turns = threading.Condition(self.lock)
+        self._init_spill_queue(spill_dir)
         self.device: Any = None  # DeviceStager, created at the first device array
         #: the store's ``check_schema`` (I/O-free), run on an inferred schema
         self.check_schema = check_schema
@@ -225,13 +100,15 @@ class Channel:
         self.wake_frames = 1
         self.wake_bytes = 0
         self.batch_limit = max(1, capacity // 2)
+        self._init_queue()
 
+    def _init_queue(self) -> None:
+        """The queue in memory, the counters, and who waits on them."""
         self.queue: deque[Entry] = deque()
         self.seq = 0  # seq of the last accepted entry
         self.held = 0  # frames holding a slot (queued in memory or being written)
         self.held_bytes = 0
         self.pending = 0  # accepted, not yet appended (held + spilled)
-        self.spilled_bytes = 0
         self.pending_dropped: list[int] = []
 
         self.written = 0
@@ -319,21 +196,13 @@ class Channel:
             ):
                 self.held += 1
                 self.held_bytes += nbytes
-                slot: Slot | None = self.pool.free.pop()
+                slot = self.pool.free.pop()
             else:
-                slot = None
-            if slot is None:
-                policy = self.policy
-                if policy == "drop_newest":
-                    return self._drop(s, t), None
-                if policy == "drop_oldest":
-                    slot = self._evict_for(nbytes)
-                    if slot is None:
-                        return self._drop(s, t), None
-                elif policy == "block" or nowait:
-                    return Offer.WAIT, None
-                else:
-                    return self._offer_spill(s, t, nbytes, items)
+                # no room: drop_oldest makes some, the other policies refuse the frame
+                evicted = self._evict_for(nbytes) if self.policy == "drop_oldest" else None
+                if evicted is None:
+                    return self._refuse(s, t, nbytes, items, nowait)
+                slot = evicted
             try:
                 fields, completion = self._capture(slot, items, copy, stream)
             except BaseException:
@@ -361,25 +230,21 @@ class Channel:
                 waker.wake()
             return Offer.QUEUED, entry
 
-    def _offer_spill(
-        self, step: int, time: float | None, nbytes: int, items: Sequence[tuple[str, Field, Any]]
+    def _refuse(
+        self,
+        step: int,
+        time: float | None,
+        nbytes: int,
+        items: Sequence[tuple[str, Field, Any]],
+        nowait: bool,
     ) -> tuple[Offer, SpillTicket | None]:
+        """No room for the frame (lock held): what the policy does instead."""
         policy = self.policy
-        assert isinstance(policy, Spill)
-        if (
-            policy.max_bytes is not None
-            and self.spilled_bytes
-            and (self.spilled_bytes + nbytes > policy.max_bytes)
-        ):
+        if policy == "drop_newest" or policy == "drop_oldest":  # (nothing left to evict)
+            return self._drop(step, time), None
+        if policy == "block" or nowait:
             return Offer.WAIT, None
-        clock = self.clock
-        before = (clock.last_step, clock.last_time, clock.has_times)
-        ticket = SpillTicket(self.fifo_tickets, step, time, nbytes, before)
-        self.fifo_tickets += 1
-        self.fifo_writing += 1
-        self.spilled_bytes += nbytes
-        clock.advance(step, time)
-        return Offer.SPILL, ticket
+        return self._offer_spill(step, time, nbytes, items)
 
     # -- hooks of a channel whose consumer is a writer process ---------------------
     #: accepted frames are published by the channel itself (no consumer takes them)
@@ -426,21 +291,7 @@ class Channel:
     def _capture(
         self, slot: Slot, items: Sequence[tuple[str, Field, Any]], copy: bool, stream: Any
     ) -> tuple[dict[str, np.ndarray[Any, Any]], Completion | None]:
-        fields: dict[str, np.ndarray[Any, Any]] = {}
-        device_items: list[tuple[str, Field, Any]] | None = None
-        for name, field, value in items:
-            kind = type(value)
-            if kind is not np.ndarray and kind is not float and is_device_array(value):
-                if device_items is None:
-                    device_items = []
-                device_items.append((name, field, value))
-                fields[name] = None  # type: ignore[assignment]  # keeps schema order
-            elif not field.shape:
-                fields[name] = field.dtype.type(value)  # immutable: no slot buffer needed
-            elif copy:
-                fields[name] = slot.capture_host(name, field, value)
-            else:
-                fields[name] = borrow_host(field, value)
+        fields, device_items = capture_fields(slot, items, copy)
         if device_items is None:
             return fields, None
         if self.device is None:
@@ -487,76 +338,6 @@ class Channel:
             except ValueError:
                 # It was already woken: another producer may be owed the room.
                 self._wake_producers()
-
-    def spill_write(
-        self, ticket: SpillTicket, items: Sequence[tuple[str, Field, Any]], stream: Any
-    ) -> None:
-        """Write a SPILL frame to disk (blocking; outside the lock), in its turn.
-
-        On failure the frame is not taken: nothing of it stays on disk, it is not
-        counted, and its step is given back (unless another frame was accepted
-        after it, by another thread). Raises SpillError (an OSError) chained to
-        the cause.
-        """
-        spill_dir = self.spill_dir
-        assert spill_dir is not None
-        with self.lock:
-            while self.fifo_turn != ticket.n and self.failure is None:
-                self.fifo_turns.wait(0.25)
-            failure = self.failure
-        to_host = None
-        if any(is_device_array(v) for _, _, v in items):
-            from ._staging.device import to_host_blocking
-
-            def to_host(value: Any) -> Any:
-                return to_host_blocking(value, stream) if is_device_array(value) else value
-
-        try:
-            if failure is not None:
-                self.raise_if_unusable()
-            assert self.schema is not None
-            nbytes = spill_dir.append(self.schema, ticket.step, ticket.time, items, to_host)
-        except BaseException as exc:
-            with self.lock:
-                self._end_turn()
-                self.spilled_bytes -= ticket.nbytes
-                given_back = ticket.n == self.fifo_tickets - 1
-                if given_back:
-                    self.fifo_tickets -= 1
-                    self.fifo_turn = self.fifo_tickets
-                    c = self.clock
-                    c.last_step, c.last_time, c.has_times = ticket.before
-                if self.room_waiters:
-                    self._wake_producers()
-            if isinstance(exc, OSError) and self.failure is None:
-                detail = (
-                    "the step can be written again"
-                    if given_back
-                    else "its step is used up: another frame was accepted after it"
-                )
-                raise SpillError(
-                    exc.errno or 0,
-                    f"spilling the frame at step {ticket.step} to {spill_dir.path} failed "
-                    f"({exc.strerror or exc}); the frame was not taken, {detail}",
-                ) from exc
-            raise
-        with self.lock:
-            self._end_turn()
-            self.spilled_bytes += nbytes - ticket.nbytes  # as laid out on disk
-            self.seq += 1
-            if not self.fifo_waiting:
-                self.fifo_head_seq = self.seq
-            self.fifo_waiting += 1
-            self.spilled += 1
-            self.pending += 1
-            if self.pending > self.peak:
-                self.peak = self.pending
-            self._wake_consumer()
-
-    def _end_turn(self) -> None:
-        self.fifo_writing -= 1
-        self.fifo_turn += 1
-        self.fifo_turns.notify_all()
 
     def _wake_consumer(self) -> None:
         waker = self.consumer_waker
@@ -716,27 +497,6 @@ class Channel:
             self.wake_frames = frames
             self.wake_bytes = nbytes
 
-    def read_spilled(self, entry: Entry) -> None:
-        """Fill a spilled entry from the spill queue (the consumer reads them in
-        order, outside the lock)."""
-        reader = self.spill_reader
-        if reader is None:
-            assert self.spill_dir is not None and self.schema is not None
-            reader = self.spill_reader = SpillReader(self.spill_dir.path, self.schema)
-        got = reader.read()
-        if got is None:
-            raise OSError(
-                errno.ENOENT,
-                f"spilled frame {reader.frames_read + 1} is missing from {reader.path} "
-                f"({reader.position()})",
-            )
-        entry.step, entry.time, entry.fields, entry.size = got
-
-    def remove_stored_spills(self) -> None:
-        """Remove the spill segments whose frames are all stored."""
-        if self.spill_reader is not None and self.spill_reader.exhausted:
-            self.spill_reader.remove_exhausted()
-
     def release_capture(self) -> None:
         """The sink is closed: free the device stager, remove the spill directory
         (if no frame is left in it)."""
@@ -759,14 +519,3 @@ class Channel:
                 capacity=self.capacity,
                 policy=self.policy_name,
             )
-
-
-def frame_nbytes(schema: Schema | None, items: Sequence[tuple[str, Field, Any]]) -> int:
-    """Bytes of one validated frame."""
-    assert schema is not None
-    total = schema.fixed_nbytes
-    if schema.ragged:
-        for _, field, value in items:
-            if field.ragged:
-                total += len(value) * field.row_nbytes
-    return total

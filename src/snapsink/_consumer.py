@@ -23,9 +23,11 @@ import inspect
 from collections.abc import Callable, Sequence
 from typing import Any, Protocol
 
-from ._channel import Channel, Entry, ThreadWaker
+from ._channel import Channel
+from ._channeltypes import Entry
 from ._schema import Batch, Schema
 from ._store import Resume
+from ._wakers import ThreadWaker
 
 __all__ = ["ChannelFeed", "Consumer", "Feed", "StoreCaller"]
 

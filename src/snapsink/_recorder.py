@@ -20,7 +20,7 @@ from typing import Any
 import anyio
 from anyio.abc import TaskGroup, TaskStatus
 
-from ._channel import SinkStatistics
+from ._channeltypes import SinkStatistics
 from ._errors import ClosedSinkError, ClosesOnExit, ConfigError
 from ._routes import Route, Router, merge_routes
 from ._schema import Schema

@@ -13,7 +13,7 @@ from __future__ import annotations
 from collections.abc import Callable, Container, Mapping, Sequence
 from typing import Any
 
-from ._channel import check_capacity, check_policy
+from ._channeltypes import check_capacity, check_policy
 from ._errors import ConfigError, SchemaError
 from ._schema import Schema, check_name, next_step
 from ._sink import _check_max_bytes, _check_schema

@@ -26,12 +26,11 @@ from typing import Any
 import anyio
 import anyio.lowlevel
 
-from ._channel import (
-    Channel,
+from ._channel import Channel
+from ._channeltypes import (
     Offer,
     SinkStatistics,
     SpillTicket,
-    Waker,
     check_capacity,
     check_policy,
     frame_nbytes,
@@ -41,7 +40,9 @@ from ._errors import ClosedSinkError, ConfigError, SchemaError, WouldBlock, Writ
 from ._schema import Schema, StepClock, is_device_array
 from ._spill import Spill, SpillDir
 from ._store import Resume
-from ._writer.process import ProcessChannel, ProcessWriter, choose_writer
+from ._wakers import AsyncWaker, on_asyncio, thread_safe_scheduler
+from ._writer.process import ProcessWriter, choose_writer
+from ._writer.publish import ProcessChannel
 from ._writer.thread import ThreadWriter
 
 __all__ = ["Sink"]
@@ -60,41 +61,6 @@ def _after_fork_in_child() -> None:
 
 
 os.register_at_fork(after_in_child=_after_fork_in_child)
-
-
-def _thread_safe_scheduler() -> Callable[[Callable[[], object]], object]:
-    """A function that runs a callback on the current event loop from any thread."""
-    try:
-        return asyncio.get_running_loop().call_soon_threadsafe
-    except RuntimeError:  # pragma: no cover - exercised only where trio is installed
-        import trio  # type: ignore[import-not-found]
-
-        return trio.lowlevel.current_trio_token().run_sync_soon  # type: ignore[no-any-return]
-
-
-class AsyncWaker(Waker):
-    """Wakes a task waiting on the sink's event loop, from any thread."""
-
-    __slots__ = ("event", "loop_thread", "schedule")
-
-    def __init__(self, loop_thread: int, schedule: Callable[[Callable[[], object]], object]):
-        self.event = anyio.Event()
-        self.loop_thread = loop_thread
-        self.schedule = schedule
-
-    def wake(self) -> None:
-        if threading.get_ident() == self.loop_thread:
-            self.event.set()
-        else:
-            self.schedule(self.event.set)
-
-
-def _on_asyncio() -> bool:
-    try:
-        asyncio.get_running_loop()
-    except RuntimeError:
-        return False
-    return True
 
 
 def _caller_stream(items: list[tuple[str, Any, Any]], stream: Any) -> Any:
@@ -172,6 +138,8 @@ class Sink:
     ...     await sink.write({"positions": x, "energy": e}, step=i, time=t)
     """
 
+    # Deliberate parallel of SyncSink.__init__ (_sync.py): each public class
+    # declares and documents its own constructor; SyncSink passes its arguments on.
     def __init__(
         self,
         store: Any,
@@ -210,8 +178,8 @@ class Sink:
         self._state = "opening"
         _live_sinks.add(self)
         self._loop_thread = threading.get_ident()
-        self._schedule = _thread_safe_scheduler()
-        self._yield = asyncio.sleep if _on_asyncio() else None
+        self._schedule = thread_safe_scheduler()
+        self._yield = asyncio.sleep if on_asyncio() else None
         # a declared schema the store cannot hold, and a spill directory that
         # cannot be used, fail before anything is opened
         check = getattr(self._store, "check_schema", None)
@@ -323,6 +291,8 @@ class Sink:
         self._state = "open"
         return self
 
+    # Deliberate parallel of Recorder.__aexit__ (_recorder.py): each async context
+    # manager declares the protocol's signature.
     async def __aexit__(
         self,
         exc_type: type[BaseException] | None,
@@ -413,6 +383,9 @@ class Sink:
         )
         return schema.validate(fields, label)
 
+    # Deliberate parallel of Sink.write_nowait and SyncSink.write (_sync.py): the
+    # OP / OP_nowait pair and the sync facade each declare the same keywords,
+    # documented with each method.
     async def write(
         self,
         fields: object,
@@ -471,6 +444,10 @@ class Sink:
         else:
             await self._yield(0)
         items = self._validate(ch, fields, step, time)
+        # Deliberate parallel of SyncSink.write's loop (_sync.py): the same offer
+        # protocol, waited for here on the event loop and there in the caller's
+        # thread; one shared loop would put a generator or callbacks on the
+        # per-frame path.
         while True:
             outcome, entry = ch.offer(items, step, time, copy=copy, stream=stream)
             if outcome is Offer.QUEUED or outcome is Offer.DROPPED:
@@ -501,6 +478,8 @@ class Sink:
                 if not waker.event.is_set():
                     ch.unpark_producer(waker)
 
+    # Deliberate parallel of Sink.write and SyncSink.write_nowait (_sync.py): the
+    # OP / OP_nowait pair and the sync facade each declare the same keywords.
     def write_nowait(
         self,
         fields: object,
@@ -533,6 +512,8 @@ class Sink:
             )
 
     # -- flush & statistics ----------------------------------------------------------
+    # Deliberate parallel of the ASE recording's flush (integrations/ase.py):
+    # each public flush documents its own errors.
     async def flush(self) -> None:
         """Wait until every frame written before this call is stored, committed
         (durable, for disk stores) and visible to readers.

@@ -412,6 +412,25 @@ class SpillReader:
             fields[name] = arr[()] if not shape else arr
         return step, (t if has_time else None), fields, total
 
+    def read_next(self, context: str = "") -> tuple[int, float | None, dict[str, Any], int]:
+        """The next frame, as :meth:`read`, where the caller knows one was spilled
+        (the sink's consumer, the writer process).
+
+        Raises
+        ------
+        OSError
+            ``ENOENT`` naming the missing frame, where the queue stands and
+            ``context``; ``EIO`` as for :meth:`read`.
+        """
+        got = self.read()
+        if got is None:
+            raise OSError(
+                errno.ENOENT,
+                f"spilled frame {self.frames_read + 1} is missing from {self.path} "
+                f"({self.position()}{', ' + context if context else ''})",
+            )
+        return got
+
     def more(self) -> bool:
         """Whether a complete frame follows (without reading it)."""
         header = self._header_at_next()

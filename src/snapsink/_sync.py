@@ -24,12 +24,13 @@ from typing import Any
 import anyio
 from anyio.from_thread import BlockingPortal
 
-from ._channel import Offer, SinkStatistics, SpillTicket, ThreadWaker, frame_nbytes
+from ._channeltypes import Offer, SinkStatistics, SpillTicket, frame_nbytes
 from ._errors import ClosedSinkError, ClosesOnExit, WriterError, WrongThreadError
 from ._schema import Schema
 from ._sink import Sink
 from ._spill import Spill
 from ._store import Resume
+from ._wakers import ThreadWaker
 
 __all__ = ["SyncSink"]
 
@@ -176,6 +177,8 @@ class SyncSink(ClosesOnExit):
 
     _closing = "the sink"
 
+    # Deliberate parallel of Sink.__init__ (_sink.py): each public class
+    # declares and documents its own constructor; this one passes them on to Sink.
     def __init__(
         self,
         store: Any,
@@ -229,10 +232,14 @@ class SyncSink(ClosesOnExit):
         WrongThreadError
             When called from the sink's own event-loop thread.
         """
+        # Deliberate parallel of SyncSink.write_nowait and Sink.write (_sink.py):
+        # the OP / OP_nowait pair and the async sink each declare the same keywords.
         self._check_caller()
         sink = self._sink
         ch = sink._require_open()
         items = sink._validate(ch, fields, step, time)
+        # Deliberate parallel of Sink.write's loop (_sink.py): the same offer
+        # protocol, waited for here in the caller's thread, there on the loop.
         while True:
             outcome, entry = ch.offer(items, step, time, copy=copy, stream=stream)
             if outcome is Offer.QUEUED or outcome is Offer.DROPPED:
@@ -250,6 +257,8 @@ class SyncSink(ClosesOnExit):
                     if not self._loop.thread.is_alive():
                         raise WriterError("the sync sink's event-loop thread has died")
 
+    # Deliberate parallel of SyncSink.write and Sink.write_nowait (_sink.py): the
+    # OP / OP_nowait pair and the async sink each declare the same keywords.
     def write_nowait(
         self,
         fields: object,

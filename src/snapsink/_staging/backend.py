@@ -113,25 +113,27 @@ class DeviceBackend(ABC):
     def new_event(self) -> Any:
         """A new event without timing (cheap to record and query)."""
 
-    @abstractmethod
+    # Events and streams with CuPy's methods (CuPy's own, and the emulation's,
+    # which mirror them): one implementation for both backends.
     def record(self, event: Any, stream: Any) -> None:
         """Record ``event`` on ``stream`` (it completes when the work before it does)."""
+        event.record(stream)
 
-    @abstractmethod
     def wait_event(self, stream: Any, event: Any) -> None:
         """Make ``stream``'s later work wait, device-side, for ``event``."""
+        stream.wait_event(event)
 
-    @abstractmethod
     def event_done(self, event: Any) -> bool:
         """Query ``event`` without blocking."""
+        return bool(event.done)
 
-    @abstractmethod
     def event_synchronize(self, event: Any) -> None:
         """Block the calling thread until ``event`` completes (worker threads only)."""
+        event.synchronize()
 
-    @abstractmethod
     def stream_synchronize(self, stream: Any) -> None:
         """Block the calling thread until ``stream``'s work completes."""
+        stream.synchronize()
 
     def close_stream(self, stream: Any) -> None:
         """Release a stream made by :meth:`new_stream` (after synchronizing it)."""
@@ -319,21 +321,6 @@ class CupyBackend(DeviceBackend):
 
     def new_event(self) -> Any:
         return self.cp.cuda.Event(block=False, disable_timing=True)
-
-    def record(self, event: Any, stream: Any) -> None:
-        event.record(stream)
-
-    def wait_event(self, stream: Any, event: Any) -> None:
-        stream.wait_event(event)
-
-    def event_done(self, event: Any) -> bool:
-        return bool(event.done)
-
-    def event_synchronize(self, event: Any) -> None:
-        event.synchronize()
-
-    def stream_synchronize(self, stream: Any) -> None:
-        stream.synchronize()
 
     # -- copies -------------------------------------------------------------------
     def copy_d2d_async(self, dst: Any, src: Any, stream: Any) -> None:

@@ -400,6 +400,39 @@ class DeviceStager:
         be.wait_event(copy, ready)
 
         snapshot = (self.strategy == "snapshot" or not to_host) and not borrow
+        out, d2h = self._stage_fields(be, slot, state, arrays, copy, snapshot, to_host)
+
+        if snapshot:
+            snap = be.new_event()
+            be.record(snap, copy)
+            be.wait_event(caller, snap)
+            # the caller's arrays are read by the snapshot only
+            self._inflight.append((snap, [a for _, _, a in arrays]))
+        for host, src in d2h:
+            be.copy_d2h_async(host, src, copy)
+        done = be.new_event()
+        be.record(done, copy)
+        if not snapshot:
+            if not borrow:
+                be.wait_event(caller, done)
+            self._inflight.append((done, [a for _, _, a in arrays]))
+        state.last_event = done
+        return out, DeviceCompletion(be, done)
+
+    def _stage_fields(
+        self,
+        be: DeviceBackend,
+        slot: Slot,
+        state: _SlotState,
+        arrays: list[tuple[str, Field, Any]],
+        copy: Any,
+        snapshot: bool,
+        to_host: bool,
+    ) -> tuple[dict[str, Any], list[tuple[np.ndarray[Any, Any], Any]]]:
+        """Each field's place: a snapshot on the device (its copy enqueued on
+        ``copy``) when one is taken or needed, then, for ``to_host``, its host
+        buffer. Returns the fields as the store will see them and the
+        device-to-host copies still to enqueue."""
         out: dict[str, Any] = {}
         d2h: list[tuple[np.ndarray[Any, Any], Any]] = []
         for name, field, arr in arrays:
@@ -428,23 +461,7 @@ class DeviceStager:
                     d2h.append((host[:nbytes], src))
             else:
                 out[name] = src
-
-        if snapshot:
-            snap = be.new_event()
-            be.record(snap, copy)
-            be.wait_event(caller, snap)
-            # the caller's arrays are read by the snapshot only
-            self._inflight.append((snap, [a for _, _, a in arrays]))
-        for host, src in d2h:
-            be.copy_d2h_async(host, src, copy)
-        done = be.new_event()
-        be.record(done, copy)
-        if not snapshot:
-            if not borrow:
-                be.wait_event(caller, done)
-            self._inflight.append((done, [a for _, _, a in arrays]))
-        state.last_event = done
-        return out, DeviceCompletion(be, done)
+        return out, d2h
 
     def _buffer(
         self,

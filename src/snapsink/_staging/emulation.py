@@ -315,21 +315,6 @@ class EmulationBackend(DeviceBackend):
     def new_event(self) -> EmulatedEvent:
         return EmulatedEvent()
 
-    def record(self, event: Any, stream: Any) -> None:
-        event.record(stream)
-
-    def wait_event(self, stream: Any, event: Any) -> None:
-        stream.wait_event(event)
-
-    def event_done(self, event: Any) -> bool:
-        return bool(event.done)
-
-    def event_synchronize(self, event: Any) -> None:
-        event.synchronize()
-
-    def stream_synchronize(self, stream: Any) -> None:
-        stream.synchronize()
-
     def close_stream(self, stream: Any) -> None:
         stream.close()
 

@@ -13,10 +13,14 @@ from typing import TYPE_CHECKING, Any, Protocol
 
 import numpy as np
 
+from .._arrays import is_device_array
+
 if TYPE_CHECKING:
+    from collections.abc import Sequence
+
     from .._schema import Field
 
-__all__ = ["Completion", "Slot", "SlotPool"]
+__all__ = ["Completion", "Slot", "SlotPool", "borrow_host", "capture_fields"]
 
 
 class Completion(Protocol):
@@ -135,3 +139,30 @@ def borrow_host(field: Field, value: Any) -> np.ndarray[Any, Any]:
     if arr.dtype != field.dtype:
         arr = arr.astype(field.dtype)
     return arr
+
+
+def capture_fields(
+    slot: Slot, items: Sequence[tuple[str, Field, Any]], copy: bool
+) -> tuple[dict[str, np.ndarray[Any, Any]], list[tuple[str, Field, Any]] | None]:
+    """Capture a frame's host fields into ``slot`` (borrow them without ``copy``).
+
+    Returns the fields in schema order, a device array's as a ``None`` place
+    holder, and the device fields for the device stager (None when there are
+    none). A scalar field becomes an immutable numpy scalar (no slot buffer).
+    """
+    fields: dict[str, np.ndarray[Any, Any]] = {}
+    device_items: list[tuple[str, Field, Any]] | None = None
+    for name, field, value in items:
+        kind = type(value)
+        if kind is not np.ndarray and kind is not float and is_device_array(value):
+            if device_items is None:
+                device_items = []
+            device_items.append((name, field, value))
+            fields[name] = None  # type: ignore[assignment]  # keeps schema order
+        elif not field.shape:
+            fields[name] = field.dtype.type(value)  # immutable: no slot buffer needed
+        elif copy:
+            fields[name] = slot.capture_host(name, field, value)
+        else:
+            fields[name] = borrow_host(field, value)
+    return fields, device_items

@@ -18,7 +18,6 @@ ignored, so a Ctrl-C in the terminal leaves the decision to the sink's process.
 from __future__ import annotations
 
 import contextlib
-import errno
 import queue
 import signal
 import socket
@@ -189,14 +188,10 @@ class Writer:
                     f"one in {self.spill_dir} is {reader.frames_read + 1} "
                     f"({reader.position()})"
                 )
-            got = self._spilled()
-            if got is None:
-                raise OSError(
-                    errno.ENOENT,
-                    f"spilled frame {where} is missing from {self.spill_dir} "
-                    f"({reader.position()}, ring record {seq}, {self.done} frames stored)",
-                )
-            return got
+            s_step, s_time, fields, nbytes = reader.read_next(
+                f"ring record {seq}, {self.done} frames stored"
+            )
+            return Frame(s_step, s_time, fields), nbytes
         if rows:
             layout, _ = _shm.frame_layout(schema, rows)
         else:

@@ -33,7 +33,7 @@ import os
 from collections.abc import Callable, Iterable, Mapping
 from typing import Any
 
-from .._channel import SinkStatistics
+from .._channeltypes import SinkStatistics
 from .._errors import ClosesOnExit, ConfigError
 from .._spill import Spill
 from .._store import Store

@@ -30,7 +30,7 @@ from pde.grids.base import GridBase
 from pde.trackers.base import InfoDict, TransformationType, TransformedTrackerBase
 from pde.trackers.interrupts import InterruptData
 
-from .._channel import check_capacity, check_policy
+from .._channeltypes import check_capacity, check_policy
 from .._errors import ClosesOnExit, ConfigError, SchemaError, StoreStateError
 from .._schema import check_name
 from .._sink import Sink, _check_max_bytes

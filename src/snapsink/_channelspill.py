@@ -1,0 +1,179 @@
+"""The spill side of the channel: the spill queue's counters and the
+producers' and the consumer's operations on it.
+
+:class:`SpillQueue` is a base of :class:`~snapsink._channel.Channel`: the same
+object, the same lock and state. It is kept apart because it is the one part
+of the channel that does file I/O (a spill write runs outside the lock, a
+spilled frame is read back by the consumer) and the one with an ordering
+protocol of its own (spill writes take turns, so that the spill queue keeps the
+order in which frames were accepted).
+"""
+
+from __future__ import annotations
+
+import threading
+from collections.abc import Sequence
+from typing import TYPE_CHECKING, Any
+
+from ._channeltypes import Entry, Offer, SpillTicket
+from ._errors import SpillError
+from ._schema import Field, Schema, StepClock, is_device_array
+from ._spill import Spill, SpillDir, SpillReader
+from ._wakers import Waker
+
+__all__ = ["SpillQueue"]
+
+
+class SpillQueue:
+    """The spill queue of a :class:`~snapsink._channel.Channel` (see module docstring)."""
+
+    if TYPE_CHECKING:  # the channel's state and methods this side uses
+        lock: threading.Lock
+        policy: str | Spill
+        schema: Schema | None
+        clock: StepClock
+        failure: BaseException | None
+        room_waiters: list[Waker]
+        seq: int
+        pending: int
+        peak: int
+        spilled: int
+
+        def raise_if_unusable(self) -> None: ...
+        def _wake_consumer(self) -> None: ...
+        def _wake_producers(self) -> None: ...
+
+    def _init_spill_queue(self, spill_dir: SpillDir | None) -> None:
+        """The spill queue: frames that found the channel full, and every frame
+        after them until the consumer took them all, on disk in order (see
+        _spill). Only counters live here."""
+        self.spill_dir = spill_dir  # a Spill policy's, made at the sink's open
+        self.spill_reader: SpillReader | None = None  # the thread consumer's
+        self.fifo_writing = 0  # accepted, their write to disk under way
+        self.fifo_waiting = 0  # on disk, not yet taken by the consumer
+        self.fifo_head_seq = 0  # seq of the oldest of those
+        self.fifo_tickets = 0  # spill writes handed out
+        self.fifo_turn = 0  # the spill write that may run (they run in order)
+        self.fifo_turns = threading.Condition(self.lock)
+        self.spilled_bytes = 0  # of the frames accepted into the spill queue
+
+    def _offer_spill(
+        self, step: int, time: float | None, nbytes: int, items: Sequence[tuple[str, Field, Any]]
+    ) -> tuple[Offer, SpillTicket | None]:
+        """Accept a frame into the spill queue (lock held): a ticket for its
+        write, or WAIT while the spilled bytes are at ``Spill.max_bytes``."""
+        policy = self.policy
+        assert isinstance(policy, Spill)
+        if (
+            policy.max_bytes is not None
+            and self.spilled_bytes
+            and (self.spilled_bytes + nbytes > policy.max_bytes)
+        ):
+            return Offer.WAIT, None
+        clock = self.clock
+        before = (clock.last_step, clock.last_time, clock.has_times)
+        ticket = SpillTicket(self.fifo_tickets, step, time, nbytes, before)
+        self.fifo_tickets += 1
+        self.fifo_writing += 1
+        self.spilled_bytes += nbytes
+        clock.advance(step, time)
+        return Offer.SPILL, ticket
+
+    def spill_write(
+        self, ticket: SpillTicket, items: Sequence[tuple[str, Field, Any]], stream: Any
+    ) -> None:
+        """Write a SPILL frame to disk (blocking; outside the lock), in its turn.
+
+        On failure the frame is not taken: nothing of it stays on disk, it is not
+        counted, and its step is given back (unless another frame was accepted
+        after it, by another thread). Raises SpillError (an OSError) chained to
+        the cause.
+        """
+        spill_dir = self.spill_dir
+        assert spill_dir is not None
+        failure = self._wait_turn(ticket)
+        to_host = None
+        if any(is_device_array(v) for _, _, v in items):
+            from ._staging.device import to_host_blocking
+
+            def to_host(value: Any) -> Any:
+                return to_host_blocking(value, stream) if is_device_array(value) else value
+
+        try:
+            if failure is not None:
+                self.raise_if_unusable()
+            assert self.schema is not None
+            nbytes = spill_dir.append(self.schema, ticket.step, ticket.time, items, to_host)
+        except BaseException as exc:
+            given_back = self._spill_failed(ticket)
+            if isinstance(exc, OSError) and self.failure is None:
+                detail = (
+                    "the step can be written again"
+                    if given_back
+                    else "its step is used up: another frame was accepted after it"
+                )
+                raise SpillError(
+                    exc.errno or 0,
+                    f"spilling the frame at step {ticket.step} to {spill_dir.path} failed "
+                    f"({exc.strerror or exc}); the frame was not taken, {detail}",
+                ) from exc
+            raise
+        self._spilled(ticket, nbytes)
+
+    def _wait_turn(self, ticket: SpillTicket) -> BaseException | None:
+        """Wait until the spill writes before ``ticket``'s are done (they go to
+        disk in order); the store's failure, if it failed meanwhile."""
+        with self.lock:
+            while self.fifo_turn != ticket.n and self.failure is None:
+                self.fifo_turns.wait(0.25)
+            return self.failure
+
+    def _spill_failed(self, ticket: SpillTicket) -> bool:
+        """Undo a failed spill write's acceptance; whether its step was given back."""
+        with self.lock:
+            self._end_turn()
+            self.spilled_bytes -= ticket.nbytes
+            given_back = ticket.n == self.fifo_tickets - 1
+            if given_back:
+                self.fifo_tickets -= 1
+                self.fifo_turn = self.fifo_tickets
+                c = self.clock
+                c.last_step, c.last_time, c.has_times = ticket.before
+            if self.room_waiters:
+                self._wake_producers()
+            return given_back
+
+    def _spilled(self, ticket: SpillTicket, nbytes: int) -> None:
+        """A spill write is on disk: the frame joins the spill queue."""
+        with self.lock:
+            self._end_turn()
+            self.spilled_bytes += nbytes - ticket.nbytes  # as laid out on disk
+            self.seq += 1
+            if not self.fifo_waiting:
+                self.fifo_head_seq = self.seq
+            self.fifo_waiting += 1
+            self.spilled += 1
+            self.pending += 1
+            if self.pending > self.peak:
+                self.peak = self.pending
+            self._wake_consumer()
+
+    def _end_turn(self) -> None:
+        """A spill write is over, done or failed: the next one may run (lock held)."""
+        self.fifo_writing -= 1
+        self.fifo_turn += 1
+        self.fifo_turns.notify_all()
+
+    def read_spilled(self, entry: Entry) -> None:
+        """Fill a spilled entry from the spill queue (the consumer reads them in
+        order, outside the lock)."""
+        reader = self.spill_reader
+        if reader is None:
+            assert self.spill_dir is not None and self.schema is not None
+            reader = self.spill_reader = SpillReader(self.spill_dir.path, self.schema)
+        entry.step, entry.time, entry.fields, entry.size = reader.read_next()
+
+    def remove_stored_spills(self) -> None:
+        """Remove the spill segments whose frames are all stored."""
+        if self.spill_reader is not None and self.spill_reader.exhausted:
+            self.spill_reader.remove_exhausted()
