@@ -11,8 +11,9 @@ import pytest
 
 import snapsink
 from snapsink import Batch, Field, Frame, HostMemory, Schema
+from snapsink._arraysource import ArraySource
 from snapsink._copy import frames_per_chunk
-from snapsink._trajectory import ArraySource, Trajectory
+from snapsink._trajectory import Trajectory
 from snapsink.stores.gpu import GPUBuffer
 
 SCHEMA = Schema(

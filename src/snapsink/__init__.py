@@ -57,7 +57,7 @@ if TYPE_CHECKING:  # loaded on first use: see __getattr__
     from .stores.hdf5 import HDF5Store as HDF5Store
     from .stores.zarr import ZarrStore as ZarrStore
 
-__version__ = "0.1.0"
+from ._version import __version__ as __version__
 
 __all__ = [
     "AsyncStore",

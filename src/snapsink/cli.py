@@ -19,9 +19,9 @@ import re
 import sys
 from collections.abc import Sequence
 
-from . import __version__
 from ._cli import bench, convert, demo, info
 from ._errors import SnapsinkError
+from ._version import __version__
 
 __all__ = ["main"]
 

@@ -22,8 +22,9 @@ from .._errors import ConfigError, FormatError, SnapsinkError, StoreNotFoundErro
 from .._schema import Schema
 from .._trajectory import Trajectory
 from ._format import StepRanges, parse_step_ranges
+from ._h5mdread import H5MDSource
 from ._hdf5file import FileLocks, clear_open_flags, import_h5py, is_hdf5_file
-from ._hdf5md import H5MDSource, is_h5md_file
+from ._hdf5md import is_h5md_file
 from ._hdf5plan import (
     ATTRS_ATTR,
     COMMIT,

@@ -47,6 +47,7 @@ from .._checks import commit_seconds as check_commit_seconds
 from .._errors import ConfigError, StoreStateError
 from .._schema import Batch, Schema
 from .._store import Resume, StoreSpec
+from .._version import __version__
 from ._common import check_attrs, check_mode, check_same_layout, check_static
 from ._format import StepRanges
 from ._hdf5claim import claim_group
@@ -505,8 +506,6 @@ class HDF5Store:
 
     def _write_h5md(self, f: Any, grp: Any, schema: Schema, times: bool) -> None:
         """The H5MD tree: links to the group's datasets (see :mod:`._hdf5md`)."""
-        from .. import __version__
-
         assert self._h5md is not None
         dim = check_h5md_schema(self._h5md, schema, self._static, repr(self))
         static_box = self._h5md.box is not None and self._h5md.box not in schema

@@ -8,10 +8,11 @@ from typing import Any
 
 import numpy as np
 
+from .._arraysource import ArraySource
 from .._errors import StoreStateError
 from .._schema import Batch, Schema
 from .._store import Resume
-from .._trajectory import ArraySource, Trajectory
+from .._trajectory import Trajectory
 from ._common import check_attrs, check_same_layout, check_static, merge_metadata
 
 __all__ = ["GrowableArray", "HostMemory"]
