@@ -2,12 +2,14 @@
 
 from __future__ import annotations
 
+import errno
 import gc
 import json
 import os
 import signal
 import subprocess
 import sys
+import threading
 from pathlib import Path
 from typing import Any
 
@@ -21,6 +23,7 @@ from snapsink._errors import (
     SchemaError,
     StoreExistsError,
     StoreNotFoundError,
+    StoreStateError,
 )
 from snapsink._schema import Batch, Field, Frame, Schema
 from snapsink._store import Resume
@@ -325,6 +328,70 @@ def abandon(store: NpyDirectory) -> None:
     gc.collect()
 
 
+def test_commits_run_in_the_background_while_appends_go_on(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A due commit's fsync runs beside the appends (the writer keeps taking
+    frames while the disk syncs); it names only the rows of its snapshot, and
+    commit() waits for it and commits the rest."""
+    from snapsink.stores._npyfile import GrowableNpyFile
+
+    release = threading.Event()
+    started = threading.Event()
+    real = GrowableNpyFile.sync_rows
+
+    def slow_sync(self: GrowableNpyFile, rows: int) -> None:
+        started.set()
+        assert release.wait(10)
+        real(self, rows)
+
+    monkeypatch.setattr(GrowableNpyFile, "sync_rows", slow_sync)
+    store = NpyDirectory(tmp_path / "s", commit_every=3, commit_seconds=None)
+    store.open()
+    store.prepare(SCHEMA, times=False)
+    reader = open_npy(tmp_path / "s")
+    for i in range(3):
+        store.append(Batch([fr(i)]))
+    assert started.wait(10)  # the commit of frames 0-2 is in its fsync...
+    for i in range(3, 7):
+        store.append(Batch([fr(i)]))  # ...and appends go on (they would hang here)
+    assert len(reader.refresh()) == 0  # nothing visible before it is durable
+    release.set()
+    store._collect(wait=True)
+    assert len(reader.refresh()) == 3  # exactly the snapshot's frames
+    store.commit()  # the rest, in this thread
+    assert reader.refresh().steps.tolist() == list(range(7))
+    np.testing.assert_array_equal(reader["x"][:][:, 0], np.arange(7))
+    store.close()
+
+
+def test_a_failed_background_commit_fails_the_store_at_its_next_call(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from snapsink.stores._npyfile import GrowableNpyFile
+
+    store = NpyDirectory(tmp_path / "s", commit_every=2, commit_seconds=None)
+    store.open()
+    store.prepare(SCHEMA, times=False)
+    for i in range(2):
+        store.append(Batch([fr(i)]))
+    store.commit()
+
+    def failing(self: GrowableNpyFile, rows: int) -> None:
+        raise OSError(errno.EIO, "disk gone")
+
+    monkeypatch.setattr(GrowableNpyFile, "sync_rows", failing)
+    store.append(Batch([fr(2)]))
+    store.append(Batch([fr(3)]))  # starts the commit, which fails in the background
+    with pytest.raises(OSError, match="disk gone"):
+        store._collect(wait=True)  # (the next append or commit raises it the same way)
+    monkeypatch.undo()
+    with pytest.raises(StoreStateError):  # after a failed fsync: never commit again
+        store.commit()
+    store.close()
+    assert snapsink.open(tmp_path / "s").steps.tolist() == [0, 1]  # the last commit stands
+
+
 def test_reader_sees_only_committed_frames_and_refreshes(tmp_path: Path) -> None:
     store = NpyDirectory(tmp_path / "s", commit_every=3, commit_seconds=None)
     store.open()
@@ -335,6 +402,7 @@ def test_reader_sees_only_committed_frames_and_refreshes(tmp_path: Path) -> None
     for i in range(4):
         store.append(Batch([fr(i)]))
     assert len(reader) == 0
+    store._collect(wait=True)  # the commit at 3 frames runs in the background
     assert len(reader.refresh()) == 3  # commit at 3 frames; the 4th is invisible
     np.testing.assert_array_equal(reader.steps, [0, 1, 2])
     np.testing.assert_array_equal(reader["x"][:][:, 0], [0, 1, 2])
@@ -394,6 +462,7 @@ def test_commit_seconds_commits_at_append(tmp_path: Path, monkeypatch: pytest.Mo
     assert reader.length == 0
     now[0] = 2.5
     store.append(Batch([fr(2)]))
+    store._collect(wait=True)  # the due commit runs in the background
     reader.refresh()
     assert reader.length == 3
     np.testing.assert_array_equal(reader.steps(), [0, 1, 2])

@@ -21,7 +21,7 @@ import numpy as np
 from .._errors import ConfigError, FormatError, StoreExistsError
 from .._schema import check_name
 from ._lock import LOCK_NAME
-from ._npyfile import fsync_dir, load_static, read_metadata
+from ._npyfile import GrowableNpyFile, fsync_dir, load_static, read_metadata
 from ._npyformat import METADATA, METADATA_TMP, STATIC_DIR, Metadata, data_files
 
 __all__ = [
@@ -199,3 +199,22 @@ def check_same_dir(path: str, dir_fd: int) -> None:
             "store was writing it; refusing to commit frames that are not there (the "
             "new directory is left as it is)"
         )
+
+
+def check_ragged_ends(files: Mapping[str, GrowableNpyFile], meta: Metadata) -> None:
+    """On resume: each ragged field's offsets end where the metadata says its
+    committed rows end.
+
+    Raises
+    ------
+    FormatError
+        They disagree (a file changed behind the store's back).
+    """
+    assert meta.schema is not None
+    for name in meta.schema.ragged:
+        off = files[f"{name}.offsets"]
+        end = int(off.read_row(meta.count)[()])
+        if end != meta.rows[name]:
+            raise FormatError(
+                f"{off.path}: offsets end at row {end}, {METADATA} says {meta.rows[name]}"
+            )

@@ -340,10 +340,16 @@ class GrowableNpyFile:
 
     def sync(self) -> None:
         """Name the ``used`` rows in the header and make everything durable."""
-        os.pwrite(self.fd, build_header(self.dtype, (self.used, *self.row_shape)), 0)
-        _datasync(self.fd)
+        self.sync_rows(self.used)
         self.committed = self.used
         self.dirty = False
+
+    def sync_rows(self, rows: int) -> None:
+        """Name ``rows`` rows in the header and make the file durable; changes
+        none of this object's fields (a background commit calls it while
+        more rows are appended)."""
+        os.pwrite(self.fd, build_header(self.dtype, (rows, *self.row_shape)), 0)
+        _datasync(self.fd)
 
     def finalize(self, rows: int) -> None:
         """Header naming ``rows`` rows, file cut to exactly those rows, durable."""

@@ -23,7 +23,7 @@ import json
 import os
 import time
 import weakref
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from typing import Any
 
 import numpy as np
@@ -35,14 +35,16 @@ from .._schema import Batch, Schema
 from .._store import Resume, StoreSpec
 from ._common import check_attrs, check_mode, check_static, merge_metadata
 from ._format import StepRanges
-from ._lock import StoreLock, acquire_store_lock
+from ._lock import acquire_store_lock
 from ._npyclaim import (
+    check_ragged_ends,
     check_same_dir,
     refuse_foreign,
     remove_store,
     static_to_add,
     store_entries,
 )
+from ._npycommit import StoreHandles
 from ._npyfile import (
     GrowableNpyFile,
     check_path,
@@ -73,32 +75,6 @@ _clock = time.monotonic  # the commit_seconds clock (tests replace it)
 _WRITEBACK_BYTES = 16 << 20
 _DIRECTORY = getattr(os, "O_DIRECTORY", 0)
 _CLOEXEC = getattr(os, "O_CLOEXEC", 0)
-
-
-class _Handles:
-    """What an open NpyDirectory holds: its data files, a descriptor of its
-    directory (the directory it writes, whatever its path names later) and
-    the single-writer lock. Closed by ``close()`` or by the store's finalizer."""
-
-    __slots__ = ("dir_fd", "files", "lock")
-
-    def __init__(self) -> None:
-        self.files: dict[str, GrowableNpyFile] = {}
-        self.dir_fd = -1
-        self.lock: StoreLock | None = None
-
-    def close(self) -> None:
-        try:
-            for f in self.files.values():
-                f.close()
-            self.files.clear()
-        finally:
-            if self.dir_fd >= 0:
-                fd, self.dir_fd = self.dir_fd, -1
-                os.close(fd)
-            if self.lock is not None:
-                self.lock.release()  # last: nothing of ours is open any more
-                self.lock = None
 
 
 class NpyDirectory:
@@ -183,7 +159,7 @@ class NpyDirectory:
         self._static_names: list[str] = []
         self._created = now_iso()
         self._new_entries = False
-        self._handles = _Handles()
+        self._handles = StoreHandles()
         self._files = self._handles.files
         # A writer dropped without close() acts like a crash: descriptors are
         # closed (the lock with them), nothing is committed.
@@ -380,6 +356,7 @@ class NpyDirectory:
             The disk failed (full, I/O error).
         """
         self._check_open("append")
+        self._collect(wait=False)
         for s in batch.dropped_steps:
             self._dropped.add(int(s))
             self._dropped_dirty = True
@@ -405,7 +382,11 @@ class NpyDirectory:
             self._count += len(frames)
             self._unsynced += nbytes
             if self._unsynced >= _WRITEBACK_BYTES:
-                self._start_writeback()
+                # the disk starts on them now: the commit's fsync (and the final
+                # one, the tail a writer process's simulation waits for) has
+                # little left to do
+                self._unsynced = 0
+                self._handles.start_writeback()
             self._last_step = last_step
             self._since_commit += len(frames)
         if self._since_commit >= self._commit_every or (
@@ -413,26 +394,53 @@ class NpyDirectory:
             and (self._since_commit or self._dropped_dirty)
             and _clock() - self._last_commit >= self._commit_seconds
         ):
-            self.commit()
+            self._commit_soon()
 
-    def _start_writeback(self) -> None:
-        """Start writing the data appended since the last call to disk, without
-        waiting (Linux starts the writeback of a dirty range at
-        ``POSIX_FADV_DONTNEED``). The next commit's fsync, and the final one at
-        close, then have little left to do: in a writer process that fsync is
-        the tail the simulation waits for at the end of its run."""
-        self._unsynced = 0
-        for f in self._files.values():
-            f.start_writeback()
+    def _commit_soon(self) -> None:
+        """Start a commit of everything appended, in the background (see
+        :mod:`._npycommit`); none while one is in flight (then at a later
+        append, or at ``commit()``)."""
+        committer = self._handles.committer
+        if committer.busy():
+            return
+        self._collect(wait=False)
+        dirty = [(f, f.used) for f in self._files.values() if f.dirty]
+        for f, _ in dirty:
+            f.dirty = False
+        meta = self._metadata(closed=False, rows=lambda f: f.used)
+        text = json.dumps(meta.to_json(), allow_nan=False, separators=(",", ":"))
+        new_entries, self._new_entries = self._new_entries, False
+        self._dropped_dirty = False
+        self._since_commit = self._count - meta.count
+        self._last_commit = _clock()
+
+        def done() -> None:
+            self._committed = max(self._committed, meta.count)
+
+        committer.start_commit(
+            dirty, self._path, text, new_entries=new_entries, check=self._check_unchanged,
+            on_done=done,
+        )  # fmt: skip
+
+    def _collect(self, *, wait: bool) -> None:
+        """Finish a background commit that ended (with ``wait``: once it ends);
+        its failure fails the store, as a failed commit does."""
+        try:
+            self._handles.committer.collect(wait=wait)
+        except BaseException:
+            self._state = "failed"
+            raise
 
     def commit(self) -> None:
         """Make every appended frame durable and visible (commit-last).
 
         Data files written since the last commit are fsynced (their headers
         naming the new row counts), then ``metadata.json`` is replaced
-        atomically and the directory fsynced.
+        atomically and the directory fsynced. A commit running in the
+        background (started by ``append``) ends first.
         """
         self._check_open("commit")
+        self._collect(wait=True)
         dirty = [f for f in self._files.values() if f.dirty]
         if not dirty and not self._dropped_dirty and self._committed == self._count:
             return
@@ -525,13 +533,7 @@ class NpyDirectory:
         if meta.schema is not None:
             for key, dtype, row_shape in data_files(meta.schema, meta.times):
                 self._reopen(key, dtype, row_shape, committed_rows(meta, key))
-            for name in meta.schema.ragged:
-                off = self._files[f"{name}.offsets"]
-                end = int(off.read_row(meta.count)[()])
-                if end != meta.rows[name]:
-                    raise FormatError(
-                        f"{off.path}: offsets end at row {end}, {METADATA} says {meta.rows[name]}"
-                    )
+            check_ragged_ends(self._files, meta)
         write_static(self._path, new_static)
         self._static_names += list(new_static)
         self._write_metadata(closed=False)
@@ -573,13 +575,23 @@ class NpyDirectory:
         if self._new_entries:
             fsync_dir(self._path)  # new data files' entries before the metadata naming them
             self._new_entries = False
+        # Counts only: a file's committed rows lag its used rows until sync().
+        meta = self._metadata(closed=closed, rows=lambda f: f.committed)
+        text = json.dumps(meta.to_json(), allow_nan=False, separators=(",", ":"))
+        replace_atomically(self._path, METADATA_TMP, METADATA, text.encode("utf-8"))
+        self._committed = meta.count
+        self._dropped_dirty = False
+        self._since_commit = self._count - self._committed
+        self._last_commit = _clock()
+
+    def _metadata(self, *, closed: bool, rows: Callable[[GrowableNpyFile], int]) -> Metadata:
+        """The metadata naming ``rows(file)`` rows of each data file."""
         schema = self._schema
         ragged = schema.ragged if schema is not None else ()
-        # Counts only: a file's committed rows lag its used rows until sync().
-        meta = Metadata(
+        return Metadata(
             schema=schema,
-            count=self._files["steps"].committed if "steps" in self._files else self._committed,
-            rows={n: self._files[n].committed if n in self._files else 0 for n in ragged},
+            count=rows(self._files["steps"]) if "steps" in self._files else self._committed,
+            rows={n: rows(self._files[n]) if n in self._files else 0 for n in ragged},
             times=self._times,
             dropped=self._dropped.to_json(),
             attrs=self._attrs,
@@ -589,9 +601,3 @@ class NpyDirectory:
             updated=now_iso(),
             closed=closed,
         )
-        text = json.dumps(meta.to_json(), allow_nan=False, separators=(",", ":"))
-        replace_atomically(self._path, METADATA_TMP, METADATA, text.encode("utf-8"))
-        self._committed = meta.count
-        self._dropped_dirty = False
-        self._since_commit = self._count - self._committed
-        self._last_commit = _clock()
