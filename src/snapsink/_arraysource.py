@@ -39,7 +39,7 @@ class ArraySource:
         self._attrs = dict(attrs or {})
         self._dropped = np.asarray(sorted(dropped_steps), dtype=np.int64)
 
-    # Deliberate parallel of H5MDSource's accessors (stores/_hdf5md.py): each
+    # Deliberate parallel of H5MDSource's accessors (stores/_h5mdread.py): each
     # Source answers the protocol from the fields it holds.
     def steps(self) -> np.ndarray[Any, np.dtype[np.int64]]:
         return self._steps

@@ -7,7 +7,7 @@
 - :func:`check_format_version`: the one rule for a store's format version;
 - :func:`check_dropped_total`: the cap on what a reader materializes.
 
-The formats' own modules (``_npyfile``, ``_zarrplan``) keep what differs.
+The formats' own modules (``_npyformat``, ``_zarrplan``, ``_hdf5plan``) keep what differs.
 """
 
 from __future__ import annotations

@@ -243,7 +243,7 @@ class H5MDSource:
         )
         self.length = n
 
-    # Deliberate parallel of ArraySource.steps ... attrs (_trajectory.py): the
+    # Deliberate parallel of ArraySource.steps ... attrs (_arraysource.py): the
     # Source protocol's getters of what refresh computed. Not a subclass of
     # ArraySource: its chunk reads (opener None, "in-memory arrays travel with
     # the graph") must not apply to h5py datasets.
