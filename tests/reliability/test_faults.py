@@ -108,6 +108,10 @@ def install(mp: pytest.MonkeyPatch, fault: Fault, where: str) -> None:
 
 
 def make_store(kind: str, path: Path, **kw: Any) -> Any:
+    if kind == "hdf5":
+        pytest.importorskip("h5py")
+        ce = kw.pop("commit_every", 3)
+        return snapsink.HDF5Store(path, chunk_frames=4, commit_every=ce, **kw)
     if kind == "npy":
         return snapsink.NpyDirectory(path, commit_every=kw.pop("commit_every", 3), **kw)
     return snapsink.ZarrStore(path, chunk_frames=4, commit_every=kw.pop("commit_every", 3), **kw)
@@ -155,6 +159,10 @@ CASES = [
     ("zarr", "zarr_put", errno.ENOSPC),
     ("zarr", "zarr_put", errno.EIO),
     ("zarr", "fsync", errno.EIO),
+    # HDF5 writes through its own C library: the fault is injected at the
+    # store's fsync (a real full disk: the tmpfs test below)
+    ("hdf5", "fsync", errno.EIO),
+    ("hdf5", "fsync", errno.ENOSPC),
 ]
 
 
@@ -190,7 +198,7 @@ async def append_more(kind: str, path: Path, start: int, count: int) -> None:
             await sink.write(frame_for(s), step=s, time=time_of(s))
 
 
-@pytest.mark.parametrize("kind", ["npy", "zarr"])
+@pytest.mark.parametrize("kind", ["npy", "zarr", "hdf5"])
 async def test_failed_sync_is_never_followed_by_a_commit(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch, kind: str
 ) -> None:
@@ -200,6 +208,8 @@ async def test_failed_sync_is_never_followed_by_a_commit(
     path = tmp_path / "store"
     fault = Fault(path, errno.EIO, f"{kind}:sync-once:EIO")
     install(monkeypatch, fault, "datasync" if kind == "npy" else "fsync")
+    if kind == "hdf5":
+        pytest.importorskip("h5py")
     real_on_fd = fault.on_fd
 
     def once(fd: int) -> None:
@@ -238,7 +248,7 @@ async def test_permission_denied_creating_the_files(
     assert assert_prefix(path) == 0
 
 
-@pytest.mark.parametrize("kind", ["npy", "zarr"])
+@pytest.mark.parametrize("kind", ["npy", "zarr", "hdf5"])
 async def test_permission_denied_opening_the_store(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch, kind: str
 ) -> None:
@@ -247,7 +257,7 @@ async def test_permission_denied_opening_the_store(
     path = tmp_path / "store"
     fault = Fault(tmp_path, errno.EACCES, f"{kind}:open-store:EACCES")
     fault.armed = True
-    install(monkeypatch, fault, "open" if kind == "npy" else "zarr_put")
+    install(monkeypatch, fault, "zarr_put" if kind == "zarr" else "open")
     with pytest.raises(PermissionError, match="store"):
         async with Sink(make_store(kind, path), schema=SCHEMA, writer="thread"):
             pytest.fail("the sink must not open")
@@ -281,7 +291,7 @@ async def test_store_directory_removed_mid_run(tmp_path: Path, kind: str) -> Non
 
 
 # -- a real full disk (the tiny_fs fixture: tests/conftest.py) -----------------------
-@pytest.mark.parametrize("kind", ["npy", "zarr"])
+@pytest.mark.parametrize("kind", ["npy", "zarr", "hdf5"])
 async def test_real_enospc_on_a_full_tmpfs(tiny_fs: Path, kind: str) -> None:
     path = tiny_fs / "store"
     FAULTS_INJECTED.append(f"{kind}:tmpfs:ENOSPC")
