@@ -306,6 +306,29 @@ def test_a_store_is_made_whole_beside_the_path_before_the_path_names_it(
     assert snapsink.open(path2)["v"][:].tolist() == [0.0, 1.0, 2.0]
 
 
+def test_a_new_file_another_writer_already_holds_is_made_in_place(tmp_path: Path) -> None:
+    """Two writers of one new file (groups a and b), b holding it first: a must
+    not rename a remade file over the one b holds (b would write a file no path
+    names): a makes it in place, and both groups land in the one file."""
+    from snapsink.stores._hdf5session import StoreFile
+
+    path = tmp_path / "two.h5"
+    a, b = HDF5Store(path, group="a"), HDF5Store(path, group="b")
+    held = StoreFile(str(path), "b", b, "b")  # b's descriptor and claim, as its open() takes
+    held.locks.claim("b")
+    a.open()
+    assert path.stat().st_ino == os.fstat(held.fd).st_ino  # the file b holds
+    held.release()
+    b.open()
+    for store, value in ((a, 1.0), (b, 2.0)):
+        store.prepare(SCHEMA, times=True)
+        store.append(Batch([Frame(0, 0.0, {"v": np.float64(value)})]))
+        store.close()
+    assert list_hdf5_groups(path) == ["a", "b"]
+    assert snapsink.open(path, group="a")["v"][:].tolist() == [1.0]
+    assert snapsink.open(path, group="b")["v"][:].tolist() == [2.0]
+
+
 def test_mode_a_on_a_missing_file_creates_it(tmp_path: Path) -> None:
     path = tmp_path / "deep" / "new.h5"
     assert write(HDF5Store(path, mode="a"), SCHEMA, _frames(0, 3), times=True) is None

@@ -170,9 +170,16 @@ def _create_file(
 ) -> Claimed:
     """A new file holding the new group, made whole before the path names it
     (:meth:`StoreFile.remake`): a kill leaves the empty file, or the old one
-    that ``mode="w"`` replaces, never a torn one."""
+    that ``mode="w"`` replaces, never a torn one. Where another writer already
+    holds the (empty) file, for a group of its own, it is made in place: a
+    remade file would leave that writer holding a file no path names."""
     claimed = Claimed(attrs)
-    sf.remake(lambda f: _lay_out(f, sf.group, claimed, static))
+    if sf.shared_with_others():
+        sf.new_file()
+        with sf.file(swmr=False, locked=True) as f:
+            _lay_out(f, sf.group, claimed, static)
+    else:
+        sf.remake(lambda f: _lay_out(f, sf.group, claimed, static))
     return claimed
 
 

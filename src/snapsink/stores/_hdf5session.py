@@ -131,6 +131,17 @@ class StoreFile:
                     with contextlib.suppress(FileNotFoundError):
                         os.unlink(entry.path)
 
+    def new_file(self) -> None:
+        """Create (or truncate) the file in place: the latest format (SWMR), no
+        free-space reuse (a chunk freed mid-session is never overwritten
+        before a commit names its replacement). Not crash safe (see
+        :meth:`remake`): only where others hold the file."""
+        h5py = import_h5py()
+        self._check_unchanged()
+        HANDLES.release(self.path)
+        h5py.File(self.path, "w", libver="latest", locking=False, fs_strategy="none").close()
+        fsync_fd(self.fd)
+
     def shared_with_others(self) -> bool:
         """Whether another writer or reader holds a lock on the file (so that
         :meth:`remake` would pull it from under them)."""
