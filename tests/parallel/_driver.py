@@ -1,0 +1,131 @@
+"""One rank of a parallel write, launched by tests/parallel/test_*.py.
+
+Run under ``mpiexec -n N python _driver.py ...`` (``--backend mpi``) or started
+by ``torch.multiprocessing.spawn`` (``run_torch``). Every rank writes its
+quarter (or half) of a 2-D field ``rho`` and its ragged ``particles`` every
+step, through its own SyncSink on a ZarrStore given the communicator.
+
+The values are a pure function of (step, global position) and (step, rank), so
+the test recomputes the expected trajectory without talking to the ranks
+(:func:`expected_rho`, :func:`expected_particles`).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import sys
+import time
+from typing import Any
+
+import numpy as np
+
+NY, NX = 16, 24
+
+
+def grid(size: int) -> tuple[int, int]:
+    """Ranks along (y, x): 4 -> 2 x 2, 2 -> 1 x 2, 1 -> 1 x 1."""
+    return {1: (1, 1), 2: (1, 2), 4: (2, 2)}[size]
+
+
+def block(rank: int, size: int) -> tuple[slice, slice]:
+    gy, gx = grid(size)
+    by, bx = NY // gy, NX // gx
+    y, x = divmod(rank, gx)
+    return slice(y * by, (y + 1) * by), slice(x * bx, (x + 1) * bx)
+
+
+def expected_rho(step: int) -> np.ndarray[Any, Any]:
+    y, x = np.mgrid[0:NY, 0:NX]
+    return (step * 1000.0 + y * NX + x).astype(np.float32)
+
+
+def expected_particles(step: int, rank: int) -> np.ndarray[Any, Any]:
+    n = (step + rank) % 4 + 1  # 1..4 rows, changing every step
+    base = np.arange(n * 3, dtype=np.float64).reshape(n, 3)
+    return base + step * 100.0 + rank * 10.0
+
+
+def write(comm: Any, rank: int, size: int, args: argparse.Namespace) -> None:
+    import snapsink
+
+    mine = block(rank, size)
+    store = snapsink.ZarrStore(
+        args.path,
+        mode=args.mode,
+        comm=comm,
+        region={"rho": mine},
+        chunks={k: tuple(v) for k, v in json.loads(args.chunks).items()} if args.chunks else None,
+        commit_every=args.commit_every,
+        attrs={"run": "parallel"},
+    )
+    schema = snapsink.Schema(
+        {
+            "rho": snapsink.Field("float32", (mine[0].stop - mine[0].start,
+                                              mine[1].stop - mine[1].start)),
+            "energy": snapsink.Field("float64", ()),
+            "particles": snapsink.Field("float64", (None, 3)),
+        }
+    )  # fmt: skip
+    with snapsink.SyncSink(store, schema=schema, capacity=4, policy="block") as sink:
+        for step in range(args.start, args.start + args.steps):
+            sink.write(
+                {
+                    "rho": expected_rho(step)[mine],
+                    "energy": float(step) * 0.5,
+                    "particles": expected_particles(step, rank),
+                },
+                step=step,
+                time=step * 0.1,
+            )
+            if args.flush_every and (step + 1) % args.flush_every == 0:
+                sink.flush()
+                if args.progress:
+                    with open(f"{args.progress}.{rank}", "w") as f:
+                        f.write(f"{step} {os.getpid()}\n")
+            if args.sleep:
+                time.sleep(args.sleep)
+
+
+def parse(argv: list[str]) -> argparse.Namespace:
+    p = argparse.ArgumentParser()
+    p.add_argument("path")
+    p.add_argument("--mode", default="x")
+    p.add_argument("--start", type=int, default=0)
+    p.add_argument("--steps", type=int, default=12)
+    p.add_argument("--commit-every", type=int, default=5)
+    p.add_argument("--flush-every", type=int, default=0)
+    p.add_argument("--chunks", default="")
+    p.add_argument("--progress", default="")
+    p.add_argument("--sleep", type=float, default=0.0)
+    return p.parse_args(argv)
+
+
+def run_torch(rank: int, size: int, port: int, argv: list[str]) -> None:
+    """torch.multiprocessing.spawn's target: a gloo group of ``size`` processes."""
+    import torch.distributed as dist
+
+    os.environ["MASTER_ADDR"] = "127.0.0.1"
+    os.environ["MASTER_PORT"] = str(port)
+    dist.init_process_group("gloo", rank=rank, world_size=size)
+    try:
+        write(dist.group.WORLD, rank, size, parse(argv))
+    finally:
+        dist.destroy_process_group()
+
+
+def main() -> None:
+    args = parse(sys.argv[1:])
+    from mpi4py import MPI
+
+    comm = MPI.COMM_WORLD
+    try:
+        write(comm, comm.Get_rank(), comm.Get_size(), args)
+    except Exception as exc:
+        print(f"rank {comm.Get_rank()}: {type(exc).__name__}: {exc}", file=sys.stderr, flush=True)
+        sys.exit(3)
+
+
+if __name__ == "__main__":
+    main()
