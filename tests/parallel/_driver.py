@@ -47,9 +47,36 @@ def expected_particles(step: int, rank: int) -> np.ndarray[Any, Any]:
     return base + step * 100.0 + rank * 10.0
 
 
+def record_writes(path: str) -> None:
+    """Append the path of every file this rank's store writes to ``path``: chunk
+    files (the block writer) and zarr's own metadata (``zarr.json``)."""
+    from snapsink.stores import _zarrio
+
+    def log(target: object) -> None:
+        with open(path, "a") as f:
+            f.write(f"{target}\n")
+
+    write_file = _zarrio.write_file
+
+    def recording_write_file(target: Any, *args: Any, **kwargs: Any) -> bool:
+        log(target)
+        return write_file(target, *args, **kwargs)
+
+    durable_set = _zarrio.DurableLocalStore._durable_set
+
+    async def recording_set(self: Any, key: str, value: Any, *, exclusive: bool) -> None:
+        log(self.root / key)
+        await durable_set(self, key, value, exclusive=exclusive)
+
+    _zarrio.write_file = recording_write_file  # type: ignore[assignment]
+    _zarrio.DurableLocalStore._durable_set = recording_set  # type: ignore[method-assign]
+
+
 def write(comm: Any, rank: int, size: int, args: argparse.Namespace) -> None:
     import snapsink
 
+    if args.record:
+        record_writes(f"{args.record}.{rank}")
     mine = block(rank, size)
     store = snapsink.ZarrStore(
         args.path,
@@ -99,6 +126,7 @@ def parse(argv: list[str]) -> argparse.Namespace:
     p.add_argument("--chunks", default="")
     p.add_argument("--progress", default="")
     p.add_argument("--sleep", type=float, default=0.0)
+    p.add_argument("--record", default="")
     return p.parse_args(argv)
 
 
@@ -123,8 +151,17 @@ def main() -> None:
     try:
         write(comm, comm.Get_rank(), comm.Get_size(), args)
     except Exception as exc:
+        while exc.__cause__ is not None and not isinstance(exc, snapsink_errors()):
+            exc = exc.__cause__  # type: ignore[assignment]
         print(f"rank {comm.Get_rank()}: {type(exc).__name__}: {exc}", file=sys.stderr, flush=True)
         sys.exit(3)
+
+
+def snapsink_errors() -> tuple[type[BaseException], ...]:
+    """The store's own errors (a sink wraps them in WriterError)."""
+    import snapsink
+
+    return (snapsink.ConfigError, snapsink.SchemaError, snapsink.StoreStateError)
 
 
 if __name__ == "__main__":

@@ -237,6 +237,8 @@ class ParallelZarrStore(ZarrStore):
                 f"{self!r}: mode='a': the ranks' regions differ from the stored ones "
                 f"(stored {par.get('fields')}, got {self._layout_json()})"
             )
+        self._meta, user = parse_meta(attrs, repr(self))
+        self._attrs = {**user, **self._attrs}
         return None
 
     async def _join(self, attrs: dict[str, Any]) -> Resume | None:
