@@ -72,6 +72,27 @@ def record_writes(path: str) -> None:
     _zarrio.DurableLocalStore._durable_set = recording_set  # type: ignore[method-assign]
 
 
+def check_trajectory(path: Any, ranks: int, frames: int | None = None) -> Any:
+    """Every committed frame of ``path`` equals the driver's values, bit for bit
+    (for the tests)."""
+    import snapsink
+
+    traj = snapsink.open(path)
+    n = len(traj)
+    if frames is not None:
+        assert n == frames
+    np.testing.assert_array_equal(traj.steps, np.arange(n))
+    np.testing.assert_array_equal(traj.times, np.arange(n) * 0.1)
+    rho = traj["rho"][:]
+    assert rho.shape == (n, NY, NX)
+    for i in range(n):
+        assert np.array_equal(rho[i], expected_rho(i))
+        want = np.concatenate([expected_particles(i, r) for r in range(ranks)])
+        assert np.array_equal(traj["particles"][i], want)
+    np.testing.assert_array_equal(traj["energy"][:], np.arange(n) * 0.5)
+    return traj
+
+
 def write(comm: Any, rank: int, size: int, args: argparse.Namespace) -> None:
     import snapsink
 

@@ -26,7 +26,7 @@ import snapsink
 pytest.importorskip("mpi4py")
 xr = pytest.importorskip("xarray")
 
-from _driver import NX, NY, block, expected_particles, expected_rho  # noqa: E402
+from _driver import block, check_trajectory, expected_particles, expected_rho  # noqa: E402
 
 HERE = Path(__file__).parent
 DRIVER = HERE / "_driver.py"
@@ -48,24 +48,6 @@ def _env() -> dict[str, str]:
 def mpirun(n: int, *args: str, timeout: float = 60) -> subprocess.CompletedProcess[str]:
     cmd = [_mpiexec(), "-n", str(n), sys.executable, str(DRIVER), *args]
     return subprocess.run(cmd, env=_env(), capture_output=True, text=True, timeout=timeout)
-
-
-def check_trajectory(path: Path, ranks: int, frames: int | None = None) -> snapsink.Trajectory:
-    """Every committed frame of ``path`` equals the driver's values, bit for bit."""
-    traj = snapsink.open(path)
-    n = len(traj)
-    if frames is not None:
-        assert n == frames
-    np.testing.assert_array_equal(traj.steps, np.arange(n))
-    np.testing.assert_array_equal(traj.times, np.arange(n) * 0.1)
-    rho = traj["rho"][:]
-    assert rho.shape == (n, NY, NX)
-    for i in range(n):
-        assert np.array_equal(rho[i], expected_rho(i))
-        want = np.concatenate([expected_particles(i, r) for r in range(ranks)])
-        assert np.array_equal(traj["particles"][i], want)
-    np.testing.assert_array_equal(traj["energy"][:], np.arange(n) * 0.5)
-    return traj
 
 
 def _chunk_files(record: Path) -> set[str]:

@@ -155,9 +155,7 @@ class ParallelZarrStore(ZarrStore):
         return f"<ZarrStore {self._root} rank {self._rank}/{self._comm.size} mode={self._mode!r}>"
 
     # -- collectives ------------------------------------------------------------
-    async def _together(
-        self, step: Callable[..., Awaitable[Any]] | None, *args: Any
-    ) -> list[Any]:
+    async def _together(self, step: Callable[..., Awaitable[Any]] | None, *args: Any) -> list[Any]:
         """Run ``step`` here, then share every rank's result or failure: the same
         error on every rank (the failing rank's own), or every rank's result."""
         result: Any = None

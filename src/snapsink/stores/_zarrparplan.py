@@ -137,10 +137,10 @@ class FieldLayout:
         for (start, stop), c in zip(extent, self.chunk, strict=True):
             per_dim.append([(k, slice(k * c - start, (k + 1) * c - start))
                             for k in range(start // c, stop // c)])  # fmt: skip
-        out = []
-        for combo in itertools.product(*per_dim):
-            out.append((tuple(k for k, _ in combo), tuple(s for _, s in combo)))
-        return out
+        return [
+            (tuple(k for k, _ in combo), tuple(s for _, s in combo))
+            for combo in itertools.product(*per_dim)
+        ]
 
     def local_shape(self, rank: int) -> tuple[int, ...]:
         return tuple(b - a for a, b in self.extents[rank])

@@ -135,6 +135,6 @@ class RankedRagged:
         last = int(np.searchsorted(off, stop, side="left"))
         first = max(0, min(first, self.count))
         last = max(first, min(last, self.count))
-        data, rel = self.read(first, last)
+        data, _ = self.read(first, last)
         base = int(off[first])
         return data[start - base : stop - base]
