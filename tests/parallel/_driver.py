@@ -108,6 +108,7 @@ def write(comm: Any, rank: int, size: int, args: argparse.Namespace) -> None:
         commit_every=args.commit_every,
         attrs={"run": "parallel"},
     )
+    assert store.describe() is None  # writer="auto" picks the thread
     schema = snapsink.Schema(
         {
             "rho": snapsink.Field("float32", (mine[0].stop - mine[0].start,
@@ -117,7 +118,8 @@ def write(comm: Any, rank: int, size: int, args: argparse.Namespace) -> None:
         }
     )  # fmt: skip
     with snapsink.SyncSink(store, schema=schema, capacity=4, policy="block") as sink:
-        for step in range(args.start, args.start + args.steps):
+        first = args.start + (rank if args.skew else 0)  # --skew: misaligned steps
+        for step in range(first, first + args.steps):
             sink.write(
                 {
                     "rho": expected_rho(step)[mine],
@@ -148,6 +150,7 @@ def parse(argv: list[str]) -> argparse.Namespace:
     p.add_argument("--progress", default="")
     p.add_argument("--sleep", type=float, default=0.0)
     p.add_argument("--record", default="")
+    p.add_argument("--skew", action="store_true")
     return p.parse_args(argv)
 
 

@@ -108,6 +108,15 @@ def test_two_ranks_smaller_chunks_and_a_misaligned_one(tmp_path: Path) -> None:
     assert "(16, 12)" in bad.stderr and "got (5, 6)" in bad.stderr
 
 
+def test_ranks_writing_other_steps_fail_clearly(tmp_path: Path) -> None:
+    path = tmp_path / "run.zarr"
+    out = mpirun(2, str(path), "--steps", "4", "--skew")
+    assert out.returncode != 0
+    assert "StoreStateError" in out.stderr and "ranks disagree at a commit" in out.stderr
+    traj = snapsink.open(path)  # nothing of the disagreeing frames is committed
+    assert len(traj) == 0
+
+
 def _progress(prefix: Path, ranks: int) -> dict[int, tuple[int, int]]:
     """``{rank: (last flushed step, pid)}`` of the ranks that flushed yet."""
     out = {}
