@@ -24,6 +24,7 @@ The reader side (:class:`ZarrSource`, :func:`open_zarr`, :func:`list_groups`,
 
 from __future__ import annotations
 
+import inspect
 import os
 import time
 import weakref
@@ -563,3 +564,12 @@ class ZarrStore:
         last_step = int(await last_row(self._columns["steps"], meta.count))
         last_time = float(await last_row(self._columns["times"], meta.count)) if times else None
         return Resume(meta.schema, meta.count, last_step, last_time, times)
+
+
+# ZarrStore.__new__ only picks the class (one rank of many when comm is given):
+# the signature users see (help(), inspect.signature, the docs) is __init__'s.
+_init_params = list(inspect.signature(ZarrStore.__init__).parameters.values())[1:]
+setattr(  # noqa: B010 - a class attribute inspect reads, set once its __init__ exists
+    ZarrStore, "__signature__", inspect.Signature(_init_params)
+)
+del _init_params
