@@ -93,9 +93,29 @@ def check_trajectory(path: Any, ranks: int, frames: int | None = None) -> Any:
     return traj
 
 
+def fail_writes_after(calls: int) -> None:
+    """This rank's block writes fail (EIO) after ``calls`` of them: a disk error."""
+    import errno
+
+    from snapsink.stores import _zarrblocks
+
+    write = _zarrblocks.BlockIO.write
+    count = [0]
+
+    async def failing_write(self: Any, *args: Any, **kwargs: Any) -> None:
+        count[0] += 1
+        if count[0] > calls:
+            raise OSError(errno.EIO, "injected I/O error")
+        await write(self, *args, **kwargs)
+
+    _zarrblocks.BlockIO.write = failing_write  # type: ignore[method-assign]
+
+
 def write(comm: Any, rank: int, size: int, args: argparse.Namespace) -> None:
     import snapsink
 
+    if args.fail_rank == rank:
+        fail_writes_after(args.fail_after)
     if args.record:
         record_writes(f"{args.record}.{rank}")
     mine = block(rank, size)
@@ -151,6 +171,8 @@ def parse(argv: list[str]) -> argparse.Namespace:
     p.add_argument("--sleep", type=float, default=0.0)
     p.add_argument("--record", default="")
     p.add_argument("--skew", action="store_true")
+    p.add_argument("--fail-rank", type=int, default=-1)
+    p.add_argument("--fail-after", type=int, default=0)
     return p.parse_args(argv)
 
 

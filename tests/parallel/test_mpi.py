@@ -117,6 +117,20 @@ def test_ranks_writing_other_steps_fail_clearly(tmp_path: Path) -> None:
     assert len(traj) == 0
 
 
+def test_a_failing_rank_fails_every_rank_never_a_hang(tmp_path: Path) -> None:
+    path = tmp_path / "run.zarr"
+    # rank 1's disk fails after a few block writes; the others learn it at their
+    # next commit (every 3 frames) and fail too, instead of waiting for rank 1
+    out = mpirun(2, str(path), "--steps", "30", "--commit-every", "3",
+                 "--fail-rank", "1", "--fail-after", "8")  # fmt: skip
+    assert out.returncode != 0
+    assert "rank 1: " in out.stderr and "rank 0: " in out.stderr, out.stderr
+    assert "rank 1 failed" in out.stderr and "injected I/O error" in out.stderr
+    traj = check_trajectory(path, 2)  # the commits before the failure, bit-exact
+    assert 3 <= len(traj) < 30
+    assert len(traj) % 3 == 0
+
+
 def _progress(prefix: Path, ranks: int) -> dict[int, tuple[int, int]]:
     """``{rank: (last flushed step, pid)}`` of the ranks that flushed yet."""
     out = {}

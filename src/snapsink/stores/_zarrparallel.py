@@ -145,6 +145,7 @@ class ParallelZarrStore(ZarrStore):
         self._owned: list[tuple[Any, tuple[int, ...], Column]] = []
         self._loaded = False
         self._last_step: int | None = None
+        self._failure = ""  # why this rank's writes failed, for the other ranks
 
     def describe(self) -> None:
         """None: a store holding a communicator is written from a thread of its
@@ -407,19 +408,20 @@ class ParallelZarrStore(ZarrStore):
         at the same counts whatever its batches)."""
         self._check_usable()
         if batch.dropped_steps:
-            self._state = "failed"
-            raise ConfigError(
+            exc = ConfigError(
                 f"{self!r}: steps {batch.dropped_steps[:5]} were dropped; with comm every "
                 "rank must store the same steps: use policy='block' (or a Spill)"
             )
+            self._fail(exc)
+            raise exc
         frames = batch.frames
         while frames:
             room = self._commit_every - (self._frames - self._meta.count)
             part, frames = frames[:room], frames[room:]
             try:
                 await self._io.write(self._blocks_of(part))
-            except BaseException:
-                self._state = "failed"
+            except BaseException as exc:
+                self._fail(exc)
                 raise
             self._frames += len(part)
             self._last_step = part[-1].step
@@ -485,7 +487,9 @@ class ParallelZarrStore(ZarrStore):
 
     async def _drain(self) -> tuple[int, int | None]:
         if self._state == "failed":
-            raise StoreStateError(f"{self!r}: an earlier write failed on rank {self._rank}")
+            raise StoreStateError(
+                f"{self!r}: an earlier write failed on rank {self._rank} ({self._failure})"
+            )
         self._check_usable()
         await self._io.flush(self._columns.values())
         return self._frames, self._last_step
@@ -530,6 +534,12 @@ class ParallelZarrStore(ZarrStore):
                 self._comm.free()
 
     # -- internals ------------------------------------------------------------------
+    def _fail(self, exc: BaseException) -> None:
+        """This rank's write failed: no more frames; its next commit (or its close)
+        tells the other ranks why."""
+        self._state = "failed"
+        self._failure = f"{type(exc).__name__}: {exc}"
+
     def _check_usable(self) -> None:
         if self._state == "broken":
             raise StoreStateError(
