@@ -23,6 +23,7 @@ in the writer thread (blocking calls in worker threads of the writer's loop).
 
 from __future__ import annotations
 
+import builtins
 import contextlib
 import math
 import os
@@ -34,6 +35,7 @@ from typing import Any
 import anyio.to_thread
 import numpy as np
 
+from .. import _errors
 from .._comm import Communicator, as_communicator
 from .._errors import ConfigError, FormatError, SchemaError, StoreStateError
 from .._schema import Batch, Frame, Schema
@@ -91,13 +93,18 @@ class _Array:
     owner: int | None
 
 
-def _remote_error(cls: type[BaseException], msg: str) -> BaseException:
-    """Another rank's error, as the same class when it takes a message alone."""
-    try:
-        exc = cls(msg)
-    except Exception:
-        return StoreStateError(msg)
-    return exc if isinstance(exc, Exception) else StoreStateError(msg)
+def _remote_error(kind: str, msg: str) -> Exception:
+    """Another rank's error, by the name of its class: the same snapsink error or
+    built-in exception when it is one (and takes a message alone), else a
+    StoreStateError. Errors travel as names and messages, never pickled objects:
+    a class that cannot be pickled must not break the collective."""
+    cls = getattr(_errors, kind, None) or getattr(builtins, kind, None)
+    if isinstance(cls, type) and issubclass(cls, Exception):
+        try:
+            return cls(msg)
+        except Exception:
+            pass
+    return StoreStateError(f"{kind}: {msg}")
 
 
 class ParallelZarrStore(ZarrStore):
@@ -160,13 +167,13 @@ class ParallelZarrStore(ZarrStore):
         """Run ``step`` here, then share every rank's result or failure: the same
         error on every rank (the failing rank's own), or every rank's result."""
         result: Any = None
-        error: tuple[type[BaseException], str] | None = None
+        error: tuple[str, str] | None = None
         local: Exception | None = None
         if step is not None:
             try:
                 result = await step(*args)
             except Exception as exc:
-                local, error = exc, (type(exc), str(exc))
+                local, error = exc, (type(exc).__name__, str(exc))
         reports = await anyio.to_thread.run_sync(self._comm.allgather, (error, result))
         failed = [(r, e) for r, (e, _) in enumerate(reports) if e is not None]
         if local is not None:
