@@ -142,7 +142,7 @@ def main() -> dict[str, Any]:
     p.add_argument("--block-kib", type=int, default=1024, help="bytes per rank per frame")
     p.add_argument("--commit-every", type=int, default=16)
     p.add_argument("--repeats", type=int, default=3)
-    p.add_argument("--quick", action="store_true", help="32 frames of 256 KiB, best of 2")
+    p.add_argument("--quick", action="store_true", help="32 frames of 1 MiB, best of 2")
     p.add_argument(
         "--json",
         type=lambda s: Path(s) if s else None,
@@ -155,7 +155,7 @@ def main() -> dict[str, Any]:
         _rank_main(args)
         return {}
     if args.quick:
-        args.frames, args.block_kib, args.repeats, args.commit_every = 32, 256, 2, 8
+        args.frames, args.block_kib, args.repeats, args.commit_every = 32, 1024, 2, 16
     result = _report(_measure(args), args)
     if args.json and str(args.json):
         args.json.write_text(json.dumps(result, indent=2) + "\n")

@@ -49,7 +49,7 @@ def expected_particles(step: int, rank: int) -> np.ndarray[Any, Any]:
 
 def record_writes(path: str) -> None:
     """Append the path of every file this rank's store writes to ``path``: chunk
-    files (the block writer) and zarr's own metadata (``zarr.json``)."""
+    files (whole, or rows in place) and zarr's own metadata (``zarr.json``)."""
     from snapsink.stores import _zarrio
 
     def log(target: object) -> None:
@@ -68,7 +68,14 @@ def record_writes(path: str) -> None:
         log(self.root / key)
         await durable_set(self, key, value, exclusive=exclusive)
 
+    chunk_fd = _zarrio.BlockWriter._chunk_fd
+
+    def recording_chunk_fd(self: Any, target: Any, chunk: Any) -> int:
+        log(chunk)  # rows written in place
+        return chunk_fd(self, target, chunk)
+
     _zarrio.write_file = recording_write_file  # type: ignore[assignment]
+    _zarrio.BlockWriter._chunk_fd = recording_chunk_fd  # type: ignore[method-assign]
     _zarrio.DurableLocalStore._durable_set = recording_set  # type: ignore[method-assign]
 
 

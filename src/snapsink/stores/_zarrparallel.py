@@ -41,7 +41,7 @@ from .._errors import ConfigError, FormatError, SchemaError, StoreStateError
 from .._schema import Batch, Frame, Schema
 from .._store import Resume
 from ._zarrclaim import check_not_removed
-from ._zarrcolumns import Column
+from ._zarrcolumns import Column, Run
 from ._zarrgroup import ARRAY_CONFIG, open_group
 from ._zarrobject import is_url
 from ._zarrparplan import (
@@ -392,12 +392,21 @@ class ParallelZarrStore(ZarrStore):
         fresh: bool,
     ) -> Column:
         """A column over ``arr`` holding ``length`` rows; for a chunk of a
-        decomposed field (``grid``), rows are that chunk's part of each frame."""
+        decomposed field (``grid``), rows are that chunk's part of each frame.
+        A field's rows go in place into their chunk files when the chunks are
+        the rows' own bytes (as ZarrStore's, :func:`._zarrio.writes_in_place`);
+        otherwise the trailing partial block is read back into its buffer."""
         row_shape = plan.row_shape
         if sel is not None:
             row_shape = tuple(s.stop - s.start for s in sel)
         chunk = int(arr.chunks[0])
         actual = ArrayPlan(plan.name, plan.dtype, row_shape, chunk, None, plan.dims)
+        empty = RowBuffer(plan.dtype, row_shape, chunk)
+        field = plan.name not in ("steps", "times") and not plan.name.endswith(".offsets")
+        in_place = field and ".rank" not in plan.name
+        col = Column(actual, arr, empty, self._root, in_place=in_place, length=length, grid=grid)
+        if col.direct is not None:
+            return col
         start = length - length % chunk
         tail = None
         if length > start and not fresh:
@@ -406,8 +415,8 @@ class ParallelZarrStore(ZarrStore):
                 where += tuple(slice(g * (s.stop - s.start), (g + 1) * (s.stop - s.start))
                                for g, s in zip(grid, sel, strict=True))  # fmt: skip
             tail = np.asarray(await arr.getitem(where))
-        buf = RowBuffer(plan.dtype, row_shape, chunk, length, tail)
-        return Column(actual, arr, buf, self._root, grid=grid)
+        col.buf = RowBuffer(plan.dtype, row_shape, chunk, length, tail)
+        return col
 
     async def append(self, batch: Batch) -> None:
         """Buffer and write this rank's part of ``batch``; commit together at every
@@ -426,7 +435,7 @@ class ParallelZarrStore(ZarrStore):
             room = self._commit_every - (self._frames - self._meta.count)
             part, frames = frames[:room], frames[room:]
             try:
-                await self._io.write(self._blocks_of(part))
+                await self._io.write(*self._blocks_of(part))
             except BaseException as exc:
                 self._fail(exc)
                 raise
@@ -435,9 +444,12 @@ class ParallelZarrStore(ZarrStore):
             if self._frames - self._meta.count >= self._commit_every:
                 await self.commit()
 
-    def _blocks_of(self, frames: list[Frame]) -> list[tuple[Column, Block]]:
+    def _blocks_of(self, frames: list[Frame]) -> tuple[list[tuple[Column, Block]], list[Run]]:
+        """This rank's rows of ``frames``: the full blocks to write, and the runs
+        of rows written in place (as :func:`._zarrcolumns.blocks_of`)."""
         n = len(frames)
         out: list[tuple[Column, Block]] = []
+        runs: list[Run] = []
 
         def push(col: Column, rows: np.ndarray[Any, Any]) -> None:
             out.extend((col, b) for b in col.buf.push(rows, owned=True))
@@ -456,12 +468,23 @@ class ParallelZarrStore(ZarrStore):
                 counts = np.fromiter((len(a) for a in arrays), np.int64, n)
                 push(pick.offsets, col.length + np.cumsum(counts))
                 push(col, np.concatenate(arrays))
-            elif pick.kind == "field":
-                arrays = [f.fields[pick.name] for f in frames]
+            else:
+                arrays = [np.asarray(f.fields[pick.name]) for f in frames]
                 if pick.sel is not None:
-                    arrays = [np.asarray(a)[pick.sel] for a in arrays]
-                out.extend((col, b) for b in col.buf.push_frames(arrays))
-        return out
+                    arrays = [a[pick.sel] for a in arrays]
+                if col.direct is None:
+                    out.extend((col, b) for b in col.buf.push_frames(arrays))
+                    continue
+                for index, row, i, j, full in col.direct.runs(n):
+                    # a chunk's part of a frame is copied once, contiguous (owned)
+                    part = [np.ascontiguousarray(a) for a in arrays[i:j]]
+                    # owned: a copy nobody else holds (else a view of the sink's
+                    # slot, which the write must finish with before append returns)
+                    owned = len(part) > 1 or part[0] is not arrays[i]
+                    if len(part) > 1:
+                        part = [np.stack(part)]
+                    runs.append((col, index, row, part, full, owned))
+        return out, runs
 
     async def commit(self) -> None:
         """Collective: every rank's rows durable; the ranks agree on the count (the
