@@ -66,6 +66,15 @@ def test_four_ranks_write_one_trajectory(tmp_path: Path) -> None:
     index = traj._source.rank_index("particles")  # type: ignore[attr-defined]
     want = [[len(expected_particles(i, r)) for r in range(4)] for i in range(12)]
     np.testing.assert_array_equal(index, want)
+    # Dask: the ragged field's global rows and offsets, read in chunks over the ranks
+    pytest.importorskip("dask")
+    arrays = traj.to_dask()
+    rows = np.concatenate([expected_particles(i, r) for i in range(12) for r in range(4)])
+    assert np.array_equal(arrays["particles"].compute(), rows)
+    assert np.array_equal(arrays["particles"][5:17].compute(), rows[5:17])
+    np.testing.assert_array_equal(
+        arrays["particles.offsets"].compute(), np.concatenate([[0], np.cumsum(np.sum(want, 1))])
+    )
     # plain xarray: the global field, and each rank's ragged rows as its own arrays
     ds = xr.open_zarr(path, consolidated=False)
     expected = np.stack([expected_rho(i) for i in range(12)])
