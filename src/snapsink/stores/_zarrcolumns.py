@@ -37,7 +37,9 @@ class Column:
 
     ``direct`` (a local directory, ``in_place`` asked for, and chunks that are
     the rows' own bytes, see :func:`._zarrio.writes_in_place`): rows go straight
-    from the frames into their chunk files; ``buf`` then stays empty.
+    from the frames into their chunk files; ``buf`` then stays empty. ``grid``:
+    the block's chunk coordinates along the other axes (a rank's chunk of a
+    field decomposed over ranks); rows are then that chunk's part of each frame.
     """
 
     __slots__ = ("array", "buf", "capacity", "direct", "encodes", "plan", "target")
@@ -51,6 +53,7 @@ class Column:
         *,
         in_place: bool = False,
         length: int = 0,
+        grid: tuple[int, ...] = (),
     ):
         self.plan = plan
         self.array = array
@@ -76,6 +79,7 @@ class Column:
                 spec,
                 meta.encode_chunk_key,
                 raw,
+                grid,
             )
             if in_place and raw:
                 self.direct = DirectRows(plan.chunk, length)

@@ -266,6 +266,9 @@ class BlockTarget:
     key: Any
     #: a chunk file is exactly its rows' memory (see :func:`writes_in_place`)
     raw: bool = False
+    #: chunk grid coordinates along the other axes (a rank's chunk of a field
+    #: decomposed over ranks, see :mod:`._zarrparallel`); () for zeros
+    grid: tuple[int, ...] = ()
 
     @property
     def shape(self) -> tuple[int, ...]:
@@ -277,7 +280,7 @@ class BlockTarget:
         return math.prod(self.shape[1:]) * int(self.spec.dtype.to_native_dtype().itemsize)
 
     def path(self, index: int) -> Path:
-        inner = (0,) * (len(self.shape) - 1)
+        inner = self.grid or (0,) * (len(self.shape) - 1)
         key: str = self.key((index, *inner))
         return self.directory / key
 

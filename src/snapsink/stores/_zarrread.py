@@ -14,6 +14,7 @@ import io
 import os
 import stat
 from collections.abc import AsyncIterator, Callable, Iterable, Iterator, Mapping
+from dataclasses import replace
 from typing import Any
 
 import numpy as np
@@ -41,8 +42,11 @@ from .._trajectory import Trajectory
 from ._lock import LOCK_NAME
 from ._npyfile import file_kind, open_in_store
 from ._rows import RowArraysSource, check_row_array, committed_rows
+from ._zarrparplan import rank_array
+from ._zarrparread import RankedRagged, parallel_ranks
 from ._zarrplan import (
     STATIC_GROUP,
+    ArrayPlan,
     Meta,
     check_group,
     is_snapsink_attrs,
@@ -178,6 +182,21 @@ def _decoding(where: str, what: str) -> Iterator[None]:
         raise FormatError(f"{where}: {what}: {type(exc).__name__}: {exc}") from exc
 
 
+def _stored_array(grp: Any, plan: ArrayPlan, need: int, where: str) -> Any:
+    """Array ``plan.name`` of ``grp``, checked against its plan and ``need`` rows."""
+    try:
+        with _decoding(where, f"array {plan.name!r}"):
+            arr = grp[plan.name]
+    except FormatError as exc:
+        if isinstance(exc.__cause__, KeyError):
+            raise FormatError(f"{where}: array {plan.name!r} is missing") from exc
+        raise
+    if not isinstance(arr, zarr.Array):
+        raise FormatError(f"{where}: {plan.name!r} is not an array")
+    check_row_array(where, "array", plan, arr.dtype, arr.shape, need)
+    return arr
+
+
 def _open_group_sync(store: ZarrStoreLike, path: str) -> Any:
     try:
         return zarr.open_group(store, path=path, mode="r", zarr_format=3)
@@ -246,20 +265,21 @@ class ZarrSource(RowArraysSource):
         where = f"zarr group {self._path or '/'!r} in {self._store}"
         meta, user = parse_meta(dict(grp.attrs), where)
         arrays: dict[str, Any] = {}
+        ranks = parallel_ranks(dict(grp.attrs), where)
+        ranked: set[str] = set()  # ragged fields in per-rank arrays (many ranks wrote)
         if meta.schema is not None:
+            if ranks is not None:
+                ranked = {n for n, f in meta.schema.items() if f.ragged}
             for plan in plan_arrays(meta.schema, times=bool(meta.times)):
-                try:
-                    with _decoding(where, f"array {plan.name!r}"):
-                        arr = grp[plan.name]
-                except FormatError as exc:
-                    if isinstance(exc.__cause__, KeyError):
-                        raise FormatError(f"{where}: array {plan.name!r} is missing") from exc
-                    raise
-                if not isinstance(arr, zarr.Array):
-                    raise FormatError(f"{where}: {plan.name!r} is not an array")
                 need = committed_rows(plan, meta.schema, meta.count)
-                check_row_array(where, "array", plan, arr.dtype, arr.shape, need)
-                arrays[plan.name] = arr
+                base = plan.name.removesuffix(".offsets")
+                if base not in ranked:
+                    arrays[plan.name] = _stored_array(grp, plan, need, where)
+                    continue
+                assert ranks is not None
+                for r in range(ranks):
+                    name = rank_array(base, r, offsets=base != plan.name)
+                    arrays[name] = _stored_array(grp, replace(plan, name=name), need, where)
         self._root = str(self._store.root) if isinstance(self._store, LocalStore) else None
         self._where = where
         self._group = grp
@@ -272,6 +292,10 @@ class ZarrSource(RowArraysSource):
         self._ragged_rows: dict[str, int] = {}
         self.schema = meta.schema
         self.length = meta.count
+        self._ranked = {
+            name: RankedRagged(name, ranks or 1, meta.count, self._get, self._stored_rows, where)
+            for name in ranked
+        }
 
     def static(self) -> Mapping[str, np.ndarray[Any, Any]]:
         if self._static is None:
@@ -328,7 +352,49 @@ class ZarrSource(RowArraysSource):
                 )
 
     def _holds(self, key: str) -> bool:
-        return key in self._arrays
+        return key in self._arrays or key.removesuffix(".offsets") in self._ranked
+
+    # -- ragged fields written by many ranks (per-rank arrays, read as one) --------
+    def read_ragged(
+        self, name: str, start: int, stop: int
+    ) -> tuple[np.ndarray[Any, Any], np.ndarray[Any, np.dtype[np.int64]]]:
+        """Rows of frames ``[start, stop)`` of ragged field ``name`` and their offsets
+        (a field written by many ranks: each frame's rows in rank order)."""
+        ranked = self._ranked.get(name)
+        if ranked is None:
+            return super().read_ragged(name, start, stop)
+        self._check_range(start, stop)
+        return ranked.read(start, stop)
+
+    def rank_index(self, name: str) -> np.ndarray[Any, Any]:
+        """Rows per rank of each frame of a ragged field written by many ranks:
+        shape ``(frames, ranks)``; frame ``i``'s rows from rank ``r`` follow those
+        of the ranks before it.
+
+        Raises
+        ------
+        KeyError
+            ``name`` is not a ragged field written by many ranks.
+        """
+        if name not in self._ranked:
+            raise KeyError(f"{name!r} is not a ragged field written by many ranks")
+        return self._ranked[name].index()
+
+    def array_rows(self, key: str) -> int:
+        ranked = self._ranked.get(key)
+        if ranked is not None:
+            return int(ranked.offsets()[-1])
+        return super().array_rows(key)
+
+    def read_rows(self, key: str, start: int, stop: int) -> np.ndarray[Any, Any]:
+        base = key.removesuffix(".offsets")
+        ranked = self._ranked.get(base)
+        if ranked is None:
+            return super().read_rows(key, start, stop)
+        rows = self.length + 1 if base != key else int(ranked.offsets()[-1])
+        if not 0 <= start <= stop <= rows:
+            raise IndexError(f"rows [{start}, {stop}) out of range for {rows} rows of {key!r}")
+        return ranked.offsets()[start:stop] if base != key else ranked.rows(start, stop)
 
     def _stored_rows(self, key: str) -> int:
         return int(self._arrays[key].shape[0])
@@ -336,6 +402,9 @@ class ZarrSource(RowArraysSource):
     # -- chunk reads (snapsink._dask.ChunkedSource; the rest in RowArraysSource) --
     def array_chunk(self, key: str) -> int:
         """Rows per chunk of array ``key`` (zarr's inner chunks when sharded)."""
+        base = key.removesuffix(".offsets")
+        if base in self._ranked:  # rank 0's arrays' chunking
+            key = rank_array(base, 0, offsets=base != key)
         with _decoding(self._where, f"array {key!r}"):
             return int(self._arrays[key].chunks[0])
 

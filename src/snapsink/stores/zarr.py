@@ -24,6 +24,7 @@ The reader side (:class:`ZarrSource`, :func:`open_zarr`, :func:`list_groups`,
 
 from __future__ import annotations
 
+import inspect
 import os
 import time
 import weakref
@@ -151,6 +152,22 @@ class ZarrStore:
     storage_options
         For a URL ``store``: fsspec's options for its filesystem (for S3,
         s3fs's: ``key``, ``secret``, ``endpoint_url``, ``client_kwargs``, ...).
+    comm
+        Many ranks, one trajectory: an mpi4py communicator or a
+        ``torch.distributed`` process group. Every rank builds its store with
+        the same path and arguments and its own ``region``, and writes its own
+        sink; see ``docs/guides/many-ranks.md`` (rules: policy ``"block"``,
+        the same steps on every rank, ``flush()``/``close()`` called by all
+        ranks together; a local path only; ``commit_seconds`` must be None).
+    region
+        With ``comm``: this rank's block of each decomposed field, as slices of
+        the global per-frame array, e.g. ``{"rho": (slice(0, 64), slice(64, 128))}``.
+        Ragged fields hold each rank's rows (frame ``i`` reads as the
+        concatenation over ranks, in rank order); other fields, steps and times
+        are written by rank 0 alone.
+    chunks
+        With ``comm``: spatial chunk shapes of decomposed fields; default, per
+        dimension, the largest divisor of every rank boundary.
 
     Raises
     ------
@@ -188,7 +205,12 @@ class ZarrStore:
         commit_every: int = 1024,
         commit_seconds: float | None = 5.0,
         storage_options: Mapping[str, Any] | None = None,
+        comm: object = None,
+        region: Mapping[str, Any] | None = None,
+        chunks: Mapping[str, tuple[int, ...]] | None = None,
     ):
+        if comm is None and (region is not None or chunks is not None):
+            raise ConfigError("region and chunks: only with comm (many ranks, one store)")
         self._mode = check_mode(mode)
         #: the URL and its storage options, for a store made from a URL
         target, self._url, self._storage_options = _from_url(store, storage_options)
@@ -216,6 +238,16 @@ class ZarrStore:
         self._last_commit = time.monotonic()
         self._state = "new"  # new -> open -> closed; "failed" after a failed write
         self._lock: StoreLock | None = None  # the single-writer lock, from open to close
+
+    def __new__(cls, *args: Any, comm: object = None, **kwargs: Any) -> ZarrStore:
+        # ZarrStore(..., comm=comm) is the store of one rank of many
+        # (stores/_zarrparallel.py): a subclass, so the single-writer class keeps
+        # its own life cycle and the rank's store adds the collectives.
+        if comm is not None and cls is ZarrStore:
+            from ._zarrparallel import ParallelZarrStore
+
+            return super().__new__(ParallelZarrStore)
+        return super().__new__(cls)
 
     def describe(self) -> StoreSpec | None:
         """How a writer process builds this store again, or None when it cannot.
@@ -532,3 +564,12 @@ class ZarrStore:
         last_step = int(await last_row(self._columns["steps"], meta.count))
         last_time = float(await last_row(self._columns["times"], meta.count)) if times else None
         return Resume(meta.schema, meta.count, last_step, last_time, times)
+
+
+# ZarrStore.__new__ only picks the class (one rank of many when comm is given):
+# the signature users see (help(), inspect.signature, the docs) is __init__'s.
+_init_params = list(inspect.signature(ZarrStore.__init__).parameters.values())[1:]
+setattr(  # noqa: B010 - a class attribute inspect reads, set once its __init__ exists
+    ZarrStore, "__signature__", inspect.Signature(_init_params)
+)
+del _init_params

@@ -1,0 +1,221 @@
+"""One rank of a parallel write, launched by tests/parallel/test_*.py.
+
+Run under ``mpiexec -n N python _driver.py ...`` (``--backend mpi``) or started
+by ``torch.multiprocessing.spawn`` (``run_torch``). Every rank writes its
+quarter (or half) of a 2-D field ``rho`` and its ragged ``particles`` every
+step, through its own SyncSink on a ZarrStore given the communicator.
+
+The values are a pure function of (step, global position) and (step, rank), so
+the test recomputes the expected trajectory without talking to the ranks
+(:func:`expected_rho`, :func:`expected_particles`).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import sys
+import time
+from typing import Any
+
+import numpy as np
+
+NY, NX = 16, 24
+
+
+def grid(size: int) -> tuple[int, int]:
+    """Ranks along (y, x): 4 -> 2 x 2, 2 -> 1 x 2, 1 -> 1 x 1."""
+    return {1: (1, 1), 2: (1, 2), 4: (2, 2)}[size]
+
+
+def block(rank: int, size: int) -> tuple[slice, slice]:
+    gy, gx = grid(size)
+    by, bx = NY // gy, NX // gx
+    y, x = divmod(rank, gx)
+    return slice(y * by, (y + 1) * by), slice(x * bx, (x + 1) * bx)
+
+
+def expected_rho(step: int) -> np.ndarray[Any, Any]:
+    y, x = np.mgrid[0:NY, 0:NX]
+    return (step * 1000.0 + y * NX + x).astype(np.float32)
+
+
+def expected_particles(step: int, rank: int) -> np.ndarray[Any, Any]:
+    n = (step + rank) % 4 + 1  # 1..4 rows, changing every step
+    base = np.arange(n * 3, dtype=np.float64).reshape(n, 3)
+    return base + step * 100.0 + rank * 10.0
+
+
+def record_writes(path: str) -> None:
+    """Append the path of every file this rank's store writes to ``path``: chunk
+    files (whole, or rows in place) and zarr's own metadata (``zarr.json``)."""
+    from snapsink.stores import _zarrio
+
+    def log(target: object) -> None:
+        with open(path, "a") as f:
+            f.write(f"{target}\n")
+
+    write_file = _zarrio.write_file
+
+    def recording_write_file(target: Any, *args: Any, **kwargs: Any) -> bool:
+        log(target)
+        return write_file(target, *args, **kwargs)
+
+    durable_set = _zarrio.DurableLocalStore._durable_set
+
+    async def recording_set(self: Any, key: str, value: Any, *, exclusive: bool) -> None:
+        log(self.root / key)
+        await durable_set(self, key, value, exclusive=exclusive)
+
+    chunk_fd = _zarrio.BlockWriter._chunk_fd
+
+    def recording_chunk_fd(self: Any, target: Any, chunk: Any) -> int:
+        log(chunk)  # rows written in place
+        return chunk_fd(self, target, chunk)
+
+    _zarrio.write_file = recording_write_file  # type: ignore[assignment]
+    _zarrio.BlockWriter._chunk_fd = recording_chunk_fd  # type: ignore[method-assign]
+    _zarrio.DurableLocalStore._durable_set = recording_set  # type: ignore[method-assign]
+
+
+def check_trajectory(path: Any, ranks: int, frames: int | None = None) -> Any:
+    """Every committed frame of ``path`` equals the driver's values, bit for bit
+    (for the tests)."""
+    import snapsink
+
+    traj = snapsink.open(path)
+    n = len(traj)
+    if frames is not None:
+        assert n == frames
+    np.testing.assert_array_equal(traj.steps, np.arange(n))
+    np.testing.assert_array_equal(traj.times, np.arange(n) * 0.1)
+    rho = traj["rho"][:]
+    assert rho.shape == (n, NY, NX)
+    for i in range(n):
+        assert np.array_equal(rho[i], expected_rho(i))
+        want = np.concatenate([expected_particles(i, r) for r in range(ranks)])
+        assert np.array_equal(traj["particles"][i], want)
+    np.testing.assert_array_equal(traj["energy"][:], np.arange(n) * 0.5)
+    return traj
+
+
+def fail_writes_after(calls: int) -> None:
+    """This rank's block writes fail (EIO) after ``calls`` of them: a disk error."""
+    import errno
+
+    from snapsink.stores import _zarrblocks
+
+    write = _zarrblocks.BlockIO.write
+    count = [0]
+
+    async def failing_write(self: Any, *args: Any, **kwargs: Any) -> None:
+        count[0] += 1
+        if count[0] > calls:
+            raise OSError(errno.EIO, "injected I/O error")
+        await write(self, *args, **kwargs)
+
+    _zarrblocks.BlockIO.write = failing_write  # type: ignore[method-assign]
+
+
+def write(comm: Any, rank: int, size: int, args: argparse.Namespace) -> None:
+    import snapsink
+
+    if args.fail_rank == rank:
+        fail_writes_after(args.fail_after)
+    if args.record:
+        record_writes(f"{args.record}.{rank}")
+    mine = block(rank, size)
+    store = snapsink.ZarrStore(
+        args.path,
+        mode=args.mode,
+        comm=comm,
+        region={"rho": mine},
+        chunks={k: tuple(v) for k, v in json.loads(args.chunks).items()} if args.chunks else None,
+        commit_every=args.commit_every,
+        attrs={"run": "parallel"},
+    )
+    assert store.describe() is None  # writer="auto" picks the thread
+    schema = snapsink.Schema(
+        {
+            "rho": snapsink.Field("float32", (mine[0].stop - mine[0].start,
+                                              mine[1].stop - mine[1].start)),
+            "energy": snapsink.Field("float64", ()),
+            "particles": snapsink.Field("float64", (None, 3)),
+        }
+    )  # fmt: skip
+    with snapsink.SyncSink(store, schema=schema, capacity=4, policy="block") as sink:
+        first = args.start + (rank if args.skew else 0)  # --skew: misaligned steps
+        for step in range(first, first + args.steps):
+            sink.write(
+                {
+                    "rho": expected_rho(step)[mine],
+                    "energy": float(step) * 0.5,
+                    "particles": expected_particles(step, rank),
+                },
+                step=step,
+                time=step * 0.1,
+            )
+            if args.flush_every and (step + 1) % args.flush_every == 0:
+                sink.flush()
+                if args.progress:
+                    with open(f"{args.progress}.{rank}", "w") as f:
+                        f.write(f"{step} {os.getpid()}\n")
+            if args.sleep:
+                time.sleep(args.sleep)
+
+
+def parse(argv: list[str]) -> argparse.Namespace:
+    p = argparse.ArgumentParser()
+    p.add_argument("path")
+    p.add_argument("--mode", default="x")
+    p.add_argument("--start", type=int, default=0)
+    p.add_argument("--steps", type=int, default=12)
+    p.add_argument("--commit-every", type=int, default=5)
+    p.add_argument("--flush-every", type=int, default=0)
+    p.add_argument("--chunks", default="")
+    p.add_argument("--progress", default="")
+    p.add_argument("--sleep", type=float, default=0.0)
+    p.add_argument("--record", default="")
+    p.add_argument("--skew", action="store_true")
+    p.add_argument("--fail-rank", type=int, default=-1)
+    p.add_argument("--fail-after", type=int, default=0)
+    return p.parse_args(argv)
+
+
+def run_torch(rank: int, size: int, port: int, argv: list[str]) -> None:
+    """torch.multiprocessing.spawn's target: a gloo group of ``size`` processes."""
+    import torch.distributed as dist
+
+    os.environ["MASTER_ADDR"] = "127.0.0.1"
+    os.environ["MASTER_PORT"] = str(port)
+    dist.init_process_group("gloo", rank=rank, world_size=size)
+    try:
+        write(dist.group.WORLD, rank, size, parse(argv))
+    finally:
+        dist.destroy_process_group()
+
+
+def main() -> None:
+    args = parse(sys.argv[1:])
+    from mpi4py import MPI
+
+    comm = MPI.COMM_WORLD
+    try:
+        write(comm, comm.Get_rank(), comm.Get_size(), args)
+    except Exception as exc:
+        while exc.__cause__ is not None and not isinstance(exc, snapsink_errors()):
+            exc = exc.__cause__  # type: ignore[assignment]
+        print(f"rank {comm.Get_rank()}: {type(exc).__name__}: {exc}", file=sys.stderr, flush=True)
+        sys.exit(3)
+
+
+def snapsink_errors() -> tuple[type[BaseException], ...]:
+    """The store's own errors (a sink wraps them in WriterError)."""
+    import snapsink
+
+    return (snapsink.ConfigError, snapsink.SchemaError, snapsink.StoreStateError)
+
+
+if __name__ == "__main__":
+    main()
