@@ -154,6 +154,13 @@ class Sink:
         self._store = store
         self._capacity = check_capacity(capacity)
         self._policy = check_policy(policy)
+        if isinstance(self._policy, str) and self._policy != "block" and (
+            getattr(store, "needs_every_frame", False)
+        ):
+            raise ConfigError(
+                f"policy: {store!r} needs every frame (each rank stores the same steps): "
+                f"expected 'block' or snapsink.Spill(dir), got {policy!r}"
+            )
         self._schema = _check_schema(schema)
         self._max_bytes = _check_max_bytes(max_bytes)
         self._spec = choose_writer(store, writer)

@@ -100,7 +100,11 @@ class Store(Protocol):
       for an inferred one), so the refusal reaches that call and changes nothing;
     - ``wants_device: bool``: True when the store keeps frames on the device
       (:class:`~snapsink.GPUBuffer`): the sink then hands it device arrays, and
-      writes it from a thread of its own process.
+      writes it from a thread of its own process;
+    - ``needs_every_frame: bool``: True when a dropped frame would break the
+      store (a many-rank ZarrStore: every rank stores the same steps, and its
+      commits are collectives at the same counts): the sink then refuses the
+      ``drop_newest`` and ``drop_oldest`` policies when it is built.
     """
 
     def open(self) -> Resume | None:

@@ -117,3 +117,29 @@ def test_store_arguments_without_a_communicator(tmp_path: object) -> None:
         snapsink.ZarrStore(str(tmp_path), comm=object(), commit_seconds=5.0)
     with pytest.raises(snapsink.ConfigError, match="mpi4py communicator"):
         snapsink.ZarrStore(str(tmp_path), comm=object())
+
+
+@pytest.mark.parametrize("policy", ["drop_newest", "drop_oldest"])
+def test_a_sink_refuses_drop_policies_for_a_store_that_needs_every_frame(
+    policy: str, tmp_path: object
+) -> None:
+    """Many-rank stores set needs_every_frame (every rank stores the same steps,
+    commits are collectives at the same counts): the sink refuses a policy that
+    drops frames when it is built, not at the first drop mid-run."""
+    from snapsink.stores._zarrparallel import ParallelZarrStore
+
+    assert ParallelZarrStore.needs_every_frame is True
+
+    class EveryFrame(snapsink.HostMemory):
+        needs_every_frame = True
+
+    for make in (snapsink.Sink, snapsink.SyncSink):
+        with pytest.raises(snapsink.ConfigError, match=f"policy:.*got '{policy}'"):
+            make(EveryFrame(), policy=policy)
+    # block and spill keep every frame
+    with snapsink.SyncSink(EveryFrame(), policy="block") as sink:
+        sink.write({"x": 1.0}, step=0)
+    spill = snapsink.Spill(str(tmp_path))
+    with snapsink.SyncSink(EveryFrame(), policy=spill) as sink:
+        sink.write({"x": 1.0}, step=0)
+    assert snapsink.Sink(snapsink.HostMemory(), policy=policy) is not None  # others may drop

@@ -114,6 +114,10 @@ class ParallelZarrStore(ZarrStore):
     ZarrStore docstring and ``docs/guides/many-ranks.md``.
     """
 
+    #: a dropped frame would leave the ranks storing different steps: the sink
+    #: refuses the drop policies for this store (see the Store protocol)
+    needs_every_frame = True
+
     def __init__(
         self,
         store: str | os.PathLike[str],
