@@ -386,11 +386,13 @@ def kill_producer_once(server: ForkServer, root: Path, kind: str, rng: random.Ra
 def test_sigkill_of_the_producer_loses_no_written_frame(
     server: ForkServer, tmp_path: Path, kind: str
 ) -> None:
-    """50 kills per store kind: the writer process drains and commits every
-    frame already in shared memory, and leaves nothing in /dev/shm."""
+    """50 kills per store kind (25 more for HDF5's H5MD layout, the same store
+    and sessions): the writer process drains and commits every frame already
+    in shared memory, and leaves nothing in /dev/shm."""
     needs(kind)
     before = shm_names()
-    seeds = [{"npy": 7, "zarr": 8, "hdf5": 9, "h5md": 6}[kind] * 10_000 + k for k in range(50)]
+    kills = 25 if kind == "h5md" else 50
+    seeds = [{"npy": 7, "zarr": 8, "hdf5": 9, "h5md": 6}[kind] * 10_000 + k for k in range(kills)]
 
     def one(s: int) -> int:
         root = tmp_path / f"p{s}"
@@ -399,7 +401,7 @@ def test_sigkill_of_the_producer_loses_no_written_frame(
 
     with ThreadPoolExecutor(3) as pool:
         results = list(pool.map(one, seeds))
-    assert sum(1 for w in results if w > 0) >= 25  # the kills landed mid-run
+    assert sum(1 for w in results if w > 0) >= kills // 2  # the kills landed mid-run
     assert {n for n in shm_names() - before if "snapsink" in n or n.startswith("psm_")} == set()
 
 
