@@ -112,7 +112,8 @@ def test_counts_after_a_million_frames() -> None:
     p = cm.Params(ranks=1000, chunk_frames=8, ragged_fields=1, rank0_arrays=3)
     meta = {"group_json_base": 800.0, "group_json_per_rank": 170.0}
     out = cm.after_frames(p, 10**6, meta)
-    data = 1000 * 125_000
-    assert out["objects"] == data + 2 * 1000 * 125_000 + 2 * 16 + (1 + 3 + 2000)
+    data = 1000 * 125_000  # 1,000 ranks' chunks of 8 frames
+    ragged = 1000 * (16 + 2930)  # offsets: 65,536 rows a chunk; rows: 24 KiB a frame, 8 MiB chunks
+    assert out["objects"] == data + ragged + 2 * 16 + (1 + 3 + 2000)
     assert out["list_requests"] == math.ceil(out["objects"] / 1000)
     assert out["group_json_bytes"] == 800 + 170 * 1000
