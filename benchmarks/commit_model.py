@@ -210,9 +210,11 @@ def simulate(p: Params, commits: int = 8, seed: int = 0) -> dict[str, float]:
         last = float(drain.max())
         waiting += last - drain
         t = last + coll
+        # each rank's metadata writes: its ragged arrays, and rank 0's arrays;
+        # PUTs go out together (about one latency), a filesystem's one by one
         resize = np.zeros(P)
         if p.ragged_fields:
-            resize += p.meta_s
+            resize += p.meta_s if p.request_s else p.meta_s * 2 * p.ragged_fields
         resize[0] += p.meta_s if p.request_s else p.meta_s * p.rank0_arrays
         if p.request_s:
             resize = resize * rng(4).lognormal(0.0, p.request_sigma, P)
@@ -456,6 +458,7 @@ def sweep(cal: dict[str, Any], quick: bool) -> list[dict[str, Any]]:
                                 "metadata_puts_per_s": req["metadata_puts_per_commit"]
                                 * sim["commits_per_s"],
                                 "group_puts_per_s": sim["commits_per_s"],
+                                "collectives_per_s": p.exchanges * sim["commits_per_s"],
                             }
                         )
     return rows

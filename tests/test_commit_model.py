@@ -117,3 +117,14 @@ def test_counts_after_a_million_frames() -> None:
     assert out["objects"] == data + ragged + 2 * 16 + (1 + 3 + 2000)
     assert out["list_requests"] == math.ceil(out["objects"] / 1000)
     assert out["group_json_bytes"] == 800 + 170 * 1000
+
+
+def test_calibration_reproduces_the_one_rank_measurement() -> None:
+    """The model's one fitted figure (the writer's CPU per frame) makes the
+    1-rank run match its measurement; the others are predictions."""
+    cal = cm.calibrate()  # reads benchmarks/results/commit_probe-cpu.json
+    rows = cm.validate(cal)
+    ones = [r for r in rows if r["ranks"] == 1]
+    assert ones and all(r["model_over_measured"] == pytest.approx(1.0) for r in ones)
+    assert {r["ranks"] for r in rows} == {1, 2, 4}
+    assert all(r["fitted_write_cpu_s"] > 0 for r in rows)
