@@ -464,6 +464,38 @@ def sweep(cal: dict[str, Any], quick: bool) -> list[dict[str, Any]]:
     return rows
 
 
+def ragged(cal: dict[str, Any], quick: bool) -> list[dict[str, Any]]:
+    """One ragged field: every rank resizes its two arrays at every commit
+    (1 MiB frames, commit every 64, 10 ms per frame)."""
+    ranks = [1, 1000] if quick else [1, 1000, 100_000]
+    rows = []
+    for name, prof in profiles(cal).items():
+        for fields in (0, 1):
+            for n in ranks:
+                p = prof.replace(
+                    ranks=n,
+                    frame_bytes=MIB,
+                    commit_every=64,
+                    chunk_frames=8,
+                    compute_s=0.01,
+                    ragged_fields=fields,
+                )
+                sim = simulate(p, commits=8)
+                req = requests(p, 8 * 64)
+                rows.append(
+                    {
+                        "profile": name,
+                        "ragged_fields": fields,
+                        "ranks": n,
+                        **sim,
+                        **req,
+                        "metadata_puts_per_s": req["metadata_puts_per_commit"]
+                        * sim["commits_per_s"],
+                    }
+                )
+    return rows
+
+
 def stragglers(cal: dict[str, Any], quick: bool) -> list[dict[str, Any]]:
     """The commit waits for the slowest rank: hiccups of 50 ms or 0.5 s, once in
     10,000 frames per rank, behind a channel of 8 or 64 frames (hpc profile,
@@ -559,6 +591,19 @@ def main() -> dict[str, Any]:
             f"{r['frames_per_s']:>9.1f}{r['producer_stall_fraction']:>7.2f}"
             f"{r['wait_for_slowest_fraction']:>8.2f}"
         )
+    rag = ragged(cal, args.quick)
+    print("\nragged fields (1 MiB frames, commit every 64)")
+    print(
+        f"{'profile':<8}{'ragged':>7}{'ranks':>8}{'commits/s':>10}{'frames/s':>9}"
+        f"{'stall':>7}{'meta writes/commit':>19}{'meta writes/s':>14}"
+    )
+    for r in rag:
+        print(
+            f"{r['profile']:<8}{r['ragged_fields']:>7}{r['ranks']:>8}"
+            f"{r['commits_per_s']:>10.3f}{r['frames_per_s']:>9.1f}"
+            f"{r['producer_stall_fraction']:>7.2f}{r['metadata_puts_per_commit']:>19,}"
+            f"{r['metadata_puts_per_s']:>14,.0f}"
+        )
     cnt = counts(cal)
     print("\nafter 10^6 frames (one decomposed field, one ragged field)")
     for r in cnt:
@@ -572,6 +617,7 @@ def main() -> dict[str, Any]:
         "validation": val,
         "modelled": rows,
         "stragglers": strag,
+        "ragged": rag,
         "after_1e6_frames": cnt,
         "quick": args.quick,
         "seconds": time.perf_counter() - t0,
