@@ -39,8 +39,9 @@ the max-plus recurrences
 and at a commit frame every rank's writer clock becomes the commit's end:
 ``max_r(drain_r) + C(P) + max_r(resize_r) + C(P) + meta_0 + C(P)``. Per-rank
 randomness (lognormal compute jitter, rare hiccups, lognormal PUT latency) is
-drawn per frame from a generator seeded by (seed, frame), so rank r's draws
-are the same whatever P: adding ranks can only delay a commit.
+drawn per frame from one generator per (seed, frame, purpose), so rank r's
+draws are the same whatever P: adding ranks can only delay a commit. Rates
+are averages over the simulated run, the last commit's latency included.
 
 Request counts are exact chunk arithmetic (``requests``), and the counts after
 10^6 frames (objects, metadata size, LIST requests) are arithmetic too.
@@ -162,7 +163,7 @@ def requests(p: Params, frames: int) -> dict[str, float]:
 
 
 def simulate(p: Params, commits: int = 8, seed: int = 0) -> dict[str, float]:
-    """Run ``commits`` commit intervals on every rank; steady-state figures."""
+    """Run ``commits`` commit intervals on every rank; rates averaged over the run."""
     P, K, B = p.ranks, p.commit_every, p.capacity
     frames = commits * K
     s = slowdown(p)
