@@ -1,9 +1,11 @@
 """The collectives a many-rank store needs, over MPI or ``torch.distributed``.
 
-A :class:`~snapsink.ZarrStore` given ``comm=`` coordinates its ranks with three
-operations: ``allgather`` (every rank's report, to every rank: the commit's
-agreement on the global frame count), ``bcast`` (rank 0's result: the store it
-created, an error) and ``free``. They run on a *duplicate* of the user's
+A :class:`~snapsink.ZarrStore` given ``comm=`` coordinates its ranks with four
+operations: ``allreduce_max`` (a few integers, the element-wise maximum over
+ranks: each commit's agreement on the global frame count, a fixed-size message
+whatever the number of ranks), ``allgather`` (every rank's report, to every
+rank: at open, and the messages of a failed commit), ``bcast`` (rank 0's
+result) and ``free``. They run on a *duplicate* of the user's
 communicator (MPI's ``Comm.Dup``; a new gloo group over the same ranks for
 ``torch.distributed``), so the store's collectives, which run in the sink's
 writer thread, never match the simulation's own messages. Nothing here opens a
@@ -14,6 +16,8 @@ from __future__ import annotations
 
 import sys
 from typing import Any
+
+import numpy as np
 
 from ._errors import ConfigError
 
@@ -33,6 +37,12 @@ class Communicator:
 
     def allgather(self, obj: Any) -> list[Any]:
         """Every rank's ``obj`` (picklable), in rank order, on every rank."""
+        raise NotImplementedError
+
+    def allreduce_max(self, values: list[int]) -> list[int]:
+        """The element-wise maximum of every rank's ``values`` (int64, the same
+        length on every rank), on every rank: an allreduce, whose message stays
+        the same size at any number of ranks (an allgather's grows with them)."""
         raise NotImplementedError
 
     def bcast(self, obj: Any) -> Any:
@@ -60,6 +70,14 @@ class _MPIComm(Communicator):
 
     def allgather(self, obj: Any) -> list[Any]:
         return list(self._comm.allgather(obj))
+
+    def allreduce_max(self, values: list[int]) -> list[int]:
+        from mpi4py import MPI
+
+        send = np.asarray(values, np.int64)
+        recv = np.empty_like(send)
+        self._comm.Allreduce(send, recv, op=MPI.MAX)
+        return [int(v) for v in recv]
 
     def bcast(self, obj: Any) -> Any:
         return self._comm.bcast(obj, root=0)
@@ -93,6 +111,13 @@ class _TorchComm(Communicator):
         out: list[Any] = [None] * self.size
         self._dist.all_gather_object(out, obj, group=self._group)
         return out
+
+    def allreduce_max(self, values: list[int]) -> list[int]:
+        import torch
+
+        t = torch.tensor(values, dtype=torch.int64)
+        self._dist.all_reduce(t, op=self._dist.ReduceOp.MAX, group=self._group)
+        return [int(v) for v in t.tolist()]
 
     def bcast(self, obj: Any) -> Any:
         box = [obj]

@@ -107,6 +107,10 @@ def _remote_error(kind: str, msg: str) -> Exception:
     return StoreStateError(f"{kind}: {msg}")
 
 
+#: the last step of a rank that holds no frame, in a commit's allreduce
+_NO_STEP = -(1 << 62)
+
+
 class ParallelZarrStore(ZarrStore):
     """:class:`~snapsink.ZarrStore` for one rank of many (``comm`` given).
 
@@ -171,13 +175,18 @@ class ParallelZarrStore(ZarrStore):
         """Run ``step`` here, then share every rank's result or failure: the same
         error on every rank (the failing rank's own), or every rank's result."""
         result: Any = None
-        error: tuple[str, str] | None = None
         local: Exception | None = None
         if step is not None:
             try:
                 result = await step(*args)
             except Exception as exc:
-                local, error = exc, (type(exc).__name__, str(exc))
+                local = exc
+        return await self._share(local, result)
+
+    async def _share(self, local: Exception | None, result: Any) -> list[Any]:
+        """Every rank's ``result``; or, when a rank failed, its error raised on
+        every rank (``local``, this rank's own failure, here)."""
+        error = None if local is None else (type(local).__name__, str(local))
         reports = await anyio.to_thread.run_sync(self._comm.allgather, (error, result))
         failed = [(r, e) for r, (e, _) in enumerate(reports) if e is not None]
         if local is not None:
@@ -186,6 +195,31 @@ class ParallelZarrStore(ZarrStore):
             rank, (cls, msg) = failed[0]
             raise _remote_error(cls, f"rank {rank} failed: {msg}")
         return [res for _, res in reports]
+
+    async def _agree(
+        self, step: Callable[..., Awaitable[tuple[int, int | None] | None]], *args: Any
+    ) -> tuple[tuple[int, int], tuple[int, int]]:
+        """:meth:`_together` for a commit's exchanges, on one fixed-size allreduce:
+        each rank's failure flag and ``step``'s (frames, last step), as the
+        minimum and the maximum over ranks. A commit then costs three small
+        allreduces whatever the number of ranks (an allgather of every rank's
+        report grows with them: see docs/guides/scaling.md); only a failure
+        gathers the ranks' messages, to raise the same error everywhere."""
+        result: tuple[int, int | None] | None = None
+        local: Exception | None = None
+        try:
+            result = await step(*args)
+        except Exception as exc:
+            local = exc
+        frames, last = result if result is not None else (0, None)
+        last_v = _NO_STEP if last is None else last
+        failed = local is not None
+        got = await anyio.to_thread.run_sync(
+            self._comm.allreduce_max, [int(failed), -frames, frames, -last_v, last_v]
+        )
+        if got[0]:  # a rank failed: every rank learns which, and why (raises)
+            await self._share(local, None)
+        return (-got[1], -got[3]), (got[2], got[4])
 
     # -- Store protocol -----------------------------------------------------------
     async def open(self) -> Resume | None:
@@ -504,16 +538,19 @@ class ParallelZarrStore(ZarrStore):
         if self._state == "closed":
             self._check_usable()
         try:
-            reports = await self._together(self._drain)
-            count = min(n for n, _ in reports)
-            if any(r != reports[0] for r in reports):
+            lo, hi = await self._agree(self._drain)
+            if lo != hi:
+                reports = await anyio.to_thread.run_sync(
+                    self._comm.allgather, (self._frames, self._last_step)
+                )
                 raise StoreStateError(
                     f"{self!r}: ranks disagree at a commit: (frames, last step) by rank "
                     f"{reports}; every rank must write the same steps (policy='block') "
                     "and call flush() and close() together"
                 )
-            await self._together(self._show, count)
-            await self._together(self._publish, count)
+            count = lo[0]
+            await self._agree(self._show, count)
+            await self._agree(self._publish, count)
         except BaseException:
             self._state = "broken"
             raise
@@ -555,7 +592,7 @@ class ParallelZarrStore(ZarrStore):
             if self._state == "open":
                 await self.commit()
                 self._meta.closed = True
-                await self._together(self._publish, self._meta.count)
+                await self._agree(self._publish, self._meta.count)
                 clean = True
             elif self._state == "failed":
                 with contextlib.suppress(Exception):
