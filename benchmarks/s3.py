@@ -75,7 +75,8 @@ import snapsink.stores.zarr as zarr_writer
 KEY = SECRET = "bench"
 
 
-#: moto's server, each PUT answered after ``latency`` seconds (its request
+#: moto's server, each write (PUT, or POST: a batch delete, a multipart
+#: upload's start and end) answered after ``latency`` seconds (its request
 #: threads sleep, so PUTs in flight overlap, as on a real object store), plus
 #: the body's size over ``bandwidth`` bytes/s when that is set (one S3
 #: connection moves tens of MiB/s, which is why large objects go up in parts).
