@@ -24,6 +24,28 @@ what the PUTs in flight hide. The figures are not what AWS gives.
 
     python benchmarks/s3.py [--quick] [--latency-ms MS] [--json PATH]
 
+``--sweep`` runs three sweeps instead, on one moto server whose injected
+latency is switched between variants (0 ms and 20 ms a PUT), all variants of
+a sweep interleaved round by round, best of ``--repeats``:
+
+- PUTs in flight (``--concurrency``) at chunks of ``--chunk-frames`` frames
+  and at the default chunking, with the peak of PUTs in flight and the PUTs
+  per frame the server counted;
+- chunk and shard sizes at the default concurrency: 64 KiB, 1 MiB and 8 MiB
+  chunks (``chunk_frames`` of 64 KiB frames), the default rule, and 64 KiB or
+  1 MiB chunks in 1 MiB or 8 MiB shards (``shard_frames``), over
+  ``--chunk-sweep-frames`` frames, with the PUTs (and other writes: the batch
+  deletes of the trim at close) per frame;
+- s3fs's multipart upload: ``_pipe_file`` (what zarr's ``FsspecStore.set``
+  calls, with no part size: s3fs's default ``chunksize`` of 50 MiB, so one PUT
+  below 100 MiB) of 32 and 128 MiB objects, one and four at a time, with parts
+  of 8, 16 and 50 MiB or a single PUT; at 0 ms and at 20 ms plus 64 MiB/s per
+  request (the bandwidth of one S3 connection is what parts are for).
+
+    python benchmarks/s3.py --sweep [--quick] [--json benchmarks/results/s3-sweep-cpu.json]
+
+The full sweep takes about 6 minutes on 2 cores, ``--quick`` under one.
+
 Needs ``pip install "moto[server]" s3fs``.
 """
 
@@ -39,6 +61,7 @@ import subprocess
 import sys
 import tempfile
 import time
+import urllib.request
 from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
@@ -52,21 +75,54 @@ import snapsink.stores.zarr as zarr_writer
 KEY = SECRET = "bench"
 
 
-#: moto's server, each PUT answered after ``latency`` seconds (its request
-#: threads sleep, so PUTs in flight overlap, as on a real object store)
+#: moto's server, each write (PUT, or POST: a batch delete, a multipart
+#: upload's start and end) answered after ``latency`` seconds (its request
+#: threads sleep, so PUTs in flight overlap, as on a real object store), plus
+#: the body's size over ``bandwidth`` bytes/s when that is set (one S3
+#: connection moves tens of MiB/s, which is why large objects go up in parts).
+#: ``GET /_bench?latency=S&bandwidth=B`` changes them; any ``GET /_bench``
+#: answers the writes counted so far: PUT and POST requests (POST: a batch
+#: delete, or a multipart upload's start and end), PUTs alone, and their bytes.
 _SERVER = """
-import sys, time
+import json, sys, threading, time
+from urllib.parse import parse_qs
 from moto.moto_server.werkzeug_app import DomainDispatcherApplication
 from moto.server import main
-latency = float(sys.argv[2])
+knobs = {"latency": float(sys.argv[2]), "bandwidth": 0.0}
+counts = {"writes": 0, "puts": 0, "bytes": 0}
+lock = threading.Lock()
 call = DomainDispatcherApplication.__call__
 def delayed(self, environ, start_response):
-    if latency and environ["REQUEST_METHOD"] == "PUT":
-        time.sleep(latency)
+    if environ.get("PATH_INFO") == "/_bench":
+        for k, v in parse_qs(environ.get("QUERY_STRING", "")).items():
+            knobs[k] = float(v[0])
+        with lock:
+            body = json.dumps(counts).encode()
+        start_response("200 OK", [("Content-Type", "application/json")])
+        return [body]
+    if environ["REQUEST_METHOD"] in ("PUT", "POST"):
+        size = int(environ.get("CONTENT_LENGTH") or 0)
+        with lock:
+            counts["writes"] += 1
+            counts["puts"] += environ["REQUEST_METHOD"] == "PUT"
+            counts["bytes"] += size
+        delay = knobs["latency"]
+        if knobs["bandwidth"]:
+            delay += size / knobs["bandwidth"]
+        if delay:
+            time.sleep(delay)
     return call(self, environ, start_response)
 DomainDispatcherApplication.__call__ = delayed
 main(["-H", "127.0.0.1", "-p", sys.argv[1]])
 """
+
+
+def _knobs(endpoint: str, **knobs: float) -> dict[str, int]:
+    """Set the server's injected latency/bandwidth; its write counts so far."""
+    query = "&".join(f"{k}={v}" for k, v in knobs.items())
+    with urllib.request.urlopen(f"{endpoint}/_bench?{query}", timeout=30) as r:
+        counts: dict[str, int] = json.loads(r.read())
+    return counts
 
 
 @contextmanager
@@ -119,6 +175,301 @@ def _run(store: Any, frames: list[np.ndarray[Any, Any]], n: int) -> float:
     return time.perf_counter() - t0
 
 
+# -- the sweeps (--sweep) ------------------------------------------------------
+#: server profiles of the sweeps: injected latency (s) and per-request bandwidth
+#: (bytes/s, 0: none). "20 ms" is about an S3 PUT's latency; the third adds a
+#: per-connection bandwidth like S3's (tens of MiB/s), the case multipart is for.
+_PROFILES: dict[str, dict[str, float]] = {
+    "0 ms": {"latency": 0.0, "bandwidth": 0.0},
+    "20 ms": {"latency": 0.02, "bandwidth": 0.0},
+}
+_WAN = {"latency": 0.02, "bandwidth": 64.0 * 2**20}
+_WAN_NAME = "20 ms + 64 MiB/s per request"
+
+
+def _s3_store_run(
+    endpoint: str,
+    url: str,
+    frames: list[np.ndarray[Any, Any]],
+    n: int,
+    *,
+    concurrency: int,
+    chunk_frames: int | None,
+    shard_frames: int | None,
+) -> dict[str, Any]:
+    """One ZarrStore run on ``url``: seconds, writes and bytes the server saw,
+    the peak of PUTs in flight, and the data array's chunks/shards."""
+    default = zarr_writer._MAX_CONCURRENT_BLOCKS
+    zarr_writer._MAX_CONCURRENT_BLOCKS = concurrency
+    try:
+        store = snapsink.ZarrStore(
+            url,
+            storage_options=_options(endpoint),
+            chunk_frames=chunk_frames,
+            shard_frames=shard_frames,
+        )
+    finally:
+        zarr_writer._MAX_CONCURRENT_BLOCKS = default
+    before = _knobs(endpoint)
+    t = _run(store, frames, n)
+    after = _knobs(endpoint)
+    plan = store._columns["x"].plan
+    return {
+        "seconds": t,
+        "writes": after["writes"] - before["writes"],
+        "puts": after["puts"] - before["puts"],
+        "bytes": after["bytes"] - before["bytes"],
+        "peak_in_flight": store._io.inflight.peak,
+        "chunk_frames": plan.chunk,
+        "shard_frames": plan.shard,
+    }
+
+
+def _keep_best(best: dict[tuple[str, str], dict[str, Any]], key: tuple[str, str], r: Any) -> None:
+    if key not in best or r["seconds"] < best[key]["seconds"]:
+        best[key] = r
+
+
+def _sweep_concurrency(
+    endpoint: str, args: argparse.Namespace, frames: list[np.ndarray[Any, Any]]
+) -> list[dict[str, Any]]:
+    """PUTs in flight, at small chunks (``--chunk-frames``) and the default rule."""
+    chunkings: list[int | None] = [args.chunk_frames, None]
+    best: dict[tuple[str, str], dict[str, Any]] = {}
+    run = 0
+    for _ in range(args.repeats):
+        for profile, knobs in _PROFILES.items():
+            _knobs(endpoint, **knobs)
+            for cf in chunkings:
+                for c in args.concurrency:
+                    run += 1
+                    r = _s3_store_run(
+                        endpoint,
+                        f"s3://bench/conc-{run}.zarr",
+                        frames,
+                        args.frames,
+                        concurrency=c,
+                        chunk_frames=cf,
+                        shard_frames=None,
+                    )
+                    r.update(profile=profile, concurrency=c, chunking=_chunk_label(cf, None))
+                    _keep_best(best, (profile, f"{cf} c{c}"), r)
+    return _rows(best, args, base=lambda r: (r["profile"], r["chunking"], 1))
+
+
+def _chunk_label(cf: int | None, sf: int | None) -> str:
+    return "default" if cf is None and sf is None else f"cf={cf} sf={sf}"
+
+
+def _sweep_chunks(
+    endpoint: str, args: argparse.Namespace, frames: list[np.ndarray[Any, Any]]
+) -> list[dict[str, Any]]:
+    """Chunk and shard sizes at the default concurrency: chunk_frames of 64 KiB
+    frames giving 64 KiB, 1 MiB and 8 MiB chunks, with and without shards."""
+    per_mib = max(1, 1024 // args.frame_kib)
+    variants: list[tuple[int | None, int | None]] = [
+        (1, None),
+        (per_mib, None),
+        (8 * per_mib, None),
+        (None, None),
+        (1, per_mib),
+        (1, 8 * per_mib),
+        (per_mib, 8 * per_mib),
+    ]
+    if args.quick:
+        variants = [(1, None), (None, None), (1, 8 * per_mib)]
+    best: dict[tuple[str, str], dict[str, Any]] = {}
+    run = 0
+    for _ in range(args.repeats):
+        for profile, knobs in _PROFILES.items():
+            _knobs(endpoint, **knobs)
+            for cf, sf in variants:
+                run += 1
+                r = _s3_store_run(
+                    endpoint,
+                    f"s3://bench/chunks-{run}.zarr",
+                    frames,
+                    args.chunk_sweep_frames,
+                    concurrency=zarr_writer._MAX_CONCURRENT_BLOCKS,
+                    chunk_frames=cf,
+                    shard_frames=sf,
+                )
+                r.update(
+                    profile=profile,
+                    concurrency=zarr_writer._MAX_CONCURRENT_BLOCKS,
+                    chunking=_chunk_label(cf, sf),
+                )
+                _keep_best(best, (profile, _chunk_label(cf, sf)), r)
+    return _rows(
+        best,
+        args,
+        base=lambda r: (r["profile"], "default", r["concurrency"]),
+        frames=args.chunk_sweep_frames,
+    )
+
+
+def _rows(
+    best: dict[tuple[str, str], dict[str, Any]],
+    args: argparse.Namespace,
+    base: Any,
+    frames: int | None = None,
+) -> list[dict[str, Any]]:
+    """Rows with MiB/s, writes per frame, and the ratio to the row that ``base``
+    names by ``(profile, chunking, concurrency)``."""
+    n = frames or args.frames
+    mib = n * args.frame_kib / 1024
+    index = {(r["profile"], r["chunking"], r["concurrency"]): r for r in best.values()}
+    out = []
+    for r in best.values():
+        ref = index.get(base(r))
+        row = dict(r)
+        row["frames"] = n
+        row["mib_s"] = mib / r["seconds"]
+        row["writes_per_frame"] = r["writes"] / n
+        row["puts_per_frame"] = r["puts"] / n
+        row["vs_base"] = ref["seconds"] / r["seconds"] if ref else None
+        out.append(row)
+    return out
+
+
+def _sweep_multipart(endpoint: str, args: argparse.Namespace) -> list[dict[str, Any]]:
+    """s3fs's ``_pipe_file`` (what zarr's FsspecStore.set calls) on large objects,
+    one at a time and 4 in flight, with part sizes (``chunksize``) around its
+    default: a single PUT below 2 x chunksize (50 MiB: so below 100 MiB), else
+    a multipart upload of chunksize parts, ``max_concurrency`` (10) at a time."""
+    import fsspec.asyn
+    import s3fs
+
+    fs = s3fs.S3FileSystem(**_options(endpoint))
+    sizes = [32] if args.quick else [32, 128]
+    parts = [8, 16, 50, 2048]  # MiB; 50 is s3fs's default, 2048 means one PUT
+    best: dict[tuple[str, str], dict[str, Any]] = {}
+    data = {m: np.random.default_rng(m).bytes(m << 20) for m in sizes}
+
+    async def put(keys: list[str], blob: bytes, part: int) -> None:
+        import asyncio
+
+        await asyncio.gather(*[fs._pipe_file(k, blob, chunksize=part << 20) for k in keys])
+
+    run = 0
+    profiles = {"0 ms": _PROFILES["0 ms"], _WAN_NAME: _WAN}
+    for _ in range(args.repeats):
+        for profile, knobs in profiles.items():
+            _knobs(endpoint, **knobs)
+            for m in sizes:
+                for objects in (1, 4):
+                    for part in parts:
+                        run += 1
+                        keys = [f"bench/mp-{run}/{i}" for i in range(objects)]
+                        before = _knobs(endpoint)
+                        t0 = time.perf_counter()
+                        fsspec.asyn.sync(fs.loop, put, keys, data[m], part)
+                        t = time.perf_counter() - t0
+                        after = _knobs(endpoint)
+                        fs.rm(f"bench/mp-{run}", recursive=True)
+                        label = "one PUT" if part >= 2048 else f"{part} MiB parts"
+                        r = {
+                            "profile": profile,
+                            "object_mib": m,
+                            "objects": objects,
+                            "part_mib": part,
+                            "variant": label,
+                            "seconds": t,
+                            "writes": after["writes"] - before["writes"],
+                            "mib_s": m * objects / t,
+                        }
+                        key = (profile, f"{m} {objects} {part}")
+                        _keep_best(best, key, r)
+    out = []
+    for r in best.values():
+        ref = best[(r["profile"], f"{r['object_mib']} {r['objects']} 50")]
+        out.append({**r, "vs_s3fs_default": ref["seconds"] / r["seconds"]})
+    return out
+
+
+def sweep(args: argparse.Namespace) -> dict[str, Any]:
+    """The three sweeps on one moto server; print their tables, return the result."""
+    import boto3
+
+    frames = _frames(args.frame_kib * 1024)
+    t0 = time.perf_counter()
+    with moto_server() as endpoint:
+        boto3.client(
+            "s3",
+            endpoint_url=endpoint,
+            aws_access_key_id=KEY,
+            aws_secret_access_key=SECRET,
+            region_name="us-east-1",
+        ).create_bucket(Bucket="bench")
+        conc = _sweep_concurrency(endpoint, args, frames)
+        chunks = _sweep_chunks(endpoint, args, frames)
+        multipart = _sweep_multipart(endpoint, args)
+        _knobs(endpoint, latency=0.0, bandwidth=0.0)
+        last = f"s3://bench/chunks-{len(chunks) * args.repeats}.zarr"
+        traj = snapsink.open(last, storage_options=_options(endpoint))
+        if len(traj) != args.chunk_sweep_frames:
+            raise SystemExit(f"{last}: {len(traj)} frames read back")
+    machine = f"{platform.processor() or platform.machine()}, {os.cpu_count()} CPUs"
+    print(
+        f"{machine}; best of {args.repeats}, variants interleaved; frames of "
+        f"{args.frame_kib} KiB; a shared machine: read the ratios, not the MiB/s"
+    )
+    print(f"\nPUTs in flight ({args.frames} frames; ratio to c1 of the same profile and chunking)")
+    print(
+        f"{'profile':<8} {'chunking':<14} {'c':>4} {'MiB/s':>7} {'vs c1':>6} {'peak':>5} "
+        f"{'PUTs/frame':>10}"
+    )
+    for r in conc:
+        ratio = "" if r["vs_base"] is None else f"{r['vs_base']:6.2f}"
+        print(
+            f"{r['profile']:<8} {r['chunking']:<14} {r['concurrency']:>4} {r['mib_s']:7.1f} "
+            f"{ratio:>6} {r['peak_in_flight']:>5} {r['puts_per_frame']:10.3f}"
+        )
+    print(
+        f"\nchunks and shards ({args.chunk_sweep_frames} frames, "
+        f"{zarr_writer._MAX_CONCURRENT_BLOCKS} in flight; ratio to the default rule)"
+    )
+    print(
+        f"{'profile':<8} {'chunking':<16} {'chunk KiB':>9} {'block KiB':>9} "
+        f"{'MiB/s':>7} {'vs def':>6} {'PUTs/frame':>10} {'other/frame':>11}"
+    )
+    for r in chunks:
+        kib = args.frame_kib
+        block = (r["shard_frames"] or r["chunk_frames"]) * kib
+        print(
+            f"{r['profile']:<8} {r['chunking']:<16} {r['chunk_frames'] * kib:>9} {block:>9} "
+            f"{r['mib_s']:7.1f} {r['vs_base']:6.2f} {r['puts_per_frame']:10.3f} "
+            f"{r['writes_per_frame'] - r['puts_per_frame']:11.3f}"
+        )
+    print("(other: POST requests, the batch deletes of the trim at close)")
+    print("\nlarge objects through s3fs's _pipe_file (ratio to its default, 50 MiB parts)")
+    print(
+        f"{'profile':<28} {'MiB':>4} {'objs':>4} {'variant':<14} "
+        f"{'writes':>6} {'MiB/s':>7} {'vs def':>6}"
+    )
+    for r in multipart:
+        print(
+            f"{r['profile']:<28} {r['object_mib']:>4} {r['objects']:>4} {r['variant']:<14} "
+            f"{r['writes']:>6} {r['mib_s']:7.1f} {r['vs_s3fs_default']:6.2f}"
+        )
+    elapsed = time.perf_counter() - t0
+    print(f"\n({elapsed:.0f} s in all)")
+    result = {
+        "machine": machine,
+        "repeats": args.repeats,
+        "frame_kib": args.frame_kib,
+        "default_concurrency": zarr_writer._MAX_CONCURRENT_BLOCKS,
+        "profiles": {**_PROFILES, _WAN_NAME: _WAN},
+        "seconds": elapsed,
+        "concurrency": conc,
+        "chunks": chunks,
+        "multipart": multipart,
+    }
+    if args.json:
+        args.json.write_text(json.dumps(result, indent=2) + "\n")
+    return result
+
+
 def main(argv: list[str] | None = None) -> dict[str, Any]:
     """Run the comparison; print its table and return its result."""
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
@@ -135,9 +486,26 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     )
     ap.add_argument("--quick", action="store_true", help="128 frames, one repeat")
     ap.add_argument("--json", type=Path)
+    ap.add_argument(
+        "--sweep",
+        action="store_true",
+        help="sweep PUTs in flight, chunk/shard sizes and multipart part sizes instead, "
+        "with and without injected latency (benchmarks/results/s3-sweep-cpu.json)",
+    )
+    ap.add_argument(
+        "--chunk-sweep-frames",
+        type=int,
+        default=1000,
+        help="frames per run of the chunk sweep (not a power of 2: the trim at close shows)",
+    )
     args = ap.parse_args(argv)
     if args.quick:
         args.frames, args.repeats = 128, 1
+        args.chunk_sweep_frames = 250
+        if args.sweep:
+            args.concurrency = [1, 32]
+    if args.sweep:
+        return sweep(args)
     import boto3
 
     frames = _frames(args.frame_kib * 1024)
@@ -176,7 +544,7 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
                     t = _run(store, frames, args.frames)
                     name = f"s3 c{c}"
                     best[name] = min(best.get(name, t), t)
-                    peaks[name] = max(peaks.get(name, 0), store._inflight.peak)
+                    peaks[name] = max(peaks.get(name, 0), store._io.inflight.peak)
         finally:
             zarr_writer._MAX_CONCURRENT_BLOCKS = default
             shutil.rmtree(tmp, ignore_errors=True)

@@ -10,12 +10,14 @@ from __future__ import annotations
 
 import asyncio
 import errno
+import json
 import os
 import signal
 import socket
 import subprocess
 import sys
 import time
+import urllib.request
 import uuid
 from collections.abc import Iterator
 from typing import Any
@@ -33,6 +35,7 @@ from snapsink._errors import (
     WriterError,
 )
 from snapsink.stores import zarr as zarr_store
+from snapsink.stores._zarrplan import MAX_CHUNK_FRAMES, TARGET_CHUNK_BYTES
 from snapsink.stores.zarr import ZarrStore
 
 pytest.importorskip("moto.server", reason="needs moto's server: pip install 'moto[server]'")
@@ -53,9 +56,46 @@ def _free_port() -> int:
 @pytest.fixture(scope="module")
 def endpoint() -> Iterator[str]:
     """moto's S3 server in a process of its own (its warnings stay there)."""
+    yield from _serve(["-m", "moto.server", "-H", "127.0.0.1", "-p", "{port}"])
+
+
+#: moto's server with each PUT answered ``sys.argv[2]`` seconds late (its
+#: request threads sleep, as an S3 PUT takes tens of ms); ``GET /_peak``
+#: answers the most PUTs it has had in flight at once.
+_SLOW_SERVER = """
+import sys, threading, time
+from moto.moto_server.werkzeug_app import DomainDispatcherApplication
+from moto.server import main
+latency = float(sys.argv[2])
+state = {"now": 0, "peak": 0}
+lock = threading.Lock()
+call = DomainDispatcherApplication.__call__
+def slow(self, environ, start_response):
+    if environ.get("PATH_INFO") == "/_peak":
+        start_response("200 OK", [("Content-Type", "text/plain")])
+        return [str(state["peak"]).encode()]
+    if environ["REQUEST_METHOD"] != "PUT":
+        return call(self, environ, start_response)
+    with lock:
+        state["now"] += 1
+        state["peak"] = max(state["peak"], state["now"])
+    try:
+        time.sleep(latency)
+        return call(self, environ, start_response)
+    finally:
+        with lock:
+            state["now"] -= 1
+DomainDispatcherApplication.__call__ = slow
+main(["-H", "127.0.0.1", "-p", sys.argv[1]])
+"""
+
+
+def _serve(args: list[str]) -> Iterator[str]:
+    """Run ``python *args`` (``"{port}"`` replaced by a free port) until the
+    fixture ends; yield its endpoint once it listens."""
     port = _free_port()
     proc = subprocess.Popen(
-        [sys.executable, "-m", "moto.server", "-H", "127.0.0.1", "-p", str(port)],
+        [sys.executable, *(str(port) if a == "{port}" else a for a in args)],
         stdout=subprocess.DEVNULL,
         stderr=subprocess.DEVNULL,
     )
@@ -73,6 +113,12 @@ def endpoint() -> Iterator[str]:
     finally:
         proc.terminate()
         proc.wait(10)
+
+
+@pytest.fixture(scope="module")
+def slow_endpoint() -> Iterator[str]:
+    """moto's S3 server answering each PUT 30 ms late, counting PUTs in flight."""
+    yield from _serve(["-c", _SLOW_SERVER, "{port}", "0.03"])
 
 
 def _options(endpoint: str) -> dict[str, Any]:
@@ -169,6 +215,55 @@ def test_chunk_puts_are_in_flight_many_at_a_time(endpoint: str, bucket: str) -> 
         _write(sink, range(64))
     assert store._io.inflight.peak > 4, store._io.inflight.peak  # not one PUT at a time
     _check(snapsink.open(url, storage_options=_options(endpoint)), range(64))
+
+
+def test_the_server_sees_max_concurrent_blocks_puts_at_once(slow_endpoint: str) -> None:
+    """With PUTs answered 30 ms late, the server has the full default of chunk
+    PUTs in flight at once: neither snapsink's bound nor the HTTP connection
+    pool (botocore's is 10 unless set) holds them back."""
+    limit = zarr_store._MAX_CONCURRENT_BLOCKS
+    _client(slow_endpoint).create_bucket(Bucket="slow")
+    url = "s3://slow/peak.zarr"
+    opts = _options(slow_endpoint)
+    store = ZarrStore(url, storage_options=opts, chunk_frames=1, commit_every=10_000)
+    with snapsink.SyncSink(store, schema=SCHEMA, writer="thread", capacity=64) as sink:
+        _write(sink, range(2 * limit))
+    with urllib.request.urlopen(f"{slow_endpoint}/_peak", timeout=30) as r:
+        server_peak = int(r.read())
+    assert store._io.inflight.peak == limit
+    assert server_peak == limit  # more would mean PUTs past snapsink's bound
+    traj = snapsink.open(url, storage_options=opts)
+    assert list(traj.steps) == list(range(2 * limit))
+    assert traj["positions"][:].tobytes() == b"".join(
+        _frame(s)["positions"].tobytes() for s in range(2 * limit)
+    )
+
+
+def _chunk_shape(endpoint: str, bucket: str, key: str) -> tuple[list[int], list[Any]]:
+    """The chunk shape and codecs stored in the array metadata object ``key``."""
+    body = _client(endpoint).get_object(Bucket=bucket, Key=key)["Body"].read()
+    meta = json.loads(body)
+    return meta["chunk_grid"]["configuration"]["chunk_shape"], meta["codecs"]
+
+
+def test_default_chunks_on_s3_aim_at_8_mib_unsharded(endpoint: str, bucket: str) -> None:
+    """Without chunk_frames an s3:// store gets the local rule: about
+    TARGET_CHUNK_BYTES (8 MiB) per chunk, one PUT each, no shards. benchmarks/s3.py
+    --sweep chose it for object storage too (1 MiB chunks: 0.53-0.70x, 64 KiB
+    chunks in 8 MiB shards: 0.47-0.65x)."""
+    assert TARGET_CHUNK_BYTES == 8 << 20
+    url = f"s3://{bucket}/default.zarr"
+    opts = _options(endpoint)
+    frame = np.arange(16384, dtype=np.float32)  # 64 KiB
+    with snapsink.SyncSink(ZarrStore(url, storage_options=opts), writer="thread") as sink:
+        for s in range(3):
+            sink.write({"x": frame + s}, step=s, time=0.5 * s)
+    chunks, codecs = _chunk_shape(endpoint, bucket, "default.zarr/x/zarr.json")
+    assert chunks == [128, 16384]  # 128 frames of 64 KiB: 8 MiB
+    assert all(c["name"] != "sharding_indexed" for c in codecs)
+    assert _chunk_shape(endpoint, bucket, "default.zarr/steps/zarr.json")[0] == [MAX_CHUNK_FRAMES]
+    x = snapsink.open(url, storage_options=opts)["x"][:]
+    np.testing.assert_array_equal(x, [frame + s for s in range(3)])
 
 
 def test_the_writer_process_rebuilds_the_s3_store_from_its_description(

@@ -48,7 +48,12 @@ ATTRS_KEY = "attrs"
 STATIC_GROUP = "static"
 
 #: a default chunk aims at this many bytes (within 4-16 MiB for any frame size
-#: between 4 KiB and 8 MiB; smaller frames hit the frame cap below).
+#: between 4 KiB and 8 MiB; smaller frames hit the frame cap below). The same
+#: rule serves object storage: on a local S3 server (``benchmarks/s3.py
+#: --sweep``, 32 PUTs in flight) 8 MiB chunks of 64 KiB frames wrote faster than
+#: 1 MiB chunks (1.4-1.9x) and 64 KiB chunks (8-14x), and than 64 KiB or 1 MiB
+#: chunks in 8 MiB shards (1.1-2.1x); at 8 MiB a chunk stays one PUT (s3fs
+#: goes multipart from 100 MiB).
 TARGET_CHUNK_BYTES = 8 << 20
 #: frames per chunk never exceed this by default (tiny frames: scalars, energies).
 MAX_CHUNK_FRAMES = 1 << 16
