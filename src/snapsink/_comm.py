@@ -14,14 +14,18 @@ socket: the transport is the user's MPI or torch's gloo.
 
 from __future__ import annotations
 
+import builtins
 import sys
+from collections.abc import Awaitable, Callable
 from typing import Any
 
+import anyio.to_thread
 import numpy as np
 
-from ._errors import ConfigError
+from . import _errors
+from ._errors import ConfigError, StoreStateError
 
-__all__ = ["Communicator", "as_communicator"]
+__all__ = ["Communicator", "agree", "as_communicator", "share", "together"]
 
 
 class Communicator:
@@ -157,3 +161,80 @@ def as_communicator(comm: object) -> Communicator:
         "comm: expected an mpi4py communicator (e.g. MPI.COMM_WORLD) or a "
         f"torch.distributed process group (e.g. dist.group.WORLD), got {type(comm).__name__}"
     )
+
+
+# -- agreeing on a step of every rank ------------------------------------------------
+def _remote_error(kind: str, msg: str) -> Exception:
+    """Another rank's error, by the name of its class: the same snapsink error or
+    built-in exception when it is one (and takes a message alone), else a
+    StoreStateError. Errors travel as names and messages, never pickled objects:
+    a class that cannot be pickled must not break the collective."""
+    cls = getattr(_errors, kind, None) or getattr(builtins, kind, None)
+    if isinstance(cls, type) and issubclass(cls, Exception):
+        try:
+            return cls(msg)
+        except Exception:
+            pass
+    return StoreStateError(f"{kind}: {msg}")
+
+
+#: the last step of a rank that holds no frame, in a commit's allreduce
+_NO_STEP = -(1 << 62)
+
+
+async def together(
+    comm: Communicator, step: Callable[..., Awaitable[Any]] | None, *args: Any
+) -> list[Any]:
+    """Run ``step`` here, then share every rank's result or failure: the same
+    error on every rank (the failing rank's own), or every rank's result (an
+    allgather: for a store's open, once)."""
+    result: Any = None
+    local: Exception | None = None
+    if step is not None:
+        try:
+            result = await step(*args)
+        except Exception as exc:
+            local = exc
+    return await share(comm, local, result)
+
+
+async def share(comm: Communicator, local: Exception | None, result: Any) -> list[Any]:
+    """Every rank's ``result``; or, when a rank failed, its error raised on
+    every rank (``local``, this rank's own failure, here)."""
+    error = None if local is None else (type(local).__name__, str(local))
+    reports = await anyio.to_thread.run_sync(comm.allgather, (error, result))
+    failed = [(r, e) for r, (e, _) in enumerate(reports) if e is not None]
+    if local is not None:
+        raise local
+    if failed:
+        rank, (cls, msg) = failed[0]
+        raise _remote_error(cls, f"rank {rank} failed: {msg}")
+    return [res for _, res in reports]
+
+
+async def agree(
+    comm: Communicator,
+    step: Callable[..., Awaitable[tuple[int, int | None] | None]],
+    *args: Any,
+) -> tuple[tuple[int, int], tuple[int, int]]:
+    """:func:`together` for a commit's exchanges, on one fixed-size allreduce:
+    each rank's failure flag and ``step``'s (frames, last step), as
+    ``(min frames, min last step), (max frames, max last step)`` over ranks. A
+    commit then costs three small allreduces whatever the number of ranks (an
+    allgather of every rank's report grows with them: docs/guides/scaling.md);
+    only a failure gathers the ranks' messages, to raise the same error
+    everywhere."""
+    result: tuple[int, int | None] | None = None
+    local: Exception | None = None
+    try:
+        result = await step(*args)
+    except Exception as exc:
+        local = exc
+    frames, last = result if result is not None else (0, None)
+    last_v = _NO_STEP if last is None else last
+    got = await anyio.to_thread.run_sync(
+        comm.allreduce_max, [int(local is not None), -frames, frames, -last_v, last_v]
+    )
+    if got[0]:  # a rank failed: every rank learns which, and why (raises)
+        await share(comm, local, None)
+    return (-got[1], -got[3]), (got[2], got[4])

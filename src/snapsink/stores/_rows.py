@@ -67,6 +67,30 @@ class _TimesFlag(Protocol):
     times: bool | None
 
 
+def check_offsets(
+    off: np.ndarray[Any, Any], start: int, stop: int, stored: int, what: str
+) -> None:
+    """Offsets ``off`` of frames ``[start, stop]`` of a ragged field are sane:
+    non-decreasing, from 0 at frame 0, within the ``stored`` rows. Every reader
+    of offsets (the Zarr and HDF5 readers, the many-rank reader) checks here.
+
+    Raises
+    ------
+    FormatError
+        ``what`` (naming the store and the field) are corrupt.
+    """
+    if off.size and (
+        off[0] < 0
+        or off[-1] > stored
+        or bool(np.any(np.diff(off) < 0))
+        or (start == 0 and off[0] != 0)
+    ):
+        raise FormatError(
+            f"{what} are corrupt (frames [{start}, {stop}]: expected non-decreasing "
+            f"offsets from 0 within [0, {stored}])"
+        )
+
+
 class RowArraysSource:
     """Mixin: :class:`~snapsink._trajectory.Source` reads over row arrays."""
 
@@ -129,18 +153,10 @@ class RowArraysSource:
         """Rows of frames ``[start, stop)`` of ragged field ``name`` and their offsets."""
         self._check_range(start, stop)
         off = np.asarray(self._get(offsets_name(name), start, stop + 1), dtype=np.int64)
-        stored = self._stored_rows(name)
-        if off.size and (
-            off[0] < 0
-            or off[-1] > stored
-            or bool(np.any(np.diff(off) < 0))
-            or (start == 0 and off[0] != 0)
-        ):
-            raise FormatError(
-                f"{self._where}: offsets of ragged field {name!r} are corrupt (frames "
-                f"[{start}, {stop}]: expected non-decreasing offsets from 0 within "
-                f"[0, {stored}])"
-            )
+        check_offsets(
+            off, start, stop, self._stored_rows(name), f"{self._where}: offsets of ragged "
+            f"field {name!r}"
+        )  # fmt: skip
         rows = self._get(name, int(off[0]), int(off[-1]))
         return rows, off - off[0]
 

@@ -23,7 +23,6 @@ in the writer thread (blocking calls in worker threads of the writer's loop).
 
 from __future__ import annotations
 
-import builtins
 import contextlib
 import math
 import os
@@ -35,8 +34,7 @@ from typing import Any
 import anyio.to_thread
 import numpy as np
 
-from .. import _errors
-from .._comm import Communicator, as_communicator
+from .._comm import Communicator, agree, as_communicator, together
 from .._errors import ConfigError, FormatError, SchemaError, StoreStateError
 from .._schema import Batch, Frame, Schema
 from .._store import Resume
@@ -93,22 +91,6 @@ class _Array:
     owner: int | None
 
 
-def _remote_error(kind: str, msg: str) -> Exception:
-    """Another rank's error, by the name of its class: the same snapsink error or
-    built-in exception when it is one (and takes a message alone), else a
-    StoreStateError. Errors travel as names and messages, never pickled objects:
-    a class that cannot be pickled must not break the collective."""
-    cls = getattr(_errors, kind, None) or getattr(builtins, kind, None)
-    if isinstance(cls, type) and issubclass(cls, Exception):
-        try:
-            return cls(msg)
-        except Exception:
-            pass
-    return StoreStateError(f"{kind}: {msg}")
-
-
-#: the last step of a rank that holds no frame, in a commit's allreduce
-_NO_STEP = -(1 << 62)
 
 
 class ParallelZarrStore(ZarrStore):
@@ -172,54 +154,14 @@ class ParallelZarrStore(ZarrStore):
 
     # -- collectives ------------------------------------------------------------
     async def _together(self, step: Callable[..., Awaitable[Any]] | None, *args: Any) -> list[Any]:
-        """Run ``step`` here, then share every rank's result or failure: the same
-        error on every rank (the failing rank's own), or every rank's result."""
-        result: Any = None
-        local: Exception | None = None
-        if step is not None:
-            try:
-                result = await step(*args)
-            except Exception as exc:
-                local = exc
-        return await self._share(local, result)
-
-    async def _share(self, local: Exception | None, result: Any) -> list[Any]:
-        """Every rank's ``result``; or, when a rank failed, its error raised on
-        every rank (``local``, this rank's own failure, here)."""
-        error = None if local is None else (type(local).__name__, str(local))
-        reports = await anyio.to_thread.run_sync(self._comm.allgather, (error, result))
-        failed = [(r, e) for r, (e, _) in enumerate(reports) if e is not None]
-        if local is not None:
-            raise local
-        if failed:
-            rank, (cls, msg) = failed[0]
-            raise _remote_error(cls, f"rank {rank} failed: {msg}")
-        return [res for _, res in reports]
+        """Every rank runs ``step``; see :func:`snapsink._comm.together`."""
+        return await together(self._comm, step, *args)
 
     async def _agree(
         self, step: Callable[..., Awaitable[tuple[int, int | None] | None]], *args: Any
     ) -> tuple[tuple[int, int], tuple[int, int]]:
-        """:meth:`_together` for a commit's exchanges, on one fixed-size allreduce:
-        each rank's failure flag and ``step``'s (frames, last step), as the
-        minimum and the maximum over ranks. A commit then costs three small
-        allreduces whatever the number of ranks (an allgather of every rank's
-        report grows with them: see docs/guides/scaling.md); only a failure
-        gathers the ranks' messages, to raise the same error everywhere."""
-        result: tuple[int, int | None] | None = None
-        local: Exception | None = None
-        try:
-            result = await step(*args)
-        except Exception as exc:
-            local = exc
-        frames, last = result if result is not None else (0, None)
-        last_v = _NO_STEP if last is None else last
-        failed = local is not None
-        got = await anyio.to_thread.run_sync(
-            self._comm.allreduce_max, [int(failed), -frames, frames, -last_v, last_v]
-        )
-        if got[0]:  # a rank failed: every rank learns which, and why (raises)
-            await self._share(local, None)
-        return (-got[1], -got[3]), (got[2], got[4])
+        """A commit's exchange; see :func:`snapsink._comm.agree`."""
+        return await agree(self._comm, step, *args)
 
     # -- Store protocol -----------------------------------------------------------
     async def open(self) -> Resume | None:

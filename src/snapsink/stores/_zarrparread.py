@@ -17,6 +17,7 @@ from typing import Any
 import numpy as np
 
 from .._errors import FormatError
+from ._rows import check_offsets
 from ._zarrparplan import PARALLEL_KEY, rank_array
 
 __all__ = ["RankedRagged", "parallel_ranks"]
@@ -81,17 +82,8 @@ class RankedRagged:
         off = np.asarray(self._get(rank_array(self.name, rank, offsets=True), start, stop + 1))
         off = off.astype(np.int64, copy=False)
         stored = self._stored_rows(rank_array(self.name, rank))
-        if off.size and (
-            off[0] < 0
-            or off[-1] > stored
-            or bool(np.any(np.diff(off) < 0))
-            or (start == 0 and off[0] != 0)
-        ):
-            raise FormatError(
-                f"{self._where}: offsets of rank {rank}'s rows of ragged field {self.name!r} "
-                f"are corrupt (frames [{start}, {stop}]: expected non-decreasing offsets "
-                f"from 0 within [0, {stored}])"
-            )
+        what = f"{self._where}: offsets of rank {rank}'s rows of ragged field {self.name!r}"
+        check_offsets(off, start, stop, stored, what)
         return off
 
     def index(self, start: int = 0, stop: int | None = None) -> np.ndarray[Any, Any]:
