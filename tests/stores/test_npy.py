@@ -15,6 +15,7 @@ from typing import Any
 
 import numpy as np
 import pytest
+from _values import DTYPES, sample
 
 import snapsink
 from snapsink._errors import (
@@ -31,30 +32,6 @@ from snapsink.stores import npy as npy_module
 from snapsink.stores._format import StepRanges
 from snapsink.stores._npyformat import HEADER_SIZE, build_header, parse_header
 from snapsink.stores.npy import NpyDirectory, NpySource, is_npy_store, open_npy
-
-DTYPES = [
-    "bool", "int8", "int16", "int32", "int64", "uint8", "uint16", "uint32", "uint64",
-    "float16", "float32", "float64", "complex64", "complex128",
-]  # fmt: skip
-
-
-def sample(dtype: np.dtype[Any], shape: tuple[int, ...], seed: int) -> np.ndarray[Any, Any]:
-    """Values that exercise the whole range of ``dtype`` (extremes, NaN, inf)."""
-    rng = np.random.default_rng(seed)
-    n = int(np.prod(shape))
-    if dtype.kind == "b":
-        flat = rng.integers(0, 2, n).astype(bool)
-    elif dtype.kind in "iu":
-        info = np.iinfo(dtype)
-        flat = rng.integers(info.min, info.max, n, dtype=dtype, endpoint=True)
-        flat[:2] = [info.min, info.max][: min(n, 2)]
-    else:
-        flat = rng.standard_normal(n).astype(dtype)
-        if dtype.kind == "c":
-            flat = flat + 1j * rng.standard_normal(n).astype(dtype)
-        special = np.array([np.nan, np.inf, -np.inf, -0.0]).astype(dtype)
-        flat[: min(n, 4)] = special[: min(n, 4)]
-    return np.asarray(flat, dtype=dtype).reshape(shape)
 
 
 def frame(step: int, time: float | None = None, **fields: Any) -> Frame:
@@ -648,6 +625,7 @@ def test_sigkilled_writer_leaves_committed_frames(tmp_path: Path) -> None:
 import os, signal, numpy as np
 from snapsink._schema import Batch, Field, Frame, Schema
 from snapsink.stores.npy import NpyDirectory
+from _values import DTYPES, sample
 s = NpyDirectory({str(tmp_path / "k")!r}, commit_every=1000, commit_seconds=None)
 s.open()
 s.prepare(Schema({{"x": Field("float64", (3,))}}), times=False)
