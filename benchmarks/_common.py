@@ -75,6 +75,29 @@ def stored(kind: str, store: Any, path: Path) -> int:
     return len(store) if kind == "memory" else len(snapsink.open(path))
 
 
+def fsync_path(path: str, directory: bool = False) -> None:
+    """fsync a file (or, with ``directory``, a directory's entries) by path."""
+    fd = os.open(path, os.O_RDONLY | (getattr(os, "O_DIRECTORY", 0) if directory else 0))
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+
+
+def raw_write(path: str, pool: list[np.ndarray[Any, Any]], n: int) -> None:
+    """The ``raw`` baseline: ``n`` frames (the ``pool``'s, cycled) written with one
+    ``os.write`` each into a new file, then one fsync: the disk's own pace."""
+    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o644)
+    try:
+        for i in range(n):
+            view = memoryview(pool[i % len(pool)]).cast("B")
+            while view:
+                view = view[os.write(fd, view) :]
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+
+
 def io_alone(
     kind: str,
     fields: Mapping[str, Any],

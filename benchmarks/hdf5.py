@@ -31,6 +31,7 @@ import json
 import os
 import platform
 import shutil
+import sys
 import tempfile
 import time
 from collections.abc import Callable
@@ -43,6 +44,12 @@ import numpy as np
 
 import snapsink
 
+HERE = Path(__file__).resolve().parent
+if str(HERE) not in sys.path:
+    sys.path.insert(0, str(HERE))
+
+import _common  # noqa: E402  (sibling module)
+
 POOL = 8  # distinct frames, cycled (the caller may reuse its arrays at once)
 
 
@@ -52,25 +59,9 @@ def _frames(frame_bytes: int) -> list[np.ndarray[Any, Any]]:
     return [rng.standard_normal(n).astype(np.float32) for _ in range(POOL)]
 
 
-def _fsync(path: str) -> None:
-    fd = os.open(path, os.O_RDONLY)
-    try:
-        os.fsync(fd)
-    finally:
-        os.close(fd)
-
-
 def _raw(path: str, pool: list[np.ndarray[Any, Any]], n: int) -> float:
     t0 = time.perf_counter()
-    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o644)
-    try:
-        for i in range(n):
-            view = memoryview(pool[i % POOL]).cast("B")
-            while view:
-                view = view[os.write(fd, view) :]
-        os.fsync(fd)
-    finally:
-        os.close(fd)
+    _common.raw_write(path, pool, n)
     return time.perf_counter() - t0
 
 
@@ -110,7 +101,7 @@ def _naive(path: str, pool: list[np.ndarray[Any, Any]], n: int) -> float:
             ds.resize(i + 1, axis=0)
             ds[i] = pool[i % POOL]
         f.flush()
-    _fsync(path)
+    _common.fsync_path(path)
     return time.perf_counter() - t0
 
 

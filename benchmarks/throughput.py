@@ -98,35 +98,19 @@ def _frames(frame_bytes: int, seed: int = 0) -> list[np.ndarray[Any, Any]]:
 
 
 # -- the variants: each writes n frames into ``path`` and returns seconds ----------
-def _fsync_path(p: str, directory: bool = False) -> None:
-    fd = os.open(p, os.O_RDONLY | (getattr(os, "O_DIRECTORY", 0) if directory else 0))
-    try:
-        os.fsync(fd)
-    finally:
-        os.close(fd)
-
-
 def _fsync_tree(root: str) -> None:
     for d, _, files in os.walk(root):
         for name in files:
-            _fsync_path(os.path.join(d, name))
-        _fsync_path(d, directory=True)
-    _fsync_path(os.path.dirname(root), directory=True)
+            _common.fsync_path(os.path.join(d, name))
+        _common.fsync_path(d, directory=True)
+    _common.fsync_path(os.path.dirname(root), directory=True)
 
 
 def _raw(path: str, pool: list[np.ndarray[Any, Any]], n: int, capacity: int) -> float:
     t0 = time.perf_counter()
     os.mkdir(path)
-    fd = os.open(os.path.join(path, "raw.bin"), os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o644)
-    try:
-        for i in range(n):
-            view = memoryview(pool[i % POOL]).cast("B")
-            while view:
-                view = view[os.write(fd, view) :]
-        os.fsync(fd)
-    finally:
-        os.close(fd)
-    _fsync_path(path, directory=True)
+    _common.raw_write(os.path.join(path, "raw.bin"), pool, n)
+    _common.fsync_path(path, directory=True)
     return time.perf_counter() - t0
 
 
