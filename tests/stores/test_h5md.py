@@ -230,6 +230,32 @@ def test_modes_x_w_a(tmp_path: Path) -> None:
     assert len(snapsink.open(path)) == 2
 
 
+def test_a_resumed_store_writes_its_current_tree_no_more(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Writing the tree is a structure session outside SWMR mode (a kill there
+    can tear the file): mode="a" with the same mapping and units must not open
+    one; new units must still reach the file."""
+    path = tmp_path / "run.h5md"
+    _write(path, _frames(2, 4, seed=1), units={"positions": "nm"})
+    calls: list[str] = []
+    real = hdf5_module.write_h5md_tree
+
+    def counting(*args: Any, **kw: Any) -> None:
+        calls.append("tree")
+        real(*args, **kw)
+
+    monkeypatch.setattr(hdf5_module, "write_h5md_tree", counting)
+    _write(path, _frames(1, 4, seed=2), mode="a", units={"positions": "nm"})
+    assert calls == []  # the tree was current: nothing rewritten
+    _write(path, _frames(1, 4, seed=3), mode="a", units={"positions": "Angstrom"})
+    assert calls == ["tree"]
+    with h5py.File(path, "r") as f:
+        assert f["particles/all/position/value"].attrs["unit"] == "Angstrom"
+        assert f["particles/all/position/value"].shape[0] == 4
+    assert len(snapsink.open(path)) == 4
+
+
 def test_uncommitted_rows_and_recovery_by_append(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:

@@ -290,18 +290,9 @@ def write_h5md_tree(
         A path of the tree exists and is not the link this store makes (another
         run's H5MD tree).
     """
-    h5 = f.require_group("h5md")
-    h5.attrs["version"] = np.array(H5MD_VERSION, np.int32)
-    h5.require_group("author").attrs["name"] = m.author
-    creator = h5.require_group("creator")
-    creator.attrs["name"] = "snapsink"
-    creator.attrs["version"] = version
-    box = f.require_group(f"particles/{m.particles}/box")
-    box.attrs["dimension"] = np.int32(dim)
-    boundary = m.boundary or (("periodic",) if m.box is not None else ("none",))
-    if len(boundary) == 1:
-        boundary = boundary * dim
-    box.attrs["boundary"] = np.array([b.encode() for b in boundary])
+    for path in ("h5md/author", "h5md/creator", f"particles/{m.particles}/box"):
+        f.require_group(path)
+    f["h5md/creator"].attrs["version"] = version
     for path, target in h5md_links(m, times=times, static_box=static_box).items():
         ds = grp[target]
         node = f.get(path)
@@ -312,6 +303,29 @@ def write_h5md_tree(
                 f"{f.filename!r}: {path!r} exists and is not {grp.name}/{target} (the file "
                 "holds another H5MD run; an H5MD file holds one run): choose another file"
             )
+    for node, key, value in _tree_attributes(f, grp, m, dim, times=times):
+        node.attrs[key] = value
+
+
+def _tree_attributes(
+    f: Any, grp: Any, m: H5MDMapping, dim: int, *, times: bool
+) -> list[tuple[Any, str, Any]]:
+    """The attributes of the H5MD tree (the creator's version aside), as
+    ``(object, name, value)``: what :func:`write_h5md_tree` sets and
+    :func:`h5md_tree_is_current` compares. The tree's groups exist (a missing
+    one is ``None``); a ``unit`` goes where its field, static array or the
+    times are."""
+    boundary = m.boundary or (("periodic",) if m.box is not None else ("none",))
+    if len(boundary) == 1:
+        boundary = boundary * dim
+    box = f.get(f"particles/{m.particles}/box")
+    out: list[tuple[Any, str, Any]] = [
+        (f.get("h5md"), "version", np.array(H5MD_VERSION, np.int32)),
+        (f.get("h5md/author"), "name", m.author),
+        (f.get("h5md/creator"), "name", "snapsink"),
+        (box, "dimension", np.int32(dim)),
+        (box, "boundary", np.array([b.encode() for b in boundary])),
+    ]
     for key, unit in m.units.items():
         if key == "time":
             node = grp.get("times") if times else None
@@ -320,7 +334,8 @@ def write_h5md_tree(
             if node is None:
                 node = grp.get(f"{STATIC_GROUP}/{key}")
         if node is not None:
-            node.attrs["unit"] = unit
+            out.append((node, "unit", unit))
+    return out
 
 
 def h5md_tree_is_current(
@@ -334,29 +349,10 @@ def h5md_tree_is_current(
         got = None if node is None else node.attrs.get(key)
         return got is not None and np.array_equal(np.asarray(got), np.asarray(value))
 
-    boundary = m.boundary or (("periodic",) if m.box is not None else ("none",))
-    if len(boundary) == 1:
-        boundary = boundary * dim
-    h5 = f.get("h5md")
-    box = f.get(f"particles/{m.particles}/box")
-    if not (
-        same(h5, "version", np.array(H5MD_VERSION, np.int32))
-        and same(f.get("h5md/author"), "name", m.author)
-        and same(f.get("h5md/creator"), "name", "snapsink")
-        and same(box, "dimension", np.int32(dim))
-        and same(box, "boundary", np.array([b.encode() for b in boundary]))
-    ):
-        return False
     links = h5md_links(m, times=times, static_box=static_box)
     if any(f.get(path) != grp[target] for path, target in links.items()):
         return False
-    for key, unit in m.units.items():
-        node = grp.get("times") if key == "time" and times else grp.get(key)
-        if node is None and key != "time":
-            node = grp.get(f"{STATIC_GROUP}/{key}")
-        if node is not None and not same(node, "unit", unit):
-            return False
-    return True
+    return all(same(*a) for a in _tree_attributes(f, grp, m, dim, times=times))
 
 
 def is_h5md_file(f: Any) -> bool:
