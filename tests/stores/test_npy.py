@@ -342,6 +342,49 @@ def test_commits_run_in_the_background_while_appends_go_on(
     store.close()
 
 
+def test_a_background_commit_checking_the_files_while_they_grow_sees_no_truncation(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The commit thread checks each data file's size against its capacity while
+    the writer thread appends and grows it: a growth between the two reads is
+    no truncation (it failed the store, with a thread writer on tmpfs)."""
+    from snapsink.stores import _npyfile
+
+    in_check = threading.Event()
+    grown = threading.Event()
+    real_fstat = os.fstat
+
+    def fstat(fd: int) -> os.stat_result:
+        st = real_fstat(fd)
+        if fd == data_fd and threading.current_thread().name.startswith("snapsink-npy-commit"):
+            in_check.set()  # the size is taken: let the writer grow the file now
+            assert grown.wait(10)
+        return st
+
+    schema = Schema({"u": Field("float32", (256, 256))})  # 256 KiB rows: 16 fit at first
+    store = NpyDirectory(tmp_path / "s", commit_every=3, commit_seconds=None)
+    store.open()
+    store.prepare(schema, times=False)
+    rows = [np.full((256, 256), i, np.float32) for i in range(40)]
+    for i in range(2):
+        store.append(Batch([frame(i, u=rows[i])]))
+    data_fd = store._files["u"].fd
+    monkeypatch.setattr(_npyfile.os, "fstat", fstat)
+    store.append(Batch([frame(2, u=rows[2])]))  # the commit of frames 0-2 starts
+    assert in_check.wait(10)
+    for i in range(3, 40):  # past the first capacity: the file grows (twice)
+        store.append(Batch([frame(i, u=rows[i])]))
+    assert store._files["u"].capacity > 16
+    grown.set()
+    store._collect(wait=True)  # the old code raised FormatError("truncated ...") here
+    monkeypatch.undo()
+    store.commit()
+    store.close()
+    got = snapsink.open(tmp_path / "s")
+    assert got.steps.tolist() == list(range(40))
+    np.testing.assert_array_equal(got["u"][:], np.stack(rows))
+
+
 def test_a_failed_background_commit_fails_the_store_at_its_next_call(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:

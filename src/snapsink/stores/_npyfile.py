@@ -309,7 +309,7 @@ class GrowableNpyFile:
         need = self.used + rows
         if need > self.capacity:
             if self.capacity:  # growing would hide a truncation: look first
-                self._check_size(os.fstat(self.fd).st_size)
+                self._check_size(os.fstat(self.fd).st_size, self.capacity)
             cap = max(need, 2 * self.capacity)
             os.ftruncate(self.fd, HEADER_SIZE + cap * self.row_bytes)
             self.capacity = cap
@@ -371,6 +371,11 @@ class GrowableNpyFile:
             The file was replaced (another inode at ``path``) or truncated below
             the rows written, by someone other than this writer.
         """
+        # The capacity before the size: a background commit runs this while the
+        # writer thread grows the file (ftruncate, then capacity), so a size
+        # taken first could predate a growth whose capacity is read after it.
+        # Taken in this order, the file is at least that capacity.
+        capacity = self.capacity
         st = os.fstat(self.fd)
         try:
             now = os.stat(self.path, follow_symlinks=False)
@@ -387,17 +392,17 @@ class GrowableNpyFile:
                 f"(device/inode {st.st_dev}/{st.st_ino} opened, {now.st_dev}/{now.st_ino} "
                 "now at the path)"
             )
-        self._check_size(st.st_size)
+        self._check_size(st.st_size, capacity)
 
-    def _check_size(self, size: int) -> None:
+    def _check_size(self, size: int, capacity: int) -> None:
         # Against the capacity, not the rows used: the file is never shorter
         # than its capacity, and appends after a truncation that stay within
         # the capacity (refilling the cut part with a hole) do not hide it.
-        need = HEADER_SIZE + self.capacity * self.row_bytes
+        need = HEADER_SIZE + capacity * self.row_bytes
         if size < need:
             raise FormatError(
                 f"{self.path}: truncated to {size} bytes while the store was writing it "
-                f"(it held {need}: its {self.used} rows written and room for more)"
+                f"(it held {need}: room for {capacity} rows)"
             )
 
     def close(self) -> None:
