@@ -37,13 +37,31 @@ COMMIT_EVERY = 8
 
 
 @contextlib.contextmanager
-def scratch(prefix: str = "snapsink-bench-") -> Iterator[Path]:
-    """A temporary directory on the default temp filesystem, removed afterwards."""
-    path = Path(tempfile.mkdtemp(prefix=prefix))
+def scratch(prefix: str = "snapsink-bench-", dir: str | Path | None = None) -> Iterator[Path]:
+    """A temporary directory under ``dir`` (default: the temp filesystem), removed afterwards."""
+    path = Path(tempfile.mkdtemp(prefix=prefix, dir=dir))
     try:
         yield path
     finally:
         shutil.rmtree(path, ignore_errors=True)
+
+
+def filesystem(path: str | Path) -> str:
+    """The mount point and type of ``path`` (Linux), for the record."""
+    best = ("", "?")
+    real = os.path.realpath(path)
+    try:
+        with open("/proc/mounts") as fh:
+            for line in fh:
+                parts = line.split()
+                mnt, fstype = parts[1], parts[2]
+                if (real == mnt or real.startswith(mnt.rstrip("/") + "/")) and len(mnt) > len(
+                    best[0]
+                ):
+                    best = (mnt, fstype)
+    except OSError:
+        pass
+    return f"{best[1]} at {best[0] or '?'}"
 
 
 def machine() -> dict[str, Any]:

@@ -37,7 +37,7 @@ at least ``--io-seconds`` of I/O (5 s; 1 s with ``--quick``), so that the
 writer's start and the last frames' commit, which nothing can hide, stay small.
 
     python benchmarks/overlap.py [--quick] [--writer auto|thread|process|both]
-                                 [--kinds ...] [--stores npy,zarr] [--json PATH]
+                                 [--kinds ...] [--stores npy,zarr] [--dir DIR] [--json PATH]
 """
 
 from __future__ import annotations
@@ -290,6 +290,7 @@ def run(
     side: int = SIDE,
     compute_ratio: float = 1.0,
     large_op: str = "exp",
+    directory: str | None = None,
     mmap_threshold: int = _common.MMAP_THRESHOLD,
     trim_threshold: int = _common.TRIM_THRESHOLD,
     verbose: bool = True,
@@ -310,7 +311,8 @@ def run(
         if verbose:
             print(f"  overlap: {msg}", file=sys.stderr, flush=True)
 
-    with _common.scratch("snapsink-overlap-") as where:
+    with _common.scratch("snapsink-overlap-", directory) as where:
+        fs = _common.filesystem(where)
         base = {"side": side, "commit_every": ce, "large_op": large_op, "dir": str(where)}
         log("calibrating")
         cal = _common.spawn(
@@ -379,6 +381,7 @@ def run(
             "SyncSink": _common.writer_supported(snapsink.SyncSink),
         },
         "writers_requested": writers,
+        "filesystem": fs,
         "malloc_env": _common.malloc_settings(env),
         "openblas_env": {k: v for k, v in os.environ.items() if k.startswith("OPENBLAS_")},
         "loadavg_before": load_before,
@@ -480,7 +483,8 @@ def print_table(r: dict[str, Any]) -> None:
     print(
         f"overlap: {r['frame']} frames ({r['frame_bytes'] / 2**20:.0f} MiB), capacity "
         f"{r['capacity']}, commit every {r['commit_every']}, policy block, best of "
-        f"{r['repeats']}; one frame's synchronous write: {io}"
+        f"{r['repeats']}; one frame's synchronous write: {io}; stores on "
+        f"{r.get('filesystem', '?')}"
     )
     print(
         f"writer: --writer {r['writer_option']} (writer= option "
@@ -557,6 +561,12 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     parser.add_argument("--side", type=int, default=SIDE, help="field side (1024: 4 MiB)")
     parser.add_argument("--compute-ratio", type=float, default=1.0, help="T_compute / T_io")
     parser.add_argument("--large-op", choices=("exp", "matmul"), default="exp")
+    parser.add_argument(
+        "--dir",
+        default=None,
+        help="where the stores go (default: the temp directory); e.g. /dev/shm: the "
+        "page cache's copy alone, without the disk's run-to-run variation",
+    )
     parser.add_argument("--mmap-threshold", type=int, default=_common.MMAP_THRESHOLD)
     parser.add_argument("--trim-threshold", type=int, default=_common.TRIM_THRESHOLD)
     parser.add_argument(
@@ -585,6 +595,7 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
         side=args.side,
         compute_ratio=args.compute_ratio,
         large_op=args.large_op,
+        directory=args.dir,
         mmap_threshold=args.mmap_threshold,
         trim_threshold=args.trim_threshold,
     )

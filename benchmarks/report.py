@@ -129,9 +129,9 @@ def memory(d: dict[str, Any]) -> list[str]:
     return lines + _table(["store", "peak MiB (1x)", "peak MiB (10x)", "10x / 1x"], rows)
 
 
-def overlap(d: dict[str, Any]) -> list[str]:
+def overlap(d: dict[str, Any], name: str = "overlap-cpu.json") -> list[str]:
     if d.get("version") == 2:
-        return _overlap_v2(d)
+        return _overlap_v2(d, name)
     lines = [
         "### Overlap (`overlap-cpu.json`)",
         "",
@@ -172,14 +172,15 @@ def overlap(d: dict[str, Any]) -> list[str]:
     return lines
 
 
-def _overlap_v2(d: dict[str, Any]) -> list[str]:
+def _overlap_v2(d: dict[str, Any], name: str) -> list[str]:
     cal = d["calibration"]
     io = ", ".join(
         f"{_STORE[k]} {v * 1e3:.2f} ms ({cal['frames'][k]} frames)"
         for k, v in cal["t_io_frame"].items()
     )
+    where = f", stores on {d['filesystem']}" if "filesystem" in d else ""
     lines = [
-        "### Overlap (`overlap-cpu.json`)",
+        f"### Overlap (`{name}`{where})",
         "",
         f"Frames of {d['frame_bytes'] / 2**20:.0f} MiB ({d['frame']}), capacity "
         f"{d['capacity']}, policy block, commit every {d['commit_every']} frames (each an "
@@ -366,6 +367,7 @@ def render(results: Path) -> str:
         ("throughput-cpu.json", throughput),
         ("memory-cpu.json", memory),
         ("overlap-cpu.json", overlap),
+        ("overlap-cpu-tmpfs.json", lambda d: overlap(d, "overlap-cpu-tmpfs.json")),
         ("capture-cpu.json", capture),
         ("baselines-cpu.json", baselines),
     ):

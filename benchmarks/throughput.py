@@ -361,24 +361,6 @@ def summarize(case: dict[str, Any], stat: str) -> dict[str, Any]:
     return case
 
 
-def _filesystem(path: str) -> str:
-    """The mount point and type of ``path`` (Linux), for the record."""
-    best = ("", "?")
-    try:
-        with open("/proc/mounts") as fh:
-            for line in fh:
-                parts = line.split()
-                mnt, fstype = parts[1], parts[2]
-                real = os.path.realpath(path)
-                if (real == mnt or real.startswith(mnt.rstrip("/") + "/")) and len(mnt) > len(
-                    best[0]
-                ):
-                    best = (mnt, fstype)
-    except OSError:
-        pass
-    return f"{best[1]} at {best[0] or '?'}"
-
-
 SIZES_KIB = (64.0, 2048.0, 16384.0)
 
 
@@ -430,7 +412,7 @@ def run(
         "numpy": np.__version__,
         "zarr": zarr.__version__,
         "tensorstore": ts_version,
-        "filesystem": _filesystem(root),
+        "filesystem": _common.filesystem(root),
         "repeats": repeats,
         "raw_fsync": "one fsync at the end (and of the directory)",
         "loadavg_before_after": [load_before, _loadavg()],
