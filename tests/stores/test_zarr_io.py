@@ -111,9 +111,11 @@ async def test_blocks_round_trip_with_every_codec(
 async def test_encode_block_is_zarrs_encoding(
     codec: str, sharded: bool, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    """The block encoder gives the very bytes zarr's own pipeline gives."""
+    """The block encoder gives the very bytes zarr's own pipeline gives (with
+    zarr's own zstd encoder: python-zstandard's is checked below)."""
     # gzip writes the time into its header: one clock for both encodings
     monkeypatch.setattr(time, "time", lambda: 1.7e9)
+    monkeypatch.setenv(_zarrio.ZSTD_ENCODER_ENV, "numcodecs")
     arr = zarr.create_array(
         zarr.storage.MemoryStore(),
         shape=(16, 6),
@@ -130,6 +132,78 @@ async def test_encode_block_is_zarrs_encoding(
     nd = spec.prototype.nd_buffer.from_ndarray_like(block)
     (theirs,) = await aarr.codec_pipeline.encode([(nd, spec)])
     assert mine == theirs.to_bytes()
+
+
+# -- zarr's zstd codec, encoded by python-zstandard ---------------------------------
+def _zstd_spec(codec: Any, shape: tuple[int, ...] = (64, 1000)) -> tuple[Any, Any]:
+    arr = zarr.create_array(
+        zarr.storage.MemoryStore(), shape=shape, chunks=shape, dtype="float32", compressors=codec
+    )
+    aarr = arr._async_array
+    return aarr, aarr.metadata.get_chunk_spec((0, 0), aarr.config, default_buffer_prototype())
+
+
+@pytest.mark.parametrize(
+    ("level", "checksum"), [(1, False), (1, True), (0, False), (-3, True), (7, False)]
+)
+async def test_zstandard_encodes_what_zarr_decodes(level: int, checksum: bool) -> None:
+    """python-zstandard's frames are zarr's zstd format: zarr's own pipeline
+    (numcodecs) decodes them bit-exact, the header holds the content size
+    numcodecs needs, and a checksum exactly when the codec asks for one."""
+    zstandard = pytest.importorskip("zstandard")
+    assert _zarrio.zstd_encoder() == "zstandard"
+    aarr, spec = _zstd_spec(zarr.codecs.ZstdCodec(level=level, checksum=checksum))
+    block = np.random.default_rng(level + 10).standard_normal(spec.shape).astype(np.float32)
+    block[::3] = 0.0  # something to compress
+    data = bytes(await asyncio.to_thread(_zarrio.encode_block, aarr.codec_pipeline, spec, block))
+    params = zstandard.get_frame_parameters(data)
+    assert params.content_size == block.nbytes
+    assert params.has_checksum == checksum
+    assert len(data) < block.nbytes
+    buf = spec.prototype.buffer.from_bytes(data)
+    (back,) = await aarr.codec_pipeline.decode([(buf, spec)])
+    assert back.as_numpy_array().tobytes() == block.tobytes()
+
+
+@pytest.mark.parametrize("encoder", ["zstandard", "numcodecs"])
+def test_a_zstd_store_reads_back_with_either_encoder(
+    tmp_path: Path, encoder: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Through a sink and its writer process (which inherits the setting), with
+    each encoder: zarr, and snapsink's reader, read every frame back bit-exact."""
+    if encoder == "zstandard":
+        pytest.importorskip("zstandard")
+    monkeypatch.setenv(_zarrio.ZSTD_ENCODER_ENV, encoder)
+    rng = np.random.default_rng(3)
+    frames = [rng.standard_normal((16, 33)).astype(np.float32) for _ in range(21)]
+    loc = tmp_path / "z"
+    store = ZarrStore(loc, chunk_frames=4, compressors=zarr.codecs.ZstdCodec(level=1))
+    with snapsink.SyncSink(store, writer="process") as sink:
+        for u in frames:
+            sink.write({"u": u})
+    want = np.stack(frames)
+    assert np.asarray(zarr.open_array(loc / "u", mode="r")[:]).tobytes() == want.tobytes()
+    assert np.asarray(open_zarr(loc)["u"][:]).tobytes() == want.tobytes()
+
+
+def test_the_zstd_encoder_setting_is_checked_when_the_store_is_made(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setenv(_zarrio.ZSTD_ENCODER_ENV, "zlib")
+    with pytest.raises(
+        ConfigError, match="SNAPSINK_ZSTD_ENCODER: expected 'zstandard' or 'numcodecs'.*'zlib'"
+    ):
+        ZarrStore(tmp_path / "z")
+    assert not (tmp_path / "z").exists()
+    monkeypatch.setenv(_zarrio.ZSTD_ENCODER_ENV, "numcodecs")
+    assert _zarrio.zstd_encoder() == "numcodecs"
+    # asked for by name, python-zstandard must be there; unset, zarr's codec stands in
+    monkeypatch.setattr(_zarrio._ZSTD, "module", None)
+    monkeypatch.setenv(_zarrio.ZSTD_ENCODER_ENV, "zstandard")
+    with pytest.raises(ConfigError, match=r"needs python-zstandard.*snapsink\[zstd\]"):
+        ZarrStore(tmp_path / "z")
+    monkeypatch.delenv(_zarrio.ZSTD_ENCODER_ENV)
+    assert _zarrio.zstd_encoder() == "numcodecs"
 
 
 # -- item 8: an interrupted first commit -------------------------------------------

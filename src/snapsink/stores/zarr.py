@@ -58,6 +58,7 @@ from ._zarrgroup import (
     open_group,
     write_static,
 )
+from ._zarrio import zstd_encoder
 from ._zarrobject import close_session, is_plain, is_url, url_store
 from ._zarrplan import ATTRS_KEY, META_KEY, Meta, check_group, check_rows, parse_meta
 from ._zarrread import ZarrSource, as_zarr_store, is_zarr_store, list_groups, open_zarr
@@ -233,6 +234,7 @@ class ZarrStore:
                 f"got {self._shard_frames}"
             )
         self._compressors = compressors
+        zstd_encoder()  # a bad SNAPSINK_ZSTD_ENCODER fails here, not in the writer
         self._commit_every = check_rows(commit_every, "commit_every") or 1024
         self._commit_seconds = check_commit_seconds(commit_seconds)
         self._group: Any = None
