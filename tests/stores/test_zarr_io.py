@@ -191,7 +191,7 @@ def test_the_zstd_encoder_setting_is_checked_when_the_store_is_made(
 ) -> None:
     monkeypatch.setenv(_zarrio.ZSTD_ENCODER_ENV, "zlib")
     with pytest.raises(
-        ConfigError, match="SNAPSINK_ZSTD_ENCODER: expected 'zstandard' or 'numcodecs'.*'zlib'"
+        ConfigError, match=r"SNAPSINK_ZSTD_ENCODER: expected 'zstandard' or 'numcodecs'.*'zlib'"
     ):
         ZarrStore(tmp_path / "z")
     assert not (tmp_path / "z").exists()
