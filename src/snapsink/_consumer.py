@@ -33,6 +33,8 @@ __all__ = ["ChannelFeed", "Consumer", "Feed", "StoreCaller"]
 
 #: how long an idle thread consumer sleeps before it looks again on its own
 DRAIN_TICK = 0.02
+#: while a store's background work runs, the consumer looks for frames this often
+IDLE_SLICE = 0.001
 
 
 class StoreCaller:
@@ -131,6 +133,14 @@ class Consumer:
                 continue
             if feed.finished():
                 break
+            if getattr(store, "background", False):
+                # Nothing to store: let the store's background work (a commit
+                # ZarrStore started in append) go on, since its loop runs only
+                # while the store is called; a slice at a time, so that new
+                # frames are taken as soon as they come (the store's work is in
+                # its threads; its loop only starts each next step).
+                self.call(store.settle, IDLE_SLICE)
+                continue
             feed.wait()
         self.commit()
 

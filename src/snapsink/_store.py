@@ -104,7 +104,14 @@ class Store(Protocol):
     - ``needs_every_frame: bool``: True when a dropped frame would break the
       store (a many-rank ZarrStore: every rank stores the same steps, and its
       commits are collectives at the same counts): the sink then refuses the
-      ``drop_newest`` and ``drop_oldest`` policies when it is built.
+      ``drop_newest`` and ``drop_oldest`` policies when it is built;
+    - ``background: bool`` and ``settle(budget)``: a store that leaves work
+      running between calls (ZarrStore's commit started in ``append``, which
+      runs on the writer's event loop, and that loop runs only during store
+      calls) says so with ``background``; while it is true and the writer has
+      nothing to store, the writer calls ``settle(budget)`` in slices of a
+      millisecond (it takes new frames in between), which lets that work go
+      on and end, and raises what it raised.
     """
 
     def open(self) -> Resume | None:

@@ -508,13 +508,20 @@ async def test_periodic_commit(tmp_path: Path) -> None:
     store = ZarrStore(loc, commit_every=5, commit_seconds=1e9)
     await store.open()
     await store.prepare(Schema({"e": "f8"}), times=False)
+    seen = []
     for s in range(12):
         await store.append(Batch([Frame(s, None, {"e": np.float64(s)})]))
-    assert len(open_zarr(loc)) == 10
+        # the commit falling due runs in the background (every array in place):
+        # let it end before looking
+        await store.settle()
+        seen.append(len(open_zarr(loc)))
+    assert seen == [0] * 4 + [5] * 5 + [10] * 3, seen
+    np.testing.assert_array_equal(open_zarr(loc)["e"][:], np.arange(10.0))
     store2 = ZarrStore(tmp_path / "t", commit_every=10**6, commit_seconds=1e-9)
     await store2.open()
     await store2.prepare(Schema({"e": "f8"}), times=False)
     await store2.append(Batch([Frame(0, None, {"e": np.float64(0)})]))
+    await store2.settle()
     assert len(open_zarr(tmp_path / "t")) == 1
     await store.close()
     await store2.close()

@@ -80,7 +80,7 @@ async def test_every_commit_reads_back_with_every_reader(tmp_path: Path) -> None
     store = ZarrStore(loc, chunk_frames=4)
     await store.open()
     await store.prepare(SCHEMA, times=True)
-    assert _direct_columns(store) == {"x", "k", "e"}  # steps, times, ragged: buffered
+    assert _direct_columns(store) == {"x", "k", "e", "steps", "times"}  # ragged: buffered
     done = 0
     for size in (1, 2, 3, 5, 1, 4, 7):  # runs that start and end inside chunks
         await store.append(Batch(frames[done : done + size]))
@@ -142,7 +142,7 @@ async def test_a_crash_between_commits_leaves_committed_rows_whole(tmp_path: Pat
     assert resume is not None and resume.count == 6 and resume.last_step == 5
     more = _frames(7, start=6, seed=1)
     await resumed.prepare(SCHEMA, times=True)
-    assert _direct_columns(resumed) == {"x", "k", "e"}
+    assert _direct_columns(resumed) == {"x", "k", "e", "steps", "times"}
     await resumed.append(Batch(more))
     await resumed.close()
     _check_every_reader(loc, frames + more)
@@ -164,7 +164,7 @@ async def test_only_uncompressed_unsharded_arrays_are_written_in_place(
     store = ZarrStore(loc, chunk_frames=4, **kwargs)
     await store.open()
     await store.prepare(SCHEMA, times=True)
-    assert _direct_columns(store) == ({"x", "k", "e"} if direct else set())
+    assert _direct_columns(store) == ({"x", "k", "e", "steps", "times"} if direct else set())
     frames = _frames(9)
     await store.append(Batch(frames))
     await store.close()
@@ -221,3 +221,214 @@ def test_pwrite_all_resumes_short_writes(tmp_path: Path, monkeypatch: pytest.Mon
     finally:
         os.close(fd)
     assert (tmp_path / "f").read_bytes() == b"\0\0" + bytes(range(12))
+
+
+# -- commits in the background -------------------------------------------------------
+FIXED = Schema({"x": Field("f4", (5, 3)), "e": Field("f8", ())})
+
+
+def _fixed(n: int, start: int = 0) -> list[Frame]:
+    return [
+        Frame(f.step, f.time, {"x": f.fields["x"], "e": f.fields["e"]}) for f in _frames(n, start)
+    ]
+
+
+def _check_fixed(loc: Path, frames: list[Frame]) -> None:
+    """The committed frames of FIXED, steps and times read back bit-exact by
+    snapsink, zarr, xarray and dask."""
+    n = len(frames)
+    traj = open_zarr(loc)
+    assert len(traj) == n
+    ds = xr.open_zarr(loc, consolidated=False)
+    for name in ("x", "e"):
+        want = _bits(np.stack([np.asarray(f.fields[name]) for f in frames]))
+        assert _bits(traj[name][:]) == want
+        assert _bits(zarr.open_array(loc / name, mode="r")[:n]) == want
+        assert _bits(ds[name].values[:n]) == want
+        assert _bits(da.from_zarr(str(loc), component=name)[:n].compute()) == want
+    np.testing.assert_array_equal(traj.steps, [f.step for f in frames])
+    np.testing.assert_array_equal(traj.times, [f.time for f in frames])
+    # plain zarr sees arrays of the committed length, never rows past it
+    assert zarr.open_array(loc / "steps", mode="r").shape == (n,)
+    assert zarr.open_array(loc / "x", mode="r").shape[0] == n
+
+
+class _Gate:
+    """Holds every commit at its check that the group is still there (the step
+    between the rows' fsync and the arrays' shapes) until released."""
+
+    def __init__(self, monkeypatch: pytest.MonkeyPatch) -> None:
+        import threading
+
+        from snapsink.stores import zarr as zarr_store
+
+        self.entered = threading.Event()
+        self.release = threading.Event()
+        real = zarr_store.check_not_removed
+
+        def held(*args: Any) -> None:
+            self.entered.set()
+            assert self.release.wait(10), "the test never released the commit"
+            real(*args)
+
+        monkeypatch.setattr(zarr_store, "check_not_removed", held)
+
+
+async def test_a_due_commit_runs_while_the_next_frames_are_appended(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A commit due at an append (all arrays in place) runs in the background:
+    the appends go on while it runs, readers see the previous commit until it
+    ends, and then exactly the frames it covered, not those appended since."""
+    import asyncio
+
+    loc = tmp_path / "s"
+    frames = _fixed(13)
+    store = ZarrStore(loc, chunk_frames=4, commit_every=5, commit_seconds=None)
+    await store.open()
+    await store.prepare(FIXED, times=True)
+    assert _direct_columns(store) == {"x", "e", "steps", "times"}
+    gate = _Gate(monkeypatch)
+    for f in frames[:5]:
+        await store.append(Batch([f]))
+    assert store.background  # due at the 5th frame, and running
+    assert await asyncio.to_thread(gate.entered.wait, 10)
+    # the writer appends on while the commit waits at the gate
+    for f in frames[5:12]:
+        await store.append(Batch([f]))
+    assert store.background and len(open_zarr(loc)) == 0
+    gate.release.set()
+    running = store._background
+    assert running is not None
+    await asyncio.wait_for(running, 10)
+    _check_fixed(loc, frames[:5])  # what it covered, not frames 5..11
+    # the commit due meanwhile (7 frames pending) waited for it: settle (what
+    # an idle writer calls) runs it
+    await store.settle()
+    assert not store.background
+    _check_fixed(loc, frames[:12])
+    await store.append(Batch([frames[12]]))
+    assert not store.background  # 1 frame pending: nothing due
+    await store.close()
+    _check_fixed(loc, frames)
+
+
+async def test_commit_waits_for_the_background_commit_and_covers_every_frame(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A sink's flush (the store's commit) returns only when every appended
+    frame is durable and visible, a background commit included."""
+    import asyncio
+
+    loc = tmp_path / "s"
+    frames = _fixed(9)
+    store = ZarrStore(loc, chunk_frames=4, commit_every=4, commit_seconds=None)
+    await store.open()
+    await store.prepare(FIXED, times=True)
+    gate = _Gate(monkeypatch)
+    for f in frames:
+        await store.append(Batch([f]))
+    assert store.background
+    commit = asyncio.ensure_future(store.commit())
+    await asyncio.sleep(0.05)
+    assert not commit.done()  # held behind the background commit
+    gate.release.set()
+    await commit
+    assert not store.background
+    _check_fixed(loc, frames)
+    await store.close()
+
+
+async def test_a_failed_background_commit_fails_the_next_append(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The error of a commit run in the background reaches the next append (the
+    store then takes no more frames); the last commit that ended stands."""
+    import asyncio
+    import errno
+
+    from snapsink._errors import StoreStateError
+
+    loc = tmp_path / "s"
+    frames = _fixed(12)
+    store = ZarrStore(loc, chunk_frames=4, commit_every=4, commit_seconds=None)
+    await store.open()
+    await store.prepare(FIXED, times=True)
+    for f in frames[:4]:
+        await store.append(Batch([f]))
+    await store.settle()
+    real = _zarrio.BlockWriter.sync
+
+    def failing(self: Any) -> None:
+        raise OSError(errno.EIO, "injected EIO at fsync")
+
+    monkeypatch.setattr(_zarrio.BlockWriter, "sync", failing)
+    for f in frames[4:8]:
+        await store.append(Batch([f]))
+    running = store._background
+    assert running is not None
+    await asyncio.wait([running])  # it failed, and nobody has looked yet
+    with pytest.raises(OSError, match="injected EIO"):
+        await store.append(Batch([frames[8]]))
+    with pytest.raises(StoreStateError, match="an earlier write failed"):
+        await store.append(Batch([frames[9]]))
+    monkeypatch.setattr(_zarrio.BlockWriter, "sync", real)
+    await store.close()
+    _check_fixed(loc, frames[:4])
+
+
+def test_an_idle_writer_ends_its_background_commit(tmp_path: Path) -> None:
+    """A writer with nothing to store lets a background commit end at once: the
+    frames it covers become visible without another frame or a flush."""
+    import time
+
+    import snapsink
+
+    loc = tmp_path / "s"
+    rng = np.random.default_rng(5)
+    data = [rng.standard_normal((5, 3)).astype(np.float32) for _ in range(4)]
+    # due at the 4th frame, however the writer batches them
+    store = ZarrStore(loc, chunk_frames=4, commit_every=4, commit_seconds=None)
+    with snapsink.SyncSink(store, writer="process") as sink:
+        for i, x in enumerate(data):
+            sink.write({"x": x}, step=i)
+        deadline = time.monotonic() + 10
+        while len(open_zarr(loc)) < 4 and time.monotonic() < deadline:
+            time.sleep(0.01)
+        assert len(open_zarr(loc)) == 4
+        assert _bits(open_zarr(loc)["x"][:]) == _bits(np.stack(data))
+
+
+async def test_a_settle_with_a_budget_comes_back_and_starts_the_next_commit(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """What an idle writer calls: ``settle(budget)`` returns after its budget
+    while the commit still runs (the writer then looks for frames); once that
+    commit ended, the one that fell due meanwhile starts in the background."""
+    import time
+
+    loc = tmp_path / "s"
+    frames = _fixed(8)
+    store = ZarrStore(loc, chunk_frames=4, commit_every=4, commit_seconds=None)
+    await store.open()
+    await store.prepare(FIXED, times=True)
+    gate = _Gate(monkeypatch)
+    for f in frames[:4]:
+        await store.append(Batch([f]))
+    assert store.background
+    t0 = time.monotonic()
+    await store.settle(0.01)
+    assert store.background and time.monotonic() - t0 < 2
+    for f in frames[4:]:  # the next commit falls due, and waits for this one
+        await store.append(Batch([f]))
+    gate.release.set()
+    counts = []
+    for _ in range(5000):
+        await store.settle(0.002)
+        counts.append(len(open_zarr(loc)))
+        if not store.background and counts[-1] == 8:
+            break
+    assert counts[-1] == 8 and set(counts) <= {0, 4, 8}, counts
+    _check_fixed(loc, frames)
+    await store.close()
+    _check_fixed(loc, frames)

@@ -277,10 +277,12 @@ async def test_several_failed_chunk_writes_raise_the_first_oserror(
 async def test_sink_writer_error_chains_to_the_oserror(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    def failing(path: Path, data: Any, *, sync: bool | None = None) -> bool:
+    def failing(path: Any, data: Any, *args: Any, **kwargs: Any) -> Any:
         raise OSError(errno.ENOSPC, "injected ENOSPC", str(path))
 
+    # block files, and rows written in place (every array here: uncompressed)
     monkeypatch.setattr(_zarrio, "write_file", failing)
+    monkeypatch.setattr(_zarrio, "pwrite_all", failing)
     with pytest.raises(snapsink.WriterError) as info:
         async with snapsink.Sink(
             ZarrStore(tmp_path / "s", chunk_frames=1), writer="thread", capacity=8
@@ -376,6 +378,7 @@ async def test_commit_seconds_none_commits_on_count_only(tmp_path: Path) -> None
     await store.prepare(Schema({"e": "f8"}), times=False)
     for s in range(6):
         await store.append(Batch([Frame(s, None, {"e": np.float64(s)})]))
+    await store.settle()  # the count commit ran in the background
     assert len(open_zarr(loc)) == 4  # the count commit, no timed one
     await store.close()
     np.testing.assert_array_equal(open_zarr(loc)["e"][:], np.arange(6.0))

@@ -14,7 +14,7 @@ done on either kind of store.
 from __future__ import annotations
 
 import asyncio
-from collections.abc import Awaitable, Iterable, Sequence
+from collections.abc import Awaitable, Iterable, Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -80,9 +80,15 @@ class BlockIO:
             await self._write_generic(blocks)
             return
         borrowed: list[asyncio.Future[None]] = []
+        # Rows borrowed from the caller's frames are waited for before this
+        # returns: one such run alone gains nothing from the pool (it is written
+        # here); several are written in parallel
+        alone = sum(1 for run in runs if not run[5]) == 1 and not blocks
         for col, index, row, arrays, full, owned in runs:
             assert col.target is not None
-            fut = await self.writer.submit_rows(col.target, index, row, arrays, full=full)
+            fut = await self.writer.submit_rows(
+                col.target, index, row, arrays, full=full, now=alone and not owned
+            )
             if not owned:
                 borrowed.append(fut)
         for col, (start, rows, owned) in blocks:
@@ -180,16 +186,25 @@ class BlockIO:
             await col.array.resize((new, *col.plan.row_shape))
             col.capacity = new
 
-    async def show_committed(self, columns: Iterable[Column]) -> None:
+    async def show_committed(
+        self, columns: Iterable[Column], lengths: Mapping[str, int] | None = None
+    ) -> None:
         """Give every array the shape of what this commit holds, before the group's
         metadata names the count: plain zarr and xarray readers then see arrays
         of one length (``frame``) at any moment, mid-run or after a crash, never
-        rows past the count (a local directory; other stores trim at close)."""
+        rows past the count (a local directory; other stores trim at close).
+
+        ``lengths``: each array's length when the commit started (a commit in
+        the background: rows appended since are not its to show); default:
+        every row pushed."""
         if self.writer is None:
             return
-        await _gather(
-            [self._resize(col, col.length) for col in columns if col.capacity != col.length]
-        )
+        todo = []
+        for col in columns:
+            n = col.length if lengths is None else lengths[col.plan.name]
+            if col.capacity != n:
+                todo.append(self._resize(col, n))
+        await _gather(todo)
 
     @staticmethod
     async def _resize(col: Column, length: int) -> None:

@@ -91,8 +91,11 @@ class Column:
 
 
 def in_place(schema: Schema, name: str) -> bool:
-    """Whether array ``name`` may take rows straight from the frames: a field with
-    one row per frame (steps, times and offsets are built, ragged data concatenated)."""
+    """Whether array ``name`` may take rows straight from the frames: one row per
+    frame, a field's or the frames' ``steps`` and ``times`` (built for each batch,
+    one stacked run); not the ragged data (concatenated) or its offsets."""
+    if name in ("steps", "times"):
+        return True
     fld = schema.get(name)
     return fld is not None and not fld.ragged
 
@@ -115,11 +118,19 @@ def blocks_of(
     def push(col: Column, rows: np.ndarray[Any, Any], owned: bool) -> None:
         out.extend((col, b) for b in col.buf.push(rows, owned=owned))
 
-    push(cols["steps"], np.fromiter((f.step for f in frames), np.int64, n), True)
+    def built(col: Column, rows: np.ndarray[Any, Any]) -> None:
+        """One row per frame, built here (so owned): in place when the column is."""
+        if col.direct is None:
+            push(col, rows, True)
+            return
+        for index, row, i, j, full in col.direct.runs(n):
+            runs.append((col, index, row, [rows[i:j]], full, True))
+
+    built(cols["steps"], np.fromiter((f.step for f in frames), np.int64, n))
     if times:
         if any(f.time is None for f in frames):
             raise SchemaError(f"{who}: expected a time on every frame")
-        push(cols["times"], np.fromiter((f.time for f in frames), np.float64, n), True)
+        built(cols["times"], np.fromiter((f.time for f in frames), np.float64, n))
     for name, fld in schema.items():
         arrays = [f.fields[name] for f in frames]
         col = cols[name]

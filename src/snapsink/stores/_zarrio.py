@@ -409,6 +409,11 @@ def first_error(errors: list[BaseException]) -> BaseException:
     return main
 
 
+#: rows written in place of at most this many bytes a call are written by the
+#: caller (the store's loop thread), not by a job in the pool
+INLINE_ROWS = 64 << 10
+
+
 class BlockWriter:
     """Encodes and writes blocks of local zarr arrays in a bounded thread pool.
 
@@ -434,7 +439,10 @@ class BlockWriter:
         self._fds: dict[Path, int] = {}
         self._dirty: set[Path] = set()
         self._full: set[Path] = set()
-        self._fd_lock = threading.Lock()
+        #: guards the descriptors and every set above: a sync takes what is there
+        #: and leaves what later jobs add to the next (a commit in the background);
+        #: reentrant, since _chunk_fd holds it while _ensure_dir notes a directory
+        self._fd_lock = threading.RLock()
 
     # -- jobs (worker threads) ----------------------------------------------------------
     def _ensure_dir(self, d: Path) -> None:
@@ -450,7 +458,8 @@ class BlockWriter:
                 os.mkdir(m)
             except FileExistsError:
                 pass
-            self._dirs.add(m.parent)  # a new entry in its parent
+            with self._fd_lock:
+                self._dirs.add(m.parent)  # a new entry in its parent
         self._known_dirs.add(d)
 
     def _job(
@@ -468,9 +477,10 @@ class BlockWriter:
             data = encode_block(target.pipeline, target.spec, block)
             self._ensure_dir(path.parent)
             synced = write_file(path, data)
-        if not synced:
-            self._unsynced.add(path)
-        self._dirs.add(path.parent)
+        with self._fd_lock:
+            if not synced:
+                self._unsynced.add(path)
+            self._dirs.add(path.parent)
 
     def _chunk_fd(self, target: BlockTarget, path: Path) -> int:
         """The open chunk file ``path``, created (at its final name) and extended to
@@ -507,9 +517,10 @@ class BlockWriter:
         start, length = whole_pages(offset, n)
         if length:
             start_writeback(fd, start, length)
-        self._dirty.add(path)
-        if full:
-            self._full.add(path)
+        with self._fd_lock:
+            self._dirty.add(path)
+            if full:
+                self._full.add(path)
 
     # -- the store's side (event loop) ---------------------------------------------------
     def _collect(self) -> None:
@@ -540,11 +551,25 @@ class BlockWriter:
         rows: Sequence[np.ndarray[Any, Any]],
         *,
         full: bool,
+        now: bool = False,
     ) -> asyncio.Future[None]:
         """Start writing ``rows`` (each one row, or a stack of rows) in place into
         chunk ``index`` of ``target`` from row ``row`` of the chunk; ``full``: they
-        end the chunk. ``rows`` must stay untouched until the future is done."""
+        end the chunk. ``rows`` must stay untouched until the future is done.
+
+        ``now``: write them here, in the caller's thread (the caller would wait
+        for the job anyway, and has no other to run beside it)."""
         buffers = [np.ascontiguousarray(r).reshape(-1).view(np.uint8).data for r in rows]
+        if now or sum(b.nbytes for b in buffers) <= INLINE_ROWS:
+            # A few bytes (steps, times, scalar fields): one pwritev here costs
+            # microseconds, a job in the pool tens (a thread hand-off each way).
+            # Rows the caller waits for alone: the hand-offs are pure latency.
+            self._collect()
+            self._raise_errors()
+            self._rows_job(target, index, row, buffers, full)
+            done: asyncio.Future[None] = asyncio.get_running_loop().create_future()
+            done.set_result(None)
+            return done
         return await self._start(self._rows_job, target, index, row, buffers, full)
 
     async def _start(self, fn: Any, *args: Any) -> asyncio.Future[None]:
@@ -572,16 +597,25 @@ class BlockWriter:
 
     def sync(self) -> None:
         """fsync the files written without one and the directories changed. Blocking:
-        run it in a worker thread, after :meth:`drain`."""
+        run it in a worker thread, after :meth:`drain` of the jobs it must cover.
+
+        It syncs what the jobs done so far wrote, taken at its start; jobs that
+        run meanwhile (the next frames' rows, while a commit runs in the
+        background) are left to the next sync. A chunk file whose last row is
+        written is closed once synced (no job writes it again).
+        """
         with self._fd_lock:
-            for path in sorted(self._dirty):
-                _datasync(self._fds[path])
-                self._dirty.discard(path)
-            for path in self._full:
+            dirty, self._dirty = self._dirty, set()
+            fds = [self._fds[path] for path in sorted(dirty)]
+            done = self._full & dirty
+            self._full -= done
+            files, self._unsynced = sorted(self._unsynced), set()
+            dirs, self._dirs = self._dirs, set()
+        for fd in fds:
+            _datasync(fd)
+        with self._fd_lock:
+            for path in done:
                 os.close(self._fds.pop(path))
-            self._full.clear()
-        files, self._unsynced = sorted(self._unsynced), set()
-        dirs, self._dirs = self._dirs, set()
         for path in files:
             try:
                 _fsync_fd_of(path)

@@ -144,6 +144,9 @@ class ParallelZarrStore(ZarrStore):
         self._last_step: int | None = None
         self._failure = ""  # why this rank's writes failed, for the other ranks
 
+    #: every rank commits at the same counts, together: never in the background
+    _commits_in_background = False
+
     def describe(self) -> None:
         """None: a store holding a communicator is written from a thread of its
         own process (``writer="auto"`` picks the thread)."""

@@ -24,6 +24,8 @@ The reader side (:class:`ZarrSource`, :func:`open_zarr`, :func:`list_groups`,
 
 from __future__ import annotations
 
+import asyncio
+import contextlib
 import inspect
 import os
 import time
@@ -243,6 +245,10 @@ class ZarrStore:
         self._frames = 0  # appended (committed or not)
         self._io = BlockIO(self._root, _MAX_CONCURRENT_BLOCKS)
         self._last_commit = time.monotonic()
+        #: the frames the last commit started covers (it may still run, see _settle)
+        self._commit_target = 0
+        #: a commit running in the background, on the writer's loop (see append)
+        self._background: asyncio.Task[None] | None = None
         self._state = "new"  # new -> open -> closed; "failed" after a failed write
         self._lock: StoreLock | None = None  # the single-writer lock, from open to close
 
@@ -453,8 +459,16 @@ class ZarrStore:
         await self.commit()
 
     async def append(self, batch: Batch) -> None:
-        """Buffer ``batch`` and write every block it fills; commit when due."""
+        """Buffer ``batch`` and write every block it fills; commit when due.
+
+        A commit due here (``commit_every``, ``commit_seconds``) runs in the
+        background on a local directory whose arrays are all written in place
+        (uncompressed, unsharded, no ragged field: nothing is buffered), while
+        the next batches are appended: see :meth:`_commit_in_background`.
+        """
         self._check_usable()
+        if self._background is not None and self._background.done():
+            await self._settle()  # its failure fails this append
         self._meta.dropped.add_all(batch.dropped_steps)
         frames = batch.frames
         if frames:
@@ -471,17 +485,21 @@ class ZarrStore:
                 self._state = "failed"
                 raise
             self._frames += len(frames)
-        pending = self._frames - self._meta.count
-        if pending >= self._commit_every or (
-            self._commit_seconds is not None
-            and (pending or batch.dropped_steps)
-            and time.monotonic() - self._last_commit >= self._commit_seconds
-        ):
-            await self.commit()
+        if self._commit_due(bool(batch.dropped_steps)):
+            if not self._in_background():
+                await self.commit()
+            elif self._background is None:
+                self._start_background_commit()
+            # else one is in flight: this one starts at a later append, once it ended
 
     async def commit(self) -> None:
-        """Write partial blocks, make them durable, then the metadata (commit-last)."""
+        """Write partial blocks, make them durable, then the metadata (commit-last).
+
+        Every frame appended is durable and visible when it returns (a commit
+        still running in the background ends first)."""
         self._check_usable()
+        await self._settle()
+        self._commit_target = self._frames
         try:
             await self._io.flush(self._columns.values())
             if self._root is not None:
@@ -496,6 +514,101 @@ class ZarrStore:
             raise
         self._last_commit = time.monotonic()
 
+    # -- commits in the background ---------------------------------------------
+    @property
+    def background(self) -> bool:
+        """A commit runs in the background: the writer calls :meth:`settle` when
+        it has nothing else to do, so that the commit ends without waiting for
+        the next frame (the writer's loop runs only while it calls the store)."""
+        return self._background is not None
+
+    async def settle(self, budget: float | None = None) -> None:
+        """Let a commit running in the background end (raise what it raised);
+        then commit what fell due meanwhile (it waited for this one).
+
+        ``budget``: give it at most that many seconds, then return (the writer's look
+        while it has nothing to store: it comes back for new frames, and calls
+        again); a commit due then starts in the background in its turn. None:
+        wait until every commit that was due has ended.
+        """
+        task = self._background
+        if task is not None and budget is not None:
+            await asyncio.wait([task], timeout=budget)
+            if not task.done():
+                return
+        await self._settle()
+        if self._state == "open" and self._commit_due(False):
+            if budget is not None and self._in_background():
+                self._start_background_commit()
+            else:
+                await self.commit()
+
+    def _commit_due(self, dropped: bool) -> bool:
+        """Whether the commit policy asks for a commit now (``dropped``: steps
+        were dropped since the last commit)."""
+        pending = self._frames - self._commit_target
+        return pending >= self._commit_every or (
+            self._commit_seconds is not None
+            and bool(pending or dropped)
+            and time.monotonic() - self._last_commit >= self._commit_seconds
+        )
+
+    def _in_background(self) -> bool:
+        """Whether commits due in ``append`` may run in the background: a local
+        directory whose every array takes its rows in place, so that no partly
+        filled block is buffered (a commit would write it, and a later full
+        block of the same chunk could then race it); one writer per group (a
+        many-rank store's commits are collectives)."""
+        return (
+            self._root is not None
+            and type(self)._commits_in_background
+            and bool(self._columns)
+            and all(col.direct is not None for col in self._columns.values())
+        )
+
+    #: a subclass whose commits must run where they are called sets this False
+    _commits_in_background = True
+
+    def _start_background_commit(self) -> None:
+        """Commit the frames appended so far while the next ones are appended.
+
+        What the commit names is taken now: the count, each array's length and
+        the group's attributes; frames appended meanwhile wait for the next
+        commit. Its steps are those of :meth:`commit`, in the same order (rows
+        durable, arrays shown at the count, the attributes last), so a crash at
+        any moment leaves the last commit or this one, never a mix.
+        """
+        count = self._frames
+        lengths = {name: col.length for name, col in self._columns.items()}
+        meta = self._meta.to_json()
+        meta["count"] = count
+        attrs = {META_KEY: meta, ATTRS_KEY: self._attrs}
+        self._commit_target = count
+        self._last_commit = time.monotonic()
+        self._background = asyncio.ensure_future(
+            self._commit_in_background(count, lengths, attrs)
+        )
+
+    async def _commit_in_background(
+        self, count: int, lengths: dict[str, int], attrs: dict[str, Any]
+    ) -> None:
+        await self._io.flush(self._columns.values())  # no partial blocks: all in place
+        assert self._root is not None
+        await anyio.to_thread.run_sync(check_not_removed, self._root, self._path, repr(self))
+        await self._io.show_committed(self._columns.values(), lengths)
+        await self._group.update_attributes(attrs)
+        self._meta.count = count
+
+    async def _settle(self) -> None:
+        task, self._background = self._background, None
+        if task is None:
+            return
+        try:
+            await task
+        except BaseException:
+            self._state = "failed"
+            raise
+
     async def close(self) -> None:
         """Commit, trim the arrays to the committed frames, and mark the group closed.
 
@@ -503,6 +616,11 @@ class ZarrStore:
         """
         if self._state != "open":
             self._state = "closed"
+            if self._background is not None:
+                # a failed store: its commit running in the background ends
+                # first (its error was or will be reported by the failure)
+                with contextlib.suppress(Exception):
+                    await self._settle()
             await self._io.stop()
             self._release_lock()
             await self._close_session()
@@ -559,7 +677,7 @@ class ZarrStore:
         self._meta = meta
         self._meta.closed = False
         self._attrs = {**user, **self._attrs}
-        self._frames = meta.count
+        self._frames = self._commit_target = meta.count
         if meta.schema is None:
             return None
         times = bool(meta.times)
