@@ -111,6 +111,7 @@ def child_calibrate(spec: Mapping[str, Any]) -> dict[str, Any]:
             2 * ce, ce * math.ceil(spec["io_seconds"] / t_probe[store] / ce)
         )
         n = frames[store]
+        _check_room(where, n, u.nbytes + 8)
         t_io[store] = min(
             _common.io_alone(store, fields, n, where / f"probe-{store}", ce) / n for _ in range(2)
         )
@@ -125,6 +126,38 @@ def child_calibrate(spec: Mapping[str, Any]) -> dict[str, Any]:
                 "what": c.describe(),
             }
     return {"t_io_frame": t_io, "t_io_frame_probe": t_probe, "frames": frames, "units": units}
+
+
+def _mem_available() -> int:
+    """Bytes of memory the kernel says are available (``MemAvailable``)."""
+    with open("/proc/meminfo") as f:
+        for line in f:
+            if line.startswith("MemAvailable:"):
+                return int(line.split()[1]) * 1024
+    return 1 << 62  # pragma: no cover - not Linux
+
+
+def _check_room(where: Path, frames: int, frame_bytes: int) -> None:
+    """Refuse a case that would not fit where the stores go: on tmpfs (``--dir
+    /dev/shm``) the files are memory, and 5 s of I/O at the page cache's speed
+    is more than this machine has (SystemExit, before anything is written)."""
+    need = frames * frame_bytes
+    free = shutil.disk_usage(where).free
+    room = f"{free / 1e9:.1f} GB is free there"
+    if _common.filesystem(where).startswith("tmpfs"):
+        # tmpfs says how large it may grow, not how much memory is there: a
+        # case may take at most half of what is available
+        half = _mem_available() // 2
+        if half < free:
+            free = half
+            room = f"tmpfs is memory: half the memory available is {half / 1e9:.1f} GB"
+    if need * 1.2 > free:
+        most = int(free / 1.2 // frame_bytes)
+        raise SystemExit(
+            f"overlap: --dir {where.parent}: a case writes {need / 1e9:.1f} GB "
+            f"({frames} frames of {frame_bytes} bytes), and {room}; pass --frames {most} "
+            "or fewer (or a smaller --io-seconds)"
+        )
 
 
 def child_compute(spec: Mapping[str, Any]) -> dict[str, Any]:
