@@ -16,8 +16,8 @@ line it or a writer prints on stdout is ``<job> <what> [<value>]``:
 Lines are written with one ``os.write`` each (shorter than PIPE_BUF), so lines
 of concurrent writers never interleave.
 
-A job: ``{"job": id, "kind": "npy"|"zarr"|"hdf5"|"h5md", "path": ..., "mode": "x"|"a",
-"policy": "block"|"spill", "spill": dir, "start": i0, "n": frames,
+A job: ``{"job": id, "kind": "npy"|"zarr"|"zarr-inplace"|"hdf5"|"h5md", "path": ...,
+"mode": "x"|"a", "policy": "block"|"spill", "spill": dir, "start": i0, "n": frames,
 "flush_every": k, "commit_every": c, "capacity": cap, "writer": "auto"|"thread",
 "report_writes": bool}``.
 """
@@ -53,6 +53,15 @@ SCHEMA = snapsink.Schema(
         "e": snapsink.Field("float64"),
     }
 )
+
+
+#: ``zarr-inplace``: a ZarrStore whose arrays are all written in place (no ragged
+#: field), so that its periodic commits run in the background
+SCHEMA_INPLACE = snapsink.Schema({"x": SCHEMA["x"], "e": SCHEMA["e"]})
+
+
+def schema_of(kind: str) -> snapsink.Schema:
+    return SCHEMA_INPLACE if kind == "zarr-inplace" else SCHEMA
 
 
 #: the H5MD layout's mapping: ``x`` (4 particles in 3-D) is the position element
@@ -110,18 +119,20 @@ async def _write(cfg: dict[str, Any]) -> None:
     policy: Any = snapsink.Spill(cfg["spill"]) if cfg["policy"] == "spill" else "block"
     store = make_store(cfg)
     report = cfg.get("report_writes", False)
+    schema = schema_of(cfg["kind"])
     async with snapsink.Sink(
         store,
         capacity=cfg["capacity"],
         policy=policy,
-        schema=SCHEMA,
+        schema=schema,
         writer=cfg.get("writer", "auto"),
     ) as sink:
         if sink._process is not None and sink._process.proc is not None:
             _say(job, f"wp {sink._process.proc.pid}")
         for i in range(cfg["start"], cfg["start"] + cfg["n"]):
             s = step_of(i)
-            await sink.write(frame_for(s), step=s, time=time_of(s))
+            fields = frame_for(s)
+            await sink.write({k: fields[k] for k in schema}, step=s, time=time_of(s))
             if report:
                 _say(job, f"w {i}")
             if (i + 1) % cfg["flush_every"] == 0:

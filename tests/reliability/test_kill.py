@@ -214,9 +214,7 @@ def kill_once(
         # killed process (the writer process's kills are below)
         "writer": "thread",
     }
-    job = server.spawn(
-        **common, mode="x", start=0, n=100_000, flush_every=rng.choice([1, 2, 5])
-    )
+    job = server.spawn(**common, mode="x", start=0, n=100_000, flush_every=rng.choice([1, 2, 5]))
     if within is not None:
         job.wait_for(lambda: job.pid is not None)
         threading.Event().wait(rng.uniform(0.0, within))
@@ -270,6 +268,9 @@ SEEDS = {
     ("npy", "spill"): 2,
     ("zarr", "block"): 3,
     ("zarr", "spill"): 4,
+    # every array in place: its periodic commits run in the background
+    ("zarr-inplace", "block"): 5,
+    ("zarr-inplace", "spill"): 6,
     ("hdf5", "block"): 14,
     ("hdf5", "spill"): 15,
     ("h5md", "block"): 16,
@@ -278,7 +279,7 @@ SEEDS = {
 
 
 @pytest.mark.parametrize("policy", ["block", "spill"])
-@pytest.mark.parametrize("kind", ["npy", "zarr", "hdf5", "h5md"])
+@pytest.mark.parametrize("kind", ["npy", "zarr", "zarr-inplace", "hdf5", "h5md"])
 def test_sigkill_never_loses_a_flushed_frame(
     server: ForkServer, tmp_path: Path, kind: str, policy: str
 ) -> None:
@@ -290,7 +291,7 @@ def test_sigkill_never_loses_a_flushed_frame(
 @pytest.mark.slow
 @pytest.mark.timeout(900)
 @pytest.mark.parametrize("policy", ["block", "spill"])
-@pytest.mark.parametrize("kind", ["npy", "zarr", "hdf5", "h5md"])
+@pytest.mark.parametrize("kind", ["npy", "zarr", "zarr-inplace", "hdf5", "h5md"])
 def test_sigkill_soak(server: ForkServer, tmp_path: Path, kind: str, policy: str) -> None:
     """The same, 250 kills per (store, policy)."""
     needs(kind)
@@ -382,7 +383,7 @@ def kill_producer_once(server: ForkServer, root: Path, kind: str, rng: random.Ra
     return written
 
 
-@pytest.mark.parametrize("kind", ["npy", "zarr", "hdf5", "h5md"])
+@pytest.mark.parametrize("kind", ["npy", "zarr", "zarr-inplace", "hdf5", "h5md"])
 def test_sigkill_of_the_producer_loses_no_written_frame(
     server: ForkServer, tmp_path: Path, kind: str
 ) -> None:
@@ -392,7 +393,10 @@ def test_sigkill_of_the_producer_loses_no_written_frame(
     needs(kind)
     before = shm_names()
     kills = 25 if kind == "h5md" else 50
-    seeds = [{"npy": 7, "zarr": 8, "hdf5": 9, "h5md": 6}[kind] * 10_000 + k for k in range(kills)]
+    seeds = [
+        {"npy": 7, "zarr": 8, "zarr-inplace": 5, "hdf5": 9, "h5md": 6}[kind] * 10_000 + k
+        for k in range(kills)
+    ]
 
     def one(s: int) -> int:
         root = tmp_path / f"p{s}"
