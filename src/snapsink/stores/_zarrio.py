@@ -213,9 +213,9 @@ class _Zstd:
     runs the store with each encoder), a ZarrStore with zstd level 1 writes
     1.06-1.17x as fast with it at 2 and 16 MiB frames (2 cores, disk and
     tmpfs). The one-core rates alone are data-dependent: 1.2-1.4x numcodecs'
-    on random float32, 0.86-0.88x on the benchmark's smooth frames; the gain
-    in the store comes with it. It releases the GIL as numcodecs does. A
-    compressor is not thread-safe: each worker thread keeps its own.
+    on random float32, 0.86-0.88x on the benchmark's smooth frames (where the
+    store still gained). It releases the GIL as numcodecs does. A compressor
+    is not thread-safe: each worker thread keeps its own.
     """
 
     def __init__(self) -> None:
