@@ -464,7 +464,7 @@ class ZarrStore:
         A commit due here (``commit_every``, ``commit_seconds``) runs in the
         background on a local directory whose arrays are all written in place
         (uncompressed, unsharded, no ragged field: nothing is buffered), while
-        the next batches are appended: see :meth:`_commit_in_background`.
+        the next batches are appended: see :meth:`_start_background_commit`.
         """
         self._check_usable()
         if self._background is not None and self._background.done():
@@ -499,16 +499,8 @@ class ZarrStore:
         still running in the background ends first)."""
         self._check_usable()
         await self._settle()
-        self._commit_target = self._frames
         try:
-            await self._io.flush(self._columns.values())
-            if self._root is not None:
-                await anyio.to_thread.run_sync(
-                    check_not_removed, self._root, self._path, repr(self)
-                )
-            await self._io.show_committed(self._columns.values())
-            self._meta.count = self._frames
-            await self._write_meta()
+            await self._commit_steps(*self._snapshot())
         except BaseException:
             self._state = "failed"
             raise
@@ -578,23 +570,27 @@ class ZarrStore:
         durable, arrays shown at the count, the attributes last), so a crash at
         any moment leaves the last commit or this one, never a mix.
         """
-        count = self._frames
-        lengths = {name: col.length for name, col in self._columns.items()}
-        meta = self._meta.to_json()
-        meta["count"] = count
-        attrs = {META_KEY: meta, ATTRS_KEY: self._attrs}
-        self._commit_target = count
         self._last_commit = time.monotonic()
-        self._background = asyncio.ensure_future(
-            self._commit_in_background(count, lengths, attrs)
-        )
+        self._background = asyncio.ensure_future(self._commit_steps(*self._snapshot()))
 
-    async def _commit_in_background(
+    def _snapshot(self) -> tuple[int, dict[str, int], dict[str, Any]]:
+        """What a commit starting now names: every frame appended, each array's
+        length, and the group's attributes with that count; marks it started."""
+        count = self._commit_target = self._frames
+        lengths = {name: col.length for name, col in self._columns.items()}
+        attrs = self._attributes()
+        attrs[META_KEY] = {**attrs[META_KEY], "count": count}
+        return count, lengths, attrs
+
+    async def _commit_steps(
         self, count: int, lengths: dict[str, int], attrs: dict[str, Any]
     ) -> None:
-        await self._io.flush(self._columns.values())  # no partial blocks: all in place
-        assert self._root is not None
-        await anyio.to_thread.run_sync(check_not_removed, self._root, self._path, repr(self))
+        """A commit's steps for a :meth:`_snapshot`, in the commit-last order:
+        rows (and partial blocks) durable, arrays shown at the count, then the
+        attributes naming it. Run by :meth:`commit`, or in the background."""
+        await self._io.flush(self._columns.values())
+        if self._root is not None:
+            await anyio.to_thread.run_sync(check_not_removed, self._root, self._path, repr(self))
         await self._io.show_committed(self._columns.values(), lengths)
         await self._group.update_attributes(attrs)
         self._meta.count = count
