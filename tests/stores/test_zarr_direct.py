@@ -253,6 +253,14 @@ def _check_fixed(loc: Path, frames: list[Frame]) -> None:
     assert zarr.open_array(loc / "x", mode="r").shape[0] == n
 
 
+async def _open_fixed(loc: Path, *, commit_every: int) -> ZarrStore:
+    """An open store of FIXED, with times, committing on count only."""
+    store = ZarrStore(loc, chunk_frames=4, commit_every=commit_every, commit_seconds=None)
+    await store.open()
+    await store.prepare(FIXED, times=True)
+    return store
+
+
 class _Gate:
     """Holds every commit at its check that the group is still there (the step
     between the rows' fsync and the arrays' shapes) until released."""
@@ -284,9 +292,7 @@ async def test_a_due_commit_runs_while_the_next_frames_are_appended(
 
     loc = tmp_path / "s"
     frames = _fixed(13)
-    store = ZarrStore(loc, chunk_frames=4, commit_every=5, commit_seconds=None)
-    await store.open()
-    await store.prepare(FIXED, times=True)
+    store = await _open_fixed(loc, commit_every=5)
     assert _direct_columns(store) == {"x", "e", "steps", "times"}
     gate = _Gate(monkeypatch)
     for f in frames[:5]:
@@ -322,9 +328,7 @@ async def test_commit_waits_for_the_background_commit_and_covers_every_frame(
 
     loc = tmp_path / "s"
     frames = _fixed(9)
-    store = ZarrStore(loc, chunk_frames=4, commit_every=4, commit_seconds=None)
-    await store.open()
-    await store.prepare(FIXED, times=True)
+    store = await _open_fixed(loc, commit_every=4)
     gate = _Gate(monkeypatch)
     for f in frames:
         await store.append(Batch([f]))
@@ -351,9 +355,7 @@ async def test_a_failed_background_commit_fails_the_next_append(
 
     loc = tmp_path / "s"
     frames = _fixed(12)
-    store = ZarrStore(loc, chunk_frames=4, commit_every=4, commit_seconds=None)
-    await store.open()
-    await store.prepare(FIXED, times=True)
+    store = await _open_fixed(loc, commit_every=4)
     for f in frames[:4]:
         await store.append(Batch([f]))
     await store.settle()
@@ -409,9 +411,7 @@ async def test_a_settle_with_a_budget_comes_back_and_starts_the_next_commit(
 
     loc = tmp_path / "s"
     frames = _fixed(8)
-    store = ZarrStore(loc, chunk_frames=4, commit_every=4, commit_seconds=None)
-    await store.open()
-    await store.prepare(FIXED, times=True)
+    store = await _open_fixed(loc, commit_every=4)
     gate = _Gate(monkeypatch)
     for f in frames[:4]:
         await store.append(Batch([f]))
