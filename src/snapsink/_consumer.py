@@ -40,22 +40,40 @@ IDLE_SLICE = 0.001
 class StoreCaller:
     """Calls store methods in the consumer's thread: a blocking method directly,
     a coroutine function on an event loop of the consumer's own (asyncio, as
-    zarr-python needs), the same loop for every call."""
+    zarr-python needs), the same loop for every call.
+
+    The loop is driven with ``run_until_complete``, not :class:`asyncio.Runner`:
+    a Runner in the main thread (the writer process's consumer) swaps the
+    SIGINT handler at every call, four signal calls per append, a tenth of a
+    small frame's cost. The writer process ignores SIGINT anyway, and a thread
+    has no handler to swap.
+    """
 
     def __init__(self) -> None:
-        self._runner: asyncio.Runner | None = None
+        self._loop: asyncio.AbstractEventLoop | None = None
 
     def __call__(self, method: Callable[..., Any], *args: Any, **kwargs: Any) -> Any:
         if inspect.iscoroutinefunction(method):
-            if self._runner is None:
-                self._runner = asyncio.Runner()
-            return self._runner.run(method(*args, **kwargs))
+            if self._loop is None:
+                self._loop = asyncio.new_event_loop()
+            return self._loop.run_until_complete(method(*args, **kwargs))
         return method(*args, **kwargs)
 
     def close(self) -> None:
-        if self._runner is not None:
-            self._runner.close()
-            self._runner = None
+        """Cancel what is left on the loop, as :meth:`asyncio.Runner.close` does, and close it."""
+        loop, self._loop = self._loop, None
+        if loop is None:
+            return
+        try:
+            tasks = asyncio.all_tasks(loop)
+            for task in tasks:
+                task.cancel()
+            if tasks:
+                loop.run_until_complete(asyncio.gather(*tasks, return_exceptions=True))
+            loop.run_until_complete(loop.shutdown_asyncgens())
+            loop.run_until_complete(loop.shutdown_default_executor())
+        finally:
+            loop.close()
 
 
 class Feed(Protocol):
