@@ -22,7 +22,7 @@ import anyio.to_thread
 import numpy as np
 
 from ._zarrcolumns import Column, Run
-from ._zarrio import BlockWriter, first_error
+from ._zarrio import INLINE_ROWS, BlockWriter, first_error
 from ._zarrobject import Inflight
 from ._zarrplan import Block, RowBuffer, grow_capacity
 
@@ -35,10 +35,19 @@ async def _gather(aws: Sequence[Awaitable[None]]) -> None:
     if len(aws) == 1:
         await aws[0]
         return
-    results = await asyncio.gather(*aws, return_exceptions=True)
+    if all(isinstance(a, asyncio.Future) and a.done() for a in aws):
+        # rows written inline: done already, and gather would still cost a
+        # turn of the loop
+        results: list[Any] = [a.exception() for a in aws]  # type: ignore[attr-defined]
+    else:
+        results = await asyncio.gather(*aws, return_exceptions=True)
     errors = [r for r in results if isinstance(r, BaseException)]
     if errors:
         raise first_error(errors)
+
+
+def _nbytes(run: Run) -> int:
+    return sum(a.nbytes for a in run[3])
 
 
 class BlockIO:
@@ -81,9 +90,14 @@ class BlockIO:
             return
         borrowed: list[asyncio.Future[None]] = []
         # Rows borrowed from the caller's frames are waited for before this
-        # returns: one such run alone gains nothing from the pool (it is written
-        # here); several are written in parallel
-        alone = sum(1 for run in runs if not run[5]) == 1 and not blocks
+        # returns. Small runs are written here anyway (INLINE_ROWS); of the
+        # large ones, one alone gains nothing from the pool but two thread
+        # hand-offs, each a wakeup that may preempt the simulation on a busy
+        # machine: then it is written here too. Two or more are written in
+        # parallel.
+        alone = (
+            not blocks and sum(1 for run in runs if not run[5] and _nbytes(run) > INLINE_ROWS) <= 1
+        )
         for col, index, row, arrays, full, owned in runs:
             assert col.target is not None
             fut = await self.writer.submit_rows(

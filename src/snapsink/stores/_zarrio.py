@@ -45,8 +45,8 @@ import sys
 import threading
 import uuid
 from collections import deque
-from collections.abc import Sequence
-from dataclasses import dataclass
+from collections.abc import Iterator, Sequence
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -362,6 +362,9 @@ class BlockTarget:
     #: chunk grid coordinates along the other axes (a rank's chunk of a field
     #: decomposed over ranks, see :mod:`._zarrparallel`); () for zeros
     grid: tuple[int, ...] = ()
+    #: block index -> its path, made once (a Path and its hash cost microseconds
+    #: a row, and in-place rows come one frame at a time)
+    _paths: dict[int, Path] = field(default_factory=dict, compare=False, repr=False)
 
     @property
     def shape(self) -> tuple[int, ...]:
@@ -373,9 +376,12 @@ class BlockTarget:
         return math.prod(self.shape[1:]) * int(self.spec.dtype.to_native_dtype().itemsize)
 
     def path(self, index: int) -> Path:
-        inner = self.grid or (0,) * (len(self.shape) - 1)
-        key: str = self.key((index, *inner))
-        return self.directory / key
+        path = self._paths.get(index)
+        if path is None:
+            inner = self.grid or (0,) * (len(self.shape) - 1)
+            key: str = self.key((index, *inner))
+            path = self._paths[index] = self.directory / key
+        return path
 
     def padded(self, rows: np.ndarray[Any, Any]) -> np.ndarray[Any, Any]:
         """``rows`` as a whole block: the rest filled with the fill value, as zarr pads."""
@@ -412,6 +418,10 @@ def first_error(errors: list[BaseException]) -> BaseException:
 #: rows written in place of at most this many bytes a call are written by the
 #: caller (the store's loop thread), not by a job in the pool
 INLINE_ROWS = 64 << 10
+#: the writeback of a chunk file's rows written in place is started once this
+#: many bytes of them are waiting (or at once, for a larger row): one advice
+#: call per row cost a small frame more than its write
+EARLY_WRITEBACK = 1 << 20
 
 
 class BlockWriter:
@@ -443,6 +453,9 @@ class BlockWriter:
         #: and leaves what later jobs add to the next (a commit in the background);
         #: reentrant, since _chunk_fd holds it while _ensure_dir notes a directory
         self._fd_lock = threading.RLock()
+        #: chunk file -> [first byte whose writeback is not started, end of the
+        #: rows written contiguously from there] (:meth:`_early_writeback`)
+        self._waiting: dict[Path, list[int]] = {}
 
     # -- jobs (worker threads) ----------------------------------------------------------
     def _ensure_dir(self, d: Path) -> None:
@@ -512,15 +525,35 @@ class BlockWriter:
         fd = self._chunk_fd(target, path)
         offset = row * target.row_nbytes
         n = pwrite_all(fd, buffers, offset)
-        # Whole pages only: DONTNEED may drop a page once it is written back, and
-        # the next rows written into a partly written page would read it back first.
-        start, length = whole_pages(offset, n)
-        if length:
-            start_writeback(fd, start, length)
         with self._fd_lock:
             self._dirty.add(path)
             if full:
                 self._full.add(path)
+            advise = self._early_writeback(path, offset, n, full)
+        if advise[1]:
+            start_writeback(fd, *advise)
+
+    def _early_writeback(self, path: Path, offset: int, n: int, full: bool) -> tuple[int, int]:
+        """The range of ``path`` whose writeback to start now that ``[offset,
+        offset + n)`` is written: whole pages (DONTNEED may drop a page once it
+        is written back, and rows written later into a partly written page
+        would read it back first), once :data:`EARLY_WRITEBACK` bytes wait or
+        the chunk's last row is written. Rows not contiguous with those waiting
+        (jobs that ended out of order) start a new range; the commit's sync
+        covers every byte either way. Called under the descriptor lock."""
+        waiting = self._waiting.get(path)
+        if waiting is None or waiting[1] != offset:
+            waiting = self._waiting[path] = [offset, offset]
+        waiting[1] = offset + n
+        if full:
+            del self._waiting[path]
+            return whole_pages(waiting[0], waiting[1] - waiting[0])
+        if waiting[1] - waiting[0] < EARLY_WRITEBACK:
+            return 0, 0
+        start, length = whole_pages(waiting[0], waiting[1] - waiting[0])
+        if length:
+            waiting[0] = start + length
+        return start, length
 
     # -- the store's side (event loop) ---------------------------------------------------
     def _collect(self) -> None:
@@ -637,6 +670,7 @@ class BlockWriter:
             self._pool = None
         with self._fd_lock:
             fds, self._fds = self._fds, {}
+            self._waiting.clear()
             self._dirty.clear()
             self._full.clear()
         for fd in fds.values():
