@@ -205,6 +205,54 @@ def test_writeback_is_started_on_whole_pages_only(
     assert _zarrio.whole_pages(offset, length, 4096) == want
 
 
+def test_early_writeback_waits_for_a_mib_of_contiguous_rows(tmp_path: Path) -> None:
+    writer = _zarrio.BlockWriter(tmp_path)
+    path, row = tmp_path / "c" / "0", 256 << 10
+    mib = _zarrio.EARLY_WRITEBACK
+    # one advice per MiB of rows, not one per row
+    got = [writer._early_writeback(path, k * row, row, False) for k in range(8)]
+    assert got == [(0, 0)] * 3 + [(0, mib)] + [(0, 0)] * 3 + [(mib, mib)]
+    # rows not contiguous with those waiting (jobs ended out of order) start anew
+    assert writer._early_writeback(path, 5 * mib, row, False) == (0, 0)
+    assert writer._early_writeback(path, 5 * mib + row, mib - row, False) == (5 * mib, mib)
+    # whole pages only, from a row that starts inside a page
+    odd = tmp_path / "c" / "1"
+    assert writer._early_writeback(odd, 100, mib, False) == _zarrio.whole_pages(100, mib)
+    # the chunk's last row: what waits is started, and the file forgotten
+    assert writer._early_writeback(odd, 100 + mib, 8192, True) == _zarrio.whole_pages(
+        _zarrio.whole_pages(100, mib)[0] + _zarrio.whole_pages(100, mib)[1],
+        100 + mib + 8192 - sum(_zarrio.whole_pages(100, mib)),
+    )
+    assert odd not in writer._waiting and path in writer._waiting
+
+
+@pytest.mark.parametrize("large", [1, 2])
+async def test_one_large_field_is_written_without_the_pool(tmp_path: Path, large: int) -> None:
+    """A frame's one large field beside small ones is written by the store's
+    loop (the pool would add two thread hand-offs a frame); two or more large
+    ones are written side by side in the pool."""
+    loc = tmp_path / "s"
+    fields = {f"big{k}": Field("f8", (128, 128)) for k in range(large)}  # 128 KiB rows
+    schema = Schema({**fields, "e": Field("f8", ()), "v": Field("f4", (3,))})
+    rng = np.random.default_rng(3)
+    frames = [
+        Frame(s, None, {**{n: rng.standard_normal((128, 128)) for n in fields},
+                        "e": np.float64(s), "v": rng.standard_normal(3).astype(np.float32)})
+        for s in range(5)
+    ]  # fmt: skip
+    store = ZarrStore(loc)
+    await store.open()
+    await store.prepare(schema, times=False)
+    for f in frames:
+        await store.append(Batch([f]))
+    assert store._io.writer is not None
+    assert (store._io.writer._pool is None) == (large == 1)
+    await store.close()
+    traj = open_zarr(loc)
+    for name in [*fields, "e", "v"]:
+        assert _bits(traj[name][:]) == _bits(np.stack([f.fields[name] for f in frames]))
+
+
 def test_pwrite_all_resumes_short_writes(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     import os
 
