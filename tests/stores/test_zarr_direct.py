@@ -149,6 +149,36 @@ async def test_a_crash_between_commits_leaves_committed_rows_whole(tmp_path: Pat
     await store._io.stop()
 
 
+async def test_a_crash_before_the_first_commit_leaves_the_group_as_opened(
+    tmp_path: Path,
+) -> None:
+    """prepare creates the arrays without their fsyncs and commits nothing: the
+    first commit syncs them, then names the schema. A writer dying in between
+    leaves a group that names no schema; the next run prepares (with any
+    schema) over the arrays and writes its frames."""
+    loc = tmp_path / "s"
+    store = ZarrStore(loc)
+    await store.open()
+    await store.prepare(SCHEMA, times=True)
+    await store.append(Batch(_frames(3)))
+    assert zarr.open_group(loc, mode="r").attrs["snapsink"]["schema"] is None
+    store._release_lock()  # as the writer's death would
+    other = Schema({"x": Field("f4", (5, 3)), "e": Field("f8", ())})
+    resumed = ZarrStore(loc, "a")
+    assert await resumed.open() is None
+    await resumed.prepare(other, times=True)
+    frames = [Frame(f.step, f.time, {"x": f.fields["x"], "e": f.fields["e"]}) for f in _frames(4)]
+    await resumed.append(Batch(frames))
+    await resumed.close()
+    traj = open_zarr(loc)
+    assert len(traj) == 4 and set(traj.schema) == {"x", "e"}
+    assert _bits(traj["x"][:]) == _bits(np.stack([f.fields["x"] for f in frames]))
+    assert not (loc / "k").exists() and not (loc / "r").exists()  # the first run's arrays
+    ds = xr.open_zarr(loc, consolidated=False)  # every array agrees on the frame dimension
+    assert _bits(ds["e"].values) == _bits(np.array([f.fields["e"] for f in frames]))
+    await store._io.stop()
+
+
 @pytest.mark.parametrize(
     ("kwargs", "direct"),
     [

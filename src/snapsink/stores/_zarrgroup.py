@@ -179,10 +179,22 @@ async def create_columns(
     shard_frames: int | None,
     compressors: Any,
     root: Path | None,
+    leftovers: bool = False,
 ) -> dict[str, Column]:
-    """Create (replacing) the empty arrays of ``schema`` in ``group``: one column each."""
+    """Create (replacing) the empty arrays of ``schema`` in ``group``: one column each.
+
+    ``leftovers``: the group names no schema yet but may hold arrays of a run
+    that died before its first commit; those of none of the new arrays' names
+    and of length zero (they show no row) are removed first, so that the
+    group's arrays agree on the ``frame`` dimension for xarray.
+    """
     columns: dict[str, Column] = {}
     plans = plan_arrays(schema, times=times, chunk_frames=chunk_frames, shard_frames=shard_frames)
+    if leftovers:
+        names = {plan.name for plan in plans}
+        async for name, node in group.members():
+            if isinstance(node, zarr.AsyncArray) and name not in names and node.shape[:1] == (0,):
+                await group.delitem(name)
     for plan in plans:
         arr = await group.create_array(
             plan.name,

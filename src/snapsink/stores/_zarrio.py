@@ -38,6 +38,7 @@ from __future__ import annotations
 
 import asyncio
 import concurrent.futures
+import contextlib
 import math
 import os
 import re
@@ -710,15 +711,72 @@ class DurableLocalStore(LocalStore):
     frame chunks go through :class:`BlockWriter`.
     """
 
+    #: whether writes skip their fsyncs now (inside :meth:`deferred`)
+    _deferring = False
+    #: objects written without their fsyncs: the files, and the directories
+    #: whose entries they added; synced by :meth:`sync_deferred`
+    _unsynced: tuple[set[Path], set[Path]] | None = None
+
+    @contextlib.contextmanager
+    def deferred(self) -> Iterator[None]:
+        """Write objects without their fsyncs inside this block, and remember
+        them for :meth:`sync_deferred`: for the arrays a store creates before
+        its first frame, which the first commit names (and syncs first). Each
+        object is still written whole and renamed into place."""
+        if self._unsynced is None:
+            self._unsynced = (set(), set())
+        self._deferring = True
+        try:
+            yield
+        finally:
+            self._deferring = False
+
+    @property
+    def has_deferred(self) -> bool:
+        """Objects written inside :meth:`deferred` wait for :meth:`sync_deferred`."""
+        return self._unsynced is not None
+
+    def sync_deferred(self) -> None:
+        """fsync what was written inside :meth:`deferred` (files, then directories,
+        deepest first). Blocking: run it in a thread."""
+        unsynced, self._unsynced = self._unsynced, None
+        if unsynced is None:
+            return
+        files, dirs = unsynced
+        for path in sorted(files):
+            with contextlib.suppress(FileNotFoundError):  # replaced since: synced then
+                _fsync_fd_of(path)
+        if os.name != "posix":  # pragma: no cover - directories cannot be fsynced elsewhere
+            return
+        for d in sorted(dirs, key=lambda p: len(p.parts), reverse=True):
+            with contextlib.suppress(FileNotFoundError):
+                _fsync_fd_of(d, directory=True)
+
     async def set(self, key: str, value: Buffer) -> None:
         await self._durable_set(key, value, exclusive=False)
 
     async def set_if_not_exists(self, key: str, value: Buffer) -> None:
+        # zarr asks this of every parent group at each array it creates: an
+        # existing object (the common case) costs no temporary file and fsync.
+        # One created meanwhile is still never replaced (exclusive placement).
+        if os.path.lexists(self.root / key):  # noqa: ASYNC240 - one stat, local
+            return
         await self._durable_set(key, value, exclusive=True)
 
     async def _durable_set(self, key: str, value: Buffer, *, exclusive: bool) -> None:
         path = self.root / key
         tmp = _tmp_path(path)
         await super().set(str(tmp.relative_to(self.root)), value)
-        await asyncio.to_thread(_durable_replace, self.root, tmp, path, exclusive=exclusive)
+        if not self._deferring or self._unsynced is None:
+            await asyncio.to_thread(_durable_replace, self.root, tmp, path, exclusive=exclusive)
+            return
+        files, dirs = self._unsynced
+        if _place(tmp, path, sync=False, exclusive=exclusive):
+            files.add(path)
+            d = path.parent
+            while True:  # new directories too: their entries in their parents
+                dirs.add(d)
+                if d == self.root or self.root not in d.parents:
+                    break
+                d = d.parent
 

@@ -60,7 +60,7 @@ from ._zarrgroup import (
     open_group,
     write_static,
 )
-from ._zarrio import zstd_encoder
+from ._zarrio import DurableLocalStore, zstd_encoder
 from ._zarrobject import close_session, is_plain, is_url, url_store
 from ._zarrplan import ATTRS_KEY, META_KEY, Meta, check_group, check_rows, parse_meta
 from ._zarrread import ZarrSource, as_zarr_store, is_zarr_store, list_groups, open_zarr
@@ -242,6 +242,8 @@ class ZarrStore:
         self._group: Any = None
         self._meta = Meta()
         self._columns: dict[str, Column] = {}
+        #: open() found the group already there (it may hold uncommitted arrays)
+        self._reopened = False
         self._frames = 0  # appended (committed or not)
         self._io = BlockIO(self._root, _MAX_CONCURRENT_BLOCKS)
         self._last_commit = time.monotonic()
@@ -442,21 +444,30 @@ class ZarrStore:
                 )
             if self._columns and self._meta.times == times:
                 return
-        self._columns = await create_columns(
-            self._group,
-            schema,
-            times=times,
-            chunk_frames=self._chunk_frames,
-            shard_frames=self._shard_frames,
-            compressors=self._compressors,
-            root=self._root,
-        )
+        # The arrays are created without their fsyncs (three an array, one after
+        # another: most of the first frame's wait), and named by no commit yet:
+        # the first commit syncs them before its attributes name the schema. A
+        # crash before it leaves the group as open() made it, and the next
+        # prepare replaces the arrays.
+        durable = self._store if isinstance(self._store, DurableLocalStore) else None
+        with durable.deferred() if durable is not None else contextlib.nullcontext():
+            self._columns = await create_columns(
+                self._group,
+                schema,
+                times=times,
+                chunk_frames=self._chunk_frames,
+                shard_frames=self._shard_frames,
+                compressors=self._compressors,
+                root=self._root,
+                leftovers=self._reopened,
+            )
         for col in self._columns.values():
             if col.plan.name.endswith(".offsets"):  # offsets start at 0
                 await self._io.write([(col, b) for b in col.buf.push(np.zeros(1, np.int64))])
         self._meta.schema = schema
         self._meta.times = times
-        await self.commit()
+        if durable is None:
+            await self.commit()
 
     async def append(self, batch: Batch) -> None:
         """Buffer ``batch`` and write every block it fills; commit when due.
@@ -591,6 +602,8 @@ class ZarrStore:
         await self._io.flush(self._columns.values())
         if self._root is not None:
             await anyio.to_thread.run_sync(check_not_removed, self._root, self._path, repr(self))
+        if isinstance(self._store, DurableLocalStore) and self._store.has_deferred:
+            await anyio.to_thread.run_sync(self._store.sync_deferred)  # the arrays prepare made
         await self._io.show_committed(self._columns.values(), lengths)
         await self._group.update_attributes(attrs)
         self._meta.count = count
@@ -622,10 +635,21 @@ class ZarrStore:
             await self._close_session()
             return
         try:
-            await self.commit()
-            await self._io.trim(self._columns.values())
-            self._meta.closed = True
-            await self._write_meta()
+            if self._root is not None and type(self)._commits_in_background:
+                # A local directory's commit shows every array at the count:
+                # nothing is left to trim, and the last commit's attributes can
+                # mark the group closed (one metadata write and its fsyncs fewer).
+                self._meta.closed = True
+                try:
+                    await self.commit()
+                except BaseException:
+                    self._meta.closed = False
+                    raise
+            else:
+                await self.commit()
+                await self._io.trim(self._columns.values())
+                self._meta.closed = True
+                await self._write_meta()
         finally:
             self._state = "closed"
             await self._io.stop()
@@ -664,6 +688,7 @@ class ZarrStore:
 
     async def _open_existing(self) -> Resume | None:
         self._group = await open_group(self._store, self._path, repr(self))
+        self._reopened = True
         attrs = dict(self._group.attrs)
         if META_KEY not in attrs:
             await check_adoptable(self._group, self._path, repr(self))
