@@ -46,7 +46,7 @@ import sys
 import threading
 import uuid
 from collections import deque
-from collections.abc import Iterator, Sequence
+from collections.abc import Iterable, Iterator, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -650,18 +650,7 @@ class BlockWriter:
         with self._fd_lock:
             for path in done:
                 os.close(self._fds.pop(path))
-        for path in files:
-            try:
-                _fsync_fd_of(path)
-            except FileNotFoundError:
-                continue  # replaced or trimmed since: its successor was fsynced
-        if os.name != "posix":  # pragma: no cover - directories cannot be fsynced elsewhere
-            return
-        for d in sorted(dirs, key=lambda p: len(p.parts), reverse=True):
-            try:
-                _fsync_fd_of(d, directory=True)
-            except FileNotFoundError:
-                continue
+        _fsync_paths(files, dirs)
 
     def shutdown(self) -> None:
         """Stop the pool (its jobs are done or abandoned after :meth:`drain`) and
@@ -678,7 +667,31 @@ class BlockWriter:
             os.close(fd)
 
 
+def _fsync_paths(files: Iterable[Path], dirs: Iterable[Path]) -> None:
+    """fsync ``files``, then ``dirs`` deepest first (a directory after the
+    entries below it). A path gone meanwhile is skipped: it was replaced or
+    trimmed since, and its successor was fsynced."""
+    for path in sorted(files):
+        with contextlib.suppress(FileNotFoundError):
+            _fsync_fd_of(path)
+    if os.name != "posix":  # pragma: no cover - directories cannot be fsynced elsewhere
+        return
+    for d in sorted(dirs, key=lambda p: len(p.parts), reverse=True):
+        with contextlib.suppress(FileNotFoundError):
+            _fsync_fd_of(d, directory=True)
+
+
 # -- zarr's own writes -------------------------------------------------------------------
+def _dirs_to_root(root: Path, d: Path) -> Iterator[Path]:
+    """``d`` and each directory above it, up to ``root`` (or to the top, for a
+    ``d`` outside it): those whose entries a new file in ``d`` may have added."""
+    while True:
+        yield d
+        if d == root or root not in d.parents:
+            return
+        d = d.parent
+
+
 def _durable_replace(root: Path, tmp: Path, path: Path, *, exclusive: bool) -> bool:
     """fsync ``tmp``, move it to ``path`` and fsync the directories on the way to root
     (its parent alone when it replaces a file: the other entries did not change).
@@ -691,12 +704,10 @@ def _durable_replace(root: Path, tmp: Path, path: Path, *, exclusive: bool) -> b
     if not _place(tmp, path, sync=True, exclusive=exclusive):
         return False
     if os.name == "posix":
-        d = path.parent
-        while True:
+        for d in _dirs_to_root(root, path.parent):
             _fsync_fd_of(d, directory=True)
-            if replaces or d == root or root not in d.parents:
+            if replaces:
                 break
-            d = d.parent
     return True
 
 
@@ -740,17 +751,8 @@ class DurableLocalStore(LocalStore):
         """fsync what was written inside :meth:`deferred` (files, then directories,
         deepest first). Blocking: run it in a thread."""
         unsynced, self._unsynced = self._unsynced, None
-        if unsynced is None:
-            return
-        files, dirs = unsynced
-        for path in sorted(files):
-            with contextlib.suppress(FileNotFoundError):  # replaced since: synced then
-                _fsync_fd_of(path)
-        if os.name != "posix":  # pragma: no cover - directories cannot be fsynced elsewhere
-            return
-        for d in sorted(dirs, key=lambda p: len(p.parts), reverse=True):
-            with contextlib.suppress(FileNotFoundError):
-                _fsync_fd_of(d, directory=True)
+        if unsynced is not None:
+            _fsync_paths(*unsynced)
 
     async def set(self, key: str, value: Buffer) -> None:
         await self._durable_set(key, value, exclusive=False)
@@ -773,10 +775,4 @@ class DurableLocalStore(LocalStore):
         files, dirs = self._unsynced
         if _place(tmp, path, sync=False, exclusive=exclusive):
             files.add(path)
-            d = path.parent
-            while True:  # new directories too: their entries in their parents
-                dirs.add(d)
-                if d == self.root or self.root not in d.parents:
-                    break
-                d = d.parent
-
+            dirs.update(_dirs_to_root(self.root, path.parent))  # new directories too

@@ -91,8 +91,6 @@ class _Array:
     owner: int | None
 
 
-
-
 class ParallelZarrStore(ZarrStore):
     """:class:`~snapsink.ZarrStore` for one rank of many (``comm`` given).
 

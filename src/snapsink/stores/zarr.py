@@ -635,18 +635,18 @@ class ZarrStore:
             await self._close_session()
             return
         try:
-            if self._root is not None and type(self)._commits_in_background:
-                # A local directory's commit shows every array at the count:
-                # nothing is left to trim, and the last commit's attributes can
-                # mark the group closed (one metadata write and its fsyncs fewer).
-                self._meta.closed = True
-                try:
-                    await self.commit()
-                except BaseException:
-                    self._meta.closed = False
-                    raise
-            else:
+            # A local directory's commit shows every array at the count: nothing
+            # is left to trim, and the commit's own attributes mark the group
+            # closed (one metadata write and its fsyncs fewer). Elsewhere the
+            # arrays are trimmed first, then marked.
+            local = self._root is not None
+            self._meta.closed = local
+            try:
                 await self.commit()
+            except BaseException:
+                self._meta.closed = False
+                raise
+            if not local:
                 await self._io.trim(self._columns.values())
                 self._meta.closed = True
                 await self._write_meta()
