@@ -247,11 +247,12 @@ def test_early_writeback_waits_for_a_mib_of_contiguous_rows(tmp_path: Path) -> N
     assert writer._early_writeback(path, 5 * mib + row, mib - row, False) == (5 * mib, mib)
     # whole pages only, from a row that starts inside a page
     odd = tmp_path / "c" / "1"
-    assert writer._early_writeback(odd, 100, mib, False) == _zarrio.whole_pages(100, mib)
-    # the chunk's last row: what waits is started, and the file forgotten
+    start, length = _zarrio.whole_pages(100, mib)
+    assert writer._early_writeback(odd, 100, mib, False) == (start, length)
+    # the chunk's last row: what waits since the pages started is, and the file forgotten
+    after, end = start + length, 100 + mib + 8192
     assert writer._early_writeback(odd, 100 + mib, 8192, True) == _zarrio.whole_pages(
-        _zarrio.whole_pages(100, mib)[0] + _zarrio.whole_pages(100, mib)[1],
-        100 + mib + 8192 - sum(_zarrio.whole_pages(100, mib)),
+        after, end - after
     )
     assert odd not in writer._waiting and path in writer._waiting
 
