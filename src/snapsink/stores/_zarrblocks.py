@@ -18,11 +18,11 @@ from collections.abc import Awaitable, Iterable, Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
-import anyio.to_thread
 import numpy as np
+from zarr.core.buffer import default_buffer_prototype
 
 from ._zarrcolumns import Column, Run
-from ._zarrio import INLINE_ROWS, BlockWriter, first_error
+from ._zarrio import INLINE_ROWS, BlockWriter, first_error, replace_durably
 from ._zarrobject import Inflight
 from ._zarrplan import Block, RowBuffer, grow_capacity
 
@@ -166,7 +166,7 @@ class BlockIO:
         if parts:
             await self._write_partials(parts)
         if self.writer is not None:
-            await anyio.to_thread.run_sync(self.writer.sync)
+            await asyncio.to_thread(self.writer.sync)
 
     async def _write_partials(self, parts: list[tuple[Column, int, np.ndarray[Any, Any]]]) -> None:
         """Write each column's partly filled last block (padded with the fill value)."""
@@ -213,18 +213,28 @@ class BlockIO:
         every row pushed."""
         if self.writer is None:
             return
-        todo = []
+        grown: list[tuple[Column, Any, int]] = []
+        files: list[tuple[Path, bytes]] = []
         for col in columns:
             n = col.length if lengths is None else lengths[col.plan.name]
-            if col.capacity != n:
-                todo.append(self._resize(col, n))
-        await _gather(todo)
-
-    @staticmethod
-    async def _resize(col: Column, length: int) -> None:
-        # only ever grows here: no chunk is outside the new shape
-        await col.array.resize((length, *col.plan.row_shape), delete_outside_chunks=False)
-        col.capacity = length
+            if col.capacity == n:
+                continue
+            assert col.target is not None
+            # zarr's own new metadata and its bytes, as AsyncArray.resize makes
+            # and stores them (it only ever grows here: no chunk is outside)
+            meta = col.array.metadata.update_shape((n, *col.plan.row_shape))
+            for key, buf in meta.to_buffer_dict(default_buffer_prototype()).items():
+                files.append((col.target.directory / key, buf.to_bytes()))
+            grown.append((col, meta, n))
+        if not grown:
+            return
+        # Every array's metadata in one worker job: through zarr's resize each
+        # took two thread hops and zarr's store machinery (2 of a commit's
+        # 3.3 ms on tmpfs, 4 MiB frames)
+        await asyncio.to_thread(replace_durably, files)
+        for col, meta, n in grown:
+            object.__setattr__(col.array, "metadata", meta)  # as AsyncArray.resize does
+            col.capacity = n
 
     @staticmethod
     async def trim(columns: Iterable[Column]) -> None:

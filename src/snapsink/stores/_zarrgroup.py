@@ -9,11 +9,11 @@ the I/O-free layout they follow is :mod:`._zarrplan`'s.
 
 from __future__ import annotations
 
+import asyncio
 from collections.abc import Mapping
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-import anyio.to_thread
 import numpy as np
 import zarr
 import zarr.api.asynchronous as za
@@ -101,7 +101,7 @@ async def delete_group(store: ZarrStoreLike, root: Path | None, path: str) -> No
         # Only zarr's own entries (claim_local_dir refused anything else), in a
         # thread: LocalStore.delete_dir would run rmtree on the event loop.
         target = root / path if path else root
-        await anyio.to_thread.run_sync(remove_tree_contents, target)
+        await asyncio.to_thread(remove_tree_contents, target)
     else:
         await store.delete_dir(path)
         for name in NODE_KEYS:

@@ -67,6 +67,7 @@ __all__ = [
     "first_error",
     "is_leftover",
     "pwrite_all",
+    "replace_durably",
     "whole_pages",
     "worker_count",
     "writes_in_place",
@@ -156,6 +157,16 @@ def write_file(
         raise
     _place(tmp, path, sync=sync, exclusive=False)
     return sync
+
+
+def replace_durably(files: Sequence[tuple[Path, bytes]]) -> None:
+    """Replace each of ``files`` (existing files: the arrays' metadata at a
+    commit) with its new bytes, durably: written to a temporary file, fsynced,
+    renamed over it; then each directory fsynced. When this returns, every one
+    is durable. Blocking: run it in a worker thread."""
+    for path, data in files:
+        write_file(path, memoryview(data), sync=True)
+    _fsync_paths((), {path.parent for path, _ in files})
 
 
 def _unlink_quietly(path: Path) -> None:

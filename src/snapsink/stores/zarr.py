@@ -16,7 +16,12 @@ are encoded with each array's own zarr codec pipeline and written durably by a
 thread pool (:mod:`._zarrio`), and the rows of an uncompressed array go
 straight from the frames into their chunk files (:mod:`._zarrcolumns`); on
 other zarr stores (memory, remote) blocks go through zarr's async array API,
-many at a time. Either way the loop never blocks.
+many at a time. Either way the loop never blocks: blocking steps (fsyncs,
+the lock, directory checks) run in the loop's default executor
+(``asyncio.to_thread``), whose threads last as long as the loop. anyio's worker
+threads last only as long as the task that first used them, and every store
+call, like every commit in the background, is a task of its own: through anyio,
+each commit started and stopped a thread.
 
 The reader side (:class:`ZarrSource`, :func:`open_zarr`, :func:`list_groups`,
 :func:`is_zarr_store`) runs in user code and uses zarr's sync API.
@@ -33,8 +38,6 @@ import weakref
 from collections.abc import Mapping
 from typing import Any
 
-import anyio
-import anyio.to_thread
 import numpy as np
 from zarr.abc.store import Store as ZarrStoreLike
 
@@ -385,7 +388,7 @@ class ZarrStore:
         if self._state != "new":
             raise StoreStateError(f"{self!r}: open() called twice")
         if self._root is not None:
-            self._lock = await anyio.to_thread.run_sync(
+            self._lock = await asyncio.to_thread(
                 claim_group_dir, self._root, self._path, self._mode, repr(self)
             )
             self._lock_finalizer = weakref.finalize(self, self._lock.release)
@@ -601,9 +604,9 @@ class ZarrStore:
         attributes naming it. Run by :meth:`commit`, or in the background."""
         await self._io.flush(self._columns.values())
         if self._root is not None:
-            await anyio.to_thread.run_sync(check_not_removed, self._root, self._path, repr(self))
+            await asyncio.to_thread(check_not_removed, self._root, self._path, repr(self))
         if isinstance(self._store, DurableLocalStore) and self._store.has_deferred:
-            await anyio.to_thread.run_sync(self._store.sync_deferred)  # the arrays prepare made
+            await asyncio.to_thread(self._store.sync_deferred)  # the arrays prepare made
         await self._io.show_committed(self._columns.values(), lengths)
         await self._group.update_attributes(attrs)
         self._meta.count = count
