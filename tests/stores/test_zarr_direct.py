@@ -11,6 +11,8 @@ leaves the committed rows of a chunk untouched.
 
 from __future__ import annotations
 
+import os
+import shutil
 from pathlib import Path
 from typing import Any
 
@@ -284,9 +286,62 @@ async def test_one_large_field_is_written_without_the_pool(tmp_path: Path, large
         assert _bits(traj[name][:]) == _bits(np.stack([f.fields[name] for f in frames]))
 
 
-def test_pwrite_all_resumes_short_writes(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
-    import os
+async def test_a_commit_writes_each_arrays_metadata_as_zarrs_resize_does(tmp_path: Path) -> None:
+    """A commit grows the arrays' shapes in one job of its own: every
+    ``zarr.json`` holds the bytes zarr's own resize writes for that shape."""
+    loc = tmp_path / "s"
+    store = ZarrStore(loc, chunk_frames=4)
+    await store.open()
+    await store.prepare(SCHEMA, times=True)
+    frames = _frames(6)
+    await store.append(Batch(frames[:3]))
+    await store.commit()
+    await store.append(Batch(frames[3:]))
+    await store.commit()
+    rows = dict.fromkeys(("x", "k", "e", "steps", "times"), 6)
+    rows |= {"r": sum(len(f.fields["r"]) for f in frames), "r.offsets": 7}
+    for name, n in rows.items():
+        ours = (loc / name / "zarr.json").read_bytes()
+        ref = tmp_path / "ref" / name
+        shutil.copytree(loc / name, ref)
+        arr = zarr.open_array(ref, mode="r+")
+        assert arr.shape[0] == n, name
+        shape = arr.shape
+        arr.resize((0, *shape[1:]))
+        arr.resize(shape)  # zarr writes its metadata for the committed shape
+        assert (ref / "zarr.json").read_bytes() == ours, name
+    await store.close()
+    _check_every_reader(loc, frames)
 
+
+def test_replace_durably_syncs_each_file_before_its_rename_and_then_its_directory(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    files = [tmp_path / "a" / "zarr.json", tmp_path / "b" / "zarr.json"]
+    for f in files:
+        f.parent.mkdir()
+        f.write_bytes(b"old")
+    log: list[tuple[str, Any]] = []
+    real_fsync, real_replace = _zarrio._fsync_fd_of, os.replace
+    monkeypatch.setattr(
+        _zarrio,
+        "_fsync_fd_of",
+        lambda p, directory=False: (log.append(("fsync", Path(p))), real_fsync(p, directory)),
+    )
+    monkeypatch.setattr(
+        os, "replace", lambda a, b: (log.append(("rename", Path(b))), real_replace(a, b))
+    )
+    _zarrio.replace_durably([(f, f"new {k}".encode()) for k, f in enumerate(files)])
+    assert [f.read_bytes() for f in files] == [b"new 0", b"new 1"]
+    renames = [i for i, (what, _) in enumerate(log) if what == "rename"]
+    for i, f in zip(renames, files, strict=True):
+        assert log[i] == ("rename", f)
+        assert log[i - 1][0] == "fsync" and log[i - 1][1].name.startswith("zarr.json.")
+    assert {p for _, p in log[renames[-1] + 1 :]} == {f.parent for f in files}
+    assert not any(p.name.endswith(".partial") for p in tmp_path.rglob("*"))
+
+
+def test_pwrite_all_resumes_short_writes(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     real = os.pwritev
 
     def short(fd: int, buffers: Any, offset: int) -> int:
