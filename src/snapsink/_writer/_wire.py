@@ -60,11 +60,26 @@ class Wire:
 
     def recv(self) -> tuple[tuple[Any, ...], list[int]] | None:
         """The next message and its descriptors; None at end of stream (the peer
-        closed or died)."""
-        try:
-            data, fds, _, _ = socket.recv_fds(self.sock, INLINE_MAX + 1024, _MAX_FDS)
-        except (ConnectionResetError, BrokenPipeError):
-            return None
+        closed or died).
+
+        A peer that died with messages of ours unread sets ECONNRESET on this
+        end, and Linux reports it on the next receive *before* the messages the
+        peer sent ahead of its death (the pending error is read, and cleared,
+        first). Those messages still matter (a slot's mapping for a frame
+        already published, the writer's last error), so a reset is read past:
+        the stream ends where a receive returns nothing.
+        """
+        resets = 0
+        while True:
+            try:
+                data, fds, _, _ = socket.recv_fds(self.sock, INLINE_MAX + 1024, _MAX_FDS)
+                break
+            except (ConnectionResetError, BrokenPipeError):
+                # the error is cleared as it is reported: a second one in a row
+                # cannot come from the same death; stop rather than spin
+                resets += 1
+                if resets > 1:
+                    return None
         if not data:
             for fd in fds:
                 os.close(fd)
