@@ -383,20 +383,10 @@ def kill_producer_once(server: ForkServer, root: Path, kind: str, rng: random.Ra
     return written
 
 
-@pytest.mark.parametrize("kind", ["npy", "zarr", "zarr-inplace", "hdf5", "h5md"])
-def test_sigkill_of_the_producer_loses_no_written_frame(
-    server: ForkServer, tmp_path: Path, kind: str
-) -> None:
-    """50 kills per store kind (25 more for HDF5's H5MD layout, the same store
-    and sessions): the writer process drains and commits every frame already
-    in shared memory, and leaves nothing in /dev/shm."""
-    needs(kind)
+def run_producer_kills(server: ForkServer, tmp_path: Path, kind: str, seeds: list[int]) -> None:
+    """Kill the producer once per seed, 3 at a time; most kills must land mid-run
+    and nothing may be left in /dev/shm."""
     before = shm_names()
-    kills = 25 if kind == "h5md" else 50
-    seeds = [
-        {"npy": 7, "zarr": 8, "zarr-inplace": 5, "hdf5": 9, "h5md": 6}[kind] * 10_000 + k
-        for k in range(kills)
-    ]
 
     def one(s: int) -> int:
         root = tmp_path / f"p{s}"
@@ -405,8 +395,36 @@ def test_sigkill_of_the_producer_loses_no_written_frame(
 
     with ThreadPoolExecutor(3) as pool:
         results = list(pool.map(one, seeds))
-    assert sum(1 for w in results if w > 0) >= kills // 2  # the kills landed mid-run
+    assert sum(1 for w in results if w > 0) >= len(seeds) // 2  # the kills landed mid-run
     assert {n for n in shm_names() - before if "snapsink" in n or n.startswith("psm_")} == set()
+
+
+PRODUCER_SEEDS = {"npy": 7, "zarr": 8, "zarr-inplace": 5, "hdf5": 9, "h5md": 6}
+
+
+@pytest.mark.parametrize("kind", ["npy", "zarr", "zarr-inplace", "hdf5", "h5md"])
+def test_sigkill_of_the_producer_loses_no_written_frame(
+    server: ForkServer, tmp_path: Path, kind: str
+) -> None:
+    """50 kills per store kind (25 more for HDF5's H5MD layout, the same store
+    and sessions): the writer process drains and commits every frame already
+    in shared memory, and leaves nothing in /dev/shm."""
+    needs(kind)
+    kills = 25 if kind == "h5md" else 50
+    run_producer_kills(
+        server, tmp_path, kind, [PRODUCER_SEEDS[kind] * 10_000 + k for k in range(kills)]
+    )
+
+
+@pytest.mark.slow
+@pytest.mark.timeout(900)
+@pytest.mark.parametrize("kind", ["npy", "zarr", "zarr-inplace", "hdf5", "h5md"])
+def test_sigkill_of_the_producer_soak(server: ForkServer, tmp_path: Path, kind: str) -> None:
+    """The same, 500 kills per store kind (CI's default 50 once met, in about
+    500 kills, a sink that died with a writer's reply unread: see test_wire)."""
+    needs(kind)
+    seeds = [PRODUCER_SEEDS[kind] * 10_000 + 1_000 + k for k in range(500)]
+    run_producer_kills(server, tmp_path, kind, seeds)
 
 
 # -- what the kills found, pinned down deterministically ------------------------------
