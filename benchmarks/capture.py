@@ -8,6 +8,11 @@ and ``write`` never waits for room), this benchmark times
 
 - a bare ``np.copyto`` of the frame into a preallocated buffer, with no sink open:
   ``compute; copyto (timed); ...``
+- the same copy into one of two buffers in shared memory that another process
+  reads whole after each copy, as the writer process reads a slot (``handoff``,
+  no sink open): the reader's core then holds the buffer's cache lines, and
+  the next copy must take them back. No design that hands frames to another
+  core copies for less; the bare copy pays none of it;
 - then, with the sink open, ``write`` of the same frame, and a copy as above in
   the same loop (``in loop``: how much the running writer slows the producer's
   own work, e.g. a thread writer holding the GIL when the copy wants it back):
@@ -17,18 +22,20 @@ for 256 KiB and 4 MiB frames (a 256 x 256 or 1024 x 1024 float32 field and a
 float64 scalar), through ``SyncSink`` and the async ``Sink`` into NpyDirectory
 (``commit_every=8``, the default writer unless ``--writer`` says otherwise). It
 reports the mean, median and 90th percentile of each; target: write <= 1.5x
-the bare copyto (means).
+the bare copyto (means), with write over the hand-off copy beside it.
 
 Each case runs in a fresh subprocess (malloc thresholds pinned, as overlap.py),
 interleaved, best of ``--repeat``.
 
-    python benchmarks/capture.py [--quick] [--writer auto|thread|process|both] [--json PATH]
+    python benchmarks/capture.py [--quick] [--dir DIR] [--writer auto|thread|process|both]
+        [--json PATH]
 """
 
 from __future__ import annotations
 
 import argparse
 import json
+import mmap
 import os
 import statistics
 import sys
@@ -67,6 +74,54 @@ def _stats(xs: list[float]) -> dict[str, float]:
     }
 
 
+def handoff_copies(u: np.ndarray[Any, Any], comp: Any, frames: int, warmup: int) -> list[float]:
+    """Times of ``np.copyto`` of ``u`` into one of two buffers in shared memory that
+    another process reads whole after each copy, as a writer process reads a slot
+    (no sink open; the same compute between copies).
+
+    The least a hand-off to another core can cost: the reader's core now holds
+    the buffer's cache lines, and the next copy into it must take them back.
+    The bare copy pays none of this.
+    """
+    n = u.nbytes
+    mem = mmap.mmap(-1, 2 * n + 64, flags=mmap.MAP_SHARED)
+    bufs = [np.frombuffer(mem, u.dtype, u.size, k * n).reshape(u.shape) for k in range(2)]
+    flags = np.frombuffer(mem, np.int64, 2, 2 * n)  # [copied, read]
+    sink = np.empty_like(u)
+    pid = os.fork()
+    if pid == 0:  # the reader: waits for each copy, reads it whole, says so
+        try:
+            seen = 0
+            while True:
+                c = int(flags[0])
+                if c < 0:
+                    break
+                if c != seen:
+                    np.copyto(sink, bufs[c % 2])
+                    seen = c
+                    flags[1] = c
+        finally:
+            os._exit(0)
+    times = []
+    try:
+        for i in range(1, warmup + frames + 1):
+            u[i % u.shape[0], 0] = comp.step()
+            t0 = time.perf_counter()
+            np.copyto(bufs[i % 2], u)
+            dt = time.perf_counter() - t0
+            flags[0] = i
+            while int(flags[1]) != i:
+                pass
+            if i > warmup:
+                times.append(dt)
+    finally:
+        flags[0] = -1
+        os.waitpid(pid, 0)
+    del bufs, flags
+    mem.close()
+    return times
+
+
 def child(spec: Mapping[str, Any]) -> dict[str, Any]:
     side, frames, warmup = spec["side"], spec["frames"], spec["warmup"]
     u = np.random.default_rng(0).random((side, side), dtype=np.float32)
@@ -91,6 +146,8 @@ def child(spec: Mapping[str, Any]) -> dict[str, Any]:
         dt = copy()
         if i >= warmup:
             bare.append(dt)
+
+    handoff = handoff_copies(u, comp, frames, warmup)
 
     copies: list[float] = []
     writes: list[float] = []
@@ -141,6 +198,7 @@ def child(spec: Mapping[str, Any]) -> dict[str, Any]:
         "copy": _stats(bare),
         "write": _stats(writes),
         "copy_in_loop": _stats(copies),
+        "copy_handoff": _stats(handoff),
         "t_io_frame": t_io,
         "gap_seconds": gap_measured,
         "gap": comp.describe(),
@@ -161,6 +219,7 @@ def run(
     mmap_threshold: int = _common.MMAP_THRESHOLD,
     trim_threshold: int = _common.TRIM_THRESHOLD,
     verbose: bool = True,
+    root: Path | None = None,
 ) -> dict[str, Any]:
     frames = frames or (60 if quick else 300)
     repeats = repeats or (1 if quick else 3)
@@ -170,7 +229,8 @@ def run(
     t_start = time.perf_counter()
     cases = [(size, api, w) for size in SIZES for api in APIS for w in writers]
     samples: dict[tuple[str, str, str], list[dict[str, Any]]] = {c: [] for c in cases}
-    with _common.scratch("snapsink-capture-") as where:
+    with _common.scratch("snapsink-capture-", root) as where:
+        fs = _common.filesystem(where)
         for rep in range(repeats):
             for size, api, w in cases:
                 if verbose:
@@ -215,9 +275,13 @@ def run(
                 "copy_median": best("copy", "median"),
                 "copy_in_loop_mean": best("copy_in_loop", "mean"),
                 "copy_in_loop_median": best("copy_in_loop", "median"),
+                "copy_handoff_mean": best("copy_handoff", "mean"),
+                "copy_handoff_median": best("copy_handoff", "median"),
                 "ratio": write_mean / copy_mean,
                 "ratio_median": best("write", "median") / best("copy", "median"),
                 "ratio_vs_copy_in_loop": write_mean / best("copy_in_loop", "mean"),
+                "handoff_over_copy": best("copy_handoff", "mean") / copy_mean,
+                "ratio_vs_handoff": write_mean / best("copy_handoff", "mean"),
                 "meets_target": write_mean / copy_mean <= TARGET,
                 "t_io_frame": min(r["t_io_frame"] for r in runs),
                 "gap_seconds": min(r["gap_seconds"] for r in runs),
@@ -227,6 +291,7 @@ def run(
                     "write_mean": [r["write"]["mean"] for r in runs],
                     "copy_mean": [r["copy"]["mean"] for r in runs],
                     "copy_in_loop_mean": [r["copy_in_loop"]["mean"] for r in runs],
+                    "copy_handoff_mean": [r["copy_handoff"]["mean"] for r in runs],
                 },
             }
         )
@@ -234,6 +299,7 @@ def run(
         "benchmark": "capture",
         **_common.machine(),
         "quick": quick,
+        "filesystem": fs,
         "store": "NpyDirectory",
         "commit_every": _common.COMMIT_EVERY,
         "capacity": capacity,
@@ -266,11 +332,12 @@ def print_table(r: dict[str, Any]) -> None:
         f"capture: write() vs np.copyto of the same frame, NpyDirectory (commit every "
         f"{r['commit_every']}), capacity {r['capacity']}, {r['rows'][0]['frames']} frames per "
         f"case after a warm-up, Python compute of {r['gap_ratio']}x one frame's synchronous "
-        f"write between calls; best of {r['repeats']}"
+        f"write between calls; best of {r['repeats']}; stores on {r.get('filesystem', '?')}"
     )
     head = (
         f"{'frame':<9}{'api':<6}{'writer':<9}{'write ms':>9}{'p50':>8}{'p90':>8}"
-        f"{'copy ms':>9}{'p50':>8}{'in loop':>9}{'ratio':>8}{'p50':>7}{'gap ms':>8}{'target':>9}"
+        f"{'copy ms':>9}{'p50':>8}{'in loop':>9}{'handoff':>9}{'ratio':>8}{'p50':>7}{'w/hand':>8}"
+        f"{'gap ms':>8}{'target':>9}"
     )
     print(head)
     print("-" * len(head))
@@ -279,14 +346,18 @@ def print_table(r: dict[str, Any]) -> None:
             f"{x['size']:<9}{x['api']:<6}{x['writer']:<9}{x['write_mean'] * 1e3:>9.3f}"
             f"{x['write_median'] * 1e3:>8.3f}{x['write_p90'] * 1e3:>8.3f}"
             f"{x['copy_mean'] * 1e3:>9.3f}{x['copy_median'] * 1e3:>8.3f}"
-            f"{x['copy_in_loop_mean'] * 1e3:>9.3f}{x['ratio']:>8.2f}{x['ratio_median']:>7.2f}"
+            f"{x['copy_in_loop_mean'] * 1e3:>9.3f}{x['copy_handoff_mean'] * 1e3:>9.3f}"
+            f"{x['ratio']:>8.2f}{x['ratio_median']:>7.2f}{x['ratio_vs_handoff']:>8.2f}"
             f"{x['gap_seconds'] * 1e3:>8.2f}{'<= ' + str(TARGET):>9}"
             f"{'' if x['meets_target'] else '  MISS'}"
         )
     print(
         "write/copy: means (p50: medians, p90: 90th percentile) of the producer's time in "
         "write() and in a bare np.copyto of the same frame (no sink open); in loop: the same "
-        "copy timed between the writes, the sink running; ratio: write / bare copy (means)"
+        "copy timed between the writes, the sink running; handoff: the same copy into one of "
+        "two shared buffers that another process reads after each copy, as the writer reads a "
+        "slot (no sink open): the floor of any hand-off to another core; ratio: write / bare "
+        "copy (means, the target); w/hand: write / handoff"
     )
     print(
         f"load average {r['loadavg_before'][0]:.1f} before, {r['loadavg_after'][0]:.1f} "
@@ -297,6 +368,9 @@ def print_table(r: dict[str, Any]) -> None:
 def main(argv: list[str] | None = None) -> dict[str, Any]:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--quick", action="store_true", help="fewer frames, one round")
+    parser.add_argument(
+        "--dir", type=Path, default=None, help="where the stores go (default: the temp directory)"
+    )
     parser.add_argument(
         "--writer",
         choices=(*_common.WRITER_CHOICES, "both"),
@@ -332,6 +406,7 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
         gap_ratio=args.gap_ratio,
         mmap_threshold=args.mmap_threshold,
         trim_threshold=args.trim_threshold,
+        root=args.dir,
     )
     return _common.finish(result, print_table, args.json or (None if args.quick else DEFAULT_JSON))
 

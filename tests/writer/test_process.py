@@ -215,6 +215,53 @@ def test_sync_sink_flush_is_durable_and_visible(tmp_path: Path, writer: str) -> 
 
 
 # -- what only a writer process does -------------------------------------------------------
+@pytest.mark.parametrize(
+    "dtype", ["float32", ">f8", "<i2", "bool", "complex64", "float16", "M8[s]", "u8"]
+)
+def test_capture_copies_every_layout_byte_for_byte(dtype: str) -> None:
+    """copy_into: a contiguous array of the slot's dtype is copied as bytes under
+    the GIL; anything else goes through np.copyto, with the same result."""
+    from snapsink._writer.publish import copy_into
+
+    base = np.arange(48).astype(dtype).reshape(8, 6)
+    for value in (
+        base[:4],  # contiguous, the slot's dtype: the memmove path
+        np.asfortranarray(base[:4]),
+        base[::2],  # strided
+        base[:4].astype(base.dtype.newbyteorder()),  # the other byte order: a cast
+        base[:4].astype("float64") if base.dtype.kind in "fiub" else base[:4],
+    ):
+        slot = np.full((4, 6), 7).astype(dtype)
+        copy_into(slot, value)
+        assert slot.tobytes() == np.asarray(value).astype(dtype, casting="unsafe").tobytes()
+    empty = np.zeros((0, 6), dtype)
+    copy_into(empty, np.zeros((0, 6), dtype))
+
+
+def test_frames_in_every_layout_are_stored_bit_exact(tmp_path: Path) -> None:
+    """Through the writer process: C and Fortran order, strided views, the other
+    byte order and a safe cast all land as the values written."""
+    schema = Schema({"a": Field("float32", (4, 6)), "b": Field("float64", (5,))})
+    a = np.random.default_rng(3).standard_normal((8, 6)).astype(np.float32)
+    b = np.random.default_rng(4).standard_normal(10)
+    frames = [
+        {"a": a[:4], "b": b[:5]},
+        {"a": np.asfortranarray(a[4:]), "b": b[5:].astype(">f8")},
+        {"a": a[::2], "b": b[::2]},
+        {"a": a[1::2].astype(np.float16), "b": b[1::2].astype(np.float32)},
+    ]
+    with SyncSink(
+        snapsink.NpyDirectory(tmp_path / "run"), capacity=2, schema=schema, writer="process"
+    ) as sink:
+        for i, f in enumerate(frames):
+            sink.write(f, step=i)
+    traj = snapsink.open(tmp_path / "run")
+    assert len(traj) == len(frames)
+    for i, f in enumerate(frames):
+        assert traj["a"][i].tobytes() == np.asarray(f["a"], np.float32).tobytes()
+        assert traj["b"][i].tobytes() == np.asarray(f["b"], np.float64).tobytes()
+
+
 async def test_zarr_store_runs_on_the_writers_loop(tmp_path: Path) -> None:
     data = np.arange(5000, dtype=np.float64).reshape(50, 100)
     async with Sink(snapsink.ZarrStore(tmp_path / "z.zarr", chunk_frames=8)) as sink:
