@@ -87,6 +87,11 @@ class Control(Protocol):
         """Send ``msg`` (and ``fds``); a writer that is gone is reported elsewhere."""
         ...
 
+    def nudge(self) -> None:
+        """Wake the proxy thread, which waits without a timeout while nothing is
+        queued (see :attr:`ProcessChannel.proxy_idle`)."""
+        ...
+
 
 class ProcessChannel(Channel):
     """A :class:`Channel` whose frames are stored by a writer process.
@@ -121,6 +126,9 @@ class ProcessChannel(Channel):
         self._done = 0  # frames the writer stored, as last read from the ring
         self._spill_done = 0  # spilled bytes the writer stored (counted so far)
         self._schema_sent = False
+        #: the proxy thread waits for the writer's replies with no timeout (it saw
+        #: nothing queued): a frame left queued must nudge it (lock held both ways)
+        self.proxy_idle = False
         self._rows: list[int] = []
         self._fixed_layout: tuple[list[Any], int] | None = None
 
@@ -282,6 +290,11 @@ class ProcessChannel(Channel):
                     self._wake_writer(ring)
             if queue or self.fifo_waiting:
                 ring.set(_shm.WANT_DONE, 1)  # call back when the writer advances
+                if self.proxy_idle:
+                    # and have the proxy look again every tick until none is left:
+                    # the call back is the fast path, the tick the safety net
+                    self.proxy_idle = False
+                    self.writer.nudge()
         if len(self.pending_dropped) >= _DROP_BATCH:
             self._send_drops()
         if self.flushes:
@@ -341,6 +354,14 @@ class ProcessChannel(Channel):
                 if completion is not None and not completion.done():
                     return completion
         return None
+
+    def idle_unless_queued(self) -> bool:
+        """For the proxy thread: True (and marked idle) when no frame waits to be
+        published, so that it may wait for the writer with no timeout."""
+        with self.lock:
+            idle = not (self.queue or self.fifo_waiting)
+            self.proxy_idle = idle
+            return idle
 
     def pump(self) -> None:
         """Publish what may go now (called by the proxy thread and at close)."""
