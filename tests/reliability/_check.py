@@ -48,7 +48,9 @@ def assert_h5md_prefix(path: str | os.PathLike[str], n: int) -> None:
 
     steps = [step_of(i) for i in range(n)]
     want = [frame_for(s) for s in steps]
-    with h5py.File(path, "r") as f:  # h5py's default locking, as snapsink's reader
+    # h5py's default locking and SWMR read mode, as snapsink's reader: a killed
+    # writer's file is still marked open for writing (docs/formats/hdf5.md)
+    with h5py.File(path, "r", swmr=True) as f:
         assert f["h5md"].attrs["version"].tolist() == [1, 1]
         pos = f["particles/all/position"]
         assert pos["value"].shape[0] >= n and pos["step"].shape[0] >= n

@@ -597,3 +597,61 @@ def test_import_snapsink_does_not_import_h5py() -> None:
         "assert 'HDF5Store' in snapsink.__all__\n"
     )
     subprocess.run([sys.executable, "-c", code], check=True, timeout=60)
+
+
+# -- the reader's file handles ---------------------------------------------------------
+def _open_fds_under(root: Path) -> list[str]:
+    """This process's open descriptors on files under ``root``."""
+    found = []
+    for fd in os.listdir("/proc/self/fd"):
+        try:
+            target = os.readlink(f"/proc/self/fd/{fd}")
+        except OSError:
+            continue
+        if target.startswith(str(root)):
+            found.append(target)
+    return found
+
+
+def _small_store(path: Path, k: int) -> None:
+    schema = Schema({"x": Field("float64", (3,))})
+    frames = [Frame(i, None, {"x": np.full(3, float(k * 10 + i))}) for i in range(4)]
+    write(HDF5Store(path), schema, frames, times=False)
+
+
+@pytest.mark.skipif(not os.path.isdir("/proc/self/fd"), reason="needs /proc")
+def test_a_dropped_trajectory_closes_its_file_and_live_ones_keep_reading(tmp_path: Path) -> None:
+    """Each HDF5 file read stays open while a trajectory of it lives, and no
+    longer: every file ever read used to stay open until the process exited
+    (a reliability soak of a few thousand opens ran out of descriptors)."""
+    paths = [tmp_path / f"s{k}.h5" for k in range(12)]
+    for k, p in enumerate(paths):
+        _small_store(p, k)
+    keep = open_hdf5(paths[0])
+    twin = open_hdf5(paths[0])
+    for k, p in enumerate(paths[1:], 1):
+        t = open_hdf5(p)
+        assert t["x"][3].tolist() == [k * 10 + 3.0] * 3
+        del t
+    assert _open_fds_under(tmp_path) == [str(paths[0])]  # one handle, two readers
+    del twin
+    assert keep["x"][:, 0].tolist() == [0.0, 1.0, 2.0, 3.0]  # still open, still read
+    assert list_hdf5_groups(paths[5]) == [""]  # an operation alone: closed after it
+    assert _open_fds_under(tmp_path) == [str(paths[0])]
+    del keep
+    assert _open_fds_under(tmp_path) == []
+
+
+@pytest.mark.skipif(not os.path.isdir("/proc/self/fd"), reason="needs /proc")
+def test_failed_opens_leave_no_file_open(tmp_path: Path) -> None:
+    import gc
+
+    bare = tmp_path / "bare.h5"
+    h5py.File(bare, "w").close()  # HDF5, but no snapsink group
+    for _ in range(20):
+        with pytest.raises(FormatError):
+            open_hdf5(bare)
+    gc.collect()  # (an exception's traceback may keep the failed reader in a cycle)
+    _small_store(tmp_path / "s.h5", 1)
+    assert open_hdf5(tmp_path / "s.h5")["x"][0].tolist() == [10.0] * 3
+    assert _open_fds_under(tmp_path) == []

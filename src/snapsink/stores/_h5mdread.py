@@ -210,7 +210,8 @@ class H5MDSource:
         from ._hdf5read import HANDLES
 
         h5py = import_h5py()
-        f = HANDLES.get(self._path, fresh=True)
+        # held by this source: the handle stays open while it lives
+        f = HANDLES.get(self._path, fresh=True, reader=self)
         where = f"H5MD file {self._path!r}"
         if not is_h5md_file(f):
             raise FormatError(f"{where}: no /h5md group with particles or observables")

@@ -13,6 +13,7 @@ import contextlib
 import functools
 import os
 import threading
+import weakref
 from collections.abc import Callable, Iterator, Mapping
 from typing import Any
 
@@ -150,10 +151,22 @@ class _Handles:
     file afresh (every reader of the file then reopens it at its next read),
     and a writer in this process closes it before a session (HDF5 refuses to
     open for writing a file open read-only).
+
+    A handle stays open while a reader holds it (:meth:`hold`: a Source, for
+    as long as it lives) or an operation uses it (:meth:`borrowed`), and is
+    closed after the last: every file ever read used to stay open until the
+    process exited, one descriptor each (an analysis over a few thousand
+    trajectories ran out of them; a deleted file kept its disk space).
     """
 
     def __init__(self) -> None:
         self._files: dict[tuple[int, int], Any] = {}
+        #: the live readers holding each file's handle
+        self._readers: dict[tuple[int, int], weakref.WeakSet[Any]] = {}
+        #: operations using a handle no reader may hold yet (see borrowed)
+        self._busy: dict[tuple[int, int], int] = {}
+        #: a reader died while the lock was taken: sweep at the next operation
+        self._stale = False
         self._lock = threading.Lock()
 
     @staticmethod
@@ -164,20 +177,93 @@ class _Handles:
             return None
         return (st.st_dev, st.st_ino)
 
-    def get(self, path: str, *, fresh: bool = False) -> Any:
-        """The shared handle of ``path``; ``fresh``: a new one."""
+    def get(self, path: str, *, fresh: bool = False, reader: object = None) -> Any:
+        """The shared handle of ``path``; ``fresh``: a new one; ``reader``: held
+        by it from now on (see :meth:`hold`)."""
         with self._lock:
-            key = self._key(path)
-            f = self._files.get(key) if key is not None else None
-            if f is not None and (fresh or not f.id.valid):
-                self._close(key)
-                f = None
-            if f is None:
-                f = open_for_reading(path)
-                key = self._key(path)
-                if key is not None:
-                    self._files[key] = f
+            f = self._get(path, fresh)
+            if reader is not None:
+                self._hold(reader, path)
+            if self._stale:
+                self._sweep(keep=self._key(path))
             return f
+
+    def _get(self, path: str, fresh: bool) -> Any:
+        key = self._key(path)
+        f = self._files.get(key) if key is not None else None
+        if f is not None and (fresh or not f.id.valid):
+            self._close(key)
+            f = None
+        if f is None:
+            f = open_for_reading(path)
+            key = self._key(path)
+            if key is not None:
+                self._files[key] = f
+        return f
+
+    @contextlib.contextmanager
+    def borrowed(self, path: str, *, fresh: bool = False) -> Iterator[Any]:
+        """The shared handle of ``path`` for one operation; closed after it
+        unless a reader holds it."""
+        with self._lock:
+            f = self._get(path, fresh)
+            key = self._key(path)
+            if key is not None:
+                self._busy[key] = self._busy.get(key, 0) + 1
+        try:
+            yield f
+        finally:
+            with self._lock:
+                if key is not None:
+                    left = self._busy.pop(key) - 1
+                    if left:
+                        self._busy[key] = left
+                self._sweep()
+
+    def hold(self, reader: object, path: str) -> None:
+        """``reader`` reads ``path`` (as the file now is) through the shared
+        handle: keep it open while ``reader`` lives. Called again after a
+        reopen, it follows the file to its new inode."""
+        with self._lock:
+            self._hold(reader, path)
+
+    def _hold(self, reader: object, path: str) -> None:
+        key = self._key(path)
+        for k, readers in self._readers.items():
+            if k != key:
+                readers.discard(reader)
+        if key is not None:
+            readers = self._readers.setdefault(key, weakref.WeakSet())
+            if reader not in readers:
+                readers.add(reader)
+                weakref.finalize(reader, self._reader_gone)
+
+    def _reader_gone(self) -> None:
+        # A finalizer: it may run inside an operation of this very thread (a
+        # garbage collection while the lock is held). Sweep only when the lock
+        # is free, else the next operation sweeps.
+        if self._lock.acquire(blocking=False):
+            try:
+                self._sweep()
+            finally:
+                self._lock.release()
+        else:
+            self._stale = True
+
+    def sweep(self) -> None:
+        """Close every handle that no live reader holds and no operation uses."""
+        with self._lock:
+            self._sweep()
+
+    def _sweep(self, keep: tuple[int, int] | None = None) -> None:
+        self._stale = False
+        # (iterated, not len(): a finalizer may run before the WeakSet drops the
+        # dead reader, and iteration skips dead ones)
+        for key in [k for k, r in self._readers.items() if not any(True for _ in r)]:
+            del self._readers[key]
+        for key in list(self._files):
+            if key != keep and key not in self._readers and key not in self._busy:
+                self._close(key)
 
     def _close(self, key: tuple[int, int] | None) -> None:
         f = self._files.pop(key, None) if key is not None else None
@@ -226,6 +312,7 @@ class HDF5Source(RowArraysSource):
         self._names: dict[str, str] = {}
         self.schema = None
         self.length = 0
+        HANDLES.hold(self, self._path)  # the file's handle stays open while this lives
         self.refresh()
 
     def __repr__(self) -> str:
@@ -265,7 +352,7 @@ class HDF5Source(RowArraysSource):
 
     def _refresh(self) -> None:
         h5py = import_h5py()
-        f = HANDLES.get(self._path, fresh=True)
+        f = HANDLES.get(self._path, fresh=True, reader=self)  # (maybe a new file now)
         where = f"HDF5 group {self._group or '/'!r} in {self._path!r}"
         grp = f.get(self._group) if self._group else f
         if grp is None:
@@ -400,8 +487,7 @@ def list_hdf5_groups(path: str | os.PathLike[str]) -> list[str]:
         Not an HDF5 file.
     """
     h5py = import_h5py()
-    with structure_errors(os.fspath(path)):
-        f = HANDLES.get(os.fspath(path), fresh=True)
+    with structure_errors(os.fspath(path)), HANDLES.borrowed(os.fspath(path), fresh=True) as f:
         found = [""] if is_snapsink_attr(f.attrs.get(META_ATTR)) else []
 
         def visit(name: str, node: Any) -> None:
@@ -427,6 +513,11 @@ def structure_errors(path: str) -> Iterator[None]:
             "while it changed the structure of a file other writers held (a group "
             "added) can leave a file so: see 'Crashes' in docs/formats/hdf5.md"
         ) from exc
+
+
+def _is_h5md(path: str) -> bool:
+    with HANDLES.borrowed(path) as f:
+        return is_h5md_file(f)
 
 
 def open_hdf5(path: str | os.PathLike[str], group: str | None = None) -> Trajectory:
@@ -462,7 +553,7 @@ def open_hdf5(path: str | os.PathLike[str], group: str | None = None) -> Traject
         return Trajectory(HDF5Source(path, group))
     except (FormatError, StoreNotFoundError) as exc:
         found = list_hdf5_groups(path)
-        if not found and is_h5md_file(HANDLES.get(os.fspath(path))):
+        if not found and _is_h5md(os.fspath(path)):
             # an H5MD file another program wrote: group= names its particle group
             return Trajectory(H5MDSource(path, None if group in (None, "", "/") else group))
         if group not in (None, "", "/") or isinstance(exc, StoreNotFoundError):
