@@ -93,10 +93,17 @@ class Job:
             signal.pidfd_send_signal(fd, signal.SIGKILL)
         except ProcessLookupError:
             pass  # exited on its own
-        ready, _, _ = select.select([fd], [], [], 30)
-        assert ready, f"job {self.id}: the writer survived SIGKILL"
+        assert readable(fd, 30), f"job {self.id}: the writer survived SIGKILL"
         os.close(fd)
         self.pidfd = None
+
+
+def readable(fd: int, timeout: float) -> bool:
+    """Whether ``fd`` (a pidfd: the process exited) becomes readable within
+    ``timeout`` seconds (poll, not select: any descriptor number)."""
+    p = select.poll()
+    p.register(fd, select.POLLIN)
+    return bool(p.poll(timeout * 1000))
 
 
 class ForkServer:
@@ -330,8 +337,7 @@ def wait_gone(pid: int, timeout: float = 60) -> None:
     except ProcessLookupError:
         return
     try:
-        ready, _, _ = select.select([fd], [], [], timeout)
-        assert ready, f"process {pid} is still running after {timeout} s"
+        assert readable(fd, timeout), f"process {pid} is still running after {timeout} s"
     finally:
         os.close(fd)
 
