@@ -264,15 +264,24 @@ def _overlap_v2(d: dict[str, Any], name: str) -> list[str]:
     return lines
 
 
-def capture(d: dict[str, Any]) -> list[str]:
+def capture(d: dict[str, Any], name: str = "capture-cpu.json") -> list[str]:
+    handoff = all("copy_handoff_mean" in r for r in d["rows"])
+    where = f" Stores on {d['filesystem']}." if "filesystem" in d else ""
     lines = [
-        "### Capture cost (`capture-cpu.json`)",
+        f"### Capture cost (`{name}`)",
         "",
         f"The producer's time in `write()` against a bare `np.copyto` of the same frame into "
         f"a preallocated buffer (no sink open), each timed between stretches of pure-Python "
         f"compute ({d['gap_ratio']}x one frame's synchronous write); copyto in loop: the same "
-        f"copy timed between the writes, the sink running. {d['store']}, commit every "
-        f"{d['commit_every']}, capacity {d['capacity']}, best of {d['repeats']}.",
+        f"copy timed between the writes, the sink running"
+        + (
+            "; hand-off: the copy into one of two shared buffers that another process reads "
+            "after each copy, as the writer reads a slot (no sink open)"
+            if handoff
+            else ""
+        )
+        + f". {d['store']}, commit every {d['commit_every']}, capacity {d['capacity']}, "
+        f"best of {d['repeats']}.{where}",
         "",
     ]
     rows = [
@@ -283,6 +292,7 @@ def capture(d: dict[str, Any]) -> list[str]:
             f"{r['write_mean'] * 1e3:.3f}",
             f"{r['copy_mean'] * 1e3:.3f}",
             f"{r['copy_in_loop_mean'] * 1e3:.3f}",
+            *([f"{r['copy_handoff_mean'] * 1e3:.3f}"] if handoff else []),
             f"{r['ratio']:.2f}",
             f"{r['ratio_median']:.2f}",
         ]
@@ -295,6 +305,7 @@ def capture(d: dict[str, Any]) -> list[str]:
         "write ms",
         "copyto ms",
         "copyto in loop ms",
+        *(["hand-off copy ms"] if handoff else []),
         "write / copyto",
         "(medians)",
     ]
@@ -403,6 +414,7 @@ def render(results: Path) -> str:
         ("overlap-cpu.json", overlap),
         ("overlap-cpu-tmpfs.json", lambda d: overlap(d, "overlap-cpu-tmpfs.json")),
         ("capture-cpu.json", capture),
+        ("capture-cpu-tmpfs.json", lambda d: capture(d, "capture-cpu-tmpfs.json")),
         ("baselines-cpu.json", baselines),
     ):
         d = _load(results, fname)
