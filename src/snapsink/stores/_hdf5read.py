@@ -329,8 +329,9 @@ class HDF5Source(RowArraysSource):
         return list_hdf5_groups(self._path)
 
     def _grp(self) -> Any:
-        """The group, in the process's shared handle of the file."""
-        f = HANDLES.get(self._path)
+        """The group, in the process's shared handle of the file (held by this
+        reader: a file replaced since the last refresh is the one it now reads)."""
+        f = HANDLES.get(self._path, reader=self)
         return f[self._group] if self._group else f
 
     def _dataset(self, name: str) -> Any:
