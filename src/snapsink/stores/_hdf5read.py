@@ -152,10 +152,10 @@ class _Handles:
     and a writer in this process closes it before a session (HDF5 refuses to
     open for writing a file open read-only).
 
-    A handle stays open while a reader holds it (:meth:`hold`: a Source, for
-    as long as it lives) or an operation uses it (:meth:`borrowed`), and is
-    closed after the last: every file ever read used to stay open until the
-    process exited, one descriptor each (an analysis over a few thousand
+    A handle stays open while a reader holds it (``get(..., reader=source)``:
+    for as long as the Source lives) or an operation uses it (:meth:`borrowed`),
+    and is closed after the last: every file ever read used to stay open until
+    the process exited, one descriptor each (an analysis over a few thousand
     trajectories ran out of them; a deleted file kept its disk space).
     """
 
@@ -179,16 +179,18 @@ class _Handles:
 
     def get(self, path: str, *, fresh: bool = False, reader: object = None) -> Any:
         """The shared handle of ``path``; ``fresh``: a new one; ``reader``: held
-        by it from now on (see :meth:`hold`)."""
+        by it from now on, for as long as it lives (called again after a
+        reopen, the hold follows the file to its new inode)."""
         with self._lock:
-            f = self._get(path, fresh)
+            f, key = self._get(path, fresh)
             if reader is not None:
-                self._hold(reader, path)
+                self._hold(reader, key)
             if self._stale:
-                self._sweep(keep=self._key(path))
+                self._sweep(keep=key)
             return f
 
-    def _get(self, path: str, fresh: bool) -> Any:
+    def _get(self, path: str, fresh: bool) -> tuple[Any, tuple[int, int] | None]:
+        """The handle and the file's key (as the path names it now)."""
         key = self._key(path)
         f = self._files.get(key) if key is not None else None
         if f is not None and (fresh or not f.id.valid):
@@ -199,15 +201,14 @@ class _Handles:
             key = self._key(path)
             if key is not None:
                 self._files[key] = f
-        return f
+        return f, key
 
     @contextlib.contextmanager
     def borrowed(self, path: str, *, fresh: bool = False) -> Iterator[Any]:
         """The shared handle of ``path`` for one operation; closed after it
         unless a reader holds it."""
         with self._lock:
-            f = self._get(path, fresh)
-            key = self._key(path)
+            f, key = self._get(path, fresh)
             if key is not None:
                 self._busy[key] = self._busy.get(key, 0) + 1
         try:
@@ -220,15 +221,7 @@ class _Handles:
                         self._busy[key] = left
                 self._sweep()
 
-    def hold(self, reader: object, path: str) -> None:
-        """``reader`` reads ``path`` (as the file now is) through the shared
-        handle: keep it open while ``reader`` lives. Called again after a
-        reopen, it follows the file to its new inode."""
-        with self._lock:
-            self._hold(reader, path)
-
-    def _hold(self, reader: object, path: str) -> None:
-        key = self._key(path)
+    def _hold(self, reader: object, key: tuple[int, int] | None) -> None:
         for k, readers in self._readers.items():
             if k != key:
                 readers.discard(reader)
@@ -250,12 +243,9 @@ class _Handles:
         else:
             self._stale = True
 
-    def sweep(self) -> None:
-        """Close every handle that no live reader holds and no operation uses."""
-        with self._lock:
-            self._sweep()
-
     def _sweep(self, keep: tuple[int, int] | None = None) -> None:
+        """Close every handle (but ``keep``'s) that no live reader holds and no
+        operation uses."""
         self._stale = False
         # (iterated, not len(): a finalizer may run before the WeakSet drops the
         # dead reader, and iteration skips dead ones)
@@ -312,7 +302,6 @@ class HDF5Source(RowArraysSource):
         self._names: dict[str, str] = {}
         self.schema = None
         self.length = 0
-        HANDLES.hold(self, self._path)  # the file's handle stays open while this lives
         self.refresh()
 
     def __repr__(self) -> str:
