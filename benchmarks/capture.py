@@ -10,9 +10,9 @@ and ``write`` never waits for room), this benchmark times
   ``compute; copyto (timed); ...``
 - the same copy into one of two buffers in shared memory that another process
   reads whole after each copy, as the writer process reads a slot (``handoff``,
-  no sink open): the reader's core then holds the buffer's cache lines, and
-  the next copy must take them back. No design that hands frames to another
-  core copies for less; the bare copy pays none of it;
+  no sink open): what the copy itself costs when its memory is handed to
+  another process, without any of snapsink's work (on the 2-core VM: the bare
+  copy's time at 256 KiB, up to 1.5x it at 4 MiB);
 - then, with the sink open, ``write`` of the same frame, and a copy as above in
   the same loop (``in loop``: how much the running writer slows the producer's
   own work, e.g. a thread writer holding the GIL when the copy wants it back):
@@ -79,9 +79,9 @@ def handoff_copies(u: np.ndarray[Any, Any], comp: Any, frames: int, warmup: int)
     another process reads whole after each copy, as a writer process reads a slot
     (no sink open; the same compute between copies).
 
-    The least a hand-off to another core can cost: the reader's core now holds
-    the buffer's cache lines, and the next copy into it must take them back.
-    The bare copy pays none of this.
+    What the copy costs when another core reads its memory between copies (that
+    core may hold the buffer's cache lines); the bare copy's buffer is read by
+    no one else.
     """
     n = u.nbytes
     mem = mmap.mmap(-1, 2 * n + 64, flags=mmap.MAP_SHARED)
@@ -356,7 +356,7 @@ def print_table(r: dict[str, Any]) -> None:
         "write() and in a bare np.copyto of the same frame (no sink open); in loop: the same "
         "copy timed between the writes, the sink running; handoff: the same copy into one of "
         "two shared buffers that another process reads after each copy, as the writer reads a "
-        "slot (no sink open): the floor of any hand-off to another core; ratio: write / bare "
+        "slot (no sink open); ratio: write / bare "
         "copy (means, the target); w/hand: write / handoff"
     )
     print(
