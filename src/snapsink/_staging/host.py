@@ -3,7 +3,9 @@
 A slot holds one frame. Its buffers are allocated at the slot's first use and
 reused afterwards, so a long run allocates nothing per frame and host memory is
 bounded by ``capacity x frame bytes`` (ragged buffers grow to the largest frame
-seen). A slot returns to the pool once the store has appended its frame.
+seen). A slot returns to the pool once the store has appended its frame. A
+buffer of a page or more starts on a page, so that a store may write it with
+direct I/O (``stores/_pwrite.py``), as it does from a writer process's slots.
 """
 
 from __future__ import annotations
@@ -20,7 +22,19 @@ if TYPE_CHECKING:
 
     from .._schema import Field
 
-__all__ = ["Completion", "Slot", "SlotPool", "borrow_host", "capture_fields"]
+__all__ = ["Completion", "Slot", "SlotPool", "borrow_host", "capture_fields", "page_aligned_empty"]
+
+_PAGE = 4096
+
+
+def page_aligned_empty(shape: tuple[int, ...], dtype: np.dtype[Any]) -> np.ndarray[Any, Any]:
+    """``np.empty(shape, dtype)``, starting on a page when it takes a page or more."""
+    nbytes = math.prod(shape) * dtype.itemsize
+    if nbytes < _PAGE:
+        return np.empty(shape, dtype)
+    raw = np.empty(nbytes + _PAGE, np.uint8)
+    start = -raw.ctypes.data % _PAGE
+    return raw[start : start + nbytes].view(dtype).reshape(shape)
 
 
 class Completion(Protocol):
@@ -61,13 +75,14 @@ class Slot:
         if not field.ragged:
             buf = self.buffers.get(name)
             if buf is None:
-                buf = self.buffers[name] = np.empty(field.shape, field.dtype)
+                shape = tuple(int(d) for d in field.shape if d is not None)  # fixed: all ints
+                buf = self.buffers[name] = page_aligned_empty(shape, field.dtype)
             return buf
         row_shape = field.row_shape
         need = (rows or 0) * math.prod(row_shape)
         flat = self.buffers.get(name)
         if flat is None or flat.size < need:
-            flat = self.buffers[name] = np.empty(max(need, 1), field.dtype)
+            flat = self.buffers[name] = page_aligned_empty((max(need, 1),), field.dtype)
         return flat[:need].reshape((rows or 0, *row_shape))
 
     def capture_host(self, name: str, field: Field, value: Any) -> np.ndarray[Any, Any]:

@@ -8,7 +8,9 @@ memory when the last side holding it exits, whichever way it exits.
 Two kinds of mapping:
 
 - a **slot** holds one frame, every field (scalars included) at a 64-byte
-  aligned offset given by :func:`frame_layout`; it is created at the slot's
+  aligned offset given by :func:`frame_layout`, a field of a page or more at a
+  page-aligned one (so the store can write it with direct I/O, straight from
+  the slot; ``stores/_pwrite.py``); it is created at the slot's
   first use and replaced by a larger one (a new *generation*) when a ragged
   frame outgrows it. The producer writes it; the writer only reads it.
 - the **ring** publishes frames in write order: a header of counters, then
@@ -50,6 +52,8 @@ __all__ = [
 ]
 
 ALIGN: Final = 64
+#: where a field of at least this many bytes starts in a slot: a page boundary
+PAGE: Final = 4096
 
 #: ring header: tail (producer), done (writer), want_done (producer sets, writer
 #: clears), writer_idle (writer sets, producer clears), spilled bytes the writer
@@ -86,6 +90,8 @@ def frame_layout(
 
     ``rows`` gives the row count of each ragged field, in schema order.
     Returns ``([(name, field, offset, nbytes, shape), ...], total_bytes)``.
+    Offsets are 64-byte aligned, and page aligned for a field of a page or
+    more (a slot's mapping starts on a page).
     """
     out = []
     pos = 0
@@ -98,6 +104,8 @@ def frame_layout(
         else:
             shape = tuple(int(d) for d in field.shape if d is not None)
             nbytes = field.row_nbytes
+        if nbytes >= PAGE:
+            pos = -(-pos // PAGE) * PAGE
         out.append((name, field, pos, nbytes, shape))
         pos += -(-max(nbytes, 1) // ALIGN) * ALIGN
     return out, pos

@@ -38,6 +38,7 @@ from ._npyformat import (
     decode_metadata,
     parse_header,
 )
+from ._pwrite import DirectWriter, pwrite_all
 
 __all__ = [
     "GrowableNpyFile",
@@ -58,34 +59,10 @@ __all__ = [
 
 #: First capacity of a file: this many bytes' worth of rows, and at least 16 rows.
 _INITIAL_BYTES = 1 << 20
-#: Linux IOV_MAX; a pwritev call takes at most this many buffers.
-_IOV_MAX = 1024
 _CAN_ADVISE = hasattr(os, "posix_fadvise") and sys.platform == "linux"
 
 
 # -- writing and opening files ----------------------------------------------------
-def pwrite_all(fd: int, buffers: Sequence[memoryview], offset: int) -> int:
-    """Write every byte of ``buffers`` back to back at ``offset`` (``pwritev``,
-    at most IOV_MAX buffers a call, short writes resumed); return the bytes
-    written. NpyDirectory's rows and ZarrStore's in-place chunks go out here."""
-    pending = [b for b in buffers if b.nbytes]
-    total = 0
-    while pending:
-        chunk = pending[:_IOV_MAX]
-        written = os.pwritev(fd, chunk, offset)
-        offset += written
-        total += written
-        rest: list[memoryview] = []
-        for k, b in enumerate(chunk):
-            if written >= b.nbytes:
-                written -= b.nbytes
-                continue
-            rest = [b[written:], *chunk[k + 1 :]]  # short write (rare): resume
-            break
-        pending = rest + pending[_IOV_MAX:]
-    return total
-
-
 def start_writeback(fd: int, offset: int = 0, length: int = 0) -> None:
     """Start writing a file's dirty range (``length`` 0: to the end) to disk,
     without waiting: Linux starts the writeback at ``POSIX_FADV_DONTNEED``
@@ -235,14 +212,16 @@ class GrowableNpyFile:
     batches of 1 and 16, ext4 on a VM) pwritev was as fast or faster in every
     case (e.g. 100 vs 116 ms, 40 vs 176 ms, 54 vs 83 ms for batches of 16),
     needs no remap on growth, and reports a full disk as an ``OSError`` where a
-    memory map would raise SIGBUS.
+    memory map would raise SIGBUS. Runs of rows of at least 1 MiB whose offset,
+    length and buffers are page aligned go direct (:class:`DirectWriter`); the
+    data offset of 4096 is what makes a file's rows alignable.
     """
 
-    __slots__ = ("capacity", "committed", "dirty", "dtype", "fd", "path", "row_bytes",
-                 "row_shape", "used", "written_back")
+    __slots__ = ("capacity", "committed", "direct", "dirty", "dtype", "fd", "path",
+                 "row_bytes", "row_shape", "used", "written_back")
 
     def __init__(self, path: str, fd: int, dtype: np.dtype[Any], row_shape: tuple[int, ...],
-                 committed: int, capacity: int):
+                 committed: int, capacity: int, direct_io: bool = True):
         self.path = path
         self.fd = fd
         self.dtype = dtype
@@ -254,13 +233,16 @@ class GrowableNpyFile:
         self.dirty = False
         #: rows whose writeback was started early (:meth:`start_writeback`)
         self.written_back = committed
+        #: large aligned writes go direct (off: ``NpyDirectory(direct_io=False)``)
+        self.direct = DirectWriter(direct_io)
 
     @classmethod
-    def create(cls, path: str, dtype: np.dtype[Any], row_shape: tuple[int, ...]) -> GrowableNpyFile:
+    def create(cls, path: str, dtype: np.dtype[Any], row_shape: tuple[int, ...],
+               direct_io: bool = True) -> GrowableNpyFile:
         """Create (or truncate) ``path`` with zero rows and a first capacity."""
         fd = os.open(path, os.O_RDWR | os.O_CREAT | os.O_TRUNC | _NOFOLLOW, 0o644)
         try:
-            f = cls(path, fd, dtype, row_shape, 0, 0)
+            f = cls(path, fd, dtype, row_shape, 0, 0, direct_io)
             os.pwrite(fd, build_header(dtype, (0, *row_shape)), 0)
             f.reserve(max(16, _INITIAL_BYTES // max(f.row_bytes, 1)))
         except BaseException:
@@ -271,7 +253,7 @@ class GrowableNpyFile:
 
     @classmethod
     def reopen(cls, path: str, dtype: np.dtype[Any], row_shape: tuple[int, ...],
-               committed: int) -> GrowableNpyFile:
+               committed: int, direct_io: bool = True) -> GrowableNpyFile:
         """Open an existing file to append after its first ``committed`` rows.
 
         Rows past ``committed`` (an uncommitted tail) are overwritten by later
@@ -292,7 +274,7 @@ class GrowableNpyFile:
             if header.offset != HEADER_SIZE:
                 raise FormatError(f"{path}: data offset {header.offset}, expected {HEADER_SIZE}")
             size = os.fstat(fd).st_size
-            f = cls(path, fd, dtype, row_shape, committed, 0)
+            f = cls(path, fd, dtype, row_shape, committed, 0, direct_io)
             have = (size - HEADER_SIZE) // f.row_bytes if f.row_bytes else committed
             if size < HEADER_SIZE or have < committed:
                 raise FormatError(
@@ -315,8 +297,11 @@ class GrowableNpyFile:
             self.capacity = cap
 
     def write_at(self, row: int, buffers: Sequence[memoryview]) -> None:
-        """Write contiguous row data at row index ``row`` (room must be reserved)."""
-        pwrite_all(self.fd, buffers, HEADER_SIZE + row * self.row_bytes)
+        """Write contiguous row data at row index ``row`` (room must be reserved);
+        direct when the run is large and aligned, else through the page cache."""
+        offset = HEADER_SIZE + row * self.row_bytes
+        if not self.direct.write(self.fd, buffers, offset):
+            pwrite_all(self.fd, buffers, offset)
         self.dirty = True
 
     def read_row(self, row: int) -> np.ndarray[Any, Any]:
@@ -406,6 +391,7 @@ class GrowableNpyFile:
             )
 
     def close(self) -> None:
+        self.direct.close()
         if self.fd >= 0:
             fd, self.fd = self.fd, -1
             os.close(fd)

@@ -60,10 +60,12 @@ class BlockIO:
     max_concurrent
         Blocks in flight at once through zarr's API (other stores than a local
         directory): each is one PUT on an object store.
+    direct_io
+        Whether rows written in place may go direct (``ZarrStore(direct_io=)``).
     """
 
-    def __init__(self, root: Path | None, max_concurrent: int):
-        self.writer = BlockWriter(root) if root is not None else None
+    def __init__(self, root: Path | None, max_concurrent: int, direct_io: bool = True):
+        self.writer = BlockWriter(root, direct_io=direct_io) if root is not None else None
         #: block writes through zarr's API in flight (other stores than a local directory)
         self.inflight = Inflight(max_concurrent)
         #: buffers handed over by RowBuffers, given back once their write is done

@@ -57,6 +57,7 @@ from zarr.storage import LocalStore
 
 from .._errors import ConfigError
 from ._npyfile import pwrite_all, start_writeback
+from ._pwrite import DirectWriter
 
 __all__ = [
     "ZSTD_ENCODER_ENV",
@@ -446,8 +447,11 @@ class BlockWriter:
     asyncio task at a time (the store's), jobs run in the pool.
     """
 
-    def __init__(self, root: Path, workers: int | None = None, max_inflight: int | None = None):
+    def __init__(self, root: Path, workers: int | None = None, max_inflight: int | None = None,
+                 direct_io: bool = True):
         self.root = root
+        #: rows written in place may go direct (stores/_pwrite.py)
+        self._direct_io = direct_io
         self.workers = workers or worker_count()
         self.max_inflight = max_inflight or 2 * self.workers
         self._pool: concurrent.futures.ThreadPoolExecutor | None = None
@@ -459,6 +463,8 @@ class BlockWriter:
         #: chunk files written in place: open descriptors, those written since the
         #: last sync, and those whose last row is written (closed at the next sync)
         self._fds: dict[Path, int] = {}
+        #: each open chunk file's direct writer (large aligned rows go direct)
+        self._directs: dict[Path, DirectWriter] = {}
         self._dirty: set[Path] = set()
         self._full: set[Path] = set()
         #: guards the descriptors and every set above: a sync takes what is there
@@ -528,6 +534,7 @@ class BlockWriter:
                 os.close(fd)
                 raise
             self._fds[path] = fd
+            self._directs[path] = DirectWriter(self._direct_io)
             return fd
 
     def _rows_job(
@@ -536,7 +543,12 @@ class BlockWriter:
         path = target.path(index)
         fd = self._chunk_fd(target, path)
         offset = row * target.row_nbytes
-        n = pwrite_all(fd, buffers, offset)
+        with self._fd_lock:
+            direct = self._directs[path]
+        if direct.write(fd, buffers, offset):
+            n = sum(b.nbytes for b in buffers)
+        else:
+            n = pwrite_all(fd, buffers, offset)
         with self._fd_lock:
             self._dirty.add(path)
             if full:
@@ -660,6 +672,7 @@ class BlockWriter:
             _datasync(fd)
         with self._fd_lock:
             for path in done:
+                self._directs.pop(path).close()
                 os.close(self._fds.pop(path))
         _fsync_paths(files, dirs)
 
@@ -671,9 +684,12 @@ class BlockWriter:
             self._pool = None
         with self._fd_lock:
             fds, self._fds = self._fds, {}
+            directs, self._directs = self._directs, {}
             self._waiting.clear()
             self._dirty.clear()
             self._full.clear()
+        for direct in directs.values():
+            direct.close()
         for fd in fds.values():
             os.close(fd)
 

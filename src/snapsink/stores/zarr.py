@@ -179,6 +179,12 @@ class ZarrStore:
     chunks
         With ``comm``: spatial chunk shapes of decomposed fields; default, per
         dimension, the largest divisor of every rank boundary.
+    direct_io
+        On a local directory, rows written in place into an uncompressed
+        chunk file go out with ``O_DIRECT`` when a run is at least 1 MiB and
+        page aligned (the disk reads them from the writer's memory, no copy
+        into the page cache); ``False``: always through the page cache. The
+        bytes stored and the durability are the same either way.
 
     Raises
     ------
@@ -219,6 +225,7 @@ class ZarrStore:
         comm: object = None,
         region: Mapping[str, Any] | None = None,
         chunks: Mapping[str, tuple[int, ...]] | None = None,
+        direct_io: bool = True,
     ):
         if comm is None and (region is not None or chunks is not None):
             raise ConfigError("region and chunks: only with comm (many ranks, one store)")
@@ -248,7 +255,10 @@ class ZarrStore:
         #: open() found the group already there (it may hold uncommitted arrays)
         self._reopened = False
         self._frames = 0  # appended (committed or not)
-        self._io = BlockIO(self._root, _MAX_CONCURRENT_BLOCKS)
+        if not isinstance(direct_io, bool):
+            raise ConfigError(f"direct_io: expected True or False, got {direct_io!r}")
+        self._direct_io = direct_io
+        self._io = BlockIO(self._root, _MAX_CONCURRENT_BLOCKS, direct_io)
         self._last_commit = time.monotonic()
         #: the frames the last commit started covers (it may still run, see _settle)
         self._commit_target = 0
@@ -304,6 +314,7 @@ class ZarrStore:
                 "compressors": self._compressors,
                 "commit_every": self._commit_every,
                 "commit_seconds": self._commit_seconds,
+                "direct_io": self._direct_io,
             },
         )
 
