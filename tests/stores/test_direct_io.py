@@ -276,3 +276,79 @@ def test_zarr_rows_in_place_go_direct_bit_exact(direct_dir: Path, count_direct: 
     assert got.view(np.uint32).tobytes() == want.view(np.uint32).tobytes()
     traj = snapsink.open(direct_dir / "run.zarr")
     np.testing.assert_array_equal(traj["e"][:], [f.fields["e"] for f in written])
+
+
+# -- whole files (ZarrStore's encoded chunks) ------------------------------------------
+def test_new_files_are_written_direct_padded_and_cut_to_their_bytes(
+    direct_dir: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from snapsink.stores import _zarrio
+
+    went = []
+    real = _zarrio.write_new_file_direct
+
+    def spy(fd: int, data: memoryview) -> bool:
+        went.append(real(fd, data))
+        return went[-1]
+
+    monkeypatch.setattr(_zarrio, "write_new_file_direct", spy)
+    rng = np.random.default_rng(7)
+    odd = rng.integers(0, 256, MIB + 123, dtype=np.uint8)  # not a whole page
+    small = rng.integers(0, 256, 5000, dtype=np.uint8)
+    _zarrio.write_file(direct_dir / "odd", memoryview(odd.data), direct=True)
+    _zarrio.write_file(direct_dir / "hole", memoryview(odd.data), direct=True, size=MIB + 9000)
+    _zarrio.write_file(direct_dir / "small", memoryview(small.data), direct=True)
+    _zarrio.write_file(direct_dir / "off", memoryview(odd.data), direct=False)
+    assert went == [True, True, False]  # "off" never asks
+    assert (direct_dir / "odd").read_bytes() == odd.tobytes()
+    assert (direct_dir / "hole").read_bytes() == odd.tobytes() + bytes(9000 - 123)
+    assert (direct_dir / "small").read_bytes() == small.tobytes()
+    assert (direct_dir / "off").read_bytes() == odd.tobytes()
+    assert not list(direct_dir.glob("*.partial"))
+
+
+def test_new_files_fall_back_where_direct_io_is_refused(
+    direct_dir: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from snapsink.stores import _zarrio
+
+    real = fcntl.fcntl
+
+    def no_direct(fd: int, cmd: int, arg: int = 0) -> int:
+        if cmd == fcntl.F_SETFL and arg & os.O_DIRECT:
+            raise OSError(errno.EINVAL, "Invalid argument")
+        return real(fd, cmd, arg)
+
+    monkeypatch.setattr(_pwrite.fcntl, "fcntl", no_direct)
+    data = np.random.default_rng(8).integers(0, 256, 2 * MIB + 1, dtype=np.uint8)
+    _zarrio.write_file(direct_dir / "f", memoryview(data.data), direct=True)
+    assert (direct_dir / "f").read_bytes() == data.tobytes()
+
+
+def test_zarr_compressed_chunks_go_direct_bit_exact(
+    direct_dir: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    import zarr
+    import zarr.codecs
+
+    from snapsink.stores import _zarrio
+
+    went = []
+    real = _zarrio.write_new_file_direct
+
+    def spy(fd: int, data: memoryview) -> bool:
+        went.append(real(fd, data))
+        return went[-1]
+
+    monkeypatch.setattr(_zarrio, "write_new_file_direct", spy)
+    written = frames(8, (512, 512))  # random bits: zstd keeps most of each 1 MiB
+    store = ZarrStore(
+        direct_dir / "run.zarr", chunk_frames=2, compressors=zarr.codecs.ZstdCodec(level=1)
+    )
+    with snapsink.SyncSink(store, writer="thread", capacity=4) as sink:
+        for f in written:
+            sink.write(f.fields, step=f.step, time=f.time)
+    assert True in went
+    got = zarr.open_group(direct_dir / "run.zarr", mode="r")["u"][:]
+    want = np.stack([f.fields["u"] for f in written])
+    assert got.view(np.uint32).tobytes() == want.view(np.uint32).tobytes()
