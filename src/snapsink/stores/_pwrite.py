@@ -24,22 +24,13 @@ commit's ``fdatasync`` (of the file, whichever descriptor wrote it) flushes it.
 from __future__ import annotations
 
 import errno
-import fcntl
 import os
 import threading
 from collections.abc import Sequence
-from typing import Any
 
 import numpy as np
 
-__all__ = [
-    "DIRECT_ALIGN",
-    "DIRECT_MIN_BYTES",
-    "DirectWriter",
-    "direct_eligible",
-    "pwrite_all",
-    "write_new_file_direct",
-]
+__all__ = ["DIRECT_ALIGN", "DIRECT_MIN_BYTES", "DirectWriter", "direct_eligible", "pwrite_all"]
 
 #: ``O_DIRECT`` where the platform has it (Linux); 0 elsewhere: never direct.
 _O_DIRECT: int = getattr(os, "O_DIRECT", 0)
@@ -156,53 +147,3 @@ class DirectWriter:
             fd, self.fd = self.fd, -1
         if fd >= 0:
             os.close(fd)
-
-
-#: each thread's page-aligned scratch buffer (write_new_file_direct), grown as needed
-_scratch = threading.local()
-
-
-def _aligned_scratch(nbytes: int) -> np.ndarray[Any, Any]:
-    buf = getattr(_scratch, "buf", None)
-    if buf is None or buf.nbytes < nbytes:
-        raw = np.empty(nbytes + DIRECT_ALIGN, np.uint8)
-        start = -raw.ctypes.data % DIRECT_ALIGN
-        buf = _scratch.buf = raw[start : start + nbytes]
-    return buf[:nbytes]
-
-
-def write_new_file_direct(fd: int, data: memoryview) -> bool:
-    """Write ``data`` as the whole content of ``fd``'s new, empty file, with
-    ``O_DIRECT``; False when it cannot (``data`` under DIRECT_MIN_BYTES, or a
-    file system without direct I/O), and the caller writes it buffered.
-
-    Encoded bytes (a compressed chunk) are neither aligned nor page sized: they
-    are copied into this thread's page-aligned scratch buffer (NumPy's copy,
-    which releases the GIL; a copy in user space costs a fraction of the page
-    cache's, and no writeback follows), padded with zeros to a whole page,
-    written direct, and the file is cut back to ``len(data)``. ``fd`` must be
-    this caller's alone: ``O_DIRECT`` is set on it for the write and cleared
-    after. Errors other than ``EINVAL`` are raised.
-    """
-    n = data.nbytes
-    if not _O_DIRECT or n < DIRECT_MIN_BYTES:
-        return False
-    padded = -(-n // DIRECT_ALIGN) * DIRECT_ALIGN
-    buf = _aligned_scratch(padded)
-    np.copyto(buf[:n], np.frombuffer(data, np.uint8))
-    buf[n:] = 0
-    flags = fcntl.fcntl(fd, fcntl.F_GETFL)
-    try:
-        fcntl.fcntl(fd, fcntl.F_SETFL, flags | _O_DIRECT)
-    except OSError:  # a file system without O_DIRECT
-        return False
-    try:
-        pwrite_all(fd, [buf.data], 0)
-    except OSError as exc:
-        if exc.errno != errno.EINVAL:
-            raise
-        return False  # an alignment stricter than a page: written over, buffered
-    finally:
-        fcntl.fcntl(fd, fcntl.F_SETFL, flags)
-    os.ftruncate(fd, n)
-    return True

@@ -57,7 +57,7 @@ from zarr.storage import LocalStore
 
 from .._errors import ConfigError
 from ._npyfile import pwrite_all, start_writeback
-from ._pwrite import DirectWriter, write_new_file_direct
+from ._pwrite import DirectWriter
 
 __all__ = [
     "ZSTD_ENCODER_ENV",
@@ -130,21 +130,14 @@ def whole_pages(offset: int, length: int, page: int = _PAGE) -> tuple[int, int]:
 
 
 def write_file(
-    path: Path,
-    data: memoryview,
-    *,
-    sync: bool | None = None,
-    size: int | None = None,
-    direct: bool = False,
+    path: Path, data: memoryview, *, sync: bool | None = None, size: int | None = None
 ) -> bool:
     """Write ``data`` to ``path`` through a temporary file renamed into place.
 
     ``sync=None``: fsync before the rename only when ``path`` exists (the
     rename replaces committed data); ``True``/``False`` force it either way.
     ``size``: extend the file to ``size`` bytes after the data (a hole, which
-    reads as zeros and takes no disk space). ``direct``: write data of 1 MiB
-    or more with direct I/O where the file system takes it
-    (:func:`write_new_file_direct`).
+    reads as zeros and takes no disk space).
     Returns whether the file was fsynced (else it is the caller's to sync).
     """
     if sync is None:
@@ -153,12 +146,10 @@ def write_file(
     fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_CLOEXEC, 0o644)
     try:
         try:
-            went_direct = direct and write_new_file_direct(fd, data)
-            if not went_direct:
-                _write_all(fd, data)
+            _write_all(fd, data)
             if size is not None and size > len(data):
                 os.ftruncate(fd, size)
-            if not sync and not went_direct:
+            if not sync:
                 start_writeback(fd)
         finally:
             os.close(fd)
@@ -511,14 +502,12 @@ class BlockWriter:
             # value): a short run's partly filled chunk takes only its rows on disk
             data = np.ascontiguousarray(rows).reshape(-1).view(np.uint8).data
             self._ensure_dir(path.parent)
-            synced = write_file(
-                path, data, size=target.row_nbytes * target.shape[0], direct=self._direct_io
-            )
+            synced = write_file(path, data, size=target.row_nbytes * target.shape[0])
         else:
             block = rows if whole else target.padded(rows)
             data = encode_block(target.pipeline, target.spec, block)
             self._ensure_dir(path.parent)
-            synced = write_file(path, data, direct=self._direct_io)
+            synced = write_file(path, data)
         with self._fd_lock:
             if not synced:
                 self._unsynced.add(path)

@@ -180,13 +180,11 @@ class ZarrStore:
         With ``comm``: spatial chunk shapes of decomposed fields; default, per
         dimension, the largest divisor of every rank boundary.
     direct_io
-        On a local directory, write with ``O_DIRECT`` where the file system
-        takes it: rows written in place into an uncompressed chunk file, in
-        runs of at least 1 MiB that are page aligned (the disk reads them from
-        the writer's memory, no copy into the page cache), and encoded blocks
-        of at least 1 MiB (through a page-aligned buffer); ``False``: always
-        through the page cache. The bytes stored and the durability are the
-        same either way.
+        On a local directory, rows written in place into an uncompressed
+        chunk file go out with ``O_DIRECT`` when a run is at least 1 MiB and
+        page aligned (the disk reads them from the writer's memory, no copy
+        into the page cache); ``False``: always through the page cache. The
+        bytes stored and the durability are the same either way.
 
     Raises
     ------
