@@ -420,6 +420,7 @@ def render(results: Path) -> str:
         ("throughput-cpu.json", throughput),
         ("memory-cpu.json", memory),
         ("overlap-cpu.json", overlap),
+        ("overlap-cpu-2.json", lambda d: overlap(d, "overlap-cpu-2.json")),
         ("overlap-cpu-tmpfs.json", lambda d: overlap(d, "overlap-cpu-tmpfs.json")),
         ("capture-cpu.json", capture),
         ("capture-cpu-tmpfs.json", lambda d: capture(d, "capture-cpu-tmpfs.json")),
