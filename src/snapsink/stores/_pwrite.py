@@ -7,10 +7,12 @@ later writes the dirty pages out; both cost CPU in the writer's process. With
 in shared memory) by DMA, and the page cache is left alone. On the 2-core VM
 that the benchmarks run on (ext4 on a virtio disk, fdatasync every 8 writes;
 ``docs/benchmarks.md``) writes of 4 MiB went at 4.2 GB/s direct against
-0.4-1.5 GB/s buffered, using 0.04 instead of 0.5-0.7 CPU-seconds per GB: the CPU
+0.4-1.5 GB/s buffered, using 0.04 instead of 0.5-2.5 CPU-seconds per GB: the CPU
 a writer process needs beside a simulation that holds the other core. Writes
 of 1 MiB gained 1.4x; at 256 KiB the two were even, and at 64 KiB direct was
 half as fast (each write waits for the disk): hence :data:`DIRECT_MIN_BYTES`.
+Where the page cache can absorb a whole run and a core is idle, buffered
+writes finish sooner (``docs/guides/writers.md``).
 
 Direct I/O asks that a write's file offset, its length and the address and
 length of every buffer be aligned. :class:`DirectWriter` writes direct only

@@ -113,8 +113,10 @@ class NpyDirectory:
     direct_io
         Write runs of rows of at least 1 MiB whose length and memory are page
         aligned with ``O_DIRECT``: the disk reads them from the writer's memory,
-        with no copy into the page cache (several times less CPU, and faster,
-        on the benchmark machine's disk; ``docs/formats/npy.md``). Anything
+        with no copy into the page cache (several times less CPU on the
+        benchmark machine's disk, and faster beside a computing simulation;
+        slower where the page cache would absorb a whole run on an idle core:
+        ``docs/guides/writers.md`` gives both). Anything
         else, and any file system that refuses direct I/O, is written through
         the page cache. ``False``: everything through the page cache. The
         bytes stored and the durability are the same either way.
