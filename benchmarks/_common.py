@@ -102,10 +102,11 @@ def fsync_path(path: str, directory: bool = False) -> None:
         os.close(fd)
 
 
-def raw_write(path: str, pool: list[np.ndarray[Any, Any]], n: int) -> None:
+def raw_write(path: str, pool: list[np.ndarray[Any, Any]], n: int, flags: int = 0) -> None:
     """The ``raw`` baseline: ``n`` frames (the ``pool``'s, cycled) written with one
-    ``os.write`` each into a new file, then one fsync: the disk's own pace."""
-    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o644)
+    ``os.write`` each into a new file, then one fsync: the disk's own pace.
+    ``flags`` are added to the open's (``os.O_DIRECT``: page-aligned frames)."""
+    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL | flags, 0o644)
     try:
         for i in range(n):
             view = memoryview(pool[i % len(pool)]).cast("B")

@@ -73,7 +73,7 @@ import zarr.codecs
 from zarr.storage import LocalStore
 
 import snapsink
-from snapsink._staging.host import page_aligned_empty
+from snapsink.stores._pwrite import DIRECT_ALIGN, page_aligned_empty
 from snapsink.stores._zarrio import ZSTD_ENCODER_ENV, zstd_encoder
 from snapsink.stores._zarrplan import default_chunk_rows
 
@@ -140,16 +140,7 @@ def _raw_direct(path: str, pool: list[np.ndarray[Any, Any]], n: int, capacity: i
         aligned.append(a)
     t0 = time.perf_counter()
     os.mkdir(path)
-    fd = os.open(os.path.join(path, "raw.bin"), os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_DIRECT,
-                 0o644)
-    try:
-        for i in range(n):
-            view = memoryview(aligned[i % len(aligned)]).cast("B")
-            while view:
-                view = view[os.write(fd, view) :]
-        os.fsync(fd)
-    finally:
-        os.close(fd)
+    _common.raw_write(os.path.join(path, "raw.bin"), aligned, n, os.O_DIRECT)
     _common.fsync_path(path, directory=True)
     return time.perf_counter() - t0
 
@@ -368,7 +359,7 @@ def measure_case(
     todo = variants(everything)
     if only:
         todo = {k: v for k, v in todo.items() if k in only}
-    if frame_bytes % 4096:  # direct I/O writes whole pages
+    if frame_bytes % DIRECT_ALIGN:  # direct I/O writes whole pages
         todo.pop("raw direct", None)
     names = list(todo)
     secs: dict[str, list[float]] = {k: [] for k in names}

@@ -16,10 +16,15 @@ import pytest
 
 import snapsink
 from snapsink._schema import Batch, Field, Frame, Schema
-from snapsink._staging.host import page_aligned_empty
 from snapsink._writer._shm import frame_layout
 from snapsink.stores import _pwrite
-from snapsink.stores._pwrite import DIRECT_ALIGN, DIRECT_MIN_BYTES, DirectWriter, direct_eligible
+from snapsink.stores._pwrite import (
+    DIRECT_ALIGN,
+    DIRECT_MIN_BYTES,
+    DirectWriter,
+    direct_eligible,
+    page_aligned_empty,
+)
 from snapsink.stores.npy import NpyDirectory, open_npy
 from snapsink.stores.zarr import ZarrStore
 

@@ -16,25 +16,14 @@ from typing import TYPE_CHECKING, Any, Protocol
 import numpy as np
 
 from .._arrays import is_device_array
+from ..stores._pwrite import page_aligned_empty
 
 if TYPE_CHECKING:
     from collections.abc import Sequence
 
     from .._schema import Field
 
-__all__ = ["Completion", "Slot", "SlotPool", "borrow_host", "capture_fields", "page_aligned_empty"]
-
-_PAGE = 4096
-
-
-def page_aligned_empty(shape: tuple[int, ...], dtype: np.dtype[Any]) -> np.ndarray[Any, Any]:
-    """``np.empty(shape, dtype)``, starting on a page when it takes a page or more."""
-    nbytes = math.prod(shape) * dtype.itemsize
-    if nbytes < _PAGE:
-        return np.empty(shape, dtype)
-    raw = np.empty(nbytes + _PAGE, np.uint8)
-    start = -raw.ctypes.data % _PAGE
-    return raw[start : start + nbytes].view(dtype).reshape(shape)
+__all__ = ["Completion", "Slot", "SlotPool", "borrow_host", "capture_fields"]
 
 
 class Completion(Protocol):

@@ -42,6 +42,7 @@ from typing import Any, Final
 import numpy as np
 
 from .._schema import Field, Schema
+from ..stores._pwrite import DIRECT_ALIGN
 
 __all__ = [
     "RING_HEADER",
@@ -52,8 +53,9 @@ __all__ = [
 ]
 
 ALIGN: Final = 64
-#: where a field of at least this many bytes starts in a slot: a page boundary
-PAGE: Final = 4096
+#: where a field of at least this many bytes starts in a slot: a page boundary,
+#: the alignment direct I/O asks of the store's buffers
+PAGE: Final = DIRECT_ALIGN
 
 #: ring header: tail (producer), done (writer), want_done (producer sets, writer
 #: clears), writer_idle (writer sets, producer clears), spilled bytes the writer

@@ -26,13 +26,22 @@ commit's ``fdatasync`` (of the file, whichever descriptor wrote it) flushes it.
 from __future__ import annotations
 
 import errno
+import math
 import os
 import threading
 from collections.abc import Sequence
+from typing import Any
 
 import numpy as np
 
-__all__ = ["DIRECT_ALIGN", "DIRECT_MIN_BYTES", "DirectWriter", "direct_eligible", "pwrite_all"]
+__all__ = [
+    "DIRECT_ALIGN",
+    "DIRECT_MIN_BYTES",
+    "DirectWriter",
+    "direct_eligible",
+    "page_aligned_empty",
+    "pwrite_all",
+]
 
 #: ``O_DIRECT`` where the platform has it (Linux); 0 elsewhere: never direct.
 _O_DIRECT: int = getattr(os, "O_DIRECT", 0)
@@ -67,6 +76,17 @@ def pwrite_all(fd: int, buffers: Sequence[memoryview], offset: int) -> int:
             break
         pending = rest + pending[_IOV_MAX:]
     return total
+
+
+def page_aligned_empty(shape: tuple[int, ...], dtype: np.dtype[Any]) -> np.ndarray[Any, Any]:
+    """``np.empty(shape, dtype)``, starting on a page when it takes a page or
+    more: the staging slots of a thread writer, whose rows may then go direct."""
+    nbytes = math.prod(shape) * dtype.itemsize
+    if nbytes < DIRECT_ALIGN:
+        return np.empty(shape, dtype)
+    raw = np.empty(nbytes + DIRECT_ALIGN, np.uint8)
+    start = -raw.ctypes.data % DIRECT_ALIGN
+    return raw[start : start + nbytes].view(dtype).reshape(shape)
 
 
 def _address(b: memoryview) -> int:
