@@ -48,7 +48,9 @@ _NESTED_NAME = re.compile(r"(?:[A-Za-z_]\w*|[0-9]+)(?:\.(?:[A-Za-z_]\w*|[0-9]+))
 #: the last part of a nested name the stores keep for themselves: a ragged
 #: field's row offsets are ``<name>.offsets``
 _OFFSETS = f"{SEP}offsets"
-_INT64 = np.iinfo(np.int64)
+#: int64's range as Python ints (``np.iinfo(...).min`` is a property computed per call)
+_INT64_MIN = int(np.iinfo(np.int64).min)
+_INT64_MAX = int(np.iinfo(np.int64).max)
 
 
 def check_name(name: object, what: str = "field") -> str:
@@ -366,7 +368,7 @@ class Schema(Mapping[str, Field]):
             if (
                 isinstance(value, int)
                 and not isinstance(value, bool)
-                and not (_INT64.min <= value <= _INT64.max)
+                and not (_INT64_MIN <= value <= _INT64_MAX)
             ):
                 raise DTypeError(
                     f"field {name!r}: the Python int {int_str(value)} does not fit int64, "
@@ -416,7 +418,9 @@ class Schema(Mapping[str, Field]):
             Not a mapping (nor nested state), or a value whose dtype cannot be
             stored safely.
         """
-        if not isinstance(fields, Mapping) or fields.keys() != self._keys:
+        if (type(fields) is not dict and not isinstance(fields, Mapping)) or (
+            fields.keys() != self._keys
+        ):
             fields = self._flatten(fields, step)
         out: list[tuple[str, Field, Any]] = []
         append = out.append
@@ -485,17 +489,19 @@ def next_step(last: int | None, step: object, why: str = "steps strictly increas
     SchemaError
         ``step`` does not fit int64 or is not greater than ``last``.
     """
+    if type(step) is int and _INT64_MIN <= step <= _INT64_MAX and (last is None or step > last):
+        return step  # the common case, each frame: a plain int that increases
     if step is None:
         s = 0 if last is None else last + 1
     else:
         if isinstance(step, bool) or not isinstance(step, int | np.integer):
             raise DTypeError(f"step: expected an int, got {type(step).__name__} {step!r}")
         s = int(step)
-        if not _INT64.min <= s <= _INT64.max:
+        if not _INT64_MIN <= s <= _INT64_MAX:
             raise SchemaError(f"step: expected a value that fits int64, got {s}")
         if last is not None and s <= last:
             raise SchemaError(f"step: expected a step greater than {last} ({why}), got {s}")
-    if s > _INT64.max:
+    if s > _INT64_MAX:
         raise SchemaError(f"step: the next step {s} does not fit int64")
     return s
 
@@ -512,6 +518,13 @@ class StepClock:
     def check(self, step: object, time: object) -> tuple[int, float | None]:
         """Validate ``step`` and ``time`` for the next frame; does not advance."""
         s = next_step(self.last_step, step)
+        if (
+            type(time) is float
+            and self.has_times is not False
+            and -math.inf < time < math.inf
+            and (self.last_time is None or time >= self.last_time)
+        ):
+            return s, time  # the common case, each frame: a finite float that does not go back
         if time is None:
             if self.has_times:
                 raise SchemaError(

@@ -378,11 +378,12 @@ class Sink:
     def _validate(
         self, ch: Channel, fields: object, step: object, time: object
     ) -> list[tuple[str, Any, Any]]:
-        if ch.schema is None:
+        schema = ch.schema
+        if schema is None:
             # the first frame fixes the schema: a frame refused for its step or
             # time must not (the offer checks them again, under the lock)
             ch.clock.check(step, time)
-        schema = ch.ensure_schema(fields)
+            schema = ch.ensure_schema(fields)
         label = (
             step
             if isinstance(step, int)

@@ -46,11 +46,14 @@ class _LoopThread:
         self.portal: BlockingPortal | None = None
         self.stopped: anyio.Event | None = None
         self.closed = False
+        #: the thread runs its loop (a flag each write() reads, cheaper than is_alive())
+        self.running = False
         self._ready = threading.Event()
         self._startup_error: BaseException | None = None
         self.thread = threading.Thread(target=self._run, name="snapsink-sync-loop", daemon=True)
 
     def start(self) -> None:
+        self.running = True
         self.thread.start()
         self._ready.wait()
         if self._startup_error is not None:
@@ -65,6 +68,8 @@ class _LoopThread:
             if not self._ready.is_set():
                 self._startup_error = exc
                 self._ready.set()
+        finally:
+            self.running = False
 
     async def _main(self) -> None:
         # The sink outside the portal: an error opening the store is raised as is
@@ -211,7 +216,7 @@ class SyncSink(ClosesOnExit):
             raise ClosedSinkError(sink._forked_message())
         if self._loop.closed:
             raise ClosedSinkError("the sink is closed; it takes no more frames")
-        if not self._loop.thread.is_alive():
+        if not self._loop.running:
             raise ClosedSinkError("the sync sink's event-loop thread has stopped")
 
     def write(

@@ -59,14 +59,14 @@ def copy_into(view: np.ndarray[Any, Any], value: Any) -> None:
     bytes are copied as they are, so a contiguous array of the field's own
     dtype (byte order included) goes by ``memoryview`` assignment, one
     ``memmove`` under the GIL; anything else (a cast, strides, a scalar, a
-    dtype the buffer protocol cannot name) through ``np.copyto``.
+    dtype the buffer protocol cannot name) through ``np.copyto``. ``view`` is a
+    slot's field: contiguous by construction (:meth:`_shm.SlotMemory.view`).
     """
     if (
         type(value) is np.ndarray
         and value.dtype == view.dtype
         and value.shape == view.shape
         and value.flags.c_contiguous
-        and view.flags.c_contiguous
     ):
         try:
             view.data.cast("B")[:] = value.data.cast("B")
@@ -245,7 +245,7 @@ class ProcessChannel(Channel):
             ring = self._ensure_ring()
             start = self.published
             pub = start
-            done = self._writer_done(ring)
+            done = self._done  # as _reap just read it
             slots = self.inflight_slots
             while queue:
                 e = queue[0]
@@ -389,7 +389,7 @@ class ProcessChannel(Channel):
             if self.ring is None:
                 return 0
             upto = self._writer_done(self.ring)
-        if self.ring is not None:
+        if self.ring is not None and self.spill_published:
             # spilled frames' sizes: the writer read them from disk and counts them
             spill_done = self.ring.get(_shm.SPILL_DONE)
             if spill_done > self._spill_done:
