@@ -171,6 +171,27 @@ def test_existing_store_error_raises_from_constructor(tmp_path: Path) -> None:
         SyncSink(Exists())
 
 
+@pytest.mark.parametrize("commits_on_close", [False, True])
+def test_the_final_commit_is_left_to_a_store_whose_close_commits(commits_on_close: bool) -> None:
+    calls: list[str] = []
+
+    class Recording(HostMemory):
+        def commit(self) -> None:
+            calls.append("commit")
+
+        def close(self) -> None:
+            calls.append("close")
+
+    Recording.commits_on_close = commits_on_close  # type: ignore[attr-defined]
+    store = Recording()
+    with SyncSink(store) as sink:
+        for i in range(3):
+            sink.write({"v": float(i)}, step=i)
+    # a store whose close commits is not committed first; any other store is
+    assert calls == (["close"] if commits_on_close else ["commit", "close"])
+    np.testing.assert_array_equal(store.trajectory()["v"], [0.0, 1.0, 2.0])
+
+
 def test_used_after_loop_thread_died() -> None:
     sink = SyncSink(HostMemory())
     portal = sink._loop.portal

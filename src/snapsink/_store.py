@@ -9,6 +9,9 @@ concurrently (one call at a time per store)::
     store.commit()                   # at flush, at close, and when the store likes
     store.close()                    # after the last commit; also after a failure
 
+(A store with ``commits_on_close = True`` is not committed before its close:
+its close commits what was appended, see :class:`Store`.)
+
 A store that also has ``describe() -> StoreSpec`` can be written by a writer
 process (the default for such stores); the sink's own store object is then
 never opened: the writer builds its own from the description.
@@ -111,7 +114,12 @@ class Store(Protocol):
       calls) says so with ``background``; while it is true and the writer has
       nothing to store, the writer calls ``settle(budget)`` in slices of a
       millisecond (it takes new frames in between), which lets that work go
-      on and end, and raises what it raised.
+      on and end, and raises what it raised;
+    - ``commits_on_close: bool``: True when ``close()`` (on an open store)
+      commits every frame appended, as a commit would, before it releases
+      anything. The sink then calls ``close()`` without the final ``commit()``
+      before it, so that a store can commit and finalize in one pass (every
+      store in snapsink does).
     """
 
     def open(self) -> Resume | None:
@@ -139,7 +147,8 @@ class Store(Protocol):
         ...
 
     def close(self) -> None:
-        """Release resources. Called once, after the final commit or a failure."""
+        """Release resources. Called once, after the final commit (or instead of
+        it, with ``commits_on_close``) or after a failure."""
         ...
 
 

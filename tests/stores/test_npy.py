@@ -647,6 +647,38 @@ def test_call_order_is_checked_and_close_is_idempotent(tmp_path: Path) -> None:
     np.testing.assert_array_equal(open_npy(tmp_path / "s").steps, [3, 4])
 
 
+def test_close_commits_and_finalizes_in_one_pass(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # The sink closes a NpyDirectory without committing first (commits_on_close):
+    # close alone makes every appended frame durable, with one metadata write.
+    assert NpyDirectory.commits_on_close is True
+    store = NpyDirectory(tmp_path / "s", commit_every=1000, commit_seconds=None)
+    store.open()
+    store.prepare(SCHEMA, times=True)
+    store.append(Batch([fr(i, 0.5 * i) for i in range(5)], dropped_steps=[5]))
+    store.commit()
+    store.append(Batch([fr(i, 0.5 * i) for i in range(6, 13)]))
+    written: list[bytes] = []
+    real = npy_module.replace_atomically
+
+    def counting(directory: str, tmp: str, name: str, data: bytes) -> None:
+        written.append(data)
+        real(directory, tmp, name, data)
+
+    monkeypatch.setattr(npy_module, "replace_atomically", counting)
+    store.close()
+    assert len(written) == 1 and json.loads(written[0])["closed"] is True
+    check_files_after_close(tmp_path / "s", 12)
+    traj = open_npy(tmp_path / "s")
+    steps = [*range(5), *range(6, 13)]
+    np.testing.assert_array_equal(traj.steps, steps)
+    np.testing.assert_array_equal(traj.times, [0.5 * i for i in steps])
+    np.testing.assert_array_equal(traj["x"][:][:, 1], [-i for i in steps])
+    assert [len(traj["r"][k]) for k in range(12)] == [i % 3 for i in steps]
+    assert traj.dropped_steps.tolist() == [5]
+
+
 def test_header_is_4096_bytes_and_numpy_readable() -> None:
     for dt, shape in [(np.dtype("<c16"), (0, 3, 4)), (np.dtype(bool), (10**12,))]:
         raw = build_header(dt, shape)

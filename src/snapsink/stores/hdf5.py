@@ -258,6 +258,9 @@ class HDF5Store:
             check_h5md_schema(self._h5md, schema, self._static, repr(self))
 
     # -- Store protocol -------------------------------------------------------------
+    #: close() commits what was appended (the sink skips the commit before it)
+    commits_on_close = True
+
     # Deliberate parallel of ZarrStore.open's docstring: each store documents
     # its own method (the same protocol, the same errors).
     def open(self) -> Resume | None:

@@ -249,6 +249,9 @@ class NpyDirectory:
         self._attrs, self._static = merge_metadata(self._attrs, self._static, attrs, static)
 
     # -- Store protocol ---------------------------------------------------------
+    #: close() commits what was appended (the sink skips the commit before it)
+    commits_on_close = True
+
     def open(self) -> Resume | None:
         """Claim the directory according to the mode, and take the store's
         single-writer lock (``.snapsink.lock``, held until ``close()``).
@@ -477,13 +480,15 @@ class NpyDirectory:
             return
         try:
             if self._state == "open":
-                if any(f.dirty for f in self._files.values()) or self._dropped_dirty or (
-                    self._committed != self._count
-                ):
-                    self.commit()
+                # The commit and the finalizing in one pass, in commit-last
+                # order: each file's header names its rows, the file is cut to
+                # them and fsynced; then metadata.json (closed) names them. One
+                # fsync per file and one metadata write, where a commit first
+                # took two of each.
+                self._collect(wait=True)
                 self._check_unchanged()
                 for f in self._files.values():
-                    f.finalize(f.committed)
+                    f.finalize(f.used)
                 self._write_metadata(closed=True)
         finally:
             self._state = "closed"

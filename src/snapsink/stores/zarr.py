@@ -376,6 +376,9 @@ class ZarrStore:
         check_zarr_dtypes(schema, repr(self))
 
     # -- Store protocol -----------------------------------------------------
+    #: close() commits what was appended (the sink skips the commit before it)
+    commits_on_close = True
+
     # Deliberate parallel of HDF5Store.open (hdf5.py): each store documents its own
     # open, whose Returns section reads the same for every resumable store.
     async def open(self) -> Resume | None:
