@@ -121,8 +121,12 @@ def test_only_large_aligned_runs_are_eligible() -> None:
 
 def test_slot_layouts_start_large_fields_on_a_page() -> None:
     schema = Schema(
-        {"e": Field(np.float64, ()), "u": Field(np.float32, (256, 1024)),
-         "k": Field(np.int8, (3,)), "r": Field(np.float64, (None, 1024))}
+        {
+            "e": Field(np.float64, ()),
+            "u": Field(np.float32, (256, 1024)),
+            "k": Field(np.int8, (3,)),
+            "r": Field(np.float64, (None, 1024)),
+        }
     )
     layout, total = frame_layout(schema, [5])
     offsets = {name: off for name, _, off, _, _ in layout}
@@ -281,3 +285,128 @@ def test_zarr_rows_in_place_go_direct_bit_exact(direct_dir: Path, count_direct: 
     assert got.view(np.uint32).tobytes() == want.view(np.uint32).tobytes()
     traj = snapsink.open(direct_dir / "run.zarr")
     np.testing.assert_array_equal(traj["e"][:], [f.fields["e"] for f in written])
+
+
+# -- ZarrStore's encoded blocks: encoded by the workers, written direct by one I/O thread
+@pytest.fixture
+def direct_blocks(monkeypatch: pytest.MonkeyPatch) -> list[str]:
+    """The thread of each encoded block's direct write (in this process)."""
+    import threading
+
+    from snapsink.stores import _zarrio
+
+    threads: list[str] = []
+    real = _zarrio.write_file_direct
+
+    def write_file_direct(path: Path, buf: Any, length: int) -> bool | None:
+        threads.append(threading.current_thread().name)
+        return real(path, buf, length)
+
+    monkeypatch.setattr(_zarrio, "write_file_direct", write_file_direct)
+    return threads
+
+
+def write_zstd(path: Path, written: list[Frame], direct_io: bool = True) -> None:
+    import zarr
+
+    store = ZarrStore(
+        path, chunk_frames=2, compressors=zarr.codecs.ZstdCodec(level=1), direct_io=direct_io
+    )
+    with snapsink.SyncSink(store, writer="thread", capacity=4) as sink:
+        for f in written:
+            sink.write(f.fields, step=f.step, time=f.time)
+
+
+def check_zarr(path: Path, written: list[Frame]) -> None:
+    import zarr
+
+    got = zarr.open_group(path, mode="r")["u"][:]
+    want = np.stack([f.fields["u"] for f in written])
+    assert got.view(np.uint32).tobytes() == want.view(np.uint32).tobytes()
+    np.testing.assert_array_equal(snapsink.open(path).steps, [f.step for f in written])
+
+
+def test_zarr_encoded_blocks_go_direct_from_the_io_thread_bit_exact(
+    direct_dir: Path, direct_blocks: list[str]
+) -> None:
+    # random bits: zstd keeps each 2 MiB block about 2 MiB, over DIRECT_MIN_BYTES;
+    # 7 frames: 3 whole blocks and, at the close, one partial block
+    written = frames(7, (512, 512))
+    write_zstd(direct_dir / "run.zarr", written)
+    assert len(direct_blocks) == 4
+    assert set(direct_blocks) == {"snapsink-zarr-io_0"}
+    check_zarr(direct_dir / "run.zarr", written)
+    # each chunk file holds exactly the bytes a buffered write stores (no page
+    # padding left behind)
+    write_zstd(direct_dir / "buffered.zarr", written, direct_io=False)
+    assert len(direct_blocks) == 4
+    chunks = sorted(
+        p.relative_to(direct_dir / "run.zarr")
+        for p in (direct_dir / "run.zarr" / "u" / "c").rglob("*")
+        if p.is_file()
+    )
+    assert len(chunks) == 4
+    for rel in chunks:
+        assert (direct_dir / "run.zarr" / rel).read_bytes() == (
+            direct_dir / "buffered.zarr" / rel
+        ).read_bytes()
+
+
+def test_zarr_encoded_blocks_fall_back_when_direct_io_is_refused(
+    direct_dir: Path, direct_blocks: list[str], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from snapsink.stores import _zarrio
+
+    real = os.open
+    refused = []
+
+    def refusing_open(path: Any, flags: int, *args: Any, **kwargs: Any) -> int:
+        if flags & os.O_DIRECT:
+            refused.append(path)
+            raise OSError(errno.EINVAL, "Invalid argument")
+        return real(path, flags, *args, **kwargs)
+
+    monkeypatch.setattr(_zarrio.os, "open", refusing_open)
+    written = frames(7, (512, 512))
+    write_zstd(direct_dir / "run.zarr", written)
+    assert len(refused) == 1  # tried once, then buffered for the rest of the run
+    check_zarr(direct_dir / "run.zarr", written)
+    assert not list((direct_dir / "run.zarr").rglob("*.partial"))
+
+
+def test_zarr_encoded_block_write_errors_reach_the_producer(
+    direct_dir: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from snapsink.stores import _zarrio
+
+    real = _zarrio.pwrite_all
+
+    def full_disk(fd: int, buffers: Any, offset: int) -> int:
+        if fcntl.fcntl(fd, fcntl.F_GETFL) & os.O_DIRECT:
+            raise OSError(errno.ENOSPC, "No space left on device")
+        return real(fd, buffers, offset)
+
+    monkeypatch.setattr(_zarrio, "pwrite_all", full_disk)
+    with pytest.raises(snapsink.WriterError, match="No space left") as info:
+        write_zstd(direct_dir / "run.zarr", frames(7, (512, 512)))
+    assert isinstance(info.value.__cause__, OSError)
+    assert info.value.__cause__.errno == errno.ENOSPC
+    assert len(snapsink.open(direct_dir / "run.zarr")) < 7  # the last commit stands
+
+
+def test_no_encoded_block_goes_direct_on_tmpfs(direct_blocks: list[str]) -> None:
+    from snapsink.stores._pwrite import memory_backed
+
+    shm = Path("/dev/shm")
+    mounts = Path("/proc/mounts").read_text().split("\n") if Path("/proc/mounts").exists() else []
+    if not any(line.split()[1:3] == ["/dev/shm", "tmpfs"] for line in mounts if line):
+        pytest.skip("no tmpfs at /dev/shm")
+    assert memory_backed(shm) and memory_backed(shm / "not" / "yet")
+    assert not memory_backed("/proc")
+    import tempfile
+
+    with tempfile.TemporaryDirectory(dir=shm) as d:
+        written = frames(3, (512, 512))
+        write_zstd(Path(d) / "run.zarr", written)
+        check_zarr(Path(d) / "run.zarr", written)
+    assert direct_blocks == []  # the same copy either way there: buffered, in the workers

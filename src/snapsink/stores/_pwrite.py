@@ -25,9 +25,11 @@ commit's ``fdatasync`` (of the file, whichever descriptor wrote it) flushes it.
 
 from __future__ import annotations
 
+import ctypes
 import errno
 import math
 import os
+import sys
 import threading
 from collections.abc import Sequence
 from typing import Any
@@ -39,6 +41,7 @@ __all__ = [
     "DIRECT_MIN_BYTES",
     "DirectWriter",
     "direct_eligible",
+    "memory_backed",
     "page_aligned_empty",
     "pwrite_all",
 ]
@@ -91,6 +94,30 @@ def page_aligned_empty(shape: tuple[int, ...], dtype: np.dtype[Any]) -> np.ndarr
 
 def _address(b: memoryview) -> int:
     return int(np.frombuffer(b, np.uint8).ctypes.data)
+
+
+#: statfs ``f_type`` of the file systems whose pages are memory (tmpfs, ramfs):
+#: a direct write there is the same copy as a buffered one
+_MEMORY_FS = frozenset({0x01021994, 0x858458F6})
+
+
+def memory_backed(path: str | os.PathLike[str]) -> bool:
+    """Whether ``path`` lies on tmpfs or ramfs, where direct I/O saves no copy
+    (Linux ``statfs``; False wherever that cannot be asked)."""
+    if not sys.platform.startswith("linux"):
+        return False
+    path = os.path.abspath(path)
+    while not os.path.exists(path) and os.path.dirname(path) != path:
+        path = os.path.dirname(path)  # a store not created yet: where it will be
+    try:
+        libc = ctypes.CDLL(None, use_errno=True)
+        buf = ctypes.create_string_buffer(256)  # struct statfs: f_type first, 120 bytes
+        if libc.statfs(os.fsencode(path), buf) != 0:
+            return False
+        f_type = ctypes.c_long.from_buffer(buf).value
+    except (OSError, AttributeError):  # pragma: no cover - no libc to ask
+        return False
+    return (f_type & 0xFFFFFFFF) in _MEMORY_FS
 
 
 def direct_eligible(buffers: Sequence[memoryview], offset: int) -> bool:
