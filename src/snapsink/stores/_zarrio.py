@@ -563,7 +563,9 @@ class BlockWriter:
         #: workers encode while the disk writes: see :meth:`_hand_to_io`. Not on
         #: tmpfs: there a direct write is the same copy, plus the staging one
         #: (measured 5-10% slower)
-        self._direct_blocks = direct_io and not memory_backed(root)
+        self._direct_blocks = (
+            direct_io and bool(getattr(os, "O_DIRECT", 0)) and not memory_backed(root)
+        )
         self._io_pool: concurrent.futures.ThreadPoolExecutor | None = None
         self._io_inflight: deque[concurrent.futures.Future[None]] = deque()
         self._staging = StagingBuffers(self.workers + 1)
