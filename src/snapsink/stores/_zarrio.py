@@ -562,7 +562,7 @@ class BlockWriter:
         #: writes them direct (off once a file system refuses), so that the
         #: workers encode while the disk writes: see :meth:`_hand_to_io`. Not on
         #: tmpfs: there a direct write is the same copy, plus the staging one
-        #: (measured 5-10% slower)
+        #: (measured 4-8% slower, zstd level 1, 16 MiB frames)
         self._direct_blocks = (
             direct_io and bool(getattr(os, "O_DIRECT", 0)) and not memory_backed(root)
         )
