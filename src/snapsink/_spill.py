@@ -228,7 +228,9 @@ class SpillDir:
         self._fd = -1
         self._size = 0  # bytes in that segment
         self._header: struct.Struct | None = None
-        self._pad = bytes(_ALIGN)
+        from ._writer._shm import PAGE
+
+        self._pad = bytes(PAGE)  # zeros between fields (each gap is under a page)
 
     def append(
         self,
@@ -268,10 +270,17 @@ class SpillDir:
             *rows,
         )
         parts: list[Any] = [header, self._pad[: _padded(len(header)) - len(header)]]
-        for (_, _, _, nbytes, _), arr in zip(layout, arrays, strict=True):
+        # each field at its offset in the layout, as the reader (and a slot) has it:
+        # a field of a page or more starts on a page, so the gap before it may be
+        # longer than the 64-byte alignment between the others
+        pos = 0
+        for (_, _, offset, nbytes, _), arr in zip(layout, arrays, strict=True):
+            if offset > pos:
+                parts.append(self._pad[: offset - pos])
             if nbytes:
                 parts.append(arr.reshape(-1).view(np.uint8))
-            parts.append(self._pad[: _padded(max(nbytes, 1)) - nbytes])
+            pos = offset + nbytes
+        parts.append(self._pad[: total - pos])
         record = _padded(len(header)) + total
         if self._fd < 0 or (self._size and self._size + record > self.limit):
             self._next_segment()

@@ -300,6 +300,50 @@ def _steps(reader: SpillReader) -> list[int]:
     return out
 
 
+def test_spilled_frames_keep_the_slot_layout_bit_exact(tmp_path: Path) -> None:
+    """A field of a page or more starts on a page in a spilled record, as in a
+    slot (frame_layout), whatever comes before it: small fields, an empty ragged
+    field, a scalar. Written back to back, the record was shorter than its
+    header said and every such frame failed to spill."""
+    schema = Schema(
+        {
+            "e": Field("float64"),
+            "r": Field("int32", (None, 3)),
+            "big": Field("float32", (64, 64)),  # 16 KiB, after 64 + 64k bytes
+            "k": Field("int8", (5,)),
+        }
+    )
+    layout, _ = _shm.frame_layout(schema, [2])
+    assert {n: off % 4096 for n, _, off, _, _ in layout}["big"] == 0
+    rng = np.random.default_rng(3)
+    frames = [
+        {
+            "e": np.float64(i) / 7,
+            "r": rng.integers(-100, 100, size=(i % 3, 3), dtype=np.int32),
+            "big": rng.integers(0, 2**32, size=(64, 64), dtype=np.uint32).view(np.float32),
+            "k": np.arange(5, dtype=np.int8) * i,
+        }
+        for i in range(6)
+    ]
+    spill = SpillDir(Spill(tmp_path))
+    try:
+        for i, fr in enumerate(frames):
+            items = [(name, schema[name], fr[name]) for name in schema]
+            spill.append(schema, 10 + i, 0.5 * i, items)
+        reader = SpillReader(spill.path, schema)
+        for i, fr in enumerate(frames):
+            got = reader.read()
+            assert got is not None
+            step, t, fields, _ = got
+            assert (step, t) == (10 + i, 0.5 * i)
+            for name in schema:
+                assert np.asarray(fields[name]).tobytes() == np.asarray(fr[name]).tobytes(), name
+        assert reader.read() is None
+        reader.close()
+    finally:
+        spill.close()
+
+
 def test_a_frame_appended_as_the_next_segment_starts_is_read_first(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
