@@ -6,7 +6,7 @@ import os
 from typing import Any
 
 import numpy as np
-from _writer import frame_for, step_of, time_of
+from _writer import big_for, frame_for, step_of, time_of
 
 import snapsink
 
@@ -29,7 +29,10 @@ def assert_prefix(path: str | os.PathLike[str], at_least: int = 0) -> int:
         xs = traj["x"][:]
         rs = traj["r"][:] if "r" in traj.fields else None  # (zarr-inplace: no r)
         es = traj["e"][:]
+        bigs = traj["big"][:] if "big" in traj.fields else None  # (zarr-zstd only)
         for i, w in enumerate(want):
+            if bigs is not None:
+                assert_bits(bigs[i], big_for(steps[i]), f"big of frame {i}")
             assert_bits(xs[i], w["x"], f"x of frame {i}")
             if rs is not None:
                 assert_bits(rs[i], w["r"], f"r of frame {i}")

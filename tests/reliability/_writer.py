@@ -16,7 +16,7 @@ line it or a writer prints on stdout is ``<job> <what> [<value>]``:
 Lines are written with one ``os.write`` each (shorter than PIPE_BUF), so lines
 of concurrent writers never interleave.
 
-A job: ``{"job": id, "kind": "npy"|"zarr"|"zarr-inplace"|"hdf5"|"h5md", "path": ...,
+A job: ``{"job": id, "kind": "npy"|"zarr"|"zarr-inplace"|"zarr-zstd"|"hdf5"|"h5md", "path": ...,
 "mode": "x"|"a", "policy": "block"|"spill", "spill": dir, "start": i0, "n": frames,
 "flush_every": k, "commit_every": c, "capacity": cap, "writer": "auto"|"thread",
 "report_writes": bool}``.
@@ -60,8 +60,15 @@ SCHEMA = snapsink.Schema(
 SCHEMA_INPLACE = snapsink.Schema({"x": SCHEMA["x"], "e": SCHEMA["e"]})
 
 
+#: ``zarr-zstd``: a ZarrStore with zstd whose encoded chunks (2 frames of 1 MiB
+#: of random bits, which zstd cannot shrink) go to its I/O thread, written direct
+SCHEMA_LARGE = snapsink.Schema(
+    {"x": SCHEMA["x"], "e": SCHEMA["e"], "big": snapsink.Field("float32", (512, 512))}
+)
+
+
 def schema_of(kind: str) -> snapsink.Schema:
-    return SCHEMA_INPLACE if kind == "zarr-inplace" else SCHEMA
+    return {"zarr-inplace": SCHEMA_INPLACE, "zarr-zstd": SCHEMA_LARGE}.get(kind, SCHEMA)
 
 
 #: the H5MD layout's mapping: ``x`` (4 particles in 3-D) is the position element
@@ -75,6 +82,12 @@ def step_of(i: int) -> int:
 
 def time_of(step: int) -> float:
     return step * 0.25
+
+
+def big_for(step: int) -> np.ndarray[Any, Any]:
+    """The large field of ``step`` (``zarr-zstd``): every bit pattern of a float32."""
+    rng = np.random.default_rng(10**9 + step)
+    return rng.integers(0, 2**32, size=(512, 512), dtype=np.uint32).view(np.float32)
 
 
 def frame_for(step: int) -> dict[str, Any]:
@@ -105,6 +118,16 @@ def make_store(cfg: dict[str, Any]) -> Any:
             chunk_frames=4,
             commit_every=cfg["commit_every"],
         )
+    if cfg["kind"] == "zarr-zstd":
+        import zarr
+
+        return snapsink.ZarrStore(
+            cfg["path"],
+            mode=cfg["mode"],
+            chunk_frames=2,
+            commit_every=cfg["commit_every"],
+            compressors=zarr.codecs.ZstdCodec(level=1),
+        )
     return snapsink.ZarrStore(
         cfg["path"], mode=cfg["mode"], chunk_frames=4, commit_every=cfg["commit_every"]
     )
@@ -132,6 +155,8 @@ async def _write(cfg: dict[str, Any]) -> None:
         for i in range(cfg["start"], cfg["start"] + cfg["n"]):
             s = step_of(i)
             fields = frame_for(s)
+            if "big" in schema:
+                fields["big"] = big_for(s)
             await sink.write({k: fields[k] for k in schema}, step=s, time=time_of(s))
             if report:
                 _say(job, f"w {i}")

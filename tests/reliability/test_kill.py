@@ -278,6 +278,9 @@ SEEDS = {
     # every array in place: its periodic commits run in the background
     ("zarr-inplace", "block"): 5,
     ("zarr-inplace", "spill"): 6,
+    # 2 MiB encoded chunks, written direct by the store's I/O thread
+    ("zarr-zstd", "block"): 18,
+    ("zarr-zstd", "spill"): 19,
     ("hdf5", "block"): 14,
     ("hdf5", "spill"): 15,
     ("h5md", "block"): 16,
@@ -295,10 +298,19 @@ def test_sigkill_never_loses_a_flushed_frame(
     run_kills(server, tmp_path, kind, policy, kills=25, seed=SEEDS[kind, policy])
 
 
+def test_sigkill_during_direct_writes_of_encoded_chunks(server: ForkServer, tmp_path: Path) -> None:
+    """12 kills of a ZarrStore with zstd whose 2 MiB encoded chunks its I/O
+    thread writes direct (the soak below runs 250 per policy)."""
+    run_kills(server, tmp_path, "zarr-zstd", "block", kills=12, seed=SEEDS["zarr-zstd", "block"])
+    # the kills landed among chunks large enough for the direct path
+    chunks = [p for p in tmp_path.glob("k*/store/big/c/**/*") if p.is_file()]
+    assert sum(p.stat().st_size >= 1 << 20 for p in chunks) >= 12
+
+
 @pytest.mark.slow
 @pytest.mark.timeout(900)
 @pytest.mark.parametrize("policy", ["block", "spill"])
-@pytest.mark.parametrize("kind", ["npy", "zarr", "zarr-inplace", "hdf5", "h5md"])
+@pytest.mark.parametrize("kind", ["npy", "zarr", "zarr-inplace", "zarr-zstd", "hdf5", "h5md"])
 def test_sigkill_soak(server: ForkServer, tmp_path: Path, kind: str, policy: str) -> None:
     """The same, 250 kills per (store, policy)."""
     needs(kind)
