@@ -417,7 +417,7 @@ def run_producer_kills(server: ForkServer, tmp_path: Path, kind: str, seeds: lis
     assert {n for n in shm_names() - before if "snapsink" in n or n.startswith("psm_")} == set()
 
 
-PRODUCER_SEEDS = {"npy": 7, "zarr": 8, "zarr-inplace": 5, "hdf5": 9, "h5md": 6}
+PRODUCER_SEEDS = {"npy": 7, "zarr": 8, "zarr-inplace": 5, "zarr-zstd": 10, "hdf5": 9, "h5md": 6}
 
 
 @pytest.mark.parametrize("kind", ["npy", "zarr", "zarr-inplace", "hdf5", "h5md"])
@@ -434,9 +434,21 @@ def test_sigkill_of_the_producer_loses_no_written_frame(
     )
 
 
+def test_sigkill_of_the_producer_while_encoded_chunks_go_direct(
+    server: ForkServer, tmp_path: Path
+) -> None:
+    """12 kills of the producer of a ZarrStore with zstd (2 MiB encoded chunks,
+    written direct by the writer process's I/O thread): the writer drains
+    every frame already in shared memory through that thread."""
+    seed = PRODUCER_SEEDS["zarr-zstd"] * 10_000
+    run_producer_kills(server, tmp_path, "zarr-zstd", [seed + k for k in range(12)])
+    chunks = [p for p in tmp_path.glob("p*/store/big/c/**/*") if p.is_file()]
+    assert sum(p.stat().st_size >= 1 << 20 for p in chunks) >= 6  # the direct path's size
+
+
 @pytest.mark.slow
 @pytest.mark.timeout(900)
-@pytest.mark.parametrize("kind", ["npy", "zarr", "zarr-inplace", "hdf5", "h5md"])
+@pytest.mark.parametrize("kind", ["npy", "zarr", "zarr-inplace", "zarr-zstd", "hdf5", "h5md"])
 def test_sigkill_of_the_producer_soak(server: ForkServer, tmp_path: Path, kind: str) -> None:
     """The same, 500 kills per store kind (CI's default 50 once met, in about
     500 kills, a sink that died with a writer's reply unread: see test_wire)."""
