@@ -179,12 +179,7 @@ class Channel(SpillQueue):
             if self.failure is not None or self.closed:
                 self.raise_if_unusable()
             s, t = self.clock.check(step, time)
-            schema = self.schema
-            nbytes = (
-                frame_nbytes(schema, items)
-                if schema is None or schema.ragged
-                else schema.fixed_nbytes
-            )
+            nbytes = frame_nbytes(self.schema, items)
             if not self.pool.free:
                 self._reclaim()
             # a slot, if one is free and the bytes fit (the per-frame hot path

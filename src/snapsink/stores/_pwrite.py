@@ -41,6 +41,7 @@ __all__ = [
     "DIRECT_MIN_BYTES",
     "DirectWriter",
     "direct_eligible",
+    "direct_io_pays",
     "memory_backed",
     "page_aligned_empty",
     "pwrite_all",
@@ -118,6 +119,13 @@ def memory_backed(path: str | os.PathLike[str]) -> bool:
     except (OSError, AttributeError):  # pragma: no cover - no libc to ask
         return False
     return (f_type & 0xFFFFFFFF) in _MEMORY_FS
+
+
+def direct_io_pays(path: str | os.PathLike[str]) -> bool:
+    """Whether direct I/O can save a copy for files under ``path``: the
+    platform has ``O_DIRECT`` and the file system is not memory (a file system
+    that refuses it is found at the first write)."""
+    return bool(_O_DIRECT) and not memory_backed(path)
 
 
 def direct_eligible(buffers: Sequence[memoryview], offset: int) -> bool:

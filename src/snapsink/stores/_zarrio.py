@@ -66,7 +66,7 @@ from ._pwrite import (
     DIRECT_ALIGN,
     DIRECT_MIN_BYTES,
     DirectWriter,
-    memory_backed,
+    direct_io_pays,
     page_aligned_empty,
 )
 
@@ -216,15 +216,16 @@ class StagingBuffers:
     def __init__(self, count: int):
         self._free: list[np.ndarray[Any, Any]] = []
         self._slots = threading.Semaphore(count)
-        self._stopped = False
+        #: stop() was called: take() gives None, and the block writer starts no thread
+        self.stopped = False
 
     def take(self, nbytes: int) -> np.ndarray[Any, Any] | None:
         """A buffer of at least ``nbytes`` rounded up to a page (waits while all
         are out); None once stopped."""
         while not self._slots.acquire(timeout=0.1):
-            if self._stopped:
+            if self.stopped:
                 return None
-        if self._stopped:
+        if self.stopped:
             self._slots.release()
             return None
         want = -(-nbytes // DIRECT_ALIGN) * DIRECT_ALIGN
@@ -240,7 +241,7 @@ class StagingBuffers:
 
     def stop(self) -> None:
         """Wake every waiter with None, keep no buffer."""
-        self._stopped = True
+        self.stopped = True
         self._free.clear()
 
 
@@ -563,13 +564,10 @@ class BlockWriter:
         #: workers encode while the disk writes: see :meth:`_hand_to_io`. Not on
         #: tmpfs: there a direct write is the same copy, plus the staging one
         #: (measured 4-8% slower, zstd level 1, 16 MiB frames)
-        self._direct_blocks = (
-            direct_io and bool(getattr(os, "O_DIRECT", 0)) and not memory_backed(root)
-        )
+        self._direct_blocks = direct_io and direct_io_pays(root)
         self._io_pool: concurrent.futures.ThreadPoolExecutor | None = None
         self._io_inflight: deque[concurrent.futures.Future[None]] = deque()
         self._staging = StagingBuffers(self.workers + 1)
-        self._stopped = False
 
     # -- jobs (worker threads) ----------------------------------------------------------
     def _ensure_dir(self, d: Path) -> None:
@@ -626,7 +624,7 @@ class BlockWriter:
     # thread, the workers encode while the disk writes.
     def _hand_to_io(self, path: Path, buf: np.ndarray[Any, Any], n: int) -> None:
         with self._fd_lock:
-            stopped = self._stopped
+            stopped = self._staging.stopped
             if not stopped and self._io_pool is None:
                 self._io_pool = concurrent.futures.ThreadPoolExecutor(
                     1, thread_name_prefix="snapsink-zarr-io"
@@ -833,7 +831,6 @@ class BlockWriter:
             self._pool = None
         self._staging.stop()  # a job still waiting for a buffer writes buffered
         with self._fd_lock:
-            self._stopped = True
             io_pool, self._io_pool = self._io_pool, None
             self._io_inflight.clear()
         if io_pool is not None:
