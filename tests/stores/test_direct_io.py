@@ -298,9 +298,9 @@ def direct_blocks(monkeypatch: pytest.MonkeyPatch) -> list[str]:
     threads: list[str] = []
     real = _zarrio.write_file_direct
 
-    def write_file_direct(path: Path, buf: Any, length: int) -> bool | None:
+    def write_file_direct(path: Path, buf: Any, length: int, **kw: Any) -> bool | None:
         threads.append(threading.current_thread().name)
-        return real(path, buf, length)
+        return real(path, buf, length, **kw)
 
     monkeypatch.setattr(_zarrio, "write_file_direct", write_file_direct)
     return threads

@@ -387,9 +387,17 @@ def _check_fixed(loc: Path, frames: list[Frame]) -> None:
     assert zarr.open_array(loc / "x", mode="r").shape[0] == n
 
 
-async def _open_fixed(loc: Path, *, commit_every: int) -> ZarrStore:
-    """An open store of FIXED, with times, committing on count only."""
-    store = ZarrStore(loc, chunk_frames=4, commit_every=commit_every, commit_seconds=None)
+async def _open_fixed(loc: Path, *, commit_every: int, zstd: bool = False) -> ZarrStore:
+    """An open store of FIXED, with times, committing on count only (``zstd``:
+    every array compressed, so partly filled chunks are buffered and written
+    by each commit)."""
+    store = ZarrStore(
+        loc,
+        chunk_frames=4,
+        commit_every=commit_every,
+        commit_seconds=None,
+        compressors=zarr.codecs.ZstdCodec(level=1) if zstd else None,
+    )
     await store.open()
     await store.prepare(FIXED, times=True)
     return store
@@ -416,18 +424,21 @@ class _Gate:
         monkeypatch.setattr(zarr_store, "check_not_removed", held)
 
 
+@pytest.mark.parametrize("zstd", [False, True], ids=["in-place", "zstd"])
 async def test_a_due_commit_runs_while_the_next_frames_are_appended(
-    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, zstd: bool
 ) -> None:
-    """A commit due at an append (all arrays in place) runs in the background:
-    the appends go on while it runs, readers see the previous commit until it
-    ends, and then exactly the frames it covered, not those appended since."""
+    """A commit due at an append runs in the background: the appends go on
+    while it runs, readers see the previous commit until it ends, and then
+    exactly the frames it covered, not those appended since. Compressed: the
+    commit writes the partly filled chunk 1 as it was (frame 4), while the
+    appends fill that chunk and write it whole."""
     import asyncio
 
     loc = tmp_path / "s"
     frames = _fixed(13)
-    store = await _open_fixed(loc, commit_every=5)
-    assert _direct_columns(store) == {"x", "e", "steps", "times"}
+    store = await _open_fixed(loc, commit_every=5, zstd=zstd)
+    assert _direct_columns(store) == (set() if zstd else {"x", "e", "steps", "times"})
     gate = _Gate(monkeypatch)
     for f in frames[:5]:
         await store.append(Batch([f]))
@@ -453,8 +464,9 @@ async def test_a_due_commit_runs_while_the_next_frames_are_appended(
     _check_fixed(loc, frames)
 
 
+@pytest.mark.parametrize("zstd", [False, True], ids=["in-place", "zstd"])
 async def test_commit_waits_for_the_background_commit_and_covers_every_frame(
-    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, zstd: bool
 ) -> None:
     """A sink's flush (the store's commit) returns only when every appended
     frame is durable and visible, a background commit included."""
@@ -462,7 +474,7 @@ async def test_commit_waits_for_the_background_commit_and_covers_every_frame(
 
     loc = tmp_path / "s"
     frames = _fixed(9)
-    store = await _open_fixed(loc, commit_every=4)
+    store = await _open_fixed(loc, commit_every=4, zstd=zstd)
     gate = _Gate(monkeypatch)
     for f in frames:
         await store.append(Batch([f]))
@@ -564,5 +576,107 @@ async def test_a_settle_with_a_budget_comes_back_and_starts_the_next_commit(
             break
     assert counts[-1] == 8 and set(counts) <= {0, 4, 8}, counts
     _check_fixed(loc, frames)
+    await store.close()
+    _check_fixed(loc, frames)
+
+
+async def test_a_partial_chunk_landing_after_its_whole_write_is_dropped(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The race a compressed store's background commit opens: the commit writes
+    chunk 0 partly filled, the appends going on meanwhile fill the chunk and
+    write it whole, and the whole write lands first. The partial write, landing
+    after it, is dropped (renamed, it would put back one row over four), and
+    the whole write, which replaces a file a commit may name, is fsynced before
+    its rename."""
+    import asyncio
+    import threading
+
+    loc = tmp_path / "s"
+    store = await _open_fixed(loc, commit_every=100, zstd=True)
+    writer = store._io.writer
+    assert writer is not None and writer.workers >= 2
+    target = store._columns["x"].target
+    assert target is not None
+    rows = np.stack([f.fields["x"] for f in _fixed(4)])
+    held, release = threading.Event(), threading.Event()
+    real_padded = _zarrio.BlockTarget.padded
+
+    def padded(self: Any, part: Any) -> Any:  # only a partial write pads
+        held.set()
+        assert release.wait(10), "the test never released the partial write"
+        return real_padded(self, part)
+
+    fsynced: list[str] = []
+    real_fsync = _zarrio._fsync_fd_of
+
+    def fsync_of(path: Any, directory: bool = False) -> None:
+        fsynced.append(Path(path).name)
+        real_fsync(path, directory)
+
+    monkeypatch.setattr(_zarrio.BlockTarget, "padded", padded)
+    monkeypatch.setattr(_zarrio, "_fsync_fd_of", fsync_of)
+    partial = await writer.submit(target, 0, rows[:1].copy(), whole=False)
+    assert await asyncio.to_thread(held.wait, 10)
+    whole = await writer.submit(target, 0, rows)
+    await asyncio.wait_for(whole, 10)
+    chunk = target.path(0)
+    want = bytes(_zarrio.encode_block(target.pipeline, target.spec, rows))
+    assert chunk.read_bytes() == want
+    assert any(n.startswith("0.") and n.endswith(".partial") for n in fsynced), fsynced
+    release.set()
+    await asyncio.wait_for(partial, 10)
+    await writer.drain()
+    assert chunk.read_bytes() == want  # the whole chunk stands
+    assert writer._landings.running() == 0
+    assert not [p for p in chunk.parent.iterdir() if _zarrio.is_leftover(p.name)]
+    await store.close()
+
+
+async def test_a_background_commit_takes_its_partial_chunks_place_in_line_when_it_starts(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A compressed store's commit in the background takes chunk 1 partly
+    filled (frame 4) when it starts, but writes it only after waiting for the
+    writes in flight; meanwhile the appends fill chunk 1 and write it whole. The
+    whole chunk must be what stays: the partial write's place in line is the
+    moment the commit started, not the moment it was submitted."""
+    import asyncio
+
+    loc = tmp_path / "s"
+    frames = _fixed(13)
+    store = await _open_fixed(loc, commit_every=5, zstd=True)
+    gate, held = asyncio.Event(), asyncio.Event()
+    real_drain = _zarrio.BlockWriter.drain
+
+    async def drain(self: Any, **kw: Any) -> None:
+        held.set()
+        await gate.wait()
+        await real_drain(self, **kw)
+
+    monkeypatch.setattr(_zarrio.BlockWriter, "drain", drain)
+    for f in frames[:5]:
+        await store.append(Batch([f]))
+    assert store.background
+    await asyncio.wait_for(held.wait(), 10)  # the commit waits in its first drain
+    for f in frames[5:8]:  # chunk 1 fills: its whole write goes out now
+        await store.append(Batch([f]))
+    chunk = loc / "x" / "c" / "1" / "0" / "0"
+    writer = store._io.writer
+    assert writer is not None
+    for _ in range(1000):  # until the appends' writes landed
+        if chunk.exists() and all(f.done() for f in writer._inflight):
+            break
+        await asyncio.sleep(0.01)
+    assert chunk.exists()
+    gate.set()
+    running = store._background
+    assert running is not None
+    await asyncio.wait_for(running, 10)
+    _check_fixed(loc, frames[:5])
+    await store.commit()
+    _check_fixed(loc, frames[:8])  # the whole chunk 1 stands
+    for f in frames[8:]:
+        await store.append(Batch([f]))
     await store.close()
     _check_fixed(loc, frames)

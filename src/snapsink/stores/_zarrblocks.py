@@ -22,7 +22,7 @@ import numpy as np
 from zarr.core.buffer import default_buffer_prototype
 
 from ._zarrcolumns import Column, Run
-from ._zarrio import INLINE_ROWS, BlockWriter, first_error, replace_durably
+from ._zarrio import INLINE_ROWS, BlockWriter, Ticket, first_error, replace_durably
 from ._zarrobject import Inflight
 from ._zarrplan import Block, RowBuffer, grow_capacity
 
@@ -44,6 +44,11 @@ async def _gather(aws: Sequence[Awaitable[None]]) -> None:
     errors = [r for r in results if isinstance(r, BaseException)]
     if errors:
         raise first_error(errors)
+
+
+#: a column's partly filled last block: ``(column, its first row, the rows, its
+#: write's place in line on a local directory)``
+Partial = tuple[Column, int, np.ndarray[Any, Any], Ticket | None]
 
 
 def _nbytes(run: Run) -> int:
@@ -152,44 +157,62 @@ class BlockIO:
                     col.array.setitem(slice(start + k, start + k + len(block)), block)
                 )
 
-    async def flush(self, columns: Iterable[Column]) -> None:
+    def partials(self, columns: Iterable[Column], *, copy: bool = False) -> list[Partial]:
+        """Each column's partly filled last block, if it changed since last
+        written: what a commit starting now writes, marked written now (rows
+        pushed later are the next commit's) and, on a local directory, with its
+        place in line taken now (see ``_zarrio.Landings``: the appends going on
+        meanwhile may write the same block whole, and that write must land
+        last). ``copy``: copies of the rows, for a commit in the background
+        (those appends refill the buffers)."""
+        parts: list[Partial] = []
+        for col in columns:
+            part = col.buf.partial()
+            if part is None:
+                continue
+            start, rows = part
+            ticket = None
+            if self.writer is not None:
+                assert col.target is not None
+                ticket = self.writer.claim(col.target, start // col.plan.block)
+            parts.append((col, start, rows.copy() if copy else rows, ticket))
+            col.buf.mark_written()
+        return parts
+
+    async def flush(self, columns: Iterable[Column], parts: list[Partial] | None = None) -> None:
         """The data half of a commit: wait for every write, write each column's
-        partly filled last block, and make it all durable (fsync, on a local
-        directory) before the store writes the metadata that names the rows."""
+        partly filled last block (``parts``, from :meth:`partials`; default:
+        taken now), and make it all durable (fsync, on a local directory)
+        before the store writes the metadata that names the rows."""
+        if parts is None:
+            parts = self.partials(columns)
         if self.writer is not None:
             await self.writer.drain()
         else:
             await self.inflight.drain()  # every chunk PUT before the metadata PUT
-        parts: list[tuple[Column, int, np.ndarray[Any, Any]]] = []
-        for col in columns:
-            part = col.buf.partial()
-            if part is not None:
-                parts.append((col, *part))
         if parts:
             await self._write_partials(parts)
         if self.writer is not None:
             await asyncio.to_thread(self.writer.sync)
 
-    async def _write_partials(self, parts: list[tuple[Column, int, np.ndarray[Any, Any]]]) -> None:
+    async def _write_partials(self, parts: list[Partial]) -> None:
         """Write each column's partly filled last block (padded with the fill value)."""
-        for col, start, rows in parts:
+        for col, start, rows, _ in parts:
             await self._grow(col, start + len(rows))
         if self.writer is None:
             await self.inflight.drain()  # a full block of the same chunk may be in flight
             await _gather(
                 [
                     col.array.setitem(slice(start, start + len(rows)), rows.copy())
-                    for col, start, rows in parts
+                    for col, start, rows, _ in parts
                 ]
             )
         else:
-            for col, start, rows in parts:
+            for col, start, rows, ticket in parts:
                 assert col.target is not None
                 index = start // col.plan.block
-                await self.writer.submit(col.target, index, rows, whole=False)
+                await self.writer.submit(col.target, index, rows, whole=False, ticket=ticket)
             await self.writer.drain()
-        for col, _, _ in parts:
-            col.buf.mark_written()
 
     # -- the arrays' shapes ---------------------------------------------------------
     async def _grow(self, col: Column, stop: int) -> None:

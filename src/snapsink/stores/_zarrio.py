@@ -51,7 +51,7 @@ import sys
 import threading
 import uuid
 from collections import deque
-from collections.abc import Iterable, Iterator, Sequence
+from collections.abc import Callable, Iterable, Iterator, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -75,6 +75,8 @@ __all__ = [
     "BlockTarget",
     "BlockWriter",
     "DurableLocalStore",
+    "Landings",
+    "Ticket",
     "encode_block",
     "first_error",
     "is_leftover",
@@ -89,6 +91,9 @@ __all__ = [
 #: Temporary files: ours (``<name>.<uuid hex>.partial``) and zarr LocalStore's
 #: (``<stem>.<uuid hex>.partial``, e.g. ``zarr.<hex>.partial``) look alike.
 _LEFTOVER = re.compile(r"\.[0-9a-f]{32}\.partial$")
+#: moves a written temporary file to its path (default ``os.replace``; a block
+#: writer's keeps the writes of a chunk in order, see :class:`Landings`)
+Rename = Callable[[Path, Path], None]
 _PAGE = os.sysconf("SC_PAGE_SIZE") if hasattr(os, "sysconf") else 4096
 
 
@@ -141,14 +146,21 @@ def whole_pages(offset: int, length: int, page: int = _PAGE) -> tuple[int, int]:
 
 
 def write_file(
-    path: Path, data: memoryview, *, sync: bool | None = None, size: int | None = None
+    path: Path,
+    data: memoryview,
+    *,
+    sync: bool | None = None,
+    size: int | None = None,
+    rename: Rename | None = None,
 ) -> bool:
     """Write ``data`` to ``path`` through a temporary file renamed into place.
 
     ``sync=None``: fsync before the rename only when ``path`` exists (the
     rename replaces committed data); ``True``/``False`` force it either way.
     ``size``: extend the file to ``size`` bytes after the data (a hole, which
-    reads as zeros and takes no disk space).
+    reads as zeros and takes no disk space). ``rename(tmp, path)``: what moves
+    the file into place (the block writer's puts writes of one chunk in order,
+    see :class:`Landings`).
     Returns whether the file was fsynced (else it is the caller's to sync).
     """
     if sync is None:
@@ -167,18 +179,26 @@ def write_file(
     except BaseException:
         _unlink_quietly(tmp)
         raise
-    _place(tmp, path, sync=sync, exclusive=False)
+    _place(tmp, path, sync=sync, exclusive=False, rename=rename)
     return sync
 
 
-def write_file_direct(path: Path, buf: np.ndarray[Any, Any], length: int) -> bool | None:
-    """:func:`write_file` (``sync=None``) of the first ``length`` bytes of
+def write_file_direct(
+    path: Path,
+    buf: np.ndarray[Any, Any],
+    length: int,
+    *,
+    sync: bool | None = None,
+    rename: Rename | None = None,
+) -> bool | None:
+    """:func:`write_file` (same ``sync`` and ``rename``) of the first ``length`` bytes of
     ``buf``, a page-aligned buffer of at least ``length`` rounded up to a page,
     written with ``O_DIRECT`` (the page cache skipped: no copy into it, about
     0.15 CPU-seconds per second of disk time against 0.5-1 buffered) and cut
     back to ``length``. None when the file system refuses direct I/O (nothing
     is left behind: the caller writes the file buffered)."""
-    sync = os.path.lexists(path)
+    if sync is None:
+        sync = os.path.lexists(path)
     tmp = _tmp_path(path)
     flags = os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_CLOEXEC | os.O_DIRECT
     try:
@@ -203,7 +223,7 @@ def write_file_direct(path: Path, buf: np.ndarray[Any, Any], length: int) -> boo
     except BaseException:
         _unlink_quietly(tmp)
         raise
-    _place(tmp, path, sync=sync, exclusive=False)
+    _place(tmp, path, sync=sync, exclusive=False, rename=rename)
     return sync
 
 
@@ -262,15 +282,18 @@ def _unlink_quietly(path: Path) -> None:
         pass
 
 
-def _place(tmp: Path, path: Path, *, sync: bool, exclusive: bool) -> bool:
+def _place(
+    tmp: Path, path: Path, *, sync: bool, exclusive: bool, rename: Rename | None = None
+) -> bool:
     """Move the written temporary file ``tmp`` to ``path`` (fsynced first when
-    ``sync``); ``exclusive``: never replace an existing ``path`` (returns False,
-    tmp removed). The one rename of every temporary file of this module."""
+    ``sync``) with ``rename``; ``exclusive``: never replace an existing ``path``
+    (returns False, tmp removed). The one rename of every temporary file of
+    this module."""
     try:
         if sync:
             _fsync_fd_of(tmp)
         if not exclusive:
-            os.replace(tmp, path)
+            (rename or os.replace)(tmp, path)
             return True
         try:
             os.link(tmp, path)
@@ -522,6 +545,67 @@ INLINE_ROWS = 64 << 10
 EARLY_WRITEBACK = 1 << 20
 
 
+@dataclass(frozen=True, slots=True)
+class Ticket:
+    """A block write's place in line (:meth:`BlockWriter.claim`)."""
+
+    path: Path
+    number: int
+    #: an earlier write of ``path`` was still running when it was claimed
+    replaces: bool
+
+
+class Landings:
+    """The renames of a block writer's chunk files, in the order their writes
+    were submitted, chunk by chunk.
+
+    A chunk may be written again while an earlier write of it still runs: a
+    commit in the background writes a partly filled chunk, and the appends that
+    go on meanwhile write the same chunk whole once it fills. Each later write
+    holds every row of the earlier one, so the one left in place must be the
+    last one submitted: each write takes a ticket when it is submitted
+    (:meth:`claim`), and one that would land after a later write of its chunk
+    is dropped instead (:meth:`land`). Called under the block writer's lock.
+    """
+
+    def __init__(self) -> None:
+        self._next = 0
+        #: path -> [its writes not landed yet, the last ticket landed]; a path
+        #: leaves once none runs (a failed write leaves it: the store fails)
+        self._paths: dict[Path, list[int]] = {}
+
+    def claim(self, path: Path) -> tuple[int, bool]:
+        """A ticket for a write of ``path`` submitted now, and whether an earlier
+        write of ``path`` still runs (then this one replaces a file a commit may
+        name: it is fsynced before its rename)."""
+        ticket = self._next
+        self._next += 1
+        entry = self._paths.get(path)
+        if entry is None:
+            self._paths[path] = [1, -1]
+            return ticket, False
+        entry[0] += 1
+        return ticket, True
+
+    def land(self, tmp: Path, path: Path, ticket: int) -> bool:
+        """Rename ``tmp`` to ``path``, unless a later write of ``path`` has
+        landed already (then ``tmp`` is removed); whether it was renamed."""
+        entry = self._paths[path]
+        entry[0] -= 1
+        if not entry[0]:
+            del self._paths[path]
+        if entry[1] > ticket:
+            os.unlink(tmp)
+            return False
+        os.replace(tmp, path)
+        entry[1] = ticket
+        return True
+
+    def running(self) -> int:
+        """Chunk files with a write not landed yet (for tests)."""
+        return len(self._paths)
+
+
 class BlockWriter:
     """Encodes and writes blocks of local zarr arrays in a bounded thread pool.
 
@@ -568,6 +652,8 @@ class BlockWriter:
         self._io_pool: concurrent.futures.ThreadPoolExecutor | None = None
         self._io_inflight: deque[concurrent.futures.Future[None]] = deque()
         self._staging = StagingBuffers(self.workers + 1)
+        #: whole-block files land in the order they were submitted
+        self._landings = Landings()
 
     # -- jobs (worker threads) ----------------------------------------------------------
     def _ensure_dir(self, d: Path) -> None:
@@ -588,33 +674,47 @@ class BlockWriter:
         self._known_dirs.add(d)
 
     def _job(
-        self, target: BlockTarget, index: int, rows: np.ndarray[Any, Any], whole: bool
+        self, target: BlockTarget, ticket: Ticket, rows: np.ndarray[Any, Any], whole: bool
     ) -> None:
-        path = target.path(index)
+        path = ticket.path
+        # fsync before the rename when the file replaces one a commit may name:
+        # there already, or an earlier write of it still running (see Landings)
+        sync = ticket.replaces or os.path.lexists(path)
+        land = self._landing(ticket.number, sync)
         if not whole and target.raw:
             # the rows, then a hole up to the chunk's size (zeros, the fill
             # value): a short run's partly filled chunk takes only its rows on disk
             data = np.ascontiguousarray(rows).reshape(-1).view(np.uint8).data
             self._ensure_dir(path.parent)
-            synced = write_file(path, data, size=target.row_nbytes * target.shape[0])
-        else:
-            block = rows if whole else target.padded(rows)
-            data = encode_block(target.pipeline, target.spec, block)
-            self._ensure_dir(path.parent)
-            if self._direct_blocks and data.nbytes >= DIRECT_MIN_BYTES:
-                buf = self._staging.take(data.nbytes)
-                if buf is not None:
-                    buf[: data.nbytes] = np.frombuffer(data, np.uint8)
-                    self._hand_to_io(path, buf, data.nbytes)
-                    return
-            synced = write_file(path, data)
-        self._written(path, synced)
+            write_file(
+                path, data, sync=sync, size=target.row_nbytes * target.shape[0], rename=land
+            )
+            return
+        block = rows if whole else target.padded(rows)
+        data = encode_block(target.pipeline, target.spec, block)
+        self._ensure_dir(path.parent)
+        if self._direct_blocks and data.nbytes >= DIRECT_MIN_BYTES:
+            buf = self._staging.take(data.nbytes)
+            if buf is not None:
+                buf[: data.nbytes] = np.frombuffer(data, np.uint8)
+                self._hand_to_io(path, buf, data.nbytes, sync, land)
+                return
+        write_file(path, data, sync=sync, rename=land)
 
-    def _written(self, path: Path, synced: bool) -> None:
-        with self._fd_lock:
-            if not synced:
-                self._unsynced.add(path)
-            self._dirs.add(path.parent)
+    def _landing(self, ticket: int, synced: bool) -> Rename:
+        """The rename of the write ``ticket`` (see :class:`Landings`); once
+        renamed, its file (unless ``synced``) and its directory are left to the
+        next :meth:`sync`, in the same step: a commit that waited for a write
+        dropped for a later one then syncs that later one."""
+
+        def land(tmp: Path, path: Path) -> None:
+            with self._fd_lock:
+                if self._landings.land(tmp, path, ticket):
+                    if not synced:
+                        self._unsynced.add(path)
+                    self._dirs.add(path.parent)
+
+        return land
 
     # Encoded blocks, written direct by the I/O thread. Measured on the 2-core VM
     # (ext4, zstd level 1, 8 MiB chunks): buffered, a worker's write of the
@@ -622,7 +722,9 @@ class BlockWriter:
     # the core an encoder needed), and a direct write in the worker itself waits
     # for the disk instead of encoding (tried: 10-15% slower); handed to an I/O
     # thread, the workers encode while the disk writes.
-    def _hand_to_io(self, path: Path, buf: np.ndarray[Any, Any], n: int) -> None:
+    def _hand_to_io(
+        self, path: Path, buf: np.ndarray[Any, Any], n: int, sync: bool, land: Rename
+    ) -> None:
         with self._fd_lock:
             stopped = self._staging.stopped
             if not stopped and self._io_pool is None:
@@ -632,21 +734,26 @@ class BlockWriter:
             if not stopped:
                 assert self._io_pool is not None
                 try:
-                    fut = self._io_pool.submit(self._write_encoded, path, buf, n)
+                    fut = self._io_pool.submit(self._write_encoded, path, buf, n, sync, land)
                 except BaseException:
                     self._staging.give(buf)
                     raise
                 self._io_inflight.append(fut)
         if stopped:  # a job that outlived shutdown(): no thread is started again
-            self._write_encoded(path, buf, n)
+            self._write_encoded(path, buf, n, sync, land)
 
-    def _write_encoded(self, path: Path, buf: np.ndarray[Any, Any], n: int) -> None:
+    def _write_encoded(
+        self, path: Path, buf: np.ndarray[Any, Any], n: int, sync: bool, land: Rename
+    ) -> None:
         try:
-            synced = write_file_direct(path, buf, n) if self._direct_blocks else None
-            if synced is None:
+            done = (
+                write_file_direct(path, buf, n, sync=sync, rename=land)
+                if self._direct_blocks
+                else None
+            )
+            if done is None:
                 self._direct_blocks = False  # this file system: buffered from now on
-                synced = write_file(path, buf[:n].data)
-            self._written(path, synced)
+                write_file(path, buf[:n].data, sync=sync, rename=land)
         finally:
             self._staging.give(buf)
 
@@ -733,14 +840,33 @@ class BlockWriter:
             errors, self._errors = self._errors, []
             raise first_error(errors)
 
+    def claim(self, target: BlockTarget, index: int) -> Ticket:
+        """The place in line of a write of block ``index`` of ``target`` made
+        now: a write submitted with it lands as if submitted now (a commit in
+        the background takes the partly filled blocks it will write when it
+        starts, and submits them after the appends that go on meanwhile)."""
+        path = target.path(index)
+        with self._fd_lock:
+            return Ticket(path, *self._landings.claim(path))
+
     async def submit(
-        self, target: BlockTarget, index: int, rows: np.ndarray[Any, Any], *, whole: bool = True
+        self,
+        target: BlockTarget,
+        index: int,
+        rows: np.ndarray[Any, Any],
+        *,
+        whole: bool = True,
+        ticket: Ticket | None = None,
     ) -> asyncio.Future[None]:
-        """Start writing ``rows`` as block ``index`` of ``target`` (padded unless ``whole``).
+        """Start writing ``rows`` as block ``index`` of ``target`` (padded unless
+        ``whole``), in its place in line (``ticket``, from :meth:`claim`;
+        default: now).
 
         ``rows`` must stay untouched until the returned future is done.
         """
-        return await self._start(self._job, target, index, rows, whole)
+        if ticket is None:
+            ticket = self.claim(target, index)
+        return await self._start(self._job, target, ticket, rows, whole)
 
     async def submit_rows(
         self,

@@ -47,7 +47,7 @@ from .._schema import Batch, Schema
 from .._store import Resume, StoreSpec
 from ._common import check_attrs, check_mode, check_static, merge_metadata
 from ._lock import StoreLock
-from ._zarrblocks import BlockIO
+from ._zarrblocks import BlockIO, Partial
 from ._zarrclaim import check_not_removed, claim_group_dir, local_store
 from ._zarrcolumns import Column, blocks_of
 from ._zarrgroup import (
@@ -490,9 +490,8 @@ class ZarrStore:
         """Buffer ``batch`` and write every block it fills; commit when due.
 
         A commit due here (``commit_every``, ``commit_seconds``) runs in the
-        background on a local directory whose arrays are all written in place
-        (uncompressed, unsharded, no ragged field: nothing is buffered), while
-        the next batches are appended: see :meth:`_start_background_commit`.
+        background on a local directory, while the next batches are appended:
+        see :meth:`_start_background_commit`.
         """
         self._check_usable()
         if self._background is not None and self._background.done():
@@ -528,7 +527,7 @@ class ZarrStore:
         self._check_usable()
         await self._settle()
         try:
-            await self._commit_steps(*self._snapshot())
+            await self._commit_steps(*self._snapshot(background=False))
         except BaseException:
             self._state = "failed"
             raise
@@ -575,15 +574,12 @@ class ZarrStore:
 
     def _in_background(self) -> bool:
         """Whether commits due in ``append`` may run in the background: a local
-        directory whose every array takes its rows in place, so that no partly
-        filled block is buffered (a commit would write it, and a later full
-        block of the same chunk could then race it); one writer per group (a
-        many-rank store's commits are collectives)."""
+        directory (whose block writer lands the writes of one chunk in the order
+        they were made: a partly filled block a commit writes never replaces
+        the whole block appended after it, see ``_zarrio.Landings``); one writer
+        per group (a many-rank store's commits are collectives)."""
         return (
-            self._root is not None
-            and type(self)._commits_in_background
-            and bool(self._columns)
-            and all(col.direct is not None for col in self._columns.values())
+            self._root is not None and type(self)._commits_in_background and bool(self._columns)
         )
 
     #: a subclass whose commits must run where they are called sets this False
@@ -599,24 +595,31 @@ class ZarrStore:
         any moment leaves the last commit or this one, never a mix.
         """
         self._last_commit = time.monotonic()
-        self._background = asyncio.ensure_future(self._commit_steps(*self._snapshot()))
+        self._background = asyncio.ensure_future(
+            self._commit_steps(*self._snapshot(background=True))
+        )
 
-    def _snapshot(self) -> tuple[int, dict[str, int], dict[str, Any]]:
+    def _snapshot(
+        self, *, background: bool
+    ) -> tuple[int, dict[str, int], dict[str, Any], list[Partial]]:
         """What a commit starting now names: every frame appended, each array's
-        length, and the group's attributes with that count; marks it started."""
+        length, the group's attributes with that count, and each array's partly
+        filled last block (copied for a commit in the ``background``); marks it
+        started."""
         count = self._commit_target = self._frames
         lengths = {name: col.length for name, col in self._columns.items()}
         attrs = self._attributes()
         attrs[META_KEY] = {**attrs[META_KEY], "count": count}
-        return count, lengths, attrs
+        parts = self._io.partials(self._columns.values(), copy=background)
+        return count, lengths, attrs, parts
 
     async def _commit_steps(
-        self, count: int, lengths: dict[str, int], attrs: dict[str, Any]
+        self, count: int, lengths: dict[str, int], attrs: dict[str, Any], parts: list[Partial]
     ) -> None:
         """A commit's steps for a :meth:`_snapshot`, in the commit-last order:
         rows (and partial blocks) durable, arrays shown at the count, then the
         attributes naming it. Run by :meth:`commit`, or in the background."""
-        await self._io.flush(self._columns.values())
+        await self._io.flush(self._columns.values(), parts)
         if self._root is not None:
             await asyncio.to_thread(check_not_removed, self._root, self._path, repr(self))
         if isinstance(self._store, DurableLocalStore) and self._store.has_deferred:
