@@ -56,7 +56,7 @@ SCHEMA = snapsink.Schema(
 
 
 #: ``zarr-inplace``: a ZarrStore whose arrays are all written in place (no ragged
-#: field), so that its periodic commits run in the background
+#: field): its periodic commits buffer nothing
 SCHEMA_INPLACE = snapsink.Schema({"x": SCHEMA["x"], "e": SCHEMA["e"]})
 
 

@@ -273,9 +273,11 @@ def run_kills(
 SEEDS = {
     ("npy", "block"): 1,
     ("npy", "spill"): 2,
+    # a ragged field: its partly filled blocks go out with each commit, which
+    # runs in the background while whole blocks of the same chunks are appended
     ("zarr", "block"): 3,
     ("zarr", "spill"): 4,
-    # every array in place: its periodic commits run in the background
+    # every array in place: nothing buffered
     ("zarr-inplace", "block"): 5,
     ("zarr-inplace", "spill"): 6,
     # 2 MiB encoded chunks, written direct by the store's I/O thread

@@ -511,7 +511,7 @@ async def test_periodic_commit(tmp_path: Path) -> None:
     seen = []
     for s in range(12):
         await store.append(Batch([Frame(s, None, {"e": np.float64(s)})]))
-        # the commit falling due runs in the background (every array in place):
+        # the commit falling due runs in the background (a local directory):
         # let it end before looking
         await store.settle()
         seen.append(len(open_zarr(loc)))

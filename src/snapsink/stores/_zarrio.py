@@ -23,7 +23,10 @@ decodes, byte for byte zarr's at the same libzstd version, see
   whole) is fsynced *before* the rename, so committed rows are never behind a
   rename that a power cut could undo (issue 11, item 6); a new file is fsynced
   at the next commit, with every directory whose entries changed, before the
-  metadata that names its rows is written (commit-last).
+  metadata that names its rows is written (commit-last). The files of one
+  chunk are renamed in the order their writes were decided (:class:`Landings`):
+  a commit in the background writes a partly filled chunk while the appends
+  may write it whole, and the whole one must stay.
 - rows of an uncompressed, unsharded array (zarr's ``bytes`` codec alone, the
   native byte order, a zero fill value: the chunk file *is* the rows' memory)
   skip the chunk buffer: they go from the frames straight into their chunk file
