@@ -680,3 +680,46 @@ async def test_a_background_commit_takes_its_partial_chunks_place_in_line_when_i
         await store.append(Batch([f]))
     await store.close()
     _check_fixed(loc, frames)
+
+
+@pytest.mark.parametrize(
+    "layout",
+    [{"compressors": "zstd"}, {"compressors": "zstd", "shard_frames": 8}, {}],
+    ids=["zstd", "zstd-sharded", "in-place"],
+)
+async def test_background_commits_under_a_stream_of_batches_keep_every_frame(
+    tmp_path: Path, layout: dict[str, Any]
+) -> None:
+    """Commits due every 3 frames run in the background while batches of 1 to
+    6 frames keep coming (partly filled chunks and shards, a ragged field),
+    and the writer sometimes settles them, for a moment or until they ended:
+    each time a commit ends, readers see exactly the frames it named, and the
+    closed store holds every frame, bit-exact."""
+    loc = tmp_path / "s"
+    kw: dict[str, Any] = dict(layout)
+    if kw.get("compressors") == "zstd":
+        kw["compressors"] = zarr.codecs.ZstdCodec(level=1)
+    store = ZarrStore(loc, chunk_frames=4, commit_every=3, commit_seconds=None, **kw)
+    await store.open()
+    await store.prepare(SCHEMA, times=True)
+    frames = _frames(90, seed=11)
+    rng = np.random.default_rng(4)
+    i, backgrounds, seen, n = 0, 0, {0}, 0
+    while i < len(frames):
+        k = int(rng.integers(1, 7))
+        await store.append(Batch(frames[i : i + k]))
+        i, n = i + k, n + 1
+        backgrounds += store.background
+        if n % 6 == 0:
+            await store.settle()  # the commit running ends (and the one due)
+        elif rng.random() < 0.5:
+            await store.settle(0.01)  # what an idle writer calls: a commit may end
+        count = store._meta.count
+        if count not in seen:  # a commit ended: what it named is what is there
+            seen.add(count)
+            traj = open_zarr(loc)
+            assert len(traj) == count
+            assert _bits(traj["x"][:]) == _bits(np.stack([f.fields["x"] for f in frames[:count]]))
+    assert backgrounds > 10 and len(seen) >= 5, (backgrounds, seen)
+    await store.close()
+    _check_every_reader(loc, frames)
