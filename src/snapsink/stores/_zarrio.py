@@ -333,13 +333,20 @@ class _Zstd:
     The same format: a zstd frame of the codec's level, with the content size in
     its header (numcodecs' decoder, which zarr reads with, needs it) and a
     checksum when the codec asks for one; zarr and every zstd reader decode it.
-    Why: measured side by side in the same rounds (``benchmarks/throughput.py``
-    runs the store with each encoder), a ZarrStore with zstd level 1 writes
-    1.06-1.17x as fast with it at 2 and 16 MiB frames (2 cores, disk and
-    tmpfs). The one-core rates alone are data-dependent: 1.2-1.4x numcodecs'
-    on random float32, 0.86-0.88x on the benchmark's smooth frames (where the
-    store still gained). It releases the GIL as numcodecs does. A compressor
-    is not thread-safe: each worker thread keeps its own.
+    Why: its speed does not depend on the allocator's state. numcodecs'
+    encoder takes a fresh output buffer per chunk, which glibc's default
+    settings map and fault in anew for a chunk of megabytes (240,595 page
+    faults per GiB in the writer at 8 MiB chunks, against 16,935). Measured on the
+    2-core VM, a SyncSink storing 1 GiB of the benchmark's smooth frames, 3-4
+    interleaved runs each: with glibc's defaults (what a user runs),
+    1,179-1,281 MB/s against 1,088-1,100 at 2 MiB frames and 1,318-1,346
+    against 1,133-1,147 at 16 MiB; with the allocator pinned as the
+    benchmarks pin it (``MALLOC_MMAP_THRESHOLD_``), numcodecs is ahead,
+    1,246-1,392 against 1,244-1,284 MB/s at 2 MiB and 1,310-1,457 against
+    1,269-1,352 at 16 MiB (its build is 1.1x as fast on one core on these
+    frames; on random float32, python-zstandard is 1.2-1.4x as fast). It
+    releases the GIL as numcodecs does. A compressor is not thread-safe: each
+    worker thread keeps its own.
     """
 
     def __init__(self) -> None:
