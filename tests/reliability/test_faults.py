@@ -23,6 +23,7 @@ from typing import Any
 
 import numpy as np
 import pytest
+import zarr.codecs
 import zarr.storage._local as zarr_local
 from _check import assert_prefix
 from _writer import SCHEMA, frame_for, step_of, time_of
@@ -114,6 +115,8 @@ def make_store(kind: str, path: Path, **kw: Any) -> Any:
         return snapsink.HDF5Store(path, chunk_frames=4, commit_every=ce, **kw)
     if kind == "npy":
         return snapsink.NpyDirectory(path, commit_every=kw.pop("commit_every", 3), **kw)
+    if kind == "zarr-zstd":
+        kw["compressors"] = zarr.codecs.ZstdCodec(level=1)
     return snapsink.ZarrStore(path, chunk_frames=4, commit_every=kw.pop("commit_every", 3), **kw)
 
 
@@ -159,6 +162,8 @@ CASES = [
     ("zarr", "zarr_put", errno.ENOSPC),
     ("zarr", "zarr_put", errno.EIO),
     ("zarr", "fsync", errno.EIO),
+    # compressed: partly filled chunks written by commits in the background
+    ("zarr-zstd", "fsync", errno.EIO),
     # HDF5 writes through its own C library: the fault is injected at the
     # store's fsync (a real full disk: the tmpfs test below)
     ("hdf5", "fsync", errno.EIO),
@@ -198,7 +203,7 @@ async def append_more(kind: str, path: Path, start: int, count: int) -> None:
             await sink.write(frame_for(s), step=s, time=time_of(s))
 
 
-@pytest.mark.parametrize("kind", ["npy", "zarr", "hdf5"])
+@pytest.mark.parametrize("kind", ["npy", "zarr", "zarr-zstd", "hdf5"])
 async def test_failed_sync_is_never_followed_by_a_commit(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch, kind: str
 ) -> None:
