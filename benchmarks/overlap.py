@@ -46,6 +46,7 @@ import argparse
 import json
 import math
 import os
+import resource
 import shutil
 import statistics
 import sys
@@ -172,18 +173,29 @@ def _check_room(where: Path, frames: int, frame_bytes: int) -> None:
         )
 
 
+def _preemptions() -> int:
+    """Times this thread was preempted so far (Linux; 0 elsewhere): another task
+    took its core, an interrupt's work included."""
+    if not hasattr(resource, "RUSAGE_THREAD"):  # pragma: no cover - not Linux
+        return 0
+    return resource.getrusage(resource.RUSAGE_THREAD).ru_nivcsw
+
+
 def child_compute(spec: Mapping[str, Any]) -> dict[str, Any]:
     """The loop with no I/O; a bare copy of each frame, timed apart (the capture floor)."""
     c, u = _make_compute(spec), _field(spec["side"])
     buf = np.empty_like(u)
     side, frames = spec["side"], spec["frames"]
     steps: list[float] = []
+    cpu = 0.0
     capture = 0.0
+    p0 = _preemptions()
     t0 = time.perf_counter()
     for i in range(frames):
-        s0 = time.perf_counter()
+        s0, c0 = time.perf_counter(), time.thread_time()
         e = c.step()
         s1 = time.perf_counter()
+        cpu += time.thread_time() - c0
         steps.append(s1 - s0)
         u[i % side, 0] = e
         c0 = time.perf_counter()
@@ -195,6 +207,8 @@ def child_compute(spec: Mapping[str, Any]) -> dict[str, Any]:
         "capture": capture,
         "t_compute": t_loop - capture,
         "step_mean": statistics.mean(steps),
+        "step_cpu_mean": cpu / frames,
+        "preempted_per_s": (_preemptions() - p0) / t_loop,
     }
 
 
@@ -243,12 +257,14 @@ def child_sink(spec: Mapping[str, Any]) -> dict[str, Any]:
     path = Path(spec["dir"]) / "sink"
     requested = spec["writer"]
     steps: list[float] = []
-    acc = {"t_write": 0.0, "t_open": 0.0}
+    acc = {"t_write": 0.0, "t_open": 0.0, "cpu": 0.0}
+    p0 = _preemptions()
 
     def one(i: int) -> dict[str, Any]:
-        s0 = time.perf_counter()
+        s0, c0 = time.perf_counter(), time.thread_time()
         e = c.step()
         steps.append(time.perf_counter() - s0)
+        acc["cpu"] += time.thread_time() - c0
         u[i % side, 0] = e
         return {"u": u, "e": np.float64(e)}
 
@@ -297,6 +313,8 @@ def child_sink(spec: Mapping[str, Any]) -> dict[str, Any]:
         "t_write": acc["t_write"],
         "t_close": t_end - t_last,
         "step_mean": statistics.mean(steps),
+        "step_cpu_mean": acc["cpu"] / frames,
+        "preempted_per_s": (_preemptions() - p0) / (t_end - t0),
         "writer": writer[0],
         "writer_how": writer[1],
         "written": stats.written,
@@ -487,6 +505,14 @@ def _row(
         "t_close": best["t_close"],
         "t_in_write": best["t_write"],
         "compute_slowdown": min(r["step_mean"] for r in runs) / step_alone,
+        # the same in CPU time: what is left once preemption is taken out (the
+        # caches and memory the writer shares with the simulation)
+        "compute_cpu_slowdown": min(r["step_cpu_mean"] for r in runs)
+        / min(r["step_cpu_mean"] for r in comp),
+        # the simulation's thread preempted per second (a core's interrupts
+        # included): in the best run, and alone
+        "preempted_per_s": best["preempted_per_s"],
+        "preempted_per_s_alone": min(r["preempted_per_s"] for r in comp),
         "written": best["written"],
         "dropped": best["dropped"],
         "spilled": best["spilled"],
@@ -539,7 +565,7 @@ def print_table(r: dict[str, Any]) -> None:
     head = (
         f"{'kind':<12}{'store':<13}{'api':<6}{'writer':<8}{'T_comp':>7}{'T_io':>7}{'T_mm':>7}"
         f"{'T_total':>8}{'eta':>7}{'floor':>7}{'best':>6}{'eta_lp':>7}{'/mm':>7}{'open':>6}"
-        f"{'write':>6}{'close':>6}{'slowdn':>7}"
+        f"{'write':>6}{'close':>6}{'slowdn':>7}{'cpu_sl':>7}{'pre/s':>7}"
     )
     print(head)
     print("-" * len(head))
@@ -550,7 +576,8 @@ def print_table(r: dict[str, Any]) -> None:
             f"{x['t_total']:>8.2f}{x['eta']:>6.2f}{_mark(x['meets_eta'])}{x['eta_floor']:>7.2f}"
             f"{x['eta_best']:>6.2f}{x['eta_loop']:>7.2f}{x['loop_vs_memmap']:>6.2f}{_mark(x['meets_loop_vs_memmap'])}"
             f"{x['t_open']:>6.2f}{x['t_in_write']:>6.2f}{x['t_close']:>6.2f}"
-            f"{x['compute_slowdown']:>7.2f}"
+            f"{x['compute_slowdown']:>7.2f}{x['compute_cpu_slowdown']:>7.2f}"
+            f"{x['preempted_per_s']:>7.0f}"
         )
     print(
         "eta = (T_compute + T_io - T_total) / T_io; floor = 1 - capture / T_io (capture: a bare "
@@ -559,7 +586,9 @@ def print_table(r: dict[str, Any]) -> None:
         "T_io); eta_lp: eta without the sink's open and close; /mm: T_total over the "
         "synchronous memmap loop's T_mm; open, write, close: seconds creating and entering the "
         "sink, inside write() calls, and closing it; slowdn: compute step time with the sink / "
-        "alone"
+        "alone; cpu_sl: the same in the thread's CPU time (preemption taken out); pre/s: the "
+        "simulation's thread preempted per second in that run (another task or a core's "
+        "interrupt work took its core)"
     )
     n_eta = sum(x["meets_eta"] for x in r["rows"])
     n_mm = sum(x["meets_loop_vs_memmap"] for x in r["rows"])

@@ -216,6 +216,7 @@ def overlap(d: dict[str, Any], name: str = "overlap-cpu.json") -> list[str]:
 
 def _overlap_v2(d: dict[str, Any], name: str) -> list[str]:
     cal = d["calibration"]
+    preempt = all("preempted_per_s" in r for r in d["rows"])
     io = ", ".join(
         f"{_STORE[k]} {v * 1e3:.2f} ms ({cal['frames'][k]} frames)"
         for k, v in cal["t_io_frame"].items()
@@ -247,6 +248,11 @@ def _overlap_v2(d: dict[str, Any], name: str) -> list[str]:
             f"{r['eta_loop']:.2f}",
             f"{r['loop_vs_memmap']:.2f}",
             f"{(r['compute_slowdown'] - 1) * 100:.1f}%",
+            *(
+                [f"{(r['compute_cpu_slowdown'] - 1) * 100:.1f}%", f"{r['preempted_per_s']:,.0f}"]
+                if preempt
+                else []
+            ),
         ]
         for r in d["rows"]
     ]
@@ -261,8 +267,17 @@ def _overlap_v2(d: dict[str, Any], name: str) -> list[str]:
         "eta without open/close",
         "loop / memmap",
         "slowdown",
+        *(["slowdown in CPU time", "preempted / s"] if preempt else []),
     ]
     lines += _table(header, rows)
+    if preempt:
+        lines += [
+            "Slowdown: the compute step with the sink against alone, in wall time and in the "
+            "thread's CPU time (preemption taken out); preempted / s: the simulation's thread "
+            "preempted per second in that run (another task, or a core's interrupt work, took "
+            "its core).",
+            "",
+        ]
     t = d["targets"]
     lines += [
         f"Targets: eta >= {t['eta']} for every kind of compute; loop time <= "
