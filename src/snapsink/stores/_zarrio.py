@@ -162,8 +162,8 @@ def write_file(
     rename replaces committed data); ``True``/``False`` force it either way.
     ``size``: extend the file to ``size`` bytes after the data (a hole, which
     reads as zeros and takes no disk space). ``rename(tmp, path)``: what moves
-    the file into place (the block writer's puts writes of one chunk in order,
-    see :class:`Landings`).
+    the file into place (default ``os.replace``; the block writer's keeps the
+    writes of one chunk in order, see :class:`Landings`).
     Returns whether the file was fsynced (else it is the caller's to sync).
     """
     if sync is None:
@@ -573,9 +573,10 @@ class Landings:
     commit in the background writes a partly filled chunk, and the appends that
     go on meanwhile write the same chunk whole once it fills. Each later write
     holds every row of the earlier one, so the one left in place must be the
-    last one submitted: each write takes a ticket when it is submitted
-    (:meth:`claim`), and one that would land after a later write of its chunk
-    is dropped instead (:meth:`land`). Called under the block writer's lock.
+    last one decided: each write takes a ticket when it is decided
+    (:meth:`claim`: a commit's when it starts, though it submits its writes
+    later), and one that would land after a later write of its chunk is
+    dropped instead (:meth:`land`). Called under the block writer's lock.
     """
 
     def __init__(self) -> None:
