@@ -64,6 +64,14 @@ def filesystem(path: str | Path) -> str:
     return f"{best[1]} at {best[0] or '?'}"
 
 
+def settle_disk(pause: float = 0.5) -> None:
+    """Before a timed case: write out what earlier cases left dirty (``os.sync``)
+    and give the disk and the kernel a moment with the files they deleted, so
+    that no case pays for the one before it."""
+    os.sync()
+    time.sleep(pause)
+
+
 def machine() -> dict[str, Any]:
     """What the JSON results record about the machine and the software."""
     return {

@@ -14,7 +14,10 @@ For each store (NpyDirectory, ZarrStore; ``commit_every=8``, so every case pays
 real fsyncs) and API (async ``Sink``, ``SyncSink``; policy block; writer per
 ``--writer``) it measures, side by side in one run:
 
-- ``T_compute``: the loop with no I/O, minus its capture floor;
+- ``T_compute``: the loop with no I/O, minus its capture floor; for the async
+  rows, the same loop as a task on an event loop, yielding once a step (a
+  pure-Python step runs 6-15% slower there than in a plain loop, with no sink
+  at all: that is the event loop's cost, not the sink's);
 - ``capture``: a bare ``np.copyto`` of each frame into a preallocated buffer,
   timed in that loop: the least any capture can cost, so the best possible
   eta is ``1 - capture / T_io``;
@@ -32,7 +35,9 @@ hidden; 0: nothing is) and the loop time over the memmap loop's. Targets: eta
 Each variant runs in a fresh subprocess whose environment pins glibc's malloc
 thresholds (see ``_common.MMAP_THRESHOLD``: otherwise NumPy temporaries cost
 what the heap's history makes them, ~2x apart between processes); variants are
-interleaved and each figure is the best of ``--repeat`` runs. Each case writes
+interleaved (the order rotated every round and reversed every other, each case
+after an ``os.sync()``, so that none pays for the one before) and each figure
+is the best of ``--repeat`` runs. Each case writes
 at least ``--io-seconds`` of I/O (5 s; 1 s with ``--quick``), so that the
 writer's start and the last frames' commit, which nothing can hide, stay small.
 
@@ -182,32 +187,46 @@ def _preemptions() -> int:
 
 
 def child_compute(spec: Mapping[str, Any]) -> dict[str, Any]:
-    """The loop with no I/O; a bare copy of each frame, timed apart (the capture floor)."""
+    """The loop with no I/O; a bare copy of each frame, timed apart (the capture
+    floor). ``api`` "async": the same loop as a task on an event loop, yielding
+    once a step as the async sink's write does (the async rows' reference)."""
     c, u = _make_compute(spec), _field(spec["side"])
     buf = np.empty_like(u)
     side, frames = spec["side"], spec["frames"]
     steps: list[float] = []
-    cpu = 0.0
-    capture = 0.0
-    p0 = _preemptions()
-    t0 = time.perf_counter()
-    for i in range(frames):
+    acc = {"cpu": 0.0, "capture": 0.0}
+
+    def one(i: int) -> None:
         s0, c0 = time.perf_counter(), time.thread_time()
         e = c.step()
         s1 = time.perf_counter()
-        cpu += time.thread_time() - c0
+        acc["cpu"] += time.thread_time() - c0
         steps.append(s1 - s0)
         u[i % side, 0] = e
         c0 = time.perf_counter()
         np.copyto(buf, u)
-        capture += time.perf_counter() - c0
+        acc["capture"] += time.perf_counter() - c0
+
+    p0 = _preemptions()
+    t0 = time.perf_counter()
+    if spec.get("api") == "async":
+
+        async def body() -> None:
+            for i in range(frames):
+                one(i)
+                await anyio.lowlevel.checkpoint()
+
+        anyio.run(body)
+    else:
+        for i in range(frames):
+            one(i)
     t_loop = time.perf_counter() - t0
     return {
         "t_loop": t_loop,
-        "capture": capture,
-        "t_compute": t_loop - capture,
+        "capture": acc["capture"],
+        "t_compute": t_loop - acc["capture"],
         "step_mean": statistics.mean(steps),
-        "step_cpu_mean": cpu / frames,
+        "step_cpu_mean": acc["cpu"] / frames,
         "preempted_per_s": (_preemptions() - p0) / t_loop,
     }
 
@@ -337,6 +356,9 @@ CHILDREN = {
 def _variants(apis: list[str], writers: list[str]) -> list[tuple[str, str, str]]:
     """(variant, api, writer): the references, then every snapsink loop."""
     refs = [("compute", "", ""), ("memmap", "", ""), ("io", "", "")]
+    if "async" in apis:
+        # the async rows' own reference: the same loop on an event loop, no sink
+        refs.insert(1, ("compute", "async", ""))
     return refs + [("sink", a, w) for a in apis for w in writers]
 
 
@@ -400,11 +422,20 @@ def run(
         }
         for rep in range(repeats):
             for kind, store in groups:
-                # rotate the order every round: no variant always runs first
+                # rotate the order every round, and reverse it every other
+                # round: no variant always runs first, nor always right after
+                # the same one (the rotation alone kept the async sink right
+                # after the synchronous io case in every round, whose deleted
+                # gigabytes the disk and the kernel were still working off:
+                # the async rows came out 0.05-0.29 below the sync ones)
                 order = variants[rep % len(variants) :] + variants[: rep % len(variants)]
+                if rep % 2:
+                    order.reverse()
                 for v in order:
                     variant, api, w = v
                     log(f"round {rep + 1}/{repeats}: {kind} {store} {variant} {api} {w}".rstrip())
+                    # what the previous case left to the disk is written first
+                    _common.settle_disk()
                     spec = {
                         **base,
                         "variant": variant,
@@ -465,7 +496,11 @@ def _row(
     frames: int,
     side: int,
 ) -> dict[str, Any]:
-    comp, mm, io, runs = s[("compute", "", "")], s[("memmap", "", "")], s[("io", "", "")], s[v]
+    mm, io, runs = s[("memmap", "", "")], s[("io", "", "")], s[v]
+    # the compute alone where the sink's loop runs it: an async driver's on its
+    # event loop (a pure-Python step ran 6-15% slower there than in a plain
+    # loop, with no sink at all: the loop's cost, not the sink's)
+    comp = s.get(("compute", v[1], "")) or s[("compute", "", "")]
     best = min(runs, key=lambda r: r["t_total"])
     tc = min(r["t_compute"] for r in comp)
     capture = min(r["capture"] for r in comp)
