@@ -16,8 +16,8 @@ line it or a writer prints on stdout is ``<job> <what> [<value>]``:
 Lines are written with one ``os.write`` each (shorter than PIPE_BUF), so lines
 of concurrent writers never interleave.
 
-A job: ``{"job": id, "kind": "npy"|"zarr"|"zarr-inplace"|"zarr-zstd"|"hdf5"|"h5md", "path": ...,
-"mode": "x"|"a", "policy": "block"|"spill", "spill": dir, "start": i0, "n": frames,
+A job: ``{"job": id, "kind": "npy"|"zarr"|"zarr-inplace"|"zarr-zstd"|"zarr-shard"|"hdf5"|"h5md",
+"path": ..., "mode": "x"|"a", "policy": "block"|"spill", "spill": dir, "start": i0, "n": frames,
 "flush_every": k, "commit_every": c, "capacity": cap, "writer": "auto"|"thread",
 "report_writes": bool}``.
 """
@@ -125,6 +125,20 @@ def make_store(cfg: dict[str, Any]) -> Any:
             cfg["path"],
             mode=cfg["mode"],
             chunk_frames=2,
+            commit_every=cfg["commit_every"],
+            compressors=zarr.codecs.ZstdCodec(level=1),
+        )
+    if cfg["kind"] == "zarr-shard":
+        # zstd chunks of 2 frames in shards of 4, a ragged field: each commit
+        # writes partly filled shards in the background while the appends fill
+        # and write the same shards whole
+        import zarr
+
+        return snapsink.ZarrStore(
+            cfg["path"],
+            mode=cfg["mode"],
+            chunk_frames=2,
+            shard_frames=4,
             commit_every=cfg["commit_every"],
             compressors=zarr.codecs.ZstdCodec(level=1),
         )

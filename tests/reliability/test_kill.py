@@ -283,6 +283,9 @@ SEEDS = {
     # 2 MiB encoded chunks, written direct by the store's I/O thread
     ("zarr-zstd", "block"): 18,
     ("zarr-zstd", "spill"): 19,
+    # zstd shards with a ragged field, committed in the background
+    ("zarr-shard", "block"): 20,
+    ("zarr-shard", "spill"): 21,
     ("hdf5", "block"): 14,
     ("hdf5", "spill"): 15,
     ("h5md", "block"): 16,
@@ -309,10 +312,21 @@ def test_sigkill_during_direct_writes_of_encoded_chunks(server: ForkServer, tmp_
     assert sum(p.stat().st_size >= 1 << 20 for p in chunks) >= 12
 
 
+def test_sigkill_while_partly_filled_shards_are_committed_in_the_background(
+    server: ForkServer, tmp_path: Path
+) -> None:
+    """12 kills of a ZarrStore with zstd shards and a ragged field, whose
+    commits write partly filled shards in the background while the appends
+    write the same shards whole (the soak below runs 250 per policy)."""
+    run_kills(server, tmp_path, "zarr-shard", "spill", kills=12, seed=SEEDS["zarr-shard", "spill"])
+
+
 @pytest.mark.slow
 @pytest.mark.timeout(900)
 @pytest.mark.parametrize("policy", ["block", "spill"])
-@pytest.mark.parametrize("kind", ["npy", "zarr", "zarr-inplace", "zarr-zstd", "hdf5", "h5md"])
+@pytest.mark.parametrize(
+    "kind", ["npy", "zarr", "zarr-inplace", "zarr-zstd", "zarr-shard", "hdf5", "h5md"]
+)
 def test_sigkill_soak(server: ForkServer, tmp_path: Path, kind: str, policy: str) -> None:
     """The same, 250 kills per (store, policy)."""
     needs(kind)
@@ -419,7 +433,15 @@ def run_producer_kills(server: ForkServer, tmp_path: Path, kind: str, seeds: lis
     assert {n for n in shm_names() - before if "snapsink" in n or n.startswith("psm_")} == set()
 
 
-PRODUCER_SEEDS = {"npy": 7, "zarr": 8, "zarr-inplace": 5, "zarr-zstd": 10, "hdf5": 9, "h5md": 6}
+PRODUCER_SEEDS = {
+    "npy": 7,
+    "zarr": 8,
+    "zarr-inplace": 5,
+    "zarr-zstd": 10,
+    "zarr-shard": 11,
+    "hdf5": 9,
+    "h5md": 6,
+}
 
 
 @pytest.mark.parametrize("kind", ["npy", "zarr", "zarr-inplace", "hdf5", "h5md"])
@@ -450,7 +472,9 @@ def test_sigkill_of_the_producer_while_encoded_chunks_go_direct(
 
 @pytest.mark.slow
 @pytest.mark.timeout(900)
-@pytest.mark.parametrize("kind", ["npy", "zarr", "zarr-inplace", "zarr-zstd", "hdf5", "h5md"])
+@pytest.mark.parametrize(
+    "kind", ["npy", "zarr", "zarr-inplace", "zarr-zstd", "zarr-shard", "hdf5", "h5md"]
+)
 def test_sigkill_of_the_producer_soak(server: ForkServer, tmp_path: Path, kind: str) -> None:
     """The same, 500 kills per store kind (CI's default 50 once met, in about
     500 kills, a sink that died with a writer's reply unread: see test_wire)."""
