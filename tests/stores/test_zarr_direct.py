@@ -723,3 +723,67 @@ async def test_background_commits_under_a_stream_of_batches_keep_every_frame(
     assert backgrounds > 10 and len(seen) >= 5, (backgrounds, seen)
     await store.close()
     _check_every_reader(loc, frames)
+
+
+async def test_a_failed_partial_write_beside_the_chunks_whole_write_leaves_the_last_commit(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A commit in the background writes chunk 2 partly filled; its write fails
+    (EIO) just after the appends wrote chunk 2 whole. The store fails at its
+    next append, the commit before stands (5 frames, bit-exact, the whole
+    chunk past the count ignored), and a store reopened with mode="a" goes on
+    from there."""
+    import asyncio
+    import errno
+    import time
+
+    from snapsink._errors import StoreStateError
+
+    loc = tmp_path / "s"
+    frames = _fixed(13)
+    store = await _open_fixed(loc, commit_every=5, zstd=True)
+    writer = store._io.writer
+    assert writer is not None and writer.workers >= 2
+    writer.max_inflight = 64  # the held partial write must not hold the appends back
+    for f in frames[:5]:
+        await store.append(Batch([f]))
+    await store.settle()
+    _check_fixed(loc, frames[:5])
+    whole = loc / "x" / "c" / "2" / "0" / "0"
+    real_padded = _zarrio.BlockTarget.padded
+
+    def padded(self: Any, part: Any) -> Any:  # only a partial write pads
+        if self.directory.name == "x" and len(part) == 2:
+            for _ in range(1000):  # until chunk 2's whole write has landed
+                if whole.exists():
+                    break
+                time.sleep(0.01)
+            raise OSError(errno.EIO, "injected EIO in a partial write")
+        return real_padded(self, part)
+
+    monkeypatch.setattr(_zarrio.BlockTarget, "padded", padded)
+    for f in frames[5:10]:  # due at frame 10: chunk 2 holds frames 8 and 9
+        await store.append(Batch([f]))
+    assert store.background
+    await asyncio.sleep(0.05)  # the commit submits its partial writes
+    for f in frames[10:12]:  # chunk 2 fills: its whole write goes out
+        await store.append(Batch([f]))
+    running = store._background
+    assert running is not None
+    await asyncio.wait([running], timeout=10)
+    assert whole.exists()
+    with pytest.raises(OSError, match="injected EIO"):
+        await store.append(Batch([frames[12]]))
+    with pytest.raises(StoreStateError):
+        await store.append(Batch([frames[12]]))
+    await store.close()
+    monkeypatch.setattr(_zarrio.BlockTarget, "padded", real_padded)
+    _check_fixed(loc, frames[:5])
+    again = ZarrStore(loc, mode="a", chunk_frames=4, commit_seconds=None)
+    await again.open()
+    await again.prepare(FIXED, times=True)
+    later = _fixed(8, start=5)
+    for f in later:
+        await again.append(Batch([f]))
+    await again.close()
+    _check_fixed(loc, frames[:5] + later)
