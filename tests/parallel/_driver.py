@@ -58,9 +58,9 @@ def record_writes(path: str) -> None:
 
     write_file = _zarrio.write_file
 
-    def recording_write_file(target: Any, *args: Any, **kwargs: Any) -> bool:
+    def recording_write_file(target: Any, *args: Any, **kwargs: Any) -> None:
         log(target)
-        return write_file(target, *args, **kwargs)
+        write_file(target, *args, **kwargs)
 
     durable_set = _zarrio.DurableLocalStore._durable_set
 

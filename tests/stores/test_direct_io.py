@@ -8,6 +8,7 @@ from __future__ import annotations
 import errno
 import fcntl
 import os
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -222,18 +223,23 @@ def test_npy_falls_back_when_the_file_system_refuses_direct_io(
     check_npy(direct_dir / "run", written)
 
 
-def test_other_write_errors_are_raised_not_hidden(
-    direct_dir: Path, monkeypatch: pytest.MonkeyPatch
-) -> None:
-    """A full disk on a direct write is the store's error, as on a buffered one."""
-    real = os.pwritev
+def full_when_direct(real: Callable[[int, Any, int], int]) -> Callable[[int, Any, int], int]:
+    """``real`` (a write of ``(fd, buffers, offset)``), failing with ENOSPC on a
+    descriptor opened with ``O_DIRECT``: a disk that fills during a direct write."""
 
-    def pwritev(fd: int, buffers: Any, offset: int) -> int:
+    def write(fd: int, buffers: Any, offset: int) -> int:
         if fcntl.fcntl(fd, fcntl.F_GETFL) & os.O_DIRECT:
             raise OSError(errno.ENOSPC, "No space left on device")
         return real(fd, buffers, offset)
 
-    monkeypatch.setattr(_pwrite.os, "pwritev", pwritev)
+    return write
+
+
+def test_other_write_errors_are_raised_not_hidden(
+    direct_dir: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A full disk on a direct write is the store's error, as on a buffered one."""
+    monkeypatch.setattr(_pwrite.os, "pwritev", full_when_direct(os.pwritev))
     schema = Schema({"u": Field(np.float32, (512, 512)), "e": Field(np.float64, ())})
     store = NpyDirectory(direct_dir / "run")
     store.open()
@@ -298,7 +304,7 @@ def direct_blocks(monkeypatch: pytest.MonkeyPatch) -> list[str]:
     threads: list[str] = []
     real = _zarrio.write_file_direct
 
-    def write_file_direct(path: Path, buf: Any, length: int, **kw: Any) -> bool | None:
+    def write_file_direct(path: Path, buf: Any, length: int, **kw: Any) -> bool:
         threads.append(threading.current_thread().name)
         return real(path, buf, length, **kw)
 
@@ -379,14 +385,7 @@ def test_zarr_encoded_block_write_errors_reach_the_producer(
 ) -> None:
     from snapsink.stores import _zarrio
 
-    real = _zarrio.pwrite_all
-
-    def full_disk(fd: int, buffers: Any, offset: int) -> int:
-        if fcntl.fcntl(fd, fcntl.F_GETFL) & os.O_DIRECT:
-            raise OSError(errno.ENOSPC, "No space left on device")
-        return real(fd, buffers, offset)
-
-    monkeypatch.setattr(_zarrio, "pwrite_all", full_disk)
+    monkeypatch.setattr(_zarrio, "pwrite_all", full_when_direct(_zarrio.pwrite_all))
     with pytest.raises(snapsink.WriterError, match="No space left") as info:
         write_zstd(direct_dir / "run.zarr", frames(7, (512, 512)))
     assert isinstance(info.value.__cause__, OSError)

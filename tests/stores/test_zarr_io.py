@@ -248,7 +248,7 @@ async def test_several_failed_chunk_writes_raise_the_first_oserror(
     calls = []
     both = threading.Barrier(2, timeout=10)  # two writes fail together, whatever the timing
 
-    def failing(path: Path, data: Any, **kw: Any) -> bool:
+    def failing(path: Path, data: Any, **kw: Any) -> None:
         calls.append(path)
         if len(calls) <= 2:
             both.wait()

@@ -155,16 +155,16 @@ def write_file(
     sync: bool | None = None,
     size: int | None = None,
     rename: Rename | None = None,
-) -> bool:
+) -> None:
     """Write ``data`` to ``path`` through a temporary file renamed into place.
 
     ``sync=None``: fsync before the rename only when ``path`` exists (the
-    rename replaces committed data); ``True``/``False`` force it either way.
-    ``size``: extend the file to ``size`` bytes after the data (a hole, which
-    reads as zeros and takes no disk space). ``rename(tmp, path)``: what moves
-    the file into place (default ``os.replace``; the block writer's keeps the
-    writes of one chunk in order, see :class:`Landings`).
-    Returns whether the file was fsynced (else it is the caller's to sync).
+    rename replaces committed data); ``True``/``False`` force it either way
+    (a file not fsynced is the caller's to sync). ``size``: extend the file to
+    ``size`` bytes after the data (a hole, which reads as zeros and takes no
+    disk space). ``rename(tmp, path)``: what moves the file into place
+    (default ``os.replace``; the block writer's keeps the writes of one chunk
+    in order and notes what the next sync covers, see :class:`Landings`).
     """
     if sync is None:
         sync = os.path.lexists(path)
@@ -183,7 +183,6 @@ def write_file(
         _unlink_quietly(tmp)
         raise
     _place(tmp, path, sync=sync, exclusive=False, rename=rename)
-    return sync
 
 
 def write_file_direct(
@@ -193,12 +192,12 @@ def write_file_direct(
     *,
     sync: bool | None = None,
     rename: Rename | None = None,
-) -> bool | None:
+) -> bool:
     """:func:`write_file` (same ``sync`` and ``rename``) of the first ``length`` bytes of
     ``buf``, a page-aligned buffer of at least ``length`` rounded up to a page,
     written with ``O_DIRECT`` (the page cache skipped: no copy into it, about
     0.15 CPU-seconds per second of disk time against 0.5-1 buffered) and cut
-    back to ``length``. None when the file system refuses direct I/O (nothing
+    back to ``length``. False when the file system refuses direct I/O (nothing
     is left behind: the caller writes the file buffered)."""
     if sync is None:
         sync = os.path.lexists(path)
@@ -208,7 +207,7 @@ def write_file_direct(
         fd = os.open(tmp, flags, 0o644)
     except OSError as exc:
         if exc.errno == errno.EINVAL:
-            return None
+            return False
         raise
     padded = -(-length // DIRECT_ALIGN) * DIRECT_ALIGN
     try:
@@ -221,13 +220,13 @@ def write_file_direct(
     except OSError as exc:
         _unlink_quietly(tmp)
         if exc.errno == errno.EINVAL:  # an alignment stricter than a page
-            return None
+            return False
         raise
     except BaseException:
         _unlink_quietly(tmp)
         raise
     _place(tmp, path, sync=sync, exclusive=False, rename=rename)
-    return sync
+    return True
 
 
 class StagingBuffers:
@@ -603,14 +602,15 @@ class Landings:
         landed already (then ``tmp`` is removed); whether it was renamed."""
         entry = self._paths[path]
         entry[0] -= 1
+        landed = entry[1] < ticket
+        if landed:
+            os.replace(tmp, path)
+            entry[1] = ticket
+        else:
+            os.unlink(tmp)
         if not entry[0]:
             del self._paths[path]
-        if entry[1] > ticket:
-            os.unlink(tmp)
-            return False
-        os.replace(tmp, path)
-        entry[1] = ticket
-        return True
+        return landed
 
     def running(self) -> int:
         """Chunk files with a write not landed yet (for tests)."""
@@ -757,12 +757,9 @@ class BlockWriter:
         self, path: Path, buf: np.ndarray[Any, Any], n: int, sync: bool, land: Rename
     ) -> None:
         try:
-            done = (
-                write_file_direct(path, buf, n, sync=sync, rename=land)
-                if self._direct_blocks
-                else None
-            )
-            if done is None:
+            if not (
+                self._direct_blocks and write_file_direct(path, buf, n, sync=sync, rename=land)
+            ):
                 self._direct_blocks = False  # this file system: buffered from now on
                 write_file(path, buf[:n].data, sync=sync, rename=land)
         finally:
