@@ -84,16 +84,25 @@ def machine() -> dict[str, Any]:
 
 
 # -- stores ------------------------------------------------------------------------------
+def store_class(kind: str) -> Any:
+    """The store class of ``kind`` (npy, zarr, memory), its module imported.
+
+    snapsink imports a store's module (and zarr with ZarrStore's) on first use:
+    a timed case that builds its store calls this first, so that it does not
+    time the program's own import of zarr, which ``io_alone`` never times.
+    """
+    classes = {"npy": "NpyDirectory", "zarr": "ZarrStore", "memory": "HostMemory"}
+    if kind not in classes:
+        raise ValueError(f"unknown store kind {kind!r}; expected npy, zarr or memory")
+    return getattr(snapsink, classes[kind])
+
+
 def make_store(kind: str, path: Path, commit_every: int | None = COMMIT_EVERY) -> Any:
     """A fresh store of ``kind`` (npy, zarr, memory); ``commit_every=None``: its default."""
-    kw: dict[str, Any] = {} if commit_every is None else {"commit_every": commit_every}
-    if kind == "npy":
-        return snapsink.NpyDirectory(path, **kw)
-    if kind == "zarr":
-        return snapsink.ZarrStore(path, **kw)
+    cls = store_class(kind)
     if kind == "memory":
-        return snapsink.HostMemory()
-    raise ValueError(f"unknown store kind {kind!r}; expected npy, zarr or memory")
+        return cls()
+    return cls(path, **({} if commit_every is None else {"commit_every": commit_every}))
 
 
 def stored(kind: str, store: Any, path: Path) -> int:

@@ -284,6 +284,7 @@ def child_sink(spec: Mapping[str, Any]) -> dict[str, Any]:
     side, frames, kind = spec["side"], spec["frames"], spec["store"]
     path = Path(spec["dir"]) / "sink"
     requested = spec["writer"]
+    _common.store_class(kind)  # its module imported now, as T_io's case has it
     steps: list[float] = []
     acc = {"t_write": 0.0, "t_open": 0.0, "cpu": 0.0}
     p0 = _preemptions()
