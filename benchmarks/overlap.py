@@ -106,10 +106,11 @@ def child_calibrate(spec: Mapping[str, Any]) -> dict[str, Any]:
     larger share of ``T_total``.
 
     Each of those runs is timed as the cases time ``T_io``: after
-    ``_common.settle_disk()``, the best of 3. Timed back to back instead (best
-    of 2, the disk still writing out the run before), the recorded runs came
-    out with compute 1.35-2.2x the ``T_io`` of their cases, not the 1x asked,
-    and eta's loss to a slower step grows with that ratio.
+    ``_common.settle_disk()``, the best of 3. The step still comes out
+    1.0-2.0x the ``T_io`` of its cases, not the 1x asked: on the 2-core VM the
+    disk's speed swings 3-4x from one round of cases to the next (see "The
+    disk's speed" in docs/benchmarks.md), and eta's loss to a slower step grows
+    with that ratio.
     """
     u = _field(spec["side"])
     fields = {"u": u, "e": np.float64(1.0)}
