@@ -91,10 +91,9 @@ def store_class(kind: str) -> Any:
     a timed case that builds its store calls this first, so that it does not
     time the program's own import of zarr, which ``io_alone`` never times.
     """
-    classes = {"npy": "NpyDirectory", "zarr": "ZarrStore", "memory": "HostMemory"}
-    if kind not in classes:
+    if kind not in STORE_LABEL:
         raise ValueError(f"unknown store kind {kind!r}; expected npy, zarr or memory")
-    return getattr(snapsink, classes[kind])
+    return getattr(snapsink, STORE_LABEL[kind])
 
 
 def make_store(kind: str, path: Path, commit_every: int | None = COMMIT_EVERY) -> Any:
