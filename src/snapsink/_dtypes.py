@@ -12,16 +12,27 @@ A value is accepted for a field when numpy says the cast to the field's dtype is
 A lossy cast (``float64`` into ``float32``, a float into an int, complex into
 real) is a :class:`~snapsink.DTypeError`: snapsink never rounds a value silently.
 Python scalars are *weak* as in NumPy 2 (NEP 50): a Python ``float`` fits any
-floating field, a Python ``int`` any integer or floating field whose range holds
+floating field whose range holds its value (it is rounded to the field's
+precision, but ``1e300`` into a ``float32`` field, which would become ``inf``,
+is a :class:`~snapsink.DTypeError`), a Python ``complex`` any complex field on
+the same terms, a Python ``int`` any integer or floating field whose range holds
 its value (``2**70`` into an ``int64`` field is a :class:`~snapsink.DTypeError`,
 never an ``OverflowError``), and a Python ``bool``, like ``np.bool_``, any
-bool, integer, floating or complex field (numpy's safe cast from bool).
-Object, string, structured and datetime dtypes are refused.
+bool, integer, floating or complex field (numpy's safe cast from bool). NumPy
+scalars are not weak, although ``np.float64`` and ``np.complex128`` are also
+Python ``float`` and ``complex``: ``np.float64(0.1)`` into a ``float32`` field
+is refused, as ``np.array(0.1)`` is.
+Object, string, structured and datetime dtypes are refused, and so is a masked
+array with masked elements (a store keeps no mask; one with none is stored as
+its data).
 """
 
 from __future__ import annotations
 
 import dataclasses
+import functools
+import math
+import sys
 from collections.abc import Mapping
 from typing import Any
 
@@ -31,7 +42,16 @@ from ._arrays import is_device_array
 from ._errors import ConfigError, DTypeError
 from ._pytree import SEP
 
-__all__ = ["ALLOWED_KINDS", "as_dtype", "as_host_array", "dtype_shape", "int_str", "safe_cast"]
+__all__ = [
+    "ALLOWED_KINDS",
+    "as_dtype",
+    "as_host_array",
+    "dtype_shape",
+    "holds_any_float",
+    "int_str",
+    "safe_cast",
+    "unmasked",
+]
 
 #: dtype kinds a field may have: bool, signed, unsigned, float, complex.
 ALLOWED_KINDS = frozenset("biufc")
@@ -112,20 +132,78 @@ def int_str(value: int) -> str:
     return str(value) if value.bit_length() <= 128 else f"of {value.bit_length()} bits"
 
 
+def unmasked(name: str, value: Any, step: int | None = None) -> Any:
+    """A numpy masked array's data when none of it is masked (else a DTypeError
+    naming ``name``); any other value as it is."""
+    ma = sys.modules.get("numpy.ma")  # no masked array exists before numpy.ma is imported
+    if ma is None or not isinstance(value, ma.MaskedArray):
+        return value
+    masked = int(np.count_nonzero(ma.getmaskarray(value)))
+    if masked:
+        at = "" if step is None else f" at step {step}"
+        raise DTypeError(
+            f"field {name!r}: expected values, got a masked array with {masked} masked "
+            f"element(s){at}; a store keeps no mask: pass .filled(fill_value) (or the "
+            "mask as a field of its own)"
+        )
+    return ma.getdata(value)
+
+
+@functools.cache
+def _int_limit(dst: np.dtype[Any]) -> int:
+    """The largest magnitude of an int a floating or complex ``dst`` holds, exactly."""
+    return int(np.finfo(dst).max)
+
+
+@functools.cache
+def _float_limit(dst: np.dtype[Any]) -> float:
+    """Finite Python floats of a smaller magnitude stay finite in ``dst`` (floating or
+    complex: its parts); those at or above it round to ``inf``. ``inf`` when every
+    finite float does (float64 and wider)."""
+    info = np.finfo(dst)
+    if info.dtype.itemsize >= 8:
+        return math.inf
+    # round to nearest: a value at least half an ulp (of the largest finite
+    # value, 2**(maxexp - 1 - nmant)) above that value rounds to inf; exact in
+    # float64 for float16 and float32
+    return float(info.max) + math.ldexp(1.0, info.maxexp - 2 - info.nmant)
+
+
+def holds_any_float(dst: np.dtype[Any]) -> bool:
+    """Whether every Python float fits ``dst`` (float64, longdouble and their complex)."""
+    return dst.kind in "fc" and _float_limit(dst) == math.inf
+
+
 def safe_cast(value: object, src: np.dtype[Any], dst: np.dtype[Any]) -> bool:
     """Whether ``value`` (of dtype ``src``) goes into ``dst`` without loss."""
+    if isinstance(value, np.generic):
+        # NumPy scalars are strong, np.float64 and np.complex128 too (they also
+        # subclass Python's float and complex)
+        return bool(np.can_cast(src, dst, "safe"))
     if isinstance(value, bool):
         # As np.bool_: numpy casts bool safely to every numeric kind.
         return bool(np.can_cast(np.bool_, dst, "safe"))
     if isinstance(value, int):
         if dst.kind in "fc":
-            return abs(value) <= float(np.finfo(dst).max)  # exact int-float comparison
+            if abs(value) > _int_limit(dst):
+                return False
+            if value.bit_length() > 1024:  # beyond float64: a longdouble field
+                try:  # numpy converts such an int through its decimal string
+                    dst.type(value)
+                except (ValueError, OverflowError):
+                    return False
+            return True
         if dst.kind in "iu":
             info = np.iinfo(dst)
             return bool(info.min <= value <= info.max)
         return False
     if isinstance(value, float):
-        return dst.kind in "fc"
+        return dst.kind in "fc" and _fits_float(value, dst)
     if isinstance(value, complex):
-        return dst.kind == "c"
+        return dst.kind == "c" and _fits_float(value.real, dst) and _fits_float(value.imag, dst)
     return bool(np.can_cast(src, dst, "safe"))
+
+
+def _fits_float(value: float, dst: np.dtype[Any]) -> bool:
+    """A finite Python float stays finite in ``dst``; nan and inf go as they are."""
+    return not math.isfinite(value) or abs(value) < _float_limit(dst)

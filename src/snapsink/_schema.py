@@ -23,7 +23,15 @@ from typing import Any
 import numpy as np
 
 from ._arrays import is_device_array
-from ._dtypes import as_dtype, as_host_array, dtype_shape, int_str, safe_cast
+from ._dtypes import (
+    as_dtype,
+    as_host_array,
+    dtype_shape,
+    holds_any_float,
+    int_str,
+    safe_cast,
+    unmasked,
+)
 from ._errors import ConfigError, DTypeError, SchemaError
 from ._pytree import SEP, flatten_frame, flatten_specs, tree_conflict
 
@@ -302,8 +310,12 @@ class Schema(Mapping[str, Field]):
         if conflict is not None:
             raise ConfigError(f"Schema: {conflict}")
         self._keys = frozenset(self._fields)
-        #: (name, field, dtype, shape, ragged) per field: what validate() loops over
-        self.plan = tuple((n, f, f.dtype, f.shape, f.ragged) for n, f in self._fields.items())
+        #: (name, field, dtype, shape, ragged, whether any Python float fits) per
+        #: field: what validate() loops over
+        self.plan = tuple(
+            (n, f, f.dtype, f.shape, f.ragged, holds_any_float(f.dtype))
+            for n, f in self._fields.items()
+        )
         #: bytes of a frame's fixed-shape fields
         self.fixed_nbytes = sum(f.row_nbytes for f in self._fields.values() if not f.ragged)
         #: names of the ragged fields
@@ -365,6 +377,7 @@ class Schema(Mapping[str, Field]):
             raise SchemaError(f"frame: {conflict}")
         out: dict[str, Field] = {}
         for name, value in flat.items():
+            unmasked(name, value)  # a masked first frame fixes no schema
             if (
                 isinstance(value, int)
                 and not isinstance(value, bool)
@@ -424,7 +437,7 @@ class Schema(Mapping[str, Field]):
             fields = self._flatten(fields, step)
         out: list[tuple[str, Field, Any]] = []
         append = out.append
-        for name, spec, want, shape, ragged in self.plan:
+        for name, spec, want, shape, ragged, any_float in self.plan:
             value = fields[name]
             kind = type(value)
             # Fast paths: the common cases cost a few attribute reads.
@@ -433,13 +446,14 @@ class Schema(Mapping[str, Field]):
                     append((name, spec, value))
                     continue
             elif kind is float:
-                if want.kind in "fc" and not shape:
+                if any_float and not shape:
                     append((name, spec, value))
                     continue
             elif not isinstance(value, np.ndarray | np.generic | float | int | complex) and not (
                 is_device_array(value)
             ):
                 value = as_host_array(name, value, step)
+            value = unmasked(name, value, step)
             dtype, got = dtype_shape(name, value, step)
             # A Python int is int64 by name only: its value must fit the field.
             if (dtype != want or kind is int) and not safe_cast(value, dtype, want):
@@ -448,6 +462,16 @@ class Schema(Mapping[str, Field]):
                         f"field {name!r}: expected a value that fits {want}, got the Python "
                         f"int {int_str(value)} at step {step}; declare a wider dtype in the "
                         "schema"
+                    )
+                if (
+                    isinstance(value, float | complex)
+                    and not isinstance(value, np.generic)
+                    and (want.kind == "c" or (want.kind == "f" and isinstance(value, float)))
+                ):
+                    raise DTypeError(
+                        f"field {name!r}: expected a value that fits {want}, got the Python "
+                        f"{type(value).__name__} {value!r} at step {step}, which would be "
+                        "stored as inf; declare a wider dtype in the schema"
                     )
                 raise DTypeError(
                     f"field {name!r}: expected dtype {want}, got {dtype} at step {step}; "
@@ -535,7 +559,13 @@ class StepClock:
             raise DTypeError(
                 f"time at step {s}: expected a float, got {type(time).__name__} {time!r}"
             )
-        t = float(time)
+        try:
+            t = float(time)
+        except OverflowError:  # a Python int beyond any float
+            raise SchemaError(
+                f"time at step {s}: expected a finite number, got the int "
+                f"{int_str(int(time))}, too large for a float"
+            ) from None
         if not math.isfinite(t):
             raise SchemaError(f"time at step {s}: expected a finite number, got {t}")
         if self.has_times is False:

@@ -95,3 +95,101 @@ def test_refused_first_frame_does_not_fix_the_schema(step: int, time: float | No
     assert set(traj.fields) == {"b"}
     assert traj.fields["b"] == snapsink.Field("int16", (2,))
     assert traj["b"][:].tolist() == [[0, 1]]
+
+
+# -- Python floats, NumPy scalars, masked arrays, huge ints (review probes) --------------
+@pytest.mark.parametrize(
+    ("dtype", "value"),
+    [("float16", 65520.0), ("float16", -1e10), ("float32", 1e300), ("complex64", 1e39),
+     ("complex64", complex(1.0, -1e39))],
+)
+def test_python_float_that_would_become_inf_is_a_dtype_error(dtype: str, value: object) -> None:
+    """A Python float is weak (rounded to the field), never silently made ``inf``."""
+    store = HostMemory()
+    with SyncSink(store, schema={"v": dtype}, writer="thread") as sink:
+        with pytest.raises(DTypeError, match=f"field 'v': expected a value that fits {dtype}"):
+            sink.write({"v": value}, step=0)
+        sink.write({"v": 1.5}, step=0)
+    assert store.trajectory()["v"][:].tolist() == [1.5]
+
+
+def test_python_floats_round_into_narrow_fields_up_to_their_largest_value() -> None:
+    """Just under half an ulp above float16's largest value rounds down to it;
+    nan and inf are values of their own and go as they are."""
+    values = [65519.0, -65519.0, 0.1, math.inf, -math.inf]
+    store = HostMemory()
+    with SyncSink(store, schema={"h": "float16", "c": "complex64"}, writer="thread") as sink:
+        for i, v in enumerate(values):
+            sink.write({"h": v, "c": complex(v, 3.4e38)}, step=i)
+        sink.write({"h": math.nan, "c": 1.0}, step=len(values))
+    traj = store.trajectory()
+    assert traj["h"][:-1].tolist() == [np.float16(v) for v in values]
+    assert traj["h"][:-1].tolist()[:2] == [65504.0, -65504.0]
+    assert math.isnan(traj["h"][-1])
+    assert traj["c"][:-1].tolist() == [np.complex64(complex(v, 3.4e38)) for v in values]
+
+
+@pytest.mark.parametrize(
+    ("value", "dtype"),
+    [(np.float64(0.1), "float32"), (np.float64(1e300), "float16"),
+     (np.complex128(1 + 0.1j), "complex64"), (np.array(0.1), "float32")],
+)
+def test_numpy_scalars_are_strong_even_when_they_subclass_python_float(
+    value: object, dtype: str
+) -> None:
+    """np.float64 is also a Python float; it is still float64, as a 0-d array is."""
+    store = HostMemory()
+    with SyncSink(store, schema={"v": dtype}, writer="thread") as sink:
+        with pytest.raises(DTypeError, match=f"field 'v': expected dtype {dtype}, got"):
+            sink.write({"v": value}, step=0)
+        sink.write({"v": np.dtype(dtype).type(0.25)}, step=0)
+    assert store.trajectory()["v"][:].tolist() == [0.25]
+
+
+def test_int_beyond_longdouble_is_a_dtype_error_and_a_big_one_is_stored() -> None:
+    info = np.finfo(np.longdouble)
+    too_big = int(info.max) * 2
+    store = HostMemory()
+    with SyncSink(store, schema={"q": "longdouble"}, writer="thread") as sink:
+        with pytest.raises(DTypeError, match="field 'q': expected a value that fits"):
+            sink.write({"q": too_big}, step=0)
+        if info.maxexp > 15000:  # an 80- or 128-bit longdouble: beyond numpy's 4300 digits
+            with pytest.raises(DTypeError, match="field 'q': expected a value that fits"):
+                sink.write({"q": 10**4400}, step=0)
+        sink.write({"q": 10**300}, step=0)
+    assert store.trajectory()["q"][:].tolist() == [np.longdouble(10**300)]
+
+
+def test_time_beyond_any_float_is_a_schema_error() -> None:
+    store = HostMemory()
+    with SyncSink(store, writer="thread") as sink:
+        sink.write({"x": 1.0}, step=0, time=0.0)
+        with pytest.raises(SchemaError, match="time at step 1: expected a finite number"):
+            sink.write({"x": 2.0}, time=10**400)
+        sink.write({"x": 3.0}, time=1.0)
+    traj = store.trajectory()
+    assert traj.steps.tolist() == [0, 1]
+    assert traj["x"][:].tolist() == [1.0, 3.0]
+
+
+@pytest.mark.parametrize("writer", ["thread", "process"])
+def test_masked_arrays_are_refused_when_masked_and_stored_as_data_when_not(
+    tmp_path: object, writer: str
+) -> None:
+    """Both writers and the spill agree: a masked element is refused (no store keeps
+    a mask), also in the first frame (no schema fixed); an unmasked one is data."""
+    path = f"{tmp_path}/run"
+    with SyncSink(snapsink.NpyDirectory(path), writer=writer) as sink:
+        with pytest.raises(DTypeError, match="field 'v': expected values, got a masked"):
+            sink.write({"v": np.ma.masked_array(5, mask=True, dtype=np.int32)}, step=0)
+        with pytest.raises(DTypeError, match="field 'v'"):
+            sink.write({"v": np.ma.masked}, step=0)
+        sink.write({"v": np.ma.masked_array(7, mask=False, dtype=np.int32),
+                    "a": np.ma.masked_array([1.0, 2.0], mask=[False, False])}, step=0)
+        with pytest.raises(DTypeError, match=r"field 'a': .* 1 masked element\(s\) at step 1"):
+            sink.write({"v": np.int32(8), "a": np.ma.masked_array([1.0, 2.0], mask=[0, 1])})
+        sink.write({"v": np.int32(9), "a": np.array([3.0, 4.0])}, step=1)
+    traj = snapsink.open(path)
+    assert traj.fields["v"] == snapsink.Field("int32", ())
+    assert traj["v"][:].tolist() == [7, 9]
+    assert traj["a"][:].tolist() == [[1.0, 2.0], [3.0, 4.0]]
