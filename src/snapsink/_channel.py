@@ -180,8 +180,6 @@ class Channel(SpillQueue):
                 self.raise_if_unusable()
             s, t = self.clock.check(step, time)
             nbytes = frame_nbytes(self.schema, items)
-            if not self.pool.free:
-                self._reclaim()
             # a slot, if one is free and the bytes fit (the per-frame hot path
             # spells out _room_for); behind spilled frames a frame spills too,
             # so that the queue keeps its order
@@ -193,6 +191,12 @@ class Channel(SpillQueue):
                     or not self.held
                     or self.held_bytes + nbytes <= self.max_bytes
                 )
+            ) or (
+                # no room as last counted: take back what was stored since (a
+                # writer process's slots and bytes), then look again
+                self._reclaim()
+                and not (self.fifo_writing or self.fifo_waiting)
+                and self._room_for(nbytes)
             ):
                 self.held += 1
                 self.held_bytes += nbytes
@@ -253,8 +257,10 @@ class Channel(SpillQueue):
     def _queued(self, entry: Entry, items: Sequence[tuple[str, Field, Any]]) -> None:
         """An accepted frame (lock held)."""
 
-    def _reclaim(self) -> None:
-        """No free slot: take back the slots of frames already stored (lock held)."""
+    def _reclaim(self) -> bool:
+        """No room: take back the slots and bytes of frames already stored (lock
+        held). Whether it is worth looking again (False: nothing can have changed)."""
+        return False
 
     def _acquire(self, nbytes: int) -> Slot | None:
         if not self._room_for(nbytes):
@@ -399,9 +405,12 @@ class Channel(SpillQueue):
                     self.held -= 1
                     self.held_bytes -= e.size
                     e.slot = None
+                    nbytes += e.size
                 elif e.spill:
-                    self.spilled_bytes -= e.size
-                nbytes += e.size
+                    self.spilled_bytes -= e.size  # as laid out in the spill queue
+                    nbytes += e.nbytes  # the fields' bytes, as a frame's in memory
+                else:
+                    nbytes += e.size
                 e.fields = {}
             self.bytes_written += nbytes
             self.written += len(entries)

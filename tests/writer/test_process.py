@@ -9,6 +9,8 @@ from __future__ import annotations
 
 import os
 import signal
+import subprocess
+import sys
 import time
 from pathlib import Path
 from typing import Any
@@ -161,6 +163,8 @@ async def test_spill_keeps_order_and_bits(tmp_path: Path, writer: str) -> None:
     np.testing.assert_array_equal(traj.steps, np.arange(40))
     assert traj["v"][:].tobytes() == values.tobytes()
     assert not any(p.is_file() for p in spill.rglob("*"))  # every spill file removed
+    # the fields' bytes, as for frames held in memory (not as laid out on disk)
+    assert sink.statistics().bytes_written == 40 * 16
 
 
 @pytest.mark.parametrize("writer", WRITERS)
@@ -406,3 +410,70 @@ def test_device_frames_land_in_registered_shared_memory(tmp_path: Path) -> None:
     traj = snapsink.open(tmp_path / "run")
     assert traj["x"][:].tobytes() == np.stack(host).tobytes()
     assert traj["e"][:].tolist() == [float(i) for i in range(30)]
+
+
+@pytest.mark.parametrize(
+    ("policy", "nowait"), [("drop_newest", False), ("drop_oldest", False), ("block", True)]
+)
+def test_under_max_bytes_room_comes_back_once_the_writer_stored_frames(
+    tmp_path: Path, policy: str, nowait: bool
+) -> None:
+    """Two 512-byte frames do not fit ``max_bytes=1000``: each frame must find
+    the bytes of the one before it given back once the writer stored it, and
+    not be dropped (or refused by ``write_nowait``) on a stale count."""
+    path = tmp_path / "run"
+    with SyncSink(
+        snapsink.NpyDirectory(path), policy=policy, max_bytes=1000, writer="process"
+    ) as sink:
+        ch = sink._sink._channel
+        for i in range(8):
+            frame = {"v": np.full(64, float(i))}
+            if nowait:
+                sink.write_nowait(frame, step=i)
+            else:
+                sink.write(frame, step=i)
+            # wait for the writer's own counter (reading it gives nothing back)
+            deadline = time.monotonic() + 10
+            while ch.ring.get(_shm.DONE) < i + 1:
+                assert time.monotonic() < deadline, "the writer never stored the frame"
+                time.sleep(0.001)
+        assert sink.statistics().dropped == 0
+    traj = snapsink.open(path)
+    assert traj.steps.tolist() == list(range(8))
+    assert traj["v"][:, 0].tolist() == [float(i) for i in range(8)]
+    assert traj.dropped_steps.size == 0
+
+
+@pytest.mark.timeout(90)
+@pytest.mark.parametrize("policy", ["drop_newest", "drop_oldest"])
+def test_drops_reach_the_store_when_the_simulation_is_killed(tmp_path: Path, policy: str) -> None:
+    """The drop policy's record survives the simulation's SIGKILL as its frames
+    do: every step is stored or recorded as dropped, none both, none neither."""
+    path = str(tmp_path / "run")
+    code = (
+        "import os, signal, sys, numpy as np, snapsink\n"
+        f"sys.path.insert(0, {str(Path(__file__).resolve().parents[1])!r})\n"
+        "from process_stores import SlowNpy\n"
+        f"s = snapsink.SyncSink(SlowNpy({path!r}, 0.05), capacity=1, policy={policy!r},"
+        " writer='process')\n"
+        "for i in range(40): s.write({'x': np.full(8, float(i))}, step=i)\n"
+        "print(s.statistics().dropped, flush=True)\n"
+        "os.kill(os.getpid(), signal.SIGKILL)\n"
+    )
+    run = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=60)
+    assert run.returncode == -signal.SIGKILL, run.stderr
+    dropped = int(run.stdout)
+    # the orphaned writer stores what it was handed, commits and exits
+    deadline = time.monotonic() + 60
+    while True:
+        try:
+            SyncSink(snapsink.NpyDirectory(path, mode="a"), writer="thread").close()
+            break
+        except snapsink.StoreLockedError:
+            assert time.monotonic() < deadline, "the writer never finished"
+            time.sleep(0.05)
+    traj = snapsink.open(path)
+    stored, recorded = traj.steps.tolist(), traj.dropped_steps.tolist()
+    assert len(recorded) == dropped > 0
+    assert sorted(stored + recorded) == list(range(40))
+    assert traj["x"][:, 0].tolist() == [float(s) for s in stored]

@@ -72,6 +72,7 @@ class Writer:
         self.spill_reader: SpillReader | None = None
         self.spill_lock = -1
         self.spill_done = 0  # spilled bytes stored (reported on the ring)
+        self.spill_fields_done = 0  # and their field bytes
         self.batch_limit = 1
         self.byte_budget: int | None = None
         self.done = 0  # seq of the last frame appended
@@ -80,7 +81,8 @@ class Writer:
         self.close_at: int | None = None
         self.parent_gone = False
         self.last_work = time.monotonic()
-        self._taken: tuple[int, int] | None = None  # (seq, spilled bytes) of the last take
+        #: (seq, spilled bytes, their field bytes) of the last take
+        self._taken: tuple[int, int, int] | None = None
         self._drained = False  # the sink's process died and the spill queue is read out
 
     # -- messages ---------------------------------------------------------------
@@ -214,7 +216,7 @@ class Writer:
         return Frame(step, time if has_time else None, out), 0
 
     def pending(self) -> int:
-        """Frames published and not yet appended."""
+        """Records published (frames and dropped steps) and not yet taken."""
         return 0 if self.ring is None else self.ring.get(_shm.TAIL) - self.done
 
     # -- the consumer's feed ------------------------------------------------------
@@ -230,21 +232,29 @@ class Writer:
                 return self._take_unpublished()
             return None
         frames: list[Frame] = []
-        spilled = 0
+        spilled = spilled_fields = 0
         budget = self.byte_budget
         seq = self.done
         while seq < tail and len(frames) < self.batch_limit:
             assert ring is not None
-            frame, nbytes = self._frame(ring.read(seq + 1), seq + 1)
+            rec = ring.read(seq + 1)
             seq += 1
+            if rec[1] == _shm.DROPPED:
+                if rec[0] != seq:  # pragma: no cover - a broken ring, never an input
+                    raise RuntimeError(f"writer: ring record {seq} holds record {rec[0]}")
+                self.dropped.append(rec[4])
+                continue
+            frame, nbytes = self._frame(rec, seq)
             frames.append(frame)
-            spilled += nbytes
+            if nbytes:
+                spilled += nbytes
+                spilled_fields += frame.nbytes
             if budget is not None:
                 budget -= frame.nbytes
                 if budget <= 0:
                     break
         dropped, self.dropped = self.dropped, []
-        self._taken = (seq, spilled)
+        self._taken = (seq, spilled, spilled_fields)
         return Batch(frames, dropped)
 
     def _take_unpublished(self) -> Batch | None:
@@ -268,10 +278,12 @@ class Writer:
         taken, self._taken = self._taken, None
         ring = self.ring
         if taken is not None and ring is not None:
-            seq, spilled = taken
+            seq, spilled, spilled_fields = taken
             self.done = seq
             if spilled:
                 self.spill_done += spilled
+                self.spill_fields_done += spilled_fields
+                ring.set(_shm.SPILL_FIELDS_DONE, self.spill_fields_done)
                 ring.set(_shm.SPILL_DONE, self.spill_done)
             ring.set(_shm.DONE, seq)
             if ring.get(_shm.WANT_DONE):

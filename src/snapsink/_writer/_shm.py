@@ -15,7 +15,7 @@ Two kinds of mapping:
   frame outgrows it. The producer writes it; the writer only reads it.
 - the **ring** publishes frames in write order: a header of counters, then
   fixed-size records, one per published frame (its sequence number, slot or
-  spill file, step, time, ragged row counts). The producer writes a record,
+  spill file, step, time, ragged row counts) or dropped step. The producer writes a record,
   then the ring's ``tail``; the writer appends the frames and then advances
   ``done``. Each counter has a single writer, so neither side takes a lock.
 
@@ -58,14 +58,17 @@ ALIGN: Final = 64
 PAGE: Final = DIRECT_ALIGN
 
 #: ring header: tail (producer), done (writer), want_done (producer sets, writer
-#: clears), writer_idle (writer sets, producer clears), spilled bytes the writer
-#: has stored (writer), each on its own line
-RING_HEADER: Final = 5 * ALIGN
+#: clears), writer_idle (writer sets, producer clears), the spilled frames the
+#: writer has stored: their bytes in the spill queue (what the spill's bound
+#: counts) and their field bytes (what ``bytes_written`` counts) (writer), each
+#: on its own line
+RING_HEADER: Final = 6 * ALIGN
 TAIL: Final = 0
 DONE: Final = ALIGN
 WANT_DONE: Final = 2 * ALIGN
 IDLE: Final = 3 * ALIGN
 SPILL_DONE: Final = 4 * ALIGN
+SPILL_FIELDS_DONE: Final = 5 * ALIGN
 
 #: values of IDLE: the writer is working; it looks at the ring again within a
 #: millisecond on its own (a timed sleep: waking it would cost the producer a
@@ -74,14 +77,18 @@ BUSY: Final = 0
 POLLING: Final = 1
 ASLEEP: Final = 2
 
-#: record kinds
+#: record kinds: a frame in a slot, a frame in the spill queue, a dropped step
+#: (a drop policy's record of a frame it discarded: on the ring, it reaches
+#: the store even if the sink's process dies right after the drop)
 SLOT: Final = 0
 SPILLED: Final = 1
+DROPPED: Final = 2
 
 
 def record_struct(n_ragged: int) -> struct.Struct:
-    """A ring record: seq, kind, slot (or the spilled frame's serial, 1-based),
-    slot generation, step, has_time, time, then one row count per ragged field."""
+    """A ring record: seq, kind, slot (or the spilled frame's serial, 1-based;
+    0 for a dropped step), slot generation, step, has_time, time, then one row
+    count per ragged field."""
     return struct.Struct("<qqqqqqd" + "q" * n_ragged)
 
 

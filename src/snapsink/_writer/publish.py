@@ -32,7 +32,7 @@ from typing import Any, Protocol
 import numpy as np
 
 from .._channel import Channel
-from .._channeltypes import Entry, SinkStatistics
+from .._channeltypes import Entry, Offer, SinkStatistics
 from .._schema import Field, is_device_array
 from .._spill import Spill
 from .._staging.host import Completion, Slot
@@ -43,8 +43,6 @@ __all__ = ["POLL", "Control", "ProcessChannel"]
 
 #: the longest a waiting producer trusts a wake-up flag before looking again
 POLL = 0.005
-#: drops sent to the writer in batches of this many (and at every flush and close)
-_DROP_BATCH = 256
 
 
 def copy_into(view: np.ndarray[Any, Any], value: Any) -> None:
@@ -125,6 +123,7 @@ class ProcessChannel(Channel):
         self.spill_published = 0  # spilled frames published: the serial of the last one
         self._done = 0  # frames the writer stored, as last read from the ring
         self._spill_done = 0  # spilled bytes the writer stored (counted so far)
+        self._spill_fields_done = 0  # and their field bytes
         self._schema_sent = False
         #: the proxy thread waits for the writer's replies with no timeout (it saw
         #: nothing queued): a frame left queued must nudge it (lock held both ways)
@@ -295,10 +294,16 @@ class ProcessChannel(Channel):
                     # the call back is the fast path, the tick the safety net
                     self.proxy_idle = False
                     self.writer.nudge()
-        if len(self.pending_dropped) >= _DROP_BATCH:
-            self._send_drops()
+        if self.pending_dropped:
+            self._publish_drops()
         if self.flushes:
             self._send_flushes()
+
+    @property
+    def _blank_rows(self) -> tuple[int, ...]:
+        """Row counts of a record that holds no frame (one 0 per ragged field)."""
+        assert self.schema is not None
+        return (0,) * len(self.schema.ragged)
 
     def _publish_spilled(self, ring: _shm.Ring, pub: int, done: int) -> int:
         """Publish spilled frames, behind every frame in memory, as the ring has
@@ -306,8 +311,7 @@ class ProcessChannel(Channel):
         time and fields from the spill queue itself, and checks that the frame
         it reads is the one each record names."""
         n = min(self.fifo_waiting, max(0, self.nrecords - (pub - done)))
-        assert self.schema is not None
-        blank = (0,) * len(self.schema.ragged)
+        blank = self._blank_rows
         serial = self.spill_published
         for _ in range(n):
             pub += 1
@@ -322,7 +326,35 @@ class ProcessChannel(Channel):
         self.fifo_waiting -= n
         return pub
 
+    def _drop(self, step: int, time: float | None) -> Offer:
+        outcome = super()._drop(step, time)
+        self._publish_drops()
+        return outcome
+
+    def _publish_drops(self) -> None:
+        """Hand the dropped steps to the writer at once (lock held), each as a
+        ring record: no system call, and like a published frame a drop reaches
+        the store even if this process dies right after it. What the ring has
+        no room for goes as one message (the socket keeps it as well)."""
+        steps = self.pending_dropped
+        if not steps:
+            return
+        self.pending_dropped = []
+        ring = self._ensure_ring()
+        pub = self.published
+        n = min(len(steps), self.nrecords - (pub - self._writer_done(ring)))
+        if n > 0:
+            blank = self._blank_rows
+            for step in steps[:n]:
+                pub += 1
+                ring.put(pub, (pub, _shm.DROPPED, 0, 0, step, 0, 0.0, *blank))
+            self.published = pub
+            ring.set(_shm.TAIL, pub)
+        if n < len(steps):
+            self.writer.send(("dropped", steps[max(n, 0) :]))
+
     def _send_drops(self) -> None:
+        """Drops not yet handed over, by message (at a flush and the close)."""
         if self.pending_dropped:
             steps, self.pending_dropped = self.pending_dropped, []
             self.writer.send(("dropped", steps))
@@ -393,9 +425,13 @@ class ProcessChannel(Channel):
             # spilled frames' sizes: the writer read them from disk and counts them
             spill_done = self.ring.get(_shm.SPILL_DONE)
             if spill_done > self._spill_done:
+                # the spill's bound counts bytes in the spill queue; bytes
+                # written, the fields' bytes (SPILL_FIELDS_DONE is stored first)
                 self.spilled_bytes -= spill_done - self._spill_done
-                self.bytes_written += spill_done - self._spill_done
                 self._spill_done = spill_done
+                fields_done = self.ring.get(_shm.SPILL_FIELDS_DONE)
+                self.bytes_written += fields_done - self._spill_fields_done
+                self._spill_fields_done = fields_done
         inflight = self.inflight
         n = 0
         while inflight and inflight[0].pub <= upto:
@@ -417,10 +453,11 @@ class ProcessChannel(Channel):
         with self.lock:
             self._reap(self.published if final else None)
 
-    def _reclaim(self) -> None:
+    def _reclaim(self) -> bool:
         # publish too: a frame whose device copy completed since it was queued
         # can go now, and only published frames ever free a slot
         self._pump()
+        return True
 
     def _wake_writer(self, ring: _shm.Ring) -> None:
         ring.set(_shm.IDLE, _shm.BUSY)
