@@ -14,14 +14,17 @@ from hypothesis import strategies as st
 import snapsink
 from conftest import FailingStore, GatedStore
 from snapsink import (
+    Batch,
     ClosedSinkError,
     ConfigError,
     Field,
+    Frame,
     HostMemory,
     Schema,
     SchemaError,
     Sink,
     Spill,
+    SyncSink,
     WouldBlock,
     WriterError,
 )
@@ -506,3 +509,42 @@ def test_a_huge_capacity_costs_nothing_until_frames_come(tmp_path: Path, writer:
     assert made <= 20  # one per frame at most, never the capacity
     traj = store.trajectory() if writer == "thread" else snapsink.open(tmp_path / "s")
     assert traj["x"][:].tolist() == [[float(i)] * 4 for i in range(20)]
+
+
+# -- resuming after drops: a step is never both stored and dropped ----------------------
+def _run_with_drops() -> snapsink.HostMemory:
+    """Step 0 stored, steps 1-9 recorded as dropped (a drop policy's record)."""
+    mem = snapsink.HostMemory()
+    mem.open()
+    mem.prepare(Schema({"x": "float64"}), times=False)
+    mem.append(Batch([Frame(0, None, {"x": np.float64(0.0)})], dropped_steps=list(range(1, 10))))
+    return mem
+
+
+@pytest.mark.parametrize("kind", ["npy", "zarr", "hdf5", "memory"])
+def test_resumed_run_storing_steps_it_had_dropped_no_longer_lists_them(
+    tmp_path: Path, kind: str
+) -> None:
+    """A run resumed from a checkpoint before steps it had dropped stores them
+    again: they are stored, and so no longer dropped (the steps before its
+    restart stay dropped)."""
+    if kind == "hdf5":
+        pytest.importorskip("h5py")
+    classes = {"npy": snapsink.NpyDirectory, "zarr": snapsink.ZarrStore}
+    if kind == "hdf5":
+        classes["hdf5"] = snapsink.HDF5Store
+    path = tmp_path / ("run.h5" if kind == "hdf5" else "run")
+    if kind == "memory":
+        store = _run_with_drops()
+    else:
+        snapsink.copy(_run_with_drops(), classes[kind](path))
+        assert snapsink.open(path).dropped_steps.tolist() == list(range(1, 10))
+        store = classes[kind](path, mode="a")
+    with SyncSink(store, writer="thread") as sink:
+        assert sink.last_step == 0
+        for step in range(5, 13):
+            sink.write({"x": float(step)}, step=step)
+    traj = store.trajectory() if kind == "memory" else snapsink.open(path)
+    assert traj.steps.tolist() == [0, *range(5, 13)]
+    assert traj["x"][:].tolist() == [0.0, *map(float, range(5, 13))]
+    assert traj.dropped_steps.tolist() == [1, 2, 3, 4]

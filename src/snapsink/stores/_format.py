@@ -13,7 +13,7 @@ The formats' own modules (``_npyformat``, ``_zarrplan``, ``_hdf5plan``) keep wha
 from __future__ import annotations
 
 import bisect
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterable, Sequence
 from typing import Any, TypeGuard
 
 import numpy as np
@@ -85,8 +85,35 @@ class StepRanges:
         else:
             runs.insert(i, [step, step + 1])
 
+    def discard_stored(self, steps: Iterable[int]) -> bool:
+        """Forget the steps of ``steps`` (increasing) that are here: frames stored
+        after all, by a run resumed before steps it had dropped (a step is never
+        both stored and dropped). Whether any was here."""
+        runs = self._runs
+        changed = False
+        for step in steps:
+            if not runs or step >= runs[-1][1]:
+                break  # beyond every dropped step, and so are the rest
+            i = bisect.bisect_right(runs, step, key=lambda r: r[0]) - 1
+            if i < 0 or step >= runs[i][1]:
+                continue
+            start, stop = runs[i]
+            if stop - start == 1:
+                del runs[i]
+            elif step == start:
+                runs[i][0] += 1
+            elif step == stop - 1:
+                runs[i][1] -= 1
+            else:
+                runs[i : i + 1] = [[start, step], [step + 1, stop]]
+            self.count -= 1
+            changed = True
+        return changed
+
     def to_json(self) -> list[list[int]]:
-        return self._runs
+        """The runs, copied: a commit in the background holds what it names
+        while later drops (and stored steps) change these."""
+        return [[a, b] for a, b in self._runs]
 
     def to_array(self, where: str = "dropped steps") -> np.ndarray[Any, np.dtype[np.int64]]:
         """Every step, sorted.

@@ -233,8 +233,9 @@ class GPUBuffer:
         -------
         Resume or None
             The stored schema, the frames stored since creation, and the last
-            step and time that reached the ring (held, drained or lost): a sink
-            resuming a drained ring continues after them.
+            step and time that reached the ring (held, drained or lost; the
+            step also counts the channel's drops): a sink resuming a drained
+            ring continues after them.
         """
         with self._lock:
             if self._schema is None:
@@ -291,7 +292,13 @@ class GPUBuffer:
             and those after it are not; the message names their steps).
         """
         with self._cond:
-            self._lost.extend(int(s) for s in batch.dropped_steps)
+            if batch.dropped_steps:
+                self._lost.extend(int(s) for s in batch.dropped_steps)
+                # a dropped step is taken, as a lost one: a sink given this
+                # buffer later continues after it (never stores it as well)
+                last = max(batch.dropped_steps)
+                if self._last_step is None or last > self._last_step:
+                    self._last_step = last
             if not batch.frames:
                 return
             slots, stream = self._slots, self._stream

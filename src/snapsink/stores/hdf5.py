@@ -413,6 +413,8 @@ class HDF5Store:
         if batch.dropped_steps:
             self._dropped.add_all(batch.dropped_steps)
             self._dropped_dirty = True
+        if batch.frames and self._dropped.discard_stored(f.step for f in batch.frames):
+            self._dropped_dirty = True
         pending = self._count - self._committed
         if pending >= self._commit_every or (
             self._commit_seconds is not None

@@ -14,6 +14,7 @@ from .._schema import Batch, Schema
 from .._store import Resume
 from .._trajectory import Trajectory
 from ._common import check_attrs, check_same_layout, check_static, merge_metadata
+from ._format import StepRanges
 
 __all__ = ["GrowableArray", "HostMemory"]
 
@@ -88,7 +89,7 @@ class HostMemory:
         self._time_buf = GrowableArray(np.dtype(np.float64), ())
         self._data: dict[str, GrowableArray] = {}
         self._offsets: dict[str, GrowableArray] = {}
-        self._dropped: list[int] = []
+        self._dropped = StepRanges()
         self._committed = 0
 
     # Deliberate parallel of NpyDirectory.add_metadata (stores/npy.py) and
@@ -189,7 +190,7 @@ class HostMemory:
         """
         frames = batch.frames
         with self._lock:
-            self._dropped.extend(batch.dropped_steps)
+            self._dropped.add_all(batch.dropped_steps)
             if not frames:
                 return
             if self._schema is None:
@@ -212,6 +213,8 @@ class HostMemory:
                 else:
                     self._data[name].extend_frames(arrays)
             self._committed = self._steps.size
+            # frames of steps dropped before this store was resumed: no longer dropped
+            self._dropped.discard_stored(f.step for f in frames)
 
     def commit(self) -> None:
         """Nothing to do: appended frames are readable at once."""
@@ -245,6 +248,6 @@ class HostMemory:
                 offsets=offsets,
                 static=self._static,
                 attrs=self._attrs,
-                dropped_steps=self._dropped,
+                dropped_steps=self._dropped.to_array().tolist(),
             )
         return Trajectory(source)

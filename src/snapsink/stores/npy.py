@@ -407,6 +407,9 @@ class NpyDirectory:
                 self._handles.start_writeback()
             self._last_step = last_step
             self._since_commit += len(frames)
+            # frames of steps dropped before a resume: no longer dropped
+            if self._dropped.discard_stored(f.step for f in frames):
+                self._dropped_dirty = True
         if self._since_commit >= self._commit_every or (
             self._commit_seconds is not None
             and (self._since_commit or self._dropped_dirty)

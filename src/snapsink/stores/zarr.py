@@ -512,6 +512,9 @@ class ZarrStore:
                 self._state = "failed"
                 raise
             self._frames += len(frames)
+            # frames of steps dropped before a resume: no longer dropped (this
+            # goes to disk with the frames' own count, at their commit)
+            self._meta.dropped.discard_stored(f.step for f in frames)
         if self._commit_due(bool(batch.dropped_steps)):
             if not self._in_background():
                 await self.commit()
