@@ -76,3 +76,21 @@ def test_more_dropped_steps_than_a_reader_materializes_is_corrupt() -> None:
     r = StepRanges([[0, MAX_DROPPED_STEPS + 1]])
     with pytest.raises(FormatError, match="metadata is corrupt"):
         r.to_array("x.json")
+
+
+def test_step_ranges_forget_stored_steps_as_a_set_would() -> None:
+    """discard_stored against a plain set, over random drops and increasing
+    stored steps (splits, trims at either end, whole runs, steps not there)."""
+    rng = np.random.default_rng(7)
+    for _ in range(200):
+        dropped = {int(s) for s in rng.integers(0, 60, rng.integers(0, 40))}
+        r = StepRanges()
+        r.add_all(sorted(dropped))
+        stored = sorted({int(s) for s in rng.integers(0, 70, rng.integers(0, 30))})
+        changed = r.discard_stored(stored)
+        assert changed == bool(dropped & set(stored))
+        assert r.to_array().tolist() == sorted(dropped - set(stored))
+        assert r.count == len(dropped - set(stored))
+        runs = r.to_json()
+        assert all(a < b for a, b in runs)
+        assert all(runs[i][1] < runs[i + 1][0] for i in range(len(runs) - 1))  # non-adjacent
