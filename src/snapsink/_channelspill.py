@@ -56,6 +56,11 @@ class SpillQueue:
         self.fifo_turn = 0  # the spill write that may run (they run in order)
         self.fifo_turns = threading.Condition(self.lock)
         self.spilled_bytes = 0  # of the frames accepted into the spill queue
+        #: tickets handed out whose write is not over (done or failed), by number
+        self.fifo_open: dict[int, SpillTicket] = {}
+        #: of those, the ones whose caller gave up before their turn came
+        self.fifo_abandoned: set[int] = set()
+        self.fifo_counted = 0  # spill writes done: SpillDir.frames once they are settled
 
     def _offer_spill(
         self, step: int, time: float | None, nbytes: int, items: Sequence[tuple[str, Field, Any]]
@@ -73,6 +78,8 @@ class SpillQueue:
         clock = self.clock
         before = (clock.last_step, clock.last_time, clock.has_times)
         ticket = SpillTicket(self.fifo_tickets, step, time, nbytes, before)
+        ticket.owner = threading.get_ident()
+        self.fifo_open[ticket.n] = ticket
         self.fifo_tickets += 1
         self.fifo_writing += 1
         self.spilled_bytes += nbytes
@@ -105,7 +112,12 @@ class SpillQueue:
             assert self.schema is not None
             nbytes = spill_dir.append(self.schema, ticket.step, ticket.time, items, to_host)
         except BaseException as exc:
-            given_back = self._spill_failed(ticket)
+            with self.lock:
+                taken, given_back = self._settle_in_turn(ticket)
+                if self.room_waiters:
+                    self._wake_producers()
+            if taken:  # in the spill queue after all (e.g. a KeyboardInterrupt after the append)
+                raise
             if isinstance(exc, OSError) and self.failure is None:
                 detail = (
                     "the step can be written again"
@@ -128,41 +140,96 @@ class SpillQueue:
                 self.fifo_turns.wait(0.25)
             return self.failure
 
-    def _spill_failed(self, ticket: SpillTicket) -> bool:
-        """Undo a failed spill write's acceptance; whether its step was given back."""
-        with self.lock:
-            self._end_turn()
-            self.spilled_bytes -= ticket.nbytes
-            given_back = ticket.n == self.fifo_tickets - 1
-            if given_back:
-                self.fifo_tickets -= 1
-                self.fifo_turn = self.fifo_tickets
-                c = self.clock
-                c.last_step, c.last_time, c.has_times = ticket.before
-            if self.room_waiters:
-                self._wake_producers()
-            return given_back
+    def _settle_in_turn(self, ticket: SpillTicket) -> tuple[bool, bool]:
+        """End a spill write that did not end normally, in its turn (lock held):
+        whether its frame is taken, and, if not, whether its step was given back.
+
+        The frame is taken when it is in the spill queue on disk (the spill
+        directory counted it: an exception after its append returned), since
+        the queue is read in order; else it is not, as after a failed write.
+        """
+        spill_dir = self.spill_dir
+        if spill_dir is not None and spill_dir.frames > self.fifo_counted:
+            self._spilled_in_turn(ticket, spill_dir.last_nbytes)
+            return True, False
+        return False, self._fail_in_turn(ticket)
+
+    def _fail_in_turn(self, ticket: SpillTicket) -> bool:
+        """A spill write that ends, in its turn, with no frame on disk (lock
+        held): the next may run; the step is given back when no frame was
+        accepted after it (the return value)."""
+        del self.fifo_open[ticket.n]
+        self._end_turn()
+        self.spilled_bytes -= ticket.nbytes
+        given_back = ticket.n == self.fifo_tickets - 1
+        if given_back:
+            self.fifo_tickets -= 1
+            self.fifo_turn = self.fifo_tickets
+            c = self.clock
+            c.last_step, c.last_time, c.has_times = ticket.before
+        return given_back
 
     def _spilled(self, ticket: SpillTicket, nbytes: int) -> None:
         """A spill write is on disk: the frame joins the spill queue."""
         with self.lock:
-            self._end_turn()
-            self.spilled_bytes += nbytes - ticket.nbytes  # as laid out on disk
-            self.seq += 1
-            if not self.fifo_waiting:
-                self.fifo_head_seq = self.seq
-            self.fifo_waiting += 1
-            self.spilled += 1
-            self.pending += 1
-            if self.pending > self.peak:
-                self.peak = self.pending
-            self._wake_consumer()
+            self._spilled_in_turn(ticket, nbytes)
+
+    def _spilled_in_turn(self, ticket: SpillTicket, nbytes: int) -> None:
+        del self.fifo_open[ticket.n]
+        self.fifo_counted += 1
+        self._end_turn()
+        self.spilled_bytes += nbytes - ticket.nbytes  # as laid out on disk
+        self.seq += 1
+        if not self.fifo_waiting:
+            self.fifo_head_seq = self.seq
+        self.fifo_waiting += 1
+        self.spilled += 1
+        self.pending += 1
+        if self.pending > self.peak:
+            self.peak = self.pending
+        self._wake_consumer()
 
     def _end_turn(self) -> None:
-        """A spill write is over, done or failed: the next one may run (lock held)."""
+        """A spill write is over, done or failed: the next one may run (lock
+        held). Turns whose callers gave up pass, their frames not taken."""
         self.fifo_writing -= 1
         self.fifo_turn += 1
+        while self.fifo_turn in self.fifo_abandoned:
+            self.fifo_abandoned.discard(self.fifo_turn)
+            gone = self.fifo_open.pop(self.fifo_turn)
+            self.fifo_writing -= 1
+            self.spilled_bytes -= gone.nbytes
+            self.fifo_turn += 1
         self.fifo_turns.notify_all()
+
+    def abandon_spill(self) -> None:
+        """The calling thread left a spill write it was handed, by an exception
+        anywhere between the offer and the write's end (a KeyboardInterrupt):
+        settle it, so that later spill writes and the close never wait for it.
+
+        In its turn, a frame that reached the spill queue on disk is taken (it
+        is stored); one that did not is not, as after a failed write. Before its
+        turn the frame is not taken: the last one handed out gives its step
+        back, an earlier one is passed over when its turn comes.
+        """
+        me = threading.get_ident()
+        with self.lock:
+            ticket = next((t for t in self.fifo_open.values() if t.owner == me), None)
+            if ticket is None:
+                return  # its write ended (done or failed), or it never got one
+            if ticket.n == self.fifo_turn:
+                self._settle_in_turn(ticket)
+            elif ticket.n == self.fifo_tickets - 1:
+                del self.fifo_open[ticket.n]
+                self.fifo_tickets -= 1
+                self.fifo_writing -= 1
+                self.spilled_bytes -= ticket.nbytes
+                c = self.clock
+                c.last_step, c.last_time, c.has_times = ticket.before
+            else:
+                self.fifo_abandoned.add(ticket.n)
+            if self.room_waiters:
+                self._wake_producers()
 
     def read_spilled(self, entry: Entry) -> None:
         """Fill a spilled entry from the spill queue (the consumer reads them in

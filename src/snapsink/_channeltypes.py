@@ -115,7 +115,7 @@ class Entry(Frame):
 class SpillTicket:
     """A frame accepted into the spill queue, its write to disk still to do."""
 
-    __slots__ = ("before", "n", "nbytes", "step", "time")
+    __slots__ = ("before", "n", "nbytes", "owner", "step", "time")
 
     def __init__(
         self,
@@ -130,6 +130,7 @@ class SpillTicket:
         self.time = time
         self.nbytes = nbytes
         self.before = before  # the clock before it, to give the step back on failure
+        self.owner = 0  # the thread it was handed to (threading.get_ident())
 
 
 def frame_nbytes(schema: Schema | None, items: Sequence[tuple[str, Field, Any]]) -> int:

@@ -223,10 +223,16 @@ class SpillDir:
         except OSError as exc:
             raise ConfigError(f"Spill dir: cannot work in {base}: {exc.strerror}") from exc
         self.limit = segment_limit(config.max_bytes)
-        self.frames = 0  # frames appended: the serial of the last one
-        self._segment = 0  # index of the segment being appended to
+        #: (the segment appended to, its bytes, frames appended (the serial of
+        #: the last one), the data bytes of the last one), replaced whole once a
+        #: frame is in: an exception at any point of an append (a Ctrl-C) leaves
+        #: the frame either appended or not, never half counted
+        self._at = (0, 0, 0, 0)
         self._fd = -1
-        self._size = 0  # bytes in that segment
+        self._fd_segment = 0  # the segment _fd is open on
+        #: a segment whose file an append created and did not yet count (0: none):
+        #: the reader may have moved on to it, so appends go there
+        self._creating = 0
         self._header: struct.Struct | None = None
         from ._writer._shm import PAGE
 
@@ -260,9 +266,10 @@ class SpillDir:
                 rows.append(int(arr.shape[0]))
             arrays.append(arr)
         layout, total = frame_layout(schema, rows)
+        segment, size, frames, _ = self._at
         header = self._header.pack(
             _MAGIC,
-            self.frames + 1,
+            frames + 1,
             total,
             step,
             time is not None,
@@ -282,32 +289,46 @@ class SpillDir:
             pos = offset + nbytes
         parts.append(self._pad[: total - pos])
         record = _padded(len(header)) + total
-        if self._fd < 0 or (self._size and self._size + record > self.limit):
-            self._next_segment()
-        start = self._size
+        target = segment + 1 if self._fd < 0 or (size and size + record > self.limit) else segment
+        if self._creating > segment:
+            target = self._creating  # an append that made it was cut short
+        if target != segment or self._fd_segment != target:
+            self._open_segment(target)
+            size = 0
         try:
-            _write_all(self._fd, parts, record, start)
+            _write_all(self._fd, parts, record, size)
         except BaseException:
             with contextlib.suppress(OSError):
-                os.ftruncate(self._fd, start)
+                os.ftruncate(self._fd, size)
             raise
-        self._size = start + record
-        self.frames += 1
+        self._at = (target, size + record, frames + 1, total)
+        self._creating = 0
         return total
 
-    def _next_segment(self) -> None:
-        # the reader moves on to the next index at the end of a segment: the
-        # index advances only once its file exists
+    @property
+    def frames(self) -> int:
+        """Frames appended: the serial of the last one."""
+        return self._at[2]
+
+    @property
+    def last_nbytes(self) -> int:
+        """The data bytes of the last frame appended."""
+        return self._at[3]
+
+    def _open_segment(self, index: int) -> None:
+        """Make segment ``index`` the one appended to, empty. The reader moves on
+        to the next index at the end of a segment once its file exists, so once
+        made, it is the one appended to, also after an exception here."""
+        self._creating = index
         fd = os.open(
-            _segment(self.path, self._segment + 1),
-            os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_CLOEXEC | os.O_NOFOLLOW,
+            _segment(self.path, index),
+            os.O_WRONLY | os.O_CREAT | os.O_TRUNC | os.O_CLOEXEC | os.O_NOFOLLOW,
             0o600,
         )
-        if self._fd >= 0:
-            os.close(self._fd)
-        self._fd = fd
-        self._segment += 1
-        self._size = 0
+        old, self._fd = self._fd, fd
+        self._fd_segment = index
+        if old >= 0:
+            os.close(old)
 
     def discard(self) -> None:
         """The sink failed: its spilled frames will never be stored; remove them."""
@@ -471,9 +492,14 @@ class SpillReader:
         for p in done:
             p.unlink(missing_ok=True)
 
-    def close(self, *, remove_dir: bool = False) -> None:
+    def close(self, *, remove_dir: bool = False, writer_gone: bool = False) -> None:
         """Close; the segment being read is removed too when it was read to its
-        end (``remove_dir``: and the directory, if nothing else is in it)."""
+        end (``remove_dir``: and the directory, if nothing else is in it).
+
+        ``writer_gone``: the process that spilled is dead and every complete
+        frame was read: what is left (the torn last frame its death cut short,
+        a segment it had just started) can never be completed and goes too.
+        """
         if self._fd >= 0:
             size = os.fstat(self._fd).st_size
             os.close(self._fd)
@@ -481,6 +507,9 @@ class SpillReader:
             if self._offset >= size:
                 self.exhausted.append(_segment(self.path, self._segment))
         self.remove_exhausted()
+        if writer_gone:
+            for leftover in self.path.glob(f"*{_SUFFIX}"):
+                leftover.unlink(missing_ok=True)
         if remove_dir:
             remove_if_empty(self.path)
 

@@ -245,22 +245,29 @@ class SyncSink(ClosesOnExit):
         items = sink._validate(ch, fields, step, time)
         # Deliberate parallel of Sink.write's loop (_sink.py): the same offer
         # protocol, waited for here in the caller's thread, there on the loop.
-        while True:
-            outcome, entry = ch.offer(items, step, time, copy=copy, stream=stream)
-            if outcome is Offer.QUEUED or outcome is Offer.DROPPED:
-                return
-            if outcome is Offer.SPILL:
-                assert isinstance(entry, SpillTicket)
-                ch.spill_write(entry, items, stream)
-                return
-            # no room: wait here, in the caller's thread (not on the loop)
-            waker = ThreadWaker()
-            if ch.park_producer(waker, frame_nbytes(ch.schema, items)):
-                timeout = 0.25 if ch.poll_interval is None else ch.poll_interval
-                if not waker.event.wait(timeout):
-                    ch.unpark_producer(waker)
-                    if not self._loop.thread.is_alive():
-                        raise WriterError("the sync sink's event-loop thread has died")
+        try:
+            while True:
+                outcome, entry = ch.offer(items, step, time, copy=copy, stream=stream)
+                if outcome is Offer.QUEUED or outcome is Offer.DROPPED:
+                    return
+                if outcome is Offer.SPILL:
+                    assert isinstance(entry, SpillTicket)
+                    ch.spill_write(entry, items, stream)
+                    return
+                # no room: wait here, in the caller's thread (not on the loop)
+                waker = ThreadWaker()
+                if ch.park_producer(waker, frame_nbytes(ch.schema, items)):
+                    timeout = 0.25 if ch.poll_interval is None else ch.poll_interval
+                    if not waker.event.wait(timeout):
+                        ch.unpark_producer(waker)
+                        if not self._loop.thread.is_alive():
+                            raise WriterError("the sync sink's event-loop thread has died")
+        except BaseException:
+            # e.g. a KeyboardInterrupt anywhere after the offer handed this thread
+            # a spill write: one left unsettled would hold every later one, and
+            # the close, forever
+            ch.abandon_spill()
+            raise
 
     # Deliberate parallel of SyncSink.write and Sink.write_nowait (_sink.py): the
     # OP / OP_nowait pair and the async sink each declare the same keywords.

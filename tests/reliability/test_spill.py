@@ -184,6 +184,47 @@ def test_what_a_killed_producer_spilled_is_stored_by_its_writer(tmp_path: Path) 
     assert traj["x"][:].tobytes() == np.stack([_frame(i)["x"] for i in range(60)]).tobytes()
 
 
+_KILLED_MID_SPILL = """
+import os, signal, sys, numpy as np, snapsink
+from snapsink import _spill
+sys.path.insert(0, {tests!r})
+from process_stores import SlowNpy
+real, calls = _spill._write_all, [0]
+def torn(fd, parts, total, offset):
+    calls[0] += 1
+    if calls[0] == 30:  # the header and part of the data, then the process dies
+        real(fd, parts[:3], sum(len(memoryview(p).cast("B")) for p in parts[:3]), offset)
+        os.kill(os.getpid(), signal.SIGKILL)
+    return real(fd, parts, total, offset)
+_spill._write_all = torn
+sink = snapsink.SyncSink(SlowNpy({run!r}, delay=0.02), capacity=2, policy=snapsink.Spill({spill!r}))
+for i in range(60):
+    sink.write({{"x": np.arange(32, dtype=np.float64) + i, "e": float(i)}}, step=i)
+    print(i, flush=True)
+"""
+
+
+def test_a_frame_torn_by_the_producers_death_leaves_no_spill_file(tmp_path: Path) -> None:
+    """Writer process: the producer dies in the middle of a spill write. Every
+    frame whose write returned is stored, and once the writer drained, the torn
+    frame's segment and the directory are gone too (nothing can complete them)."""
+    code = _KILLED_MID_SPILL.format(
+        tests=str(HERE.parent), run=str(tmp_path / "run"), spill=str(tmp_path / "spill")
+    )
+    done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=60)
+    assert done.returncode == -signal.SIGKILL, done.stderr
+    returned = [int(x) for x in done.stdout.split()]
+    assert len(returned) > 20
+    deadline = time.monotonic() + 60
+    while any((tmp_path / "spill").iterdir()) and time.monotonic() < deadline:
+        time.sleep(0.05)  # the writer drains, in its own session
+    assert not list((tmp_path / "spill").iterdir())
+    time.sleep(0.2)  # its last commit
+    traj = snapsink.open(tmp_path / "run")
+    assert traj.steps.tolist() == returned
+    assert traj["x"][:].tobytes() == np.stack([_frame(i)["x"] for i in returned]).tobytes()
+
+
 def test_the_next_sink_removes_what_a_killed_sink_left(tmp_path: Path) -> None:
     """Thread writer: a SIGKILL leaves spill files; the next sink on the same
     directory removes them, and never a live sink's or a user's files."""
@@ -522,3 +563,131 @@ def test_segments_rotate_and_go_while_the_writer_drains(tmp_path: Path, writer: 
     for i in range(n):
         assert np.asarray(got[i]).tobytes() == frame(i)["r"].tobytes(), f"frame {i}"
     assert not _segments(spill)
+
+
+# -- a KeyboardInterrupt in a spill write (review probe: the close hung) ------------------
+def _big(i: int) -> dict[str, Any]:
+    return {"x": np.arange(2048, dtype=np.float64) + i, "e": float(i)}  # 16 KiB: 4 a segment
+
+
+@pytest.mark.parametrize("writer", ["thread", "process"])
+@pytest.mark.parametrize("where", ["before its turn", "after the append", "as a segment starts"])
+def test_a_ctrl_c_in_a_spill_write_leaves_the_sink_usable_and_its_close_whole(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, writer: str, where: str
+) -> None:
+    """KeyboardInterrupt at three moments of a spill write: later writes spill
+    on, the close returns, every frame whose write returned is stored bit-exact,
+    and the interrupted one is stored exactly when it reached the spill queue."""
+    from snapsink import _channelspill, _spill
+
+    hit = {"n": 0}
+
+    def interrupt_once() -> None:
+        hit["n"] += 1
+        if hit["n"] == 6:
+            raise KeyboardInterrupt
+
+    if where == "before its turn":
+        real_wait = _channelspill.SpillQueue._wait_turn
+
+        def wait_turn(self: Any, ticket: Any) -> Any:
+            interrupt_once()
+            return real_wait(self, ticket)
+
+        monkeypatch.setattr(_channelspill.SpillQueue, "_wait_turn", wait_turn)
+    elif where == "after the append":
+        real_append = _spill.SpillDir.append
+
+        def append(self: Any, *a: Any, **kw: Any) -> int:
+            n = real_append(self, *a, **kw)
+            interrupt_once()
+            return n
+
+        monkeypatch.setattr(_spill.SpillDir, "append", append)
+    else:
+        real_open = _spill.SpillDir._open_segment
+
+        def open_segment(self: Any, index: int) -> None:
+            real_open(self, index)
+            if index == 2 and not hit["n"]:  # the file exists: the reader may move on to it
+                hit["n"] += 1
+                raise KeyboardInterrupt
+
+        monkeypatch.setattr(_spill.SpillDir, "_open_segment", open_segment)
+    gate = tmp_path / "gate"
+    store: Any = GatedStore() if writer == "thread" else GatedNpy(str(tmp_path / "run"), str(gate))
+    returned, interrupted = [], []
+    spill = Spill(tmp_path / "spill", max_bytes=1 << 18)
+    with SyncSink(store, capacity=1, policy=spill, writer=writer) as sink:
+        for i in range(16):
+            try:
+                sink.write(_big(i), step=i)
+                returned.append(i)
+            except KeyboardInterrupt:
+                interrupted.append(i)
+        if writer == "thread":
+            store.gate.set()
+        else:
+            gate.touch()
+    assert len(interrupted) == 1
+    traj = store.trajectory() if writer == "thread" else snapsink.open(tmp_path / "run")
+    stored = traj.steps.tolist()
+    expected = sorted(returned + (interrupted if where == "after the append" else []))
+    assert stored == expected
+    assert traj["x"][:].tobytes() == np.stack([_big(i)["x"] for i in stored]).tobytes()
+    assert not _segments(tmp_path / "spill")
+
+
+@pytest.mark.parametrize("writer", ["thread", "process"])
+def test_a_storm_of_ctrl_c_in_spill_writes_never_hangs_the_close(
+    tmp_path: Path, writer: str
+) -> None:
+    """Real SIGINTs every few ms while writes spill: the close returns, each frame
+    whose write returned is stored, and whatever else is stored is whole."""
+    import threading
+
+    store = SlowNpy(str(tmp_path / "run"), 0.002) if writer == "process" else GatedStore()
+    armed = {"on": False, "stop": False}
+
+    def on_sigint(signum: int, frame: Any) -> None:
+        if armed["on"]:
+            raise KeyboardInterrupt
+
+    def storm() -> None:
+        rng = np.random.default_rng(3)
+        while not armed["stop"]:
+            time.sleep(float(rng.uniform(0.0005, 0.003)))
+            os.kill(os.getpid(), signal.SIGINT)
+
+    old = signal.signal(signal.SIGINT, on_sigint)
+    returned, interrupted = [], 0
+    try:
+        spill = Spill(tmp_path / "spill", max_bytes=1 << 18)
+        with SyncSink(store, capacity=1, policy=spill, writer=writer) as sink:
+            t = threading.Thread(target=storm)
+            t.start()
+            try:
+                for i in range(1500):
+                    try:
+                        armed["on"] = True
+                        try:
+                            sink.write(_big(i), step=i)
+                        finally:
+                            armed["on"] = False
+                        returned.append(i)
+                    except KeyboardInterrupt:
+                        interrupted += 1
+            finally:
+                armed["stop"] = True
+                t.join()
+            if writer == "thread":
+                store.gate.set()
+    finally:
+        signal.signal(signal.SIGINT, old)
+    assert interrupted > 0
+    traj = store.trajectory() if writer == "thread" else snapsink.open(tmp_path / "run")
+    stored = traj.steps.tolist()
+    assert set(returned) <= set(stored)
+    assert stored == sorted(stored)
+    assert traj["x"][:].tobytes() == np.stack([_big(i)["x"] for i in stored]).tobytes()
+    assert not _segments(tmp_path / "spill")

@@ -83,7 +83,7 @@ class Writer:
         self.last_work = time.monotonic()
         #: (seq, spilled bytes, their field bytes) of the last take
         self._taken: tuple[int, int, int] | None = None
-        self._drained = False  # the sink's process died and the spill queue is read out
+        self.drained = False  # the sink's process died and the spill queue is read out
 
     # -- messages ---------------------------------------------------------------
     def send(self, msg: tuple[Any, ...]) -> None:
@@ -228,7 +228,7 @@ class Writer:
         ring = self.ring
         tail = ring.get(_shm.TAIL) if ring is not None else 0
         if tail <= self.done and not self.dropped:
-            if self.parent_gone and not self._drained:
+            if self.parent_gone and not self.drained:
                 return self._take_unpublished()
             return None
         frames: list[Frame] = []
@@ -268,7 +268,7 @@ class Writer:
                     break
                 frames.append(got[0])
         if not frames:
-            self._drained = True
+            self.drained = True
             return None
         self._taken = None
         return Batch(frames, [])
@@ -306,7 +306,7 @@ class Writer:
         if self.close_at is not None and self.done >= self.close_at:
             self._check_spill_queue_read()
             return True
-        return self.parent_gone and self._drained
+        return self.parent_gone and self.drained
 
     def _check_spill_queue_read(self) -> None:
         """At the close: the sink published every frame it spilled, so none may
@@ -380,12 +380,14 @@ def main(argv: list[str]) -> int:
             w.send(("error", encode_error(exc)))
         failed = True
     # Every spilled frame the writer stored is removed; the directory too when
-    # the sink's process is gone and left nothing else in it. Before "closed":
-    # the sink returns from its close on that message, and removes the
-    # directory if nothing is left in it.
+    # the sink's process is gone and left nothing else in it (the torn frame its
+    # death cut short included, once every complete one is stored). Before
+    # "closed": the sink returns from its close on that message, and removes
+    # the directory if nothing is left in it.
     if w.spill_reader is not None:
+        gone = w.parent_gone and not failed
         with contextlib.suppress(OSError):
-            w.spill_reader.close(remove_dir=w.parent_gone and not failed)
+            w.spill_reader.close(remove_dir=gone, writer_gone=gone and w.drained)
     elif w.parent_gone and w.spill_dir is not None and not failed:
         remove_if_empty(w.spill_dir)
     if not failed:
