@@ -477,3 +477,32 @@ def test_drops_reach_the_store_when_the_simulation_is_killed(tmp_path: Path, pol
     assert len(recorded) == dropped > 0
     assert sorted(stored + recorded) == list(range(40))
     assert traj["x"][:, 0].tolist() == [float(s) for s in stored]
+
+
+def _snapsink_memory() -> tuple[int, int]:
+    """This process's descriptors and mappings of snapsink's memory files."""
+    fds = 0
+    for fd in os.listdir("/proc/self/fd"):
+        try:
+            fds += "memfd:snapsink" in os.readlink(f"/proc/self/fd/{fd}")
+        except OSError:
+            pass  # the listing's own descriptor, gone
+    with open("/proc/self/maps") as maps:
+        mapped = sum("memfd:snapsink" in line for line in maps)
+    return fds, mapped
+
+
+def test_close_releases_the_shared_memory_while_the_sink_lives_on(tmp_path: Path) -> None:
+    """After the with-block the name ``sink`` still holds the sink: its slots and
+    ring (memory and descriptors) are released all the same, and its statistics
+    still read."""
+    before = _snapsink_memory()
+    with SyncSink(snapsink.NpyDirectory(tmp_path / "run"), capacity=8, writer="process") as sink:
+        for i in range(20):
+            sink.write({"v": np.full(1 << 16, float(i))}, step=i)
+        during = _snapsink_memory()
+    assert during[1] >= before[1] + 9  # 8 slots and the ring were mapped
+    assert _snapsink_memory() == before
+    st = sink.statistics()
+    assert (st.written, st.queued, st.bytes_written) == (20, 0, 20 * 8 * (1 << 16))
+    assert snapsink.open(tmp_path / "run")["v"][:, 0].tolist() == [float(i) for i in range(20)]

@@ -33,6 +33,7 @@ memoryview is one aligned 8-byte load or store: it is never seen torn.
 
 from __future__ import annotations
 
+import contextlib
 import mmap
 import os
 import struct
@@ -213,6 +214,10 @@ class Ring:
         )
 
     def close(self) -> None:
+        """Drop the descriptor and unmap (a view still held keeps the mapping)."""
         if self.fd >= 0:
             os.close(self.fd)
             self.fd = -1
+        self.counters.release()
+        with contextlib.suppress(BufferError):
+            self.map.close()

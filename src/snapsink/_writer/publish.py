@@ -508,11 +508,18 @@ class ProcessChannel(Channel):
         return super().statistics()
 
     def release_memory(self) -> None:
-        """Unmap the slots and the ring (after the writer is gone)."""
+        """Unmap the slots and the ring (after the writer is gone), also while
+        the sink object lives on: each mapping holds its memory and a
+        descriptor until the last array over it goes."""
         if self.device is not None:
             with contextlib.suppress(Exception):
                 self.device.close()
         for slot in self.pool.slots:
+            slot.buffers.clear()  # views of the slot's mapping
             slot.shared = None
-        if self.ring is not None:
-            self.ring.close()
+        with self.lock:
+            if self.ring is not None:
+                self._reap()  # the writer's last counts, read before the ring goes
+            ring, self.ring = self.ring, None
+        if ring is not None:
+            ring.close()
