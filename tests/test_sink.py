@@ -548,3 +548,32 @@ def test_resumed_run_storing_steps_it_had_dropped_no_longer_lists_them(
     assert traj.steps.tolist() == [0, *range(5, 13)]
     assert traj["x"][:].tolist() == [0.0, *map(float, range(5, 13))]
     assert traj.dropped_steps.tolist() == [1, 2, 3, 4]
+
+
+def test_a_sink_made_to_wait_on_another_event_loop_says_so_instead_of_hanging() -> None:
+    """Its wake-ups go to the loop that opened it: once that loop has ended, a
+    flush, or a write that must wait for room, on another loop would never
+    return. Both raise WrongThreadError; the sink stays usable there otherwise."""
+    import asyncio
+
+    store = GatedStore()
+
+    async def open_and_fill() -> Sink:
+        sink = Sink(store, capacity=1, writer="thread")
+        await sink.__aenter__()
+        await sink.write({"x": 0.0}, step=0)
+        store.entered.wait(10)  # the one slot is taken: the next write must wait
+        return sink
+
+    sink = asyncio.run(open_and_fill())
+
+    async def later() -> None:
+        with pytest.raises(snapsink.WrongThreadError, match="another event loop"):
+            await sink.write({"x": 1.0}, step=1)
+        with pytest.raises(snapsink.WrongThreadError, match="another event loop"):
+            await sink.flush()
+        store.gate.set()
+        await sink.aclose()
+
+    asyncio.run(later())
+    assert store.trajectory().steps.tolist() == [0]

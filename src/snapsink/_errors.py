@@ -137,7 +137,9 @@ class DeviceError(SnapsinkError, RuntimeError):
 
 
 class WrongThreadError(SnapsinkError, RuntimeError):
-    """The sync facade was called from its own event-loop thread (would deadlock)."""
+    """The sync facade was called from its own event-loop thread, or an async
+    sink was made to wait on an event loop other than the one that opened it
+    (either would never return)."""
 
 
 def close_noting(close: Callable[[], object], exc: BaseException | None, what: str) -> None:

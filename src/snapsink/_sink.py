@@ -36,7 +36,14 @@ from ._channeltypes import (
     frame_nbytes,
 )
 from ._checks import positive_int
-from ._errors import ClosedSinkError, ConfigError, SchemaError, WouldBlock, WriterError
+from ._errors import (
+    ClosedSinkError,
+    ConfigError,
+    SchemaError,
+    WouldBlock,
+    WriterError,
+    WrongThreadError,
+)
 from ._schema import Schema, StepClock, is_device_array
 from ._spill import Spill, SpillDir
 from ._store import Resume
@@ -362,6 +369,16 @@ class Sink:
                 f"closing the store failed: {type(close_exc).__name__}: {close_exc}"
             ) from close_exc
 
+    def _check_loop(self) -> None:
+        """Before a wait: the sink's wake-ups go to the event loop that opened it,
+        so waiting on another one (after that one ended) would never end."""
+        if thread_safe_scheduler() != self._schedule:
+            raise WrongThreadError(
+                "this Sink was opened on another event loop, which its wake-ups go "
+                "to: a wait here (a flush, a write waiting for room) would never end; "
+                "open the sink (async with Sink(...)) on the loop that uses it"
+            )
+
     def _require_open(self) -> Channel:
         ch = self._channel
         if self._state != "open" or ch is None:
@@ -470,6 +487,7 @@ class Sink:
                 with anyio.CancelScope(shield=True):
                     await anyio.to_thread.run_sync(ch.spill_write, entry, items, stream)
                 return
+            self._check_loop()
             assert self._schedule is not None
             waker = AsyncWaker(self._loop_thread, self._schedule)
             if ch.park_producer(waker, frame_nbytes(ch.schema, items)):
@@ -534,6 +552,7 @@ class Sink:
             The sink is closed.
         """
         ch = self._require_open()
+        self._check_loop()
         gen = ch.request_flush()
         event = anyio.Event()
         self._flush_waiters.append((gen, event))

@@ -13,6 +13,7 @@ which only makes them.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import threading
 from collections.abc import Callable
 
@@ -66,7 +67,10 @@ class AsyncWaker(Waker):
         if threading.get_ident() == self.loop_thread:
             self.event.set()
         else:
-            self.schedule(self.event.set)
+            # a loop that is gone has no waiter left to wake (the sink refuses
+            # to wait on another); its error must not kill the waking thread
+            with contextlib.suppress(RuntimeError):
+                self.schedule(self.event.set)
 
 
 def on_asyncio() -> bool:
