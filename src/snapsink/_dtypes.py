@@ -89,7 +89,8 @@ def as_host_array(name: str, value: object, step: int | None = None) -> np.ndarr
         arr = np.asarray(value)
     except Exception as exc:
         raise DTypeError(
-            f"field {name!r}: expected an array or a number, got {type(value).__name__}{at}"
+            f"field {name!r}: expected an array or a number, got {type(value).__name__}"
+            f"{at}, which numpy cannot read ({type(exc).__name__}: {exc})"
         ) from exc
     if arr.dtype.kind not in ALLOWED_KINDS or arr.dtype.fields is not None:
         raise DTypeError(

@@ -457,6 +457,11 @@ class Schema(Mapping[str, Field]):
             dtype, got = dtype_shape(name, value, step)
             # A Python int is int64 by name only: its value must fit the field.
             if (dtype != want or kind is int) and not safe_cast(value, dtype, want):
+                if isinstance(value, int) and not isinstance(value, bool) and want.kind == "b":
+                    raise DTypeError(
+                        f"field {name!r}: expected a bool (True, False or np.bool_), got the "
+                        f"Python int {int_str(value)} at step {step}"
+                    )
                 if isinstance(value, int) and not isinstance(value, bool):
                     raise DTypeError(
                         f"field {name!r}: expected a value that fits {want}, got the Python "

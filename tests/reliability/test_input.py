@@ -193,3 +193,17 @@ def test_masked_arrays_are_refused_when_masked_and_stored_as_data_when_not(
     assert traj.fields["v"] == snapsink.Field("int32", ())
     assert traj["v"][:].tolist() == [7, 9]
     assert traj["a"][:].tolist() == [[1.0, 2.0], [3.0, 4.0]]
+
+
+def test_refusals_say_why_for_bool_fields_and_unreadable_objects() -> None:
+    schema = Schema({"b": "bool", "t": "float32"})
+    with pytest.raises(DTypeError, match=r"field 'b': expected a bool .*got the Python int 1"):
+        schema.validate({"b": 1, "t": np.float32(0)}, 0)
+
+    class Unreadable:
+        def __array__(self, *a: object, **k: object) -> None:
+            raise RuntimeError("detach it first")
+
+    why = r"field 't': .*Unreadable.*\(RuntimeError: detach it first\)"
+    with pytest.raises(DTypeError, match=why):
+        schema.validate({"b": True, "t": Unreadable()}, 0)
