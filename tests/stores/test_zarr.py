@@ -861,3 +861,21 @@ async def test_trajectory_reports_groups_and_clean_close(tmp_path: Path) -> None
     traj = open_store(path, group="thermo")
     assert traj.closed is True
     assert traj.groups == ["frames", "thermo"]
+
+
+def test_listing_groups_of_a_store_with_corrupt_array_metadata_is_a_format_error(
+    tmp_path: Path,
+) -> None:
+    """As open does: a node's unreadable zarr.json is a FormatError naming the
+    store, never zarr's or json's own exception (the CLI's info then exits 2)."""
+    path = tmp_path / "run.zarr"
+    with snapsink.SyncSink(ZarrStore(path), writer="thread") as sink:
+        sink.write({"x": np.arange(4.0)}, step=0)
+    (path / "steps" / "zarr.json").write_text("{bad")
+    with pytest.raises(snapsink.FormatError, match="listing its groups: JSONDecodeError"):
+        list_groups(path)
+    with pytest.raises(snapsink.FormatError):
+        snapsink.open(path)
+    from snapsink.cli import main
+
+    assert main(["info", str(path)]) == 2

@@ -439,13 +439,16 @@ def list_groups(path_or_store: str | os.PathLike[str] | ZarrStoreLike) -> list[s
     ------
     StoreNotFoundError
         No zarr hierarchy there.
+    FormatError
+        A node's metadata is corrupt.
     """
     store = _open_read_store(path_or_store)
     root = _open_group_sync(store, "")
     found = [""] if is_snapsink_attrs(dict(root.attrs)) else []
-    for path, node in root.members(max_depth=None):
-        if isinstance(node, zarr.Group) and is_snapsink_attrs(dict(node.attrs)):
-            found.append(str(path))
+    with _decoding(str(store), "listing its groups"):
+        for path, node in root.members(max_depth=None):
+            if isinstance(node, zarr.Group) and is_snapsink_attrs(dict(node.attrs)):
+                found.append(str(path))
     return sorted(found)
 
 
