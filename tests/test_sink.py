@@ -577,3 +577,23 @@ def test_a_sink_made_to_wait_on_another_event_loop_says_so_instead_of_hanging() 
 
     asyncio.run(later())
     assert store.trajectory().steps.tolist() == [0]
+
+
+def test_frame_indices_empty_lists_and_bools() -> None:
+    """An empty list selects no frame (as an empty int array does); a bool is no
+    frame number (Python would take True for 1), for fixed and ragged fields."""
+    store = HostMemory()
+    rows = Field("int16", (None, 2))
+    with SyncSink(store, schema={"x": "float64", "r": rows}, writer="thread") as sink:
+        for i in range(3):
+            sink.write({"x": float(i), "r": np.full((i, 2), i, np.int16)}, step=i)
+    traj = store.trajectory()
+    assert traj["x"][[]].tolist() == [] and traj["x"][[]].dtype == np.float64
+    assert traj["r"][[]] == []
+    assert traj["x"][[2, -3]].tolist() == [2.0, 0.0]
+    assert [a.tolist() for a in traj["r"][[2]]] == [[[2, 2], [2, 2]]]
+    for bad in (True, np.True_, False):
+        with pytest.raises(IndexError, match="frame index: expected int"):
+            traj["x"][bad]
+        with pytest.raises(IndexError, match="frame index: expected int"):
+            traj.frame(bad)

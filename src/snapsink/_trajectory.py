@@ -67,6 +67,10 @@ class Source(Protocol):
 def _normalize(index: Index, n: int) -> tuple[int, int, int] | np.ndarray[Any, Any] | int:
     if isinstance(index, slice):
         return index.indices(n)
+    if isinstance(index, bool | np.bool_):
+        # an int to Python, but a bool is no frame number (numpy reads it as a
+        # mask with a new axis): refuse both alike
+        raise IndexError(f"frame index: expected int, slice, or 1-d int array, got {index!r}")
     if isinstance(index, int | np.integer):
         i = int(index)
         if i < 0:
@@ -75,6 +79,8 @@ def _normalize(index: Index, n: int) -> tuple[int, int, int] | np.ndarray[Any, A
             raise IndexError(f"frame index {index} out of range for {n} frames")
         return i
     arr = np.asarray(index)
+    if arr.size == 0 and arr.ndim == 1:
+        arr = arr.astype(np.int64)  # [] is float64 to numpy: no frames
     if arr.dtype == bool:
         if arr.shape != (n,):
             raise IndexError(f"boolean frame mask: expected shape ({n},), got {arr.shape}")
