@@ -13,6 +13,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+import anyio
 import numpy as np
 import pytest
 
@@ -215,3 +216,50 @@ async def test_borrowed_device_arrays_from_a_functional_loop(device: Device) -> 
         # borrowing takes no snapshot: no device memory held for slots
         assert sink._channel.device.device_nbytes == 0
     np.testing.assert_array_equal(store.trajectory()["x"][:], np.stack(expected))
+
+
+@pytest.mark.parametrize("writer", ["thread", "process"])
+async def test_a_failed_device_copy_fails_the_sink_and_stores_no_stale_frame(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, writer: str
+) -> None:
+    """A device-to-host copy that fails on the copy stream (a CUDA error, which
+    the event's query returns, as the emulation now does) leaves its slot with
+    no frame: the sink fails, the next write or flush and the close raise
+    WriterError chained to the error, and only the frames before are stored,
+    never the slot's stale contents."""
+    from snapsink._staging.emulation import EmulationBackend
+
+    real = EmulationBackend.copy_d2h_async
+    calls = [0]
+
+    def failing(self: Any, dst: Any, src: Any, stream: Any) -> None:
+        calls[0] += 1
+        if calls[0] == 3:
+            stream.launch(_raise_copy_error)
+            return
+        real(self, dst, src, stream)
+
+    monkeypatch.setattr(EmulationBackend, "copy_d2h_async", failing)
+    x = EmulatedDeviceArray.from_host(np.zeros(4))
+    store: Any = HostMemory() if writer == "thread" else NpyDirectory(tmp_path / "run")
+    raised = []
+    with pytest.raises(snapsink.WriterError) as at_close:
+        async with Sink(store, capacity=2, writer=writer) as sink:
+            for i in range(6):
+                x.host[:] = i
+                try:
+                    await sink.write({"x": x}, step=i)
+                except snapsink.WriterError as exc:
+                    raised.append(exc)
+                await anyio.sleep(0.02)
+            with pytest.raises(snapsink.WriterError):
+                await sink.flush()
+    assert raised and all("injected copy failure" in str(e) for e in raised)
+    assert "injected copy failure" in str(at_close.value)
+    traj = store.trajectory() if writer == "thread" else snapsink.open(tmp_path / "run")
+    assert traj.steps.tolist() == [0, 1]
+    assert traj["x"][:, 0].tolist() == [0.0, 1.0]
+
+
+def _raise_copy_error() -> None:
+    raise RuntimeError("injected copy failure (as cudaErrorIllegalAddress)")

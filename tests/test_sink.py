@@ -518,6 +518,7 @@ def _run_with_drops() -> snapsink.HostMemory:
     mem.open()
     mem.prepare(Schema({"x": "float64"}), times=False)
     mem.append(Batch([Frame(0, None, {"x": np.float64(0.0)})], dropped_steps=list(range(1, 10))))
+    mem.close()
     return mem
 
 

@@ -483,20 +483,24 @@ class Channel(SpillQueue):
     def fail(self, exc: BaseException) -> None:
         """The store failed: remember why, discard queued and spilled frames, wake everyone."""
         with self.lock:
-            if self.failure is None:
-                self.failure = exc
-            discarded = list(self.queue)
-            self.queue.clear()
-            for e in discarded:
-                if e.slot is not None:
-                    self._unacquire(e.slot, e.size)
-            self.pending = 0
-            self.fifo_waiting = 0
-            self._wake_consumer()
-            self._wake_producers()
-            self.fifo_turns.notify_all()
+            self._fail_locked(exc)
         if self.spill_dir is not None:
             self.spill_dir.discard()
+
+    def _fail_locked(self, exc: BaseException) -> None:
+        """:meth:`fail`'s part under the lock (the spill files stay)."""
+        if self.failure is None:
+            self.failure = exc
+        discarded = list(self.queue)
+        self.queue.clear()
+        for e in discarded:
+            if e.slot is not None:
+                self._unacquire(e.slot, e.size)
+        self.pending = 0
+        self.fifo_waiting = 0
+        self._wake_consumer()
+        self._wake_producers()
+        self.fifo_turns.notify_all()
 
     # -- consumer helpers ---------------------------------------------------------
     def batch_wakeups(self, frames: int, nbytes: int) -> None:
@@ -514,7 +518,12 @@ class Channel(SpillQueue):
         if self.spill_dir is not None:
             self.spill_dir.close()
         if self.device is not None:
-            self.device.close()
+            try:
+                self.device.close()
+            except Exception:
+                if self.failure is None:
+                    raise
+                # the failed copy that failed the sink: its WriterError says it
 
     def statistics(self) -> SinkStatistics:
         with self.lock:

@@ -109,25 +109,48 @@ class EmulatedDeviceArray:
 
 
 class EmulatedEvent:
-    """A CUDA-like event. Never recorded, it counts as complete."""
+    """A CUDA-like event. Never recorded, it counts as complete.
 
-    __slots__ = ("_flag",)
+    As with CUDA, where an asynchronous error is sticky and ``cudaEventQuery``
+    returns it, an event recorded after an operation on its stream failed
+    raises that failure (a DeviceError) from :attr:`done` and
+    :meth:`synchronize` once it completes, instead of reporting success.
+    """
+
+    __slots__ = ("_error", "_flag")
 
     def __init__(self) -> None:
         self._flag = threading.Event()
         self._flag.set()
+        self._error: BaseException | None = None
 
     def record(self, stream: EmulatedStream | None = None) -> None:
         flag = threading.Event()
         self._flag = flag
-        (current_stream() if stream is None else stream).launch(flag.set)
+        self._error = None
+        s = current_stream() if stream is None else stream
+
+        def complete() -> None:
+            self._error = s.error
+            flag.set()
+
+        s.launch(complete)
+
+    def _raise_failure(self) -> None:
+        error = self._error
+        if error is not None:
+            raise DeviceError(f"an operation before this event failed: {error}") from error
 
     @property
     def done(self) -> bool:
-        return self._flag.is_set()
+        if not self._flag.is_set():
+            return False
+        self._raise_failure()
+        return True
 
     def synchronize(self) -> None:
         self._flag.wait()
+        self._raise_failure()
 
 
 class EmulatedStream:

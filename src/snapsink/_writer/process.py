@@ -320,8 +320,10 @@ class ProcessWriter:
         while ch.failure is None and not ch.publish_all():
             time.sleep(0.0005)
         self._stop = True
-        if ch.failure is None:
-            self.send(("close", ch.published))
+        # Also after a failure: one found in this process (a device copy that
+        # failed) leaves a healthy writer, which stores what was published,
+        # commits and closes; a failed or dead writer ignores it (or is gone).
+        self.send(("close", ch.published))
         if self._proxy is not None:
             self._proxy.join()
         with ch.lock:  # nudge() runs under it: never a write to a reused descriptor

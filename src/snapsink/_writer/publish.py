@@ -248,8 +248,8 @@ class ProcessChannel(Channel):
             slots = self.inflight_slots
             while queue:
                 e = queue[0]
-                if e.completion is not None and not e.completion.done():
-                    break  # its device copy is running
+                if e.completion is not None and not self._copied(e.completion):
+                    break  # its device copy is running (or failed: nothing goes)
                 if e.slot is not None and slots >= self.window:
                     break
                 if pub - done >= self.nrecords:
@@ -376,6 +376,18 @@ class ProcessChannel(Channel):
             self.writer.send(("schema", self.schema.to_json(), bool(self.clock.has_times)))
             self._schema_sent = True
 
+    def _copied(self, completion: Completion) -> bool:
+        """Whether a queued frame's device copy completed (lock held). A copy
+        that failed (a CUDA error, which the event's query returns) leaves a
+        slot with no frame in it: the sink fails, chained to the error, so the
+        next write, flush and the close raise WriterError; nothing of it is
+        published."""
+        try:
+            return completion.done()
+        except Exception as exc:
+            self._fail_locked(exc)
+            return False
+
     def copying(self) -> Completion | None:
         """The completion of the first queued frame while its device copy runs
         (what publication waits for), else None."""
@@ -383,8 +395,8 @@ class ProcessChannel(Channel):
             queue = self.queue
             if queue and self.failure is None:
                 completion = queue[0].completion
-                if completion is not None and not completion.done():
-                    return completion
+                if completion is not None and not self._copied(completion):
+                    return None if self.failure is not None else completion
         return None
 
     def idle_unless_queued(self) -> bool:
