@@ -240,6 +240,64 @@ def test_convert_adds_a_group_to_an_existing_zarr_store(
     assert "not Zarr" in one_error_line(capsys.readouterr().err)
 
 
+@pytest.fixture
+def hdf5_store(tmp_path: Path) -> Path:
+    """An HDF5 file with two snapsink groups, told apart by their attrs."""
+    pytest.importorskip("h5py")
+    path = tmp_path / "ref.h5"
+    for mode, g in (("w", "a"), ("a", "b")):
+        write_store(snapsink.HDF5Store(path, mode=mode, group=g, attrs={"group": g}, static=STATIC))
+    return path
+
+
+def test_convert_hdf5_group(
+    hdf5_store: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """--group names the group of an HDF5 source (it used to be dropped: a
+    file of two groups was refused as if no group had been given)."""
+    out_npy = tmp_path / "b-npy"
+    assert main(["convert", str(hdf5_store), str(out_npy), "--group", "b"]) == 0
+    src = snapsink.open(hdf5_store, group="b")
+    assert_same(src, snapsink.open(out_npy))
+    assert dict(snapsink.open(out_npy).attrs) == {"group": "b"}
+    out_zarr = tmp_path / "a.zarr"
+    args = ["convert", str(hdf5_store), str(out_zarr), "--group", "a", "--format", "zarr"]
+    assert main(args) == 0
+    assert dict(snapsink.open(out_zarr, group="a").attrs) == {"group": "a"}
+    assert "group='a'" in capsys.readouterr().out
+
+
+def test_info_and_convert_refuse_a_truncated_hdf5_file(hdf5_store: Path, tmp_path: Path) -> None:
+    """One error line and exit 2, in a child process: HDF5 used to loop forever
+    on a truncated file (in C, where no per-test timeout reaches)."""
+    cut = tmp_path / "cut.h5"
+    cut.write_bytes(hdf5_store.read_bytes()[:3000])
+    code = (
+        "import sys\n"
+        "from snapsink.cli import main\n"
+        f"sys.exit(10 * main(['info', {str(cut)!r}]) + "
+        f"main(['convert', {str(cut)!r}, {str(tmp_path / 'out')!r}, '--group', 'a']))\n"
+    )
+    proc = subprocess.run(
+        [sys.executable, "-c", code], capture_output=True, text=True, timeout=30, check=False
+    )
+    assert proc.returncode == 22, proc.stderr
+    info, convert = proc.stderr.strip().splitlines()
+    for command, line in (("info", info), ("convert", convert)):
+        assert line.startswith(f"snapsink {command}: error: {str(cut)!r}: truncated HDF5 file")
+        assert "it holds 3000 bytes" in line
+    assert not (tmp_path / "out").exists()
+
+
+def test_info_follows_a_symbolic_link_to_an_hdf5_file(
+    hdf5_store: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    link = tmp_path / "link.h5"
+    link.symlink_to(hdf5_store)
+    assert main(["info", str(link)]) == 0
+    assert re.search(r"groups\s+: a, b", capsys.readouterr().out)
+
+
 @pytest.mark.parametrize(
     ("case", "needle"),
     [("missing", "no such file"), ("not-a-store", "not a snapsink store"), ("exists", "exists")],

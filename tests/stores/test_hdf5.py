@@ -565,6 +565,80 @@ def test_open_errors(tmp_path: Path) -> None:
     assert list_hdf5_groups(plain) == []
 
 
+def _read_in_child(code: str) -> str:
+    """Run ``code`` in a child process and return what it printed: HDF5 may
+    loop forever on a damaged file, in C code no per-test timeout interrupts."""
+    proc = subprocess.run(
+        [sys.executable, "-c", code], capture_output=True, text=True, timeout=30, check=False
+    )
+    assert proc.returncode == 0, proc.stderr
+    return proc.stdout
+
+
+def test_a_truncated_file_is_refused_never_read_forever(tmp_path: Path) -> None:
+    """A file shorter than its superblock records (a partial copy) is a
+    FormatError naming both sizes, at open and at a read after it was cut:
+    in SWMR read mode HDF5 does not check the size and loops on it."""
+    path = tmp_path / "whole.h5"
+    write(HDF5Store(path), SCHEMA, _frames(0, 3), times=True)
+    whole = path.read_bytes()
+    cut = tmp_path / "cut.h5"
+    cut.write_bytes(whole[:3000])
+    later = tmp_path / "later.h5"
+    later.write_bytes(whole)
+    code = (
+        "import os, snapsink\n"
+        "try:\n"
+        f"    snapsink.open({str(cut)!r})\n"
+        "except snapsink.FormatError as exc:\n"
+        "    print(exc)\n"
+        f"t = snapsink.open({str(later)!r})\n"
+        f"os.truncate({str(later)!r}, 3000)\n"
+        "try:\n"
+        "    print(t['v'][:])\n"
+        "except snapsink.FormatError as exc:\n"
+        "    print(exc)\n"
+    )
+    lines = _read_in_child(code).splitlines()
+    assert len(lines) == 2, lines
+    for where, line in zip((cut, later), lines, strict=True):
+        assert line.startswith(f"{str(where)!r}: truncated HDF5 file"), line
+        assert f"it holds 3000 bytes, its superblock records {len(whole)}" in line
+
+
+def test_a_file_longer_than_its_superblock_records_opens(tmp_path: Path) -> None:
+    """A live writer's file grows before its next flush records the size:
+    longer than recorded is no truncation."""
+    path = tmp_path / "long.h5"
+    write(HDF5Store(path), SCHEMA, _frames(0, 3), times=True)
+    with open(path, "ab") as f:
+        f.write(bytes(4096))
+    assert snapsink.open(path)["v"][:].tolist() == [0.0, 1.0, 2.0]
+
+
+def test_a_symbolic_link_to_a_store_opens(tmp_path: Path) -> None:
+    """As an NpyDirectory's or a Zarr store's directory, the HDF5 file may be
+    named through a symbolic link."""
+    path = tmp_path / "real.h5"
+    write(HDF5Store(path, group="g"), SCHEMA, _frames(0, 3), times=True)
+    link = tmp_path / "link.h5"
+    link.symlink_to(path)
+    assert snapsink.open(link)["v"][:].tolist() == [0.0, 1.0, 2.0]
+    assert snapsink.open(link, group="g").steps.tolist() == [0, 2, 4]
+    assert snapsink.groups(link) == ["g"]
+
+
+def test_a_corrupt_root_store_gives_no_group_hint(tmp_path: Path) -> None:
+    """The root the only snapsink group: nothing to pass as group=."""
+    path = tmp_path / "bad.h5"
+    write(HDF5Store(path), SCHEMA, _frames(0, 3), times=True)
+    with h5py.File(path, "r+") as f:
+        del f["steps"]
+    with pytest.raises(FormatError, match="dataset 'steps' is missing") as info:
+        snapsink.open(path)
+    assert "pass group" not in str(info.value) and "snapsink groups are" not in str(info.value)
+
+
 def test_to_xarray_and_iteration(tmp_path: Path) -> None:
     path = tmp_path / "x.h5"
     write(

@@ -1,4 +1,4 @@
-"""``snapsink convert SRC DST``: NpyDirectory <-> ZarrStore, streaming, bit-exact.
+"""``snapsink convert SRC DST``: NpyDirectory <-> ZarrStore (or from HDF5), bit-exact.
 
 A thin layer over :func:`snapsink.copy`: the source is read in chunks of
 frames (about 64 MiB at a time) and written through a sink (policy block, so
@@ -39,7 +39,8 @@ def add_parser(sub: Any) -> None:
     )
     p.add_argument(
         "--group",
-        help="Zarr group to read (SRC is Zarr) and to write (DST is Zarr); default: the root",
+        help="the group to read (SRC is Zarr or HDF5) and to write (DST is Zarr); "
+        "default: the root (HDF5: or the file's only snapsink group)",
     )
     p.add_argument(
         "--to-group",
@@ -54,11 +55,11 @@ def run(args: argparse.Namespace) -> int:
     src, dst = Path(args.src), Path(args.dst)
     src_fmt = detect(src)
     dst_fmt = args.format or ("zarr" if src_fmt == "npy" else "npy")
-    src_group = args.group if src_fmt == "zarr" else None
+    src_group = args.group if src_fmt in ("zarr", "hdf5") else None
     to_group = getattr(args, "to_group", None)
     dst_group = (to_group or args.group) if dst_fmt == "zarr" else None
     if src_fmt == "npy" and dst_fmt == "npy" and args.group is not None:
-        raise ConfigError(f"--group {args.group!r}: neither store is Zarr")
+        raise ConfigError(f"--group {args.group!r}: an NpyDirectory has no groups")
     if to_group is not None and dst_fmt != "zarr":
         raise ConfigError(f"--to-group {to_group!r}: the destination is not Zarr ({dst_fmt})")
     if dst.exists() or dst.is_symlink():

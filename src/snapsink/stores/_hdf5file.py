@@ -51,6 +51,7 @@ from ._lock import open_regular_file
 __all__ = [
     "HDF5_SIGNATURE",
     "FileLocks",
+    "check_not_truncated",
     "clear_open_flags",
     "fsync_fd",
     "import_h5py",
@@ -61,7 +62,6 @@ __all__ = [
 #: The first 8 bytes of every HDF5 file (snapsink never writes a user block).
 HDF5_SIGNATURE = b"\x89HDF\r\n\x1a\n"
 
-_NOFOLLOW = getattr(os, "O_NOFOLLOW", 0)
 _CLOEXEC = getattr(os, "O_CLOEXEC", 0)
 _NONBLOCK = getattr(os, "O_NONBLOCK", 0)
 
@@ -86,10 +86,13 @@ def import_h5py() -> Any:
 def is_hdf5_file(path: str | os.PathLike[str]) -> bool:
     """Whether ``path`` is a regular file starting with the HDF5 signature.
 
-    Never follows a symbolic link and never blocks on a FIFO.
+    Follows a symbolic link: ``path`` is the store itself, which a user may
+    name through a link, as an NpyDirectory's or a Zarr store's directory
+    (the files *inside* a directory store are the ones opened ``O_NOFOLLOW``,
+    so that a reader stays inside the store). Never blocks on a FIFO.
     """
     try:
-        fd = os.open(path, os.O_RDONLY | _NOFOLLOW | _CLOEXEC | _NONBLOCK)
+        fd = os.open(path, os.O_RDONLY | _CLOEXEC | _NONBLOCK)
     except OSError:
         return False
     try:
@@ -159,6 +162,85 @@ def _final(a: int, b: int, c: int) -> int:
     return b  # seven steps: c is one place on, in b
 
 
+def _superblock(fd: int, where: str) -> tuple[bytearray, int] | None:
+    """A version 2 or 3 superblock at offset 0 (what ``libver="latest"``
+    writes), checksum checked: ``(raw bytes with the checksum, size of
+    offsets)``; None for an older superblock.
+
+    Raises
+    ------
+    FormatError
+        The file is no HDF5 file, or its superblock is corrupt.
+    """
+    head = os.pread(fd, 12, 0)
+    if len(head) < 12 or head[:8] != HDF5_SIGNATURE:
+        raise FormatError(f"{where}: not an HDF5 file (no HDF5 signature at offset 0)")
+    version, size_of_offsets = head[8], head[9]
+    if version not in (2, 3):
+        return None
+    if size_of_offsets not in (2, 4, 8):
+        raise FormatError(f"{where}: corrupt superblock (size of offsets {size_of_offsets})")
+    body = 12 + 4 * size_of_offsets
+    raw = bytearray(os.pread(fd, body + 4, 0))
+    if len(raw) != body + 4:
+        raise FormatError(f"{where}: truncated superblock")
+    if lookup3(bytes(raw[:body])) != int.from_bytes(raw[body:], "little"):
+        raise FormatError(f"{where}: the superblock's checksum does not match (a damaged file)")
+    return raw, size_of_offsets
+
+
+def _field(raw: bytearray, size_of_offsets: int, index: int) -> int:
+    """Address ``index`` of a version 2 or 3 superblock (0: base address,
+    1: superblock extension, 2: end of file, 3: root object header)."""
+    at = 12 + index * size_of_offsets
+    return int.from_bytes(raw[at : at + size_of_offsets], "little")
+
+
+#: Reads of the superblock before its checksum is taken for damage (see below).
+_SUPERBLOCK_READS = 3
+
+
+def check_not_truncated(fd: int, where: str) -> None:
+    """Refuse a file shorter than the end-of-file address its superblock records.
+
+    Why. A reader opens a file with a version 2 or 3 superblock in HDF5's
+    SWMR read mode, and HDF5 then skips its own check of the file's size:
+    on a truncated file (a partial copy or download) it reads metadata past
+    the end and retries forever. A whole file is never shorter than that
+    address: a writer's flush writes the superblock after what it covers (and
+    a live file may be longer: it grows before the next flush records it).
+    The superblock is read before the size, so a file growing meanwhile is
+    never taken for a truncated one. Older superblocks pass (HDF5 opens their
+    files plainly, checking the size itself).
+
+    Raises
+    ------
+    FormatError
+        The file is shorter than recorded, no HDF5 file, or its superblock is
+        corrupt.
+    """
+    for attempt in range(_SUPERBLOCK_READS):
+        try:
+            found = _superblock(fd, where)
+            break
+        except FormatError:
+            # a live writer's flush rewrites the superblock: a read may catch
+            # half of it (HDF5's own SWMR reads retry so too)
+            if attempt + 1 == _SUPERBLOCK_READS:
+                raise
+    if found is None:
+        return
+    raw, size_of_offsets = found
+    recorded = _field(raw, size_of_offsets, 2) + _field(raw, size_of_offsets, 0)
+    size = os.fstat(fd).st_size
+    if size < recorded:
+        raise FormatError(
+            f"{where}: truncated HDF5 file: it holds {size} bytes, its superblock "
+            f"records {recorded}; copy it again from its source (an interrupted copy "
+            "or download, or a full disk, leaves a file so)"
+        )
+
+
 def clear_open_flags(fd: int, where: str) -> bool:
     """Clear the "open for writing" flags a killed writer left in the superblock.
 
@@ -176,25 +258,16 @@ def clear_open_flags(fd: int, where: str) -> bool:
     FormatError
         The file is no HDF5 file, or its superblock is corrupt.
     """
-    head = os.pread(fd, 12, 0)
-    if len(head) < 12 or head[:8] != HDF5_SIGNATURE:
-        raise FormatError(f"{where}: not an HDF5 file (no HDF5 signature at offset 0)")
-    version, size_of_offsets = head[8], head[9]
-    if version not in (2, 3):
+    found = _superblock(fd, where)
+    if found is None:
         return False  # older superblocks carry no such flags
-    if size_of_offsets not in (2, 4, 8):
-        raise FormatError(f"{where}: corrupt superblock (size of offsets {size_of_offsets})")
-    body = 12 + 4 * size_of_offsets
-    raw = bytearray(os.pread(fd, body + 4, 0))
-    if len(raw) != body + 4:
-        raise FormatError(f"{where}: truncated superblock")
-    if lookup3(bytes(raw[:body])) != int.from_bytes(raw[body:], "little"):
-        raise FormatError(f"{where}: the superblock's checksum does not match (a damaged file)")
+    raw, size_of_offsets = found
     if raw[11] == 0:
         return False
     raw[11] = 0
+    body = len(raw) - 4
     eoa_at = 12 + 2 * size_of_offsets
-    eoa = int.from_bytes(raw[eoa_at : eoa_at + size_of_offsets], "little")
+    eoa = _field(raw, size_of_offsets, 2)
     size = os.fstat(fd).st_size
     raw[eoa_at : eoa_at + size_of_offsets] = max(eoa, size).to_bytes(size_of_offsets, "little")
     raw[body:] = lookup3(bytes(raw[:body])).to_bytes(4, "little")

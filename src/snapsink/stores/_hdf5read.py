@@ -24,7 +24,13 @@ from .._schema import Schema
 from .._trajectory import Trajectory
 from ._format import StepRanges, parse_step_ranges
 from ._h5mdread import H5MDSource
-from ._hdf5file import FileLocks, clear_open_flags, import_h5py, is_hdf5_file
+from ._hdf5file import (
+    FileLocks,
+    check_not_truncated,
+    clear_open_flags,
+    import_h5py,
+    is_hdf5_file,
+)
 from ._hdf5md import is_h5md_file
 from ._hdf5plan import (
     ATTRS_ATTR,
@@ -44,7 +50,6 @@ from ._zarrplan import check_group, plan_arrays
 
 __all__ = ["HDF5Source", "is_hdf5_store", "list_hdf5_groups", "open_hdf5"]
 
-_NOFOLLOW = getattr(os, "O_NOFOLLOW", 0)
 _CLOEXEC = getattr(os, "O_CLOEXEC", 0)
 _NONBLOCK = getattr(os, "O_NONBLOCK", 0)
 
@@ -58,15 +63,19 @@ def open_for_reading(path: str) -> Any:
     (:func:`~snapsink.stores._hdf5file.clear_open_flags`, ``h5clear -s``),
     when the file can be opened for writing.
 
+    ``path`` may be a symbolic link to the file (the store's own path, as a
+    directory store's may be).
+
     Raises
     ------
     StoreNotFoundError
         No file.
     FormatError
-        Not an HDF5 file, or HDF5 refuses it.
+        Not an HDF5 file, shorter than its superblock records (truncated), or
+        HDF5 refuses it.
     """
     try:
-        fd = os.open(path, os.O_RDONLY | _NOFOLLOW | _CLOEXEC | _NONBLOCK)
+        fd = os.open(path, os.O_RDONLY | _CLOEXEC | _NONBLOCK)
     except FileNotFoundError:
         raise StoreNotFoundError(f"no HDF5 file at {path!r}") from None
     except OSError as exc:
@@ -74,6 +83,7 @@ def open_for_reading(path: str) -> Any:
     try:
         if not is_hdf5_file(path):
             raise FormatError(f"{path!r} is not an HDF5 file")
+        check_not_truncated(fd, repr(path))  # before HDF5 may loop on it
         try:
             return _open_shared(path, fd)
         except _MarkedOpen as marked:
@@ -129,7 +139,7 @@ def _recover(path: str) -> bool:
     (no live writer is in a session then); False when the file cannot be
     opened for writing (permissions, a read-only file system)."""
     try:
-        fd = os.open(path, os.O_RDWR | _NOFOLLOW | _CLOEXEC | _NONBLOCK)
+        fd = os.open(path, os.O_RDWR | _CLOEXEC | _NONBLOCK)
     except OSError:
         return False
     try:
@@ -319,8 +329,13 @@ class HDF5Source(RowArraysSource):
 
     def _grp(self) -> Any:
         """The group, in the process's shared handle of the file (held by this
-        reader: a file replaced since the last refresh is the one it now reads)."""
+        reader: a file replaced since the last refresh is the one it now reads).
+
+        Checks first that the file was not truncated since it was opened: HDF5
+        would loop on a read past its end (see :func:`check_not_truncated`).
+        """
         f = HANDLES.get(self._path, reader=self)
+        _check_open_file(f, self._path)
         return f[self._group] if self._group else f
 
     def _dataset(self, name: str) -> Any:
@@ -460,6 +475,18 @@ class HDF5Source(RowArraysSource):
         return functools.partial(HDF5Source, self._path, self._group or None)
 
 
+def _check_open_file(f: Any, path: str) -> None:
+    """:func:`check_not_truncated` on the descriptor of the open file ``f``
+    (the file read, even where ``path`` names another one by now); a pread
+    and an fstat. Skipped where HDF5's driver has no descriptor to give."""
+    try:
+        fd = f.id.get_vfd_handle()
+    except (OSError, ValueError, TypeError, RuntimeError):
+        return
+    if isinstance(fd, int):
+        check_not_truncated(fd, repr(path))
+
+
 def is_hdf5_store(path: str | os.PathLike[str]) -> bool:
     """Whether ``path`` is an HDF5 file (any: :func:`open_hdf5` then says
     whether it holds snapsink groups)."""
@@ -550,7 +577,7 @@ def open_hdf5(path: str | os.PathLike[str], group: str | None = None) -> Traject
             raise
         if len(found) == 1 and found[0]:
             return Trajectory(HDF5Source(path, found[0]))
-        if found:
+        if found and found != [""]:  # (the root alone: there is nothing to pass)
             names = ", ".join(repr(g or "/") for g in found)
             raise FormatError(
                 f"{exc}; the file's snapsink groups are {names}: pass group=..."
