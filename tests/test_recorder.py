@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import copy
+import threading
 from pathlib import Path
 from typing import Any
 
@@ -21,7 +22,9 @@ from snapsink import (
     Route,
     SchemaError,
     StoreExistsError,
+    StoreLockedError,
     SyncRecorder,
+    SyncSink,
     WriterError,
     ZarrStore,
     every,
@@ -362,3 +365,126 @@ def test_drop_policy_per_route_is_counted() -> None:
     traj = gated.trajectory()
     assert len(traj) + len(traj.dropped_steps) == 20
     assert rec.routes["r"].policy == "drop_newest"
+
+
+# -- one store per route; errors name their route; flush reaches every route -----------
+def test_routes_given_one_store_object_are_refused() -> None:
+    mem = HostMemory()
+    with pytest.raises(ConfigError, match=r"routes 'a' and 'b'.* same HostMemory"):
+        SyncRecorder(a=Route(mem, fields=["x"]), b=Route(mem, fields=["x"], schedule=2))
+    # a store function returning another route's store: refused at the first record
+    rec = SyncRecorder(a=Route(mem), b=Route(lambda static: mem, static=["n"]))
+    with pytest.raises(ConfigError, match="routes 'a' and 'b'"):
+        rec.record({"x": 0.0, "n": 1})
+    rec.close()
+    assert len(mem.trajectory()) == 0  # nothing was written into it twice
+
+
+def test_host_memory_has_one_sink_at_a_time() -> None:
+    mem = HostMemory()
+    with SyncSink(mem) as first:
+        first.write({"x": 0.0}, step=0)
+        with pytest.raises(StoreLockedError, match="another sink"):
+            SyncSink(mem)
+        with pytest.raises(StoreLockedError) as info:
+            SyncRecorder(other=Route(mem))
+        assert "snapsink: raised by route 'other'" in info.value.__notes__
+    with SyncSink(mem) as again:  # free once the first has closed: it appends
+        assert again.last_step == 0
+        again.write({"x": 1.0}, step=1)
+    np.testing.assert_array_equal(mem.trajectory().steps, [0, 1])
+    np.testing.assert_array_equal(mem.trajectory()["x"][:], [0.0, 1.0])
+
+
+class _CountingCommits(HostMemory):
+    def __init__(self) -> None:
+        super().__init__()
+        self.commits = 0
+
+    def commit(self) -> None:
+        self.commits += 1
+
+
+async def test_flush_flushes_every_route_before_raising() -> None:
+    bad1 = FailingStore(fail_append_at=None, fail_commit=True)
+    bad2 = FailingStore(fail_append_at=None, fail_commit=True)
+    good = _CountingCommits()
+    routes = {"bad1": Route(bad1), "good": Route(good), "bad2": Route(bad2)}
+    with pytest.raises(WriterError) as info:
+        async with Recorder(routes) as rec:
+            await rec.record({"x": 1.0}, step=0)
+            with pytest.raises(WriterError) as flushed:
+                await rec.flush()
+            assert good.commits == 1  # the route after the failing one was flushed
+            notes = flushed.value.__notes__
+            assert notes[0] == "snapsink: raised by route 'bad1'"
+            assert any(n.startswith("snapsink: flushing route 'bad2' also failed") for n in notes)
+    assert isinstance(info.value.__cause__, OSError)
+
+    sgood = _CountingCommits()
+    srec = SyncRecorder(
+        bad=Route(FailingStore(fail_append_at=None, fail_commit=True)), good=Route(sgood)
+    )
+    srec.record({"x": 1.0}, step=0)
+    with pytest.raises(WriterError) as sync_flushed:
+        srec.flush()
+    assert sgood.commits == 1
+    assert "snapsink: raised by route 'bad'" in sync_flushed.value.__notes__
+    with pytest.raises(WriterError):
+        srec.close()
+
+
+async def test_sink_errors_name_their_route() -> None:
+    fast, slow = HostMemory(), HostMemory()
+    async with Recorder(fast=Route(fast, fields=["x"]), slow=Route(slow, schedule=2)) as rec:
+        await rec.record({"x": np.zeros(3)}, step=1)  # 'fast' only: x is (3,)
+        with pytest.raises(SchemaError, match=r"expected shape \(3,\)") as info:
+            await rec.record({"x": np.zeros(4)}, step=2)
+        assert info.value.__notes__ == ["snapsink: raised by route 'fast'"]
+    np.testing.assert_array_equal(fast.trajectory().steps, [1])
+
+    rec2 = SyncRecorder(ok=Route(HostMemory()), bad=Route(FailingStore(fail_append_at=1)))
+    rec2.record({"x": 0.0}, step=0)
+    with pytest.raises(WriterError) as failed:
+        for k in range(1, 50):
+            rec2.flush()
+            rec2.record({"x": float(k)}, step=k)
+    assert "snapsink: raised by route 'bad'" in failed.value.__notes__
+    with pytest.raises(WriterError) as closed:
+        rec2.close()
+    assert "snapsink: raised by route 'bad'" in closed.value.__notes__
+
+
+async def test_record_cancelled_while_a_lazy_route_opens_leaves_it_open() -> None:
+    entered, gate = threading.Event(), threading.Event()
+    made: list[HostMemory] = []
+
+    class SlowOpen(HostMemory):
+        def open(self) -> Any:
+            entered.set()
+            gate.wait(10)
+            return super().open()
+
+    def make(static: Any) -> HostMemory:
+        made.append(SlowOpen(static=static))
+        return made[-1]
+
+    async def cancel_while_opening(scope: anyio.CancelScope) -> None:
+        await anyio.to_thread.run_sync(entered.wait, 10)
+        scope.cancel()
+        gate.set()
+
+    state = {"x": 0.0, "n": np.arange(2)}
+    async with Recorder(lz=Route(make, fields=["x"], static=["n"])) as rec:
+        async with anyio.create_task_group() as tg:
+            with anyio.CancelScope() as scope:
+                tg.start_soon(cancel_while_opening, scope)
+                await rec.record(state, step=0)
+        assert scope.cancelled_caught
+        assert rec.last_step is None  # cancelled before the step was planned
+        assert rec.store("lz") is made[0]  # opened all the same, and once
+        assert await rec.record(state, step=0) == ("lz",)
+        assert await rec.record({**state, "x": 1.0}, step=1) == ("lz",)
+    assert len(made) == 1
+    np.testing.assert_array_equal(made[0].trajectory().steps, [0, 1])
+    np.testing.assert_array_equal(made[0].trajectory()["x"][:], [0.0, 1.0])

@@ -8,16 +8,25 @@ frames it plans to their sinks.
 
 Each async sink runs in a task of the recorder's own task group, started with
 ``TaskGroup.start``: a sink opened lazily (at the first record) is then owned by
-that task, not by whatever cancel scope surrounds the ``record`` call.
+that task, not by whatever cancel scope surrounds the ``record`` call, and its
+opening is shielded from that scope: a ``record`` cancelled while a route opens
+leaves the route open (its store made and opened once), and raises the
+cancellation before the step is planned.
+
+An error of a route's sink (at open, record, flush or close) keeps its type and
+gets a note naming the route; ``flush`` and ``close`` go through every route
+before raising the first error, noting the others on it.
 """
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+from collections.abc import Iterator, Mapping
+from contextlib import contextmanager
 from types import TracebackType
 from typing import Any
 
 import anyio
+import anyio.lowlevel
 from anyio.abc import TaskGroup, TaskStatus
 
 from ._channeltypes import SinkStatistics
@@ -30,17 +39,38 @@ from ._sync import SyncSink
 __all__ = ["Recorder", "SyncRecorder"]
 
 
-def _close_error(errors: list[BaseException], exc: BaseException | None) -> None:
-    """Raise the first close error (noting the others), or note them on ``exc``."""
+Errors = list[tuple[str, Exception]]
+
+
+@contextmanager
+def _in_route(name: str) -> Iterator[None]:
+    """Note on an error raised in the block that it came from route ``name``.
+
+    A note, not a new exception: callers catch the sink's own types
+    (``SchemaError``, ``WriterError``, ``StoreExistsError``), whose
+    constructors differ.
+    """
+    try:
+        yield
+    except Exception as err:
+        note = f"snapsink: raised by route {name!r}"
+        if note not in getattr(err, "__notes__", ()):
+            err.add_note(note)
+        raise
+
+
+def _raise_first(errors: Errors, exc: BaseException | None, doing: str = "closing") -> None:
+    """Raise the first route error (noting the others on it), or note them all on
+    ``exc``, the exception already on its way; ``doing`` names the operation."""
     if not errors:
         return
     if exc is not None:
-        for err in errors:
-            exc.add_note(f"snapsink: closing the recorder also failed: {err!r}")
+        for name, err in errors:
+            exc.add_note(f"snapsink: {doing} the recorder also failed in route {name!r}: {err!r}")
         return
-    first = errors[0]
-    for err in errors[1:]:
-        first.add_note(f"snapsink: closing another route also failed: {err!r}")
+    first = errors[0][1]
+    for name, err in errors[1:]:
+        first.add_note(f"snapsink: {doing} route {name!r} also failed: {err!r}")
     raise first
 
 
@@ -125,14 +155,15 @@ class Recorder(_Base):
         try:
             for name, route in self._router.routes.items():
                 if not route.lazy:
-                    await self._open(name, route.store)
+                    with _in_route(name):
+                        await self._open(name, route.store)
         except BaseException as exc:
             with anyio.CancelScope(shield=True):
                 errors = await self._close_sinks()
             self._state = "closed"
             # The route tasks have ended; the error is raised as is, not grouped.
             await tg.__aexit__(None, None, None)
-            _close_error(errors, exc)
+            _raise_first(errors, exc)
             raise
         return self
 
@@ -152,7 +183,7 @@ class Recorder(_Base):
             # Every route task ends once its sink is closed. The body's exception
             # is not handed to the task group, which would wrap it in a group.
             await tg.__aexit__(None, None, None)
-        _close_error(errors, exc)
+        _raise_first(errors, exc)
         return False
 
     async def _open(self, name: str, store: Any, schema: Schema | None = None) -> None:
@@ -178,13 +209,14 @@ class Recorder(_Base):
         if sink.resumed is not None:
             self._router.resumed(name, sink.resumed.count)
 
-    async def _close_sinks(self) -> list[BaseException]:
-        errors: list[BaseException] = []
-        for sink, done in reversed(list(self._sinks.values())):
+    async def _close_sinks(self) -> Errors:
+        errors: Errors = []
+        for name, (sink, done) in reversed(list(self._sinks.items())):
             try:
-                await sink.aclose()
+                with _in_route(name):
+                    await sink.aclose()
             except Exception as err:
-                errors.append(err)
+                errors.append((name, err))
             finally:
                 done.set()
         return errors
@@ -225,6 +257,11 @@ class Recorder(_Base):
             A route's store failed earlier (chained to the cause).
         ClosedSinkError
             The recorder is not open (use ``async with``) or is closed.
+
+        An error of a route's sink carries a note naming the route. Cancelled
+        while a route opens (at the first record), the route still opens, once:
+        the cancellation is raised before the step is planned, so the same step
+        may be recorded again.
         """
         if self._state != "open":
             raise ClosedSinkError(
@@ -234,24 +271,41 @@ class Recorder(_Base):
             )
         router = self._router
         s, opening = router.begin(state, step, self._sinks)
-        for name, store, schema in opening:
-            await self._open(name, store, schema)
+        if opening:
+            # Shielded: a cancellation here would close a store just made and
+            # opened (an NpyDirectory's mode="x" directory stays behind), so a
+            # retry could not open that route again.
+            with anyio.CancelScope(shield=True):
+                for name, store, schema in opening:
+                    with _in_route(name):
+                        await self._open(name, store, schema)
+            await anyio.lowlevel.checkpoint_if_cancelled()
         plan = router.take(state, s)
         for name, fields in plan:
-            await self._sinks[name][0].write(fields, step=s, time=time)
+            with _in_route(name):
+                await self._sinks[name][0].write(fields, step=s, time=time)
             router.received[name] += 1
         return tuple(name for name, _ in plan)
 
     async def flush(self) -> None:
         """Wait until every frame recorded so far is stored, durable and visible.
 
+        Every route is flushed, even after one fails.
+
         Raises
         ------
         WriterError
-            A route's store failed (chained to the cause).
+            A route's store failed (chained to the cause; the first such error,
+            with a note naming its route and notes for the others).
         """
-        for sink, _ in list(self._sinks.values()):
-            await sink.flush()
+        errors: Errors = []
+        for name, (sink, _) in list(self._sinks.items()):
+            try:
+                with _in_route(name):
+                    await sink.flush()
+            except Exception as err:
+                errors.append((name, err))
+        _raise_first(errors, None, "flushing")
 
     def statistics(self) -> dict[str, SinkStatistics]:
         """Each open route's :meth:`Sink.statistics`, by route name.
@@ -299,9 +353,10 @@ class SyncRecorder(ClosesOnExit, _Base):
         try:
             for name, route in self._router.routes.items():
                 if not route.lazy:
-                    self._open(name, route.store)
+                    with _in_route(name):
+                        self._open(name, route.store)
         except BaseException as exc:
-            _close_error(self._close_sinks(), exc)
+            _raise_first(self._close_sinks(), exc)
             raise
 
     def _open(self, name: str, store: Any, schema: Schema | None = None) -> None:
@@ -317,21 +372,22 @@ class SyncRecorder(ClosesOnExit, _Base):
         if sink.resumed is not None:
             self._router.resumed(name, sink.resumed.count)
 
-    def _close_sinks(self) -> list[BaseException]:
+    def _close_sinks(self) -> Errors:
         self._closed = True
-        errors: list[BaseException] = []
-        for sink in reversed(list(self._sinks.values())):
+        errors: Errors = []
+        for name, sink in reversed(list(self._sinks.items())):
             try:
-                sink.close()
+                with _in_route(name):
+                    sink.close()
             except Exception as err:
-                errors.append(err)
+                errors.append((name, err))
         return errors
 
     def _close_on_exit(self, exc: BaseException | None) -> None:
         # Not ClosesOnExit's close_noting: every route's close error is noted
         # on the block's exception, not only the first.
         if not self._closed:
-            _close_error(self._close_sinks(), exc)
+            _raise_first(self._close_sinks(), exc)
 
     def close(self) -> None:
         """Drain, commit and close every route's sink. Idempotent.
@@ -343,7 +399,7 @@ class SyncRecorder(ClosesOnExit, _Base):
             others are attached as notes).
         """
         if not self._closed:
-            _close_error(self._close_sinks(), None)
+            _raise_first(self._close_sinks(), None)
 
     # Deliberate parallel of Recorder.record: each recorder documents its own
     # method, and the body takes the same steps (not awaited here); every
@@ -375,23 +431,33 @@ class SyncRecorder(ClosesOnExit, _Base):
         router = self._router
         s, opening = router.begin(state, step, self._sinks)
         for name, store, schema in opening:
-            self._open(name, store, schema)
+            with _in_route(name):
+                self._open(name, store, schema)
         plan = router.take(state, s)
         for name, fields in plan:
-            self._sinks[name].write(fields, step=s, time=time)
+            with _in_route(name):
+                self._sinks[name].write(fields, step=s, time=time)
             router.received[name] += 1
         return tuple(name for name, _ in plan)
 
     def flush(self) -> None:
         """Wait until every frame recorded so far is stored, durable and visible.
 
+        Every route is flushed, even after one fails.
+
         Raises
         ------
         WriterError
-            A route's store failed (chained to the cause).
+            As for :meth:`Recorder.flush`.
         """
-        for sink in list(self._sinks.values()):
-            sink.flush()
+        errors: Errors = []
+        for name, sink in list(self._sinks.items()):
+            try:
+                with _in_route(name):
+                    sink.flush()
+            except Exception as err:
+                errors.append((name, err))
+        _raise_first(errors, None, "flushing")
 
     def statistics(self) -> dict[str, SinkStatistics]:
         """Each open route's :meth:`SyncSink.statistics`, by route name.

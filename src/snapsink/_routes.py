@@ -193,8 +193,8 @@ class Router:
     Raises
     ------
     ConfigError
-        If ``routes`` is empty, a name is not an identifier, or a value is not a
-        :class:`Route`.
+        If ``routes`` is empty, a name is not an identifier, a value is not a
+        :class:`Route`, or two routes are given the same store object.
     """
 
     def __init__(self, routes: Mapping[str, Route]):
@@ -207,6 +207,11 @@ class Router:
                     f"route {name!r}: expected a snapsink.Route, got {type(route).__name__}"
                 )
         self.routes: dict[str, Route] = dict(routes)
+        #: the store of each route with ``static=``, once its store function made it
+        self.made: dict[str, Any] = {}
+        for name, route in self.routes.items():
+            if route.static is None:
+                self._check_own_store(name, route.store)
         self.received: dict[str, int] = dict.fromkeys(routes, 0)
         self.last_step: int | None = None
         self.started = False
@@ -216,6 +221,19 @@ class Router:
             for name, r in self.routes.items()
             if r.select is not None
         }
+
+    def _check_own_store(self, name: str, store: object) -> None:
+        """Refuse ``store`` for route ``name`` if another route has that object."""
+        names = list(self.routes)
+        for other, route in self.routes.items():
+            theirs = self.made.get(other) if route.static is not None else route.store
+            if other != name and theirs is store:
+                a, b = sorted((name, other), key=names.index)
+                raise ConfigError(
+                    f"routes {a!r} and {b!r}: both are given the same "
+                    f"{type(store).__name__} object, whose frames would interleave; "
+                    "give each route its own store (another group or path)"
+                )
 
     def next_step(self, step: object) -> int:
         """The step of the next record: ``step``, or the previous one + 1 (0 first).
@@ -291,15 +309,30 @@ class Router:
     ) -> tuple[int, list[tuple[str, Any, Schema | None]]]:
         """The step of a record, and ``[(route, store, schema)]`` to open before
         it is planned: at the first record, the routes that open then (less
-        those in ``opened``); no I/O (a route's store function is called)."""
+        those in ``opened``); no I/O (a route's store function is called, once
+        per route: a record retried after a failure or a cancellation gets the
+        store made the first time).
+
+        Raises
+        ------
+        ConfigError
+            A store function returned no store, or the store of another route.
+        """
         s = self.next_step(step)
         if self.started:
             return s, []
-        return s, [
-            (name, _make_store(name, self.routes[name], static), schema)
-            for name, (static, schema) in self.first(state).items()
-            if name not in opened
-        ]
+        out = []
+        for name, (static, schema) in self.first(state).items():
+            if name in opened:
+                continue
+            store = self.made.get(name)
+            if store is None:
+                store = _make_store(name, self.routes[name], static)
+                if static is not None:
+                    self._check_own_store(name, store)
+                    self.made[name] = store
+            out.append((name, store, schema))
+        return s, out
 
     def take(self, state: object, step: int) -> list[tuple[str, Mapping[str, Any]]]:
         """:meth:`plan` the record at ``step``, then :meth:`advance` to it."""

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 import threading
 from collections.abc import Mapping
 from typing import Any
@@ -9,7 +10,7 @@ from typing import Any
 import numpy as np
 
 from .._arraysource import ArraySource
-from .._errors import StoreStateError
+from .._errors import StoreLockedError, StoreStateError
 from .._schema import Batch, Schema
 from .._store import Resume
 from .._trajectory import Trajectory
@@ -70,8 +71,11 @@ class HostMemory:
 
     Notes
     -----
-    A HostMemory already holding frames may be given to another sink: that sink
-    appends after the stored frames (like ``mode="a"``), with the same schema.
+    A HostMemory already holding frames may be given to another sink once the
+    first sink has closed: that sink appends after the stored frames (like
+    ``mode="a"``), with the same schema. Like a disk store, it has one writer
+    at a time: a sink opening it while another sink has it open raises
+    :class:`~snapsink.StoreLockedError`.
     """
 
     def __init__(
@@ -91,6 +95,7 @@ class HostMemory:
         self._offsets: dict[str, GrowableArray] = {}
         self._dropped = StepRanges()
         self._committed = 0
+        self._held = False  # open() .. close(): a sink writes it
 
     # Deliberate parallel of NpyDirectory.add_metadata (stores/npy.py) and
     # ZarrStore.add_metadata (stores/zarr.py): each public store documents its own
@@ -134,8 +139,22 @@ class HostMemory:
         -------
         Resume or None
             The stored schema, count, last step and time when frames are held.
+
+        Raises
+        ------
+        StoreLockedError
+            Another sink has the store open (its frames would interleave with
+            this one's); it is free again once that sink has closed.
         """
         with self._lock:
+            if self._held:
+                raise StoreLockedError(
+                    "HostMemory: expected a store no other sink has open, got one that "
+                    "another sink is writing (one writer at a time); close that sink "
+                    "first, or give this one its own HostMemory",
+                    pid=os.getpid(),
+                )
+            self._held = True
             if self._schema is None:
                 return None
             n = self._steps.size
@@ -221,8 +240,10 @@ class HostMemory:
         return None
 
     def close(self) -> None:
-        """Nothing to release: the frames stay readable through :meth:`trajectory`."""
-        return None
+        """Let another sink open the store; the frames stay readable through
+        :meth:`trajectory`."""
+        with self._lock:
+            self._held = False
 
     # -- reading --------------------------------------------------------------
     def __len__(self) -> int:
