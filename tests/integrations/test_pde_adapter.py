@@ -341,3 +341,26 @@ def test_importing_snapsink_does_not_import_py_pde() -> None:
         "import snapsink.integrations.pde; assert 'pde' in sys.modules"
     )
     subprocess.run([sys.executable, "-c", code], check=True, timeout=60)
+
+
+@pytest.mark.parametrize("step", ["solver", "interrupt"])
+def test_a_resumed_store_continues_the_stored_steps(tmp_path: Path, step: str) -> None:
+    """A second solve into the same store (mode="a"), from the stored last time:
+    its steps come after the stored ones (each solve counts from 0), and the
+    frames of both runs read back in order."""
+    grid = pde.CartesianGrid([[0.0, 1.0]], [8])
+    state = pde.ScalarField(grid, np.linspace(1.0, 2.0, 8), label="c")
+    path = tmp_path / "run"
+    with SnapsinkTracker(snapsink.NpyDirectory(path), INTERVAL, step=step) as tracker:
+        state = Decay().solve(state, t_range=0.3, dt=0.01, backend="numpy", tracker=tracker)
+    first = snapsink.open(path)
+    n, last, t_last = len(first), int(first.steps[-1]), float(first.times[-1])
+    with SnapsinkTracker(snapsink.NpyDirectory(path, mode="a"), INTERVAL, step=step) as tracker:
+        Decay().solve(state, t_range=(t_last, 0.6), dt=0.01, backend="numpy", tracker=tracker)
+    traj = snapsink.open(path)
+    steps = traj.steps.tolist()
+    assert steps[:n] == first.steps.tolist()
+    assert steps[n] == last + 1  # the continued solve's count 0, after the stored steps
+    assert steps == sorted(set(steps)) and len(traj) > n + 2
+    assert traj.times.tolist() == sorted(traj.times.tolist())
+    np.testing.assert_array_equal(traj["c"][n], state.data)  # it starts from the stored state

@@ -163,8 +163,10 @@ class SnapsinkTracker(ClosesOnExit, TransformedTrackerBase):  # type: ignore[no-
     ``with SnapsinkTracker(store, 0.1) as tracker: eq.solve(..., tracker=tracker)``,
     so the frames written so far are committed and the store's lock released.
 
-    A run that continues a stored one (``mode="a"``) must give steps above the
-    stored ones: the solver's count starts again at 0 in each ``solve``.
+    A run that continues a stored one (a store opened with ``mode="a"``, or a
+    sink given again for another ``solve``) continues its steps: the solver's
+    count (or the interrupt counter) starts again at 0 in each ``solve``, and
+    is stored after the sink's last step (step = that step + 1 + the count).
 
     Examples
     --------
@@ -228,6 +230,7 @@ class SnapsinkTracker(ClosesOnExit, TransformedTrackerBase):  # type: ignore[no-
         self._info: Mapping[str, Any] = {}
         self._fields: list[str] = []
         self._index = 0
+        self._offset = 0  # added to this solve's step counts (see initialize)
         self._last_step: int | None = None
         self._finished = False
 
@@ -300,6 +303,10 @@ class SnapsinkTracker(ClosesOnExit, TransformedTrackerBase):  # type: ignore[no-
             self._sink = SyncSink(self._store, **self._options)
         self._index = 0
         self._last_step = None
+        # steps continue after those already stored (a resumed store, or a
+        # sink given again): the solver counts from 0 in each solve
+        last = self._sink.last_step
+        self._offset = 0 if last is None else last + 1
         t_first: float = super().initialize(field, info)
         return t_first
 
@@ -367,14 +374,14 @@ class SnapsinkTracker(ClosesOnExit, TransformedTrackerBase):  # type: ignore[no-
     # -- helpers ------------------------------------------------------------------
     def _step(self, t: float) -> int:
         if self._step_kind == "interrupt":
-            return self._index
+            return self._offset + self._index
         steps = (self._info.get("solver") or {}).get("steps")
         if steps is None:
             raise ConfigError(
                 "step='solver': py-pde's solver reported no step count "
                 "(info['solver']['steps']); pass step='interrupt' to number the frames"
             )
-        step = int(steps)
+        step = self._offset + int(steps)
         if self._last_step is not None and step <= self._last_step:
             raise SchemaError(
                 f"step at t={t}: the solver's step count ({step}) did not advance since "
