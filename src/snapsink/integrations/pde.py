@@ -305,6 +305,7 @@ class SnapsinkTracker(ClosesOnExit, TransformedTrackerBase):  # type: ignore[no-
         self._last_step = None
         # steps continue after those already stored (a resumed store, or a
         # sink given again): the solver counts from 0 in each solve
+        assert self._sink is not None
         last = self._sink.last_step
         self._offset = 0 if last is None else last + 1
         t_first: float = super().initialize(field, info)
