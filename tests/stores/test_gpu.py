@@ -101,6 +101,7 @@ def test_ring_keeps_the_last_capacity_frames() -> None:
     assert (stats.held, stats.stored, stats.evicted, stats.pending_dropped) == (4, 10, 6, 10)
     assert stats.dropped == 6  # every eviction counted as a drop
     _invariant(stats)
+    buf.close()  # (a sink closes its store before another opens it)
     resume = buf.open()
     assert resume is not None
     assert (resume.count, resume.last_step, resume.times) == (10, 9, True)
@@ -420,3 +421,16 @@ def test_without_cupy_gpubuffer_says_how_to_install(monkeypatch: pytest.MonkeyPa
     assert isinstance(info.value.__cause__, ImportError)
     with pytest.raises(DeviceError, match="GPUBuffer needs CuPy"):
         snapsink.GPUBuffer(4, backend="cupy")
+
+
+def test_a_gpu_buffer_has_one_sink_at_a_time() -> None:
+    """As HostMemory and the disk stores: a second sink opening the buffer while
+    the first has it open is refused; once that one closed, it may append."""
+    buf = GPUBuffer(4, backend="emulation")
+    with snapsink.SyncSink(buf, writer="thread") as first:
+        first.write({"x": np.float64(1.0)}, step=0)
+        with pytest.raises(snapsink.StoreLockedError, match="another sink is writing"):
+            snapsink.SyncSink(buf, writer="thread")
+    with snapsink.SyncSink(buf, writer="thread") as second:
+        second.write({"x": np.float64(2.0)}, step=1)
+    assert buf.read().steps.tolist() == [0, 1]

@@ -48,12 +48,13 @@ from __future__ import annotations
 
 import array
 import inspect
+import os
 import threading
 from typing import Any, ClassVar
 
 import numpy as np
 
-from .._errors import ConfigError, DeviceError, SchemaError, StoreStateError
+from .._errors import ConfigError, DeviceError, SchemaError, StoreLockedError, StoreStateError
 from .._schema import Batch, Schema
 from .._staging.backend import INSTALL_HINT, DeviceBackend
 from .._store import Resume, Store
@@ -160,6 +161,7 @@ class GPUBuffer:
         self._be: DeviceBackend = _backend(backend)
         self._stream: Any = None
         self._lock = threading.Lock()
+        self._in_use = False  # open() .. close(): a sink writes it
         self._cond = threading.Condition(self._lock)  # a drain finished, or freed a slot
         self._schema: Schema | None = None
         self._times: bool | None = None
@@ -236,8 +238,22 @@ class GPUBuffer:
             step and time that reached the ring (held, drained or lost; the
             step also counts the channel's drops): a sink resuming a drained
             ring continues after them.
+
+        Raises
+        ------
+        StoreLockedError
+            Another sink has the buffer open (its frames would interleave with
+            this one's); it is free again once that sink has closed.
         """
         with self._lock:
+            if self._in_use:
+                raise StoreLockedError(
+                    "GPUBuffer: expected a buffer no other sink has open, got one that "
+                    "another sink is writing (one writer at a time); close that sink "
+                    "first, or give this one its own GPUBuffer",
+                    pid=os.getpid(),
+                )
+            self._in_use = True
             if self._schema is None:
                 return None
             seen = self._last_step is not None
@@ -354,8 +370,10 @@ class GPUBuffer:
         return None
 
     def close(self) -> None:
-        """Nothing to release: the frames stay readable after the sink closed."""
-        return None
+        """Let another sink open the buffer; the frames stay readable after the
+        sink closed."""
+        with self._lock:
+            self._in_use = False
 
     # -- reading --------------------------------------------------------------
     def _order(self) -> np.ndarray[Any, Any]:
