@@ -250,9 +250,12 @@ async def test_several_failed_chunk_writes_raise_the_first_oserror(
 
     def failing(path: Path, data: Any, **kw: Any) -> None:
         calls.append(path)
-        if len(calls) <= 2:
+        n = len(calls)
+        if n <= 2:
             both.wait()
-        raise OSError(errno.EIO, f"injected EIO {len(calls)}", str(path))
+            if n == 2:  # fails a little later: the store still collects it
+                time.sleep(0.05)
+        raise OSError(errno.EIO, f"injected EIO {n}", str(path))
 
     monkeypatch.setattr(_zarrio, "write_file", failing)
     with pytest.raises(OSError, match="injected EIO") as info:

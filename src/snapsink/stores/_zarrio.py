@@ -897,21 +897,26 @@ class BlockWriter:
             # A few bytes (steps, times, scalar fields): one pwritev here costs
             # microseconds, a job in the pool tens (a thread hand-off each way).
             # Rows the caller waits for alone: the hand-offs are pure latency.
-            self._collect()
-            self._raise_errors()
+            await self._raise_failed()
             self._rows_job(target, index, row, buffers, full)
             done: asyncio.Future[None] = asyncio.get_running_loop().create_future()
             done.set_result(None)
             return done
         return await self._start(self._rows_job, target, index, row, buffers, full)
 
-    async def _start(self, fn: Any, *args: Any) -> asyncio.Future[None]:
+    async def _raise_failed(self) -> None:
+        """If a job failed: wait for every job in flight, then raise (see
+        :meth:`drain`), so that all their failures are collected (one raised,
+        the others noted) and none still writes once the failure is reported."""
         self._collect()
-        self._raise_errors()
+        if self._errors:
+            await self.drain()
+
+    async def _start(self, fn: Any, *args: Any) -> asyncio.Future[None]:
+        await self._raise_failed()
         while len(self._inflight) >= self.max_inflight:
             await asyncio.wait([_wrapped(self._inflight[0])])
-            self._collect()
-            self._raise_errors()
+            await self._raise_failed()
         if self._pool is None:
             self._pool = concurrent.futures.ThreadPoolExecutor(
                 self.workers, thread_name_prefix="snapsink-zarr"
