@@ -162,6 +162,16 @@ os.kill(os.getpid(), signal.SIGKILL)
 """
 
 
+def _drained(tmp_path: Path) -> Any:
+    """The run once the dead producer's writer drained it: no spill file left."""
+    deadline = time.monotonic() + 60
+    while any((tmp_path / "spill").iterdir()) and time.monotonic() < deadline:
+        time.sleep(0.05)  # the writer drains, in its own session
+    assert not list((tmp_path / "spill").iterdir())
+    time.sleep(0.2)  # its last commit
+    return snapsink.open(tmp_path / "run")
+
+
 def test_what_a_killed_producer_spilled_is_stored_by_its_writer(tmp_path: Path) -> None:
     """Writer process: every frame whose write returned is stored, spilled ones
     included, after the producer is SIGKILLed; no spill file is left."""
@@ -174,12 +184,7 @@ def test_what_a_killed_producer_spilled_is_stored_by_its_writer(tmp_path: Path) 
     done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=60)
     assert done.returncode == -signal.SIGKILL, done.stderr
     assert int(done.stdout.split()[0]) > 10  # frames had spilled
-    deadline = time.monotonic() + 60
-    while any((tmp_path / "spill").iterdir()) and time.monotonic() < deadline:
-        time.sleep(0.05)  # the writer drains, in its own session
-    assert not list((tmp_path / "spill").iterdir())
-    time.sleep(0.2)  # its last commit
-    traj = snapsink.open(tmp_path / "run")
+    traj = _drained(tmp_path)
     assert traj.steps.tolist() == list(range(60))
     assert traj["x"][:].tobytes() == np.stack([_frame(i)["x"] for i in range(60)]).tobytes()
 
@@ -215,12 +220,7 @@ def test_a_frame_torn_by_the_producers_death_leaves_no_spill_file(tmp_path: Path
     assert done.returncode == -signal.SIGKILL, done.stderr
     returned = [int(x) for x in done.stdout.split()]
     assert len(returned) > 20
-    deadline = time.monotonic() + 60
-    while any((tmp_path / "spill").iterdir()) and time.monotonic() < deadline:
-        time.sleep(0.05)  # the writer drains, in its own session
-    assert not list((tmp_path / "spill").iterdir())
-    time.sleep(0.2)  # its last commit
-    traj = snapsink.open(tmp_path / "run")
+    traj = _drained(tmp_path)
     assert traj.steps.tolist() == returned
     assert traj["x"][:].tobytes() == np.stack([_frame(i)["x"] for i in returned]).tobytes()
 
