@@ -710,7 +710,7 @@ async def test_background_commits_under_a_stream_of_batches_keep_every_frame(
         await store.append(Batch(frames[i : i + k]))
         i, n = i + k, n + 1
         backgrounds += store.background
-        if n % 6 == 0:
+        if n % 4 == 0:
             await store.settle()  # the commit running ends (and the one due)
         elif rng.random() < 0.5:
             await store.settle(0.01)  # what an idle writer calls: a commit may end
@@ -720,6 +720,8 @@ async def test_background_commits_under_a_stream_of_batches_keep_every_frame(
             traj = open_zarr(loc)
             assert len(traj) == count
             assert _bits(traj["x"][:]) == _bits(np.stack([f.fields["x"] for f in frames[:count]]))
+    # (the full settles alone end 5 commits: a timed one may end none on a
+    # loaded machine)
     assert backgrounds > 10 and len(seen) >= 5, (backgrounds, seen)
     await store.close()
     _check_every_reader(loc, frames)
