@@ -215,10 +215,6 @@ class Writer:
         out = {name: (arr[()] if not arr.ndim else arr) for name, arr in views[1]}
         return Frame(step, time if has_time else None, out), 0
 
-    def pending(self) -> int:
-        """Records published (frames and dropped steps) and not yet taken."""
-        return 0 if self.ring is None else self.ring.get(_shm.TAIL) - self.done
-
     # -- the consumer's feed ------------------------------------------------------
     def take(self) -> Batch | None:
         """The next batch of published frames (and pending drops). Once the sink's

@@ -353,19 +353,12 @@ class ProcessChannel(Channel):
         if n < len(steps):
             self.writer.send(("dropped", steps[max(n, 0) :]))
 
-    def _send_drops(self) -> None:
-        """Drops not yet handed over, by message (at a flush and the close)."""
-        if self.pending_dropped:
-            steps, self.pending_dropped = self.pending_dropped, []
-            self.writer.send(("dropped", steps))
-
     def _send_flushes(self) -> None:
         head = self.queue[0].seq if self.queue else math.inf
         due = [g for g, target in self.flushes if target < head]
         if not due:
             return
         self.flushes = [(g, t) for g, t in self.flushes if t >= head]
-        self._send_drops()
         self._send_schema()
         self.writer.send(("flush", max(due), self.published))
 
@@ -416,13 +409,12 @@ class ProcessChannel(Channel):
                 self._wake_producers()
 
     def publish_all(self) -> bool:
-        """Publish everything queued and send pending drops; True when nothing is left."""
+        """Publish everything queued (dropped steps included); True when nothing is left."""
         with self.lock:
             self.window = self.capacity
             self._pump()
             if self.queue or self.fifo_waiting or self.fifo_writing:
                 return False
-            self._send_drops()
             self._send_schema()
             return True
 
