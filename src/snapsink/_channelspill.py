@@ -158,16 +158,31 @@ class SpillQueue:
         """A spill write that ends, in its turn, with no frame on disk (lock
         held): the next may run; the step is given back when no frame was
         accepted after it (the return value)."""
-        del self.fifo_open[ticket.n]
-        self._end_turn()
-        self.spilled_bytes -= ticket.nbytes
-        given_back = ticket.n == self.fifo_tickets - 1
+        self._not_taken(ticket)
+        self._next_turn()
+        given_back = self._give_step_back(ticket)
         if given_back:
-            self.fifo_tickets -= 1
             self.fifo_turn = self.fifo_tickets
-            c = self.clock
-            c.last_step, c.last_time, c.has_times = ticket.before
         return given_back
+
+    def _not_taken(self, ticket: SpillTicket) -> None:
+        """A spill write that puts no frame in the spill queue (it failed, or its
+        caller left it), lock held: it is no longer being written, nor are its
+        bytes spilled."""
+        del self.fifo_open[ticket.n]
+        self.fifo_writing -= 1
+        self.spilled_bytes -= ticket.nbytes
+
+    def _give_step_back(self, ticket: SpillTicket) -> bool:
+        """Un-issue ``ticket`` if it is the last one handed out (no frame was
+        accepted after it), lock held: the clock goes back to before its step.
+        Whether it was."""
+        if ticket.n != self.fifo_tickets - 1:
+            return False
+        self.fifo_tickets -= 1
+        c = self.clock
+        c.last_step, c.last_time, c.has_times = ticket.before
+        return True
 
     def _spilled(self, ticket: SpillTicket, nbytes: int) -> None:
         """A spill write is on disk: the frame joins the spill queue."""
@@ -176,8 +191,9 @@ class SpillQueue:
 
     def _spilled_in_turn(self, ticket: SpillTicket, nbytes: int) -> None:
         del self.fifo_open[ticket.n]
+        self.fifo_writing -= 1
         self.fifo_counted += 1
-        self._end_turn()
+        self._next_turn()
         self.spilled_bytes += nbytes - ticket.nbytes  # as laid out on disk
         self.seq += 1
         if not self.fifo_waiting:
@@ -189,16 +205,13 @@ class SpillQueue:
             self.peak = self.pending
         self._wake_consumer()
 
-    def _end_turn(self) -> None:
+    def _next_turn(self) -> None:
         """A spill write is over, done or failed: the next one may run (lock
         held). Turns whose callers gave up pass, their frames not taken."""
-        self.fifo_writing -= 1
         self.fifo_turn += 1
         while self.fifo_turn in self.fifo_abandoned:
             self.fifo_abandoned.discard(self.fifo_turn)
-            gone = self.fifo_open.pop(self.fifo_turn)
-            self.fifo_writing -= 1
-            self.spilled_bytes -= gone.nbytes
+            self._not_taken(self.fifo_open[self.fifo_turn])
             self.fifo_turn += 1
         self.fifo_turns.notify_all()
 
@@ -220,12 +233,8 @@ class SpillQueue:
             if ticket.n == self.fifo_turn:
                 self._settle_in_turn(ticket)
             elif ticket.n == self.fifo_tickets - 1:
-                del self.fifo_open[ticket.n]
-                self.fifo_tickets -= 1
-                self.fifo_writing -= 1
-                self.spilled_bytes -= ticket.nbytes
-                c = self.clock
-                c.last_step, c.last_time, c.has_times = ticket.before
+                self._not_taken(ticket)
+                self._give_step_back(ticket)
             else:
                 self.fifo_abandoned.add(ticket.n)
             if self.room_waiters:
