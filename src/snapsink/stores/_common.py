@@ -3,16 +3,51 @@
 from __future__ import annotations
 
 import math
+import os
 from collections.abc import Mapping
 from typing import Any
 
 import numpy as np
 
 from .._dtypes import ALLOWED_KINDS
-from .._errors import ConfigError, SchemaError
+from .._errors import ConfigError, SchemaError, StoreLockedError
 from .._schema import Schema, check_name
 
-__all__ = ["MODES", "check_attrs", "check_mode", "check_static", "merge_metadata"]
+__all__ = ["MODES", "OneSink", "check_attrs", "check_mode", "check_static", "merge_metadata"]
+
+
+class OneSink:
+    """The claim of an in-memory store (HostMemory, GPUBuffer) by the one sink
+    that has it open, from its ``open()`` to its ``close()``: frames of two
+    sinks would interleave, so it has one writer at a time, as a disk store's
+    lock file gives. Called under the store's own lock."""
+
+    __slots__ = ("held", "what")
+
+    def __init__(self, what: str):
+        self.what = what  # the store's class name, for the message
+        self.held = False
+
+    def claim(self) -> None:
+        """Take it for the sink opening the store.
+
+        Raises
+        ------
+        StoreLockedError
+            Another sink has it open; it is free again once that sink closed.
+        """
+        if self.held:
+            raise StoreLockedError(
+                f"{self.what}: expected a store no other sink has open, got one that "
+                "another sink is writing (one writer at a time); close that sink "
+                f"first, or give this one its own {self.what}",
+                pid=os.getpid(),
+            )
+        self.held = True
+
+    def release(self) -> None:
+        """The sink closed the store: another may open it."""
+        self.held = False
 
 MODES = ("x", "w", "a")
 

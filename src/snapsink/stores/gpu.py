@@ -48,17 +48,16 @@ from __future__ import annotations
 
 import array
 import inspect
-import os
 import threading
 from typing import Any, ClassVar
 
 import numpy as np
 
-from .._errors import ConfigError, DeviceError, SchemaError, StoreLockedError, StoreStateError
+from .._errors import ConfigError, DeviceError, SchemaError, StoreStateError
 from .._schema import Batch, Schema
 from .._staging.backend import INSTALL_HINT, DeviceBackend
 from .._store import Resume, Store
-from ._common import check_same_layout
+from ._common import OneSink, check_same_layout
 from ._gpuslots import DeviceSlots
 from ._gpuvalues import DeviceFrames, GPUBufferStatistics
 
@@ -161,7 +160,7 @@ class GPUBuffer:
         self._be: DeviceBackend = _backend(backend)
         self._stream: Any = None
         self._lock = threading.Lock()
-        self._in_use = False  # open() .. close(): a sink writes it
+        self._claim = OneSink("GPUBuffer")
         self._cond = threading.Condition(self._lock)  # a drain finished, or freed a slot
         self._schema: Schema | None = None
         self._times: bool | None = None
@@ -246,14 +245,7 @@ class GPUBuffer:
             this one's); it is free again once that sink has closed.
         """
         with self._lock:
-            if self._in_use:
-                raise StoreLockedError(
-                    "GPUBuffer: expected a buffer no other sink has open, got one that "
-                    "another sink is writing (one writer at a time); close that sink "
-                    "first, or give this one its own GPUBuffer",
-                    pid=os.getpid(),
-                )
-            self._in_use = True
+            self._claim.claim()
             if self._schema is None:
                 return None
             seen = self._last_step is not None
@@ -373,7 +365,7 @@ class GPUBuffer:
         """Let another sink open the buffer; the frames stay readable after the
         sink closed."""
         with self._lock:
-            self._in_use = False
+            self._claim.release()
 
     # -- reading --------------------------------------------------------------
     def _order(self) -> np.ndarray[Any, Any]:

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import os
 import threading
 from collections.abc import Mapping
 from typing import Any
@@ -10,11 +9,11 @@ from typing import Any
 import numpy as np
 
 from .._arraysource import ArraySource
-from .._errors import StoreLockedError, StoreStateError
+from .._errors import StoreStateError
 from .._schema import Batch, Schema
 from .._store import Resume
 from .._trajectory import Trajectory
-from ._common import check_attrs, check_same_layout, check_static, merge_metadata
+from ._common import OneSink, check_attrs, check_same_layout, check_static, merge_metadata
 from ._format import StepRanges
 
 __all__ = ["GrowableArray", "HostMemory"]
@@ -95,7 +94,7 @@ class HostMemory:
         self._offsets: dict[str, GrowableArray] = {}
         self._dropped = StepRanges()
         self._committed = 0
-        self._held = False  # open() .. close(): a sink writes it
+        self._claim = OneSink("HostMemory")
 
     # Deliberate parallel of NpyDirectory.add_metadata (stores/npy.py) and
     # ZarrStore.add_metadata (stores/zarr.py): each public store documents its own
@@ -147,14 +146,7 @@ class HostMemory:
             this one's); it is free again once that sink has closed.
         """
         with self._lock:
-            if self._held:
-                raise StoreLockedError(
-                    "HostMemory: expected a store no other sink has open, got one that "
-                    "another sink is writing (one writer at a time); close that sink "
-                    "first, or give this one its own HostMemory",
-                    pid=os.getpid(),
-                )
-            self._held = True
+            self._claim.claim()
             if self._schema is None:
                 return None
             n = self._steps.size
@@ -243,7 +235,7 @@ class HostMemory:
         """Let another sink open the store; the frames stay readable through
         :meth:`trajectory`."""
         with self._lock:
-            self._held = False
+            self._claim.release()
 
     # -- reading --------------------------------------------------------------
     def __len__(self) -> int:
