@@ -46,6 +46,7 @@ __all__ = [
     "ALLOWED_KINDS",
     "as_dtype",
     "as_host_array",
+    "becomes_inf",
     "dtype_shape",
     "holds_any_float",
     "int_str",
@@ -203,6 +204,20 @@ def safe_cast(value: object, src: np.dtype[Any], dst: np.dtype[Any]) -> bool:
     if isinstance(value, complex):
         return dst.kind == "c" and _fits_float(value.real, dst) and _fits_float(value.imag, dst)
     return bool(np.can_cast(src, dst, "safe"))
+
+
+def becomes_inf(value: object, dst: np.dtype[Any]) -> bool:
+    """Whether ``value`` is a Python float (or complex) of a kind ``dst`` takes,
+    refused by :func:`safe_cast` only because it would be stored as ``inf``."""
+    if isinstance(value, np.generic):
+        return False
+    if isinstance(value, float):
+        return dst.kind in "fc" and not _fits_float(value, dst)
+    if isinstance(value, complex):
+        return dst.kind == "c" and not (
+            _fits_float(value.real, dst) and _fits_float(value.imag, dst)
+        )
+    return False
 
 
 def _fits_float(value: float, dst: np.dtype[Any]) -> bool:

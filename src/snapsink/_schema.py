@@ -26,6 +26,7 @@ from ._arrays import is_device_array
 from ._dtypes import (
     as_dtype,
     as_host_array,
+    becomes_inf,
     dtype_shape,
     holds_any_float,
     int_str,
@@ -457,22 +458,18 @@ class Schema(Mapping[str, Field]):
             dtype, got = dtype_shape(name, value, step)
             # A Python int is int64 by name only: its value must fit the field.
             if (dtype != want or kind is int) and not safe_cast(value, dtype, want):
-                if isinstance(value, int) and not isinstance(value, bool) and want.kind == "b":
-                    raise DTypeError(
-                        f"field {name!r}: expected a bool (True, False or np.bool_), got the "
-                        f"Python int {int_str(value)} at step {step}"
-                    )
                 if isinstance(value, int) and not isinstance(value, bool):
+                    if want.kind == "b":
+                        raise DTypeError(
+                            f"field {name!r}: expected a bool (True, False or np.bool_), got "
+                            f"the Python int {int_str(value)} at step {step}"
+                        )
                     raise DTypeError(
                         f"field {name!r}: expected a value that fits {want}, got the Python "
                         f"int {int_str(value)} at step {step}; declare a wider dtype in the "
                         "schema"
                     )
-                if (
-                    isinstance(value, float | complex)
-                    and not isinstance(value, np.generic)
-                    and (want.kind == "c" or (want.kind == "f" and isinstance(value, float)))
-                ):
+                if becomes_inf(value, want):
                     raise DTypeError(
                         f"field {name!r}: expected a value that fits {want}, got the Python "
                         f"{type(value).__name__} {value!r} at step {step}, which would be "
