@@ -227,3 +227,39 @@ def test_zarr_add_metadata_refuses_a_static_dtype_zarr_cannot_hold(tmp_path: Pat
         store.add_metadata(attrs={"a": 1}, static={"q": np.ones(2, np.float128)})
     write_one(store)
     assert dict(read().attrs) == {} and dict(read().static) == {}
+
+
+def hdf5(path: Path, attrs: dict[str, Any], **kw: Any) -> tuple[Any, Callable[[], Any]]:
+    pytest.importorskip("h5py")
+    store = snapsink.HDF5Store(path / "run.h5", attrs=attrs, **kw)
+    return store, lambda: snapsink.open(path / "run.h5")
+
+
+@pytest.mark.parametrize("make", [STORES[0], STORES[1], pytest.param(hdf5, id="hdf5")])
+def test_resume_checks_static_arrays_bit_for_bit_before_writing(
+    make: Maker, tmp_path: Path
+) -> None:
+    """mode="a" keeps each static array: an equal one (NaN included) resumes, a
+    different one is refused before anything is written, new names are added."""
+    masses = np.array([1.0, np.nan, 3.0])
+    store, read = make(tmp_path, {}, static={"m": masses})
+    write_one(store)
+    store, read = make(tmp_path, {}, mode="a", static={"m": masses.copy(), "q": np.ones(2)})
+    with snapsink.SyncSink(store, writer="thread") as sink:
+        sink.write({"e": np.float64(2.5)}, step=1, time=1.0)
+    for wrong, what in [
+        (np.array([1.0, np.nan, 4.0]), "got other values"),
+        (np.array([1.0, np.nan]), "got float64, shape (2,)"),
+        (masses.astype(np.float32), "got float32, shape (3,)"),
+    ]:
+        store, read = make(tmp_path, {}, mode="a", static={"new": np.zeros(1), "m": wrong})
+        expected = f"static 'm': the store holds float64, shape (3,), {what}"
+        with pytest.raises(ConfigError, match=re.escape(expected)):
+            with snapsink.SyncSink(store, writer="thread") as sink:
+                sink.write({"e": np.float64(9.0)}, step=2, time=2.0)
+    traj = read()
+    assert sorted(traj.static) == ["m", "q"]
+    np.testing.assert_array_equal(traj.static["m"], masses)  # NaN where NaN
+    np.testing.assert_array_equal(traj.static["q"], np.ones(2))
+    assert traj.steps.tolist() == [0, 1]
+    np.testing.assert_array_equal(traj["e"][:], [1.5, 2.5])

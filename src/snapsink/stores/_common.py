@@ -13,7 +13,16 @@ from .._dtypes import ALLOWED_KINDS
 from .._errors import ConfigError, SchemaError, StoreLockedError
 from .._schema import Schema, check_name
 
-__all__ = ["MODES", "OneSink", "check_attrs", "check_mode", "check_static", "merge_metadata"]
+__all__ = [
+    "MODES",
+    "OneSink",
+    "check_attrs",
+    "check_mode",
+    "check_static",
+    "check_stored_static",
+    "merge_metadata",
+    "same_array",
+]
 
 
 class OneSink:
@@ -191,6 +200,27 @@ def merge_metadata(
                 f"{old.shape}), got {arr.dtype} {arr.shape}; use another name"
             )
     return {**attrs, **new_attrs}, {**static, **new_static}
+
+
+def check_stored_static(name: str, stored: np.ndarray[Any, Any], arr: np.ndarray[Any, Any]) -> None:
+    """Refuse, on ``mode="a"``, a static array that differs from the one stored
+    under its name (static arrays are written once; NaN equals NaN).
+
+    Raises
+    ------
+    ConfigError
+        The arrays differ in dtype, shape or values.
+    """
+    if same_array(stored, arr):
+        return
+    if stored.dtype == arr.dtype and stored.shape == arr.shape:
+        given = "other values"
+    else:
+        given = f"{arr.dtype}, shape {arr.shape}"
+    raise ConfigError(
+        f"static {name!r}: the store holds {stored.dtype}, shape {stored.shape}, got "
+        f"{given}; static arrays are written once: use another name, or mode='w'"
+    )
 
 
 def same_array(a: np.ndarray[Any, Any], b: np.ndarray[Any, Any]) -> bool:

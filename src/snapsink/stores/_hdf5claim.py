@@ -20,8 +20,9 @@ from typing import Any
 
 import numpy as np
 
-from .._errors import ConfigError, FormatError, StoreExistsError
+from .._errors import FormatError, StoreExistsError
 from .._store import Resume
+from ._common import check_stored_static
 from ._format import StepRanges, parse_step_ranges
 from ._hdf5columns import Column, load_columns
 from ._hdf5file import HDF5_SIGNATURE, clear_open_flags, import_h5py
@@ -285,12 +286,7 @@ def _new_static(
         if sg is None or name not in sg:
             new[name] = arr
             continue
-        stored = np.asarray(sg[name][...])
-        if stored.dtype != arr.dtype or not np.array_equal(stored, arr):
-            raise ConfigError(
-                f"static {name!r}: the store holds a different array "
-                f"({stored.dtype}, shape {stored.shape}); static arrays are written once"
-            )
+        check_stored_static(name, np.asarray(sg[name][...]), arr)
     return new
 
 

@@ -20,6 +20,7 @@ import numpy as np
 
 from .._errors import ConfigError, FormatError, StoreExistsError
 from .._schema import check_name
+from ._common import check_stored_static
 from ._lock import LOCK_NAME
 from ._npyfile import GrowableNpyFile, fsync_dir, load_static, read_metadata
 from ._npyformat import METADATA, METADATA_TMP, STATIC_DIR, Metadata, data_files
@@ -156,12 +157,7 @@ def static_to_add(
     new = {}
     for name, arr in static.items():
         if name in meta.static:
-            stored = load_static(path, name)
-            if stored.dtype != arr.dtype or not np.array_equal(stored, arr):
-                raise ConfigError(
-                    f"static {name!r}: the store holds a different array ({stored.dtype}, "
-                    f"shape {stored.shape}); static arrays are written once"
-                )
+            check_stored_static(name, load_static(path, name), arr)
         else:
             new[name] = arr
     return new

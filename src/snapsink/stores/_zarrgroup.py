@@ -28,6 +28,7 @@ from zarr.errors import (
 
 from .._errors import DTypeError, FormatError, StoreExistsError
 from .._schema import Schema
+from ._common import check_stored_static
 from ._rows import check_row_array
 from ._zarrclaim import NODE_KEYS, remove_tree_contents
 from ._zarrcolumns import Column, in_place
@@ -278,12 +279,21 @@ async def last_row(col: Column, count: int) -> Any:
 
 
 async def write_static(group: Any, static: Mapping[str, Any], compressors: Any) -> None:
-    """Write the static arrays into the ``static`` subgroup, each once: an array
-    already there (``mode="a"``) is kept."""
+    """Write the static arrays into the ``static`` subgroup, each once: one
+    already there (``mode="a"``) must equal the one given, and is kept.
+
+    Raises
+    ------
+    ConfigError
+        A stored static array differs from the one given; nothing is written.
+    """
     if not static:
         return
     sg = await group.require_group(STATIC_GROUP)
     existing = {name async for name in sg.array_keys()}
+    for name in existing & static.keys():  # every check before the first write
+        stored = await sg.getitem(name)
+        check_stored_static(name, np.asarray(await stored.getitem(...)), static[name])
     for name, value in static.items():
         if name in existing:
             continue  # written once: mode="a" keeps what is there
