@@ -200,6 +200,22 @@ def test_empty_source_keeps_schema_attrs_and_dropped(tmp_path: Path) -> None:
     assert back.dropped_steps.tolist() == [3, 4] and dict(back.attrs) == {"x": 1}
 
 
+@pytest.mark.parametrize("times", [True, False])
+def test_empty_source_keeps_its_times_setting(tmp_path: Path, times: bool) -> None:
+    """With no frame to say so, the copy still knows whether frames carry times."""
+    mem = HostMemory()
+    mem.prepare(SCHEMA, times=times)
+    mem.append(Batch([], [3]))
+    snapsink.copy(mem, tmp_path / "run")
+    snapsink.copy(snapsink.open(tmp_path / "run"), tmp_path / "run.zarr")
+    for path in ("run", "run.zarr"):
+        back = snapsink.open(tmp_path / path)
+        assert len(back) == 0 and back.dropped_steps.tolist() == [3]
+        assert (back.times is not None) is times
+        if times:
+            assert back.times.dtype == np.float64 and back.times.shape == (0,)
+
+
 def test_a_drained_gpubuffer_copies_on(tmp_path: Path) -> None:
     """GPUBuffer -> HostMemory (drain_to) -> disk (copy): the evicted steps follow."""
     import anyio

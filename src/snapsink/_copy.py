@@ -55,6 +55,9 @@ class CarryingStore:
         The destination store.
     dropped_steps
         Steps to record in ``inner``'s metadata.
+    times
+        Whether the source's frames carry times: the frames say so when there
+        are any, and this when there are none (an empty run keeps its times).
 
     Attributes
     ----------
@@ -62,8 +65,9 @@ class CarryingStore:
         What ``inner.open()`` returned (``None`` for an empty store), once opened.
     """
 
-    def __init__(self, inner: Any, dropped_steps: Iterable[int] = ()):
+    def __init__(self, inner: Any, dropped_steps: Iterable[int] = (), *, times: bool = False):
         self.inner = inner
+        self._times = times
         self.resume: Resume | None = None
         #: a GPUBuffer destination takes device frames
         self.wants_device = bool(getattr(inner, "wants_device", False))
@@ -98,8 +102,8 @@ class CarryingStore:
         return self.resume
 
     async def prepare(self, schema: Schema, *, times: bool) -> None:
-        """Forward to ``inner``."""
-        await self._call(self.inner.prepare, schema, times=times)
+        """Forward to ``inner``, with times when the source has them."""
+        await self._call(self.inner.prepare, schema, times=times or self._times)
         self._prepared = True
 
     async def append(self, batch: Batch) -> None:
@@ -293,7 +297,7 @@ def copy(
             "steps cannot be stored anywhere; nothing was copied"
         )
     store = _destination(dst, format, group, traj)
-    carrier = CarryingStore(fresh_store(store), dropped)
+    carrier = CarryingStore(fresh_store(store), dropped, times=traj.times is not None)
     names = list(traj.fields)
     with SyncSink(carrier, capacity, schema=schema) as sink:
         resume = carrier.resume
