@@ -86,6 +86,10 @@ def as_host_array(name: str, value: object, step: int | None = None) -> np.ndarr
             f"{type(value).__name__}{at}; the schema holds {name!r} as one field (nested "
             f"state is stored as fields named {name + SEP}<key>: declare those)"
         )
+    if getattr(value, "requires_grad", False) and hasattr(value, "detach"):
+        # a torch tensor that requires grad (a Parameter) exports nothing
+        # otherwise; its values are what is recorded, as on the device path
+        value = value.detach()
     try:
         arr = np.asarray(value)
     except Exception as exc:

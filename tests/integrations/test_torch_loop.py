@@ -108,3 +108,29 @@ async def test_torch_md_loop(tmp_path: Path, device: str) -> None:
     c = converged.trajectory()
     np.testing.assert_array_equal(c.steps, [first])
     np.testing.assert_array_equal(c["positions"][0], expected[first]["positions"])
+
+
+@pytest.mark.parametrize("copy", [True, False])
+def test_cpu_tensors_that_require_grad_are_recorded(copy: bool) -> None:
+    """Parameters and results of a graph store their values, as on the CUDA path
+    (torch itself refuses ``numpy()`` on a tensor that requires grad)."""
+    model = torch.nn.Linear(3, 2).double()
+    x = torch.linspace(-1.0, 1.0, 6, dtype=torch.float64).reshape(2, 3)
+    mem = snapsink.HostMemory()
+    expected = []
+    with snapsink.SyncSink(mem, writer="thread") as sink:
+        for step in range(3):
+            loss = model(x).square().sum()
+            assert model.weight.requires_grad and loss.requires_grad
+            sink.write({"weight": model.weight, "loss": loss}, step=step, copy=copy)
+            sink.flush()  # copy=False lends the parameter: stored before it changes
+            expected.append((model.weight.detach().numpy().copy(), loss.item()))
+            loss.backward()
+            with torch.no_grad():
+                model.weight -= 0.1 * model.weight.grad
+            model.zero_grad()
+    traj = mem.trajectory()
+    for i, (weight, loss_value) in enumerate(expected):
+        np.testing.assert_array_equal(traj["weight"][i], weight)
+        assert traj["loss"][i] == loss_value
+    assert not np.array_equal(traj["weight"][0], traj["weight"][2])  # it trained
