@@ -628,6 +628,29 @@ def test_a_symbolic_link_to_a_store_opens(tmp_path: Path) -> None:
     assert snapsink.groups(link) == ["g"]
 
 
+def test_a_store_written_through_a_symbolic_link_writes_its_target(tmp_path: Path) -> None:
+    """mode "a" appends to the target, "w" replaces the target's contents (the
+    link stays a link), "x" sees the target exists; a dangling link makes its
+    target."""
+    path = tmp_path / "scratch" / "real.h5"
+    path.parent.mkdir()
+    write(HDF5Store(path), SCHEMA, _frames(0, 2), times=True)
+    link = tmp_path / "link.h5"
+    link.symlink_to(path)
+    write(HDF5Store(link, mode="a"), SCHEMA, _frames(2, 1), times=True)
+    assert link.is_symlink() and snapsink.open(path)["v"][:].tolist() == [0.0, 1.0, 2.0]
+    with pytest.raises(StoreExistsError, match="already exists"):
+        HDF5Store(link, mode="x").open()
+    write(HDF5Store(link, mode="w"), SCHEMA, _frames(5, 1), times=True)
+    assert link.is_symlink() and snapsink.open(path)["v"][:].tolist() == [5.0]
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["link.h5", "scratch"]
+    dangling = tmp_path / "new.h5"
+    dangling.symlink_to(tmp_path / "scratch" / "new.h5")
+    write(HDF5Store(dangling), SCHEMA, _frames(0, 1), times=True)
+    assert (tmp_path / "scratch" / "new.h5").is_file() and dangling.is_symlink()
+    assert snapsink.open(dangling)["v"][:].tolist() == [0.0]
+
+
 def test_a_corrupt_root_store_gives_no_group_hint(tmp_path: Path) -> None:
     """The root the only snapsink group: nothing to pass as group=."""
     path = tmp_path / "bad.h5"

@@ -289,8 +289,12 @@ class HDF5Store:
         if self._state != "new":
             raise StoreStateError(f"{self!r}: open() was already called")
         import_h5py()  # before anything is made: the message names the extra
-        os.makedirs(os.path.dirname(os.path.abspath(self._path)), exist_ok=True)
-        sf = self._store_file = StoreFile(self._path, self._group, self, repr(self))
+        # A path that is a symbolic link names the file it points to (a run
+        # directory linked to scratch): the store works on that file, so that
+        # a new file (mode "w", a remade one) replaces the target, not the link.
+        path = os.path.realpath(self._path) if os.path.islink(self._path) else self._path
+        os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
+        sf = self._store_file = StoreFile(path, self._group, self, repr(self))
         try:
             sf.locks.claim(self._group)
             with sf.locks.session():
@@ -305,7 +309,7 @@ class HDF5Store:
             if sf.created and sf.size() == 0:
                 # nothing of ours was ever in it: leave no empty file behind
                 try:
-                    os.unlink(self._path)
+                    os.unlink(path)
                 except OSError:
                     pass
             self._release()
