@@ -488,3 +488,185 @@ async def test_record_cancelled_while_a_lazy_route_opens_leaves_it_open() -> Non
     assert len(made) == 1
     np.testing.assert_array_equal(made[0].trajectory().steps, [0, 1])
     np.testing.assert_array_equal(made[0].trajectory()["x"][:], [0.0, 1.0])
+
+
+# -- a record takes effect route by route: cancelled, refused, interrupted --------------
+async def test_a_cancelled_record_takes_effect_where_captured_and_is_retried() -> None:
+    a, gated = HostMemory(), GatedStore()
+    try:
+        async with Recorder(
+            a=Route(a, fields=["x"]), b=Route(gated, fields=["x"], capacity=1)
+        ) as rec:
+            with anyio.move_on_after(0) as none:  # cancelled before any route captured
+                await rec.record({"x": 0.0}, step=0, time=0.0)
+            assert none.cancelled_caught and rec.last_step is None
+            assert await rec.record({"x": 0.0}, step=0, time=0.0) == ("a", "b")
+            await gated.wait_entered()  # b's store holds frame 0 in append
+            for k in range(1, 10):  # fill b's channel: a record then waits on b, after a took it
+                with anyio.move_on_after(0.05) as some:
+                    await rec.record({"x": float(k)}, step=k, time=float(k))
+                if some.cancelled_caught:
+                    break
+            else:
+                pytest.fail("b's channel never filled")
+            assert rec.last_step == k  # a captured it
+            with pytest.raises(SchemaError, match=rf"time at step {k}: expected {float(k)}"):
+                await rec.record({"x": float(k)}, step=k, time=k + 0.5)
+            gated.gate.set()
+            assert await rec.record({"x": float(k)}, step=k, time=float(k)) == ("b",)
+            assert await rec.record({"x": -1.0}, time=k + 1.0) == ("a", "b")  # step k + 1
+    finally:
+        gated.gate.set()
+    for store in (a, gated):
+        traj = store.trajectory()
+        np.testing.assert_array_equal(traj.steps, np.arange(k + 2))
+        np.testing.assert_array_equal(traj["x"][:], [*map(float, range(k + 1)), -1.0])
+        np.testing.assert_array_equal(traj.times, np.arange(k + 2.0))
+
+
+class _Interrupting:
+    """A field whose capture is interrupted (as by Ctrl-C in a waiting write)."""
+
+    def __array__(self, dtype: Any = None, copy: Any = None) -> Any:
+        raise KeyboardInterrupt
+
+
+def test_an_interrupted_sync_record_is_retried_for_the_other_routes() -> None:
+    a, b = HostMemory(), HostMemory()
+    with SyncRecorder(
+        a=Route(a, fields=["x"]), b=Route(b, fields=lambda s: {"y": s["y"]}, schedule=once())
+    ) as rec:
+        with pytest.raises(KeyboardInterrupt):
+            rec.record({"x": 0.0, "y": _Interrupting()}, step=0)
+        assert rec.last_step == 0  # a has step 0; b does not
+        assert rec.record({"x": 9.0, "y": 7.0}, step=0) == ("b",)  # a is skipped
+        assert rec.record({"x": 1.0, "y": 8.0}) == ("a",)  # step 1; b's once() is spent
+    np.testing.assert_array_equal(a.trajectory().steps, [0, 1])
+    np.testing.assert_array_equal(a.trajectory()["x"][:], [0.0, 1.0])
+    np.testing.assert_array_equal(b.trajectory().steps, [0])
+    np.testing.assert_array_equal(b.trajectory()["y"][:], [7.0])
+
+
+def test_time_is_checked_at_every_record_before_anything_is_written() -> None:
+    mem = HostMemory()
+    with SyncRecorder(r=Route(mem, fields=["x"], schedule=2)) as rec:
+        rec.record({"x": 0.0}, step=0, time=0.0)
+        for bad, error, match in [
+            (float("nan"), SchemaError, "expected a finite number"),
+            (-1.0, SchemaError, r"expected a time >= 0\.0"),
+            ("abc", DTypeError, "expected a float"),
+            (None, SchemaError, r"expected a time \(earlier frames had one\)"),
+        ]:
+            with pytest.raises(error, match=f"time at step 1: {match}"):
+                rec.record({"x": 1.0}, step=1, time=bad)  # step 1: no route is due
+        assert rec.last_step == 0
+        rec.record({"x": 1.0}, step=1, time=5.0)
+        with pytest.raises(SchemaError, match=r"expected a time >= 5\.0"):
+            rec.record({"x": 2.0}, step=2, time=2.0)
+        rec.record({"x": 2.0}, step=2, time=6.0)
+    np.testing.assert_array_equal(mem.trajectory().steps, [0, 2])
+    np.testing.assert_array_equal(mem.trajectory().times, [0.0, 6.0])
+
+
+def test_fields_none_leaves_out_the_names_a_static_function_returned() -> None:
+    with SyncRecorder(
+        r=Route(
+            lambda static: HostMemory(static=static),
+            static=lambda s: {"numbers": s["numbers"], "masses": np.ones(2)},
+        )
+    ) as rec:
+        for k in range(2):
+            rec.record({"x": float(k), "numbers": NUMBERS[:2]})
+    traj = rec.store("r").trajectory()
+    assert list(traj.fields) == ["x"]
+    np.testing.assert_array_equal(traj["x"][:], [0.0, 1.0])
+    np.testing.assert_array_equal(traj.static["numbers"], NUMBERS[:2])
+
+
+def test_errors_planning_a_step_name_their_route() -> None:
+    mem = HostMemory()
+    with SyncRecorder(
+        ok=Route(mem, fields=["e"]),
+        relaxed=Route(HostMemory(), fields=["e"], schedule=when(lambda s: s["fmax"] < 0.05)),
+        lazy=Route(
+            lambda static: HostMemory(static=static), fields=["e"], static=lambda s: {"n": s["n"]}
+        ),
+    ) as rec:
+        for state, route in [
+            ({"e": 1.0}, "lazy"),  # its static= function, at the first record
+            ({"e": 1.0, "n": 1}, "relaxed"),  # the predicate
+        ]:
+            with pytest.raises(KeyError) as info:
+                rec.record(state, step=0)
+            assert info.value.__notes__ == [f"snapsink: raised by route {route!r}"]
+        assert rec.last_step is None
+    with SyncRecorder(
+        ok=Route(mem, fields=["e"]),
+        frames=Route(HostMemory(), fields=lambda s: {"p": s["positions"]}, schedule=2),
+    ) as rec2:
+        with pytest.raises(KeyError) as info:
+            rec2.record({"e": 1.0}, step=0)  # the fields= function
+        assert info.value.__notes__ == ["snapsink: raised by route 'frames'"]
+        rec2.record({"e": 2.0, "positions": np.zeros(3)}, step=0)
+    np.testing.assert_array_equal(mem.trajectory()["e"][:], [2.0])  # nothing else written
+
+
+def _with_frames(steps: range, **kw: Any) -> HostMemory:
+    mem = HostMemory(**kw)
+    with SyncSink(mem) as sink:
+        for k in steps:
+            sink.write({"x": float(k)}, step=k, time=float(k))
+    return mem
+
+
+async def test_resumed_routes_continue_after_their_largest_last_step() -> None:
+    a, b, fresh = _with_frames(range(3)), _with_frames(range(5)), HostMemory()
+    with SyncRecorder(a=Route(a), b=Route(b, schedule=2), fresh=Route(fresh)) as rec:
+        assert rec.last_step == 4
+        with pytest.raises(SchemaError, match=r"expected a time >= 4\.0"):
+            rec.record({"x": 5.0}, time=1.0)
+        assert rec.record({"x": 5.0}, time=5.0) == ("a", "fresh")  # step 5
+        assert rec.record({"x": 6.0}, time=6.0) == ("a", "b", "fresh")
+    np.testing.assert_array_equal(a.trajectory().steps, [0, 1, 2, 5, 6])
+    np.testing.assert_array_equal(b.trajectory().steps, [0, 1, 2, 3, 4, 6])
+    np.testing.assert_array_equal(fresh.trajectory()["x"][:], [5.0, 6.0])
+
+    # a route opened at the first record resumes then: the step is taken after it
+    lazy = _with_frames(range(4), static={"n": np.arange(2)})
+    async with Recorder(r=Route(lambda static: lazy, fields=["x"], static=["n"])) as arec:
+        assert arec.last_step is None
+        assert await arec.record({"x": 4.0, "n": np.arange(2)}, time=4.0) == ("r",)
+        assert arec.last_step == 4
+    np.testing.assert_array_equal(lazy.trajectory().steps, np.arange(5))
+
+
+class _ThreadNpy(snapsink.NpyDirectory):
+    """A NpyDirectory written by a thread (its own __init__: it does not describe
+    itself to a writer process), to keep the test fast."""
+
+    def __init__(self, path: Path, mode: str = "x") -> None:
+        super().__init__(path, mode=mode)
+
+
+def test_a_failed_open_names_the_new_stores_the_routes_before_it_made(tmp_path: Path) -> None:
+    with SyncSink(_ThreadNpy(tmp_path / "b")) as sink:
+        sink.write({"x": 1.0}, step=0)
+    with pytest.raises(StoreExistsError) as info:
+        SyncRecorder(
+            mem=Route(HostMemory()),
+            a=Route(_ThreadNpy(tmp_path / "a")),
+            b=Route(_ThreadNpy(tmp_path / "b")),
+        )
+    notes = info.value.__notes__
+    assert "snapsink: raised by route 'b'" in notes
+    left = [n for n in notes if "a new store" in n]
+    assert len(left) == 1 and left[0].startswith("snapsink: route 'a' had opened")
+    assert "mode='w' or mode='a'" in left[0]
+    assert len(snapsink.open(tmp_path / "a")) == 0  # closed, empty; b untouched
+    assert snapsink.open(tmp_path / "b")["x"][:].tolist() == [1.0]
+    with SyncRecorder(
+        a=Route(_ThreadNpy(tmp_path / "a", mode="a")), b=Route(_ThreadNpy(tmp_path / "b", "a"))
+    ) as rec:
+        rec.record({"x": 2.0})
+    assert snapsink.open(tmp_path / "a").steps.tolist() == [1]
+    assert snapsink.open(tmp_path / "b")["x"][:].tolist() == [1.0, 2.0]

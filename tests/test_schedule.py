@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import numpy as np
 import pytest
 from hypothesis import given
 from hypothesis import strategies as st
@@ -130,3 +131,16 @@ def test_custom_schedule_subclass() -> None:
 
     assert due_steps(Powers() | once(), range(20)) == [0, 1, 2, 4, 8, 16]
     assert isinstance(snapsink.every(2), snapsink.Schedule)
+
+
+def test_numpy_integers_are_ints_and_numpy_bools_are_not() -> None:
+    s = every(np.int64(5), start=np.int32(2))  # type: ignore[arg-type]
+    assert s == every(5, start=2) and repr(s) == "every(5, start=2)"
+    assert type(s.n) is int  # type: ignore[attr-defined]
+    assert due_steps(s, range(13)) == [2, 7, 12]
+    assert as_schedule(np.uint8(3)) == every(3)
+    for bad in (np.bool_(True), np.float64(5.0)):
+        with pytest.raises(ConfigError, match="expected an int"):
+            every(bad)  # type: ignore[arg-type]
+        with pytest.raises(ConfigError, match="schedule"):
+            as_schedule(bad)

@@ -293,3 +293,92 @@ def test_device_gather_on_the_gpu(framework: str, tmp_path: Path) -> None:
     store = NpyDirectory(tmp_path / "run")
     _record(_gpu_state(cp, to_device), store)
     _check(snapsink.open(tmp_path / "run"))
+
+
+def _zero_batch(mask: list[bool], **converged: Any) -> tuple[HostMemory, snapsink.SyncRecorder]:
+    """A batch of 2 systems, the first empty: as many atoms (2) as systems."""
+    store = HostMemory()
+    state = {
+        "pos": np.array([[1.0, 1, 1], [2.0, 2, 2]]),  # system 1's atoms
+        "energy": np.array([10.0, 20.0]),
+        "natoms": np.array([0, 2]),
+    }
+    rec = snapsink.SyncRecorder(
+        r=snapsink.Route(
+            store,
+            fields=["pos", "energy"],
+            select=snapsink.converged(lambda s: np.array(mask), sizes="natoms", **converged),
+        )
+    )
+    with rec:
+        rec.record(state, step=0)
+    return store, rec
+
+
+def test_as_many_atoms_as_systems_needs_the_per_system_fields_named() -> None:
+    with pytest.raises(SchemaError, match=r"field 'pos': its first dimension, 2, is both") as info:
+        _zero_batch([False, True])
+    assert "per_system=[...]" in str(info.value)
+
+    store, _ = _zero_batch([False, True], per_system=["energy"])
+    frame = store.trajectory().frame(0)
+    np.testing.assert_array_equal(frame["energy"], [20.0])
+    np.testing.assert_array_equal(frame["pos"], [[1.0, 1, 1], [2.0, 2, 2]])
+    np.testing.assert_array_equal(frame["system"], [1])
+
+    # both systems: the stored row counts cannot tell either, by_system is told
+    store, _ = _zero_batch([True, True], per_system=["energy"])
+    with pytest.raises(SchemaError, match=r"by_system: field 'pos'.*per_system=\[...\]"):
+        snapsink.by_system(store.trajectory())
+    systems = snapsink.by_system(store.trajectory(), per_system=["energy"])
+    assert systems[0]["energy"] == 10.0 and systems[0]["pos"].shape == (0, 3)
+    assert systems[1]["energy"] == 20.0
+    np.testing.assert_array_equal(systems[1]["pos"], [[1.0, 1, 1], [2.0, 2, 2]])
+
+
+def test_per_system_names_are_checked() -> None:
+    with pytest.raises(ConfigError, match=r"converged\(per_system\): expected None or a list"):
+        snapsink.converged(_mask, sizes="natoms", per_system="energy")
+    with pytest.raises(SchemaError, match=r"expected field\(s\) 'fmax' among the route's fields"):
+        _zero_batch([True, True], per_system=["fmax"])
+    with (
+        snapsink.SyncRecorder(
+            r=snapsink.Route(
+                HostMemory(),
+                fields=["fmax"],
+                select=snapsink.converged(_mask, sizes="natoms", per_system=["fmax"]),
+            )
+        ) as rec,
+        pytest.raises(SchemaError, match=r"field 'fmax' .*: expected a first dimension of 9"),
+    ):
+        rec.record({"fmax": np.zeros(N), "natoms": SIZES}, step=0)
+    # one-atom systems: per atom or per system, the same rows
+    store = HostMemory()
+    with snapsink.SyncRecorder(
+        r=snapsink.Route(
+            store, select=snapsink.converged(lambda s: np.array([False, True]), sizes=[1, 1])
+        )
+    ) as rec:
+        rec.record({"e": np.array([1.0, 2.0])}, step=0)
+    np.testing.assert_array_equal(store.trajectory()["e"][0], [2.0])
+
+
+def test_a_refused_frame_leaves_its_systems_to_a_retry() -> None:
+    store = HostMemory()
+    sizes = np.array([1, 2])
+
+    def state(done: list[bool], width: int = 3) -> dict[str, Any]:
+        return {"pos": np.zeros((3, width)), "natoms": sizes, "done": np.array(done)}
+
+    with snapsink.SyncRecorder(
+        r=snapsink.Route(
+            store, fields=["pos"], select=snapsink.converged(lambda s: s["done"], sizes="natoms")
+        )
+    ) as rec:
+        assert rec.record(state([True, False]), step=0) == ("r",)
+        with pytest.raises(SchemaError, match="'pos'"):
+            rec.record(state([True, True], width=2), step=1)  # the sink refuses it
+        assert rec.record(state([True, True]), step=1) == ("r",)  # system 1, not 0 again
+    traj = store.trajectory()
+    np.testing.assert_array_equal(traj.steps, [0, 1])
+    assert [traj.frame(i)["system"].tolist() for i in range(2)] == [[0], [1]]

@@ -13,15 +13,21 @@ opening is shielded from that scope: a ``record`` cancelled while a route opens
 leaves the route open (its store made and opened once), and raises the
 cancellation before the step is planned.
 
-An error of a route's sink (at open, record, flush or close) keeps its type and
-gets a note naming the route; ``flush`` and ``close`` go through every route
-before raising the first error, noting the others on it.
+An error of a route's sink (at open, record, flush or close), or of its
+planning (a schedule's predicate, a selection), keeps its type and gets a note
+naming the route; ``flush`` and ``close`` go through every route before raising
+the first error, noting the others on it.
+
+A record is committed route by route, as each sink captures its frame (a
+``Sink.write`` cancelled or refused captures nothing): the router takes the
+step as recorded, counts the frame and marks a selection's systems stored only
+for the routes that captured it, and leaves the step open to a retry for the
+others (see :class:`~snapsink._routes.Router`).
 """
 
 from __future__ import annotations
 
-from collections.abc import Iterator, Mapping
-from contextlib import contextmanager
+from collections.abc import Callable, Mapping
 from types import TracebackType
 from typing import Any
 
@@ -31,32 +37,17 @@ from anyio.abc import TaskGroup, TaskStatus
 
 from ._channeltypes import SinkStatistics
 from ._errors import ClosedSinkError, ClosesOnExit, ConfigError
-from ._routes import Route, Router, merge_routes
+from ._routes import Plan, Route, Router, merge_routes
+from ._routes import in_route as _in_route
 from ._schema import Schema
 from ._sink import Sink
+from ._store import Resume
 from ._sync import SyncSink
 
 __all__ = ["Recorder", "SyncRecorder"]
 
 
 Errors = list[tuple[str, Exception]]
-
-
-@contextmanager
-def _in_route(name: str) -> Iterator[None]:
-    """Note on an error raised in the block that it came from route ``name``.
-
-    A note, not a new exception: callers catch the sink's own types
-    (``SchemaError``, ``WriterError``, ``StoreExistsError``), whose
-    constructors differ.
-    """
-    try:
-        yield
-    except Exception as err:
-        note = f"snapsink: raised by route {name!r}"
-        if note not in getattr(err, "__notes__", ()):
-            err.add_note(note)
-        raise
 
 
 def _raise_first(errors: Errors, exc: BaseException | None, doing: str = "closing") -> None:
@@ -74,6 +65,26 @@ def _raise_first(errors: Errors, exc: BaseException | None, doing: str = "closin
     raise first
 
 
+def _captured(plan: Plan, done: int, step: int, last_step: Callable[[str], int | None]) -> Plan:
+    """The routes of ``plan`` that captured the frame of ``step``, when a record
+    stopped after ``done`` of them returned: those, and any later one whose sink
+    took it all the same (an interrupt that came as its write returned)."""
+    return plan[:done] + [(n, f) for n, f in plan[done:] if last_step(n) == step]
+
+
+def _note_left(exc: BaseException, opened: list[tuple[str, Any, Resume | None]]) -> None:
+    """Note on ``exc``, an error opening the recorder, the new disk stores that
+    routes opened before it: closed with no frames, they stay (a store removes
+    nothing it made, as a sink does not), and a retry with ``mode="x"`` finds them."""
+    for name, store, resumed in opened:
+        if resumed is None and hasattr(store, "describe"):
+            exc.add_note(
+                f"snapsink: route {name!r} had opened {store!r}, a new store, before "
+                "this error; it was closed with no frames and stays there: to retry, "
+                "open it with mode='w' or mode='a', or remove it"
+            )
+
+
 class _Base:
     _router: Router
     _stores: dict[str, Any]
@@ -85,7 +96,8 @@ class _Base:
 
     @property
     def last_step(self) -> int | None:
-        """The step of the last record (``None`` before the first)."""
+        """The step of the last record (``None`` before the first); opening a
+        store to append (``mode="a"``), the largest last step of such routes."""
         return self._router.last_step
 
     def store(self, name: str) -> Any:
@@ -158,6 +170,9 @@ class Recorder(_Base):
                     with _in_route(name):
                         await self._open(name, route.store)
         except BaseException as exc:
+            _note_left(
+                exc, [(n, self._stores[n], sink.resumed) for n, (sink, _) in self._sinks.items()]
+            )
             with anyio.CancelScope(shield=True):
                 errors = await self._close_sinks()
             self._state = "closed"
@@ -207,7 +222,7 @@ class Recorder(_Base):
         self._sinks[name] = (sink, done)
         self._stores[name] = store
         if sink.resumed is not None:
-            self._router.resumed(name, sink.resumed.count)
+            self._router.resumed(name, sink.resumed)
 
     async def _close_sinks(self) -> Errors:
         errors: Errors = []
@@ -239,10 +254,12 @@ class Recorder(_Base):
             route selects with a function.
         step
             The simulation step, strictly increasing; default: previous + 1
-            (0 first). Schedules count in these steps.
+            (0 first; after a resumed store's last step, the largest of the
+            resumed routes'). Schedules count in these steps.
         time
             Optional finite, non-decreasing simulation time (on every record or
-            on none).
+            on none). Checked with the step, before anything is written, at
+            every record (whether a route is due or not).
 
         Returns
         -------
@@ -252,16 +269,24 @@ class Recorder(_Base):
         Raises
         ------
         SchemaError, DTypeError
-            A bad step, a missing field, or a frame a sink refuses.
+            A bad step or time, a missing field, or a frame a sink refuses.
         WriterError
             A route's store failed earlier (chained to the cause).
         ClosedSinkError
             The recorder is not open (use ``async with``) or is closed.
 
-        An error of a route's sink carries a note naming the route. Cancelled
-        while a route opens (at the first record), the route still opens, once:
-        the cancellation is raised before the step is planned, so the same step
+        An error of a route (its sink's, its schedule's predicate's, its
+        selection's) carries a note naming the route. Cancelled while a route
+        opens (at the first record), the route still opens, once: the
+        cancellation is raised before the step is planned, so the same step
         may be recorded again.
+
+        A record that stops before every due route captured its frame (a
+        cancellation, a sink's error) takes effect only for the routes that
+        captured it: none, and nothing changed (record the step again); some,
+        and the step counts as recorded (the next default step is after it)
+        while recording the same ``step=`` again, with the same time, goes to
+        the other routes only. Nothing of the frame is dropped unannounced.
         """
         if self._state != "open":
             raise ClosedSinkError(
@@ -270,7 +295,7 @@ class Recorder(_Base):
                 else "the recorder is closed; it takes no more steps"
             )
         router = self._router
-        s, opening = router.begin(state, step, self._sinks)
+        s, t, opening = router.begin(state, step, time, self._sinks)
         if opening:
             # Shielded: a cancellation here would close a store just made and
             # opened (an NpyDirectory's mode="x" directory stays behind), so a
@@ -280,11 +305,21 @@ class Recorder(_Base):
                     with _in_route(name):
                         await self._open(name, store, schema)
             await anyio.lowlevel.checkpoint_if_cancelled()
-        plan = router.take(state, s)
-        for name, fields in plan:
-            with _in_route(name):
-                await self._sinks[name][0].write(fields, step=s, time=time)
-            router.received[name] += 1
+            s, t = router.check(step, time)  # a route may have resumed a store
+        plan = router.plan(state, s)
+        sinks = self._sinks
+        done = 0
+        try:
+            for name, fields in plan:
+                with _in_route(name):
+                    await sinks[name][0].write(fields, step=s, time=t)
+                done += 1
+        except BaseException:
+            # cancelled or refused: the step is the routes' that captured it
+            captured = _captured(plan, done, s, lambda name: sinks[name][0].last_step)
+            router.recorded(s, t, captured, complete=len(captured) == len(plan))
+            raise
+        router.recorded(s, t, plan, complete=True)
         return tuple(name for name, _ in plan)
 
     async def flush(self) -> None:
@@ -356,6 +391,7 @@ class SyncRecorder(ClosesOnExit, _Base):
                     with _in_route(name):
                         self._open(name, route.store)
         except BaseException as exc:
+            _note_left(exc, [(n, self._stores[n], sink.resumed) for n, sink in self._sinks.items()])
             _raise_first(self._close_sinks(), exc)
             raise
 
@@ -370,7 +406,7 @@ class SyncRecorder(ClosesOnExit, _Base):
         )
         self._stores[name] = store
         if sink.resumed is not None:
-            self._router.resumed(name, sink.resumed.count)
+            self._router.resumed(name, sink.resumed)
 
     def _close_sinks(self) -> Errors:
         self._closed = True
@@ -425,19 +461,35 @@ class SyncRecorder(ClosesOnExit, _Base):
             As for :meth:`Recorder.record`.
         ClosedSinkError
             The recorder is closed.
+
+        Interrupted (``KeyboardInterrupt`` while a sink waits for room) or
+        refused before every due route captured the frame, it takes effect for
+        the routes that captured it, as :meth:`Recorder.record` says.
         """
         if self._closed:
             raise ClosedSinkError("the recorder is closed; it takes no more steps")
         router = self._router
-        s, opening = router.begin(state, step, self._sinks)
-        for name, store, schema in opening:
-            with _in_route(name):
-                self._open(name, store, schema)
-        plan = router.take(state, s)
-        for name, fields in plan:
-            with _in_route(name):
-                self._sinks[name].write(fields, step=s, time=time)
-            router.received[name] += 1
+        s, t, opening = router.begin(state, step, time, self._sinks)
+        if opening:
+            for name, store, schema in opening:
+                with _in_route(name):
+                    self._open(name, store, schema)
+            s, t = router.check(step, time)  # a route may have resumed a store
+        plan = router.plan(state, s)
+        sinks = self._sinks
+        done = 0
+        try:
+            for name, fields in plan:
+                with _in_route(name):
+                    sinks[name].write(fields, step=s, time=t)
+                done += 1
+        except BaseException:
+            # refused or interrupted (KeyboardInterrupt): the step is the routes'
+            # that captured it
+            captured = _captured(plan, done, s, lambda name: sinks[name].last_step)
+            router.recorded(s, t, captured, complete=len(captured) == len(plan))
+            raise
+        router.recorded(s, t, plan, complete=True)
         return tuple(name for name, _ in plan)
 
     def flush(self) -> None:

@@ -10,21 +10,47 @@ their sinks; keeping the plan here keeps that module to the sinks' lifecycle.
 
 from __future__ import annotations
 
-from collections.abc import Callable, Container, Mapping, Sequence
+from collections.abc import Callable, Container, Iterator, Mapping, Sequence
+from contextlib import contextmanager
 from typing import Any
+
+import numpy as np
 
 from ._channeltypes import check_capacity, check_policy
 from ._errors import ConfigError, SchemaError
-from ._schema import Schema, check_name, next_step
+from ._schema import Schema, StepClock, check_name, next_step
 from ._sink import _check_max_bytes, _check_schema
 from ._spill import Spill
-from ._store import Store
+from ._store import Resume, Store
 from ._systems import Systems, SystemsState
 from .schedule import Schedule, as_schedule
 
-__all__ = ["Route", "Router", "merge_routes"]
+__all__ = ["Route", "Router", "in_route", "merge_routes", "note_route"]
 
 Selection = Sequence[str] | Callable[[Any], Mapping[str, Any]]
+Plan = list[tuple[str, Mapping[str, Any]]]
+
+
+def note_route(err: BaseException, name: str) -> None:
+    """Note on ``err`` that it came from route ``name`` (once).
+
+    A note, not a new exception: callers catch the sink's own types
+    (``SchemaError``, ``WriterError``, ``StoreExistsError``) and the user's
+    (a predicate's ``KeyError``), whose constructors differ.
+    """
+    note = f"snapsink: raised by route {name!r}"
+    if note not in getattr(err, "__notes__", ()):
+        err.add_note(note)
+
+
+@contextmanager
+def in_route(name: str) -> Iterator[None]:
+    """Note on an error raised in the block that it came from route ``name``."""
+    try:
+        yield
+    except Exception as err:
+        note_route(err, name)
+        raise
 
 
 def _check_selection(value: object, what: str) -> Selection | None:
@@ -185,6 +211,13 @@ def _select(selection: Selection | None, state: object, what: str, skip: Sequenc
 class Router:
     """The decisions of a recorder, without I/O: steps, due routes, selections.
 
+    A record of step ``s`` counts as recorded once any route's sink has
+    captured its frame (or when no route is due): later records need a greater
+    step. A record interrupted before every due route captured the frame (a
+    sink's error, a cancellation) leaves ``s`` open to a retry: a record of
+    ``s`` again, with the same time, goes to the routes that have not captured
+    it; the others are skipped.
+
     Parameters
     ----------
     routes
@@ -213,14 +246,28 @@ class Router:
             if route.static is None:
                 self._check_own_store(name, route.store)
         self.received: dict[str, int] = dict.fromkeys(routes, 0)
-        self.last_step: int | None = None
+        #: the recorder's steps and times, checked before anything is written
+        self.clock = StepClock()
         self.started = False
+        #: ``(step, time, routes that captured it)`` of a record not every due
+        #: route captured: that step may be recorded again, for the others
+        self.retry: tuple[int, float | None, frozenset[str]] | None = None
+        #: per route, the names ``fields=None`` leaves out (the static names;
+        #: those of a ``static=`` function once it has run, at the first record)
+        self.skip: dict[str, tuple[str, ...]] = {
+            name: r.static for name, r in self.routes.items() if isinstance(r.static, tuple)
+        }
         #: per-system selections (routes with ``select=``)
         self.systems: dict[str, SystemsState] = {
             name: SystemsState(r.select, name)
             for name, r in self.routes.items()
             if r.select is not None
         }
+
+    @property
+    def last_step(self) -> int | None:
+        """The step of the last record (or the last step of a resumed store)."""
+        return self.clock.last_step
 
     def _check_own_store(self, name: str, store: object) -> None:
         """Refuse ``store`` for route ``name`` if another route has that object."""
@@ -235,110 +282,201 @@ class Router:
                     "give each route its own store (another group or path)"
                 )
 
-    def next_step(self, step: object) -> int:
-        """The step of the next record: ``step``, or the previous one + 1 (0 first).
+    def check(self, step: object, time: object) -> tuple[int, float | None]:
+        """The step and time of the next record, checked; nothing changes.
+
+        ``step``: the previous one + 1 by default (0 first), else greater than
+        the previous one, or equal to a step whose record is incomplete (see
+        the class); ``time``: finite and non-decreasing, on every record or on
+        none (a retry: the time the step was first recorded with).
 
         Raises
         ------
         DTypeError
-            ``step`` is not an int.
+            ``step`` is not an int, or ``time`` not a number.
         SchemaError
-            ``step`` does not increase strictly.
+            ``step`` does not increase strictly, or ``time`` is not finite,
+            decreases, or comes on some records only.
         """
-        return next_step(
-            self.last_step,
+        retry = self.retry
+        if (
+            retry is not None
+            and isinstance(step, int | np.integer)
+            and not isinstance(step, bool)
+            and int(step) == retry[0]
+        ):
+            return retry[0], _retry_time(retry[0], retry[1], time)
+        s = next_step(
+            self.clock.last_step,
             step,
             "every sink needs strictly increasing steps; pass the simulation step",
         )
+        return self.clock.check(s, time)
 
     def first(self, state: object) -> dict[str, tuple[Mapping[str, Any] | None, Schema | None]]:
         """``{route: (static, schema)}`` of the routes that open at the first
         record: the static arrays taken from the first state (None without
         ``static=``), and the schema (the route's, or one taken from the state
-        for a per-system selection)."""
+        for a per-system selection).
+
+        Raises
+        ------
+        SchemaError
+            A selection finds no such field, or the state is not a mapping
+            (noted with the route's name, as is any error of a selection function).
+        """
         out: dict[str, tuple[Mapping[str, Any] | None, Schema | None]] = {}
-        for name, r in self.routes.items():
-            if not r.lazy:
-                continue
-            static = None
-            skip: Sequence[str] = ()
-            if r.static is not None:
-                static = _select(r.static, state, f"route {name!r} static", ())
-                skip = r.static if isinstance(r.static, tuple) else ()
-            schema = r.schema
-            if schema is None and name in self.systems:
-                fields = _select(r.fields, state, f"route {name!r}", skip)
-                schema = self.systems[name].schema(fields, state)
-            out[name] = (static, schema)
+        name = ""
+        try:
+            for name, r in self.routes.items():
+                if not r.lazy:
+                    continue
+                static = None
+                skip: Sequence[str] = ()
+                if r.static is not None:
+                    static = _select(r.static, state, f"route {name!r} static", ())
+                    skip = tuple(static)
+                schema = r.schema
+                if schema is None and name in self.systems:
+                    fields = _select(r.fields, state, f"route {name!r}", skip)
+                    schema = self.systems[name].schema(fields, state)
+                out[name] = (static, schema)
+        except Exception as err:
+            note_route(err, name)
+            raise
         return out
 
-    def resumed(self, name: str, count: int) -> None:
-        """Route ``name`` appends to a store holding ``count`` frames: schedules
-        count them as received (``once()`` does not fire again)."""
-        self.received[name] = count
+    def resumed(self, name: str, resume: Resume) -> None:
+        """Route ``name`` appends to a store holding ``resume.count`` frames:
+        schedules count them as received (``once()`` does not fire again), and
+        the recorder's steps (its default step too) and times go on after the
+        store's last ones."""
+        self.received[name] = resume.count
+        clock = self.clock
+        last_step, last_time = clock.last_step, clock.last_time
+        if resume.last_step is not None and (last_step is None or resume.last_step > last_step):
+            last_step = resume.last_step
+        if resume.last_time is not None and (last_time is None or resume.last_time > last_time):
+            last_time = resume.last_time
+        has_times = resume.times if clock.has_times is None else clock.has_times
+        self.clock = StepClock(last_step, last_time, has_times)
 
-    def plan(self, state: object, step: int) -> list[tuple[str, Mapping[str, Any]]]:
-        """``[(route, fields)]`` due at ``step``, in route order; no I/O.
+    def plan(self, state: object, step: int) -> Plan:
+        """``[(route, fields)]`` due at ``step``, in route order; nothing changes.
+
+        On a retry of an incomplete record, the routes that captured it are left out.
 
         Raises
         ------
         SchemaError
             A selection finds no such field, or the state is not a mapping.
+            Any error, a predicate's or a selection function's too, is noted
+            with the route's name.
         """
+        retry = self.retry
+        done = retry[2] if retry is not None and retry[0] == step else ()
         out = []
-        for name, r in self.routes.items():
-            if r.schedule.due(step, state, received=self.received[name]):
-                skip = r.static if isinstance(r.static, tuple) else ()
-                fields = _select(r.fields, state, f"route {name!r}", skip)
+        name = ""
+        # one try for the loop, not a context manager a route: this runs every step
+        try:
+            for name, r in self.routes.items():
+                if name in done or not r.schedule.due(step, state, received=self.received[name]):
+                    continue
+                fields = _select(r.fields, state, f"route {name!r}", self.skip.get(name, ()))
                 systems = self.systems.get(name)
                 if systems is not None:
                     fields = systems.select(state, fields)
                     if fields is None:
                         continue  # no system is due
                 out.append((name, fields))
+        except Exception as err:
+            note_route(err, name)
+            raise
         return out
 
-    def advance(self, step: int) -> None:
-        """Take ``step`` as recorded (later steps must be greater)."""
-        self.last_step = step
-        self.started = True
+    def recorded(self, step: int, time: float | None, captured: Plan, *, complete: bool) -> None:
+        """The record at ``step`` is over: the routes in ``captured`` took their
+        frame (of the plan); ``complete`` when every due route did.
 
-    # -- the two recorders' record(): begin, open what it says, take, write ----------
+        A record none of whose routes captured its frame changes nothing (it
+        may be recorded again); one that some routes captured counts as
+        recorded, and stays open to a retry for the others (see the class).
+        """
+        for name, fields in captured:
+            self.received[name] += 1
+            systems = self.systems.get(name)
+            if systems is not None:
+                systems.stored_now(fields)
+        if not (captured or complete):
+            return
+        if self.clock.last_step != step:
+            self.clock.advance(step, time)
+        self.started = True
+        if complete:
+            self.retry = None
+        else:
+            retry = self.retry
+            done = retry[2] if retry is not None and retry[0] == step else frozenset()
+            self.retry = (step, time, done | {name for name, _ in captured})
+
+    # -- the two recorders' record(): begin, open what it says, plan, write, recorded ----
     def begin(
-        self, state: object, step: object, opened: Container[str]
-    ) -> tuple[int, list[tuple[str, Any, Schema | None]]]:
-        """The step of a record, and ``[(route, store, schema)]`` to open before
-        it is planned: at the first record, the routes that open then (less
-        those in ``opened``); no I/O (a route's store function is called, once
-        per route: a record retried after a failure or a cancellation gets the
-        store made the first time).
+        self, state: object, step: object, time: object, opened: Container[str]
+    ) -> tuple[int, float | None, list[tuple[str, Any, Schema | None]]]:
+        """The (checked) step and time of a record, and ``[(route, store,
+        schema)]`` to open before it is planned: at the first record, the
+        routes that open then (less those in ``opened``); no I/O (a route's
+        store function is called, once per route: a record retried after a
+        failure or a cancellation gets the store made the first time).
+
+        A route opened then may resume a store: check the step and time again
+        (:meth:`check`) once they are open.
 
         Raises
         ------
+        DTypeError, SchemaError
+            A bad step or time (see :meth:`check`).
         ConfigError
             A store function returned no store, or the store of another route.
         """
-        s = self.next_step(step)
+        s, t = self.check(step, time)
         if self.started:
-            return s, []
+            return s, t, []
         out = []
         for name, (static, schema) in self.first(state).items():
             if name in opened:
                 continue
             store = self.made.get(name)
             if store is None:
-                store = _make_store(name, self.routes[name], static)
-                if static is not None:
-                    self._check_own_store(name, store)
-                    self.made[name] = store
+                with in_route(name):
+                    store = _make_store(name, self.routes[name], static)
+                    if static is not None:
+                        self._check_own_store(name, store)
+                        self.made[name] = store
+                        self.skip[name] = tuple(static)
             out.append((name, store, schema))
-        return s, out
+        return s, t, out
 
-    def take(self, state: object, step: int) -> list[tuple[str, Mapping[str, Any]]]:
-        """:meth:`plan` the record at ``step``, then :meth:`advance` to it."""
-        plan = self.plan(state, step)
-        self.advance(step)
-        return plan
+
+def _retry_time(step: int, first: float | None, time: object) -> float | None:
+    """``time`` if it is ``first``, the time step ``step`` was first recorded with."""
+    if first is None:
+        same = time is None
+    else:
+        try:
+            same = (
+                not isinstance(time, bool)
+                and isinstance(time, int | float | np.integer | np.floating)
+                and float(time) == first
+            )
+        except OverflowError:  # a Python int beyond any float
+            same = False
+    if not same:
+        raise SchemaError(
+            f"time at step {step}: expected {first} (some routes recorded the step with "
+            f"that time; recording it again for the others takes the same), got {time!r}"
+        )
+    return first
 
 
 def _make_store(name: str, route: Route, static: Mapping[str, Any] | None) -> Any:

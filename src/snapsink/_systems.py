@@ -9,7 +9,11 @@ whose mask turned true since they were last stored, each system once:
 - the route's fields are cut to those systems' rows: a field whose first
   dimension is ``N`` gives the chosen systems' atoms, one whose first dimension
   is ``B`` their entries; other fields (a batch-wide temperature, say) are
-  stored whole;
+  stored whole. Where ``N == B`` (a batch with an empty system, say) the first
+  dimension cannot tell: the per-system fields are then named
+  (``converged(per_system=[...])``, the others being per atom), or a field of
+  that dimension is refused, never cut by the wrong rows (one-atom systems
+  excepted: both cuts take the same rows);
 - two fields are added: ``system`` (the systems' indices in the batch) and
   ``natoms`` (their atom counts), so a reader can split the rows again
   (:func:`by_system`).
@@ -55,16 +59,21 @@ class Systems:
         state, or a fixed tuple.
     once
         Store each system at most once in a recording.
+    per_system
+        The names of the per-system fields (one row per system), or None:
+        told by their first dimension.
     """
 
     mask: Callable[[Any], Any]
     sizes: str | Callable[[Any], Any] | tuple[int, ...]
     once: bool = True
+    per_system: tuple[str, ...] | None = None
 
     def __repr__(self) -> str:
         name = getattr(self.mask, "__qualname__", None) or repr(self.mask)
         sizes = self.sizes if isinstance(self.sizes, str) else "..."
-        return f"converged({name}, sizes={sizes!r}, once={self.once})"
+        per = "" if self.per_system is None else f", per_system={list(self.per_system)!r}"
+        return f"converged({name}, sizes={sizes!r}, once={self.once}{per})"
 
 
 def converged(
@@ -72,6 +81,7 @@ def converged(
     *,
     sizes: str | Callable[[Any], Any] | Sequence[int] | np.ndarray[Any, Any],
     once: bool = True,
+    per_system: Sequence[str] | None = None,
 ) -> Systems:
     """Store each system of a batch at the first step where ``mask`` holds for it.
 
@@ -92,6 +102,15 @@ def converged(
         True (the default): a system is stored once, at the first step its mask
         is true, never again in this recording. False: at every due step where
         its mask is true.
+    per_system
+        The names of the route's per-system fields (first dimension ``B``);
+        the other fields of first dimension ``N`` are then per atom, the rest
+        whole. ``None`` (the default): each field is told by its first
+        dimension, ``N`` per atom, ``B`` per system, anything else whole;
+        where ``N == B`` (an empty system in the batch, or as many atoms as
+        systems) that cannot tell, and a field of that first dimension is
+        refused (:class:`SchemaError`, at the step) unless every system has
+        one atom (both cuts then take the same rows).
 
     Returns
     -------
@@ -101,7 +120,8 @@ def converged(
     Raises
     ------
     ConfigError
-        ``mask`` is not callable, or ``sizes`` is none of the above.
+        ``mask`` is not callable, ``sizes`` is none of the above, or
+        ``per_system`` is not a list of names.
 
     Examples
     --------
@@ -119,6 +139,15 @@ def converged(
         once = bool(once)
     if not isinstance(once, bool):
         raise ConfigError(f"converged(once): expected a bool, got {type(once).__name__}")
+    if per_system is not None and (
+        isinstance(per_system, str | bytes)
+        or not isinstance(per_system, Sequence | set | frozenset)
+        or not all(isinstance(n, str) for n in per_system)
+    ):
+        raise ConfigError(
+            "converged(per_system): expected None or a list of field names, got "
+            f"{type(per_system).__name__} {per_system!r}"
+        )
     fixed: str | Callable[[Any], Any] | tuple[int, ...]
     if isinstance(sizes, str) or callable(sizes):
         fixed = sizes
@@ -133,7 +162,7 @@ def converged(
                 f"or a sequence of non-negative ints (one per system), got {sizes!r}"
             )
         fixed = tuple(int(n) for n in arr)
-    return Systems(mask, fixed, once)
+    return Systems(mask, fixed, once, None if per_system is None else tuple(per_system))
 
 
 def _host(value: Any, what: str) -> np.ndarray[Any, Any]:
@@ -176,10 +205,13 @@ def gather_rows(value: Any, index: np.ndarray[Any, Any]) -> Any:
     return value[index]  # JAX arrays and other array libraries index with NumPy
 
 
-def _leading(value: Any) -> int | None:
+def _shape(value: Any) -> tuple[int, ...]:
     shape = getattr(value, "shape", None)
-    if shape is None:
-        shape = np.shape(value)
+    return tuple(np.shape(value) if shape is None else shape)
+
+
+def _leading(value: Any) -> int | None:
+    shape = _shape(value)
     return int(shape[0]) if len(shape) else None
 
 
@@ -228,21 +260,61 @@ class SystemsState:
             )
         return arr
 
+    def _kinds(self, fields: Mapping[str, Any], sizes: np.ndarray[Any, Any]) -> dict[str, str]:
+        """``{name: "atoms" | "systems" | "whole"}``: how each field is cut.
+
+        A field named in ``per_system`` holds systems; any other, by its first
+        dimension: ``N`` atoms, ``B`` systems, else whole. Where ``N == B``
+        and ``per_system`` is None, a field of that dimension is refused,
+        unless every system has one atom (the two cuts then take the same rows).
+        """
+        route, per_system = self.route, self.systems.per_system
+        b, n = len(sizes), int(sizes.sum())
+        missing = [name for name in per_system or () if name not in fields]
+        if missing:
+            raise SchemaError(
+                f"route {route!r} converged(per_system=...): expected field(s) "
+                f"{', '.join(map(repr, missing))} among the route's fields, which are "
+                f"{', '.join(map(repr, fields)) or 'none'}"
+            )
+        one_atom = n == b and bool((sizes == 1).all())
+        out = {}
+        for name, value in fields.items():
+            lead = _leading(value)
+            if per_system is not None and name in per_system:
+                if lead != b:
+                    raise SchemaError(
+                        f"route {route!r}: field {name!r} (converged(per_system=...)): "
+                        f"expected a first dimension of {b} (one row per system), got "
+                        f"shape {_shape(value)}"
+                    )
+                out[name] = "systems"
+            elif lead == n and lead == b and per_system is None and not one_atom:
+                raise SchemaError(
+                    f"route {route!r}: field {name!r}: its first dimension, {n}, is both "
+                    f"the batch's atom count and its number of systems (sizes "
+                    f"{sizes.tolist()}), so its rows may be atoms or systems; name the "
+                    "per-system fields, converged(..., per_system=[...]), the others "
+                    "being per atom (per_system=[] for none)"
+                )
+            else:
+                out[name] = "atoms" if lead == n else "systems" if lead == b else "whole"
+        return out
+
     def schema(self, fields: Mapping[str, Any], state: Any) -> Schema:
         """The route's schema, from a whole state: per-atom and per-system
         fields become ragged, ``system`` and ``natoms`` are added."""
-        sizes = self._sizes(state)
-        b, n = len(sizes), int(sizes.sum())
         for name in (SYSTEM, SYSTEM_ROWS):
             if name in fields:
                 raise SchemaError(
                     f"route {self.route!r}: field {name!r} is added by converged(); "
                     "rename the state's field or leave it out of fields="
                 )
+        kinds = self._kinds(fields, self._sizes(state))
         whole = Schema.infer(fields)
         out: dict[str, Field] = {}
         for name, f in whole.items():
-            if f.shape and _leading(fields[name]) in (b, n):
+            if kinds[name] != "whole":
                 out[name] = Field(f.dtype, (None, *f.shape[1:]))
             else:
                 out[name] = f
@@ -253,11 +325,15 @@ class SystemsState:
     def select(self, state: Any, fields: Mapping[str, Any]) -> dict[str, Any] | None:
         """The chosen systems' part of ``fields``, or None when no system is due.
 
+        Nothing changes: :meth:`stored_now` takes the chosen systems as stored
+        once the frame is captured.
+
         Raises
         ------
         SchemaError
-            A mask or sizes of the wrong shape or type, or sizes that change
-            their number of systems during the recording.
+            A mask or sizes of the wrong shape or type, sizes that change
+            their number of systems during the recording, or a field that may
+            be per atom or per system (see :func:`converged`).
         """
         sizes = self._sizes(state)
         b = len(sizes)
@@ -274,7 +350,7 @@ class SystemsState:
         chosen = np.flatnonzero(mask)
         if not len(chosen):
             return None
-        n = int(sizes.sum())
+        kinds = self._kinds(fields, sizes)
         starts = np.concatenate(([0], np.cumsum(sizes)[:-1]))
         counts = sizes[chosen]
         # the chosen systems' atom rows, in batch order
@@ -282,22 +358,26 @@ class SystemsState:
         rows += np.arange(int(counts.sum()), dtype=np.int64)
         out: dict[str, Any] = {}
         for name, value in fields.items():
-            lead = _leading(value)
-            if lead == n:
+            kind = kinds[name]
+            if kind == "atoms":
                 out[name] = gather_rows(value, rows)
-            elif lead == b:
+            elif kind == "systems":
                 out[name] = gather_rows(value, chosen)
             else:
                 out[name] = value
         out[SYSTEM] = chosen.astype(np.int64)
         out[SYSTEM_ROWS] = counts
-        if self.systems.once:
-            assert self.stored is not None
-            self.stored[chosen] = True
         return out
 
+    def stored_now(self, selected: Mapping[str, Any]) -> None:
+        """The frame :meth:`select` gave was captured: with ``once``, its systems
+        are not stored again."""
+        if self.systems.once:
+            assert self.stored is not None
+            self.stored[np.asarray(selected[SYSTEM])] = True
 
-def by_system(traj: Any) -> dict[int, dict[str, Any]]:
+
+def by_system(traj: Any, per_system: Sequence[str] | None = None) -> dict[int, dict[str, Any]]:
     """The systems a ``converged()`` route stored, by their index in the batch.
 
     Parameters
@@ -305,6 +385,13 @@ def by_system(traj: Any) -> dict[int, dict[str, Any]]:
     traj
         A :class:`~snapsink.Trajectory` of such a route (``snapsink.open(path)``
         or ``HostMemory.trajectory()``).
+    per_system
+        The names of the per-system fields, as given to ``converged()``.
+        Without them, a ragged field is read as per system where its row
+        counts match the frames' systems and not their atoms, and per atom
+        the other way round; where both match in every frame (an empty
+        system, as many atoms as systems) and the two readings differ, it is
+        refused.
 
     Returns
     -------
@@ -317,7 +404,9 @@ def by_system(traj: Any) -> dict[int, dict[str, Any]]:
     Raises
     ------
     SchemaError
-        The trajectory has no ``system`` and ``natoms`` fields.
+        The trajectory has no ``system`` and ``natoms`` fields, a name of
+        ``per_system`` is no ragged field, or a field may be read per atom or
+        per system (give ``per_system``).
     """
     fields = traj.fields
     if SYSTEM not in fields or SYSTEM_ROWS not in fields:
@@ -328,17 +417,33 @@ def by_system(traj: Any) -> dict[int, dict[str, Any]]:
     steps = traj.steps
     times = traj.times
     frames = [traj.frame(i) for i in range(len(traj))]
+    named = None if per_system is None else set(per_system)
+    ragged = [n for n, f in fields.items() if f.ragged and n not in (SYSTEM, SYSTEM_ROWS)]
+    unknown = sorted(named - set(ragged)) if named is not None else []
+    if unknown:
+        raise SchemaError(
+            f"by_system(per_system=...): expected ragged fields of the trajectory, among "
+            f"{', '.join(map(repr, ragged)) or 'none'}; got {', '.join(map(repr, unknown))}"
+        )
     # a ragged field holds atoms (rows = atoms of the frame's systems) or
-    # systems (rows = systems); where the two counts never differ (one-atom
-    # systems) it is read as atoms
-    per_system = set()
-    for name, f in fields.items():
-        if not f.ragged or name in (SYSTEM, SYSTEM_ROWS):
+    # systems (rows = systems); where both counts fit every frame, the two
+    # readings agree only if every system has one atom
+    systems_of = set()
+    for name in ragged:
+        if named is not None:
+            if name in named:
+                systems_of.add(name)
             continue
-        if all(len(fr[name]) == len(fr[SYSTEM]) for fr in frames) and any(
-            len(fr[name]) != int(fr[SYSTEM_ROWS].sum()) for fr in frames
-        ):
-            per_system.add(name)
+        as_systems = all(len(fr[name]) == len(fr[SYSTEM]) for fr in frames)
+        as_atoms = all(len(fr[name]) == int(fr[SYSTEM_ROWS].sum()) for fr in frames)
+        if as_systems and as_atoms and not all((fr[SYSTEM_ROWS] == 1).all() for fr in frames):
+            raise SchemaError(
+                f"by_system: field {name!r}: its rows match both the systems and the "
+                "atoms of every frame, so it may hold either; name the per-system "
+                "fields, by_system(traj, per_system=[...]), the others being per atom"
+            )
+        if as_systems and not as_atoms:
+            systems_of.add(name)
     out: dict[int, dict[str, Any]] = {}
     for i, frame in enumerate(frames):
         counts = frame[SYSTEM_ROWS]
@@ -351,7 +456,7 @@ def by_system(traj: Any) -> dict[int, dict[str, Any]]:
             for name, value in frame.items():
                 if name in (SYSTEM, SYSTEM_ROWS):
                     continue
-                if name in per_system:
+                if name in systems_of:
                     rec[name] = value[j]
                 elif fields[name].ragged:
                     rec[name] = value[atom_start[j] : atom_start[j + 1]]

@@ -26,6 +26,8 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
+import numpy as np
+
 from ._errors import ConfigError
 
 __all__ = ["Schedule", "as_schedule", "every", "once", "when"]
@@ -148,9 +150,10 @@ def _wrap(p: Schedule) -> str:
 
 
 def _check_int(name: str, value: object) -> int:
-    if isinstance(value, bool) or not isinstance(value, int):
+    # a NumPy integer too, as record() takes for a step; never a bool
+    if isinstance(value, bool) or not isinstance(value, int | np.integer):
         raise ConfigError(f"{name}: expected an int, got {type(value).__name__} {value!r}")
-    return value
+    return int(value)
 
 
 def every(n: int, start: int = 0) -> Schedule:
@@ -159,9 +162,10 @@ def every(n: int, start: int = 0) -> Schedule:
     Parameters
     ----------
     n
-        The period in steps, a positive int; ``every(1)`` is every step.
+        The period in steps, a positive int (a NumPy integer too);
+        ``every(1)`` is every step.
     start
-        The first due step; earlier steps are never due.
+        The first due step, an int; earlier steps are never due.
 
     Returns
     -------
@@ -239,7 +243,8 @@ def as_schedule(value: object) -> Schedule:
     Parameters
     ----------
     value
-        ``None`` (every step), a positive int ``n`` (``every(n)``), a
+        ``None`` (every step), a positive int ``n`` (``every(n)``; a NumPy
+        integer too), a
         :class:`Schedule`, or a function of the state (``when(function)``).
 
     Returns
@@ -256,8 +261,8 @@ def as_schedule(value: object) -> Schedule:
         return _Every(1, 0)
     if isinstance(value, Schedule):
         return value
-    if isinstance(value, int) and not isinstance(value, bool):
-        return every(value)
+    if isinstance(value, int | np.integer) and not isinstance(value, bool):
+        return every(int(value))
     if callable(value):
         return when(value)
     raise ConfigError(

@@ -314,3 +314,19 @@ def test_forces_and_energy_are_what_the_atoms_getters_return(case: str) -> None:
         assert not traj["forces"][:, :2].any()
     if case == "own getter":
         np.testing.assert_array_equal(traj["forces"][-1], 2.0 * atoms.calc.results["forces"])
+
+
+def test_a_reset_to_the_step_last_recorded_is_refused() -> None:
+    atoms, dyn = make_md(2)
+    start = atoms.get_positions()
+    with ss_ase.attach(dyn, snapsink.HostMemory, every=10, properties=["positions"]) as rec:
+        dyn.run(5)  # step 0 recorded; steps 1 to 5 taken
+        dyn.nsteps = 0  # a reset: the state at "step 0" is a new one
+        with pytest.raises(snapsink.SchemaError, match="greater than 0"):
+            dyn.run(20)
+        assert rec.frames == 1
+        assert len(dyn.observers) == 2  # ours: the recording and its step counter
+    assert dyn.observers == []
+    traj = rec.store.trajectory()
+    np.testing.assert_array_equal(traj.steps, [0])
+    np.testing.assert_array_equal(traj["positions"][0], start)

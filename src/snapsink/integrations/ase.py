@@ -33,6 +33,8 @@ import os
 from collections.abc import Callable, Iterable, Mapping
 from typing import Any
 
+import numpy as np
+
 from .._channeltypes import SinkStatistics
 from .._errors import ClosesOnExit, ConfigError
 from .._spill import Spill
@@ -126,12 +128,12 @@ def _check_properties(properties: Iterable[str] | None) -> tuple[str, ...]:
 
 
 def _check_every(every: object) -> int:
-    if isinstance(every, bool) or not isinstance(every, int) or every < 1:
+    if isinstance(every, bool) or not isinstance(every, int | np.integer) or every < 1:
         raise ConfigError(
             f"every: expected a positive int (record every n-th step), got "
             f"{type(every).__name__} {every!r}"
         )
-    return every
+    return int(every)
 
 
 def _atoms_of(dyn: Any) -> Any:
@@ -294,18 +296,31 @@ class Recording(ClosesOnExit):
         self._get_time: Callable[[], float] | None = get_time if callable(get_time) else None
         self._fs = float(_ase().units.fs)
         self._last_step: int | None = None
+        #: the dynamics was seen at another step since the last frame
+        self._moved = False
         self._frames = 0
         self._closed = False
-        # one bound method, so that close() finds it among dyn.observers by identity
+        # bound methods kept, so that close() finds them among dyn.observers by identity
         self._observer: Callable[[], None] = self._observe
+        self._ticker: Callable[[], None] = self._tick
         dyn.attach(self._observer, interval=every)
+        dyn.attach(self._ticker, interval=1)
+
+    def _tick(self) -> None:
+        # after every step: a call for the step just recorded with no step
+        # between is a repeat; one after steps were taken (nsteps reset) is not
+        if self._dyn.nsteps != self._last_step:
+            self._moved = True
 
     def _observe(self) -> None:
         step = self._dyn.nsteps
-        if step == self._last_step:
-            # Observers called again for the step just recorded: by ASE versions
-            # that call them at the start of every run(), or by the caller
-            # (dyn.call_observers()). The same state: recorded once.
+        if step == self._last_step and not self._moved:
+            # Observers called again for the step just recorded, no step taken
+            # since: by ASE versions that call them at the start of every
+            # run(), or by the caller (dyn.call_observers()). The same state:
+            # recorded once. After steps were taken (dyn.nsteps reset to the
+            # last recorded step), it is a new state: written, so the sink
+            # refuses the step that does not increase.
             return
         atoms = self._atoms
         results = self._results(atoms)
@@ -319,6 +334,7 @@ class Recording(ClosesOnExit):
         time = None if self._get_time is None else self._get_time() / self._fs
         self._sink.write(fields, step=step, time=time)
         self._last_step = step
+        self._moved = False
         self._frames += 1
 
     def _results(self, atoms: Any) -> Mapping[str, Any] | None:
@@ -414,7 +430,8 @@ class Recording(ClosesOnExit):
         self._closed = True
         observers = getattr(self._dyn, "observers", None)
         if isinstance(observers, list):
-            observers[:] = [o for o in observers if o[0] is not self._observer]
+            ours = (self._observer, self._ticker)
+            observers[:] = [o for o in observers if all(o[0] is not f for f in ours)]
         if self._owns_sink:
             self._sink.close()
 
@@ -526,10 +543,12 @@ def attach(
     Each step is recorded once, in increasing order: ASE calls observers
     before the first step (at ``nsteps == 0``) and after each due step; a call
     for the step just recorded (ASE versions that call the observers at the
-    start of every ``run()``, or ``dyn.call_observers()``) writes nothing. A
-    recording attached after some steps starts at the next due step. A step that
-    goes back (``dyn.nsteps`` reset) is refused by the sink
-    (:class:`~snapsink.SchemaError`), stopping the run.
+    start of every ``run()``, or ``dyn.call_observers()``, with no step taken
+    since) writes nothing. A recording attached after some steps starts at the
+    next due step. A step that goes back (``dyn.nsteps`` reset, even to the
+    step last recorded) is refused by the sink (:class:`~snapsink.SchemaError`),
+    stopping the run. (A second observer, called after every step, does
+    nothing but tell a repeated call from one after a reset.)
 
     Examples
     --------
