@@ -105,3 +105,41 @@ def test_dims_must_match_the_shape() -> None:
     f = Field("f4", (4, 5), dims=["y", "x"])
     assert Field.from_json(f.to_json()) == f
     assert f != Field("f4", (4, 5))  # the names are part of the schema
+
+
+@pytest.mark.parametrize(
+    ("fields", "static", "match"),
+    [
+        ({"static_z": np.arange(3.0)}, {"z": np.array([7, 8, 9])},
+         r"field 'static_z' and static array 'z' would both be the variable 'static_z'"),
+        ({"time": 1.0}, {}, r"the frames' times and field 'time' would both be"),
+        ({"step": 1.0}, {}, r"the frames' steps and field 'step' would both be"),
+        ({"frame": 1.0}, {}, r"field 'frame' would be the variable 'frame', also the name"),
+        ({"x": np.zeros(2), "x_dim_0": np.zeros(3)}, {},
+         r"field 'x_dim_0' would be the variable 'x_dim_0', also the name of a dimension "
+         r"of field 'x'"),
+        ({"y": np.zeros(4)}, {"s": np.zeros(2)}, None),
+    ],
+)  # fmt: skip
+def test_variable_names_never_collide(
+    fields: dict[str, Any], static: dict[str, Any], match: str | None
+) -> None:
+    """No variable replaces another; a name xarray cannot hold is refused,
+    naming both holders and how to read each (nothing is lost: both read back)."""
+    store = HostMemory(static=static)
+    with snapsink.SyncSink(store) as sink:
+        for i in range(3):
+            sink.write({k: np.asarray(v) + i for k, v in fields.items()}, step=i, time=0.5 * i)
+    traj = store.trajectory()
+    if match is None:  # no collision: every variable is there
+        ds = traj.to_xarray()
+        assert sorted(ds.variables) == ["static_s", "step", "time", "y"]
+        np.testing.assert_array_equal(ds["y"].values, np.arange(3)[:, None] + np.zeros(4))
+        return
+    for chunks in (None, "store"):
+        with pytest.raises(snapsink.SchemaError, match=match):
+            traj.to_xarray(chunks=chunks)
+    for k, v in fields.items():
+        np.testing.assert_array_equal(traj[k][:], np.stack([np.asarray(v) + i for i in range(3)]))
+    for k, v in static.items():
+        np.testing.assert_array_equal(traj.static[k], v)

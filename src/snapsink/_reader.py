@@ -10,7 +10,7 @@ from typing import Any
 from ._errors import ConfigError, FormatError, StoreNotFoundError
 from ._trajectory import Trajectory
 
-__all__ = ["groups", "open"]
+__all__ = ["group_path", "groups", "open"]
 
 
 def open(
@@ -30,7 +30,9 @@ def open(
         :class:`~snapsink.HDF5Store`, or a :class:`~snapsink.HostMemory`.
     group
         For Zarr stores and HDF5 files holding several groups: which one
-        (``None``: the root, or the only group holding snapsink data).
+        (``None``: the root, or the only group holding snapsink data). Leading
+        and trailing slashes are ignored, as ``snapsink info --group`` does:
+        ``"/b/c/"`` is ``"b/c"``, and ``"/"`` is the root.
     storage_options
         For a URL: fsspec's options for its filesystem (for S3, s3fs's:
         ``key``, ``secret``, ``endpoint_url``, ...).
@@ -48,10 +50,12 @@ def open(
     FormatError
         The path exists but holds no snapsink store, or a corrupt one.
     ConfigError
-        ``storage_options`` without a URL, or no filesystem for the URL's scheme.
+        ``storage_options`` without a URL, no filesystem for the URL's scheme,
+        or ``group`` is not a str of ``/``-separated names.
     """
     from .stores.memory import HostMemory
 
+    group = group_path(group)
     path_or_store = _url_store(path_or_store, storage_options)
     if isinstance(path_or_store, HostMemory):
         return path_or_store.trajectory()
@@ -62,7 +66,7 @@ def open(
         from .stores.npy import is_npy_store, open_npy
 
         if is_npy_store(path):
-            if group is not None:
+            if group:  # ("" or "/": the root, its only group, as groups() says)
                 raise ConfigError(f"group={group!r}: an NpyDirectory has no groups")
             return open_npy(path)
         from .stores._hdf5file import is_hdf5_file
@@ -80,6 +84,22 @@ def open(
             "(metadata.json), a Zarr v3 store (zarr.json) or an HDF5 file"
         )
     return _open_zarr_group(path_or_store, group)
+
+
+def group_path(group: object) -> str | None:
+    """``group`` without leading and trailing slashes (``"/"``: ``""``, the
+    root), as ``snapsink info --group`` takes it; ``None`` stays ``None``.
+
+    Raises
+    ------
+    ConfigError
+        ``group`` is not a str or None.
+    """
+    if group is None:
+        return None
+    if not isinstance(group, str):
+        raise ConfigError(f"group: expected a str or None, got {type(group).__name__} {group!r}")
+    return group.strip("/")
 
 
 def _url_store(path_or_store: Any, storage_options: Mapping[str, Any] | None) -> Any:

@@ -18,14 +18,14 @@ from typing import TYPE_CHECKING, Any, Protocol, TypeVar, overload
 
 import numpy as np
 
-from ._errors import SchemaError
+from ._errors import FormatError, SchemaError
 from ._pytree import SEP, rebuild, unflatten
 from ._schema import Field, Schema, offsets_name
 
 if TYPE_CHECKING:
     import xarray
 
-__all__ = ["FieldView", "Source", "Trajectory"]
+__all__ = ["FieldView", "Source", "Trajectory", "check_same_store", "replaced_error"]
 
 Index = int | slice | Sequence[int] | np.ndarray[Any, Any]
 T = TypeVar("T")
@@ -62,6 +62,39 @@ class Source(Protocol):
     def refresh(self) -> None:
         """Re-read the committed count (and metadata) from the store."""
         ...
+
+
+def replaced_error(where: str, why: str) -> FormatError:
+    """The error of a reader whose store was replaced (``mode="w"``, or deleted
+    and written again) since it was opened: its frames, schema and counts are
+    the old run's, so nothing it would read of the new one is right."""
+    return FormatError(
+        f"the store at {where} was replaced since it was opened ({why}); open it "
+        "again (snapsink.open) to read the new run"
+    )
+
+
+def check_same_store(
+    where: str,
+    before: tuple[Schema | None, bool | None, int],
+    after: tuple[Schema | None, bool | None, int],
+) -> None:
+    """At a refresh, refuse what no writer of the same store does: change its
+    schema or its times flag once they are set, or commit fewer frames.
+    ``before`` and ``after`` are ``(schema, times, count)``.
+
+    Raises
+    ------
+    FormatError
+        :func:`replaced_error`, saying what changed.
+    """
+    (schema0, times0, count0), (schema, times, count) = before, after
+    if schema0 is not None and schema != schema0:
+        raise replaced_error(where, "its schema changed")
+    if schema0 is not None and times0 is not None and bool(times) != bool(times0):
+        raise replaced_error(where, f"its frames {'had' if times0 else 'had no'} times")
+    if count < count0:
+        raise replaced_error(where, f"it holds {count} frames, fewer than the {count0} it held")
 
 
 def _normalize(index: Index, n: int) -> tuple[int, int, int] | np.ndarray[Any, Any] | int:
@@ -480,8 +513,16 @@ class Trajectory:
           and ``<name>.offsets`` (dim ``frame_edge``, ``len + 1`` values): frame
           ``i`` holds rows ``offsets[i]:offsets[i + 1]``.
         - ``steps`` and ``times`` are the coordinates ``step`` and ``time`` of
-          ``frame``; static arrays are ``static_<name>``; JSON attrs whose values
-          are str, int, float or bool are the dataset's attrs.
+          ``frame``; static arrays are ``static_<name>`` (dims
+          ``static_<name>_dim_<k>``); JSON attrs whose values are str, int,
+          float or bool are the dataset's attrs.
+
+        No variable is ever replaced by another: a name made twice (a field named
+        ``static_z`` beside static array ``z``, a field named ``step`` or
+        ``time``) or a variable named as a dimension (a field ``frame``, or
+        ``x_dim_0`` beside a field ``x``) is refused with a
+        :class:`~snapsink.SchemaError` naming both; read such a field with
+        ``traj[name]`` or :meth:`to_dask`.
 
         Parameters
         ----------
@@ -501,8 +542,13 @@ class Trajectory:
         ------
         ConfigError
             ``chunks`` is not one of the above.
+        SchemaError
+            Two variables would have the same name, a variable would be named as
+            a dimension (nothing is read), or a dimension would have two sizes.
         """
         import xarray as xr
+
+        _check_xarray_names(self._xarray_names())
 
         lazy: dict[str, Any] = {}
         if chunks is not None:
@@ -533,5 +579,80 @@ class Trajectory:
                 tuple(f"static_{name}_dim_{k}" for k in range(arr.ndim)),
                 np.asarray(arr),
             )
+        _check_dim_sizes({**data_vars, **coords})
         attrs = {k: v for k, v in self.attrs.items() if isinstance(v, str | int | float)}
         return xr.Dataset(data_vars, coords=coords, attrs=attrs)
+
+    def _xarray_names(self) -> list[tuple[str, tuple[str, ...], str, str]]:
+        """``(variable, dims, what it holds, how else to read it)`` of every
+        variable :meth:`to_xarray` makes, before anything is read."""
+        out: list[tuple[str, tuple[str, ...], str, str]] = [
+            ("step", ("frame",), "the frames' steps", "traj.steps")
+        ]
+        if self._source.times() is not None:
+            out.append(("time", ("frame",), "the frames' times", "traj.times"))
+        for name, f in self.fields.items():
+            dims = f.dim_names(name)
+            field = (f"field {name!r}", f"traj[{name!r}]")
+            if not f.ragged:
+                out.append((name, ("frame", *dims), *field))
+                continue
+            out.append((name, dims, *field))
+            off = offsets_name(name)
+            out.append((off, ("frame_edge",), f"the offsets of {field[0]}", f"to_dask({off!r})"))
+        for name, arr in self.static.items():
+            dims = tuple(f"static_{name}_dim_{k}" for k in range(np.ndim(arr)))
+            out.append((f"static_{name}", dims, f"static array {name!r}", f"traj.static[{name!r}]"))
+        return out
+
+
+def _check_xarray_names(names: Sequence[tuple[str, tuple[str, ...], str, str]]) -> None:
+    """Refuse a variable name made twice, or one that names a dimension: xarray
+    would replace one variable by the other, or refuse with its own message.
+
+    Raises
+    ------
+    SchemaError
+        Naming both holders of the name and how to read each.
+    """
+    holders: dict[str, tuple[str, str]] = {}
+    dims: dict[str, tuple[str, str]] = {}
+    for var, var_dims, what, how in names:
+        if var in holders:
+            other, other_how = holders[var]
+            raise SchemaError(
+                f"to_xarray: {other} and {what} would both be the variable {var!r}; "
+                f"nothing is replaced silently: read them as {other_how} and {how}"
+            )
+        holders[var] = (what, how)
+        for d in var_dims:
+            dims.setdefault(d, (what, how))
+    for var, _, what, how in names:
+        if var in dims:
+            other, other_how = dims[var]
+            raise SchemaError(
+                f"to_xarray: {what} would be the variable {var!r}, also the name of a "
+                f"dimension of {other}; xarray cannot hold both: read them as {how} "
+                f"and {other_how}"
+            )
+
+
+def _check_dim_sizes(variables: Mapping[str, tuple[str | tuple[str, ...], Any]]) -> None:
+    """Refuse a dimension that two variables give different sizes (a field's
+    ``dims`` named like a static array's), naming both.
+
+    Raises
+    ------
+    SchemaError
+        The dimension, its two sizes and the variables giving them.
+    """
+    sizes: dict[str, tuple[int, str]] = {}
+    for var, (dims, data) in variables.items():
+        for d, n in zip((dims,) if isinstance(dims, str) else dims, np.shape(data), strict=True):
+            seen = sizes.setdefault(d, (int(n), var))
+            if seen[0] != n:
+                raise SchemaError(
+                    f"to_xarray: dimension {d!r} has size {seen[0]} in variable "
+                    f"{seen[1]!r} and {n} in variable {var!r}; read them with traj[name] "
+                    "or traj.static[name]"
+                )

@@ -5,6 +5,12 @@ lock, and open the file in HDF5's SWMR read mode: a file being written, or
 left by a killed writer, opens with its committed frames. Every attribute and
 shape is checked before anything is allocated: a corrupt or hostile file
 raises :class:`~snapsink.FormatError`.
+
+A reader never reads a group that replaced the one it opened (``mode="w"``):
+the group's identity is the file's inode (a root replaced with ``mode="w"``
+is a new file; the reader's handle keeps the old inode from being reused) and
+the group's address in the file (a group replaced in place is a new object),
+compared at each refresh and each read.
 """
 
 from __future__ import annotations
@@ -21,7 +27,7 @@ import numpy as np
 
 from .._errors import ConfigError, FormatError, SnapsinkError, StoreNotFoundError
 from .._schema import Schema
-from .._trajectory import Trajectory
+from .._trajectory import Trajectory, check_same_store, replaced_error
 from ._format import StepRanges, parse_step_ranges
 from ._h5mdread import H5MDSource
 from ._hdf5file import (
@@ -191,13 +197,19 @@ class _Handles:
         """The shared handle of ``path``; ``fresh``: a new one; ``reader``: held
         by it from now on, for as long as it lives (called again after a
         reopen, the hold follows the file to its new inode)."""
+        return self.get_keyed(path, fresh=fresh, reader=reader)[0]
+
+    def get_keyed(
+        self, path: str, *, fresh: bool = False, reader: object = None
+    ) -> tuple[Any, tuple[int, int] | None]:
+        """:meth:`get`, and the file's ``(st_dev, st_ino)`` (None: unknown)."""
         with self._lock:
             f, key = self._get(path, fresh)
             if reader is not None:
                 self._hold(reader, key)
             if self._stale:
                 self._sweep(keep=key)
-            return f
+            return f, key
 
     def _get(self, path: str, fresh: bool) -> tuple[Any, tuple[int, int] | None]:
         """The handle and the file's key (as the path names it now)."""
@@ -312,6 +324,9 @@ class HDF5Source(RowArraysSource):
         self._names: dict[str, str] = {}
         self.schema = None
         self.length = 0
+        #: the group opened: the file's (st_dev, st_ino), the group's address
+        self._identity: tuple[tuple[int, int] | None, int | None] | None = None
+        self._replaced: FormatError | None = None
         self.refresh()
 
     def __repr__(self) -> str:
@@ -327,6 +342,11 @@ class HDF5Source(RowArraysSource):
         """The file's groups holding snapsink data (``""``: the root)."""
         return list_hdf5_groups(self._path)
 
+    @property
+    def location(self) -> str:
+        """The HDF5 file."""
+        return self._path
+
     def _grp(self) -> Any:
         """The group, in the process's shared handle of the file (held by this
         reader: a file replaced since the last refresh is the one it now reads).
@@ -334,9 +354,27 @@ class HDF5Source(RowArraysSource):
         Checks first that the file was not truncated since it was opened: HDF5
         would loop on a read past its end (see :func:`check_not_truncated`).
         """
-        f = HANDLES.get(self._path, reader=self)
+        f, key = HANDLES.get_keyed(self._path, reader=self)
         _check_open_file(f, self._path)
-        return f[self._group] if self._group else f
+        grp = f[self._group] if self._group else f
+        self._same_group(key, grp)
+        return grp
+
+    def _same_group(self, key: tuple[int, int] | None, grp: Any) -> None:
+        """Raise if the file or the group is not the one opened (sticky: the
+        old file's inode is free once the handle moved to the new file)."""
+        if self._replaced is None and self._identity is not None:
+            file_key, addr = self._identity
+            if key != file_key:
+                why = "the path names another file"
+            elif addr != _address(grp):
+                why = "the group is another HDF5 object"
+            else:
+                return
+            where = f"HDF5 group {self._group or '/'!r} in {self._path!r}"
+            self._replaced = replaced_error(where, why)
+        if self._replaced is not None:
+            raise self._replaced
 
     def _dataset(self, name: str) -> Any:
         return self._grp()[name]
@@ -352,14 +390,20 @@ class HDF5Source(RowArraysSource):
         StoreNotFoundError
             No such group.
         """
+        if self._replaced is not None:
+            raise self._replaced
         with structure_errors(self._path):
             self._refresh()
 
     def _refresh(self) -> None:
         h5py = import_h5py()
-        f = HANDLES.get(self._path, fresh=True, reader=self)  # (maybe a new file now)
+        # (maybe a new file now)
+        f, key = HANDLES.get_keyed(self._path, fresh=True, reader=self)
         where = f"HDF5 group {self._group or '/'!r} in {self._path!r}"
         grp = f.get(self._group) if self._group else f
+        if grp is None and self._identity is not None:
+            self._replaced = replaced_error(where, "the group is gone")
+            raise self._replaced
         if grp is None:
             found = list_hdf5_groups(self._path)
             names = ", ".join(repr(g or "/") for g in found) or "none"
@@ -374,6 +418,14 @@ class HDF5Source(RowArraysSource):
         if not isinstance(commit, h5py.Dataset):
             raise FormatError(f"{where}: the commit record {COMMIT!r} is missing")
         record = parse_commit(commit[...], where)
+        self._same_group(key, grp)
+        if self._identity is not None:
+            try:
+                before = (self.schema, self._meta.times, self.length)
+                check_same_store(where, before, (meta.schema, meta.times, record.count))
+            except FormatError as exc:
+                self._replaced = exc
+                raise
         if record.count and (meta.schema is None or meta.times is None):
             raise FormatError(f"{where}: {record.count} frames but no schema or times flag")
         datasets: dict[str, Any] = {}
@@ -408,6 +460,8 @@ class HDF5Source(RowArraysSource):
         self._ragged_rows: dict[str, int] = {}
         self.schema = meta.schema
         self.length = record.count
+        if self._identity is None:
+            self._identity = (key, _address(grp))
 
     def _get(self, name: str, start: int, stop: int) -> np.ndarray[Any, Any]:
         ds = self._dataset(name)
@@ -473,6 +527,17 @@ class HDF5Source(RowArraysSource):
     def opener(self) -> Callable[[], HDF5Source]:
         """Reopens the file by path (in a Dask worker's process)."""
         return functools.partial(HDF5Source, self._path, self._group or None)
+
+
+def _address(grp: Any) -> int | None:
+    """The group's address in its file (None where HDF5 gives none): a group
+    deleted and made again is another object, at another address."""
+    h5py = import_h5py()
+    try:
+        addr = h5py.h5o.get_info(grp["/"].id if grp.name == "/" else grp.id).addr
+    except (AttributeError, KeyError, OSError, ValueError, RuntimeError):
+        return None
+    return int(addr) if isinstance(addr, int) else None
 
 
 def _check_open_file(f: Any, path: str) -> None:

@@ -5,6 +5,13 @@
 Readers trust only the committed count in ``metadata.json``, take no lock, and
 open every file through :func:`._npyfile.open_in_store` (regular files inside
 the store only).
+
+A reader never reads a store that replaced the one it opened (``mode="w"``,
+or a directory deleted and written again): it would read the new run's bytes
+as the old run's fields. The store's identity is the ``created`` stamp of its
+metadata and the inode of ``steps.npy``, held open by the reader (a
+:class:`PinnedPath`, so that the inode cannot be reused); a refresh compares
+both, and every read compares the inode after reading (one ``stat``).
 """
 
 from __future__ import annotations
@@ -14,6 +21,7 @@ import json
 import math
 import os
 import stat
+import weakref
 from collections.abc import Callable, Mapping
 from typing import Any
 
@@ -21,7 +29,7 @@ import numpy as np
 
 from .._errors import FormatError, SchemaError
 from .._schema import Field, Schema
-from .._trajectory import Trajectory
+from .._trajectory import Trajectory, check_same_store, replaced_error
 from ._format import StepRanges
 from ._npyfile import (
     check_path,
@@ -43,7 +51,39 @@ from ._npyformat import (
     row_layout,
 )
 
-__all__ = ["NpySource", "is_npy_store", "open_npy"]
+__all__ = ["NpySource", "PinnedPath", "is_npy_store", "open_npy"]
+
+
+class PinnedPath:
+    """One path of a store (a file or a directory the store's writer never
+    replaces while the store lives), held open: :meth:`moved` says whether the
+    path names another inode now, that is, whether the store was replaced.
+
+    Holding the descriptor keeps the inode from being reused by the new store's
+    file, so the comparison cannot be fooled; it is closed when the pin is
+    garbage collected.
+
+    Parameters
+    ----------
+    path
+        What the inode was opened as.
+    fd
+        Its descriptor (owned by the pin from now on).
+    """
+
+    def __init__(self, path: str, fd: int):
+        self.path = path
+        st = os.fstat(fd)
+        self._inode = (st.st_dev, st.st_ino)
+        weakref.finalize(self, os.close, fd)
+
+    def moved(self) -> bool:
+        """Whether ``path`` names another inode now, or nothing."""
+        try:
+            st = os.stat(self.path, follow_symlinks=False)
+        except OSError:
+            return True
+        return (st.st_dev, st.st_ino) != self._inode
 
 
 def _committed_files(
@@ -82,12 +122,43 @@ class NpySource:
     schema: Schema | None
     length: int
 
-    def __init__(self, path: str | os.PathLike[str]):
+    def __init__(self, path: str | os.PathLike[str], created: str | None = None):
         self._path = check_path(path)
+        #: the identity of the store opened: its creation stamp, its steps.npy
+        self._created = created
+        self._pin: PinnedPath | None = None
+        self._replaced: FormatError | None = None
+        self.schema = None
+        self.length = 0
+        self._meta_times: bool | None = None
         self.refresh()
 
     def __repr__(self) -> str:
         return f"NpySource({self._path!r}, frames={self.length})"
+
+    def _same_store(self) -> None:
+        """Raise if the store was replaced since it was opened (sticky)."""
+        if self._replaced is None and self._pin is not None and self._pin.moved():
+            self._replaced = replaced_error(repr(self._path), "steps.npy is another file, or gone")
+        if self._replaced is not None:
+            raise self._replaced
+
+    def _identify(self, meta: Metadata) -> None:
+        """Check ``meta`` (just read) against the store opened; pin steps.npy
+        once it exists (before the metadata is compared: see refresh)."""
+        if self._created is None:
+            self._created = meta.created
+        elif meta.created != self._created:
+            self._replaced = replaced_error(
+                repr(self._path), f"it was created at {meta.created}, not {self._created}"
+            )
+        else:
+            before = (self.schema, self._meta_times, self.length)
+            try:
+                check_same_store(repr(self._path), before, (meta.schema, meta.times, meta.count))
+            except FormatError as exc:
+                self._replaced = exc
+        self._same_store()
 
     def refresh(self) -> None:
         """Re-read ``metadata.json`` to see frames committed since.
@@ -96,16 +167,34 @@ class NpySource:
         size (and every ragged field's last offset against its row count)
         before anything is read or allocated: a tampered count or shape is a
         :class:`~snapsink.FormatError` here, never a huge allocation later.
+
+        Raises
+        ------
+        FormatError
+            Also when the store was replaced since it was opened.
         """
+        self._same_store()
+        if self._pin is None:
+            # Pinned before the metadata is read: a steps.npy of a newer store
+            # comes with a newer metadata.json, which _identify then refuses.
+            try:
+                fd = open_in_store(self._path, "steps.npy")
+            except (OSError, FormatError):
+                pass
+            else:
+                self._pin = PinnedPath(os.path.join(self._path, "steps.npy"), fd)
         meta = read_metadata(self._path)
+        self._identify(meta)
         headers: dict[str, int] = {}
         if meta.schema is not None and meta.count:
             for key, dtype, row_shape, rows in _committed_files(meta):
                 headers[key] = self._check_file(key, dtype, row_shape, rows)
             for name in meta.schema.ragged:
                 self._check_offsets(name, meta, headers[f"{name}.offsets"])
+        self._same_store()  # (the files checked were the store's)
         self._meta = meta
         self.schema = meta.schema
+        self._meta_times = meta.times
         self.length = meta.count
         self._headers = headers
         self._steps: np.ndarray[Any, np.dtype[np.int64]] | None = None
@@ -117,6 +206,11 @@ class NpySource:
     def closed(self) -> bool:
         """Whether the writer closed the store cleanly (as of the last refresh)."""
         return self._meta.closed
+
+    @property
+    def location(self) -> str:
+        """The store's directory."""
+        return self._path
 
     def _check_file(
         self, key: str, dtype: np.dtype[Any], row_shape: tuple[int, ...], rows: int
@@ -166,7 +260,14 @@ class NpySource:
             return out
         row_bytes = math.prod(row_shape) * dtype.itemsize
         pos = self._headers[key] + start * row_bytes
-        read_exactly(self._path, f"{key}.npy", pos, out, f"rows {start}..{stop}")
+        try:
+            read_exactly(self._path, f"{key}.npy", pos, out, f"rows {start}..{stop}")
+        except FormatError:
+            self._same_store()  # a file of a new store: say so, not "truncated"
+            raise
+        # After the read: a file opened before the store was replaced holds the
+        # old run's rows; one opened after is caught here.
+        self._same_store()
         return out
 
     def _field(self, name: str, ragged: bool) -> Field:
@@ -199,7 +300,9 @@ class NpySource:
     def static(self) -> Mapping[str, np.ndarray[Any, Any]]:
         """The static arrays, loaded on first use."""
         if self._static is None:
-            self._static = {n: load_static(self._path, n) for n in self._meta.static}
+            static = {n: load_static(self._path, n) for n in self._meta.static}
+            self._same_store()
+            self._static = static
         return self._static
 
     def attrs(self) -> Mapping[str, Any]:
@@ -276,8 +379,9 @@ class NpySource:
         return self._rows(key, dtype, row_shape, start, stop)
 
     def opener(self) -> Callable[[], NpySource]:
-        """Reopens the store by path (in a Dask worker's process)."""
-        return functools.partial(NpySource, self._path)
+        """Reopens the store by path (in a Dask worker's process), refusing
+        another store at the path (one created at another time)."""
+        return functools.partial(NpySource, self._path, self._created)
 
 
 def is_npy_store(path: str | os.PathLike[str]) -> bool:

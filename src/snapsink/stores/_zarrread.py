@@ -3,6 +3,14 @@
 Runs in user code, usually outside any event loop, so it uses zarr's sync API.
 Every attribute is type-checked (:func:`._zarrplan.parse_meta`): a corrupt or
 hostile store raises :class:`~snapsink.FormatError`, never anything worse.
+
+A reader never reads a group that replaced the one it opened (``mode="w"``):
+zarr would decode the new run's chunks with the old arrays' dtypes. In a local
+directory the group's identity is the inode of its ``steps`` array's directory
+(``mode="w"`` removes it), held open by the reader
+(:class:`~snapsink.stores._npyread.PinnedPath`) and compared at each refresh
+and after each read. Elsewhere (object stores) the format records no identity:
+a refresh refuses a group whose schema changed or whose count went down.
 """
 
 from __future__ import annotations
@@ -38,9 +46,10 @@ from zarr.storage import LocalStore
 
 from .._errors import ConfigError, FormatError, StoreNotFoundError
 from .._schema import Schema
-from .._trajectory import Trajectory
+from .._trajectory import Trajectory, check_same_store, replaced_error
 from ._lock import LOCK_NAME
 from ._npyfile import file_kind, open_in_store
+from ._npyread import PinnedPath
 from ._rows import RowArraysSource, check_row_array, committed_rows
 from ._zarrparplan import rank_array
 from ._zarrparread import RankedRagged, parallel_ranks
@@ -55,6 +64,10 @@ from ._zarrplan import (
 )
 
 __all__ = ["ZarrSource", "as_zarr_store", "is_zarr_store", "list_groups", "open_zarr"]
+
+_DIRECTORY = getattr(os, "O_DIRECTORY", 0)
+_NOFOLLOW = getattr(os, "O_NOFOLLOW", 0)
+_CLOEXEC = getattr(os, "O_CLOEXEC", 0)
 
 
 def as_zarr_store(store: object, *, read_only: bool) -> ZarrStoreLike:
@@ -244,6 +257,9 @@ class ZarrSource(RowArraysSource):
         self._path = check_group(group) if group != "" else ""
         self.schema = None
         self.length = 0
+        self._meta_times: bool | None = None
+        self._pin: PinnedPath | None = None
+        self._replaced: FormatError | None = None
         self.refresh()
 
     def __repr__(self) -> str:
@@ -259,11 +275,63 @@ class ZarrSource(RowArraysSource):
         """Paths of the groups of this store that hold snapsink data (``""``: the root)."""
         return list_groups(self._store)
 
+    @property
+    def location(self) -> str | None:
+        """The group's directory; None for a store that is not a local directory."""
+        if not isinstance(self._store, LocalStore):
+            return None
+        return os.path.join(str(self._store.root), *filter(None, self._path.split("/")))
+
+    def _same_group(self) -> None:
+        """Raise if the group was replaced since it was opened (sticky)."""
+        if self._replaced is None and self._pin is not None and self._pin.moved():
+            self._replaced = replaced_error(
+                f"zarr group {self._path or '/'!r} in {self._store}",
+                "its 'steps' array is another directory, or gone",
+            )
+        if self._replaced is not None:
+            raise self._replaced
+
+    def _pin_steps(self) -> None:
+        """Hold the directory of the group's ``steps`` array, once it exists
+        (a local store only)."""
+        if self._pin is not None or not isinstance(self._store, LocalStore):
+            return
+        path = os.path.join(str(self._store.root), *filter(None, self._path.split("/")), "steps")
+        try:
+            fd = os.open(path, os.O_RDONLY | _DIRECTORY | _NOFOLLOW | _CLOEXEC)
+        except OSError:
+            return
+        self._pin = PinnedPath(path, fd)
+
     def refresh(self) -> None:
-        """Re-read the group's attributes (committed count, dropped steps, attrs)."""
+        """Re-read the group's attributes (committed count, dropped steps, attrs).
+
+        Raises
+        ------
+        FormatError
+            Also when the group was replaced since it was opened.
+        """
+        self._same_group()
+        first = self._pin is None
+        # Pinned before the attributes are read, checked after: attributes read
+        # while the pin still names the path are the pinned group's (mode="w"
+        # removes the steps array before it writes new attributes).
+        self._pin_steps()
         grp = _open_group_sync(self._store, self._path)
         where = f"zarr group {self._path or '/'!r} in {self._store}"
         meta, user = parse_meta(dict(grp.attrs), where)
+        if first and self._pin is not None and self._pin.moved():
+            self._pin = None  # replaced while it was being pinned: as found now
+            self._pin_steps()
+            grp = _open_group_sync(self._store, self._path)
+            meta, user = parse_meta(dict(grp.attrs), where)
+        try:
+            before = (self.schema, self._meta_times, self.length)
+            check_same_store(where, before, (meta.schema, meta.times, meta.count))
+        except FormatError as exc:
+            self._replaced = exc
+        self._same_group()
         arrays: dict[str, Any] = {}
         ranks = parallel_ranks(dict(grp.attrs), where)
         ranked: set[str] = set()  # ragged fields in per-rank arrays (many ranks wrote)
@@ -290,7 +358,9 @@ class ZarrSource(RowArraysSource):
         self._times: np.ndarray[Any, np.dtype[np.float64]] | None = None
         self._static: dict[str, np.ndarray[Any, Any]] | None = None
         self._ragged_rows: dict[str, int] = {}
+        self._same_group()  # (the arrays opened were the group's)
         self.schema = meta.schema
+        self._meta_times = meta.times
         self.length = meta.count
         self._ranked = {
             name: RankedRagged(name, ranks or 1, meta.count, self._get, self._stored_rows, where)
@@ -310,6 +380,7 @@ class ZarrSource(RowArraysSource):
                 for name, arr in members:
                     with _decoding(self._where, f"static array {name!r}"):
                         out[name] = np.asarray(arr[...])
+            self._same_group()
             self._static = out
         return self._static
 
@@ -321,10 +392,18 @@ class ZarrSource(RowArraysSource):
         (or shards) holding them exist: a tampered count or shape is refused
         before zarr allocates the result."""
         arr = self._arrays[name]
-        if stop > start:
-            self._check_blocks(name, arr, start, stop)
-        with _decoding(self._where, f"array {name!r}, rows [{start}, {stop})"):
-            return np.asarray(arr[start:stop])
+        try:
+            if stop > start:
+                self._check_blocks(name, arr, start, stop)
+            with _decoding(self._where, f"array {name!r}, rows [{start}, {stop})"):
+                out = np.asarray(arr[start:stop])
+        except FormatError:
+            self._same_group()  # chunks of a new group: say so, not "missing"
+            raise
+        # After the read: chunks read before the group was replaced are the old
+        # run's; any read after is caught here.
+        self._same_group()
+        return out
 
     def _check_blocks(self, name: str, arr: Any, start: int, stop: int) -> None:
         """Every chunk covering rows ``[start, stop)`` is a file (the format writes
