@@ -685,3 +685,76 @@ def test_groups_are_discoverable(tmp_path: Path) -> None:
     assert snapsink.groups(npy) == [""]
     with pytest.raises(snapsink.StoreNotFoundError):
         snapsink.groups(tmp_path / "missing")
+
+
+def test_convert_picks_the_only_group_as_open_does(
+    zarr_store: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    only = tmp_path / "only.zarr"
+    write_store(snapsink.ZarrStore(only, group="run/a", attrs=ATTRS, static=STATIC))
+    assert main(["convert", str(only), str(tmp_path / "out")]) == 0
+    assert_reference(snapsink.open(tmp_path / "out"))
+    capsys.readouterr()
+    # two groups and none at the root: which one is for the user to say
+    assert main(["convert", str(zarr_store), str(tmp_path / "out2")]) == 2
+    line = one_error_line(capsys.readouterr().err)
+    assert "several snapsink groups ('a', 'b')" in line and "--group" in line
+    assert not (tmp_path / "out2").exists()
+
+
+def test_convert_reports_the_size_as_info_does(
+    npy_store: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    dst = tmp_path / "conv.zarr"
+    assert main(["convert", str(npy_store), str(dst)]) == 0
+    said = re.search(r"\((\S+ \S+) on disk, (\S+ \S+) apparent\)", capsys.readouterr().out)
+    assert main(["info", str(dst)]) == 0
+    info = re.search(r"size\s+: (\S+ \S+) on disk \((\S+ \S+) apparent\)", capsys.readouterr().out)
+    assert said is not None and info is not None and said.groups() == info.groups()
+
+
+@pytest.mark.parametrize("inside", ["dst-in-src", "src-in-dst"])
+def test_convert_refuses_a_destination_inside_the_source(
+    inside: str, npy_store: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    before = sorted(p.name for p in npy_store.iterdir())
+    if inside == "dst-in-src":
+        args = [str(npy_store), str(npy_store / "copy.zarr")]
+    else:  # a new group whose directory would hold the source group
+        holder = tmp_path / "holder.zarr"
+        write_store(snapsink.ZarrStore(holder, group="g/h", attrs=ATTRS, static=STATIC))
+        args = [str(holder), str(holder), "--group", "g/h", "--format", "zarr", "--to-group", "g"]
+    assert main(["convert", *args]) == 2
+    line = one_error_line(capsys.readouterr().err)
+    assert ("is inside" if inside == "dst-in-src" else "holds") + " the source store" in line
+    assert sorted(p.name for p in npy_store.iterdir()) == before
+    assert_reference(snapsink.open(npy_store))
+    if inside == "src-in-dst":
+        assert snapsink.groups(holder) == ["g/h"]
+        assert_reference(snapsink.open(holder))
+
+
+def test_a_failed_convert_removes_the_partial_destination(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    src = tmp_path / "src.zarr"
+    with snapsink.SyncSink(snapsink.ZarrStore(src, chunk_frames=2), writer="thread") as sink:
+        for i in range(6):
+            sink.write({"x": np.full(4, float(i))}, step=i)
+    (src / "x" / "c" / "2" / "0").unlink()  # frames 4 and 5
+    assert main(["convert", str(src), str(tmp_path / "out")]) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert "chunk 'c/2/0'" in err[0] and "removed" in err[1] and "partial store" in err[1]
+    assert not (tmp_path / "out").exists()
+
+
+def test_open_takes_the_group_spellings_info_takes(
+    zarr_store: Path, hdf5_store: Path, npy_store: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    for path in (zarr_store, hdf5_store):
+        for spelling in ("/b", "b/", "/b/"):
+            assert_same(snapsink.open(path, group="b"), snapsink.open(path, group=spelling))
+            assert main(["info", str(path), "--group", spelling]) == 0
+    assert_reference(snapsink.open(npy_store, group="/"))  # the root: its only group
+    with pytest.raises(snapsink.ConfigError, match="group 'b//c'"):
+        snapsink.open(zarr_store, group="/b//c")

@@ -310,3 +310,99 @@ def test_dropped_steps_without_a_schema_are_refused(tmp_path: Path) -> None:
     with pytest.raises(snapsink.SchemaError, match="2 dropped steps cannot be stored"):
         snapsink.copy(mem, tmp_path / "run")
     assert not (tmp_path / "run").exists()
+
+
+def _damaged_zarr(path: Path) -> None:
+    """10 frames of 8 KB, two a chunk; the chunk of frames 6 and 7 removed."""
+    with snapsink.SyncSink(snapsink.ZarrStore(path, chunk_frames=2), writer="thread") as sink:
+        for i in range(10):
+            sink.write({"x": np.full(1000, float(i))}, step=i)
+    (path / "x" / "c" / "3" / "0").unlink()
+
+
+@pytest.mark.parametrize("where", ["new", "empty-dir", "zarr-group"])
+def test_a_failed_copy_to_a_path_removes_what_it_created(where: str, tmp_path: Path) -> None:
+    _damaged_zarr(tmp_path / "src.zarr")
+    if where == "new":
+        dst, kwargs, made = tmp_path / "a" / "b" / "run", {}, tmp_path / "a"
+    elif where == "empty-dir":
+        (tmp_path / "empty").mkdir()
+        dst, kwargs, made = tmp_path / "empty", {}, tmp_path / "empty"
+    else:  # a group added to an existing Zarr store: only the group goes
+        snapsink.copy(_memory(), tmp_path / "have.zarr")
+        dst, kwargs, made = tmp_path / "have.zarr", {"group": "g/h"}, tmp_path / "have.zarr/g"
+    with pytest.raises(snapsink.FormatError, match="chunk") as info:
+        snapsink.copy(snapsink.open(tmp_path / "src.zarr"), dst, chunk_bytes=16000, **kwargs)
+    note = "".join(info.value.__notes__)
+    assert f"removed {str(made)!r}" in note and "6 frames (steps 0..5) of 10" in note
+    if where == "empty-dir":
+        assert list(made.iterdir()) == []  # the directory was there: it stays, empty
+    else:
+        assert not made.exists()
+    if where == "zarr-group":
+        assert snapsink.groups(dst) == [""]
+        assert_same(_memory().trajectory(), snapsink.open(dst))
+
+
+def test_a_copy_whose_open_failed_removes_nothing(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A store another writer made at the path while the copy started is not
+    the copy's to remove: only a destination the copy opened is."""
+    dst = tmp_path / "run"
+
+    def another_writer_got_there_first(self: Any) -> None:
+        dst.mkdir()
+        (dst / "theirs.txt").write_text("theirs")
+        raise snapsink.StoreExistsError(f"{dst}: exists")
+
+    monkeypatch.setattr(snapsink.NpyDirectory, "open", another_writer_got_there_first)
+    with pytest.raises(snapsink.StoreExistsError):
+        snapsink.copy(_memory(), dst)
+    assert (dst / "theirs.txt").read_text() == "theirs"
+
+
+def test_a_failed_copy_into_a_store_object_keeps_its_frames_and_says_so(tmp_path: Path) -> None:
+    _damaged_zarr(tmp_path / "src.zarr")
+    dst = HostMemory()
+    with pytest.raises(snapsink.FormatError, match="chunk") as info:
+        snapsink.copy(snapsink.open(tmp_path / "src.zarr"), dst, chunk_bytes=16000)
+    assert "6 frames (steps 0..5) of 10 had been written to dst" in "".join(info.value.__notes__)
+    back = dst.trajectory()
+    assert back.steps.tolist() == list(range(6))
+    np.testing.assert_array_equal(back["x"][:], np.repeat(np.arange(6.0), 1000).reshape(6, 1000))
+
+
+def test_refuses_dropped_steps_the_destination_already_has(tmp_path: Path) -> None:
+    snapsink.copy(_memory(), tmp_path / "run")
+    later = HostMemory()
+    later.prepare(SCHEMA, times=True)
+    frame = _frames([30])[0]
+    later.append(Batch([frame], [21]))  # step 21 is stored in dst
+    with pytest.raises(snapsink.SchemaError, match=r"up to step 21.*records step 21 as dropped"):
+        snapsink.copy(later, snapsink.NpyDirectory(tmp_path / "run", mode="a"))
+    back = snapsink.open(tmp_path / "run")
+    np.testing.assert_array_equal(back.steps, STEPS)
+    assert back.dropped_steps.tolist() == DROPPED
+
+
+@pytest.mark.parametrize(
+    ("dst", "match"),
+    [
+        ("run/sub", "is inside the source store"),
+        ("run", "is the source store"),
+        (".", "holds the source store"),
+        ("npy:run/sub", "is inside the source store"),
+    ],
+)
+def test_refuses_a_destination_inside_the_source(
+    dst: str, match: str, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.chdir(tmp_path)
+    snapsink.copy(_memory(), "run")
+    before = sorted(p.name for p in (tmp_path / "run").iterdir())
+    target: Any = snapsink.NpyDirectory(dst[4:]) if dst.startswith("npy:") else dst
+    with pytest.raises(snapsink.ConfigError, match=match):
+        snapsink.copy(snapsink.open("run"), target)
+    assert sorted(p.name for p in (tmp_path / "run").iterdir()) == before
+    assert_same(_memory().trajectory(), snapsink.open("run"))

@@ -20,7 +20,9 @@ import functools
 import inspect
 import math
 import os
+import shutil
 from collections.abc import Iterable
+from pathlib import Path
 from typing import Any
 
 import anyio.to_thread
@@ -69,6 +71,8 @@ class CarryingStore:
         self.inner = inner
         self._times = times
         self.resume: Resume | None = None
+        #: ``inner.open()`` succeeded: the destination is this copy's (mode "x")
+        self.opened = False
         #: a GPUBuffer destination takes device frames
         self.wants_device = bool(getattr(inner, "wants_device", False))
         check = getattr(inner, "check_schema", None)
@@ -99,6 +103,7 @@ class CarryingStore:
     async def open(self) -> Resume | None:
         """Open ``inner``; remember and return its Resume."""
         self.resume = await self._call(self.inner.open)
+        self.opened = True
         return self.resume
 
     async def prepare(self, schema: Schema, *, times: bool) -> None:
@@ -194,6 +199,44 @@ def _destination(dst: object, format: str | None, group: str | None, traj: Traje
     return dst
 
 
+def _target(dst: object, group: str | None, store: object) -> str | None:
+    """The local path of what ``copy`` writes: the store (or the Zarr group's
+    directory) at a path ``dst``, or a store object's ``path`` (NpyDirectory,
+    HDF5Store); None when there is none (in memory, a remote store)."""
+    if isinstance(dst, str | os.PathLike):
+        path = os.fspath(dst)
+        assert isinstance(path, str)  # (_destination refused bytes)
+        return os.path.join(path, *group.strip("/").split("/")) if group else path
+    where = getattr(store, "path", None)
+    return where if isinstance(where, str) else None
+
+
+def _check_apart(traj: Trajectory, target: str | None) -> None:
+    """Refuse a destination inside the source store, or holding it.
+
+    Raises
+    ------
+    ConfigError
+        Naming both paths.
+    """
+    source = getattr(traj._source, "location", None)
+    if target is None or not isinstance(source, str):
+        return
+    src, dst = Path(os.path.realpath(source)), Path(os.path.realpath(target))
+    if src == dst:
+        how = "is the source store"
+    elif src in dst.parents:
+        how = "is inside the source store"
+    elif dst in src.parents:
+        how = "holds the source store"
+    else:
+        return
+    raise ConfigError(
+        f"dst {target!r} {how} {source!r}: copy would write into the store it reads; "
+        "choose a destination outside it"
+    )
+
+
 def frames_per_chunk(traj: Trajectory, chunk_bytes: int = CHUNK_BYTES) -> int:
     """How many frames of ``traj`` make about ``chunk_bytes`` (at least 1).
 
@@ -244,7 +287,8 @@ def copy(
         :class:`~snapsink.Store`), used as built: stores take ``attrs=`` and
         ``static=`` at construction, so give it ``attrs=dict(src.attrs),
         static=dict(src.static)`` to carry them; its ``mode`` says whether it
-        may exist (``"a"`` appends after its frames).
+        may exist (``"a"`` appends after its frames). Never inside the source
+        store, nor the source inside it.
     format
         ``"npy"`` or ``"zarr"`` for a path ``dst``; default: from the path.
     group
@@ -263,17 +307,24 @@ def copy(
     ------
     ConfigError
         For a bad ``src``, ``dst``, ``format``, ``group``, ``chunk_bytes`` or
-        ``capacity``.
+        ``capacity``; for a ``dst`` inside the source store, or holding it.
     StoreExistsError
         When ``dst`` (a path, or a store of mode ``"x"``) already holds a store.
     SchemaError
         When ``dst`` already holds frames of another schema, or a step at or
-        after the source's first: nothing is written.
+        after the source's first stored or dropped step: nothing is written.
     WriterError
         When the destination store failed (chained to the cause).
 
     Notes
     -----
+    A copy that fails part-way (a damaged source, a full disk) never leaves a
+    destination that looks complete. When ``copy`` created the store at a path
+    ``dst``, it removes what it created (never anything that was there before)
+    and the exception's note says so. A store object ``dst`` is never deleted
+    from: the exception's note says how many frames, and which steps, were
+    written to it before the failure.
+
     ``copy`` blocks until the destination is committed and closed. From async
     code, run it in a worker thread: ``await anyio.to_thread.run_sync(snapsink.copy,
     src, dst)``.
@@ -297,28 +348,154 @@ def copy(
             "steps cannot be stored anywhere; nothing was copied"
         )
     store = _destination(dst, format, group, traj)
+    target = _target(dst, group, store)
+    _check_apart(traj, target)
+    created = _Created(target) if isinstance(dst, str | os.PathLike) and target else None
     carrier = CarryingStore(fresh_store(store), dropped, times=traj.times is not None)
     names = list(traj.fields)
-    with SyncSink(carrier, capacity, schema=schema) as sink:
-        resume = carrier.resume
-        first = int(traj.steps[0]) if len(traj) else None
-        last = None if resume is None else resume.last_step
-        if first is not None and last is not None and first <= last:
-            raise SchemaError(
-                f"dst already holds frames up to step {last}, and the source starts at "
-                f"step {first}: copy appends only later steps; copy into a new store "
-                f"(or one made with mode='w'); nothing was written"
-            )
-        for part in traj.iter_chunks(chunk):
-            steps = part["steps"]
-            times = part["times"]
-            for i in range(len(steps)):
-                # The chunk's arrays are never modified: lend them (copy=False).
-                sink.write(
-                    {name: part[name][i] for name in names},
-                    step=int(steps[i]),
-                    time=None if times is None else float(times[i]),
-                    copy=False,
-                )
-        carrier.finish()
+    written = _Written()
+    try:
+        with SyncSink(carrier, capacity, schema=schema) as sink:
+            _check_after(traj, dropped, carrier.resume)
+            for part in traj.iter_chunks(chunk):
+                steps = part["steps"]
+                times = part["times"]
+                for i in range(len(steps)):
+                    # The chunk's arrays are never modified: lend them (copy=False).
+                    sink.write(
+                        {name: part[name][i] for name in names},
+                        step=int(steps[i]),
+                        time=None if times is None else float(times[i]),
+                        copy=False,
+                    )
+                    written.add(int(steps[i]))
+            carrier.finish()
+    except BaseException as exc:
+        # Only a store this copy opened is its own to remove: one whose open
+        # failed may be another writer's, made at the path meanwhile.
+        _note_failure(exc, created if carrier.opened else None, written, len(traj))
+        raise
     return sink.statistics().written
+
+
+def _check_after(traj: Trajectory, dropped: list[int], resume: Resume | None) -> None:
+    """Refuse a source that does not lie wholly after ``dst``'s last frame: its
+    first stored step and its first dropped step (a step both stored and
+    dropped in ``dst`` would read as both).
+
+    Raises
+    ------
+    SchemaError
+        Naming the step; nothing is written.
+    """
+    last = None if resume is None else resume.last_step
+    if last is None:
+        return
+    first = int(traj.steps[0]) if len(traj) else None
+    if first is not None and first <= last:
+        what = f"the source starts at step {first}"
+    elif dropped and dropped[0] <= last:
+        what = f"the source records step {dropped[0]} as dropped"
+    else:
+        return
+    raise SchemaError(
+        f"dst already holds frames up to step {last}, and {what}: copy appends only "
+        f"later steps; copy into a new store (or one made with mode='w'); nothing was written"
+    )
+
+
+class _Written:
+    """How many frames a copy handed to the sink, and their first and last steps."""
+
+    def __init__(self) -> None:
+        self.count = 0
+        self.first: int | None = None
+        self.last: int | None = None
+
+    def add(self, step: int) -> None:
+        self.count += 1
+        self.last = step
+        if self.first is None:
+            self.first = step
+
+    def __str__(self) -> str:
+        if not self.count:
+            return "no frame"
+        steps = f"step {self.first}" if self.count == 1 else f"steps {self.first}..{self.last}"
+        return f"{self.count} frame{'s' if self.count > 1 else ''} ({steps})"
+
+
+class _Created:
+    """What ``copy`` creates at a path: the top-most directory of ``target``
+    that did not exist before the call, or, for an empty directory that did,
+    what is put in it. Nothing that existed before the call is ever removed."""
+
+    def __init__(self, target: str):
+        self.target = target
+        self.top: str | None = None
+        p = os.path.abspath(target)
+        while not os.path.lexists(p):
+            self.top, parent = p, os.path.dirname(p)
+            if parent == p:
+                break
+            p = parent
+        self.was_empty = (
+            self.top is None
+            and os.path.isdir(target)
+            and not os.path.islink(target)
+            and not os.listdir(target)
+        )
+
+    def remove(self) -> str | None:
+        """Remove it; the path removed, or None when nothing was made.
+
+        Raises
+        ------
+        OSError
+            A removal failed.
+        """
+        if self.top is not None:
+            if not os.path.lexists(self.top):
+                return None
+            if os.path.isdir(self.top) and not os.path.islink(self.top):
+                shutil.rmtree(self.top)
+            else:
+                os.remove(self.top)
+            return self.top
+        if not self.was_empty or not os.path.isdir(self.target):
+            return None
+        for entry in os.scandir(self.target):
+            if entry.is_dir(follow_symlinks=False):
+                shutil.rmtree(entry.path)
+            else:
+                os.remove(entry.path)
+        return self.target
+
+
+def _note_failure(
+    exc: BaseException, created: _Created | None, written: _Written, total: int
+) -> None:
+    """Say on ``exc`` what the failed copy left: the partial store it created
+    at a path removed, or the frames already written to a store it was given."""
+    if created is not None:
+        try:
+            removed = created.remove()
+        except OSError as err:
+            exc.add_note(
+                f"copy: {written} of {total} had been written to {created.target!r} when it "
+                f"failed, and removing that partial store failed too ({err}): remove it "
+                "by hand, it is not a complete copy"
+            )
+            return
+        if removed is not None:
+            exc.add_note(
+                f"copy: removed {removed!r}, the partial store this call had created "
+                f"({written} of {total} had been written to it)"
+            )
+        return
+    if written.count:
+        exc.add_note(
+            f"copy: {written} of {total} had been written to dst when it failed; dst "
+            "keeps what it committed of them (copy never deletes from a store it is "
+            f"given): the source's frames after step {written.last} are not in dst"
+        )

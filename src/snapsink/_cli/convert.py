@@ -9,12 +9,14 @@ carried over. Memory stays bounded by about two chunks plus the sink's channel.
 from __future__ import annotations
 
 import argparse
+import sys
 import time
 from pathlib import Path
 from typing import Any
 
 from .._copy import copy
-from .._errors import ConfigError, StoreExistsError
+from .._errors import ConfigError, SnapsinkError, StoreExistsError
+from .._reader import group_path
 from .info import detect, disk_usage, human, open_store
 
 __all__ = ["add_parser", "run"]
@@ -40,7 +42,7 @@ def add_parser(sub: Any) -> None:
     p.add_argument(
         "--group",
         help="the group to read (SRC is Zarr or HDF5) and to write (DST is Zarr); "
-        "default: the root (HDF5: or the file's only snapsink group)",
+        "default: the root, or the store's only snapsink group",
     )
     p.add_argument(
         "--to-group",
@@ -55,10 +57,11 @@ def run(args: argparse.Namespace) -> int:
     src, dst = Path(args.src), Path(args.dst)
     src_fmt = detect(src)
     dst_fmt = args.format or ("zarr" if src_fmt == "npy" else "npy")
-    src_group = args.group if src_fmt in ("zarr", "hdf5") else None
+    group = group_path(args.group) or None
+    src_group = group if src_fmt in ("zarr", "hdf5") else None
     to_group = getattr(args, "to_group", None)
-    dst_group = (to_group or args.group) if dst_fmt == "zarr" else None
-    if src_fmt == "npy" and dst_fmt == "npy" and args.group is not None:
+    dst_group = (group_path(to_group) or group) if dst_fmt == "zarr" else None
+    if src_fmt == "npy" and dst_fmt == "npy" and group is not None:
         raise ConfigError(f"--group {args.group!r}: an NpyDirectory has no groups")
     if to_group is not None and dst_fmt != "zarr":
         raise ConfigError(f"--to-group {to_group!r}: the destination is not Zarr ({dst_fmt})")
@@ -66,16 +69,25 @@ def run(args: argparse.Namespace) -> int:
         _check_adds_a_group(dst, dst_fmt, to_group)
     traj = open_store(src, src_fmt, src_group)
     t0 = time.perf_counter()
-    frames = copy(traj, dst, format=dst_fmt, group=dst_group)
+    try:
+        frames = copy(traj, dst, format=dst_fmt, group=dst_group)
+    except (SnapsinkError, OSError) as exc:
+        # what copy did about a partial destination (its notes): one line each
+        print(f"snapsink convert: error: {exc}", file=sys.stderr)
+        for note in getattr(exc, "__notes__", ()):
+            print(f"snapsink convert: {note}", file=sys.stderr)
+        return 2
     seconds = time.perf_counter() - t0
     back = open_store(dst, dst_fmt, dst_group)
     if len(back) != len(traj):  # pragma: no cover - a bug, not a user error
         raise AssertionError(f"converted {len(back)} frames of {len(traj)}")
     where = f"{str(dst)!r}" + (f", group={dst_group!r}" if dst_group else "")
+    used, apparent = disk_usage(dst / dst_group if dst_group else dst)
     print(
-        f"converted {frames} frames ({human(disk_usage(dst)[1])} on disk) from {src} "
-        f"({src_fmt}) to {dst} ({dst_fmt}) in {seconds:.2f} s; carried {len(traj.static)} "
-        f"static arrays, {len(traj.attrs)} attrs, {len(traj.dropped_steps)} dropped steps"
+        f"converted {frames} frames ({human(used)} on disk, {human(apparent)} apparent) "
+        f"from {src} ({src_fmt}) to {dst} ({dst_fmt}) in {seconds:.2f} s; carried "
+        f"{len(traj.static)} static arrays, {len(traj.attrs)} attrs, "
+        f"{len(traj.dropped_steps)} dropped steps"
     )
     print(f"read it   : snapsink.open({where})")
     return 0

@@ -10,6 +10,7 @@ from typing import Any
 import numpy as np
 
 from .._errors import ConfigError, FormatError, StoreNotFoundError
+from .._reader import group_path
 from .._trajectory import Trajectory
 
 __all__ = ["add_parser", "describe", "detect", "run", "store_closed"]
@@ -47,19 +48,43 @@ def detect(path: str | os.PathLike[str]) -> str:
 
 
 def open_store(path: str | os.PathLike[str], fmt: str, group: str | None) -> Trajectory:
+    """The trajectory of ``group`` (slashes around it ignored); without one, the
+    root, or the store's only snapsink group, as :func:`snapsink.open` picks it.
+
+    Raises
+    ------
+    FormatError
+        No group given, and several snapsink groups and none at the root: the
+        message lists them.
+    """
+    group = group_path(group)
     if fmt == "npy":
-        if group is not None:
+        if group:
             raise ConfigError(f"--group {group!r}: an NpyDirectory has no groups")
         from ..stores.npy import open_npy
 
         return open_npy(path)
     if fmt == "hdf5":
-        from ..stores._hdf5read import open_hdf5
+        from ..stores._hdf5read import list_hdf5_groups, open_hdf5
 
-        return open_hdf5(path, group)
-    from ..stores.zarr import open_zarr
+        return open_hdf5(path, _only_group(path, list_hdf5_groups(path), group))
+    from ..stores.zarr import list_groups, open_zarr
 
-    return open_zarr(path, group)
+    return open_zarr(path, _only_group(path, list_groups(path), group))
+
+
+def _only_group(path: str | os.PathLike[str], found: list[str], group: str | None) -> str | None:
+    """``group``, or for ``None`` the only snapsink group ``found`` (the root when
+    it is one of them)."""
+    if group is not None or "" in found or not found:
+        return group or None
+    if len(found) > 1:
+        names = ", ".join(map(repr, found))
+        raise FormatError(
+            f"{os.fspath(path)!r} holds several snapsink groups ({names}) and none at "
+            "its root: pass --group NAME"
+        )
+    return found[0]
 
 
 def store_closed(traj: Trajectory) -> bool | None:
