@@ -25,7 +25,18 @@ import numpy as np
 from . import _errors
 from ._errors import ConfigError, StoreStateError
 
-__all__ = ["Communicator", "agree", "as_communicator", "share", "together"]
+__all__ = [
+    "COMMIT",
+    "PREPARE",
+    "PUBLISH",
+    "SHOW",
+    "Communicator",
+    "Misaligned",
+    "agree",
+    "as_communicator",
+    "share",
+    "together",
+]
 
 
 class Communicator:
@@ -182,6 +193,12 @@ def _remote_error(kind: str, msg: str) -> Exception:
 _NO_STEP = -(1 << 62)
 
 
+class Misaligned(StoreStateError):
+    """The ranks reached different exchanges of the store (one prepares the
+    store for its first frame while another commits at its close: its first
+    write was refused): raised on every rank alike, never a hang."""
+
+
 async def together(
     comm: Communicator, step: Callable[..., Awaitable[Any]] | None, *args: Any
 ) -> list[Any]:
@@ -216,14 +233,24 @@ async def agree(
     comm: Communicator,
     step: Callable[..., Awaitable[tuple[int, int | None] | None]],
     *args: Any,
+    phase: str,
 ) -> tuple[tuple[int, int], tuple[int, int]]:
-    """:func:`together` for a commit's exchanges, on one fixed-size allreduce:
-    each rank's failure flag and ``step``'s (frames, last step), as
-    ``(min frames, min last step), (max frames, max last step)`` over ranks. A
-    commit then costs three small allreduces whatever the number of ranks (an
-    allgather of every rank's report grows with them: docs/guides/scaling.md);
-    only a failure gathers the ranks' messages, to raise the same error
-    everywhere."""
+    """:func:`together` for a store's exchanges after its open, on one
+    fixed-size allreduce: each rank's ``phase`` (which exchange it is at), its
+    failure flag and ``step``'s (frames, last step), as ``(min frames, min last
+    step), (max frames, max last step)`` over ranks. A commit then costs three
+    small allreduces whatever the number of ranks (an allgather of every
+    rank's report grows with them: docs/guides/scaling.md); only a failure
+    gathers the ranks' messages, to raise the same error everywhere.
+
+    Every exchange after the open is one of these allreduces, so that ranks at
+    different exchanges (a rank whose first write was refused goes from its
+    open straight to its close's commit, while the others prepare the store
+    for their first frame) still meet in the same collective, learn it from
+    the phases, and fail alike (:class:`Misaligned`) instead of waiting for
+    each other in two different collectives.
+    """
+    code = _PHASES.index(phase) + 1
     result: tuple[int, int | None] | None = None
     local: Exception | None = None
     try:
@@ -233,8 +260,29 @@ async def agree(
     frames, last = result if result is not None else (0, None)
     last_v = _NO_STEP if last is None else last
     got = await anyio.to_thread.run_sync(
-        comm.allreduce_max, [int(local is not None), -frames, frames, -last_v, last_v]
+        comm.allreduce_max,
+        [-code, code, int(local is not None), -frames, frames, -last_v, last_v],
     )
-    if got[0]:  # a rank failed: every rank learns which, and why (raises)
+    if -got[0] != got[1]:  # ranks at different exchanges: every rank says which
+        reports = await anyio.to_thread.run_sync(comm.allgather, phase)
+        at = ", ".join(f"rank {r}: {p}" for r, p in enumerate(reports))
+        raise Misaligned(
+            f"the ranks reached different steps of the store ({at}); every rank must "
+            "write the same steps, and call flush() and close() together: a rank whose "
+            "first write was refused (a NaN time, a frame that does not match the "
+            "schema) never prepared the store while the others did; write that step "
+            "again on that rank, or fail every rank"
+        ) from local
+    if got[2]:  # a rank failed: every rank learns which, and why (raises)
         await share(comm, local, None)
-    return (-got[1], -got[3]), (got[2], got[4])
+    return (-got[3], -got[5]), (got[4], got[6])
+
+
+#: the exchanges of :func:`agree`, by name (each rank sends the index of its own)
+_PHASES = (
+    "prepare (the first frame)",
+    "commit (flush, close or commit_every)",
+    "commit: show the arrays",
+    "commit: publish the count",
+)
+PREPARE, COMMIT, SHOW, PUBLISH = _PHASES

@@ -134,6 +134,7 @@ def write(comm: Any, rank: int, size: int, args: argparse.Namespace) -> None:
         chunks={k: tuple(v) for k, v in json.loads(args.chunks).items()} if args.chunks else None,
         commit_every=args.commit_every,
         attrs={"run": "parallel"},
+        compressors=args.compressors or None,
     )
     assert store.describe() is None  # writer="auto" picks the thread
     schema = snapsink.Schema(
@@ -144,17 +145,28 @@ def write(comm: Any, rank: int, size: int, args: argparse.Namespace) -> None:
             "particles": snapsink.Field("float64", (None, 3)),
         }
     )  # fmt: skip
-    with snapsink.SyncSink(store, schema=schema, capacity=4, policy="block") as sink:
+    extra = {}
+    if args.empty_field:  # a field with a dimension of length 0 (rank 0 writes it)
+        schema = snapsink.Schema({**schema, "none": snapsink.Field("float64", (0, 2))})
+        extra["none"] = np.zeros((0, 2))
+    # --nan-first-rank: the schema is inferred, and that rank's first write is
+    # refused (a NaN time) before it could prepare the store
+    declared = schema if args.nan_first_rank < 0 else None
+    with snapsink.SyncSink(store, schema=declared, capacity=4, policy="block") as sink:
         first = args.start + (rank if args.skew else 0)  # --skew: misaligned steps
         for step in range(first, first + args.steps):
+            nan = rank == args.nan_first_rank and step == first
+            if declared is None:  # an inferred shape is fixed: no ragged field
+                extra = {**extra, "particles": expected_particles(step, rank)[:1]}
             sink.write(
                 {
                     "rho": expected_rho(step)[mine],
                     "energy": float(step) * 0.5,
                     "particles": expected_particles(step, rank),
+                    **extra,
                 },
                 step=step,
-                time=step * 0.1,
+                time=float("nan") if nan else step * 0.1,
             )
             if args.flush_every and (step + 1) % args.flush_every == 0:
                 sink.flush()
@@ -180,6 +192,9 @@ def parse(argv: list[str]) -> argparse.Namespace:
     p.add_argument("--skew", action="store_true")
     p.add_argument("--fail-rank", type=int, default=-1)
     p.add_argument("--fail-after", type=int, default=0)
+    p.add_argument("--nan-first-rank", type=int, default=-1)
+    p.add_argument("--empty-field", action="store_true")
+    p.add_argument("--compressors", default="")
     return p.parse_args(argv)
 
 

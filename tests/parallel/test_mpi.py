@@ -140,6 +140,28 @@ def test_a_failing_rank_fails_every_rank_never_a_hang(tmp_path: Path) -> None:
     assert len(traj) % 3 == 0
 
 
+def test_a_rank_refused_before_prepare_fails_every_rank_never_a_hang(tmp_path: Path) -> None:
+    # the schema is inferred; rank 1's first write is refused (NaN time), so it
+    # goes from its open to its close while rank 0 prepares the store: the two
+    # meet in one exchange and both fail (before: each waited in another collective)
+    path = tmp_path / "run.zarr"
+    out = mpirun(2, str(path), "--steps", "3", "--nan-first-rank", "1", timeout=30)
+    assert out.returncode != 0
+    assert "rank 1: SchemaError: time at step 0" in out.stderr, out.stderr
+    assert "rank 0: Misaligned: the ranks reached different steps" in out.stderr, out.stderr
+    assert "rank 1: commit" in out.stderr and "rank 0: prepare" in out.stderr
+    assert len(snapsink.open(path)) == 0  # nothing committed
+
+
+def test_a_field_with_an_empty_dimension_compressed(tmp_path: Path) -> None:
+    path = tmp_path / "run.zarr"
+    out = mpirun(2, str(path), "--steps", "4", "--commit-every", "3", "--empty-field",
+                 "--compressors", "auto", timeout=30)  # fmt: skip
+    assert out.returncode == 0, out.stderr
+    traj = check_trajectory(path, 2, frames=4)
+    assert traj["none"][:].shape == (4, 0, 2)
+
+
 def _progress(prefix: Path, ranks: int) -> dict[int, tuple[int, int]]:
     """``{rank: (last flushed step, pid)}`` of the ranks that flushed yet."""
     out = {}

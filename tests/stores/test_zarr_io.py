@@ -17,6 +17,7 @@ import errno
 import gc
 import logging
 import os
+import re
 import threading
 import time
 from pathlib import Path
@@ -29,7 +30,13 @@ import zarr.codecs
 from zarr.core.buffer import default_buffer_prototype
 
 import snapsink
-from snapsink._errors import ConfigError, DTypeError, FormatError, StoreExistsError
+from snapsink._errors import (
+    ConfigError,
+    DTypeError,
+    FormatError,
+    StoreExistsError,
+    StoreLockedError,
+)
 from snapsink._schema import Batch, Field, Frame, Schema
 from snapsink.stores import _zarrio
 from snapsink.stores.zarr import ZarrStore, open_zarr
@@ -345,6 +352,47 @@ async def test_mode_w_refuses_to_delete_files_that_are_not_zarrs(tmp_path: Path)
     assert (loc / "notes.txt").read_text() == "keep me"
     assert (loc / "analysis" / "plot.png").read_bytes() == b"png"
     _check(loc, frames)  # the store is untouched too
+
+
+@pytest.mark.parametrize(
+    "where", ["analysis/notes.txt", "x/notes.txt", "x/c/README", "static/masses/c/notes"]
+)
+async def test_mode_w_checks_the_whole_tree_before_deleting(tmp_path: Path, where: str) -> None:
+    # a file that is not zarr's, below the top: in a zarr subgroup, an array's
+    # directory, a chunk directory, a static array's
+    loc = tmp_path / "s"
+    frames = _frames(3)
+    store = ZarrStore(loc, chunk_frames=2, static={"masses": np.arange(3.0)})
+    await _run(store, frames, [3])
+    zarr.open_group(loc, mode="a").create_group("analysis")
+    (loc / where).parent.mkdir(parents=True, exist_ok=True)
+    (loc / where).write_text("keep me")
+    before = sorted(p for p in loc.rglob("*"))
+    with pytest.raises(StoreExistsError, match=re.escape(repr(where))):
+        await ZarrStore(loc, "w").open()
+    assert sorted(p for p in loc.rglob("*")) == before  # nothing deleted
+    assert (loc / where).read_text() == "keep me"
+    _check(loc, frames)
+
+
+async def test_mode_w_refuses_a_nested_group_another_writer_holds(tmp_path: Path) -> None:
+    loc = tmp_path / "s"
+    child = ZarrStore(loc, group="a/thermo")  # holds a/thermo's lock while open
+    await child.open()
+    await child.prepare(Schema({"e": Field("f8", ())}), times=False)
+    await child.append(Batch([Frame(0, None, {"e": np.float64(1.5)})]))
+    await child.commit()
+    locked = r"would delete group 'a/thermo'.*nothing was deleted"
+    with pytest.raises(StoreLockedError, match=locked):
+        await ZarrStore(loc, "w", group="a").open()
+    await child.append(Batch([Frame(1, None, {"e": np.float64(2.5)})]))
+    await child.close()  # the child's run is whole
+    np.testing.assert_array_equal(open_zarr(loc, group="a/thermo")["e"][:], [1.5, 2.5])
+    # once its writer is gone, "w" replaces the parent, nested groups included
+    store = ZarrStore(loc, "w", group="a")
+    await store.open()
+    await store.close()
+    assert not (loc / "a" / "thermo").exists()
 
 
 async def test_mode_w_replaces_a_store_with_only_zarr_files(tmp_path: Path) -> None:

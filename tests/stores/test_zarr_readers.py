@@ -8,6 +8,7 @@ after a crash, and a short run's partly filled chunks are holes on disk.
 
 from __future__ import annotations
 
+import json
 import os
 import signal
 import subprocess
@@ -109,6 +110,29 @@ def _disk_bytes(path: Path) -> tuple[int, int]:
             used += st.st_blocks * 512
             apparent += st.st_size
     return used, apparent
+
+
+def test_mode_a_realigns_arrays_a_crash_left_one_commit_ahead(tmp_path: Path) -> None:
+    # a SIGKILL between the renames of one commit's array metadata leaves some
+    # arrays one commit ahead (xarray: "conflicting sizes"); open with mode="a"
+    # and close shows every array at the committed count again
+    path = tmp_path / "run.zarr"
+    store = snapsink.ZarrStore(path, compressors="auto", chunk_frames=4)
+    with snapsink.SyncSink(store, writer="thread") as sink:
+        for i in range(10):
+            sink.write(_frame(i), step=i, time=i * 0.5)
+    meta_path = path / "steps" / "zarr.json"
+    meta = json.loads(meta_path.read_text())
+    meta["shape"] = [13]
+    meta_path.write_text(json.dumps(meta))
+    with pytest.raises(ValueError, match="conflicting sizes"):
+        _open(path)
+    with snapsink.SyncSink(snapsink.ZarrStore(path, "a"), writer="thread"):
+        pass
+    ds = _open(path)
+    assert ds.sizes["frame"] == 10
+    np.testing.assert_array_equal(ds["steps"].values, np.arange(10))
+    np.testing.assert_array_equal(ds["x"].values, np.stack([_frame(i)["x"] for i in range(10)]))
 
 
 @pytest.mark.parametrize("frames", [3, 100_000])

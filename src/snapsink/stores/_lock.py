@@ -242,14 +242,15 @@ def _flock_holder(st: os.stat_result) -> int | None:
     return None
 
 
-def acquire_dir_lock(directory: str, store: str) -> StoreLock:
+def acquire_dir_lock(directory: str, store: str, *, warn: bool = True) -> StoreLock:
     """Take the single-writer lock of a store by locking its directory itself.
 
     For formats whose readers reject unknown files in the store (zarr lists a
     group's directory and warns about anything that is not a node): no lock
     file is created. The holder's pid comes from ``/proc/locks`` where there
     is one. A file system without directory locks (NFS) writes unlocked, with
-    a ``RuntimeWarning``.
+    a ``RuntimeWarning`` (``warn=False``: silently, for a lock taken only to
+    see that nobody holds a directory).
 
     Raises
     ------
@@ -278,13 +279,14 @@ def acquire_dir_lock(directory: str, store: str) -> StoreLock:
         except OSError as exc:
             if exc.errno not in _NO_LOCKS and exc.errno != errno.EBADF:
                 raise
-            warnings.warn(
-                f"{store}: the file system refuses directory locks ({exc.strerror}): "
-                "writing without the single-writer lock, so a second writer will not "
-                "be refused",
-                RuntimeWarning,
-                stacklevel=3,
-            )
+            if warn:
+                warnings.warn(
+                    f"{store}: the file system refuses directory locks ({exc.strerror}): "
+                    "writing without the single-writer lock, so a second writer will not "
+                    "be refused",
+                    RuntimeWarning,
+                    stacklevel=3,
+                )
     except BaseException:
         os.close(fd)
         raise

@@ -92,6 +92,9 @@ class BlockIO:
             await self._grow(col, start + len(rows))
         for run in runs:
             await self._grow(run[0], run[0].length)
+        # an array whose rows hold no element only grows: its blocks are not
+        # written (zarr's chunk spec has a length of 1 where the rows have 0)
+        blocks = [(col, b) for col, b in blocks if not col.empty]
         if self.writer is None:
             await self._write_generic(blocks)
             return
@@ -172,7 +175,7 @@ class BlockIO:
                 continue
             start, rows = part
             ticket = None
-            if self.writer is not None:
+            if self.writer is not None and not col.empty:  # an empty one is never written
                 assert col.target is not None
                 ticket = self.writer.claim(col.target, start // col.plan.block)
             parts.append((col, start, rows.copy() if copy else rows, ticket))
@@ -199,6 +202,7 @@ class BlockIO:
         """Write each column's partly filled last block (padded with the fill value)."""
         for col, start, rows, _ in parts:
             await self._grow(col, start + len(rows))
+        parts = [part for part in parts if not part[0].empty]  # shown by their shape only
         if self.writer is None:
             await self.inflight.drain()  # a full block of the same chunk may be in flight
             await _gather(

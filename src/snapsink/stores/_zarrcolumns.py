@@ -10,6 +10,7 @@ decides *when* to write and the block writer *how*.
 
 from __future__ import annotations
 
+import math
 from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
@@ -40,9 +41,12 @@ class Column:
     from the frames into their chunk files; ``buf`` then stays empty. ``grid``:
     the block's chunk coordinates along the other axes (a rank's chunk of a
     field decomposed over ranks); rows are then that chunk's part of each frame.
+    ``empty``: a row holds no element (a dimension of length 0): the array only
+    grows, no chunk is ever written (zarr writes and reads none either: its
+    chunk grid has a length of 1 there, and a block of 0 elements cannot fill it).
     """
 
-    __slots__ = ("array", "buf", "capacity", "direct", "encodes", "plan", "target")
+    __slots__ = ("array", "buf", "capacity", "direct", "empty", "encodes", "plan", "target")
 
     def __init__(
         self,
@@ -61,6 +65,7 @@ class Column:
         self.capacity = int(array.shape[0])
         self.target: BlockTarget | None = None
         self.direct: DirectRows | None = None
+        self.empty = not math.prod(plan.row_shape)
         #: the codecs do real work (compression, sharding), not only a byte view
         pipeline = array.codec_pipeline
         self.encodes = bool(
@@ -81,7 +86,7 @@ class Column:
                 raw,
                 grid,
             )
-            if in_place and raw:
+            if in_place and raw and not self.empty:
                 self.direct = DirectRows(plan.chunk, length)
 
     @property

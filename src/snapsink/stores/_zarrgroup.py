@@ -10,6 +10,7 @@ the I/O-free layout they follow is :mod:`._zarrplan`'s.
 from __future__ import annotations
 
 import asyncio
+import json
 from collections.abc import Mapping
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -18,6 +19,7 @@ import numpy as np
 import zarr
 import zarr.api.asynchronous as za
 from zarr.abc.store import Store as ZarrStoreLike
+from zarr.core.buffer import default_buffer_prototype
 from zarr.core.dtype import get_data_type_from_native_dtype
 from zarr.errors import (
     ContainsArrayError,
@@ -26,7 +28,7 @@ from zarr.errors import (
     NodeTypeValidationError,
 )
 
-from .._errors import DTypeError, FormatError, StoreExistsError
+from .._errors import ConfigError, DTypeError, FormatError, StoreExistsError
 from .._schema import Schema
 from ._common import check_stored_static
 from ._rows import check_row_array
@@ -41,6 +43,7 @@ if TYPE_CHECKING:
 __all__ = [
     "ARRAY_CONFIG",
     "check_adoptable",
+    "check_parents",
     "check_zarr_dtype",
     "check_zarr_dtypes",
     "create_columns",
@@ -96,11 +99,40 @@ async def node_exists(store: ZarrStoreLike, path: str) -> bool:
     return False
 
 
+async def check_parents(store: ZarrStoreLike, path: str, who: str) -> None:
+    """Refuse a group below an array (``group="x/sub"`` where ``x`` is an array):
+    zarr nests nodes only in groups. Checked before anything is created.
+
+    Raises
+    ------
+    ConfigError
+        Naming the group and the array in the way.
+    """
+    parts = path.split("/") if path else []
+    for k in range(len(parts)):
+        parent = "/".join(parts[:k])
+        raw = await store.get(_key(parent, "zarr.json"), prototype=default_buffer_prototype())
+        if raw is None:
+            continue
+        try:
+            meta = json.loads(raw.to_bytes())
+        except (ValueError, RecursionError):
+            continue  # not for this check to judge: zarr's open says what is wrong
+        if isinstance(meta, dict) and meta.get("node_type") == "array":
+            raise ConfigError(
+                f"group: {who}: expected a group path whose parents are groups or absent; "
+                f"got {path!r}, but {parent or '/'!r} is a zarr array (only groups hold "
+                "nodes): choose a group outside it"
+            )
+
+
 async def delete_group(store: ZarrStoreLike, root: Path | None, path: str) -> None:
     """Delete the group at ``path`` (``mode="w"``)."""
     if root is not None:
-        # Only zarr's own entries (claim_local_dir refused anything else), in a
-        # thread: LocalStore.delete_dir would run rmtree on the event loop.
+        # The claim (_zarrclaim.claim_group_dir) already emptied a local group
+        # for mode="w", after checking the whole tree and the nested groups'
+        # locks; this is what is left: zarr's own entries, in a thread
+        # (LocalStore.delete_dir would run rmtree on the event loop).
         target = root / path if path else root
         await asyncio.to_thread(remove_tree_contents, target)
     else:

@@ -24,6 +24,8 @@ in the writer thread (blocking calls in worker threads of the writer's loop).
 from __future__ import annotations
 
 import contextlib
+import hashlib
+import json
 import math
 import os
 import time
@@ -34,7 +36,17 @@ from typing import Any
 import anyio.to_thread
 import numpy as np
 
-from .._comm import Communicator, agree, as_communicator, together
+from .._comm import (
+    COMMIT,
+    PREPARE,
+    PUBLISH,
+    SHOW,
+    Communicator,
+    Misaligned,
+    agree,
+    as_communicator,
+    together,
+)
 from .._errors import ConfigError, FormatError, SchemaError, StoreStateError
 from .._schema import Batch, Frame, Schema
 from .._store import Resume
@@ -64,6 +76,13 @@ from ._zarrplan import (
 from .zarr import ZarrStore
 
 __all__ = ["ParallelZarrStore"]
+
+
+def _schema_key(schema: Schema) -> int:
+    """A 56-bit digest of ``schema``: equal on every rank (min == max over ranks)
+    only when the ranks' schemas are (hash() of a str differs between processes)."""
+    text = json.dumps(schema.to_json()).encode()
+    return int.from_bytes(hashlib.blake2b(text, digest_size=7).digest(), "little")
 
 
 @dataclass(slots=True)
@@ -159,10 +178,14 @@ class ParallelZarrStore(ZarrStore):
         return await together(self._comm, step, *args)
 
     async def _agree(
-        self, step: Callable[..., Awaitable[tuple[int, int | None] | None]], *args: Any
+        self,
+        phase: str,
+        step: Callable[..., Awaitable[tuple[int, int | None] | None]],
+        *args: Any,
     ) -> tuple[tuple[int, int], tuple[int, int]]:
-        """A commit's exchange; see :func:`snapsink._comm.agree`."""
-        return await agree(self._comm, step, *args)
+        """An exchange after the open (prepare's, a commit's); see
+        :func:`snapsink._comm.agree`."""
+        return await agree(self._comm, step, *args, phase=phase)
 
     # -- Store protocol -----------------------------------------------------------
     async def open(self) -> Resume | None:
@@ -259,7 +282,32 @@ class ParallelZarrStore(ZarrStore):
         """Collective: check every rank's frames against its region and the stored
         schema; rank 0 creates the arrays; every rank opens its columns; commit."""
         self._check_usable()
-        glob = (await self._together(self._check_frames, schema, times))[self._rank]
+        checked: list[Schema] = []
+
+        async def check() -> tuple[int, int]:
+            checked.append(await self._check_frames(schema, times))
+            return int(times), _schema_key(checked[0])
+
+        # An allreduce, as every exchange after the open: a rank whose first
+        # write was refused meets the others here from its close (a commit),
+        # and every rank fails alike instead of waiting in another collective.
+        try:
+            lo, hi = await self._agree(PREPARE, check)
+        except Misaligned:
+            self._state = "broken"
+            raise
+        glob = checked[0]
+        if lo[0] != hi[0]:
+            raise SchemaError(
+                f"{self!r}: the ranks' first frames disagree on times (some carry a "
+                "time, some do not); every rank must write the same steps and times"
+            )
+        if lo[1] != hi[1]:
+            shown = await anyio.to_thread.run_sync(self._comm.allgather, repr(glob))
+            raise SchemaError(
+                f"{self!r}: the ranks' first frames make different schemas: "
+                + "; ".join(f"rank {r}: {g}" for r, g in enumerate(shown))
+            )
         if self._loaded and self._meta.times == times:
             return
         await self._together(self._create, glob, times)
@@ -481,7 +529,7 @@ class ParallelZarrStore(ZarrStore):
         if self._state == "closed":
             self._check_usable()
         try:
-            lo, hi = await self._agree(self._drain)
+            lo, hi = await self._agree(COMMIT, self._drain)
             if lo != hi:
                 reports = await anyio.to_thread.run_sync(
                     self._comm.allgather, (self._frames, self._last_step)
@@ -492,8 +540,8 @@ class ParallelZarrStore(ZarrStore):
                     "and call flush() and close() together"
                 )
             count = lo[0]
-            await self._agree(self._show, count)
-            await self._agree(self._publish, count)
+            await self._agree(SHOW, self._show, count)
+            await self._agree(PUBLISH, self._publish, count)
         except BaseException:
             self._state = "broken"
             raise
@@ -535,7 +583,7 @@ class ParallelZarrStore(ZarrStore):
             if self._state == "open":
                 await self.commit()
                 self._meta.closed = True
-                await self._agree(self._publish, self._meta.count)
+                await self._agree(PUBLISH, self._publish, self._meta.count)
                 clean = True
             elif self._state == "failed":
                 with contextlib.suppress(Exception):

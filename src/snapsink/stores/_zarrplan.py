@@ -29,6 +29,7 @@ __all__ = [
     "DirectRows",
     "Meta",
     "RowBuffer",
+    "check_compressors",
     "check_group",
     "check_rows",
     "default_chunk_rows",
@@ -87,6 +88,52 @@ def check_group(group: object) -> str:
     if parts[-1] == STATIC_GROUP:
         raise ConfigError(f"group {group!r}: 'static' is reserved for a store's static arrays")
     return group
+
+
+def check_compressors(value: Any) -> Any:
+    """``value`` if zarr takes it as ``compressors`` of a v3 array: None, ``"auto"``,
+    a bytes-to-bytes codec (``zarr.codecs.ZstdCodec()``, ``BloscCodec()``,
+    ``GzipCodec()``, ``Crc32cCodec()``, ...) or its dict form (``{"name": "zstd",
+    "configuration": {...}}``), or a list or tuple of them.
+
+    Raises
+    ------
+    ConfigError
+        Anything else (checked when the store is made, not when the first
+        array is created in the writer).
+    """
+    import zarr.registry
+    from zarr.abc.codec import BytesBytesCodec
+
+    # zarr's own parser of a codec's dict form (private: it may move, and zarr
+    # then checks the dict itself when the array is made)
+    parse: Callable[[Any], Any] = getattr(
+        zarr.registry, "_parse_bytes_bytes_codec", lambda item: item
+    )
+
+    if value is None or (isinstance(value, str) and value == "auto"):
+        return value
+    items = value if isinstance(value, list | tuple) else [value]
+    for item in items:
+        why = ""
+        if isinstance(item, dict):
+            try:
+                parse(item)
+            except Exception as exc:  # zarr raises KeyError, TypeError, ValueError...
+                why = f" ({type(exc).__name__}: {exc})"
+            else:
+                continue
+        elif isinstance(item, BytesBytesCodec):
+            continue
+        hint = ""
+        if isinstance(item, str):
+            hint = "; for a codec by name, pass its object (e.g. zarr.codecs.ZstdCodec())"
+        raise ConfigError(
+            "compressors: expected None, 'auto', a bytes-to-bytes zarr codec (such as "
+            "zarr.codecs.ZstdCodec() or BloscCodec()), its dict form, or a list of them; "
+            f"got {item!r}{' in ' + repr(value) if item is not value else ''}{why}{hint}"
+        )
+    return value
 
 
 def check_rows(value: object, what: str) -> int | None:

@@ -52,6 +52,7 @@ from ._zarrclaim import check_not_removed, claim_group_dir, local_store
 from ._zarrcolumns import Column, blocks_of
 from ._zarrgroup import (
     check_adoptable,
+    check_parents,
     check_zarr_dtype,
     check_zarr_dtypes,
     create_columns,
@@ -65,7 +66,15 @@ from ._zarrgroup import (
 )
 from ._zarrio import DurableLocalStore, zstd_encoder
 from ._zarrobject import close_session, is_plain, is_url, url_store
-from ._zarrplan import ATTRS_KEY, META_KEY, Meta, check_group, check_rows, parse_meta
+from ._zarrplan import (
+    ATTRS_KEY,
+    META_KEY,
+    Meta,
+    check_compressors,
+    check_group,
+    check_rows,
+    parse_meta,
+)
 from ._zarrread import ZarrSource, as_zarr_store, is_zarr_store, list_groups, open_zarr
 
 __all__ = ["ZarrSource", "ZarrStore", "is_zarr_store", "list_groups", "open_zarr"]
@@ -232,6 +241,11 @@ class ZarrStore:
         self._mode = check_mode(mode)
         #: the URL and its storage options, for a store made from a URL
         target, self._url, self._storage_options = _from_url(store, storage_options)
+        if isinstance(target, ZarrStoreLike) and target.read_only:
+            raise ConfigError(
+                f"store: expected a writable zarr store, got {target!r}, which is read-only "
+                "(made with read_only=True); give a store made with read_only=False, or a path"
+            )
         self._store, self._root = local_store(as_zarr_store(target, read_only=False))
         self._path = check_group(group) if group != "" else ""
         self._attrs = check_attrs(attrs)
@@ -245,7 +259,7 @@ class ZarrStore:
                 f"shard_frames: expected a multiple of chunk_frames={self._chunk_frames}, "
                 f"got {self._shard_frames}"
             )
-        self._compressors = compressors
+        self._compressors = check_compressors(compressors)
         zstd_encoder()  # a bad SNAPSINK_ZSTD_ENCODER fails here, not in the writer
         self._commit_every = check_rows(commit_every, "commit_every") or 1024
         self._commit_seconds = check_commit_seconds(commit_seconds)
@@ -401,6 +415,11 @@ class ZarrStore:
         """
         if self._state != "new":
             raise StoreStateError(f"{self!r}: open() called twice")
+        try:
+            await check_parents(self._store, self._path, repr(self))
+        except BaseException:
+            await self._close_session()
+            raise
         if self._root is not None:
             self._lock = await asyncio.to_thread(
                 claim_group_dir, self._root, self._path, self._mode, repr(self)
