@@ -312,6 +312,12 @@ def finish(
     print_table(result)
     if path is not None:
         out = Path(path)
-        out.parent.mkdir(parents=True, exist_ok=True)
+        try:
+            out.parent.mkdir(parents=True, exist_ok=True)
+        except FileExistsError:
+            raise NotADirectoryError(
+                f"--json {str(out)!r}: {str(out.parent)!r} is not a directory; "
+                "the table above was not saved"
+            ) from None
         out.write_text(json.dumps(result, indent=2))
     return result

@@ -58,6 +58,14 @@ def main(argv: list[str] | None = None) -> int:
         help="the sink's writer, for the benchmarks that take it (default: theirs, auto)",
     )
     args = parser.parse_args(argv)
+    if args.json_dir is not None:
+        # checked before the suite runs, not when the first result is written
+        try:
+            args.json_dir.mkdir(parents=True, exist_ok=True)
+        except FileExistsError:
+            parser.error(f"--json-dir {str(args.json_dir)!r} exists and is not a directory")
+        except OSError as exc:
+            parser.error(f"--json-dir {str(args.json_dir)!r}: {exc.strerror}")
     names = list(ORDER)
     if args.only:
         names = [n.strip() for n in args.only.split(",") if n.strip()]

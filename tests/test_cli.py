@@ -172,7 +172,9 @@ def test_info_zarr_groups(zarr_store: Path, capsys: pytest.CaptureFixture[str]) 
     assert "[group b]" in out and "[group a]" not in out
     assert re.search(r"frames\s+: 7\b", out)
     assert main(["info", str(zarr_store), "--group", "nope"]) == 2
-    line = one_error_line(capsys.readouterr().err)
+    got = capsys.readouterr()
+    assert got.out == ""  # validated before the first line is printed
+    line = one_error_line(got.err)
     assert "'a'" in line and "'b'" in line
 
 
@@ -339,17 +341,26 @@ DEMO = ["demo", "--frames", "6", "--every", "2", "--grid", "16", "--device", "cp
 def demo_report(out: str) -> dict[str, Any]:
     """The numbers and paths ``snapsink demo`` printed."""
     times = re.search(
-        r"no I/O ([\d.]+) s \| synchronous writer ([\d.]+) s \([\d.]+x\) \| "
-        r"snapsink ([\d.]+) s \([\d.]+x\): (.+)",
+        r"^  loop\s+: no I/O ([\d.]+) s \| synchronous writer ([\d.]+) s \([\d.]+x\) \| "
+        r"snapsink ([\d.]+) s \([\d.]+x\): in the loop, (.+)$",
         out,
+        re.MULTILINE,
+    )
+    whole = re.search(
+        r"^  end to end : no I/O ([\d.]+) s \| synchronous writer ([\d.]+) s \| "
+        r"snapsink ([\d.]+) s: snapsink took (.+)$",
+        out,
+        re.MULTILINE,
     )
     stored = re.search(r"stored\s+: (\d+) frames .* dropped (\d+), spilled (\d+)", out)
-    assert times is not None and stored is not None, out
+    assert times is not None and whole is not None and stored is not None, out
     data = re.search(r"^  data\s+: (.+)$", out, re.MULTILINE)
     hint = re.search(r"^  read back\s+: (.+)$", out, re.MULTILINE)
     return {
         "times": [float(times.group(k)) for k in (1, 2, 3)],
+        "totals": [float(whole.group(k)) for k in (1, 2, 3)],
         "claim": times.group(4),
+        "end_to_end": whole.group(4),
         "frames": int(stored.group(1)),
         "lost": int(stored.group(2)) + int(stored.group(3)),
         "data": data.group(1) if data else None,
@@ -377,25 +388,64 @@ def assert_demo_store(path: Path, frames: int = 6, every: int = 2, grid: int = 1
 def test_demo_out_writes_what_it_reports(
     tmp_path: Path, capsys: pytest.CaptureFixture[str]
 ) -> None:
-    from snapsink._cli.demo import _read_back
-
     out_dir = tmp_path / "sub" / "demo-npy"
     assert main([*DEMO, "--out", str(out_dir), "--repeat", "2"]) == 0
     text = capsys.readouterr().out
     rep = demo_report(text)
     assert rep["frames"] == 6 and rep["lost"] == 0 and rep["checked"]
     assert min(rep["times"]) >= 0 and rep["times"][2] > 0  # snapsink's includes its close
+    # end to end adds each variant's setup: the writer process's start for snapsink
+    assert all(t >= s for t, s in zip(rep["totals"], rep["times"], strict=True))
+    assert rep["totals"][2] > rep["times"][2] and "writer process" in rep["end_to_end"]
     assert len(re.findall(r"\(runs: [\d.]+ [\d.]+\)", text)) == 3
     assert rep["data"] == str(out_dir)
     assert_demo_store(out_dir)
     assert [p.name for p in out_dir.parent.iterdir()] == ["demo-npy"]  # no scratch left
-    # the demo's own check can fail
-    assert _read_back(out_dir, 7, 2, state=0) is not None
-    assert "differs" in str(_read_back(out_dir, 6, 2, state=0))
+    check_catches_corruption(out_dir, tmp_path / "copy")
     # never overwrites
     assert main([*DEMO, "--out", str(out_dir)]) == 2
     assert "exists" in one_error_line(capsys.readouterr().err)
     assert_demo_store(out_dir)
+
+
+def check_catches_corruption(store: Path, scratch: Path) -> None:
+    """The demo's read-back check passes on ``store`` (a demo's, DEMO's sizes) and
+    names the first frame and field that differ in a corrupted copy of it."""
+    import shutil
+
+    from snapsink._cli._demorun import reference
+    from snapsink._cli.demo import _read_back
+
+    ref = reference(6, 2, 16)
+    assert _read_back(store, ref) is None
+
+    def corrupt(name: str, change: Any) -> str | None:
+        shutil.rmtree(scratch, ignore_errors=True)
+        shutil.copytree(store, scratch)
+        a = np.load(scratch / f"{name}.npy", mmap_mode="r+")
+        change(a)
+        a.flush()
+        del a
+        return _read_back(scratch, ref)
+
+    def flip(k: int, idx: tuple[int, ...] = ()) -> Any:  # one bit of frame k
+        def change(a: np.ndarray[Any, Any]) -> None:
+            a.view(f"u{a.dtype.itemsize}")[(k, *idx)] ^= 1
+
+        return change
+
+    assert corrupt("field", flip(3, (5, 7))) == (
+        "frame 3 (step 8): field 'field' differs from the run without I/O"
+    )
+    assert "frame 1 (step 4): field 'positions'" in str(corrupt("positions", flip(1, (0, 0))))
+    assert "frame 0 (step 2): field 'energy'" in str(corrupt("energy", flip(0)))
+    # frames 2 and 4 both corrupt: the first is named
+    both = corrupt("field", lambda a: a.__setitem__(slice(2, 5, 2), 0))
+    assert str(both).startswith("frame 2 (step 6)")
+    assert "does not follow step" in str(corrupt("steps", lambda a: a.__setitem__(3, 2)))
+    steps = corrupt("steps", lambda a: a.__setitem__(5, 13))
+    assert steps == "frame 5: step 13, the run without I/O wrote step 12"
+    assert "frame 2 (step 6): time" in str(corrupt("times", flip(2)))
 
 
 def test_demo_default_leaves_nothing_keep_keeps(
@@ -449,6 +499,110 @@ def test_demo_unknown_choice_exit_2(bad: list[str]) -> None:
     assert exc.value.code == 2
 
 
+def test_demo_refuses_up_front(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """No room for the runs, or --out under a file: one line, exit 2, nothing made."""
+    import snapsink._cli.demo as demo
+
+    afile = tmp_path / "afile"
+    afile.write_text("")
+    for sub in ("run", "x/y/run"):
+        assert main([*DEMO, "--out", str(afile / sub)]) == 2
+        line = one_error_line(capsys.readouterr().err)
+        assert f"{str(afile)!r} is not a directory" in line
+    monkeypatch.setattr(demo, "_free_bytes", lambda path: 1 << 20)
+    monkeypatch.setattr("tempfile.tempdir", str(tmp_path))
+    for extra in ([], ["--out", str(tmp_path / "new" / "run")]):
+        assert main([*DEMO, *extra]) == 2
+        line = one_error_line(capsys.readouterr().err)
+        assert "not enough free space" in line and "1 MB is free" in line
+    assert [p.name for p in tmp_path.iterdir()] == ["afile"]
+
+
+def test_demo_names_a_runs_death_by_signal(tmp_path: Path) -> None:
+    from snapsink._cli.demo import _died
+
+    bus = _died("sync", -7, tmp_path)
+    assert "synchronous writer run died of SIGBUS" in bus
+    assert "disk is probably full" in bus and str(tmp_path) in bus
+    assert "/dev/shm" in _died("snapsink", -7, tmp_path)
+    assert _died("none", -11, tmp_path) == "the no I/O run died of SIGSEGV"
+    assert "SIGKILL" in _died("snapsink", -9, tmp_path)
+
+
+def test_demo_unfinished_run_leaves_nothing_it_made(tmp_path: Path) -> None:
+    """What an interrupted or failed demo removes, and what it says about it."""
+    from snapsink._cli.demo import _Places, _tidy
+
+    def args(out: Path | None, keep: bool = False) -> argparse.Namespace:
+        return argparse.Namespace(out=str(out) if out else None, keep=keep)
+
+    def place(out: Path, started: bool) -> _Places:
+        scratch = out.parent / ".scratch"
+        scratch.mkdir(parents=True)
+        (scratch / "sync-0").mkdir()
+        out.mkdir(parents=True)
+        (out / "metadata.json").write_text("{}")
+        return _Places(out, scratch, [out.parent], started=started)
+
+    # --out: the partial store this run started goes, with the parent it made
+    out = tmp_path / "made" / "run"
+    note = _tidy(args(out), place(out, started=True), keep_out=False)
+    assert note == f"removed the partial store it had started at {out} (the run did not finish)"
+    assert list(tmp_path.iterdir()) == []
+    # ... but a store the run had not started is not its to remove
+    note = _tidy(args(out), place(out, started=False), keep_out=False)
+    assert note is None and [p.name for p in out.parent.iterdir()] == ["run"]
+    # a finished run's store stays, and the user is told where
+    assert _tidy(args(out), place(tmp_path / "b" / "run", True), keep_out=True) == (
+        f"the store (complete) is at {tmp_path / 'b' / 'run'}"
+    )
+    assert [p.name for p in (tmp_path / "b").iterdir()] == ["run"]
+    # the temporary directory: removed whole when the run did not finish, --keep or not
+    scratch = tmp_path / "t"
+    for keep in (False, True):
+        (scratch / "run").mkdir(parents=True)
+        note = _tidy(args(None, keep), _Places(scratch / "run", scratch), keep_out=False)
+        assert not scratch.exists()
+        assert (note is not None and "nothing kept" in note) == keep
+
+
+def test_demo_sigterm_cleans_up(tmp_path: Path) -> None:
+    """SIGTERM to the process group (what `timeout` and batch schedulers send)
+    while the snapsink run writes: exit 143, one line, the partial store and
+    the scratch removed, no traceback."""
+    import signal
+    import time
+
+    out = tmp_path / "o" / "run"
+    env = dict(os.environ)
+    src = str(Path(snapsink.__file__).resolve().parents[1])
+    env["PYTHONPATH"] = os.pathsep.join(p for p in (src, env.get("PYTHONPATH")) if p)
+    argv = [*DEMO[:-4], "--frames", "1500", "--every", "1", "--grid", "8", "--out", str(out)]
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "snapsink", *argv],
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.PIPE,
+        text=True,
+        env=env,
+        start_new_session=True,
+    )
+    try:
+        while not out.exists() and proc.poll() is None:  # the snapsink run began
+            time.sleep(0.01)
+        os.killpg(proc.pid, signal.SIGTERM)
+        _, err = proc.communicate(timeout=60)
+    finally:
+        if proc.poll() is None:
+            os.killpg(proc.pid, signal.SIGKILL)
+    assert proc.returncode == 143, err
+    line = one_error_line(err)
+    assert line.startswith("snapsink demo: terminated (SIGTERM)")
+    assert f"removed the partial store it had started at {out}" in line
+    assert not (tmp_path / "o").exists()
+
+
 @pytest.mark.parametrize(
     ("times", "claim", "verdict"),
     [
@@ -468,13 +622,29 @@ def test_demo_judge(times: tuple[float, float, float], claim: str, verdict: str)
     assert got_verdict.endswith(".")
 
 
+def test_demo_end_to_end_sentence() -> None:
+    from snapsink._cli.demo import end_to_end
+
+    assert end_to_end(2.0, 2.5, 0.4) == (
+        "snapsink took 0.50 s more than the synchronous writer, the start of its "
+        "writer process (0.40 s, once per run) included"
+    )
+    assert "took 0.50 s less than" in end_to_end(2.5, 2.0, 0.4)
+    assert "took about as long as" in end_to_end(2.0, 2.01, 0.4)
+
+
 # -- bench -------------------------------------------------------------------------------
 FAKE_SUITE = """
-import json, sys
+import json, os, sys
 from pathlib import Path
 ORDER = ("small_frames", "overlap")
 def main(argv):
     print("suite argv", argv)
+    how = os.environ.get("FAKE_SUITE", "")
+    if how == "interrupt":
+        raise KeyboardInterrupt
+    if how == "fail":
+        return 1
     out = Path(argv[argv.index("--json-dir") + 1])
     out.mkdir(parents=True, exist_ok=True)
     (out / "overlap-cpu.json").write_text(json.dumps({"quick": "--quick" in argv}))
@@ -545,6 +715,38 @@ def test_bench_errors_name_the_subcommand(
         main(["bench", "--save", "--json-dir", "x"])
     assert exc.value.code == 2
     assert "snapsink bench: error: argument --json-dir" in capsys.readouterr().err
+
+
+def test_bench_json_dir_is_checked_before_the_suite_runs(
+    fake_suite: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    afile = tmp_path / "afile"
+    afile.write_text("x")
+    for bad, says in ((afile, "exists and is not a directory"), (afile / "sub", "is a file")):
+        assert main(["bench", "--json-dir", str(bad)]) == 2
+        got = capsys.readouterr()
+        assert "suite argv" not in got.out and "results written to" not in got.out
+        assert says in one_error_line(got.err)
+    assert afile.read_text() == "x"
+
+
+@pytest.mark.parametrize("how", ["interrupt", "fail"])
+def test_bench_leaves_no_empty_temporary_directory(
+    how: str,
+    fake_suite: Path,
+    tmp_path: Path,
+    monkeypatch: pytest.MonkeyPatch,
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    """Ctrl-C, or a suite that wrote nothing: no snapsink-bench-* left behind, and
+    never a claim that results were written."""
+    monkeypatch.setenv("FAKE_SUITE", how)
+    assert main(["bench", "--quick"]) == (130 if how == "interrupt" else 1)
+    got = capsys.readouterr()
+    assert "results written to" not in got.out
+    assert list((tmp_path / "tmp").iterdir()) == []
+    if how == "fail":
+        assert "no results written" in got.out
 
 
 def test_tox_bench_runs_what_the_docs_say() -> None:

@@ -1,9 +1,9 @@
 """ASE molecular dynamics (EMT copper) recorded with ``dyn.attach``.
 
-Run: ``python docs/examples/ase_md.py [OUT_DIR]`` (needs ``pip install ase``).
-Thermodynamics go to the ``thermo`` group every step, positions, forces and
-the cell to ``frames`` every 10 steps, both in one Zarr store; atomic numbers
-and masses are static.
+Run: ``python docs/examples/ase_md.py [OUT_DIR]`` (default: a temporary
+directory, removed at the end; needs ``pip install ase``). Thermodynamics go to
+the ``thermo`` group every step, positions, forces and the cell to ``frames``
+every 10 steps, both in one Zarr store; atomic numbers and masses are static.
 """
 
 from __future__ import annotations
@@ -82,4 +82,8 @@ def main(out: Path, n_steps: int = 50) -> dict[str, Any]:
 
 
 if __name__ == "__main__":
-    main(Path(sys.argv[1]) if len(sys.argv) > 1 else Path(tempfile.mkdtemp(prefix="snapsink-")))
+    if len(sys.argv) > 1:
+        main(Path(sys.argv[1]))
+    else:  # a temporary directory, removed at the end: pass OUT_DIR to keep the data
+        with tempfile.TemporaryDirectory(prefix="snapsink-") as tmp:
+            main(Path(tmp))

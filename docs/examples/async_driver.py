@@ -1,8 +1,9 @@
 """An async simulation driver: a Sink for one stream, a Recorder for several.
 
-Run: ``python docs/examples/async_driver.py [OUT_DIR]``. ``await sink.write``
-returns as soon as the frame is captured, so the loop overlaps its next step
-with the store's I/O; ``sink.statistics()`` reports what happened.
+Run: ``python docs/examples/async_driver.py [OUT_DIR]`` (default: a temporary
+directory, removed at the end). ``await sink.write`` returns as soon as the
+frame is captured, so the loop overlaps its next step with the store's I/O;
+``sink.statistics()`` reports what happened.
 """
 
 from __future__ import annotations
@@ -69,5 +70,8 @@ async def main(out: Path) -> dict[str, Any]:
 
 
 if __name__ == "__main__":
-    path = Path(sys.argv[1]) if len(sys.argv) > 1 else Path(tempfile.mkdtemp(prefix="snapsink-"))
-    anyio.run(main, path)
+    if len(sys.argv) > 1:
+        anyio.run(main, Path(sys.argv[1]))
+    else:  # a temporary directory, removed at the end: pass OUT_DIR to keep the data
+        with tempfile.TemporaryDirectory(prefix="snapsink-") as tmp:
+            anyio.run(main, Path(tmp))

@@ -1,9 +1,10 @@
 """A py-pde diffusion run recorded through snapsink's py-pde tracker.
 
-Run: ``python docs/examples/pde_diffusion.py [OUT_DIR]`` (needs
-``pip install py-pde``). The field goes to a NpyDirectory at every tracker
-interrupt, at py-pde's time and the solver's step count; the grid is stored
-with it (its description as attrs, the cell coordinates as static arrays).
+Run: ``python docs/examples/pde_diffusion.py [OUT_DIR]`` (default: a temporary
+directory, removed at the end; needs ``pip install py-pde``). The field goes to
+a NpyDirectory at every tracker interrupt, at py-pde's time and the solver's
+step count; the grid is stored with it (its description as attrs, the cell
+coordinates as static arrays).
 """
 
 from __future__ import annotations
@@ -46,4 +47,8 @@ def main(out: Path) -> dict[str, Any]:
 
 
 if __name__ == "__main__":
-    main(Path(sys.argv[1]) if len(sys.argv) > 1 else Path(tempfile.mkdtemp(prefix="snapsink-")))
+    if len(sys.argv) > 1:
+        main(Path(sys.argv[1]))
+    else:  # a temporary directory, removed at the end: pass OUT_DIR to keep the data
+        with tempfile.TemporaryDirectory(prefix="snapsink-") as tmp:
+            main(Path(tmp))

@@ -1,8 +1,9 @@
 """An ordinary ``for`` loop recorded with the sync facade.
 
-Run: ``python docs/examples/sync_loop.py [OUT_DIR]``. A toy particle system
-relaxes; ``thermo`` gets every step, ``frames`` every 25th, ``relaxed`` the
-first step whose largest force is small. Everything is read back at the end.
+Run: ``python docs/examples/sync_loop.py [OUT_DIR]`` (default: a temporary
+directory, removed at the end). A toy particle system relaxes; ``thermo`` gets
+every step, ``frames`` every 25th, ``relaxed`` the first step whose largest
+force is small. Everything is read back at the end.
 """
 
 from __future__ import annotations
@@ -60,4 +61,8 @@ def main(out: Path) -> dict[str, Any]:
 
 
 if __name__ == "__main__":
-    main(Path(sys.argv[1]) if len(sys.argv) > 1 else Path(tempfile.mkdtemp(prefix="snapsink-")))
+    if len(sys.argv) > 1:
+        main(Path(sys.argv[1]))
+    else:  # a temporary directory, removed at the end: pass OUT_DIR to keep the data
+        with tempfile.TemporaryDirectory(prefix="snapsink-") as tmp:
+            main(Path(tmp))

@@ -1,9 +1,10 @@
 """A PyTorch MD loop as an async driver (CPU tensors; CUDA tensors work the same).
 
-Run: ``python docs/examples/torch_loop.py [OUT_DIR]`` (needs ``pip install torch``).
-Tensors are updated in place right after ``record`` returns: the stored frames
-hold the values at the call. With CUDA tensors (and ``snapsink[gpu]``) the sink
-copies them on its own CUDA stream, ordered after the producing kernels.
+Run: ``python docs/examples/torch_loop.py [OUT_DIR]`` (default: a temporary
+directory, removed at the end; needs ``pip install torch``). Tensors are
+updated in place right after ``record`` returns: the stored frames hold the
+values at the call. With CUDA tensors (and ``snapsink[gpu]``) the sink copies
+them on its own CUDA stream, ordered after the producing kernels.
 """
 
 from __future__ import annotations
@@ -67,5 +68,8 @@ async def main(out: Path, device: str = "cpu") -> dict[str, Any]:
 
 
 if __name__ == "__main__":
-    path = Path(sys.argv[1]) if len(sys.argv) > 1 else Path(tempfile.mkdtemp(prefix="snapsink-"))
-    anyio.run(main, path, "cuda" if torch.cuda.is_available() else "cpu")
+    if len(sys.argv) > 1:
+        anyio.run(main, Path(sys.argv[1]), "cuda" if torch.cuda.is_available() else "cpu")
+    else:  # a temporary directory, removed at the end: pass OUT_DIR to keep the data
+        with tempfile.TemporaryDirectory(prefix="snapsink-") as tmp:
+            anyio.run(main, Path(tmp), "cuda" if torch.cuda.is_available() else "cpu")

@@ -14,8 +14,10 @@ JSON goes to a fresh temporary directory, or to ``--json-dir DIR``, and
 from __future__ import annotations
 
 import argparse
+import contextlib
 import importlib.util
 import os
+import shutil
 import sys
 import tempfile
 from pathlib import Path
@@ -29,8 +31,8 @@ __all__ = ["add_parser", "find_benchmarks", "run"]
 def add_parser(sub: Any) -> None:
     p = sub.add_parser(
         "bench",
-        help="run the benchmarks (overlap, capture, baselines, throughput, small frames) "
-        "and print ratios",
+        help="run the benchmarks (small frames, throughput, overlap, capture, baselines, "
+        "ASE MD) and print ratios",
         description="Run the benchmark suite of a source checkout (benchmarks/run.py) and "
         "print each benchmark's ratio table. Each result is written as JSON into a fresh "
         "temporary directory (or --json-dir); --save records it in benchmarks/results/, "
@@ -40,7 +42,8 @@ def add_parser(sub: Any) -> None:
     p.add_argument(
         "--only",
         help="comma-separated benchmarks to run "
-        "(small_frames, throughput, overlap, capture, baselines)",
+        "(small_frames, throughput, overlap, capture, baselines, ase_md; "
+        "ase_md is skipped without ASE)",
     )
     p.add_argument(
         "--writer",
@@ -99,21 +102,70 @@ def run(args: argparse.Namespace) -> int:
                 f"known: {', '.join(known)}"
             )
         argv += ["--only", ",".join(names)]
+    made = False
     if args.save:
         json_dir = where / "results"
     elif args.json_dir:
         json_dir = Path(args.json_dir)
+        _check_json_dir(json_dir)
     else:
         json_dir = Path(tempfile.mkdtemp(prefix="snapsink-bench-"))
+        made = True
     argv += ["--json-dir", str(json_dir)]
     if getattr(args, "writer", None):
         argv += ["--writer", args.writer]
+    before = _results(json_dir)
+
+    def written() -> list[str]:
+        return sorted(name for name, st in _results(json_dir).items() if before.get(name) != st)
+
     try:
         failed: int = module.main(argv)
-    except SystemExit as exc:  # the suite's own argument parser refused something
-        if exc.code in (0, None):
-            return 0
-        raise ConfigError(f"benchmarks/run.py exited with {exc.code!r}") from exc
-    saved = "recorded in" if args.save else "written to"
-    print(f"results {saved} {json_dir}" + ("" if args.save else " (--save records them)"))
+    except BaseException as exc:
+        # an interrupt: say where finished results went; leave no empty directory
+        done = written()
+        if made and not done:
+            shutil.rmtree(json_dir, ignore_errors=True)
+        elif done:
+            print(f"results of the finished benchmarks written to {json_dir}", file=sys.stderr)
+        if isinstance(exc, SystemExit):  # the suite's own argument parser refused something
+            if exc.code in (0, None):
+                return 0
+            raise ConfigError(f"benchmarks/run.py exited with {exc.code!r}") from exc
+        raise
+    done = written()
+    if not done:
+        if made:
+            shutil.rmtree(json_dir, ignore_errors=True)
+        print("no results written" + ("" if made else f" to {json_dir}"))
+    else:
+        saved = "recorded in" if args.save else "written to"
+        print(f"results {saved} {json_dir}" + ("" if args.save else " (--save records them)"))
     return 1 if failed else 0
+
+
+def _check_json_dir(path: Path) -> None:
+    """``--json-dir``: a directory, or one that can be made; checked before the
+    suite runs (it used to fail after it, writing the first result)."""
+    try:
+        path.mkdir(parents=True, exist_ok=True)
+    except FileExistsError:
+        raise ConfigError(f"--json-dir {str(path)!r} exists and is not a directory") from None
+    except NotADirectoryError:
+        raise ConfigError(
+            f"--json-dir {str(path)!r}: a parent of it is a file, not a directory"
+        ) from None
+    except OSError as exc:
+        raise ConfigError(f"--json-dir {str(path)!r}: cannot make it ({exc.strerror})") from None
+    if not os.access(path, os.W_OK | os.X_OK):
+        raise ConfigError(f"--json-dir {str(path)!r}: not writable")
+
+
+def _results(path: Path) -> dict[str, tuple[int, int]]:
+    """The JSON files in ``path``: name -> (modification time, size)."""
+    found = {}
+    with contextlib.suppress(OSError):
+        for p in path.glob("*.json"):
+            st = p.stat()
+            found[p.name] = (st.st_mtime_ns, st.st_size)
+    return found

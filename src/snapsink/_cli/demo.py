@@ -6,7 +6,9 @@ positions, the energy) is produced. The same run is timed (a) without I/O,
 (b) with the synchronous writer most codes use today (a preallocated ``.npy``
 memmap per field, a row written per frame, flush and fsync at the end) and
 (c) through ``snapsink.SyncSink(store)``, the store built as a user builds it.
-The summary compares the three loop times and checks the stored frames.
+The summary compares the three loop times and the three end-to-end times
+(the setup before the loop included: files, store, writer process), and checks
+every stored frame, step and time, bit for bit, against the run without I/O.
 
 Each run is a fresh process with the same pinned allocator settings
 (:data:`MALLOC_ENV`): the loop's compute alone varies about 2x between
@@ -16,26 +18,28 @@ processes otherwise, which would drown the difference being measured.
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
 import os
 import shlex
 import shutil
+import signal
 import subprocess
 import sys
 import tempfile
-import time
-import zlib
-from collections.abc import Callable
-from dataclasses import dataclass
+import threading
+from collections.abc import Iterator
+from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, TextIO
+from typing import Any
 
 import numpy as np
 
-from .._errors import SnapsinkError, StoreExistsError
+from .._errors import ConfigError, SnapsinkError, StoreExistsError
+from ._demorun import FIELDS, digest, pick_device
 from ._wavesim import WaveSim
 
-__all__ = ["MALLOC_ENV", "WaveSim", "add_parser", "judge", "run"]
+__all__ = ["MALLOC_ENV", "WaveSim", "add_parser", "end_to_end", "frame_bytes", "judge", "run"]
 
 #: glibc malloc settings every run gets (unless already set in the environment).
 #: The simulation's NumPy temporaries are ``4 * grid**2`` bytes (256 KiB at the
@@ -57,7 +61,9 @@ LABELS = {"none": "no I/O", "sync": "synchronous writer", "snapsink": "snapsink"
 # The child runs under `-c`, not `-m snapsink`: snapsink's writer process may be
 # started with the spawn method, which re-imports a `-m` main module, and
 # `snapsink.__main__` runs the command when imported.
-_CHILD = "import sys; from snapsink._cli.demo import _child; sys.exit(_child(sys.argv[1]))"
+_CHILD = "import sys; from snapsink._cli._demorun import child; sys.exit(child(sys.argv[1]))"
+#: how long a run may take to close after it was interrupted before it is killed
+_GRACE = 10.0
 
 
 def add_parser(sub: Any) -> None:
@@ -72,7 +78,9 @@ def add_parser(sub: Any) -> None:
         "(default: a temporary directory, removed at the end)",
     )
     p.add_argument(
-        "--keep", action="store_true", help="keep the data written to the temporary directory"
+        "--keep",
+        action="store_true",
+        help="keep the store written to the temporary directory (a finished run's)",
     )
     p.add_argument("--frames", type=int, default=600, help="snapshots to write (600)")
     p.add_argument("--every", type=int, default=5, help="simulation steps per snapshot (5)")
@@ -86,207 +94,33 @@ def add_parser(sub: Any) -> None:
     p.set_defaults(handler=run)
 
 
-def pick_device(choice: str) -> tuple[Any, str]:
-    """The array module for ``--device`` and a description of it."""
-    if choice == "cpu":
-        return np, "cpu (NumPy)"
+# -- the runs' processes, and signals ---------------------------------------------------------
+class _Terminated(KeyboardInterrupt):
+    """SIGTERM (``timeout``, a batch scheduler, ``kill``), raised as an interrupt:
+    every path that cleans up after Ctrl-C cleans up after it."""
+
+
+def _raise_terminated(signum: int, frame: Any) -> None:
+    # once: `timeout` sends it twice (to this process, then to its group), and a
+    # second one would cut short the clean-up the first started
+    signal.signal(signal.SIGTERM, signal.SIG_IGN)
+    raise _Terminated
+
+
+@contextlib.contextmanager
+def _signals(handlers: dict[signal.Signals, Any]) -> Iterator[None]:
+    """``handlers`` installed for the block (only the main thread can)."""
+    if threading.current_thread() is not threading.main_thread():
+        yield
+        return
+    previous = {sig: signal.signal(sig, h) for sig, h in handlers.items()}
     try:
-        import cupy
-
-        if cupy.cuda.runtime.getDeviceCount() > 0:
-            name = cupy.cuda.runtime.getDeviceProperties(0)["name"].decode()
-            return cupy, f"gpu (CuPy, {name})"
-    except Exception as exc:
-        if choice == "gpu":
-            raise SnapsinkError(
-                f"--device gpu: no usable CUDA device via CuPy ({exc}); "
-                "install the gpu extra: pip install 'snapsink[gpu]'"
-            ) from exc
-    if choice == "gpu":
-        raise SnapsinkError("--device gpu: CuPy sees no CUDA device")
-    return np, "cpu (NumPy)"
-
-
-class Progress:
-    """A one-line progress bar on a terminal (silent otherwise), redrawn at most 10x/s.
-
-    Hand-written rather than tqdm: it needs the sink's queue and bytes, and a
-    dependency for thirty lines is not worth it. The statistics are asked for
-    only when the bar is redrawn.
-    """
-
-    def __init__(self, total: int, stream: TextIO | None = None):
-        self.total = total
-        self.stream = stream if stream is not None else sys.stderr
-        self.enabled = self.stream.isatty()
-        self.t0 = time.perf_counter()
-        self._last = 0.0
-
-    def update(self, done: int, statistics: Callable[[], Any]) -> None:
-        if not self.enabled:
-            return
-        now = time.perf_counter()
-        if done < self.total and now - self._last < 0.1:
-            return
-        self._last = now
-        st = statistics()
-        elapsed = max(now - self.t0, 1e-9)
-        rate = done / elapsed
-        left = (self.total - done) / rate if rate > 0 else 0.0
-        width = 24
-        fill = int(width * done / max(self.total, 1))
-        self.stream.write(
-            f"\r  snapsink {100 * done / max(self.total, 1):3.0f}% "
-            f"|{'#' * fill}{'.' * (width - fill)}| {done}/{self.total} frames  "
-            f"{st.bytes_written / 1e6 / elapsed:,.1f} MB/s stored  "
-            f"queue {st.queued}/{st.capacity}  {elapsed:.0f}s<{left:.0f}s "
-        )
-        self.stream.flush()
-
-    def close(self) -> None:
-        if self.enabled:
-            self.stream.write("\r\x1b[K")
-            self.stream.flush()
-
-
-# -- one run, in a fresh process ------------------------------------------------------------
-def _host(xp: Any) -> Callable[[Any], np.ndarray[Any, Any]]:
-    if xp is np:
-        return np.asarray
-    return lambda a: a.get()  # a device-to-host copy that waits for the stream
-
-
-def _checksum(*arrays: np.ndarray[Any, Any]) -> int:
-    crc = 0
-    for a in arrays:
-        crc = zlib.crc32(np.ascontiguousarray(a).tobytes(), crc)
-    return crc
-
-
-def _run_none(sim: WaveSim, spec: dict[str, Any]) -> dict[str, Any]:
-    t0 = time.perf_counter()
-    for _ in range(spec["frames"]):
-        sim.advance(spec["every"])
-    return {"seconds": time.perf_counter() - t0}
-
-
-def _fsync(path: Path) -> None:
-    fd = os.open(path, os.O_RDONLY)
-    try:
-        os.fsync(fd)
+        yield
     finally:
-        os.close(fd)
+        for sig, h in previous.items():
+            signal.signal(sig, h)
 
 
-def _run_sync(sim: WaveSim, spec: dict[str, Any]) -> dict[str, Any]:
-    """What simulation codes do today: a preallocated ``.npy`` memmap per field."""
-    host = _host(sim.xp)
-    frames, every = spec["frames"], spec["every"]
-    out = Path(spec["path"])
-    out.mkdir()
-    shapes: dict[str, tuple[Any, tuple[int, ...]]] = {
-        "field": (np.float32, (frames, *sim.u.shape)),
-        "positions": (np.float32, (frames, *sim.pos.shape)),
-        "energy": (np.float64, (frames,)),
-        "steps": (np.int64, (frames,)),
-        "times": (np.float64, (frames,)),
-    }
-    maps = {
-        name: np.lib.format.open_memmap(out / f"{name}.npy", mode="w+", dtype=dt, shape=shape)
-        for name, (dt, shape) in shapes.items()
-    }
-    t0 = time.perf_counter()  # the loop, as for snapsink: files set up before it
-    for i in range(frames):
-        energy = sim.advance(every)
-        step = (i + 1) * every
-        maps["field"][i] = host(sim.u)
-        maps["positions"][i] = host(sim.pos)
-        maps["energy"][i] = energy
-        maps["steps"][i] = step
-        maps["times"][i] = step * 0.1
-    for m in maps.values():
-        m.flush()
-    del maps
-    for name in shapes:
-        _fsync(out / f"{name}.npy")
-    _fsync(out)
-    return {"seconds": time.perf_counter() - t0}
-
-
-def _run_snapsink(sim: WaveSim, spec: dict[str, Any]) -> dict[str, Any]:
-    """The user's code path: ``snapsink.SyncSink(store)``, the store as a user builds it."""
-    import snapsink
-
-    frames, every = spec["frames"], spec["every"]
-    attrs = {
-        "model": "2-D wave equation + advected particles",
-        "grid": sim.n,
-        "every": every,
-        "device": spec["device_name"],
-    }
-    static = {
-        "grid_spacing": np.float64(1.0),
-        "particle_ids": np.arange(sim.particles, dtype=np.int32),
-    }
-    bar = Progress(frames)
-    store: Any
-    if spec["format"] == "npy":
-        store = snapsink.NpyDirectory(spec["path"], attrs=attrs, static=static)
-    else:
-        store = snapsink.ZarrStore(spec["path"], attrs=attrs, static=static)
-    # the writer's start, timed from here: building the store above imported
-    # its module (zarr for ZarrStore, 0.1 s), which is the program's own start
-    t_open = time.perf_counter()
-    try:
-        with snapsink.SyncSink(store, capacity=spec["capacity"]) as sink:
-            # the loop, from here to the close: the writer process started above,
-            # once per run, like the synchronous writer's files
-            t0 = time.perf_counter()
-            open_s = t0 - t_open
-            for i in range(frames):
-                energy = sim.advance(every)
-                step = (i + 1) * every
-                sink.write(
-                    {"field": sim.u, "positions": sim.pos, "energy": energy},
-                    step=step,
-                    time=step * 0.1,
-                )
-                bar.update(i + 1, sink.statistics)
-        seconds = time.perf_counter() - t0  # closed: every frame durable
-    finally:
-        bar.close()
-    st = sink.statistics()
-    return {
-        "seconds": seconds,
-        "open_seconds": open_s,
-        "written": st.written,
-        "bytes": st.bytes_written,
-        "dropped": st.dropped,
-        "spilled": st.spilled,
-        "peak_queued": st.peak_queued,
-        "capacity": st.capacity,
-    }
-
-
-def _child(spec_json: str) -> int:
-    """Entry point of one run's process: its result as one JSON line on stdout."""
-    spec = json.loads(spec_json)
-    try:
-        xp, spec["device_name"] = pick_device(spec["device"])
-        sim = WaveSim(n=spec["grid"], xp=xp)
-        runner = {"none": _run_none, "sync": _run_sync, "snapsink": _run_snapsink}
-        result = runner[spec["variant"]](sim, spec)
-        host = _host(xp)
-        result["state"] = _checksum(host(sim.u), host(sim.pos))
-    except (SnapsinkError, OSError) as exc:
-        result = {"error": str(exc)}
-    except KeyboardInterrupt:
-        return 130
-    print(json.dumps(result), flush=True)
-    return 0
-
-
-# -- the command ----------------------------------------------------------------------------
 def _child_env() -> dict[str, str]:
     env = dict(os.environ)
     for key, value in MALLOC_ENV.items():
@@ -297,27 +131,50 @@ def _child_env() -> dict[str, str]:
     return env
 
 
-def _spawn(spec: dict[str, Any], env: dict[str, str]) -> dict[str, Any]:
-    label = LABELS[spec["variant"]]
-    proc = subprocess.run(
-        [sys.executable, "-c", _CHILD, json.dumps(spec)],
-        stdin=subprocess.DEVNULL,
-        stdout=subprocess.PIPE,
-        env=env,
-        text=True,
-        check=False,
-    )
-    lines = proc.stdout.strip().splitlines()
-    if proc.returncode == 130:
-        raise KeyboardInterrupt
-    if proc.returncode != 0 or not lines:
-        raise SnapsinkError(
-            f"the {label} run failed (exit status {proc.returncode}); its error is above"
+def _free_bytes(path: Path) -> int | None:
+    try:
+        return shutil.disk_usage(path).free
+    except OSError:
+        return None
+
+
+def _died(variant: str, code: int, where: Path) -> str:
+    """What a run killed by signal ``-code`` says: the signal, and its likely cause."""
+    label = LABELS[variant]
+    try:
+        name = signal.Signals(-code).name
+    except ValueError:
+        name = f"signal {-code}"
+    if -code == getattr(signal, "SIGBUS", None):
+        free = _free_bytes(where)
+        room = f"{free / 1e6:,.0f} MB free in {where}" if free is not None else f"at {where}"
+        what = (
+            "its memory-mapped .npy files"
+            if variant == "sync"
+            else "a memory-mapped file or shared memory (/dev/shm)"
         )
-    result: dict[str, Any] = json.loads(lines[-1])
-    if "error" in result:
-        raise SnapsinkError(f"the {label} run: {result['error']}")
-    return result
+        return (
+            f"the {label} run died of SIGBUS, a failed write to {what}: "
+            f"the disk is probably full ({room})"
+        )
+    if -code == getattr(signal, "SIGKILL", None):
+        return f"the {label} run was killed (SIGKILL), perhaps by the kernel for want of memory"
+    return f"the {label} run died of {name}"
+
+
+def _stop(proc: subprocess.Popen[str] | None, sig: int) -> None:
+    """After this process was interrupted: pass the signal on to the run (it
+    ignores a second copy, when it came to the whole process group), let it close
+    its sink within :data:`_GRACE`, then kill it."""
+    if proc is None or proc.poll() is not None:
+        return
+    with contextlib.suppress(ProcessLookupError):
+        proc.send_signal(sig)
+    try:
+        proc.wait(timeout=_GRACE)
+    except subprocess.TimeoutExpired:
+        proc.kill()
+        proc.wait()
 
 
 def _status(text: str) -> None:
@@ -331,6 +188,150 @@ def _remove(path: Path) -> None:
         shutil.rmtree(path, ignore_errors=True)
     elif path.exists() or path.is_symlink():
         path.unlink()
+
+
+# -- where the data goes ----------------------------------------------------------------------
+@dataclass
+class _Places:
+    """The store to keep or show, a scratch directory on the same file system,
+    and what this run created (so that an unfinished run removes only that)."""
+
+    out: Path
+    scratch: Path
+    made: list[Path] = field(default_factory=list)  # --out's parents, outermost first
+    started: bool = False  # the snapsink run began to write `out` (absent until then)
+    proc: subprocess.Popen[str] | None = None  # the run in progress
+
+
+def frame_bytes(grid: int) -> int:
+    """Bytes of one frame: the field, the particles' positions, energy, step, time."""
+    return grid * grid * 4 + WaveSim.particles * 2 * 4 + 3 * 8
+
+
+def _check_room(where: Path, args: argparse.Namespace) -> None:
+    """Refuse up front a run the file system has no room for (a full disk kills
+    the synchronous writer's memmap with SIGBUS)."""
+    per_frame = frame_bytes(args.grid)
+    # one store at a time, plus the kept one from the second round on; 1% and 4
+    # MiB for metadata, static arrays, directories
+    copies = 1 if args.repeat == 1 else 2
+    need = int(copies * args.frames * per_frame * 1.01) + (4 << 20)
+    free = _free_bytes(where)
+    if free is not None and free < need:
+        two = ", two stores at a time with --repeat" if copies == 2 else ""
+        raise ConfigError(
+            f"not enough free space in {where}: the runs write about {need / 1e6:,.0f} MB "
+            f"({args.frames} frames of {per_frame / 1e6:.2f} MB{two}), "
+            f"{free / 1e6:,.0f} MB is free; pass fewer --frames or a smaller --grid, "
+            "or --out PATH on a file system with room"
+        )
+
+
+def _existing(path: Path) -> Path:
+    """``path`` or its nearest ancestor that exists."""
+    while not (path.exists() or path.is_symlink()) and path.parent != path:
+        path = path.parent
+    return path
+
+
+def _places(args: argparse.Namespace) -> _Places:
+    """Where the runs write; checked (and room checked) before anything is created."""
+    suffix = ".zarr" if args.format == "zarr" else ""
+    if not args.out:
+        tmp = Path(tempfile.gettempdir())
+        _check_room(tmp, args)
+        scratch = Path(tempfile.mkdtemp(prefix="snapsink-demo-"))
+        return _Places(scratch / f"run{suffix}", scratch)
+    out = Path(args.out).absolute()
+    if out.exists() or out.is_symlink():
+        raise StoreExistsError(
+            f"--out {args.out!r} exists; the demo never overwrites: "
+            "pick a new path or leave --out out"
+        )
+    base = _existing(out.parent)
+    if not base.is_dir():
+        raise ConfigError(f"--out {args.out!r}: {str(base)!r} is not a directory")
+    _check_room(base, args)
+    made = []
+    for d in reversed([out.parent, *out.parent.parents]):
+        if d.is_dir():
+            continue
+        try:
+            d.mkdir()
+        except FileExistsError:
+            raise ConfigError(f"--out {args.out!r}: {str(d)!r} is not a directory") from None
+        made.append(d)
+    places = _Places(out, Path(), made)
+    try:
+        places.scratch = Path(tempfile.mkdtemp(prefix=".snapsink-demo-", dir=out.parent))
+    except OSError:
+        _remove_made(places)
+        raise
+    return places
+
+
+def _remove_made(places: _Places) -> None:
+    for d in reversed(places.made):
+        with contextlib.suppress(OSError):
+            d.rmdir()  # only if empty
+
+
+def _tidy(args: argparse.Namespace, places: _Places, keep_out: bool) -> str | None:
+    """Remove what the runs leave: the scratch, and the store unless ``keep_out``
+    (a store this run started, never one it found). Safe to call again. Returns
+    what to tell the user about the store when the run did not end normally."""
+    out, scratch = places.out, places.scratch
+    if not args.out:
+        if keep_out and scratch.is_dir():
+            for p in scratch.iterdir():
+                if p != out:
+                    _remove(p)
+            return f"the store (complete) is at {out}"
+        _remove(scratch)
+        if args.keep:
+            return "nothing kept: the run did not finish (--keep keeps a finished run's store)"
+        return None
+    _remove(scratch)
+    if keep_out:
+        return f"the store (complete) is at {out}"
+    if not places.started:
+        _remove_made(places)
+        return None
+    _remove(out)
+    if out.exists() or out.is_symlink():
+        return f"a partial store was left at {out}"
+    _remove_made(places)
+    return f"removed the partial store it had started at {out} (the run did not finish)"
+
+
+# -- the runs -------------------------------------------------------------------------------
+def _spawn(spec: dict[str, Any], env: dict[str, str], places: _Places) -> dict[str, Any]:
+    variant = spec["variant"]
+    label = LABELS[variant]
+    proc = subprocess.Popen(
+        [sys.executable, "-c", _CHILD, json.dumps(spec)],
+        stdin=subprocess.DEVNULL,
+        stdout=subprocess.PIPE,
+        env=env,
+        text=True,
+    )
+    places.proc = proc  # an interrupt stops it (run's handler)
+    stdout, _ = proc.communicate()
+    places.proc = None
+    code = proc.returncode
+    if code in (128 + signal.SIGINT, -signal.SIGINT):
+        raise KeyboardInterrupt
+    if code in (128 + signal.SIGTERM, -signal.SIGTERM):
+        raise _Terminated
+    if code < 0:
+        raise SnapsinkError(_died(variant, code, places.scratch.parent))
+    lines = stdout.strip().splitlines()
+    if code != 0 or not lines:
+        raise SnapsinkError(f"the {label} run failed (exit status {code}); its error is above")
+    result: dict[str, Any] = json.loads(lines[-1])
+    if "error" in result:
+        raise SnapsinkError(f"the {label} run: {result['error']}")
+    return result
 
 
 def judge(t_none: float, t_sync: float, t_snap: float) -> tuple[str, str]:
@@ -395,6 +396,21 @@ def judge(t_none: float, t_sync: float, t_snap: float) -> tuple[str, str]:
     return claim, verdict
 
 
+def end_to_end(t_sync: float, t_snap: float, open_s: float) -> str:
+    """The end-to-end comparison (setup, loop, close) in one plain sentence."""
+    diff = t_snap - t_sync
+    if abs(diff) < max(0.03 * t_sync, 0.02):
+        how = "about as long as the synchronous writer"
+    elif diff < 0:
+        how = f"{-diff:.2f} s less than the synchronous writer"
+    else:
+        how = f"{diff:.2f} s more than the synchronous writer"
+    return (
+        f"snapsink took {how}, the start of its writer process ({open_s:.2f} s, "
+        "once per run) included"
+    )
+
+
 def _check_args(args: argparse.Namespace) -> None:
     if min(args.frames, args.every, args.capacity, args.repeat) < 1 or args.grid < 8:
         raise SnapsinkError(
@@ -404,50 +420,77 @@ def _check_args(args: argparse.Namespace) -> None:
         )
 
 
-def _places(args: argparse.Namespace) -> tuple[Path, Path]:
-    """The store to keep or show, and a scratch directory on the same file system."""
-    suffix = ".zarr" if args.format == "zarr" else ""
-    if args.out:
-        out = Path(args.out).absolute()
-        if out.exists() or out.is_symlink():
-            raise StoreExistsError(
-                f"--out {args.out!r} exists; the demo never overwrites: "
-                "pick a new path or leave --out out"
-            )
-        out.parent.mkdir(parents=True, exist_ok=True)
-        scratch = Path(tempfile.mkdtemp(prefix=".snapsink-demo-", dir=out.parent))
-        return out, scratch
-    scratch = Path(tempfile.mkdtemp(prefix="snapsink-demo-"))
-    return scratch / f"run{suffix}", scratch
-
-
-def _read_back(out: Path, frames: int, every: int, state: int) -> str | None:
-    """``None`` when the store holds the run's frames, else what is wrong."""
+def _read_back(out: Path, ref: dict[str, Any]) -> str | None:
+    """``None`` when the store holds exactly the frames of the run without I/O
+    (``ref``, from its untimed reference pass): every frame's fields (by their
+    digests), the steps (strictly increasing) and the times, bit for bit;
+    otherwise what is wrong, naming the first frame and field that differ."""
     import snapsink
 
-    t = snapsink.open(out)
-    if len(t) != frames or int(t.steps[-1]) != frames * every:
-        upto = int(t.steps[-1]) if len(t) else None
-        return f"the store holds {len(t)} frames up to step {upto}, expected {frames} frames"
-    last = t.frame(frames - 1)
-    if _checksum(np.asarray(last["field"]), np.asarray(last["positions"])) != state:
-        return "the stored last frame differs from the final state of the run without I/O"
+    steps_ref = np.asarray(ref["steps"], np.int64)
+    times_ref = np.asarray(ref["times"], np.float64)
+    digests: dict[str, list[str]] = ref["digests"]
+    n = len(steps_ref)
+    try:
+        t = snapsink.open(out)
+        if len(t) != n:
+            return f"the store holds {len(t)} frames, the run without I/O wrote {n}"
+        if set(t.fields) != set(digests):
+            return f"the store holds fields {sorted(t.fields)}, the run wrote {sorted(digests)}"
+        steps = np.asarray(t.steps)
+        back = np.flatnonzero(np.diff(steps) <= 0)
+        if back.size:
+            i = int(back[0]) + 1
+            return (
+                f"frame {i}: step {steps[i]} does not follow step {steps[i - 1]} of frame {i - 1}"
+            )
+        off = np.flatnonzero(steps != steps_ref)
+        if off.size:
+            i = int(off[0])
+            return f"frame {i}: step {steps[i]}, the run without I/O wrote step {steps_ref[i]}"
+        times = None if t.times is None else np.asarray(t.times)
+        if times is None or times.dtype != np.float64:
+            return f"the store's times are {None if times is None else times.dtype}, not float64"
+        off = np.flatnonzero(times.view(np.uint64) != times_ref.view(np.uint64))
+        if off.size:
+            i = int(off[0])
+            return (
+                f"frame {i} (step {steps[i]}): time {times[i]!r}, "
+                f"the run without I/O wrote {times_ref[i]!r}"
+            )
+        block = max(1, (16 << 20) // max(1, t["field"][0].nbytes))  # about 16 MiB a read
+        for start in range(0, n, block):
+            rows = {name: t[name][start : start + block] for name in FIELDS}
+            for k in range(len(rows[FIELDS[0]])):
+                i = start + k
+                for name in FIELDS:
+                    if digest(rows[name][k]) != digests[name][i]:
+                        return (
+                            f"frame {i} (step {steps[i]}): field {name!r} differs "
+                            "from the run without I/O"
+                        )
+    except (SnapsinkError, OSError, ValueError, KeyError, IndexError) as exc:
+        return f"reading it back failed: {exc}"
     return None
 
 
 @dataclass
 class _Runs:
-    """Loop seconds per variant, the kept snapsink run's result, final-state checksums."""
+    """Seconds per variant and round (the loop; end to end), the kept snapsink
+    run's result, the reference pass of the run without I/O, final-state checksums."""
 
     times: dict[str, list[float]]
+    totals: dict[str, list[float]]
     snapsink: dict[str, Any]
+    reference: dict[str, Any]
     states: set[int]
 
 
-def _measure(args: argparse.Namespace, spec: dict[str, Any], out: Path, scratch: Path) -> _Runs:
+def _measure(args: argparse.Namespace, spec: dict[str, Any], places: _Places) -> _Runs:
     """Every variant ``--repeat`` times, interleaved, each in a fresh process."""
     env = _child_env()
-    runs = _Runs({v: [] for v in VARIANTS}, {}, set())
+    out, scratch = places.out, places.scratch
+    runs = _Runs({v: [] for v in VARIANTS}, {v: [] for v in VARIANTS}, {}, {}, set())
     total = args.repeat * len(VARIANTS)
     for r in range(args.repeat):
         # rotated each round, so that no variant always follows the same one
@@ -457,15 +500,26 @@ def _measure(args: argparse.Namespace, spec: dict[str, Any], out: Path, scratch:
                 path = None
             elif variant == "snapsink" and r == 0:
                 path = out  # the store to show; later rounds write scratch copies
+                if out.exists() or out.is_symlink():  # made by someone else meanwhile
+                    raise StoreExistsError(f"--out {str(out)!r} appeared during the demo")
+                places.started = True
             else:
                 path = scratch / f"{variant}-{r}{out.suffix}"
             _status(f"  running {LABELS[variant]} ({r * len(VARIANTS) + k + 1}/{total})")
-            res = _spawn({**spec, "variant": variant, "path": str(path)}, env)
+            # the first run without I/O also makes the reference, after its timed loop
+            reference = variant == "none" and r == 0
+            res = _spawn(
+                {**spec, "variant": variant, "path": str(path), "reference": reference}, env, places
+            )
             _status("")
             if path is not None and path != out:
                 _remove(path)
             runs.times[variant].append(res["seconds"])
+            runs.totals[variant].append(res["total_seconds"])
             runs.states.add(res["state"])
+            if reference:
+                runs.reference = res["reference"]
+                runs.states.add(runs.reference["state"])
             if path == out:
                 runs.snapsink = res
     return runs
@@ -473,45 +527,52 @@ def _measure(args: argparse.Namespace, spec: dict[str, Any], out: Path, scratch:
 
 def _report(args: argparse.Namespace, runs: _Runs, out: Path, keep: bool) -> int:
     best = {v: max(min(ts), 1e-9) for v, ts in runs.times.items()}
+    whole = {v: max(min(ts), 1e-9) for v, ts in runs.totals.items()}
     store = "NpyDirectory" if args.format == "npy" else "ZarrStore"
+    snap = runs.snapsink
 
     def line(variant: str, what: str) -> None:
         each = ""
         if args.repeat > 1:
             each = " (runs: " + " ".join(f"{t:.2f}" for t in runs.times[variant]) + ")"
-        print(f"    {LABELS[variant]:<18} {best[variant]:6.2f} s  {what}{each}")
+        times = f"{best[variant]:6.2f} s {whole[variant]:8.2f} s"
+        print(f"    {LABELS[variant]:<18} {times}  {what}{each}")
 
+    print(f"    {'':<18} {'loop':>8} {'end to end':>10}")
     line("none", "the simulation alone")
     both = " (the baseline for both formats)" if args.format == "zarr" else ""
     line("sync", f"a .npy memmap per field{both}, a row per frame, flush + fsync at the end")
     line("snapsink", f"snapsink.SyncSink(snapsink.{store}(path)), closed: every frame durable")
-    if runs.snapsink is not None and "open_seconds" in runs.snapsink:
-        print(
-            f"    {'':<18} {'':6}    (before each loop: the sync writer created its files, "
-            f"snapsink started its writer process in {runs.snapsink['open_seconds']:.2f} s)"
-        )
+    print(
+        f"    {'':<18} {'':19}  (end to end adds what comes before the loop: the sync "
+        f"writer creates its files; snapsink builds its store and starts its writer "
+        f"process, {snap['open_seconds']:.2f} s)"
+    )
     claim, verdict = judge(best["none"], best["sync"], best["snapsink"])
     print(
-        f"  no I/O {best['none']:.2f} s | synchronous writer {best['sync']:.2f} s "
+        f"  loop       : no I/O {best['none']:.2f} s | synchronous writer {best['sync']:.2f} s "
         f"({best['sync'] / best['none']:.2f}x) | snapsink {best['snapsink']:.2f} s "
-        f"({best['snapsink'] / best['none']:.2f}x): {claim}"
+        f"({best['snapsink'] / best['none']:.2f}x): in the loop, {claim}"
+    )
+    print(
+        f"  end to end : no I/O {whole['none']:.2f} s | synchronous writer {whole['sync']:.2f} s "
+        f"| snapsink {whole['snapsink']:.2f} s: "
+        + end_to_end(whole["sync"], whole["snapsink"], snap["open_seconds"])
     )
     print(f"  verdict    : {verdict}")
-    snap = runs.snapsink
     print(
         f"  stored     : {snap['written']} frames ({snap['bytes'] / 1e6:,.1f} MB) in a "
         f"{args.format} store, dropped {snap['dropped']}, spilled {snap['spilled']}; "
         f"queue peaked at {snap['peak_queued']}/{snap['capacity']}"
     )
-    problem = None
     if len(runs.states) != 1:
-        problem = "the three runs did not compute the same final state"
+        problem: str | None = "the runs did not compute the same final state"
     else:
-        problem = _read_back(out, args.frames, args.every, next(iter(runs.states)))
+        problem = _read_back(out, runs.reference)
     if problem is None:
         print(
-            f"  checked    : snapsink.open read back {args.frames} frames; the last is "
-            "bit-identical to the final state of the run without I/O"
+            f"  checked    : snapsink.open read back {args.frames} frames: every frame's "
+            f"{', '.join(FIELDS)}, step and time is bit-identical to the run without I/O"
         )
     else:
         print(f"  checked    : MISMATCH: {problem}")
@@ -530,7 +591,7 @@ def _report(args: argparse.Namespace, runs: _Runs, out: Path, keep: bool) -> int
 def run(args: argparse.Namespace) -> int:
     _check_args(args)
     xp, device = pick_device(args.device)
-    out, scratch = _places(args)
+    places = _places(args)
     keep = bool(args.out) or args.keep
     spec = {
         "frames": args.frames,
@@ -542,24 +603,41 @@ def run(args: argparse.Namespace) -> int:
     }
     malloc = ", ".join(f"{k}={os.environ.get(k, v)}" for k, v in MALLOC_ENV.items())
     best_of = f"best of {args.repeat}" if args.repeat > 1 else "one run each"
-    print(
-        f"snapsink demo: {args.frames} frames, one every {args.every} steps of a "
-        f"{args.grid}x{args.grid} wave field + {WaveSim.particles} particles, on {device}",
-        flush=True,
-    )
-    print(
-        f"  the same run three ways, each in a fresh process ({best_of}), malloc pinned: {malloc}",
-        flush=True,
-    )
-    try:
-        runs = _measure(args, spec, out, scratch)
-        # read back before the data can go (the report checks the store)
-        return _report(args, runs, out, keep)
-    finally:
-        _status("")
-        if keep and not args.out:
-            for p in scratch.iterdir():
-                if p != out:
-                    _remove(p)
-        else:
-            _remove(scratch)
+    finished = False
+    with _signals({signal.SIGTERM: _raise_terminated}):
+        try:
+            print(
+                f"snapsink demo: {args.frames} frames, one every {args.every} steps of a "
+                f"{args.grid}x{args.grid} wave field + {WaveSim.particles} particles, "
+                f"on {device}",
+                flush=True,
+            )
+            print(
+                f"  the same run three ways, each in a fresh process ({best_of}), "
+                f"malloc pinned: {malloc}",
+                flush=True,
+            )
+            runs = _measure(args, spec, places)
+            finished = True
+            # read back before the data can go (the report checks the store)
+            return _report(args, runs, places.out, keep)
+        except KeyboardInterrupt as exc:
+            sig = signal.SIGTERM if isinstance(exc, _Terminated) else signal.SIGINT
+            # the clean-up is bounded (_GRACE): further signals would only cut it short
+            with _signals({signal.SIGINT: signal.SIG_IGN, signal.SIGTERM: signal.SIG_IGN}):
+                _stop(places.proc, sig)
+                _status("")
+                note = _tidy(args, places, keep and finished)
+            what = "terminated (SIGTERM)" if sig == signal.SIGTERM else "interrupted"
+            print(f"snapsink demo: {what}" + (f"; {note}" if note else ""), file=sys.stderr)
+            return 128 + sig
+        except (SnapsinkError, OSError) as exc:
+            _status("")
+            note = _tidy(args, places, keep and finished)
+            print(f"snapsink demo: error: {exc}", file=sys.stderr)
+            if note:
+                print(f"snapsink demo: {note}", file=sys.stderr)
+            return 2
+        finally:
+            _status("")
+            _tidy(args, places, keep and finished)

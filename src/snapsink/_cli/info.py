@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import contextlib
 import os
 from pathlib import Path
 from typing import Any
@@ -181,17 +182,12 @@ def describe(traj: Trajectory) -> list[str]:
 def run(args: argparse.Namespace) -> int:
     path = Path(args.path)
     fmt = detect(path)
-    used, apparent = disk_usage(path)
-    title = {"npy": "NpyDirectory (snapsink-npy)", "zarr": "Zarr v3 store", "hdf5": "HDF5 file"}
-    print(f"{path}: {title[fmt]}")
-    print(f"size       : {human(used)} on disk ({human(apparent)} apparent)")
+    # every check that can fail comes before the first line is printed
+    groups: list[str] = []
     if fmt == "npy":
         if args.group is not None:
             raise ConfigError(f"--group {args.group!r}: an NpyDirectory has no groups")
-        for line in describe(open_store(path, fmt, None)):
-            print(line)
-        return 0
-    if fmt == "hdf5":
+    elif fmt == "hdf5":
         from ..stores._hdf5read import list_hdf5_groups
 
         groups = list_hdf5_groups(path)
@@ -199,7 +195,7 @@ def run(args: argparse.Namespace) -> int:
         from ..stores._zarrread import list_groups
 
         groups = list_groups(path)
-    if args.group is not None:
+    if fmt != "npy" and args.group is not None:
         target = args.group.strip("/")
         if target not in groups:
             known = ", ".join(repr(g or "/") for g in groups) or "none"
@@ -207,22 +203,29 @@ def run(args: argparse.Namespace) -> int:
                 f"--group {args.group!r}: no snapsink group there (groups: {known})"
             )
         groups = [target]
-    else:
-        print(f"groups     : {', '.join(g or '/' for g in groups) or 'none'}")
-    if not groups and fmt == "hdf5" and args.group is None:
+    foreign = None
+    if fmt == "hdf5" and not groups and args.group is None:
         # an H5MD file another program wrote (MDAnalysis, ...): snapsink reads it
-        try:
-            traj = open_store(path, fmt, None)
-        except (FormatError, StoreNotFoundError):
-            pass
-        else:
-            print("layout     : H5MD written by another program (no snapsink group)")
-            for line in describe(traj):
-                print(line)
-            return 0
-    if not groups:
+        with contextlib.suppress(FormatError, StoreNotFoundError):
+            foreign = open_store(path, fmt, None)
+    if fmt != "npy" and not groups and foreign is None:
         kind = "an HDF5 file" if fmt == "hdf5" else "a Zarr store"
         raise FormatError(f"{str(path)!r}: {kind} with no snapsink group")
+    used, apparent = disk_usage(path)
+    title = {"npy": "NpyDirectory (snapsink-npy)", "zarr": "Zarr v3 store", "hdf5": "HDF5 file"}
+    print(f"{path}: {title[fmt]}")
+    print(f"size       : {human(used)} on disk ({human(apparent)} apparent)")
+    if fmt == "npy":
+        for line in describe(open_store(path, fmt, None)):
+            print(line)
+        return 0
+    if args.group is None:
+        print(f"groups     : {', '.join(g or '/' for g in groups) or 'none'}")
+    if foreign is not None:
+        print("layout     : H5MD written by another program (no snapsink group)")
+        for line in describe(foreign):
+            print(line)
+        return 0
     for g in groups:
         if len(groups) > 1 or args.group is not None:
             if fmt == "hdf5":  # groups share the file: no size of their own
