@@ -1,9 +1,10 @@
 """The ``snapsink`` command: ``demo``, ``info``, ``bench`` and ``convert``.
 
 ``snapsink demo`` runs a small physical simulation (a 2-D wave field and
-particles drifting down its gradient), streams snapshots through an async
-:class:`~snapsink.Sink` into a fresh store, and reports what the I/O cost the
-simulation. ``snapsink info PATH`` describes a stored run; ``snapsink convert
+particles drifting down its gradient) three times, in fresh processes: without
+I/O, with a synchronous memmap writer, and streaming snapshots through a
+:class:`~snapsink.SyncSink` into a fresh store; it reports what the I/O cost the
+simulation and checks every stored frame against the run without I/O. ``snapsink info PATH`` describes a stored run; ``snapsink convert
 SRC DST`` copies a store into the other format; ``snapsink bench`` runs the
 benchmarks of a source checkout.
 
