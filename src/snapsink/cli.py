@@ -4,9 +4,10 @@
 particles drifting down its gradient) three times, in fresh processes: without
 I/O, with a synchronous memmap writer, and streaming snapshots through a
 :class:`~snapsink.SyncSink` into a fresh store; it reports what the I/O cost the
-simulation and checks every stored frame against the run without I/O. ``snapsink info PATH`` describes a stored run; ``snapsink convert
-SRC DST`` copies a store into the other format; ``snapsink bench`` runs the
-benchmarks of a source checkout.
+simulation and checks every stored frame against the run without I/O.
+``snapsink info PATH`` describes a stored run; ``snapsink convert SRC DST``
+copies a store into the other format; ``snapsink bench`` runs the benchmarks
+of a source checkout.
 
 Errors a user can fix (a missing path, a directory that is no store, an
 existing destination, a bad option) print one line and exit with status 2.
