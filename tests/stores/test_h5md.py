@@ -235,7 +235,9 @@ def test_a_resumed_store_writes_its_current_tree_no_more(
 ) -> None:
     """Writing the tree is a structure session outside SWMR mode (a kill there
     can tear the file): mode="a" with the same mapping and units must not open
-    one; new units must still reach the file."""
+    one; a changed tree (another author) must still reach the file. Another
+    unit for stored frames would relabel them: refused before anything is
+    written (it used to relabel them)."""
     path = tmp_path / "run.h5md"
     _write(path, _frames(2, 4, seed=1), units={"positions": "nm"})
     calls: list[str] = []
@@ -248,11 +250,17 @@ def test_a_resumed_store_writes_its_current_tree_no_more(
     monkeypatch.setattr(hdf5_module, "write_h5md_tree", counting)
     _write(path, _frames(1, 4, seed=2), mode="a", units={"positions": "nm"})
     assert calls == []  # the tree was current: nothing rewritten
-    _write(path, _frames(1, 4, seed=3), mode="a", units={"positions": "Angstrom"})
+    for units in ({"positions": "Angstrom"}, {"positions": "nm", "time": "fs"}):
+        with pytest.raises(ConfigError, match=r"units\['(positions|time)'\].*(nm|no unit).*got"):
+            HDF5Store(path, "a", layout="h5md", h5md=MAPPING, units=units).open()
+    assert calls == []
+    _write(path, _frames(1, 4, seed=3), mode="a", h5md={**MAPPING, "author": "B. Other"})
     assert calls == ["tree"]
     with h5py.File(path, "r") as f:
-        assert f["particles/all/position/value"].attrs["unit"] == "Angstrom"
+        assert f["particles/all/position/value"].attrs["unit"] == "nm"  # left out: kept
+        assert f["h5md/author"].attrs["name"] == "B. Other"
         assert f["particles/all/position/value"].shape[0] == 4
+        assert "unit" not in f["particles/all/position/time"].attrs
     assert len(snapsink.open(path)) == 4
 
 

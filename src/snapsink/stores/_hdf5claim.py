@@ -20,13 +20,13 @@ from typing import Any
 
 import numpy as np
 
-from .._errors import FormatError, StoreExistsError
+from .._errors import FormatError, StoreExistsError, StoreLockedError
 from .._store import Resume
 from ._common import check_stored_static
 from ._format import StepRanges, parse_step_ranges
 from ._hdf5columns import Column, load_columns
-from ._hdf5file import HDF5_SIGNATURE, clear_open_flags, import_h5py
-from ._hdf5md import H5MD_ROOTS
+from ._hdf5file import HDF5_SIGNATURE, FileLocks, clear_open_flags, import_h5py
+from ._hdf5md import H5MD_ROOTS, check_stored_units
 from ._hdf5plan import (
     ATTRS_ATTR,
     COMMIT,
@@ -36,11 +36,13 @@ from ._hdf5plan import (
     STATIC_GROUP,
     CommitRecord,
     GroupMeta,
+    is_snapsink_attr,
     parse_commit,
     parse_group_meta,
     parse_user_attrs,
 )
 from ._hdf5session import StoreFile
+from ._zarrplan import plan_arrays
 
 __all__ = ["Claimed", "claim_group"]
 
@@ -65,6 +67,7 @@ def claim_group(
     attrs: dict[str, Any],
     static: dict[str, np.ndarray[Any, Any]],
     h5md: bool,
+    units: Mapping[str, str] | None = None,
 ) -> Claimed:
     """Under the session lock: create, replace or reopen the store's group,
     by ``mode`` and what the file holds (``h5md``: the store writes an H5MD
@@ -74,32 +77,50 @@ def claim_group(
     ------
     StoreExistsError
         ``"x"`` on an existing group; ``"x"`` or ``"w"`` on a file or group
-        that is not snapsink's.
+        that is not snapsink's (``"w"``: anything below it); a group path
+        through a dataset or inside a run at a name it holds.
+    StoreLockedError
+        ``"w"``: another writer holds a run nested in the group.
     FormatError
         ``"a"`` on a file or group that is not a snapsink store, or corrupt.
     ConfigError
-        A static array differs from the stored one.
+        A static array differs from the stored one; ``units`` that differ
+        from the stored ones (``"a"``).
     """
     h5py = import_h5py()
     sf.remove_leftovers()
     if sf.size() == 0 or _replace_old_file(sf, mode, h5py):
         return _create_file(sf, attrs, static)
     clear_open_flags(sf.fd, sf.where)
-    kind = sf.inspect(h5py)
-    if h5md:
-        _claim_h5md(sf, mode, kind)
+    # Everything is checked before anything is deleted or made.
+    with sf.file(swmr=False, locked=True) as f:
+        kind = _inspect(f, h5py, sf.group, sf.where)
+        if kind not in ("missing", "empty") or mode == "w":
+            _refuse(sf.where, mode, kind)
+        plan = _plan_replace(f, h5py, sf.group, sf.where, kind) if mode == "w" else _Replace()
+        if h5md or plan.tree:
+            _claim_h5md(f, sf.where, mode, kind, plan, h5md=h5md)
+        if mode == "a" and kind == "snapsink" and units:
+            check_stored_units(sf.group_of(f), units, sf.where)
     if kind == "missing":
         return _create_group(sf, attrs, static)
     if kind == "empty" and mode != "w":
         return _create_group(sf, attrs, static, adopt=True)
-    _refuse(sf.where, mode, kind)
-    if mode == "w":
+    if mode != "w":
+        return _resume(sf, h5py, attrs, static)
+    locks = sf.locks
+    _hold_nested(locks, plan.nested, sf.where)
+    try:
         if not sf.group:
             return _create_file(sf, attrs, static)
         with sf.file(swmr=False, locked=True) as f:
+            for p in plan.tree if plan.tree_owned else ():
+                del f[p]
             del f[sf.group]
         return _create_group(sf, attrs, static)
-    return _resume(sf, h5py, attrs, static)
+    finally:
+        for g in plan.nested:
+            locks.unhold(g)
 
 
 def _replace_old_file(sf: StoreFile, mode: str, h5py: Any) -> bool:
@@ -150,20 +171,227 @@ def _refuse(where: str, mode: str, kind: str) -> None:
         )
 
 
-def _claim_h5md(sf: StoreFile, mode: str, kind: str) -> None:
-    """An H5MD file holds one run: refuse a new group where an H5MD tree
-    is; with ``"w"``, remove the replaced run's tree (``/h5md``,
-    ``/particles``, ``/observables``)."""
-    with sf.file(swmr=False, locked=True) as f:
-        found = [p for p in H5MD_ROOTS if p in f]
-        if kind in ("missing", "empty") and found and mode != "w":
+@dataclass(slots=True)
+class _Replace:
+    """What ``mode="w"`` on a snapsink group deletes besides its own datasets."""
+
+    nested: list[str] = field(default_factory=list)  # snapsink groups inside it
+    tree: list[str] = field(default_factory=list)  # the file's H5MD roots
+    tree_owned: bool = False  # every dataset of the tree is one of the group's
+
+
+def _inspect(f: Any, h5py: Any, group: str, where: str) -> str:
+    """``"missing"``, ``"empty"``, ``"snapsink"`` or ``"foreign"``: what is at
+    ``group`` in the open file ``f``.
+
+    Raises
+    ------
+    StoreExistsError
+        A group on the way is a dataset (no group can be made inside it), or
+        the group would be made inside a snapsink run at a name that run holds
+        or may hold (its ``steps``, ``times``, ``static``, a field).
+    """
+    parts = group.split("/") if group else []
+    node = f
+    for i, part in enumerate(parts):
+        here = "/".join(parts[:i]) or "/"
+        if is_snapsink_attr(node.attrs.get(META_ATTR)):
+            taken = _run_names(node)
+            if part in (taken or ()) or (taken is None and part not in node):
+                raise StoreExistsError(
+                    f"{where}: group {group!r} would be made inside the snapsink run at "
+                    f"{here!r}, at {part!r}, a name that run holds or may hold (its steps, "
+                    "times, static arrays and fields): choose a group outside that run"
+                )
+        child = node.get(part)
+        if child is None:
+            return "missing"
+        if not isinstance(child, h5py.Group):
+            at = "/".join(parts[: i + 1])
+            if at == group:
+                return "foreign"
             raise StoreExistsError(
-                f"{sf.where}: the file already holds an H5MD run ({', '.join(found)}); an "
-                "H5MD file holds one run: choose another file, or mode='w' to replace it"
+                f"{where}: {at!r} is a dataset, not a group: group {group!r} cannot be made "
+                "inside it; choose another group"
             )
-        if mode == "w" and kind in ("missing", "empty", "snapsink"):
-            for p in found:
-                del f[p]
+        node = child
+    if is_snapsink_attr(node.attrs.get(META_ATTR)):
+        return "snapsink"
+    return "empty" if not len(node) and not len(node.attrs) else "foreign"
+
+
+_RUN_NAMES = frozenset({COMMIT, DROPPED, "steps", "times", STATIC_GROUP})
+
+
+def _run_names(grp: Any) -> frozenset[str] | None:
+    """The names a snapsink run holds or will hold in its group: the commit
+    record, dropped steps, steps, times, static, its fields and offsets
+    (None when its metadata is unreadable, a corrupt group: any name)."""
+    try:
+        meta = parse_group_meta(grp.attrs.get(META_ATTR), "")
+    except FormatError:
+        return None
+    if meta.schema is None:
+        return _RUN_NAMES
+    names = {p.name for p in plan_arrays(meta.schema, times=True)}
+    return _RUN_NAMES | names
+
+
+def _plan_replace(f: Any, h5py: Any, group: str, where: str, kind: str) -> _Replace:
+    """``mode="w"`` on the snapsink group ``group``: what would be deleted,
+    checked whole first (every level below the group). A run's own datasets,
+    the snapsink groups nested in it (another run each: their claims are
+    taken before anything is deleted) and the plain groups holding them go;
+    anything else (a user's dataset or group, a link) is refused, and nothing
+    is deleted.
+
+    Raises
+    ------
+    StoreExistsError
+        Objects below the group that are no snapsink store's (named).
+    """
+    plan = _Replace()
+    foreign: list[str] = []
+    owned: set[int] = set()
+    if kind != "snapsink":  # nothing below it: only the file's H5MD tree to look at
+        plan.tree = [p for p in H5MD_ROOTS if p in f]
+        plan.tree_owned = _tree_within(f, h5py, plan.tree, owned)
+        return plan
+    top = f[group] if group else f
+
+    def run(grp: Any, rel: str) -> None:
+        taken = _run_names(grp)
+        for name in grp:
+            here = f"{rel}/{name}" if rel else name
+            if not rel and not group and name in H5MD_ROOTS:
+                plan.tree.append(name)  # the file's H5MD tree: checked below
+                continue
+            if not isinstance(grp.get(name, getlink=True), h5py.HardLink):
+                foreign.append(here)
+                continue
+            obj = grp[name]
+            if isinstance(obj, h5py.Dataset):
+                if taken is None or name in taken:
+                    owned.add(_addr(h5py, obj))
+                else:
+                    foreign.append(here)
+            elif name == STATIC_GROUP:
+                for sub in obj:
+                    if isinstance(obj.get(sub, getlink=True), h5py.HardLink) and isinstance(
+                        obj[sub], h5py.Dataset
+                    ):
+                        owned.add(_addr(h5py, obj[sub]))
+                    else:
+                        foreign.append(f"{here}/{sub}")
+            else:
+                plain(obj, here)
+
+    def plain(grp: Any, rel: str) -> None:
+        if is_snapsink_attr(grp.attrs.get(META_ATTR)):
+            plan.nested.append(f"{group}/{rel}" if group else rel)
+            run(grp, rel)
+            return
+        if len(grp.attrs):
+            foreign.append(rel)
+            return
+        for name in grp:
+            here = f"{rel}/{name}"
+            obj = grp.get(name) if isinstance(grp.get(name, getlink=True), h5py.HardLink) else None
+            if isinstance(obj, h5py.Group):
+                plain(obj, here)
+            else:
+                foreign.append(here)
+
+    run(top, "")
+    if group:
+        plan.tree = [p for p in H5MD_ROOTS if p in f]
+    if plan.tree:
+        plan.tree_owned = _tree_within(f, h5py, plan.tree, owned)
+        if not group and not plan.tree_owned:
+            foreign.extend(plan.tree)
+    if foreign:
+        shown = ", ".join(repr(p) for p in foreign[:5]) + (" ..." if len(foreign) > 5 else "")
+        raise StoreExistsError(
+            f"{where}: mode='w': the group holds objects that are not part of a snapsink "
+            f"store ({shown}, below the group); refusing to delete them: nothing was "
+            "deleted; move them away or choose another group or file"
+        )
+    return plan
+
+
+def _addr(h5py: Any, obj: Any) -> int:
+    return int(h5py.h5o.get_info(obj.id).addr)
+
+
+def _tree_within(f: Any, h5py: Any, roots: list[str], owned: set[int]) -> bool:
+    """Whether every dataset of the H5MD tree ``roots`` is one of ``owned``
+    (links to the replaced run's datasets: the tree is that run's), and the
+    tree holds no link of another kind."""
+    for root in roots:
+        node = f.get(root) if isinstance(f.get(root, getlink=True), h5py.HardLink) else None
+        if not isinstance(node, h5py.Group):
+            return False
+        bad: list[str] = []
+
+        def check(name: str, link: Any, node: Any = node, bad: list[str] = bad) -> None:
+            if not isinstance(link, h5py.HardLink):
+                bad.append(name)
+                return
+            obj = node[name]
+            if isinstance(obj, h5py.Dataset) and _addr(h5py, obj) not in owned:
+                bad.append(name)
+
+        node.visititems_links(check)
+        if bad:
+            return False
+    return True
+
+
+def _hold_nested(locks: FileLocks, nested: list[str], where: str) -> None:
+    """Take the claim of every nested run ``mode="w"`` deletes (released by
+    the caller); a run another writer holds is refused, nothing deleted.
+
+    Raises
+    ------
+    StoreLockedError
+        Another writer holds a nested group (named).
+    """
+    held: list[str] = []
+    try:
+        for g in nested:
+            if not locks.hold(g):
+                raise StoreLockedError(
+                    f"{where}: mode='w' would delete group {g!r}, a snapsink run that another "
+                    "writer is writing; nothing was deleted: wait for that writer to finish, "
+                    "stop it, or choose another group",
+                    store=where,
+                )
+            held.append(g)
+    except BaseException:
+        for g in held:
+            locks.unhold(g)
+        raise
+
+
+def _claim_h5md(f: Any, where: str, mode: str, kind: str, plan: _Replace, *, h5md: bool) -> None:
+    """An H5MD file holds one run: refuse a new H5MD group where an H5MD tree
+    is; ``mode="w"`` removes the replaced run's tree (``/h5md``, ``/particles``,
+    ``/observables``) only when every dataset in it is the run's (and a
+    snapsink-layout ``"w"`` so too; another run's tree it leaves alone)."""
+    found = [p for p in H5MD_ROOTS if p in f]
+    if not h5md or not found:
+        return
+    if mode != "w" and kind in ("missing", "empty"):
+        raise StoreExistsError(
+            f"{where}: the file already holds an H5MD run ({', '.join(found)}); an "
+            "H5MD file holds one run: choose another file, or mode='w' to replace it"
+        )
+    if mode == "w" and not plan.tree_owned:
+        raise StoreExistsError(
+            f"{where}: mode='w': the file's H5MD tree ({', '.join(found)}) is not this "
+            "group's (its datasets belong to another run, or to no snapsink group); an "
+            "H5MD file holds one run: nothing was deleted; choose another file"
+        )
 
 
 def _create_file(

@@ -18,12 +18,14 @@ import numpy as np
 
 from .._errors import FormatError, SchemaError
 from .._schema import Field, Frame, Schema
+from ._hdf5file import import_h5py
 from ._hdf5plan import Compression, maxshape
 from ._zarrplan import ArrayPlan, RowBuffer, plan_arrays
 
 __all__ = [
     "Column",
     "Pending",
+    "check_free",
     "create_columns",
     "field_arrays",
     "load_columns",
@@ -54,9 +56,17 @@ def create_columns(
     chunk_frames: int | None,
     compression: Compression | None,
     only: str | None = None,
+    where: str = "",
 ) -> dict[str, Column]:
     """Create the datasets of ``schema`` in ``grp`` (only dataset ``only``,
-    when given), each empty (an offsets dataset: one 0), and their columns."""
+    when given), each empty (an offsets dataset: one 0), and their columns.
+
+    Raises
+    ------
+    SchemaError
+        Before anything is made: a dataset's name is taken by a group (another
+        run nested in this one, a user's group) or a link (:func:`check_free`).
+    """
     kw: dict[str, Any] = {}
     if compression is not None:
         kind, opts = compression
@@ -64,9 +74,13 @@ def create_columns(
             _load_filter_plugins()
         kw = {"compression": kind, "compression_opts": opts}
     columns: dict[str, Column] = {}
-    for plan in plan_arrays(schema, times=times, chunk_frames=chunk_frames):
-        if only is not None and plan.name != only:
-            continue
+    plans = [
+        p
+        for p in plan_arrays(schema, times=times, chunk_frames=chunk_frames)
+        if only is None or p.name == only
+    ]
+    check_free(grp, [p.name for p in plans], where)
+    for plan in plans:
         if plan.name in grp:  # left by an interrupted prepare: made again
             del grp[plan.name]
         offsets = plan.name.endswith(".offsets")
@@ -86,6 +100,30 @@ def create_columns(
         buf = RowBuffer(plan.dtype, plan.row_shape, plan.chunk, length, tail)
         columns[plan.name] = Column(plan, buf, length, _direct(ds))
     return columns
+
+
+def check_free(grp: Any, names: list[str], where: str) -> None:
+    """Refuse names of ``grp`` that something other than a dataset holds (a
+    dataset there is one an interrupted ``prepare`` left: made again).
+
+    Raises
+    ------
+    SchemaError
+        Naming the field's dataset and what holds its name.
+    """
+    h5py = import_h5py()
+    for name in names:
+        link = grp.get(name, getlink=True)
+        if link is None:
+            continue
+        if isinstance(link, h5py.HardLink) and isinstance(grp[name], h5py.Dataset):
+            continue
+        what = "a group" if isinstance(link, h5py.HardLink) else "a link"
+        raise SchemaError(
+            f"{where}: dataset {name!r} cannot be made: {what} of that name is in the "
+            f"group ({grp.name}/{name}; another run nested in this one, or a user's "
+            "object); nothing was written: rename the field or move that object away"
+        )
 
 
 def load_columns(

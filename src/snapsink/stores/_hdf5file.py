@@ -51,12 +51,14 @@ from ._lock import open_regular_file
 __all__ = [
     "HDF5_SIGNATURE",
     "FileLocks",
+    "SessionBusy",
     "check_not_truncated",
     "clear_open_flags",
     "fsync_fd",
     "import_h5py",
     "is_hdf5_file",
     "lookup3",
+    "wait_for_sessions",
 ]
 
 #: The first 8 bytes of every HDF5 file (snapsink never writes a user block).
@@ -362,6 +364,20 @@ class FileLocks:
             )
         self._claimed = group
 
+    def hold(self, group: str) -> bool:
+        """Take ``group``'s claim besides this writer's own, without waiting
+        (``mode="w"`` holds the claims of the runs nested in the group it
+        deletes): False when another writer holds it (True where there are no
+        OFD locks). Let go with :meth:`unhold`."""
+        if not _OFD:
+            return True
+        return self._lock(fcntl.F_WRLCK, _group_byte(group), wait=False)
+
+    def unhold(self, group: str) -> None:
+        """Let go of a claim taken with :meth:`hold` (never this writer's own)."""
+        if _OFD and group != self._claimed:
+            self._lock(fcntl.F_UNLCK, _group_byte(group), wait=False)
+
     def others_hold(self) -> bool:
         """Whether another open file description holds any lock of the file:
         a writer's claim or session, a reader opening it (False where there
@@ -372,33 +388,60 @@ class FileLocks:
         return bool(struct.unpack("@hhqqi4x", got)[0] != fcntl.F_UNLCK)
 
     @contextlib.contextmanager
-    def session(self) -> Iterator[None]:
-        """Hold the file's session lock (waits for a session of another writer)."""
+    def session(self, *, wait: bool = True) -> Iterator[None]:
+        """Hold the file's session lock (waits for a session of another writer;
+        ``wait=False``: raises :class:`SessionBusy` instead)."""
         if not _OFD:
             yield
             return
-        self._lock(fcntl.F_WRLCK, _SESSION_BYTE, wait=True)
+        if not self._lock(fcntl.F_WRLCK, _SESSION_BYTE, wait=wait):
+            raise SessionBusy(self.where)
         try:
             yield
         finally:
             self._lock(fcntl.F_UNLCK, _SESSION_BYTE, wait=False)
 
     @contextlib.contextmanager
-    def shared(self) -> Iterator[None]:
+    def shared(self, *, wait: bool = True) -> Iterator[None]:
         """A reader's lock while it opens the file: never inside a writer's
-        non-SWMR session (when the file's structure changes)."""
+        non-SWMR session (when the file's structure changes). ``wait=False``:
+        raises :class:`SessionBusy` where a writer's session holds the file."""
         if not _OFD:
             yield
             return
         try:
-            self._lock(fcntl.F_RDLCK, _SESSION_BYTE, wait=True)
+            got = self._lock(fcntl.F_RDLCK, _SESSION_BYTE, wait=wait)
         except OSError:  # a read-only file system, say: read without it
             yield
             return
+        if not got:
+            raise SessionBusy(self.where)
         try:
             yield
         finally:
             self._lock(fcntl.F_UNLCK, _SESSION_BYTE, wait=False)
+
+
+class SessionBusy(Exception):
+    """A writer's session holds the file's session lock (a lock taken with
+    ``wait=False``): wait for it with :func:`wait_for_sessions`, holding no
+    other lock, and try again."""
+
+
+def wait_for_sessions(path: str) -> None:
+    """Return once no writer's session holds the file at ``path`` (at that
+    moment): the session lock taken shared, waiting, and let go. Call it
+    holding no lock a writer's session may wait for (see
+    :class:`~snapsink.stores._hdf5read._Handles`)."""
+    try:
+        fd = os.open(path, os.O_RDONLY | _CLOEXEC | _NONBLOCK)
+    except OSError:
+        return  # gone: the next open says so
+    try:
+        with FileLocks(fd, path).shared():
+            pass
+    finally:
+        os.close(fd)
 
 
 def open_store_file(path: str, *, create: bool) -> tuple[int, bool]:

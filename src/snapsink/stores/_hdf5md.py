@@ -30,6 +30,7 @@ __all__ = [
     "H5MDMapping",
     "check_h5md",
     "check_h5md_schema",
+    "check_stored_units",
     "h5md_links",
     "h5md_tree_is_current",
     "is_h5md_file",
@@ -336,6 +337,39 @@ def _tree_attributes(
         if node is not None:
             out.append((node, "unit", unit))
     return out
+
+
+def check_stored_units(grp: Any, units: Mapping[str, str], where: str) -> None:
+    """Refuse ``units`` that would relabel what a resumed group already holds:
+    a unit other than the stored one, or a unit for a dataset that holds data
+    stored without one (its frames were written in some unit nobody named).
+    Units left out keep the stored ones; a field not stored yet may take any.
+
+    Raises
+    ------
+    ConfigError
+        Naming the field (or ``"time"``), the stored unit and the given one.
+    """
+    for key, unit in units.items():
+        name = "times" if key == "time" else key
+        node = grp.get(name)
+        if node is None and key != "time":
+            node = grp.get(f"{STATIC_GROUP}/{key}")
+        if node is None or not hasattr(node, "shape"):
+            continue
+        stored = node.attrs.get("unit")
+        if isinstance(stored, bytes):
+            stored = stored.decode("utf-8", "replace")
+        if stored is None and not (node.shape and node.shape[0]):
+            continue  # nothing stored yet
+        if stored != unit:
+            had = f"unit {stored!r}" if stored is not None else "no unit"
+            raise ConfigError(
+                f"{where}: units[{key!r}]: the stored data carry {had}, got {unit!r}; "
+                "a unit is a label of the frames already "
+                "stored, so changing it would relabel them: pass the stored unit (or "
+                "leave it out) and convert your values, or write a new store"
+            )
 
 
 def h5md_tree_is_current(

@@ -15,7 +15,7 @@ from typing import Any
 
 import numpy as np
 
-from .._errors import ConfigError, DTypeError, FormatError
+from .._errors import ConfigError, DTypeError, FormatError, SchemaError
 from .._schema import Schema
 from ._format import check_format_version, is_int
 
@@ -33,6 +33,7 @@ __all__ = [
     "check_compression",
     "check_hdf5_dtype",
     "check_hdf5_dtypes",
+    "check_hdf5_names",
     "maxshape",
     "parse_commit",
     "parse_group_meta",
@@ -76,6 +77,37 @@ def check_hdf5_dtypes(schema: Schema, where: str) -> None:
     """:func:`check_hdf5_dtype` for every field of ``schema``."""
     for name, f in schema.items():
         check_hdf5_dtype(f.dtype, f"{where}: field {name!r}")
+
+
+#: the first part of the group's own dataset names (the commit record, the
+#: dropped steps): no field's name may start with it
+OWN_PREFIX = "snapsink."
+
+
+def check_hdf5_names(schema: Schema, where: str, taken: tuple[str, ...] = ()) -> None:
+    """Refuse field names whose datasets would take the place of the store's
+    own: ``snapsink.*`` (a nested field ``{"snapsink": {"commit": ...}}`` is
+    ``snapsink.commit``, the commit record), and the names in ``taken`` (the
+    H5MD tree's top groups, when the group is the root). ``steps``, ``times``,
+    ``static`` and ``metadata`` no field name may take (:func:`check_name`).
+
+    Raises
+    ------
+    SchemaError
+        Naming the field and the dataset or group it would take over.
+    """
+    for name in schema:
+        if name.startswith(OWN_PREFIX) or name in taken:
+            what = (
+                f"the store's own {OWN_PREFIX}* datasets ({COMMIT!r}, {DROPPED!r})"
+                if name.startswith(OWN_PREFIX)
+                else f"the H5MD tree's group /{name} (the store's group is the root)"
+            )
+            raise SchemaError(
+                f"{where}: field {name!r} would take the place of {what}; nothing was "
+                "written: rename the field (or its top key, for nested state)"
+                + ("" if name.startswith(OWN_PREFIX) else ", or write into a group")
+            )
 
 
 def maxshape(row_shape: tuple[int, ...]) -> tuple[int | None, ...]:

@@ -32,10 +32,12 @@ from ._format import StepRanges, parse_step_ranges
 from ._h5mdread import H5MDSource
 from ._hdf5file import (
     FileLocks,
+    SessionBusy,
     check_not_truncated,
     clear_open_flags,
     import_h5py,
     is_hdf5_file,
+    wait_for_sessions,
 )
 from ._hdf5md import is_h5md_file
 from ._hdf5plan import (
@@ -63,6 +65,12 @@ _NONBLOCK = getattr(os, "O_NONBLOCK", 0)
 def open_for_reading(path: str) -> Any:
     """The HDF5 file at ``path``, open read-only: in SWMR mode when the file
     supports it (a file being written or left by a killed writer), else plainly.
+
+    Never waits for a writer's session (it may be a writer thread of this
+    process, waiting for the lock of :data:`HANDLES` that the caller holds):
+    raises :class:`~snapsink.stores._hdf5file.SessionBusy` instead; the
+    caller waits (:func:`~snapsink.stores._hdf5file.wait_for_sessions`)
+    outside its locks and tries again.
 
     A file still marked open for writing by a writer that died (its session
     lock is gone with it) is recovered first, as the next writer would do it
@@ -117,7 +125,7 @@ def _open_shared(path: str, fd: int) -> Any:
     h5py = import_h5py()
     swmr = os.pread(fd, 9, 0)[8] >= 2  # superblock v2+: SWMR-capable
     # Not while a writer changes the file's structure (see _hdf5file).
-    with FileLocks(fd, path).shared():
+    with FileLocks(fd, path).shared(wait=False):
         try:
             # h5py's default locking, so that plain h5py opens the file in
             # this process too (HDF5 refuses a second open with other flags)
@@ -149,7 +157,7 @@ def _recover(path: str) -> bool:
     except OSError:
         return False
     try:
-        with FileLocks(fd, path).session():
+        with FileLocks(fd, path).session(wait=False):
             clear_open_flags(fd, repr(path))
         return True
     except OSError:
@@ -203,16 +211,32 @@ class _Handles:
         self, path: str, *, fresh: bool = False, reader: object = None
     ) -> tuple[Any, tuple[int, int] | None]:
         """:meth:`get`, and the file's ``(st_dev, st_ino)`` (None: unknown)."""
-        with self._lock:
-            f, key = self._get(path, fresh)
-            if reader is not None:
-                self._hold(reader, key)
-            if self._stale:
-                self._sweep(keep=key)
-            return f, key
+        while True:
+            with self._lock:
+                try:
+                    f, key = self._get(path, fresh)
+                except SessionBusy:
+                    pass
+                else:
+                    if reader is not None:
+                        self._hold(reader, key)
+                    if self._stale:
+                        self._sweep(keep=key)
+                    return f, key
+            wait_for_sessions(path)  # outside the lock (see _get)
 
     def _get(self, path: str, fresh: bool) -> tuple[Any, tuple[int, int] | None]:
-        """The handle and the file's key (as the path names it now)."""
+        """The handle and the file's key (as the path names it now).
+
+        Why never wait here. A writer of this process (``writer="thread"``)
+        takes the file's session lock, then this object's lock to close the
+        handle (:meth:`release`). A reader that waited for the session lock
+        while holding this object's lock would wait for that writer forever,
+        and the writer for it. So the file is opened without waiting
+        (:class:`SessionBusy` when a session holds it), and the callers wait
+        for the session with this object's lock let go, then try again: the
+        locks are always taken in one order, the session lock first.
+        """
         key = self._key(path)
         f = self._files.get(key) if key is not None else None
         if f is not None and (fresh or not f.id.valid):
@@ -229,10 +253,17 @@ class _Handles:
     def borrowed(self, path: str, *, fresh: bool = False) -> Iterator[Any]:
         """The shared handle of ``path`` for one operation; closed after it
         unless a reader holds it."""
-        with self._lock:
-            f, key = self._get(path, fresh)
-            if key is not None:
-                self._busy[key] = self._busy.get(key, 0) + 1
+        while True:
+            with self._lock:
+                try:
+                    f, key = self._get(path, fresh)
+                except SessionBusy:
+                    pass
+                else:
+                    if key is not None:
+                        self._busy[key] = self._busy.get(key, 0) + 1
+                    break
+            wait_for_sessions(path)  # outside the lock (see _get)
         try:
             yield f
         finally:

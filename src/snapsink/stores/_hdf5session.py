@@ -197,19 +197,6 @@ class StoreFile:
                 "it; refusing to commit frames that are not there"
             )
 
-    def inspect(self, h5py: Any) -> str:
-        """``"missing"``, ``"empty"``, ``"snapsink"`` or ``"foreign"``: what is at
-        the group's path (under the session lock)."""
-        with self.file(swmr=False, locked=True) as f:
-            node = f.get(self.group) if self.group else f
-            if node is None:
-                return "missing"
-            if not isinstance(node, h5py.Group):
-                return "foreign"
-            if is_snapsink_attr(node.attrs.get(META_ATTR)):
-                return "snapsink"
-            return "empty" if not len(node) and not len(node.attrs) else "foreign"
-
     def root_is_ours(self, h5py: Any) -> bool:
         """Whether the file's root group is a snapsink store (a file of an old
         format, which h5py opens read-only only)."""

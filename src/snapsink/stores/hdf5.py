@@ -54,6 +54,7 @@ from ._hdf5claim import claim_group
 from ._hdf5columns import Column, Pending, create_columns, plan_rows, write_rows
 from ._hdf5file import fsync_fd, import_h5py
 from ._hdf5md import (
+    H5MD_ROOTS,
     H5MDMapping,
     check_h5md,
     check_h5md_schema,
@@ -69,6 +70,7 @@ from ._hdf5plan import (
     check_compression,
     check_hdf5_dtype,
     check_hdf5_dtypes,
+    check_hdf5_names,
 )
 from ._hdf5read import HDF5Source, is_hdf5_store, list_hdf5_groups, open_hdf5
 from ._hdf5session import StoreFile
@@ -100,7 +102,9 @@ class HDF5Store:
     mode
         ``"x"``: create; fail if the group (for the root: a non-empty file)
         exists. ``"w"``: replace the group (for the root: the whole file, if it
-        is a snapsink store). ``"a"``: append after the group's committed
+        is a snapsink store) with the runs nested in it; refused, nothing
+        deleted, where another writer holds one or anything below is not
+        snapsink's. ``"a"``: append after the group's committed
         frames (created when missing).
     group
         Path of the group in the file (``"traj"``, ``"run1/thermo"``); ``None``
@@ -125,8 +129,9 @@ class HDF5Store:
         already stored must hold an equal array.
     commit_every, commit_seconds
         ``append`` commits once this many frames, or this many seconds, have
-        passed since the last commit; ``commit_seconds=None``: on frame count
-        (and ``commit()``) only.
+        passed since the last commit; a sink's writer with nothing to store
+        commits once ``commit_seconds`` passed (:meth:`commit_due_in`);
+        ``commit_seconds=None``: on frame count (and ``commit()``) only.
     h5md
         With ``layout="h5md"``: which fields are which H5MD elements, e.g.
         ``{"position": "positions", "velocity": "velocities", "force":
@@ -250,10 +255,14 @@ class HDF5Store:
         DTypeError
             A field of dtype float128 or complex256.
         SchemaError
-            With ``layout="h5md"``: a field the mapping names is missing, ragged
-            or of a shape H5MD does not allow.
+            A field whose dataset would take the place of the store's own
+            (``snapsink.*``; with ``layout="h5md"`` in the root group: ``h5md``,
+            ``particles``, ``observables``). With ``layout="h5md"``: a field the
+            mapping names is missing, ragged or of a shape H5MD does not allow.
         """
         check_hdf5_dtypes(schema, repr(self))
+        root_h5md = self._h5md is not None and not self._group
+        check_hdf5_names(schema, repr(self), H5MD_ROOTS if root_h5md else ())
         if self._h5md is not None:
             check_h5md_schema(self._h5md, schema, self._static, repr(self))
 
@@ -274,15 +283,17 @@ class HDF5Store:
         Raises
         ------
         StoreLockedError
-            Another writer holds the group.
+            Another writer holds the group, or (``"w"``) a run nested in it.
         StoreExistsError
             ``"x"`` on an existing group (the root: a non-empty file); ``"x"``
             or ``"w"`` on a file that is no HDF5 file, or on a group holding
-            objects that are no snapsink store.
+            objects that are no snapsink store (``"w"``: at any depth); a
+            group path through a dataset, or inside a run at a name it holds.
         FormatError
             ``"a"`` on a file or group that is not a snapsink store, or corrupt.
         ConfigError
-            A static array differs from the stored one.
+            A static array differs from the stored one; (``"a"``) units that
+            differ from the stored ones.
         StoreStateError
             ``open()`` called twice.
         """
@@ -304,6 +315,7 @@ class HDF5Store:
                     attrs=self._attrs,
                     static=self._static,
                     h5md=self._h5md is not None,
+                    units=self._h5md.units if self._h5md is not None else None,
                 )
         except BaseException:
             if sf.created and sf.size() == 0:
@@ -429,6 +441,19 @@ class HDF5Store:
         elif self._pending_bytes >= _SESSION_BYTES:
             self._session(commit=False)
 
+    def commit_due_in(self) -> float | None:
+        """Seconds until ``commit_seconds`` asks for a commit of what was
+        appended (0 or less: due now); None when nothing waits for one, or
+        with ``commit_seconds=None``. The writer commits then if no append
+        came first (see :class:`~snapsink.Store`)."""
+        if (
+            self._commit_seconds is None
+            or self._state != "open"
+            or not (self._count > self._committed or self._dropped_dirty)
+        ):
+            return None
+        return self._last_commit + self._commit_seconds - time.monotonic()
+
     def commit(self) -> None:
         """Write what is buffered, make it durable, then the commit record
         (flush and fsync the data, then the record, then flush and fsync)."""
@@ -511,6 +536,7 @@ class HDF5Store:
             chunk_frames=self._chunk_frames,
             compression=self._compression,
             only=only,
+            where=repr(self),
         )
 
     def _write_h5md(self, f: Any, grp: Any, schema: Schema, times: bool) -> None:
@@ -553,7 +579,8 @@ def _check_layout(
     ------
     ConfigError
         An unknown layout, ``layout="h5md"`` without a mapping, a mapping or
-        units with the snapsink layout, or a bad mapping.
+        units with the snapsink layout, a bad mapping, or (H5MD) a group in
+        the H5MD tree's ``/h5md``, ``/particles`` or ``/observables``.
     """
     if layout not in LAYOUTS:
         raise ConfigError(
@@ -572,4 +599,11 @@ def _check_layout(
             "elements, e.g. h5md={'position': 'positions', 'box': 'cell'}"
         )
     mapping = check_h5md(h5md, units)
+    top = group.strip("/").split("/")[0] if isinstance(group, str) else None
+    if top in H5MD_ROOTS:
+        raise ConfigError(
+            f"group {group!r}: with layout='h5md' the store's group may not be in the H5MD "
+            f"tree's /{top} (the tree's {', '.join('/' + r for r in H5MD_ROOTS)} are made "
+            f"beside it); choose another group, e.g. the default {H5MD_GROUP!r}"
+        )
     return mapping, (dict(h5md), dict(units or {})), H5MD_GROUP if group is None else group
