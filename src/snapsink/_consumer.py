@@ -10,7 +10,8 @@ One loop for both runners of a sink's store:
 
 A :class:`Feed` says what is there to store; :class:`Consumer` decides the order
 of store calls: ``prepare`` once before the first batch, ``append`` per batch,
-``commit`` when a flush is due and at the end, then ``close``. Store methods
+``commit`` when a flush is due, when the store's ``commit_seconds`` timer falls
+due while nothing comes (:meth:`Consumer.run`), and at the end, then ``close``. Store methods
 that are coroutine functions run on the consumer's own event loop
 (:class:`StoreCaller`), never on the simulation's: a simulation that computes
 on its event loop cannot starve its store.
@@ -102,8 +103,9 @@ class Feed(Protocol):
     def finished(self) -> bool:
         """Nothing more will come."""
 
-    def wait(self) -> None:
-        """Nothing to do now: wait a while, or until woken."""
+    def wait(self, timeout: float | None = None) -> None:
+        """Nothing to do now: wait a while (at most ``timeout`` seconds), or
+        until woken."""
 
 
 class Consumer:
@@ -133,16 +135,25 @@ class Consumer:
 
     def run(self) -> None:
         """Store everything the feed brings, committing flushes, until it is
-        finished; then commit. A store error propagates."""
+        finished; then commit. A store error propagates.
+
+        A store commits on its own (``commit_every``, ``commit_seconds``) only
+        in ``append``; when nothing comes, the store's ``commit_due_in()`` (see
+        :class:`~snapsink.Store`) bounds the wait, and the commit it asks for
+        runs here. Asked only when there is nothing to store: nothing per frame.
+        """
         feed = self.feed
         assert feed is not None
         store = self.store
+        due_in: Callable[[], float | None] | None = getattr(store, "commit_due_in", None)
+        timed = False  # a timed commit ran since the last wait
         while True:
             batch = feed.take()
             if batch is not None:
                 self.prepare()
                 self.call(store.append, batch)
                 feed.stored()
+                timed = False
                 continue
             gen = feed.flush_due()
             if gen is not None:
@@ -159,7 +170,19 @@ class Consumer:
                 # its threads; its loop only starts each next step).
                 self.call(store.settle, IDLE_SLICE)
                 continue
-            feed.wait()
+            due = due_in() if due_in is not None and self.prepared else None
+            if due is not None and due <= 0:
+                if not timed:
+                    # commit_seconds passed with frames uncommitted and none
+                    # coming: commit them now, not at some later append
+                    timed = True
+                    self.commit()
+                    continue
+                # still due right after a commit: a store that cannot commit
+                # more now (never spin on it; ask again after the feed's tick)
+                due = None
+            feed.wait(due)
+            timed = False
         if getattr(store, "commits_on_close", False):
             # its close commits in the same pass (one round of fsyncs and one
             # metadata write fewer, at the close the simulation waits for)
@@ -241,7 +264,7 @@ class ChannelFeed:
     def finished(self) -> bool:
         return self.ch.finished()
 
-    def wait(self) -> None:
+    def wait(self, timeout: float | None = None) -> None:
         waker = ThreadWaker()
         if self.ch.park_consumer(waker, self.appended_seq, self.done_gen):
-            waker.event.wait(DRAIN_TICK)
+            waker.event.wait(DRAIN_TICK if timeout is None else min(DRAIN_TICK, timeout))

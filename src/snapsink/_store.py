@@ -115,6 +115,15 @@ class Store(Protocol):
       nothing to store, the writer calls ``settle(budget)`` in slices of a
       millisecond (it takes new frames in between), which lets that work go
       on and end, and raises what it raised;
+    - ``commit_due_in() -> float | None``: when the store's own time-based
+      commit (``commit_seconds``) falls due, in seconds from now (0 or less:
+      due now); None when no frame or dropped step waits for a commit, or the
+      store commits on frame counts only. A plain method (also on an
+      :class:`AsyncStore`), I/O-free and cheap: the writer calls it whenever
+      it has nothing to store, waits at most that long for new frames, and
+      calls ``commit()`` when it is due, so that what was appended becomes
+      durable and visible within ``commit_seconds`` even when no more frames
+      come (a store checks its timer only in ``append``);
     - ``commits_on_close: bool``: True when ``close()`` (on an open store)
       commits every frame appended, as a commit would, before it releases
       anything. The sink then calls ``close()`` without the final ``commit()``

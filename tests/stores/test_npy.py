@@ -489,6 +489,36 @@ def test_commit_seconds_commits_at_append(tmp_path: Path, monkeypatch: pytest.Mo
     store.close()
 
 
+def test_commit_due_in_counts_from_the_last_commit(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """What the sink's writer asks when no frame comes: due ``commit_seconds``
+    after the last commit started, while frames wait for one; frames a
+    background commit covers do not."""
+    now = [0.0]
+    monkeypatch.setattr(npy_module, "_clock", lambda: now[0])
+    store = NpyDirectory(tmp_path / "s", commit_every=1000, commit_seconds=2.0)
+    store.open()
+    store.prepare(SCHEMA, times=False)
+    assert store.commit_due_in() is None
+    store.append(Batch([fr(0)]))
+    assert store.commit_due_in() == 2.0
+    now[0] = 2.5
+    assert store.commit_due_in() == -0.5  # due: the writer commits
+    store.append(Batch([fr(1)]))  # the append commits (in the background)
+    assert store.commit_due_in() is None  # the commit in flight covers both frames
+    store.append(Batch([fr(2)]))
+    assert store.commit_due_in() == 2.0  # counted from that commit's start
+    now[0] = 5.0
+    store.commit()
+    assert store.commit_due_in() is None
+    reader = NpySource(tmp_path / "s")
+    np.testing.assert_array_equal(reader.steps(), [0, 1, 2])
+    store.close()
+    assert store.commit_due_in() is None
+    assert NpyDirectory(tmp_path / "t", commit_seconds=None).commit_due_in() is None
+
+
 def test_dropped_steps_round_trip_compactly(tmp_path: Path) -> None:
     store = NpyDirectory(tmp_path / "s", commit_every=1000)
     store.open()

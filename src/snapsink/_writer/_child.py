@@ -316,11 +316,11 @@ class Writer:
                 f"frames, but {self.spill_dir} holds more ({reader.position()})"
             )
 
-    def wait(self) -> None:
+    def wait(self, timeout: float | None = None) -> None:
         """Nothing to do. A simulation that writes regularly finds the writer
         polling: its frames are picked up within _POLL, and publishing them costs
         it no system call. After a quiet spell the writer sleeps, and the next
-        frame wakes it."""
+        frame wakes it. ``timeout``: wake by then anyway (a timed commit due)."""
         if self.parent_gone:
             return  # draining: nobody will wake us
         ring = self.ring
@@ -330,7 +330,8 @@ class Writer:
             if ring.get(_shm.TAIL) > self.done:
                 ring.set(_shm.IDLE, _shm.BUSY)
                 return
-        self.handle(block=True, timeout=_TICK if asleep else _POLL)
+        tick = _TICK if asleep else _POLL
+        self.handle(block=True, timeout=tick if timeout is None else min(tick, timeout))
         if ring is not None:
             ring.set(_shm.IDLE, _shm.BUSY)
 

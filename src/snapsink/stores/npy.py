@@ -108,8 +108,10 @@ class NpyDirectory:
         commit is an fsync of every data file, then the metadata: for small
         frames a low value costs throughput; ``flush()`` commits on demand).
     commit_seconds
-        Also commit at an append when this many seconds passed since the last
-        commit; ``None`` to commit on frame count (and ``commit()``) only.
+        Also commit when this many seconds passed since the last commit and
+        something was appended since: at an append, or, when no frame comes,
+        by the sink's writer (:meth:`commit_due_in`); ``None`` to commit on
+        frame count (and ``commit()``) only.
     direct_io
         Write runs of rows of at least 1 MiB whose length and memory are page
         aligned with ``O_DIRECT``: the disk reads them from the writer's memory,
@@ -416,6 +418,20 @@ class NpyDirectory:
             and _clock() - self._last_commit >= self._commit_seconds
         ):
             self._commit_soon()
+
+    def commit_due_in(self) -> float | None:
+        """Seconds until ``commit_seconds`` asks for a commit of what was
+        appended since the last one started (0 or less: due now); None when
+        nothing waits for one, or with ``commit_seconds=None``. The writer
+        commits then if no append came first (see :class:`~snapsink.Store`).
+        """
+        if (
+            self._commit_seconds is None
+            or self._state != "open"
+            or not (self._since_commit or self._dropped_dirty)
+        ):
+            return None
+        return self._last_commit + self._commit_seconds - _clock()
 
     def _commit_soon(self) -> None:
         """Start a commit of everything appended, in the background (see

@@ -167,8 +167,9 @@ class ZarrStore:
         default (zstd); or codecs such as ``zarr.codecs.BloscCodec()``.
     commit_every, commit_seconds
         ``append`` commits once this many frames, or this many seconds, have
-        passed since the last commit; ``commit_seconds=None``: on frame count
-        (and ``commit()``) only.
+        passed since the last commit; when no frame comes, the sink's writer
+        commits once ``commit_seconds`` passed (:meth:`commit_due_in`);
+        ``commit_seconds=None``: on frame count (and ``commit()``) only.
     storage_options
         For a URL ``store``: fsspec's options for its filesystem (for S3,
         s3fs's: ``key``, ``secret``, ``endpoint_url``, ``client_kwargs``, ...).
@@ -276,6 +277,8 @@ class ZarrStore:
         self._last_commit = time.monotonic()
         #: the frames the last commit started covers (it may still run, see _settle)
         self._commit_target = 0
+        #: steps were dropped since the last commit started
+        self._dropped_pending = False
         #: a commit running in the background, on the writer's loop (see append)
         self._background: asyncio.Task[None] | None = None
         self._state = "new"  # new -> open -> closed; "failed" after a failed write
@@ -516,6 +519,8 @@ class ZarrStore:
         if self._background is not None and self._background.done():
             await self._settle()  # its failure fails this append
         self._meta.dropped.add_all(batch.dropped_steps)
+        if batch.dropped_steps:
+            self._dropped_pending = True
         frames = batch.frames
         if frames:
             schema = self._meta.schema
@@ -590,9 +595,23 @@ class ZarrStore:
         pending = self._frames - self._commit_target
         return pending >= self._commit_every or (
             self._commit_seconds is not None
-            and bool(pending or dropped)
+            and bool(pending or dropped or self._dropped_pending)
             and time.monotonic() - self._last_commit >= self._commit_seconds
         )
+
+    def commit_due_in(self) -> float | None:
+        """Seconds until ``commit_seconds`` asks for a commit of what was
+        appended since the last commit started (0 or less: due now); None when
+        nothing waits for one, or with ``commit_seconds=None``. The writer
+        commits then if no append came first (see :class:`~snapsink.Store`).
+        A plain method: the writer calls it between store calls."""
+        if (
+            self._commit_seconds is None
+            or self._state != "open"
+            or not (self._frames > self._commit_target or self._dropped_pending)
+        ):
+            return None
+        return self._last_commit + self._commit_seconds - time.monotonic()
 
     def _in_background(self) -> bool:
         """Whether commits due in ``append`` may run in the background: a local
@@ -629,6 +648,7 @@ class ZarrStore:
         filled last block (copied for a commit in the ``background``); marks it
         started."""
         count = self._commit_target = self._frames
+        self._dropped_pending = False
         lengths = {name: col.length for name, col in self._columns.items()}
         attrs = self._attributes()
         attrs[META_KEY] = {**attrs[META_KEY], "count": count}
