@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import threading
 from pathlib import Path
+from typing import Any
 
 import anyio
 import numpy as np
@@ -14,6 +15,7 @@ from snapsink import (
     ClosedSinkError,
     ConfigError,
     HostMemory,
+    NpyDirectory,
     SchemaError,
     Spill,
     SyncSink,
@@ -21,6 +23,7 @@ from snapsink import (
     WriterError,
     WrongThreadError,
 )
+from snapsink import open as snapsink_open
 
 pytestmark = pytest.mark.timeout(30)
 
@@ -227,3 +230,41 @@ def test_a_failing_close_is_noted_on_the_body_error_never_hiding_it() -> None:
     with pytest.raises(WriterError):
         with SyncSink(FailingStore(fail_append_at=1)) as sink:
             sink.write({"x": np.zeros(3)}, step=0)
+
+
+class _InterruptedOnce(threading.Event):
+    """The constructor's wait for the loop, interrupted once (a Ctrl-C)."""
+
+    interrupted = False
+
+    def wait(self, timeout: float | None = None) -> bool:
+        main = threading.current_thread() is threading.main_thread()
+        if main and not _InterruptedOnce.interrupted:
+            _InterruptedOnce.interrupted = True
+            raise KeyboardInterrupt
+        return super().wait(timeout)
+
+
+@pytest.mark.parametrize("writer", ["thread", "process"])
+def test_an_interrupted_constructor_closes_what_it_opened(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, writer: str
+) -> None:
+    """Ctrl-C while SyncSink waits for its loop to open the store: the open
+    goes on, and is closed (the store's lock free, no writer left)."""
+    import snapsink._sync as sync_module
+
+    init = sync_module._LoopThread.__init__
+
+    def with_interrupted_wait(self: Any, sink: Any) -> None:
+        init(self, sink)
+        self._ready = _InterruptedOnce()
+
+    monkeypatch.setattr(_InterruptedOnce, "interrupted", False)
+    monkeypatch.setattr(sync_module._LoopThread, "__init__", with_interrupted_wait)
+    with pytest.raises(KeyboardInterrupt):
+        SyncSink(NpyDirectory(tmp_path / "run"), writer=writer)
+    monkeypatch.undo()
+    assert not [t for t in threading.enumerate() if t.name == "snapsink-sync-loop"]
+    with SyncSink(NpyDirectory(tmp_path / "run", mode="a"), writer=writer) as sink:
+        sink.write({"x": np.float64(1.0)}, step=0)  # the lock was released
+    assert snapsink_open(tmp_path / "run")["x"][:].tolist() == [1.0]

@@ -55,11 +55,29 @@ class _LoopThread:
     def start(self) -> None:
         self.running = True
         self.thread.start()
-        self._ready.wait()
+        try:
+            self._ready.wait()
+        except BaseException:
+            # Interrupted (Ctrl-C, a signal handler raising) while the loop
+            # opens the sink: the open goes on in the thread, and nothing would
+            # close what it opens (the store, its writer process)
+            self._abandon()
+            raise
         if self._startup_error is not None:
             self.thread.join()
             raise self._startup_error
         _open_loops.add(self)
+
+    def _abandon(self) -> None:
+        """Close what an interrupted start opens, once it has opened it."""
+        _open_loops.add(self)  # interrupted again here: the exit hook closes it
+        self._ready.wait()
+        if self._startup_error is not None:
+            _open_loops.discard(self)
+            self.thread.join()
+            return
+        with contextlib.suppress(Exception):  # the interrupt is what the caller sees
+            self.close()
 
     def _run(self) -> None:
         try:

@@ -358,9 +358,18 @@ def main(argv: list[str]) -> int:
         consumer = Consumer(spec.build(), feed=w)
         resume = consumer.open()
     except BaseException as exc:
-        wire.send(("error", encode_error(exc)))
+        with contextlib.suppress(OSError):  # the sink's process may be gone
+            wire.send(("error", encode_error(exc)))
         return 1
-    wire.send(("opened", resume))
+    try:
+        wire.send(("opened", resume))
+    except OSError:
+        # The sink's process is gone before its open returned (a signal while
+        # it started us): no write ever returned, so there is nothing to
+        # store. Close the store, quietly: nobody reads a traceback now.
+        with contextlib.suppress(BaseException):
+            consumer.close()
+        return 0
     w.start_reader()
     failed = False
     try:
