@@ -192,3 +192,44 @@ def test_a_reader_waiting_for_a_session_never_blocks_the_writer(tmp_path: Path) 
     finally:
         os.close(fd)
     assert got == [1.0, 2.0]
+
+
+def test_a_reader_in_a_thread_writers_process_reads_between_its_sessions(
+    tmp_path: Path,
+) -> None:
+    """Each session of a writer thread closes the process's read handles (HDF5
+    opens a file once per process), between any two calls of a reader: the
+    reader reads again on a fresh handle, never a spurious FormatError and
+    never a false 'replaced'."""
+    path = tmp_path / "f.h5"
+    seen = []
+    with snapsink.SyncSink(HDF5Store(path, commit_every=1), writer="thread") as sink:
+        for i in range(300):
+            sink.write({"x": np.full(4, i, np.float32)}, step=i)
+            if i:
+                traj = snapsink.open(path)
+                seen.append(len(traj))
+                if len(traj):
+                    assert traj["x"][-1].tolist() == [float(len(traj) - 1)] * 4
+    assert seen == sorted(seen) and seen[-1] >= 1
+    assert snapsink.open(path).steps.tolist() == list(range(300))
+
+
+def test_a_reader_opened_before_the_first_frame_follows_the_new_file(tmp_path: Path) -> None:
+    """A new store's writer makes its file anew at the first prepare (a new
+    inode): a reader opened before, which read nothing, follows it, while one
+    that read frames refuses a file made again under it."""
+    path = tmp_path / "f.h5"
+    store = HDF5Store(path)
+    store.open()
+    early = snapsink.open(path)
+    assert len(early) == 0 and early.schema is None
+    store.prepare(SCHEMA, times=False)
+    store.append(Batch([Frame(0, None, {"x": np.full(2, 1.5)})]))
+    store.commit()
+    early.refresh()
+    assert early["x"][:, 0].tolist() == [1.5]
+    store.close()
+    _run(HDF5Store(path, "w"), [9.0])
+    with pytest.raises(snapsink.FormatError, match="was replaced since it was opened"):
+        early.refresh()

@@ -21,7 +21,7 @@ import os
 import threading
 import weakref
 from collections.abc import Callable, Iterator, Mapping
-from typing import Any
+from typing import Any, TypeVar
 
 import numpy as np
 
@@ -57,6 +57,8 @@ from ._rows import RowArraysSource
 from ._zarrplan import check_group, plan_arrays
 
 __all__ = ["HDF5Source", "is_hdf5_store", "list_hdf5_groups", "open_hdf5"]
+
+T = TypeVar("T")
 
 _CLOEXEC = getattr(os, "O_CLOEXEC", 0)
 _NONBLOCK = getattr(os, "O_NONBLOCK", 0)
@@ -357,6 +359,8 @@ class HDF5Source(RowArraysSource):
         self.length = 0
         #: the group opened: the file's (st_dev, st_ino), the group's address
         self._identity: tuple[tuple[int, int] | None, int | None] | None = None
+        #: the handle of the last read (see _reading)
+        self._handle: Any = None
         self._replaced: FormatError | None = None
         self.refresh()
 
@@ -386,22 +390,46 @@ class HDF5Source(RowArraysSource):
         would loop on a read past its end (see :func:`check_not_truncated`).
         """
         f, key = HANDLES.get_keyed(self._path, reader=self)
+        self._handle = f
         _check_open_file(f, self._path)
         grp = f[self._group] if self._group else f
         self._same_group(key, grp)
         return grp
+
+    def _reading(self, op: Callable[[], T]) -> T:
+        """``op()``, a read through the shared handle, again on a fresh handle
+        when the handle was closed under it: a writer thread of this process
+        closes the process's read handles as each of its sessions begins
+        (HDF5 opens a file once per process), between any two calls of a reader."""
+        for attempt in range(_TRIES):
+            try:
+                return op()
+            except Exception:
+                if attempt + 1 < _TRIES and not _valid(self._handle):
+                    continue
+                raise
+        raise AssertionError("unreachable")  # pragma: no cover
 
     def _same_group(self, key: tuple[int, int] | None, grp: Any) -> None:
         """Raise if the file or the group is not the one opened (sticky: the
         old file's inode is free once the handle moved to the new file)."""
         if self._replaced is None and self._identity is not None:
             file_key, addr = self._identity
-            if key != file_key:
-                why = "the path names another file"
-            elif addr != _address(grp):
-                why = "the group is another HDF5 object"
-            else:
+            now = _address(grp)
+            if key == file_key and now == addr:
                 return
+            if not _valid(grp):
+                # closed under this read (see _reading): nothing to judge by
+                raise _Closed(self._path)
+            if self.schema is None and not self.length:
+                # Nothing was read of it yet: a new store's file, which its
+                # writer makes anew, whole, at its first prepare (see
+                # StoreFile.remake). That file is the store.
+                self._identity = (key, now)
+                return
+            why = "the path names another file" if key != file_key else (
+                "the group is another HDF5 object"
+            )
             where = f"HDF5 group {self._group or '/'!r} in {self._path!r}"
             self._replaced = replaced_error(where, why)
         if self._replaced is not None:
@@ -424,15 +452,25 @@ class HDF5Source(RowArraysSource):
         if self._replaced is not None:
             raise self._replaced
         with structure_errors(self._path):
-            self._refresh()
+            for attempt in range(_TRIES):
+                # (maybe a new file now)
+                f, key = HANDLES.get_keyed(self._path, fresh=True, reader=self)
+                self._handle = f
+                try:
+                    self._refresh(f, key)
+                    return
+                except Exception:
+                    # closed under the refresh (see _reading): nothing it
+                    # found says anything of the file; read it again
+                    if attempt + 1 < _TRIES and not _valid(f):
+                        continue
+                    raise
 
-    def _refresh(self) -> None:
+    def _refresh(self, f: Any, key: tuple[int, int] | None) -> None:
         h5py = import_h5py()
-        # (maybe a new file now)
-        f, key = HANDLES.get_keyed(self._path, fresh=True, reader=self)
         where = f"HDF5 group {self._group or '/'!r} in {self._path!r}"
         grp = f.get(self._group) if self._group else f
-        if grp is None and self._identity is not None:
+        if grp is None and self._identity is not None and _valid(f):
             self._replaced = replaced_error(where, "the group is gone")
             raise self._replaced
         if grp is None:
@@ -455,6 +493,8 @@ class HDF5Source(RowArraysSource):
                 before = (self.schema, self._meta.times, self.length)
                 check_same_store(where, before, (meta.schema, meta.times, record.count))
             except FormatError as exc:
+                if not _valid(f):
+                    raise _Closed(self._path) from None
                 self._replaced = exc
                 raise
         if record.count and (meta.schema is None or meta.times is None):
@@ -492,9 +532,15 @@ class HDF5Source(RowArraysSource):
         self.schema = meta.schema
         self.length = record.count
         if self._identity is None:
-            self._identity = (key, _address(grp))
+            addr = _address(grp)
+            if addr is None and not _valid(grp):
+                raise _Closed(self._path)  # closed under this refresh: again
+            self._identity = (key, addr)
 
     def _get(self, name: str, start: int, stop: int) -> np.ndarray[Any, Any]:
+        return self._reading(lambda: self._read_rows(name, start, stop))
+
+    def _read_rows(self, name: str, start: int, stop: int) -> np.ndarray[Any, Any]:
         ds = self._dataset(name)
         if stop > ds.shape[0]:
             raise FormatError(
@@ -518,16 +564,19 @@ class HDF5Source(RowArraysSource):
 
     def static(self) -> Mapping[str, np.ndarray[Any, Any]]:
         if self._static is None:
-            h5py = import_h5py()
-            out: dict[str, np.ndarray[Any, Any]] = {}
-            sg = self._grp().get(STATIC_GROUP)
-            if isinstance(sg, h5py.Group):
-                for name in sg:
-                    ds = sg[name]
-                    if isinstance(ds, h5py.Dataset):
-                        out[name] = np.asarray(ds[()])
-            self._static = out
+            self._static = self._reading(self._read_static)
         return self._static
+
+    def _read_static(self) -> dict[str, np.ndarray[Any, Any]]:
+        h5py = import_h5py()
+        out: dict[str, np.ndarray[Any, Any]] = {}
+        sg = self._grp().get(STATIC_GROUP)
+        if isinstance(sg, h5py.Group):
+            for name in sg:
+                ds = sg[name]
+                if isinstance(ds, h5py.Dataset):
+                    out[name] = np.asarray(ds[()])
+        return out
 
     def attrs(self) -> Mapping[str, Any]:
         return self._user
@@ -535,7 +584,7 @@ class HDF5Source(RowArraysSource):
     def dropped_steps(self) -> np.ndarray[Any, np.dtype[np.int64]]:
         if self._dropped is None:
             runs = self._record.runs
-            ds = self._grp().get(DROPPED)
+            ds = self._reading(lambda: self._grp().get(DROPPED))
             if runs and (ds is None or ds.shape[0] < runs or ds.shape[1:] != (2,)):
                 raise FormatError(f"{self._where}: {DROPPED!r} holds fewer than {runs} runs")
             raw = np.asarray(ds[:runs], np.int64).tolist() if runs else []
@@ -552,12 +601,35 @@ class HDF5Source(RowArraysSource):
     # -- chunk reads (snapsink._dask.ChunkedSource; the rest in RowArraysSource) --
     def array_chunk(self, key: str) -> int | None:
         """Rows per chunk of dataset ``key`` (None: contiguous)."""
-        chunks = self._dataset(key).chunks
+        chunks = self._reading(lambda: self._dataset(key).chunks)
         return int(chunks[0]) if chunks else None
 
     def opener(self) -> Callable[[], HDF5Source]:
         """Reopens the file by path (in a Dask worker's process)."""
         return functools.partial(HDF5Source, self._path, self._group or None)
+
+
+#: reads of a handle closed under them, at most (see HDF5Source._reading)
+_TRIES = 8
+
+
+class _Closed(FormatError):
+    """The shared handle was closed under a read (see HDF5Source._reading)."""
+
+    def __init__(self, path: str):
+        super().__init__(
+            f"{path!r}: the file's handle was closed under every read: a writer of this "
+            "process (writer='thread') kept starting sessions; read it from another "
+            "process, or with writer='process'"
+        )
+
+
+def _valid(obj: Any) -> bool:
+    """Whether an h5py object's handle is still open."""
+    try:
+        return bool(obj.id.valid)
+    except Exception:
+        return False
 
 
 def _address(grp: Any) -> int | None:
