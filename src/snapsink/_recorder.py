@@ -27,7 +27,7 @@ others (see :class:`~snapsink._routes.Router`).
 
 from __future__ import annotations
 
-from collections.abc import Callable, Mapping
+from collections.abc import Mapping
 from types import TracebackType
 from typing import Any
 
@@ -37,7 +37,7 @@ from anyio.abc import TaskGroup, TaskStatus
 
 from ._channeltypes import SinkStatistics
 from ._errors import ClosedSinkError, ClosesOnExit, ConfigError
-from ._routes import Plan, Route, Router, merge_routes
+from ._routes import Route, Router, merge_routes
 from ._routes import in_route as _in_route
 from ._schema import Schema
 from ._sink import Sink
@@ -63,13 +63,6 @@ def _raise_first(errors: Errors, exc: BaseException | None, doing: str = "closin
     for name, err in errors[1:]:
         first.add_note(f"snapsink: {doing} route {name!r} also failed: {err!r}")
     raise first
-
-
-def _captured(plan: Plan, done: int, step: int, last_step: Callable[[str], int | None]) -> Plan:
-    """The routes of ``plan`` that captured the frame of ``step``, when a record
-    stopped after ``done`` of them returned: those, and any later one whose sink
-    took it all the same (an interrupt that came as its write returned)."""
-    return plan[:done] + [(n, f) for n, f in plan[done:] if last_step(n) == step]
 
 
 def _note_left(exc: BaseException, opened: list[tuple[str, Any, Resume | None]]) -> None:
@@ -306,6 +299,8 @@ class Recorder(_Base):
                         await self._open(name, store, schema)
             await anyio.lowlevel.checkpoint_if_cancelled()
             s, t = router.check(step, time)  # a route may have resumed a store
+        # Deliberate parallel of SyncRecorder.record's loop: the same writes,
+        # awaited here, blocking there.
         plan = router.plan(state, s)
         sinks = self._sinks
         done = 0
@@ -316,8 +311,7 @@ class Recorder(_Base):
                 done += 1
         except BaseException:
             # cancelled or refused: the step is the routes' that captured it
-            captured = _captured(plan, done, s, lambda name: sinks[name][0].last_step)
-            router.recorded(s, t, captured, complete=len(captured) == len(plan))
+            router.stopped(s, t, plan, done, lambda name: sinks[name][0].last_step)
             raise
         router.recorded(s, t, plan, complete=True)
         return tuple(name for name, _ in plan)
@@ -475,6 +469,7 @@ class SyncRecorder(ClosesOnExit, _Base):
                 with _in_route(name):
                     self._open(name, store, schema)
             s, t = router.check(step, time)  # a route may have resumed a store
+        # Deliberate parallel of Recorder.record's loop (see there).
         plan = router.plan(state, s)
         sinks = self._sinks
         done = 0
@@ -486,8 +481,7 @@ class SyncRecorder(ClosesOnExit, _Base):
         except BaseException:
             # refused or interrupted (KeyboardInterrupt): the step is the routes'
             # that captured it
-            captured = _captured(plan, done, s, lambda name: sinks[name].last_step)
-            router.recorded(s, t, captured, complete=len(captured) == len(plan))
+            router.stopped(s, t, plan, done, lambda name: sinks[name].last_step)
             raise
         router.recorded(s, t, plan, complete=True)
         return tuple(name for name, _ in plan)

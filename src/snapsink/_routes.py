@@ -419,6 +419,21 @@ class Router:
             done = retry[2] if retry is not None and retry[0] == step else frozenset()
             self.retry = (step, time, done | {name for name, _ in captured})
 
+    def stopped(
+        self,
+        step: int,
+        time: float | None,
+        plan: Plan,
+        done: int,
+        last_step: Callable[[str], int | None],
+    ) -> None:
+        """A record stopped (cancelled, refused, interrupted) after ``done`` of
+        ``plan``'s writes returned: it takes effect for the routes that captured
+        its frame, those and any later one whose sink took it all the same (an
+        interrupt that came as its write returned; ``last_step(route)`` says)."""
+        captured = plan[:done] + [(n, f) for n, f in plan[done:] if last_step(n) == step]
+        self.recorded(step, time, captured, complete=len(captured) == len(plan))
+
     # -- the two recorders' record(): begin, open what it says, plan, write, recorded ----
     def begin(
         self, state: object, step: object, time: object, opened: Container[str]

@@ -213,19 +213,27 @@ class _Handles:
         self, path: str, *, fresh: bool = False, reader: object = None
     ) -> tuple[Any, tuple[int, int] | None]:
         """:meth:`get`, and the file's ``(st_dev, st_ino)`` (None: unknown)."""
+        with self._opened(path, fresh) as (f, key):
+            if reader is not None:
+                self._hold(reader, key)
+            if self._stale:
+                self._sweep(keep=key)
+            return f, key
+
+    @contextlib.contextmanager
+    def _opened(self, path: str, fresh: bool) -> Iterator[tuple[Any, tuple[int, int] | None]]:
+        """Under this object's lock, :meth:`_get`'s handle and key; a writer's
+        session is waited for with the lock let go (see :meth:`_get`)."""
         while True:
             with self._lock:
                 try:
-                    f, key = self._get(path, fresh)
+                    got = self._get(path, fresh)
                 except SessionBusy:
                     pass
                 else:
-                    if reader is not None:
-                        self._hold(reader, key)
-                    if self._stale:
-                        self._sweep(keep=key)
-                    return f, key
-            wait_for_sessions(path)  # outside the lock (see _get)
+                    yield got
+                    return
+            wait_for_sessions(path)  # outside the lock
 
     def _get(self, path: str, fresh: bool) -> tuple[Any, tuple[int, int] | None]:
         """The handle and the file's key (as the path names it now).
@@ -255,17 +263,9 @@ class _Handles:
     def borrowed(self, path: str, *, fresh: bool = False) -> Iterator[Any]:
         """The shared handle of ``path`` for one operation; closed after it
         unless a reader holds it."""
-        while True:
-            with self._lock:
-                try:
-                    f, key = self._get(path, fresh)
-                except SessionBusy:
-                    pass
-                else:
-                    if key is not None:
-                        self._busy[key] = self._busy.get(key, 0) + 1
-                    break
-            wait_for_sessions(path)  # outside the lock (see _get)
+        with self._opened(path, fresh) as (f, key):
+            if key is not None:
+                self._busy[key] = self._busy.get(key, 0) + 1
         try:
             yield f
         finally:
