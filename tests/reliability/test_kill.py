@@ -453,11 +453,12 @@ PRODUCER_SEEDS = {
 def test_sigkill_of_the_producer_loses_no_written_frame(
     server: ForkServer, tmp_path: Path, kind: str
 ) -> None:
-    """50 kills per store kind (25 more for HDF5's H5MD layout, the same store
-    and sessions): the writer process drains and commits every frame already
+    """50 kills per store kind (25 more for each variant of one: HDF5's H5MD
+    layout, the same store and sessions; Zarr's in-place rows, the same store
+    and commits): the writer process drains and commits every frame already
     in shared memory, and leaves nothing in /dev/shm."""
     needs(kind)
-    kills = 25 if kind == "h5md" else 50
+    kills = 25 if kind in ("h5md", "zarr-inplace") else 50
     run_producer_kills(
         server, tmp_path, kind, [PRODUCER_SEEDS[kind] * 10_000 + k for k in range(kills)]
     )

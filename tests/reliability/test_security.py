@@ -69,9 +69,12 @@ def test_no_pickle_anywhere_in_the_source() -> None:
 
 
 def make_npy(path: Path) -> None:
+    """A small valid store to tamper with (written by the thread writer: the
+    reader is under test here, and a writer process costs ~0.3 s a store)."""
     with SyncSink(
         snapsink.NpyDirectory(path, static={"mass": np.ones(3)}, attrs={"a": 1}),
         schema={"x": snapsink.Field("float32", (None, 3)), "e": "f8"},
+        writer="thread",
     ) as sink:
         for i in range(4):
             sink.write({"x": np.full((i, 3), i, "f4"), "e": float(i)}, step=i, time=0.5 * i)
@@ -221,9 +224,11 @@ def test_npy_append_never_writes_through_a_symlink(tmp_path: Path) -> None:
 
 
 async def make_zarr(path: Path) -> None:
+    """A small valid store to tamper with (the thread writer: see make_npy)."""
     async with snapsink.Sink(
         snapsink.ZarrStore(path, static={"mass": np.ones(3)}, attrs={"a": 1}),
         schema={"x": snapsink.Field("float32", (None, 3)), "e": "f8"},
+        writer="thread",
     ) as sink:
         for i in range(4):
             await sink.write({"x": np.full((i, 3), i, "f4"), "e": float(i)}, step=i, time=0.5 * i)
