@@ -324,13 +324,14 @@ def _damaged_zarr(path: Path) -> None:
 def test_a_failed_copy_to_a_path_removes_what_it_created(where: str, tmp_path: Path) -> None:
     _damaged_zarr(tmp_path / "src.zarr")
     if where == "new":
-        dst, kwargs, made = tmp_path / "a" / "b" / "run", {}, tmp_path / "a"
+        # the store goes; the parents it made stay (another copy may write beside it)
+        dst, kwargs, made = tmp_path / "a" / "b" / "run", {}, tmp_path / "a" / "b" / "run"
     elif where == "empty-dir":
         (tmp_path / "empty").mkdir()
         dst, kwargs, made = tmp_path / "empty", {}, tmp_path / "empty"
     else:  # a group added to an existing Zarr store: only the group goes
         snapsink.copy(_memory(), tmp_path / "have.zarr")
-        dst, kwargs, made = tmp_path / "have.zarr", {"group": "g/h"}, tmp_path / "have.zarr/g"
+        dst, kwargs, made = tmp_path / "have.zarr", {"group": "g/h"}, tmp_path / "have.zarr/g/h"
     with pytest.raises(snapsink.FormatError, match="chunk") as info:
         snapsink.copy(snapsink.open(tmp_path / "src.zarr"), dst, chunk_bytes=16000, **kwargs)
     note = "".join(info.value.__notes__)
@@ -338,10 +339,32 @@ def test_a_failed_copy_to_a_path_removes_what_it_created(where: str, tmp_path: P
     if where == "empty-dir":
         assert list(made.iterdir()) == []  # the directory was there: it stays, empty
     else:
-        assert not made.exists()
+        assert not made.exists() and made.parent.is_dir()
     if where == "zarr-group":
         assert snapsink.groups(dst) == [""]
         assert_same(_memory().trajectory(), snapsink.open(dst))
+
+
+def test_a_failed_copy_never_removes_a_parent_another_copy_writes_in(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Copy b starts into a new directory; copy a writes beside it meanwhile;
+    b fails: only b's own store goes, never the directory both made."""
+    _damaged_zarr(tmp_path / "src.zarr")
+    src = snapsink.open(tmp_path / "src.zarr")
+    chunks = src.iter_chunks
+
+    def with_another_copy_meanwhile(frames: int) -> Any:
+        for k, part in enumerate(chunks(frames)):
+            if k == 1:
+                snapsink.copy(_memory(), tmp_path / "out" / "a")
+            yield part
+
+    monkeypatch.setattr(src, "iter_chunks", with_another_copy_meanwhile)
+    with pytest.raises(snapsink.FormatError):
+        snapsink.copy(src, tmp_path / "out" / "b", chunk_bytes=16000)
+    assert sorted(p.name for p in (tmp_path / "out").iterdir()) == ["a"]
+    assert_same(_memory().trajectory(), snapsink.open(tmp_path / "out" / "a"))
 
 
 def test_a_copy_whose_open_failed_removes_nothing(

@@ -426,19 +426,17 @@ class _Written:
 
 
 class _Created:
-    """What ``copy`` creates at a path: the top-most directory of ``target``
-    that did not exist before the call, or, for an empty directory that did,
-    what is put in it. Nothing that existed before the call is ever removed."""
+    """What ``copy`` creates at a path: the store itself (``target``, a
+    directory or file that did not exist before the call), or, for an empty
+    directory that did, what is put in it. Never a parent directory the copy
+    made on the way (another copy may be writing beside it by now), and
+    nothing that existed before the call; only once the copy opened the store
+    (see :func:`copy`), so the store is this copy's."""
 
     def __init__(self, target: str):
         self.target = target
-        self.top: str | None = None
         p = os.path.abspath(target)
-        while not os.path.lexists(p):
-            self.top, parent = p, os.path.dirname(p)
-            if parent == p:
-                break
-            p = parent
+        self.top: str | None = None if os.path.lexists(p) else p
         self.was_empty = (
             self.top is None
             and os.path.isdir(target)
