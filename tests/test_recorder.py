@@ -670,3 +670,40 @@ def test_a_failed_open_names_the_new_stores_the_routes_before_it_made(tmp_path: 
         rec.record({"x": 2.0})
     assert snapsink.open(tmp_path / "a").steps.tolist() == [1]
     assert snapsink.open(tmp_path / "b")["x"][:].tolist() == [1.0, 2.0]
+
+
+def test_a_record_whose_bookkeeping_was_interrupted_is_completed_by_its_retry(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """Ctrl-C after every route's sink took the frame, before the recorder noted
+    it: the sinks say what was captured, so the retry of the step writes
+    nothing twice and once() stays once; a step fully recorded is refused by name."""
+    from snapsink._routes import Router
+
+    recorded = Router.recorded
+    fired: list[int] = []
+
+    def interrupted_once(self: Router, step: int, *args: Any, **kwargs: Any) -> None:
+        if step == 3 and not fired:
+            fired.append(step)
+            raise KeyboardInterrupt
+        recorded(self, step, *args, **kwargs)
+
+    monkeypatch.setattr(Router, "recorded", interrupted_once)
+    first, every = HostMemory(), HostMemory()
+    with SyncRecorder(
+        first=Route(first, schedule=when(lambda s: s["x"] >= 3) & once()), all=Route(every)
+    ) as rec:
+        for i in range(3):
+            rec.record({"x": float(i)}, step=i)
+        with pytest.raises(KeyboardInterrupt):
+            rec.record({"x": 3.0}, step=3)
+        assert rec.last_step == 2  # the recorder did not note it
+        assert rec.record({"x": 3.0}, step=3) == ("first", "all")  # both had it: no write
+        with pytest.raises(SchemaError, match="3 was recorded already"):
+            rec.record({"x": 3.0}, step=3)
+        for i in range(4, 6):
+            rec.record({"x": float(i)}, step=i)
+    assert first.trajectory().steps.tolist() == [3]
+    assert every.trajectory().steps.tolist() == [0, 1, 2, 3, 4, 5]
+    assert every.trajectory()["x"][:].tolist() == [0.0, 1.0, 2.0, 3.0, 4.0, 5.0]

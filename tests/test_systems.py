@@ -382,3 +382,29 @@ def test_a_refused_frame_leaves_its_systems_to_a_retry() -> None:
     traj = store.trajectory()
     np.testing.assert_array_equal(traj.steps, [0, 1])
     assert [traj.frame(i)["system"].tolist() for i in range(2)] == [[0], [1]]
+
+
+def test_with_per_system_named_other_fields_of_the_batch_size_are_whole() -> None:
+    """per_system names the per-system fields: another field of first
+    dimension B (a batch-wide (3,) cell with 3 systems) is stored whole."""
+    store = HostMemory()
+    state = {
+        "pos": np.arange(18.0).reshape(6, 3),
+        "energy": np.array([10.0, 20.0, 30.0]),
+        "cell": np.array([7.0, 8.0, 9.0]),
+        "natoms": np.array([2, 3, 1]),
+    }
+    with snapsink.SyncRecorder(
+        r=snapsink.Route(
+            store,
+            fields=["pos", "energy", "cell"],
+            select=snapsink.converged(
+                lambda s: np.array([False, True, False]), sizes="natoms", per_system=["energy"]
+            ),
+        )
+    ) as rec:
+        rec.record(state, step=0)
+    frame = store.trajectory().frame(0)
+    np.testing.assert_array_equal(frame["energy"], [20.0])
+    np.testing.assert_array_equal(frame["cell"], [7.0, 8.0, 9.0])
+    np.testing.assert_array_equal(frame["pos"], np.arange(6.0, 15.0).reshape(3, 3))

@@ -306,14 +306,16 @@ class Recorder(_Base):
         done = 0
         try:
             for name, fields in plan:
-                with _in_route(name):
-                    await sinks[name][0].write(fields, step=s, time=t)
+                sink = sinks[name][0]
+                if sink.last_step != s:  # (taken already: see SyncRecorder.record)
+                    with _in_route(name):
+                        await sink.write(fields, step=s, time=t)
                 done += 1
-        except BaseException:
-            # cancelled or refused: the step is the routes' that captured it
+        finally:
+            # every write returned, or cancelled or refused: the step is the
+            # routes' that captured it (in a finally, with the writes: an
+            # interrupt between the last write and the bookkeeping loses none)
             router.stopped(s, t, plan, done, lambda name: sinks[name][0].last_step)
-            raise
-        router.recorded(s, t, plan, complete=True)
         return tuple(name for name, _ in plan)
 
     async def flush(self) -> None:
@@ -475,15 +477,18 @@ class SyncRecorder(ClosesOnExit, _Base):
         done = 0
         try:
             for name, fields in plan:
-                with _in_route(name):
-                    sinks[name].write(fields, step=s, time=t)
+                sink = sinks[name]
+                # A sink that has this step already took it in a record whose
+                # bookkeeping an interrupt cut short: the sinks say what was
+                # captured, so a retry of the step completes it
+                if sink.last_step != s:
+                    with _in_route(name):
+                        sink.write(fields, step=s, time=t)
                 done += 1
-        except BaseException:
-            # refused or interrupted (KeyboardInterrupt): the step is the routes'
-            # that captured it
+        finally:
+            # as in Recorder.record: refused or interrupted (KeyboardInterrupt)
+            # too, the step is the routes' that captured it
             router.stopped(s, t, plan, done, lambda name: sinks[name].last_step)
-            raise
-        router.recorded(s, t, plan, complete=True)
         return tuple(name for name, _ in plan)
 
     def flush(self) -> None:

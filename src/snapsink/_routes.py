@@ -306,6 +306,18 @@ class Router:
             and int(step) == retry[0]
         ):
             return retry[0], _retry_time(retry[0], retry[1], time)
+        last = self.clock.last_step
+        if (
+            last is not None
+            and isinstance(step, int | np.integer)
+            and not isinstance(step, bool)
+            and int(step) == last
+        ):
+            raise SchemaError(
+                f"step: {last} was recorded already (every route due at it captured its "
+                "frame, an interrupted record included: see last_step); a step is "
+                f"recorded once: pass a step greater than {last}"
+            )
         s = next_step(
             self.clock.last_step,
             step,
@@ -427,10 +439,11 @@ class Router:
         done: int,
         last_step: Callable[[str], int | None],
     ) -> None:
-        """A record stopped (cancelled, refused, interrupted) after ``done`` of
-        ``plan``'s writes returned: it takes effect for the routes that captured
-        its frame, those and any later one whose sink took it all the same (an
-        interrupt that came as its write returned; ``last_step(route)`` says)."""
+        """A record is over after ``done`` of ``plan``'s writes returned (all of
+        them, or it was cancelled, refused, interrupted): it takes effect for
+        the routes that captured its frame, those and any later one whose sink
+        took it all the same (an interrupt that came as its write returned;
+        ``last_step(route)`` says)."""
         captured = plan[:done] + [(n, f) for n, f in plan[done:] if last_step(n) == step]
         self.recorded(step, time, captured, complete=len(captured) == len(plan))
 

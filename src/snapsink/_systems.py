@@ -297,8 +297,12 @@ class SystemsState:
                     "per-system fields, converged(..., per_system=[...]), the others "
                     "being per atom (per_system=[] for none)"
                 )
-            else:
-                out[name] = "atoms" if lead == n else "systems" if lead == b else "whole"
+            elif lead == n:
+                out[name] = "atoms"
+            elif lead == b and per_system is None:
+                out[name] = "systems"
+            else:  # named per_system fields are the only per-system ones
+                out[name] = "whole"
         return out
 
     def schema(self, fields: Mapping[str, Any], state: Any) -> Schema:
