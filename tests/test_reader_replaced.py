@@ -77,3 +77,40 @@ def test_a_store_that_grew_reads_on(kind: str, tmp_path: Path) -> None:
     assert len(traj.refresh()) == 5
     assert traj.steps.tolist() == [0, 1, 2, 3, 4]
     np.testing.assert_array_equal(traj["x"][:], np.repeat(np.arange(5.0), 3).reshape(5, 3))
+
+
+def test_readers_hold_at_most_their_share_of_open_files(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Each reader pins its store's steps.npy, up to a budget of the process's
+    open files (a quarter of the limit): beyond it, readers open and read as
+    before, holding nothing; a pinned one still sees a replacement."""
+    import os
+
+    from snapsink.stores import _npyread
+
+    monkeypatch.setattr(_npyread._Pins, "budget", _npyread._Pins.held + 2)
+    for i in range(5):
+        _write(snapsink.NpyDirectory(tmp_path / f"r{i}"), float, range(2))
+    before = len(os.listdir("/proc/self/fd")) if os.path.isdir("/proc/self/fd") else None
+    readers = [snapsink.open(tmp_path / f"r{i}") for i in range(5)]
+    assert [r["x"][:].tolist() for r in readers] == [[0.0, 1.0]] * 5
+    if before is not None:
+        assert len(os.listdir("/proc/self/fd")) - before <= 2
+    _write(snapsink.NpyDirectory(tmp_path / "r0", mode="w"), float, range(3))
+    with pytest.raises(FormatError, match=REPLACED):
+        readers[0]["x"][:]
+
+
+def test_too_many_open_files_is_not_a_damaged_store() -> None:
+    import errno
+
+    from snapsink.stores._npyfile import unreadable
+
+    with pytest.raises(OSError, match="Too many") as info:
+        try:
+            raise OSError(errno.EMFILE, "Too many open files")
+        except OSError as exc:
+            raise unreadable("x/metadata.json", exc) from exc
+    assert not isinstance(info.value, FormatError)
+    assert isinstance(unreadable("x", OSError(errno.EIO, "I/O error")), FormatError)

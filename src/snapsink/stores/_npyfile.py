@@ -54,6 +54,7 @@ __all__ = [
     "read_metadata",
     "replace_atomically",
     "start_writeback",
+    "unreadable",
     "write_static",
 ]
 
@@ -98,6 +99,20 @@ _CLOEXEC = getattr(os, "O_CLOEXEC", 0)
 #: returns at once and fstat tells it is no regular file.
 _NONBLOCK = getattr(os, "O_NONBLOCK", 0)
 _DIRECTORY = getattr(os, "O_DIRECTORY", 0)
+
+
+#: errors of the machine, not of the store: raised as they are, never as a FormatError
+_NOT_THE_STORE = frozenset({errno.EMFILE, errno.ENFILE, errno.ENOMEM, errno.EINTR})
+
+
+def unreadable(where: str, exc: OSError, what: str = "cannot read") -> FormatError:
+    """The :class:`~snapsink.FormatError` for a store file that could not be
+    read; ``exc`` is raised as it is instead when the machine, not the store,
+    is at fault (too many open files, no memory): a FormatError would call a
+    good store damaged."""
+    if exc.errno in _NOT_THE_STORE:
+        raise exc
+    return FormatError(f"{where}: {what}: {exc}")
 
 
 def open_in_store(root: str, rel: str, flags: int = os.O_RDONLY) -> int:
@@ -430,14 +445,14 @@ def read_metadata(path: str) -> Metadata:
             f"no snapsink-npy store at {path!r}: the directory has no {METADATA}"
         ) from None
     except OSError as exc:
-        raise FormatError(f"{where}: cannot read: {exc}") from exc
+        raise unreadable(where, exc) from exc
     try:
         size = os.fstat(fd).st_size
         if size > MAX_METADATA_BYTES:
             raise FormatError(f"{where}: larger than {MAX_METADATA_BYTES} bytes")
         raw = read_at(fd, size, 0)
     except OSError as exc:
-        raise FormatError(f"{where}: cannot read: {exc}") from exc
+        raise unreadable(where, exc) from exc
     finally:
         os.close(fd)
     return decode_metadata(raw, where)
@@ -467,7 +482,7 @@ def load_static(path: str, name: str) -> np.ndarray[Any, Any]:
     except FileNotFoundError:
         raise FormatError(f"{where}: missing, but {METADATA} lists static {name!r}") from None
     except OSError as exc:
-        raise FormatError(f"{where}: cannot read: {exc}") from exc
+        raise unreadable(where, exc) from exc
     with os.fdopen(fd, "rb") as fh:
         try:
             size = os.fstat(fd).st_size
@@ -543,7 +558,7 @@ def read_exactly(root: str, rel: str, pos: int, out: np.ndarray[Any, Any], what:
         finally:
             os.close(fd)
     except OSError as exc:
-        raise FormatError(f"{where}: cannot read: {exc}") from exc
+        raise unreadable(where, exc) from exc
     if got != len(buf):
         raise FormatError(
             f"{where}: holds fewer rows than {METADATA} names ({what} asked for); "
@@ -568,5 +583,5 @@ def data_size(root: str, rel: str) -> tuple[Header, int]:
         finally:
             os.close(fd)
     except OSError as exc:
-        raise FormatError(f"{where}: cannot read a file the store names: {exc}") from exc
+        raise unreadable(where, exc, "cannot read a file the store names") from exc
     return parse_header(raw, where), size

@@ -21,6 +21,7 @@ import json
 import math
 import os
 import stat
+import threading
 import weakref
 from collections.abc import Callable, Mapping
 from typing import Any
@@ -54,6 +55,45 @@ from ._npyformat import (
 __all__ = ["NpySource", "PinnedPath", "is_npy_store", "open_npy"]
 
 
+def _pin_budget() -> int:
+    """How many descriptors pins may hold in all: a quarter of the process's
+    limit of open files, so that a process holding many readers at once
+    (thousands of runs) still opens files."""
+    try:
+        import resource
+
+        soft = resource.getrlimit(resource.RLIMIT_NOFILE)[0]
+    except (ImportError, OSError, ValueError):  # pragma: no cover - no such limit
+        return 256
+    if soft == resource.RLIM_INFINITY or soft <= 0:
+        return 4096
+    return max(16, soft // 4)
+
+
+class _Pins:
+    """The descriptors pins hold, in all (see :func:`_pin_budget`)."""
+
+    lock = threading.Lock()
+    held = 0
+    budget: int | None = None
+
+    @classmethod
+    def take(cls) -> bool:
+        with cls.lock:
+            if cls.budget is None:
+                cls.budget = _pin_budget()
+            if cls.held >= cls.budget:
+                return False
+            cls.held += 1
+            return True
+
+    @classmethod
+    def give_back(cls, fd: int) -> None:
+        os.close(fd)
+        with cls.lock:
+            cls.held -= 1
+
+
 class PinnedPath:
     """One path of a store (a file or a directory the store's writer never
     replaces while the store lives), held open: :meth:`moved` says whether the
@@ -61,7 +101,10 @@ class PinnedPath:
 
     Holding the descriptor keeps the inode from being reused by the new store's
     file, so the comparison cannot be fooled; it is closed when the pin is
-    garbage collected.
+    garbage collected. Pins hold at most a quarter of the process's limit of
+    open files in all: beyond it, a pin compares the inode without holding it
+    (a replacement that reuses the inode number is then seen at the next
+    refresh, by the store's own record, where it keeps one: npy's ``created``).
 
     Parameters
     ----------
@@ -75,7 +118,10 @@ class PinnedPath:
         self.path = path
         st = os.fstat(fd)
         self._inode = (st.st_dev, st.st_ino)
-        weakref.finalize(self, os.close, fd)
+        if _Pins.take():
+            weakref.finalize(self, _Pins.give_back, fd)
+        else:
+            os.close(fd)
 
     def moved(self) -> bool:
         """Whether ``path`` names another inode now, or nothing."""
