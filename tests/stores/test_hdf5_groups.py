@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import os
 import threading
+import time
 from pathlib import Path
 
 import numpy as np
@@ -233,3 +234,48 @@ def test_a_reader_opened_before_the_first_frame_follows_the_new_file(tmp_path: P
     _run(HDF5Store(path, "w"), [9.0])
     with pytest.raises(snapsink.FormatError, match="was replaced since it was opened"):
         early.refresh()
+
+
+def test_reader_threads_beside_a_thread_writer_never_get_a_spurious_error(
+    tmp_path: Path,
+) -> None:
+    """Two reader threads (one refreshing, one opening anew) beside a thread
+    writer committing every few ms: a read a writer's session disturbed reads
+    again, so every read sees consistent committed frames, and no error."""
+    path = tmp_path / "f.h5"
+    stop = threading.Event()
+    errors: list[str] = []
+    reads = [0]
+
+    def read(keep: bool) -> None:
+        traj = None
+        while not stop.is_set():
+            try:
+                if traj is None or not keep:
+                    traj = snapsink.open(path)
+                else:
+                    traj.refresh()
+                n = len(traj)
+                if n:
+                    assert traj["x"][n - 1, 0] == traj.steps[n - 1]
+                reads[0] += 1
+            except Exception as exc:  # every error is the failure here
+                errors.append(f"{type(exc).__name__}: {exc}")
+                traj = None
+
+    with snapsink.SyncSink(HDF5Store(path, commit_seconds=0.005), writer="thread") as sink:
+        sink.write({"x": np.zeros(3)}, step=0)
+        sink.flush()
+        threads = [threading.Thread(target=read, args=(keep,)) for keep in (True, False)]
+        for t in threads:
+            t.start()
+        i = 1
+        deadline = time.monotonic() + 1.5
+        while time.monotonic() < deadline:
+            sink.write({"x": np.full(3, float(i))}, step=i)
+            i += 1
+        stop.set()
+        for t in threads:
+            t.join(timeout=30)
+    assert not any(t.is_alive() for t in threads)
+    assert errors == [] and reads[0] > 10

@@ -186,6 +186,8 @@ class _Handles:
     """
 
     def __init__(self) -> None:
+        #: sessions a writer of this process began (see HDF5Source._reading)
+        self.sessions = 0
         self._files: dict[tuple[int, int], Any] = {}
         #: the live readers holding each file's handle
         self._readers: dict[tuple[int, int], weakref.WeakSet[Any]] = {}
@@ -319,6 +321,7 @@ class _Handles:
         """Close the shared handle of ``path`` (a writer of this process needs
         the file); readers open it again at their next read."""
         with self._lock:
+            self.sessions += 1
             self._close(self._key(path))
 
 
@@ -359,8 +362,10 @@ class HDF5Source(RowArraysSource):
         self.length = 0
         #: the group opened: the file's (st_dev, st_ino), the group's address
         self._identity: tuple[tuple[int, int] | None, int | None] | None = None
-        #: the handle of the last read (see _reading)
+        #: the handle of the last read, and HANDLES.sessions when it began
+        #: (see _reading)
         self._handle: Any = None
+        self._sessions = 0
         self._replaced: FormatError | None = None
         self.refresh()
 
@@ -400,12 +405,14 @@ class HDF5Source(RowArraysSource):
         """``op()``, a read through the shared handle, again on a fresh handle
         when the handle was closed under it: a writer thread of this process
         closes the process's read handles as each of its sessions begins
-        (HDF5 opens a file once per process), between any two calls of a reader."""
+        (HDF5 opens a file once per process), between any two calls of a reader,
+        and a read that spans such a session may find the file in any state."""
         for attempt in range(_TRIES):
+            self._sessions = HANDLES.sessions
             try:
                 return op()
             except Exception:
-                if attempt + 1 < _TRIES and not _valid(self._handle):
+                if attempt + 1 < _TRIES and self._disturbed():
                     continue
                 raise
         raise AssertionError("unreachable")  # pragma: no cover
@@ -418,8 +425,9 @@ class HDF5Source(RowArraysSource):
             now = _address(grp)
             if key == file_key and now == addr:
                 return
-            if not _valid(grp):
-                # closed under this read (see _reading): nothing to judge by
+            if not _valid(grp) or HANDLES.sessions != self._sessions:
+                # disturbed by a writer of this process (see _reading):
+                # nothing to judge by; read again
                 raise _Closed(self._path)
             if self.schema is None and not self.length:
                 # Nothing was read of it yet: a new store's file, which its
@@ -453,6 +461,7 @@ class HDF5Source(RowArraysSource):
             raise self._replaced
         with structure_errors(self._path):
             for attempt in range(_TRIES):
+                self._sessions = HANDLES.sessions
                 # (maybe a new file now)
                 f, key = HANDLES.get_keyed(self._path, fresh=True, reader=self)
                 self._handle = f
@@ -460,17 +469,22 @@ class HDF5Source(RowArraysSource):
                     self._refresh(f, key)
                     return
                 except Exception:
-                    # closed under the refresh (see _reading): nothing it
-                    # found says anything of the file; read it again
-                    if attempt + 1 < _TRIES and not _valid(f):
+                    # disturbed by a writer of this process (see _reading):
+                    # nothing it found says anything of the file; read it again
+                    if attempt + 1 < _TRIES and self._disturbed():
                         continue
                     raise
+
+    def _disturbed(self) -> bool:
+        """Whether the read just begun may have been spoiled by a writer of
+        this process: its handle closed under it, or a session begun since."""
+        return not _valid(self._handle) or HANDLES.sessions != self._sessions
 
     def _refresh(self, f: Any, key: tuple[int, int] | None) -> None:
         h5py = import_h5py()
         where = f"HDF5 group {self._group or '/'!r} in {self._path!r}"
         grp = f.get(self._group) if self._group else f
-        if grp is None and self._identity is not None and _valid(f):
+        if grp is None and self._identity is not None and not self._disturbed():
             self._replaced = replaced_error(where, "the group is gone")
             raise self._replaced
         if grp is None:
@@ -493,7 +507,7 @@ class HDF5Source(RowArraysSource):
                 before = (self.schema, self._meta.times, self.length)
                 check_same_store(where, before, (meta.schema, meta.times, record.count))
             except FormatError as exc:
-                if not _valid(f):
+                if self._disturbed():
                     raise _Closed(self._path) from None
                 self._replaced = exc
                 raise
@@ -533,7 +547,7 @@ class HDF5Source(RowArraysSource):
         self.length = record.count
         if self._identity is None:
             addr = _address(grp)
-            if addr is None and not _valid(grp):
+            if addr is None and self._disturbed():
                 raise _Closed(self._path)  # closed under this refresh: again
             self._identity = (key, addr)
 
@@ -610,7 +624,7 @@ class HDF5Source(RowArraysSource):
 
 
 #: reads of a handle closed under them, at most (see HDF5Source._reading)
-_TRIES = 8
+_TRIES = 32
 
 
 class _Closed(FormatError):
