@@ -138,6 +138,13 @@ def test_a_group_inside_a_users_dataset_is_refused(tmp_path: Path) -> None:
     for mode in "xwa":
         with pytest.raises(StoreExistsError, match="'mine' is a dataset"):
             HDF5Store(path, mode, group="mine/x").open()
+    for mode, error, doing in [
+        ("x", StoreExistsError, "write into"),
+        ("w", StoreExistsError, "replace"),
+        ("a", snapsink.FormatError, "append to"),
+    ]:  # the dataset itself named as the group: not "already exists"
+        with pytest.raises(error, match=f"not a snapsink store .*refusing to {doing} it"):
+            HDF5Store(path, mode, group="mine").open()
     with h5py.File(path, "r") as f:
         assert list(f) == ["mine"]
         assert f["mine"][...].tolist() == [0, 1, 2, 3, 4]

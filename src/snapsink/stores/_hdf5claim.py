@@ -157,16 +157,16 @@ def _replace_old_file(sf: StoreFile, mode: str, h5py: Any) -> bool:
 def _refuse(where: str, mode: str, kind: str) -> None:
     """Refuse an existing group that ``mode`` may not take (``kind``: what
     :meth:`StoreFile.inspect` found)."""
-    if mode == "x":
+    if mode == "x" and kind != "foreign":
         raise StoreExistsError(
             f"{where}: the group already exists; pass mode='w' to replace it or "
             "mode='a' to append to it"
         )
     if kind == "foreign":
         raise (FormatError if mode == "a" else StoreExistsError)(
-            f"{where}: the group holds HDF5 objects that are not a snapsink store; "
-            "refusing to "
-            + ("append to" if mode == "a" else "replace")
+            f"{where}: the group's path holds HDF5 objects that are not a snapsink "
+            "store (a dataset, or a group of another program's); refusing to "
+            + {"a": "append to", "w": "replace", "x": "write into"}[mode]
             + " it: choose another group or file"
         )
 
