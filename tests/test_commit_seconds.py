@@ -259,3 +259,15 @@ def test_consumer_never_spins_on_a_store_that_stays_due() -> None:
             time.sleep(0.01)
         commits = [t for t in store.commit_times if t0 <= t <= t0 + 0.3]
     assert 1 <= len(commits) <= 0.3 / DRAIN_TICK + 3
+
+
+def test_a_coroutine_commit_due_in_is_a_clear_writer_error() -> None:
+    class AsyncDue(snapsink.HostMemory):
+        async def commit_due_in(self) -> float | None:  # the protocol wants a plain method
+            return None
+
+    with pytest.raises(snapsink.WriterError) as info:
+        with snapsink.SyncSink(AsyncDue(), writer="thread") as sink:
+            sink.write({"x": 1.0}, step=0)
+            sink.flush()
+    assert "commit_due_in must be a plain method" in str(info.value.__cause__)

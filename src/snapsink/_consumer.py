@@ -146,6 +146,11 @@ class Consumer:
         assert feed is not None
         store = self.store
         due_in: Callable[[], float | None] | None = getattr(store, "commit_due_in", None)
+        if inspect.iscoroutinefunction(due_in):
+            raise TypeError(
+                f"{store!r}: commit_due_in must be a plain method (the writer asks it "
+                "between store calls, without awaiting), not a coroutine function"
+            )
         timed = False  # a timed commit ran since the last wait
         while True:
             batch = feed.take()

@@ -159,3 +159,43 @@ def test_a_forked_copy_refuses_every_call_and_never_hangs(tmp_path: Path, writer
     done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=90)
     assert done.returncode == 0, done.stderr
     assert done.stdout.strip() == f"{[0] * 20} True True", done.stdout + done.stderr
+
+
+_FORK_MID_COMMIT = """
+import os, sys, time
+import numpy as np, snapsink
+import snapsink.stores._npycommit as commit
+replace = commit.replace_atomically
+def slow(*args, **kwargs):  # the background commit lasts 0.5 s: the fork lands in it
+    time.sleep(0.5)
+    return replace(*args, **kwargs)
+commit.replace_atomically = slow
+sink = snapsink.SyncSink(
+    snapsink.NpyDirectory({run!r}, commit_every=2, commit_seconds=None), writer="thread"
+)
+for i in range(3):
+    sink.write({{"x": np.full(4, float(i))}}, step=i)
+time.sleep(0.2)
+pid = os.fork()
+if pid == 0:
+    sys.exit(0)  # a normal exit: the store's finalizer runs in the child
+t0 = time.monotonic()
+while not os.waitpid(pid, os.WNOHANG)[0]:
+    if time.monotonic() - t0 > 20:
+        os.kill(pid, 9)
+        print("the child hung at its exit")
+        break
+    time.sleep(0.02)
+sink.close()
+print(snapsink.open({run!r}).steps.tolist())
+"""
+
+
+@pytest.mark.skipif(not hasattr(os, "fork"), reason="needs fork")
+def test_a_child_forked_during_a_background_commit_exits(tmp_path: Path) -> None:
+    """The child's copy of the store's finalizer waited for the parent's commit,
+    whose thread the child does not have: the child hung at its exit."""
+    code = _FORK_MID_COMMIT.format(run=str(tmp_path / "run"))
+    done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=90)
+    assert done.returncode == 0, done.stderr
+    assert done.stdout.strip() == "[0, 1, 2]", done.stdout + done.stderr

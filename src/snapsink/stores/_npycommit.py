@@ -44,6 +44,8 @@ class Committer:
         self._pool: concurrent.futures.ThreadPoolExecutor | None = None
         self._future: concurrent.futures.Future[None] | None = None
         self._on_done: Callable[[], None] | None = None
+        #: the process whose thread runs the commits (a forked copy has none)
+        self._pid = os.getpid()
 
     def busy(self) -> bool:
         """A commit is running."""
@@ -106,7 +108,13 @@ class Committer:
 
     def shutdown(self) -> None:
         """Wait for the commit in flight (its error is dropped: the store is
-        being closed after a failure) and stop the thread."""
+        being closed after a failure) and stop the thread. In a process forked
+        from the store's (its finalizer at the child's exit), nothing: the
+        commit in flight is the parent's, and its thread is not in the child,
+        so its future would never end."""
+        if os.getpid() != self._pid:
+            self._future = self._pool = self._on_done = None
+            return
         fut, self._future = self._future, None
         if fut is not None:
             concurrent.futures.wait([fut])
