@@ -55,7 +55,8 @@ on this machine's parameters and prints it next to the measured figures.
 
     python benchmarks/commit_model.py [--quick] [--json PATH]
 
-Writes ``benchmarks/results/commit_model.json``. Plain Python and NumPy.
+Writes ``benchmarks/results/commit_model.json`` (a ``--quick`` run writes none
+unless ``--json`` says where). Plain Python and NumPy.
 """
 
 from __future__ import annotations
@@ -540,7 +541,12 @@ def counts(cal: dict[str, Any]) -> list[dict[str, Any]]:
 def main() -> dict[str, Any]:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawTextHelpFormatter)
     ap.add_argument("--quick", action="store_true", help="up to 1,000 ranks, fewer cases")
-    ap.add_argument("--json", default=str(RESULTS / "commit_model.json"), help="'' for nowhere")
+    ap.add_argument(
+        "--json",
+        default=None,
+        help="where the result goes (default: results/commit_model.json; a --quick run "
+        "writes none unless asked; '' for nowhere)",
+    )
     args = ap.parse_args()
     t0 = time.perf_counter()
     cal = calibrate()
@@ -624,8 +630,11 @@ def main() -> dict[str, Any]:
         "seconds": time.perf_counter() - t0,
     }
     print(f"\n{result['seconds']:.1f} s")
-    if args.json:
-        Path(args.json).write_text(json.dumps(result, indent=2, default=str) + "\n")
+    path = args.json
+    if path is None:  # the recorded results, unless this is a quick look
+        path = None if args.quick else RESULTS / "commit_model.json"
+    if path:
+        Path(path).write_text(json.dumps(result, indent=2, default=str) + "\n")
     return result
 
 

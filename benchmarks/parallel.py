@@ -145,9 +145,9 @@ def main() -> dict[str, Any]:
     p.add_argument("--quick", action="store_true", help="32 frames of 1 MiB, best of 2")
     p.add_argument(
         "--json",
-        type=lambda s: Path(s) if s else None,
-        default=HERE / "results" / "parallel-cpu.json",
-        help="where the JSON results go ('' for nowhere)",
+        default=None,
+        help="where the JSON results go (default: results/parallel-cpu.json; a --quick run "
+        "writes none unless asked; '' for nowhere)",
     )
     args = p.parse_args()
     if args.rank:
@@ -156,9 +156,11 @@ def main() -> dict[str, Any]:
         return {}
     if args.quick:
         args.frames, args.block_kib, args.repeats, args.commit_every = 32, 1024, 2, 16
+    if args.json is None:
+        args.json = "" if args.quick else str(HERE / "results" / "parallel-cpu.json")
     result = _report(_measure(args), args)
-    if args.json and str(args.json):
-        args.json.write_text(json.dumps(result, indent=2) + "\n")
+    if args.json:
+        Path(args.json).write_text(json.dumps(result, indent=2) + "\n")
     return result
 
 

@@ -562,15 +562,17 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     parser.add_argument("--repeats", type=int, default=3)
     parser.add_argument("--stat", choices=("median", "best"), default="best")
     parser.add_argument("--only", nargs="*", default=None, help="variant names to run")
-    parser.add_argument("--json", default=str(DEFAULT_JSON),
-                        help="where the result goes ('' for nowhere)")
+    parser.add_argument("--json", default=None,
+                        help=f"where the result goes (default: {DEFAULT_JSON.name} in results/; "
+                        "a --quick run writes none unless asked; '' for nowhere)")
     args = parser.parse_args(argv)
     result = run(
         args.dir, quick=args.quick, sizes_kib=tuple(args.sizes_kib), total_mib=args.total_mib,
         capacity=args.capacity, small_capacity=args.small_capacity, repeats=args.repeats,
         stat=args.stat, only=args.only, everything=args.all,
     )
-    return _common.finish(result, print_table, args.json)
+    path = (None if args.quick else DEFAULT_JSON) if args.json is None else (args.json or None)
+    return _common.finish(result, print_table, path)
 
 
 if __name__ == "__main__":
