@@ -82,7 +82,8 @@ class NpyDirectory:
 
     Crash safe (commit-last ``metadata.json``), growable without rewriting data
     (capacity doubling), resumable (``mode="a"``), and readable during the run
-    with :func:`open_npy` or ``np.load(mmap_mode="r")`` after close.
+    with :func:`snapsink.open` (or ``snapsink.stores.npy.open_npy``), or with
+    ``np.load(mmap_mode="r")`` after close.
 
     Parameters
     ----------
