@@ -186,8 +186,11 @@ class _Handles:
     """
 
     def __init__(self) -> None:
-        #: sessions a writer of this process began (see HDF5Source._reading)
-        self.sessions = 0
+        #: handles closed under their readers: a writer of this process began
+        #: a session, or a reader asked for a fresh handle (see
+        #: HDF5Source._reading). Counted, because a closed handle is not always
+        #: seen invalid: HDF5 gives its identifier to the next file opened
+        self.closes = 0
         self._files: dict[tuple[int, int], Any] = {}
         #: the live readers holding each file's handle
         self._readers: dict[tuple[int, int], weakref.WeakSet[Any]] = {}
@@ -315,13 +318,14 @@ class _Handles:
     def _close(self, key: tuple[int, int] | None) -> None:
         f = self._files.pop(key, None) if key is not None else None
         if f is not None and f.id.valid:
+            self.closes += 1
             f.close()
 
     def release(self, path: str) -> None:
         """Close the shared handle of ``path`` (a writer of this process needs
         the file); readers open it again at their next read."""
         with self._lock:
-            self.sessions += 1
+            self.closes += 1  # (a session: a read now may see it begin)
             self._close(self._key(path))
 
 
@@ -362,10 +366,10 @@ class HDF5Source(RowArraysSource):
         self.length = 0
         #: the group opened: the file's (st_dev, st_ino), the group's address
         self._identity: tuple[tuple[int, int] | None, int | None] | None = None
-        #: the handle of the last read, and HANDLES.sessions when it began
+        #: the handle of the last read, and HANDLES.closes when it began
         #: (see _reading)
         self._handle: Any = None
-        self._sessions = 0
+        self._closes = 0
         self._replaced: FormatError | None = None
         self.refresh()
 
@@ -408,7 +412,7 @@ class HDF5Source(RowArraysSource):
         (HDF5 opens a file once per process), between any two calls of a reader,
         and a read that spans such a session may find the file in any state."""
         for attempt in range(_TRIES):
-            self._sessions = HANDLES.sessions
+            self._closes = HANDLES.closes
             try:
                 return op()
             except Exception:
@@ -425,7 +429,7 @@ class HDF5Source(RowArraysSource):
             now = _address(grp)
             if key == file_key and now == addr:
                 return
-            if not _valid(grp) or HANDLES.sessions != self._sessions:
+            if not _valid(grp) or HANDLES.closes != self._closes:
                 # disturbed by a writer of this process (see _reading):
                 # nothing to judge by; read again
                 raise _Closed(self._path)
@@ -461,9 +465,12 @@ class HDF5Source(RowArraysSource):
             raise self._replaced
         with structure_errors(self._path):
             for attempt in range(_TRIES):
-                self._sessions = HANDLES.sessions
-                # (maybe a new file now)
-                f, key = HANDLES.get_keyed(self._path, fresh=True, reader=self)
+                self._closes = HANDLES.closes
+                # (maybe a new file now). Fresh the first time only: a retry's
+                # handle was opened since this refresh began (the one it used
+                # was closed), and a fresh one each time would close the
+                # handle of another reader's retry, and that one's this one's
+                f, key = HANDLES.get_keyed(self._path, fresh=attempt == 0, reader=self)
                 self._handle = f
                 try:
                     self._refresh(f, key)
@@ -478,7 +485,7 @@ class HDF5Source(RowArraysSource):
     def _disturbed(self) -> bool:
         """Whether the read just begun may have been spoiled by a writer of
         this process: its handle closed under it, or a session begun since."""
-        return not _valid(self._handle) or HANDLES.sessions != self._sessions
+        return not _valid(self._handle) or HANDLES.closes != self._closes
 
     def _refresh(self, f: Any, key: tuple[int, int] | None) -> None:
         h5py = import_h5py()
