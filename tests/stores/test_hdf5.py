@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import errno
 import json
 import os
 import pickle
@@ -30,7 +31,12 @@ from snapsink._errors import (  # noqa: E402
 )
 from snapsink._schema import Batch, Field, Frame, Schema  # noqa: E402
 from snapsink.stores import hdf5 as hdf5_module  # noqa: E402
-from snapsink.stores._hdf5file import clear_open_flags, lookup3  # noqa: E402
+from snapsink.stores._hdf5file import (  # noqa: E402
+    _field,
+    _superblock,
+    clear_open_flags,
+    lookup3,
+)
 from snapsink.stores._hdf5plan import check_compression  # noqa: E402
 from snapsink.stores.hdf5 import HDF5Store, list_hdf5_groups, open_hdf5  # noqa: E402
 
@@ -543,6 +549,7 @@ def test_clear_open_flags_refuses_a_damaged_superblock(tmp_path: Path) -> None:
         os.close(fd)
 
 
+# -- a full disk, a file-size limit: the room is allocated before HDF5 writes -------
 def test_disk_full_reaches_the_producer_as_writer_error(tiny_fs: Path) -> None:
     path = tiny_fs / "full.h5"
     with pytest.raises(snapsink.WriterError) as info:
@@ -550,7 +557,100 @@ def test_disk_full_reaches_the_producer_as_writer_error(tiny_fs: Path) -> None:
             for i in range(64):
                 sink.write({"x": np.zeros(64 << 10)}, step=i)  # 512 KiB frames
                 sink.flush()
-    assert isinstance(info.value.__cause__, OSError | snapsink.SnapsinkError)
+    cause = info.value.__cause__
+    assert isinstance(cause, OSError) and cause.errno == errno.ENOSPC, repr(cause)
+
+
+@pytest.mark.parametrize("writer", ["thread", "process"])
+def test_a_chunk_larger_than_the_free_space_is_refused_not_stored_as_zeros(
+    tiny_fs: Path, writer: str
+) -> None:
+    """The default 8 MiB chunk on a 1 MiB disk: HDF5 wrote the chunk when its
+    dataset closed, h5py ignored the failed write, and flush and close
+    succeeded with frames 1-9 read back as zeros (a hole). Now the room is
+    allocated first: ENOSPC at the flush, nothing committed, nothing false."""
+    path = tiny_fs / "big-chunk.h5"
+    with pytest.raises(snapsink.WriterError) as info:
+        with snapsink.SyncSink(HDF5Store(path), writer=writer) as sink:
+            for i in range(10):
+                sink.write({"x": np.full(4096, i, "f8")}, step=i)
+            sink.flush()
+    cause = info.value.__cause__
+    assert isinstance(cause, OSError) and cause.errno == errno.ENOSPC, repr(cause)
+    assert len(snapsink.open(path)) == 0
+
+
+_LIMITED = r"""
+import resource, sys
+import numpy as np, snapsink
+path, writer = sys.argv[1], sys.argv[2]
+resource.setrlimit(resource.RLIMIT_FSIZE, (6 << 20, resource.RLIM_INFINITY))
+flushed = 0
+try:
+    with snapsink.SyncSink(snapsink.HDF5Store(path, chunk_frames=64), writer=writer) as sink:
+        for i in range(1000):
+            sink.write({"x": np.full(4096, i, "f8")}, step=i)  # 2 MiB chunks
+            if i % 50 == 49:
+                sink.flush()
+                flushed = i + 1
+except snapsink.WriterError as exc:
+    cause = exc.__cause__
+    print(type(cause).__name__, getattr(cause, "errno", None), flushed)
+"""
+
+
+@pytest.mark.parametrize("writer", ["thread", "process"])
+def test_a_file_size_limit_fails_the_sink_cleanly_and_the_store_resumes(
+    tmp_path: Path, writer: str
+) -> None:
+    """Past RLIMIT_FSIZE, HDF5's own writes failed: the cause was a
+    RuntimeError, the file was left shorter than its superblock says (no
+    reader, no ``mode="a"`` could open it), and the thread writer's process
+    crashed at exit. Now: EFBIG before HDF5 writes, the committed frames
+    intact, and the store resumes."""
+    path = tmp_path / "limited.h5"
+    proc = subprocess.run(
+        [sys.executable, "-c", _LIMITED, str(path), writer],
+        capture_output=True,
+        text=True,
+        timeout=60,
+        check=False,
+    )
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    kind, err, flushed = proc.stdout.split()
+    assert (kind, int(err)) == ("OSError", errno.EFBIG), proc.stdout
+    assert int(flushed) == 100  # the third chunk found no room
+    traj = snapsink.open(path)
+    assert len(traj) == 100
+    xs = traj["x"][:]
+    np.testing.assert_array_equal(xs, np.repeat(np.arange(100.0), 4096).reshape(100, 4096))
+    with snapsink.SyncSink(HDF5Store(path, mode="a")) as sink:
+        sink.write({"x": np.full(4096, -1.0)}, step=5000)
+    traj = snapsink.open(path)
+    assert traj.steps[-1] == 5000 and (traj["x"][-1] == -1.0).all()
+    np.testing.assert_array_equal(traj["x"][:100], xs[:100])
+
+
+def test_the_room_allocated_for_a_session_is_given_back(tmp_path: Path) -> None:
+    """Each session allocates room past the file's end before HDF5 writes;
+    what HDF5 did not use is cut off again: the closed file ends where its
+    superblock says, as a file HDF5 wrote alone does."""
+    path = tmp_path / "room.h5"
+    with snapsink.SyncSink(HDF5Store(path, chunk_frames=16, commit_every=5)) as sink:
+        for i in range(40):
+            sink.write({"x": np.full(100, i, "f8"), "n": np.int32(i)}, step=i)
+            if i % 7 == 6:
+                sink.flush()
+    fd = os.open(path, os.O_RDONLY)
+    try:
+        found = _superblock(fd, str(path))
+        assert found is not None
+        raw, size_of_offsets = found
+        end = _field(raw, size_of_offsets, 2) + _field(raw, size_of_offsets, 0)
+        assert os.fstat(fd).st_size == end
+    finally:
+        os.close(fd)
+    assert snapsink.open(path)["n"][:].tolist() == list(range(40))
 
 
 # -- reading and the CLI -------------------------------------------------------------------

@@ -30,6 +30,7 @@ __all__ = [
     "field_arrays",
     "load_columns",
     "plan_rows",
+    "session_bytes",
     "write_rows",
 ]
 
@@ -273,8 +274,40 @@ def write_rows(
     for name, start, rows in parts:
         if rows.size:
             datasets[name][start : start + len(rows)] = rows
+    if datasets:
+        # Flushed here, while the datasets are open: HDF5 writes a chunk held
+        # in its cache when its dataset closes, and h5py ignores an error
+        # there (a write that failed lost its frames, and the commit went on)
+        grp.file.flush()
     for name, _, _ in parts:
         columns[name].buf.mark_written()
+
+
+def session_bytes(columns: dict[str, Column], pending: list[Pending], *, commit: bool) -> int:
+    """The most bytes of chunks :func:`write_rows` may add to the file for
+    ``pending`` (and, with ``commit``, the partly filled chunks). HDF5
+    allocates a chunk whole: a dataset without a filter adds each chunk it
+    starts (one it wrote before is written again in place); a filtered one,
+    each chunk it writes, 1/64 larger (a filter may expand what it cannot
+    compress)."""
+    spans: list[tuple[Column, int, int]] = [
+        (columns[name], start, len(rows)) for name, start, rows in pending
+    ]
+    if commit:
+        for col in columns.values():
+            part = col.buf.partial()
+            if part is not None:
+                spans.append((col, part[0], len(part[1])))
+    total = 0
+    for col, start, n in spans:
+        if n:
+            chunk = col.plan.chunk
+            first, last = start // chunk, (start + n - 1) // chunk
+            if col.direct:  # the chunks below the extent on disk are written
+                first = max(first, -(-col.extent // chunk))
+            nbytes = max(0, last - first + 1) * chunk * col.plan.row_nbytes
+            total += nbytes if col.direct else nbytes + nbytes // 64
+    return total
 
 
 def _write_chunks(ds: Any, col: Column, start: int, rows: np.ndarray[Any, Any]) -> None:

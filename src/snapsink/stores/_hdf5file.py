@@ -58,6 +58,8 @@ __all__ = [
     "import_h5py",
     "is_hdf5_file",
     "lookup3",
+    "reserve",
+    "trim",
     "wait_for_sessions",
 ]
 
@@ -241,6 +243,63 @@ def check_not_truncated(fd: int, where: str) -> None:
             f"records {recorded}; copy it again from its source (an interrupted copy "
             "or download, or a full disk, leaves a file so)"
         )
+
+
+def reserve(fd: int, nbytes: int, where: str) -> None:
+    """Allocate ``nbytes`` past the end of the file, before HDF5 writes there.
+
+    Why. A write that fails inside HDF5 (a full disk, a file-size limit, a
+    quota) is not always reported, and what follows it is unsafe: HDF5
+    writes a cached chunk when its dataset closes, where h5py ignores the
+    error (the frames were lost and the commit went on), and a library whose
+    flush failed halfway may crash the process later. With the room
+    allocated first, HDF5's writes land in it, and a full disk is this
+    function's error, raised before anything of the session is written. HDF5
+    allocates from its end of allocation, below the file's end; its next
+    flush truncates the file back to what it uses, or :func:`trim` does.
+
+    Raises
+    ------
+    OSError
+        No room (``ENOSPC``, ``EFBIG`` past a file-size limit, ``EDQUOT``),
+        naming the store and the bytes; the file's size is as it was.
+    """
+    if nbytes <= 0:
+        return
+    size = os.fstat(fd).st_size
+    try:
+        os.posix_fallocate(fd, size, nbytes)
+    except OSError as exc:
+        with contextlib.suppress(OSError):
+            os.ftruncate(fd, size)  # whatever was allocated
+        err = exc.errno
+        if err in (errno.EOPNOTSUPP, errno.ENOSYS):  # not on this file system
+            st = os.fstatvfs(fd)
+            if st.f_bavail * st.f_frsize >= nbytes:
+                return
+            err = errno.ENOSPC
+        raise OSError(
+            err,
+            f"{where}: no room for the next {nbytes} bytes of the file "
+            f"({os.strerror(err or errno.EIO)}); nothing of the frames since the last "
+            "commit was written, and the committed frames stay",
+        ) from exc
+
+
+def trim(fd: int) -> None:
+    """Give back what :func:`reserve` allocated and HDF5 left unused: cut the
+    file, closed by HDF5, to the end of file its superblock records (a
+    version 2 or 3 superblock; others are left as they are)."""
+    try:
+        found = _superblock(fd, "")
+    except FormatError:
+        return
+    if found is None:
+        return
+    raw, size_of_offsets = found
+    end = _field(raw, size_of_offsets, 2) + _field(raw, size_of_offsets, 0)
+    if os.fstat(fd).st_size > end:
+        os.ftruncate(fd, end)
 
 
 def clear_open_flags(fd: int, where: str) -> bool:

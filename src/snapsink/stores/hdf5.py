@@ -51,7 +51,14 @@ from .._version import __version__
 from ._common import check_attrs, check_mode, check_same_layout, check_static
 from ._format import StepRanges
 from ._hdf5claim import claim_group
-from ._hdf5columns import Column, Pending, create_columns, plan_rows, write_rows
+from ._hdf5columns import (
+    Column,
+    Pending,
+    create_columns,
+    plan_rows,
+    session_bytes,
+    write_rows,
+)
 from ._hdf5file import fsync_fd, import_h5py
 from ._hdf5md import (
     H5MD_ROOTS,
@@ -73,7 +80,7 @@ from ._hdf5plan import (
     check_hdf5_names,
 )
 from ._hdf5read import HDF5Source, is_hdf5_store, list_hdf5_groups, open_hdf5
-from ._hdf5session import StoreFile
+from ._hdf5session import METADATA_ROOM, StoreFile
 from ._npyfile import check_path, start_writeback
 from ._zarrplan import check_group, check_rows
 
@@ -484,8 +491,11 @@ class HDF5Store:
         """Write the buffered chunks in a SWMR session; with ``commit``, also the
         partly filled chunks, then (durably) the commit record."""
         sf = self._held()
+        # the room for everything the session writes, allocated before HDF5
+        # writes any of it: a full disk is a clear error, never a lost write
+        room = session_bytes(self._columns, self._pending, commit=commit) + METADATA_ROOM
         try:
-            with sf.file(swmr=True) as f:
+            with sf.file(swmr=True, room=room) as f:
                 grp = sf.group_of(f)
                 write_rows(grp, self._columns, self._pending, commit=commit)
                 self._pending.clear()
@@ -498,6 +508,8 @@ class HDF5Store:
                             if col.extent != col.buf.length:
                                 grp[name].resize(col.buf.length, axis=0)
                                 col.extent = col.buf.length
+                    # the flush gave the unused room back: the record's, again
+                    sf.reserve(METADATA_ROOM + 16 * len(self._dropped.to_json()))
                     self._write_record(grp, closed=closed)
                     f.flush()
                     fsync_fd(sf.fd)
