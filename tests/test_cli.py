@@ -269,6 +269,25 @@ def test_convert_hdf5_group(
     assert "group='a'" in capsys.readouterr().out
 
 
+def test_convert_takes_the_format_a_destination_name_says(
+    hdf5_store: Path, zarr_store: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """A DST ending in .zarr is a Zarr store whatever the source (an HDF5
+    source made an NpyDirectory named run.zarr); an HDF5 name is refused."""
+    out = tmp_path / "from-h5.zarr"
+    assert main(["convert", str(hdf5_store), str(out), "--group", "a"]) == 0
+    assert "(zarr)" in capsys.readouterr().out
+    assert_same(snapsink.open(hdf5_store, group="a"), snapsink.open(out, group="a"))
+    again = tmp_path / "again.zarr"  # Zarr to Zarr: a copy
+    assert main(["convert", str(zarr_store), str(again), "--group", "b"]) == 0
+    assert_same(snapsink.open(zarr_store, group="b"), snapsink.open(again, group="b"))
+    assert main(["convert", str(zarr_store), str(tmp_path / "plain"), "--group", "b"]) == 0
+    assert (tmp_path / "plain" / "metadata.json").is_file()  # no suffix: the other one
+    assert main(["convert", str(zarr_store), str(tmp_path / "x.h5"), "--group", "b"]) == 2
+    assert "not HDF5" in capsys.readouterr().err
+    assert not (tmp_path / "x.h5").exists()
+
+
 def test_info_and_convert_refuse_a_truncated_hdf5_file(hdf5_store: Path, tmp_path: Path) -> None:
     """One error line and exit 2, in a child process: HDF5 used to loop forever
     on a truncated file (in C, where no per-test timeout reaches)."""

@@ -37,7 +37,8 @@ def add_parser(sub: Any) -> None:
     p.add_argument(
         "--format",
         choices=("npy", "zarr"),
-        help="the destination's format (default: the other one)",
+        help="the destination's format (default: zarr for a DST ending in .zarr, "
+        "else the other one: npy from Zarr or HDF5)",
     )
     p.add_argument(
         "--group",
@@ -56,7 +57,7 @@ def add_parser(sub: Any) -> None:
 def run(args: argparse.Namespace) -> int:
     src, dst = Path(args.src), Path(args.dst)
     src_fmt = detect(src)
-    dst_fmt = args.format or ("zarr" if src_fmt == "npy" else "npy")
+    dst_fmt = args.format or _default_format(dst, src_fmt)
     group = group_path(args.group) or None
     src_group = group if src_fmt in ("zarr", "hdf5") else None
     to_group = getattr(args, "to_group", None)
@@ -91,6 +92,21 @@ def run(args: argparse.Namespace) -> int:
     )
     print(f"read it   : snapsink.open({where})")
     return 0
+
+
+def _default_format(dst: Path, src_fmt: str) -> str:
+    """The destination's format when ``--format`` is not given: what its name
+    says (``.zarr``), else the other one (npy from Zarr or HDF5)."""
+    name = str(dst).rstrip("/").lower()
+    if name.endswith(".zarr"):
+        return "zarr"
+    if name.endswith((".h5", ".hdf5", ".h5md")):
+        raise ConfigError(
+            f"destination {str(dst)!r}: convert writes NpyDirectory or Zarr stores, not "
+            "HDF5; give DST another name (or --format npy|zarr), or copy into an "
+            "HDF5Store with snapsink.copy(snapsink.open(SRC), snapsink.HDF5Store(DST))"
+        )
+    return "zarr" if src_fmt == "npy" else "npy"
 
 
 def _check_adds_a_group(dst: Path, dst_fmt: str, to_group: str | None) -> None:
