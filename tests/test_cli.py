@@ -273,7 +273,7 @@ def test_convert_takes_the_format_a_destination_name_says(
     hdf5_store: Path, zarr_store: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]
 ) -> None:
     """A DST ending in .zarr is a Zarr store whatever the source (an HDF5
-    source made an NpyDirectory named run.zarr); an HDF5 name is refused."""
+    source made an NpyDirectory named run.zarr), one ending in .h5 an HDF5 file."""
     out = tmp_path / "from-h5.zarr"
     assert main(["convert", str(hdf5_store), str(out), "--group", "a"]) == 0
     assert "(zarr)" in capsys.readouterr().out
@@ -283,9 +283,10 @@ def test_convert_takes_the_format_a_destination_name_says(
     assert_same(snapsink.open(zarr_store, group="b"), snapsink.open(again, group="b"))
     assert main(["convert", str(zarr_store), str(tmp_path / "plain"), "--group", "b"]) == 0
     assert (tmp_path / "plain" / "metadata.json").is_file()  # no suffix: the other one
-    assert main(["convert", str(zarr_store), str(tmp_path / "x.h5"), "--group", "b"]) == 2
-    assert "not HDF5" in capsys.readouterr().err
-    assert not (tmp_path / "x.h5").exists()
+    h5 = tmp_path / "x.h5"  # an HDF5 name: an HDF5 file (it was a directory)
+    assert main(["convert", str(zarr_store), str(h5), "--group", "b"]) == 0
+    assert h5.is_file() and "(hdf5)" in capsys.readouterr().out
+    assert_same(snapsink.open(zarr_store, group="b"), snapsink.open(h5, group="b"))
 
 
 def test_info_and_convert_refuse_a_truncated_hdf5_file(hdf5_store: Path, tmp_path: Path) -> None:

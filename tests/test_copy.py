@@ -92,6 +92,22 @@ def test_host_memory_to_npy_directory(tmp_path: Path) -> None:
     np.testing.assert_array_equal(back.static["masses"], STATIC["masses"])
 
 
+@pytest.mark.parametrize("name", ["run.h5", "run.hdf5"])
+@pytest.mark.parametrize("group", [None, "run/frames"])
+def test_a_path_named_like_hdf5_gets_an_hdf5_file(
+    tmp_path: Path, name: str, group: str | None
+) -> None:
+    """It got an NpyDirectory (a directory named run.h5, which h5py cannot open)."""
+    pytest.importorskip("h5py")
+    mem = _memory()
+    assert snapsink.copy(mem, tmp_path / name, group=group) == len(STEPS)
+    assert (tmp_path / name).is_file()
+    back = snapsink.open(tmp_path / name, group=group)
+    assert_same(mem.trajectory(), back)
+    assert dict(back.attrs) == ATTRS
+    np.testing.assert_array_equal(back.static["masses"], STATIC["masses"])
+
+
 @pytest.mark.parametrize("group", [None, "run/frames"])
 def test_host_memory_to_zarr(tmp_path: Path, group: str | None) -> None:
     mem = _memory()
@@ -276,7 +292,7 @@ class _NotAStore:
         ("memory", _NotAStore(), {}, r"dst: expected a path or a store.*got _NotAStore"),
         ("memory", 3, {}, r"dst: expected a path or a store.*got int"),
         ("memory", "", {}, "dst: expected a non-empty path"),
-        ("memory", "out", {"format": "hdf5"}, r"format: expected 'npy', 'zarr' or None"),
+        ("memory", "out", {"format": "h5"}, r"format: expected 'npy', 'zarr', 'hdf5' or None"),
         ("memory", "out", {"group": "g"}, r"group='g': an NpyDirectory has no groups"),
         ("memory", "store", {"format": "zarr"}, r"choose the store copy makes at a path"),
         ("memory", "out", {"chunk_bytes": 0}, "chunk_bytes: expected a positive int, got 0"),

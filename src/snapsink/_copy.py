@@ -34,7 +34,7 @@ from ._schema import Batch, Schema
 from ._store import Resume, Store, StoreSpec
 from ._trajectory import Trajectory
 
-__all__ = ["CHUNK_BYTES", "CarryingStore", "copy", "fresh_store"]
+__all__ = ["CHUNK_BYTES", "CarryingStore", "copy", "format_of_path", "fresh_store"]
 
 #: bytes of frames read from the source at a time
 CHUNK_BYTES = 64 << 20
@@ -162,6 +162,17 @@ def _check_chunk_bytes(chunk_bytes: object) -> int:
     return positive_int(chunk_bytes, "chunk_bytes")
 
 
+def format_of_path(path: str) -> str:
+    """The store a path's name asks for: ``"zarr"`` (``*.zarr``), ``"hdf5"``
+    (``*.h5``, ``*.hdf5``), else ``"npy"`` (a directory)."""
+    name = path.rstrip("/\\").lower()
+    if name.endswith(".zarr"):
+        return "zarr"
+    if name.endswith((".h5", ".hdf5")):
+        return "hdf5"
+    return "npy"
+
+
 def _destination(dst: object, format: str | None, group: str | None, traj: Trajectory) -> Any:
     """The store to write: ``dst`` itself, or a new one at the path ``dst``
     carrying the source's attrs and static arrays."""
@@ -170,9 +181,11 @@ def _destination(dst: object, format: str | None, group: str | None, traj: Traje
         if not isinstance(path, str) or not path:
             raise ConfigError(f"dst: expected a non-empty path, got {dst!r}")
         if format is None:
-            format = "zarr" if path.rstrip("/").endswith(".zarr") else "npy"
-        if format not in ("npy", "zarr"):
-            raise ConfigError(f"format: expected 'npy', 'zarr' or None, got {format!r}")
+            format = format_of_path(path)
+        if format not in ("npy", "zarr", "hdf5"):
+            raise ConfigError(
+                f"format: expected 'npy', 'zarr', 'hdf5' or None, got {format!r}"
+            )
         attrs = dict(traj.attrs)
         static = {name: np.asarray(arr) for name, arr in traj.static.items()}
         if format == "npy":
@@ -183,6 +196,10 @@ def _destination(dst: object, format: str | None, group: str | None, traj: Traje
             from .stores.npy import NpyDirectory
 
             return NpyDirectory(path, mode="x", attrs=attrs, static=static)
+        if format == "hdf5":
+            from .stores.hdf5 import HDF5Store
+
+            return HDF5Store(path, mode="x", group=group, attrs=attrs, static=static)
         from .stores.zarr import ZarrStore
 
         return ZarrStore(path, mode="x", group=group, attrs=attrs, static=static)
@@ -281,18 +298,21 @@ def copy(
     dst
         A path: ``copy`` creates the store there (``mode="x"``: an existing
         store is never overwritten) with the source's ``attrs`` and ``static``
-        arrays, an :class:`~snapsink.NpyDirectory`, or a
+        arrays: an :class:`~snapsink.NpyDirectory`, or a
         :class:`~snapsink.ZarrStore` when ``format="zarr"`` or the path ends in
-        ``.zarr``. Or a store object (anything implementing
+        ``.zarr``, or an :class:`~snapsink.HDF5Store` when ``format="hdf5"`` or
+        the path ends in ``.h5`` or ``.hdf5``. Or a store object (anything implementing
         :class:`~snapsink.Store`), used as built: stores take ``attrs=`` and
         ``static=`` at construction, so give it ``attrs=dict(src.attrs),
         static=dict(src.static)`` to carry them; its ``mode`` says whether it
         may exist (``"a"`` appends after its frames). Never inside the source
         store, nor the source inside it.
     format
-        ``"npy"`` or ``"zarr"`` for a path ``dst``; default: from the path.
+        ``"npy"``, ``"zarr"`` or ``"hdf5"`` for a path ``dst``; default: from
+        the path.
     group
-        The Zarr group to create under a path ``dst`` (default: the root).
+        The Zarr or HDF5 group to create under a path ``dst`` (default: the
+        root).
     chunk_bytes
         About how many bytes of frames to read from the source at a time.
     capacity

@@ -1,4 +1,4 @@
-"""``snapsink convert SRC DST``: NpyDirectory <-> ZarrStore (or from HDF5), bit-exact.
+"""``snapsink convert SRC DST``: NpyDirectory <-> ZarrStore, to or from HDF5, bit-exact.
 
 A thin layer over :func:`snapsink.copy`: the source is read in chunks of
 frames (about 64 MiB at a time) and written through a sink (policy block, so
@@ -14,7 +14,7 @@ import time
 from pathlib import Path
 from typing import Any
 
-from .._copy import copy
+from .._copy import copy, format_of_path
 from .._errors import ConfigError, SnapsinkError, StoreExistsError
 from .._reader import group_path
 from .info import detect, disk_usage, human, open_store
@@ -25,7 +25,7 @@ __all__ = ["add_parser", "run"]
 def add_parser(sub: Any) -> None:
     p = sub.add_parser(
         "convert",
-        help="copy a store into the other format (NpyDirectory <-> Zarr), bit-exact",
+        help="copy a store into another format (NpyDirectory, Zarr, HDF5), bit-exact",
         description=__doc__.split("\n\n")[0] if __doc__ else None,
     )
     p.add_argument("src", help="the store to read")
@@ -36,9 +36,9 @@ def add_parser(sub: Any) -> None:
     )
     p.add_argument(
         "--format",
-        choices=("npy", "zarr"),
-        help="the destination's format (default: zarr for a DST ending in .zarr, "
-        "else the other one: npy from Zarr or HDF5)",
+        choices=("npy", "zarr", "hdf5"),
+        help="the destination's format (default: what DST's name says, .zarr or "
+        ".h5/.hdf5, else the other one: npy from Zarr or HDF5)",
     )
     p.add_argument(
         "--group",
@@ -61,7 +61,7 @@ def run(args: argparse.Namespace) -> int:
     group = group_path(args.group) or None
     src_group = group if src_fmt in ("zarr", "hdf5") else None
     to_group = getattr(args, "to_group", None)
-    dst_group = (group_path(to_group) or group) if dst_fmt == "zarr" else None
+    dst_group = (group_path(to_group) or group) if dst_fmt in ("zarr", "hdf5") else None
     if src_fmt == "npy" and dst_fmt == "npy" and group is not None:
         raise ConfigError(f"--group {args.group!r}: an NpyDirectory has no groups")
     if to_group is not None and dst_fmt != "zarr":
@@ -96,16 +96,11 @@ def run(args: argparse.Namespace) -> int:
 
 def _default_format(dst: Path, src_fmt: str) -> str:
     """The destination's format when ``--format`` is not given: what its name
-    says (``.zarr``), else the other one (npy from Zarr or HDF5)."""
-    name = str(dst).rstrip("/").lower()
-    if name.endswith(".zarr"):
-        return "zarr"
-    if name.endswith((".h5", ".hdf5", ".h5md")):
-        raise ConfigError(
-            f"destination {str(dst)!r}: convert writes NpyDirectory or Zarr stores, not "
-            "HDF5; give DST another name (or --format npy|zarr), or copy into an "
-            "HDF5Store with snapsink.copy(snapsink.open(SRC), snapsink.HDF5Store(DST))"
-        )
+    says (``*.zarr``; ``*.h5``, ``*.hdf5``), else the other one (npy from Zarr
+    or HDF5)."""
+    named = format_of_path(str(dst))
+    if named != "npy":
+        return named
     return "zarr" if src_fmt == "npy" else "npy"
 
 

@@ -36,6 +36,7 @@ from typing import Any
 import numpy as np
 
 from .._channeltypes import SinkStatistics
+from .._copy import format_of_path
 from .._errors import ClosesOnExit, ConfigError
 from .._spill import Spill
 from .._store import Store
@@ -440,10 +441,15 @@ class Recording(ClosesOnExit):
 def _build_store(target: Any, kwargs: dict[str, Any]) -> Any:
     """The store of a path or a store function, with ``static=`` and ``attrs=``."""
     if isinstance(target, str | os.PathLike):
-        if os.fspath(target).rstrip("/\\").endswith(".zarr"):
+        kind = format_of_path(os.fsdecode(target))
+        if kind == "zarr":
             from ..stores.zarr import ZarrStore
 
             return ZarrStore(target, **kwargs)
+        if kind == "hdf5":  # it made a directory named md.h5
+            from ..stores.hdf5 import HDF5Store
+
+            return HDF5Store(target, **kwargs)
         from ..stores.npy import NpyDirectory
 
         return NpyDirectory(target, **kwargs)
@@ -486,6 +492,7 @@ def attach(
         Where the frames go, one of:
 
         - a **path**: a :class:`~snapsink.ZarrStore` when it ends in ``.zarr``,
+          an :class:`~snapsink.HDF5Store` when it ends in ``.h5`` or ``.hdf5``,
           else a :class:`~snapsink.NpyDirectory`, created (``mode="x"``: an
           existing store is refused) with atomic numbers and masses as static
           arrays and the units in its attrs. The shortest form.
