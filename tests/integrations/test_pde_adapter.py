@@ -57,7 +57,18 @@ def zarr_at(path: Path) -> tuple[Any, Callable[[], Any]]:
     return store, lambda: snapsink.open(path / "run.zarr", group="fields")
 
 
-DISK = [pytest.param(npy_at, id="npy"), pytest.param(zarr_at, id="zarr")]
+def hdf5_at(path: Path) -> tuple[Any, Callable[[], Any]]:
+    # HDF5Store takes the grid too (it had no add_metadata: ConfigError)
+    pytest.importorskip("h5py")
+    store = snapsink.HDF5Store(path / "run.h5", group="fields")
+    return store, lambda: snapsink.open(path / "run.h5", group="fields")
+
+
+DISK = [
+    pytest.param(npy_at, id="npy"),
+    pytest.param(zarr_at, id="zarr"),
+    pytest.param(hdf5_at, id="hdf5"),
+]
 
 
 @pytest.mark.parametrize("make", DISK)

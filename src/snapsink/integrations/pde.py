@@ -209,7 +209,8 @@ class SnapsinkTracker(ClosesOnExit, TransformedTrackerBase):  # type: ignore[no-
         else:
             if not callable(getattr(target, "open", None)):
                 raise ConfigError(
-                    "target: expected a store (NpyDirectory, ZarrStore, HostMemory, ...) "
+                    "target: expected a store (NpyDirectory, ZarrStore, HDF5Store, "
+                    "HostMemory, ...) "
                     f"or an open snapsink.SyncSink, got {type(target).__name__}"
                 )
             if not callable(getattr(target, "add_metadata", None)):

@@ -48,7 +48,13 @@ from .._errors import ConfigError, StoreStateError
 from .._schema import Batch, Schema
 from .._store import Resume, StoreSpec
 from .._version import __version__
-from ._common import check_attrs, check_mode, check_same_layout, check_static
+from ._common import (
+    check_attrs,
+    check_mode,
+    check_same_layout,
+    check_static,
+    merge_metadata,
+)
 from ._format import StepRanges
 from ._hdf5claim import claim_group
 from ._hdf5columns import (
@@ -253,6 +259,47 @@ class HDF5Store:
                 "units": self._h5md_args[1] if self._h5md_args else None,
             },
         )
+
+    # Deliberate parallel of ZarrStore.add_metadata (zarr.py): each store
+    # documents its own method (here: the HDF5 dtype check).
+    def add_metadata(
+        self,
+        *,
+        attrs: Mapping[str, Any] | None = None,
+        static: Mapping[str, Any] | None = None,
+    ) -> None:
+        """Add attrs and static arrays after the store was built, before it opens.
+
+        For code that learns them only when the run starts, such as the py-pde
+        tracker (:mod:`snapsink.integrations.pde`), which sees the grid then.
+
+        Parameters
+        ----------
+        attrs
+            More metadata, converted as the constructor's ``attrs``.
+        static
+            More static arrays, as the constructor's ``static``.
+
+        Raises
+        ------
+        ConfigError
+            For a bad value, or a key or name already set to a different value;
+            nothing is changed.
+        DTypeError
+            A static array of a dtype the HDF5 store does not hold; nothing is
+            changed.
+        StoreStateError
+            When the store was already opened.
+        """
+        if self._state != "new":
+            raise StoreStateError(
+                f"{self!r}: add_metadata() after open(): static arrays and attrs are "
+                "written when the store opens"
+            )
+        new_attrs, new_static = merge_metadata(self._attrs, self._static, attrs, static)
+        for name, value in new_static.items():
+            check_hdf5_dtype(value.dtype, f"static {name!r}")
+        self._attrs, self._static = new_attrs, new_static
 
     def check_schema(self, schema: Schema) -> None:
         """Refuse, before anything is written, a schema this store cannot hold.

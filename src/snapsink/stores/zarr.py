@@ -339,8 +339,9 @@ class ZarrStore:
         where = self._root if self._root is not None else self._url or type(self._store).__name__
         return f"<ZarrStore {where} group={self._path or '/'!r} mode={self._mode!r}>"
 
-    # Deliberate parallel of NpyDirectory.add_metadata (npy.py) and HostMemory.add_metadata
-    # (memory.py): each store documents its own method (here: the Zarr dtype check).
+    # Deliberate parallel of NpyDirectory.add_metadata (npy.py), HostMemory.add_metadata
+    # (memory.py) and HDF5Store.add_metadata (hdf5.py): each store documents its own
+    # method (here: the Zarr dtype check).
     def add_metadata(
         self,
         *,
