@@ -195,11 +195,16 @@ class SpillQueue:
         self.fifo_counted += 1
         self._next_turn()
         self.spilled_bytes += nbytes - ticket.nbytes  # as laid out on disk
+        self.spilled += 1
+        if self.failure is not None:
+            # the store failed while this frame was written: fail() emptied the
+            # queue, so it waits for nobody (statistics said queued=1 after
+            # the close)
+            return
         self.seq += 1
         if not self.fifo_waiting:
             self.fifo_head_seq = self.seq
         self.fifo_waiting += 1
-        self.spilled += 1
         self.pending += 1
         if self.pending > self.peak:
             self.peak = self.pending

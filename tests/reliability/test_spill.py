@@ -691,3 +691,32 @@ def test_a_storm_of_ctrl_c_in_spill_writes_never_hangs_the_close(
     assert stored == sorted(stored)
     assert traj["x"][:].tobytes() == np.stack([_big(i)["x"] for i in stored]).tobytes()
     assert not _segments(tmp_path / "spill")
+
+
+class _FailsWhenAsked(snapsink.HostMemory):
+    fail = False
+
+    def append(self, batch: Any) -> None:
+        time.sleep(0.001)
+        if self.fail:
+            raise OSError(errno.ENOSPC, "disk full (emulated)")
+        super().append(batch)
+
+
+def test_statistics_after_a_store_failure_under_spill_queue_nothing(tmp_path: Path) -> None:
+    """A spill write that ended after the store failed counted its frame as
+    queued: statistics() said queued=1 after the close, for a sink holding
+    nothing (found by a probe; the channel's code, which both writers share)."""
+    store = _FailsWhenAsked()
+    sink = SyncSink(store, capacity=2, policy=Spill(tmp_path / "spill"), writer="thread")
+    with pytest.raises(snapsink.WriterError):
+        with sink:
+            for i in range(5):
+                sink.write({"x": np.full(100, i, "f8")}, step=i)
+            sink.flush()
+            store.fail = True
+            for i in range(5, 400):
+                sink.write({"x": np.full(100, i, "f8")}, step=i)
+    stats = sink.statistics()
+    assert stats.queued == 0, stats
+    assert stats.written == 5 and stats.spilled > 0
