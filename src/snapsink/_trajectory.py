@@ -13,7 +13,9 @@ in the structure of a template with ``like=``.
 from __future__ import annotations
 
 import functools
+import operator
 from collections.abc import Iterator, Mapping, Sequence
+from types import EllipsisType
 from typing import TYPE_CHECKING, Any, Protocol, TypeVar, overload
 
 import numpy as np
@@ -126,12 +128,43 @@ def _normalize(index: Index, n: int) -> tuple[int, int, int] | np.ndarray[Any, A
     return arr.astype(np.int64)
 
 
+def _as_index_array(k: Any) -> np.ndarray[Any, Any] | None:
+    """``k`` (an array or a sequence) as numpy reads it as an index; None where
+    numpy cannot make it an array (nested lists of unequal lengths)."""
+    try:
+        arr = np.asarray(k)
+    except ValueError:
+        return None
+    if not isinstance(k, np.ndarray) and arr.size == 0:
+        arr = arr.astype(np.intp)  # [] is float64 to numpy, but an index of nothing
+    return arr
+
+
+def _is_bool_scalar(k: Any) -> bool:
+    return isinstance(k, bool | np.bool_) or (
+        isinstance(k, np.ndarray) and k.ndim == 0 and k.dtype == bool
+    )
+
+
+def _index_dims(k: Any) -> int:
+    """How many axes one entry of an index tuple consumes, as numpy counts them."""
+    if k is None or k is Ellipsis or _is_bool_scalar(k):
+        return 0
+    if isinstance(k, np.ndarray) or (isinstance(k, Sequence) and not isinstance(k, str | bytes)):
+        arr = _as_index_array(k)
+        return arr.ndim if arr is not None and arr.dtype == bool else 1
+    return 1
+
+
 class FieldView:
     """Lazy, frame-indexed view of one field: ``view[i]``, ``view[a:b]``, ``view[[1, 5]]``.
 
-    A fixed-shape field returns numpy arrays with frames on axis 0. A ragged field
+    A fixed-shape field indexes as the numpy array of shape ``(frames,
+    *frame_shape)`` would, with numpy's rules (ints, slices, int arrays, boolean
+    masks, ``...`` and ``None``; several index arrays broadcast together), except
+    that a bool is no frame number (``view[True]`` is refused). A ragged field
     returns the rows of one frame for an int index, and a list of per-frame row
-    arrays otherwise. Only the frames asked for are read.
+    arrays otherwise. Only the frames asked for are read, each once.
 
     Parameters
     ----------
@@ -174,20 +207,28 @@ class FieldView:
     @overload
     def __getitem__(self, index: int) -> np.ndarray[Any, Any]: ...
     @overload
-    def __getitem__(self, index: slice | Sequence[int] | np.ndarray[Any, Any]) -> Any: ...
+    def __getitem__(
+        self, index: slice | Sequence[Any] | np.ndarray[Any, Any] | EllipsisType | None
+    ) -> Any: ...
 
-    def __getitem__(self, index: Index | tuple[Any, ...]) -> Any:
+    def __getitem__(self, index: Index | EllipsisType | tuple[Any, ...] | None) -> Any:
+        if isinstance(index, tuple) and not index:
+            return self[:]
+        if self.field.ragged:
+            return self._ragged_item(index)
+        key = index if isinstance(index, tuple) else (index,)
+        pos = self._frame_position(key)
+        if pos is None:  # the key leaves the frame axis whole (``view[..., 0]``, ``view[None]``)
+            return self._read_range(0, self._length)[key]
+        sub, entry = self._select_frames(key, pos)
+        try:
+            return sub[(*key[:pos], entry, *key[pos + 1 :])]
+        except IndexError as exc:
+            raise IndexError(f"field {self.name!r}: {exc}") from exc
+
+    def _ragged_item(self, index: Any) -> Any:
         if isinstance(index, tuple):
-            # view[frames, rest...]: select frames lazily, then index within them
-            if not index:
-                return self[:]
-            if self.field.ragged:
-                raise IndexError(f"field {self.name!r} is ragged: index frames only")
-            frames = index[0]
-            rest = (
-                (slice(None), *index[1:]) if not isinstance(frames, int | np.integer) else index[1:]
-            )
-            return self[frames][rest]
+            raise IndexError(f"field {self.name!r} is ragged: index frames only")
         norm = _normalize(index, self._length)
         if isinstance(norm, int):
             return self._read_range(norm, norm + 1)[0]
@@ -196,12 +237,99 @@ class FieldView:
             if step == 1:
                 return self._read_range(start, max(start, stop))
             norm = np.arange(start, stop, step, dtype=np.int64)
-        picks = [self._read_range(int(i), int(i) + 1)[0] for i in norm]
-        if self.field.ragged:
-            return picks
-        if not picks:
-            return np.empty((0, *(n for n in self.field.shape if n is not None)), self.field.dtype)
-        return np.stack(picks)
+        return [self._read_range(int(i), int(i) + 1)[0] for i in norm]
+
+    def _frame_position(self, key: tuple[Any, ...]) -> int | None:
+        """Where in ``key`` the entry indexing the frame axis is, as NumPy reads
+        ``key`` on an array of shape ``(frames, *frame_shape)``; None when no entry
+        does (an Ellipsis spans the frame axis, or nothing but ``None`` is given)."""
+        ndim = 1 + len(self.field.shape)
+        dims = [_index_dims(k) for k in key]
+        if sum(k is Ellipsis for k in key) > 1:
+            raise IndexError("an index can only have a single ellipsis ('...')")
+        if sum(dims) > ndim:
+            raise IndexError(
+                f"too many indices for field {self.name!r}: it is {ndim}-dimensional "
+                f"(frames first), but {sum(dims)} were indexed"
+            )
+        for pos, k in enumerate(key):
+            if k is Ellipsis:
+                if ndim - sum(dims) > 0:
+                    return None
+                continue
+            if _is_bool_scalar(k):
+                # an int to Python, but a bool is no frame number (numpy reads it
+                # as a mask with a new axis): refuse it where a frame index goes
+                raise IndexError(
+                    f"frame index: expected int, slice, or int array or boolean mask, got {k!r} "
+                    f"for field {self.name!r} (a bool is no frame number)"
+                )
+            if dims[pos]:
+                return pos
+        return None
+
+    def _select_frames(self, key: tuple[Any, ...], pos: int) -> tuple[np.ndarray[Any, Any], Any]:
+        """Read the frames ``key[pos]`` selects, each once and in order; return them
+        with the entry that selects, in them, what ``key[pos]`` selects in all frames."""
+        n = self._length
+        entry = key[pos]
+        if isinstance(entry, slice):
+            start, stop, step = entry.indices(n)
+            if step == 1:
+                return self._read_range(start, max(start, stop)), slice(None)
+            frames = np.arange(start, stop, step, dtype=np.intp)
+            if step > 0:
+                return self._read_frames(frames), slice(None)
+            return self._read_frames(frames[::-1]), slice(None, None, -1)
+        if isinstance(entry, int | np.integer):
+            i = self._check_frame(int(entry))
+            return self._read_range(i, i + 1), 0
+        if isinstance(entry, np.ndarray) or (
+            isinstance(entry, Sequence) and not isinstance(entry, str | bytes)
+        ):
+            arr = _as_index_array(entry)
+            if arr is not None and arr.dtype == bool:
+                if arr.shape[0] != n:
+                    raise IndexError(
+                        f"boolean index did not match field {self.name!r} along its frame "
+                        f"axis: {n} frames, but the boolean index has {arr.shape[0]}"
+                    )
+                hit = arr.any(axis=tuple(range(1, arr.ndim))) if arr.ndim > 1 else arr
+                frames = np.flatnonzero(hit)
+                return self._read_frames(frames), arr[frames]
+            if arr is not None and arr.dtype.kind in "iu":
+                if arr.size and (arr.min() < -n or arr.max() >= n):
+                    bad = arr[(arr < -n) | (arr >= n)].flat[0]
+                    self._check_frame(int(bad))
+                norm = np.where(arr < 0, arr + n, arr).astype(np.intp)
+                frames, inverse = np.unique(norm.ravel(), return_inverse=True)
+                return self._read_frames(frames), inverse.reshape(arr.shape)
+        elif hasattr(entry, "__index__"):
+            i = self._check_frame(operator.index(entry))
+            return self._read_range(i, i + 1), 0
+        # What numpy refuses (floats, strings, object arrays), refused as numpy
+        # does; what it takes that is not foreseen here, read whole and indexed.
+        shape = (n, *(d for d in self.field.shape if d is not None))
+        np.broadcast_to(np.zeros((), np.uint8), shape)[key]
+        return self._read_range(0, n), entry
+
+    def _check_frame(self, i: int) -> int:
+        n = self._length
+        if not -n <= i < n:
+            raise IndexError(
+                f"index {i} is out of bounds for the frame axis of field {self.name!r}, "
+                f"which holds {n} frames"
+            )
+        return i + n if i < 0 else i
+
+    def _read_frames(self, frames: np.ndarray[Any, Any]) -> np.ndarray[Any, Any]:
+        """Frames ``frames`` (sorted, unique), stacked on axis 0: one read per run
+        of consecutive frames."""
+        if not frames.size:
+            return np.empty((0, *(d for d in self.field.shape if d is not None)), self.field.dtype)
+        runs = np.split(frames, np.flatnonzero(np.diff(frames) != 1) + 1)
+        parts = [self._read_range(int(r[0]), int(r[-1]) + 1) for r in runs]
+        return parts[0] if len(parts) == 1 else np.concatenate(parts)
 
     def __array__(self, dtype: Any = None, copy: Any = None) -> np.ndarray[Any, Any]:
         if self.field.ragged:
