@@ -140,16 +140,20 @@ class _TorchComm(Communicator):
         return box[0]
 
 
+# A module another thread is still importing may lack the names looked up here
+# yet: no communicator comes from it then (``()`` is no class at all).
 def _is_mpi_comm(comm: object) -> bool:
     mpi = sys.modules.get("mpi4py.MPI")
-    return mpi is not None and isinstance(comm, mpi.Comm)
+    return mpi is not None and isinstance(comm, getattr(mpi, "Comm", ()))
 
 
 def _is_torch_group(comm: object) -> bool:
     dist = sys.modules.get("torch.distributed")
-    if dist is None:
+    group = getattr(dist, "group", None)
+    process_group = getattr(dist, "ProcessGroup", None)
+    if group is None or process_group is None:
         return False
-    return comm is dist.group.WORLD or isinstance(comm, dist.ProcessGroup)
+    return comm is group.WORLD or isinstance(comm, process_group)
 
 
 def as_communicator(comm: object) -> Communicator:

@@ -34,7 +34,7 @@ import functools
 import math
 import sys
 from collections.abc import Mapping
-from typing import Any
+from typing import Any, TypeGuard
 
 import numpy as np
 
@@ -48,6 +48,7 @@ __all__ = [
     "as_host_array",
     "becomes_inf",
     "dtype_shape",
+    "exportable",
     "holds_any_float",
     "int_str",
     "safe_cast",
@@ -86,13 +87,14 @@ def as_host_array(name: str, value: object, step: int | None = None) -> np.ndarr
             f"{type(value).__name__}{at}; the schema holds {name!r} as one field (nested "
             f"state is stored as fields named {name + SEP}<key>: declare those)"
         )
-    if getattr(value, "requires_grad", False) and hasattr(value, "detach"):
-        # a torch tensor that requires grad (a Parameter) exports nothing
-        # otherwise; its values are what is recorded, as on the device path
-        value = value.detach()
+    value = exportable(value)
     try:
         arr = np.asarray(value)
     except Exception as exc:
+        if _is_tensor(value):
+            refused = _torch_dtype_error(name, value.dtype, at)
+            if refused is not None:
+                raise refused from exc
         raise DTypeError(
             f"field {name!r}: expected an array or a number, got {type(value).__name__}"
             f"{at}, which numpy cannot read ({type(exc).__name__}: {exc})"
@@ -103,6 +105,76 @@ def as_host_array(name: str, value: object, step: int | None = None) -> np.ndarr
             f"got dtype {arr.dtype} ({type(value).__name__}){at}"
         )
     return arr
+
+
+def _is_tensor(value: object) -> TypeGuard[Any]:
+    """Whether ``value`` is a torch tensor; False while torch is not imported, or
+    is being imported by another thread and has no ``Tensor`` yet (no tensor
+    exists before its class does)."""
+    tensor = getattr(sys.modules.get("torch"), "Tensor", None)
+    return tensor is not None and isinstance(value, tensor)
+
+
+def exportable(value: Any) -> Any:
+    """``value`` as numpy and the CUDA array interface read it: a torch tensor
+    that requires grad detached, one with its conjugate or negative bit set (a
+    lazy ``.conj()`` or negation view) resolved, which copies it (only then);
+    anything else as it is.
+
+    A CPU tensor with a bit set exports nothing otherwise; a CUDA one would
+    export its memory without the bit, wrong values."""
+    if getattr(value, "requires_grad", False) and hasattr(value, "detach"):
+        # a torch tensor that requires grad (a Parameter) exports nothing
+        # otherwise; its values are what is recorded
+        value = value.detach()
+    if _is_tensor(value):
+        if value.is_conj():
+            value = value.resolve_conj()
+        if value.is_neg():
+            value = value.resolve_neg()
+    return value
+
+
+#: torch dtypes that numpy has (their names); torch exports no other
+_TORCH_NUMPY_DTYPES = frozenset(
+    f"torch.{n}"
+    for n in (
+        "bool int8 int16 int32 int64 uint8 uint16 uint32 uint64 "
+        "float16 float32 float64 complex64 complex128"
+    ).split()
+)
+
+#: torch dtype -> whether numpy has it (filled as dtypes are met)
+_TORCH_DTYPE_OK: dict[Any, bool] = {}
+
+
+def _torch_dtype_error(name: str, dtype: Any, at: str) -> DTypeError | None:
+    """The DTypeError for a tensor of the torch ``dtype`` that numpy has no dtype
+    for (bfloat16, float8, complex32, quantized, bit and sub-byte types), saying
+    what to do; None for a dtype numpy has."""
+    ok = _TORCH_DTYPE_OK.get(dtype)
+    if ok is None:
+        ok = _TORCH_DTYPE_OK[dtype] = str(dtype) in _TORCH_NUMPY_DTYPES
+    if ok:
+        return None
+    spelled = str(dtype)
+    hints = []
+    if "qint" in spelled or "quint" in spelled:  # quantized
+        hints.append("dequantize it to store its values (.dequantize())")
+        hints.append("or store its integers (.int_repr())")
+    else:
+        if "_x" not in spelled.rpartition(".")[2]:  # not packed (float4_e2m1fn_x2)
+            if dtype.is_complex:
+                hints.append("cast it to store its values (.to(torch.complex64))")
+            elif dtype.is_floating_point:
+                hints.append("cast it to store its values (.float())")
+        bits = 8 * int(dtype.itemsize)
+        view = f"view its bits as integers to store them exactly (.view(torch.int{bits}))"
+        hints.append(f"or {view}" if hints else view)
+    return DTypeError(
+        f"field {name!r}: expected a bool, integer, float or complex array, got a "
+        f"Tensor of dtype {spelled}{at}, which NumPy has no dtype for; {', '.join(hints)}"
+    )
 
 
 def dtype_shape(
@@ -128,6 +200,11 @@ def dtype_shape(
     if is_device_array(value):
         from ._staging.device import device_dtype_shape
 
+        if _is_tensor(value):
+            at = "" if step is None else f" at step {step}"
+            refused = _torch_dtype_error(name, value.dtype, at)
+            if refused is not None:
+                raise refused
         return device_dtype_shape(name, value)
     arr = as_host_array(name, value, step)
     return arr.dtype, arr.shape
@@ -141,8 +218,10 @@ def int_str(value: int) -> str:
 def unmasked(name: str, value: Any, step: int | None = None) -> Any:
     """A numpy masked array's data when none of it is masked (else a DTypeError
     naming ``name``); any other value as it is."""
-    ma = sys.modules.get("numpy.ma")  # no masked array exists before numpy.ma is imported
-    if ma is None or not isinstance(value, ma.MaskedArray):
+    # no masked array exists before numpy.ma is imported, nor while another
+    # thread imports it and it has no MaskedArray yet (``()``: no class at all)
+    ma = sys.modules.get("numpy.ma")
+    if ma is None or not isinstance(value, getattr(ma, "MaskedArray", ())):
         return value
     masked = int(np.count_nonzero(ma.getmaskarray(value)))
     if masked:

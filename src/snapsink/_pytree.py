@@ -112,10 +112,11 @@ def _jax_node(value: object) -> tuple[list[tuple[object, Any]], Any] | None:
     """``([(key, child)], treedef)`` of a JAX pytree node one level down, or None
     when JAX is not loaded or ``value`` is a leaf to it. A child that is None
     has no leaves, as in JAX (the treedef restores it)."""
-    jax = sys.modules.get("jax")
-    if jax is None:
+    # a JAX that another thread is still importing (no tree_util yet) is not
+    # loaded: no JAX pytree exists before it is
+    tree_util = getattr(sys.modules.get("jax"), "tree_util", None)
+    if tree_util is None:
         return None
-    tree_util = jax.tree_util
     pairs, treedef = tree_util.tree_flatten_with_path(
         value, is_leaf=lambda x: x is not value and x is not None
     )

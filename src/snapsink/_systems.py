@@ -35,6 +35,7 @@ from typing import Any
 import numpy as np
 
 from ._arrays import is_device_array
+from ._dtypes import exportable
 from ._errors import ConfigError, SchemaError
 from ._schema import Field, Schema
 
@@ -172,7 +173,7 @@ def _host(value: Any, what: str) -> np.ndarray[Any, Any]:
 
         return to_host_blocking(value)
     try:
-        return np.asarray(value)
+        return np.asarray(exportable(value))
     except Exception as exc:
         raise SchemaError(f"{what}: expected an array, got {type(value).__name__}") from exc
 
@@ -190,9 +191,12 @@ def gather_rows(value: Any, index: np.ndarray[Any, Any]) -> Any:
     if isinstance(value, np.ndarray):
         return value[index]
     if not is_device_array(value):
-        return np.asarray(value)[index]
+        return np.asarray(exportable(value))[index]
+    # a module another thread is still importing may lack its array type yet: no
+    # value is an instance of it then
     torch = sys.modules.get("torch")
-    if torch is not None and isinstance(value, torch.Tensor):
+    tensor = getattr(torch, "Tensor", None)
+    if torch is not None and tensor is not None and isinstance(value, tensor):
         return value.index_select(0, torch.as_tensor(index, device=value.device))
     if getattr(type(value), "__snapsink_emulated_device__", False):
         from ._staging.device import backend_named
@@ -200,7 +204,8 @@ def gather_rows(value: Any, index: np.ndarray[Any, Any]) -> Any:
         be = backend_named("emulation")
         return be.take(value, index, be.resolve_stream(None, value))
     cupy = sys.modules.get("cupy")
-    if cupy is not None and isinstance(value, cupy.ndarray):
+    cupy_array = getattr(cupy, "ndarray", None)
+    if cupy is not None and cupy_array is not None and isinstance(value, cupy_array):
         return value.take(cupy.asarray(index), axis=0)
     return value[index]  # JAX arrays and other array libraries index with NumPy
 

@@ -25,6 +25,7 @@ from typing import Any
 import numpy as np
 
 from .._arrays import is_device_array
+from .._dtypes import exportable
 from .._errors import ConfigError, DeviceError
 
 __all__ = ["INSTALL_HINT", "CupyBackend", "DeviceBackend", "import_cupy"]
@@ -214,8 +215,9 @@ class CupyBackend(DeviceBackend):
         cp = self.cp
         if isinstance(value, cp.ndarray):
             return value
-        if getattr(value, "requires_grad", False) and hasattr(value, "detach"):
-            value = value.detach()  # a torch tensor that requires grad exports nothing otherwise
+        # a torch tensor that requires grad exports nothing otherwise, and one
+        # with its conjugate or negative bit set would export wrong values
+        value = exportable(value)
         cai = getattr(value, "__cuda_array_interface__", None)
         if cai is not None:
             # Built from the interface ourselves rather than cupy.asarray: CuPy
@@ -297,8 +299,11 @@ class CupyBackend(DeviceBackend):
     def resolve_stream(self, stream: Any, value: Any = None) -> Any:
         cuda = self.cp.cuda
         if stream is None:
+            # (a torch another thread is still importing, with no Tensor yet,
+            # has no tensor either)
             torch = sys.modules.get("torch")
-            if torch is not None and isinstance(value, torch.Tensor):
+            tensor = getattr(torch, "Tensor", None)
+            if torch is not None and tensor is not None and isinstance(value, tensor):
                 return self._external(int(torch.cuda.current_stream(value.device).cuda_stream))
             return cuda.get_current_stream()
         if isinstance(stream, cuda.Stream) or type(stream).__name__ == "ExternalStream":
