@@ -631,6 +631,110 @@ def test_a_file_size_limit_fails_the_sink_cleanly_and_the_store_resumes(
     np.testing.assert_array_equal(traj["x"][:100], xs[:100])
 
 
+_MADE_NEAR_THE_LIMIT = r"""
+import resource, sys
+import numpy as np, snapsink
+path, limit, kind = sys.argv[1], int(sys.argv[2]), sys.argv[3]
+resource.setrlimit(resource.RLIMIT_FSIZE, (limit, resource.RLIM_INFINITY))
+try:
+    if kind == "open":
+        snapsink.HDF5Store(path).open()
+    else:
+        F = snapsink.Field
+        schema = snapsink.Schema(
+            {"x": F("float64", (1000,)), "r": F("int32", (None, 3)), "pos": F("float32", (5, 3))}
+        )
+        store = snapsink.HDF5Store(path, chunk_frames=4, layout="h5md", h5md={"position": "pos"})
+        with snapsink.SyncSink(store, schema=schema, writer="thread") as sink:
+            frame = {"x": np.zeros(1000), "r": np.zeros((2, 3), np.int32)}
+            sink.write({**frame, "pos": np.zeros((5, 3), np.float32)}, step=0)
+except snapsink.WriterError as exc:
+    print(type(exc.__cause__).__name__, getattr(exc.__cause__, "errno", None))
+except OSError as exc:
+    print(type(exc).__name__, exc.errno)
+"""
+
+
+@pytest.mark.parametrize(("kind", "limit"), [("open", 1862), ("prepare", 9547), ("prepare", 10870)])
+def test_a_file_made_past_a_size_limit_is_an_oserror_and_no_crash(
+    tmp_path: Path, kind: str, limit: int
+) -> None:
+    """Making the file (open) or its datasets (prepare) wrote through HDF5,
+    unreserved: past the limit the cause was a RuntimeError ('Set slist
+    enabled failed'), and the process crashed (SIGSEGV) at exit. A new file is
+    now built in memory and written by the store; a copy gets its room first."""
+    proc = subprocess.run(
+        [sys.executable, "-c", _MADE_NEAR_THE_LIMIT, str(tmp_path / "f.h5"), str(limit), kind],
+        capture_output=True,
+        text=True,
+        timeout=60,
+        check=False,
+    )
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    assert proc.stdout.split() == ["OSError", str(errno.EFBIG)], proc.stdout
+
+
+_COMPRESSED_SMALL = r"""
+import resource, sys
+import numpy as np, snapsink
+resource.setrlimit(resource.RLIMIT_FSIZE, (2 << 20, resource.RLIM_INFINITY))
+with snapsink.SyncSink(snapsink.HDF5Store(sys.argv[1], compression="gzip"), writer="thread") as s:
+    for i in range(3):
+        s.write({"x": np.full(100, float(i))}, step=i)
+        s.flush()
+print("ok")
+"""
+
+
+def test_a_compressed_commit_asks_for_the_room_of_its_rows_not_a_whole_chunk(
+    tmp_path: Path,
+) -> None:
+    """A gzip store asked for a whole uncompressed 8 MiB chunk per commit, so
+    a disk with megabytes free refused an 800-byte commit (found by a probe)."""
+    path = tmp_path / "gz.h5"
+    proc = subprocess.run(
+        [sys.executable, "-c", _COMPRESSED_SMALL, str(path)],
+        capture_output=True,
+        text=True,
+        timeout=60,
+        check=False,
+    )
+    assert proc.returncode == 0 and proc.stdout.strip() == "ok", proc.stderr[-2000:]
+    assert snapsink.open(path)["x"][:, 0].tolist() == [0.0, 1.0, 2.0]
+
+
+def test_room_a_killed_session_allocated_is_freed_by_the_next(tmp_path: Path) -> None:
+    """The room is allocated past the end, the file's size unchanged: a writer
+    killed mid-session leaves it allocated but outside the file (it used to be
+    inside, and the next writer made it part of the file for good), and the
+    next session frees it."""
+    from snapsink.stores._hdf5file import _fallocate, reserve
+
+    if _fallocate() is None:
+        pytest.skip("no fallocate here")
+    path = tmp_path / "k.h5"
+    with snapsink.SyncSink(HDF5Store(path), writer="thread") as sink:
+        sink.write({"x": np.zeros(10)}, step=0)
+    size = path.stat().st_size
+    fd = os.open(path, os.O_RDWR)
+    try:
+        try:
+            reserve(fd, 64 << 20, "test")  # what a killed session leaves
+        except OSError as exc:  # pragma: no cover - a file system without it
+            pytest.skip(f"fallocate: {exc}")
+    finally:
+        os.close(fd)
+    st = path.stat()
+    if st.st_blocks * 512 < 64 << 20:  # pragma: no cover - allocation not reported
+        pytest.skip("the file system does not report the allocation")
+    assert st.st_size == size
+    with snapsink.SyncSink(HDF5Store(path, "a"), writer="thread") as sink:
+        sink.write({"x": np.ones(10)}, step=1)
+    st = path.stat()
+    assert st.st_blocks * 512 < st.st_size + (1 << 20)
+    assert snapsink.open(path)["x"][:, 0].tolist() == [0.0, 1.0]
+
+
 def test_the_room_allocated_for_a_session_is_given_back(tmp_path: Path) -> None:
     """Each session allocates room past the file's end before HDF5 writes;
     what HDF5 did not use is cut off again: the closed file ends where its

@@ -41,7 +41,7 @@ from ._hdf5plan import (
     parse_group_meta,
     parse_user_attrs,
 )
-from ._hdf5session import StoreFile
+from ._hdf5session import METADATA_ROOM, StoreFile
 from ._zarrplan import plan_arrays
 
 __all__ = ["Claimed", "claim_group"]
@@ -405,7 +405,7 @@ def _create_file(
     claimed = Claimed(attrs)
     if sf.shared_with_others():
         sf.new_file()
-        with sf.file(swmr=False, locked=True) as f:
+        with sf.file(swmr=False, locked=True, room=_room(static)) as f:
             _lay_out(f, sf.group, claimed, static)
     else:
         sf.remake(lambda f: _lay_out(f, sf.group, claimed, static))
@@ -423,9 +423,15 @@ def _create_group(
     file of other groups is not remade (their writers hold it): a kill inside
     this session is HDF5's window (see ``docs/formats/hdf5.md``)."""
     claimed = Claimed(attrs)
-    with sf.file(swmr=False, locked=True) as f:
+    with sf.file(swmr=False, locked=True, room=_room(static)) as f:
         _lay_out(f, sf.group, claimed, static, adopt=adopt)
     return claimed
+
+
+def _room(static: Mapping[str, np.ndarray[Any, Any]]) -> int:
+    """The room a new group takes in the file: its metadata and static arrays
+    (allocated before HDF5 writes them: see StoreFile.reserve)."""
+    return METADATA_ROOM + sum(int(a.nbytes) for a in static.values())
 
 
 def _lay_out(

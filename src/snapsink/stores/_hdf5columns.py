@@ -287,9 +287,11 @@ def session_bytes(columns: dict[str, Column], pending: list[Pending], *, commit:
     """The most bytes of chunks :func:`write_rows` may add to the file for
     ``pending`` (and, with ``commit``, the partly filled chunks). HDF5
     allocates a chunk whole: a dataset without a filter adds each chunk it
-    starts (one it wrote before is written again in place); a filtered one,
-    each chunk it writes, 1/64 larger (a filter may expand what it cannot
-    compress)."""
+    starts (one it wrote before is written again in place). A filtered
+    (compressed) chunk takes what its filter makes of it: its rows' bytes at
+    most, 1/64 and 4 KiB more (a compressor's growth on what it cannot
+    compress; the empty rest of a partly filled chunk compresses to almost
+    nothing)."""
     spans: list[tuple[Column, int, int]] = [
         (columns[name], start, len(rows)) for name, start, rows in pending
     ]
@@ -305,8 +307,10 @@ def session_bytes(columns: dict[str, Column], pending: list[Pending], *, commit:
             first, last = start // chunk, (start + n - 1) // chunk
             if col.direct:  # the chunks below the extent on disk are written
                 first = max(first, -(-col.extent // chunk))
-            nbytes = max(0, last - first + 1) * chunk * col.plan.row_nbytes
-            total += nbytes if col.direct else nbytes + nbytes // 64
+                total += max(0, last - first + 1) * chunk * col.plan.row_nbytes
+            else:
+                rows = n * col.plan.row_nbytes
+                total += rows + rows // 64 + (last - first + 1) * 4096
     return total
 
 

@@ -35,8 +35,11 @@ Where OFD locks are missing, the store writes without them, with a warning.
 from __future__ import annotations
 
 import contextlib
+import ctypes
 import errno
+import functools
 import hashlib
+import itertools
 import os
 import stat
 import struct
@@ -44,6 +47,11 @@ import sys
 import warnings
 from collections.abc import Iterator
 from typing import Any
+
+try:
+    import resource
+except ImportError:  # pragma: no cover - not on POSIX
+    resource = None  # type: ignore[assignment]
 
 from .._errors import FormatError, StoreLockedError
 from ._lock import open_regular_file
@@ -54,12 +62,13 @@ __all__ = [
     "SessionBusy",
     "check_not_truncated",
     "clear_open_flags",
+    "file_image",
     "fsync_fd",
+    "give_back",
     "import_h5py",
     "is_hdf5_file",
     "lookup3",
     "reserve",
-    "trim",
     "wait_for_sessions",
 ]
 
@@ -246,60 +255,105 @@ def check_not_truncated(fd: int, where: str) -> None:
 
 
 def reserve(fd: int, nbytes: int, where: str) -> None:
-    """Allocate ``nbytes`` past the end of the file, before HDF5 writes there.
+    """Allocate the disk blocks of ``nbytes`` past the end of the file, the
+    file's size unchanged, before HDF5 writes there.
 
     Why. A write that fails inside HDF5 (a full disk, a file-size limit, a
     quota) is not always reported, and what follows it is unsafe: HDF5
     writes a cached chunk when its dataset closes, where h5py ignores the
     error (the frames were lost and the commit went on), and a library whose
-    flush failed halfway may crash the process later. With the room
-    allocated first, HDF5's writes land in it, and a full disk is this
-    function's error, raised before anything of the session is written. HDF5
-    allocates from its end of allocation, below the file's end; its next
-    flush truncates the file back to what it uses, or :func:`trim` does.
+    write failed halfway may crash the process later. With the blocks
+    allocated first (``fallocate`` with ``FALLOC_FL_KEEP_SIZE``), HDF5's
+    writes land in them, and a lack of room is this function's error,
+    raised before anything is written. The size stays as HDF5 wrote it (a
+    writer killed mid-session leaves no room inside the file: the next
+    session's :func:`give_back` frees it). A file-size limit
+    (``RLIMIT_FSIZE``), which such an allocation does not meet, is checked
+    here too. Where ``fallocate`` is missing, the free space is checked.
 
     Raises
     ------
     OSError
-        No room (``ENOSPC``, ``EFBIG`` past a file-size limit, ``EDQUOT``),
-        naming the store and the bytes; the file's size is as it was.
+        No room (``ENOSPC``, ``EFBIG`` past the file-size limit, ``EDQUOT``),
+        naming the store and the bytes; nothing was allocated.
     """
     if nbytes <= 0:
         return
     size = os.fstat(fd).st_size
-    try:
-        os.posix_fallocate(fd, size, nbytes)
-    except OSError as exc:
-        with contextlib.suppress(OSError):
-            os.ftruncate(fd, size)  # whatever was allocated
-        err = exc.errno
-        if err in (errno.EOPNOTSUPP, errno.ENOSYS):  # not on this file system
-            st = os.fstatvfs(fd)
-            if st.f_bavail * st.f_frsize >= nbytes:
+    limit = resource.getrlimit(resource.RLIMIT_FSIZE)[0] if resource is not None else -1
+    if limit not in (-1, getattr(resource, "RLIM_INFINITY", -1)) and size + nbytes > limit:
+        _no_room(errno.EFBIG, nbytes, where, f"the file-size limit is {limit} bytes")
+    allocate = _fallocate()
+    err = errno.ENOSYS
+    if allocate is not None:
+        while True:
+            if allocate(fd, _FALLOC_FL_KEEP_SIZE, size, nbytes) == 0:
                 return
-            err = errno.ENOSPC
-        raise OSError(
-            err,
-            f"{where}: no room for the next {nbytes} bytes of the file "
-            f"({os.strerror(err or errno.EIO)}); nothing of the frames since the last "
-            "commit was written, and the committed frames stay",
-        ) from exc
+            err = ctypes.get_errno()
+            if err != errno.EINTR:
+                break
+        if err not in (errno.EOPNOTSUPP, errno.ENOSYS):
+            give_back(fd)
+            _no_room(err, nbytes, where)
+    st = os.fstatvfs(fd)  # no fallocate here: the free space, at least
+    if st.f_bavail * st.f_frsize < nbytes:
+        _no_room(errno.ENOSPC, nbytes, where)
 
 
-def trim(fd: int) -> None:
-    """Give back what :func:`reserve` allocated and HDF5 left unused: cut the
-    file, closed by HDF5, to the end of file its superblock records (a
-    version 2 or 3 superblock; others are left as they are)."""
+def give_back(fd: int) -> None:
+    """Free the blocks :func:`reserve` allocated past the end of the file (a
+    killed writer's too), once HDF5 closed it: the file cut to its own size,
+    which frees what lies past it (ext4 keeps such blocks otherwise; a hole
+    punched there is not enough). Nothing in the file changes."""
+    if _fallocate() is not None:
+        os.ftruncate(fd, os.fstat(fd).st_size)
+
+
+def _no_room(err: int, nbytes: int, where: str, why: str = "") -> None:
+    raise OSError(
+        err,
+        f"{where}: no room for the next {nbytes} bytes of the file "
+        f"({why or os.strerror(err)}); nothing of the frames since the last commit "
+        "was written, and the committed frames stay",
+    )
+
+
+_FALLOC_FL_KEEP_SIZE = 0x01
+
+
+@functools.cache
+def _fallocate() -> Any:
+    """Linux's ``fallocate(2)`` (64-bit offsets) through ctypes; None elsewhere."""
+    if not sys.platform.startswith("linux"):
+        return None
     try:
-        found = _superblock(fd, "")
-    except FormatError:
-        return
-    if found is None:
-        return
-    raw, size_of_offsets = found
-    end = _field(raw, size_of_offsets, 2) + _field(raw, size_of_offsets, 0)
-    if os.fstat(fd).st_size > end:
-        os.ftruncate(fd, end)
+        libc = ctypes.CDLL(None, use_errno=True)
+        fn = getattr(libc, "fallocate64", None) or libc.fallocate
+    except (OSError, AttributeError):
+        return None
+    fn.argtypes = [ctypes.c_int, ctypes.c_int, ctypes.c_int64, ctypes.c_int64]
+    fn.restype = ctypes.c_int
+    return fn
+
+
+def file_image(build: Any) -> bytes:
+    """The bytes of a new HDF5 file (the latest format, no free-space reuse)
+    that ``build(f)`` lays out in an h5py file ``f``, made in memory: the
+    caller writes them, so that a full disk is its ``OSError``, never a write
+    failing inside HDF5 (see :func:`reserve`)."""
+    h5py = import_h5py()
+    name = f"snapsink-image-{os.getpid()}-{next(_IMAGES)}.h5"
+    with h5py.File(
+        name, "w", driver="core", backing_store=False, libver="latest", locking=False,
+        fs_strategy="none",
+    ) as f:
+        if build is not None:
+            build(f)
+        f.flush()
+        return bytes(f.id.get_file_image())
+
+
+_IMAGES = itertools.count()
 
 
 def clear_open_flags(fd: int, where: str) -> bool:

@@ -24,18 +24,19 @@ from .._errors import FormatError
 from ._hdf5file import (
     FileLocks,
     clear_open_flags,
+    file_image,
     fsync_fd,
+    give_back,
     import_h5py,
     open_store_file,
     reserve,
-    trim,
 )
 from ._hdf5plan import META_ATTR, is_snapsink_attr
 from ._hdf5read import HANDLES
 from ._lock import open_regular_file
 from ._npyfile import fsync_dir
 
-__all__ = ["METADATA_ROOM", "StoreFile"]
+__all__ = ["METADATA_ROOM", "FileReplaced", "StoreFile"]
 
 #: Room allocated for a session's metadata (object headers, chunk-index
 #: blocks, the commit record) before HDF5 writes it (see
@@ -80,7 +81,9 @@ class StoreFile:
         """Close the descriptors (idempotent): the group claim goes with them."""
         self._finalizer()
 
-    def remake(self, build: Callable[[Any], None], *, copy: bool = False) -> None:
+    def remake(
+        self, build: Callable[[Any], None], *, copy: bool = False, room: int = METADATA_ROOM
+    ) -> None:
         """Replace the file, atomically, by one that ``build(f)`` lays out in
         an h5py file ``f`` (with ``copy``: a copy of the file as it is).
 
@@ -97,8 +100,12 @@ class StoreFile:
         session's last step: the claim moves to the new file before the
         rename; the session lock stays on the old one, and ends with the
         session.
+
+        A new file is built in memory (:func:`._hdf5file.file_image`) and
+        written here; a copy gets ``room`` bytes allocated before HDF5 writes
+        it (:func:`._hdf5file.reserve`): a full disk is an ``OSError`` raised
+        here, never a write failing inside HDF5.
         """
-        h5py = import_h5py()
         self._check_unchanged()
         directory, name = os.path.split(os.path.abspath(self.path))
         tmp = os.path.join(directory, f".{name}.{uuid.uuid4().hex}.partial")
@@ -107,16 +114,19 @@ class StoreFile:
             if copy:
                 HANDLES.release(self.path)
                 shutil.copyfile(self.path, tmp, follow_symlinks=False)
-                mode = "r+"
+                fd = open_regular_file(tmp, os.O_RDWR, "an HDF5 file")
+                reserve(fd, room, self.where)
+                h5py = import_h5py()
+                with h5py.File(tmp, "r+", libver="latest", locking=False) as f:
+                    build(f)
+                give_back(fd)
             else:
-                mode = "x"
-            # the latest format (SWMR), no free-space reuse (a chunk freed
-            # mid-session is never overwritten before a commit names its
-            # replacement)
-            kw = {} if copy else {"fs_strategy": "none"}
-            with h5py.File(tmp, mode, libver="latest", locking=False, **kw) as f:
-                build(f)
-            fd = open_regular_file(tmp, os.O_RDWR, "an HDF5 file")
+                # the latest format (SWMR), no free-space reuse (a chunk freed
+                # mid-session is never overwritten before a commit names its
+                # replacement)
+                image = file_image(build)
+                fd = os.open(tmp, os.O_RDWR | os.O_CREAT | os.O_EXCL | _CLOEXEC, 0o666)
+                _write_all(fd, image)
             fsync_fd(fd)
             locks = FileLocks(fd, self.where)
             locks.claim(self.group)  # a new file: nobody else can hold it
@@ -149,12 +159,14 @@ class StoreFile:
     def new_file(self) -> None:
         """Create (or truncate) the file in place: the latest format (SWMR), no
         free-space reuse (a chunk freed mid-session is never overwritten
-        before a commit names its replacement). Not crash safe (see
+        before a commit names its replacement), written from an image made in
+        memory (a full disk is an ``OSError`` here). Not crash safe (see
         :meth:`remake`): only where others hold the file."""
-        h5py = import_h5py()
+        image = file_image(None)
         self._check_unchanged()
         HANDLES.release(self.path)
-        h5py.File(self.path, "w", libver="latest", locking=False, fs_strategy="none").close()
+        os.ftruncate(self.fd, 0)
+        _write_all(self.fd, image)
         fsync_fd(self.fd)
 
     def shared_with_others(self) -> bool:
@@ -173,8 +185,8 @@ class StoreFile:
     def file(self, *, swmr: bool, locked: bool = False, room: int = METADATA_ROOM) -> Iterator[Any]:
         """A session: the file open for writing under the session lock (taken
         here unless ``locked``), closed at the end. ``room`` bytes are
-        allocated first (:meth:`reserve`: what the session writes, at most), and
-        what HDF5 left unused is given back at the end. A non-SWMR session
+        allocated first (:meth:`reserve`: what the session writes, at most),
+        and what HDF5 left unused is freed at the end. A non-SWMR session
         (which may create objects) is flushed and fsynced before the lock goes.
 
         Raises
@@ -187,7 +199,6 @@ class StoreFile:
                 stack.enter_context(self.locks.session())
             self._check_unchanged()
             clear_open_flags(self.fd, self.where)  # a writer of the file was killed
-            # before HDF5 opens the file, which then sees the room as the file's
             self.reserve(room)
             f = self._open_file(swmr=swmr)
             try:
@@ -195,7 +206,7 @@ class StoreFile:
                 f.flush()
             finally:
                 f.close()
-            trim(self.fd)
+            give_back(self.fd)
             if not swmr:
                 fsync_fd(self.fd)
 
@@ -222,14 +233,18 @@ class StoreFile:
         fid = h5py.h5f.open(os.fsencode(self.path), flags, fapl=fapl)
         return h5py.File(fid)
 
-    def _check_unchanged(self) -> None:
-        """Fail unless the path still names the file this store opened."""
+    def names_its_file(self) -> bool:
+        """Whether the path still names the file this store opened."""
         try:
             st = os.stat(self.path, follow_symlinks=False)
         except FileNotFoundError:
-            st = None
-        if st is None or (st.st_dev, st.st_ino) != self._ino:
-            raise FormatError(
+            return False
+        return (st.st_dev, st.st_ino) == self._ino
+
+    def _check_unchanged(self) -> None:
+        """Fail unless the path still names the file this store opened."""
+        if not self.names_its_file():
+            raise FileReplaced(
                 f"{self.where}: the file was deleted or replaced while the store was writing "
                 "it; refusing to commit frames that are not there"
             )
@@ -250,3 +265,19 @@ def _close_all(fds: list[int]) -> None:
         with contextlib.suppress(OSError):
             os.close(fds.pop())
 
+
+class FileReplaced(FormatError):
+    """The path no longer names the file the store opened (checked before
+    every write of the file)."""
+
+
+_CLOEXEC = getattr(os, "O_CLOEXEC", 0)
+
+
+def _write_all(fd: int, data: bytes) -> None:
+    """Write ``data`` at the start of ``fd`` (raises ``OSError``; a short write
+    goes on where it stopped)."""
+    view = memoryview(data)
+    done = 0
+    while done < len(view):
+        done += os.pwrite(fd, view[done:], done)

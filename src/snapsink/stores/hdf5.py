@@ -86,9 +86,9 @@ from ._hdf5plan import (
     check_hdf5_names,
 )
 from ._hdf5read import HDF5Source, is_hdf5_store, list_hdf5_groups, open_hdf5
-from ._hdf5session import METADATA_ROOM, StoreFile
+from ._hdf5session import METADATA_ROOM, FileReplaced, StoreFile
 from ._npyfile import check_path, start_writeback
-from ._zarrplan import check_group, check_rows
+from ._zarrplan import check_group, check_rows, plan_arrays
 
 __all__ = ["HDF5Source", "HDF5Store", "is_hdf5_store", "list_hdf5_groups", "open_hdf5"]
 
@@ -98,6 +98,9 @@ H5MD_GROUP = "snapsink"
 #: full chunks buffered before a session writes them (besides commits): bounds
 #: the store's memory and keeps sessions short for other writers of the file
 _SESSION_BYTES = 64 << 20
+#: times an opening store follows its path to a file another writer made anew
+#: meanwhile (see HDF5Store.open)
+_FOLLOWS = 8
 
 
 class HDF5Store:
@@ -359,27 +362,39 @@ class HDF5Store:
         # a new file (mode "w", a remade one) replaces the target, not the link.
         path = os.path.realpath(self._path) if os.path.islink(self._path) else self._path
         os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
-        sf = self._store_file = StoreFile(path, self._group, self, repr(self))
-        try:
-            sf.locks.claim(self._group)
-            with sf.locks.session():
-                claimed = claim_group(
-                    sf,
-                    self._mode,
-                    attrs=self._attrs,
-                    static=self._static,
-                    h5md=self._h5md is not None,
-                    units=self._h5md.units if self._h5md is not None else None,
-                )
-        except BaseException:
-            if sf.created and sf.size() == 0:
-                # nothing of ours was ever in it: leave no empty file behind
-                try:
-                    os.unlink(path)
-                except OSError:
-                    pass
-            self._release()
-            raise
+        for attempt in range(_FOLLOWS + 1):
+            sf = self._store_file = StoreFile(path, self._group, self, repr(self))
+            try:
+                sf.locks.claim(self._group)
+                with sf.locks.session():
+                    claimed = claim_group(
+                        sf,
+                        self._mode,
+                        attrs=self._attrs,
+                        static=self._static,
+                        h5md=self._h5md is not None,
+                        units=self._h5md.units if self._h5md is not None else None,
+                    )
+                break
+            except FileReplaced:
+                # Another writer made the file anew (whole, then renamed over
+                # the path) after this one opened it and before it claimed its
+                # group: two writers of two groups starting at once on a new
+                # file. Nothing of this store was written (the path is checked
+                # before every write): follow the path to that file.
+                self._release()
+                if attempt == _FOLLOWS:
+                    raise
+            except BaseException:
+                if sf.created and sf.size() == 0 and sf.names_its_file():
+                    # nothing of ours was ever in it: leave no empty file behind
+                    # (never a file another writer renamed over the path)
+                    try:
+                        os.unlink(path)
+                    except OSError:
+                        pass
+                self._release()
+                raise
         self._attrs, self._meta, self._dropped = claimed.attrs, claimed.meta, claimed.dropped
         self._count = self._committed = claimed.count
         self._columns = claimed.columns
@@ -407,13 +422,20 @@ class HDF5Store:
             if meta.times == times and self._columns and self._h5md_is_current(schema, times):
                 return
         sf = self._held()
+        # the room the datasets take: their headers, and the first chunk of
+        # each offsets dataset (it holds a 0), allocated before HDF5 writes
+        room = METADATA_ROOM + sum(
+            p.chunk * p.row_nbytes
+            for p in plan_arrays(schema, times=times, chunk_frames=self._chunk_frames)
+            if p.name.endswith(".offsets")
+        )
         try:
             with sf.locks.session():
                 if sf.fresh and not sf.shared_with_others():
                     # a new file of this store alone: made anew, whole (see remake)
-                    sf.remake(lambda f: self._lay_out(f, schema, times), copy=True)
+                    sf.remake(lambda f: self._lay_out(f, schema, times), copy=True, room=room)
                 else:  # a file others write: HDF5's window (docs/formats/hdf5.md)
-                    with sf.file(swmr=False, locked=True) as f:
+                    with sf.file(swmr=False, locked=True, room=room) as f:
                         self._lay_out(f, schema, times)
         except BaseException:
             self._state = "failed"
