@@ -395,6 +395,25 @@ async def test_mode_w_refuses_a_nested_group_another_writer_holds(tmp_path: Path
     assert not (loc / "a" / "thermo").exists()
 
 
+@pytest.mark.parametrize("inside", ["e", "steps", "static/m"])
+async def test_mode_w_on_an_array_of_another_run_is_refused_and_nothing_deleted(
+    tmp_path: Path, inside: str
+) -> None:
+    """group='a/e' with mode 'w', where 'a' is a run and 'e' its field: the
+    array was deleted and run 'a' could no longer be read (found by a probe)."""
+    loc = tmp_path / "s"
+    store = ZarrStore(loc, group="a", static={"m": np.arange(3.0)})
+    await store.open()
+    await store.prepare(Schema({"e": Field("f8", ())}), times=False)
+    await store.append(Batch([Frame(0, None, {"e": np.float64(1.5)})]))
+    await store.close()
+    with pytest.raises(StoreExistsError, match=r"is a zarr array.*nothing was deleted"):
+        await ZarrStore(loc, "w", group=f"a/{inside}").open()
+    traj = open_zarr(loc, group="a")
+    np.testing.assert_array_equal(traj["e"][:], [1.5])
+    np.testing.assert_array_equal(traj.static["m"], np.arange(3.0))
+
+
 async def test_mode_w_replaces_a_store_with_only_zarr_files(tmp_path: Path) -> None:
     loc = tmp_path / "s"
     await _run(ZarrStore(loc, chunk_frames=2), _frames(6), [6])

@@ -323,6 +323,29 @@ def test_mode_x_refuses_an_existing_store_and_leaves_it_as_it_was(
     _check(snapsink.open(url, storage_options=opts), range(5))
 
 
+def test_mode_w_on_an_array_of_another_run_is_refused_and_nothing_deleted(
+    endpoint: str, bucket: str
+) -> None:
+    """group='md/x' with mode 'w', where 'md' is a run and 'x' its field:
+    the array was deleted and replaced by a group, and run 'md' could no
+    longer be read (found by a probe; on a local directory too)."""
+    url = f"s3://{bucket}/run.zarr"
+    opts = _options(endpoint)
+    with snapsink.SyncSink(
+        ZarrStore(url, group="md", storage_options=opts), schema=SCHEMA, writer="thread"
+    ) as sink:
+        _write(sink, range(5))
+    before = _keys(endpoint, bucket)
+    for group in ("md/steps", f"md/{next(iter(SCHEMA))}"):
+        with pytest.raises(StoreExistsError, match=r"is a zarr array.*nothing was deleted"):
+            with snapsink.SyncSink(
+                ZarrStore(url, "w", group=group, storage_options=opts), writer="thread"
+            ) as sink:
+                sink.write(_frame(0), step=0)
+    assert _keys(endpoint, bucket) == before
+    _check(snapsink.open(url, group="md", storage_options=opts), range(5))
+
+
 def test_the_conditional_put_refuses_a_second_creator(
     endpoint: str, bucket: str, monkeypatch: pytest.MonkeyPatch
 ) -> None:

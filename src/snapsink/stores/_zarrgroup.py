@@ -35,7 +35,7 @@ from ._rows import check_row_array
 from ._zarrclaim import NODE_KEYS, remove_tree_contents
 from ._zarrcolumns import Column, in_place
 from ._zarrobject import create_group_if_absent
-from ._zarrplan import STATIC_GROUP, ArrayPlan, RowBuffer, plan_arrays
+from ._zarrplan import STATIC_GROUP, ArrayPlan, RowBuffer, is_snapsink_attrs, plan_arrays
 
 if TYPE_CHECKING:
     from zarr.core.array_spec import ArrayConfigParams
@@ -44,6 +44,7 @@ __all__ = [
     "ARRAY_CONFIG",
     "check_adoptable",
     "check_parents",
+    "check_replaceable",
     "check_zarr_dtype",
     "check_zarr_dtypes",
     "create_columns",
@@ -124,6 +125,60 @@ async def check_parents(store: ZarrStoreLike, path: str, who: str) -> None:
                 f"got {path!r}, but {parent or '/'!r} is a zarr array (only groups hold "
                 "nodes): choose a group outside it"
             )
+
+
+async def check_replaceable(store: ZarrStoreLike, path: str, who: str) -> None:
+    """``mode="w"`` replaces a snapsink run, or a plain group holding runs
+    (with them): refuse, before anything is deleted, a node at ``path`` that
+    is a zarr array (a field of a run, ``steps``), a group inside a run (its
+    ``static``), or a zarr v2 node. A node whose metadata cannot be read is
+    left to the replacement (a damaged run is what ``"w"`` starts afresh).
+
+    Raises
+    ------
+    StoreExistsError
+        Naming the group and what is there; nothing was deleted.
+    """
+    where = path or "/"
+    for name in NODE_KEYS:
+        if name == "zarr.json":
+            continue
+        if await store.exists(_key(path, name)):
+            raise StoreExistsError(
+                f"{who}: mode='w': group {where!r} is a zarr v2 node ({name}), not a "
+                "snapsink run; nothing was deleted: choose another group, or remove it "
+                "yourself"
+            )
+    raw = await store.get(_key(path, "zarr.json"), prototype=default_buffer_prototype())
+    if raw is None:
+        return
+    try:
+        meta = json.loads(raw.to_bytes())
+    except (ValueError, RecursionError):
+        return
+    if not isinstance(meta, dict):
+        return
+    if meta.get("node_type") == "array":
+        raise StoreExistsError(
+            f"{who}: mode='w': group {where!r} is a zarr array (a field of a run, or a "
+            "user's array), not a snapsink run; nothing was deleted: choose another group"
+        )
+    attrs = meta.get("attributes")
+    if not path or is_snapsink_attrs(attrs if isinstance(attrs, dict) else {}):
+        return
+    parent = path.rpartition("/")[0]
+    raw = await store.get(_key(parent, "zarr.json"), prototype=default_buffer_prototype())
+    try:
+        above = json.loads(raw.to_bytes()) if raw is not None else None
+    except (ValueError, RecursionError):
+        return
+    held = above.get("attributes") if isinstance(above, dict) else None
+    if isinstance(held, dict) and is_snapsink_attrs(held):
+        raise StoreExistsError(
+            f"{who}: mode='w': group {where!r} is part of the run at "
+            f"{parent or '/'!r} (its static arrays, say), not a run of its own; nothing "
+            "was deleted: choose another group"
+        )
 
 
 async def delete_group(store: ZarrStoreLike, root: Path | None, path: str) -> None:

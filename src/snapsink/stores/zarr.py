@@ -53,6 +53,7 @@ from ._zarrcolumns import Column, blocks_of
 from ._zarrgroup import (
     check_adoptable,
     check_parents,
+    check_replaceable,
     check_zarr_dtype,
     check_zarr_dtypes,
     create_columns,
@@ -421,6 +422,9 @@ class ZarrStore:
             raise StoreStateError(f"{self!r}: open() called twice")
         try:
             await check_parents(self._store, self._path, repr(self))
+            if self._mode == "w":
+                # (before the claim of a local group, which empties it for "w")
+                await check_replaceable(self._store, self._path, repr(self))
         except BaseException:
             await self._close_session()
             raise
