@@ -60,7 +60,10 @@ _WRITER = textwrap.dedent(
     """
     import sys, numpy as np, snapsink
     path, committed = sys.argv[1], int(sys.argv[2])
-    sink = snapsink.SyncSink(snapsink.ZarrStore(path, chunk_frames=16))
+    # the writer in this process, so that the SIGKILL stops it mid-write (a
+    # writer process would drain and commit meanwhile: xarray and snapsink,
+    # read one after the other, then saw different counts, 5 and 174)
+    sink = snapsink.SyncSink(snapsink.ZarrStore(path, chunk_frames=16), writer="thread")
     i = 0
     while True:
         sink.write({"x": np.full((10, 3), i, np.float64)}, step=i)
