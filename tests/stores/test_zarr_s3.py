@@ -398,6 +398,20 @@ def test_bad_frames_are_refused_and_the_s3_sink_stays_usable(endpoint: str, buck
     _check(snapsink.open(url, storage_options=opts), range(6))
 
 
+@pytest.mark.parametrize("writer", ["thread", "process"])
+def test_a_misspelled_storage_option_is_a_config_error(endpoint: str, writer: str) -> None:
+    """s3fs builds its session at the first request, after the store was
+    made: the writer raised a bare TypeError, and snapsink.open called the
+    group corrupt (FormatError; found by a probe)."""
+    url = f"s3://b-{uuid.uuid4().hex[:12]}/run.zarr"
+    opts = {**_options(endpoint), "endpoint": "typo"}
+    with pytest.raises(snapsink.ConfigError, match=r"refused the storage_options.*'endpoint'"):
+        with snapsink.SyncSink(ZarrStore(url, storage_options=opts), writer=writer) as sink:
+            sink.write(_frame(0), step=0)
+    with pytest.raises(snapsink.ConfigError, match="refused the storage_options"):
+        snapsink.open(url, storage_options=opts)
+
+
 def test_storage_options_need_a_url(tmp_path: Any) -> None:
     with pytest.raises(ConfigError, match="storage_options: only for a URL"):
         ZarrStore(str(tmp_path / "run.zarr"), storage_options={"anon": True})

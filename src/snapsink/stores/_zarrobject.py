@@ -38,6 +38,7 @@ __all__ = [
     "create_group_if_absent",
     "is_plain",
     "is_url",
+    "refused_options",
     "url_store",
 ]
 
@@ -114,6 +115,20 @@ def url_store(
         # synchronous filesystems). A writer closes its own (close_session).
         weakref.finalize(store, _close_on_zarr_loop, store.fs)
     return store
+
+
+def refused_options(exc: BaseException, where: object) -> ConfigError | None:
+    """A ConfigError for the ``TypeError`` a filesystem raises when it builds
+    its session from ``storage_options`` it does not take (s3fs builds it at
+    the first request, after ``url_store`` made the store: a misspelled
+    option read as a corrupt group); None for any other error."""
+    if isinstance(exc, TypeError) and "unexpected keyword argument" in str(exc):
+        return ConfigError(
+            f"store {where}: the filesystem refused the storage_options when it "
+            f"connected ({exc}); check their names against the filesystem's (s3fs: "
+            "key, secret, endpoint_url, client_kwargs, config_kwargs, ...)"
+        )
+    return None
 
 
 def _close_on_zarr_loop(fs: Any) -> None:

@@ -51,6 +51,7 @@ from ._lock import LOCK_NAME
 from ._npyfile import file_kind, open_in_store
 from ._npyread import PinnedPath
 from ._rows import RowArraysSource, check_row_array, committed_rows
+from ._zarrobject import refused_options
 from ._zarrparplan import rank_array
 from ._zarrparread import RankedRagged, parallel_ranks
 from ._zarrplan import (
@@ -224,6 +225,9 @@ def _open_group_sync(store: ZarrStoreLike, path: str) -> Any:
         ValueError,
         TypeError,
     ) as exc:
+        refused = refused_options(exc, store)
+        if refused is not None:
+            raise refused from exc
         raise FormatError(f"{path or '/'!r} in {store} is not a zarr v3 group: {exc}") from exc
 
 

@@ -66,7 +66,7 @@ from ._zarrgroup import (
     write_static,
 )
 from ._zarrio import DurableLocalStore, zstd_encoder
-from ._zarrobject import close_session, is_plain, is_url, url_store
+from ._zarrobject import close_session, is_plain, is_url, refused_options, url_store
 from ._zarrplan import (
     ATTRS_KEY,
     META_KEY,
@@ -425,8 +425,11 @@ class ZarrStore:
             if self._mode == "w":
                 # (before the claim of a local group, which empties it for "w")
                 await check_replaceable(self._store, self._path, repr(self))
-        except BaseException:
+        except BaseException as exc:
             await self._close_session()
+            refused = refused_options(exc, repr(self))
+            if refused is not None:
+                raise refused from exc
             raise
         if self._root is not None:
             self._lock = await asyncio.to_thread(
@@ -435,9 +438,12 @@ class ZarrStore:
             self._lock_finalizer = weakref.finalize(self, self._lock.release)
         try:
             return await self._open_claimed()
-        except BaseException:
+        except BaseException as exc:
             self._release_lock()
             await self._close_session()
+            refused = refused_options(exc, repr(self))  # the first request builds the session
+            if refused is not None:
+                raise refused from exc
             raise
 
     async def _open_claimed(self) -> Resume | None:
