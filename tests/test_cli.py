@@ -289,6 +289,18 @@ def test_convert_takes_the_format_a_destination_name_says(
     assert_same(snapsink.open(zarr_store, group="b"), snapsink.open(h5, group="b"))
 
 
+def test_a_url_is_refused_whole_with_what_to_do(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """The command line made a Path of s3://bkt/run.zarr and said
+    "'s3:/bkt/run.zarr': no such file or directory" (found by a probe)."""
+    assert main(["info", "s3://bkt/run.zarr"]) == 2
+    err = capsys.readouterr().err
+    assert "'s3://bkt/run.zarr'" in err and "snapsink.open(url" in err
+    assert main(["convert", str(tmp_path / "none"), "s3://bkt/out.zarr"]) == 2
+    assert "DST 's3://bkt/out.zarr'" in capsys.readouterr().err
+
+
 def test_info_and_convert_refuse_a_truncated_hdf5_file(hdf5_store: Path, tmp_path: Path) -> None:
     """One error line and exit 2, in a child process: HDF5 used to loop forever
     on a truncated file (in C, where no per-test timeout reaches)."""

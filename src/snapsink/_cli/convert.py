@@ -17,7 +17,7 @@ from typing import Any
 from .._copy import copy, format_of_path
 from .._errors import ConfigError, SnapsinkError, StoreExistsError
 from .._reader import group_path
-from .info import detect, disk_usage, human, open_store
+from .info import detect, disk_usage, human, local_path, open_store
 
 __all__ = ["add_parser", "run"]
 
@@ -55,7 +55,7 @@ def add_parser(sub: Any) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    src, dst = Path(args.src), Path(args.dst)
+    src, dst = local_path(args.src, "SRC"), local_path(args.dst, "DST")
     src_fmt = detect(src)
     dst_fmt = args.format or _default_format(dst, src_fmt)
     group = group_path(args.group) or None

@@ -26,6 +26,17 @@ def add_parser(sub: Any) -> None:
     p.set_defaults(handler=run)
 
 
+def local_path(text: str, what: str) -> Path:
+    """The path the command line was given; a URL is refused, whole (a Path
+    made of ``s3://bkt/run.zarr`` reads ``s3:/bkt/run.zarr``)."""
+    if "://" in text:
+        raise ConfigError(
+            f"{what} {text!r}: the command line reads stores on local paths; open a URL "
+            "in Python: snapsink.open(url, storage_options={...})"
+        )
+    return Path(text)
+
+
 def detect(path: str | os.PathLike[str]) -> str:
     """``"npy"``, ``"zarr"`` or ``"hdf5"``; one-line errors for anything else."""
     from ..stores._hdf5file import is_hdf5_file
@@ -180,7 +191,7 @@ def describe(traj: Trajectory) -> list[str]:
 
 
 def run(args: argparse.Namespace) -> int:
-    path = Path(args.path)
+    path = local_path(args.path, "PATH")
     fmt = detect(path)
     # every check that can fail comes before the first line is printed
     groups: list[str] = []
