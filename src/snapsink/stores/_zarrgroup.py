@@ -100,6 +100,20 @@ async def node_exists(store: ZarrStoreLike, path: str) -> bool:
     return False
 
 
+async def _node_meta(store: ZarrStoreLike, path: str) -> dict[str, Any] | None:
+    """The ``zarr.json`` of the node at ``path``, parsed; None when there is
+    none, or it is not a JSON object (not for these checks to judge: zarr's
+    open says what is wrong)."""
+    raw = await store.get(_key(path, "zarr.json"), prototype=default_buffer_prototype())
+    if raw is None:
+        return None
+    try:
+        meta = json.loads(raw.to_bytes())
+    except (ValueError, RecursionError):
+        return None
+    return meta if isinstance(meta, dict) else None
+
+
 async def check_parents(store: ZarrStoreLike, path: str, who: str) -> None:
     """Refuse a group below an array (``group="x/sub"`` where ``x`` is an array):
     zarr nests nodes only in groups. Checked before anything is created.
@@ -112,14 +126,8 @@ async def check_parents(store: ZarrStoreLike, path: str, who: str) -> None:
     parts = path.split("/") if path else []
     for k in range(len(parts)):
         parent = "/".join(parts[:k])
-        raw = await store.get(_key(parent, "zarr.json"), prototype=default_buffer_prototype())
-        if raw is None:
-            continue
-        try:
-            meta = json.loads(raw.to_bytes())
-        except (ValueError, RecursionError):
-            continue  # not for this check to judge: zarr's open says what is wrong
-        if isinstance(meta, dict) and meta.get("node_type") == "array":
+        meta = await _node_meta(store, parent)
+        if meta is not None and meta.get("node_type") == "array":
             raise ConfigError(
                 f"group: {who}: expected a group path whose parents are groups or absent; "
                 f"got {path!r}, but {parent or '/'!r} is a zarr array (only groups hold "
@@ -149,14 +157,8 @@ async def check_replaceable(store: ZarrStoreLike, path: str, who: str) -> None:
                 "snapsink run; nothing was deleted: choose another group, or remove it "
                 "yourself"
             )
-    raw = await store.get(_key(path, "zarr.json"), prototype=default_buffer_prototype())
-    if raw is None:
-        return
-    try:
-        meta = json.loads(raw.to_bytes())
-    except (ValueError, RecursionError):
-        return
-    if not isinstance(meta, dict):
+    meta = await _node_meta(store, path)
+    if meta is None:
         return
     if meta.get("node_type") == "array":
         raise StoreExistsError(
@@ -167,12 +169,8 @@ async def check_replaceable(store: ZarrStoreLike, path: str, who: str) -> None:
     if not path or is_snapsink_attrs(attrs if isinstance(attrs, dict) else {}):
         return
     parent = path.rpartition("/")[0]
-    raw = await store.get(_key(parent, "zarr.json"), prototype=default_buffer_prototype())
-    try:
-        above = json.loads(raw.to_bytes()) if raw is not None else None
-    except (ValueError, RecursionError):
-        return
-    held = above.get("attributes") if isinstance(above, dict) else None
+    above = await _node_meta(store, parent)
+    held = above.get("attributes") if above is not None else None
     if isinstance(held, dict) and is_snapsink_attrs(held):
         raise StoreExistsError(
             f"{who}: mode='w': group {where!r} is part of the run at "
