@@ -126,8 +126,11 @@ def write(comm: Any, rank: int, size: int, args: argparse.Namespace) -> None:
     if args.record:
         record_writes(f"{args.record}.{rank}")
     mine = block(rank, size)
+    path = args.path
+    if args.other_path and int(args.other_path.split(":", 1)[0]) == rank:
+        path = args.other_path.split(":", 1)[1]  # --other-path R:PATH: rank R errs
     store = snapsink.ZarrStore(
-        args.path,
+        path,
         mode=args.mode,
         comm=comm,
         region={"rho": mine},
@@ -154,7 +157,11 @@ def write(comm: Any, rank: int, size: int, args: argparse.Namespace) -> None:
     declared = schema if args.nan_first_rank < 0 else None
     with snapsink.SyncSink(store, schema=declared, capacity=4, policy="block") as sink:
         first = args.start + (rank if args.skew else 0)  # --skew: misaligned steps
-        for step in range(first, first + args.steps):
+        steps = list(range(first, first + args.steps))
+        if args.other_middle >= 0:  # the same count and last step, another middle
+            gap = first + 1 if rank == args.other_middle else first + 2
+            steps = [s for s in range(first, first + args.steps + 1) if s != gap]
+        for step in steps:
             nan = rank == args.nan_first_rank and step == first
             if declared is None:  # an inferred shape is fixed: no ragged field
                 extra = {**extra, "particles": expected_particles(step, rank)[:1]}
@@ -195,6 +202,8 @@ def parse(argv: list[str]) -> argparse.Namespace:
     p.add_argument("--nan-first-rank", type=int, default=-1)
     p.add_argument("--empty-field", action="store_true")
     p.add_argument("--compressors", default="")
+    p.add_argument("--other-path", default="")
+    p.add_argument("--other-middle", type=int, default=-1)
     return p.parse_args(argv)
 
 

@@ -126,6 +126,32 @@ def test_ranks_writing_other_steps_fail_clearly(tmp_path: Path) -> None:
     assert len(traj) == 0
 
 
+def test_ranks_writing_other_steps_before_the_last_fail_clearly(tmp_path: Path) -> None:
+    """Steps 0, 1, 3 on rank 0 and 0, 2, 3 on rank 1: the commit compared only
+    the count and the last step, so frame 'step 1' held rank 1's step 2 (found
+    by a probe). Every step since the open is compared now."""
+    path = tmp_path / "run.zarr"
+    out = mpirun(2, str(path), "--steps", "3", "--commit-every", "3", "--other-middle", "1")
+    assert out.returncode != 0
+    assert "the steps or times before the last differ" in out.stderr, out.stderr
+    assert len(snapsink.open(path)) == 0
+
+
+def test_a_rank_given_another_store_fails_every_rank_and_writes_nothing(tmp_path: Path) -> None:
+    """Rank 1 given another (existing) store wrote its blocks into it, and rank
+    0 committed the trajectory without them, fill values where they belonged,
+    'closed cleanly' (found by a probe)."""
+    old = tmp_path / "old.zarr"
+    assert mpirun(2, str(old), "--steps", "4").returncode == 0
+    path = tmp_path / "run.zarr"
+    out = mpirun(2, str(path), "--mode", "w", "--other-path", f"1:{old}")
+    assert out.returncode != 0
+    assert "the ranks open different stores" in out.stderr, out.stderr
+    assert f"rank 1: {str(old)!r}" in out.stderr
+    assert not path.exists()
+    check_trajectory(old, 2, frames=4)  # the other store as it was
+
+
 def test_a_failing_rank_fails_every_rank_never_a_hang(tmp_path: Path) -> None:
     path = tmp_path / "run.zarr"
     # rank 1's disk fails after a few block writes; the others learn it at their

@@ -159,6 +159,9 @@ class ParallelZarrStore(ZarrStore):
         self._owned: list[tuple[Any, tuple[int, ...], Column]] = []
         self._loaded = False
         self._last_step: int | None = None
+        #: every step (and time) this rank appended since its open, in order,
+        #: as one number the ranks compare at each commit (see _fingerprint)
+        self._steps_seen = 0
         self._failure = ""  # why this rank's writes failed, for the other ranks
 
     #: every rank commits at the same counts, together: never in the background
@@ -213,6 +216,22 @@ class ParallelZarrStore(ZarrStore):
             raise
 
     async def _plan(self) -> dict[str, FieldLayout]:
+        # One store for every rank: a rank given another path (a relative one
+        # in another directory), group or mode wrote its blocks into that
+        # store, and rank 0 committed the trajectory without them (fill values)
+        assert self._root is not None
+        real = await anyio.to_thread.run_sync(os.path.realpath, self._root)
+        mine = (real, self._path, self._mode)
+        every = await anyio.to_thread.run_sync(self._comm.allgather, mine)
+        if any(other != every[0] for other in every):
+            shown = "; ".join(
+                f"rank {r}: {path!r}, group {group or '/'!r}, mode {mode!r}"
+                for r, (path, group, mode) in enumerate(every)
+            )
+            raise ConfigError(
+                f"{self!r}: the ranks open different stores ({shown}); every rank must "
+                "give the same path, group and mode: nothing was written"
+            )
         regions = await anyio.to_thread.run_sync(self._comm.allgather, self._region)
         chunks = await anyio.to_thread.run_sync(self._comm.bcast, self._chunk_request)
         return plan_layout(regions, chunks)
@@ -470,6 +489,7 @@ class ParallelZarrStore(ZarrStore):
                 raise
             self._frames += len(part)
             self._last_step = part[-1].step
+            self._steps_seen = _fingerprint(self._steps_seen, part)
             if self._frames - self._meta.count >= self._commit_every:
                 await self.commit()
 
@@ -534,9 +554,14 @@ class ParallelZarrStore(ZarrStore):
                 reports = await anyio.to_thread.run_sync(
                     self._comm.allgather, (self._frames, self._last_step)
                 )
+                which = (
+                    "the steps or times before the last differ"
+                    if all(r == reports[0] for r in reports)
+                    else "(frames, last step) by rank " + str(reports)
+                )
                 raise StoreStateError(
-                    f"{self!r}: ranks disagree at a commit: (frames, last step) by rank "
-                    f"{reports}; every rank must write the same steps (policy='block') "
+                    f"{self!r}: ranks disagree at a commit: {which}; every rank must "
+                    "write the same steps and times (policy='block'), in the same order, "
                     "and call flush() and close() together"
                 )
             count = lo[0]
@@ -554,7 +579,9 @@ class ParallelZarrStore(ZarrStore):
             )
         self._check_usable()
         await self._io.flush(self._columns.values())
-        return self._frames, self._last_step
+        # every step since the open, not only the last: ranks that wrote steps
+        # 0, 1, 3 and 0, 2, 3 agreed, and a frame held two steps' rows
+        return self._frames, self._steps_seen
 
     async def _show(self, count: int) -> None:
         """This rank's arrays at their committed shape (before the metadata)."""
@@ -615,3 +642,19 @@ class ParallelZarrStore(ZarrStore):
     def _attributes(self) -> dict[str, Any]:
         par = {"ranks": self._comm.size, "fields": self._layout_json()}
         return {**super()._attributes(), PARALLEL_KEY: par}
+
+
+#: the fingerprint's modulus and base (a prime below 2**61, and a base below it):
+#: what the commit's int64 allreduce carries, negated too
+_PRIME = (1 << 61) - 1
+_BASE = 1_000_003
+
+
+def _fingerprint(seen: int, frames: list[Frame]) -> int:
+    """``seen`` extended by the steps (and times) of ``frames``, in order: equal
+    on two ranks, whp, only when they appended the same steps and times."""
+    for f in frames:
+        seen = (seen * _BASE + f.step + 1) % _PRIME
+        if f.time is not None:
+            seen = (seen * _BASE + hash(float(f.time))) % _PRIME
+    return seen
