@@ -222,17 +222,19 @@ class ParallelZarrStore(ZarrStore):
         assert self._root is not None
         real = await anyio.to_thread.run_sync(os.path.realpath, self._root)
         mine = (real, self._path, self._mode)
-        every = await anyio.to_thread.run_sync(self._comm.allgather, mine)
-        if any(other != every[0] for other in every):
+        # one allgather for the store and the regions
+        every = await anyio.to_thread.run_sync(self._comm.allgather, (mine, self._region))
+        stores = [store for store, _ in every]
+        if any(other != stores[0] for other in stores):
             shown = "; ".join(
                 f"rank {r}: {path!r}, group {group or '/'!r}, mode {mode!r}"
-                for r, (path, group, mode) in enumerate(every)
+                for r, (path, group, mode) in enumerate(stores)
             )
             raise ConfigError(
                 f"{self!r}: the ranks open different stores ({shown}); every rank must "
                 "give the same path, group and mode: nothing was written"
             )
-        regions = await anyio.to_thread.run_sync(self._comm.allgather, self._region)
+        regions = [region for _, region in every]
         chunks = await anyio.to_thread.run_sync(self._comm.bcast, self._chunk_request)
         return plan_layout(regions, chunks)
 
