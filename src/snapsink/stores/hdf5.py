@@ -577,7 +577,8 @@ class HDF5Store:
                             if col.extent != col.buf.length:
                                 grp[name].resize(col.buf.length, axis=0)
                                 col.extent = col.buf.length
-                    # the flush gave the unused room back: the record's, again
+                    # the record's room again: a flush of HDF5's that cut the file
+                    # to its end of allocation freed the blocks past it (ext4)
                     sf.reserve(METADATA_ROOM + 16 * len(self._dropped.to_json()))
                     self._write_record(grp, closed=closed)
                     f.flush()
