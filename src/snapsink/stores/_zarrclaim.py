@@ -22,6 +22,7 @@ from zarr.storage import LocalStore
 
 from .._errors import FormatError, StoreExistsError, StoreLockedError
 from ._lock import StoreLock, acquire_dir_lock
+from ._npyfile import absolute_path
 from ._zarrio import DurableLocalStore, is_leftover
 
 __all__ = [
@@ -42,11 +43,14 @@ NODE_KEYS = ("zarr.json", ".zgroup", ".zarray")
 
 def local_store(store: ZarrStoreLike) -> tuple[ZarrStoreLike, Path | None]:
     """A LocalStore becomes a :class:`DurableLocalStore` on the same root (fsync
-    before rename); the root, or None for any other store."""
+    before rename), made absolute now as a path is (a relative root would
+    follow a later ``os.chdir`` into another store); the root, or None for any
+    other store."""
     if isinstance(store, LocalStore):
-        if not isinstance(store, DurableLocalStore):
-            store = DurableLocalStore(store.root, read_only=store.read_only)
-        return store, Path(store.root)
+        root = absolute_path(os.fspath(store.root))
+        if not isinstance(store, DurableLocalStore) or root != os.fspath(store.root):
+            store = DurableLocalStore(root, read_only=store.read_only)
+        return store, Path(root)
     return store, None
 
 

@@ -36,6 +36,7 @@ __all__ = [
     "Inflight",
     "close_session",
     "create_group_if_absent",
+    "file_url_path",
     "is_plain",
     "is_url",
     "refused_options",
@@ -49,6 +50,14 @@ def is_url(value: object) -> bool:
         return False
     scheme = value.split("://", 1)[0]
     return scheme.isidentifier() and scheme != "file"
+
+
+def file_url_path(value: str) -> str:
+    """The local path a ``file://`` URL names (``file:///scratch/run.zarr``:
+    ``/scratch/run.zarr``), as fsspec's local filesystem reads it; any other
+    string as it is. zarr's LocalStore takes no URL: it made a directory
+    ``file:`` in the working directory."""
+    return value[len("file://") :] if value.startswith("file://") else value
 
 
 def is_plain(value: object) -> bool:

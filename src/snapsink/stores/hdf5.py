@@ -87,7 +87,7 @@ from ._hdf5plan import (
 )
 from ._hdf5read import HDF5Source, is_hdf5_store, list_hdf5_groups, open_hdf5
 from ._hdf5session import METADATA_ROOM, FileReplaced, StoreFile
-from ._npyfile import check_path, start_writeback
+from ._npyfile import absolute_path, check_path, start_writeback
 from ._zarrplan import check_group, check_rows, plan_arrays
 
 __all__ = ["HDF5Source", "HDF5Store", "is_hdf5_store", "list_hdf5_groups", "open_hdf5"]
@@ -114,7 +114,9 @@ class HDF5Store:
     Parameters
     ----------
     path
-        The HDF5 file (created with its parent directories when missing).
+        The HDF5 file (created with its parent directories when missing). A
+        relative path is taken against the working directory when the store
+        is made (a later ``os.chdir`` does not move it).
     mode
         ``"x"``: create; fail if the group (for the root: a non-empty file)
         exists. ``"w"``: replace the group (for the root: the whole file, if it
@@ -194,7 +196,7 @@ class HDF5Store:
         h5md: Mapping[str, Any] | None = None,
         units: Mapping[str, str] | None = None,
     ):
-        self._path = check_path(path)
+        self._path = absolute_path(check_path(path))
         self._mode = check_mode(mode)
         self._layout = layout
         self._h5md, self._h5md_args, group = _check_layout(layout, group, h5md, units)
@@ -225,7 +227,7 @@ class HDF5Store:
 
     @property
     def path(self) -> str:
-        """The HDF5 file."""
+        """The HDF5 file (an absolute path)."""
         return self._path
 
     @property
@@ -241,14 +243,15 @@ class HDF5Store:
         Returns
         -------
         StoreSpec or None
-            The store's class and arguments, the path made absolute; None for a
-            subclass with an ``__init__`` of its own (it must describe itself).
+            The store's class and arguments (the path absolute since the
+            store was made); None for a subclass with an ``__init__`` of its
+            own (it must describe itself).
         """
         if type(self).__init__ is not HDF5Store.__init__:
             return None
         return StoreSpec(
             type(self),
-            (os.path.abspath(self._path), self._mode),
+            (self._path, self._mode),
             {
                 "group": self._group or None,
                 "layout": self._layout,

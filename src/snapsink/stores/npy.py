@@ -47,6 +47,7 @@ from ._npyclaim import (
 from ._npycommit import StoreHandles
 from ._npyfile import (
     GrowableNpyFile,
+    absolute_path,
     check_path,
     fsync_dir,
     read_metadata,
@@ -89,7 +90,9 @@ class NpyDirectory:
     ----------
     path
         The store's directory. Created (with its parents) when missing; an
-        existing directory must be empty or hold a snapsink-npy store.
+        existing directory must be empty or hold a snapsink-npy store. A
+        relative path is taken against the working directory when the store
+        is made (a later ``os.chdir`` does not move it).
     mode
         ``"x"``: create; fail if the directory holds anything. ``"w"``: replace
         an existing store (only the files its layout owns; a directory holding
@@ -152,7 +155,7 @@ class NpyDirectory:
         commit_seconds: float | None = 5.0,
         direct_io: bool = True,
     ):
-        self._path = check_path(path)
+        self._path = absolute_path(check_path(path))
         self._mode = check_mode(mode)
         self._attrs = check_attrs(attrs)
         self._static = check_static(static)
@@ -193,14 +196,15 @@ class NpyDirectory:
         Returns
         -------
         StoreSpec or None
-            The store's class and arguments, the path made absolute; None for a
-            subclass with an ``__init__`` of its own (it must describe itself).
+            The store's class and arguments (the path absolute since the
+            store was made); None for a subclass with an ``__init__`` of its
+            own (it must describe itself).
         """
         if type(self).__init__ is not NpyDirectory.__init__:
             return None
         return StoreSpec(
             type(self),
-            (os.path.abspath(self._path), self._mode),
+            (self._path, self._mode),
             {
                 "attrs": self._attrs,
                 "static": self._static,
@@ -212,7 +216,7 @@ class NpyDirectory:
 
     @property
     def path(self) -> str:
-        """The store's directory."""
+        """The store's directory (an absolute path)."""
         return self._path
 
     # Deliberate parallel of ZarrStore.add_metadata (stores/zarr.py) and

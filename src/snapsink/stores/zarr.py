@@ -47,6 +47,7 @@ from .._schema import Batch, Schema
 from .._store import Resume, StoreSpec
 from ._common import check_attrs, check_mode, check_static, merge_metadata
 from ._lock import StoreLock
+from ._npyfile import absolute_path
 from ._zarrblocks import BlockIO, Partial
 from ._zarrclaim import check_not_removed, claim_group_dir, local_store
 from ._zarrcolumns import Column, blocks_of
@@ -66,7 +67,14 @@ from ._zarrgroup import (
     write_static,
 )
 from ._zarrio import DurableLocalStore, zstd_encoder
-from ._zarrobject import close_session, is_plain, is_url, refused_options, url_store
+from ._zarrobject import (
+    close_session,
+    file_url_path,
+    is_plain,
+    is_url,
+    refused_options,
+    url_store,
+)
 from ._zarrplan import (
     ATTRS_KEY,
     META_KEY,
@@ -95,7 +103,9 @@ def _from_url(
     store: object, storage_options: Mapping[str, Any] | None
 ) -> tuple[object, str | None, dict[str, Any] | None]:
     """``(store to write, URL, storage options)``: for an object-store URL, the
-    zarr store made for it; else ``store`` as given and no URL.
+    zarr store made for it; for a local path (or ``file://`` URL), the path
+    made absolute now (see :func:`._npyfile.absolute_path`); else ``store`` as
+    given; no URL for either.
 
     Raises
     ------
@@ -114,6 +124,8 @@ def _from_url(
             "storage_options: only for a URL store such as 's3://bucket/run.zarr', "
             f"got store {store!r}"
         )
+    if isinstance(store, str | os.PathLike) and isinstance(path := os.fspath(store), str):
+        return absolute_path(file_url_path(path)), None, None
     return store, None, None
 
 
@@ -136,7 +148,9 @@ class ZarrStore:
     Parameters
     ----------
     store
-        A path (a zarr ``LocalStore`` is made on it), an object-store URL such
+        A path (a zarr ``LocalStore`` is made on it; a relative path is taken
+        against the working directory when the store is made, and a
+        ``file://`` URL names its local path), an object-store URL such
         as ``"s3://bucket/run.zarr"`` (a zarr ``FsspecStore``; the ``s3`` extra
         installs s3fs), or any zarr v3 ``Store`` (``LocalStore``,
         ``MemoryStore``, ``FsspecStore``, ...).
