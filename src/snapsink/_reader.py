@@ -60,7 +60,12 @@ def open(
     if isinstance(path_or_store, HostMemory):
         return path_or_store.trajectory()
     if isinstance(path_or_store, str | os.PathLike):
-        path = Path(path_or_store)
+        from .stores._npyfile import absolute_path
+        from .stores._zarrobject import file_url_path
+
+        # absolute now, as a store's path is: the Trajectory reads this store
+        # after any os.chdir, and so do the tasks it sends elsewhere
+        path = Path(absolute_path(file_url_path(os.fspath(path_or_store))))
         if not path.exists():
             raise StoreNotFoundError(f"no store at {str(path)!r}: the path does not exist")
         from .stores.npy import is_npy_store, open_npy
@@ -165,7 +170,12 @@ def groups(path_or_store: Any, *, storage_options: Mapping[str, Any] | None = No
     if isinstance(path_or_store, HostMemory):
         return [""]
     if isinstance(path_or_store, str | os.PathLike):
-        path = Path(path_or_store)
+        from .stores._npyfile import absolute_path
+        from .stores._zarrobject import file_url_path
+
+        # absolute now, as a store's path is: the Trajectory reads this store
+        # after any os.chdir, and so do the tasks it sends elsewhere
+        path = Path(absolute_path(file_url_path(os.fspath(path_or_store))))
         if not path.exists():
             raise StoreNotFoundError(f"no store at {str(path)!r}: the path does not exist")
         from .stores.npy import is_npy_store

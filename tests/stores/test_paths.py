@@ -106,3 +106,34 @@ def test_a_file_url_names_its_local_directory(tmp_path: Path, writer: str, cwd_b
             sink.write(f, step=i)
     _check(where, frames)
     assert sorted(p.name for p in tmp_path.iterdir()) == ["data"]
+
+
+@pytest.mark.parametrize("kind", ["npy", "zarr", "hdf5"])
+def test_a_reader_opened_by_a_relative_path_reads_after_chdir(
+    tmp_path: Path, kind: str, cwd_back: None
+) -> None:
+    """snapsink.open("run"), then os.chdir: the Trajectory reads (and
+    refreshes) the store it opened, not whatever the name means now."""
+    if kind == "hdf5":
+        pytest.importorskip("h5py")
+    name, make = KINDS[kind]
+    frames = _frames(4, 5)
+    with snapsink.SyncSink(make(str(tmp_path / name)), writer="thread") as sink:
+        for i, f in enumerate(frames):
+            sink.write(f, step=i)
+    os.chdir(tmp_path)
+    traj = snapsink.open(name)
+    os.chdir(tmp_path.parent)
+    traj.refresh()
+    assert np.asarray(traj["x"][:]).tobytes() == np.stack([f["x"] for f in frames]).tobytes()
+    assert traj.steps.tolist() == list(range(5))
+
+
+def test_open_reads_a_file_url(tmp_path: Path) -> None:
+    """snapsink.open takes the file:// URL a ZarrStore was made with."""
+    where = tmp_path / "run.zarr"
+    frames = _frames(5, 2)
+    with snapsink.SyncSink(ZarrStore(f"file://{where}"), writer="thread") as sink:
+        for i, f in enumerate(frames):
+            sink.write(f, step=i)
+    assert snapsink.open(f"file://{where}").steps.tolist() == [0, 1]
