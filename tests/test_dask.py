@@ -16,7 +16,7 @@ import numpy as np
 import pytest
 
 import snapsink
-from snapsink import ConfigError, Field, HostMemory, NpyDirectory, ZarrStore
+from snapsink import ConfigError, Field, FormatError, HostMemory, NpyDirectory, ZarrStore
 from snapsink._dask import StoredArray
 
 da = pytest.importorskip("dask.array", reason="needs dask: pip install -e '.[test]'")
@@ -286,3 +286,58 @@ def test_a_local_cluster_computes_from_the_store(kind: str, tmp_path: Path, clie
     ds = traj.to_xarray(chunks="store")
     got = ds["u"].astype(np.float64).mean("frame").compute().values
     np.testing.assert_allclose(got, u.astype(np.float64).mean(axis=0), rtol=0, atol=1e-12)
+
+
+# -- a store replaced (mode="w") after the graph was built -------------------------
+def _run(kind: str, tmp_path: Path, n: int, first: float, mode: str) -> Path:
+    """Frames ``x[i] = first + i`` of ``n`` steps into a new run at the store's path."""
+    if kind == "hdf5":
+        pytest.importorskip("h5py", reason="needs h5py: pip install -e '.[hdf5]'")
+    cls = {"npy": NpyDirectory, "zarr": ZarrStore, "hdf5": snapsink.HDF5Store}[kind]
+    path = tmp_path / {"npy": "run", "zarr": "run.zarr", "hdf5": "run.h5"}[kind]
+    with snapsink.SyncSink(cls(path, mode=mode), writer="thread") as sink:
+        for i in range(n):
+            sink.write({"x": np.full(3, first + i)}, step=i)
+    return path
+
+
+@pytest.mark.timeout(180)
+@pytest.mark.parametrize("kind", ["zarr", "hdf5"])
+def test_workers_refuse_a_replaced_store(kind: str, tmp_path: Path, client: Any) -> None:
+    pytest.importorskip("xarray")
+    path = _run(kind, tmp_path, 10, 0.0, "x")
+    traj = snapsink.open(path)
+    x, ds = traj.to_dask("x"), traj.to_xarray(chunks="store")
+    _run(kind, tmp_path, 20, 1000.0, "w")
+    # reopened by path on a worker: the new run is not the graph's
+    for graph in (x, ds["x"].data):
+        with pytest.raises(FormatError, match="was replaced since it was opened"):
+            client.compute(graph, sync=True)
+    # a graph built on the new run reads it there
+    got = client.compute(snapsink.open(path).to_dask("x"), sync=True)
+    assert got[:, 0].tolist() == [1000.0 + i for i in range(20)]
+
+
+@pytest.mark.parametrize("kind", ["npy", "zarr", "hdf5"])
+def test_a_worker_reads_a_replaced_store_as_the_new_run(
+    kind: str, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A worker keeps the readers it reopened (one per run): a graph built on
+    the new run after a replacement gets a reader of its own, not the old run's."""
+    from collections import OrderedDict
+
+    import snapsink._dask
+
+    monkeypatch.setattr(snapsink._dask, "_opened", OrderedDict())
+
+    def task(traj: snapsink.Trajectory) -> StoredArray:  # as it lands on a worker
+        stored = StoredArray(traj._source, "x", (len(traj), 3), np.dtype("f8"))
+        return pickle.loads(pickle.dumps(stored))
+
+    path = _run(kind, tmp_path, 10, 0.0, "x")
+    assert task(snapsink.open(path))[:][:, 0].tolist() == [float(i) for i in range(10)]
+    assert task(snapsink.open(path))[9:][:, 0].tolist() == [9.0]
+    assert len(snapsink._dask._opened) == 1  # reopened once for the run
+    _run(kind, tmp_path, 20, 1000.0, "w")
+    assert task(snapsink.open(path))[:][:, 0].tolist() == [1000.0 + i for i in range(20)]
+    assert len(snapsink._dask._opened) == 2

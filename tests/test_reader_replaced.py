@@ -114,3 +114,22 @@ def test_too_many_open_files_is_not_a_damaged_store() -> None:
             raise unreadable("x/metadata.json", exc) from exc
     assert not isinstance(info.value, FormatError)
     assert isinstance(unreadable("x", OSError(errno.EIO, "I/O error")), FormatError)
+
+
+def test_a_zarr_object_store_reopened_for_a_dask_task_refuses_another_run() -> None:
+    """A store that is not a local directory travels with the task and is
+    reopened where the task runs: as a refresh of the graph's reader would, the
+    reopen refuses a run with another schema or fewer frames (such a store
+    records no identity of its own)."""
+    import zarr
+
+    memory = zarr.storage.MemoryStore()
+    _write(snapsink.ZarrStore(memory), lambda i: np.full(3, float(i)), range(5))
+    opener = snapsink.open(memory)._source.opener()
+    assert opener().read_rows("x", 0, 5)[:, 0].tolist() == [0.0, 1.0, 2.0, 3.0, 4.0]
+    for value, steps in ((lambda i: np.full(3, 10.0 + i), range(3)), (int, range(8))):
+        _write(snapsink.ZarrStore(memory, mode="w"), value, steps)
+        with pytest.raises(FormatError, match=REPLACED):
+            opener()
+    again = snapsink.open(memory)._source.opener()()
+    assert again.read_rows("x", 0, 8).tolist() == list(range(8))

@@ -7,10 +7,12 @@ Why it is built this way:
   counts, and for a ragged field its committed row count); each task reads its
   chunk through the store's reader when it runs.
 - **Runs on other processes.** A task holds a picklable *opener* (the store's
-  path and group), never an open file: on a ``dask.distributed`` worker it
-  reopens the store once per process and reads only its rows. In the process
-  that built the graph, the already open reader is used. An in-memory store
-  (HostMemory) travels as its arrays.
+  path and group, and the identity of the run read: another run written there
+  since, ``mode="w"``, is refused as the graph's own reader refuses it), never
+  an open file: on a ``dask.distributed`` worker it reopens the store once per
+  run and process and reads only its rows. In the process that built the
+  graph, the already open reader is used. An in-memory store (HostMemory)
+  travels as its arrays.
 - **Committed frames only.** Shapes are the committed counts when the graph is
   built; frames committed later are never read by it.
 - **The store's chunks.** Zarr and HDF5 chunk along frames (rows); a task reads
@@ -70,7 +72,8 @@ class ChunkedSource(Protocol):
 
     def opener(self) -> Callable[[], Any] | None:
         """A picklable callable that opens this store again (by path) in another
-        process, or None where the source itself travels (in-memory arrays)."""
+        process, refusing another run there (see the module's docstring), or
+        None where the source itself travels (in-memory arrays)."""
         ...
 
 
@@ -80,8 +83,9 @@ _opened_lock = threading.Lock()
 
 
 def _cache_key(opener: Callable[[], Any]) -> Any:
-    """A hashable key for ``opener`` (a ``functools.partial`` over a path), or
-    None when it has none (a zarr store object): then it is opened per task."""
+    """A hashable key for ``opener`` (a ``functools.partial`` over a path and the
+    run's identity, so that a run replaced since is another key), or None when
+    it has none (a zarr store object): then it is opened per task."""
     func = getattr(opener, "func", None)
     args = getattr(opener, "args", None)
     if func is None or args is None:

@@ -416,7 +416,10 @@ class Trajectory:
 
     @property
     def groups(self) -> list[str]:
-        """The store's groups holding snapsink data (Zarr; ``[]`` for other formats)."""
+        """The store's groups holding snapsink data, sorted (``""``: the root), for
+        Zarr and HDF5: ``[""]`` for a store written at the root, ``["snapsink"]``
+        for an HDF5 file of the H5MD layout. ``[]`` for npy, memory and an H5MD
+        file another program wrote."""
         return list(getattr(self._source, "groups", []))
 
     def refresh(self) -> Trajectory:

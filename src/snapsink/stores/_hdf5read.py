@@ -10,7 +10,9 @@ A reader never reads a group that replaced the one it opened (``mode="w"``):
 the group's identity is the file's inode (a root replaced with ``mode="w"``
 is a new file; the reader's handle keeps the old inode from being reused) and
 the group's address in the file (a group replaced in place is a new object),
-compared at each refresh and each read.
+compared at each refresh and each read. A reader reopened in a Dask worker
+(:meth:`HDF5Source.opener`) is given the inode number and the address of the
+graph's group, and refuses another.
 """
 
 from __future__ import annotations
@@ -341,6 +343,10 @@ class HDF5Source(RowArraysSource):
         The HDF5 file.
     group
         The group's path; ``None`` for the root.
+    origin
+        The group this reader must be (given by :meth:`opener`): the file's
+        inode number and the group's address (None: unknown); another group
+        there is refused as replaced.
 
     Raises
     ------
@@ -358,8 +364,14 @@ class HDF5Source(RowArraysSource):
     # Deliberate parallel of ZarrSource.__init__, __repr__ and closed (_zarrread.py):
     # each Source opens its own kind of store and documents its own properties;
     # what the two readers share is in RowArraysSource (_rows.py).
-    def __init__(self, path: str | os.PathLike[str], group: str | None = None):
+    def __init__(
+        self,
+        path: str | os.PathLike[str],
+        group: str | None = None,
+        origin: tuple[int | None, int | None] | None = None,
+    ):
         self._path = os.fspath(path)
+        self._origin = origin
         self._group = check_group(group) if group not in (None, "", "/") else ""
         self._names: dict[str, str] = {}
         self.schema = None
@@ -447,6 +459,21 @@ class HDF5Source(RowArraysSource):
         if self._replaced is not None:
             raise self._replaced
 
+    def _same_origin(self, key: tuple[int, int] | None, grp: Any, where: str) -> None:
+        """Raise if the group is not the one the reader was reopened on (see
+        :meth:`opener`)."""
+        ino, addr = self._origin or (None, None)
+        # (the inode number alone: the device number of one NFS export differs
+        # between the hosts of a cluster)
+        same_file = ino is None or (key is not None and key[1] == ino)
+        if same_file and (addr is None or _address(grp) == addr):
+            return
+        if self._disturbed() or not _valid(grp):
+            raise _Closed(self._path)  # nothing to judge by: read again
+        why = "the group is another HDF5 object" if same_file else "the path names another file"
+        self._replaced = replaced_error(where, why)
+        raise self._replaced
+
     def _dataset(self, name: str) -> Any:
         return self._grp()[name]
 
@@ -509,6 +536,8 @@ class HDF5Source(RowArraysSource):
             raise FormatError(f"{where}: the commit record {COMMIT!r} is missing")
         record = parse_commit(commit[...], where)
         self._same_group(key, grp)
+        if self._identity is None and self._origin is not None:
+            self._same_origin(key, grp, where)
         if self._identity is not None:
             try:
                 before = (self.schema, self._meta.times, self.length)
@@ -626,8 +655,15 @@ class HDF5Source(RowArraysSource):
         return int(chunks[0]) if chunks else None
 
     def opener(self) -> Callable[[], HDF5Source]:
-        """Reopens the file by path (in a Dask worker's process)."""
-        return functools.partial(HDF5Source, self._path, self._group or None)
+        """Reopens the file by path (in a Dask worker's process), refusing another
+        group there as this reader would: in another file, or another object."""
+        origin = None
+        if self._identity is not None and (self.schema is not None or self.length):
+            # (not before: until then its writer's first prepare may make the
+            # file anew, and that file is the store; see _same_group)
+            key, addr = self._identity
+            origin = (key[1] if key is not None else None, addr)
+        return functools.partial(HDF5Source, self._path, self._group or None, origin)
 
 
 #: reads of a handle closed under them, at most (see HDF5Source._reading)

@@ -123,6 +123,11 @@ class PinnedPath:
         else:
             os.close(fd)
 
+    @property
+    def inode(self) -> tuple[int, int]:
+        """``(st_dev, st_ino)`` of the inode pinned."""
+        return self._inode
+
     def moved(self) -> bool:
         """Whether ``path`` names another inode now, or nothing."""
         try:

@@ -11,6 +11,8 @@ directory the group's identity is the inode of its ``steps`` array's directory
 (:class:`~snapsink.stores._npyread.PinnedPath`) and compared at each refresh
 and after each read. Elsewhere (object stores) the format records no identity:
 a refresh refuses a group whose schema changed or whose count went down.
+A reader reopened in a Dask worker (:meth:`ZarrSource.opener`) is given what
+the graph's reader held, and refuses what its refresh would.
 """
 
 from __future__ import annotations
@@ -65,6 +67,11 @@ from ._zarrplan import (
 )
 
 __all__ = ["ZarrSource", "as_zarr_store", "is_zarr_store", "list_groups", "open_zarr"]
+
+#: the group a reader is reopened on (see ZarrSource.opener): the inode number
+#: of its steps array's directory (None: unknown), its schema, times flag and
+#: committed count
+Origin = tuple[int | None, Schema | None, bool | None, int]
 
 _DIRECTORY = getattr(os, "O_DIRECTORY", 0)
 _NOFOLLOW = getattr(os, "O_NOFOLLOW", 0)
@@ -240,6 +247,9 @@ class ZarrSource(RowArraysSource):
         A path or a zarr v3 ``Store``.
     group
         The group's path; ``None`` for the root.
+    origin
+        The group this reader must be (given by :meth:`opener`): another one
+        there is refused as replaced.
 
     Raises
     ------
@@ -256,7 +266,12 @@ class ZarrSource(RowArraysSource):
     # Deliberate parallel of HDF5Source.__init__ and .closed (_hdf5read.py): each
     # reader opens its own store, builds itself by refresh() and keeps its own
     # closed flag; what the two read alike is shared in _rows.RowArraysSource.
-    def __init__(self, store: str | os.PathLike[str] | ZarrStoreLike, group: str | None = None):
+    def __init__(
+        self,
+        store: str | os.PathLike[str] | ZarrStoreLike,
+        group: str | None = None,
+        origin: Origin | None = None,
+    ):
         self._store = _open_read_store(store)
         self._path = check_group(group) if group != "" else ""
         self.schema = None
@@ -264,6 +279,11 @@ class ZarrSource(RowArraysSource):
         self._meta_times: bool | None = None
         self._pin: PinnedPath | None = None
         self._replaced: FormatError | None = None
+        self._origin_ino: int | None = None
+        if origin is not None:
+            # the first refresh then compares the group with the graph's, as a
+            # refresh of the graph's own reader would
+            self._origin_ino, self.schema, self._meta_times, self.length = origin
         self.refresh()
 
     def __repr__(self) -> str:
@@ -330,6 +350,13 @@ class ZarrSource(RowArraysSource):
             self._pin_steps()
             grp = _open_group_sync(self._store, self._path)
             meta, user = parse_meta(dict(grp.attrs), where)
+        if first and self._origin_ino is not None:
+            # (the inode number alone: the device number of one NFS export
+            # differs between the hosts of a cluster)
+            if self._pin is None or self._pin.inode[1] != self._origin_ino:
+                self._replaced = replaced_error(
+                    where, "its 'steps' array is another directory, or gone"
+                )
         try:
             before = (self.schema, self._meta_times, self.length)
             check_same_store(where, before, (meta.schema, meta.times, meta.count))
@@ -493,9 +520,17 @@ class ZarrSource(RowArraysSource):
 
     def opener(self) -> Callable[[], ZarrSource]:
         """Reopens the group by path (in a Dask worker's process); a store that
-        is not a local directory travels as the store object (it must pickle)."""
+        is not a local directory travels as the store object (it must pickle).
+        Another group there is refused as this reader would refuse it: another
+        steps array's directory, another schema or times flag, fewer frames."""
         where: Any = self._root if self._root is not None else self._store
-        return functools.partial(ZarrSource, where, self._path)
+        ino = self._pin.inode[1] if self._pin is not None else None
+        # Where the inode tells the group, no count: the opener is a worker's
+        # cache key (snapsink._dask), and each graph of a growing run would
+        # open a reader of its own.
+        count = self.length if ino is None else 0
+        origin: Origin = (ino, self.schema, self._meta_times, count)
+        return functools.partial(ZarrSource, where, self._path, origin)
 
 
 def is_zarr_store(path_or_store: object) -> bool:
