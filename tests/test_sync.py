@@ -268,3 +268,156 @@ def test_an_interrupted_constructor_closes_what_it_opened(
     with SyncSink(NpyDirectory(tmp_path / "run", mode="a"), writer=writer) as sink:
         sink.write({"x": np.float64(1.0)}, step=0)  # the lock was released
     assert snapsink_open(tmp_path / "run")["x"][:].tolist() == [1.0]
+
+
+# A script whose main thread ends while a non-daemon thread still writes: the
+# frames it writes while the exit hooks run (its hook, registered after
+# snapsink's, runs first) are stored, and the sink is not closed under it. An
+# idle executor worker (it ends only in concurrent.futures' own hook) must not
+# hold the exit up.
+_LIVE_WRITER_AT_EXIT = r"""
+import threading
+from concurrent.futures import ThreadPoolExecutor
+import numpy as np, snapsink
+
+sink = snapsink.SyncSink(snapsink.NpyDirectory({run!r}), writer="thread")
+exiting = threading.Event()
+threading._register_atexit(exiting.set)
+pool = ThreadPoolExecutor(1)
+pool.submit(int).result()
+
+def simulation():
+    sink.write({{"x": np.full(4, 0.0)}}, step=0)
+    exiting.wait()
+    for i in range(1, 50):
+        sink.write({{"x": np.full(4, float(i))}}, step=i)
+
+threading.Thread(target=simulation).start()
+"""
+
+
+def test_exit_waits_for_a_live_thread_writing_to_the_sink(tmp_path: Path) -> None:
+    import subprocess
+    import sys
+
+    script = _LIVE_WRITER_AT_EXIT.format(run=str(tmp_path / "run"))
+    done = subprocess.run(
+        [sys.executable, "-c", script], capture_output=True, text=True, timeout=60
+    )
+    assert done.returncode == 0, done.stderr
+    assert "ClosedSinkError" not in done.stderr, done.stderr
+    traj = snapsink_open(tmp_path / "run")
+    assert traj.steps.tolist() == list(range(50))
+    assert traj["x"][:, 0].tolist() == [float(i) for i in range(50)]
+
+
+class _GatedFailing(GatedStore):
+    """Its appends wait for the gate, then fail."""
+
+    def append(self, batch: Any) -> None:
+        if not self.gate.wait(30):
+            raise TimeoutError("test gate never opened")
+        raise OSError(28, "No space left on device (injected)")
+
+
+def _signal_draining(sink: SyncSink) -> threading.Event:
+    """An event set once a close has begun to drain the sink, on its loop."""
+    draining = threading.Event()
+    aclose = sink._sink.aclose
+
+    async def signalling() -> None:
+        draining.set()
+        await aclose()
+
+    sink._sink.aclose = signalling  # type: ignore[method-assign]
+    return draining
+
+
+@pytest.mark.parametrize("form", ["close", "with"])
+@pytest.mark.parametrize("fails", [False, True])
+def test_a_close_during_another_threads_close_waits_for_it(form: str, fails: bool) -> None:
+    """Each close returns once the store holds every frame, and raises the
+    error of the close that drained."""
+    store = _GatedFailing() if fails else GatedStore()
+    try:
+        sink = SyncSink(store, capacity=8)
+        for i in range(5):
+            sink.write({"v": float(i)}, step=i)
+        draining = _signal_draining(sink)
+        stored: dict[str, int] = {}
+        errors: dict[str, BaseException] = {}
+
+        def close(who: str) -> None:
+            try:
+                if who == "second" and form == "with":
+                    with sink:
+                        pass
+                else:
+                    sink.close()
+            except BaseException as exc:
+                errors[who] = exc
+            stored[who] = len(store)
+
+        first = threading.Thread(target=close, args=("first",))
+        first.start()
+        assert draining.wait(10)  # the first close drains, held by the store's gate
+        second = threading.Thread(target=close, args=("second",))
+        second.start()
+        second.join(0.1)  # the old code returned here, with the gate still closed
+        store.gate.set()
+        first.join(10)
+        second.join(10)
+    finally:
+        store.gate.set()
+    if fails:
+        assert stored == {"first": 0, "second": 0}
+        assert isinstance(errors["first"], WriterError)
+        assert isinstance(errors["first"].__cause__, OSError)
+        assert errors.get("second") is errors["first"]
+    else:
+        assert errors == {}
+        assert stored == {"first": 5, "second": 5}
+        np.testing.assert_array_equal(store.trajectory()["v"][:], np.arange(5.0))
+    sink.close()  # once closed, closing again is a no-op
+
+
+# At exit, a close under way in a daemon thread: the exit hook waits for it.
+_CLOSE_UNDER_WAY_AT_EXIT = r"""
+import threading, time
+import numpy as np, snapsink
+
+gate = threading.Event()
+
+class Slow(snapsink.NpyDirectory):
+    def append(self, batch):
+        gate.wait()
+        time.sleep(0.3)  # a store slower than the interpreter's exit
+        super().append(batch)
+
+sink = snapsink.SyncSink(Slow({run!r}), writer="thread")
+for i in range(5):
+    sink.write({{"x": np.full(4, float(i))}}, step=i)
+draining = threading.Event()
+aclose = sink._sink.aclose
+async def signalling():
+    draining.set()
+    await aclose()
+sink._sink.aclose = signalling
+threading.Thread(target=sink.close, daemon=True).start()
+draining.wait()
+threading._register_atexit(gate.set)
+"""
+
+
+def test_exit_waits_for_a_close_under_way_in_another_thread(tmp_path: Path) -> None:
+    import subprocess
+    import sys
+
+    script = _CLOSE_UNDER_WAY_AT_EXIT.format(run=str(tmp_path / "run"))
+    done = subprocess.run(
+        [sys.executable, "-c", script], capture_output=True, text=True, timeout=60
+    )
+    assert done.returncode == 0, done.stderr
+    traj = snapsink_open(tmp_path / "run")
+    assert traj.steps.tolist() == list(range(5))
+    assert traj["x"][:, 0].tolist() == [0.0, 1.0, 2.0, 3.0, 4.0]

@@ -10,7 +10,7 @@ wait. ``flush`` and ``close`` run on the loop through an anyio BlockingPortal.
 from __future__ import annotations
 
 import atexit
-import concurrent.futures.thread  # noqa: F401  (its exit hook first: see below)
+import concurrent.futures.thread  # its exit hook first: see below
 import contextlib
 import os
 import sys
@@ -45,7 +45,12 @@ class _LoopThread:
         self.sink = sink
         self.portal: BlockingPortal | None = None
         self.stopped: anyio.Event | None = None
+        #: a close began: the sink takes no more frames
         self.closed = False
+        #: held by the one close that drains; set once it has ended
+        self._closing = threading.Lock()
+        self.done = threading.Event()
+        self._close_error: Exception | None = None
         #: the thread runs its loop (a flag each write() reads, cheaper than is_alive())
         self.running = False
         self._ready = threading.Event()
@@ -99,12 +104,30 @@ class _LoopThread:
             await self.stopped.wait()
 
     def close(self) -> None:
-        if self.closed:
-            return
-        self.closed = True
-        _open_loops.discard(self)
+        """Drain and close, once. A close that finds another one draining waits
+        for it and raises its error: each caller may rely on the store being
+        complete when its close returns. A close after that is a no-op."""
         if self.sink._state == "forked":
-            return  # the parent's sink: not this process's to close
+            return  # the parent's sink: not this process's to close (nor to wait for)
+        if self.done.is_set():
+            return
+        if not self._closing.acquire(blocking=False):
+            self.done.wait()
+            if self._close_error is not None:
+                raise self._close_error
+            return
+        try:
+            self.closed = True
+            self._drain_and_stop()
+        except Exception as exc:
+            self._close_error = exc
+            raise
+        finally:
+            # in _open_loops until here: the exit hook waits for a close under way
+            _open_loops.discard(self)
+            self.done.set()
+
+    def _drain_and_stop(self) -> None:
         portal = self.portal
         if portal is None or not self.thread.is_alive():
             return
@@ -152,11 +175,43 @@ def _report(exc: BaseException, what: str) -> None:
 
 def _close_open_sinks() -> None:
     """Nothing silently lost: drain and commit sinks still open at exit."""
-    for loop in list(_open_loops):
-        try:
-            loop.close()
-        except Exception as exc:
-            _report(exc, "a SyncSink still open at exit")
+    if not _open_loops:
+        return
+    try:
+        _join_other_threads()
+    finally:  # even on a Ctrl-C while waiting for them
+        for loop in list(_open_loops):
+            try:
+                loop.close()
+            except Exception as exc:
+                _report(exc, "a SyncSink still open at exit")
+
+
+def _join_other_threads() -> None:
+    """Wait for the threads Python waits for at exit, as it does right after
+    the exit hooks: one may still be writing to a sink (the main thread ended
+    first). Not the workers of concurrent.futures' executors: they end only in
+    its exit hook, which runs after this one."""
+    workers = concurrent.futures.thread._threads_queues
+    process = sys.modules.get("concurrent.futures.process")
+    managers = getattr(process, "_threads_wakeups", {})
+    me, main = threading.current_thread(), threading.main_thread()
+    while True:
+        # again after each round: a thread joined may have started another
+        waited = [
+            t
+            for t in threading.enumerate()
+            if not t.daemon
+            and t.is_alive()  # not one still starting: join() would refuse it
+            and t is not me
+            and t is not main
+            and t not in workers
+            and t not in managers
+        ]
+        if not waited:
+            return
+        for t in waited:
+            t.join()
 
 
 def _after_fork_in_child() -> None:
@@ -167,7 +222,8 @@ def _after_fork_in_child() -> None:
 # executors of concurrent.futures stop taking work (zarr's store I/O runs on one;
 # their hook is registered when that module is imported, and the hooks run last
 # registered first) and before atexit's hooks run (weakref finalizers, which
-# close a store's files).
+# close a store's files). These hooks run before Python joins the non-daemon
+# threads, so the hook joins them itself (_join_other_threads).
 _register_atexit = getattr(threading, "_register_atexit", atexit.register)
 _register_atexit(_close_open_sinks)
 os.register_at_fork(after_in_child=_after_fork_in_child)
@@ -347,12 +403,16 @@ class SyncSink(ClosesOnExit):
     def close(self) -> None:
         """Drain, commit and close the store, then stop the loop thread. Idempotent.
 
+        From any thread but the sink's own loop: a close called while another
+        thread's close drains waits for it (and raises its error); one called
+        after it is a no-op.
+
         Raises
         ------
         WriterError
             If the store failed during the run (chained to the cause).
         """
-        if self._loop.closed:
+        if self._loop.done.is_set():
             return
         if threading.get_ident() == self._sink._loop_thread:
             raise WrongThreadError("SyncSink.close called from its own event-loop thread")
