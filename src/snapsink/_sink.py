@@ -180,6 +180,8 @@ class Sink:
         self._schedule: Callable[[Callable[[], object]], object] | None = None
         self._thread_writer: ThreadWriter | None = None
         self._closed: anyio.Event | None = None  # set once aclose is done
+        #: the WriterError the close raised: a close waiting for it raises it too
+        self._close_error: WriterError | None = None
         self._flush_waiters: list[tuple[int, anyio.Event]] = []
         self._writes = 0
         #: the cheapest yield of the running backend (asyncio.sleep), or None
@@ -341,8 +343,11 @@ class Sink:
         if self._state == "forked":
             return  # the parent's sink: not this process's to close
         if self._state == "closing":
+            # another task's close drains: wait for it, and fail as it fails
             assert self._closed is not None
             await self._closed.wait()
+            if self._close_error is not None:
+                raise self._close_error
             return
         self._state = "closing"
         self._closed = anyio.Event()
@@ -362,12 +367,16 @@ class Sink:
             self._state = "closed"
             self._closed.set()
             self._wake_flushers(None)
-        ch.raise_failure()
-        close_exc = getattr(writer, "close_error", None)
-        if close_exc is not None:
-            raise WriterError(
-                f"closing the store failed: {type(close_exc).__name__}: {close_exc}"
-            ) from close_exc
+        try:
+            ch.raise_failure()
+            close_exc = getattr(writer, "close_error", None)
+            if close_exc is not None:
+                raise WriterError(
+                    f"closing the store failed: {type(close_exc).__name__}: {close_exc}"
+                ) from close_exc
+        except WriterError as err:
+            self._close_error = err
+            raise
 
     def _check_loop(self) -> None:
         """Before a wait: the sink's wake-ups go to the event loop that opened it,

@@ -17,11 +17,14 @@ import subprocess
 import sys
 import threading
 from pathlib import Path
+from typing import Any
 
+import anyio
 import numpy as np
 import pytest
 
 import snapsink
+from conftest import GatedStore
 
 pytestmark = pytest.mark.timeout(120)
 
@@ -199,3 +202,42 @@ def test_a_child_forked_during_a_background_commit_exits(tmp_path: Path) -> None
     done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=90)
     assert done.returncode == 0, done.stderr
     assert done.stdout.strip() == "[0, 1, 2]", done.stdout + done.stderr
+
+
+class _GatedFailing(GatedStore):
+    """Its appends wait for the gate, then fail."""
+
+    def append(self, batch: Any) -> None:
+        self.entered.set()
+        if not self.gate.wait(30):
+            raise TimeoutError("test gate never opened")
+        raise OSError(28, "No space left on device (injected)")
+
+
+async def test_an_aclose_during_another_tasks_aclose_raises_its_error() -> None:
+    """Two tasks close one Sink while its store fails: the one that finds the
+    close under way waits for it and raises the same WriterError (it returned
+    quietly, as if every frame were stored)."""
+    store = _GatedFailing()
+    sink = snapsink.Sink(store)
+    await sink.__aenter__()
+    await sink.write({"x": _frame(0)}, step=0)
+    await store.wait_entered()
+    errors: dict[str, BaseException | None] = {}
+
+    async def close(name: str) -> None:
+        try:
+            await sink.aclose()
+            errors[name] = None
+        except snapsink.WriterError as exc:
+            errors[name] = exc
+
+    async with anyio.create_task_group() as tg:
+        tg.start_soon(close, "first")
+        await anyio.sleep(0.05)  # the first close is draining
+        tg.start_soon(close, "second")
+        await anyio.sleep(0.05)
+        store.gate.set()
+    assert isinstance(errors["first"], snapsink.WriterError)
+    assert errors["second"] is errors["first"]
+    assert "No space left on device" in str(errors["second"])
