@@ -13,6 +13,7 @@ from hypothesis import strategies as st
 
 import snapsink
 from conftest import FailingStore, GatedStore
+from process_stores import GatedNpy
 from snapsink import (
     Batch,
     ClosedSinkError,
@@ -598,3 +599,151 @@ def test_frame_indices_empty_lists_and_bools() -> None:
             traj["x"][bad]
         with pytest.raises(IndexError, match="frame index: expected int"):
             traj.frame(bad)
+
+
+# -- drop_oldest drops a queued frame only when that makes room ------------------------
+def _wait_for_file(path: str) -> None:
+    """Wait for a file another thread or process creates (no event crosses them)."""
+    deadline = time.monotonic() + 20
+    while not Path(path).exists():
+        assert time.monotonic() < deadline, f"{path} never appeared"
+        time.sleep(0.001)
+
+
+@pytest.mark.parametrize(
+    ("writer", "capacity", "sizes", "kept"),
+    [
+        # A (with the store) holds 6000 of 10000 bytes: C (6000) does not fit even
+        # once B is gone, so only C is dropped (B was dropped for nothing, then C)
+        ("thread", 2, [6000, 3000, 6000], [0, 1]),
+        ("process", 2, [6000, 3000, 6000], [0, 1]),
+        # room for the new frame once the two queued frames are gone: both go
+        ("thread", 3, [4000, 3000, 3000, 5000], [0, 3]),
+        # once the first is gone: it alone goes
+        ("process", 3, [4000, 1000, 1000, 5000], [0, 2, 3]),
+    ],
+)
+def test_drop_oldest_drops_queued_frames_only_when_that_makes_room(
+    tmp_path: Path, writer: str, capacity: int, sizes: list[int], kept: list[int]
+) -> None:
+    gate = str(tmp_path / "gate")
+    schema = Schema({"x": Field("uint8", (None,))})
+    store = GatedNpy(str(tmp_path / "run"), gate)
+    with SyncSink(
+        store, capacity, "drop_oldest", max_bytes=10_000, schema=schema, writer=writer
+    ) as sink:
+        try:
+            sink.write({"x": np.full(sizes[0], 0, np.uint8)}, step=0)
+            _wait_for_file(gate + ".entered")  # frame 0 is being written
+            for step, size in enumerate(sizes[1:], 1):
+                sink.write({"x": np.full(size, step, np.uint8)}, step=step)
+            stats = sink.statistics()
+        finally:
+            Path(gate).touch()
+    dropped = sorted(set(range(len(sizes))) - set(kept))
+    assert (stats.dropped, stats.queued) == (len(dropped), len(kept))
+    traj = snapsink.open(tmp_path / "run")
+    assert traj.steps.tolist() == kept
+    assert [(len(x), int(x[0])) for x in traj["x"][:]] == [(sizes[s], s) for s in kept]
+    assert traj.dropped_steps.tolist() == dropped
+
+
+# -- a stall under a drop policy: its dropped steps wait as runs -----------------------
+@pytest.mark.parametrize("policy", ["drop_newest", "drop_oldest"])
+def test_a_stall_under_a_drop_policy_keeps_its_dropped_steps_as_one_run(policy: str) -> None:
+    """Thousands of drops while the store stalls wait in the channel as one run
+    of steps (not a step each: memory grew with the stall), and every one of
+    them reaches the store, in slices of at most DROPS_PER_BATCH."""
+    n = 20_000  # more than DROPS_PER_BATCH (16384): two slices
+    store = GatedStore()
+    with SyncSink(store, capacity=2, policy=policy, writer="thread") as sink:
+        try:
+            sink.write({"v": np.zeros(2)}, step=0)
+            assert store.entered.wait(10)  # step 0 is being written, and stalls
+            for i in range(1, n):
+                sink.write({"v": np.full(2, float(i))}, step=i)
+            pending = sink._sink._channel.pending_dropped  # type: ignore[union-attr]
+            assert len(pending) == 1  # runs waiting: one, whatever the stall's length
+            assert sink.statistics().dropped == n - 2
+        finally:
+            store.gate.set()
+    kept = [0, 1] if policy == "drop_newest" else [0, n - 1]
+    traj = store.trajectory()
+    assert traj.steps.tolist() == kept
+    assert traj["v"][:, 0].tolist() == [float(s) for s in kept]
+    assert traj.dropped_steps.tolist() == sorted(set(range(n)) - set(kept))
+
+
+# -- a write that fails takes nothing ---------------------------------------------------
+def test_a_write_that_fails_to_make_the_writer_ring_takes_nothing(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Making the writer process's ring (at the first frame) can fail, e.g. with
+    EMFILE: that write raises, nothing of it is stored, and its step can be
+    written again (it was stored, and its step used up)."""
+    import errno
+
+    from snapsink._writer import _shm
+
+    create = _shm.Ring.create
+    failures = [OSError(errno.EMFILE, "Too many open files (injected)")]
+
+    def fails_once(nrecords: int, n_ragged: int) -> _shm.Ring:
+        if failures:
+            raise failures.pop()
+        return create(nrecords, n_ragged)
+
+    monkeypatch.setattr(_shm.Ring, "create", fails_once)
+    with SyncSink(snapsink.NpyDirectory(tmp_path / "run"), writer="process") as sink:
+        with pytest.raises(OSError, match="Too many open files"):
+            sink.write({"x": np.full(3, 7.0)}, step=0)
+        assert sink.statistics().queued == 0 and sink.last_step is None
+        sink.write({"x": np.full(3, 8.0)}, step=0)  # the same step, again
+        sink.write({"x": np.full(3, 9.0)}, step=1)
+    traj = snapsink.open(tmp_path / "run")
+    assert traj.steps.tolist() == [0, 1]
+    assert traj["x"][:, 0].tolist() == [8.0, 9.0]
+
+
+# -- a signal handler that interrupted a write -----------------------------------------
+@pytest.mark.timeout(10)
+@pytest.mark.parametrize("writer", ["thread", "process"])
+def test_a_signal_handler_that_interrupted_a_write_may_read_statistics(
+    tmp_path: Path, writer: str
+) -> None:
+    """A handler runs in the main thread, maybe while that thread holds the
+    channel's lock inside write(): statistics() (a progress report) returns
+    the counters (it waited for itself forever); a write() or close() from it
+    raises WrongThreadError, saying what to do, and changes nothing."""
+    import signal
+
+    store = HostMemory() if writer == "thread" else snapsink.NpyDirectory(tmp_path / "run")
+    seen: list[object] = []
+
+    def handler(signum: int, frame: object) -> None:
+        seen.append(sink.statistics())
+        with pytest.raises(snapsink.WrongThreadError, match="signal handler"):
+            sink.write({"v": np.full(2, 99.0)}, step=99)
+        with pytest.raises(snapsink.WrongThreadError, match="set a flag"):
+            ch.raise_if_interrupted("close()")  # what the sync facade's close asks first
+        seen.append("refused")
+
+    previous = signal.signal(signal.SIGUSR1, handler)
+    try:
+        with SyncSink(store, capacity=4, policy="drop_newest", writer=writer) as sink:
+            for i in range(3):
+                sink.write({"v": np.full(2, float(i))}, step=i)
+            ch = sink._sink._channel
+            assert ch is not None
+            with ch.lock:  # where write() holds it when the signal lands
+                signal.raise_signal(signal.SIGUSR1)  # its handler runs before this returns
+            ch.raise_if_interrupted("close()")  # outside: nothing to say
+            sink.write({"v": np.full(2, 3.0)}, step=3)
+    finally:
+        signal.signal(signal.SIGUSR1, previous)
+    stats, refused = seen
+    assert isinstance(stats, snapsink.SinkStatistics) and refused == "refused"
+    assert stats.written + stats.queued == 3 and stats.dropped == 0
+    traj = store.trajectory() if writer == "thread" else snapsink.open(tmp_path / "run")
+    assert traj.steps.tolist() == [0, 1, 2, 3]
+    assert traj["v"][:, 0].tolist() == [0.0, 1.0, 2.0, 3.0]

@@ -1,11 +1,11 @@
 """The bounded channel between producers and a sink's consumer, and its policies.
 
 The channel is the part of a sink that both the async API and the sync facade
-share. All of its state sits behind one ``threading.Lock``; its methods never
-wait. When a producer must wait for room, or the consumer for frames, it hands
-the channel a *waker* and waits on it in its own way (an ``anyio.Event`` on the
-event loop, a ``threading.Event`` in a sync caller's thread); the channel wakes
-it when the state it waits for may have changed.
+share. All of its state sits behind one lock (an ``RLock``, see below); its
+methods never wait. When a producer must wait for room, or the consumer for
+frames, it hands the channel a *waker* and waits on it in its own way (an
+``anyio.Event`` on the event loop, a ``threading.Event`` in a sync caller's
+thread); the channel wakes it when the state it waits for may have changed.
 
 Bounds: at most ``capacity`` frames are held (queued or being written), each in
 one reusable staging slot, and, when ``max_bytes`` is given, at most that many
@@ -21,7 +21,17 @@ What happens to a frame that finds no room is the *policy*:
   in order; past ``Spill.max_bytes`` the producer blocks.
 
 Every drop is counted and its step recorded; the consumer hands the steps to
-the store, which lists them in its metadata.
+the store, which lists them in its metadata. A drop that finds no room for the
+new frame even once every queued frame is gone drops only the new frame.
+
+Why the lock is an ``RLock``: a signal handler runs in the main thread, maybe
+while that thread is inside the channel (a ``write`` holding the lock). A
+plain lock made ``statistics()`` from the handler, a normal progress report,
+wait for itself forever. The handler may read the counters, as they stand;
+it may not change the channel halfway through another change: a ``write``
+from it raises :class:`WrongThreadError`, and
+:meth:`Channel.raise_if_interrupted` is the check a close or flush makes
+first (they would wait for the interrupted write forever).
 """
 
 from __future__ import annotations
@@ -29,19 +39,22 @@ from __future__ import annotations
 import threading
 from collections import deque
 from collections.abc import Callable, Sequence
-from typing import Any
+from typing import Any, cast
 
 import numpy as np
 
 from ._channelspill import SpillQueue
 from ._channeltypes import (
+    DROPS_PER_BATCH,
+    DroppedSteps,
     Entry,
     Offer,
     SinkStatistics,
     SpillTicket,
+    expand_runs,
     frame_nbytes,
 )
-from ._errors import ClosedSinkError, WriterError
+from ._errors import ClosedSinkError, WriterError, WrongThreadError
 from ._schema import Field, Schema, StepClock
 from ._spill import Spill, SpillDir
 from ._staging.host import Completion, Slot, SlotPool, capture_fields
@@ -86,7 +99,11 @@ class Channel(SpillQueue):
         self.max_bytes = max_bytes
         self.schema = schema
         self.clock = clock or StepClock()
-        self.lock = threading.Lock()
+        # reentrant, so that a signal handler can tell it interrupted this
+        # thread inside the channel (module docstring); no slower than a Lock.
+        # (Typed as the Lock that SpillQueue's annotation names: used alike.)
+        self.lock = cast(threading.Lock, threading.RLock())
+        self._owned: Callable[[], bool] = self.lock._is_owned  # type: ignore[attr-defined]
         self.pool = SlotPool(capacity)
         self._init_spill_queue(spill_dir)
         self.device: Any = None  # DeviceStager, created at the first device array
@@ -109,7 +126,7 @@ class Channel(SpillQueue):
         self.held = 0  # frames holding a slot (queued in memory or being written)
         self.held_bytes = 0
         self.pending = 0  # accepted, not yet appended (held + spilled)
-        self.pending_dropped: list[int] = []
+        self.pending_dropped = DroppedSteps()
 
         self.written = 0
         self.dropped = 0
@@ -137,6 +154,25 @@ class Channel(SpillQueue):
             ) from self.failure
         if self.closed:
             raise ClosedSinkError("the sink is closed; it takes no more frames")
+
+    def raise_if_interrupted(self, what: str) -> None:
+        """WrongThreadError if the calling thread is inside a ``write`` of this
+        channel: a signal handler that interrupted it calls ``what``, which would
+        have to wait for that write (forever) or change the channel halfway
+        through it. Inside: holding the lock, or, for a caller that spills in its
+        own thread (the sync facade, not the async sink, whose loop thread hands
+        its spill writes to workers), writing a frame to the spill directory."""
+        me = threading.get_ident()
+        abandoned = self.fifo_abandoned
+        if self._owned() or any(
+            t.owner == me and t.n not in abandoned for t in tuple(self.fifo_open.values())
+        ):
+            raise WrongThreadError(
+                f"{what} called from a signal handler that interrupted a write() of "
+                "the same sink, which cannot go on until the handler returns; raise "
+                "an exception from the handler (the `with` block then closes the "
+                "sink), or set a flag there and act on it in your loop"
+            )
 
     def raise_failure(self) -> None:
         """Raise WriterError, chained to the cause, if the store failed."""
@@ -175,6 +211,8 @@ class Channel(SpillQueue):
         ``SPILL`` (with a :class:`SpillTicket`: the caller must write ``items``
         with :meth:`spill_write`).
         """
+        if self._owned():
+            self.raise_if_interrupted("write()")
         with self.lock:
             if self.failure is not None or self.closed:
                 self.raise_if_unusable()
@@ -277,22 +315,36 @@ class Channel(SpillQueue):
     def _drop(self, step: int, time: float | None) -> Offer:
         self.clock.advance(step, time)
         self.dropped += 1
-        self.pending_dropped.append(step)
+        self.pending_dropped.add(step)
         return Offer.DROPPED
 
     def _evict_for(self, nbytes: int) -> Slot | None:
-        """drop_oldest: drop queued frames (oldest first) until ``nbytes`` fits."""
-        while self.queue:
-            old = self.queue.popleft()
+        """drop_oldest: drop the fewest queued frames (oldest first) that make
+        room for ``nbytes``, and take the room; None, dropping nothing, when
+        even all of them would not (the bytes are held by frames being written:
+        a queued frame dropped then was lost for nothing, the new one as well)."""
+        queue = self.queue
+        max_bytes = self.max_bytes
+        held, held_bytes = self.held, self.held_bytes
+        n = 0
+        for old in queue:  # decide first: a slot frees with the first one
+            n += 1
+            held -= 1
+            held_bytes -= old.size
+            if max_bytes is None or not held or held_bytes + nbytes <= max_bytes:
+                break
+        else:
+            return None
+        for _ in range(n):
+            old = queue.popleft()
             assert old.slot is not None
             self.dropped += 1
             self.pending -= 1
-            self.pending_dropped.append(old.step)
+            self.pending_dropped.add(old.step)
             self._unacquire(old.slot, old.size)
-            slot = self._acquire(nbytes)
-            if slot is not None:
-                return slot
-        return None
+        slot = self._acquire(nbytes)
+        assert slot is not None
+        return slot
 
     def _capture(
         self, slot: Slot, items: Sequence[tuple[str, Field, Any]], copy: bool, stream: Any
@@ -387,12 +439,9 @@ class Channel(SpillQueue):
                 upto = self.fifo_head_seq + n - 1
                 self.fifo_head_seq += n
                 self.fifo_waiting -= n
-            dropped = self.pending_dropped
-            if dropped:
-                self.pending_dropped = []
-            else:
-                dropped = []  # never hand out the live list: producers append to it
-            return entries, dropped, upto
+            runs = self.pending_dropped.pop_runs(DROPS_PER_BATCH) if self.pending_dropped else []
+        # the steps as a list, outside the lock (a slice of a long stall's drops)
+        return entries, expand_runs(runs), upto
 
     def release(self, entries: Sequence[Entry]) -> None:
         """The store appended ``entries``: free their slots and count them."""

@@ -21,17 +21,24 @@ from ._spill import Spill
 from ._staging.host import Completion, Slot
 
 __all__ = [
+    "DROPS_PER_BATCH",
     "POLICIES",
+    "DroppedSteps",
     "Entry",
     "Offer",
     "SinkStatistics",
     "SpillTicket",
     "check_capacity",
     "check_policy",
+    "expand_runs",
     "frame_nbytes",
 ]
 
 POLICIES: Final = ("block", "drop_newest", "drop_oldest")
+
+#: the most dropped steps one batch hands a store: a store that stalled while
+#: millions of frames were dropped gets them in slices, never as one list
+DROPS_PER_BATCH: Final = 1 << 14
 
 
 class Offer(enum.Enum):
@@ -142,3 +149,74 @@ def frame_nbytes(schema: Schema | None, items: Sequence[tuple[str, Field, Any]])
             if field.ragged:
                 total += len(value) * field.row_nbytes
     return total
+
+
+class DroppedSteps:
+    """Dropped steps waiting to be handed on, as runs of consecutive steps.
+
+    Why runs: while the store stalls, a drop policy drops every new frame, and
+    those steps wait here (in the channel, on the way to the writer process,
+    in its inbox) until the store takes them. Kept one by one, a long stall
+    grew memory by a step each; as ``[start, stop)`` runs, a drop that extends
+    the last run costs nothing, and the whole wait costs O(number of runs).
+    """
+
+    __slots__ = ("runs",)
+
+    def __init__(self) -> None:
+        #: ``[start, stop)`` runs, in the order they were dropped (drop_oldest
+        #: may drop a step below one dropped before it)
+        self.runs: list[list[int]] = []
+
+    def __bool__(self) -> bool:
+        return bool(self.runs)
+
+    def __len__(self) -> int:
+        """Runs, not steps: the size of what waits."""
+        return len(self.runs)
+
+    def add(self, step: int) -> None:
+        runs = self.runs
+        if runs and runs[-1][1] == step:
+            runs[-1][1] = step + 1
+        else:
+            runs.append([step, step + 1])
+
+    def add_run(self, start: int, stop: int) -> None:
+        runs = self.runs
+        if stop <= start:
+            return
+        if runs and runs[-1][1] == start:
+            runs[-1][1] = stop
+        else:
+            runs.append([start, stop])
+
+    def pop_runs(self, limit: int | None = None) -> list[tuple[int, int]]:
+        """Remove and return the runs, sorted, of at most ``limit`` steps in all
+        (the rest stays)."""
+        runs = self.runs
+        if limit is None:
+            self.runs = []
+            return sorted((a, b) for a, b in runs)
+        runs.sort()
+        out: list[tuple[int, int]] = []
+        i = 0
+        while i < len(runs) and limit > 0:
+            a, b = runs[i]
+            if b - a > limit:
+                out.append((a, a + limit))
+                runs[i][0] = a + limit
+                break
+            out.append((a, b))
+            limit -= b - a
+            i += 1
+        del runs[:i]
+        return out
+
+
+def expand_runs(runs: Sequence[tuple[int, int]]) -> list[int]:
+    """Every step of ``runs``, in order (what :class:`~snapsink.Batch` hands a store)."""
+    steps: list[int] = []
+    for a, b in runs:
+        steps.extend(range(a, b))
+    return steps

@@ -27,6 +27,7 @@ import time
 from pathlib import Path
 from typing import Any
 
+from .._channeltypes import DROPS_PER_BATCH, DroppedSteps, expand_runs
 from .._consumer import Consumer
 from .._schema import Batch, Frame, Schema
 from .._spill import SpillReader, lock_shared, remove_if_empty
@@ -76,7 +77,9 @@ class Writer:
         self.batch_limit = 1
         self.byte_budget: int | None = None
         self.done = 0  # seq of the last frame appended
-        self.dropped: list[int] = []
+        #: dropped steps not yet handed to the store, as runs (a stall that drops
+        #: millions of frames costs a few runs here, not a step each)
+        self.dropped = DroppedSteps()
         self.flushes: list[tuple[int, int]] = []  # (generation, seq to cover)
         self.close_at: int | None = None
         self.parent_gone = False
@@ -120,6 +123,7 @@ class Writer:
             block = False  # then take only what is already there
             if got is None:
                 self.parent_gone = True
+                self._drops_in_header()
                 return
             self._apply(*got)
 
@@ -150,13 +154,23 @@ class Writer:
             # its files are not a dead sink's leftovers while the writer drains
             self.spill_lock = lock_shared(self.spill_dir)
         elif kind == "dropped":
-            self.dropped.extend(msg[1])
+            for start, stop in msg[1]:
+                self.dropped.add_run(start, stop)
         elif kind == "flush":
             self.flushes.append((msg[1], msg[2]))
         elif kind == "close":
             self.close_at = msg[1]
         else:  # pragma: no cover - a bug, not an input
             raise RuntimeError(f"writer: unknown message {kind!r}")
+
+    def _drops_in_header(self) -> None:
+        """The sink's process is gone: the run of dropped steps it was keeping
+        in the ring's header (the ring was full) is ours to record."""
+        ring = self.ring
+        if ring is not None:
+            start, stop = ring.get(_shm.DROPS_FROM), ring.get(_shm.DROPS_TO)
+            if stop > start:
+                self.dropped.add_run(start, stop)
 
     # -- frames -----------------------------------------------------------------
     def _spill_queue(self) -> SpillReader:
@@ -238,7 +252,7 @@ class Writer:
             if rec[1] == _shm.DROPPED:
                 if rec[0] != seq:  # pragma: no cover - a broken ring, never an input
                     raise RuntimeError(f"writer: ring record {seq} holds record {rec[0]}")
-                self.dropped.append(rec[4])
+                self.dropped.add_run(rec[4], rec[4] + rec[2])  # its first step, how many
                 continue
             frame, nbytes = self._frame(rec, seq)
             frames.append(frame)
@@ -249,7 +263,7 @@ class Writer:
                 budget -= frame.nbytes
                 if budget <= 0:
                     break
-        dropped, self.dropped = self.dropped, []
+        dropped = expand_runs(self.dropped.pop_runs(DROPS_PER_BATCH))
         self._taken = (seq, spilled, spilled_fields)
         return Batch(frames, dropped)
 

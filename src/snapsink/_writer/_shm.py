@@ -15,9 +15,10 @@ Two kinds of mapping:
   frame outgrows it. The producer writes it; the writer only reads it.
 - the **ring** publishes frames in write order: a header of counters, then
   fixed-size records, one per published frame (its sequence number, slot or
-  spill file, step, time, ragged row counts) or dropped step. The producer writes a record,
-  then the ring's ``tail``; the writer appends the frames and then advances
-  ``done``. Each counter has a single writer, so neither side takes a lock.
+  spill file, step, time, ragged row counts) or run of dropped steps. The
+  producer writes a record, then the ring's ``tail``; the writer appends the
+  frames and then advances ``done``. Each counter has a single writer, so
+  neither side takes a lock.
 
 The ring relies on stores becoming visible in program order (x86-64's TSO);
 a lost wake-up flag costs at most one polling tick, never a frame.
@@ -61,15 +62,21 @@ PAGE: Final = DIRECT_ALIGN
 #: ring header: tail (producer), done (writer), want_done (producer sets, writer
 #: clears), writer_idle (writer sets, producer clears), the spilled frames the
 #: writer has stored: their bytes in the spill queue (what the spill's bound
-#: counts) and their field bytes (what ``bytes_written`` counts) (writer), each
+#: counts) and their field bytes (what ``bytes_written`` counts) (writer), the
+#: run of dropped steps that found the ring full, ``[from, to)``, empty unless
+#: ``to > from`` (producer; the writer reads it once the producer is gone), each
 #: on its own line
-RING_HEADER: Final = 6 * ALIGN
+RING_HEADER: Final = 8 * ALIGN
 TAIL: Final = 0
 DONE: Final = ALIGN
 WANT_DONE: Final = 2 * ALIGN
 IDLE: Final = 3 * ALIGN
 SPILL_DONE: Final = 4 * ALIGN
 SPILL_FIELDS_DONE: Final = 5 * ALIGN
+DROPS_FROM: Final = 6 * ALIGN
+DROPS_TO: Final = 7 * ALIGN
+#: a DROPS_TO that makes the run empty whatever DROPS_FROM holds
+NO_DROPS: Final = -(1 << 63)
 
 #: values of IDLE: the writer is working; it looks at the ring again within a
 #: millisecond on its own (a timed sleep: waking it would cost the producer a
@@ -78,9 +85,9 @@ BUSY: Final = 0
 POLLING: Final = 1
 ASLEEP: Final = 2
 
-#: record kinds: a frame in a slot, a frame in the spill queue, a dropped step
-#: (a drop policy's record of a frame it discarded: on the ring, it reaches
-#: the store even if the sink's process dies right after the drop)
+#: record kinds: a frame in a slot, a frame in the spill queue, a run of dropped
+#: steps (a drop policy's record of frames it discarded: on the ring, it
+#: reaches the store even if the sink's process dies right after the drop)
 SLOT: Final = 0
 SPILLED: Final = 1
 DROPPED: Final = 2
@@ -88,8 +95,8 @@ DROPPED: Final = 2
 
 def record_struct(n_ragged: int) -> struct.Struct:
     """A ring record: seq, kind, slot (or the spilled frame's serial, 1-based;
-    0 for a dropped step), slot generation, step, has_time, time, then one row
-    count per ragged field."""
+    or the number of steps of a run of dropped steps), slot generation, step
+    (a run's first), has_time, time, then one row count per ragged field."""
     return struct.Struct("<qqqqqqd" + "q" * n_ragged)
 
 

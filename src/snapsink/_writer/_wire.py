@@ -11,8 +11,9 @@ the writer it started (created before the writer, inherited by it alone), so
 nothing but those two processes can write to it; nothing read from a store or
 a file is ever unpickled.
 
-Only bookkeeping crosses it (batches of drops, flush and close requests and
-their acknowledgements, errors); frame data lies in shared memory.
+Only bookkeeping crosses it (runs of dropped steps, ``("dropped", [(start,
+stop), ...])``, flush and close requests and their acknowledgements, errors);
+frame data lies in shared memory.
 """
 
 from __future__ import annotations

@@ -125,6 +125,9 @@ class ProcessChannel(Channel):
         self._spill_done = 0  # spilled bytes the writer stored (counted so far)
         self._spill_fields_done = 0  # and their field bytes
         self._schema_sent = False
+        self._ring_sent = False
+        #: the run of dropped steps the ring's header shows (see _publish_drops)
+        self._drops_shown: tuple[int, int] | None = None
         #: the proxy thread waits for the writer's replies with no timeout (it saw
         #: nothing queued): a frame left queued must nudge it (lock held both ways)
         self.proxy_idle = False
@@ -137,6 +140,10 @@ class ProcessChannel(Channel):
     ) -> tuple[dict[str, np.ndarray[Any, Any]], Completion | None]:
         schema = self.schema
         assert schema is not None
+        if self.ring is None:
+            # before the frame is accepted, as everything here that may fail
+            # (EMFILE, ENOMEM): a write that raises has taken nothing
+            self.ring = _shm.Ring.create(self.nrecords, len(schema.ragged))
         if schema.ragged:
             rows = [int(value.shape[0]) for _, field, value in items if field.ragged]
             layout, total = _shm.frame_layout(schema, rows)
@@ -204,11 +211,16 @@ class ProcessChannel(Channel):
 
     # -- publication ----------------------------------------------------------------
     def _ensure_ring(self) -> _shm.Ring:
+        """The ring, the writer told of it (lock held). Made by the first
+        frame's capture; told here, once the frame is accepted, since the
+        message says whether frames carry times."""
         ring = self.ring
-        if ring is None:
+        if ring is None or not self._ring_sent:
             schema = self.schema
             assert schema is not None
-            ring = self.ring = _shm.Ring.create(self.nrecords, len(schema.ragged))
+            if ring is None:
+                ring = self.ring = _shm.Ring.create(self.nrecords, len(schema.ragged))
+            self._ring_sent = True
             # batches of at most half of max_bytes (as Channel.take)
             budget = None if self.max_bytes is None else max(1, self.max_bytes // 2)
             self.writer.send(
@@ -332,26 +344,65 @@ class ProcessChannel(Channel):
         return outcome
 
     def _publish_drops(self) -> None:
-        """Hand the dropped steps to the writer at once (lock held), each as a
-        ring record: no system call, and like a published frame a drop reaches
-        the store even if this process dies right after it. What the ring has
-        no room for goes as one message (the socket keeps it as well)."""
-        steps = self.pending_dropped
-        if not steps:
+        """Hand the dropped steps to the writer at once (lock held), each run of
+        consecutive steps as a ring record: no system call, and like a published
+        frame a drop reaches the store even if this process dies right after it.
+
+        While the ring is full (the store stalls, and every new frame is
+        dropped), the last run waits here and in the ring's header, which the
+        writer reads if this process dies: a drop that extends it costs one
+        store to shared memory, no message and no memory, however long the
+        stall. An earlier run that found the ring full goes as one message
+        (the socket keeps it as well), so what waits here is one run.
+        """
+        pending = self.pending_dropped
+        if not pending:
             return
-        self.pending_dropped = []
         ring = self._ensure_ring()
+        runs = pending.runs
         pub = self.published
-        n = min(len(steps), self.nrecords - (pub - self._writer_done(ring)))
+        n = min(len(runs), self.nrecords - (pub - self._writer_done(ring)))
         if n > 0:
             blank = self._blank_rows
-            for step in steps[:n]:
+            for start, stop in runs[:n]:
                 pub += 1
-                ring.put(pub, (pub, _shm.DROPPED, 0, 0, step, 0, 0.0, *blank))
+                ring.put(pub, (pub, _shm.DROPPED, stop - start, 0, start, 0, 0.0, *blank))
             self.published = pub
             ring.set(_shm.TAIL, pub)
-        if n < len(steps):
-            self.writer.send(("dropped", steps[max(n, 0) :]))
+            del runs[:n]
+        if len(runs) > 1:
+            self.writer.send(("dropped", [(a, b) for a, b in runs[:-1]]))
+            del runs[:-1]
+        self._show_drops(ring)
+
+    def _show_drops(self, ring: _shm.Ring) -> None:
+        """Have the ring's header show the run still waiting here, if any (lock
+        held). Stored so that the writer, reading it after this process died
+        at any point, finds that run or none (a run it also has from the ring
+        or a message is no harm: a store keeps a set of steps)."""
+        runs = self.pending_dropped.runs
+        run = (runs[0][0], runs[0][1]) if runs else None
+        shown = self._drops_shown
+        if run == shown:
+            return
+        if run is not None and shown is not None and run[0] == shown[0]:
+            ring.set(_shm.DROPS_TO, run[1])  # the run grew
+        else:
+            ring.set(_shm.DROPS_TO, _shm.NO_DROPS)
+            if run is not None:
+                ring.set(_shm.DROPS_FROM, run[0])
+                ring.set(_shm.DROPS_TO, run[1])
+        self._drops_shown = run
+
+    def _send_drops(self) -> None:
+        """Every dropped step still here goes to the writer now (lock held): a
+        flush and the close cover the drops before them."""
+        self._publish_drops()
+        runs = self.pending_dropped.pop_runs()
+        if runs:
+            self.writer.send(("dropped", runs))
+            assert self.ring is not None
+            self._show_drops(self.ring)
 
     def _send_flushes(self) -> None:
         head = self.queue[0].seq if self.queue else math.inf
@@ -360,6 +411,7 @@ class ProcessChannel(Channel):
             return
         self.flushes = [(g, t) for g, t in self.flushes if t >= head]
         self._send_schema()
+        self._send_drops()
         self.writer.send(("flush", max(due), self.published))
 
     def _send_schema(self) -> None:
@@ -416,6 +468,7 @@ class ProcessChannel(Channel):
             if self.queue or self.fifo_waiting or self.fifo_writing:
                 return False
             self._send_schema()
+            self._send_drops()
             return True
 
     # -- slots coming back ---------------------------------------------------------
@@ -507,8 +560,9 @@ class ProcessChannel(Channel):
         super().fail(exc)
 
     def statistics(self) -> SinkStatistics:
-        with self.lock:
-            self._reap()
+        if not self._owned():  # (a signal handler inside the channel only reads)
+            with self.lock:
+                self._reap()
         return super().statistics()
 
     def release_memory(self) -> None:
