@@ -421,3 +421,27 @@ def test_exit_waits_for_a_close_under_way_in_another_thread(tmp_path: Path) -> N
     traj = snapsink_open(tmp_path / "run")
     assert traj.steps.tolist() == list(range(5))
     assert traj["x"][:, 0].tolist() == [0.0, 1.0, 2.0, 3.0, 4.0]
+
+
+@pytest.mark.parametrize("call", ["close", "flush"])
+def test_close_or_flush_from_a_handler_that_interrupted_a_write_is_refused(call: str) -> None:
+    """A signal handler runs in the thread it interrupted, maybe inside
+    write() with the channel's lock held: a close or flush there would wait
+    for that write forever. It raises WrongThreadError, and the sink carries on
+    once the handler returned. (The handler is simulated: the lock held as the
+    interrupted write holds it.)"""
+    store = HostMemory()
+    sink = SyncSink(store)
+    try:
+        sink.write({"x": np.arange(3.0)}, step=0)
+        ch = sink._sink._channel
+        assert ch is not None
+        with ch.lock:  # inside write(), as the interrupted thread is
+            with pytest.raises(WrongThreadError, match="signal handler"):
+                getattr(sink, call)()
+            assert sink.statistics().written + sink.statistics().queued == 1
+        sink.write({"x": np.arange(3.0) + 1}, step=1)
+    finally:
+        sink.close()
+    assert store.trajectory().steps.tolist() == [0, 1]
+    assert np.asarray(store.trajectory()["x"][1]).tolist() == [1.0, 2.0, 3.0]

@@ -49,6 +49,8 @@ class _LoopThread:
         self.closed = False
         #: held by the one close that drains; set once it has ended
         self._closing = threading.Lock()
+        #: the thread whose close drains (0: none)
+        self.closing_thread = 0
         self.done = threading.Event()
         self._close_error: Exception | None = None
         #: the thread runs its loop (a flag each write() reads, cheaper than is_alive())
@@ -117,6 +119,7 @@ class _LoopThread:
                 raise self._close_error
             return
         try:
+            self.closing_thread = threading.get_ident()
             self.closed = True
             self._drain_and_stop()
         except Exception as exc:
@@ -125,6 +128,7 @@ class _LoopThread:
         finally:
             # in _open_loops until here: the exit hook waits for a close under way
             _open_loops.discard(self)
+            self.closing_thread = 0
             self.done.set()
 
     def _drain_and_stop(self) -> None:
@@ -373,8 +377,24 @@ class SyncSink(ClosesOnExit):
             The store failed (chained to the cause).
         """
         self._check_caller()
+        self._raise_if_interrupted("SyncSink.flush()")
         assert self._loop.portal is not None
         self._loop.portal.call(self._sink.flush)
+
+    def _raise_if_interrupted(self, what: str) -> None:
+        """WrongThreadError for a call from a signal handler that interrupted
+        this thread inside this sink (a write, or a close): it would wait for
+        the interrupted call, which cannot go on until the handler returns."""
+        ch = self._sink._channel
+        if ch is not None:
+            ch.raise_if_interrupted(what)
+        if self._loop.closing_thread == threading.get_ident():
+            raise WrongThreadError(
+                f"{what} called from a signal handler that interrupted a close of the "
+                "same sink, which cannot go on until the handler returns; raise an "
+                "exception from the handler, or set a flag there and act on it in "
+                "your loop"
+            )
 
     def statistics(self) -> SinkStatistics:
         """See :meth:`Sink.statistics`."""
@@ -416,5 +436,6 @@ class SyncSink(ClosesOnExit):
             return
         if threading.get_ident() == self._sink._loop_thread:
             raise WrongThreadError("SyncSink.close called from its own event-loop thread")
+        self._raise_if_interrupted("SyncSink.close()")
         self._finalizer.detach()
         self._loop.close()
