@@ -24,6 +24,7 @@ import signal
 import subprocess
 import sys
 import threading
+import time
 from collections.abc import Iterator
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
@@ -520,3 +521,33 @@ def test_zarr_resume_when_committed_frames_fill_whole_chunks(tmp_path: Path, cou
     traj = snapsink.open(path)
     assert traj.steps.tolist() == [10 * i for i in range(count)] + [10 * (count - 1) + 1]
     assert traj["v"][:].tolist() == [float(i) for i in range(count)] + [99.0]
+
+
+@pytest.mark.timeout(90)
+def test_sigterm_to_the_simulation_and_its_writer_keeps_every_written_frame(
+    tmp_path: Path,
+) -> None:
+    """What a scheduler does to a job (SIGTERM to each of its processes): the
+    writer ignores it, notices its simulation died, and stores every frame
+    whose write returned; it died on the SIGTERM with them unstored."""
+    path = str(tmp_path / "run")
+    code = (
+        "import os, signal, numpy as np, snapsink\n"
+        f"s = snapsink.SyncSink(snapsink.NpyDirectory({path!r}), capacity=64, writer='process')\n"
+        "for i in range(50): s.write({'x': np.full(100, float(i))}, step=i)\n"
+        "os.kill(s._sink._process.proc.pid, signal.SIGTERM)\n"
+        "os.kill(os.getpid(), signal.SIGTERM)\n"
+    )
+    run = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=60)
+    assert run.returncode == -signal.SIGTERM, run.stderr
+    deadline = time.monotonic() + 60
+    while True:  # the orphaned writer stores what it was handed and exits
+        try:
+            snapsink.SyncSink(snapsink.NpyDirectory(path, mode="a"), writer="thread").close()
+            break
+        except snapsink.StoreLockedError:
+            assert time.monotonic() < deadline, "the writer never finished"
+            time.sleep(0.05)
+    traj = snapsink.open(path)
+    assert traj.steps.tolist() == list(range(50))
+    assert traj["x"][:, 0].tolist() == [float(i) for i in range(50)]

@@ -351,7 +351,13 @@ class Writer:
 
 
 def main(argv: list[str]) -> int:
+    # A Ctrl-C, or a scheduler's SIGTERM to every process of the job (systemd,
+    # SLURM, a container's stop, `timeout`), is the simulation's to act on:
+    # this process ends when the simulation closes the sink or dies, after it
+    # stored every frame whose write returned (they are in shared memory).
+    # Dying on the SIGTERM lost them all. SIGKILL still ends it at once.
     signal.signal(signal.SIGINT, signal.SIG_IGN)
+    signal.signal(signal.SIGTERM, signal.SIG_IGN)
     fd = int(argv[0])
     _set_process_name(argv[1] if len(argv) > 1 else "")
     wire = Wire(socket.socket(fileno=fd))
