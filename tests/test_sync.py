@@ -445,3 +445,29 @@ def test_close_or_flush_from_a_handler_that_interrupted_a_write_is_refused(call:
         sink.close()
     assert store.trajectory().steps.tolist() == [0, 1]
     assert np.asarray(store.trajectory()["x"][1]).tolist() == [1.0, 2.0, 3.0]
+
+
+def test_a_close_interrupted_while_it_drains_is_finished_by_the_next_close() -> None:
+    """Ctrl-C while close() waits for the drain: the drain goes on in the
+    loop, and the next close waits for it (it returned at once, with the
+    store not yet complete, and a copy's clean-up raced the drain)."""
+    import signal
+
+    store = GatedStore()
+    sink = SyncSink(store, capacity=8)
+    for i in range(5):
+        sink.write({"x": np.full(3, float(i))}, step=i)
+    assert store.entered.wait(10)
+    main = threading.main_thread().ident
+    assert main == threading.get_ident()
+    # two: the first ends the wait for the drain, the second the wait for
+    # the loop thread that close() does on its way out
+    threading.Timer(0.3, signal.pthread_kill, (main, signal.SIGINT)).start()
+    threading.Timer(0.6, signal.pthread_kill, (main, signal.SIGINT)).start()
+    with pytest.raises(KeyboardInterrupt):
+        sink.close()  # the gate is shut: the drain waits
+    assert not store.batches  # nothing stored yet
+    threading.Timer(0.3, store.gate.set).start()
+    sink.close()
+    assert store.trajectory().steps.tolist() == [0, 1, 2, 3, 4]
+    sink.close()  # done: a no-op

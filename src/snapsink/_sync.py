@@ -53,8 +53,12 @@ class _LoopThread:
         self.closing_thread = 0
         self.done = threading.Event()
         self._close_error: Exception | None = None
-        #: the thread runs its loop (a flag each write() reads, cheaper than is_alive())
+        #: the thread runs its loop (a flag each write() reads, cheaper than
+        #: is_alive(), which also lies after a join() interrupted by Ctrl-C on
+        #: Python < 3.13: the thread is taken for stopped)
         self.running = False
+        #: set when the loop has ended (what a close waits for, not join())
+        self.ended = threading.Event()
         self._ready = threading.Event()
         self._startup_error: BaseException | None = None
         self.thread = threading.Thread(target=self._run, name="snapsink-sync-loop", daemon=True)
@@ -95,6 +99,7 @@ class _LoopThread:
                 self._ready.set()
         finally:
             self.running = False
+            self.ended.set()
 
     async def _main(self) -> None:
         # The sink outside the portal: an error opening the store is raised as is
@@ -108,40 +113,55 @@ class _LoopThread:
     def close(self) -> None:
         """Drain and close, once. A close that finds another one draining waits
         for it and raises its error: each caller may rely on the store being
-        complete when its close returns. A close after that is a no-op."""
+        complete when its close returns. A close after that is a no-op. A
+        close interrupted (Ctrl-C) while the loop drains is not done: the next
+        close, or the exit hook, waits for the drain."""
         if self.sink._state == "forked":
             return  # the parent's sink: not this process's to close (nor to wait for)
         if self.done.is_set():
             return
-        if not self._closing.acquire(blocking=False):
-            self.done.wait()
-            if self._close_error is not None:
-                raise self._close_error
-            return
-        try:
+        with self._closing:  # (a drain under way: wait for it)
+            if self.done.is_set():
+                if self._close_error is not None:
+                    raise self._close_error
+                return
             self.closing_thread = threading.get_ident()
             self.closed = True
-            self._drain_and_stop()
-        except Exception as exc:
-            self._close_error = exc
-            raise
-        finally:
-            # in _open_loops until here: the exit hook waits for a close under way
-            _open_loops.discard(self)
-            self.closing_thread = 0
-            self.done.set()
+            ended = False
+            try:
+                self._drain_and_stop()
+                ended = True
+            except Exception as exc:
+                self._close_error = exc
+                ended = True
+                raise
+            finally:
+                self.closing_thread = 0
+                if ended or not self.running:
+                    # in _open_loops until here: the exit hook waits for a close
+                    # under way, and finishes an interrupted one
+                    _open_loops.discard(self)
+                    self.done.set()
 
     def _drain_and_stop(self) -> None:
         portal = self.portal
-        if portal is None or not self.thread.is_alive():
+        if portal is None or not self.running:
             return
+        stopping = self.stopped is not None and self.stopped.is_set()
         try:
-            portal.call(self.sink.aclose)
+            if not stopping:
+                portal.call(self.sink.aclose)
         finally:
-            with contextlib.suppress(RuntimeError):  # the loop already stopped
-                assert self.stopped is not None
-                portal.call(self.stopped.set)
+            if not stopping:
+                with contextlib.suppress(RuntimeError):  # the loop already stopped
+                    assert self.stopped is not None
+                    portal.call(self.stopped.set)
+            self.ended.wait()
             self.thread.join()
+        if stopping and self.sink._close_error is not None:
+            # a close interrupted after the loop was told to stop: the drain
+            # ended in the loop, and this is its outcome
+            raise self.sink._close_error
 
     def collect(self, description: str) -> None:
         """The SyncSink was dropped unclosed: drain and close, as a file would."""
@@ -338,7 +358,7 @@ class SyncSink(ClosesOnExit):
                     timeout = 0.25 if ch.poll_interval is None else ch.poll_interval
                     if not waker.event.wait(timeout):
                         ch.unpark_producer(waker)
-                        if not self._loop.thread.is_alive():
+                        if not self._loop.running:
                             raise WriterError("the sync sink's event-loop thread has died")
         except BaseException:
             # e.g. a KeyboardInterrupt anywhere after the offer handed this thread
