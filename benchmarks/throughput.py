@@ -3,7 +3,8 @@ tensorstore on the same Zarr array and the zstd codec alone, all in one run on o
 
 Every variant writes the same frames (float32, of each ``--sizes-kib``: 64 KiB,
 2 MiB and 16 MiB by default) into fresh files in a temp directory under
-``--dir``, and ends with everything durable:
+``--dir`` (default: the current directory, whose disk is measured; removed at
+the end, after Ctrl-C or SIGTERM too), and ends with everything durable:
 
 - ``raw``: the frame bytes written with ``os.write`` (one call per frame) into
   one file, one ``fsync`` at the end (and of the directory). The most favourable
@@ -55,14 +56,17 @@ during it, and each variant's files are deleted after it (outside the timing).
 from __future__ import annotations
 
 import argparse
+import contextlib
 import os
 import platform
 import shutil
+import signal
 import statistics
 import sys
 import tempfile
+import threading
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
@@ -461,23 +465,26 @@ def run(
 ) -> dict[str, Any]:
     """Measure every variant for each frame size (``total_mib`` written per run)."""
     total_mib = total_mib or (256.0 if quick else 1024.0)
+    # the current directory's file system (not the temp one, often tmpfs) is the
+    # disk measured; the scratch directory goes with the run, SIGTERM included
     base = directory or os.getcwd()
     os.makedirs(base, exist_ok=True)
-    root = tempfile.mkdtemp(prefix="snapsink-throughput-", dir=base)
     load_before = _loadavg()
     cases = {}
-    try:
-        for kib in sizes_kib:
-            fbytes = int(kib * 1024)
-            fbytes -= fbytes % 4
-            label = f"{kib / 1024:g} MiB" if kib >= 1024 else f"{kib:g} KiB"
-            cap = small_capacity if fbytes < (1 << 20) else capacity
-            n = max(2, int(total_mib * (1 << 20)) // fbytes)
-            cases[label] = summarize(
-                measure_case(root, fbytes, n, cap, repeats, only, everything), stat
-            )
-    finally:
-        shutil.rmtree(root, ignore_errors=True)
+    with _sigterm_exits():
+        root = tempfile.mkdtemp(prefix="snapsink-throughput-", dir=base)
+        try:
+            for kib in sizes_kib:
+                fbytes = int(kib * 1024)
+                fbytes -= fbytes % 4
+                label = f"{kib / 1024:g} MiB" if kib >= 1024 else f"{kib:g} KiB"
+                cap = small_capacity if fbytes < (1 << 20) else capacity
+                n = max(2, int(total_mib * (1 << 20)) // fbytes)
+                cases[label] = summarize(
+                    measure_case(root, fbytes, n, cap, repeats, only, everything), stat
+                )
+        finally:
+            shutil.rmtree(root, ignore_errors=True)
     try:
         from importlib.metadata import version
 
@@ -501,6 +508,31 @@ def run(
         "timing": "sinks: from the open sink to its close (startup_s apart)",
         "cases": cases,
     }
+
+
+@contextlib.contextmanager
+def _sigterm_exits() -> Iterator[None]:
+    """SIGTERM (``timeout``, a batch scheduler) raised as ``SystemExit(143)`` in
+    the block, so that the scratch directory's ``finally`` runs: the default
+    action killed the process and left hundreds of MB of stores behind. Only
+    where nothing handles SIGTERM yet (``snapsink bench`` raises an interrupt
+    of its own) and on the main thread (the only one that can)."""
+    if (
+        threading.current_thread() is not threading.main_thread()
+        or signal.getsignal(signal.SIGTERM) != signal.SIG_DFL
+    ):
+        yield
+        return
+
+    def terminate(signum: int, frame: Any) -> None:
+        signal.signal(signal.SIGTERM, signal.SIG_IGN)  # once: `timeout` may send two
+        raise SystemExit(128 + signum)
+
+    signal.signal(signal.SIGTERM, terminate)
+    try:
+        yield
+    finally:
+        signal.signal(signal.SIGTERM, signal.SIG_DFL)
 
 
 def _loadavg() -> list[float] | None:
@@ -547,8 +579,12 @@ def print_table(result: dict[str, Any]) -> None:
 def main(argv: list[str] | None = None) -> dict[str, Any]:
     parser = argparse.ArgumentParser(description=__doc__,
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--dir", default=None,
-                        help="where the temp directory goes (default: the CWD's file system)")
+    parser.add_argument(
+        "--dir",
+        default=None,
+        help="where the temp directory of the stores goes (default: the current "
+        "directory, whose disk is measured); removed at the end, SIGTERM included",
+    )
     parser.add_argument("--quick", action="store_true", help="256 MiB a run instead of 1 GiB")
     parser.add_argument("--sizes-kib", type=float, nargs="+", default=list(SIZES_KIB),
                         help="frame sizes in KiB (default: 64 2048 16384)")

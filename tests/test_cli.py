@@ -6,6 +6,7 @@ import argparse
 import os
 import re
 import shlex
+import shutil
 import subprocess
 import sys
 from pathlib import Path
@@ -992,3 +993,221 @@ def test_open_takes_the_group_spellings_info_takes(
     assert_reference(snapsink.open(npy_store, group="/"))  # the root: its only group
     with pytest.raises(snapsink.ConfigError, match="group 'b//c'"):
         snapsink.open(zarr_store, group="/b//c")
+
+
+# -- partial output: removed after a failure, Ctrl-C or SIGTERM; nothing printed first ---------
+def _damaged_group(src: Path) -> None:
+    """Zarr group g of 6 frames, two a chunk; the chunk of frames 4 and 5 removed."""
+    store = snapsink.ZarrStore(src, group="g", chunk_frames=2)
+    with snapsink.SyncSink(store, writer="thread") as sink:
+        for i in range(6):
+            sink.write({"x": np.full(4, float(i))}, step=i)
+    (src / "g" / "x" / "c" / "2" / "0").unlink()
+
+
+@pytest.mark.parametrize(
+    ("dst", "extra", "removed"),
+    [
+        ("out.h5", [], "out.h5"),  # the group is inside the file
+        ("out.zarr", [], "out.zarr"),  # the root holds the group
+        ("out.zarr", ["--to-group", "a/b"], "out.zarr"),
+        ("have.zarr", ["--to-group", "p/r/s"], "have.zarr/p/r"),  # an existing store gains p/r/s
+    ],
+)
+def test_a_failed_convert_into_a_group_removes_what_it_made(
+    dst: str, extra: list[str], removed: str, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    _damaged_group(tmp_path / "src.zarr")
+    have = tmp_path / "have.zarr"
+    write_store(snapsink.ZarrStore(have, group="p/q", attrs=ATTRS, static=STATIC))
+    args = ["convert", str(tmp_path / "src.zarr"), str(tmp_path / dst), "--group", "g", *extra]
+    assert main(args) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert "chunk 'c/2/0'" in err[0]
+    assert err[1].startswith(f"snapsink convert: copy: removed {str(tmp_path / removed)!r}")
+    assert not (tmp_path / removed).exists()
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["have.zarr", "src.zarr"]
+    assert snapsink.groups(have) == ["p/q"]
+    assert_reference(snapsink.open(have))
+
+
+@pytest.mark.parametrize("sig", ["SIGINT", "SIGTERM"])
+def test_an_interrupted_convert_removes_its_partial_destination_and_says_so(
+    sig: str, tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """Ctrl-C or SIGTERM (`timeout`, a batch scheduler) while convert writes:
+    the partial store goes (a rerun is not refused), and stderr says so."""
+    import signal
+
+    from snapsink._trajectory import Trajectory
+
+    src, dst = tmp_path / "src.zarr", tmp_path / "out.h5"
+    write_store(snapsink.ZarrStore(src, group="g", attrs=ATTRS, static=STATIC))
+    signum = getattr(signal, sig)
+    chunks = Trajectory.iter_chunks
+
+    def interrupted(self: Trajectory, frames: int) -> Any:
+        for part in chunks(self, frames):
+            yield part
+            signal.raise_signal(signum)  # the frames were handed to the sink
+
+    def unhandled(signum: int, frame: Any) -> None:
+        raise AssertionError("SIGTERM reached the caller: convert does not handle it")
+
+    monkeypatch.setattr(Trajectory, "iter_chunks", interrupted)
+    previous = signal.signal(signal.SIGTERM, unhandled)  # (its default action kills pytest)
+    try:
+        assert main(["convert", str(src), str(dst), "--group", "g"]) == 128 + signum
+    finally:
+        signal.signal(signal.SIGTERM, previous)
+    err = capsys.readouterr().err.strip().splitlines()
+    what = "terminated (SIGTERM)" if sig == "SIGTERM" else "interrupted"
+    assert err[0] == f"snapsink convert: {what}"
+    assert err[1].startswith(f"snapsink convert: copy: removed {str(dst)!r}, the partial store")
+    assert len(err) == 2 and not dst.exists()
+    monkeypatch.undo()
+    assert main(["convert", str(src), str(dst), "--group", "g"]) == 0
+    assert_reference(snapsink.open(dst, group="g"))
+
+
+def test_convert_into_an_hdf5_group_reports_the_file_s_size(
+    npy_store: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    dst = tmp_path / "conv.h5"
+    assert main(["convert", str(npy_store), str(dst), "--group", "g"]) == 0
+    said = re.search(r"\((\S+ \S+) on disk, (\S+ \S+) apparent\)", capsys.readouterr().out)
+    assert main(["info", str(dst)]) == 0
+    info = re.search(r"size\s+: (\S+ \S+) on disk \((\S+ \S+) apparent\)", capsys.readouterr().out)
+    assert said is not None and info is not None and said.groups() == info.groups()
+    assert said.group(2) != "0 B"
+
+
+@pytest.mark.parametrize("damage", ["npy-metadata", "second-group"])
+def test_info_on_a_damaged_store_prints_nothing_but_the_error(
+    damage: str, npy_store: Path, zarr_store: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """A script reading stdout never sees a description of a store info failed
+    to read: every group is read before the first line is printed."""
+    if damage == "npy-metadata":
+        path = npy_store
+        (path / "metadata.json").write_text("{garbage")
+    else:  # group a reads, group b does not
+        path = zarr_store
+        shutil.rmtree(path / "b" / "steps")
+    assert main(["info", str(path)]) == 2
+    got = capsys.readouterr()
+    assert got.out == ""
+    assert one_error_line(got.err).startswith("snapsink info: error: ")
+
+
+def test_demo_whose_reader_left_is_no_error(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """`snapsink demo | head -1`: the reader left; exit 0, nothing on stderr, and
+    nothing of the run left behind (as `info | head` does)."""
+    r, w = os.pipe()
+    os.close(r)  # the reader already left: the first line written fails
+    with open(w, "w") as gone:
+        monkeypatch.setattr(sys, "stdout", gone)
+        assert main([*DEMO, "--out", str(tmp_path / "o" / "run")]) == 0
+        monkeypatch.undo()
+    assert capsys.readouterr().err == ""
+    assert list(tmp_path.iterdir()) == []
+
+
+HOLD_START = """
+import os, sys, time
+d = os.environ.get("SNAPSINK_TEST_HOLD")
+if d and sys.orig_argv[1:2] == ["-c"] and not os.path.exists(os.path.join(d, "started")):
+    open(os.path.join(d, "started"), "w").close()
+    t0 = time.monotonic()
+    while not os.path.exists(os.path.join(d, "go")) and time.monotonic() - t0 < 60:
+        time.sleep(0.005)
+"""
+
+
+@pytest.mark.skipif(not hasattr(os, "killpg"), reason="POSIX process groups")
+def test_demo_interrupted_while_a_run_starts_prints_one_line(tmp_path: Path) -> None:
+    """Ctrl-C (to the process group) while a run's process starts up, before
+    it could take an interrupt (held there until the signal was sent): the
+    demo prints its one line, never a traceback of the run."""
+    import signal
+    import time
+
+    hold = tmp_path / "hold"
+    hold.mkdir()
+    (hold / "sitecustomize.py").write_text(HOLD_START)
+    out = tmp_path / "o" / "run"
+    src = str(Path(snapsink.__file__).resolve().parents[1])
+    env = dict(os.environ, SNAPSINK_TEST_HOLD=str(tmp_path))
+    env["PYTHONPATH"] = os.pathsep.join(p for p in (src, str(hold), env.get("PYTHONPATH")) if p)
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "snapsink", *DEMO, "--out", str(out)],
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.PIPE,
+        text=True,
+        env=env,
+        start_new_session=True,
+    )
+    try:
+        while not (tmp_path / "started").exists() and proc.poll() is None:
+            time.sleep(0.01)
+        os.killpg(proc.pid, signal.SIGINT)
+        (tmp_path / "go").touch()
+        _, err = proc.communicate(timeout=60)
+    finally:
+        if proc.poll() is None:
+            os.killpg(proc.pid, signal.SIGKILL)
+    assert proc.returncode == 130, err
+    assert one_error_line(err) == "snapsink demo: interrupted"
+    assert not (tmp_path / "o").exists()
+
+
+def test_bench_only_empty_names_no_benchmark(
+    fake_suite: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """`--only "$LIST"` with LIST unset is refused, not the whole suite run."""
+    assert main(["bench", "--only", ""]) == 2
+    got = capsys.readouterr()
+    assert "suite argv" not in got.out
+    assert one_error_line(got.err).startswith("snapsink bench: error: --only '': ")
+
+
+THROUGHPUT_TERMINATED = """
+import os, signal, sys
+sys.path.insert(0, sys.argv[1])
+import throughput
+
+def measure_case(root, *args):
+    open(os.path.join(root, "frames.npy"), "wb").close()  # a store being written
+    signal.raise_signal(signal.SIGTERM)
+
+throughput.measure_case = measure_case
+throughput.run()
+"""
+
+
+def test_throughput_benchmark_removes_its_scratch_on_sigterm(tmp_path: Path) -> None:
+    """benchmarks/throughput.py writes its stores under the current directory:
+    SIGTERM (`timeout`, a batch scheduler) removes them, exit status 143."""
+    from snapsink._cli.bench import find_benchmarks
+
+    try:
+        where = find_benchmarks()
+    except snapsink.SnapsinkError:
+        pytest.skip("no benchmarks/ in this checkout")
+    if not (where / "throughput.py").is_file():
+        pytest.skip("no benchmarks/throughput.py in this checkout")
+    src = str(Path(snapsink.__file__).resolve().parents[1])
+    env = dict(os.environ)
+    env["PYTHONPATH"] = os.pathsep.join(p for p in (src, env.get("PYTHONPATH")) if p)
+    proc = subprocess.run(
+        [sys.executable, "-c", THROUGHPUT_TERMINATED, str(where)],
+        cwd=tmp_path,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+    assert proc.returncode == 143, proc.stderr
+    assert list(tmp_path.iterdir()) == []

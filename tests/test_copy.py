@@ -345,9 +345,9 @@ def test_a_failed_copy_to_a_path_removes_what_it_created(where: str, tmp_path: P
     elif where == "empty-dir":
         (tmp_path / "empty").mkdir()
         dst, kwargs, made = tmp_path / "empty", {}, tmp_path / "empty"
-    else:  # a group added to an existing Zarr store: only the group goes
+    else:  # a group added to an existing Zarr store: the group goes, with the g it made
         snapsink.copy(_memory(), tmp_path / "have.zarr")
-        dst, kwargs, made = tmp_path / "have.zarr", {"group": "g/h"}, tmp_path / "have.zarr/g/h"
+        dst, kwargs, made = tmp_path / "have.zarr", {"group": "g/h"}, tmp_path / "have.zarr/g"
     with pytest.raises(snapsink.FormatError, match="chunk") as info:
         snapsink.copy(snapsink.open(tmp_path / "src.zarr"), dst, chunk_bytes=16000, **kwargs)
     note = "".join(info.value.__notes__)
@@ -445,3 +445,74 @@ def test_refuses_a_destination_inside_the_source(
         snapsink.copy(snapsink.open("run"), target)
     assert sorted(p.name for p in (tmp_path / "run").iterdir()) == before
     assert_same(_memory().trajectory(), snapsink.open("run"))
+
+
+@pytest.mark.parametrize("dst", ["new.zarr", "new.h5"])
+def test_a_failed_copy_into_a_group_of_a_new_store_removes_the_store(
+    dst: str, tmp_path: Path
+) -> None:
+    """The group of a new HDF5 file lives in the file; a new Zarr store's root
+    holds the group: neither is left behind, reading as a store."""
+    _damaged_zarr(tmp_path / "src.zarr")
+    with pytest.raises(snapsink.FormatError, match="chunk") as info:
+        snapsink.copy(
+            snapsink.open(tmp_path / "src.zarr"), tmp_path / dst, group="g", chunk_bytes=16000
+        )
+    note = "".join(info.value.__notes__)
+    assert f"removed {str(tmp_path / dst)!r}" in note and "6 frames (steps 0..5) of 10" in note
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["src.zarr"]
+
+
+def test_a_failed_copy_into_a_new_zarr_group_removes_the_groups_it_made(tmp_path: Path) -> None:
+    """Into an existing store's group p (holding run p/q), group p/r/s: r and s
+    go; p, p/q and the root stay as they were."""
+    _damaged_zarr(tmp_path / "src.zarr")
+    have = tmp_path / "have.zarr"
+    snapsink.copy(_memory(), have, group="p/q")
+    with pytest.raises(snapsink.FormatError, match="chunk") as info:
+        snapsink.copy(snapsink.open(tmp_path / "src.zarr"), have, group="p/r/s", chunk_bytes=16000)
+    assert f"removed {str(have / 'p' / 'r')!r}" in "".join(info.value.__notes__)
+    assert sorted(p.name for p in (have / "p").iterdir()) == ["q", "zarr.json"]
+    assert snapsink.groups(have) == ["p/q"]
+    assert_same(_memory().trajectory(), snapsink.open(have, group="p/q"))
+
+
+def test_a_failed_copy_keeps_a_group_another_copy_added_beside_its_own(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Copy b makes new.zarr/g/h; copy a adds g/k meanwhile; b fails: only
+    g/h goes (g and the root now hold a's run)."""
+    _damaged_zarr(tmp_path / "src.zarr")
+    src = snapsink.open(tmp_path / "src.zarr")
+    chunks = src.iter_chunks
+    dst = tmp_path / "new.zarr"
+
+    def with_another_copy_meanwhile(frames: int) -> Any:
+        for k, part in enumerate(chunks(frames)):
+            if k == 1:
+                snapsink.copy(_memory(), dst, group="g/k")
+            yield part
+
+    monkeypatch.setattr(src, "iter_chunks", with_another_copy_meanwhile)
+    with pytest.raises(snapsink.FormatError) as info:
+        snapsink.copy(src, dst, group="g/h", chunk_bytes=16000)
+    assert f"removed {str(dst / 'g' / 'h')!r}" in "".join(info.value.__notes__)
+    assert snapsink.groups(dst) == ["g/k"]
+    assert_same(_memory().trajectory(), snapsink.open(dst, group="g/k"))
+
+
+def test_a_failed_copy_into_a_group_of_an_existing_hdf5_file_says_it_stays(
+    tmp_path: Path,
+) -> None:
+    """Copy removes nothing from a file it did not create: the partial group
+    stays, and the note says it is not a complete copy; the file's other group
+    is untouched."""
+    _damaged_zarr(tmp_path / "src.zarr")
+    have = tmp_path / "have.h5"
+    snapsink.copy(_memory(), have, group="a")
+    with pytest.raises(snapsink.FormatError, match="chunk") as info:
+        snapsink.copy(snapsink.open(tmp_path / "src.zarr"), have, group="b", chunk_bytes=16000)
+    note = "".join(info.value.__notes__)
+    assert f"6 frames (steps 0..5) of 10 had been written to group 'b' of {str(have)!r}" in note
+    assert "not a complete copy" in note
+    assert_same(_memory().trajectory(), snapsink.open(have, group="a"))

@@ -216,14 +216,27 @@ def _destination(dst: object, format: str | None, group: str | None, traj: Traje
     return dst
 
 
-def _target(dst: object, group: str | None, store: object) -> str | None:
+def _group_dirs(dst: object, format: str | None, group: str | None) -> tuple[str, ...]:
+    """The directories ``group`` adds under a path ``dst``: a Zarr group's, one
+    per level; none for an HDF5 group (it lives inside the file) or a store
+    object."""
+    if not group or not isinstance(dst, str | os.PathLike):
+        return ()
+    path = os.fspath(dst)
+    assert isinstance(path, str)  # (_destination refused bytes)
+    if (format or format_of_path(path)) != "zarr":
+        return ()
+    return tuple(group.strip("/").split("/"))
+
+
+def _target(dst: object, group_dirs: tuple[str, ...], store: object) -> str | None:
     """The local path of what ``copy`` writes: the store (or the Zarr group's
     directory) at a path ``dst``, or a store object's ``path`` (NpyDirectory,
     HDF5Store); None when there is none (in memory, a remote store)."""
     if isinstance(dst, str | os.PathLike):
         path = os.fspath(dst)
         assert isinstance(path, str)  # (_destination refused bytes)
-        return os.path.join(path, *group.strip("/").split("/")) if group else path
+        return os.path.join(path, *group_dirs)
     where = getattr(store, "path", None)
     return where if isinstance(where, str) else None
 
@@ -338,10 +351,14 @@ def copy(
 
     Notes
     -----
-    A copy that fails part-way (a damaged source, a full disk) never leaves a
-    destination that looks complete. When ``copy`` created the store at a path
-    ``dst``, it removes what it created (never anything that was there before)
-    and the exception's note says so. A store object ``dst`` is never deleted
+    A copy that fails part-way (a damaged source, a full disk, an interrupt)
+    never leaves a destination that looks complete. When ``copy`` created the
+    store at a path ``dst``, it removes what it created (never anything that was
+    there before) and the exception's note says so: with a ``group``, a new
+    HDF5 file, or the Zarr group with the groups it made on the way (the
+    store's root included), each while it holds nothing else. An HDF5 group
+    added to a file that was there stays (the note says so: delete it before
+    copying again). A store object ``dst`` is never deleted
     from: the exception's note says how many frames, and which steps, were
     written to it before the failure.
 
@@ -368,9 +385,12 @@ def copy(
             "steps cannot be stored anywhere; nothing was copied"
         )
     store = _destination(dst, format, group, traj)
-    target = _target(dst, group, store)
+    group_dirs = _group_dirs(dst, format, group)
+    target = _target(dst, group_dirs, store)
     _check_apart(traj, target)
-    created = _Created(target) if isinstance(dst, str | os.PathLike) and target else None
+    created = None
+    if isinstance(dst, str | os.PathLike):
+        created = _Created(os.fspath(dst), group_dirs, None if group_dirs else group)
     carrier = CarryingStore(fresh_store(store), dropped, times=traj.times is not None)
     names = list(traj.fields)
     written = _Written()
@@ -446,48 +466,65 @@ class _Written:
 
 
 class _Created:
-    """What ``copy`` creates at a path: the store itself (``target``, a
-    directory or file that did not exist before the call), or, for an empty
-    directory that did, what is put in it. Never a parent directory the copy
-    made on the way (another copy may be writing beside it by now), and
-    nothing that existed before the call; only once the copy opened the store
-    (see :func:`copy`), so the store is this copy's."""
+    """What ``copy`` creates at a path: the store itself (a directory or file
+    that did not exist before the call), or, for an empty directory that did,
+    what is put in it. For a Zarr group (``group_dirs``, its directories below
+    ``path``), the group's directory, and the groups on the way to it that the
+    call made, the store's root included: each only while it holds nothing
+    but its ``zarr.json`` (another copy may have added a group beside it by
+    now). Never a parent directory of ``path`` the copy made on the way (another
+    copy may be writing beside it by now), and nothing that existed before the
+    call; only once the copy opened the store (see :func:`copy`), so the store
+    is this copy's. An HDF5 group (``file_group``) lives inside its file: it
+    goes with a file the call made; in a file that was there, it stays."""
 
-    def __init__(self, target: str):
-        self.target = target
-        p = os.path.abspath(target)
-        self.top: str | None = None if os.path.lexists(p) else p
-        self.was_empty = (
-            self.top is None
-            and os.path.isdir(target)
-            and not os.path.islink(target)
-            and not os.listdir(target)
-        )
+    def __init__(self, path: str, group_dirs: tuple[str, ...] = (), file_group: str | None = None):
+        root = os.path.abspath(path)
+        #: the store's root, then each group on the way to the one written, last
+        self.levels = [os.path.join(root, *group_dirs[:k]) for k in range(len(group_dirs) + 1)]
+        self.target = self.levels[-1]
+        self.new = [not os.path.lexists(p) for p in self.levels]
+        self.was_empty = [
+            not new and os.path.isdir(p) and not os.path.islink(p) and not os.listdir(p)
+            for p, new in zip(self.levels, self.new, strict=True)
+        ]
+        #: an HDF5 group the call adds to a file that exists (it cannot remove it)
+        self.kept_group = file_group if file_group and not self.new[0] else None
 
     def remove(self) -> str | None:
-        """Remove it; the path removed, or None when nothing was made.
+        """Remove it; the outermost path removed, or None when nothing was made.
 
         Raises
         ------
         OSError
             A removal failed.
         """
-        if self.top is not None:
-            if not os.path.lexists(self.top):
+        target = self.target
+        if self.new[-1]:
+            if not os.path.lexists(target):
                 return None
-            if os.path.isdir(self.top) and not os.path.islink(self.top):
-                shutil.rmtree(self.top)
+            if os.path.isdir(target) and not os.path.islink(target):
+                shutil.rmtree(target)
             else:
-                os.remove(self.top)
-            return self.top
-        if not self.was_empty or not os.path.isdir(self.target):
+                os.remove(target)
+        elif self.was_empty[-1] and os.path.isdir(target):
+            for entry in os.scandir(target):
+                if entry.is_dir(follow_symlinks=False):
+                    shutil.rmtree(entry.path)
+                else:
+                    os.remove(entry.path)
+        else:
             return None
-        for entry in os.scandir(self.target):
-            if entry.is_dir(follow_symlinks=False):
-                shutil.rmtree(entry.path)
-            else:
-                os.remove(entry.path)
-        return self.target
+        removed = target
+        for k in range(len(self.levels) - 2, -1, -1):  # the groups above it, inwards out
+            level = self.levels[k]
+            if not (self.new[k] or self.was_empty[k]) or os.listdir(level) != ["zarr.json"]:
+                break
+            os.remove(os.path.join(level, "zarr.json"))
+            if self.new[k]:
+                os.rmdir(level)
+            removed = level
+        return removed
 
 
 def _note_failure(
@@ -495,6 +532,14 @@ def _note_failure(
 ) -> None:
     """Say on ``exc`` what the failed copy left: the partial store it created
     at a path removed, or the frames already written to a store it was given."""
+    if created is not None and created.kept_group is not None:
+        exc.add_note(
+            f"copy: {written} of {total} had been written to group "
+            f"{created.kept_group!r} of {created.target!r} when it failed; the group "
+            "stays (copy removes nothing from a file it did not create) and is not a "
+            "complete copy: delete it before copying again"
+        )
+        return
     if created is not None:
         try:
             removed = created.remove()

@@ -10,7 +10,8 @@ copies a store into the other format; ``snapsink bench`` runs the benchmarks
 of a source checkout.
 
 Errors a user can fix (a missing path, a directory that is no store, an
-existing destination, a bad option) print one line and exit with status 2.
+existing destination, a bad option) print one line and exit with status 2;
+Ctrl-C and SIGTERM stop a command with status 130 and 143, after its clean-up.
 """
 
 from __future__ import annotations
@@ -18,10 +19,12 @@ from __future__ import annotations
 import argparse
 import os
 import re
+import signal
 import sys
 from collections.abc import Sequence
 
 from ._cli import bench, convert, demo, info
+from ._cli._interrupt import Terminated, handling, raise_terminated
 from ._errors import SnapsinkError
 from ._version import __version__
 
@@ -69,7 +72,10 @@ def main(argv: Sequence[str] | None = None) -> int:
         command = next(a for a in parser._actions if isinstance(a, argparse._SubParsersAction))
         command.choices[args.command].error(f"unrecognized arguments: {' '.join(extra)}")
     try:
-        status: int = args.handler(args)
+        # SIGTERM (`timeout`, a batch scheduler) cleans up as Ctrl-C does: a
+        # convert removes its partial destination, a benchmark its scratch data
+        with handling({signal.SIGTERM: raise_terminated}):
+            status: int = args.handler(args)
     except BrokenPipeError:
         # `snapsink info ... | head`: the reader left; not an error of ours.
         # Point stdout at devnull so the interpreter's final flush stays quiet.
@@ -78,9 +84,14 @@ def main(argv: Sequence[str] | None = None) -> int:
     except (SnapsinkError, OSError) as exc:
         print(f"snapsink {args.command}: error: {exc}", file=sys.stderr)
         return 2
-    except KeyboardInterrupt:
-        print(f"snapsink {args.command}: interrupted", file=sys.stderr)
-        return 130
+    except KeyboardInterrupt as exc:
+        sig = signal.SIGTERM if isinstance(exc, Terminated) else signal.SIGINT
+        what = "terminated (SIGTERM)" if sig == signal.SIGTERM else "interrupted"
+        print(f"snapsink {args.command}: {what}", file=sys.stderr)
+        # what it did about its partial output (convert: copy's notes), a line each
+        for note in getattr(exc, "__notes__", ()):
+            print(f"snapsink {args.command}: {note}", file=sys.stderr)
+        return 128 + sig
     return status
 
 

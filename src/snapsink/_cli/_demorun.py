@@ -300,26 +300,36 @@ def _holding_signals() -> Iterator[None]:
         raise KeyboardInterrupt
 
 
-def child(spec_json: str) -> int:
+def child(spec_json: str, came: list[int] | None = None) -> int:
     """Entry point of one run's process: its result as one JSON line on stdout;
-    128 + the signal's number when SIGINT or SIGTERM stopped it."""
-    signal.signal(signal.SIGINT, _on_signal)
-    signal.signal(signal.SIGTERM, _on_signal)
-    spec = json.loads(spec_json)
+    128 + the signal's number when SIGINT or SIGTERM stopped it (``came``: the
+    signals that came before this was called, while :data:`demo._CHILD` only
+    recorded them). Never a traceback for an interrupt, at any moment."""
     try:
-        xp, spec["device_name"] = pick_device(spec["device"])
-        sim = WaveSim(n=spec["grid"], xp=xp)
-        runner = {"none": _run_none, "sync": _run_sync, "snapsink": _run_snapsink}
-        result = runner[spec["variant"]](sim, spec)
-        host = _host(xp)
-        result["state"] = checksum(host(sim.u), host(sim.pos))
-        if spec.get("reference"):  # after the timed loop, never inside it
-            result["reference"] = reference(spec["frames"], spec["every"], spec["grid"], xp)
-    except (SnapsinkError, OSError) as exc:
-        if _signalled:  # what the signal broke
-            return 128 + _signalled[0]
-        result = {"error": str(exc)}
+        try:
+            signal.signal(signal.SIGINT, _on_signal)
+            signal.signal(signal.SIGTERM, _on_signal)
+            if came:  # (appended to until the line above)
+                _on_signal(came[0], None)
+            spec = json.loads(spec_json)
+            try:
+                xp, spec["device_name"] = pick_device(spec["device"])
+                sim = WaveSim(n=spec["grid"], xp=xp)
+                runner = {"none": _run_none, "sync": _run_sync, "snapsink": _run_snapsink}
+                result = runner[spec["variant"]](sim, spec)
+                host = _host(xp)
+                result["state"] = checksum(host(sim.u), host(sim.pos))
+                if spec.get("reference"):  # after the timed loop, never inside it
+                    result["reference"] = reference(spec["frames"], spec["every"], spec["grid"], xp)
+            except (SnapsinkError, OSError) as exc:
+                if _signalled:  # what the signal broke
+                    return 128 + _signalled[0]
+                result = {"error": str(exc)}
+            print(json.dumps(result), flush=True)
+            return 0
+        finally:
+            # the run is over: a signal from here on has nothing left to stop
+            signal.signal(signal.SIGINT, signal.SIG_IGN)
+            signal.signal(signal.SIGTERM, signal.SIG_IGN)
     except KeyboardInterrupt:
         return 128 + (_signalled[0] if _signalled else signal.SIGINT)
-    print(json.dumps(result), flush=True)
-    return 0

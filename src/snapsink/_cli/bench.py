@@ -9,6 +9,9 @@ The results recorded in the repository (``benchmarks/results/*.json``, which
 docs/benchmarks.md is rendered from) change only when asked: each benchmark's
 JSON goes to a fresh temporary directory, or to ``--json-dir DIR``, and
 ``--save`` writes it over ``benchmarks/results/``.
+
+The stores the benchmarks write go to a scratch directory (:data:`SCRATCH`),
+removed when each benchmark ends, after Ctrl-C or SIGTERM too.
 """
 
 from __future__ import annotations
@@ -25,7 +28,15 @@ from typing import Any
 
 from .._errors import ConfigError, SnapsinkError
 
-__all__ = ["add_parser", "find_benchmarks", "run"]
+__all__ = ["SCRATCH", "add_parser", "find_benchmarks", "run"]
+
+#: where the benchmarks write their stores (said in the command's help)
+SCRATCH = (
+    "Their stores go to a scratch directory, removed when each benchmark ends "
+    "(Ctrl-C and SIGTERM included): throughput's under the current directory "
+    "(its disk is the one measured), the others' under the temporary directory "
+    "($TMPDIR)."
+)
 
 
 def add_parser(sub: Any) -> None:
@@ -36,7 +47,7 @@ def add_parser(sub: Any) -> None:
         description="Run the benchmark suite of a source checkout (benchmarks/run.py) and "
         "print each benchmark's ratio table. Each result is written as JSON into a fresh "
         "temporary directory (or --json-dir); --save records it in benchmarks/results/, "
-        "the files docs/benchmarks.md is rendered from.",
+        "the files docs/benchmarks.md is rendered from. " + SCRATCH,
     )
     p.add_argument("--quick", action="store_true", help="a smaller suite, a few minutes")
     p.add_argument(
@@ -93,7 +104,7 @@ def run(args: argparse.Namespace) -> int:
     spec.loader.exec_module(module)
     known = tuple(getattr(module, "ORDER", ()))
     argv = ["--quick"] if args.quick else []
-    if args.only:
+    if args.only is not None:  # "" too (an unset "$LIST"): it names no benchmark
         names = [n.strip() for n in args.only.split(",") if n.strip()]
         unknown = [n for n in names if known and n not in known]
         if unknown or not names:

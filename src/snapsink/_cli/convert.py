@@ -83,7 +83,8 @@ def run(args: argparse.Namespace) -> int:
     if len(back) != len(traj):  # pragma: no cover - a bug, not a user error
         raise AssertionError(f"converted {len(back)} frames of {len(traj)}")
     where = f"{str(dst)!r}" + (f", group={dst_group!r}" if dst_group else "")
-    used, apparent = disk_usage(dst / dst_group if dst_group else dst)
+    # a Zarr group is a directory of its own; an HDF5 group lives in the file
+    used, apparent = disk_usage(dst / dst_group if dst_group and dst_fmt == "zarr" else dst)
     print(
         f"converted {frames} frames ({human(used)} on disk, {human(apparent)} apparent) "
         f"from {src} ({src_fmt}) to {dst} ({dst_fmt}) in {seconds:.2f} s; carried "

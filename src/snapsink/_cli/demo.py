@@ -27,7 +27,6 @@ import signal
 import subprocess
 import sys
 import tempfile
-import threading
 from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -37,6 +36,7 @@ import numpy as np
 
 from .._errors import ConfigError, SnapsinkError, StoreExistsError
 from ._demorun import FIELDS, digest, pick_device
+from ._interrupt import Terminated, handling, raise_terminated
 from ._wavesim import WaveSim
 
 __all__ = ["MALLOC_ENV", "WaveSim", "add_parser", "end_to_end", "frame_bytes", "judge", "run"]
@@ -60,8 +60,22 @@ LABELS = {"none": "no I/O", "sync": "synchronous writer", "snapsink": "snapsink"
 
 # The child runs under `-c`, not `-m snapsink`: snapsink's writer process may be
 # started with the spawn method, which re-imports a `-m` main module, and
-# `snapsink.__main__` runs the command when imported.
-_CHILD = "import sys; from snapsink._cli._demorun import child; sys.exit(child(sys.argv[1]))"
+# `snapsink.__main__` runs the command when imported. It starts with SIGINT and
+# SIGTERM blocked (_spawn) and only records them until its imports are done:
+# an interrupt there raised in the middle of an import (numpy's C modules fail
+# with odd errors then) and printed tracebacks; child() acts on what came.
+_CHILD = """\
+import signal, sys
+came = []
+for s in (signal.SIGINT, signal.SIGTERM):
+    signal.signal(s, lambda n, f: came.append(n))
+if hasattr(signal, "pthread_sigmask"):
+    signal.pthread_sigmask(signal.SIG_UNBLOCK, (signal.SIGINT, signal.SIGTERM))
+if came:  # stopped before it began: nothing to import
+    sys.exit(128 + came[0])
+from snapsink._cli._demorun import child
+sys.exit(child(sys.argv[1], came))
+"""
 #: how long a run may take to close after it was interrupted before it is killed
 _GRACE = 10.0
 
@@ -95,30 +109,19 @@ def add_parser(sub: Any) -> None:
 
 
 # -- the runs' processes, and signals ---------------------------------------------------------
-class _Terminated(KeyboardInterrupt):
-    """SIGTERM (``timeout``, a batch scheduler, ``kill``), raised as an interrupt:
-    every path that cleans up after Ctrl-C cleans up after it."""
-
-
-def _raise_terminated(signum: int, frame: Any) -> None:
-    # once: `timeout` sends it twice (to this process, then to its group), and a
-    # second one would cut short the clean-up the first started
-    signal.signal(signal.SIGTERM, signal.SIG_IGN)
-    raise _Terminated
-
-
 @contextlib.contextmanager
-def _signals(handlers: dict[signal.Signals, Any]) -> Iterator[None]:
-    """``handlers`` installed for the block (only the main thread can)."""
-    if threading.current_thread() is not threading.main_thread():
+def _signals_blocked() -> Iterator[None]:
+    """SIGINT and SIGTERM held back (pending, not lost) for the block: a run
+    started in it inherits them blocked, so that an interrupt never finds it
+    before it can take one (its imports); :data:`_CHILD` unblocks them."""
+    if not hasattr(signal, "pthread_sigmask"):  # pragma: no cover - not POSIX
         yield
         return
-    previous = {sig: signal.signal(sig, h) for sig, h in handlers.items()}
+    old = signal.pthread_sigmask(signal.SIG_BLOCK, (signal.SIGINT, signal.SIGTERM))
     try:
         yield
     finally:
-        for sig, h in previous.items():
-            signal.signal(sig, h)
+        signal.pthread_sigmask(signal.SIG_SETMASK, old)
 
 
 def _child_env() -> dict[str, str]:
@@ -308,21 +311,22 @@ def _tidy(args: argparse.Namespace, places: _Places, keep_out: bool) -> str | No
 def _spawn(spec: dict[str, Any], env: dict[str, str], places: _Places) -> dict[str, Any]:
     variant = spec["variant"]
     label = LABELS[variant]
-    proc = subprocess.Popen(
-        [sys.executable, "-c", _CHILD, json.dumps(spec)],
-        stdin=subprocess.DEVNULL,
-        stdout=subprocess.PIPE,
-        env=env,
-        text=True,
-    )
-    places.proc = proc  # an interrupt stops it (run's handler)
+    with _signals_blocked():  # an interrupt meanwhile comes once the run is known
+        proc = subprocess.Popen(
+            [sys.executable, "-c", _CHILD, json.dumps(spec)],
+            stdin=subprocess.DEVNULL,
+            stdout=subprocess.PIPE,
+            env=env,
+            text=True,
+        )
+        places.proc = proc  # an interrupt stops it (run's handler)
     stdout, _ = proc.communicate()
     places.proc = None
     code = proc.returncode
     if code in (128 + signal.SIGINT, -signal.SIGINT):
         raise KeyboardInterrupt
     if code in (128 + signal.SIGTERM, -signal.SIGTERM):
-        raise _Terminated
+        raise Terminated
     if code < 0:
         raise SnapsinkError(_died(variant, code, places.scratch.parent))
     lines = stdout.strip().splitlines()
@@ -604,7 +608,7 @@ def run(args: argparse.Namespace) -> int:
     malloc = ", ".join(f"{k}={os.environ.get(k, v)}" for k, v in MALLOC_ENV.items())
     best_of = f"best of {args.repeat}" if args.repeat > 1 else "one run each"
     finished = False
-    with _signals({signal.SIGTERM: _raise_terminated}):
+    with handling({signal.SIGTERM: raise_terminated}):
         try:
             print(
                 f"snapsink demo: {args.frames} frames, one every {args.every} steps of a "
@@ -622,15 +626,17 @@ def run(args: argparse.Namespace) -> int:
             # read back before the data can go (the report checks the store)
             return _report(args, runs, places.out, keep)
         except KeyboardInterrupt as exc:
-            sig = signal.SIGTERM if isinstance(exc, _Terminated) else signal.SIGINT
+            sig = signal.SIGTERM if isinstance(exc, Terminated) else signal.SIGINT
             # the clean-up is bounded (_GRACE): further signals would only cut it short
-            with _signals({signal.SIGINT: signal.SIG_IGN, signal.SIGTERM: signal.SIG_IGN}):
+            with handling({signal.SIGINT: signal.SIG_IGN, signal.SIGTERM: signal.SIG_IGN}):
                 _stop(places.proc, sig)
                 _status("")
                 note = _tidy(args, places, keep and finished)
             what = "terminated (SIGTERM)" if sig == signal.SIGTERM else "interrupted"
             print(f"snapsink demo: {what}" + (f"; {note}" if note else ""), file=sys.stderr)
             return 128 + sig
+        except BrokenPipeError:
+            raise  # `snapsink demo | head`: the reader left, not an error (main says nothing)
         except (SnapsinkError, OSError) as exc:
             _status("")
             note = _tidy(args, places, keep and finished)

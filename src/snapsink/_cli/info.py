@@ -222,28 +222,36 @@ def run(args: argparse.Namespace) -> int:
     if fmt != "npy" and not groups and foreign is None:
         kind = "an HDF5 file" if fmt == "hdf5" else "a Zarr store"
         raise FormatError(f"{str(path)!r}: {kind} with no snapsink group")
+    # every run read and described (a damaged one fails here) before the first line
+    runs: list[tuple[str, list[str]]]
+    if fmt == "npy":
+        runs = [("", describe(open_store(path, fmt, None)))]
+    elif foreign is not None:
+        runs = [("", describe(foreign))]
+    else:
+        runs = [(g, describe(open_store(path, fmt, g or None))) for g in groups]
     used, apparent = disk_usage(path)
     title = {"npy": "NpyDirectory (snapsink-npy)", "zarr": "Zarr v3 store", "hdf5": "HDF5 file"}
     print(f"{path}: {title[fmt]}")
     print(f"size       : {human(used)} on disk ({human(apparent)} apparent)")
     if fmt == "npy":
-        for line in describe(open_store(path, fmt, None)):
+        for line in runs[0][1]:
             print(line)
         return 0
     if args.group is None:
         print(f"groups     : {', '.join(g or '/' for g in groups) or 'none'}")
     if foreign is not None:
         print("layout     : H5MD written by another program (no snapsink group)")
-        for line in describe(foreign):
+        for line in runs[0][1]:
             print(line)
         return 0
-    for g in groups:
+    for g, lines in runs:
         if len(groups) > 1 or args.group is not None:
             if fmt == "hdf5":  # groups share the file: no size of their own
                 print(f"[group {g or '/'}]")
             else:
                 gused, _ = disk_usage(path / g) if g else (used, apparent)
                 print(f"[group {g or '/'}] ({human(gused)} on disk)")
-        for line in describe(open_store(path, fmt, g or None)):
+        for line in lines:
             print(("  " if len(groups) > 1 else "") + line)
     return 0
