@@ -506,3 +506,154 @@ def test_close_releases_the_shared_memory_while_the_sink_lives_on(tmp_path: Path
     st = sink.statistics()
     assert (st.written, st.queued, st.bytes_written) == (20, 0, 20 * 8 * (1 << 16))
     assert snapsink.open(tmp_path / "run")["v"][:, 0].tolist() == [float(i) for i in range(20)]
+
+
+# -- what the writer process imports ------------------------------------------------------
+_STORE_MODULE = """\
+import snapsink
+
+
+class {name}(snapsink.NpyDirectory):
+    '''An NpyDirectory of its own module (NpyDirectory describes it by its class).'''
+"""
+
+
+def _written_and_read_back(store: Any, path: Path) -> str:
+    """Write three frames through ``store`` with writer="auto"; the writer kind."""
+    with SyncSink(store) as sink:
+        for i in range(3):
+            sink.write({"v": np.full(2, float(i))}, step=i)
+    assert snapsink.open(path)["v"][:, 0].tolist() == [0.0, 1.0, 2.0]
+    return sink.writer
+
+
+@pytest.mark.parametrize("where", ["__main__", "a file loaded by path"])
+def test_a_store_class_the_writer_cannot_import_gets_a_thread(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, where: str
+) -> None:
+    """A class of the script being run (or a notebook's cell), or of a module
+    loaded from a file that is not on sys.path, pickles here but cannot be
+    imported by a writer process: "auto" writes from a thread, and "process"
+    says why (it was a raw AttributeError from the writer's unpickling)."""
+    if where == "__main__":
+
+        class Scripted(snapsink.NpyDirectory):
+            pass
+
+        Scripted.__module__, Scripted.__qualname__ = "__main__", "Scripted"
+        monkeypatch.setattr(sys.modules["__main__"], "Scripted", Scripted, raising=False)
+        cls: Any = Scripted
+    else:
+        import importlib.util
+
+        (tmp_path / "plugin.py").write_text(_STORE_MODULE.format(name="Scripted"))
+        spec = importlib.util.spec_from_file_location(
+            "snapsink_test_plugin", tmp_path / "plugin.py"
+        )
+        assert spec is not None and spec.loader is not None
+        module = importlib.util.module_from_spec(spec)
+        monkeypatch.setitem(sys.modules, "snapsink_test_plugin", module)
+        spec.loader.exec_module(module)
+        cls = module.Scripted
+    assert _written_and_read_back(cls(tmp_path / "run"), tmp_path / "run") == "thread"
+    with pytest.raises(ConfigError, match=r"Scripted cannot be written from another process") as e:
+        Sink(cls(tmp_path / "other"), writer="process")
+    assert "define Scripted in a module the writer process can import" in str(e.value)
+    assert "writer='thread'" in str(e.value)
+
+
+def test_a_relative_path_entry_keeps_its_directory_after_chdir(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A store module found through "." on sys.path: after an os.chdir the
+    writer process still imports it from where this process did (it looked for
+    it in its own working directory, and failed to start)."""
+    (tmp_path / "mods").mkdir()
+    (tmp_path / "elsewhere").mkdir()
+    (tmp_path / "mods" / "snapsink_test_relstore.py").write_text(_STORE_MODULE.format(name="Rel"))
+    monkeypatch.chdir(tmp_path / "mods")
+    monkeypatch.syspath_prepend(".")
+    monkeypatch.delitem(sys.modules, "snapsink_test_relstore", raising=False)
+    from snapsink_test_relstore import Rel  # type: ignore[import-not-found]
+
+    monkeypatch.chdir(tmp_path / "elsewhere")
+    assert _written_and_read_back(Rel(tmp_path / "run"), tmp_path / "run") == "process"
+
+
+def test_the_writer_runs_the_snapsink_of_the_sink_not_another_copy(tmp_path: Path) -> None:
+    """A script that puts a snapsink checkout on sys.path at run time, with
+    another copy installed: the writer process runs the script's copy (it ran
+    the installed one; with none installed it could not start at all)."""
+    checkout = tmp_path / "checkout"
+    checkout.mkdir()
+    (checkout / "snapsink").symlink_to(Path(snapsink.__file__).parent)
+    (tmp_path / "who.py").write_text(
+        "import os, snapsink\n\n"
+        "class Who(snapsink.NpyDirectory):\n"
+        "    def open(self):\n"
+        "        with open(self.path + '.who', 'w') as f:\n"
+        "            f.write(snapsink.__file__)\n"
+        "        return super().open()\n"
+    )
+    run = tmp_path / "run"
+    code = (
+        "import sys\n"
+        f"sys.path[:0] = [{str(checkout)!r}, {str(tmp_path)!r}]\n"
+        "import numpy as np, snapsink\n"
+        "from who import Who\n"
+        f"with snapsink.SyncSink(Who({str(run)!r})) as sink:\n"
+        "    sink.write({'v': np.arange(3.0)}, step=0)\n"
+        "print(sink.writer, snapsink.__file__)\n"
+    )
+    done = subprocess.run(
+        [sys.executable, "-c", code], capture_output=True, text=True, timeout=60, cwd=tmp_path
+    )
+    assert done.returncode == 0, done.stderr
+    writer, parents = done.stdout.split()
+    assert writer == "process"
+    assert parents == str(checkout / "snapsink" / "__init__.py")
+    assert (tmp_path / "run.who").read_text() == parents
+    assert snapsink.open(run)["v"][0].tolist() == [0.0, 1.0, 2.0]
+
+
+def test_a_module_in_the_working_directory_shadows_nothing_in_the_writer(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A ``queue.py`` in the working directory, which is not on this process's
+    path: the writer process imports the standard library's (the working
+    directory came first on its path, and the writer failed to start)."""
+    (tmp_path / "work").mkdir()
+    (tmp_path / "work" / "queue.py").write_text("raise ImportError('the queue.py of the cwd')\n")
+    monkeypatch.chdir(tmp_path / "work")
+    monkeypatch.setattr(sys, "path", [p for p in sys.path if p and not p.startswith(".")])
+    with SyncSink(snapsink.NpyDirectory(tmp_path / "run"), writer="process") as sink:
+        sink.write({"v": np.arange(3.0)}, step=0)
+        pid = sink._sink._process.proc.pid  # type: ignore[union-attr]
+        cmdline = Path(f"/proc/{pid}/cmdline").read_bytes().split(b"\0")
+        # what ps shows names the store the writer writes
+        assert f"snapsink-writer {sink._sink._store!r}".encode() in cmdline
+    assert snapsink.open(tmp_path / "run")["v"][0].tolist() == [0.0, 1.0, 2.0]
+
+
+def test_a_killed_writer_under_ignored_sigchld_is_not_reported_as_exit_code_0(
+    tmp_path: Path,
+) -> None:
+    """With SIGCHLD ignored the kernel reaps the writer: its status cannot be
+    known, and the error says so (it said "exit code 0" for a SIGKILL)."""
+    before = signal.signal(signal.SIGCHLD, signal.SIG_IGN)
+    try:
+        with pytest.raises(WriterError) as at_close:
+            with SyncSink(snapsink.NpyDirectory(tmp_path / "run"), writer="process") as sink:
+                sink.write({"v": np.arange(3.0)}, step=0)
+                sink.flush()
+                os.kill(sink._sink._process.proc.pid, signal.SIGKILL)  # type: ignore[union-attr]
+                with pytest.raises(WriterError) as at_flush:
+                    sink.flush()
+    finally:
+        signal.signal(signal.SIGCHLD, before)
+    for exc in (at_flush.value, at_close.value):
+        assert "writer process died (its exit status is unknown: this process ignores SIGCHLD)" in (
+            str(exc)
+        )
+        assert "exit code" not in str(exc)
+    assert snapsink.open(tmp_path / "run")["v"][:].tolist() == [[0.0, 1.0, 2.0]]

@@ -1,8 +1,9 @@
 """The writer process: runs one sink's store, fed through shared memory.
 
-Started by :class:`~snapsink._writer.process.ProcessWriter` as
-``python -m snapsink._writer._child FD LABEL``, with FD its end of the control
-socket. It rebuilds the store from its description, opens it, and answers
+Started by :class:`~snapsink._writer.process.ProcessWriter` through
+:mod:`snapsink._writer._start` (``python -P .../_writer/_start.py FD LABEL``,
+which calls :func:`main`), with FD its end of the control socket. It
+rebuilds the store from its description, opens it, and answers
 ``("opened", resume)``; then it appends the frames the ring publishes, in order,
 commits on flush requests and at close, and exits. The loop is the
 :class:`~snapsink._consumer.Consumer` the thread writer runs too; the

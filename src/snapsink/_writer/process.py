@@ -10,24 +10,30 @@ writer's replies (flushed, done, error, closed) and reaps the process.
 from __future__ import annotations
 
 import contextlib
+import copyreg
+import importlib.machinery
 import os
 import queue
 import select
+import signal
 import socket
 import subprocess
 import sys
 import threading
 import time
+import types
 import weakref
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
+from importlib.machinery import ModuleSpec
 from typing import Any
 
 from .._errors import ConfigError, WriterError
 from .._store import Resume, StoreSpec
+from . import _start
 from ._wire import Wire, decode_error, picklable
 from .publish import ProcessChannel
 
-__all__ = ["WRITERS", "ProcessWriter", "choose_writer", "store_spec"]
+__all__ = ["WRITERS", "ProcessWriter", "choose_writer", "store_spec", "writer_path"]
 
 WRITERS = ("auto", "process", "thread")
 
@@ -82,6 +88,147 @@ class _Reaper:
 _REAPER = _Reaper()
 
 
+#: where the writer process starts (see _start: it imports this very snapsink)
+_START = os.path.abspath(_start.__file__)
+#: this package: the writer imports it from here, wherever its path leads
+_PACKAGE = __name__.partition(".")[0]
+
+
+def writer_path() -> list[str]:
+    """This process's ``sys.path`` as the writer process gets it: each entry
+    absolute, found where this process looks in it now (the working directory
+    only where this process has it on its path)."""
+    path = []
+    for entry in sys.path:
+        if not isinstance(entry, str):
+            continue  # the import system skips these too
+        try:
+            if not entry:
+                entry = os.getcwd()
+            elif not os.path.isabs(entry):
+                # a relative entry stays where it was first looked in (its
+                # finder, cached, holds the directory) after an os.chdir
+                where = getattr(sys.path_importer_cache.get(entry), "path", None)
+                if not (isinstance(where, str) and os.path.isabs(where)):
+                    where = os.path.abspath(entry)
+                entry = where
+        except OSError:  # the working directory is gone: nothing to find there
+            continue
+        path.append(entry)
+    # once each (a notebook cell run again inserts its entry again): the path
+    # travels in the environment, whose strings have a size limit
+    return list(dict.fromkeys(path))
+
+
+#: the control channel's pickle protocol (pickle.HIGHEST_PROTOCOL, see _wire)
+_PROTOCOL = 5
+#: what pickle writes as values, naming no class
+_PLAIN = frozenset({type(None), bool, int, float, str, bytes, bytearray})
+
+
+def _named(obj: object) -> list[tuple[str, str]]:
+    """The ``(module, name)`` of each class and function that the pickle of
+    ``obj`` names, found as pickle finds them (``__reduce_ex__``, copyreg)."""
+    names: dict[tuple[str, str], None] = {}
+    seen: dict[int, object] = {}  # holds what it saw: no id is reused meanwhile
+    todo: list[Any] = [obj]
+    while todo:
+        o = todo.pop()
+        t = type(o)
+        if t in _PLAIN or id(o) in seen:
+            continue
+        seen[id(o)] = o
+        if t in (tuple, list, set, frozenset):
+            todo.extend(o)
+        elif t is dict:
+            todo.extend(o.items())
+        elif isinstance(o, type) or t is types.FunctionType:
+            names[(getattr(o, "__module__", None) or "", o.__qualname__)] = None
+        else:
+            reduce = copyreg.dispatch_table.get(t)
+            try:
+                rv = reduce(o) if reduce is not None else o.__reduce_ex__(_PROTOCOL)
+            except Exception:
+                continue  # written natively (a PickleBuffer), or not at all
+            if isinstance(rv, str):  # a name in the object's module
+                names[(getattr(o, "__module__", None) or "", rv)] = None
+                continue
+            for part in rv:
+                if isinstance(part, Iterator):  # list and dict items
+                    todo.extend(part)
+                else:
+                    todo.append(part)
+    return [name for name in names if name[0]]
+
+
+def _found(name: str, path: list[str] | None, top_path: list[str]) -> ModuleSpec | None:
+    """The spec the import system finds for ``name`` in a process whose
+    ``sys.path`` is ``top_path`` (``path``: the package's, for a submodule)."""
+    for finder in sys.meta_path:
+        try:
+            if finder is importlib.machinery.PathFinder:
+                spec = finder.find_spec(name, top_path if path is None else path)
+            else:
+                find_spec = getattr(finder, "find_spec", None)
+                spec = find_spec(name, path) if find_spec is not None else None
+        except Exception:
+            spec = None
+        if spec is not None:
+            return spec
+    return None
+
+
+def _where(spec: ModuleSpec) -> str | None:
+    origin = spec.origin
+    return os.path.realpath(origin) if origin and os.path.isabs(origin) else origin
+
+
+def _not_importable(module: str, path: list[str]) -> str | None:
+    """Why a writer process with ``sys.path`` ``path`` would not import this
+    process's ``module`` (None if it would)."""
+    if module == "__main__":
+        # the writer's __main__ is its own start script
+        return "__main__ is the script, notebook or -c code this process runs"
+    parts = module.split(".")
+    if parts[0] == _PACKAGE:
+        return None  # the writer imports this very package (see _start)
+    search: list[str] | None = None
+    for i in range(len(parts)):
+        name = ".".join(parts[: i + 1])
+        mine = getattr(sys.modules.get(name), "__spec__", None)
+        if not isinstance(mine, ModuleSpec):
+            return f"module {name!r} was not imported from a file on sys.path"
+        theirs = _found(name, search, path)
+        if theirs is None:
+            return f"no module {name!r} is on sys.path, where it looks (this one is {mine.origin})"
+        if _where(theirs) != _where(mine):
+            return (
+                f"the writer process would import module {name!r} from {theirs.origin}, "
+                f"not from {mine.origin}"
+            )
+        search = list(theirs.submodule_search_locations or ())
+    return None
+
+
+def _cannot_move(spec: StoreSpec) -> str | None:
+    """Why a writer process could not rebuild the store from ``spec`` (None if
+    it can): the description must survive the control channel, and every class
+    and function it names must be importable there, from the same file."""
+    exc = picklable(spec)
+    if exc is not None:
+        return f"its description cannot be pickled ({type(exc).__name__}: {exc})"
+    path = writer_path()
+    for module, name in _named(spec):
+        why = _not_importable(module, path)
+        if why is not None:
+            return (
+                f"its description names {module}.{name}, which the writer process cannot "
+                f"import ({why}); define {name} in a module the writer process can import "
+                "(a file on sys.path)"
+            )
+    return None
+
+
 def store_spec(store: Any) -> tuple[StoreSpec | None, str]:
     """The store's description for a writer process, or None and why not."""
     if getattr(store, "wants_device", False):
@@ -92,10 +239,29 @@ def store_spec(store: Any) -> tuple[StoreSpec | None, str]:
     spec = describe()
     if not isinstance(spec, StoreSpec):
         return None, "its describe() returned no StoreSpec (it cannot be rebuilt elsewhere)"
-    exc = picklable(spec)
-    if exc is not None:
-        return None, f"its description cannot be pickled ({type(exc).__name__}: {exc})"
+    why = _cannot_move(spec)
+    if why is not None:
+        return None, why
     return spec, ""
+
+
+def _wait_exited(pid: int, timeout: float) -> bool | None:
+    """Wait until child ``pid`` has exited, leaving it to be reaped: True once
+    it has, False if it still runs after ``timeout``, None if it cannot be
+    waited for (reaped already: by the kernel, where SIGCHLD is ignored, or by
+    another waiter)."""
+    deadline = time.monotonic() + timeout
+    delay = 0.0005
+    while True:
+        try:
+            if os.waitid(os.P_PID, pid, os.WEXITED | os.WNOHANG | os.WNOWAIT) is not None:
+                return True
+        except ChildProcessError:
+            return None
+        if time.monotonic() >= deadline:
+            return False
+        time.sleep(delay)
+        delay = min(2 * delay, 0.05)
 
 
 def choose_writer(store: Any, writer: object) -> StoreSpec | None:
@@ -149,15 +315,23 @@ class ProcessWriter:
         """
         _REAPER.ensure()  # now, not at the close
         parent, child = socket.socketpair(socket.AF_UNIX, socket.SOCK_SEQPACKET)
+        path = writer_path()
         try:
             self.proc = subprocess.Popen(
                 [
                     sys.executable,
-                    "-m",
-                    "snapsink._writer._child",
+                    "-P",  # nothing on the path but this process's (see _start)
+                    # the same sites (their .pth files install import hooks)
+                    *(["-s"] if sys.flags.no_user_site else []),
+                    *(["-S"] if sys.flags.no_site else []),
+                    _START,
                     str(child.fileno()),
                     f"snapsink-writer {self.label}",
                 ],
+                env={
+                    **os.environ,
+                    _start.PATH_VAR: ",".join(os.fsencode(e).hex() for e in path),
+                },
                 pass_fds=[child.fileno()],
                 stdin=subprocess.DEVNULL,
                 # its own session: a Ctrl-C in the terminal interrupts the
@@ -172,8 +346,9 @@ class ProcessWriter:
         self.wire = Wire(parent)
         _live_writers.add(self)
         try:
-            # the path first: unpickling the description may import the store's module
-            self.wire.send(("path", list(sys.path)))
+            # the path first: unpickling the description may import the store's
+            # module (the writer has it already: it adds nothing new)
+            self.wire.send(("path", path))
             self.wire.send(("init", self.spec))
             got = self.wire.recv()
         except BaseException:
@@ -290,10 +465,18 @@ class ProcessWriter:
         proc = self.proc
         if proc is None:
             return "not started"
-        try:
-            code = proc.wait(timeout=2)
-        except subprocess.TimeoutExpired:
-            return "still running"
+        if proc.returncode is None:
+            exited = _wait_exited(proc.pid, timeout=2)
+            if exited is False:
+                return "still running"
+            if exited:
+                proc.wait()  # reap it, with its status
+        code = proc.returncode
+        ignored = signal.getsignal(signal.SIGCHLD) == signal.SIG_IGN
+        # subprocess reads a child that it could not wait for as exit code 0
+        if code is None or (code == 0 and ignored):
+            why = "this process ignores SIGCHLD" if ignored else "something else reaped it"
+            return f"its exit status is unknown: {why}"
         if code < 0:
             return f"killed by signal {-code}"
         return f"exit code {code}"
