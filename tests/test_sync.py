@@ -471,3 +471,39 @@ def test_a_close_interrupted_while_it_drains_is_finished_by_the_next_close() -> 
     sink.close()
     assert store.trajectory().steps.tolist() == [0, 1, 2, 3, 4]
     sink.close()  # done: a no-op
+
+
+def test_a_write_from_a_handler_that_interrupted_a_spill_write_is_refused(tmp_path: Path) -> None:
+    """A signal handler's write while this thread writes a frame to the spill
+    (no lock held then) would wait for that frame's turn forever; it raises
+    WrongThreadError, and the interrupted frame is stored as it was (the
+    error path must not settle the interrupted write's spill ticket)."""
+    store = GatedStore()
+    sink = SyncSink(store, capacity=1, policy=Spill(tmp_path / "spill"))
+    ch = sink._sink._channel
+    assert ch is not None
+    inner: list[BaseException] = []
+    spill_write = ch.spill_write
+
+    def interrupted(*args: Any, **kwargs: Any) -> None:
+        try:  # what a handler running here would do
+            sink.write({"x": np.full(2, 99.0)}, step=99)
+        except BaseException as exc:
+            inner.append(exc)
+        spill_write(*args, **kwargs)
+
+    try:
+        sink.write({"x": np.full(2, 0.0)}, step=0)  # held by the store's gate
+        assert store.entered.wait(10)
+        ch.spill_write = interrupted  # type: ignore[method-assign]
+        sink.write({"x": np.full(2, 1.0)}, step=1)  # spilled
+        ch.spill_write = spill_write  # type: ignore[method-assign]
+        store.gate.set()
+        sink.write({"x": np.full(2, 2.0)}, step=2)
+    finally:
+        store.gate.set()
+        sink.close()
+    assert len(inner) == 1 and isinstance(inner[0], WrongThreadError), inner
+    traj = store.trajectory()
+    assert traj.steps.tolist() == [0, 1, 2]
+    assert np.asarray(traj["x"][:, 0]).tolist() == [0.0, 1.0, 2.0]

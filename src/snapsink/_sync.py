@@ -360,6 +360,8 @@ class SyncSink(ClosesOnExit):
                         ch.unpark_producer(waker)
                         if not self._loop.running:
                             raise WriterError("the sync sink's event-loop thread has died")
+        except WrongThreadError:
+            raise  # from a signal handler: the spill write is the interrupted one's
         except BaseException:
             # e.g. a KeyboardInterrupt anywhere after the offer handed this thread
             # a spill write: one left unsettled would hold every later one, and
