@@ -211,7 +211,7 @@ class Channel(SpillQueue):
         ``SPILL`` (with a :class:`SpillTicket`: the caller must write ``items``
         with :meth:`spill_write`).
         """
-        if self.fifo_open or self._owned():  # (a spill write under way, or the lock held)
+        if self._owned():
             self.raise_if_interrupted("write()")
         with self.lock:
             if self.failure is not None or self.closed:

@@ -341,6 +341,11 @@ class SyncSink(ClosesOnExit):
         sink = self._sink
         ch = sink._require_open()
         items = sink._validate(ch, fields, step, time)
+        if ch.fifo_open:
+            # a spill write under way: maybe this thread's, interrupted by the
+            # signal handler calling us (the offer checks only the lock: the
+            # async sink's loop thread holds the tickets its workers write)
+            ch.raise_if_interrupted("write()")
         # Deliberate parallel of Sink.write's loop (_sink.py): the same offer
         # protocol, waited for here in the caller's thread, there on the loop.
         try:
