@@ -18,7 +18,7 @@ from typing import TYPE_CHECKING, Any
 from ._channeltypes import Entry, Offer, SpillTicket
 from ._errors import SpillError
 from ._schema import Field, Schema, StepClock, is_device_array
-from ._spill import Spill, SpillDir, SpillReader
+from ._spill import Spill, SpillDir, SpillReader, record_nbytes
 from ._wakers import Waker
 
 __all__ = ["SpillQueue"]
@@ -55,34 +55,68 @@ class SpillQueue:
         self.fifo_tickets = 0  # spill writes handed out
         self.fifo_turn = 0  # the spill write that may run (they run in order)
         self.fifo_turns = threading.Condition(self.lock)
-        self.spilled_bytes = 0  # of the frames accepted into the spill queue
+        # bytes of records (header and fields, as on disk): the bound's parts
+        self.spill_reserved = 0  # of the spill writes under way
+        self.spill_unstored = 0  # in the spill queue, not yet stored
+        self.spill_appended = 0  # ever joined the spill queue
+        self.spill_overhead = 0  # the most a record took beyond its frame's bytes
+        self.spill_record = 0  # the bytes of every record, without ragged fields
         #: tickets handed out whose write is not over (done or failed), by number
         self.fifo_open: dict[int, SpillTicket] = {}
         #: of those, the ones whose caller gave up before their turn came
         self.fifo_abandoned: set[int] = set()
         self.fifo_counted = 0  # spill writes done: SpillDir.frames once they are settled
 
+    @property
+    def spilled_bytes(self) -> int:
+        """What ``Spill.max_bytes`` bounds (lock held): the bytes the spill
+        directory holds once the spill writes under way are done (their
+        records, those not yet stored, and the stored ones before them in the
+        same segment, which goes whole), plus :attr:`spill_overhead`, since a
+        frame is checked against the bound by its bytes (here and in
+        ``park_producer``, so that both agree). 0 while no spilled frame waits
+        (a frame larger than the bound then spills alone).
+
+        The consumers count stored spilled frames off with ``spilled_bytes -=
+        size``, the size the reader gave: their records' bytes."""
+        pending = self.spill_reserved + self.spill_unstored
+        if not pending:
+            return 0
+        stale = 0
+        if self.spill_dir is not None:
+            stale = self.spill_dir.stale_bytes(self.spill_appended - self.spill_unstored)
+        return pending + stale + self.spill_overhead
+
+    @spilled_bytes.setter
+    def spilled_bytes(self, value: int) -> None:
+        # only ever ``-=`` (the channel's release, a writer process's reap): the
+        # frames taken off are stored, their records no longer waiting
+        self.spill_unstored += value - self.spilled_bytes
+
     def _offer_spill(
         self, step: int, time: float | None, nbytes: int, items: Sequence[tuple[str, Field, Any]]
     ) -> tuple[Offer, SpillTicket | None]:
         """Accept a frame into the spill queue (lock held): a ticket for its
-        write, or WAIT while the spilled bytes are at ``Spill.max_bytes``."""
+        write, or WAIT while the spill directory is at ``Spill.max_bytes``."""
         policy = self.policy
-        assert isinstance(policy, Spill)
-        if (
-            policy.max_bytes is not None
-            and self.spilled_bytes
-            and (self.spilled_bytes + nbytes > policy.max_bytes)
-        ):
+        schema = self.schema
+        assert isinstance(policy, Spill) and schema is not None
+        if schema.ragged:
+            record = record_nbytes(schema, [len(v) for _, f, v in items if f.ragged])
+        else:
+            record = self.spill_record = self.spill_record or record_nbytes(schema, ())
+        self.spill_overhead = max(self.spill_overhead, record - nbytes)
+        spilled = self.spilled_bytes
+        if policy.max_bytes is not None and spilled and spilled + nbytes > policy.max_bytes:
             return Offer.WAIT, None
         clock = self.clock
         before = (clock.last_step, clock.last_time, clock.has_times)
-        ticket = SpillTicket(self.fifo_tickets, step, time, nbytes, before)
+        ticket = SpillTicket(self.fifo_tickets, step, time, record, before)
         ticket.owner = threading.get_ident()
         self.fifo_open[ticket.n] = ticket
         self.fifo_tickets += 1
         self.fifo_writing += 1
-        self.spilled_bytes += nbytes
+        self.spill_reserved += record
         clock.advance(step, time)
         return Offer.SPILL, ticket
 
@@ -98,7 +132,7 @@ class SpillQueue:
         """
         spill_dir = self.spill_dir
         assert spill_dir is not None
-        failure = self._wait_turn(ticket)
+        failure, stored = self._wait_turn(ticket)
         to_host = None
         if any(is_device_array(v) for _, _, v in items):
             from ._staging.device import to_host_blocking
@@ -110,6 +144,10 @@ class SpillQueue:
             if failure is not None:
                 self.raise_if_unusable()
             assert self.schema is not None
+            if spill_dir.remove_stored(stored):
+                with self.lock:  # counted while this write waited its turn: room freed
+                    if self.room_waiters:
+                        self._wake_producers()
             nbytes = spill_dir.append(self.schema, ticket.step, ticket.time, items, to_host)
         except BaseException as exc:
             with self.lock:
@@ -132,13 +170,14 @@ class SpillQueue:
             raise
         self._spilled(ticket, nbytes)
 
-    def _wait_turn(self, ticket: SpillTicket) -> BaseException | None:
+    def _wait_turn(self, ticket: SpillTicket) -> tuple[BaseException | None, int]:
         """Wait until the spill writes before ``ticket``'s are done (they go to
-        disk in order); the store's failure, if it failed meanwhile."""
+        disk in order); the store's failure, if it failed meanwhile, and the
+        record bytes of the spilled frames stored by then."""
         with self.lock:
             while self.fifo_turn != ticket.n and self.failure is None:
                 self.fifo_turns.wait(0.25)
-            return self.failure
+            return self.failure, self.spill_appended - self.spill_unstored
 
     def _settle_in_turn(self, ticket: SpillTicket) -> tuple[bool, bool]:
         """End a spill write that did not end normally, in its turn (lock held):
@@ -171,7 +210,7 @@ class SpillQueue:
         bytes spilled."""
         del self.fifo_open[ticket.n]
         self.fifo_writing -= 1
-        self.spilled_bytes -= ticket.nbytes
+        self.spill_reserved -= ticket.nbytes
 
     def _give_step_back(self, ticket: SpillTicket) -> bool:
         """Un-issue ``ticket`` if it is the last one handed out (no frame was
@@ -194,7 +233,9 @@ class SpillQueue:
         self.fifo_writing -= 1
         self.fifo_counted += 1
         self._next_turn()
-        self.spilled_bytes += nbytes - ticket.nbytes  # as laid out on disk
+        self.spill_reserved -= ticket.nbytes
+        self.spill_unstored += nbytes
+        self.spill_appended += nbytes
         self.spilled += 1
         if self.failure is not None:
             # the store failed while this frame was written: fail() emptied the

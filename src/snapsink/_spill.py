@@ -20,8 +20,12 @@ On disk (``dir/snapsink-spill-XXXXXXXX/``):
 The records are the queue's only index: a spilled backlog costs a few counters
 of RAM however long it grows. The reader (the sink's consumer, or its writer
 process) removes a segment once it has read past its end and the frames were
-stored. A record is complete once the ``write`` that appended it returned; a
-torn tail (the producer killed inside a write) is never read.
+stored; the producer, before each append, removes every segment whose frames
+are all stored (the one it appends to included: the next record starts a new
+one), so that what ``Spill.max_bytes`` bounds is what the directory holds (see
+:meth:`SpillDir.stale_bytes`). A record is complete once the ``write`` that
+appended it returned; a torn tail (the producer killed inside a write) is
+never read.
 
 The serial (1, 2, ... in the order frames were appended) lets the reader check
 that the frame it reads is the one it was told to read: a consumer that is
@@ -56,6 +60,7 @@ __all__ = [
     "SpillReader",
     "clean_leftovers",
     "lock_shared",
+    "record_nbytes",
     "remove_if_empty",
     "segment_limit",
 ]
@@ -82,6 +87,14 @@ def _padded(n: int) -> int:
     return -(-n // _ALIGN) * _ALIGN
 
 
+def record_nbytes(schema: Schema, rows: Sequence[int]) -> int:
+    """Bytes of one frame's record in a segment: its header, then its fields as
+    laid out in a slot (``rows``: the row count of each ragged field)."""
+    from ._writer._shm import frame_layout
+
+    return _padded(_header(len(schema.ragged)).size) + frame_layout(schema, rows)[1]
+
+
 def segment_limit(max_bytes: int | None) -> int:
     """Bytes after which a new segment starts: a quarter of ``max_bytes`` (so
     that replayed segments free room in steps), at most :data:`SEGMENT_BYTES`."""
@@ -101,14 +114,23 @@ class Spill:
         fresh subdirectory of it and removes only the files it wrote (and those
         that sinks which died left behind).
     max_bytes
-        At most this many bytes spilled at once (``None``: no limit). When the
-        next frame would exceed it, ``write`` blocks (``write_nowait`` raises
-        :class:`~snapsink.WouldBlock`) until replayed frames free room.
+        At most this many bytes in the spill directory (``None``: no limit):
+        its segment files, each frame's bytes with a small header, and the
+        replayed frames that share a segment with frames still to replay (a
+        segment goes whole). When the next frame would exceed it, ``write``
+        blocks (``write_nowait`` raises :class:`~snapsink.WouldBlock`) until
+        replayed frames free room. A frame larger than ``max_bytes`` is
+        spilled alone, once every spilled frame is stored.
+
+    The directory is made absolute when the policy is made (a relative one
+    against the working directory of then), as a store's path is: a later
+    ``os.chdir`` of the simulation does not move it.
 
     Raises
     ------
     ConfigError
-        For a ``max_bytes`` that is not a positive int.
+        For a ``max_bytes`` that is not a positive int, or a relative ``dir``
+        once the working directory was removed.
     """
 
     dir: str | os.PathLike[str]
@@ -125,6 +147,16 @@ class Spill:
             )
         if not isinstance(self.dir, str | os.PathLike):
             raise ConfigError(f"Spill dir: expected a path, got {type(self.dir).__name__}")
+        try:
+            where = os.path.abspath(self.dir)
+        except FileNotFoundError as exc:  # from os.getcwd()
+            raise ConfigError(
+                f"Spill dir {self.dir!r} is relative, and the working directory was "
+                "removed: give an absolute path"
+            ) from exc
+        # kept relative, each later use would follow an os.chdir of the
+        # simulation, and its writer process would take it against its own
+        object.__setattr__(self, "dir", where if isinstance(self.dir, str) else Path(where))
 
 
 def _segment(directory: Path, index: int) -> Path:
@@ -224,10 +256,15 @@ class SpillDir:
             raise ConfigError(f"Spill dir: cannot work in {base}: {exc.strerror}") from exc
         self.limit = segment_limit(config.max_bytes)
         #: (the segment appended to, its bytes, frames appended (the serial of
-        #: the last one), the data bytes of the last one), replaced whole once a
-        #: frame is in: an exception at any point of an append (a Ctrl-C) leaves
-        #: the frame either appended or not, never half counted
-        self._at = (0, 0, 0, 0)
+        #: the last one), the record bytes of the last one, the record bytes of
+        #: all of them), replaced whole once a frame is in: an exception at any
+        #: point of an append (a Ctrl-C) leaves the frame either appended or
+        #: not, never half counted
+        self._at = (0, 0, 0, 0, 0)
+        #: (index, record bytes appended before its first) of each segment not
+        #: yet removed here, oldest first; replaced whole (read under the
+        #: channel's lock while an append runs)
+        self._segments: tuple[tuple[int, int], ...] = ()
         self._fd = -1
         self._fd_segment = 0  # the segment _fd is open on
         #: a segment whose file an append created and did not yet count (0: none):
@@ -246,7 +283,8 @@ class SpillDir:
         items: Sequence[tuple[str, Field, Any]],
         to_host: Callable[[Any], Any] | None = None,
     ) -> int:
-        """Append one frame (blocking); returns its data bytes.
+        """Append one frame (blocking); returns its record's bytes (header
+        included: :func:`record_nbytes`).
 
         On failure nothing of the frame stays in the segment, and the error
         (an OSError, e.g. ENOSPC) propagates.
@@ -266,7 +304,7 @@ class SpillDir:
                 rows.append(int(arr.shape[0]))
             arrays.append(arr)
         layout, total = frame_layout(schema, rows)
-        segment, size, frames, _ = self._at
+        segment, size, frames, _, appended = self._at
         header = self._header.pack(
             _MAGIC,
             frames + 1,
@@ -301,9 +339,9 @@ class SpillDir:
             with contextlib.suppress(OSError):
                 os.ftruncate(self._fd, size)
             raise
-        self._at = (target, size + record, frames + 1, total)
+        self._at = (target, size + record, frames + 1, record, appended + record)
         self._creating = 0
-        return total
+        return record
 
     @property
     def frames(self) -> int:
@@ -312,8 +350,58 @@ class SpillDir:
 
     @property
     def last_nbytes(self) -> int:
-        """The data bytes of the last frame appended."""
+        """The record bytes of the last frame appended."""
         return self._at[3]
+
+    def stale_bytes(self, stored: int) -> int:
+        """Bytes of stored frames that stay on disk past the next append, given
+        ``stored``, the record bytes of the frames stored (the first ones
+        appended): those before the first frame not stored, in its segment.
+        (Segments whose frames are all stored are gone by then: see
+        :meth:`remove_stored`. If the last one is, and an append under way
+        still adds to it, its bytes stay: they are counted, as stale.)"""
+        for _, start in reversed(self._segments):
+            if start <= stored:
+                return stored - start
+        return 0
+
+    def remove_stored(self, stored: int) -> bool:
+        """Remove the segments whose frames are all stored (``stored`` as for
+        :meth:`stale_bytes`), the one appended to included: the next append
+        starts a new one. Whether any was. Run in the appends' turn, before one.
+
+        The reader read past every record in them; it may still hold one open
+        at its end, and moves on to the next index as from any other segment.
+        Each is emptied before it is unlinked: a file the reader holds open
+        would keep its bytes on disk until the reader moves on, which may wait
+        for the very frame that needs the room.
+        """
+        segments = self._segments
+        end = self._at[4]
+        gone = 0
+        for i, (_, start) in enumerate(segments):
+            last = segments[i + 1][1] if i + 1 < len(segments) else end
+            if last > stored or last == start:  # frames to replay, or empty: kept
+                break
+            gone = i + 1
+        if not gone:
+            return False
+        for index, _ in segments[:gone]:
+            path = _segment(self.path, index)
+            if index == self._fd_segment and self._fd >= 0:
+                fd, self._fd = self._fd, -1
+            else:
+                try:
+                    fd = os.open(path, os.O_WRONLY | os.O_CLOEXEC | os.O_NOFOLLOW)
+                except FileNotFoundError:
+                    continue  # the reader removed it
+            try:
+                os.ftruncate(fd, 0)
+            finally:
+                os.close(fd)
+            path.unlink(missing_ok=True)
+        self._segments = segments[gone:]
+        return True
 
     def _open_segment(self, index: int) -> None:
         """Make segment ``index`` the one appended to, empty. The reader moves on
@@ -327,6 +415,8 @@ class SpillDir:
         )
         old, self._fd = self._fd, fd
         self._fd_segment = index
+        if not self._segments or self._segments[-1][0] != index:
+            self._segments = (*self._segments, (index, self._at[4]))
         if old >= 0:
             os.close(old)
 
@@ -415,8 +505,9 @@ class SpillReader:
             return header
 
     def read(self) -> tuple[int, float | None, dict[str, Any], int] | None:
-        """The next frame: ``(step, time, fields, nbytes)``, or None when no
-        complete frame follows (the end of what was spilled).
+        """The next frame: ``(step, time, fields, nbytes)`` (``nbytes``: its
+        record's bytes, as :meth:`SpillDir.append` returned them), or None
+        when no complete frame follows (the end of what was spilled).
 
         Raises
         ------
@@ -440,7 +531,7 @@ class SpillReader:
         for name, field, offset, nbytes, shape in layout:
             arr = buf[offset : offset + nbytes].view(field.dtype).reshape(shape)
             fields[name] = arr[()] if not shape else arr
-        return step, (t if has_time else None), fields, total
+        return step, (t if has_time else None), fields, self._head + total
 
     def read_next(self, context: str = "") -> tuple[int, float | None, dict[str, Any], int]:
         """The next frame, as :meth:`read`, where the caller knows one was spilled

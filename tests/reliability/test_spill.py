@@ -3,7 +3,8 @@ backlog costs constant memory; what a killed sink spilled is stored (writer
 process) or cleaned up by the next sink (thread); an unusable spill directory
 is a ConfigError at open; the writer's progress read torn never publishes a
 spilled frame twice; each spilled frame read is the one named, and segments
-rotate and go while the writer drains.
+rotate and go while the writer drains; max_bytes bounds the bytes in the spill
+directory; a relative spill directory stays put through an os.chdir.
 """
 
 from __future__ import annotations
@@ -720,3 +721,153 @@ def test_statistics_after_a_store_failure_under_spill_queue_nothing(tmp_path: Pa
     stats = sink.statistics()
     assert stats.queued == 0, stats
     assert stats.written == 5 and stats.spilled > 0
+
+
+# -- what max_bytes bounds: the bytes in the spill directory ---------------------------
+def _bytes_in(spill: Path) -> int:
+    """Bytes of the segment files under ``spill`` (a reader may remove one meanwhile)."""
+    total = 0
+    for seg in spill.rglob("*.seg"):
+        try:
+            total += seg.stat().st_size
+        except FileNotFoundError:
+            pass
+    return total
+
+
+def _until(condition: Any, what: str) -> None:
+    deadline = time.monotonic() + 30
+    while not condition():
+        assert time.monotonic() < deadline, f"never: {what}"
+        time.sleep(0.0005)
+
+
+@pytest.mark.parametrize("writer", ["thread", "process"])
+def test_max_bytes_bounds_the_bytes_in_the_spill_directory(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, writer: str
+) -> None:
+    """Spill(max_bytes=M) bounds what the spill directory holds: each record's
+    header counts, and so do replayed frames whose segment still holds frames
+    to replay (a segment goes whole). The store here stores a frame only while
+    the producer waits for room, so the spill is full each time one goes: the
+    directory reached M plus a frame at the first refill (1.25x M in longer
+    runs), and a disk sized to M failed the write (ENOSPC) instead of blocking."""
+    import threading
+
+    from spill_stores import TokenNpy
+
+    limit = 1 << 18  # segments of 64 KiB: three 16 KiB records each
+    sizes: list[int] = []
+    real_append = SpillDir.append
+
+    def append(self: SpillDir, *a: Any, **kw: Any) -> int:
+        n = real_append(self, *a, **kw)
+        sizes.append(_bytes_in(self.path))  # the directory only grows by an append
+        return n
+
+    monkeypatch.setattr(SpillDir, "append", append)
+    tokens = tmp_path / "tokens"
+    tokens.mkdir()
+    store = TokenNpy(str(tmp_path / "run"), str(tokens))
+    n = 40
+    failed: list[BaseException] = []
+    policy = Spill(tmp_path / "spill", max_bytes=limit)
+    with SyncSink(store, capacity=1, policy=policy, writer=writer) as sink:
+        ch = sink._sink._channel
+        assert ch is not None
+
+        def produce() -> None:
+            try:
+                for i in range(n):
+                    sink.write(_big(i), step=i)
+            except BaseException as exc:
+                failed.append(exc)
+
+        producer = threading.Thread(target=produce)
+        producer.start()
+        try:
+            # one frame stored each time the producer waits for room
+            for k in range(n):
+                _until(lambda: ch.room_waiters or not producer.is_alive(), "a full spill")
+                if not producer.is_alive():
+                    break
+                written = sink.statistics().written
+                (tokens / str(k)).touch()
+                _until(lambda w=written: sink.statistics().written > w, f"frame {k} stored")
+        finally:
+            (tokens / "open").touch()
+            producer.join()
+        stats = sink.statistics()
+    assert not failed, failed
+    assert stats.spilled > 30, stats
+    record = max(sizes[0], 1)  # the first spilled frame, alone
+    assert limit - 2 * record < max(sizes) <= limit, (limit, sizes)  # filled, never past
+    traj = snapsink.open(tmp_path / "run")
+    assert traj.steps.tolist() == list(range(n))
+    assert traj["x"][:].tobytes() == np.stack([_big(i)["x"] for i in range(n)]).tobytes()
+    assert not _segments(tmp_path / "spill")
+
+
+def test_a_frame_larger_than_max_bytes_spills_alone(tmp_path: Path) -> None:
+    """A frame larger than max_bytes spills once no spilled frame waits, and
+    then alone: the next one waits for it to be stored."""
+    import threading
+
+    schema = Schema({"r": Field("float64", (None,))})
+    store = GatedStore()
+    spill = tmp_path / "spill"
+    rows = [1, 12000, 2, 3]  # the second: 96 KB, past 64 KiB
+    frames = [{"r": np.arange(m, dtype=np.float64) + i} for i, m in enumerate(rows)]
+    policy = Spill(spill, max_bytes=1 << 16)
+    with SyncSink(store, capacity=1, policy=policy, schema=schema) as sink:
+        ch = sink._sink._channel
+        assert ch is not None
+        sink.write(frames[0], step=0)  # in memory, its append held at the gate
+        sink.write(frames[1], step=1)  # spilled: nothing else is
+        alone = _bytes_in(spill)
+        assert 96_000 < alone < 100_000
+        producer = threading.Thread(target=lambda: [sink.write(frames[i], step=i) for i in (2, 3)])
+        producer.start()
+        _until(lambda: ch.room_waiters, "the next frame waits")
+        assert _bytes_in(spill) == alone and sink.statistics().spilled == 1
+        store.gate.set()
+        producer.join()
+    traj = store.trajectory()
+    assert traj.steps.tolist() == [0, 1, 2, 3]
+    for i, fr in enumerate(frames):
+        assert np.asarray(traj["r"][i]).tobytes() == fr["r"].tobytes()
+    assert not _segments(spill)
+
+
+@pytest.mark.parametrize("writer", ["thread", "process"])
+def test_a_relative_spill_dir_stays_put_when_the_simulation_changes_directory(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, writer: str
+) -> None:
+    """Spill("spill"), then an os.chdir after the sink opened: the next spill
+    failed (ENOENT, the segment opened relative to the new directory) and the
+    lock file stayed behind. The directory is made absolute when the policy
+    is made, for the sink's process and its writer process alike."""
+    (tmp_path / "a").mkdir()
+    (tmp_path / "b").mkdir()
+    monkeypatch.chdir(tmp_path / "a")
+    policy = Spill("spill")
+    gate = tmp_path / "gate"
+    store: Any = GatedStore() if writer == "thread" else GatedNpy(str(tmp_path / "run"), str(gate))
+    with SyncSink(store, capacity=1, policy=policy, writer=writer) as sink:
+        monkeypatch.chdir(tmp_path / "b")  # the simulation moves on
+        try:
+            for i in range(8):
+                sink.write(_frame(i), step=i)
+            assert sink.statistics().spilled >= 6
+            assert _segments(tmp_path / "a" / "spill")  # where it was meant to be
+        finally:
+            if writer == "thread":
+                store.gate.set()
+            else:
+                gate.touch()
+    traj = store.trajectory() if writer == "thread" else snapsink.open(tmp_path / "run")
+    assert traj.steps.tolist() == list(range(8))
+    assert traj["x"][:].tobytes() == np.stack([_frame(i)["x"] for i in range(8)]).tobytes()
+    assert list((tmp_path / "a" / "spill").iterdir()) == []  # no lock left behind
+    assert not (tmp_path / "b" / "spill").exists()
+    assert os.path.isabs(policy.dir) and Path(policy.dir).samefile(tmp_path / "a" / "spill")
