@@ -19,9 +19,9 @@ python3 -c "import cupy, numpy, zarr; print('cupy', cupy.__version__, 'numpy', n
 nvidia-smi --query-gpu=name,driver_version --format=csv,noheader
 # every gpu-marked test, and the docs' CuPy snippets (gpu-staging.md runs its
 # CuPy block only where CuPy and a device are there)
-timeout 180 python3 -m pytest -m gpu tests -q -p no:cacheprovider -rs --timeout 120 2>&1 | tee "$out/gpu_tests.txt"
+timeout 180 python3 -m pytest -m gpu tests -q -p no:cacheprovider -p no:xdist -o addopts="--strict-markers" -rs --timeout 120 2>&1 | tee "$out/gpu_tests.txt"
 tests=${PIPESTATUS[0]}
-timeout 60 python3 -m pytest tests/test_docs.py -k "gpu-staging" -q -p no:cacheprovider -rs 2>&1 | tee -a "$out/gpu_tests.txt"
+timeout 60 python3 -m pytest tests/test_docs.py -k "gpu-staging" -q -p no:cacheprovider -p no:xdist -o addopts="--strict-markers" -rs 2>&1 | tee -a "$out/gpu_tests.txt"
 tests=$(( tests || PIPESTATUS[0] ))
 timeout 220 python3 benchmarks/gpu_overlap.py --out "$out" "$@" 2>&1 | tee "$out/gpu_overlap.txt"
 bench=${PIPESTATUS[0]}
