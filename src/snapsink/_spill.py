@@ -112,7 +112,8 @@ class Spill:
     dir
         A directory on a fast local disk; created if missing. snapsink works in a
         fresh subdirectory of it and removes only the files it wrote (and those
-        that sinks which died left behind).
+        that sinks which died left behind). Made absolute when the policy is
+        made, as a store's path is: a later ``os.chdir`` does not move it.
     max_bytes
         At most this many bytes in the spill directory (``None``: no limit):
         its segment files, each frame's bytes with a small header, and the
@@ -121,10 +122,6 @@ class Spill:
         blocks (``write_nowait`` raises :class:`~snapsink.WouldBlock`) until
         replayed frames free room. A frame larger than ``max_bytes`` is
         spilled alone, once every spilled frame is stored.
-
-    The directory is made absolute when the policy is made (a relative one
-    against the working directory of then), as a store's path is: a later
-    ``os.chdir`` of the simulation does not move it.
 
     Raises
     ------
