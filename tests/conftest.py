@@ -5,6 +5,7 @@ from __future__ import annotations
 import subprocess
 import tempfile
 import threading
+import time
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -123,3 +124,17 @@ def tiny_fs() -> Iterator[Path]:
     finally:
         subprocess.run(["umount", "-l", str(mnt)], check=False, timeout=10)
         mnt.rmdir()
+
+
+def wait_for_orphaned_writer(path: str | Path, timeout: float = 60.0) -> None:
+    """Wait until the writer process of a simulation that died (or was killed)
+    has stored what it was handed, committed and let go of the NpyDirectory at
+    ``path``: the store opens for appending then."""
+    deadline = time.monotonic() + timeout
+    while True:
+        try:
+            snapsink.SyncSink(snapsink.NpyDirectory(path, mode="a"), writer="thread").close()
+            return
+        except snapsink.StoreLockedError:
+            assert time.monotonic() < deadline, "the writer never finished"
+            time.sleep(0.02)

@@ -24,7 +24,6 @@ import signal
 import subprocess
 import sys
 import threading
-import time
 from collections.abc import Iterator
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
@@ -34,6 +33,7 @@ import pytest
 from _check import assert_h5md_prefix, assert_prefix
 
 import snapsink
+from conftest import wait_for_orphaned_writer
 
 HERE = Path(__file__).resolve().parent
 SRC = HERE.parents[1] / "src"
@@ -540,14 +540,7 @@ def test_sigterm_to_the_simulation_and_its_writer_keeps_every_written_frame(
     )
     run = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=60)
     assert run.returncode == -signal.SIGTERM, run.stderr
-    deadline = time.monotonic() + 60
-    while True:  # the orphaned writer stores what it was handed and exits
-        try:
-            snapsink.SyncSink(snapsink.NpyDirectory(path, mode="a"), writer="thread").close()
-            break
-        except snapsink.StoreLockedError:
-            assert time.monotonic() < deadline, "the writer never finished"
-            time.sleep(0.05)
+    wait_for_orphaned_writer(path)
     traj = snapsink.open(path)
     assert traj.steps.tolist() == list(range(50))
     assert traj["x"][:, 0].tolist() == [float(i) for i in range(50)]

@@ -16,6 +16,7 @@ import numpy as np
 import pytest
 
 import snapsink
+from conftest import wait_for_orphaned_writer
 from process_stores import GatedNpy
 from snapsink._writer import _shm
 
@@ -158,14 +159,7 @@ def test_drops_kept_in_the_ring_header_reach_the_store_when_the_simulation_dies(
         assert proc.wait(timeout=60) == -signal.SIGKILL
     assert int(dropped) == n - 1
     Path(gate).touch()  # the orphaned writer stores what it was handed, commits, exits
-    deadline = time.monotonic() + 30
-    while True:
-        try:
-            snapsink.SyncSink(snapsink.NpyDirectory(path, mode="a"), writer="thread").close()
-            break
-        except snapsink.StoreLockedError:
-            assert time.monotonic() < deadline, "the writer never finished"
-            time.sleep(0.01)
+    wait_for_orphaned_writer(path, timeout=30)
     traj = snapsink.open(path)
     assert traj.steps.tolist() == [0]
     assert traj.dropped_steps.tolist() == list(range(1, n))

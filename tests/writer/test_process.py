@@ -20,6 +20,7 @@ import numpy as np
 import pytest
 
 import snapsink
+from conftest import wait_for_orphaned_writer
 from process_stores import FailingNpy, GatedNpy
 from snapsink import ConfigError, Field, Schema, Sink, Spill, SyncSink, WouldBlock, WriterError
 from snapsink._staging.emulation import EmulatedDeviceArray, EmulatedStream, EmulationBackend
@@ -464,14 +465,7 @@ def test_drops_reach_the_store_when_the_simulation_is_killed(tmp_path: Path, pol
     assert run.returncode == -signal.SIGKILL, run.stderr
     dropped = int(run.stdout)
     # the orphaned writer stores what it was handed, commits and exits
-    deadline = time.monotonic() + 60
-    while True:
-        try:
-            SyncSink(snapsink.NpyDirectory(path, mode="a"), writer="thread").close()
-            break
-        except snapsink.StoreLockedError:
-            assert time.monotonic() < deadline, "the writer never finished"
-            time.sleep(0.05)
+    wait_for_orphaned_writer(path)
     traj = snapsink.open(path)
     stored, recorded = traj.steps.tolist(), traj.dropped_steps.tolist()
     assert len(recorded) == dropped > 0
