@@ -871,3 +871,32 @@ def test_a_relative_spill_dir_stays_put_when_the_simulation_changes_directory(
     assert list((tmp_path / "a" / "spill").iterdir()) == []  # no lock left behind
     assert not (tmp_path / "b" / "spill").exists()
     assert os.path.isabs(policy.dir) and Path(policy.dir).samefile(tmp_path / "a" / "spill")
+
+
+def test_statistics_after_a_process_writers_store_failed_count_what_it_stored(
+    tmp_path: Path,
+) -> None:
+    """The writer process stored frames, then its store failed: they count as
+    written, with their bytes. The failure dropped the frames it had not yet
+    counted, while their spilled bytes were counted (a probe saw written=0,
+    bytes_written=160)."""
+    sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+    from process_stores import FailingNpy
+
+    store = FailingNpy(str(tmp_path / "run"), fail_at=3)
+    sink = SyncSink(store, capacity=2, policy=Spill(tmp_path / "spill"), writer="process")
+    try:
+        for i in range(20):
+            sink.write({"x": np.full(100, i, "f8")}, step=i)
+        # this process idle (nothing reads the writer's counts) while the
+        # writer stores two batches and fails at the third
+        deadline = time.monotonic() + 30
+        while sink._sink._channel.failure is None:  # type: ignore[union-attr]
+            assert time.monotonic() < deadline, "the store never failed"
+            time.sleep(0.01)
+        stats = sink.statistics()
+    finally:
+        with pytest.raises(snapsink.WriterError):
+            sink.close()
+    assert stats.written >= 2, stats  # two appends went through
+    assert stats.bytes_written == 800 * stats.written, stats

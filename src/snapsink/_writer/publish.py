@@ -551,6 +551,10 @@ class ProcessChannel(Channel):
 
     def fail(self, exc: BaseException) -> None:
         with self.lock:
+            if self.ring is not None:
+                # what the writer stored before it failed was written: counted
+                # now, as the spilled ones' bytes are (statistics stay whole)
+                self._reap()
             lost = list(self.inflight)
             self.inflight.clear()
             self.inflight_slots = 0
