@@ -10,13 +10,14 @@ the error.
 from __future__ import annotations
 
 import math
+import os
 from typing import overload
 
 import numpy as np
 
 from ._errors import ConfigError
 
-__all__ = ["INT64_MAX", "INT64_MIN", "commit_seconds", "positive_int"]
+__all__ = ["INT64_MAX", "INT64_MIN", "absolute_path", "commit_seconds", "positive_int"]
 
 #: the range of a step (and of any int64 the stores keep)
 INT64_MIN, INT64_MAX = int(np.iinfo(np.int64).min), int(np.iinfo(np.int64).max)
@@ -63,3 +64,28 @@ def commit_seconds(value: object) -> float | None:
             f"commit_seconds: expected a positive finite number or None, got {seconds}"
         )
     return seconds
+
+
+def absolute_path(path: str, what: str = "path") -> str:
+    """``path`` made absolute against the working directory of now
+    (``os.path.abspath``).
+
+    A store, a spill directory and a reader keep the directory their path
+    named when they were made: kept relative, every later open, write and
+    check would follow an ``os.chdir`` of the simulation, away from the files
+    and the lock already made, into another store of that name (and a writer
+    process would take it against its own working directory). Symbolic links
+    are kept, not resolved: the stores follow or refuse them where they look.
+
+    Raises
+    ------
+    ConfigError
+        A relative path, and the working directory no longer exists.
+    """
+    try:
+        return os.path.abspath(path)
+    except FileNotFoundError as exc:  # from os.getcwd()
+        raise ConfigError(
+            f"{what} {path!r} is relative, and the working directory was removed: "
+            "give an absolute path"
+        ) from exc

@@ -7,6 +7,7 @@ from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
+from ._checks import absolute_path
 from ._errors import ConfigError, FormatError, StoreNotFoundError
 from ._trajectory import Trajectory
 
@@ -60,14 +61,7 @@ def open(
     if isinstance(path_or_store, HostMemory):
         return path_or_store.trajectory()
     if isinstance(path_or_store, str | os.PathLike):
-        from .stores._npyfile import absolute_path
-        from .stores._zarrobject import file_url_path
-
-        # absolute now, as a store's path is: the Trajectory reads this store
-        # after any os.chdir, and so do the tasks it sends elsewhere
-        path = Path(absolute_path(file_url_path(os.fspath(path_or_store))))
-        if not path.exists():
-            raise StoreNotFoundError(f"no store at {str(path)!r}: the path does not exist")
+        path = _local_path(path_or_store)
         from .stores.npy import is_npy_store, open_npy
 
         if is_npy_store(path):
@@ -105,6 +99,24 @@ def group_path(group: object) -> str | None:
     if not isinstance(group, str):
         raise ConfigError(f"group: expected a str or None, got {type(group).__name__} {group!r}")
     return group.strip("/")
+
+
+def _local_path(path: str | os.PathLike[str]) -> Path:
+    """A local store's path (or ``file://`` URL), absolute now, as a store's
+    path is: the Trajectory reads this store after any os.chdir, and so do the
+    tasks it sends elsewhere.
+
+    Raises
+    ------
+    StoreNotFoundError
+        Nothing exists there.
+    """
+    from .stores._zarrobject import file_url_path
+
+    where = Path(absolute_path(file_url_path(os.fspath(path))))
+    if not where.exists():
+        raise StoreNotFoundError(f"no store at {str(where)!r}: the path does not exist")
+    return where
 
 
 def _url_store(path_or_store: Any, storage_options: Mapping[str, Any] | None) -> Any:
@@ -170,14 +182,7 @@ def groups(path_or_store: Any, *, storage_options: Mapping[str, Any] | None = No
     if isinstance(path_or_store, HostMemory):
         return [""]
     if isinstance(path_or_store, str | os.PathLike):
-        from .stores._npyfile import absolute_path
-        from .stores._zarrobject import file_url_path
-
-        # absolute now, as a store's path is: the Trajectory reads this store
-        # after any os.chdir, and so do the tasks it sends elsewhere
-        path = Path(absolute_path(file_url_path(os.fspath(path_or_store))))
-        if not path.exists():
-            raise StoreNotFoundError(f"no store at {str(path)!r}: the path does not exist")
+        path = _local_path(path_or_store)
         from .stores.npy import is_npy_store
 
         if is_npy_store(path):

@@ -51,6 +51,7 @@ from typing import Any, Final
 
 import numpy as np
 
+from ._checks import absolute_path
 from ._errors import ConfigError
 from ._schema import Field, Schema
 
@@ -144,15 +145,7 @@ class Spill:
             )
         if not isinstance(self.dir, str | os.PathLike):
             raise ConfigError(f"Spill dir: expected a path, got {type(self.dir).__name__}")
-        try:
-            where = os.path.abspath(self.dir)
-        except FileNotFoundError as exc:  # from os.getcwd()
-            raise ConfigError(
-                f"Spill dir {self.dir!r} is relative, and the working directory was "
-                "removed: give an absolute path"
-            ) from exc
-        # kept relative, each later use would follow an os.chdir of the
-        # simulation, and its writer process would take it against its own
+        where = absolute_path(os.fspath(self.dir), "Spill dir")
         object.__setattr__(self, "dir", where if isinstance(self.dir, str) else Path(where))
 
 

@@ -42,7 +42,6 @@ from ._pwrite import DirectWriter, pwrite_all
 
 __all__ = [
     "GrowableNpyFile",
-    "absolute_path",
     "check_path",
     "data_size",
     "file_kind",
@@ -415,8 +414,7 @@ class GrowableNpyFile:
 
 # -- a store's files ----------------------------------------------------------------
 # check_path is I/O-free, but hdf5.py imports it from here (it validates the
-# path argument that open_in_store and the writers then use); absolute_path
-# too (zarr.py as well).
+# path argument that open_in_store and the writers then use).
 def check_path(path: object) -> str:
     if isinstance(path, str | os.PathLike):
         p = os.fspath(path)
@@ -425,30 +423,6 @@ def check_path(path: object) -> str:
     raise ConfigError(
         f"path: expected a non-empty str or os.PathLike, got {type(path).__name__} {path!r}"
     )
-
-
-def absolute_path(path: str) -> str:
-    """``path`` made absolute against the working directory of now
-    (``os.path.abspath``).
-
-    A store keeps the directory its path named when the store was made: kept
-    relative, every later open, write and check would follow an ``os.chdir``
-    of the simulation, away from the files and the lock already made, into
-    another store of that name. Symbolic links are kept, not resolved: the
-    stores follow or refuse them where they look.
-
-    Raises
-    ------
-    ConfigError
-        A relative path, and the working directory no longer exists.
-    """
-    try:
-        return os.path.abspath(path)
-    except FileNotFoundError as exc:  # from os.getcwd()
-        raise ConfigError(
-            f"path {path!r} is relative, and the working directory was removed: "
-            "give an absolute path"
-        ) from exc
 
 
 def read_metadata(path: str) -> Metadata:

@@ -20,9 +20,9 @@ from pathlib import Path
 from zarr.abc.store import Store as ZarrStoreLike
 from zarr.storage import LocalStore
 
+from .._checks import absolute_path
 from .._errors import FormatError, StoreExistsError, StoreLockedError
 from ._lock import StoreLock, acquire_dir_lock
-from ._npyfile import absolute_path
 from ._zarrio import DurableLocalStore, is_leftover
 
 __all__ = [

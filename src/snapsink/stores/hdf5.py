@@ -43,6 +43,7 @@ from typing import Any
 
 import numpy as np
 
+from .._checks import absolute_path
 from .._checks import commit_seconds as check_commit_seconds
 from .._errors import ConfigError, StoreStateError
 from .._schema import Batch, Schema
@@ -87,7 +88,7 @@ from ._hdf5plan import (
 )
 from ._hdf5read import HDF5Source, is_hdf5_store, list_hdf5_groups, open_hdf5
 from ._hdf5session import METADATA_ROOM, FileReplaced, StoreFile
-from ._npyfile import absolute_path, check_path, start_writeback
+from ._npyfile import check_path, start_writeback
 from ._zarrplan import check_group, check_rows, plan_arrays
 
 __all__ = ["HDF5Source", "HDF5Store", "is_hdf5_store", "list_hdf5_groups", "open_hdf5"]

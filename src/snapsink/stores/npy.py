@@ -28,8 +28,8 @@ from typing import Any
 
 import numpy as np
 
+from .._checks import absolute_path, positive_int
 from .._checks import commit_seconds as check_commit_seconds
-from .._checks import positive_int
 from .._errors import ConfigError, FormatError, SchemaError, StoreExistsError, StoreStateError
 from .._schema import Batch, Schema
 from .._store import Resume, StoreSpec
@@ -47,7 +47,6 @@ from ._npyclaim import (
 from ._npycommit import StoreHandles
 from ._npyfile import (
     GrowableNpyFile,
-    absolute_path,
     check_path,
     fsync_dir,
     read_metadata,

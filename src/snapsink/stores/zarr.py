@@ -41,13 +41,13 @@ from typing import Any
 import numpy as np
 from zarr.abc.store import Store as ZarrStoreLike
 
+from .._checks import absolute_path
 from .._checks import commit_seconds as check_commit_seconds
 from .._errors import ConfigError, SchemaError, StoreExistsError, StoreStateError
 from .._schema import Batch, Schema
 from .._store import Resume, StoreSpec
 from ._common import check_attrs, check_mode, check_static, merge_metadata
 from ._lock import StoreLock
-from ._npyfile import absolute_path
 from ._zarrblocks import BlockIO, Partial
 from ._zarrclaim import check_not_removed, claim_group_dir, local_store
 from ._zarrcolumns import Column, blocks_of
@@ -104,7 +104,7 @@ def _from_url(
 ) -> tuple[object, str | None, dict[str, Any] | None]:
     """``(store to write, URL, storage options)``: for an object-store URL, the
     zarr store made for it; for a local path (or ``file://`` URL), the path
-    made absolute now (see :func:`._npyfile.absolute_path`); else ``store`` as
+    made absolute now (see :func:`snapsink._checks.absolute_path`); else ``store`` as
     given; no URL for either.
 
     Raises
