@@ -39,7 +39,7 @@ from __future__ import annotations
 import threading
 from collections import deque
 from collections.abc import Callable, Sequence
-from typing import Any, cast
+from typing import Any
 
 import numpy as np
 
@@ -100,9 +100,8 @@ class Channel(SpillQueue):
         self.schema = schema
         self.clock = clock or StepClock()
         # reentrant, so that a signal handler can tell it interrupted this
-        # thread inside the channel (module docstring); no slower than a Lock.
-        # (Typed as the Lock that SpillQueue's annotation names: used alike.)
-        self.lock = cast(threading.Lock, threading.RLock())
+        # thread inside the channel (module docstring); no slower than a Lock
+        self.lock = threading.RLock()
         self._owned: Callable[[], bool] = self.lock._is_owned  # type: ignore[attr-defined]
         self.pool = SlotPool(capacity)
         self._init_spill_queue(spill_dir)

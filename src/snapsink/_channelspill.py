@@ -28,7 +28,7 @@ class SpillQueue:
     """The spill queue of a :class:`~snapsink._channel.Channel` (see module docstring)."""
 
     if TYPE_CHECKING:  # the channel's state and methods this side uses
-        lock: threading.Lock
+        lock: threading.RLock
         policy: str | Spill
         schema: Schema | None
         clock: StepClock
