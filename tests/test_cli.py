@@ -371,6 +371,25 @@ def test_info_errors_exit_2(case: str, tmp_path: Path, capsys: pytest.CaptureFix
 DEMO = ["demo", "--frames", "6", "--every", "2", "--grid", "16", "--device", "cpu"]
 
 
+def _snapsink_in_its_group(
+    argv: list[str], env: dict[str, str], *path: Path
+) -> subprocess.Popen[str]:
+    """``python -m snapsink ARGV`` with this snapsink (and ``path``) first on
+    its path, in a process group of its own (a signal to the group reaches
+    the demo's runs too); stderr is piped."""
+    src = str(Path(snapsink.__file__).resolve().parents[1])
+    entries = (src, *map(str, path), env.get("PYTHONPATH"))
+    env["PYTHONPATH"] = os.pathsep.join(p for p in entries if p)
+    return subprocess.Popen(
+        [sys.executable, "-m", "snapsink", *argv],
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.PIPE,
+        text=True,
+        env=env,
+        start_new_session=True,
+    )
+
+
 def demo_report(out: str) -> dict[str, Any]:
     """The numbers and paths ``snapsink demo`` printed."""
     times = re.search(
@@ -609,18 +628,8 @@ def test_demo_sigterm_cleans_up(tmp_path: Path) -> None:
     import time
 
     out = tmp_path / "o" / "run"
-    env = dict(os.environ)
-    src = str(Path(snapsink.__file__).resolve().parents[1])
-    env["PYTHONPATH"] = os.pathsep.join(p for p in (src, env.get("PYTHONPATH")) if p)
     argv = [*DEMO[:-4], "--frames", "1500", "--every", "1", "--grid", "8", "--out", str(out)]
-    proc = subprocess.Popen(
-        [sys.executable, "-m", "snapsink", *argv],
-        stdout=subprocess.DEVNULL,
-        stderr=subprocess.PIPE,
-        text=True,
-        env=env,
-        start_new_session=True,
-    )
+    proc = _snapsink_in_its_group(argv, dict(os.environ))
     try:
         while not out.exists() and proc.poll() is None:  # the snapsink run began
             time.sleep(0.01)
@@ -1138,17 +1147,8 @@ def test_demo_interrupted_while_a_run_starts_prints_one_line(tmp_path: Path) -> 
     hold.mkdir()
     (hold / "sitecustomize.py").write_text(HOLD_START)
     out = tmp_path / "o" / "run"
-    src = str(Path(snapsink.__file__).resolve().parents[1])
     env = dict(os.environ, SNAPSINK_TEST_HOLD=str(tmp_path))
-    env["PYTHONPATH"] = os.pathsep.join(p for p in (src, str(hold), env.get("PYTHONPATH")) if p)
-    proc = subprocess.Popen(
-        [sys.executable, "-m", "snapsink", *DEMO, "--out", str(out)],
-        stdout=subprocess.DEVNULL,
-        stderr=subprocess.PIPE,
-        text=True,
-        env=env,
-        start_new_session=True,
-    )
+    proc = _snapsink_in_its_group([*DEMO, "--out", str(out)], env, hold)
     try:
         while not (tmp_path / "started").exists() and proc.poll() is None:
             time.sleep(0.01)
