@@ -70,3 +70,28 @@ class SlowNpy(snapsink.NpyDirectory):
     def append(self, batch: Batch) -> None:
         time.sleep(self.delay)
         super().append(batch)
+
+
+class TokenNpy(snapsink.NpyDirectory):
+    """The ``k``-th append (from 0) waits for the file ``<tokens>/<k>``, or for
+    ``<tokens>/open``, after which none waits."""
+
+    def __init__(self, path: str, tokens: str, **kw: Any):
+        super().__init__(path, **kw)
+        self.tokens = tokens
+        self.appends = 0
+        self.kw = kw
+
+    def describe(self) -> StoreSpec:
+        return StoreSpec(TokenNpy, (os.path.abspath(self.path), self.tokens), self.kw)
+
+    def append(self, batch: Batch) -> None:
+        token = os.path.join(self.tokens, str(self.appends))
+        opened = os.path.join(self.tokens, "open")
+        deadline = time.monotonic() + 30
+        while not (os.path.exists(token) or os.path.exists(opened)):
+            if time.monotonic() > deadline:
+                raise TimeoutError(f"test token {token} never came")
+            time.sleep(0.0005)
+        self.appends += 1
+        super().append(batch)

@@ -27,7 +27,7 @@ import pytest
 
 import snapsink
 from conftest import GatedStore
-from process_stores import GatedNpy, SlowNpy
+from process_stores import FailingNpy, GatedNpy, SlowNpy, TokenNpy
 from snapsink import ConfigError, Field, Schema, Spill, SpillError, SyncSink
 from snapsink._spill import SpillDir, SpillReader
 from snapsink._writer import _shm
@@ -754,8 +754,6 @@ def test_max_bytes_bounds_the_bytes_in_the_spill_directory(
     runs), and a disk sized to M failed the write (ENOSPC) instead of blocking."""
     import threading
 
-    from spill_stores import TokenNpy
-
     limit = 1 << 18  # segments of 64 KiB: three 16 KiB records each
     sizes: list[int] = []
     real_append = SpillDir.append
@@ -880,9 +878,6 @@ def test_statistics_after_a_process_writers_store_failed_count_what_it_stored(
     written, with their bytes. The failure dropped the frames it had not yet
     counted, while their spilled bytes were counted (a probe saw written=0,
     bytes_written=160)."""
-    sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
-    from process_stores import FailingNpy
-
     store = FailingNpy(str(tmp_path / "run"), fail_at=3)
     sink = SyncSink(store, capacity=2, policy=Spill(tmp_path / "spill"), writer="process")
     try:
