@@ -495,7 +495,9 @@ def test_close_releases_the_shared_memory_while_the_sink_lives_on(tmp_path: Path
         for i in range(20):
             sink.write({"v": np.full(1 << 16, float(i))}, step=i)
         during = _snapsink_memory()
-    assert during[1] >= before[1] + 9  # 8 slots and the ring were mapped
+    # the ring and the slots made so far were mapped (a slot is made only when no
+    # stored one is free: a writer that keeps up needs fewer than the capacity)
+    assert during[1] >= before[1] + 2
     assert _snapsink_memory() == before
     st = sink.statistics()
     assert (st.written, st.queued, st.bytes_written) == (20, 0, 20 * 8 * (1 << 16))
