@@ -747,3 +747,107 @@ def test_a_signal_handler_that_interrupted_a_write_may_read_statistics(
     traj = store.trajectory() if writer == "thread" else snapsink.open(tmp_path / "run")
     assert traj.steps.tolist() == [0, 1, 2, 3]
     assert traj["v"][:, 0].tolist() == [0.0, 1.0, 2.0, 3.0]
+
+
+# -- a flush that another task's close ends; a close from another event loop -----------
+class _ClosingFails(GatedStore):
+    def close(self) -> None:
+        super().close()
+        raise OSError(5, "Input/output error (injected)")
+
+
+@pytest.mark.parametrize("close", ["drains", "drains_acked", "fails", "interrupted"])
+async def test_a_flush_ended_by_another_tasks_close_ends_as_the_close_does(close: str) -> None:
+    """The close stores and commits every frame: a flush waiting for them
+    returns, or raises the close's error; only a close that did not finish
+    leaves it a ClosedSinkError, which says so. (Save in "drains_acked", the
+    writer's acknowledgement of the flush is held back: the close alone ends it.)"""
+    store = _ClosingFails() if close == "fails" else GatedStore()
+    sink = Sink(store, capacity=8, writer="thread")
+    await sink.__aenter__()
+    writer = sink._thread_writer
+    assert writer is not None
+    if close != "drains_acked":
+        wake = sink._wake_flushers
+        sink._wake_flushers = lambda gen: None if gen is not None else wake(None)  # type: ignore[method-assign]
+    if close == "interrupted":
+
+        def interrupted() -> None:
+            raise RuntimeError("the close was interrupted (injected)")
+
+        writer.join = interrupted  # type: ignore[method-assign]
+    got: dict[str, Exception | None] = {}
+
+    async def flush() -> None:
+        try:
+            await sink.flush()
+            got["flush"] = None
+        except Exception as exc:
+            got["flush"] = exc
+
+    try:
+        for i in range(4):
+            await sink.write({"v": float(i)}, step=i)
+        async with anyio.create_task_group() as tg:
+            tg.start_soon(flush)
+            await anyio.wait_all_tasks_blocked()  # the flush waits: the store is gated
+            assert "flush" not in got
+            store.gate.set()
+            try:
+                await sink.aclose()
+                got["close"] = None
+            except Exception as exc:
+                got["close"] = exc
+    finally:
+        store.gate.set()
+        if close == "interrupted":
+            type(writer).join(writer)  # the writer went on draining: wait for it
+    assert store.trajectory()["v"][:].tolist() == [0.0, 1.0, 2.0, 3.0]
+    if close.startswith("drains"):
+        assert got == {"flush": None, "close": None}
+    elif close == "fails":
+        assert isinstance(got["close"], WriterError)
+        assert isinstance(got["close"].__cause__, OSError)
+        assert got["flush"] is got["close"]
+    else:
+        assert isinstance(got["close"], RuntimeError)
+        assert isinstance(got["flush"], ClosedSinkError)
+        assert "did not finish" in str(got["flush"])
+    with pytest.raises(ClosedSinkError, match="closed"):  # a flush after the close
+        await sink.flush()
+
+
+def test_a_close_on_another_running_event_loop_is_refused_changing_nothing() -> None:
+    """A close wakes tasks on the sink's loop (a close or a flush waiting for
+    it), which one run in another loop's thread would not wake: while the
+    sink's loop runs, a close there raises WrongThreadError and the sink goes
+    on. (Once its loop has ended, a close on another is taken: see
+    test_a_sink_made_to_wait_on_another_event_loop_says_so_instead_of_hanging.)"""
+    import asyncio
+
+    store = HostMemory()
+    got: dict[str, BaseException | None] = {}
+
+    async def main() -> None:
+        async with Sink(store, capacity=4, writer="thread") as sink:
+            await sink.write({"v": 0.0}, step=0)
+
+            def close_on_another_loop() -> None:
+                async def close() -> None:
+                    try:
+                        await sink.aclose()
+                        got["close"] = None
+                    except BaseException as exc:
+                        got["close"] = exc
+
+                asyncio.run(close())
+
+            await anyio.to_thread.run_sync(close_on_another_loop)
+            await sink.write({"v": 1.0}, step=1)  # still open
+            await sink.flush()
+            assert store.trajectory()["v"][:].tolist() == [0.0, 1.0]
+
+    asyncio.run(main())
+    assert isinstance(got["close"], snapsink.WrongThreadError)
+    assert "close it there" in str(got["close"])
+    assert store.trajectory()["v"][:].tolist() == [0.0, 1.0]

@@ -507,3 +507,51 @@ def test_a_write_from_a_handler_that_interrupted_a_spill_write_is_refused(tmp_pa
     traj = store.trajectory()
     assert traj.steps.tolist() == [0, 1, 2]
     assert np.asarray(traj["x"][:, 0]).tolist() == [0.0, 1.0, 2.0]
+
+
+def test_a_flush_waiting_when_another_thread_closes_returns_once_stored() -> None:
+    """The close from another thread stores and commits every frame the flush
+    waits for: the flush returns; one that reaches the loop after the close
+    stopped it raises ClosedSinkError (not the portal's RuntimeError)."""
+    store = GatedStore()
+    sink = SyncSink(store, capacity=8, writer="thread")
+    flushing = threading.Event()
+    flush = sink._sink.flush
+
+    async def signalling() -> None:
+        flushing.set()  # (it then waits in the flush, before the loop runs the close)
+        await flush()
+
+    sink._sink.flush = signalling  # type: ignore[method-assign]
+    draining = _signal_draining(sink)
+    got: dict[str, BaseException | None] = {}
+    saw: dict[str, int] = {}
+
+    def call(name: str, op: Any) -> None:
+        try:
+            op()
+            got[name] = None
+        except BaseException as exc:
+            got[name] = exc
+        saw[name] = len(store)
+
+    try:
+        for i in range(5):
+            sink.write({"v": float(i)}, step=i)
+        flusher = threading.Thread(target=call, args=("flush", sink.flush))
+        flusher.start()
+        assert flushing.wait(10)
+        closer = threading.Thread(target=call, args=("close", sink.close))
+        closer.start()
+        assert draining.wait(10)  # the close began before the store took a frame
+        store.gate.set()
+        flusher.join(10)
+        closer.join(10)
+    finally:
+        store.gate.set()
+    assert got == {"flush": None, "close": None}
+    assert saw == {"flush": 5, "close": 5}
+    np.testing.assert_array_equal(store.trajectory()["v"][:], np.arange(5.0))
+    sink._check_caller = lambda: None  # type: ignore[method-assign]  # as if it passed first
+    with pytest.raises(ClosedSinkError, match="closed"):
+        sink.flush()

@@ -105,6 +105,25 @@ def _check_max_bytes(max_bytes: object) -> int | None:
     return positive_int(max_bytes, "max_bytes", optional=True)
 
 
+def _nothing() -> None:
+    """A callback that does nothing: scheduled to learn whether a loop still runs."""
+
+
+def _close_failure(ch: Channel, writer: ThreadWriter | ProcessWriter) -> WriterError | None:
+    """The WriterError a close ends with: the store failed during the run, or
+    its closing did; None when every frame was stored and committed."""
+    try:
+        ch.raise_failure()
+        close_exc = getattr(writer, "close_error", None)
+        if close_exc is not None:
+            raise WriterError(
+                f"closing the store failed: {type(close_exc).__name__}: {close_exc}"
+            ) from close_exc
+    except WriterError as err:
+        return err
+    return None
+
+
 class Sink:
     """An async consumer that writes frames to a store, fed from a bounded channel.
 
@@ -183,6 +202,13 @@ class Sink:
         #: the WriterError the close raised: a close waiting for it raises it too
         self._close_error: WriterError | None = None
         self._flush_waiters: list[tuple[int, anyio.Event]] = []
+        #: the latest flush generation the writer acknowledged (committed)
+        self._flushed_gen = 0
+        #: the close drained the channel and the writer committed every frame
+        self._drained = False
+        #: the step of the last frame a write queued or spilled (a dropped one is
+        #: not): the Recorder marks a selection's systems stored only for it
+        self._queued_step: int | None = None
         self._writes = 0
         #: the cheapest yield of the running backend (asyncio.sleep), or None
         self._yield: Callable[[float], Any] | None = None
@@ -330,18 +356,24 @@ class Sink:
     async def aclose(self) -> None:
         """Close the channel, store every accepted frame, commit and close the store.
 
-        Idempotent. Called by ``async with`` on exit.
+        Idempotent. Called by ``async with`` on exit. A close during another
+        task's close waits for it, and raises its error.
 
         Raises
         ------
         WriterError
             If the store failed at any point of the run (chained to the cause).
+        WrongThreadError
+            Called on another event loop than the one that opened the sink,
+            while that one runs (nothing is changed: close it there). Once that
+            loop has ended, a close on another loop is taken.
         """
         if self._state in ("closed", "new"):
             self._state = "closed"
             return
         if self._state == "forked":
             return  # the parent's sink: not this process's to close
+        self._check_close_loop()
         if self._state == "closing":
             # another task's close drains: wait for it, and fail as it fails
             assert self._closed is not None
@@ -362,21 +394,40 @@ class Sink:
                 await anyio.to_thread.run_sync(
                     writer.close if isinstance(writer, ProcessWriter) else writer.join
                 )
+            # decided before the waiters wake: a flush waiting returns, or
+            # raises this error, on what the close did
+            self._close_error = _close_failure(ch, writer)
+            self._drained = True
         finally:
-            ch.release_capture()
-            self._state = "closed"
-            self._closed.set()
-            self._wake_flushers(None)
+            try:
+                ch.release_capture()
+            finally:
+                self._state = "closed"
+                self._closed.set()
+                self._wake_flushers(None)
+        if self._close_error is not None:
+            raise self._close_error
+
+    def _check_close_loop(self) -> None:
+        """A close wakes tasks on the sink's event loop (a close or a flush
+        waiting for it), which a close from another loop's thread would not wake:
+        it raises WrongThreadError there, changing nothing. Once the sink's loop
+        has ended (``asyncio.run`` returned), no task is left on it to wake: the
+        loop that closes the sink takes it over, and its frames are stored."""
+        if thread_safe_scheduler() == self._schedule:
+            return
+        assert self._schedule is not None
         try:
-            ch.raise_failure()
-            close_exc = getattr(writer, "close_error", None)
-            if close_exc is not None:
-                raise WriterError(
-                    f"closing the store failed: {type(close_exc).__name__}: {close_exc}"
-                ) from close_exc
-        except WriterError as err:
-            self._close_error = err
-            raise
+            self._schedule(_nothing)
+        except RuntimeError:  # that loop is closed (trio: RunFinishedError)
+            self._loop_thread = threading.get_ident()
+            self._schedule = thread_safe_scheduler()
+            return
+        raise WrongThreadError(
+            "this Sink was opened on another event loop, which still runs and is "
+            "the one its close must wake: close it there (leave its `async with` "
+            "block, or await sink.aclose() on that loop)"
+        )
 
     def _check_loop(self) -> None:
         """Before a wait: the sink's wake-ups go to the event loop that opened it,
@@ -484,7 +535,11 @@ class Sink:
         # per-frame path.
         while True:
             outcome, entry = ch.offer(items, step, time, copy=copy, stream=stream)
-            if outcome is Offer.QUEUED or outcome is Offer.DROPPED:
+            if outcome is Offer.QUEUED:
+                assert entry is not None
+                self._queued_step = entry.step
+                return
+            if outcome is Offer.DROPPED:
                 return
             if outcome is Offer.SPILL:
                 assert isinstance(entry, SpillTicket)
@@ -495,6 +550,7 @@ class Sink:
                 # pending cancel would leave the entry unready and stall the consumer.)
                 with anyio.CancelScope(shield=True):
                     await anyio.to_thread.run_sync(ch.spill_write, entry, items, stream)
+                self._queued_step = entry.step
                 return
             self._check_loop()
             assert self._schedule is not None
@@ -539,8 +595,11 @@ class Sink:
         """
         ch = self._require_open()
         items = self._validate(ch, fields, step, time)
-        outcome, _ = ch.offer(items, step, time, copy=copy, stream=stream, nowait=True)
-        if outcome is not Offer.QUEUED and outcome is not Offer.DROPPED:
+        outcome, entry = ch.offer(items, step, time, copy=copy, stream=stream, nowait=True)
+        if outcome is Offer.QUEUED:
+            assert entry is not None
+            self._queued_step = entry.step
+        elif outcome is not Offer.DROPPED:
             raise WouldBlock(
                 f"the channel is full ({ch.capacity} frames) and policy {ch.policy_name!r} "
                 "would wait; use `await sink.write(...)` or a drop policy"
@@ -553,12 +612,17 @@ class Sink:
         """Wait until every frame written before this call is stored, committed
         (durable, for disk stores) and visible to readers.
 
+        A close by another task while this waits ends it too: the close
+        stores and commits every frame, so the flush returns (or raises the
+        close's error).
+
         Raises
         ------
         WriterError
-            The store failed (chained to the cause).
+            The store failed, or closing it did (chained to the cause).
         ClosedSinkError
-            The sink is closed.
+            The sink is closed, or a close that did not finish (interrupted
+            before the store had every frame) ended this flush.
         """
         ch = self._require_open()
         self._check_loop()
@@ -570,7 +634,18 @@ class Sink:
         finally:
             if (gen, event) in self._flush_waiters:
                 self._flush_waiters.remove((gen, event))
-        ch.raise_if_unusable()
+        ch.raise_failure()
+        if gen <= self._flushed_gen:
+            return  # the writer committed it
+        # woken by a close: every frame is committed if it drained
+        if self._close_error is not None:
+            raise self._close_error
+        if not self._drained:
+            raise ClosedSinkError(
+                "the sink was closed while this flush waited, and the close did not "
+                "finish (it was interrupted): frames written before the flush may "
+                "not be stored"
+            )
 
     def statistics(self) -> SinkStatistics:
         """Counters: written, dropped, spilled, queued, peak_queued, bytes_written."""
@@ -623,6 +698,10 @@ class Sink:
 
     # -- flush acknowledgements ----------------------------------------------------
     def _wake_flushers(self, done_gen: int | None) -> None:
+        """Wake the flushes that ``done_gen`` covers (None: all, at a close or
+        a failure); on the sink's loop only."""
+        if done_gen is not None and done_gen > self._flushed_gen:
+            self._flushed_gen = done_gen
         keep = []
         for gen, event in self._flush_waiters:
             if done_gen is None or gen <= done_gen:

@@ -25,7 +25,13 @@ import anyio
 from anyio.from_thread import BlockingPortal
 
 from ._channeltypes import Offer, SinkStatistics, SpillTicket, frame_nbytes
-from ._errors import ClosedSinkError, ClosesOnExit, WriterError, WrongThreadError
+from ._errors import (
+    ClosedSinkError,
+    ClosesOnExit,
+    SnapsinkError,
+    WriterError,
+    WrongThreadError,
+)
 from ._schema import Schema
 from ._sink import Sink
 from ._spill import Spill
@@ -351,11 +357,16 @@ class SyncSink(ClosesOnExit):
         try:
             while True:
                 outcome, entry = ch.offer(items, step, time, copy=copy, stream=stream)
-                if outcome is Offer.QUEUED or outcome is Offer.DROPPED:
+                if outcome is Offer.QUEUED:
+                    assert entry is not None
+                    sink._queued_step = entry.step  # (see Sink.write)
+                    return
+                if outcome is Offer.DROPPED:
                     return
                 if outcome is Offer.SPILL:
                     assert isinstance(entry, SpillTicket)
                     ch.spill_write(entry, items, stream)
+                    sink._queued_step = entry.step
                     return
                 # no room: wait here, in the caller's thread (not on the loop)
                 waker = ThreadWaker()
@@ -398,15 +409,27 @@ class SyncSink(ClosesOnExit):
     def flush(self) -> None:
         """Wait until every frame written so far is stored, durable and visible.
 
+        A close from another thread while this waits ends it as the close
+        ends: it returns once the close has stored every frame, or raises the
+        close's error (see :meth:`Sink.flush`).
+
         Raises
         ------
         WriterError
             The store failed (chained to the cause).
+        ClosedSinkError
+            The sink is closed (a close from another thread came first).
         """
         self._check_caller()
         self._raise_if_interrupted("SyncSink.flush()")
         assert self._loop.portal is not None
-        self._loop.portal.call(self._sink.flush)
+        try:
+            self._loop.portal.call(self._sink.flush)
+        except RuntimeError as exc:
+            if isinstance(exc, SnapsinkError) or not self._loop.closed:
+                raise
+            # a close in another thread stopped the loop after the check above
+            raise ClosedSinkError("the sink is closed; it takes no more flushes") from None
 
     def _raise_if_interrupted(self, what: str) -> None:
         """WrongThreadError for a call from a signal handler that interrupted
