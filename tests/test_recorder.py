@@ -707,3 +707,84 @@ def test_a_record_whose_bookkeeping_was_interrupted_is_completed_by_its_retry(
     assert first.trajectory().steps.tolist() == [3]
     assert every.trajectory().steps.tolist() == [0, 1, 2, 3, 4, 5]
     assert every.trajectory()["x"][:].tolist() == [0.0, 1.0, 2.0, 3.0, 4.0, 5.0]
+
+
+# -- converged(once=True) under a drop policy: a dropped frame stores no system ----------
+def _converging(step: int, b: int = 6) -> dict[str, Any]:
+    """System k converges at step k and stays converged (all of them from step b)."""
+    return {
+        "positions": np.full((2 * b, 3), float(step)),
+        "mask": np.arange(b) <= step,
+        "natoms": np.full(b, 2),
+    }
+
+
+def _check_every_system_stored_once(traj: Any, first: int) -> None:
+    """Systems 1..5 were dropped at steps 1..5 and stored at step ``first``."""
+    assert traj.steps.tolist() == [0, first]
+    assert traj.dropped_steps.tolist() == [1, 2, 3, 4, 5]
+    systems = snapsink.by_system(traj)
+    assert sorted(systems) == list(range(6))
+    assert {k: r["step"] for k, r in systems.items()} == {0: 0, **dict.fromkeys(range(1, 6), first)}
+    for r in systems.values():
+        np.testing.assert_array_equal(r["positions"], np.full((2, 3), float(r["step"])))
+
+
+def _dropping_route(store: HostMemory) -> Route:
+    return Route(
+        store,
+        fields=["positions"],
+        capacity=1,
+        policy="drop_newest",
+        select=snapsink.converged(lambda s: s["mask"], sizes="natoms"),
+    )
+
+
+def test_a_system_whose_frame_was_dropped_is_stored_at_a_later_step() -> None:
+    """drop_newest: the frames of steps 1..5 find the one slot taken (step 0 is
+    being written) and are dropped; their systems are not taken as stored, so
+    the first step after the store caught up stores them."""
+    gated = GatedStore()
+    try:
+        with SyncRecorder(r=_dropping_route(gated)) as rec:
+            for step in range(6):
+                assert rec.record(_converging(step), step=step) == ("r",)
+            assert rec.statistics()["r"].dropped == 5
+            gated.gate.set()
+            rec.flush()
+            assert rec.record(_converging(6), step=6) == ("r",)
+            assert rec.record(_converging(7), step=7) == ()  # every system stored
+    finally:
+        gated.gate.set()
+    _check_every_system_stored_once(gated.trajectory(), 6)
+
+
+async def test_a_system_whose_frame_was_dropped_is_stored_later_async() -> None:
+    gated = GatedStore()
+    try:
+        async with Recorder(r=_dropping_route(gated)) as rec:
+            for step in range(6):
+                assert await rec.record(_converging(step), step=step) == ("r",)
+            gated.gate.set()
+            await rec.flush()
+            assert await rec.record(_converging(6), step=6) == ("r",)
+            assert await rec.record(_converging(7), step=7) == ()
+    finally:
+        gated.gate.set()
+    _check_every_system_stored_once(gated.trajectory(), 6)
+
+
+def test_converged_once_under_drop_oldest_is_refused_naming_the_route() -> None:
+    """drop_oldest drops a frame after its write returned: the systems it
+    held would be taken as stored and never stored."""
+    select = snapsink.converged(lambda s: s["mask"], sizes="natoms")
+    with pytest.raises(ConfigError, match=r"route 'relaxed'.*'drop_oldest'.*'block'.*once=False"):
+        SyncRecorder(relaxed=Route(HostMemory(), select=select, policy="drop_oldest"))
+    # every frame a filter (once=False) stores is its own: drop_oldest is fine there
+    mem = HostMemory()
+    select = snapsink.converged(lambda s: s["mask"], sizes="natoms", once=False)
+    with SyncRecorder(
+        r=Route(mem, fields=["positions"], select=select, policy="drop_oldest")
+    ) as rec:
+        rec.record(_converging(0), step=0)
+    assert snapsink.by_system(mem.trajectory())[0]["step"] == 0

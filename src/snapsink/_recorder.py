@@ -20,9 +20,10 @@ the first error, noting the others on it.
 
 A record is committed route by route, as each sink captures its frame (a
 ``Sink.write`` cancelled or refused captures nothing): the router takes the
-step as recorded, counts the frame and marks a selection's systems stored only
-for the routes that captured it, and leaves the step open to a retry for the
-others (see :class:`~snapsink._routes.Router`).
+step as recorded and counts the frame only for the routes that captured it,
+marks a selection's systems stored only where the sink queued it (not where
+its policy dropped it), and leaves the step open to a retry for the others
+(see :class:`~snapsink._routes.Router`).
 """
 
 from __future__ import annotations
@@ -127,7 +128,9 @@ class Recorder(_Base):
     Raises
     ------
     ConfigError
-        No route, a bad route name, or a value that is not a :class:`Route`.
+        No route, a bad route name, a value that is not a :class:`Route`, or
+        a route with ``converged(once=True)`` under ``policy="drop_oldest"``
+        (which may drop a frame after its record returned).
 
     Examples
     --------
@@ -315,7 +318,14 @@ class Recorder(_Base):
             # every write returned, or cancelled or refused: the step is the
             # routes' that captured it (in a finally, with the writes: an
             # interrupt between the last write and the bookkeeping loses none)
-            router.stopped(s, t, plan, done, lambda name: sinks[name][0].last_step)
+            router.stopped(
+                s,
+                t,
+                plan,
+                done,
+                lambda name: sinks[name][0].last_step,
+                lambda name: sinks[name][0]._queued_step,
+            )
         return tuple(name for name, _ in plan)
 
     async def flush(self) -> None:
@@ -488,7 +498,14 @@ class SyncRecorder(ClosesOnExit, _Base):
         finally:
             # as in Recorder.record: refused or interrupted (KeyboardInterrupt)
             # too, the step is the routes' that captured it
-            router.stopped(s, t, plan, done, lambda name: sinks[name].last_step)
+            router.stopped(
+                s,
+                t,
+                plan,
+                done,
+                lambda name: sinks[name].last_step,
+                lambda name: sinks[name]._sink._queued_step,
+            )
         return tuple(name for name, _ in plan)
 
     def flush(self) -> None:

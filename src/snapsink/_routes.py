@@ -95,7 +95,9 @@ class Route:
         system once, at the step where its mask turns true, with its rows of
         the per-atom and per-system fields (see :mod:`snapsink` guides,
         "Batched systems"). Without ``schema=``, the route's sink opens at the
-        first record, with a schema taken from that state.
+        first record, with a schema taken from that state. A system whose frame
+        ``drop_newest`` dropped is stored at a later step; ``once=True`` does
+        not go with ``drop_oldest`` (the recorder refuses it).
     capacity, policy, schema, max_bytes
         The route's :class:`~snapsink.Sink` settings.
 
@@ -227,7 +229,8 @@ class Router:
     ------
     ConfigError
         If ``routes`` is empty, a name is not an identifier, a value is not a
-        :class:`Route`, or two routes are given the same store object.
+        :class:`Route`, two routes are given the same store object, or a route
+        selects ``converged(once=True)`` under ``policy="drop_oldest"``.
     """
 
     def __init__(self, routes: Mapping[str, Route]):
@@ -239,6 +242,7 @@ class Router:
                 raise ConfigError(
                     f"route {name!r}: expected a snapsink.Route, got {type(route).__name__}"
                 )
+            _check_once_kept(name, route)
         self.routes: dict[str, Route] = dict(routes)
         #: the store of each route with ``static=``, once its store function made it
         self.made: dict[str, Any] = {}
@@ -406,9 +410,19 @@ class Router:
             raise
         return out
 
-    def recorded(self, step: int, time: float | None, captured: Plan, *, complete: bool) -> None:
+    def recorded(
+        self,
+        step: int,
+        time: float | None,
+        captured: Plan,
+        *,
+        complete: bool,
+        dropped: Container[str] = (),
+    ) -> None:
         """The record at ``step`` is over: the routes in ``captured`` took their
-        frame (of the plan); ``complete`` when every due route did.
+        frame (of the plan); ``complete`` when every due route did. Of those,
+        the routes in ``dropped`` took it by dropping it (a drop policy, or
+        not known to be queued): their selected systems are not stored.
 
         A record none of whose routes captured its frame changes nothing (it
         may be recorded again); one that some routes captured counts as
@@ -417,7 +431,7 @@ class Router:
         for name, fields in captured:
             self.received[name] += 1
             systems = self.systems.get(name)
-            if systems is not None:
+            if systems is not None and name not in dropped:
                 systems.stored_now(fields)
         if not (captured or complete):
             return
@@ -438,14 +452,19 @@ class Router:
         plan: Plan,
         done: int,
         last_step: Callable[[str], int | None],
+        queued_step: Callable[[str], int | None],
     ) -> None:
         """A record is over after ``done`` of ``plan``'s writes returned (all of
         them, or it was cancelled, refused, interrupted): it takes effect for
         the routes that captured its frame, those and any later one whose sink
         took it all the same (an interrupt that came as its write returned;
-        ``last_step(route)`` says)."""
+        ``last_step(route)`` says). A selection's systems count as stored only
+        where the sink queued the frame (``queued_step(route)``, the step of the
+        last frame it queued or spilled), not where its policy dropped it: they
+        are stored at a later step where their mask still holds."""
         captured = plan[:done] + [(n, f) for n, f in plan[done:] if last_step(n) == step]
-        self.recorded(step, time, captured, complete=len(captured) == len(plan))
+        dropped = [n for n, _ in captured if n in self.systems and queued_step(n) != step]
+        self.recorded(step, time, captured, complete=len(captured) == len(plan), dropped=dropped)
 
     # -- the two recorders' record(): begin, open what it says, plan, write, recorded ----
     def begin(
@@ -484,6 +503,20 @@ class Router:
                         self.skip[name] = tuple(static)
             out.append((name, store, schema))
         return s, t, out
+
+
+def _check_once_kept(name: str, route: Route) -> None:
+    """Refuse ``converged(once=True)`` under ``drop_oldest``: that policy drops
+    a queued frame after its write returned, when its systems were taken as
+    stored already; they would never be stored."""
+    if route.select is not None and route.select.once and route.policy == "drop_oldest":
+        raise ConfigError(
+            f"route {name!r}: select=converged(once=True) stores each system once, "
+            "but policy 'drop_oldest' may drop its frame after the record returned, "
+            "and the system would never be stored; use policy 'block', "
+            "snapsink.Spill(dir) or 'drop_newest' (whose drops are known at once: "
+            "the system is stored at a later step), or converged(..., once=False)"
+        )
 
 
 def _retry_time(step: int, first: float | None, time: object) -> float | None:
