@@ -408,3 +408,243 @@ def test_with_per_system_named_other_fields_of_the_batch_size_are_whole() -> Non
     np.testing.assert_array_equal(frame["energy"], [20.0])
     np.testing.assert_array_equal(frame["cell"], [7.0, 8.0, 9.0])
     np.testing.assert_array_equal(frame["pos"], np.arange(6.0, 15.0).reshape(3, 3))
+
+
+def _batch_route(store: HostMemory, fields: list[str], **converged: Any) -> snapsink.SyncRecorder:
+    """A route over states that say which systems are done (``done``) and their sizes."""
+    return snapsink.SyncRecorder(
+        r=snapsink.Route(
+            store,
+            fields=fields,
+            select=snapsink.converged(lambda s: s["done"], sizes="natoms", **converged),
+        )
+    )
+
+
+def test_a_per_atom_field_must_keep_the_rows_its_sizes_count() -> None:
+    """Sizes that no longer count the per-atom rows (an atom was added) are
+    refused, not stored whole into the ragged field, which would hand a
+    system another system's atoms; the recorder stays usable."""
+    store = HostMemory()
+    sizes, done = np.array([2, 3]), np.array([False, True])
+    with _batch_route(store, ["positions", "energy"]) as rec:
+        rec.record(
+            {
+                "positions": np.zeros((5, 3)),
+                "energy": np.zeros(2),
+                "natoms": sizes,
+                "done": np.array([False, False]),
+            },
+            step=0,
+        )
+        positions = np.arange(18.0).reshape(6, 3)
+        with pytest.raises(
+            SchemaError,
+            match=r"route 'r': field 'positions' is per atom: expected 5 rows.*"
+            r"N = 5 atoms, B = 2 systems\), got shape \(6, 3\)",
+        ):
+            rec.record(
+                {"positions": positions, "energy": np.ones(2), "natoms": sizes, "done": done},
+                step=1,
+            )
+        with pytest.raises(
+            SchemaError, match=r"field 'energy' is per system: expected 2 rows.*got shape \(3,\)"
+        ):
+            rec.record(
+                {"positions": positions[:5], "energy": np.ones(3), "natoms": sizes, "done": done},
+                step=1,
+            )
+        assert len(store.trajectory()) == 0  # nothing written
+        rec.record(
+            {
+                "positions": positions[:5],
+                "energy": np.array([1.0, 2.0]),
+                "natoms": sizes,
+                "done": done,
+            },
+            step=1,
+        )
+    systems = snapsink.by_system(store.trajectory())
+    assert list(systems) == [1]
+    np.testing.assert_array_equal(systems[1]["positions"], positions[2:5])
+    assert systems[1]["energy"] == 2.0
+
+
+def test_a_field_keeps_the_role_it_had_when_the_schema_was_made() -> None:
+    cell = np.arange(9.0).reshape(3, 3)
+    # a batch-wide (3, 3) cell in a first state of 3 atoms is taken per atom:
+    # with 4 atoms later, it is refused rather than stored whole
+    with _batch_route(HostMemory(), ["positions", "cell"]) as rec:
+        rec.record(
+            {
+                "positions": np.zeros((3, 3)),
+                "cell": cell,
+                "natoms": np.array([1, 2]),
+                "done": np.array([False, False]),
+            },
+            step=0,
+        )
+        with pytest.raises(
+            SchemaError, match=r"field 'cell' is per atom: expected 4 rows.*got shape \(3, 3\)"
+        ):
+            rec.record(
+                {
+                    "positions": np.ones((4, 3)),
+                    "cell": cell,
+                    "natoms": np.array([2, 2]),
+                    "done": np.array([True, False]),
+                },
+                step=1,
+            )
+    # the other way round: whole in the first state, it is never cut, even
+    # when the batch's atom count comes to match its first dimension
+    store = HostMemory()
+    with _batch_route(store, ["positions", "cell"]) as rec:
+        rec.record(
+            {
+                "positions": np.zeros((4, 3)),
+                "cell": cell,
+                "natoms": np.array([2, 2]),
+                "done": np.array([False, False]),
+            },
+            step=0,
+        )
+        rec.record(
+            {
+                "positions": np.arange(9.0).reshape(3, 3),
+                "cell": cell,
+                "natoms": np.array([1, 2]),
+                "done": np.array([False, True]),
+            },
+            step=1,
+        )
+    traj = store.trajectory()
+    assert traj.fields["cell"] == snapsink.Field("float64", (3, 3))
+    systems = snapsink.by_system(traj)
+    assert list(systems) == [1]
+    np.testing.assert_array_equal(systems[1]["cell"], cell)
+    np.testing.assert_array_equal(systems[1]["positions"], [[3.0, 4, 5], [6.0, 7, 8]])
+
+
+def test_known_roles_cut_a_later_batch_of_as_many_atoms_as_systems() -> None:
+    """Roles told by the first state (5 atoms, 2 systems) still hold at a step
+    where N == B (system 0 lost its atoms): no ambiguity, no refusal. A
+    one-atom-each first state leaves them open until a step tells."""
+    store = HostMemory()
+    with _batch_route(store, ["pos", "energy"]) as rec:
+        rec.record(
+            {
+                "pos": np.zeros((5, 3)),
+                "energy": np.zeros(2),
+                "natoms": np.array([2, 3]),
+                "done": np.array([False, False]),
+            },
+            step=0,
+        )
+        rec.record(
+            {
+                "pos": np.array([[1.0, 1, 1], [2.0, 2, 2]]),
+                "energy": np.array([10.0, 20.0]),
+                "natoms": np.array([0, 2]),
+                "done": np.array([False, True]),
+            },
+            step=1,
+        )
+    systems = snapsink.by_system(store.trajectory())
+    assert systems[1]["energy"] == 20.0
+    np.testing.assert_array_equal(systems[1]["pos"], [[1.0, 1, 1], [2.0, 2, 2]])
+
+    # one atom each: pos and energy may be either until step 1 tells (4 atoms,
+    # 3 systems); then a per-system energy of 4 rows is refused, not cut as atoms
+    store = HostMemory()
+    with _batch_route(store, ["pos", "energy"]) as rec:
+        for step, sizes, energy in ((0, [1, 1, 1], [1.0, 2, 3]), (1, [1, 1, 2], [4.0, 5, 6])):
+            rec.record(
+                {
+                    "pos": np.arange(3.0 * sum(sizes)).reshape(-1, 3),
+                    "energy": np.array(energy),
+                    "natoms": np.array(sizes),
+                    "done": np.arange(3) == step,
+                },
+                step=step,
+            )
+        state = {
+            "pos": np.arange(12.0).reshape(4, 3),
+            "energy": np.arange(4.0),
+            "natoms": np.array([1, 1, 2]),
+            "done": np.array([False, False, True]),
+        }
+        with pytest.raises(
+            SchemaError, match=r"field 'energy' is per system: expected 3 rows.*got shape \(4,\)"
+        ):
+            rec.record(state, step=2)
+        rec.record(state | {"energy": np.array([7.0, 8, 9])}, step=2)
+    systems = snapsink.by_system(store.trajectory())
+    assert [float(systems[s]["energy"]) for s in range(3)] == [1.0, 5.0, 9.0]
+    assert {np.shape(systems[s]["energy"]) for s in range(3)} == {()}
+    np.testing.assert_array_equal(systems[0]["pos"], [[0.0, 1, 2]])
+    np.testing.assert_array_equal(systems[1]["pos"], [[3.0, 4, 5]])
+    np.testing.assert_array_equal(systems[2]["pos"], [[6.0, 7, 8], [9.0, 10, 11]])
+
+
+def test_by_system_of_one_atom_systems_is_told_the_per_system_fields() -> None:
+    """One atom each in every frame: both cuts took the same rows, but a
+    per-system value reads back as () and a per-atom one as (1, 3); the row
+    counts cannot tell which, so by_system is told rather than guessing."""
+    store = HostMemory()
+    with _batch_route(store, ["positions", "energy"]) as rec:
+        rec.record(
+            {
+                "positions": np.array([[1.0, 2, 3], [4.0, 5, 6]]),
+                "energy": np.array([0.5, 1.5]),
+                "natoms": np.array([1, 1]),
+                "done": np.array([True, True]),
+            },
+            step=0,
+        )
+    traj = store.trajectory()
+    with pytest.raises(SchemaError, match=r"by_system: field 'positions'.*per_system=\[...\]"):
+        snapsink.by_system(traj)
+    systems = snapsink.by_system(traj, per_system=["energy"])
+    assert [np.shape(systems[s]["energy"]) for s in (0, 1)] == [(), ()]
+    assert [float(systems[s]["energy"]) for s in (0, 1)] == [0.5, 1.5]
+    np.testing.assert_array_equal(systems[1]["positions"], [[4.0, 5, 6]])
+
+
+def test_by_system_refuses_rows_that_do_not_follow_natoms() -> None:
+    """A frame whose per-atom rows are not its natoms' sum (written by hand, or
+    by a version that stored such frames) cannot be split by system."""
+    store = HostMemory()
+    ints = snapsink.Field("int64", (None,))
+    schema = {
+        "positions": snapsink.Field("float64", (None, 3)),
+        "energy": snapsink.Field("float64", (None,)),
+        "system": ints,
+        "natoms": ints,
+    }
+    with snapsink.SyncSink(store, schema=schema) as sink:
+        sink.write(
+            {
+                "positions": np.zeros((3, 3)),
+                "energy": np.zeros(1),
+                "system": np.array([0]),
+                "natoms": np.array([3]),
+            },
+            step=0,
+        )
+        sink.write(
+            {
+                "positions": np.zeros((6, 3)),
+                "energy": np.zeros(1),
+                "system": np.array([1]),
+                "natoms": np.array([3]),
+            },
+            step=1,
+        )
+    traj = store.trajectory()
+    with pytest.raises(
+        SchemaError, match=r"field 'positions': 6 rows at step 1, .* 1 system\(s\) of \[3\] atoms"
+    ):
+        snapsink.by_system(traj)
+    with pytest.raises(SchemaError, match=r"field 'positions': 6 rows at step 1.*expected 3"):
+        snapsink.by_system(traj, per_system=["energy"])

@@ -13,7 +13,10 @@ whose mask turned true since they were last stored, each system once:
   dimension cannot tell: the per-system fields are then named
   (``converged(per_system=[...])``, the others being per atom), or a field of
   that dimension is refused, never cut by the wrong rows (one-atom systems
-  excepted: both cuts take the same rows);
+  excepted: both cuts take the same rows). A field's role is told once, from
+  the state the route's schema is made from, and kept: at a later step, a
+  per-atom field must have ``N`` rows and a per-system one ``B``, or the
+  frame is refused, and a whole field is never cut;
 - two fields are added: ``system`` (the systems' indices in the batch) and
   ``natoms`` (their atom counts), so a reader can split the rows again
   (:func:`by_system`).
@@ -111,7 +114,9 @@ def converged(
         where ``N == B`` (an empty system in the batch, or as many atoms as
         systems) that cannot tell, and a field of that first dimension is
         refused (:class:`SchemaError`, at the step) unless every system has
-        one atom (both cuts then take the same rows).
+        one atom (both cuts then take the same rows). Each field keeps the
+        role it has in the first state (the one the route's schema is made
+        from): a later step whose rows do not fit it is refused.
 
     Returns
     -------
@@ -236,6 +241,9 @@ class SystemsState:
         self.route = route
         #: systems stored so far (``once=True``); sized at the first look
         self.stored: np.ndarray[Any, np.dtype[np.bool_]] | None = None
+        #: each field's role, ``{name: "atoms" | "systems" | "whole" | "either"}``:
+        #: fixed by :meth:`schema` (else by the first selected frame), then kept
+        self.roles: dict[str, str] | None = None
 
     def _sizes(self, state: Any) -> np.ndarray[Any, np.dtype[np.int64]]:
         sizes = self.systems.sizes
@@ -265,13 +273,15 @@ class SystemsState:
             )
         return arr
 
-    def _kinds(self, fields: Mapping[str, Any], sizes: np.ndarray[Any, Any]) -> dict[str, str]:
-        """``{name: "atoms" | "systems" | "whole"}``: how each field is cut.
+    def _roles(self, fields: Mapping[str, Any], sizes: np.ndarray[Any, Any]) -> dict[str, str]:
+        """``{name: "atoms" | "systems" | "whole" | "either"}``: each field's role,
+        told from one state.
 
         A field named in ``per_system`` holds systems; any other, by its first
         dimension: ``N`` atoms, ``B`` systems, else whole. Where ``N == B``
         and ``per_system`` is None, a field of that dimension is refused,
-        unless every system has one atom (the two cuts then take the same rows).
+        unless every system has one atom: it is then ``"either"`` (the two
+        cuts take the same rows) until a step tells.
         """
         route, per_system = self.route, self.systems.per_system
         b, n = len(sizes), int(sizes.sum())
@@ -294,14 +304,10 @@ class SystemsState:
                         f"shape {_shape(value)}"
                     )
                 out[name] = "systems"
-            elif lead == n and lead == b and per_system is None and not one_atom:
-                raise SchemaError(
-                    f"route {route!r}: field {name!r}: its first dimension, {n}, is both "
-                    f"the batch's atom count and its number of systems (sizes "
-                    f"{sizes.tolist()}), so its rows may be atoms or systems; name the "
-                    "per-system fields, converged(..., per_system=[...]), the others "
-                    "being per atom (per_system=[] for none)"
-                )
+            elif lead == n and lead == b and per_system is None:
+                if not one_atom:
+                    raise self._ambiguous(name, sizes)
+                out[name] = "either"
             elif lead == n:
                 out[name] = "atoms"
             elif lead == b and per_system is None:
@@ -309,6 +315,75 @@ class SystemsState:
             else:  # named per_system fields are the only per-system ones
                 out[name] = "whole"
         return out
+
+    def _ambiguous(self, name: str, sizes: np.ndarray[Any, Any]) -> SchemaError:
+        n = int(sizes.sum())
+        return SchemaError(
+            f"route {self.route!r}: field {name!r}: its first dimension, {n}, is both "
+            f"the batch's atom count and its number of systems (sizes "
+            f"{sizes.tolist()}), so its rows may be atoms or systems; name the "
+            "per-system fields, converged(..., per_system=[...]), the others "
+            "being per atom (per_system=[] for none)"
+        )
+
+    def _kinds(self, fields: Mapping[str, Any], sizes: np.ndarray[Any, Any]) -> dict[str, str]:
+        """``{name: "atoms" | "systems" | "whole"}``: how each field is cut at this step.
+
+        A field keeps the role it got when the schema was made (or, with the
+        route's own ``schema=``, at the first selected frame): its first
+        dimension at a later step may match the batch's atom count or number
+        of systems by chance (a batch-wide ``(3, 3)`` cell), or neither
+        (sizes that no longer count the rows), and the frame would be cut by
+        the wrong rows. An ``"either"`` field takes the role of the first
+        step that tells.
+        """
+        if self.roles is None:
+            self.roles = self._roles(fields, sizes)
+        roles = self.roles
+        b, n = len(sizes), int(sizes.sum())
+        told: dict[str, str] = {}
+        out = {}
+        for name, value in fields.items():
+            role = roles.get(name, "whole")  # a field the schema lacks: the sink refuses it
+            lead = _leading(value)
+            if role == "either":
+                if n != b and lead in (n, b):
+                    role = told[name] = "atoms" if lead == n else "systems"
+                elif n == b and lead == n:
+                    if not (sizes == 1).all():
+                        raise self._ambiguous(name, sizes)
+                    role = "atoms"  # one atom each: the same rows either way
+            if (role, lead) not in (("atoms", n), ("systems", b)) and role != "whole":
+                raise self._wrong_rows(name, value, role, sizes)
+            out[name] = role
+        roles.update(told)
+        return out
+
+    def _wrong_rows(
+        self, name: str, value: Any, role: str, sizes: np.ndarray[Any, Any]
+    ) -> SchemaError:
+        b, n = len(sizes), int(sizes.sum())
+        expected, fix = {
+            "atoms": (
+                f"per atom: expected {n} rows, the batch's atom count",
+                "the sizes must count its rows (a batch-wide field whose first dimension "
+                "was the atom count in the first state is taken per atom: give it another "
+                "shape, value[None], or another route)",
+            ),
+            "systems": (
+                f"per system: expected {b} rows, one per system",
+                "the mask, the sizes and each per-system field have one entry per system",
+            ),
+            "either": (
+                f"per atom or per system: expected {n} or {b} rows",
+                "the sizes must count the rows of the per-atom fields",
+            ),
+        }[role]
+        return SchemaError(
+            f"route {self.route!r}: field {name!r} is {expected} (sizes {sizes.tolist()}: "
+            f"N = {n} atoms, B = {b} systems), got shape {_shape(value)}; a field keeps "
+            f"the role it got when the route's schema was made, and {fix}"
+        )
 
     def schema(self, fields: Mapping[str, Any], state: Any) -> Schema:
         """The route's schema, from a whole state: per-atom and per-system
@@ -319,30 +394,35 @@ class SystemsState:
                     f"route {self.route!r}: field {name!r} is added by converged(); "
                     "rename the state's field or leave it out of fields="
                 )
-        kinds = self._kinds(fields, self._sizes(state))
+        roles = self._roles(fields, self._sizes(state))
         whole = Schema.infer(fields)
         out: dict[str, Field] = {}
         for name, f in whole.items():
-            if kinds[name] != "whole":
+            if roles[name] != "whole":
                 out[name] = Field(f.dtype, (None, *f.shape[1:]))
             else:
                 out[name] = f
         out[SYSTEM] = Field("int64", (None,))
         out[SYSTEM_ROWS] = Field("int64", (None,))
-        return Schema(out)
+        schema = Schema(out)
+        self.roles = roles  # the last schema made is the one the route opens with
+        return schema
 
     def select(self, state: Any, fields: Mapping[str, Any]) -> dict[str, Any] | None:
         """The chosen systems' part of ``fields``, or None when no system is due.
 
-        Nothing changes: :meth:`stored_now` takes the chosen systems as stored
-        once the frame is captured.
+        No system is taken as stored here: :meth:`stored_now` does that once
+        the frame is captured. Each field is cut by the role it got when the
+        schema was made (:attr:`roles`), whatever its first dimension now.
 
         Raises
         ------
         SchemaError
             A mask or sizes of the wrong shape or type, sizes that change
-            their number of systems during the recording, or a field that may
-            be per atom or per system (see :func:`converged`).
+            their number of systems during the recording, a field that may
+            be per atom or per system (see :func:`converged`), or one whose
+            rows do not fit its role: a per-atom field of other than
+            ``sum(sizes)`` rows, a per-system one of other than ``B``.
         """
         sizes = self._sizes(state)
         b = len(sizes)
@@ -399,7 +479,8 @@ def by_system(traj: Any, per_system: Sequence[str] | None = None) -> dict[int, d
         Without them, a ragged field is read as per system where its row
         counts match the frames' systems and not their atoms, and per atom
         the other way round; where both match in every frame (an empty
-        system, as many atoms as systems) and the two readings differ, it is
+        system, as many atoms as systems, or one atom each, where the
+        readings differ in shape: ``()`` or ``(1,)`` for a scalar), it is
         refused.
 
     Returns
@@ -414,8 +495,9 @@ def by_system(traj: Any, per_system: Sequence[str] | None = None) -> dict[int, d
     ------
     SchemaError
         The trajectory has no ``system`` and ``natoms`` fields, a name of
-        ``per_system`` is no ragged field, or a field may be read per atom or
-        per system (give ``per_system``).
+        ``per_system`` is no ragged field, a field may be read per atom or
+        per system (give ``per_system``), or a frame's rows of a field do
+        not match its systems (per system) or its ``natoms`` (per atom).
     """
     fields = traj.fields
     if SYSTEM not in fields or SYSTEM_ROWS not in fields:
@@ -435,23 +517,39 @@ def by_system(traj: Any, per_system: Sequence[str] | None = None) -> dict[int, d
             f"{', '.join(map(repr, ragged)) or 'none'}; got {', '.join(map(repr, unknown))}"
         )
     # a ragged field holds atoms (rows = atoms of the frame's systems) or
-    # systems (rows = systems); where both counts fit every frame, the two
-    # readings agree only if every system has one atom
+    # systems (rows = systems); where both counts fit every frame, the row
+    # counts cannot tell: even with one atom each, where both cuts took the
+    # same rows, a per-system value reads back as () and a per-atom one as (1, ...)
     systems_of = set()
     for name in ragged:
         if named is not None:
-            if name in named:
-                systems_of.add(name)
-            continue
-        as_systems = all(len(fr[name]) == len(fr[SYSTEM]) for fr in frames)
-        as_atoms = all(len(fr[name]) == int(fr[SYSTEM_ROWS].sum()) for fr in frames)
-        if as_systems and as_atoms and not all((fr[SYSTEM_ROWS] == 1).all() for fr in frames):
-            raise SchemaError(
-                f"by_system: field {name!r}: its rows match both the systems and the "
-                "atoms of every frame, so it may hold either; name the per-system "
-                "fields, by_system(traj, per_system=[...]), the others being per atom"
-            )
-        if as_systems and not as_atoms:
+            as_systems = name in named
+        else:
+            as_systems = all(len(fr[name]) == len(fr[SYSTEM]) for fr in frames)
+            as_atoms = all(len(fr[name]) == int(fr[SYSTEM_ROWS].sum()) for fr in frames)
+            if as_systems and as_atoms and frames:
+                raise SchemaError(
+                    f"by_system: field {name!r}: its rows match both the systems and the "
+                    "atoms of every frame, so it may hold either; name the per-system "
+                    "fields, by_system(traj, per_system=[...]), the others being per atom "
+                    "(per_system=[] for none)"
+                )
+        for i, fr in enumerate(frames):
+            counts = fr[SYSTEM_ROWS]
+            want = len(counts) if as_systems else int(counts.sum())
+            if len(fr[name]) != want:
+                why = (
+                    "its rows follow neither the systems nor the atoms of every frame"
+                    if named is None
+                    else f"expected {want}, " + ("one per system" if as_systems else "its atoms")
+                )
+                raise SchemaError(
+                    f"by_system: field {name!r}: {len(fr[name])} rows at step "
+                    f"{int(steps[i])}, whose frame holds {len(counts)} system(s) of "
+                    f"{counts.tolist()} atoms; {why}, so they cannot be split by system "
+                    "(read the frames with traj.frame(i))"
+                )
+        if as_systems:
             systems_of.add(name)
     out: dict[int, dict[str, Any]] = {}
     for i, frame in enumerate(frames):
