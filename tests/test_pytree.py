@@ -9,8 +9,9 @@ tree of dicts (``nested=True``) or in the structure of a template (``like=``).
 from __future__ import annotations
 
 import dataclasses
-from collections import OrderedDict
-from collections.abc import Callable
+import enum
+from collections import OrderedDict, defaultdict
+from collections.abc import Callable, Iterator, Mapping
 from pathlib import Path
 from typing import Any, NamedTuple
 
@@ -724,3 +725,129 @@ def test_bad_input_in_every_store_and_api(kind: str, api: str, tmp_path: Path) -
     assert traj.steps.tolist() == [1, 3]
     assert_leaf(traj["p.x"][:], np.stack([X, X * 2]))
     assert_leaf(traj["p.e"][:], np.array([1.0, 3.0]))
+
+
+# -- keys by value, templates by type --------------------------------------------------
+class Species(str, enum.Enum):  # noqa: UP042  # the mixin idiom under test, not StrEnum
+    H = "H"
+    C = "C"
+
+
+class Layer(int, enum.Enum):
+    FIRST = 0
+    SECOND = 1
+
+
+def enum_state(i: int) -> dict[str, Any]:
+    return {
+        "charges": {Species.H: np.full(2, i, np.float32), Species.C: np.arange(i + 1.0)[-1:]},
+        "layers": {Layer.FIRST: np.arange(3) + i, Layer.SECOND: np.ones((2, 2)) * i},
+    }
+
+
+@pytest.mark.parametrize("kind", STORES)
+def test_mixin_enum_keys_are_named_by_their_value(kind: str, tmp_path: Path) -> None:
+    """``Species.H == "H"`` is the key ``H``, not its str() ``Species.H`` (which
+    the separator would also split into a path)."""
+    path = tmp_path / "run"
+    store = make_store(kind, path)
+    write("sync", store, [enum_state(0), enum_state(1)])
+    traj = read(kind, store, path)
+    assert list(traj.fields) == ["charges.H", "charges.C", "layers.0", "layers.1"]
+    assert all(type(name) is str for name in traj.fields)
+    tree = traj.frame(1, nested=True)
+    assert list(tree["charges"]) == ["H", "C"]
+    assert list(tree["layers"]) == ["0", "1"]
+    assert_leaf(tree["charges"]["H"], np.full(2, 1, np.float32))
+    assert_leaf(tree["layers"]["0"], np.arange(3) + 1)
+    # the template's own keys come back, enum members included
+    back = traj.frame(1, like=enum_state(0))
+    assert list(back["charges"]) == [Species.H, Species.C]
+    assert all(type(k) is Species for k in back["charges"])
+    assert_same(back, enum_state(1))
+    # the plain keys name the same fields
+    plain = traj.frame(0, like={"charges": {"H": None, "C": None}, "layers": [None, None]})
+    assert_leaf(plain["charges"]["C"], np.array([0.0]))
+    assert_leaf(plain["layers"][1], np.zeros((2, 2)))
+
+
+def test_mixin_enum_keys_fit_the_plain_spelling() -> None:
+    """An enum key and the str it equals are one field; a key that spells the
+    enum's str() is another."""
+    decl = Schema({"charges": {Species.H: ("f4", (2,))}, "layers": {Layer.FIRST: "f8"}})
+    assert list(decl) == ["charges.H", "layers.0"]
+    assert Schema({Species.H: {"w": "f4"}}) == Schema({"H.w": "f4"})
+    store = HostMemory()
+    with SyncSink(store, schema=decl) as sink:
+        sink.write({"charges": {Species.H: np.ones(2, np.float32)}, "layers": {0: 1.0}}, step=0)
+        sink.write({"charges.H": np.zeros(2, np.float32), "layers": {Layer.FIRST: 2.0}}, step=1)
+    traj = store.trajectory()
+    assert traj["charges.H"][:].tolist() == [[1, 1], [0, 0]]
+    assert traj["layers.0"][:].tolist() == [1.0, 2.0]
+    other = HostMemory()
+    with SyncSink(other) as sink:  # no collision: "H" and "Species" -> "H"
+        sink.write({Species.H: np.ones(1), "Species": {"H": np.zeros(1)}}, step=0)
+    assert list(other.trajectory().fields) == ["H", "Species.H"]
+    assert other.trajectory().frame(0)["Species.H"].tolist() == [0.0]
+
+
+def zeros2() -> np.ndarray[Any, Any]:
+    return np.zeros(2)
+
+
+class Tagged(dict[str, Any]):
+    """A dict whose constructor takes a tag first: ``Tagged(pairs)`` would be empty."""
+
+    def __init__(self, tag: str, *args: Any):
+        super().__init__(*args)
+        self.tag = tag
+
+
+class ReadOnly(Mapping[str, Any]):
+    """A mapping that cannot be built from a dict (its constructor takes two)."""
+
+    def __init__(self, data: dict[str, Any], tag: str):
+        self._data, self.tag = dict(data), tag
+
+    def __getitem__(self, key: str) -> Any:
+        return self._data[key]
+
+    def __iter__(self) -> Iterator[str]:
+        return iter(self._data)
+
+    def __len__(self) -> int:
+        return len(self._data)
+
+
+def test_like_keeps_mapping_types_their_constructors_do_not_build() -> None:
+    """A defaultdict comes back with its default_factory, a dict subclass with
+    its attributes; only a mapping that is neither buildable nor a dict is a
+    plain dict (as documented)."""
+
+    def state(i: float) -> dict[str, Any]:
+        return {
+            "per_species": defaultdict(zeros2, {"H": np.ones(2) * i, "C": np.zeros(2) + i}),
+            "tagged": Tagged("t", {"a": np.arange(2.0) + i}),
+            "ro": ReadOnly({"b": np.arange(3) + int(i)}, "r"),
+        }
+
+    store = HostMemory()
+    with SyncSink(store) as sink:
+        sink.write(state(0), step=0)
+        sink.write(state(1), step=1)
+    template = state(7)
+    back = store.trajectory().frame(1, like=template)
+    node = back["per_species"]
+    assert type(node) is defaultdict and node.default_factory is zeros2
+    assert list(node) == ["H", "C"]
+    assert_leaf(node["H"], np.ones(2))
+    assert_leaf(node["C"], np.ones(2))
+    assert_leaf(node["N"], np.zeros(2))  # a missing key: the template's factory
+    assert type(back["tagged"]) is Tagged and back["tagged"].tag == "t"
+    assert_leaf(back["tagged"]["a"], np.arange(2.0) + 1)
+    assert type(back["ro"]) is dict and list(back["ro"]) == ["b"]
+    assert_leaf(back["ro"]["b"], np.arange(3) + 1)
+    # the template itself is untouched
+    assert list(template["per_species"]) == ["H", "C"]
+    assert_leaf(template["per_species"]["H"], np.ones(2) * 7)
+    assert_leaf(template["tagged"]["a"], np.arange(2.0) + 7)

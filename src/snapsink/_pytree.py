@@ -35,6 +35,7 @@ is loaded).
 
 from __future__ import annotations
 
+import copy
 import dataclasses
 import sys
 from collections.abc import Callable, Iterable, Iterator, Mapping
@@ -93,13 +94,16 @@ def _numbers(seq: list[Any] | tuple[Any, ...]) -> bool:
 
 
 def _key(key: object, where: str) -> str:
-    """One key of a path as it appears in a field name."""
+    """One key of a path as it appears in a field name: a str or int key's own
+    value, never its ``__str__``, which a ``(str, Enum)`` or ``(int, Enum)``
+    member overrides (``Species.H == "H"`` is the key ``H``; ``"Species.H"``
+    would also split into a path)."""
     if type(key) is str:
         return key
     if isinstance(key, int) and not isinstance(key, bool):
-        return str(key)
+        return int.__repr__(key)
     if isinstance(key, str):
-        return str(key)
+        return str.__str__(key)
     if not where:
         raise ConfigError(f"field name: expected a str, got {type(key).__name__} {key!r}")
     raise ConfigError(
@@ -255,10 +259,10 @@ def flatten_specs(fields: Mapping[str, object]) -> dict[str, object]:
         out[name] = spec
 
     for key, spec in fields.items():
-        if type(key) is not str:  # the schema's name check says what is wrong
+        if not isinstance(key, str):  # the schema's name check says what is wrong
             out[key] = spec
             continue
-        walk(key, spec)
+        walk(_key(key, ""), spec)
     return out
 
 
@@ -295,7 +299,10 @@ def rebuild(like: object, get: Callable[[str], Any]) -> Any:
 
     ``like`` is a template of the state that was written (a dataclass, a
     NamedTuple, a JAX pytree, a dict with dotted keys): the result has its
-    types and keys. A list or tuple of numbers in the template is a leaf.
+    types and keys. A list or tuple of numbers in the template is a leaf. A
+    mapping node is rebuilt as ``type(node)(pairs)``, or, for a dict subclass
+    whose constructor takes more (a ``defaultdict``), as a copy of the node
+    refilled; one that can be neither comes back as a plain dict.
 
     Raises
     ------
@@ -303,6 +310,33 @@ def rebuild(like: object, get: Callable[[str], Any]) -> Any:
         ``like`` is not a mapping, dataclass, NamedTuple or JAX pytree node.
     """
     return _rebuild_node(like, _top_level(like, None), "", get)
+
+
+def _mapping_like(like: Mapping[Any, Any], pairs: dict[Any, Any]) -> Any:
+    """``pairs`` in a mapping of ``like``'s type: ``type(like)(pairs)`` when that
+    holds the pairs, else, for a dict subclass whose constructor takes more than
+    them (a ``defaultdict``'s ``default_factory``), a copy of ``like`` refilled,
+    which keeps it. A plain dict only when neither works; a mapping that is not
+    a dict is never copied (its copy may share, and so empty, the template's
+    storage)."""
+    kind = type(like)
+    if kind is dict:
+        return pairs
+    try:
+        new = cast(Any, kind)(pairs)
+        if new.keys() == pairs.keys():  # not a constructor that took them as something else
+            return new
+    except Exception:
+        pass
+    if isinstance(like, dict):  # a copy has its own storage
+        try:
+            new = copy.copy(like)
+            new.clear()
+            new.update(pairs)
+            return new
+        except Exception:
+            pass
+    return pairs
 
 
 def _rebuild(name: str, value: Any, get: Callable[[str], Any]) -> Any:
@@ -319,11 +353,7 @@ def _rebuild_node(like: Any, node: Node, name: str, get: Callable[[str], Any]) -
         keys.append(key)
         values.append(_rebuild(f"{name}{SEP}{k}" if name else k, child, get))
     if kind == "mapping":
-        pairs = dict(zip(keys, values, strict=True))
-        try:
-            return cast(Any, type(like))(pairs)
-        except Exception:  # a mapping type that cannot be built from a dict
-            return pairs
+        return _mapping_like(like, dict(zip(keys, values, strict=True)))
     if kind == "namedtuple":
         return type(like)(*values)
     if kind == "sequence":
