@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import gc
 import sys
 import threading
 from pathlib import Path
@@ -434,3 +435,30 @@ def test_a_gpu_buffer_has_one_sink_at_a_time() -> None:
     with snapsink.SyncSink(buf, writer="thread") as second:
         second.write({"x": np.float64(2.0)}, step=1)
     assert buf.read().steps.tolist() == [0, 1]
+
+
+def _emulated_copy_threads() -> int:
+    return sum(t.name == "snapsink-emulated-copy" for t in threading.enumerate())
+
+
+async def test_a_dropped_buffer_releases_its_stream() -> None:
+    """The ring's own stream goes with the buffer (not with its sink: read() and
+    drain_to() use it after): an emulated stream's worker thread stops then."""
+    sim = EmulatedStream("sim")
+    gc.collect()  # the buffers earlier tests dropped
+    before = _emulated_copy_threads()
+    for i in range(5):
+        buf = GPUBuffer(2, backend="emulation")
+        async with Sink(buf) as sink:
+            await sink.write({"x": EmulatedDeviceArray(np.full(3, float(i)))}, step=i, stream=sim)
+        assert _emulated_copy_threads() == before + 1  # the ring's, alive after its sink
+        stream = buf.stream
+        drained = HostMemory()
+        assert await buf.drain_to(drained) == 1
+        assert drained.trajectory().frame(0)["x"].tolist() == [float(i)] * 3
+        del buf, sink  # the sink holds its store
+        gc.collect()
+        assert _emulated_copy_threads() == before, f"buffer {i}: its stream's thread is left"
+        with pytest.raises(DeviceError, match="closed"):
+            stream.launch(print)
+    sim.close()

@@ -49,6 +49,7 @@ from __future__ import annotations
 import array
 import inspect
 import threading
+import weakref
 from typing import Any, ClassVar
 
 import numpy as np
@@ -279,6 +280,10 @@ class GPUBuffer:
                 self._times = times
                 return
             self._stream = self._be.new_stream()
+            # read() and drain_to() use the stream after a sink closed: it goes
+            # with the buffer (an emulated stream's worker thread stops then);
+            # not at exit, where a stream still busy would hold the exit up
+            weakref.finalize(self, self._be.close_stream, self._stream).atexit = False
             self._slots = DeviceSlots(self._be, schema, self.capacity)
             self._schema = schema
             self._times = times
