@@ -75,7 +75,8 @@ def as_dtype(dtype: object, what: str) -> np.dtype[Any]:
 
 
 def as_host_array(name: str, value: object, step: int | None = None) -> np.ndarray[Any, Any]:
-    """``value`` as a numpy array of a storable dtype, or a DTypeError naming ``name``."""
+    """``value`` as a numpy array of a storable dtype (through DLPack when that is
+    all numpy can read of it), or a DTypeError naming ``name``."""
     at = "" if step is None else f" at step {step}"
     if value is None:
         raise DTypeError(f"field {name!r}: expected an array or a number, got None{at}")
@@ -95,12 +96,69 @@ def as_host_array(name: str, value: object, step: int | None = None) -> np.ndarr
             refused = _torch_dtype_error(name, value.dtype, at)
             if refused is not None:
                 raise refused from exc
+        if hasattr(type(value), "__dlpack__") and not hasattr(type(value), "__array__"):
+            return _from_dlpack(name, value, at)  # its own message, naming the device
         raise DTypeError(
             f"field {name!r}: expected an array or a number, got {type(value).__name__}"
             f"{at}, which numpy cannot read ({type(exc).__name__}: {exc})"
         ) from exc
+    if arr.dtype.kind == "O" and hasattr(type(value), "__dlpack__"):
+        # np.asarray ignores __dlpack__: an array that exports only DLPack
+        # became a 0-d object array
+        return _from_dlpack(name, value, at)
     if arr.dtype.kind not in ALLOWED_KINDS or arr.dtype.fields is not None:
         raise DTypeError(
+            f"field {name!r}: expected a bool, integer, float or complex array, "
+            f"got dtype {arr.dtype} ({type(value).__name__}){at}"
+        )
+    return arr
+
+
+#: DLPack device types (``__dlpack_device__()[0]``) by name, for messages
+_DLPACK_DEVICES = {
+    1: "CPU",
+    2: "CUDA",
+    3: "CUDA host",
+    4: "OpenCL",
+    7: "Vulkan",
+    8: "Metal",
+    9: "VPI",
+    10: "ROCm",
+    11: "ROCm host",
+    12: "ext_dev",
+    13: "CUDA managed",
+    14: "oneAPI",
+    15: "WebGPU",
+    16: "Hexagon",
+    17: "MAIA",
+}
+#: DLPack device types whose memory the CPU reads, as np.from_dlpack takes them
+_DLPACK_HOST = frozenset({1, 3, 11, 13})
+
+
+def _from_dlpack(name: str, value: Any, at: str) -> np.ndarray[Any, Any]:
+    """A host array of a value numpy reads only through DLPack (``np.from_dlpack``),
+    else a DTypeError naming ``name`` and the value's device."""
+    try:
+        kind, index = (int(v) for v in value.__dlpack_device__())
+    except Exception:
+        kind, index = 1, 0  # no device given: DLPack says the CPU
+    device = f"{_DLPACK_DEVICES.get(kind, 'unknown')}:{index} (DLPack device type {kind})"
+    if kind not in _DLPACK_HOST:
+        raise DTypeError(
+            f"field {name!r}: expected a host or CUDA array, got a {type(value).__name__} "
+            f"on device {device}{at}; copy it to the host first (snapsink reads CUDA "
+            "arrays through CuPy, and no other device)"
+        )
+    try:
+        arr: np.ndarray[Any, Any] = np.from_dlpack(value)
+    except Exception as exc:
+        raise DTypeError(
+            f"field {name!r}: got a {type(value).__name__} that exports only DLPack, on "
+            f"device {device}{at}, which numpy cannot read ({type(exc).__name__}: {exc})"
+        ) from exc
+    if arr.dtype.kind not in ALLOWED_KINDS or arr.dtype.fields is not None:
+        raise DTypeError(  # pragma: no cover - DLPack has no other dtypes numpy reads
             f"field {name!r}: expected a bool, integer, float or complex array, "
             f"got dtype {arr.dtype} ({type(value).__name__}){at}"
         )

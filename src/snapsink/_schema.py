@@ -57,6 +57,9 @@ _NESTED_NAME = re.compile(r"(?:[A-Za-z_]\w*|[0-9]+)(?:\.(?:[A-Za-z_]\w*|[0-9]+))
 #: the last part of a nested name the stores keep for themselves: a ragged
 #: field's row offsets are ``<name>.offsets``
 _OFFSETS = f"{SEP}offsets"
+#: the most dimensions a field may have: numpy's 64, less the frame axis the
+#: stores put in front of every field's values
+MAX_NDIM = 63
 #: int64's range as Python ints (``np.iinfo(...).min`` is a property computed per call)
 _INT64_MIN = int(np.iinfo(np.int64).min)
 _INT64_MAX = int(np.iinfo(np.int64).max)
@@ -117,6 +120,8 @@ class Field:
         The shape of one frame's value; ``()`` for a scalar. A first dimension of
         ``None`` makes the field *ragged*: its row count may change from frame to
         frame (e.g. ``(None, 3)`` for the positions of a varying number of atoms).
+        At most 63 dimensions: stored, a field gains a frame axis, and numpy
+        holds 64 (HDF5Store: at most 31, HDF5 holds 32).
     dims
         Optional names of the dimensions of ``shape``, one each, e.g.
         ``("y", "x")``: fields naming the same dimension share it in
@@ -129,7 +134,8 @@ class Field:
     Raises
     ------
     ConfigError
-        For a dtype that cannot be stored, a malformed shape, or bad ``dims``.
+        For a dtype that cannot be stored, a malformed shape (more than 63
+        dimensions too), or bad ``dims``.
     """
 
     dtype: np.dtype[Any]
@@ -152,6 +158,11 @@ class Field:
             shp = tuple(shape)
         except TypeError as exc:
             raise ConfigError(f"Field shape: expected a tuple, got {shape!r}") from exc
+        if len(shp) > MAX_NDIM:
+            raise ConfigError(
+                f"Field shape: expected at most {MAX_NDIM} dimensions (numpy's 64, less "
+                f"the frame axis the stores add), got {len(shp)}"
+            )
         for i, n in enumerate(shp):
             if n is None:
                 if i != 0:
@@ -267,12 +278,41 @@ def _check_dims(dims: object, shape: tuple[Any, ...]) -> tuple[str, ...] | None:
 def _coerce_field(name: str, spec: object) -> Field:
     if isinstance(spec, Field):
         return spec
-    if isinstance(spec, tuple) and len(spec) == 2 and isinstance(spec[1], tuple | list):
-        return Field(spec[0], spec[1])
     try:
+        if isinstance(spec, tuple) and len(spec) == 2 and isinstance(spec[1], tuple | list):
+            return Field(spec[0], spec[1])
         return Field(spec)
     except ConfigError as exc:
         raise ConfigError(f"schema field {name!r}: {exc}") from None
+
+
+def _dim_conflict(fields: Mapping[str, Field]) -> str | None:
+    """A message when two fields give one dimension two sizes, else None.
+
+    Fields naming a dimension share it (``to_xarray``, Zarr's
+    ``dimension_names``), so its size must agree, default names
+    (``<name>_dim_<k>``) included. A ragged field's rows are the dimension
+    ``<name>_row`` in the stores, as long as the rows of all frames: no
+    dimension of a fixed size may take that name.
+    """
+    sizes: dict[str, tuple[int | None, str]] = {}
+    for name, f in fields.items():
+        for dim, n in zip(f.dim_names(name), f.shape, strict=True):
+            seen = sizes.setdefault(dim, (n, name))
+            if seen == (n, name) or (seen[0] == n and n is not None):
+                continue
+            if n is None or seen[0] is None:
+                rows, other = (name, seen[1]) if n is None else (seen[1], name)
+                return (
+                    f"field {other!r} names dimension {dim!r}, the rows of ragged field "
+                    f"{rows!r} (as many as all its frames' rows); name the dimension otherwise"
+                )
+            return (
+                f"dimension {dim!r} has size {seen[0]} in field {seen[1]!r} and {n} in "
+                f"field {name!r}; fields naming a dimension share it (to_xarray, Zarr's "
+                "dimension_names): give them sizes that agree, or another dimension name"
+            )
+    return None
 
 
 class Schema(Mapping[str, Field]):
@@ -290,12 +330,20 @@ class Schema(Mapping[str, Field]):
     ------
     ConfigError
         For an unsafe name, a reserved name, an invalid field, a name given
-        twice, or a field that is also the parent of another (``a``, ``a.b``).
+        twice, a field that is also the parent of another (``a``, ``a.b``), or
+        fields giving one dimension two sizes (``dims=("n",)`` on fields of 3
+        and 4 values; a ragged field's rows ``<name>_row`` named by another).
     """
 
     __slots__ = ("_fields", "_keys", "fixed_nbytes", "plan", "ragged")
 
     def __init__(self, fields: Mapping[str, object]):
+        self._build(fields)
+        conflict = _dim_conflict(self._fields)
+        if conflict is not None:
+            raise ConfigError(f"Schema: {conflict}")
+
+    def _build(self, fields: Mapping[str, object]) -> None:
         if not isinstance(fields, Mapping):
             raise ConfigError(
                 f"Schema: expected a mapping of name to Field, got {type(fields).__name__}"
@@ -351,7 +399,11 @@ class Schema(Mapping[str, Field]):
         """Inverse of :meth:`to_json`."""
         if not isinstance(obj, dict):
             raise ConfigError(f"schema description: expected an object, got {type(obj).__name__}")
-        return cls({str(n): Field.from_json(f) for n, f in obj.items()})
+        # dims are not checked across fields here: a store written before Schema
+        # refused a dimension of two sizes still reads, field by field
+        schema = cls.__new__(cls)
+        schema._build({str(n): Field.from_json(f) for n, f in obj.items()})
+        return schema
 
     @classmethod
     def infer(cls, fields: object) -> Schema:
@@ -366,7 +418,8 @@ class Schema(Mapping[str, Field]):
         ConfigError
             An unsafe or reserved name.
         SchemaError
-            A name given twice, or a field that is also a parent (``a``, ``a.b``).
+            A name given twice, a field that is also a parent (``a``, ``a.b``),
+            or a value of more than 63 dimensions.
         DTypeError
             Not a mapping (nor nested state), or a value that cannot be stored.
         """
@@ -390,6 +443,11 @@ class Schema(Mapping[str, Field]):
                     "schema (e.g. 'uint64' or 'float64')"
                 )
             dtype, shape = dtype_shape(name, value)
+            if len(shape) > MAX_NDIM:
+                raise SchemaError(
+                    f"field {name!r}: expected at most {MAX_NDIM} dimensions (numpy's 64, "
+                    f"less the frame axis the stores add), got {len(shape)}"
+                )
             try:
                 out[name] = Field(dtype, shape)
             except ConfigError as exc:
@@ -456,8 +514,10 @@ class Schema(Mapping[str, Field]):
                 value = as_host_array(name, value, step)
             value = unmasked(name, value, step)
             dtype, got = dtype_shape(name, value, step)
-            # A Python int is int64 by name only: its value must fit the field.
-            if (dtype != want or kind is int) and not safe_cast(value, dtype, want):
+            # A Python int is int64 by name only: its value must fit the field;
+            # so must an int subclass's (IntEnum, IntFlag), which numpy takes as int.
+            an_int = isinstance(value, int) and kind is not bool
+            if (dtype != want or an_int) and not safe_cast(value, dtype, want):
                 if isinstance(value, int) and not isinstance(value, bool):
                     if want.kind == "b":
                         raise DTypeError(

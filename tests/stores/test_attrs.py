@@ -265,3 +265,77 @@ def test_resume_checks_static_arrays_bit_for_bit_before_writing(
     np.testing.assert_array_equal(traj.static["q"], np.ones(2))
     assert traj.steps.tolist() == [0, 1]
     np.testing.assert_array_equal(traj["e"][:], [1.5, 2.5])
+
+
+# -- deep nesting, masked static arrays (probe D) ---------------------------------------
+def _nested(depth: int, leaf: Any = 1) -> Any:
+    """``{"a": {"a": ... leaf}}``: ``depth`` dicts."""
+    out = leaf
+    for _ in range(depth):
+        out = {"a": out}
+    return out
+
+
+@pytest.mark.parametrize("make", ADDING)
+def test_deeply_nested_attrs_are_refused_naming_the_path(make: Maker, tmp_path: Path) -> None:
+    """A ConfigError naming the key path, never a RecursionError; 100 levels
+    (the top mapping counted) are stored and read back."""
+    deep = {"top": _nested(2000)}
+    with pytest.raises(ConfigError, match=re.escape("attrs['top']['a']['a']") + ".*100 deep"):
+        make(tmp_path, deep)
+    with pytest.raises(ConfigError, match=re.escape("attrs['top']['a']") + ".*100 deep"):
+        make(tmp_path, {"top": _nested(100)})  # 101 with the top mapping
+    assert list(tmp_path.iterdir()) == []
+    store, read = make(tmp_path, {"top": _nested(98, leaf=[2.5])})  # 100 deep
+    with pytest.raises(ConfigError, match="100 deep"):
+        store.add_metadata(attrs={"more": _nested(1000)})
+    write_one(store)
+    node = read().attrs["top"]
+    for _ in range(98):
+        node = node["a"]
+    assert node == [2.5]
+
+
+@pytest.mark.parametrize("make", ADDING)
+def test_masked_static_arrays_are_refused_on_every_path(make: Maker, tmp_path: Path) -> None:
+    """static= keeps no mask, as a frame's field: a masked array with masked
+    elements is refused naming the entry (the constructor and add_metadata),
+    one without is stored as its values."""
+    masked = np.ma.array([1.0, -999.0, 3.0], mask=[False, True, False])
+    with pytest.raises(ConfigError, match="static 'charges': expected values, got a masked"):
+        make(tmp_path, {}, static={"charges": masked})
+    assert list(tmp_path.iterdir()) == []
+    store, read = make(tmp_path, {}, static={"ok": np.ma.array([1.0, 2.0], mask=False)})
+    with pytest.raises(ConfigError, match="static 'charges': expected values, got a masked"):
+        store.add_metadata(static={"charges": masked})
+    with pytest.raises(ConfigError, match="static 'ragged': expected a bool, integer"):
+        store.add_metadata(static={"ragged": [[1.0], [2.0, 3.0]]})
+    with pytest.raises(ConfigError, match="static 'deep': expected a bool, integer"):
+        store.add_metadata(static={"deep": _nested_list(100)})
+    write_one(store)
+    traj = read()
+    assert sorted(traj.static) == ["ok"]
+    ok = np.asarray(traj.static["ok"])
+    assert type(ok) is np.ndarray and ok.tolist() == [1.0, 2.0]
+
+
+def _nested_list(depth: int) -> Any:
+    out: Any = 1.0
+    for _ in range(depth):
+        out = [out]
+    return out
+
+
+def test_masked_static_from_a_recorder_route_is_refused(tmp_path: Path) -> None:
+    """A route's static= function makes the store at the first record: the
+    same refusal, naming the entry, and nothing written."""
+    masked = np.ma.array([1.0, 2.0], mask=[True, False])
+    route = snapsink.Route(
+        lambda static: snapsink.NpyDirectory(tmp_path / "run", static=static),
+        fields=["e"],
+        static=lambda state: {"charges": state["charges"]},
+    )
+    with pytest.raises(ConfigError, match="static 'charges': expected values, got a masked"):
+        with snapsink.SyncRecorder(run=route) as recorder:
+            recorder.record({"e": 1.0, "charges": masked}, step=0)
+    assert not (tmp_path / "run").exists()

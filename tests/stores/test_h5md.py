@@ -460,3 +460,77 @@ def test_frames_without_times_have_no_time_datasets(tmp_path: Path) -> None:
     traj = snapsink.open(path)
     assert traj.times is None
     np.testing.assert_array_equal(traj["f"][2], np.full((2, 3), 2, np.float32))
+
+
+# -- nested field names (probe D) -------------------------------------------------------
+def test_nested_fields_as_observables_and_elements(tmp_path: Path) -> None:
+    """Nested fields map as flat ones: an observable is one group named as the
+    field (``/observables/thermo.energy``), read back by snapsink (its group
+    and its H5MD reader) and by MDAnalysis."""
+    path = tmp_path / "run.h5md"
+    h5md = {"position": "state.pos", "observables": ["thermo.energy", "thermo.virial"]}
+    store = HDF5Store(path, layout="h5md", h5md=h5md, units={"thermo.energy": "kJ mol-1"})
+    rng = np.random.default_rng(3)
+    frames = [
+        {
+            "state": {"pos": rng.random((4, 3))},
+            "thermo": {"energy": float(-i), "virial": np.full((3, 3), float(i))},
+        }
+        for i in range(3)
+    ]
+    with snapsink.SyncSink(store, writer="thread") as sink:
+        for i, fr in enumerate(frames):
+            sink.write(fr, step=10 * i, time=0.5 * i)
+    with h5py.File(path, "r") as f:
+        assert sorted(f["observables"]) == ["thermo.energy", "thermo.virial"]
+        np.testing.assert_array_equal(f["observables/thermo.energy/value"][...], [0, -1, -2])
+        np.testing.assert_array_equal(f["observables/thermo.energy/step"][...], [0, 10, 20])
+        assert f["observables/thermo.energy/value"].attrs["unit"] == "kJ mol-1"
+        np.testing.assert_array_equal(
+            f["particles/all/position/value"][2], frames[2]["state"]["pos"]
+        )
+    traj = snapsink.open(path)  # the snapsink group
+    np.testing.assert_array_equal(traj["thermo.energy"][:], [0.0, -1.0, -2.0])
+    np.testing.assert_array_equal(traj["thermo.virial"][1], np.ones((3, 3)))
+    from snapsink.stores._h5mdread import H5MDSource
+
+    source = H5MDSource(path)  # the H5MD tree alone, as another program's file
+    assert list(source.schema or {}) == ["position", "thermo.energy", "thermo.virial"]
+    np.testing.assert_array_equal(source.read("thermo.energy", 0, 3), [0.0, -1.0, -2.0])
+    np.testing.assert_array_equal(source.steps(), [0, 10, 20])
+    mda = pytest.importorskip("MDAnalysis")
+    reader = mda.coordinates.H5MD.H5MDReader(str(path), convert_units=False)
+    try:
+        for i, ts in enumerate(reader):
+            assert ts.data["thermo.energy"] == -i
+            np.testing.assert_array_equal(ts.data["thermo.virial"], np.full((3, 3), float(i)))
+            np.testing.assert_array_equal(ts.positions, frames[i]["state"]["pos"].astype("f4"))
+    finally:
+        reader.close()
+
+
+def test_bad_nested_names_in_the_mapping_are_refused(tmp_path: Path) -> None:
+    for h5md, match in [
+        ({"observables": ["thermo..energy"]}, r"h5md\['observables'\]: field name"),
+        ({"observables": ["x.offsets"]}, "may not end in '.offsets'"),
+        ({"position": "steps.x"}, r"h5md\['position'\]: field name 'steps.x' is reserved"),
+        ({"position": "a/b"}, r"h5md\['position'\]: field name 'a/b'"),
+    ]:
+        with pytest.raises(ConfigError, match=match):
+            HDF5Store(tmp_path / "x.h5md", layout="h5md", h5md=h5md)
+    assert list(tmp_path.iterdir()) == []
+
+
+def test_h5md_observable_that_is_a_node_of_another_is_left_out(tmp_path: Path) -> None:
+    """Another program's observables ``thermo`` and ``thermo.energy`` cannot
+    both be fields (a node of a tree is no leaf): the first found is kept."""
+    path = tmp_path / "hand.h5md"
+    with h5py.File(path, "w") as f:
+        f.create_group("h5md").attrs["version"] = [1, 1]
+        for name, values in [("thermo", [1.0, 2.0]), ("thermo.energy", [3.0, 4.0])]:
+            f[f"observables/{name}/value"] = values
+            f[f"observables/{name}/step"] = [0, 1]
+    traj = snapsink.open(path)
+    assert list(traj.fields) == ["thermo"]
+    np.testing.assert_array_equal(traj["thermo"][:], [1.0, 2.0])
+    assert traj.attrs["h5md"]["left_out"] == ["/observables/thermo.energy"]

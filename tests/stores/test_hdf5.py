@@ -956,3 +956,45 @@ def test_failed_opens_leave_no_file_open(tmp_path: Path) -> None:
     _small_store(tmp_path / "s.h5", 1)
     assert open_hdf5(tmp_path / "s.h5")["x"][0].tolist() == [10.0] * 3
     assert _open_fds_under(tmp_path) == []
+
+
+# -- ranks (probe D) ---------------------------------------------------------------------
+@pytest.mark.parametrize("writer", ["thread", "process"])
+def test_a_field_of_more_than_31_dimensions_is_refused_before_any_frame(
+    tmp_path: Path, writer: str
+) -> None:
+    """An HDF5 dataset holds 32 dimensions, one of them the frames: a field of
+    32 is refused at the write that fixes the schema (nothing written, the sink
+    usable); 31, ragged or not, is stored and read back."""
+    path = tmp_path / "run.h5"
+    store = snapsink.HDF5Store(path)
+    with pytest.raises(SchemaError, match=r"field 'x': expected at most 31 dimensions"):
+        store.check_schema(Schema({"x": Field("f8", (None,) + (1,) * 31)}))
+    fixed = np.arange(2.0).reshape((2,) + (1,) * 30)
+    with snapsink.SyncSink(store, writer=writer) as sink:
+        with pytest.raises(SchemaError, match=r"field 'x': expected at most 31 dimensions"):
+            sink.write({"x": np.zeros((1,) * 32), "e": 0.0}, step=0)
+        for i in range(2):
+            sink.write({"x": fixed + i, "e": float(i)}, step=i + 1)
+    traj = snapsink.open(path)
+    assert traj.steps.tolist() == [1, 2]
+    np.testing.assert_array_equal(traj["x"][:], np.stack([fixed, fixed + 1]))
+    ragged = Schema({"r": Field("i4", (None,) + (1,) * 30)})
+    store = snapsink.HDF5Store(tmp_path / "ragged.h5")
+    with snapsink.SyncSink(store, writer="thread", schema=ragged) as sink:
+        sink.write({"r": np.full((3,) + (1,) * 30, 7, np.int32)}, step=0)
+    assert snapsink.open(tmp_path / "ragged.h5")["r"][0].shape == (3,) + (1,) * 30
+
+
+def test_a_static_array_of_more_than_32_dimensions_is_refused(tmp_path: Path) -> None:
+    path = tmp_path / "run.h5"
+    with pytest.raises(ConfigError, match=r"static 'g': expected at most 32 dimensions"):
+        snapsink.HDF5Store(path, static={"g": np.zeros((1,) * 33)})
+    store = snapsink.HDF5Store(path, static={"g": np.ones((1,) * 32)})
+    with pytest.raises(ConfigError, match=r"static 'h': expected at most 32 dimensions"):
+        store.add_metadata(static={"h": np.zeros((1,) * 33)})
+    with snapsink.SyncSink(store, writer="thread") as sink:
+        sink.write({"e": 1.0}, step=0)
+    traj = snapsink.open(path)
+    assert sorted(traj.static) == ["g"]
+    assert np.asarray(traj.static["g"]).shape == (1,) * 32

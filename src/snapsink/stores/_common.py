@@ -9,8 +9,8 @@ from typing import Any
 
 import numpy as np
 
-from .._dtypes import ALLOWED_KINDS
-from .._errors import ConfigError, SchemaError, StoreLockedError
+from .._dtypes import ALLOWED_KINDS, unmasked
+from .._errors import ConfigError, DTypeError, SchemaError, StoreLockedError
 from .._schema import Schema, check_name
 
 __all__ = [
@@ -85,8 +85,9 @@ def check_attrs(attrs: Mapping[str, Any] | None) -> dict[str, Any]:
     ConfigError
         For a value JSON cannot hold exactly: a non-finite float (JSON has no
         NaN or infinity), a complex number, a key that is not a ``str``, any
-        other type, or a container holding itself. The message names the key
-        path, e.g. ``attrs['grid']['axes'][1]``, and the type that came.
+        other type, a container holding itself, or containers nested more than
+        100 deep. The message names the key path, e.g.
+        ``attrs['grid']['axes'][1]``, and the type that came.
     """
     if attrs is None:
         return {}
@@ -100,6 +101,14 @@ _JSON_TYPES = (
     "str, int, finite float, bool, None, or lists and str-keyed dicts of them "
     "(NumPy scalars and arrays are converted)"
 )
+#: how deep attrs may nest: far beyond any metadata, and far within the
+#: recursion limit, which the walk below and JSON's encoders and decoders share
+MAX_DEPTH = 100
+
+
+def _path_str(where: str) -> str:
+    """A key path short enough for a message: its two ends, when long."""
+    return where if len(where) <= 160 else f"{where[:80]}...{where[-60:]}"
 
 
 def _json_value(value: object, where: str, parents: tuple[int, ...]) -> Any:
@@ -126,6 +135,11 @@ def _json_value(value: object, where: str, parents: tuple[int, ...]) -> Any:
     if isinstance(value, Mapping | list | tuple):
         if id(value) in parents:
             raise ConfigError(f"{where}: expected JSON metadata, got a container holding itself")
+        if len(parents) == MAX_DEPTH:
+            raise ConfigError(
+                f"{_path_str(where)}: expected JSON metadata nested at most {MAX_DEPTH} deep, "
+                f"got a {type(value).__name__} deeper; flatten it, or store it as a string"
+            )
         inner = (*parents, id(value))
         if isinstance(value, Mapping):
             out = {}
@@ -146,7 +160,16 @@ def _json_value(value: object, where: str, parents: tuple[int, ...]) -> Any:
 
 
 def check_static(static: Mapping[str, Any] | None) -> dict[str, np.ndarray[Any, Any]]:
-    """Copies of the static arrays, each checked for a storable dtype and a safe name."""
+    """Copies of the static arrays, each checked for a storable dtype and a safe name.
+
+    The rules of a frame's fields hold: a masked array with masked elements is
+    refused (a store keeps no mask), and so is anything numpy makes no array of.
+
+    Raises
+    ------
+    ConfigError
+        Naming the static entry.
+    """
     if static is None:
         return {}
     if not isinstance(static, Mapping):
@@ -156,7 +179,21 @@ def check_static(static: Mapping[str, Any] | None) -> dict[str, np.ndarray[Any, 
     out: dict[str, np.ndarray[Any, Any]] = {}
     for name, value in static.items():
         check_name(name, "static")
-        arr = np.array(value, copy=True)
+        try:
+            value = unmasked(name, value)
+        except DTypeError as exc:
+            raise ConfigError(
+                f"static {name!r}: expected values, got a masked array with masked "
+                "elements; a store keeps no mask: pass .filled(fill_value) (or the mask "
+                "as a static array of its own)"
+            ) from exc
+        try:
+            arr = np.array(value, copy=True)
+        except (ValueError, TypeError, OverflowError) as exc:
+            raise ConfigError(
+                f"static {name!r}: expected a bool, integer, float or complex array, got "
+                f"{type(value).__name__} that numpy makes no array of: {exc}"
+            ) from exc
         if arr.dtype.kind not in ALLOWED_KINDS or arr.dtype.fields is not None:
             raise ConfigError(
                 f"static {name!r}: expected a bool, integer, float or complex array, "

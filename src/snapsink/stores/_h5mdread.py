@@ -17,6 +17,7 @@ from typing import Any
 import numpy as np
 
 from .._errors import ConfigError, FormatError, StoreNotFoundError
+from .._pytree import SEP
 from .._schema import Field, Schema, check_name
 from ._hdf5md import ELEMENTS, is_h5md_file
 
@@ -39,6 +40,11 @@ def _series(ds: Any, n: int, dtype: type, where: str) -> np.ndarray[Any, Any]:
     if ds.ndim != 1:
         raise FormatError(f"{where}: {ds.name!r}: expected 1-d or scalar, got shape {ds.shape}")
     return np.asarray(ds[:n], dtype)
+
+
+def _parent_of(head: str, name: str) -> bool:
+    """Whether field ``head`` is a node of nested field ``name`` (``a``, ``a.b``)."""
+    return name.startswith(f"{head}{SEP}")
 
 
 def _text(value: object) -> str:
@@ -138,6 +144,10 @@ class _Found:
                 check_name(name)
             except ConfigError:
                 ok = False
+            # a field read back as a tree cannot also be a node of another
+            # (observables ``thermo`` and ``thermo.energy``): the first kept wins
+            if ok and any(_parent_of(a, b) for k in kept for a, b in ((k, name), (name, k))):
+                ok = False
             if ok and el.step != ref.step:
                 m = min(n, len(el.value))
                 ok = bool(np.array_equal(_series(el.step, m, np.int64, where), steps[:m]))
@@ -172,7 +182,9 @@ class H5MDSource:
     observables by name. The frames are those of the first element found
     (``position``, ``velocity``, ``force``, then the others); an element
     sampled at other steps is left out (named in ``attrs["h5md"]["left_out"]``),
-    as are nested observable groups. Time-independent elements and fixed box
+    as are nested observable groups and an element whose name makes it a
+    node of another field (observables ``thermo`` and ``thermo.energy``: the
+    first found is kept). Time-independent elements and fixed box
     edges are static arrays. There is no commit record: frames are those every
     included dataset holds.
 

@@ -96,13 +96,11 @@ def check_h5md(mapping: object, units: object) -> H5MDMapping:
             f"{', '.join(map(repr, _KEYS))}"
         )
     elements = {
-        e: check_name(_text_arg(mapping[e], f"h5md[{e!r}]"), f"h5md[{e!r}]")
-        for e in ELEMENTS
-        if mapping.get(e) is not None
+        e: _field_name(mapping[e], f"h5md[{e!r}]") for e in ELEMENTS if mapping.get(e) is not None
     }
     box = mapping.get("box")
     if box is not None:
-        box = check_name(_text_arg(box, "h5md['box']"), "h5md['box']")
+        box = _field_name(box, "h5md['box']")
     observables = _check_observables(mapping.get("observables") or ())
     if not elements and not observables:
         raise ConfigError(
@@ -116,10 +114,19 @@ def check_h5md(mapping: object, units: object) -> H5MDMapping:
     return H5MDMapping(particles, elements, box, boundary, observables, author, _check_units(units))
 
 
+def _field_name(value: object, what: str) -> str:
+    """``value`` if it is a field name, nested ones (``thermo.energy``) too: the
+    H5MD element is a link to the field's dataset, named as the field is."""
+    try:
+        return check_name(_text_arg(value, what))
+    except ConfigError as exc:
+        raise ConfigError(f"{what}: {exc}") from None
+
+
 def _check_observables(obs: object) -> tuple[str, ...]:
     if isinstance(obs, str) or not isinstance(obs, Sequence):
         raise ConfigError(f"h5md['observables']: expected a list of field names, got {obs!r}")
-    observables = tuple(check_name(_text_arg(o, "h5md['observables']"), "observable") for o in obs)
+    observables = tuple(_field_name(o, "h5md['observables']") for o in obs)
     if len(set(observables)) != len(observables):
         raise ConfigError(f"h5md['observables']: a field is named twice in {list(observables)}")
     return observables

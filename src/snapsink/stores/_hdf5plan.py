@@ -34,6 +34,8 @@ __all__ = [
     "check_hdf5_dtype",
     "check_hdf5_dtypes",
     "check_hdf5_names",
+    "check_hdf5_ranks",
+    "check_hdf5_static",
     "maxshape",
     "parse_commit",
     "parse_group_meta",
@@ -77,6 +79,50 @@ def check_hdf5_dtypes(schema: Schema, where: str) -> None:
     """:func:`check_hdf5_dtype` for every field of ``schema``."""
     for name, f in schema.items():
         check_hdf5_dtype(f.dtype, f"{where}: field {name!r}")
+
+
+# -- ranks -------------------------------------------------------------------------
+#: the most dimensions of an HDF5 dataset (``H5S_MAX_RANK``); numpy holds 64
+MAX_RANK = 32
+
+
+def check_hdf5_ranks(schema: Schema, where: str) -> None:
+    """Refuse fields of more than ``MAX_RANK - 1`` dimensions: a field's
+    dataset has one more, the frames (HDF5 would refuse it at the first append,
+    after the frames were accepted).
+
+    Raises
+    ------
+    SchemaError
+        Naming the field and its dimensions.
+    """
+    for name, f in schema.items():
+        if len(f.shape) >= MAX_RANK:
+            raise SchemaError(
+                f"{where}: field {name!r}: expected at most {MAX_RANK - 1} dimensions (an "
+                f"HDF5 dataset holds {MAX_RANK}, one of them the frames), got "
+                f"{len(f.shape)}; nothing was written: reshape the field, or use "
+                "ZarrStore or NpyDirectory"
+            )
+
+
+def check_hdf5_static(name: str, arr: np.ndarray[Any, Any]) -> None:
+    """Refuse a static array the HDF5 store does not hold: its dtype
+    (:func:`check_hdf5_dtype`), or more than ``MAX_RANK`` dimensions.
+
+    Raises
+    ------
+    DTypeError
+        For the dtype.
+    ConfigError
+        For the dimensions.
+    """
+    check_hdf5_dtype(arr.dtype, f"static {name!r}")
+    if arr.ndim > MAX_RANK:
+        raise ConfigError(
+            f"static {name!r}: expected at most {MAX_RANK} dimensions (HDF5's limit), got "
+            f"{arr.ndim}; reshape it, or use ZarrStore or NpyDirectory"
+        )
 
 
 #: the first part of the group's own dataset names (the commit record, the

@@ -82,9 +82,10 @@ from ._hdf5plan import (
     CommitRecord,
     GroupMeta,
     check_compression,
-    check_hdf5_dtype,
     check_hdf5_dtypes,
     check_hdf5_names,
+    check_hdf5_ranks,
+    check_hdf5_static,
 )
 from ._hdf5read import HDF5Source, is_hdf5_store, list_hdf5_groups, open_hdf5
 from ._hdf5session import METADATA_ROOM, FileReplaced, StoreFile
@@ -207,7 +208,7 @@ class HDF5Store:
         self._attrs = check_attrs(attrs)
         self._static = check_static(static)
         for name, value in self._static.items():
-            check_hdf5_dtype(value.dtype, f"static {name!r}")
+            check_hdf5_static(name, value)
         self._commit_every = check_rows(commit_every, "commit_every") or 1024
         self._commit_seconds = check_commit_seconds(commit_seconds)
 
@@ -305,7 +306,7 @@ class HDF5Store:
             )
         new_attrs, new_static = merge_metadata(self._attrs, self._static, attrs, static)
         for name, value in new_static.items():
-            check_hdf5_dtype(value.dtype, f"static {name!r}")
+            check_hdf5_static(name, value)
         self._attrs, self._static = new_attrs, new_static
 
     def check_schema(self, schema: Schema) -> None:
@@ -316,12 +317,14 @@ class HDF5Store:
         DTypeError
             A field of dtype float128 or complex256.
         SchemaError
-            A field whose dataset would take the place of the store's own
+            A field of more than 31 dimensions (an HDF5 dataset holds 32, one
+            of them the frames). A field whose dataset would take the place of the store's own
             (``snapsink.*``; with ``layout="h5md"`` in the root group: ``h5md``,
             ``particles``, ``observables``). With ``layout="h5md"``: a field the
             mapping names is missing, ragged or of a shape H5MD does not allow.
         """
         check_hdf5_dtypes(schema, repr(self))
+        check_hdf5_ranks(schema, repr(self))
         root_h5md = self._h5md is not None and not self._group
         check_hdf5_names(schema, repr(self), H5MD_ROOTS if root_h5md else ())
         if self._h5md is not None:

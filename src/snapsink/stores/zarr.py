@@ -88,6 +88,10 @@ from ._zarrread import ZarrSource, as_zarr_store, is_zarr_store, list_groups, op
 
 __all__ = ["ZarrSource", "ZarrStore", "is_zarr_store", "list_groups", "open_zarr"]
 
+#: the most dimensions of a field in sharded arrays: a shard's index is an
+#: array of the chunk grid's dimensions (the frame axis too) and one more
+_MAX_SHARDED_NDIM = 62
+
 #: Blocks (chunks or shards) in flight at once through zarr's API (non-local
 #: stores: memory, S3): each is one PUT on an object store, and the HTTP pool of
 #: an s3:// store gets as many connections. Chosen with ``benchmarks/s3.py
@@ -176,6 +180,7 @@ class ZarrStore:
         from the bytes of a frame (see ``docs/formats/zarr.md``).
     shard_frames
         Frames per shard (a multiple of ``chunk_frames``); ``None``: no sharding.
+        Sharded fields have at most 62 dimensions (63 without).
     compressors
         Passed to zarr's ``create_array``. ``None`` (default): uncompressed, the
         fastest to write and the easiest for other tools; ``"auto"``: zarr's
@@ -405,8 +410,21 @@ class ZarrStore:
         ------
         DTypeError
             A field's dtype has no Zarr v3 data type (float128, complex256).
+        SchemaError
+            With ``shard_frames``, a field of more than 62 dimensions: zarr
+            indexes a shard with an array of two more than the chunks' (the
+            frame axis and one), and numpy holds 64.
         """
         check_zarr_dtypes(schema, repr(self))
+        if self._shard_frames:
+            for name, f in schema.items():
+                if len(f.shape) > _MAX_SHARDED_NDIM:
+                    raise SchemaError(
+                        f"{self!r}: field {name!r}: expected at most {_MAX_SHARDED_NDIM} "
+                        f"dimensions with shard_frames (zarr's shard index has two more, "
+                        f"and numpy holds 64), got {len(f.shape)}; nothing was written: "
+                        "reshape the field, or write without shard_frames"
+                    )
 
     # -- Store protocol -----------------------------------------------------
     #: close() commits what was appended (the sink skips the commit before it)
