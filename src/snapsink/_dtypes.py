@@ -11,14 +11,19 @@ A value is accepted for a field when numpy says the cast to the field's dtype is
 ``int64`` field, ``float32`` into ``float64``, a big-endian ``>f8`` into ``<f8``.
 A lossy cast (``float64`` into ``float32``, a float into an int, complex into
 real) is a :class:`~snapsink.DTypeError`: snapsink never rounds a value silently.
+NumPy also calls ``int64`` and ``uint64`` into ``float64`` (and ``complex128``)
+safe, though integers beyond ``2**53`` round there: such a value is taken only
+when each of its integers is exact in the field (a device array's, which would
+have to be read to tell, never: convert it on the device).
 Python scalars are *weak* as in NumPy 2 (NEP 50): a Python ``float`` fits any
 floating field whose range holds its value (it is rounded to the field's
 precision, but ``1e300`` into a ``float32`` field, which would become ``inf``,
 is a :class:`~snapsink.DTypeError`), a Python ``complex`` any complex field on
-the same terms, a Python ``int`` any integer or floating field whose range holds
-its value (``2**70`` into an ``int64`` field is a :class:`~snapsink.DTypeError`,
-never an ``OverflowError``), and a Python ``bool``, like ``np.bool_``, any
-bool, integer, floating or complex field (numpy's safe cast from bool). NumPy
+the same terms, a Python ``int`` any integer or floating field that holds it
+exactly (``2**70`` into an ``int64`` field, or ``2**53 + 1`` into a ``float64``
+one, is a :class:`~snapsink.DTypeError`, never an ``OverflowError``), and a
+Python ``bool``, like ``np.bool_``, any bool, integer, floating or complex
+field (numpy's safe cast from bool). NumPy
 scalars are not weak, although ``np.float64`` and ``np.complex128`` are also
 Python ``float`` and ``complex``: ``np.float64(0.1)`` into a ``float32`` field
 is refused, as ``np.array(0.1)`` is.
@@ -299,6 +304,38 @@ def _int_limit(dst: np.dtype[Any]) -> int:
 
 
 @functools.cache
+def _exact_int(dst: np.dtype[Any]) -> int:
+    """Every integer of at most this magnitude is exact in a floating or complex
+    ``dst`` (``2**53`` for float64): its significand's bits."""
+    return 1 << (int(np.finfo(dst).nmant) + 1)
+
+
+def _ints_exact(value: object, src: np.dtype[Any], dst: np.dtype[Any]) -> bool:
+    """Whether the integers of ``value`` (of integer dtype ``src``) are all exact
+    in the floating or complex ``dst``: always where ``dst``'s significand holds
+    every ``src`` (``int32`` into ``float64``), else by their values (``int64``
+    into ``float64``, which numpy calls safe). A device array's values would have
+    to be read, waiting for the device: not taken."""
+    limit = _exact_int(dst)
+    if np.iinfo(src).max < limit:
+        return True
+    if is_device_array(value):
+        return False
+    arr = np.asarray(value)
+    if src.kind == "u":
+        within = (arr <= limit).all()
+    else:
+        within = ((arr >= -limit) & (arr <= limit)).all()
+    if within:
+        return True
+    # beyond it, exact only where the low bits are zero (2**60): read them back
+    # (one that rounds up past src's range comes back as another integer)
+    with np.errstate(invalid="ignore"):
+        back = arr.astype(dst).real.astype(src)
+    return bool((back == arr).all())
+
+
+@functools.cache
 def _float_limit(dst: np.dtype[Any]) -> float:
     """Finite Python floats of a smaller magnitude stay finite in ``dst`` (floating or
     complex: its parts); those at or above it round to ``inf``. ``inf`` when every
@@ -322,7 +359,7 @@ def safe_cast(value: object, src: np.dtype[Any], dst: np.dtype[Any]) -> bool:
     if isinstance(value, np.generic):
         # NumPy scalars are strong, np.float64 and np.complex128 too (they also
         # subclass Python's float and complex)
-        return bool(np.can_cast(src, dst, "safe"))
+        return _safe_dtypes(value, src, dst)
     if isinstance(value, bool):
         # As np.bool_: numpy casts bool safely to every numeric kind.
         return bool(np.can_cast(np.bool_, dst, "safe"))
@@ -330,12 +367,13 @@ def safe_cast(value: object, src: np.dtype[Any], dst: np.dtype[Any]) -> bool:
         if dst.kind in "fc":
             if abs(value) > _int_limit(dst):
                 return False
-            if value.bit_length() > 1024:  # beyond float64: a longdouble field
-                try:  # numpy converts such an int through its decimal string
-                    dst.type(value)
-                except (ValueError, OverflowError):
-                    return False
-            return True
+            if abs(value) <= _exact_int(dst):
+                return True
+            try:  # numpy converts a long int through its decimal string
+                stored = dst.type(value)
+                return int(stored.real) == value  # not rounded (2**53 + 1)
+            except (ValueError, OverflowError):
+                return False
         if dst.kind in "iu":
             info = np.iinfo(dst)
             return bool(info.min <= value <= info.max)
@@ -344,7 +382,14 @@ def safe_cast(value: object, src: np.dtype[Any], dst: np.dtype[Any]) -> bool:
         return dst.kind in "fc" and _fits_float(value, dst)
     if isinstance(value, complex):
         return dst.kind == "c" and _fits_float(value.real, dst) and _fits_float(value.imag, dst)
-    return bool(np.can_cast(src, dst, "safe"))
+    return _safe_dtypes(value, src, dst)
+
+
+def _safe_dtypes(value: object, src: np.dtype[Any], dst: np.dtype[Any]) -> bool:
+    """NumPy's safe cast, less the integers it rounds (see the module docstring)."""
+    if not np.can_cast(src, dst, "safe"):
+        return False
+    return src.kind not in "iu" or dst.kind not in "fc" or _ints_exact(value, src, dst)
 
 
 def becomes_inf(value: object, dst: np.dtype[Any]) -> bool:
