@@ -1,21 +1,34 @@
 """The collectives a many-rank store needs, over MPI or ``torch.distributed``.
 
-A :class:`~snapsink.ZarrStore` given ``comm=`` coordinates its ranks with four
+A :class:`~snapsink.ZarrStore` given ``comm=`` coordinates its ranks with three
 operations: ``allreduce_max`` (a few integers, the element-wise maximum over
 ranks: each commit's agreement on the global frame count, a fixed-size message
 whatever the number of ranks), ``allgather`` (every rank's report, to every
-rank: at open, and the messages of a failed commit), ``bcast`` (rank 0's
-result) and ``free``. They run on a *duplicate* of the user's
-communicator (MPI's ``Comm.Dup``; a new gloo group over the same ranks for
-``torch.distributed``), so the store's collectives, which run in the sink's
-writer thread, never match the simulation's own messages. Nothing here opens a
-socket: the transport is the user's MPI or torch's gloo.
+rank: at open, and the messages of a failed commit) and ``free``. They run on
+a *duplicate* of the user's communicator (MPI's ``Comm.Dup``; a gloo group of
+the store's own over the same processes for ``torch.distributed``), so the
+store's collectives, which run in the sink's writer thread, never match the
+simulation's own messages. Nothing here opens a socket of its own: the
+transport is the user's MPI or torch's gloo.
+
+Freeing the duplicate. The store frees it when it closes (on every path) and
+when its open fails; a store never opened (its sink refused it) frees it when
+it is garbage collected. So a free may happen on one rank and not yet (or
+never) on another. That is safe: ``MPI_Comm_free`` only marks the
+communicator for deallocation once its pending operations complete, and MPI
+implements it locally (MPICH, Open MPI); dropping a gloo group closes this
+process's connections, and a rank still waiting in one of its collectives
+fails at once ("connection closed by peer") instead of waiting.
 """
 
 from __future__ import annotations
 
 import builtins
+import datetime
+import pickle
 import sys
+import threading
+import weakref
 from collections.abc import Awaitable, Callable
 from typing import Any
 
@@ -60,18 +73,27 @@ class Communicator:
         the same size at any number of ranks (an allgather's grows with them)."""
         raise NotImplementedError
 
-    def bcast(self, obj: Any) -> Any:
-        """Rank 0's ``obj`` on every rank (others pass anything)."""
-        raise NotImplementedError
-
     def free(self) -> None:
-        """Release the duplicate (at the store's close)."""
+        """Release the duplicate (idempotent; see the module docstring)."""
+
+
+def _free_mpi(comm: Any) -> None:
+    from mpi4py import MPI
+
+    if not MPI.Is_finalized():  # (at exit, after mpi4py's own MPI_Finalize)
+        comm.Free()
 
 
 class _MPIComm(Communicator):
     def __init__(self, comm: Any):
         from mpi4py import MPI
 
+        if comm == MPI.COMM_NULL:
+            raise ConfigError(
+                "comm: got MPI.COMM_NULL: this process is not a member of the "
+                "communicator (a rank that Split left out, with color MPI.UNDEFINED); "
+                "build the store only on the ranks of the communicator"
+            )
         if MPI.Query_thread() < MPI.THREAD_MULTIPLE:
             raise ConfigError(
                 "comm: MPI was initialized without MPI_THREAD_MULTIPLE (got thread level "
@@ -80,6 +102,8 @@ class _MPIComm(Communicator):
                 "mpi4py's default (mpi4py.rc.thread_level = 'multiple')"
             )
         self._comm = comm.Dup()
+        # a store that is never opened (or never closed) frees it when collected
+        self._free = weakref.finalize(self, _free_mpi, self._comm)
         self.rank = int(self._comm.Get_rank())
         self.size = int(self._comm.Get_size())
 
@@ -94,50 +118,95 @@ class _MPIComm(Communicator):
         self._comm.Allreduce(send, recv, op=MPI.MAX)
         return [int(v) for v in recv]
 
-    def bcast(self, obj: Any) -> Any:
-        return self._comm.bcast(obj, root=0)
-
     def free(self) -> None:
-        comm, self._comm = self._comm, None
-        if comm is not None:
-            comm.Free()
+        self._free()
+
+
+#: gloo groups made so far for each tuple of processes (global ranks, in group
+#: order): the next one's rendezvous prefix (see _TorchComm)
+_torch_groups: dict[tuple[int, ...], int] = {}
+_torch_groups_lock = threading.Lock()
 
 
 class _TorchComm(Communicator):
+    """A gloo group of the store's own over the processes of the user's group.
+
+    Not ``dist.new_group``: every process of the job must call it, in the same
+    order, which a process outside a sub-group cannot do for a store it never
+    builds; and with ``use_local_synchronization=True`` its name is a hash of
+    the ranks and of how many groups this process holds, which two groups
+    made in turn (one freed before the next) share: the second rendezvous
+    read the first one's stale addresses (connection reset). This group's
+    rendezvous keys are the processes' ranks and how many stores they made
+    together before: only its members build it, in the order they build
+    their stores (a collective, as MPI's Dup), and no name is ever reused.
+    Freed by dropping it: it is nobody else's (torch's registry never held it).
+    """
+
     def __init__(self, group: Any):
         import torch.distributed as dist
+        from torch.distributed import distributed_c10d as c10d
 
         if not dist.is_initialized():
             raise ConfigError(
                 "comm: torch.distributed is not initialized; call "
                 "torch.distributed.init_process_group first"
             )
-        group = None if group is dist.group.WORLD else group
-        ranks = dist.get_process_group_ranks(group or dist.group.WORLD)
-        self._dist = dist
-        # a group of its own, on gloo (objects travel on the CPU whatever the
-        # user's backend), so the store's messages never meet the user's
-        self._group = dist.new_group(ranks=sorted(ranks), backend="gloo")
-        self._root = int(dist.get_global_rank(self._group, 0))
-        self.rank = int(dist.get_rank(self._group))
-        self.size = int(dist.get_world_size(self._group))
+        if group is None:
+            group = dist.group.WORLD
+        ranks = tuple(int(r) for r in dist.get_process_group_ranks(group))
+        with _torch_groups_lock:
+            made = _torch_groups.get(ranks, 0)
+            _torch_groups[ranks] = made + 1
+        name = "_".join(map(str, ranks))
+        store = c10d.PrefixStore(f"snapsink/{name}/{made}/", c10d._get_default_store())
+        self.rank = ranks.index(dist.get_rank())
+        self.size = len(ranks)
+        self._group: Any = dist.ProcessGroupGloo(store, self.rank, self.size, _timeout(group))
 
     def allgather(self, obj: Any) -> list[Any]:
-        out: list[Any] = [None] * self.size
-        self._dist.all_gather_object(out, obj, group=self._group)
-        return out
+        import torch
+
+        data = torch.from_numpy(np.frombuffer(bytearray(pickle.dumps(obj)), np.uint8))
+        sizes = [torch.zeros(1, dtype=torch.int64) for _ in range(self.size)]
+        self._group.allgather([sizes], [torch.tensor([len(data)])]).wait()
+        longest = max(int(s) for s in sizes)
+        padded = torch.zeros(longest, dtype=torch.uint8)
+        padded[: len(data)] = data
+        out = [torch.empty(longest, dtype=torch.uint8) for _ in range(self.size)]
+        self._group.allgather([out], [padded]).wait()
+        return [
+            pickle.loads(o[: int(n)].numpy().tobytes()) for o, n in zip(out, sizes, strict=True)
+        ]
 
     def allreduce_max(self, values: list[int]) -> list[int]:
         import torch
+        import torch.distributed as dist
 
         t = torch.tensor(values, dtype=torch.int64)
-        self._dist.all_reduce(t, op=self._dist.ReduceOp.MAX, group=self._group)
+        opts = dist.AllreduceOptions()
+        opts.reduceOp = dist.ReduceOp(dist.ReduceOp.MAX)
+        self._group.allreduce([t], opts).wait()
         return [int(v) for v in t.tolist()]
 
-    def bcast(self, obj: Any) -> Any:
-        box = [obj]
-        self._dist.broadcast_object_list(box, src=self._root, group=self._group)
-        return box[0]
+    def free(self) -> None:
+        self._group = None  # closes its connections, stops its threads
+
+
+def _timeout(group: Any) -> datetime.timedelta:
+    """The user's group's timeout (``init_process_group(timeout=)``,
+    ``new_group(timeout=)``), so the store's collectives give up when the
+    user's own would; torch names no public accessor, hence the fallback to
+    torch's default."""
+    import torch
+    import torch.distributed as dist
+
+    try:
+        backend = group._get_backend(torch.device(group._device_types[0]))
+        timeout = backend.options._timeout
+    except (AttributeError, IndexError, RuntimeError):
+        return dist.default_pg_timeout
+    return timeout if isinstance(timeout, datetime.timedelta) else dist.default_pg_timeout
 
 
 # A module another thread is still importing may lack the names looked up here
@@ -156,22 +225,38 @@ def _is_torch_group(comm: object) -> bool:
     return comm is group.WORLD or isinstance(comm, process_group)
 
 
+def _is_torch_non_member(comm: object) -> bool:
+    """``GroupMember.NON_GROUP_MEMBER``: what ``new_group`` gives a process
+    outside the group (an int, -100)."""
+    member = getattr(sys.modules.get("torch.distributed"), "GroupMember", None)
+    outside = getattr(member, "NON_GROUP_MEMBER", None)
+    return outside is not None and type(comm) is type(outside) and comm == outside
+
+
 def as_communicator(comm: object) -> Communicator:
     """The store's duplicate of ``comm``: an mpi4py communicator (``MPI.COMM_WORLD``)
-    or a ``torch.distributed`` process group (``torch.distributed.group.WORLD``).
+    or a ``torch.distributed`` process group (``torch.distributed.group.WORLD``,
+    or a group from ``new_group``).
 
     Collective: every rank of ``comm`` must call it (it duplicates ``comm``).
 
     Raises
     ------
     ConfigError
-        Anything else; MPI without thread level MULTIPLE; torch.distributed
-        not initialized.
+        Anything else; ``MPI.COMM_NULL`` or torch's ``NON_GROUP_MEMBER`` (this
+        process is not a member); MPI without thread level MULTIPLE;
+        torch.distributed not initialized.
     """
     if _is_mpi_comm(comm):
         return _MPIComm(comm)
     if _is_torch_group(comm):
         return _TorchComm(comm)
+    if _is_torch_non_member(comm):
+        raise ConfigError(
+            "comm: got torch.distributed's GroupMember.NON_GROUP_MEMBER: this process "
+            "is not a member of the group (new_group gives it to the processes outside "
+            "ranks=); build the store only on the group's processes"
+        )
     raise ConfigError(
         "comm: expected an mpi4py communicator (e.g. MPI.COMM_WORLD) or a "
         f"torch.distributed process group (e.g. dist.group.WORLD), got {type(comm).__name__}"

@@ -129,15 +129,19 @@ def write(comm: Any, rank: int, size: int, args: argparse.Namespace) -> None:
     path = args.path
     if args.other_path and int(args.other_path.split(":", 1)[0]) == rank:
         path = args.other_path.split(":", 1)[1]  # --other-path R:PATH: rank R errs
+    options = {"commit_every": args.commit_every, "chunks": json.loads(args.chunks or "{}")}
+    if args.rank_options and int(args.rank_options.split(":", 1)[0]) == rank:
+        options.update(json.loads(args.rank_options.split(":", 1)[1]))  # R:JSON: rank R's own
+    chunks = options.pop("chunks")
     store = snapsink.ZarrStore(
         path,
         mode=args.mode,
         comm=comm,
         region={"rho": mine},
-        chunks={k: tuple(v) for k, v in json.loads(args.chunks).items()} if args.chunks else None,
-        commit_every=args.commit_every,
+        chunks={k: tuple(v) for k, v in chunks.items()} if chunks else None,
         attrs={"run": "parallel"},
         compressors=args.compressors or None,
+        **options,
     )
     assert store.describe() is None  # writer="auto" picks the thread
     schema = snapsink.Schema(
@@ -204,6 +208,7 @@ def parse(argv: list[str]) -> argparse.Namespace:
     p.add_argument("--compressors", default="")
     p.add_argument("--other-path", default="")
     p.add_argument("--other-middle", type=int, default=-1)
+    p.add_argument("--rank-options", default="")
     return p.parse_args(argv)
 
 
@@ -216,6 +221,109 @@ def run_torch(rank: int, size: int, port: int, argv: list[str]) -> None:
     dist.init_process_group("gloo", rank=rank, world_size=size)
     try:
         write(dist.group.WORLD, rank, size, parse(argv))
+    finally:
+        dist.destroy_process_group()
+
+
+def _gloo(rank: int, size: int, port: int, seconds: float = 1800) -> None:
+    import datetime
+
+    import torch.distributed as dist
+
+    os.environ["MASTER_ADDR"] = "127.0.0.1"
+    os.environ["MASTER_PORT"] = str(port)
+    timeout = datetime.timedelta(seconds=seconds)
+    dist.init_process_group("gloo", rank=rank, world_size=size, timeout=timeout)
+
+
+def _small_store(path: Any, comm: Any, rank: int, **kwargs: Any) -> Any:
+    """A store of a 1-D ``u`` of 4 elements a rank, and its sink's schema."""
+    import snapsink
+
+    store = snapsink.ZarrStore(path, comm=comm, region={"u": (slice(4 * rank, 4 * rank + 4),)},
+                               **kwargs)  # fmt: skip
+    return store, snapsink.Schema({"u": snapsink.Field("float32", (4,))})
+
+
+def run_torch_groups(rank: int, size: int, port: int, out: str) -> None:
+    """Four processes, two sub-groups ([0, 1] and [2, 3]), a store on each."""
+    import torch.distributed as dist
+
+    import snapsink
+
+    _gloo(rank, size, port, seconds=60)
+    try:
+        groups = [dist.new_group([0, 1]), dist.new_group([2, 3])]  # every process, as torch asks
+        store, schema = _small_store(f"{out}/sub{rank // 2}.zarr", groups[rank // 2], rank % 2)
+        with snapsink.SyncSink(store, schema=schema) as sink:
+            for step in range(3):
+                sink.write({"u": np.full(4, 10.0 * step + rank, np.float32)}, step=step)
+    finally:
+        dist.destroy_process_group()
+
+
+def run_torch_timeout(rank: int, size: int, port: int, out: str) -> None:
+    """The user's group (not the default one: its long timeout keeps the start
+    safe) gives up after 3 s; rank 1 stalls 8 s before a flush. Each rank
+    records how its flush ended, and after how long: ``<out>.<rank>``."""
+    import datetime
+
+    import torch.distributed as dist
+
+    import snapsink
+
+    _gloo(rank, size, port, seconds=60)
+    try:
+        group = dist.new_group([0, 1], timeout=datetime.timedelta(seconds=3))
+        dist.barrier()  # the ranks start the store together
+        store, schema = _small_store(f"{out}.zarr", group, rank)
+        began = time.monotonic()
+        try:
+            with snapsink.SyncSink(store, schema=schema) as sink:
+                sink.write({"u": np.zeros(4, np.float32)}, step=0)
+                if rank == 1:
+                    time.sleep(8)
+                began = time.monotonic()
+                sink.flush()
+            result = "ok"
+        except Exception as exc:
+            result = type(exc).__name__
+        with open(f"{out}.{rank}", "w") as f:
+            f.write(f"{result} {time.monotonic() - began:.1f}\n")
+        # rank 0 holds torch's store: it waits for rank 1 to be done with it
+        deadline = time.monotonic() + 60
+        while rank == 0 and not os.path.exists(f"{out}.1") and time.monotonic() < deadline:
+            time.sleep(0.05)
+    finally:
+        dist.destroy_process_group()
+
+
+def run_torch_free(rank: int, size: int, port: int, out: str) -> None:
+    """Stores built and closed, and stores whose sink is refused, in a row:
+    ``<out>.<rank>`` records this process's open files before and after."""
+    import gc
+
+    import torch.distributed as dist
+
+    import snapsink
+
+    _gloo(rank, size, port, seconds=60)
+    try:
+        before = len(os.listdir("/proc/self/fd"))
+        for i in range(8):
+            store, schema = _small_store(f"{out}{i}.zarr", dist.group.WORLD, rank)
+            with snapsink.SyncSink(store, schema=schema) as sink:
+                sink.write({"u": np.zeros(4, np.float32)}, step=0)
+            refused, _ = _small_store(f"{out}-refused{i}.zarr", dist.group.WORLD, rank)
+            try:
+                snapsink.SyncSink(refused, policy="drop_newest")
+            except snapsink.ConfigError:
+                pass
+            del refused
+        gc.collect()
+        after = len(os.listdir("/proc/self/fd"))
+        with open(f"{out}.{rank}", "w") as f:
+            f.write(f"{before} {after}\n")
     finally:
         dist.destroy_process_group()
 

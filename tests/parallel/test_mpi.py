@@ -10,6 +10,7 @@ chunk or another rank count is a ConfigError.
 
 from __future__ import annotations
 
+import json
 import os
 import shutil
 import signal
@@ -239,3 +240,97 @@ def test_killed_rank_leaves_committed_frames_and_resume(tmp_path: Path) -> None:
     assert bad.returncode != 0
     assert "ConfigError" in bad.stderr and "written by 4 ranks" in bad.stderr
     check_trajectory(path, 4, frames=n + 5)
+
+
+def test_ranks_given_other_commit_every_or_chunks_are_refused_at_open(tmp_path: Path) -> None:
+    """commit_every decides when a rank commits: ranks given 5 and 4 disagreed at
+    their first commit, blaming the steps, and lost every frame; another chunks=
+    was silently replaced by rank 0's (found by a probe). Both are compared at
+    the open, with the path, group and mode."""
+    path = tmp_path / "run.zarr"
+    out = mpirun(2, str(path), "--commit-every", "5", "--rank-options", '1:{"commit_every": 4}')
+    assert out.returncode != 0
+    assert "ConfigError" in out.stderr, out.stderr
+    assert "commit_every: the ranks give different values (rank 0: 5; rank 1: 4)" in out.stderr
+    assert not path.exists()  # refused before anything was written
+    out = mpirun(
+        2,
+        str(path),
+        "--chunks",
+        '{"rho": [8, 6]}',
+        "--rank-options",
+        '1:{"chunks": {"rho": [4, 6]}}',
+    )
+    assert out.returncode != 0
+    assert "chunks: the ranks give different values" in out.stderr, out.stderr
+    assert "rank 0: {'rho': (8, 6)}; rank 1: {'rho': (4, 6)}" in out.stderr
+    assert not path.exists()
+
+
+# One process, no mpiexec (MPI starts as a singleton): the store's duplicate of
+# the communicator on every path, read back as the handle MPI_Comm_free nulls.
+_FREES = """
+import gc, json, sys
+import numpy as np
+from mpi4py import MPI
+import snapsink
+from _driver import fail_writes_after
+
+where = sys.argv[1]
+schema = snapsink.Schema({"u": snapsink.Field("float32", (4,))})
+frame = {"u": np.zeros(4, np.float32)}
+
+def store(name, comm=MPI.COMM_WORLD):
+    return snapsink.ZarrStore(f"{where}/{name}", comm=comm, region={"u": (slice(0, 4),)})
+
+freed = {}
+s = store("closed.zarr")
+with snapsink.SyncSink(s, schema=schema) as sink:
+    sink.write(frame, step=0)
+freed["closed"] = s._comm._comm == MPI.COMM_NULL
+s = store("refused.zarr")  # its sink refuses it: never opened, then dropped
+dup = s._comm._comm
+try:
+    snapsink.SyncSink(s, schema=schema, policy="drop_newest")
+except snapsink.ConfigError:
+    pass
+del s
+gc.collect()
+freed["refused"] = dup == MPI.COMM_NULL
+s = store("closed.zarr")  # mode="x" on an existing store: the open raises
+try:
+    with snapsink.SyncSink(s, schema=schema):
+        pass
+except snapsink.StoreExistsError:
+    pass
+freed["open failed"] = s._comm._comm == MPI.COMM_NULL
+fail_writes_after(0)  # the first block write fails: the close is not clean
+s = store("failed.zarr")
+try:
+    with snapsink.SyncSink(s, schema=schema) as sink:
+        sink.write(frame, step=0)
+        sink.flush()
+except snapsink.WriterError:
+    pass
+freed["failed"] = s._comm._comm == MPI.COMM_NULL
+try:
+    store("null.zarr", comm=MPI.COMM_WORLD.Split(MPI.UNDEFINED))
+except Exception as exc:
+    freed["null"] = f"{type(exc).__name__}: {exc}"
+print(json.dumps(freed))
+"""
+
+
+def test_the_duplicate_is_freed_on_every_path_and_comm_null_is_refused(tmp_path: Path) -> None:
+    """Only a clean close freed the store's Dup: refused, failed or unopened
+    stores leaked one each, until MPI_Comm_dup failed after about 2,000 of them
+    (found by a probe). COMM_NULL (a rank a Split left out) was a raw MPI error."""
+    env = _env()
+    env["PYTHONPATH"] = os.pathsep.join([str(HERE), env["PYTHONPATH"]])
+    out = subprocess.run([sys.executable, "-c", _FREES, str(tmp_path)], env=env,
+                         capture_output=True, text=True, timeout=60)  # fmt: skip
+    assert out.returncode == 0, out.stderr
+    freed = json.loads(out.stdout.splitlines()[-1])
+    null = freed.pop("null")
+    assert freed == {"closed": True, "refused": True, "open failed": True, "failed": True}
+    assert null.startswith("ConfigError: comm: got MPI.COMM_NULL: this process is not a member")

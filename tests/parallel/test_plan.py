@@ -3,6 +3,7 @@ argument checks that need no communicator: no MPI, no torch."""
 
 from __future__ import annotations
 
+import numpy as np
 import pytest
 
 import snapsink
@@ -143,3 +144,29 @@ def test_a_sink_refuses_drop_policies_for_a_store_that_needs_every_frame(
     with snapsink.SyncSink(EveryFrame(), policy=spill) as sink:
         sink.write({"x": 1.0}, step=0)
     assert snapsink.Sink(snapsink.HostMemory(), policy=policy) is not None  # others may drop
+
+
+def test_region_and_chunks_take_any_integer_and_store_python_ints() -> None:
+    """Bounds from np.cumsum of np.array_split lengths are np.int64: refused with
+    a message the bounds satisfied (found by a probe)."""
+    edges = np.cumsum([0, 5, 5])
+    region = check_region({"u": (slice(edges[1], edges[2]),)})
+    assert region == {"u": ((5, 10),)}
+    assert all(type(b) is int for b in region["u"][0])
+    chunks = check_chunks({"u": (np.int32(5),)}, region)
+    assert chunks == {"u": (5,)} and type(chunks["u"][0]) is int
+
+
+@pytest.mark.parametrize(
+    ("block", "match"),
+    [
+        (slice(None, 4), r"expected integer bounds \(start and stop given\), got slice\(None, 4"),
+        (slice(0.0, 4), "expected integer bounds"),
+        (slice(0, 4, 2), r"expected no step \(or 1\), got slice\(0, 4, 2\)"),
+        (slice(4, 4), r"expected bounds 0 <= start < stop, got slice\(4, 4"),
+        ((0, 4), r"expected a slice per dimension, got \(0, 4\)"),
+    ],
+)
+def test_a_bad_region_says_what_is_wrong(block: object, match: str) -> None:
+    with pytest.raises(snapsink.ConfigError, match=rf"region\['u'\]: {match}"):
+        check_region({"u": (block,)})

@@ -213,6 +213,7 @@ class ParallelZarrStore(ZarrStore):
             self._state = "closed"
             await self._io.stop()
             self._release_lock()
+            self._comm.free()
             raise
 
     async def _plan(self) -> dict[str, FieldLayout]:
@@ -222,9 +223,11 @@ class ParallelZarrStore(ZarrStore):
         assert self._root is not None
         real = await anyio.to_thread.run_sync(os.path.realpath, self._root)
         mine = (real, self._path, self._mode)
-        # one allgather for the store and the regions
-        every = await anyio.to_thread.run_sync(self._comm.allgather, (mine, self._region))
-        stores = [store for store, _ in every]
+        # one allgather for the store, the options and the regions
+        every = await anyio.to_thread.run_sync(
+            self._comm.allgather, (mine, self._same_options(), self._region)
+        )
+        stores = [store for store, _, _ in every]
         if any(other != stores[0] for other in stores):
             shown = "; ".join(
                 f"rank {r}: {path!r}, group {group or '/'!r}, mode {mode!r}"
@@ -234,9 +237,24 @@ class ParallelZarrStore(ZarrStore):
                 f"{self!r}: the ranks open different stores ({shown}); every rank must "
                 "give the same path, group and mode: nothing was written"
             )
-        regions = [region for _, region in every]
-        chunks = await anyio.to_thread.run_sync(self._comm.bcast, self._chunk_request)
-        return plan_layout(regions, chunks)
+        for name in self._same_options():
+            values = [options[name] for _, options, _ in every]
+            if any(v != values[0] for v in values):
+                shown = "; ".join(f"rank {r}: {v!r}" for r, v in enumerate(values))
+                raise ConfigError(
+                    f"{self!r}: {name}: the ranks give different values ({shown}); every "
+                    f"rank must give the same {name}: nothing was written"
+                )
+        regions = [region for _, _, region in every]
+        return plan_layout(regions, self._chunk_request)
+
+    def _same_options(self) -> dict[str, Any]:
+        """The options every rank must give alike: ``commit_every`` decides when
+        a rank commits (ranks at other counts disagree at their first commit,
+        losing every frame), ``chunks`` which chunks each rank writes. The
+        others are rank 0's: it creates the arrays (``chunk_frames``,
+        ``compressors``) and writes ``attrs`` and ``static``."""
+        return {"commit_every": self._commit_every, "chunks": self._chunk_request}
 
     async def _claim(self) -> dict[str, Any] | None:
         """Rank 0: ZarrStore's open (lock, mode, group, static, metadata); its attrs."""
@@ -607,13 +625,11 @@ class ParallelZarrStore(ZarrStore):
         After a failure on this rank, its close joins the next commit of the
         other ranks to fail it too (never a hang); nothing more is written.
         """
-        clean = False
         try:
             if self._state == "open":
                 await self.commit()
                 self._meta.closed = True
                 await self._agree(PUBLISH, self._publish, self._meta.count)
-                clean = True
             elif self._state == "failed":
                 with contextlib.suppress(Exception):
                     await self.commit()  # tells the other ranks; raises here
@@ -621,8 +637,7 @@ class ParallelZarrStore(ZarrStore):
             self._state = "closed"
             await self._io.stop()
             self._release_lock()
-            if clean:
-                self._comm.free()
+            self._comm.free()  # on every path (a failed or broken close too)
 
     # -- internals ------------------------------------------------------------------
     def _fail(self, exc: BaseException) -> None:

@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import itertools
 import math
+import operator
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
@@ -73,18 +74,33 @@ def check_region(region: object) -> dict[str, Extent]:
             raise ConfigError(
                 f"region[{name!r}]: expected a tuple of slices, one per dimension, got {block!r}"
             )
-        dims: list[tuple[int, int]] = []
-        for s in block:
-            ok = isinstance(s, slice) and s.step in (None, 1)
-            ok = ok and isinstance(s.start, int) and isinstance(s.stop, int)
-            if not ok or not 0 <= s.start < s.stop:
-                raise ConfigError(
-                    f"region[{name!r}]: expected slices with explicit bounds "
-                    f"0 <= start < stop and no step, got {s!r}"
-                )
-            dims.append((s.start, s.stop))
-        out[name] = tuple(dims)
+        out[name] = tuple(_bounds(f"region[{name!r}]", s) for s in block)
     return out
+
+
+def _integer(value: object) -> int | None:
+    """``value`` as a Python int when it is an integer of any kind (a NumPy
+    integer from ``np.cumsum`` too; not a bool), else None."""
+    if isinstance(value, bool):
+        return None
+    try:
+        return operator.index(value)  # type: ignore[arg-type]
+    except TypeError:
+        return None
+
+
+def _bounds(where: str, s: object) -> tuple[int, int]:
+    """``(start, stop)`` of one dimension's slice, or ConfigError saying what is wrong."""
+    if not isinstance(s, slice):
+        raise ConfigError(f"{where}: expected a slice per dimension, got {s!r}")
+    start, stop = _integer(s.start), _integer(s.stop)
+    if start is None or stop is None:
+        raise ConfigError(f"{where}: expected integer bounds (start and stop given), got {s!r}")
+    if s.step is not None and _integer(s.step) != 1:
+        raise ConfigError(f"{where}: expected no step (or 1), got {s!r}")
+    if not 0 <= start < stop:
+        raise ConfigError(f"{where}: expected bounds 0 <= start < stop, got {s!r}")
+    return start, stop
 
 
 def check_chunks(chunks: object, region: Mapping[str, Extent]) -> dict[str, tuple[int, ...]]:
@@ -109,13 +125,13 @@ def check_chunks(chunks: object, region: Mapping[str, Extent]) -> dict[str, tupl
                 f"spatial chunks; region has {sorted(region)}"
             )
         ndim = len(region[name])
-        ok = isinstance(shape, tuple) and len(shape) == ndim
-        if not ok or not all(isinstance(n, int) and n > 0 for n in shape):
+        sizes = [_integer(n) for n in shape] if isinstance(shape, tuple) else []
+        if len(sizes) != ndim or not all(n is not None and n > 0 for n in sizes):
             raise ConfigError(
                 f"chunks[{name!r}]: expected {ndim} positive ints (one per dimension), "
                 f"got {shape!r}"
             )
-        out[name] = shape
+        out[name] = tuple(n for n in sizes if n is not None)
     return out
 
 
