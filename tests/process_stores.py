@@ -95,3 +95,24 @@ class TokenNpy(snapsink.NpyDirectory):
             time.sleep(0.0005)
         self.appends += 1
         super().append(batch)
+
+
+class OpenGatedNpy(snapsink.NpyDirectory):
+    """Its ``open`` first creates ``<gate>.entered``, then waits for ``gate`` to exist."""
+
+    def __init__(self, path: str, gate: str, **kw: Any):
+        super().__init__(path, **kw)
+        self.gate = gate
+        self.kw = kw
+
+    def describe(self) -> StoreSpec:
+        return StoreSpec(OpenGatedNpy, (os.path.abspath(self.path), self.gate), self.kw)
+
+    def open(self) -> snapsink.Resume | None:
+        Path(self.gate + ".entered").touch()
+        deadline = time.monotonic() + 30
+        while not os.path.exists(self.gate):
+            if time.monotonic() > deadline:
+                raise TimeoutError("test gate never opened")
+            time.sleep(0.001)
+        return super().open()

@@ -851,3 +851,178 @@ def test_a_close_on_another_running_event_loop_is_refused_changing_nothing() -> 
     assert isinstance(got["close"], snapsink.WrongThreadError)
     assert "close it there" in str(got["close"])
     assert store.trajectory()["v"][:].tolist() == [0.0, 1.0]
+
+
+# -- a close cancelled while another waits; a close while another task opens ----------
+def _stored(path: Path) -> list[float]:
+    return snapsink.open(path)["v"][:].tolist() if (path / "metadata.json").exists() else []
+
+
+@pytest.mark.parametrize("writer", ["thread", "process"])
+@pytest.mark.parametrize("second", ["waiting", "later"])
+async def test_a_close_cancelled_while_it_drains_is_finished_by_the_next_close(
+    tmp_path: Path, writer: str, second: str
+) -> None:
+    """asyncio's task.cancel() ends a close's wait despite anyio's shield; the
+    drain goes on, and a close waiting for it ("waiting") or called after it
+    ("later") returns only once the store has every frame, as an interrupted
+    SyncSink.close leaves the next close to finish it. (A close that waited
+    returned at once, the frames the writer still held not stored.)"""
+    import asyncio
+
+    gate = str(tmp_path / "gate")
+    run = tmp_path / "run"
+    sink = Sink(GatedNpy(str(run), gate), capacity=8, writer=writer)
+    await sink.__aenter__()
+    got: dict[str, object] = {}
+
+    async def close() -> None:
+        try:
+            await sink.aclose()
+            got["close"] = None
+        except Exception as exc:
+            got["close"] = exc
+        got["stored"] = _stored(run)  # what the store holds when that close returns
+
+    try:
+        for i in range(5):
+            await sink.write({"v": float(i)}, step=i)
+        await anyio.to_thread.run_sync(_wait_for_file, gate + ".entered")  # the writer waits
+        first = asyncio.ensure_future(sink.aclose())
+        await anyio.wait_all_tasks_blocked()
+        if second == "waiting":
+            closer = asyncio.ensure_future(close())
+            await anyio.wait_all_tasks_blocked()
+        first.cancel()
+        with pytest.raises(asyncio.CancelledError):
+            await first
+        if second == "later":
+            closer = asyncio.ensure_future(close())
+        await anyio.wait_all_tasks_blocked()
+        assert "close" not in got  # it waits for the drain, which waits at the gate
+        await anyio.Path(gate).touch()
+        await closer
+    finally:
+        await anyio.Path(gate).touch()
+    assert got == {"close": None, "stored": [0.0, 1.0, 2.0, 3.0, 4.0]}
+    await sink.aclose()  # a third close: done, nothing to wait for
+    with pytest.raises(ClosedSinkError, match="closed"):
+        await sink.write({"v": 5.0}, step=5)
+    assert _stored(run) == [0.0, 1.0, 2.0, 3.0, 4.0]
+
+
+async def test_a_close_that_took_over_a_cancelled_one_raises_its_error() -> None:
+    """The drain's outcome is every close's: the store's failure at closing
+    reaches the close that took over (once), not only the cancelled one."""
+    import asyncio
+
+    store = _ClosingFails()
+    sink = Sink(store, capacity=8, writer="thread")
+    await sink.__aenter__()
+    try:
+        for i in range(3):
+            await sink.write({"v": float(i)}, step=i)
+        await store.wait_entered()
+        first = asyncio.ensure_future(sink.aclose())
+        await anyio.wait_all_tasks_blocked()
+        first.cancel()
+        with pytest.raises(asyncio.CancelledError):
+            await first
+        store.gate.set()
+        with pytest.raises(WriterError, match="closing the store failed") as info:
+            await sink.aclose()
+    finally:
+        store.gate.set()
+    assert isinstance(info.value.__cause__, OSError)
+    assert store.trajectory()["v"][:].tolist() == [0.0, 1.0, 2.0]
+    await sink.aclose()  # reported; a close after it is a no-op
+
+
+@pytest.mark.parametrize("writer", ["thread", "process"])
+@pytest.mark.parametrize("opens", [True, False])
+async def test_a_close_while_another_task_opens_the_sink_closes_it_once_open(
+    tmp_path: Path, writer: str, opens: bool
+) -> None:
+    """A close is always allowed: one called while another task is inside
+    ``async with`` opening the sink (a slow store open, the writer process
+    starting) waits for the open, then the sink is closed, its store complete
+    and closed, and the opening task's ``async with`` raises ClosedSinkError
+    (its body does not run). An open that fails leaves that close nothing to
+    do. (The close failed with an AssertionError.)"""
+    from process_stores import OpenGatedNpy
+
+    gate = str(tmp_path / "gate")
+    run = tmp_path / "run"
+    if not opens:  # the store exists: mode "x" refuses it
+        async with Sink(snapsink.NpyDirectory(run), writer="thread") as first:
+            await first.write({"v": 9.0}, step=0)
+    sink = Sink(OpenGatedNpy(str(run), gate), writer=writer)
+    got: dict[str, object] = {}
+
+    async def enter() -> None:
+        try:
+            async with sink:
+                got["body"] = True
+        except Exception as exc:
+            got["enter"] = exc
+
+    async def close() -> None:
+        try:
+            await sink.aclose()
+            got["close"] = None
+        except Exception as exc:
+            got["close"] = exc
+
+    async with anyio.create_task_group() as tg:
+        tg.start_soon(enter)
+        try:
+            await anyio.to_thread.run_sync(_wait_for_file, gate + ".entered")
+            tg.start_soon(close)
+            await anyio.wait_all_tasks_blocked()
+            assert got == {}  # the close waits for the open
+            with pytest.raises(ClosedSinkError, match="still opening"):
+                await sink.write({"v": 0.0}, step=0)
+        finally:
+            await anyio.Path(gate).touch()
+    assert got["close"] is None and "body" not in got
+    if opens:
+        assert isinstance(got["enter"], ClosedSinkError)
+        assert "closed (aclose() in another task) while it opened" in str(got["enter"])
+    else:
+        assert isinstance(got["enter"], FileExistsError)
+    with pytest.raises(ClosedSinkError, match="closed"):
+        await sink.write({"v": 0.0}, step=0)
+    await sink.aclose()
+    # the store was closed (its lock released): a sink appends to it
+    async with Sink(snapsink.NpyDirectory(run, mode="a"), writer="thread") as again:
+        await again.write({"v": 1.0}, step=1)
+    assert _stored(run) == ([1.0] if opens else [9.0, 1.0])
+
+
+async def test_an_open_cancelled_while_the_writer_thread_opens_the_store_closes_it(
+    tmp_path: Path,
+) -> None:
+    """asyncio's task.cancel() passes the shield around the writer thread's
+    open: the sink is closed, and so is its store once that open ends, so
+    another sink may write it. (The store stayed open and locked until the
+    process ended, its thread waiting forever.)"""
+    import asyncio
+
+    from process_stores import OpenGatedNpy
+
+    gate = str(tmp_path / "gate")
+    run = tmp_path / "run"
+    sink = Sink(OpenGatedNpy(str(run), gate), writer="thread")
+    opening = asyncio.ensure_future(sink.__aenter__())
+    try:
+        await anyio.to_thread.run_sync(_wait_for_file, gate + ".entered")
+        opening.cancel()
+    finally:
+        await anyio.Path(gate).touch()
+    with pytest.raises(asyncio.CancelledError):
+        await opening
+    with pytest.raises(ClosedSinkError, match="closed"):
+        await sink.write({"v": 0.0}, step=0)
+    async with Sink(snapsink.NpyDirectory(run, mode="a"), writer="thread") as again:
+        await again.write({"v": 1.0}, step=0)
+    assert _stored(run) == [1.0]

@@ -9,6 +9,13 @@ it has.
 The writer runs outside the caller's tasks: a frame the sink has accepted under
 ``block`` or ``spill`` is stored even when the task that owns the sink is
 cancelled (the close in ``__aexit__`` is shielded).
+
+A close, once begun, is one drain in a worker thread (:meth:`Sink._drain`),
+whatever happens to the task that began it: a close cancelled while it waits
+(asyncio's ``task.cancel()`` passes anyio's shield) stops waiting, the drain
+goes on, and the sink stays "closing" until a close sees it end, which takes
+its outcome over (as an interrupted ``SyncSink.close`` leaves the next close
+to finish it). So no close returns before the store has every frame.
 """
 
 from __future__ import annotations
@@ -193,18 +200,27 @@ class Sink:
         self._resumed: Resume | None = None
         self._process: ProcessWriter | None = None
         self._channel: Channel | None = None
-        self._state = "new"  # new -> open -> closing -> closed; "forked" in a child
+        # new -> opening -> open -> closing -> closed; "forked" in a child
+        self._state = "new"
         self._forked_from = 0
         self._loop_thread = 0
         self._schedule: Callable[[Callable[[], object]], object] | None = None
         self._thread_writer: ThreadWriter | None = None
-        self._closed: anyio.Event | None = None  # set once aclose is done
-        #: the WriterError the close raised: a close waiting for it raises it too
-        self._close_error: WriterError | None = None
+        #: set once __aenter__ has ended (opened or failed): a close waits for it
+        self._opened: anyio.Event | None = None
+        #: aclose() was called while the sink opened: __aenter__ closes it
+        self._close_requested = False
+        #: the drain runs once; a close that finds it under way waits on the lock
+        self._drain_lock = threading.Lock()
+        self._drain_done = False
+        #: what the close raises (a WriterError: the store failed; or what the
+        #: drain itself raised): every close that waited for it raises it too
+        self._close_error: BaseException | None = None
         self._flush_waiters: list[tuple[int, anyio.Event]] = []
         #: the latest flush generation the writer acknowledged (committed)
         self._flushed_gen = 0
         #: the close drained the channel and the writer committed every frame
+        #: (a flush the close ended returns on it)
         self._drained = False
         #: the step of the last frame a write queued or spilled (a dropped one is
         #: not): the Recorder marks a selection's systems stored only for it
@@ -215,13 +231,45 @@ class Sink:
 
     # -- lifecycle ------------------------------------------------------------------
     async def __aenter__(self) -> Sink:
+        """Open the store and start the writer.
+
+        Raises
+        ------
+        ConfigError
+            The sink was already opened (or closed).
+        ClosedSinkError
+            Another task called :meth:`aclose` while this opened: the sink
+            was opened, then closed (its store complete and closed).
+        """
         if self._state != "new":
-            raise ConfigError("this Sink was already opened; create a new Sink")
+            raise ConfigError("this Sink was already opened (or closed); create a new Sink")
         self._state = "opening"
         _live_sinks.add(self)
         self._loop_thread = threading.get_ident()
         self._schedule = thread_safe_scheduler()
         self._yield = asyncio.sleep if on_asyncio() else None
+        self._opened = anyio.Event()
+        try:
+            await self._open()
+        finally:
+            self._opened.set()  # a close waiting for the open goes on
+        if self._close_requested:
+            # no task has the sink yet: close it here (with the close that asked)
+            try:
+                with anyio.CancelScope(shield=True):
+                    await self.aclose()
+            except Exception as err:
+                raise ClosedSinkError(
+                    "the sink was closed (aclose() in another task) while it opened, "
+                    "and closing it failed; open a new Sink"
+                ) from err
+            raise ClosedSinkError(
+                "the sink was closed (aclose() in another task) while it opened: it "
+                "takes no frames; open a new Sink"
+            )
+        return self
+
+    async def _open(self) -> None:
         # a declared schema the store cannot hold, and a spill directory that
         # cannot be used, fail before anything is opened
         check = getattr(self._store, "check_schema", None)
@@ -235,8 +283,9 @@ class Sink:
         spill = SpillDir(policy) if isinstance(policy, Spill) else None
         try:
             if self._spec is not None:
-                return await self._open_process(self._spec, spill)
-            return await self._open_thread(spill)
+                await self._open_process(self._spec, spill)
+            else:
+                await self._open_thread(spill)
         except BaseException:
             if spill is not None:
                 spill.close()
@@ -259,11 +308,18 @@ class Sink:
             schema = resume.schema
         return schema, StepClock(resume.last_step, resume.last_time, resume.times)
 
-    async def _open_thread(self, spill: SpillDir | None) -> Sink:
+    async def _open_thread(self, spill: SpillDir | None) -> None:
         """Start the writer thread, which opens the store and then drains the channel."""
         writer = ThreadWriter(self._store, type(self._store).__name__)
         with anyio.CancelScope(shield=True):
-            resume = await anyio.to_thread.run_sync(writer.start)
+            try:
+                resume = await anyio.to_thread.run_sync(writer.start)
+            except BaseException:
+                # asyncio's task.cancel() passes the shield while the store opens:
+                # close the store once its open ends (the cancel is delivered, so
+                # this wait is not cancelled), not leave it open and locked
+                await anyio.to_thread.run_sync(writer.abandon)
+                raise
             try:
                 schema, clock = self._resumed_clock(resume)
             except BaseException:
@@ -284,7 +340,6 @@ class Sink:
         self._channel = ch
         self._thread_writer = writer
         self._state = "open"
-        return self
 
     def _connect(self, writer: ThreadWriter | ProcessWriter) -> None:
         """Have ``writer``'s flush acknowledgements and failure wake flush waiters
@@ -303,7 +358,7 @@ class Sink:
         writer.on_flushed = flushed
         writer.on_failed = failed
 
-    async def _open_process(self, spec: Any, spill: SpillDir | None) -> Sink:
+    async def _open_process(self, spec: Any, spill: SpillDir | None) -> None:
         """Start the writer process, which opens the store; no consumer task here."""
         writer = ProcessWriter(spec, repr(self._store))
         try:
@@ -331,7 +386,6 @@ class Sink:
         self._channel = ch
         self._process = writer
         self._state = "open"
-        return self
 
     # Deliberate parallel of Recorder.__aexit__ (_recorder.py): each async context
     # manager declares the protocol's signature.
@@ -357,7 +411,11 @@ class Sink:
         """Close the channel, store every accepted frame, commit and close the store.
 
         Idempotent. Called by ``async with`` on exit. A close during another
-        task's close waits for it, and raises its error.
+        task's close waits for it, and raises its error; one cancelled while
+        it waits leaves the close going on, and the next close waits for it
+        (and raises its error). A close while another task opens the sink
+        waits for the open, then closes the sink: that task's ``async with``
+        raises ClosedSinkError.
 
         Raises
         ------
@@ -374,39 +432,57 @@ class Sink:
         if self._state == "forked":
             return  # the parent's sink: not this process's to close
         self._check_close_loop()
-        if self._state == "closing":
-            # another task's close drains: wait for it, and fail as it fails
-            assert self._closed is not None
-            await self._closed.wait()
-            if self._close_error is not None:
-                raise self._close_error
+        if self._state == "opening":
+            # the opening task closes the sink once it is open; wait for that
+            self._close_requested = True
+            assert self._opened is not None  # set with "opening"
+            await self._opened.wait()
+            await self.aclose()
             return
-        self._state = "closing"
-        self._closed = anyio.Event()
-        ch = self._channel
-        assert ch is not None
-        # the writer stores every accepted frame, commits and closes the store
-        writer: ThreadWriter | ProcessWriter | None = self._process or self._thread_writer
-        assert writer is not None
-        try:
-            ch.close()
-            with anyio.CancelScope(shield=True):
-                await anyio.to_thread.run_sync(
-                    writer.close if isinstance(writer, ProcessWriter) else writer.join
-                )
-            # decided before the waiters wake: a flush waiting returns, or
-            # raises this error, on what the close did
-            self._close_error = _close_failure(ch, writer)
-            self._drained = True
-        finally:
-            try:
-                ch.release_capture()
-            finally:
-                self._state = "closed"
-                self._closed.set()
-                self._wake_flushers(None)
+        if self._state == "open":
+            self._state = "closing"
+            ch = self._channel
+            assert ch is not None  # set with "open"
+            ch.close()  # no more frames: parked producers wake to ClosedSinkError
+        # The drain runs once, in a worker thread; a close that finds it under
+        # way (or whose thread never started: cancelled first) waits on its lock.
+        # Shielded, as the drain goes on anyway; asyncio's task.cancel() still
+        # ends the wait: the sink then stays "closing" for the next close.
+        with anyio.CancelScope(shield=True):
+            await anyio.to_thread.run_sync(self._drain)
+        self._state = "closed"
         if self._close_error is not None:
             raise self._close_error
+
+    def _drain(self) -> None:
+        """Have the writer store every accepted frame, commit and close the
+        store, then free the capture; once (blocking, in a worker thread)."""
+        with self._drain_lock:
+            if self._drain_done:
+                return
+            ch = self._channel
+            writer: ThreadWriter | ProcessWriter | None = self._process or self._thread_writer
+            assert ch is not None and writer is not None  # set with "open"
+            try:
+                try:
+                    if isinstance(writer, ProcessWriter):
+                        writer.close()
+                    else:
+                        writer.join()
+                    # decided before the flushes wake: a flush waiting returns,
+                    # or raises this error, on what the close did
+                    self._close_error = _close_failure(ch, writer)
+                    self._drained = True
+                finally:
+                    ch.release_capture()
+            except BaseException as exc:  # raised by every close, not only this thread's
+                if self._close_error is None:
+                    self._close_error = exc
+            finally:
+                self._drain_done = True
+            assert self._schedule is not None
+            with contextlib.suppress(RuntimeError):  # the loop is gone: no flush waits
+                self._schedule(functools.partial(self._wake_flushers, None))
 
     def _check_close_loop(self) -> None:
         """A close wakes tasks on the sink's event loop (a close or a flush
@@ -448,6 +524,10 @@ class Sink:
                 if ch is not None and ch.failure is not None:
                     ch.raise_if_unusable()
                 raise ClosedSinkError("the sink is closed; it takes no more frames")
+            if self._state == "opening":
+                raise ClosedSinkError(
+                    "the sink is still opening: use it once its `async with` has entered"
+                )
             raise ClosedSinkError("the sink is not open: use it as `async with Sink(...) as sink:`")
         return ch
 
@@ -621,7 +701,7 @@ class Sink:
         WriterError
             The store failed, or closing it did (chained to the cause).
         ClosedSinkError
-            The sink is closed, or a close that did not finish (interrupted
+            The sink is closed, or a close that did not finish (it failed
             before the store had every frame) ended this flush.
         """
         ch = self._require_open()
@@ -638,7 +718,7 @@ class Sink:
         if gen <= self._flushed_gen:
             return  # the writer committed it
         # woken by a close: every frame is committed if it drained
-        if self._close_error is not None:
+        if isinstance(self._close_error, WriterError):
             raise self._close_error
         if not self._drained:
             raise ClosedSinkError(
