@@ -28,14 +28,16 @@ SRC = Path(snapsink.__file__).resolve().parent
 TRAVERSAL = ["../evil", "/etc/passwd", "a/../../b", "..", "x\x00y", "static/../..", "C:\\evil"]
 
 
-#: the one module allowed to pickle: the control channel between a sink and the
-#: writer process it started (a private socket pair, never a file or a store)
-PICKLE_OK = {SRC / "_writer" / "_wire.py"}
+#: the modules allowed to pickle, between a job's own processes only: the control
+#: channel between a sink and the writer process it started (a private socket
+#: pair), and a many-rank store's collectives over its ranks' gloo group (as
+#: mpi4py's and torch's object collectives pickle); never a file or a store
+PICKLE_OK = {SRC / "_writer" / "_wire.py", SRC / "_comm.py"}
 
 
 def test_no_pickle_anywhere_in_the_source() -> None:
-    """No pickle, marshal, eval or exec (pickle only on the writer's private
-    control socket); every np.load / read_array call (found in the syntax tree,
+    """No pickle, marshal, eval or exec (pickle only between a job's own
+    processes: PICKLE_OK); every np.load / read_array call (found in the syntax tree,
     so docstrings do not count) passes allow_pickle=False."""
     calls = 0
     for path in sorted(SRC.rglob("*.py")):
