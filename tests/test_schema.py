@@ -5,6 +5,7 @@ from __future__ import annotations
 import enum
 import importlib.util
 import math
+from collections.abc import Iterable
 from pathlib import Path
 
 import numpy as np
@@ -360,3 +361,35 @@ def test_a_dlpack_cuda_array_without_cupy_names_the_gpu_extra() -> None:
         pytest.skip("CuPy is installed: a CUDA array is read through it")
     with pytest.raises(snapsink.DeviceError, match=r"field 'x'.*CUDA.*snapsink\[gpu\]"):
         Schema({"x": Field("f8", (3,))}).validate({"x": _DLPackOnly(np.arange(3.0), 2)}, 0)
+
+
+# -- names that are str subclasses (probe E) ---------------------------------------------
+# A (str, Enum) member's str() is "_Species.HYDROGEN" (a StrEnum's is its value,
+# hence no StrEnum here); what crosses to the writer process or into metadata
+# is the plain value.
+class _Species(str, enum.Enum):  # noqa: UP042
+    HYDROGEN = "H"
+    ATOMS = "atoms"
+
+
+def _plain(names: Iterable[str]) -> list[tuple[type, str]]:
+    return [(type(n), n) for n in names]
+
+
+def test_enum_names_of_a_declared_schema_are_plain_str() -> None:
+    schema = Schema({_Species.HYDROGEN: Field("f8", (2,), dims=(_Species.ATOMS,))})
+    assert _plain(schema) == [(str, "H")]
+    assert _plain(schema["H"].dims) == [(str, "atoms")]
+    assert schema == Schema({"H": Field("f8", (2,), dims=("atoms",))})
+    assert schema.to_json() == {"H": {"dtype": "<f8", "shape": [2], "dims": ["atoms"]}}
+    # a frame keyed by the member is validated, under the plain name
+    [(name, _, value)] = schema.validate({_Species.HYDROGEN: np.ones(2)}, 0)
+    assert (type(name), name, value.tolist()) == (str, "H", [1.0, 1.0])
+    nested = Schema({"atoms": {_Species.HYDROGEN: "f4"}})
+    assert _plain(nested) == [(str, "atoms.H")]
+
+
+def test_check_name_returns_a_plain_str() -> None:
+    for what in ("field", "static", "group"):
+        got = check_name(_Species.HYDROGEN, what)
+        assert (type(got), got) == (str, "H")

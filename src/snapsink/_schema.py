@@ -66,7 +66,12 @@ _INT64_MAX = int(np.iinfo(np.int64).max)
 
 
 def check_name(name: object, what: str = "field") -> str:
-    """Return ``name`` if it is a safe field or group name, else raise ConfigError.
+    """Return ``name`` as a plain str if it is a safe field or group name, else
+    raise ConfigError.
+
+    A str subclass (a ``(str, Enum)`` member) gives its value, as a nested key
+    does: names reach the writer process and the stores' metadata, where only
+    builtins may go (the writer cannot import the enum of a script).
 
     A name is an identifier (letters, digits, underscore; not starting with a
     digit; at most 128 characters): it becomes a file or array name, so ``/``,
@@ -79,6 +84,7 @@ def check_name(name: object, what: str = "field") -> str:
     """
     if not isinstance(name, str):
         raise ConfigError(f"{what} name: expected a str, got {type(name).__name__} {name!r}")
+    name = str.__str__(name)  # the text itself, never a subclass's __str__
     if what != "field":
         if not _NAME.fullmatch(name):
             raise ConfigError(
@@ -258,7 +264,8 @@ def _check_dims(dims: object, shape: tuple[Any, ...]) -> tuple[str, ...] | None:
             f"Field dims: expected a tuple of names, one per dimension of {shape}, "
             f"got {dims!r}"
         )
-    out = tuple(dims)
+    # a str subclass's value (a (str, Enum) member): names go to the writer process
+    out = tuple(str.__str__(d) if isinstance(d, str) else d for d in dims)
     if len(out) != len(shape):
         raise ConfigError(
             f"Field dims {out!r}: expected {len(shape)} name(s), one per dimension of "
@@ -350,9 +357,10 @@ class Schema(Mapping[str, Field]):
             )
         if any(isinstance(spec, Mapping) for spec in fields.values()):
             fields = flatten_specs(fields)
-        self._fields: dict[str, Field] = {
-            check_name(name): _coerce_field(name, spec) for name, spec in fields.items()
-        }
+        self._fields: dict[str, Field] = {}
+        for name, spec in fields.items():
+            plain = check_name(name)  # an enum member's value: names go to the writer
+            self._fields[plain] = _coerce_field(plain, spec)
         if not self._fields:
             raise ConfigError("Schema: expected at least one field")
         conflict = tree_conflict(list(self._fields))

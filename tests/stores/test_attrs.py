@@ -339,3 +339,29 @@ def test_masked_static_from_a_recorder_route_is_refused(tmp_path: Path) -> None:
         with snapsink.SyncRecorder(run=route) as recorder:
             recorder.record({"e": 1.0, "charges": masked}, step=0)
     assert not (tmp_path / "run").exists()
+
+
+# -- names that are str subclasses (probe E) ----------------------------------------------
+def test_enum_keys_and_modes_become_plain_str() -> None:
+    """What a store keeps goes to the writer process and into metadata: a
+    (str, Enum) member there is its value (str() of it was "Mode.CREATE")."""
+    import enum
+
+    from snapsink.stores._common import check_mode, check_static
+
+    class Name(str, enum.Enum):  # noqa: UP042 - str() of it is "Name.GRID"
+        GRID = "grid"
+
+    class Mode(str, enum.Enum):  # noqa: UP042
+        CREATE = "x"
+
+    static = check_static({Name.GRID: [1, 2]})
+    assert [(type(k), k) for k in static] == [(str, "grid")]
+    assert static["grid"].tolist() == [1, 2]
+    attrs = check_attrs({Name.GRID: {Name.GRID: Name.GRID}})
+    assert attrs == {"grid": {"grid": "grid"}}
+    assert type(next(iter(attrs))) is str and type(next(iter(attrs["grid"]))) is str
+    assert (type(check_mode(Mode.CREATE)), check_mode(Mode.CREATE)) == (str, "x")
+    store = snapsink.NpyDirectory("unused", mode=Mode.CREATE)  # type: ignore[arg-type]
+    assert store.describe().args[1] == "x"  # type: ignore[union-attr]
+

@@ -653,3 +653,110 @@ def test_a_killed_writer_under_ignored_sigchld_is_not_reported_as_exit_code_0(
         )
         assert "exit code" not in str(exc)
     assert snapsink.open(tmp_path / "run")["v"][:].tolist() == [[0.0, 1.0, 2.0]]
+
+
+# -- messages the writer process cannot read (probe E) ---------------------------------------
+def test_a_message_the_writer_cannot_read_is_a_writer_error_not_a_hang(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A message naming a class the writer process cannot import (a module put
+    on sys.path after the writer started): the writer fails as on a store
+    error, and the sink raises WriterError at its flush and close, naming what
+    could not be read. The writer's inbox thread died with the AttributeError,
+    and the flush waited forever."""
+    (tmp_path / "late").mkdir()
+    (tmp_path / "late" / "snapsink_test_late.py").write_text("class Late:\n    pass\n")
+    with pytest.raises(WriterError, match="could not read a message from the sink") as at_close:
+        with SyncSink(snapsink.NpyDirectory(tmp_path / "run"), writer="process") as sink:
+            for i in range(3):
+                sink.write({"v": np.full(2, float(i))}, step=i)
+            sink.flush()
+            monkeypatch.syspath_prepend(tmp_path / "late")  # the writer's path lacks it
+            monkeypatch.delitem(sys.modules, "snapsink_test_late", raising=False)
+            from snapsink_test_late import Late  # type: ignore[import-not-found]
+
+            sink._sink._process.send(("wake", Late()))  # type: ignore[union-attr]
+            with pytest.raises(WriterError) as at_flush:
+                sink.flush()
+            with pytest.raises(WriterError):
+                sink.write({"v": np.zeros(2)}, step=3)
+    for exc in (at_flush.value, at_close.value):
+        cause = exc.__cause__
+        assert isinstance(cause, RuntimeError), repr(cause)
+        assert "could not read a message from the sink (ModuleNotFoundError" in str(cause)
+        assert "snapsink_test_late" in str(cause)
+        assert "after 3 frames stored" in str(cause)
+        assert any("snapsink writer process" in n for n in cause.__notes__)
+    traj = snapsink.open(tmp_path / "run")  # the frames stored stay committed
+    assert traj.steps.tolist() == [0, 1, 2]
+    assert traj["v"][:].tolist() == [[0.0, 0.0], [1.0, 1.0], [2.0, 2.0]]
+
+
+def test_a_reply_the_sink_cannot_read_is_a_writer_error_not_a_hang(tmp_path: Path) -> None:
+    """A reply of the writer that the sink's proxy thread fails to read: the
+    sink fails with WriterError chained to the cause (the proxy thread died
+    with it, and the flush waited forever)."""
+    import pickle
+
+    with pytest.raises(WriterError, match="could not read a reply") as at_close:
+        with SyncSink(snapsink.NpyDirectory(tmp_path / "run"), writer="process") as sink:
+            sink.write({"v": np.arange(2.0)}, step=0)
+            sink.flush()
+            wire = sink._sink._process.wire  # type: ignore[union-attr]
+            real = wire.recv
+
+            def garbled() -> Any:
+                real()  # the reply is read, and cannot be decoded
+                raise pickle.UnpicklingError("garbled reply")
+
+            wire.recv = garbled  # type: ignore[method-assign]
+            sink.write({"v": np.arange(2.0) + 1}, step=1)
+            with pytest.raises(WriterError, match="could not read a reply") as at_flush:
+                sink.flush()
+    for exc in (at_flush.value, at_close.value):
+        assert isinstance(exc.__cause__, WriterError)
+        assert isinstance(exc.__cause__.__cause__, pickle.UnpicklingError)
+        assert "UnpicklingError: garbled reply" in str(exc)
+    assert snapsink.open(tmp_path / "run").steps.tolist()[:1] == [0]
+
+
+def test_enum_names_and_steps_reach_the_writer_process_as_builtins(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A schema declared with (str, Enum) names and dims, static names and
+    attrs of the same enum, an IntEnum step, a float subclass's time: all reach
+    the writer process as plain str, int and float, and read back so. The enum
+    lives in __main__, which the writer cannot import: the pickled schema
+    killed its inbox thread (a hang)."""
+    import enum
+
+    class Species(str, enum.Enum):  # noqa: UP042 - str() of it is "Species.HYDROGEN"
+        HYDROGEN = "H"
+        ATOMS = "atoms"
+
+    class Step(enum.IntEnum):
+        FIRST = 7
+
+    class Seconds(float):
+        pass
+
+    for cls in (Species, Step, Seconds):
+        cls.__module__, cls.__qualname__ = "__main__", cls.__name__
+        monkeypatch.setattr(sys.modules["__main__"], cls.__name__, cls, raising=False)
+    schema = Schema({Species.HYDROGEN: Field("f8", (2,), dims=(Species.ATOMS,))})
+    store = snapsink.NpyDirectory(
+        tmp_path / "run",
+        static={Species.ATOMS: np.arange(2)},
+        attrs={Species.HYDROGEN: Species.ATOMS},
+    )
+    with SyncSink(store, schema=schema, writer="process") as sink:
+        sink.write({Species.HYDROGEN: np.ones(2)}, step=Step.FIRST, time=0.5)
+        sink.write({"H": np.full(2, 2.0)}, step=8, time=Seconds(1.5))
+    traj = snapsink.open(tmp_path / "run")
+    assert list(traj.fields) == ["H"] and type(next(iter(traj.fields))) is str
+    assert traj.steps.tolist() == [7, 8]
+    assert traj.times is not None and traj.times.tolist() == [0.5, 1.5]
+    assert traj["H"][:].tolist() == [[1.0, 1.0], [2.0, 2.0]]
+    assert traj.schema is not None and traj.schema["H"].dims == ("atoms",)
+    assert list(traj.static) == ["atoms"] and traj.static["atoms"].tolist() == [0, 1]
+    assert traj.attrs["H"] == "atoms"

@@ -60,7 +60,9 @@ class Writer:
 
     def __init__(self, wire: Wire):
         self.wire = wire
-        self.inbox: queue.SimpleQueue[tuple[tuple[Any, ...], list[int]] | None] = (
+        #: messages from the sink; None at its end, an exception where one
+        #: could not be read (the writer fails with it)
+        self.inbox: queue.SimpleQueue[tuple[tuple[Any, ...], list[int]] | BaseException | None] = (
             queue.SimpleQueue()
         )
         self.schema: Schema | None = None
@@ -105,8 +107,20 @@ class Writer:
             pass
 
     def _reader(self) -> None:
+        """Queue the sink's messages for :meth:`handle`, up to the end of the
+        stream or the first message that cannot be read.
+
+        An unreadable message (one naming a class this process cannot import)
+        or a failed read is the writer's failure, reported to the sink as a
+        store's is: this thread dying with it left the writer deaf, and the
+        sink's flush and close waiting forever.
+        """
         while True:
-            got = self.wire.recv()
+            try:
+                got = self.wire.recv()
+            except BaseException as exc:
+                self.inbox.put(exc)
+                return
             self.inbox.put(got)
             if got is None:
                 return
@@ -122,6 +136,12 @@ class Writer:
             except queue.Empty:
                 return
             block = False  # then take only what is already there
+            if isinstance(got, BaseException):
+                raise RuntimeError(
+                    f"writer: could not read a message from the sink ({type(got).__name__}: "
+                    f"{got}) after {self.done} frames stored; a message may carry only what "
+                    "the writer process can import (builtins: names, steps, times)"
+                ) from got
             if got is None:
                 self.parent_gone = True
                 self._drops_in_header()

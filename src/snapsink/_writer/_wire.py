@@ -18,6 +18,7 @@ frame data lies in shared memory.
 
 from __future__ import annotations
 
+import contextlib
 import os
 import pickle
 import socket
@@ -69,6 +70,10 @@ class Wire:
         first). Those messages still matter (a slot's mapping for a frame
         already published, the writer's last error), so a reset is read past:
         the stream ends where a receive returns nothing.
+
+        Raises what unpickling raises (a message naming a class this process
+        cannot import: AttributeError, ModuleNotFoundError) and what reading
+        the socket raises; the caller fails the sink with it, never waits on.
         """
         resets = 0
         while True:
@@ -85,14 +90,22 @@ class Wire:
             for fd in fds:
                 os.close(fd)
             return None
-        msg = pickle.loads(data)
-        if msg and msg[0] == _BIG:
-            big = fds.pop()
-            try:
-                payload = os.pread(big, msg[1], 0)
-            finally:
-                os.close(big)
-            msg = pickle.loads(payload)
+        try:
+            msg = pickle.loads(data)
+            if msg and msg[0] == _BIG:
+                big = fds.pop()
+                try:
+                    payload = os.pread(big, msg[1], 0)
+                finally:
+                    os.close(big)
+                msg = pickle.loads(payload)
+        except BaseException:
+            # unreadable (it names a class this process cannot import): the
+            # descriptors that came with it are nobody's
+            for fd in fds:
+                with contextlib.suppress(OSError):
+                    os.close(fd)
+            raise
         return msg, fds
 
     def close(self) -> None:

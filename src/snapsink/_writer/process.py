@@ -428,7 +428,18 @@ class ProcessWriter:
                 if ch.queue or ch.fifo_waiting:
                     ch.pump()
                 continue
-            got = wire.recv()
+            try:
+                got = wire.recv()
+            except BaseException as exc:
+                # an unreadable reply, or a failed read: this thread ending
+                # silently left every flush and the close waiting forever
+                failure = WriterError(
+                    f"could not read a reply of the writer process ({type(exc).__name__}: "
+                    f"{exc}); frames committed before stay readable"
+                )
+                failure.__cause__ = exc
+                self._fail(failure)
+                return
             if got is None:
                 break
             msg, _ = got

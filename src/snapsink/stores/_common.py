@@ -68,7 +68,9 @@ def check_mode(mode: object) -> str:
             f"mode: expected 'x' (create, fail if it exists), 'w' (replace) or "
             f"'a' (append/resume), got {mode!r}"
         )
-    return str(mode)
+    # the builtin str it equals: str() of a (str, Enum) member is "Mode.X", and
+    # the mode goes to the writer process, which may not import the enum
+    return MODES[MODES.index(mode)]
 
 
 def check_attrs(attrs: Mapping[str, Any] | None) -> dict[str, Any]:
@@ -177,8 +179,8 @@ def check_static(static: Mapping[str, Any] | None) -> dict[str, np.ndarray[Any, 
             f"static: expected a mapping of name to array, got {type(static).__name__}"
         )
     out: dict[str, np.ndarray[Any, Any]] = {}
-    for name, value in static.items():
-        check_name(name, "static")
+    for key, value in static.items():
+        name = check_name(key, "static")  # a plain str: it goes to the writer process
         try:
             value = unmasked(name, value)
         except DTypeError as exc:
