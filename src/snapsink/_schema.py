@@ -407,10 +407,17 @@ class Schema(Mapping[str, Field]):
         """Inverse of :meth:`to_json`."""
         if not isinstance(obj, dict):
             raise ConfigError(f"schema description: expected an object, got {type(obj).__name__}")
-        # dims are not checked across fields here: a store written before Schema
-        # refused a dimension of two sizes still reads, field by field
+        # a store written before Schema refused a dimension of two sizes still
+        # reads, field by field
+        return cls._dims_unchecked({str(n): Field.from_json(f) for n, f in obj.items()})
+
+    @classmethod
+    def _dims_unchecked(cls, fields: Mapping[str, object]) -> Schema:
+        """A schema whose dimension names are not checked across fields: a stored
+        one, or one rank's part of a many-rank store's, whose decomposed fields
+        hold a block of a dimension that another field may hold whole."""
         schema = cls.__new__(cls)
-        schema._build({str(n): Field.from_json(f) for n, f in obj.items()})
+        schema._build(fields)
         return schema
 
     @classmethod

@@ -109,6 +109,21 @@ def test_global_and_local_schemas() -> None:
         global_schema(wrong, layouts, 1)
 
 
+def test_a_ranks_schema_holds_a_block_of_a_dimension_another_field_holds_whole() -> None:
+    """The stored (global) schema names dimension y for the decomposed rho and
+    for a profile written whole: one size there, two in a rank's part."""
+    layouts = plan_layout(quarters(), {})
+    glob = snapsink.Schema(
+        {
+            "rho": snapsink.Field("float32", (16, 24), dims=("y", "x")),
+            "profile": snapsink.Field("float64", (16,), dims=("y",)),
+        }
+    )
+    local = local_schema(glob, layouts, 2)
+    assert local["rho"] == snapsink.Field("float32", (8, 12), dims=("y", "x"))
+    assert local["profile"] == glob["profile"]
+
+
 def test_store_arguments_without_a_communicator(tmp_path: object) -> None:
     with pytest.raises(snapsink.ConfigError, match="only with comm"):
         snapsink.ZarrStore(str(tmp_path), region={"u": (slice(0, 4),)})

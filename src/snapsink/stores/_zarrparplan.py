@@ -268,4 +268,5 @@ def local_schema(stored: Schema, layouts: Mapping[str, FieldLayout], rank: int) 
         lay = layouts.get(name)
         shape = fld.shape if lay is None else lay.local_shape(rank)
         fields[name] = fld if lay is None else Field(fld.dtype, shape, dims=fld.dims)
-    return Schema(fields)
+    # a block of a dimension another field holds whole: sizes differ here only
+    return Schema._dims_unchecked(fields)
