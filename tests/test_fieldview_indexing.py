@@ -65,6 +65,9 @@ KEYS: list[Any] = [
     ([6, 1], 2),
     (_, [0, 3], [1, 2]),
     ([], [], []),
+    ([N + 2], []),  # out of range, but broadcast to no element: numpy checks no bound
+    ([-N - 2], [], _),
+    (np.array([[N]]), np.zeros((1, 0), np.intp)),
     (..., 0),
     (..., [0, 2]),
     (0, ...),
@@ -258,6 +261,33 @@ def test_ragged_fields_keep_their_rules() -> None:
     assert r[2].tolist() == [[2, 2], [2, 2]]
     assert [a.shape for a in r[[3, 1]]] == [(3, 2), (1, 2)]
     assert [len(a) for a in r[::-2]] == [3, 1]
-    for key in [(0, 1), ..., None]:
-        with pytest.raises(IndexError):
+    # what means every frame (or frame i) to numpy means it here too
+    every: list[Any] = [(), ..., (...,), (_,), (_, ...)]
+    for key in every:
+        assert [len(a) for a in r[key]] == [0, 1, 2, 3], key
+    assert r[(2,)].tolist() == r[2, ...].tolist() == [[2, 2], [2, 2]]
+    for key, match in [
+        ((0, 1), "ragged: index its frames only .*int, slice, 1-d int array or boolean mask"),
+        ((..., ...), "single ellipsis"),
+        (None, "expected int, slice, 1-d int array or boolean mask, got None"),
+    ]:
+        with pytest.raises(IndexError, match=match):
             r[key]
+
+
+@pytest.mark.parametrize("dtype", [np.int8, np.uint8])
+def test_small_int_index_arrays_past_their_dtype(dtype: type) -> None:
+    """More frames than the index's dtype holds: negatives are made frame numbers
+    in intp, not in the index's dtype (where ``+ n`` overflows)."""
+    n = 300
+    store = HostMemory()
+    with SyncSink(store, schema={"x": "float64", "r": Field("float64", (None,))}) as sink:
+        for i in range(n):
+            sink.write({"x": float(i), "r": np.full(1, float(i))}, step=i)
+    traj = store.trajectory()
+    signed = np.dtype(dtype).kind == "i"
+    idx: np.ndarray[Any, Any] = np.array([-1, 5] if signed else [5, 7], dtype)
+    want = [n - 1.0, 5.0] if signed else [5.0, 7.0]
+    assert traj["x"][idx].tolist() == np.arange(n, dtype=np.float64)[idx].tolist() == want
+    assert traj["x"][(idx,)].tolist() == want
+    assert [a.tolist() for a in traj["r"][idx]] == [[w] for w in want]

@@ -85,14 +85,51 @@ def test_to_xarray_holds_every_field(kind: str, tmp_path: Path) -> None:
 
 
 def test_xarray_open_zarr_agrees_with_to_xarray(tmp_path: Path) -> None:
+    """The fields agree; the rest differs as docs/guides/sinks.md says."""
     path = tmp_path / "run.zarr"
-    _write(snapsink.ZarrStore(path))
+    _write(snapsink.ZarrStore(path, static={"grid_y": np.arange(4.0)}, attrs={"T": 300}))
     plain = xr.open_zarr(path, consolidated=False)
     _check(plain)  # xarray alone, the same names and dims
     ours = snapsink.open(path).to_xarray()
     for name in ("u", "v", "pos", "pos.offsets", "e"):
         assert plain[name].dims == ours[name].dims
         np.testing.assert_array_equal(plain[name].values, ours[name].values)
+    # steps and times: data variables there, coordinates step and time here
+    assert set(plain.data_vars) == {"u", "v", "pos", "pos.offsets", "e", "steps", "times"}
+    assert not plain.coords and set(ours.coords) == {"step", "time"}
+    np.testing.assert_array_equal(plain["steps"].values, ours["step"].values)
+    np.testing.assert_array_equal(plain["times"].values, ours["time"].values)
+    # static arrays: in the static group there, static_<name> here
+    static = xr.open_zarr(path, group="static", consolidated=False)
+    assert static["grid_y"].dims == ours["static_grid_y"].dims == ("static_grid_y_dim_0",)
+    np.testing.assert_array_equal(static["grid_y"].values, ours["static_grid_y"].values)
+    assert plain.attrs["attrs"] == {"T": 300} and ours.attrs == {"T": 300}
+
+
+@pytest.mark.parametrize("kind", ["memory", "npy"])
+def test_the_dataset_is_the_callers_own(kind: str, tmp_path: Path) -> None:
+    """Editing the Dataset (its step and time coordinates, static arrays and
+    fields) changes nothing the trajectory reads later."""
+    static = {"grid_y": np.arange(4.0)}
+    store: Any
+    if kind == "memory":
+        store = HostMemory(static=static)
+    else:
+        store = NpyDirectory(tmp_path / "run", static=static)
+    _write(store)
+    traj = store.trajectory() if kind == "memory" else snapsink.open(tmp_path / "run")
+    for chunks in (None, "store"):
+        ds = traj.to_xarray(chunks=chunks)
+        ds["step"].values[0] = 42
+        ds["time"].values[:] = -1.0
+        ds["static_grid_y"].values[:] = 0.0
+        if chunks is None:
+            ds["u"].values[:] = 0.0
+            ds["pos"].values[:] = 0.0
+    assert traj.steps.tolist() == [10 * i for i in range(N)]
+    assert traj.times is not None and traj.times.tolist() == [0.5 * i for i in range(N)]
+    assert traj.static["grid_y"].tolist() == [0.0, 1.0, 2.0, 3.0]
+    _check(traj.to_xarray())
 
 
 def test_dims_must_match_the_shape() -> None:

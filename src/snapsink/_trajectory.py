@@ -12,6 +12,7 @@ in the structure of a template with ``like=``.
 
 from __future__ import annotations
 
+import copy
 import functools
 import operator
 from collections.abc import Iterator, Mapping, Sequence
@@ -27,10 +28,18 @@ from ._schema import Field, Schema, offsets_name
 if TYPE_CHECKING:
     import xarray
 
-__all__ = ["FieldView", "Source", "Trajectory", "check_same_store", "replaced_error"]
+__all__ = [
+    "FieldView",
+    "Source",
+    "Trajectory",
+    "check_same_store",
+    "read_only",
+    "replaced_error",
+]
 
 Index = int | slice | Sequence[int] | np.ndarray[Any, Any]
 T = TypeVar("T")
+DT = TypeVar("DT", bound=np.dtype[Any])
 
 
 class Source(Protocol):
@@ -99,13 +108,36 @@ def check_same_store(
         raise replaced_error(where, f"it holds {count} frames, fewer than the {count0} it held")
 
 
+def read_only(arr: np.ndarray[Any, DT]) -> np.ndarray[Any, DT]:
+    """A view of ``arr`` that refuses writes. What a reader caches (steps, times,
+    static arrays) is shared by every later read: an in-place edit of it raises
+    numpy's own "read-only" error instead of changing what they return."""
+    view = arr.view()
+    view.flags.writeable = False
+    return view
+
+
+#: what indexes a ragged field's frames, for messages
+_FRAME_INDEX = "int, slice, 1-d int array or boolean mask"
+
+
+def _in_frames(arr: np.ndarray[Any, Any], n: int) -> np.ndarray[Any, np.dtype[np.intp]] | None:
+    """Int index array ``arr`` as frame numbers in ``[0, n)`` (negatives count
+    from the end), or None when one is out of range. Checked, then made intp,
+    before ``+ n``: in the index's own dtype (int8, uint8) the sum overflows."""
+    if arr.size and (int(arr.min()) < -n or int(arr.max()) >= n):
+        return None
+    out = arr.astype(np.intp)
+    return np.where(out < 0, out + n, out)
+
+
 def _normalize(index: Index, n: int) -> tuple[int, int, int] | np.ndarray[Any, Any] | int:
     if isinstance(index, slice):
         return index.indices(n)
     if isinstance(index, bool | np.bool_):
         # an int to Python, but a bool is no frame number (numpy reads it as a
         # mask with a new axis): refuse both alike
-        raise IndexError(f"frame index: expected int, slice, or 1-d int array, got {index!r}")
+        raise IndexError(f"frame index: expected {_FRAME_INDEX}, got {index!r}")
     if isinstance(index, int | np.integer):
         i = int(index)
         if i < 0:
@@ -121,11 +153,11 @@ def _normalize(index: Index, n: int) -> tuple[int, int, int] | np.ndarray[Any, A
             raise IndexError(f"boolean frame mask: expected shape ({n},), got {arr.shape}")
         return np.flatnonzero(arr)
     if arr.dtype.kind not in "iu" or arr.ndim != 1:
-        raise IndexError(f"frame index: expected int, slice, or 1-d int array, got {index!r}")
-    arr = np.where(arr < 0, arr + n, arr)
-    if arr.size and (arr.min() < 0 or arr.max() >= n):
+        raise IndexError(f"frame index: expected {_FRAME_INDEX}, got {index!r}")
+    frames = _in_frames(arr, n)
+    if frames is None:
         raise IndexError(f"frame index out of range for {n} frames")
-    return arr.astype(np.int64)
+    return frames.astype(np.int64)
 
 
 def _as_index_array(k: Any) -> np.ndarray[Any, Any] | None:
@@ -228,7 +260,18 @@ class FieldView:
 
     def _ragged_item(self, index: Any) -> Any:
         if isinstance(index, tuple):
-            raise IndexError(f"field {self.name!r} is ragged: index frames only")
+            # ``(i,)``, ``(i, ...)`` and ``(...,)`` select frames as ``i`` and ``...`` do
+            rest = [k for k in index if k is not Ellipsis]
+            if len(index) - len(rest) > 1:
+                raise IndexError("an index can only have a single ellipsis ('...')")
+            if len(rest) > 1:
+                raise IndexError(
+                    f"field {self.name!r} is ragged: index its frames only ({_FRAME_INDEX}, "
+                    f"or ...), then a frame's rows: traj[{self.name!r}][i][rows]; got {index!r}"
+                )
+            index = rest[0] if rest else Ellipsis
+        if index is Ellipsis:
+            index = slice(None)
         norm = _normalize(index, self._length)
         if isinstance(norm, int):
             return self._read_range(norm, norm + 1)[0]
@@ -298,10 +341,9 @@ class FieldView:
                 frames = np.flatnonzero(hit)
                 return self._read_frames(frames), arr[frames]
             if arr is not None and arr.dtype.kind in "iu":
-                if arr.size and (arr.min() < -n or arr.max() >= n):
-                    bad = arr[(arr < -n) | (arr >= n)].flat[0]
-                    self._check_frame(int(bad))
-                norm = np.where(arr < 0, arr + n, arr).astype(np.intp)
+                norm = _in_frames(arr, n)
+                if norm is None:
+                    return self._out_of_range(key, arr)
                 frames, inverse = np.unique(norm.ravel(), return_inverse=True)
                 return self._read_frames(frames), inverse.reshape(arr.shape)
         elif hasattr(entry, "__index__"):
@@ -313,13 +355,32 @@ class FieldView:
         np.broadcast_to(np.zeros((), np.uint8), shape)[key]
         return self._read_range(0, n), entry
 
+    def _out_of_range(
+        self, key: tuple[Any, ...], arr: np.ndarray[Any, Any]
+    ) -> tuple[np.ndarray[Any, Any], Any]:
+        """An int array ``arr`` with frames out of range: numpy checks no bound
+        where the index arrays broadcast to an empty selection, so then no frame
+        is read; else the first bad frame is named."""
+        n = self._length
+        shape = (n, *(d for d in self.field.shape if d is not None))
+        try:
+            empty = np.broadcast_to(np.zeros((), np.uint8), shape)[key].size == 0
+        except IndexError:
+            empty = False
+        if not empty:
+            raise self._frame_error(int(arr[(arr < -n) | (arr >= n)].flat[0]))
+        return self._read_frames(np.zeros(0, np.intp)), arr
+
+    def _frame_error(self, i: int) -> IndexError:
+        return IndexError(
+            f"index {i} is out of bounds for the frame axis of field {self.name!r}, "
+            f"which holds {self._length} frames"
+        )
+
     def _check_frame(self, i: int) -> int:
         n = self._length
         if not -n <= i < n:
-            raise IndexError(
-                f"index {i} is out of bounds for the frame axis of field {self.name!r}, "
-                f"which holds {n} frames"
-            )
+            raise self._frame_error(i)
         return i + n if i < 0 else i
 
     def _read_frames(self, frames: np.ndarray[Any, Any]) -> np.ndarray[Any, Any]:
@@ -354,6 +415,14 @@ class Trajectory:
     dropped_steps
         Steps a drop policy discarded, sorted.
 
+    Notes
+    -----
+    ``steps``, ``times``, ``dropped_steps`` and the ``static`` arrays are
+    read-only: the reader reads them once and every later read shares them
+    (``.copy()`` one to change it). ``attrs`` is a new copy at each access.
+    Field reads (``traj[name][...]``, :meth:`frame`, :meth:`iter_chunks`,
+    :meth:`to_xarray`, :meth:`to_dask`) are new arrays, the caller's own.
+
     Parameters
     ----------
     source
@@ -382,30 +451,34 @@ class Trajectory:
         schema = self._source.schema
         return dict(schema.items()) if schema is not None else {}
 
+    # Read-only views of what any Source gives, whether or not it froze its
+    # cache: the Trajectory is where the contract is kept.
     @property
     def steps(self) -> np.ndarray[Any, np.dtype[np.int64]]:
-        """int64 steps of the committed frames."""
-        return self._source.steps()
+        """int64 steps of the committed frames (read-only: ``.copy()`` to change)."""
+        return read_only(self._source.steps())
 
     @property
     def times(self) -> np.ndarray[Any, np.dtype[np.float64]] | None:
-        """float64 times of the committed frames, or None without times."""
-        return self._source.times()
+        """float64 times of the committed frames (read-only), or None without times."""
+        times = self._source.times()
+        return None if times is None else read_only(times)
 
     @property
-    def static(self) -> Mapping[str, np.ndarray[Any, Any]]:
-        """Arrays written once (atomic numbers, masses, a grid)."""
-        return self._source.static()
+    def static(self) -> dict[str, np.ndarray[Any, Any]]:
+        """Arrays written once (atomic numbers, masses, a grid), read-only."""
+        return {name: read_only(arr) for name, arr in self._source.static().items()}
 
     @property
-    def attrs(self) -> Mapping[str, Any]:
-        """The user's JSON metadata."""
-        return self._source.attrs()
+    def attrs(self) -> dict[str, Any]:
+        """The user's JSON metadata: a new copy at each access (a nested list or
+        dict changed in it changes nothing stored)."""
+        return copy.deepcopy(dict(self._source.attrs()))
 
     @property
     def dropped_steps(self) -> np.ndarray[Any, np.dtype[np.int64]]:
-        """Steps a drop policy discarded, sorted (int64)."""
-        return self._source.dropped_steps()
+        """Steps a drop policy discarded, sorted (int64, read-only)."""
+        return read_only(self._source.dropped_steps())
 
     @property
     def closed(self) -> bool | None:
@@ -518,6 +591,9 @@ class Trajectory:
     def iter_chunks(self, frames: int = 1024, *, nested: bool = False) -> Iterator[dict[str, Any]]:
         """Yield ``{"steps": ..., "times": ..., name: ...}`` for ``frames`` frames at a time.
 
+        The chunks are the frames committed at the call: a :meth:`refresh`
+        while iterating changes none of them (read them again to see more).
+
         Parameters
         ----------
         frames
@@ -533,18 +609,28 @@ class Trajectory:
 
         Raises
         ------
+        TypeError
+            ``frames`` is not an int (a bool is none).
         ValueError
             ``frames`` is not positive.
         """
+        # checked here, at the call, not at the generator's first next()
+        if isinstance(frames, bool) or not isinstance(frames, int | np.integer):
+            raise TypeError(f"frames: expected a positive int (frames per chunk), got {frames!r}")
         if frames < 1:
             raise ValueError(f"frames: expected >= 1, got {frames}")
-        steps = self.steps
-        times = self.times
-        for start in range(0, len(self), frames):
-            stop = min(start + frames, len(self))
+        return self._chunks(int(frames), nested)
+
+    def _chunks(self, frames: int, nested: bool) -> Iterator[dict[str, Any]]:
+        # one snapshot: the count, steps, times and views taken once, so that a
+        # refresh() between chunks cannot pair old steps with new frames
+        n, steps, times = len(self), self.steps, self.times
+        views = {name: self[name] for name in self.fields}
+        for start in range(0, n, frames):
+            stop = min(start + frames, n)
             out: dict[str, Any] = {"steps": steps[start:stop]}
             out["times"] = None if times is None else times[start:stop]
-            data = {name: self[name][start:stop] for name in self.fields}
+            data = {name: view[start:stop] for name, view in views.items()}
             # a nested name's first part is never "steps" or "times" (reserved)
             out.update(unflatten(data) if nested else data)
             yield out
@@ -621,6 +707,8 @@ class Trajectory:
         ------
         KeyError
             No such field.
+        TypeError
+            ``name`` is neither a str nor None.
         ConfigError
             ``chunks`` is not one of the above.
         """
@@ -629,6 +717,11 @@ class Trajectory:
         fields = self.fields
         if name is None:
             return dask_arrays(self, list(fields), chunks)
+        if not isinstance(name, str):
+            raise TypeError(
+                f"to_dask: name: expected a field name (str) or None, got {name!r}; "
+                "chunks are set by keyword: to_dask(chunks=n)"
+            )
         base = name.removesuffix(".offsets") if name.endswith(".offsets") else name
         if base not in fields or (base != name and not fields[base].ragged):
             raise self._no_field(name)
@@ -702,13 +795,15 @@ class Trajectory:
                 rows, offsets = np.asarray(rows), np.asarray(offsets, np.int64)
             data_vars[name] = (dims, rows)
             data_vars[off] = (("frame_edge",), offsets)
-        coords: dict[str, Any] = {"step": ("frame", self.steps)}
-        if self.times is not None:
-            coords["time"] = ("frame", self.times)
+        # copies of the reader's cached arrays: the Dataset is the caller's to edit
+        times = self.times
+        coords: dict[str, Any] = {"step": ("frame", self.steps.copy())}
+        if times is not None:
+            coords["time"] = ("frame", times.copy())
         for name, arr in self.static.items():
             data_vars[f"static_{name}"] = (
                 tuple(f"static_{name}_dim_{k}" for k in range(arr.ndim)),
-                np.asarray(arr),
+                arr.copy(),
             )
         _check_dim_sizes({**data_vars, **coords})
         attrs = {k: v for k, v in self.attrs.items() if isinstance(v, str | int | float)}

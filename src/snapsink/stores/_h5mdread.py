@@ -19,6 +19,7 @@ import numpy as np
 from .._errors import ConfigError, FormatError, StoreNotFoundError
 from .._pytree import SEP
 from .._schema import Field, Schema, check_name
+from .._trajectory import read_only
 from ._hdf5md import ELEMENTS, is_h5md_file
 
 __all__ = ["H5MDSource"]
@@ -247,9 +248,10 @@ class H5MDSource:
                 found.units["time"] = _text(unit)
         self._where = where
         self._elements = kept
-        self._steps = steps
-        self._times = times
-        self._static = found.static
+        # read-only: every read until the next refresh shares them
+        self._steps = read_only(steps)
+        self._times = None if times is None else read_only(times)
+        self._static = {name: read_only(arr) for name, arr in found.static.items()}
         self._attrs = {"h5md": found.meta(f["h5md"], kept)}
         self.schema = Schema(
             {name: Field(el.value.dtype, el.value.shape[1:]) for name, el in kept.items()}

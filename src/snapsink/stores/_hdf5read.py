@@ -29,7 +29,7 @@ import numpy as np
 
 from .._errors import ConfigError, FormatError, SnapsinkError, StoreNotFoundError
 from .._schema import Schema
-from .._trajectory import Trajectory, check_same_store, replaced_error
+from .._trajectory import Trajectory, check_same_store, read_only, replaced_error
 from ._format import StepRanges, parse_step_ranges
 from ._h5mdread import H5MDSource
 from ._hdf5file import (
@@ -609,7 +609,8 @@ class HDF5Source(RowArraysSource):
         if not self._meta.times:
             return None
         if self._times is None:
-            self._times = np.asarray(self._get("times", 0, self.length), np.float64)
+            # cached read-only: every later read shares it (as static, dropped)
+            self._times = read_only(np.asarray(self._get("times", 0, self.length), np.float64))
         return self._times
 
     def static(self) -> Mapping[str, np.ndarray[Any, Any]]:
@@ -625,7 +626,7 @@ class HDF5Source(RowArraysSource):
             for name in sg:
                 ds = sg[name]
                 if isinstance(ds, h5py.Dataset):
-                    out[name] = np.asarray(ds[()])
+                    out[name] = read_only(np.asarray(ds[()]))
         return out
 
     def attrs(self) -> Mapping[str, Any]:
@@ -639,7 +640,7 @@ class HDF5Source(RowArraysSource):
                 raise FormatError(f"{self._where}: {DROPPED!r} holds fewer than {runs} runs")
             raw = np.asarray(ds[:runs], np.int64).tolist() if runs else []
             parsed = parse_step_ranges(raw, lambda m: FormatError(f"{self._where}: {m}"))
-            self._dropped = StepRanges(parsed).to_array(self._where)
+            self._dropped = read_only(StepRanges(parsed).to_array(self._where))
         return self._dropped
 
     def _holds(self, key: str) -> bool:

@@ -30,7 +30,7 @@ import numpy as np
 
 from .._errors import FormatError, SchemaError
 from .._schema import Field, Schema
-from .._trajectory import Trajectory, check_same_store, replaced_error
+from .._trajectory import Trajectory, check_same_store, read_only, replaced_error
 from ._format import StepRanges
 from ._npyfile import (
     check_path,
@@ -337,7 +337,8 @@ class NpySource:
     def steps(self) -> np.ndarray[Any, np.dtype[np.int64]]:
         """int64 steps of the committed frames."""
         if self._steps is None:
-            self._steps = self._rows("steps", np.dtype(np.int64), (), 0, self.length)
+            # cached read-only: every later read shares it (as times, static, dropped)
+            self._steps = read_only(self._rows("steps", np.dtype(np.int64), (), 0, self.length))
         return self._steps
 
     def times(self) -> np.ndarray[Any, np.dtype[np.float64]] | None:
@@ -345,13 +346,13 @@ class NpySource:
         if not self._meta.times:
             return None
         if self._times is None:
-            self._times = self._rows("times", np.dtype(np.float64), (), 0, self.length)
+            self._times = read_only(self._rows("times", np.dtype(np.float64), (), 0, self.length))
         return self._times
 
     def static(self) -> Mapping[str, np.ndarray[Any, Any]]:
         """The static arrays, loaded on first use."""
         if self._static is None:
-            static = {n: load_static(self._path, n) for n in self._meta.static}
+            static = {n: read_only(load_static(self._path, n)) for n in self._meta.static}
             self._same_store()
             self._static = static
         return self._static
@@ -363,8 +364,8 @@ class NpySource:
     def dropped_steps(self) -> np.ndarray[Any, np.dtype[np.int64]]:
         """Sorted steps a drop policy discarded."""
         if self._dropped is None:
-            self._dropped = StepRanges(self._meta.dropped).to_array(
-                os.path.join(self._path, METADATA)
+            self._dropped = read_only(
+                StepRanges(self._meta.dropped).to_array(os.path.join(self._path, METADATA))
             )
         return self._dropped
 

@@ -17,6 +17,7 @@ from typing import Any
 import numpy as np
 
 from .._errors import FormatError
+from .._trajectory import read_only
 from ._rows import check_offsets
 from ._zarrparplan import PARALLEL_KEY, rank_array
 
@@ -117,7 +118,8 @@ class RankedRagged:
         """The global offsets of every committed frame (``count + 1``), read once."""
         if self._offsets is None:
             total = sum(self._rank_offsets(r, 0, self.count) for r in range(self.ranks))
-            self._offsets = np.asarray(total, dtype=np.int64)
+            # read-only: every later read shares it
+            self._offsets = read_only(np.asarray(total, dtype=np.int64))
         return self._offsets
 
     def rows(self, start: int, stop: int) -> np.ndarray[Any, Any]:

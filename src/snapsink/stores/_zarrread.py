@@ -48,7 +48,7 @@ from zarr.storage import LocalStore
 
 from .._errors import ConfigError, FormatError, StoreNotFoundError
 from .._schema import Schema
-from .._trajectory import Trajectory, check_same_store, replaced_error
+from .._trajectory import Trajectory, check_same_store, read_only, replaced_error
 from ._lock import LOCK_NAME
 from ._npyfile import file_kind, open_in_store
 from ._npyread import PinnedPath
@@ -410,7 +410,8 @@ class ZarrSource(RowArraysSource):
                     members = list(sg.arrays())
                 for name, arr in members:
                     with _decoding(self._where, f"static array {name!r}"):
-                        out[name] = np.asarray(arr[...])
+                        # cached read-only: every later read shares it
+                        out[name] = read_only(np.asarray(arr[...]))
             self._same_group()
             self._static = out
         return self._static
@@ -504,7 +505,9 @@ class ZarrSource(RowArraysSource):
         rows = self.length + 1 if base != key else int(ranked.offsets()[-1])
         if not 0 <= start <= stop <= rows:
             raise IndexError(f"rows [{start}, {stop}) out of range for {rows} rows of {key!r}")
-        return ranked.offsets()[start:stop] if base != key else ranked.rows(start, stop)
+        if base != key:
+            return ranked.offsets()[start:stop].copy()  # of the cache: the caller's own
+        return ranked.rows(start, stop)
 
     def _stored_rows(self, key: str) -> int:
         return int(self._arrays[key].shape[0])
