@@ -56,6 +56,7 @@ __all__ = [
     "exportable",
     "holds_any_float",
     "int_str",
+    "rounds_int",
     "safe_cast",
     "unmasked",
 ]
@@ -390,6 +391,14 @@ def _safe_dtypes(value: object, src: np.dtype[Any], dst: np.dtype[Any]) -> bool:
     if not np.can_cast(src, dst, "safe"):
         return False
     return src.kind not in "iu" or dst.kind not in "fc" or _ints_exact(value, src, dst)
+
+
+def rounds_int(value: object, dst: np.dtype[Any]) -> bool:
+    """Whether ``value`` is a Python int that a floating or complex ``dst`` holds
+    in range but not exactly, refused by :func:`safe_cast` for that alone."""
+    if not isinstance(value, int) or isinstance(value, bool) or dst.kind not in "fc":
+        return False
+    return abs(value) <= _int_limit(dst) and not safe_cast(value, np.dtype(np.int64), dst)
 
 
 def becomes_inf(value: object, dst: np.dtype[Any]) -> bool:

@@ -30,6 +30,7 @@ from ._dtypes import (
     dtype_shape,
     holds_any_float,
     int_str,
+    rounds_int,
     safe_cast,
     unmasked,
 )
@@ -538,6 +539,13 @@ class Schema(Mapping[str, Field]):
                         raise DTypeError(
                             f"field {name!r}: expected a bool (True, False or np.bool_), got "
                             f"the Python int {int_str(value)} at step {step}"
+                        )
+                    if rounds_int(value, want):
+                        raise DTypeError(
+                            f"field {name!r}: expected an int that {want} holds exactly, got "
+                            f"the Python int {int_str(value)} at step {step}, which it would "
+                            "round; convert it to the field's dtype first to store it rounded, "
+                            "or declare an integer dtype in the schema"
                         )
                     raise DTypeError(
                         f"field {name!r}: expected a value that fits {want}, got the Python "
