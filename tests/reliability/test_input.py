@@ -158,7 +158,7 @@ def test_int_beyond_longdouble_is_a_dtype_error_and_a_big_one_is_stored() -> Non
                 sink.write({"q": 10**4400}, step=0)
         # within range but not exact (5**300 needs far more bits than the
         # significand has): refused, not rounded; 2**1000 + 2**950 is exact
-        with pytest.raises(DTypeError, match="field 'q': expected an int that .* holds exactly"):
+        with pytest.raises(DTypeError, match=r"field 'q': expected an int that .* holds exactly"):
             sink.write({"q": 10**300}, step=0)
         sink.write({"q": 2**1000 + 2**950}, step=0)
     assert store.trajectory()["q"][:].tolist() == [np.longdouble(2**1000 + 2**950)]
