@@ -16,6 +16,16 @@ from snapsink import Batch
 from snapsink._store import StoreSpec
 
 
+def _pass_gate(gate: str) -> None:
+    """Create ``<gate>.entered``, then wait for ``gate`` to exist (30 s at most)."""
+    Path(gate + ".entered").touch()
+    deadline = time.monotonic() + 30
+    while not os.path.exists(gate):
+        if time.monotonic() > deadline:
+            raise TimeoutError("test gate never opened")
+        time.sleep(0.001)
+
+
 class GatedNpy(snapsink.NpyDirectory):
     """Each append first creates ``<gate>.entered``, then waits for ``gate`` to exist."""
 
@@ -28,12 +38,7 @@ class GatedNpy(snapsink.NpyDirectory):
         return StoreSpec(GatedNpy, (os.path.abspath(self.path), self.gate), self.kw)
 
     def append(self, batch: Batch) -> None:
-        Path(self.gate + ".entered").touch()
-        deadline = time.monotonic() + 30
-        while not os.path.exists(self.gate):
-            if time.monotonic() > deadline:
-                raise TimeoutError("test gate never opened")
-            time.sleep(0.001)
+        _pass_gate(self.gate)
         super().append(batch)
 
 
@@ -109,10 +114,5 @@ class OpenGatedNpy(snapsink.NpyDirectory):
         return StoreSpec(OpenGatedNpy, (os.path.abspath(self.path), self.gate), self.kw)
 
     def open(self) -> snapsink.Resume | None:
-        Path(self.gate + ".entered").touch()
-        deadline = time.monotonic() + 30
-        while not os.path.exists(self.gate):
-            if time.monotonic() > deadline:
-                raise TimeoutError("test gate never opened")
-            time.sleep(0.001)
+        _pass_gate(self.gate)
         return super().open()
