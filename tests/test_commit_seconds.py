@@ -271,3 +271,16 @@ def test_a_coroutine_commit_due_in_is_a_clear_writer_error() -> None:
             sink.write({"x": 1.0}, step=0)
             sink.flush()
     assert "commit_due_in must be a plain method" in str(info.value.__cause__)
+
+
+@pytest.mark.parametrize("cls", [NpyDirectory, ZarrStore, HDF5Store])
+def test_commit_every_is_a_positive_int_on_every_store(tmp_path: Path, cls: Any) -> None:
+    """None was taken by ZarrStore and HDF5Store as their default of 1024 (a user
+    turning count commits off, as commit_seconds=None turns the timer off, got
+    them every 1024 frames); every store refuses it, and nothing is created."""
+    if cls is HDF5Store:
+        pytest.importorskip("h5py")
+    for bad in (None, 0, -1, 1.5, True):
+        with pytest.raises(snapsink.ConfigError, match="commit_every: expected a positive int"):
+            cls(tmp_path / "s", commit_every=bad)
+    assert not (tmp_path / "s").exists()

@@ -43,7 +43,7 @@ from typing import Any
 
 import numpy as np
 
-from .._checks import absolute_path
+from .._checks import absolute_path, positive_int
 from .._checks import commit_seconds as check_commit_seconds
 from .._errors import ConfigError, StoreStateError
 from .._schema import Batch, Schema
@@ -209,7 +209,7 @@ class HDF5Store:
         self._static = check_static(static)
         for name, value in self._static.items():
             check_hdf5_static(name, value)
-        self._commit_every = check_rows(commit_every, "commit_every") or 1024
+        self._commit_every = positive_int(commit_every, "commit_every")
         self._commit_seconds = check_commit_seconds(commit_seconds)
 
         self._state = "new"  # new -> open -> closed; "failed" after a failed write

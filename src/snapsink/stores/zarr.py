@@ -41,7 +41,7 @@ from typing import Any
 import numpy as np
 from zarr.abc.store import Store as ZarrStoreLike
 
-from .._checks import absolute_path
+from .._checks import absolute_path, positive_int
 from .._checks import commit_seconds as check_commit_seconds
 from .._errors import ConfigError, SchemaError, StoreExistsError, StoreStateError
 from .._schema import Batch, Schema
@@ -282,7 +282,7 @@ class ZarrStore:
             )
         self._compressors = check_compressors(compressors)
         zstd_encoder()  # a bad SNAPSINK_ZSTD_ENCODER fails here, not in the writer
-        self._commit_every = check_rows(commit_every, "commit_every") or 1024
+        self._commit_every = positive_int(commit_every, "commit_every")
         self._commit_seconds = check_commit_seconds(commit_seconds)
         self._group: Any = None
         self._meta = Meta()
