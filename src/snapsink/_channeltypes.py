@@ -72,13 +72,16 @@ class SinkStatistics:
     Attributes
     ----------
     written
-        Frames the store has appended.
+        Frames the store has appended (durable once a flush or the close has
+        returned; after a WriterError, what was committed is what a reader
+        reads back, not this count).
     dropped
         Frames a drop policy discarded (their steps are in the store's metadata).
     spilled
         Frames that went through the spill directory (all replayed or pending).
     queued
-        Frames accepted and not yet appended (in memory, spilled, or being written).
+        Frames accepted and not yet appended (in memory, spilled, or being
+        written): under Spill, more than ``capacity`` when frames wait on disk.
     peak_queued
         The largest ``queued`` seen.
     bytes_written
