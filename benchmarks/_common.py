@@ -1,6 +1,6 @@
 """Shared helpers of the benchmark scripts (not a benchmark: run.py does not list it).
 
-- ``scratch``: a temporary directory, removed afterwards;
+- ``scratch``: a temporary directory, removed afterwards (SIGTERM included);
 - stores: ``make_store`` and ``io_alone`` (the same frames appended synchronously);
 - the writer option (``writer="auto" | "process" | "thread"`` of ``Sink`` and
   ``SyncSink``), passed only when this snapsink has it, and the kind a sink used;
@@ -15,9 +15,11 @@ import json
 import os
 import platform
 import shutil
+import signal
 import subprocess
 import sys
 import tempfile
+import threading
 import time
 from collections.abc import Iterator, Mapping
 from pathlib import Path
@@ -38,12 +40,55 @@ COMMIT_EVERY = 8
 
 @contextlib.contextmanager
 def scratch(prefix: str = "snapsink-bench-", dir: str | Path | None = None) -> Iterator[Path]:
-    """A temporary directory under ``dir`` (default: the temp filesystem), removed afterwards."""
-    path = Path(tempfile.mkdtemp(prefix=prefix, dir=dir))
-    try:
-        yield path
-    finally:
+    """A temporary directory under ``dir`` (default: the temp filesystem), removed
+    afterwards, SIGTERM included (see ``sigterm_exits``)."""
+    with sigterm_exits():
+        path = Path(tempfile.mkdtemp(prefix=prefix, dir=dir))
+        try:
+            yield path
+        except BaseException:
+            _remove(path, linger=2.0)
+            raise
+        else:
+            shutil.rmtree(path, ignore_errors=True)
+
+
+def _remove(path: Path, linger: float) -> None:
+    """``rmtree``, repeated for ``linger`` seconds: after an interrupt, a sink's
+    writer process (which outlives its producer by design) or tensorstore's
+    threads may still write into the directory for a moment, and one
+    ``rmtree(ignore_errors=True)`` left what they wrote after it behind."""
+    deadline = time.monotonic() + linger
+    while True:
         shutil.rmtree(path, ignore_errors=True)
+        if time.monotonic() >= deadline:
+            return
+        time.sleep(0.1)
+
+
+@contextlib.contextmanager
+def sigterm_exits() -> Iterator[None]:
+    """SIGTERM (``timeout``, a batch scheduler) raised as ``SystemExit(143)`` in
+    the block, so that the scratch directory's ``finally`` runs: the default
+    action killed the process and left hundreds of MB of stores behind. Only
+    where nothing handles SIGTERM yet (``snapsink bench`` raises an interrupt
+    of its own) and on the main thread (the only one that can)."""
+    if (
+        threading.current_thread() is not threading.main_thread()
+        or signal.getsignal(signal.SIGTERM) != signal.SIG_DFL
+    ):
+        yield
+        return
+
+    def terminate(signum: int, frame: Any) -> None:
+        signal.signal(signal.SIGTERM, signal.SIG_IGN)  # once: `timeout` may send two
+        raise SystemExit(128 + signum)
+
+    signal.signal(signal.SIGTERM, terminate)
+    try:
+        yield
+    finally:
+        signal.signal(signal.SIGTERM, signal.SIG_DFL)
 
 
 def filesystem(path: str | Path) -> str:
@@ -302,6 +347,14 @@ class CheckingStore:
 
     def close(self) -> None:
         return None
+
+
+def fill_unset(args: Any, **values: Any) -> None:
+    """Set each of ``values`` on ``args`` only where the user left it unset
+    (``None``): ``--quick`` supplies defaults and never replaces a flag given."""
+    for name, value in values.items():
+        if getattr(args, name) is None:
+            setattr(args, name, value)
 
 
 def finish(

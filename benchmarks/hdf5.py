@@ -27,7 +27,6 @@ The store's file is read back after its runs and checked bit-exact.
 from __future__ import annotations
 
 import argparse
-import json
 import os
 import platform
 import shutil
@@ -153,13 +152,15 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--dir", default=None, help="where the files go (default: a temp dir)")
     ap.add_argument("--sizes-kib", type=int, nargs="+", default=[64, 2048])
-    ap.add_argument("--total-mib", type=int, default=512, help="bytes per run")
-    ap.add_argument("--repeats", type=int, default=3)
+    ap.add_argument("--total-mib", type=int, default=None,
+                    help="bytes per run (default 512; --quick 64)")
+    ap.add_argument("--repeats", type=int, default=None, help="default 3; --quick 2")
     ap.add_argument("--quick", action="store_true", help="64 MiB per run, 2 repeats")
     ap.add_argument("--json", default=None, help="also write the results here")
     args = ap.parse_args(argv)
     if args.quick:
-        args.total_mib, args.repeats = 64, 2
+        _common.fill_unset(args, total_mib=64, repeats=2)
+    _common.fill_unset(args, total_mib=512, repeats=3)
     root = tempfile.mkdtemp(prefix="snapsink-hdf5-bench-", dir=args.dir)
     try:
         cases = [measure(root, kib, args.total_mib, args.repeats) for kib in args.sizes_kib]
@@ -184,9 +185,8 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
             f"{c['npy_vs_raw']:>7.2f}x"
         )
     print(f"hdf5 sink startup (not timed above): {min(c['hdf5_startup_s'] for c in cases):.2f} s")
-    if args.json:
-        Path(args.json).write_text(json.dumps(result, indent=2))
-    return result
+    # the table is printed above; finish makes the JSON's folder
+    return _common.finish(result, lambda _: None, args.json or None)
 
 
 if __name__ == "__main__":

@@ -5,9 +5,11 @@ a float scalar, with steps and times) through ``Sink(store, capacity=8,
 policy="block")`` and reports its peak RSS (``VmHWM`` from /proc/self/status). The disk stores
 should print a ratio of ~1.00 (staging is bounded by the channel capacity, the
 stores hold at most one block per array); HostMemory, which keeps every frame
-in RAM, is the contrast that shows what growth looks like.
+in RAM, is the contrast that shows what growth looks like. Only the producer
+process is measured: a disk store's writer process (``writer="auto"``), where
+the store's blocks live, is not counted.
 
-    python benchmarks/memory.py [--frames N] [--frame-kib K] [--json PATH]
+    python benchmarks/memory.py [--frames N] [--frame-kib K] [--json PATH | --save]
 """
 
 from __future__ import annotations
@@ -15,10 +17,8 @@ from __future__ import annotations
 import argparse
 import os
 import platform
-import shutil
 import subprocess
 import sys
-import tempfile
 from pathlib import Path
 from typing import Any
 
@@ -71,15 +71,12 @@ def _env() -> dict[str, str]:
 
 
 def peak_rss_kib(kind: str, frames: int, floats: int, directory: str) -> int:
-    path = tempfile.mkdtemp(prefix=f"snapsink-mem-{kind}-", dir=directory)
-    try:
+    with _common.scratch(f"snapsink-mem-{kind}-", directory) as path:
         out = subprocess.run(
             [sys.executable, "-c", _CHILD, kind, str(frames), str(floats),
              os.path.join(path, "store")],
             capture_output=True, text=True, env=_env(), check=True,
         )
-    finally:
-        shutil.rmtree(path, ignore_errors=True)
     return int(out.stdout.split()[-1])
 
 
@@ -129,13 +126,18 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     parser.add_argument("--frames", type=int, default=1000)
     parser.add_argument("--frame-kib", type=float, default=64.0)
     parser.add_argument("--dir", default=None, help="where the stores go (default: the CWD)")
-    parser.add_argument("--stores", nargs="*", default=list(STORES), choices=STORES)
-    parser.add_argument("--json", type=Path, default=DEFAULT_JSON)
+    parser.add_argument("--stores", nargs="+", default=list(STORES), choices=STORES)
+    where = parser.add_mutually_exclusive_group()
+    where.add_argument("--json", type=Path, default=None,
+                       help="where the result goes (default: nowhere)")
+    where.add_argument("--save", action="store_true",
+                       help=f"write it over the recorded results/{DEFAULT_JSON.name}")
     args = parser.parse_args(argv)
     if sys.platform != "linux":
         parser.error("peak RSS is read from /proc/self/status (Linux only)")
     result = run(args.frames, args.frame_kib, args.dir, tuple(args.stores))
-    return _common.finish(result, print_table, args.json)
+    # only when asked: a trial run used to overwrite the results the docs render
+    return _common.finish(result, print_table, DEFAULT_JSON if args.save else args.json)
 
 
 if __name__ == "__main__":

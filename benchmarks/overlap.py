@@ -35,7 +35,8 @@ hidden; 0: nothing is) and the loop time over the memmap loop's. Targets: eta
 Each variant runs in a fresh subprocess whose environment pins glibc's malloc
 thresholds (see ``_common.MMAP_THRESHOLD``: otherwise NumPy temporaries cost
 what the heap's history makes them, ~2x apart between processes); variants are
-interleaved (the order rotated every round and reversed every other, each case
+interleaved (rotated every other round and reversed in odd ones, recorded as
+``round_orders``; each case
 after an ``os.sync()``, so that none pays for the one before) and each figure
 is the best of ``--repeat`` runs. Each case writes
 at least ``--io-seconds`` of I/O (5 s; 1 s with ``--quick``), so that the
@@ -373,6 +374,23 @@ def _variants(apis: list[str], writers: list[str]) -> list[tuple[str, str, str]]
     return refs + [("sink", a, w) for a in apis for w in writers]
 
 
+def _round_order(
+    variants: list[tuple[str, str, str]], rep: int
+) -> list[tuple[str, str, str]]:
+    """Round ``rep``'s order: rotated by ``rep // 2``, reversed in odd rounds, so
+    no variant always runs first (round 2k+1 starts with what ended round 2k),
+    nor always right after the same one. The rotation alone kept the async sink
+    right after the synchronous io case in every round, whose deleted gigabytes
+    the disk and the kernel were still working off (the async rows came out
+    0.05-0.29 below the sync ones); reversing a rotation by ``rep`` started
+    rounds 2k and 2k+1 with the same variant."""
+    k = (rep // 2) % len(variants)
+    order = variants[k:] + variants[:k]
+    if rep % 2:
+        order.reverse()
+    return order
+
+
 def run(
     quick: bool = False,
     kinds: list[str] | None = None,
@@ -431,18 +449,10 @@ def run(
         samples: dict[tuple[str, str], dict[tuple[str, str, str], list[dict[str, Any]]]] = {
             g: {v: [] for v in variants} for g in groups
         }
+        orders = [_round_order(variants, rep) for rep in range(repeats)]
         for rep in range(repeats):
             for kind, store in groups:
-                # rotate the order every round, and reverse it every other
-                # round: no variant always runs first, nor always right after
-                # the same one (the rotation alone kept the async sink right
-                # after the synchronous io case in every round, whose deleted
-                # gigabytes the disk and the kernel were still working off:
-                # the async rows came out 0.05-0.29 below the sync ones)
-                order = variants[rep % len(variants) :] + variants[: rep % len(variants)]
-                if rep % 2:
-                    order.reverse()
-                for v in order:
+                for v in orders[rep]:
                     variant, api, w = v
                     log(f"round {rep + 1}/{repeats}: {kind} {store} {variant} {api} {w}".rstrip())
                     # what the previous case left to the disk is written first
@@ -477,6 +487,7 @@ def run(
         "policy": "block",
         "commit_every": ce,
         "repeats": repeats,
+        "round_orders": [[" ".join(filter(None, v)) for v in o] for o in orders],
         "io_seconds": io_seconds,
         "compute_ratio": compute_ratio,
         "large_op": large_op,

@@ -46,6 +46,11 @@ from typing import Any
 import numpy as np
 
 HERE = Path(__file__).resolve().parent
+if str(HERE) not in sys.path:
+    sys.path.insert(0, str(HERE))
+
+import _common  # noqa: E402  (sibling module)
+
 RANKS = (1, 2, 4)
 NX = 512  # float32 columns of the field: a row is 2 KiB
 
@@ -138,10 +143,11 @@ def _check(path: Path, n: int, rows: int, frames: int) -> None:
 def main() -> dict[str, Any]:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawTextHelpFormatter)
     p.add_argument("--rank", nargs=2, metavar=("CASE", "PATH"), help=argparse.SUPPRESS)
-    p.add_argument("--frames", type=int, default=128)
-    p.add_argument("--block-kib", type=int, default=1024, help="bytes per rank per frame")
-    p.add_argument("--commit-every", type=int, default=16)
-    p.add_argument("--repeats", type=int, default=3)
+    p.add_argument("--frames", type=int, default=None, help="default 128; --quick 32")
+    p.add_argument("--block-kib", type=int, default=None,
+                   help="bytes per rank per frame (default 1024)")
+    p.add_argument("--commit-every", type=int, default=None, help="default 16")
+    p.add_argument("--repeats", type=int, default=None, help="default 3; --quick 2")
     p.add_argument("--quick", action="store_true", help="32 frames of 1 MiB, best of 2")
     p.add_argument(
         "--json",
@@ -155,13 +161,13 @@ def main() -> dict[str, Any]:
         _rank_main(args)
         return {}
     if args.quick:
-        args.frames, args.block_kib, args.repeats, args.commit_every = 32, 1024, 2, 16
+        _common.fill_unset(args, frames=32, repeats=2)
+    _common.fill_unset(args, frames=128, block_kib=1024, commit_every=16, repeats=3)
     if args.json is None:
         args.json = "" if args.quick else str(HERE / "results" / "parallel-cpu.json")
     result = _report(_measure(args), args)
-    if args.json:
-        Path(args.json).write_text(json.dumps(result, indent=2) + "\n")
-    return result
+    # the table is printed above; finish makes the JSON's folder
+    return _common.finish(result, lambda _: None, args.json or None)
 
 
 def _measure(args: argparse.Namespace) -> dict[tuple[int, str], dict[str, Any]]:

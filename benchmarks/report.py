@@ -78,10 +78,13 @@ def _small_frames_rows(d: dict[str, Any]) -> list[str]:
 
 
 def throughput(d: dict[str, Any]) -> list[str]:
+    """The rates are each case's ``rate``, the figure its ``stat`` picked (best or
+    median of the runs), the one its ratios were computed from."""
+    stats = {c.get("stat", "best") for c in d["cases"].values()} or {"best"}
     lines = [
         "### Disk throughput (`throughput-cpu.json`)",
         "",
-        f"{d.get('filesystem', '')}, {d.get('cpus', '?')} CPUs; best of "
+        f"{d.get('filesystem', '')}, {d.get('cpus', '?')} CPUs; {' / '.join(sorted(stats))} of "
         f"{d.get('repeats', '?')} interleaved runs (the machine is shared and noisy: "
         "interference only slows a run down). Raw is `os.write` + one `fsync`; raw "
         "direct the same with `O_DIRECT` (no page-cache copy), where the stores' large "
@@ -89,7 +92,7 @@ def throughput(d: dict[str, Any]) -> list[str]:
         "",
     ]
     for c in d["cases"].values():
-        rate = c["best_mb_per_s"]
+        rate = c.get("rate", c["best_mb_per_s"])
         raw = rate["raw"]
         direct = rate.get("raw direct")
         naive = rate.get("naive zarr")
@@ -156,7 +159,9 @@ def memory(d: dict[str, Any]) -> list[str]:
         "### Peak memory, 1x vs 10x frames (`memory-cpu.json`)",
         "",
         f"{d['frames_1x']:,} vs {d['frames_10x']:,} frames of "
-        f"{d['frame_bytes'] // 1024} KiB, each run in a fresh process; {d['bound']}.",
+        f"{d['frame_bytes'] // 1024} KiB, each run in a fresh process; {d['bound']}. "
+        "The peak is the producer process's only (the one calling `Sink.write`): a disk "
+        "store's writer process, where its blocks and chunk buffers live, is not counted.",
         "",
     ]
     rows = [
@@ -344,7 +349,9 @@ def baselines(d: dict[str, Any]) -> list[str]:
         f"The same loop (frames of {d['frame_bytes'] >> 20} MiB) written by (a) a preallocated "
         "memmap called in the loop, (b) an unbounded queue + thread, (c) zarr `append`, and "
         "snapsink (NpyDirectory, block). Each run in a fresh process; "
-        f"{d['rss_method']}.",
+        f"{d['rss_method']}. The snapsink rows ran the thread writer, not the writer "
+        "process a plain NpyDirectory gets: the throttled store class is local to a "
+        "function, which a writer process cannot import.",
         "",
     ]
     rows = [

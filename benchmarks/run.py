@@ -11,7 +11,9 @@ suite then takes a few minutes on two cores). ``--writer`` is passed to the
 benchmarks that take it (``both`` only to overlap and capture). With
 ``--json-dir`` every result is written there as ``<name>-cpu.json``; without it
 a full run of overlap, capture or ase_md writes its default
-``benchmarks/results/<name>-cpu.json`` and the others write nothing.
+``benchmarks/results/<name>-cpu.json`` and the others write nothing
+(throughput.py and memory.py write there only with their own ``--save``;
+``snapsink bench`` always passes ``--json-dir``).
 """
 
 from __future__ import annotations

@@ -72,6 +72,12 @@ import numpy as np
 import snapsink
 import snapsink.stores.zarr as zarr_writer
 
+HERE = Path(__file__).resolve().parent
+if str(HERE) not in sys.path:
+    sys.path.insert(0, str(HERE))
+
+import _common  # noqa: E402  (sibling module)
+
 KEY = SECRET = "bench"
 
 
@@ -465,19 +471,19 @@ def sweep(args: argparse.Namespace) -> dict[str, Any]:
         "chunks": chunks,
         "multipart": multipart,
     }
-    if args.json:
-        args.json.write_text(json.dumps(result, indent=2) + "\n")
-    return result
+    # the table is printed above; finish makes the JSON's folder
+    return _common.finish(result, lambda _: None, args.json)
 
 
 def main(argv: list[str] | None = None) -> dict[str, Any]:
     """Run the comparison; print its table and return its result."""
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    ap.add_argument("--frames", type=int, default=512)
+    ap.add_argument("--frames", type=int, default=None, help="default 512; --quick 128")
     ap.add_argument("--frame-kib", type=int, default=64)
     ap.add_argument("--chunk-frames", type=int, default=4)
-    ap.add_argument("--concurrency", type=int, nargs="+", default=[1, 4, 16, 32, 64])
-    ap.add_argument("--repeats", type=int, default=2)
+    ap.add_argument("--concurrency", type=int, nargs="+", default=None,
+                    help="default 1 4 16 32 64; --quick --sweep 1 32")
+    ap.add_argument("--repeats", type=int, default=None, help="default 2; --quick 1")
     ap.add_argument(
         "--latency-ms",
         type=float,
@@ -495,15 +501,17 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     ap.add_argument(
         "--chunk-sweep-frames",
         type=int,
-        default=1000,
-        help="frames per run of the chunk sweep (not a power of 2: the trim at close shows)",
+        default=None,
+        help="frames per run of the chunk sweep (not a power of 2: the trim at close "
+        "shows; default 1000, --quick 250)",
     )
     args = ap.parse_args(argv)
     if args.quick:
-        args.frames, args.repeats = 128, 1
-        args.chunk_sweep_frames = 250
+        _common.fill_unset(args, frames=128, repeats=1, chunk_sweep_frames=250)
         if args.sweep:
-            args.concurrency = [1, 32]
+            _common.fill_unset(args, concurrency=[1, 32])
+    _common.fill_unset(args, frames=512, repeats=2, chunk_sweep_frames=1000,
+                       concurrency=[1, 4, 16, 32, 64])
     if args.sweep:
         return sweep(args)
     import boto3
@@ -585,9 +593,8 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
         "machine": f"{platform.processor() or platform.machine()}, {os.cpu_count()} CPUs",
         "results": out,
     }
-    if args.json:
-        args.json.write_text(json.dumps(result, indent=2) + "\n")
-    return result
+    # the table is printed above; finish makes the JSON's folder
+    return _common.finish(result, lambda _: None, args.json)
 
 
 if __name__ == "__main__":

@@ -8,9 +8,9 @@ the end, after Ctrl-C or SIGTERM too), and ends with everything durable:
 
 - ``raw``: the frame bytes written with ``os.write`` (one call per frame) into
   one file, one ``fsync`` at the end (and of the directory). The most favourable
-  cadence for raw: the stores also fsync at each commit (NpyDirectory every 256
-  frames or 5 s, ZarrStore every 1024 frames or 5 s), so the ratios against raw
-  are conservative.
+  cadence for raw: the stores also fsync at each commit (their defaults:
+  NpyDirectory every 4096 frames or 5 s, ZarrStore every 1024 frames or 5 s),
+  so the ratios against raw are conservative.
 - ``raw direct``: the same, with ``O_DIRECT`` from page-aligned copies of the
   frames (when a frame is a whole number of pages): the disk reading the frames
   by DMA, with no page-cache copy, which is what the stores do for large aligned
@@ -50,23 +50,19 @@ for the median): on a shared machine, interference only ever slows a run down.
 ``os.sync()`` runs before each measurement so no other dirty data is flushed
 during it, and each variant's files are deleted after it (outside the timing).
 
-    python benchmarks/throughput.py [--quick] [--dir DIR] [--json PATH] [--all]
+    python benchmarks/throughput.py [--quick] [--dir DIR] [--json PATH | --save] [--all]
 """
 
 from __future__ import annotations
 
 import argparse
-import contextlib
 import os
 import platform
 import shutil
-import signal
 import statistics
 import sys
-import tempfile
-import threading
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -170,15 +166,16 @@ def _npy(path: str, pool: list[np.ndarray[Any, Any]], n: int, capacity: int) -> 
     return _through_sink(lambda: snapsink.NpyDirectory(path), pool, n, capacity, "npy")
 
 
-def _zarr(compressors: Any, zstd_encoder: str | None = None) -> Callable[..., float]:
+def _zarr(name: str, compressors: Any, zstd_encoder: str | None = None) -> Callable[..., float]:
     """``zstd_encoder``: run the sink (and its writer process, which inherits the
-    environment) with ``SNAPSINK_ZSTD_ENCODER`` set to it."""
+    environment) with ``SNAPSINK_ZSTD_ENCODER`` set to it. ``name``: the variant's,
+    which keys its ``startup_s`` (one shared key kept only the fastest variant's)."""
 
     def run(path: str, pool: list[np.ndarray[Any, Any]], n: int, capacity: int) -> float:
         def go() -> float:
             return _through_sink(
                 lambda: snapsink.ZarrStore(path, compressors=compressors), pool, n, capacity,
-                "zarr",
+                name,
             )
 
         if zstd_encoder is None:
@@ -342,10 +339,10 @@ def variants(everything: bool = False) -> dict[str, Callable[..., float]]:
     if not everything:
         comps.pop("+lz4")
     for label, c in comps.items():
-        out[f"zarr{label}"] = _zarr(c)
+        out[f"zarr{label}"] = _zarr(f"zarr{label}", c)
     if zstd_encoder() == "zstandard":
         # the same store with zarr's own zstd encoder, side by side
-        out[NUMCODECS_VARIANT] = _zarr(comps["+zstd1"], "numcodecs")
+        out[NUMCODECS_VARIANT] = _zarr(NUMCODECS_VARIANT, comps["+zstd1"], "numcodecs")
     if _have_tensorstore():
         out["tensorstore"] = _tensorstore(None)
         out["tensorstore+zstd1"] = _tensorstore(1)
@@ -471,20 +468,17 @@ def run(
     os.makedirs(base, exist_ok=True)
     load_before = _loadavg()
     cases = {}
-    with _sigterm_exits():
-        root = tempfile.mkdtemp(prefix="snapsink-throughput-", dir=base)
-        try:
-            for kib in sizes_kib:
-                fbytes = int(kib * 1024)
-                fbytes -= fbytes % 4
-                label = f"{kib / 1024:g} MiB" if kib >= 1024 else f"{kib:g} KiB"
-                cap = small_capacity if fbytes < (1 << 20) else capacity
-                n = max(2, int(total_mib * (1 << 20)) // fbytes)
-                cases[label] = summarize(
-                    measure_case(root, fbytes, n, cap, repeats, only, everything), stat
-                )
-        finally:
-            shutil.rmtree(root, ignore_errors=True)
+    with _common.scratch("snapsink-throughput-", base) as where:
+        root = str(where)
+        for kib in sizes_kib:
+            fbytes = int(kib * 1024)
+            fbytes -= fbytes % 4
+            label = f"{kib / 1024:g} MiB" if kib >= 1024 else f"{kib:g} KiB"
+            cap = small_capacity if fbytes < (1 << 20) else capacity
+            n = max(2, int(total_mib * (1 << 20)) // fbytes)
+            cases[label] = summarize(
+                measure_case(root, fbytes, n, cap, repeats, only, everything), stat
+            )
     try:
         from importlib.metadata import version
 
@@ -508,31 +502,6 @@ def run(
         "timing": "sinks: from the open sink to its close (startup_s apart)",
         "cases": cases,
     }
-
-
-@contextlib.contextmanager
-def _sigterm_exits() -> Iterator[None]:
-    """SIGTERM (``timeout``, a batch scheduler) raised as ``SystemExit(143)`` in
-    the block, so that the scratch directory's ``finally`` runs: the default
-    action killed the process and left hundreds of MB of stores behind. Only
-    where nothing handles SIGTERM yet (``snapsink bench`` raises an interrupt
-    of its own) and on the main thread (the only one that can)."""
-    if (
-        threading.current_thread() is not threading.main_thread()
-        or signal.getsignal(signal.SIGTERM) != signal.SIG_DFL
-    ):
-        yield
-        return
-
-    def terminate(signum: int, frame: Any) -> None:
-        signal.signal(signal.SIGTERM, signal.SIG_IGN)  # once: `timeout` may send two
-        raise SystemExit(128 + signum)
-
-    signal.signal(signal.SIGTERM, terminate)
-    try:
-        yield
-    finally:
-        signal.signal(signal.SIGTERM, signal.SIG_DFL)
 
 
 def _loadavg() -> list[float] | None:
@@ -576,6 +545,16 @@ def print_table(result: dict[str, Any]) -> None:
             print(f"{k:<38}{v:>8.2f}{tt:>9}{mark}")
 
 
+def _frame_kib(text: str) -> float:
+    """A frame size in KiB: at least one float32 (4 bytes); a smaller one rounded
+    down to no element and divided by zero after the setup."""
+    kib = float(text)
+    if not kib * 1024 >= 4:
+        raise argparse.ArgumentTypeError(f"expected a frame of at least 4 bytes "
+                                         f"(0.00390625 KiB), got {text!r} KiB")
+    return kib
+
+
 def main(argv: list[str] | None = None) -> dict[str, Any]:
     parser = argparse.ArgumentParser(description=__doc__,
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
@@ -586,7 +565,7 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
         "directory, whose disk is measured); removed at the end, SIGTERM included",
     )
     parser.add_argument("--quick", action="store_true", help="256 MiB a run instead of 1 GiB")
-    parser.add_argument("--sizes-kib", type=float, nargs="+", default=list(SIZES_KIB),
+    parser.add_argument("--sizes-kib", type=_frame_kib, nargs="+", default=list(SIZES_KIB),
                         help="frame sizes in KiB (default: 64 2048 16384)")
     parser.add_argument("--total-mib", type=float, default=None, help="MiB written per run")
     parser.add_argument("--capacity", type=int, default=8,
@@ -598,16 +577,19 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     parser.add_argument("--repeats", type=int, default=3)
     parser.add_argument("--stat", choices=("median", "best"), default="best")
     parser.add_argument("--only", nargs="*", default=None, help="variant names to run")
-    parser.add_argument("--json", default=None,
-                        help=f"where the result goes (default: {DEFAULT_JSON.name} in results/; "
-                        "a --quick run writes none unless asked; '' for nowhere)")
+    where = parser.add_mutually_exclusive_group()
+    where.add_argument("--json", default=None,
+                       help="where the result goes (default: nowhere; '' for nowhere too)")
+    where.add_argument("--save", action="store_true",
+                       help=f"write it over the recorded results/{DEFAULT_JSON.name}")
     args = parser.parse_args(argv)
     result = run(
         args.dir, quick=args.quick, sizes_kib=tuple(args.sizes_kib), total_mib=args.total_mib,
         capacity=args.capacity, small_capacity=args.small_capacity, repeats=args.repeats,
         stat=args.stat, only=args.only, everything=args.all,
     )
-    path = (None if args.quick else DEFAULT_JSON) if args.json is None else (args.json or None)
+    # only when asked: a trial run used to overwrite the results the docs render
+    path = DEFAULT_JSON if args.save else (args.json or None)
     return _common.finish(result, print_table, path)
 
 
