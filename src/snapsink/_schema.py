@@ -534,7 +534,7 @@ class Schema(Mapping[str, Field]):
             # so must an int subclass's (IntEnum, IntFlag), which numpy takes as int.
             an_int = isinstance(value, int) and kind is not bool
             if (dtype != want or an_int) and not safe_cast(value, dtype, want):
-                if isinstance(value, int) and not isinstance(value, bool):
+                if an_int:
                     if want.kind == "b":
                         raise DTypeError(
                             f"field {name!r}: expected a bool (True, False or np.bool_), got "

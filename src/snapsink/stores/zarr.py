@@ -44,7 +44,7 @@ from zarr.abc.store import Store as ZarrStoreLike
 from .._checks import absolute_path, positive_int
 from .._checks import commit_seconds as check_commit_seconds
 from .._errors import ConfigError, SchemaError, StoreExistsError, StoreStateError
-from .._schema import Batch, Schema
+from .._schema import MAX_NDIM, Batch, Schema
 from .._store import Resume, StoreSpec
 from ._common import check_attrs, check_mode, check_static, merge_metadata
 from ._lock import StoreLock
@@ -90,7 +90,7 @@ __all__ = ["ZarrSource", "ZarrStore", "is_zarr_store", "list_groups", "open_zarr
 
 #: the most dimensions of a field in sharded arrays: a shard's index is an
 #: array of the chunk grid's dimensions (the frame axis too) and one more
-_MAX_SHARDED_NDIM = 62
+_MAX_SHARDED_NDIM = MAX_NDIM - 1
 
 #: Blocks (chunks or shards) in flight at once through zarr's API (non-local
 #: stores: memory, S3): each is one PUT on an object store, and the HTTP pool of
