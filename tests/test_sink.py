@@ -3,7 +3,9 @@
 from __future__ import annotations
 
 import time
+from collections.abc import Awaitable, Callable
 from pathlib import Path
+from typing import Any
 
 import anyio
 import numpy as np
@@ -756,6 +758,15 @@ class _ClosingFails(GatedStore):
         raise OSError(5, "Input/output error (injected)")
 
 
+async def _outcome(got: dict[str, Any], key: str, call: Callable[[], Awaitable[object]]) -> None:
+    """Await ``call()`` and note under ``key`` how it ended: None, or what it raised."""
+    try:
+        await call()
+        got[key] = None
+    except Exception as exc:
+        got[key] = exc
+
+
 @pytest.mark.parametrize("close", ["drains", "drains_acked", "fails", "interrupted"])
 async def test_a_flush_ended_by_another_tasks_close_ends_as_the_close_does(close: str) -> None:
     """The close stores and commits every frame: a flush waiting for them
@@ -778,26 +789,15 @@ async def test_a_flush_ended_by_another_tasks_close_ends_as_the_close_does(close
         writer.join = interrupted  # type: ignore[method-assign]
     got: dict[str, Exception | None] = {}
 
-    async def flush() -> None:
-        try:
-            await sink.flush()
-            got["flush"] = None
-        except Exception as exc:
-            got["flush"] = exc
-
     try:
         for i in range(4):
             await sink.write({"v": float(i)}, step=i)
         async with anyio.create_task_group() as tg:
-            tg.start_soon(flush)
+            tg.start_soon(_outcome, got, "flush", sink.flush)
             await anyio.wait_all_tasks_blocked()  # the flush waits: the store is gated
             assert "flush" not in got
             store.gate.set()
-            try:
-                await sink.aclose()
-                got["close"] = None
-            except Exception as exc:
-                got["close"] = exc
+            await _outcome(got, "close", sink.aclose)
     finally:
         store.gate.set()
         if close == "interrupted":
@@ -877,11 +877,7 @@ async def test_a_close_cancelled_while_it_drains_is_finished_by_the_next_close(
     got: dict[str, object] = {}
 
     async def close() -> None:
-        try:
-            await sink.aclose()
-            got["close"] = None
-        except Exception as exc:
-            got["close"] = exc
+        await _outcome(got, "close", sink.aclose)
         got["stored"] = _stored(run)  # what the store holds when that close returns
 
     try:
@@ -967,11 +963,7 @@ async def test_a_close_while_another_task_opens_the_sink_closes_it_once_open(
             got["enter"] = exc
 
     async def close() -> None:
-        try:
-            await sink.aclose()
-            got["close"] = None
-        except Exception as exc:
-            got["close"] = exc
+        await _outcome(got, "close", sink.aclose)
 
     async with anyio.create_task_group() as tg:
         tg.start_soon(enter)
