@@ -349,6 +349,32 @@ class CheckingStore:
         return None
 
 
+class ThrottledNpy(snapsink.NpyDirectory):
+    """NpyDirectory on an emulated slow filesystem: each append also waits as
+    writing its bytes at ``bps`` bytes/s would (0: no wait).
+
+    ``describe()`` lets a writer process rebuild it (from this module, which the
+    writer imports through the sink's ``sys.path``), so that a sink over it
+    runs the writer ``"auto"`` picks for a real NpyDirectory: a store class
+    made inside a function could only have a thread."""
+
+    def __init__(self, path: str | Path, *, bps: float = 0.0, commit_every: int = COMMIT_EVERY):
+        super().__init__(path, commit_every=commit_every)
+        self.bps = float(bps)
+
+    def describe(self) -> snapsink.StoreSpec:
+        return snapsink.StoreSpec(
+            ThrottledNpy,
+            (os.path.abspath(self.path),),
+            {"bps": self.bps, "commit_every": self._commit_every},
+        )
+
+    def append(self, batch: Batch) -> None:
+        super().append(batch)
+        if self.bps:
+            time.sleep(sum(f.nbytes for f in batch.frames) / self.bps)
+
+
 def fill_unset(args: Any, **values: Any) -> None:
     """Set each of ``values`` on ``args`` only where the user left it unset
     (``None``): ``--quick`` supplies defaults and never replaces a flag given."""

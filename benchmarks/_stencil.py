@@ -74,6 +74,7 @@ class LoopResult:
     stats: snapsink.SinkStatistics | None = None
     t_write: float = 0.0  # inside write() calls (capture, waiting for room)
     t_close: float = 0.0  # after the last write: draining, final commit, close
+    writer: str = ""  # the sink's writer: "process" or "thread"
 
 
 def loop_sync(
@@ -95,7 +96,9 @@ def loop_sync(
             t_last = time.perf_counter()
             t_write += t_last - w0
     t_end = time.perf_counter()
-    return LoopResult(t_end - t0, steps, sink.statistics(), t_write, t_end - t_last)
+    return LoopResult(
+        t_end - t0, steps, sink.statistics(), t_write, t_end - t_last, sink.writer
+    )
 
 
 def loop_async(
@@ -118,7 +121,9 @@ def loop_async(
                 t_last = time.perf_counter()
                 t_write += t_last - w0
         t_end = time.perf_counter()
-        return LoopResult(t_end - t0, steps, sink.statistics(), t_write, t_end - t_last)
+        return LoopResult(
+            t_end - t0, steps, sink.statistics(), t_write, t_end - t_last, sink.writer
+        )
 
     out: LoopResult = anyio.run(body)
     return out
