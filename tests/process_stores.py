@@ -116,3 +116,19 @@ class OpenGatedNpy(snapsink.NpyDirectory):
     def open(self) -> snapsink.Resume | None:
         _pass_gate(self.gate)
         return super().open()
+
+
+class CloseGatedNpy(snapsink.NpyDirectory):
+    """Its ``close`` first creates ``<gate>.entered``, then waits for ``gate`` to exist."""
+
+    def __init__(self, path: str, gate: str, **kw: Any):
+        super().__init__(path, **kw)
+        self.gate = gate
+        self.kw = kw
+
+    def describe(self) -> StoreSpec:
+        return StoreSpec(CloseGatedNpy, (os.path.abspath(self.path), self.gate), self.kw)
+
+    def close(self) -> None:
+        _pass_gate(self.gate)
+        super().close()

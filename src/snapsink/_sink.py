@@ -363,7 +363,9 @@ class Sink:
         writer = ProcessWriter(spec, repr(self._store))
         try:
             with anyio.CancelScope(shield=True):
-                resume = await anyio.to_thread.run_sync(writer.start)
+                resume = await anyio.to_thread.run_sync(
+                    writer.start, None if spill is None else str(spill.path)
+                )
             schema, clock = self._resumed_clock(resume)
         except BaseException:
             writer.abort()
@@ -379,8 +381,6 @@ class Sink:
             spill_dir=spill,
             check_schema=getattr(self._store, "check_schema", None),
         )
-        if spill is not None:
-            writer.send(("spilldir", str(spill.path)))
         self._connect(writer)
         writer.attach(ch)
         self._channel = ch

@@ -226,6 +226,59 @@ def test_a_frame_torn_by_the_producers_death_leaves_no_spill_file(tmp_path: Path
     assert traj["x"][:].tobytes() == np.stack([_frame(i)["x"] for i in returned]).tobytes()
 
 
+_DIES_IN_OPEN_OR_CLOSE = """
+import sys, numpy as np, snapsink
+sys.path.insert(0, {tests!r})
+from process_stores import {store}
+sink = snapsink.SyncSink({store}({run!r}, {gate!r}), capacity=1, policy=snapsink.Spill({spill!r}))
+for i in range(5):
+    sink.write({{"x": np.arange(32, dtype=np.float64) + i, "e": float(i)}}, step=i)
+sink.close()  # the test kills this process while the writer closes the store
+"""
+
+
+@pytest.mark.parametrize("moment", ["open", "close"])
+def test_a_producer_killed_while_its_writer_opens_or_closes_leaves_no_spill_dir(
+    tmp_path: Path, moment: str
+) -> None:
+    """Writer process: the producer is SIGKILLed while its writer opens the
+    store (no write returned yet), or after it asked for the close and before
+    it could remove its spill directory. The writer removes the directory (it
+    stayed, holding only its lock, until a sink spilled there again); after a
+    kill at the close, every frame is stored."""
+    from conftest import wait_for_orphaned_writer
+
+    gate, run, spill = str(tmp_path / "gate"), str(tmp_path / "run"), tmp_path / "spill"
+    store = "OpenGatedNpy" if moment == "open" else "CloseGatedNpy"
+    code = _DIES_IN_OPEN_OR_CLOSE.format(
+        tests=str(HERE.parent), store=store, run=run, gate=gate, spill=str(spill)
+    )
+    # its error output to a file: the writer inherits it, and outlives it
+    err = tmp_path / "stderr"
+    with err.open("w") as to:
+        producer = subprocess.Popen([sys.executable, "-c", code], stderr=to)
+    try:
+        deadline = time.monotonic() + 60
+        while not os.path.exists(gate + ".entered"):
+            assert producer.poll() is None, err.read_text()
+            assert time.monotonic() < deadline, "the writer never reached the gate"
+            time.sleep(0.01)
+        assert len(list(spill.iterdir())) == 1  # the sink's spill directory
+    finally:
+        producer.kill()
+        producer.wait(timeout=30)
+        Path(gate).touch()  # the writer goes on, its sink dead
+    wait_for_orphaned_writer(run)
+    deadline = time.monotonic() + 10
+    while list(spill.iterdir()) and time.monotonic() < deadline:
+        time.sleep(0.02)
+    assert list(spill.iterdir()) == []
+    if moment == "close":
+        traj = snapsink.open(run)
+        assert traj.steps.tolist() == list(range(5))
+        assert traj["x"][:].tobytes() == np.stack([_frame(i)["x"] for i in range(5)]).tobytes()
+
+
 def test_the_next_sink_removes_what_a_killed_sink_left(tmp_path: Path) -> None:
     """Thread writer: a SIGKILL leaves spill files; the next sink on the same
     directory removes them, and never a live sink's or a user's files."""

@@ -655,6 +655,50 @@ def test_a_killed_writer_under_ignored_sigchld_is_not_reported_as_exit_code_0(
     assert snapsink.open(tmp_path / "run")["v"][:].tolist() == [[0.0, 1.0, 2.0]]
 
 
+def test_a_writer_killed_while_it_opens_the_store_sends_nobody_to_its_output(
+    tmp_path: Path,
+) -> None:
+    """A writer process killed by a signal while it opens the store printed
+    nothing: the error says it was killed, and no longer points at its "error
+    output above" (which it says for one that exited with an error)."""
+    from process_stores import OpenGatedNpy
+
+    gate = str(tmp_path / "gate")
+
+    def kill_the_writer() -> None:
+        deadline = time.monotonic() + 30
+        while not os.path.exists(gate + ".entered"):
+            assert time.monotonic() < deadline
+            time.sleep(0.01)
+        for pid in _children():
+            if b"snapsink-writer" in Path(f"/proc/{pid}/cmdline").read_bytes():
+                os.kill(int(pid), signal.SIGKILL)
+
+    import threading
+
+    killer = threading.Thread(target=kill_the_writer)
+    killer.start()
+    try:
+        with pytest.raises(WriterError) as info:
+            SyncSink(OpenGatedNpy(str(tmp_path / "run"), gate), writer="process")  # opens
+    finally:
+        killer.join()
+    assert "exited while opening the store (killed by signal 9)" in str(info.value)
+    assert "output" not in str(info.value)
+    # nothing was made, nothing is held: the same path opens
+    with SyncSink(snapsink.NpyDirectory(tmp_path / "run"), writer="process") as again:
+        again.write({"v": np.arange(3.0)}, step=0)
+    assert snapsink.open(tmp_path / "run")["v"][:].tolist() == [[0.0, 1.0, 2.0]]
+
+
+def _children() -> list[str]:
+    pids: list[str] = []
+    for task in os.listdir("/proc/self/task"):
+        with open(f"/proc/self/task/{task}/children") as f:
+            pids += f.read().split()
+    return pids
+
+
 # -- messages the writer process cannot read (probe E) ---------------------------------------
 def test_a_message_the_writer_cannot_read_is_a_writer_error_not_a_hang(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch

@@ -392,15 +392,21 @@ def main(argv: list[str]) -> int:
         for p in reversed(paths):
             if p not in sys.path:
                 sys.path.insert(0, p)
-        got = wire.recv()  # the store's description: may import the store's module
+        got = wire.recv()  # the spill directory, if any, then the store's description
+        if got is not None and got[0][0] == "spilldir":
+            w._apply(*got)  # its lock held from now on
+            got = wire.recv()
         if got is None:
+            _sink_gone_at_open(w)
             return 0
         (_, spec), _ = got
         consumer = Consumer(spec.build(), feed=w)
         resume = consumer.open()
     except BaseException as exc:
-        with contextlib.suppress(OSError):  # the sink's process may be gone
+        try:
             wire.send(("error", encode_error(exc)))
+        except OSError:  # the sink's process is gone
+            _sink_gone_at_open(w)
         return 1
     try:
         wire.send(("opened", resume))
@@ -410,6 +416,7 @@ def main(argv: list[str]) -> int:
         # store. Close the store, quietly: nobody reads a traceback now.
         with contextlib.suppress(BaseException):
             consumer.close()
+        _sink_gone_at_open(w)
         return 0
     w.start_reader()
     failed = False
@@ -438,8 +445,23 @@ def main(argv: list[str]) -> int:
     elif w.parent_gone and w.spill_dir is not None and not failed:
         remove_if_empty(w.spill_dir)
     if not failed:
-        w.send(("closed", w.done))
+        try:
+            wire.send(("closed", w.done))
+        except OSError:
+            # the sink's process died after asking for the close, before it
+            # could remove its spill directory: remove it here (every frame of
+            # it is stored, and its segments removed)
+            if w.spill_dir is not None:
+                remove_if_empty(w.spill_dir)
     return 1 if failed else 0
+
+
+def _sink_gone_at_open(w: Writer) -> None:
+    """The sink's process died while its open waited for this one: no frame was
+    written, so its spill directory (made before this process started) holds
+    none; remove it, which nobody else would until a sink spills there again."""
+    if w.spill_dir is not None:
+        remove_if_empty(w.spill_dir)
 
 
 if __name__ == "__main__":

@@ -306,8 +306,13 @@ class ProcessWriter:
         self._stop = False
 
     # -- startup ------------------------------------------------------------------
-    def start(self) -> Resume | None:
+    def start(self, spill_dir: str | None = None) -> Resume | None:
         """Start the process, have it open the store; blocking.
+
+        ``spill_dir``: the sink's spill directory, made before the writer
+        starts; the writer holds its lock from the start, and removes it if
+        the sink's process dies before it could (while the store opens, or
+        just after asking for the close).
 
         Returns the store's :class:`Resume` (or None). Raises what opening the
         store raised (e.g. StoreExistsError), or WriterError if the process
@@ -349,6 +354,8 @@ class ProcessWriter:
             # the path first: unpickling the description may import the store's
             # module (the writer has it already: it adds nothing new)
             self.wire.send(("path", path))
+            if spill_dir is not None:
+                self.wire.send(("spilldir", spill_dir))
             self.wire.send(("init", self.spec))
             got = self.wire.recv()
         except BaseException:
@@ -356,9 +363,11 @@ class ProcessWriter:
             raise
         if got is None:
             self.abort()
+            status = self._exit_status()
+            # a signal (SIGKILL, the OOM killer) leaves no output to look for
+            where = "" if status.startswith("killed") else "; its error output is above"
             raise WriterError(
-                f"the writer process exited while opening the store "
-                f"({self._exit_status()}); its error output is above"
+                f"the writer process exited while opening the store ({status}){where}"
             )
         msg, _ = got
         if msg[0] == "error":
