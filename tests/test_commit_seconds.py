@@ -131,6 +131,24 @@ def test_no_timer_without_commit_seconds(tmp_path: Path, kind: str) -> None:
         assert visible(path) == 3
 
 
+@pytest.mark.parametrize("writer", WRITERS)
+@pytest.mark.parametrize("kind", KINDS)
+def test_frames_due_by_count_are_committed_while_the_simulation_is_idle(
+    tmp_path: Path, kind: str, writer: str
+) -> None:
+    """``commit_every=1, commit_seconds=None``: a burst of frames, then nothing.
+    Each frame is due by count; NpyDirectory left the ones whose commit found
+    another in flight to a later append, which never came: a reader saw 4 (or
+    20) of 30 frames until the close, and a crash lost the rest."""
+    path = path_of(tmp_path, kind)
+    with SyncSink(make(kind, path, commit_every=1, commit_seconds=None), writer=writer) as sink:
+        for i in range(30):
+            sink.write({"x": x(i)}, step=i)
+        wait_visible(path, 30, SLACK)
+        check_frames(path, list(range(30)))
+    check_frames(path, list(range(30)))
+
+
 def test_sigkilled_thread_writer_keeps_timed_commit(tmp_path: Path) -> None:
     """The simulation (thread writer, in its process) writes 5 frames, computes,
     and is SIGKILLed after the bound: the 5 frames read back bit-exact."""

@@ -117,8 +117,9 @@ class Store(Protocol):
       on and end, and raises what it raised;
     - ``commit_due_in() -> float | None``: when the store's own time-based
       commit (``commit_seconds``) falls due, in seconds from now (0 or less:
-      due now); None when no frame or dropped step waits for a commit, or the
-      store commits on frame counts only. A plain method (also on an
+      due now, also for frames due by count whose commit the store put off);
+      None when no frame or dropped step waits for a commit, or the store
+      commits on frame counts only and none is due. A plain method (also on an
       :class:`AsyncStore`), I/O-free and cheap: the writer calls it whenever
       it has nothing to store, waits at most that long for new frames, and
       calls ``commit()`` when it is due, so that what was appended becomes

@@ -424,16 +424,18 @@ class NpyDirectory:
             self._commit_soon()
 
     def commit_due_in(self) -> float | None:
-        """Seconds until ``commit_seconds`` asks for a commit of what was
-        appended since the last one started (0 or less: due now); None when
-        nothing waits for one, or with ``commit_seconds=None``. The writer
-        commits then if no append came first (see :class:`~snapsink.Store`).
+        """Seconds until a commit of what was appended since the last one
+        started is due (0 or less: due now); None when nothing waits for one.
+        Due now when ``commit_every`` frames wait (their commit found another
+        in flight and was left to a later append, which may not come), else
+        when ``commit_seconds`` says (never with ``commit_seconds=None``). The
+        writer commits then if no append came first (see :class:`~snapsink.Store`).
         """
-        if (
-            self._commit_seconds is None
-            or self._state != "open"
-            or not (self._since_commit or self._dropped_dirty)
-        ):
+        if self._state != "open" or not (self._since_commit or self._dropped_dirty):
+            return None
+        if self._since_commit >= self._commit_every:
+            return 0.0
+        if self._commit_seconds is None:
             return None
         return self._last_commit + self._commit_seconds - _clock()
 
