@@ -96,6 +96,8 @@ class Channel(SpillQueue):
         self.capacity = capacity
         self.policy = policy
         self.policy_name = self.policy_label(policy)
+        #: what a WriterError names the store by (the sink sets it: the store's repr)
+        self.store_label = ""
         self.max_bytes = max_bytes
         self.schema = schema
         self.clock = clock or StepClock()
@@ -148,9 +150,7 @@ class Channel(SpillQueue):
     def raise_if_unusable(self) -> None:
         """Raise WriterError after a store failure, ClosedSinkError after close."""
         if self.failure is not None:
-            raise WriterError(
-                f"the store failed: {type(self.failure).__name__}: {self.failure}"
-            ) from self.failure
+            raise self._writer_error() from self.failure
         if self.closed:
             raise ClosedSinkError("the sink is closed; it takes no more frames")
 
@@ -176,9 +176,16 @@ class Channel(SpillQueue):
     def raise_failure(self) -> None:
         """Raise WriterError, chained to the cause, if the store failed."""
         if self.failure is not None:
-            raise WriterError(
-                f"the store failed: {type(self.failure).__name__}: {self.failure}"
-            ) from self.failure
+            raise self._writer_error() from self.failure
+
+    def _writer_error(self) -> WriterError:
+        """The WriterError for :attr:`failure`, naming the store (an OSError of
+        the disk, ENOSPC, names neither a file nor the store)."""
+        assert self.failure is not None
+        store = f" {self.store_label}" if self.store_label else ""
+        return WriterError(
+            f"the store{store} failed: {type(self.failure).__name__}: {self.failure}"
+        )
 
     def ensure_schema(self, fields: Any) -> Schema:
         """The channel's schema, inferring it from ``fields`` the first time."""

@@ -116,6 +116,14 @@ def _nothing() -> None:
     """A callback that does nothing: scheduled to learn whether a loop still runs."""
 
 
+def _label(store: Any) -> str:
+    """The store as errors name it: its repr (a user store's repr may fail)."""
+    try:
+        return repr(store)
+    except Exception:
+        return type(store).__name__
+
+
 def _close_failure(ch: Channel, writer: ThreadWriter | ProcessWriter) -> WriterError | None:
     """The WriterError a close ends with: the store failed during the run, or
     its closing did; None when every frame was stored and committed."""
@@ -335,6 +343,7 @@ class Sink:
             check_schema=getattr(self._store, "check_schema", None),
             wants_device=bool(getattr(self._store, "wants_device", False)),
         )
+        ch.store_label = _label(self._store)
         self._connect(writer)
         writer.attach(ch)
         self._channel = ch
@@ -360,7 +369,7 @@ class Sink:
 
     async def _open_process(self, spec: Any, spill: SpillDir | None) -> None:
         """Start the writer process, which opens the store; no consumer task here."""
-        writer = ProcessWriter(spec, repr(self._store))
+        writer = ProcessWriter(spec, _label(self._store))
         try:
             with anyio.CancelScope(shield=True):
                 resume = await anyio.to_thread.run_sync(
@@ -381,6 +390,7 @@ class Sink:
             spill_dir=spill,
             check_schema=getattr(self._store, "check_schema", None),
         )
+        ch.store_label = _label(self._store)
         self._connect(writer)
         writer.attach(ch)
         self._channel = ch

@@ -313,6 +313,8 @@ async def test_real_enospc_on_a_full_tmpfs(tiny_fs: Path, kind: str) -> None:
                     committed = i + 1
     cause = info.value.__cause__
     assert isinstance(cause, OSError) and cause.errno == errno.ENOSPC, repr(cause)
+    # the disk's error names no file: the WriterError names the store
+    assert str(path) in str(info.value), str(info.value)
     traj = snapsink.open(path)
     assert len(traj) >= committed > 0
     xs = traj["x"][:]
