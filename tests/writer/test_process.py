@@ -7,6 +7,7 @@ see ``tests/process_stores.py``), and reads the store back from disk.
 
 from __future__ import annotations
 
+import errno
 import os
 import signal
 import subprocess
@@ -697,6 +698,82 @@ def _children() -> list[str]:
         with open(f"/proc/self/task/{task}/children") as f:
             pids += f.read().split()
     return pids
+
+
+_MANY_SLOTS = """
+import os, resource, sys, numpy as np, snapsink
+sys.path.insert(0, {tests!r})
+from process_stores import GatedNpy
+soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+resource.setrlimit(resource.RLIMIT_NOFILE, (256, hard))  # the usual 1024, scaled down
+sink = snapsink.SyncSink(GatedNpy({run!r}, {gate!r}), capacity=400, writer="process")
+for i in range(200):  # the store is stalled: each frame takes a slot of its own
+    sink.write({{"x": np.full(4, i, np.float32)}}, step=i)
+writer = sink._sink._process.proc.pid
+with open(f"/proc/{{writer}}/limits") as f:
+    limit = next(line.split()[3] for line in f if line.startswith("Max open files"))
+open({gate!r}, "w").close()
+sink.flush()
+fds = len(os.listdir(f"/proc/{{writer}}/fd"))
+sink.close()
+print(limit, hard, fds, len(snapsink.open({run!r})))
+"""
+
+
+def test_a_writer_holds_a_slot_in_one_open_file_at_most_and_lifts_its_limit(
+    tmp_path: Path,
+) -> None:
+    """200 slots in use (a stalled store) under a soft limit of 256 open files:
+    the writer process held two descriptors per slot (the one received and the
+    mapping's own) and died of EMFILE, losing frames whose write had returned.
+    It now keeps only what its mapping needs, and lifts its own soft limit to
+    the hard one (the simulation's limit stays as it was)."""
+    code = _MANY_SLOTS.format(
+        tests=str(Path(__file__).resolve().parents[1]),
+        run=str(tmp_path / "run"),
+        gate=str(tmp_path / "gate"),
+    )
+    done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=60)
+    assert done.returncode == 0, done.stderr
+    limit, hard, fds, stored = done.stdout.split()
+    assert limit == hard  # lifted (the producer set 256)
+    assert int(stored) == 200
+    per_slot = 0 if sys.version_info >= (3, 13) else 1
+    assert int(fds) <= 40 + per_slot * 200, fds  # the writer's own files, then the slots
+
+
+def test_a_slot_the_open_file_limit_refuses_takes_nothing_and_says_what_to_do(
+    tmp_path: Path,
+) -> None:
+    """The simulation's own limit runs out while a slot is made: an OSError
+    that names the capacity and the way out, nothing of the frame taken, and
+    the sink goes on once descriptors are free again."""
+    import resource
+
+    limits = resource.getrlimit(resource.RLIMIT_NOFILE)
+    gate = tmp_path / "gate"
+    with SyncSink(GatedNpy(str(tmp_path / "run"), str(gate)), capacity=4) as sink:
+        sink.write({"x": np.full(4, 0, np.float32)}, step=0)  # the store stalls on it
+        hog: list[int] = []
+        try:
+            with pytest.raises(OSError) as info:
+                while True:  # use up this process's descriptors
+                    hog.append(os.open(os.devnull, os.O_RDONLY))
+            assert info.value.errno == errno.EMFILE
+            with pytest.raises(OSError, match=r"slot 1 \(capacity=4\).*ulimit -n") as info:
+                sink.write({"x": np.full(4, 1, np.float32)}, step=1)  # a new slot
+            assert info.value.errno == errno.EMFILE
+        finally:
+            for fd in hog:
+                os.close(fd)
+        assert resource.getrlimit(resource.RLIMIT_NOFILE) == limits
+        assert sink.statistics().queued == 1  # nothing of step 1 was taken
+        gate.touch()
+        for i in range(1, 6):
+            sink.write({"x": np.full(4, i, np.float32)}, step=i)
+    traj = snapsink.open(tmp_path / "run")
+    assert traj.steps.tolist() == list(range(6))
+    assert traj["x"][:].tolist() == [[float(i)] * 4 for i in range(6)]
 
 
 # -- messages the writer process cannot read (probe E) ---------------------------------------

@@ -19,7 +19,10 @@ ignored, so a Ctrl-C in the terminal leaves the decision to the sink's process.
 from __future__ import annotations
 
 import contextlib
+import errno
+import os
 import queue
+import resource
 import signal
 import socket
 import sys
@@ -157,7 +160,18 @@ class Writer:
             old = self.slots.pop(index, None)
             if old is not None:
                 old.close()
-            self.slots[index] = _shm.SlotMemory(fds[0], size, gen, writable=False)
+            try:
+                mem = _shm.SlotMemory(fds[0], size, gen, writable=False)
+            except OSError as exc:
+                os.close(fds[0])
+                raise OSError(
+                    exc.errno,
+                    f"the writer process could not map slot {index} ({size} bytes) that "
+                    f"the sink made: {exc.strerror}"
+                    + (f"; {_FDS_HINT}" if exc.errno in (errno.EMFILE, errno.ENFILE) else ""),
+                ) from exc
+            mem.close()  # the mapping stays (and, before Python 3.13, holds its own)
+            self.slots[index] = mem
         elif kind == "ring":
             _, nrecords, schema_json, times, batch_limit, byte_budget = msg
             self.schema = Schema.from_json(schema_json)
@@ -371,6 +385,25 @@ class Writer:
             ring.set(_shm.IDLE, _shm.BUSY)
 
 
+#: What an open-file limit that a run outgrew asks of the user
+_FDS_HINT = (
+    "each slot in use holds an open file (a channel of small frames behind a slow "
+    "store may use up to its capacity in slots): raise the open-file limit "
+    "(ulimit -n), or give the sink a smaller capacity or max_bytes"
+)
+
+
+def _raise_open_file_limit() -> None:
+    """Lift this process's soft open-file limit to its hard one: a writer holds a
+    descriptor per slot in use and per file it writes (a store of many fields,
+    a chunk file per array), and 1024, the usual soft limit, is a few hundred
+    of each. Only this process: the simulation's own limit is its own."""
+    with contextlib.suppress(ValueError, OSError):
+        soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+        if soft != resource.RLIM_INFINITY and (hard == resource.RLIM_INFINITY or soft < hard):
+            resource.setrlimit(resource.RLIMIT_NOFILE, (hard, hard))
+
+
 def main(argv: list[str]) -> int:
     # A Ctrl-C, or a scheduler's SIGTERM to every process of the job (systemd,
     # SLURM, a container's stop, `timeout`), is the simulation's to act on:
@@ -381,6 +414,7 @@ def main(argv: list[str]) -> int:
     signal.signal(signal.SIGTERM, signal.SIG_IGN)
     fd = int(argv[0])
     _set_process_name(argv[1] if len(argv) > 1 else "")
+    _raise_open_file_limit()
     wire = Wire(socket.socket(fileno=fd))
     w = Writer(wire)
     consumer: Consumer | None = None

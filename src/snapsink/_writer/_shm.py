@@ -38,6 +38,7 @@ import contextlib
 import mmap
 import os
 import struct
+import sys
 from collections.abc import Sequence
 from typing import Any, Final
 
@@ -128,6 +129,12 @@ def frame_layout(
     return out, pos
 
 
+#: Python 3.13+ can map a file without keeping a duplicate of its descriptor;
+#: before, every mapping holds one open file (a slot costs the writer one
+#: descriptor while it lives, none with this)
+_UNTRACKED: Final[dict[str, Any]] = {"trackfd": False} if sys.version_info >= (3, 13) else {}
+
+
 def new_memfd(name: str, size: int) -> int:
     """An anonymous memory file of ``size`` bytes (close-on-exec)."""
     fd = os.memfd_create(name, os.MFD_CLOEXEC)
@@ -153,7 +160,7 @@ class SlotMemory:
         self.size = size
         self.gen = gen
         prot = mmap.PROT_READ | (mmap.PROT_WRITE if writable else 0)
-        self.map = mmap.mmap(fd, size, flags=mmap.MAP_SHARED, prot=prot)
+        self.map = mmap.mmap(fd, size, flags=mmap.MAP_SHARED, prot=prot, **_UNTRACKED)
         #: the whole mapping as bytes (read-only on the writer's side)
         self.array: np.ndarray[Any, Any] = np.frombuffer(self.map, np.uint8)
         if not writable:

@@ -25,6 +25,7 @@ from __future__ import annotations
 
 import collections
 import contextlib
+import errno
 import math
 from collections.abc import Sequence
 from typing import Any, Protocol
@@ -196,7 +197,20 @@ class ProcessChannel(Channel):
         if self.schema is not None and self.schema.ragged:
             size = max(total, int(total * 1.25))  # ragged frames vary: grow with room
         size = max(_shm.ALIGN, -(-size // 4096) * 4096)
-        mem = _shm.SlotMemory.create(size, 1 if old is None else old.gen + 1)
+        try:
+            mem = _shm.SlotMemory.create(size, 1 if old is None else old.gen + 1)
+        except OSError as exc:
+            if exc.errno not in (errno.EMFILE, errno.ENFILE):
+                raise
+            # nothing was taken: the frame may be written again (a larger limit)
+            raise OSError(
+                exc.errno,
+                f"no open file left to make the sink's slot {slot.index} (capacity="
+                f"{self.capacity}): {exc.strerror}; the slots in use hold open files "
+                "(one each before Python 3.13) until the sink closes: raise the "
+                "open-file limit (ulimit -n), or give the sink a smaller capacity or "
+                "max_bytes; nothing of this frame was taken",
+            ) from exc
         self.writer.send(("slot", slot.index, mem.gen, mem.size), (mem.fd,))
         mem.close()  # the mapping stays; the writer holds its own descriptor
         slot.buffers.clear()  # views of the old mapping
