@@ -790,3 +790,34 @@ async def test_a_failed_partial_write_beside_the_chunks_whole_write_leaves_the_l
         await again.append(Batch([f]))
     await again.close()
     _check_fixed(loc, frames[:5] + later)
+
+
+_SMALL_CHUNKS_UNDER_A_LIMIT = """
+import resource, sys, numpy as np, snapsink
+resource.setrlimit(resource.RLIMIT_NOFILE, (256, 256))  # the writer cannot lift it
+store = snapsink.ZarrStore({path!r}, chunk_frames=1, commit_every=10**6)
+with snapsink.SyncSink(store, writer={writer!r}) as sink:
+    for i in range(2000):
+        sink.write({{"x": np.full(4, i, np.float64)}}, step=i)
+"""
+
+
+@pytest.mark.parametrize("writer", ["thread", "process"])
+def test_chunk_files_open_between_commits_stay_bounded(tmp_path: Path, writer: str) -> None:
+    """One-frame chunks and no commit for 2,000 frames under 256 open files: a
+    chunk file stayed open from its first row to the next commit, two per
+    frame (the field's and the steps'), and the store died of EMFILE after
+    about 120 frames with none committed. Full chunks are now closed once
+    more than OPEN_CHUNKS are open (fsynced by path at the commit)."""
+    import subprocess
+    import sys
+
+    import snapsink
+
+    path = tmp_path / "run"
+    code = _SMALL_CHUNKS_UNDER_A_LIMIT.format(path=str(path), writer=writer)
+    done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
+    assert done.returncode == 0, done.stderr[-2000:]
+    traj = snapsink.open(path)
+    assert traj.steps.tolist() == list(range(2000))
+    assert np.array_equal(traj["x"][:], np.repeat(np.arange(2000.0), 4).reshape(2000, 4))

@@ -670,6 +670,8 @@ class BlockWriter:
         #: chunk files written in place: open descriptors, those written since the
         #: last sync, and those whose last row is written (closed at the next sync)
         self._fds: dict[Path, int] = {}
+        #: how many jobs (and syncs) use each open chunk file's descriptors now
+        self._users: dict[Path, int] = {}
         #: each open chunk file's direct writer (large aligned rows go direct)
         self._directs: dict[Path, DirectWriter] = {}
         self._dirty: set[Path] = set()
@@ -794,10 +796,12 @@ class BlockWriter:
 
     def _chunk_fd(self, target: BlockTarget, path: Path) -> int:
         """The open chunk file ``path``, created (at its final name) and extended to
-        the whole chunk's size if it is missing or short."""
+        the whole chunk's size if it is missing or short; the caller is one of its
+        users until it calls :meth:`_release`."""
         with self._fd_lock:
             fd = self._fds.get(path)
             if fd is not None:
+                self._users[path] = self._users.get(path, 0) + 1
                 return fd
             self._ensure_dir(path.parent)
             try:
@@ -814,27 +818,51 @@ class BlockWriter:
                 raise
             self._fds[path] = fd
             self._directs[path] = DirectWriter(self._direct_io)
+            self._users[path] = self._users.get(path, 0) + 1
             return fd
+
+    def _release(self, path: Path) -> None:
+        """A job is done with ``path``'s descriptors. The last user of a chunk
+        file whose last row is written closes it early while more than
+        :data:`OPEN_CHUNKS` are open: the next sync fsyncs it by its path, so
+        that the files open between two commits stay bounded (small chunks and a
+        large ``commit_every`` ran out of descriptors, about two per frame)."""
+        with self._fd_lock:
+            n = self._users[path] - 1
+            if n:
+                self._users[path] = n
+                return
+            del self._users[path]
+            if path not in self._full or len(self._fds) <= OPEN_CHUNKS:
+                return
+            self._full.discard(path)
+            self._dirty.discard(path)
+            self._unsynced.add(path)
+            self._directs.pop(path).close()
+            os.close(self._fds.pop(path))
 
     def _rows_job(
         self, target: BlockTarget, index: int, row: int, buffers: list[memoryview], full: bool
     ) -> None:
         path = target.path(index)
         fd = self._chunk_fd(target, path)
-        offset = row * target.row_nbytes
-        with self._fd_lock:
-            direct = self._directs[path]
-        if direct.write(fd, buffers, offset):
-            n = sum(b.nbytes for b in buffers)
-        else:
-            n = pwrite_all(fd, buffers, offset)
-        with self._fd_lock:
-            self._dirty.add(path)
-            if full:
-                self._full.add(path)
-            advise = self._early_writeback(path, offset, n, full)
-        if advise[1]:
-            start_writeback(fd, *advise)
+        try:
+            offset = row * target.row_nbytes
+            with self._fd_lock:
+                direct = self._directs[path]
+            if direct.write(fd, buffers, offset):
+                n = sum(b.nbytes for b in buffers)
+            else:
+                n = pwrite_all(fd, buffers, offset)
+            with self._fd_lock:
+                self._dirty.add(path)
+                if full:
+                    self._full.add(path)
+                advise = self._early_writeback(path, offset, n, full)
+            if advise[1]:
+                start_writeback(fd, *advise)
+        finally:
+            self._release(path)
 
     def _early_writeback(self, path: Path, offset: int, n: int, full: bool) -> tuple[int, int]:
         """The range of ``path`` whose writeback to start now that ``[offset,
@@ -976,17 +1004,28 @@ class BlockWriter:
         """
         with self._fd_lock:
             dirty, self._dirty = self._dirty, set()
-            fds = [self._fds[path] for path in sorted(dirty)]
+            paths = sorted(dirty)
+            fds = [self._fds[path] for path in paths]
+            for path in paths:  # a user: no job closes it while it is synced
+                self._users[path] = self._users.get(path, 0) + 1
             done = self._full & dirty
             self._full -= done
             files, self._unsynced = sorted(self._unsynced), set()
             dirs, self._dirs = self._dirs, set()
-        for fd in fds:
-            _datasync(fd)
-        with self._fd_lock:
-            for path in done:
-                self._directs.pop(path).close()
-                os.close(self._fds.pop(path))
+        try:
+            for fd in fds:
+                _datasync(fd)
+        finally:
+            with self._fd_lock:
+                for path in paths:
+                    n = self._users[path] - 1
+                    if n:
+                        self._users[path] = n
+                    else:
+                        del self._users[path]
+                for path in done:  # no job writes it again
+                    self._directs.pop(path).close()
+                    os.close(self._fds.pop(path))
         _fsync_paths(files, dirs)
 
     def shutdown(self) -> None:
@@ -1004,6 +1043,7 @@ class BlockWriter:
         with self._fd_lock:
             fds, self._fds = self._fds, {}
             directs, self._directs = self._directs, {}
+            self._users.clear()
             self._waiting.clear()
             self._dirty.clear()
             self._full.clear()
@@ -1011,6 +1051,11 @@ class BlockWriter:
             direct.close()
         for fd in fds.values():
             os.close(fd)
+
+
+#: Open chunk files above which one whose last row is written is closed when its
+#: last job ends (fsynced by path at the next sync) instead of at the next sync
+OPEN_CHUNKS = 64
 
 
 def _fsync_paths(files: Iterable[Path], dirs: Iterable[Path]) -> None:
