@@ -756,10 +756,9 @@ def test_a_slot_the_open_file_limit_refuses_takes_nothing_and_says_what_to_do(
         sink.write({"x": np.full(4, 0, np.float32)}, step=0)  # the store stalls on it
         hog: list[int] = []
         try:
-            with pytest.raises(OSError) as info:
+            with pytest.raises(OSError, match="Too many open files"):
                 while True:  # use up this process's descriptors
                     hog.append(os.open(os.devnull, os.O_RDONLY))
-            assert info.value.errno == errno.EMFILE
             with pytest.raises(OSError, match=r"slot 1 \(capacity=4\).*ulimit -n") as info:
                 sink.write({"x": np.full(4, 1, np.float32)}, step=1)  # a new slot
             assert info.value.errno == errno.EMFILE
