@@ -828,12 +828,12 @@ class BlockWriter:
         that the files open between two commits stay bounded (small chunks and a
         large ``commit_every`` ran out of descriptors, about two per frame)."""
         with self._fd_lock:
-            n = self._users[path] - 1
-            if n:
+            n = self._users.get(path, 0) - 1
+            if n > 0:
                 self._users[path] = n
                 return
-            del self._users[path]
-            if path not in self._full or len(self._fds) <= OPEN_CHUNKS:
+            self._users.pop(path, None)  # (gone already: shutdown() closed it)
+            if path not in self._fds or path not in self._full or len(self._fds) <= OPEN_CHUNKS:
                 return
             self._full.discard(path)
             self._dirty.discard(path)
@@ -1018,11 +1018,11 @@ class BlockWriter:
         finally:
             with self._fd_lock:
                 for path in paths:
-                    n = self._users[path] - 1
-                    if n:
+                    n = self._users.get(path, 0) - 1
+                    if n > 0:
                         self._users[path] = n
                     else:
-                        del self._users[path]
+                        self._users.pop(path, None)
                 for path in done:  # no job writes it again
                     self._directs.pop(path).close()
                     os.close(self._fds.pop(path))
