@@ -318,7 +318,8 @@ async def test_an_existing_store_fails_at_open_and_closes_the_others(tmp_path: P
 async def test_store_failure_reaches_the_loop_and_close() -> None:
     bad = FailingStore(fail_append_at=1)
     good = HostMemory()
-    with pytest.raises(WriterError, match="store failed") as info:
+    # the message names the store (its repr)
+    with pytest.raises(WriterError, match=r"the store <conftest\.FailingStore .*> failed") as info:
         async with Recorder(good=Route(good), bad=Route(bad, capacity=1)) as rec:
             for k in range(50):
                 await rec.record({"x": float(k)}, step=k)
