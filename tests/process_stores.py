@@ -26,8 +26,9 @@ def _pass_gate(gate: str) -> None:
         time.sleep(0.001)
 
 
-class GatedNpy(snapsink.NpyDirectory):
-    """Each append first creates ``<gate>.entered``, then waits for ``gate`` to exist."""
+class _GateNpy(snapsink.NpyDirectory):
+    """An NpyDirectory with a gate file, which a writer process rebuilds as it is
+    (its subclasses choose the method the gate holds up)."""
 
     def __init__(self, path: str, gate: str, **kw: Any):
         super().__init__(path, **kw)
@@ -35,7 +36,11 @@ class GatedNpy(snapsink.NpyDirectory):
         self.kw = kw
 
     def describe(self) -> StoreSpec:
-        return StoreSpec(GatedNpy, (os.path.abspath(self.path), self.gate), self.kw)
+        return StoreSpec(type(self), (os.path.abspath(self.path), self.gate), self.kw)
+
+
+class GatedNpy(_GateNpy):
+    """Each append first creates ``<gate>.entered``, then waits for ``gate`` to exist."""
 
     def append(self, batch: Batch) -> None:
         _pass_gate(self.gate)
@@ -102,32 +107,16 @@ class TokenNpy(snapsink.NpyDirectory):
         super().append(batch)
 
 
-class OpenGatedNpy(snapsink.NpyDirectory):
+class OpenGatedNpy(_GateNpy):
     """Its ``open`` first creates ``<gate>.entered``, then waits for ``gate`` to exist."""
-
-    def __init__(self, path: str, gate: str, **kw: Any):
-        super().__init__(path, **kw)
-        self.gate = gate
-        self.kw = kw
-
-    def describe(self) -> StoreSpec:
-        return StoreSpec(OpenGatedNpy, (os.path.abspath(self.path), self.gate), self.kw)
 
     def open(self) -> snapsink.Resume | None:
         _pass_gate(self.gate)
         return super().open()
 
 
-class CloseGatedNpy(snapsink.NpyDirectory):
+class CloseGatedNpy(_GateNpy):
     """Its ``close`` first creates ``<gate>.entered``, then waits for ``gate`` to exist."""
-
-    def __init__(self, path: str, gate: str, **kw: Any):
-        super().__init__(path, **kw)
-        self.gate = gate
-        self.kw = kw
-
-    def describe(self) -> StoreSpec:
-        return StoreSpec(CloseGatedNpy, (os.path.abspath(self.path), self.gate), self.kw)
 
     def close(self) -> None:
         _pass_gate(self.gate)

@@ -962,14 +962,11 @@ async def test_a_close_while_another_task_opens_the_sink_closes_it_once_open(
         except Exception as exc:
             got["enter"] = exc
 
-    async def close() -> None:
-        await _outcome(got, "close", sink.aclose)
-
     async with anyio.create_task_group() as tg:
         tg.start_soon(enter)
         try:
             await anyio.to_thread.run_sync(_wait_for_file, gate + ".entered")
-            tg.start_soon(close)
+            tg.start_soon(_outcome, got, "close", sink.aclose)
             await anyio.wait_all_tasks_blocked()
             assert got == {}  # the close waits for the open
             with pytest.raises(ClosedSinkError, match="still opening"):

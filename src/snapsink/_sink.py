@@ -369,7 +369,8 @@ class Sink:
 
     async def _open_process(self, spec: Any, spill: SpillDir | None) -> None:
         """Start the writer process, which opens the store; no consumer task here."""
-        writer = ProcessWriter(spec, _label(self._store))
+        label = _label(self._store)
+        writer = ProcessWriter(spec, label)
         try:
             with anyio.CancelScope(shield=True):
                 resume = await anyio.to_thread.run_sync(
@@ -390,7 +391,7 @@ class Sink:
             spill_dir=spill,
             check_schema=getattr(self._store, "check_schema", None),
         )
-        ch.store_label = _label(self._store)
+        ch.store_label = label
         self._connect(writer)
         writer.attach(ch)
         self._channel = ch

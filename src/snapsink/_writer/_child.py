@@ -168,7 +168,7 @@ class Writer:
                     exc.errno,
                     f"the writer process could not map slot {index} ({size} bytes) that "
                     f"the sink made: {exc.strerror}"
-                    + (f"; {_FDS_HINT}" if exc.errno in (errno.EMFILE, errno.ENFILE) else ""),
+                    + (f"; {_shm.FDS_HINT}" if exc.errno in (errno.EMFILE, errno.ENFILE) else ""),
                 ) from exc
             mem.close()  # the mapping stays (and, before Python 3.13, holds its own)
             self.slots[index] = mem
@@ -385,14 +385,6 @@ class Writer:
             ring.set(_shm.IDLE, _shm.BUSY)
 
 
-#: What an open-file limit that a run outgrew asks of the user
-_FDS_HINT = (
-    "each slot in use holds an open file (a channel of small frames behind a slow "
-    "store may use up to its capacity in slots): raise the open-file limit "
-    "(ulimit -n), or give the sink a smaller capacity or max_bytes"
-)
-
-
 def _raise_open_file_limit() -> None:
     """Lift this process's soft open-file limit to its hard one: a writer holds a
     descriptor per slot in use and per file it writes (a store of many fields,
@@ -431,7 +423,7 @@ def main(argv: list[str]) -> int:
             w._apply(*got)  # its lock held from now on
             got = wire.recv()
         if got is None:
-            _sink_gone_at_open(w)
+            _remove_dead_sinks_spill_dir(w)
             return 0
         (_, spec), _ = got
         consumer = Consumer(spec.build(), feed=w)
@@ -440,7 +432,7 @@ def main(argv: list[str]) -> int:
         try:
             wire.send(("error", encode_error(exc)))
         except OSError:  # the sink's process is gone
-            _sink_gone_at_open(w)
+            _remove_dead_sinks_spill_dir(w)
         return 1
     try:
         wire.send(("opened", resume))
@@ -450,7 +442,7 @@ def main(argv: list[str]) -> int:
         # store. Close the store, quietly: nobody reads a traceback now.
         with contextlib.suppress(BaseException):
             consumer.close()
-        _sink_gone_at_open(w)
+        _remove_dead_sinks_spill_dir(w)
         return 0
     w.start_reader()
     failed = False
@@ -476,24 +468,24 @@ def main(argv: list[str]) -> int:
         gone = w.parent_gone and not failed
         with contextlib.suppress(OSError):
             w.spill_reader.close(remove_dir=gone, writer_gone=gone and w.drained)
-    elif w.parent_gone and w.spill_dir is not None and not failed:
-        remove_if_empty(w.spill_dir)
+    elif w.parent_gone and not failed:
+        _remove_dead_sinks_spill_dir(w)
     if not failed:
         try:
             wire.send(("closed", w.done))
         except OSError:
             # the sink's process died after asking for the close, before it
-            # could remove its spill directory: remove it here (every frame of
-            # it is stored, and its segments removed)
-            if w.spill_dir is not None:
-                remove_if_empty(w.spill_dir)
+            # could remove its spill directory (every frame of it is stored,
+            # and its segments removed)
+            _remove_dead_sinks_spill_dir(w)
     return 1 if failed else 0
 
 
-def _sink_gone_at_open(w: Writer) -> None:
-    """The sink's process died while its open waited for this one: no frame was
-    written, so its spill directory (made before this process started) holds
-    none; remove it, which nobody else would until a sink spills there again."""
+def _remove_dead_sinks_spill_dir(w: Writer) -> None:
+    """The sink's process is gone: remove its spill directory if no frame is left
+    in it, which nobody else would until a sink spills there again (one that died
+    while its open waited for this process wrote none: the directory was made
+    before this process started)."""
     if w.spill_dir is not None:
         remove_if_empty(w.spill_dir)
 

@@ -135,6 +135,15 @@ def frame_layout(
 _UNTRACKED: Final[dict[str, Any]] = {"trackfd": False} if sys.version_info >= (3, 13) else {}
 
 
+#: What to do when slots run out of open files (either process's EMFILE)
+FDS_HINT: Final = (
+    "the slots in use hold open files (one each in either process before Python "
+    "3.13) until the sink closes, and a channel of small frames behind a slow store "
+    "may use up to its capacity in slots: raise the open-file limit (ulimit -n), or "
+    "give the sink a smaller capacity or max_bytes"
+)
+
+
 def new_memfd(name: str, size: int) -> int:
     """An anonymous memory file of ``size`` bytes (close-on-exec)."""
     fd = os.memfd_create(name, os.MFD_CLOEXEC)

@@ -206,10 +206,8 @@ class ProcessChannel(Channel):
             raise OSError(
                 exc.errno,
                 f"no open file left to make the sink's slot {slot.index} (capacity="
-                f"{self.capacity}): {exc.strerror}; the slots in use hold open files "
-                "(one each before Python 3.13) until the sink closes: raise the "
-                "open-file limit (ulimit -n), or give the sink a smaller capacity or "
-                "max_bytes; nothing of this frame was taken",
+                f"{self.capacity}): {exc.strerror}; {_shm.FDS_HINT}; nothing of this "
+                "frame was taken",
             ) from exc
         self.writer.send(("slot", slot.index, mem.gen, mem.size), (mem.fd,))
         mem.close()  # the mapping stays; the writer holds its own descriptor

@@ -800,26 +800,41 @@ class BlockWriter:
         users until it calls :meth:`_release`."""
         with self._fd_lock:
             fd = self._fds.get(path)
-            if fd is not None:
-                self._users[path] = self._users.get(path, 0) + 1
-                return fd
-            self._ensure_dir(path.parent)
-            try:
-                fd = os.open(path, os.O_WRONLY | os.O_CLOEXEC)
-            except FileNotFoundError:
-                fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_CLOEXEC, 0o644)
-                self._dirs.add(path.parent)  # a new entry
-            try:
-                size = target.row_nbytes * target.shape[0]
-                if os.fstat(fd).st_size < size:
-                    os.ftruncate(fd, size)
-            except BaseException:
-                os.close(fd)
-                raise
-            self._fds[path] = fd
-            self._directs[path] = DirectWriter(self._direct_io)
-            self._users[path] = self._users.get(path, 0) + 1
+            if fd is None:
+                fd = self._open_chunk(target, path)
+            self._use(path)
             return fd
+
+    def _open_chunk(self, target: BlockTarget, path: Path) -> int:
+        """Open (or create) chunk file ``path`` at its whole size; under the lock."""
+        self._ensure_dir(path.parent)
+        try:
+            fd = os.open(path, os.O_WRONLY | os.O_CLOEXEC)
+        except FileNotFoundError:
+            fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_CLOEXEC, 0o644)
+            self._dirs.add(path.parent)  # a new entry
+        try:
+            size = target.row_nbytes * target.shape[0]
+            if os.fstat(fd).st_size < size:
+                os.ftruncate(fd, size)
+        except BaseException:
+            os.close(fd)
+            raise
+        self._fds[path] = fd
+        self._directs[path] = DirectWriter(self._direct_io)
+        return fd
+
+    def _use(self, path: Path) -> None:
+        """One more user (a job, a sync) of ``path``'s descriptors; under the lock."""
+        self._users[path] = self._users.get(path, 0) + 1
+
+    def _unuse(self, path: Path) -> bool:
+        """One user fewer; whether it was the last. Under the lock (a path that
+        shutdown() forgot counts as having none)."""
+        n = self._users.pop(path, 0) - 1
+        if n > 0:
+            self._users[path] = n
+        return n <= 0
 
     def _release(self, path: Path) -> None:
         """A job is done with ``path``'s descriptors. The last user of a chunk
@@ -828,11 +843,8 @@ class BlockWriter:
         that the files open between two commits stay bounded (small chunks and a
         large ``commit_every`` ran out of descriptors, about two per frame)."""
         with self._fd_lock:
-            n = self._users.get(path, 0) - 1
-            if n > 0:
-                self._users[path] = n
+            if not self._unuse(path):
                 return
-            self._users.pop(path, None)  # (gone already: shutdown() closed it)
             if path not in self._fds or path not in self._full or len(self._fds) <= OPEN_CHUNKS:
                 return
             self._full.discard(path)
@@ -1007,7 +1019,7 @@ class BlockWriter:
             paths = sorted(dirty)
             fds = [self._fds[path] for path in paths]
             for path in paths:  # a user: no job closes it while it is synced
-                self._users[path] = self._users.get(path, 0) + 1
+                self._use(path)
             done = self._full & dirty
             self._full -= done
             files, self._unsynced = sorted(self._unsynced), set()
@@ -1018,11 +1030,7 @@ class BlockWriter:
         finally:
             with self._fd_lock:
                 for path in paths:
-                    n = self._users.get(path, 0) - 1
-                    if n > 0:
-                        self._users[path] = n
-                    else:
-                        self._users.pop(path, None)
+                    self._unuse(path)
                 for path in done:  # no job writes it again
                     self._directs.pop(path).close()
                     os.close(self._fds.pop(path))
