@@ -109,6 +109,35 @@ def filesystem(path: str | Path) -> str:
     return f"{best[1]} at {best[0] or '?'}"
 
 
+def proc_status(pid: int | str, keys: tuple[str, ...]) -> dict[str, int]:
+    """Bytes of the ``keys`` of ``/proc/<pid>/status`` (``"self"``: this process),
+    e.g. ``VmHWM`` (the peak RSS of this process image: unlike ``ru_maxrss``,
+    not inherited from the parent's peak across fork and exec); 0 for a key
+    missing, or a process that exited meanwhile."""
+    out = dict.fromkeys(keys, 0)
+    try:
+        with open(f"/proc/{pid}/status") as fh:
+            for line in fh:
+                key = line.split(":", 1)[0]
+                if key in out:
+                    out[key] = int(line.split()[1]) * 1024
+    except OSError:
+        pass
+    return out
+
+
+def child_pids() -> list[str]:
+    """The pids of this process's children (a sink's writer process among them)."""
+    pids: list[str] = []
+    for task in os.listdir("/proc/self/task"):
+        try:
+            with open(f"/proc/self/task/{task}/children") as fh:
+                pids += fh.read().split()
+        except OSError:  # a thread that ended meanwhile
+            pass
+    return pids
+
+
 def settle_disk(pause: float = 0.5) -> None:
     """Before a timed case: write out what earlier cases left dirty (``os.sync``)
     and give the disk and the kernel a moment with the files they deleted, so

@@ -84,36 +84,12 @@ class RssSampler:
         self._thread = threading.Thread(target=self._run, daemon=True)
 
     @staticmethod
-    def _status(pid: str, keys: tuple[bytes, ...]) -> dict[bytes, int]:
-        out = dict.fromkeys(keys, 0)
-        try:
-            with open(f"/proc/{pid}/status", "rb") as fh:
-                for line in fh:
-                    key = line.split(b":", 1)[0]
-                    if key in out:
-                        out[key] = int(line.split()[1]) * 1024
-        except OSError:  # a child that exited meanwhile
-            pass
-        return out
-
-    @staticmethod
-    def _children() -> list[str]:
-        pids: list[str] = []
-        for task in os.listdir("/proc/self/task"):
-            try:
-                with open(f"/proc/self/task/{task}/children") as fh:
-                    pids += fh.read().split()
-            except OSError:  # a thread that ended meanwhile
-                pass
-        return pids
-
-    @classmethod
-    def read(cls) -> tuple[int, int]:
-        own = cls._status("self", (b"RssAnon", b"RssShmem", b"RssFile"))
-        anon = own[b"RssAnon"] + own[b"RssShmem"]
-        for pid in cls._children():
-            anon += cls._status(pid, (b"RssAnon",))[b"RssAnon"]
-        return anon, own[b"RssFile"]
+    def read() -> tuple[int, int]:
+        own = _common.proc_status("self", ("RssAnon", "RssShmem", "RssFile"))
+        anon = own["RssAnon"] + own["RssShmem"]
+        for pid in _common.child_pids():
+            anon += _common.proc_status(pid, ("RssAnon",))["RssAnon"]
+        return anon, own["RssFile"]
 
     def _run(self) -> None:
         while not self._stop.wait(self.period):
@@ -136,13 +112,8 @@ class RssSampler:
 
 
 def vm_hwm() -> int:
-    """Peak RSS of this process (``VmHWM``; unlike ``ru_maxrss``, not inherited
-    from the parent's peak through fork and exec)."""
-    with open("/proc/self/status", "rb") as fh:
-        for line in fh:
-            if line.startswith(b"VmHWM:"):
-                return int(line.split()[1]) * 1024
-    return 0
+    """Peak RSS of this process (``VmHWM``)."""
+    return _common.proc_status("self", ("VmHWM",))["VmHWM"]
 
 
 # -- the writers (run in the child) -----------------------------------------------------------

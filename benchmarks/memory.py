@@ -63,19 +63,10 @@ def make():
         return snapsink.ZarrStore(path, compressors=zarr.codecs.ZstdCodec(level=1))
     return snapsink.HostMemory()
 
-def vmhwm(pid="self"):
-    # VmHWM, not ru_maxrss: a child forked from a big parent inherits the parent's
-    # ru_maxrss across exec, while VmHWM belongs to this process image alone.
-    with open(f"/proc/{pid}/status") as f:
-        return int(next(l for l in f if l.startswith("VmHWM:")).split()[1])  # KiB
+from _common import child_pids, proc_status
 
-def children():
-    import os
-    pids = []
-    for task in os.listdir("/proc/self/task"):
-        with open(f"/proc/self/task/{task}/children") as f:
-            pids += f.read().split()
-    return pids
+def vmhwm(pid="self"):  # KiB
+    return proc_status(pid, ("VmHWM",))["VmHWM"] // 1024
 
 async def main():
     async with snapsink.Sink(make(), capacity=8, policy="block") as sink:
@@ -83,7 +74,7 @@ async def main():
             frame[:8] = i
             await sink.write({"x": frame, "e": float(i)}, step=i, time=0.5 * i)
         await sink.flush()  # the writer appended and committed every frame
-        return sum(vmhwm(pid) for pid in children())  # 0: a thread writer
+        return sum(vmhwm(pid) for pid in child_pids())  # 0: a thread writer
 
 writer = anyio.run(main)
 print(vmhwm(), writer)
@@ -93,7 +84,9 @@ print(vmhwm(), writer)
 def _env() -> dict[str, str]:
     env = dict(os.environ)
     src = str(Path(__file__).resolve().parents[1] / "src")
-    env["PYTHONPATH"] = os.pathsep.join(p for p in (src, env.get("PYTHONPATH")) if p)
+    # this checkout's snapsink, and the sibling _common the child reads /proc with
+    paths = (src, str(HERE), env.get("PYTHONPATH"))
+    env["PYTHONPATH"] = os.pathsep.join(p for p in paths if p)
     return env
 
 
